@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from wattgate.planner.contract import (
+    SCHEMA_VERSION,
+    ContractError,
+    InstanceRecord,
+    Keys,
+    Observation,
+    Plan,
+    PlannedInstance,
+    load_field,
+)
+
+
+def test_keys_are_prefixed_and_versioned() -> None:
+    keys = Keys("prod")
+    assert keys.load_second(100) == "prod:v1:load:s:100"
+    assert keys.heartbeat("node-a") == "prod:v1:node:node-a:heartbeat"
+    assert load_field("SS", "requests") == "SS:requests"
+    with pytest.raises(ContractError):
+        load_field("SS", "bogus")
+
+
+def test_plan_round_trips_through_a_real_redis(redis_url: str) -> None:
+    plan = Plan(
+        version=3,
+        created_at=1.5,
+        model="llama-2-70b",
+        instances=[PlannedInstance("i1", "SS", "n0", [0, 1], 2, 1200, 1.5, 640.0)],
+        forecast_rps={"SS": 1.5},
+        predicted_power_w=640.0,
+        baseline_power_w=2400.0,
+    )
+    client = redis.Redis.from_url(redis_url)
+    client.set(Keys().plan, plan.to_json())
+    again = Plan.from_json(client.get(Keys().plan) or b"")
+    assert again == plan
+    assert again.for_node("n0")[0].gpus == [0, 1]
+    assert again.for_node("n1") == []
+
+
+def test_messages_of_other_versions_are_refused() -> None:
+    obs = Observation("r", "SS", "SS", [1.0, 0.0, 0.0], 10, 5, 0.1, 0.02, 200, "i1", "m", 1.0)
+    data = obs.to_dict()
+    assert data["schema"] == SCHEMA_VERSION
+    data["schema"] = SCHEMA_VERSION + 1
+    with pytest.raises(ContractError, match="schema version"):
+        Observation.from_json(json.dumps(data))
+    with pytest.raises(ContractError, match="not valid JSON"):
+        Observation.from_json(b"\xff")
+
+
+def test_instance_record_validates_state() -> None:
+    rec = InstanceRecord("i1", "http://127.0.0.1:1", "m", "SS", "n0", "ready")
+    assert InstanceRecord.from_json(rec.to_json()).ready
+    bad = rec.to_dict() | {"state": "zombie"}
+    with pytest.raises(ContractError, match="unknown state"):
+        InstanceRecord.from_json(bad)
+    missing = {k: v for k, v in rec.to_dict().items() if k != "base_url"}
+    with pytest.raises(ContractError):
+        InstanceRecord.from_json(missing)

@@ -1,0 +1,7 @@
+"""``python -m wattgate`` runs the console script."""
+
+import sys
+
+from wattgate.cli import main
+
+sys.exit(main())

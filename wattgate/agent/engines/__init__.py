@@ -1,0 +1,1 @@
+"""The engine seam: vLLM, TGI, simulated and external (unmanaged) engine instances."""

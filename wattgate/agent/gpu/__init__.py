@@ -1,0 +1,1 @@
+"""The GPU seam: an NVML implementation and a deterministic simulated one."""

@@ -1,0 +1,1 @@
+"""Request -> input tokens and output-class probabilities; the trained model artefact and its training."""

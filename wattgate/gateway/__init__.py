@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: classify, route, proxy (streaming unbuffered), record load."""

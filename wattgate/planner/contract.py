@@ -1,0 +1,312 @@
+"""The Redis wire schema: every key, channel and message wattgate processes exchange, versioned, JSON only.
+
+Gateways, the planner and agents talk only through the keys below. Every message carries
+``"schema": SCHEMA_VERSION``; a reader refuses a message of another major version with
+``ContractError`` rather than guessing. Nothing here is pickled: a message can never run code.
+
+Keys (``{p}`` is the configurable prefix, ``wg`` by default):
+
+| key | type | writer | content |
+|---|---|---|---|
+| ``{p}:v1:load:s:{unix_second}`` | hash, TTL 2 h | gateways | ``{pool}:{field}`` counters, LOAD_FIELDS |
+| ``{p}:v1:load:m:{unix_minute}`` | hash, TTL 8 days | gateways | the same, per minute (forecast history) |
+| ``{p}:v1:observations`` | stream, capped | gateways | one ``Observation`` per finished request (field ``json``) |
+| ``{p}:v1:plan`` | string | planner | the current ``Plan`` |
+| ``{p}:v1:plan:seq`` | counter | planner | last plan version handed out |
+| ``{p}:v1:plan:events`` | pub/sub | planner | the new plan version, after the plan key is set |
+| ``{p}:v1:planner:leader`` | string, PX lease | planner | the leader's id |
+| ``{p}:v1:instances`` | hash | agents, gateway config | instance id -> ``InstanceRecord`` |
+| ``{p}:v1:instances:events`` | pub/sub | agents | an instance id whose record changed |
+| ``{p}:v1:node:{node}:heartbeat`` | string, TTL | agents | ``Heartbeat`` |
+| ``{p}:v1:node:{node}:telemetry`` | string, TTL | agents | ``NodeTelemetry`` |
+| ``{p}:v1:nodes`` | set | agents | node names ever seen |
+| ``{p}:v1:classifier:model`` | string | classifier retrain | the current classifier model document (JSON) |
+| ``{p}:v1:classifier:version`` | counter | classifier retrain | its version, watched by gateways |
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+SCHEMA_VERSION = 1
+DEFAULT_PREFIX = "wg"
+
+LOAD_SECOND_TTL_S = 2 * 3600
+LOAD_MINUTE_TTL_S = 8 * 24 * 3600
+OBSERVATIONS_MAXLEN = 200_000
+HEARTBEAT_TTL_S = 15
+TELEMETRY_TTL_S = 15
+LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
+
+
+class ContractError(Exception):
+    """A message that does not follow this schema (wrong version, missing or mistyped field)."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every Redis key name, built from one prefix so several deployments can share a Redis."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def _k(self, *parts: object) -> str:
+        return ":".join((self.prefix, f"v{SCHEMA_VERSION}", *map(str, parts)))
+
+    def load_second(self, unix_second: int) -> str:
+        return self._k("load", "s", unix_second)
+
+    def load_minute(self, unix_minute: int) -> str:
+        return self._k("load", "m", unix_minute)
+
+    @property
+    def observations(self) -> str:
+        return self._k("observations")
+
+    @property
+    def plan(self) -> str:
+        return self._k("plan")
+
+    @property
+    def plan_seq(self) -> str:
+        return self._k("plan", "seq")
+
+    @property
+    def plan_events(self) -> str:
+        return self._k("plan", "events")
+
+    @property
+    def planner_leader(self) -> str:
+        return self._k("planner", "leader")
+
+    @property
+    def instances(self) -> str:
+        return self._k("instances")
+
+    @property
+    def instance_events(self) -> str:
+        return self._k("instances", "events")
+
+    def heartbeat(self, node: str) -> str:
+        return self._k("node", node, "heartbeat")
+
+    def telemetry(self, node: str) -> str:
+        return self._k("node", node, "telemetry")
+
+    @property
+    def nodes(self) -> str:
+        return self._k("nodes")
+
+    @property
+    def classifier_model(self) -> str:
+        return self._k("classifier", "model")
+
+    @property
+    def classifier_version(self) -> str:
+        return self._k("classifier", "version")
+
+
+def load_field(pool: str, name: str) -> str:
+    """Hash field of a load window: ``SS:requests``."""
+    if name not in LOAD_FIELDS:
+        raise ContractError(f"unknown load field {name!r}")
+    return f"{pool}:{name}"
+
+
+class Source(enum.StrEnum):
+    """Where a number comes from. Every figure wattgate reports carries one."""
+
+    MEASURED = "measured"  # NVML counters, timers
+    MODELLED = "modelled"  # computed from a profile
+
+
+class InstanceState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+T = TypeVar("T")
+
+
+def _check_schema(data: dict[str, Any], kind: str) -> None:
+    if not isinstance(data, dict):
+        raise ContractError(f"{kind}: expected a JSON object")
+    version = data.get("schema")
+    if version != SCHEMA_VERSION:
+        raise ContractError(f"{kind}: schema version {version!r}, this wattgate speaks {SCHEMA_VERSION}")
+
+
+def _decode(raw: str | bytes | dict[str, Any], kind: str) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        data = raw
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ContractError(f"{kind}: not valid JSON") from exc
+    _check_schema(data, kind)
+    return data
+
+
+def _build(cls: type[T], data: dict[str, Any], kind: str) -> T:
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise ContractError(f"{kind}: {exc}") from exc
+
+
+class _Message:
+    """JSON (de)serialisation shared by every message dataclass below."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)  # type: ignore[call-overload]
+        out["schema"] = SCHEMA_VERSION
+        return out  # type: ignore[no-any-return]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Observation(_Message):
+    """One finished request, as recorded by a gateway. Holds features, never prompt text."""
+
+    request_id: str
+    pool: str  # the pool that served it
+    predicted_type: str  # the request type the gateway predicted
+    output_probs: list[float]  # P(output class S, M, L)
+    input_tokens: int
+    output_tokens: int
+    ttft_s: float | None
+    tbt_s: float | None  # mean time between tokens over the stream, None for < 2 tokens
+    status: int
+    instance: str
+    model: str
+    ts: float  # unix time the request finished
+    features: dict[str, float] = field(default_factory=dict)  # classifier features (no text)
+    max_tokens: int | None = None
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> Observation:
+        return _build(cls, _decode(raw, "observation"), "observation")
+
+
+@dataclass(frozen=True)
+class InstanceRecord(_Message):
+    """An engine instance as gateways see it. Gateways route only to ``state == ready``."""
+
+    id: str
+    base_url: str  # e.g. http://10.0.0.5:8001 (the gateway adds /v1/...)
+    model: str
+    pool: str  # the pool this instance serves
+    node: str
+    state: str  # InstanceState value
+    tp: int = 1
+    gpus: list[int] = field(default_factory=list)
+    sm_clock_mhz: int | None = None
+    max_concurrency: int = 256
+    engine: str = "external"  # vllm | tgi | simulated | external
+    updated_at: float = 0.0
+    api_key_env: str | None = None  # name of an environment variable holding the backend's key
+
+    @property
+    def ready(self) -> bool:
+        return self.state == InstanceState.READY
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> InstanceRecord:
+        rec = _build(cls, _decode(raw, "instance"), "instance")
+        if rec.state not in {s.value for s in InstanceState}:
+            raise ContractError(f"instance {rec.id}: unknown state {rec.state!r}")
+        return rec
+
+
+@dataclass(frozen=True)
+class PlannedInstance:
+    """One instance of the plan: where it runs, its tensor parallelism and SM clock."""
+
+    id: str
+    pool: str
+    node: str
+    gpus: list[int]
+    tp: int
+    sm_clock_mhz: int
+    load_rps: float  # planned load per instance, requests/s
+    power_w: float  # modelled from the profile
+
+
+@dataclass(frozen=True)
+class Plan(_Message):
+    """A versioned plan published by the planner leader."""
+
+    version: int
+    created_at: float
+    model: str
+    instances: list[PlannedInstance]
+    forecast_rps: dict[str, float]  # pool -> forecast peak load
+    predicted_power_w: float  # modelled
+    baseline_power_w: float  # modelled: all TP8 at max clock for the same load
+    reasons: list[str] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)
+    source: str = Source.MODELLED.value
+
+    def for_node(self, node: str) -> list[PlannedInstance]:
+        return [i for i in self.instances if i.node == node]
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> Plan:
+        data = dict(_decode(raw, "plan"))
+        try:
+            data["instances"] = [PlannedInstance(**i) for i in data.get("instances", [])]
+        except TypeError as exc:
+            raise ContractError(f"plan: bad instance: {exc}") from exc
+        return _build(cls, data, "plan")
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    uuid: str
+    name: str
+    power_w: float
+    energy_j: float
+    sm_clock_mhz: int
+    locked_clock_mhz: int | None
+    source: str  # Source value: measured for NVML, modelled for simulated GPUs
+
+
+@dataclass(frozen=True)
+class NodeTelemetry(_Message):
+    node: str
+    ts: float
+    gpus: list[GpuReading]
+    instances: dict[str, str]  # instance id -> InstanceState value
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> NodeTelemetry:
+        data = dict(_decode(raw, "telemetry"))
+        try:
+            data["gpus"] = [GpuReading(**g) for g in data.get("gpus", [])]
+        except TypeError as exc:
+            raise ContractError(f"telemetry: bad GPU reading: {exc}") from exc
+        return _build(cls, data, "telemetry")
+
+
+@dataclass(frozen=True)
+class Heartbeat(_Message):
+    node: str
+    ts: float
+    plan_version: int | None
+    gpu_count: int
+    clock_control: bool  # False: observe-only (no privilege to lock clocks)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> Heartbeat:
+        return _build(cls, _decode(raw, "heartbeat"), "heartbeat")
