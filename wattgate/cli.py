@@ -17,7 +17,6 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES = (
     "wattgate.gateway.cli",
     "wattgate.classifier.cli",
-    "wattgate.profiles.cli",
     "wattgate.agent.simcli",
     "wattgate.planner.cli",
     "wattgate.agent.cli",

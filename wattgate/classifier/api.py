@@ -1,0 +1,89 @@
+"""The classifier seam the gateway calls: ``predict(body, endpoint) -> Prediction``, plus the max_tokens fallback.
+
+``MaxTokensPredictor`` is the fallback while no trained model is configured: the input side is a
+cheap character-based estimate and the output class comes from ``max_tokens`` alone (certain when
+``max_tokens`` caps the class, uniform over the classes it leaves possible otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from wattgate.profiles.classes import LENGTH_CLASSES, ClassEdges
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the router needs to know of a request before it is sent."""
+
+    input_tokens: int
+    output_probs: tuple[float, float, float]  # P(output class S), P(M), P(L)
+    features: dict[str, float] = field(default_factory=dict)  # numeric features only, never text
+    method: str = "max_tokens"  # how the probabilities were obtained
+
+
+class Predictor(Protocol):
+    def predict(self, body: Mapping[str, Any], endpoint: str) -> Prediction:
+        """``endpoint`` is ``chat`` or ``completions``; ``body`` is the parsed, validated request."""
+        ...
+
+
+def requested_max_tokens(body: Mapping[str, Any]) -> int | None:
+    """``max_completion_tokens`` wins over the deprecated ``max_tokens``, as in the OpenAI API."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def cap_probabilities(
+    probs: tuple[float, float, float], max_tokens: int | None, edges: ClassEdges
+) -> tuple[float, float, float]:
+    """Zero the classes ``max_tokens`` makes impossible and renormalise (uniform if nothing is left)."""
+    if max_tokens is None:
+        return probs
+    allowed = [max_tokens > _lower(c, edges) for c in LENGTH_CLASSES]
+    kept = [p if ok else 0.0 for p, ok in zip(probs, allowed, strict=True)]
+    total = sum(kept)
+    if total <= 0:
+        n = sum(allowed)
+        kept = [1.0 / n if ok else 0.0 for ok in allowed]
+        total = 1.0
+    s, m, l_ = (p / total for p in kept)
+    return (s, m, l_)
+
+
+def _lower(cls: Any, edges: ClassEdges) -> int:
+    """Largest token count *below* class ``cls`` (an output must exceed it to be of that class)."""
+    return {"S": 0, "M": edges.output_short_max, "L": edges.output_medium_max}[cls.value]
+
+
+def _text_chars(body: Mapping[str, Any]) -> int:
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list):
+        return sum(len(p) if isinstance(p, str) else 4 * len(p) if isinstance(p, list) else 0 for p in prompt)
+    total = 0
+    for msg in body.get("messages") or ():
+        content = msg.get("content") if isinstance(msg, Mapping) else None
+        if isinstance(content, str):
+            total += len(content) + 16
+        elif isinstance(content, list):
+            total += sum(len(part.get("text", "")) for part in content if isinstance(part, Mapping)) + 16
+    return total
+
+
+class MaxTokensPredictor:
+    """The fallback predictor: ~4 characters per token, output class from ``max_tokens`` only."""
+
+    def __init__(self, edges: ClassEdges | None = None) -> None:
+        self.edges = edges or ClassEdges()
+
+    def predict(self, body: Mapping[str, Any], endpoint: str) -> Prediction:
+        input_tokens = max(1, _text_chars(body) // 4)
+        probs = cap_probabilities((1 / 3, 1 / 3, 1 / 3), requested_max_tokens(body), self.edges)
+        return Prediction(input_tokens=input_tokens, output_probs=probs, method="max_tokens")
