@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from wattgate.classifier.api import MaxTokensPredictor, cap_probabilities, requested_max_tokens
+from wattgate.classifier.api import MaxTokensPredictor, cap_probabilities, choose_output_class, requested_max_tokens
 from wattgate.profiles.classes import ClassEdges
 
 
@@ -33,3 +33,17 @@ def test_input_tokens_estimated_from_messages() -> None:
         ]
     }
     assert MaxTokensPredictor().predict(body, "chat").input_tokens == (400 + 16 + 40 + 16) // 4
+
+
+@pytest.mark.parametrize(
+    ("probs", "expected"),
+    [
+        ((1.0, 0.0, 0.0), "S"),
+        ((0.6, 0.4, 0.0), "M"),
+        ((0.5, 0.2, 0.3), "M"),
+        ((0.4, 0.2, 0.4), "L"),
+        ((0.7, 0.2, 0.1), "S"),
+    ],
+)
+def test_choose_output_class_leans_long(probs: tuple[float, float, float], expected: str) -> None:
+    assert choose_output_class(probs).value == expected

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from wattgate.profiles.classes import LENGTH_CLASSES, ClassEdges
+from wattgate.profiles.classes import LENGTH_CLASSES, ClassEdges, LengthClass
 
 
 @dataclass(frozen=True)
@@ -87,3 +87,26 @@ class MaxTokensPredictor:
         input_tokens = max(1, _text_chars(body) // 4)
         probs = cap_probabilities((1 / 3, 1 / 3, 1 / 3), requested_max_tokens(body), self.edges)
         return Prediction(input_tokens=input_tokens, output_probs=probs, method="max_tokens")
+
+
+@dataclass(frozen=True)
+class DecisionThresholds:
+    """Route to a longer output class once the chance of an output at least that long is high enough.
+
+    Under-predicting sends a long request to a pool sized for short ones (SLO misses for everybody
+    there); over-predicting only costs some energy. So the bar for "longer" is below 0.5.
+    """
+
+    at_least_m: float = 0.35  # P(M) + P(L) >= this -> at least M
+    at_least_l: float = 0.35  # P(L) >= this -> L
+
+
+def choose_output_class(probs: tuple[float, float, float], thresholds: DecisionThresholds | None = None) -> LengthClass:
+    """Turn output-class probabilities into the output class the router uses."""
+    t = thresholds or DecisionThresholds()
+    p_s, p_m, p_l = probs
+    if p_l >= t.at_least_l:
+        return LengthClass.L
+    if p_m + p_l >= t.at_least_m:
+        return LengthClass.M
+    return LengthClass.S
