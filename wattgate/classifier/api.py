@@ -104,7 +104,7 @@ class DecisionThresholds:
 def choose_output_class(probs: tuple[float, float, float], thresholds: DecisionThresholds | None = None) -> LengthClass:
     """Turn output-class probabilities into the output class the router uses."""
     t = thresholds or DecisionThresholds()
-    p_s, p_m, p_l = probs
+    _, p_m, p_l = probs
     if p_l >= t.at_least_l:
         return LengthClass.L
     if p_m + p_l >= t.at_least_m:
