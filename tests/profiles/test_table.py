@@ -105,3 +105,12 @@ def test_round_trip_through_file(tmp_path: Path) -> None:
     with pytest.raises(ProfileFormatError, match="not valid JSON"):
         (tmp_path / "bad.json").write_text("{")
         load_profile(tmp_path / "bad.json")
+
+
+def test_max_load_crossing_is_per_target_not_of_the_minimum_slack() -> None:
+    # At 1 req/s TBT has the smaller slack (0.15 - 0.05 = 0.10 < 0.25 - 0.10), yet TTFT is what
+    # fails at 3 req/s and TBT never does: the crossing is TTFT's own, 2.5 req/s (not 2.33).
+    slo = SloTargets(tbt_p99_s=0.15)
+    assert load_profile(_doc(ROWS)).max_load(8, 1000, SS, slo) == pytest.approx(2.5)
+    # Both targets fail at 3 req/s: the earlier crossing wins (TBT 0.05 -> 0.07 crosses 0.06 at 2.0).
+    assert load_profile(_doc(ROWS)).max_load(8, 1000, SS, SloTargets(tbt_p99_s=0.06)) == pytest.approx(2.0)
