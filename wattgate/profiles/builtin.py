@@ -20,9 +20,13 @@ def builtin_names() -> tuple[str, ...]:
     return tuple(sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json")))
 
 
-@functools.cache
 def load_builtin(name: str = DEFAULT_PROFILE) -> Profile:
     """Load a shipped profile by name (cached: every caller shares one validated Profile)."""
+    return _load_builtin(name)
+
+
+@functools.cache
+def _load_builtin(name: str) -> Profile:
     names = builtin_names()
     if name not in names:
         raise ProfilesError(f"unknown builtin profile {name!r}; builtin profiles: {', '.join(names) or 'none'}")
