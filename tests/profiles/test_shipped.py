@@ -105,3 +105,17 @@ def test_max_load_spot_checks(profile: Profile) -> None:
     assert profile.max_load(2, 800, ll, slo) == 0.0
     # Lower clocks never raise capacity much: TP8 LL at 800 MHz carries less than at 1980 MHz.
     assert profile.max_load(8, 800, ll, slo) < profile.max_load(8, 1980, ll, slo)
+
+
+@pytest.mark.parametrize(
+    ("rtype", "caps"),
+    [
+        ("SS", (0.0, 3.79, 0.0, 5.73, 6.94, 9.0)),
+        ("MM", (0.0, 1.04, 2.2, 3.0, 3.5, 3.5)),
+        ("LL", (0.0, 0.53, 0.51, 1.5, 1.3, 1.5)),
+    ],
+)
+def test_capacity_table_in_the_readme(profile: Profile, rtype: str, caps: tuple[float, ...]) -> None:
+    configs = [(2, 800), (2, 1980), (4, 800), (4, 1980), (8, 800), (8, 1980)]
+    got = [profile.max_load(tp, clock, RequestType.parse(rtype), SloTargets()) for tp, clock in configs]
+    assert got == pytest.approx(list(caps), abs=0.006)
