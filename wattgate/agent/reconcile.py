@@ -1,0 +1,94 @@
+"""Reconcile, the pure part: the plan's instances for this node vs what runs → ordered actions.
+
+Order: drain → stop (instances leaving or changing), then for each new instance set clocks →
+start, then wait healthy → register ready. Instances whose pool, GPUs and TP are unchanged are
+left alone (their clocks belong to the clock loop). No I/O here: the actuator applies the actions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from wattgate.planner.contract import PlannedInstance
+
+
+class ActionKind(enum.StrEnum):
+    DRAIN = "drain"  # mark draining in Redis, wait (bounded) for in-flight requests
+    STOP = "stop"
+    SET_CLOCK = "set_clock"
+    START = "start"
+    WAIT_HEALTHY = "wait_healthy"
+    REGISTER = "register"  # publish the instance as ready
+
+
+@dataclass(frozen=True)
+class Actual:
+    """An instance the agent runs (or adopted) now."""
+
+    id: str
+    pool: str
+    gpus: tuple[int, ...]
+    tp: int
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    instance_id: str
+    gpus: tuple[int, ...] = ()
+    sm_clock_mhz: int | None = None
+    planned: PlannedInstance | None = None
+
+
+@dataclass(frozen=True)
+class Diff:
+    actions: tuple[Action, ...]
+    problems: tuple[str, ...]  # planned instances refused, with the reason
+
+
+def _same(p: PlannedInstance, a: Actual) -> bool:
+    return p.pool == a.pool and tuple(p.gpus) == a.gpus and p.tp == a.tp
+
+
+def _admissible(
+    desired: Sequence[PlannedInstance], node_gpus: Sequence[int]
+) -> tuple[list[PlannedInstance], list[str]]:
+    ok: list[PlannedInstance] = []
+    problems: list[str] = []
+    used: set[int] = set()
+    seen: set[str] = set()
+    for p in sorted(desired, key=lambda i: i.id):
+        gpus = set(p.gpus)
+        if p.id in seen:
+            problems.append(f"{p.id}: planned twice; the first is kept")
+        elif not gpus or not gpus <= set(node_gpus):
+            problems.append(f"{p.id}: GPUs {list(p.gpus)} are not all on this node {list(node_gpus)}")
+        elif len(gpus) != p.tp:
+            problems.append(f"{p.id}: TP{p.tp} on {len(gpus)} GPUs {list(p.gpus)}")
+        elif gpus & used:
+            problems.append(f"{p.id}: GPUs {sorted(gpus & used)} are already planned for another instance")
+        else:
+            ok.append(p)
+            used |= gpus
+        seen.add(p.id)
+    return ok, problems
+
+
+def diff(desired: Sequence[PlannedInstance], actual: Mapping[str, Actual], node_gpus: Sequence[int]) -> Diff:
+    """The actions that take this node from ``actual`` to ``desired``, in the order to apply them."""
+    wanted, problems = _admissible(desired, node_gpus)
+    keep = {p.id for p in wanted if p.id in actual and _same(p, actual[p.id])}
+    leaving = sorted(i for i in actual if i not in keep)
+    arriving = [p for p in wanted if p.id not in keep]
+    actions: list[Action] = [Action(ActionKind.DRAIN, i, actual[i].gpus) for i in leaving]
+    actions += [Action(ActionKind.STOP, i, actual[i].gpus) for i in leaving]
+    for p in arriving:
+        gpus = tuple(p.gpus)
+        actions.append(Action(ActionKind.SET_CLOCK, p.id, gpus, sm_clock_mhz=p.sm_clock_mhz, planned=p))
+        actions.append(Action(ActionKind.START, p.id, gpus, planned=p))
+    for p in arriving:
+        actions.append(Action(ActionKind.WAIT_HEALTHY, p.id, tuple(p.gpus), planned=p))
+        actions.append(Action(ActionKind.REGISTER, p.id, tuple(p.gpus), planned=p))
+    return Diff(tuple(actions), tuple(problems))
