@@ -122,7 +122,7 @@ class Actuator:
             self._stop(r)
         elif a.kind is ActionKind.SET_CLOCK and a.sm_clock_mhz:
             for g in a.gpus:
-                self.clocks.set_clock(g, a.sm_clock_mhz)
+                self.clocks.set_clock(g, snap_up(a.sm_clock_mhz, self.gpus[g].supported_sm_clocks_mhz()))
         elif a.kind is ActionKind.START and a.planned is not None:
             self._start(a.planned, a.sm_clock_mhz)
         elif a.kind is ActionKind.WAIT_HEALTHY and r is not None and r.state is InstanceState.STARTING:
@@ -255,6 +255,7 @@ class Actuator:
             if engine.running() and engine.healthy():
                 r = Running(p, engine, InstanceState.READY, sm_clock_mhz=entry.get("sm_clock_mhz"))
                 self.instances[p.id] = r
+                self._relock(r)
                 self._set_state(r, InstanceState.READY)
                 adopted.append(p.id)
                 log.info("adopted %s (pid %d) left running by a previous agent", p.id, pid)
@@ -321,6 +322,15 @@ class Actuator:
                 log.error("redis unavailable (%s): running on the last plan, will re-register", exc)
             self.redis_ok = False
 
+    def _relock(self, r: Running) -> None:
+        """Re-apply an adopted instance's clock (start-up reset every lock of the crashed agent)."""
+        mhz = r.sm_clock_mhz or r.planned.sm_clock_mhz
+        try:
+            for g in r.planned.gpus:
+                self.clocks.set_clock(g, snap_up(mhz, self.gpus[g].supported_sm_clocks_mhz()))
+        except GpuError as exc:
+            log.error("%s: cannot re-lock %d MHz: %s", r.planned.id, mhz, exc)
+
     def _reset_clock(self, gpu: int) -> None:
         try:
             self.clocks.reset(gpu)
@@ -352,6 +362,12 @@ class Actuator:
             os.replace(tmp, self._engines_file)
         except OSError as exc:
             raise AgentError(f"cannot write {self._engines_file}: {exc}") from exc
+
+
+def snap_up(mhz: int, supported: Sequence[int]) -> int:
+    """The lowest supported clock at or above ``mhz`` (never slower than planned), else the highest."""
+    above = [c for c in supported if c >= mhz]
+    return min(above) if above else max(supported)
 
 
 def _bindable(host: str, port: int) -> bool:

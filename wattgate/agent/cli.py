@@ -56,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
     from wattgate.agent.settings import from_args
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
     try:
         settings = from_args(args)
     except AgentError as exc:
