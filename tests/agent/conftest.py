@@ -79,7 +79,7 @@ class FakeGpu:
         return "modelled"
 
     def supported_sm_clocks_mhz(self) -> tuple[int, ...]:
-        return tuple(range(800, 2000, 200)) + (1980,)
+        return (*range(800, 2000, 200), 1980)
 
     def sm_clock_mhz(self) -> int:
         return self.locked or 1980

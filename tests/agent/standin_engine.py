@@ -17,7 +17,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--host", "--hostname", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    args, rest = p.parse_known_args()
+    args, _ = p.parse_known_args()
     in_flight_file = os.environ.get("STANDIN_IN_FLIGHT_FILE")
     if os.environ.get("STANDIN_IGNORE_SIGTERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -4,11 +4,14 @@ checks on a real GPU (marked gpu, skipped without one)."""
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from tests.agent.nvml_support import locked_clocks, nvml_env, run_python, write_state
+from wattgate.agent.gpu.base import GpuError, GpuNotSupportedError
+from wattgate.agent.gpu.nvml import NvmlLibrary
 
 PRELUDE = """
 import json, time
@@ -105,7 +108,8 @@ def test_fake_library_itself_refuses_unsupported_clocks(fake_nvml_dir: Path, tmp
 
 def test_missing_library_is_a_library_error(tmp_path: Path) -> None:
     out = run_python(
-        "import json\nfrom wattgate.agent.gpu.nvml import NvmlLibrary\nfrom wattgate.agent.gpu.base import GpuLibraryError\n"
+        "import json\nfrom wattgate.agent.gpu.nvml import NvmlLibrary\n"
+        "from wattgate.agent.gpu.base import GpuLibraryError\n"
         "try:\n    NvmlLibrary().gpus(); print(json.dumps('opened'))\n"
         "except GpuLibraryError as e:\n    print(json.dumps('library error'))\n",
         nvml_env(tmp_path, tmp_path / "none"),
@@ -118,9 +122,6 @@ def test_missing_library_is_a_library_error(tmp_path: Path) -> None:
 # -- real GPU, read only: never lock or reset a real GPU's clocks in a test ------------------------
 @pytest.fixture
 def real_gpus():  # type: ignore[no-untyped-def]
-    from wattgate.agent.gpu.base import GpuError
-    from wattgate.agent.gpu.nvml import NvmlLibrary
-
     lib = NvmlLibrary()
     try:
         gpus = lib.gpus()
@@ -144,10 +145,6 @@ def test_real_gpu_power_and_clock(real_gpus) -> None:  # type: ignore[no-untyped
 
 @pytest.mark.gpu
 def test_real_gpu_energy_counter_increases(real_gpus) -> None:  # type: ignore[no-untyped-def]
-    import time
-
-    from wattgate.agent.gpu.base import GpuNotSupportedError
-
     g = real_gpus[0]
     try:
         e0 = g.energy_j()
