@@ -42,6 +42,14 @@ def main() -> None:
             else:
                 self._send(404, "text/plain", b"not found")
 
+        def do_POST(self) -> None:
+            if self.path.startswith(("/sleep", "/wake_up")):
+                with Path(os.environ.get("STANDIN_SLEEP_LOG", os.devnull)).open("a") as f:
+                    f.write(self.path + "\n")
+                self._send(200, "application/json", b"{}")
+            else:
+                self._send(404, "text/plain", b"not found")
+
         def _send(self, code: int, ctype: str, body: bytes) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)

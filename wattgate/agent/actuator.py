@@ -285,7 +285,7 @@ class Actuator:
     # -- helpers ----------------------------------------------------------------------------------
     def republish(self) -> None:
         """Re-write every record (no event): restores the registry after Redis comes back."""
-        for r in self.instances.values():
+        for r in list(self.instances.values()):  # the telemetry thread calls this: copy first
             self._put(self.record(r), announce=False)
 
     def set_clock_record(self, r: Running, mhz: int) -> None:

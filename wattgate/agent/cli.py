@@ -55,13 +55,13 @@ def main(args: argparse.Namespace) -> int:
     from wattgate.agent.main import run
     from wattgate.agent.settings import from_args
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
     try:
         settings = from_args(args)
     except AgentError as exc:
         print(f"wattgate agent: {exc}", file=sys.stderr)
         return 2
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
     try:
         return run(settings)
     except (AgentError, GpuError) as exc:

@@ -49,7 +49,7 @@ class Telemetry:
         return out
 
     def node_telemetry(self, now: float) -> NodeTelemetry:
-        states = {i: r.state.value for i, r in self._act.instances.items()}
+        states = {i: r.state.value for i, r in list(self._act.instances.items())}  # copy: another thread edits it
         return NodeTelemetry(node=self.node, ts=now, gpus=self.readings(), instances=states)
 
     def heartbeat(self, now: float, plan_version: int | None, notes: Sequence[str]) -> Heartbeat:
