@@ -196,3 +196,23 @@ def test_vllm_sleep_mode_parks_and_wakes_instead_of_restarting(tmp_path: Path) -
             os.kill(pid or 0, 0)
     finally:
         act.shutdown()
+
+
+def test_engine_that_cannot_launch_fails_with_backoff(tmp_path: Path) -> None:
+    gpus = [FakeGpu(0)]
+    opts = replace(options(tmp_path, EngineKind.VLLM), command=("/nonexistent/vllm",))
+    act = Actuator(
+        node="n1",
+        model="m",
+        gpus=gpus,
+        clocks=ClockController(gpus, tmp_path / "locks.json"),
+        store=None,
+        make_engine=lambda s: make_engine(opts, s),
+        engines_file=tmp_path / "engines.json",
+        port_base=free_port(),
+    )
+    plan = [PlannedInstance("i0", "SS", "n1", [0], 1, 1200, 1.0, 1.0)]
+    act.apply(diff(plan, act.actual(), [0]).actions)
+    r = act.instances["i0"]
+    assert r.state is InstanceState.FAILED and r.crashes == 1 and "cannot run" in r.history[0]
+    assert diff(plan, act.actual(), [0]).actions == ()  # no new start every tick: supervise retries it

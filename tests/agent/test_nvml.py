@@ -93,6 +93,22 @@ def test_errors_map_through_one_table(fake_nvml_dir: Path, tmp_path: Path) -> No
     assert locked_clocks(state) == {0: 0, 1: 0}
 
 
+def test_energy_without_a_counter_integrates_measured_power(fake_nvml_dir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "nvml"
+    write_state(state, fail={"nvmlDeviceGetTotalEnergyConsumption": 3})  # NOT_SUPPORTED, like pre-Volta
+    out = run(
+        """
+        g = gpus[0]
+        e0 = g.energy_j(); time.sleep(0.2); e1 = g.energy_j()
+        print(json.dumps({"e0": e0, "e1": e1}))
+        """,
+        fake_nvml_dir,
+        state,
+    )
+    assert out["e0"] == 0.0
+    assert out["e1"] == pytest.approx(700 * 0.2, rel=0.5)
+
+
 def test_fake_library_itself_refuses_unsupported_clocks(fake_nvml_dir: Path, tmp_path: Path) -> None:
     state = tmp_path / "nvml"
     write_state(state)

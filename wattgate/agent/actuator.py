@@ -124,15 +124,16 @@ class Actuator:
             for g in a.gpus:
                 self.clocks.set_clock(g, snap_up(a.sm_clock_mhz, self.gpus[g].supported_sm_clocks_mhz()))
         elif a.kind is ActionKind.START and a.planned is not None:
-            self._start(a.planned, a.sm_clock_mhz)
+            self._start(a.planned)
         elif a.kind is ActionKind.WAIT_HEALTHY and r is not None and r.state is InstanceState.STARTING:
             self._wait_healthy(r)
         elif a.kind is ActionKind.REGISTER and r is not None and r.state is InstanceState.STARTING:
             self._set_state(r, InstanceState.READY)
 
-    def _start(self, p: PlannedInstance, _clock: int | None) -> None:
+    def _start(self, p: PlannedInstance) -> None:
         gpus = tuple(p.gpus)
         engine = self._wake_parked(p)
+        woken = engine is not None
         if engine is None:
             spec = EngineSpec(
                 instance_id=p.id,
@@ -146,10 +147,12 @@ class Actuator:
                 max_batch=self._max_batch,
             )
             engine = self._make_engine(spec)
-            engine.start()
+        # Known before it is launched: a launch that fails becomes FAILED with backoff, not a retry every tick.
         r = Running(p, engine, InstanceState.STARTING, sm_clock_mhz=self.clocks.locked_mhz(gpus[0]))
         self.instances[p.id] = r
         self._set_state(r, InstanceState.STARTING)
+        if not woken:
+            engine.start()
         self._save()
 
     def _wait_healthy(self, r: Running) -> None:

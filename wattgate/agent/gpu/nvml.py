@@ -7,6 +7,7 @@ table, ``_ERRORS``. Power and energy read here are measured (NVML counters).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -55,6 +56,9 @@ class NvmlGpu:
         self._uuid = str(_call("uuid", pynvml.nvmlDeviceGetUUID, handle))
         self._name = str(_call("name", pynvml.nvmlDeviceGetName, handle))
         self._clocks: tuple[int, ...] | None = None
+        self._energy_counter = True
+        self._integrated_j = 0.0
+        self._last_power: tuple[float, float] | None = None
 
     @property
     def index(self) -> int:
@@ -94,7 +98,20 @@ class NvmlGpu:
         return float(_call("power", pynvml.nvmlDeviceGetPowerUsage, self._handle)) / 1000.0  # mW -> W
 
     def energy_j(self) -> float:
-        return float(_call("energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, self._handle)) / 1000.0  # mJ -> J
+        """The driver's total energy counter (mJ -> J). GPUs without one (before Volta) skip the call:
+        the energy is then integrated from measured power at each call (trapezoids), from zero."""
+        if self._energy_counter:
+            try:
+                return float(_call("energy", pynvml.nvmlDeviceGetTotalEnergyConsumption, self._handle)) / 1000.0
+            except GpuNotSupportedError:
+                self._energy_counter = False
+                log.warning("GPU %d has no energy counter: integrating measured power instead", self._index)
+        now, power = time.monotonic(), self.power_w()
+        if self._last_power is not None:
+            t0, p0 = self._last_power
+            self._integrated_j += (power + p0) / 2 * (now - t0)
+        self._last_power = (now, power)
+        return self._integrated_j
 
 
 class NvmlLibrary:
