@@ -18,6 +18,7 @@ from wattgate.agent.clock_loop import ClockLoop
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.engines.base import EngineKind
 from wattgate.agent.engines.options import EngineOptions, make_engine
+from wattgate.agent.metrics import AgentMetrics
 from wattgate.agent.store import AgentStore
 from wattgate.agent.telemetry import Telemetry
 from wattgate.embedded_redis import EmbeddedRedis, free_port
@@ -65,6 +66,7 @@ def build(tmp: Path, url: str, gpus: list[FakeGpu], prof: Profile | None = None)
         telemetry=Telemetry("n1", gpus, clocks, act),
         clock_loop=loop,
         clock_interval_s=5.0,
+        metrics=AgentMetrics(),
     )
 
 
@@ -113,6 +115,10 @@ def test_scale_down_drains_before_stopping(tmp_path: Path, redis_url: str, r: re
         assert tel.instances == {"a": "ready"} and [g.source for g in tel.gpus] == ["modelled", "modelled"]
         hb = Heartbeat.from_json(r.get(KEYS.heartbeat("n1")) or "")
         assert hb.plan_version == 2 and hb.clock_control and r.ttl(KEYS.heartbeat("n1")) > 0
+        assert agent.metrics is not None
+        text = agent.metrics.text()
+        assert 'wattgate_agent_gpu_power_watts{gpu="0",source="modelled",uuid="GPU-fake-0"}' in text
+        assert 'wattgate_agent_instances{state="ready"} 1.0' in text and "wattgate_agent_redis_up 1.0" in text
     finally:
         agent.shutdown()
     assert records(r) == {} and gpus[0].locked is None
@@ -157,6 +163,7 @@ def test_redis_down_keeps_serving_and_reregisters(tmp_path: Path) -> None:
         agent.tick()
         agent.publish()
         assert not agent.redis_ok and agent.plan is not None and agent.plan.version == 1
+        assert agent.metrics is not None and "wattgate_agent_redis_up 0.0" in agent.metrics.text()
         assert agent.act.instances["a"].engine.healthy()  # still serving on the last plan
         server = EmbeddedRedis(port=port).start()  # a fresh, empty Redis
         agent.tick()

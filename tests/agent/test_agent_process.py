@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -80,7 +81,8 @@ def heartbeat(r: redis.Redis) -> Heartbeat | None:
 def test_locks_plan_clock_and_resets_on_sigterm(env, fake_nvml_dir: Path, redis_url: str) -> None:  # type: ignore[no-untyped-def]
     state, tmp, r = env
     publish_plan(r, 1, 1200, [0, 1])
-    agent = AgentProc(fake_nvml_dir, state, tmp, redis_url)
+    metrics_port = free_port()
+    agent = AgentProc(fake_nvml_dir, state, tmp, redis_url, "--metrics-port", str(metrics_port))
     try:
         rec = wait_for(lambda: (x := record(r)) is not None and x.ready and x, "instance ready")
         assert isinstance(rec, InstanceRecord) and rec.gpus == [0, 1] and rec.sm_clock_mhz == 1200
@@ -96,6 +98,10 @@ def test_locks_plan_clock_and_resets_on_sigterm(env, fake_nvml_dir: Path, redis_
         assert isinstance(tel, dict)
         assert [g["source"] for g in tel["gpus"]] == ["measured", "measured"]
         assert tel["gpus"][0]["locked_clock_mhz"] == 1200 and tel["gpus"][0]["sm_clock_mhz"] == 1200
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert "wattgate_agent_clock_control 1.0" in metrics
+        assert 'wattgate_agent_gpu_locked_clock_mhz{gpu="0"} 1200.0' in metrics
+        assert 'source="measured"' in metrics
         # a new plan moves the instance to GPU 1 only: drain, stop, re-lock, start; GPU 0 is released.
         # 1400 MHz is not a supported clock (15 MHz steps down from 1980): the next one up is locked.
         publish_plan(r, 2, 1400, [1])

@@ -16,6 +16,7 @@ from wattgate.agent.actuator import Actuator
 from wattgate.agent.clock_loop import ClockLoop
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.gpu.base import GpuError
+from wattgate.agent.metrics import AgentMetrics
 from wattgate.agent.reconcile import diff
 from wattgate.agent.store import AgentStore, StoreError
 from wattgate.agent.telemetry import Telemetry
@@ -36,6 +37,7 @@ class Agent:
         clock_loop: ClockLoop | None = None,
         externals: Sequence[PlannedInstance] | None = None,
         clock_interval_s: float = 5.0,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.node = node
         self.act = actuator
@@ -45,6 +47,7 @@ class Agent:
         self.clock_loop = clock_loop
         self.externals = list(externals) if externals is not None else None
         self.clock_interval_s = clock_interval_s
+        self.metrics = metrics
         self.plan: Plan | None = None
         self.redis_ok = True
         self.problems: tuple[str, ...] = ()
@@ -94,13 +97,17 @@ class Agent:
         notes = [] if self.redis_ok else ["redis was unreachable: running on the last plan"]
         notes += list(self.problems)
         version = self.plan.version if self.plan is not None else None
+        tel, hb = self.telemetry.node_telemetry(now), self.telemetry.heartbeat(now, version, notes)
         try:
-            self.store.publish_node(self.telemetry.node_telemetry(now), self.telemetry.heartbeat(now, version, notes))
+            self.store.publish_node(tel, hb)
             self.act.republish()
         except StoreError as exc:
             self._redis_down(exc)
-            return
-        self._redis_up()
+        else:
+            self._redis_up()
+        if self.metrics is not None:
+            crashes = {i: r.crashes for i, r in list(self.act.instances.items())}
+            self.metrics.update(tel, hb, self.redis_ok, crashes)
 
     def run(self, stop: threading.Event, tick_s: float = 1.0) -> None:
         """Loop until ``stop`` is set: telemetry every ``tick_s`` in its own thread, control passes here."""

@@ -43,6 +43,8 @@ def register(subparsers: Any) -> None:
     a("--drain-timeout-s", type=float, default=60.0, help="longest wait for in-flight requests  [60]")
     a("--start-timeout-s", type=float, default=900.0, help="longest wait for an engine to be healthy  [900]")
     a("--stop-grace-s", type=float, default=30.0, help="SIGTERM to SIGKILL grace (s)  [30]")
+    a("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)  [0]")
+    a("--metrics-host", default="0.0.0.0", help="address of the metrics endpoint  [0.0.0.0]")
     a("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="[INFO]")
     p.set_defaults(func=main)
 

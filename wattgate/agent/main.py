@@ -21,6 +21,7 @@ from wattgate.agent.engines.external import ExternalEngine
 from wattgate.agent.engines.options import EngineOptions, make_engine
 from wattgate.agent.errors import SettingsError
 from wattgate.agent.gpu.base import Gpu
+from wattgate.agent.metrics import AgentMetrics
 from wattgate.agent.settings import AgentSettings
 from wattgate.agent.store import AgentStore
 from wattgate.agent.telemetry import Telemetry
@@ -117,7 +118,12 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
     loop = ClockLoop(act, profile, slo, store, s.load_window_s) if profile is not None else None
     if loop is None:
         log.warning("no --profile: clocks stay at the plan's clock (no instance-level clock loop)")
+    metrics = AgentMetrics()
+    if s.metrics_port:
+        metrics.serve(s.metrics_port, s.metrics_host)
+        stack.callback(metrics.close)
     return Agent(
+        metrics=metrics,
         node=s.node,
         actuator=act,
         clocks=clocks,

@@ -55,6 +55,8 @@ class AgentSettings:
     drain_timeout_s: float = 60.0
     start_timeout_s: float = 900.0
     stop_grace_s: float = 30.0
+    metrics_port: int = 0  # 0: no metrics endpoint
+    metrics_host: str = "0.0.0.0"
 
     @property
     def sim_gpu_count(self) -> int:
@@ -116,6 +118,7 @@ def validate(s: AgentSettings) -> AgentSettings:
         (min(s.ttft_s) > 0 and s.tbt_s > 0, "SLO targets must be positive seconds"),
         (s.tick_s > 0 and s.clock_interval_s >= s.tick_s, "--clock-interval-s must be >= --tick-s > 0"),
         (s.load_window_s >= 1, "--load-window-s must be >= 1"),
+        (0 <= s.metrics_port <= 65535, "--metrics-port must be in 0..65535"),
         (min(s.drain_timeout_s, s.start_timeout_s, s.stop_grace_s) >= 0, "timeouts must be >= 0"),
     ]
     for ok, message in checks:
@@ -169,5 +172,7 @@ def from_args(args: Any) -> AgentSettings:
             drain_timeout_s=args.drain_timeout_s,
             start_timeout_s=args.start_timeout_s,
             stop_grace_s=args.stop_grace_s,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
     )
