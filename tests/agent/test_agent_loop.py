@@ -115,6 +115,12 @@ def test_scale_down_drains_before_stopping(tmp_path: Path, redis_url: str, r: re
         assert tel.instances == {"a": "ready"} and [g.source for g in tel.gpus] == ["modelled", "modelled"]
         hb = Heartbeat.from_json(r.get(KEYS.heartbeat("n1")) or "")
         assert hb.plan_version == 2 and hb.clock_control and r.ttl(KEYS.heartbeat("n1")) > 0
+        r.set(KEYS.plan, '{"schema": 99, "version": 3}')  # a plan of another schema: refused, last plan kept
+        agent.tick()
+        agent.publish()
+        assert agent.plan is not None and agent.plan.version == 2 and set(agent.act.instances) == {"a"}
+        hb = Heartbeat.from_json(r.get(KEYS.heartbeat("n1")) or "")
+        assert any("schema version 99" in n for n in hb.notes) and agent.redis_ok
         assert agent.metrics is not None
         text = agent.metrics.text()
         assert 'wattgate_agent_gpu_power_watts{gpu="0",source="modelled",uuid="GPU-fake-0"}' in text

@@ -168,24 +168,18 @@ class Actuator:
             self.stop_event.wait(self.timeouts.poll_s)
 
     def _stop(self, r: Running) -> None:
-        drain_s = self.timeouts.drain_s
+        r.engine.drain(self.timeouts.drain_s)
         if r.engine.managed and r.engine.sleep():
-            self._drain_wait(r, drain_s)
             self.parked.append(r.engine)
             log.info("%s sleeps (vLLM sleep mode) instead of stopping", r.planned.id)
         else:
-            r.engine.stop(drain_s)
+            r.engine.stop(0)
             r.engine.close()
         del self.instances[r.planned.id]
         self._remove_record(r.planned.id)
         for g in r.planned.gpus:
             self._reset_clock(g)
         self._save()
-
-    def _drain_wait(self, r: Running, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while r.engine.in_flight() not in (0, None) and time.monotonic() < deadline:
-            self.stop_event.wait(self.timeouts.poll_s)
 
     def _wake_parked(self, p: PlannedInstance) -> Engine | None:
         for engine in list(self.parked):

@@ -18,7 +18,7 @@ from wattgate.agent.clocks import ClockController
 from wattgate.agent.gpu.base import GpuError
 from wattgate.agent.metrics import AgentMetrics
 from wattgate.agent.reconcile import diff
-from wattgate.agent.store import AgentStore, StoreError
+from wattgate.agent.store import AgentStore, BadPlanError, StoreError
 from wattgate.agent.telemetry import Telemetry
 from wattgate.planner.contract import Plan, PlannedInstance
 
@@ -52,6 +52,7 @@ class Agent:
         self.redis_ok = True
         self.problems: tuple[str, ...] = ()
         self._next_clock = 0.0
+        self._bad_plan = ""
 
     def desired(self) -> list[PlannedInstance] | None:
         """What should run here; None until a plan was seen (then nothing is started or stopped)."""
@@ -65,6 +66,13 @@ class Agent:
         except StoreError as exc:
             self._redis_down(exc)
             return
+        except BadPlanError as exc:
+            if str(exc) != self._bad_plan:
+                log.error("%s: keeping the last plan", exc)
+            self._bad_plan = str(exc)
+            self._redis_up()
+            return
+        self._bad_plan = ""
         self._redis_up()
         if plan is not None and (self.plan is None or plan.version != self.plan.version):
             log.info(
@@ -95,7 +103,7 @@ class Agent:
     def publish(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         notes = [] if self.redis_ok else ["redis was unreachable: running on the last plan"]
-        notes += list(self.problems)
+        notes += [*self.problems, *([self._bad_plan] if self._bad_plan else [])]
         version = self.plan.version if self.plan is not None else None
         tel, hb = self.telemetry.node_telemetry(now), self.telemetry.heartbeat(now, version, notes)
         try:

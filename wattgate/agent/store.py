@@ -32,6 +32,10 @@ class StoreError(AgentError):
     """Redis is unreachable or answered with an error."""
 
 
+class BadPlanError(AgentError):
+    """The published plan does not follow the wire schema (another version, missing fields)."""
+
+
 class AgentStore:
     def __init__(self, url: str, keys: Keys, timeout_s: float = 2.0) -> None:
         self.keys = keys
@@ -59,7 +63,7 @@ class AgentStore:
         try:
             return Plan.from_json(raw)
         except ContractError as exc:
-            raise StoreError(f"cannot use the published plan: {exc}") from exc
+            raise BadPlanError(f"cannot use the published plan: {exc}") from exc
 
     def put_instance(self, record: InstanceRecord, announce: bool = True) -> None:
         """Write the record; ``announce`` publishes its id on the instance events channel."""

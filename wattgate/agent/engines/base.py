@@ -74,6 +74,10 @@ class Engine(Protocol):
         """Requests running plus waiting, from the engine's /metrics; None when unknown."""
         ...
 
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight (unknown counts as not yet), at most ``timeout_s``."""
+        ...
+
     def stop(self, drain_timeout_s: float) -> None:
         """Wait (bounded) for in-flight requests to finish, then SIGTERM, then SIGKILL."""
         ...

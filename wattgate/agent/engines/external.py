@@ -58,6 +58,9 @@ class ExternalEngine:
         value = parse_metrics(r.text, IN_FLIGHT_METRICS[EngineKind.EXTERNAL]) if r.status_code == 200 else None
         return None if value is None else int(value)
 
+    def drain(self, timeout_s: float) -> bool:
+        return True  # not ours to stop: nothing to wait for
+
     def stop(self, drain_timeout_s: float) -> None:
         return None
 
