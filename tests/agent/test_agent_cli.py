@@ -28,7 +28,7 @@ from wattgate.planner.contract import InstanceRecord, Keys
         (["--redis-url", "http://x", "--node", "n1", "--model", "m"], "--redis-url"),
         (["--redis-url", "redis://x", "--node", "bad name", "--model", "m"], "--node"),
         (["--redis-url", "redis://x", "--node", "n1", "--gpus", "sim:0", "--model", "m"], "--gpus"),
-        (["--redis-url", "redis://x", "--node", "n1", "--engine", "sim", "--model", "m"], "--profile"),
+        (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--metrics-port", "70000"], "--metrics-port"),
         (["--redis-url", "redis://x", "--node", "n1", "--engine", "external"], "--external"),
         (["--redis-url", "redis://x", "--node", "n1", "--engine", "external", "--external", "id=a"], "--external"),
         (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--ttft-s", "1,2"], "--ttft-s"),

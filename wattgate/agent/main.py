@@ -35,27 +35,30 @@ log = logging.getLogger(__name__)
 def open_gpus(s: AgentSettings, stack: ExitStack) -> list[Gpu]:
     """The node's GPUs, built once. NVML is shut down when ``stack`` closes."""
     if s.sim_gpu_count:
-        try:  # written by the emulator; imported by name so the agent runs without it on GPU hosts
+        try:  # the emulator's module, imported by name: GPU hosts never need it
             sim = importlib.import_module("wattgate.agent.gpu.simulated")
         except ModuleNotFoundError as exc:
             raise SettingsError("--gpus sim:N needs wattgate.agent.gpu.simulated, which is not installed") from exc
         state_dir = s.gpu_state_dir or s.state_dir / "sim-gpus"
-        return [sim.SimulatedGpu(index=i, state_dir=state_dir) for i in range(s.sim_gpu_count)]
+        return list(sim.open_simulated_gpus(range(s.sim_gpu_count), state_dir))
     from wattgate.agent.gpu.nvml import NvmlLibrary  # noqa: PLC0415 (only NVML hosts need pynvml)
 
     lib = stack.enter_context(NvmlLibrary())
     return list(lib.gpus(list(s.gpu_indices) if s.gpu_indices else None))
 
 
-def load_agent_profile(name: str) -> Profile | None:
-    if not name:
-        return None
-    path = Path(name)
-    if not path.exists():
-        bundled = Path(__file__).resolve().parent.parent / "profiles" / "data" / f"{name}.json"
-        path = bundled if bundled.exists() else path
+def load_agent_profile(spec: str, simulated: bool) -> Profile | None:
+    """``--profile``: a builtin name or a file. Without one, simulated engines follow the shipped
+    default (as ``wattgate sim-backend`` does); real engines get no clock loop rather than a profile
+    measured for another model."""
     try:
-        return load_profile(path)
+        builtin: Any = importlib.import_module("wattgate.profiles.builtin")
+    except ModuleNotFoundError:
+        builtin = None
+    try:
+        if builtin is not None and (spec or simulated):
+            return builtin.resolve_profile(spec) if spec else builtin.load_builtin()  # type: ignore[no-any-return]
+        return load_profile(Path(spec).expanduser()) if spec else None
     except ProfilesError as exc:
         raise SettingsError(f"--profile: {exc}") from exc
 
@@ -90,6 +93,7 @@ def external_plan(s: AgentSettings, gpus: list[Gpu]) -> list[PlannedInstance] | 
 
 
 def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
+    profile = load_agent_profile(s.profile, s.engine is EngineKind.SIMULATED)  # bad input fails before any GPU work
     gpus = open_gpus(s, stack)
     clocks = ClockController(gpus, s.clock_state_file, observe_only=s.observe_only)
     recovered = clocks.recover()
@@ -113,7 +117,6 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
         stop_event=stop,
     )
     act.adopt()
-    profile = load_agent_profile(s.profile)
     slo = SloTargets(dict(zip((LengthClass.S, LengthClass.M, LengthClass.L), s.ttft_s, strict=True)), s.tbt_s)
     loop = ClockLoop(act, profile, slo, store, s.load_window_s) if profile is not None else None
     if loop is None:

@@ -112,7 +112,6 @@ def validate(s: AgentSettings) -> AgentSettings:
         (1 <= s.port_base <= 65000, "--port-base must be in 1..65000"),
         (s.max_batch >= 1, "--max-batch must be >= 1"),
         (s.cuda_devices_by in ("uuid", "index"), "--cuda-devices-by must be uuid or index"),
-        (s.engine is not EngineKind.SIMULATED or bool(s.profile), "--engine sim needs --profile"),
         (s.engine is not EngineKind.EXTERNAL or bool(s.externals), "--engine external needs at least one --external"),
         (s.sim_speed > 0, "--sim-speed must be > 0"),
         (min(s.ttft_s) > 0 and s.tbt_s > 0, "SLO targets must be positive seconds"),

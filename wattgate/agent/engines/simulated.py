@@ -26,13 +26,13 @@ class SimulatedEngine(ProcessEngine):
             str(s.port),
             "--model",
             s.model,
-            "--profile",
-            o.profile,
             "--tp",
             str(s.tp),
             "--gpus",
             ",".join(map(str, s.gpus)),
         ]
+        if o.profile:  # else sim-backend follows the shipped default profile
+            cmd += ["--profile", o.profile]
         if o.gpu_state_dir is not None:
             cmd += ["--gpu-state-dir", str(o.gpu_state_dir)]
         return [*cmd, "--speed", f"{o.speed:g}", "--max-batch", str(s.max_batch), *o.extra_args]
