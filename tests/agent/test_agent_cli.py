@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.agent.conftest import STANDIN
+from tests.agent.agent_support import STANDIN, fake_nvml_fixture  # noqa: F401 (the fake_nvml_dir fixture)
 from tests.agent.nvml_support import locked_clocks, nvml_env, write_state
 from tests.support import wait_port
 from wattgate import cli

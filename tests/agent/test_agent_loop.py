@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.agent.conftest import FakeGpu, standin_command
+from tests.agent.agent_support import FakeGpu, standin_command
 from tests.agent.test_clock_policy import profile as small_profile
 from wattgate.agent.actuator import Actuator, Timeouts
 from wattgate.agent.agent import Agent

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from tests.agent.conftest import standin_command
+from tests.agent.agent_support import fake_nvml_fixture, standin_command  # noqa: F401 (the fake_nvml_dir fixture)
 from tests.agent.nvml_support import locked_clocks, nvml_env, write_state
 from wattgate.embedded_redis import free_port
 from wattgate.planner.contract import Heartbeat, InstanceRecord, Keys, Plan, PlannedInstance

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import FakeGpu, standin_command
+from tests.agent.agent_support import FakeGpu, standin_command
 from wattgate.agent.actuator import Actuator, Timeouts
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.engines.base import EngineKind, EngineSpec, parse_metrics

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent.agent_support import fake_nvml_fixture  # noqa: F401 (the fake_nvml_dir fixture)
 from tests.agent.nvml_support import locked_clocks, nvml_env, run_python, write_state
 from wattgate.agent.gpu.base import GpuError, GpuNotSupportedError
 from wattgate.agent.gpu.nvml import NvmlLibrary

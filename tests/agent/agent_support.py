@@ -1,4 +1,4 @@
-"""Agent test fixtures: the fake libnvidia-ml.so.1 (built once with gcc against the real nvml.h),
+"""Agent test support: the fake libnvidia-ml.so.1 fixture (built once with gcc against the real nvml.h),
 a stand-in engine server, and a small in-memory GPU implementing the Gpu Protocol."""
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def nvml_header_dir() -> Path:
     raise FileNotFoundError("nvml.h not found: install the dev extra (nvidia-nvml-dev)")
 
 
-@pytest.fixture(scope="session")
-def fake_nvml_dir() -> Path:
+@pytest.fixture(scope="session", name="fake_nvml_dir")
+def fake_nvml_fixture() -> Path:
     """A directory holding the fake libnvidia-ml.so.1, cached under .cache/ by source hash."""
     gcc = shutil.which("gcc")
     if gcc is None:
