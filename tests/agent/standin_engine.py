@@ -30,7 +30,9 @@ def main() -> None:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path in ("/health", "/v1/models"):
+            if self.path == "/health" and os.environ.get("STANDIN_UNHEALTHY"):
+                self._send(503, "application/json", b'{"ok": false}')
+            elif self.path in ("/health", "/v1/models"):
                 self._send(200, "application/json", b'{"ok": true}')
             elif self.path == "/metrics":
                 n = 0

@@ -216,3 +216,24 @@ def test_engine_that_cannot_launch_fails_with_backoff(tmp_path: Path) -> None:
     r = act.instances["i0"]
     assert r.state is InstanceState.FAILED and r.crashes == 1 and "cannot run" in r.history[0]
     assert diff(plan, act.actual(), [0]).actions == ()  # no new start every tick: supervise retries it
+
+
+def test_engine_never_healthy_times_out_is_stopped_and_failed(tmp_path: Path) -> None:
+    gpus = [FakeGpu(0)]
+    opts = options(tmp_path, EngineKind.VLLM, env={"STANDIN_UNHEALTHY": "1"})
+    act = Actuator(
+        node="n1",
+        model="m",
+        gpus=gpus,
+        clocks=ClockController(gpus, tmp_path / "locks.json"),
+        store=None,
+        make_engine=lambda s: make_engine(opts, s),
+        engines_file=tmp_path / "engines.json",
+        port_base=free_port(),
+        timeouts=Timeouts(start_s=1.0, poll_s=0.05),
+    )
+    act.apply(diff([PlannedInstance("i0", "SS", "n1", [0], 1, 1200, 1.0, 1.0)], act.actual(), [0]).actions)
+    r = act.instances["i0"]
+    assert r.state is InstanceState.FAILED and "not healthy after" in r.history[0]
+    assert not r.engine.running()  # SIGTERM'd, not left half-started
+    act.shutdown()
