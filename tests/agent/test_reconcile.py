@@ -49,6 +49,26 @@ def test_order_is_drain_stop_clock_start_wait_register() -> None:
     assert clock.gpus == (0, 1) and clock.sm_clock_mhz == 1000
 
 
+def test_new_instances_on_free_gpus_come_up_before_the_drain() -> None:
+    d = diff(
+        [planned("new-free", [4, 5]), planned("new-busy", [0])],
+        {"old": actual("old", [0, 1])},
+        GPUS,
+    )
+    assert kinds(d) == [
+        ("set_clock", "new-free"),
+        ("start", "new-free"),
+        ("wait_healthy", "new-free"),
+        ("register", "new-free"),
+        ("drain", "old"),
+        ("stop", "old"),
+        ("set_clock", "new-busy"),
+        ("start", "new-busy"),
+        ("wait_healthy", "new-busy"),
+        ("register", "new-busy"),
+    ]
+
+
 def test_changed_placement_or_pool_is_replaced() -> None:
     d = diff(
         [planned("a", [0, 1, 2, 3]), planned("b", [4], pool="SM")],

@@ -1,8 +1,9 @@
 """Reconcile, the pure part: the plan's instances for this node vs what runs → ordered actions.
 
 Order: drain → stop (instances leaving or changing), then for each new instance set clocks →
-start, then wait healthy → register ready. Instances whose pool, GPUs and TP are unchanged are
-left alone (their clocks belong to the clock loop). No I/O here: the actuator applies the actions.
+start, then wait healthy → register ready; new instances on free GPUs come up before the drains.
+Instances whose pool, GPUs and TP are unchanged are left alone (their clocks belong to the clock
+loop). No I/O here: the actuator applies the actions.
 """
 
 from __future__ import annotations
@@ -76,14 +77,8 @@ def _admissible(
     return ok, problems
 
 
-def diff(desired: Sequence[PlannedInstance], actual: Mapping[str, Actual], node_gpus: Sequence[int]) -> Diff:
-    """The actions that take this node from ``actual`` to ``desired``, in the order to apply them."""
-    wanted, problems = _admissible(desired, node_gpus)
-    keep = {p.id for p in wanted if p.id in actual and _same(p, actual[p.id])}
-    leaving = sorted(i for i in actual if i not in keep)
-    arriving = [p for p in wanted if p.id not in keep]
-    actions: list[Action] = [Action(ActionKind.DRAIN, i, actual[i].gpus) for i in leaving]
-    actions += [Action(ActionKind.STOP, i, actual[i].gpus) for i in leaving]
+def _bring_up(arriving: Sequence[PlannedInstance]) -> list[Action]:
+    actions: list[Action] = []
     for p in arriving:
         gpus = tuple(p.gpus)
         actions.append(Action(ActionKind.SET_CLOCK, p.id, gpus, sm_clock_mhz=p.sm_clock_mhz, planned=p))
@@ -91,4 +86,24 @@ def diff(desired: Sequence[PlannedInstance], actual: Mapping[str, Actual], node_
     for p in arriving:
         actions.append(Action(ActionKind.WAIT_HEALTHY, p.id, tuple(p.gpus), planned=p))
         actions.append(Action(ActionKind.REGISTER, p.id, tuple(p.gpus), planned=p))
+    return actions
+
+
+def diff(desired: Sequence[PlannedInstance], actual: Mapping[str, Actual], node_gpus: Sequence[int]) -> Diff:
+    """The actions that take this node from ``actual`` to ``desired``, in the order to apply them.
+
+    New instances on GPUs that no leaving instance holds come up first (make before break: the
+    pool never loses capacity it could have kept); the others wait for the drain and stop.
+    """
+    wanted, problems = _admissible(desired, node_gpus)
+    keep = {p.id for p in wanted if p.id in actual and _same(p, actual[p.id])}
+    leaving = sorted(i for i in actual if i not in keep)
+    arriving = [p for p in wanted if p.id not in keep]
+    busy = {g for i in leaving for g in actual[i].gpus}
+    early = [p for p in arriving if not set(p.gpus) & busy]
+    late = [p for p in arriving if set(p.gpus) & busy]
+    actions = _bring_up(early)
+    actions += [Action(ActionKind.DRAIN, i, actual[i].gpus) for i in leaving]
+    actions += [Action(ActionKind.STOP, i, actual[i].gpus) for i in leaving]
+    actions += _bring_up(late)
     return Diff(tuple(actions), tuple(problems))
