@@ -98,13 +98,18 @@ def test_locks_plan_clock_and_resets_on_sigterm(env, fake_nvml_dir: Path, redis_
         assert isinstance(tel, dict)
         assert [g["source"] for g in tel["gpus"]] == ["measured", "measured"]
         assert tel["gpus"][0]["locked_clock_mhz"] == 1200 and tel["gpus"][0]["sm_clock_mhz"] == 1200
+        publish_plan(r, 2, 1605, [0, 1])  # same placement, new clock: re-clocked in place (no clock loop)
+        wait_for(lambda: locked_clocks(state) == {0: 1605, 1: 1605}, "re-clocked to 1605")
+        wait_for(lambda: (x := record(r)) is not None and x.sm_clock_mhz == 1605, "record shows 1605")
+        publish_plan(r, 3, 1200, [0, 1])
+        wait_for(lambda: locked_clocks(state) == {0: 1200, 1: 1200}, "back to 1200")
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert "wattgate_agent_clock_control 1.0" in metrics
         assert 'wattgate_agent_gpu_locked_clock_mhz{gpu="0"} 1200.0' in metrics
         assert 'source="measured"' in metrics
         # a new plan moves the instance to GPU 1 only: drain, stop, re-lock, start; GPU 0 is released.
         # 1400 MHz is not a supported clock (15 MHz steps down from 1980): the next one up is locked.
-        publish_plan(r, 2, 1400, [1])
+        publish_plan(r, 4, 1400, [1])
         wait_for(lambda: locked_clocks(state) == {0: 0, 1: 1410}, "GPU 0 reset, GPU 1 at 1410")
         wait_for(lambda: (x := record(r)) is not None and x.ready and x.gpus == [1], "moved instance ready")
     finally:

@@ -81,7 +81,11 @@ def test_changed_placement_or_pool_is_replaced() -> None:
 
 def test_clock_change_alone_does_not_restart() -> None:
     d = diff([planned("a", [0], clock=1800)], {"a": actual("a", [0])}, GPUS)
-    assert d.actions == ()  # the clock loop owns running instances' clocks
+    assert d.actions == ()  # with a clock loop, it owns running instances' clocks
+    d = diff([planned("a", [0], clock=1800)], {"a": actual("a", [0])}, GPUS, follow_plan_clocks=True)
+    assert kinds(d) == [("set_clock", "a")] and d.actions[0].sm_clock_mhz == 1800
+    same = Actual("a", "SS", (0,), 1, planned_clock_mhz=1800)
+    assert diff([planned("a", [0], clock=1800)], {"a": same}, GPUS, follow_plan_clocks=True).actions == ()
 
 
 def test_bad_placements_are_refused_with_a_reason() -> None:

@@ -82,7 +82,10 @@ class Actuator:
 
     # -- state ------------------------------------------------------------------------------------
     def actual(self) -> dict[str, Actual]:
-        return {i: Actual(i, r.planned.pool, tuple(r.planned.gpus), r.planned.tp) for i, r in self.instances.items()}
+        return {
+            i: Actual(i, r.planned.pool, tuple(r.planned.gpus), r.planned.tp, r.planned.sm_clock_mhz)
+            for i, r in self.instances.items()
+        }
 
     def record(self, r: Running) -> InstanceRecord:
         return InstanceRecord(
@@ -121,8 +124,14 @@ class Actuator:
         elif a.kind is ActionKind.STOP and r is not None:
             self._stop(r)
         elif a.kind is ActionKind.SET_CLOCK and a.sm_clock_mhz:
+            mhz = a.sm_clock_mhz
             for g in a.gpus:
-                self.clocks.set_clock(g, snap_up(a.sm_clock_mhz, self.gpus[g].supported_sm_clocks_mhz()))
+                mhz = snap_up(a.sm_clock_mhz, self.gpus[g].supported_sm_clocks_mhz())
+                self.clocks.set_clock(g, mhz)
+            if r is not None and a.planned is not None:  # a kept instance re-clocked by a new plan
+                r.planned = a.planned
+                if self.clocks.clock_control:
+                    self.set_clock_record(r, mhz)
         elif a.kind is ActionKind.START and a.planned is not None:
             self._start(a.planned)
         elif a.kind is ActionKind.WAIT_HEALTHY and r is not None and r.state is InstanceState.STARTING:

@@ -32,6 +32,7 @@ class Actual:
     pool: str
     gpus: tuple[int, ...]
     tp: int
+    planned_clock_mhz: int = 0  # the clock of the plan it runs under
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,17 @@ def _bring_up(arriving: Sequence[PlannedInstance]) -> list[Action]:
     return actions
 
 
-def diff(desired: Sequence[PlannedInstance], actual: Mapping[str, Actual], node_gpus: Sequence[int]) -> Diff:
+def diff(
+    desired: Sequence[PlannedInstance],
+    actual: Mapping[str, Actual],
+    node_gpus: Sequence[int],
+    follow_plan_clocks: bool = False,
+) -> Diff:
     """The actions that take this node from ``actual`` to ``desired``, in the order to apply them.
 
     New instances on GPUs that no leaving instance holds come up first (make before break: the
     pool never loses capacity it could have kept); the others wait for the drain and stop.
+    ``follow_plan_clocks`` (no clock loop): a kept instance whose planned clock changed is re-clocked.
     """
     wanted, problems = _admissible(desired, node_gpus)
     keep = {p.id for p in wanted if p.id in actual and _same(p, actual[p.id])}
@@ -102,7 +109,12 @@ def diff(desired: Sequence[PlannedInstance], actual: Mapping[str, Actual], node_
     busy = {g for i in leaving for g in actual[i].gpus}
     early = [p for p in arriving if not set(p.gpus) & busy]
     late = [p for p in arriving if set(p.gpus) & busy]
-    actions = _bring_up(early)
+    actions = [
+        Action(ActionKind.SET_CLOCK, p.id, tuple(p.gpus), sm_clock_mhz=p.sm_clock_mhz, planned=p)
+        for p in wanted
+        if follow_plan_clocks and p.id in keep and p.sm_clock_mhz != actual[p.id].planned_clock_mhz
+    ]
+    actions += _bring_up(early)
     actions += [Action(ActionKind.DRAIN, i, actual[i].gpus) for i in leaving]
     actions += [Action(ActionKind.STOP, i, actual[i].gpus) for i in leaving]
     actions += _bring_up(late)
