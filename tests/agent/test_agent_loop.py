@@ -1,0 +1,184 @@
+"""The agent's control loop in-process: fake GPUs, a real Redis, stand-in engines, ``tick()``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.agent.agent_support import FakeGpu, standin_command
+from tests.agent.test_clock_policy import profile as small_profile
+from wattgate.agent.actuator import Actuator, Timeouts
+from wattgate.agent.agent import Agent
+from wattgate.agent.clock_loop import ClockLoop
+from wattgate.agent.clocks import ClockController
+from wattgate.agent.engines.base import EngineKind
+from wattgate.agent.engines.options import EngineOptions, make_engine
+from wattgate.agent.metrics import AgentMetrics
+from wattgate.agent.store import AgentStore
+from wattgate.agent.telemetry import Telemetry
+from wattgate.embedded_redis import EmbeddedRedis, free_port
+from wattgate.planner.contract import (
+    Heartbeat,
+    InstanceRecord,
+    Keys,
+    NodeTelemetry,
+    Plan,
+    PlannedInstance,
+    load_field,
+)
+from wattgate.profiles.classes import SloTargets
+from wattgate.profiles.table import Profile
+
+KEYS = Keys()
+
+
+def plan(version: int, *instances: tuple[str, str, list[int]]) -> Plan:
+    inst = [PlannedInstance(i, pool, "n1", g, len(g), 1980, 1.0, 300.0) for i, pool, g in instances]
+    return Plan(version, time.time(), "m", inst, {}, 0.0, 0.0)
+
+
+def build(tmp: Path, url: str, gpus: list[FakeGpu], prof: Profile | None = None) -> Agent:
+    clocks = ClockController(gpus, tmp / "locks.json")
+    store = AgentStore(url, KEYS, timeout_s=0.5)
+    opts = EngineOptions(kind=EngineKind.VLLM, log_dir=tmp / "logs", command=standin_command(), stop_grace_s=2)
+    act = Actuator(
+        node="n1",
+        model="m",
+        gpus=gpus,
+        clocks=clocks,
+        store=store,
+        make_engine=lambda s: make_engine(opts, s),
+        engines_file=tmp / "engines.json",
+        port_base=free_port(),
+        timeouts=Timeouts(drain_s=2, drain_notice_s=0.05, start_s=20, poll_s=0.05),
+    )
+    loop = ClockLoop(act, prof, SloTargets(), store, window_s=10) if prof is not None else None
+    return Agent(
+        node="n1",
+        actuator=act,
+        clocks=clocks,
+        store=store,
+        telemetry=Telemetry("n1", gpus, clocks, act),
+        clock_loop=loop,
+        clock_interval_s=5.0,
+        metrics=AgentMetrics(),
+    )
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def records(r: redis.Redis) -> dict[str, InstanceRecord]:
+    return {k: InstanceRecord.from_json(v) for k, v in r.hgetall(KEYS.instances).items()}
+
+
+def test_scale_down_drains_before_stopping(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    gpus = [FakeGpu(0), FakeGpu(1)]
+    agent = build(tmp_path, redis_url, gpus)
+    r.set(KEYS.plan, plan(1, ("a", "SS", [0]), ("b", "SM", [1])).to_json())
+    try:
+        agent.tick()
+        recs = records(r)
+        assert {k: v.state for k, v in recs.items()} == {"a": "ready", "b": "ready"}
+        assert recs["b"].base_url.startswith("http://127.0.0.1:") and recs["b"].engine == "vllm"
+        seen: list[str] = []
+        ps = r.pubsub()
+        ps.subscribe(KEYS.instance_events)
+        ps.get_message(timeout=1)
+
+        def watch() -> None:
+            while (m := ps.get_message(timeout=5)) is not None:
+                raw = r.hget(KEYS.instances, m["data"])
+                seen.append(f"{m['data']}:{InstanceRecord.from_json(raw).state if raw else 'gone'}")
+                if seen[-1] == "b:gone":
+                    return
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        r.set(KEYS.plan, plan(2, ("a", "SS", [0])).to_json())
+        agent.tick()
+        watcher.join(timeout=10)
+        ps.close()
+        assert seen[0] == "b:draining" and seen[-1] == "b:gone"
+        assert set(records(r)) == {"a"} and set(agent.act.instances) == {"a"}
+        agent.publish()
+        tel = NodeTelemetry.from_json(r.get(KEYS.telemetry("n1")) or "")
+        assert tel.instances == {"a": "ready"} and [g.source for g in tel.gpus] == ["modelled", "modelled"]
+        hb = Heartbeat.from_json(r.get(KEYS.heartbeat("n1")) or "")
+        assert hb.plan_version == 2 and hb.clock_control and r.ttl(KEYS.heartbeat("n1")) > 0
+        r.set(KEYS.plan, '{"schema": 99, "version": 3}')  # a plan of another schema: refused, last plan kept
+        agent.tick()
+        agent.publish()
+        assert agent.plan is not None and agent.plan.version == 2 and set(agent.act.instances) == {"a"}
+        hb = Heartbeat.from_json(r.get(KEYS.heartbeat("n1")) or "")
+        assert any("schema version 99" in n for n in hb.notes) and agent.redis_ok
+        assert agent.metrics is not None
+        text = agent.metrics.text()
+        assert 'wattgate_agent_gpu_power_watts{gpu="0",source="modelled",uuid="GPU-fake-0"}' in text
+        assert 'wattgate_agent_instances{state="ready"} 1.0' in text and "wattgate_agent_redis_up 1.0" in text
+    finally:
+        agent.shutdown()
+    assert records(r) == {} and gpus[0].locked is None
+
+
+def test_clock_loop_follows_the_pool_load(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    gpus = [FakeGpu(0), FakeGpu(1)]
+    prof = Profile(
+        "m", "H100", [(1, c, t, ld, tt, tb, p) for (_, c, t, ld, tt, tb, p) in small_profile().to_document()["rows"]]
+    )
+    agent = build(tmp_path, redis_url, gpus, prof)
+    r.set(KEYS.plan, plan(1, ("a", "SS", [0]), ("b", "SS", [1])).to_json())
+    now = time.time()
+    try:
+        agent.tick(now)
+        assert gpus[0].locked == 800 and gpus[1].locked == 800  # idle: lowest measured clock
+        # 16 req/s in the SS pool's load windows, shared by its two ready instances: 8 req/s each
+        for s in range(int(now) + 5 - 10, int(now) + 5):
+            r.hset(KEYS.load_second(s), load_field("SS", "requests"), 16)
+        agent.tick(now + 5)
+        assert gpus[0].locked == 1200 and gpus[1].locked == 1200
+        assert records(r)["a"].sm_clock_mhz == 1200
+        calls = list(gpus[0].lock_calls)
+        agent.tick(now + 5.5)  # not due yet
+        agent.tick(now + 10)  # due, same decision: no NVML call
+        assert gpus[0].lock_calls == calls
+    finally:
+        agent.shutdown()
+    assert gpus[0].locked is None and gpus[1].locked is None
+
+
+def test_redis_down_keeps_serving_and_reregisters(tmp_path: Path) -> None:
+    port = free_port()
+    server = EmbeddedRedis(port=port).start()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    agent = build(tmp_path, server.url, [FakeGpu(0)])
+    try:
+        client.set(KEYS.plan, plan(1, ("a", "SS", [0])).to_json())
+        agent.tick()
+        assert set(records(client)) == {"a"}
+        server.stop()
+        agent.tick()
+        agent.publish()
+        assert not agent.redis_ok and agent.plan is not None and agent.plan.version == 1
+        assert agent.metrics is not None and "wattgate_agent_redis_up 0.0" in agent.metrics.text()
+        assert agent.act.instances["a"].engine.healthy()  # still serving on the last plan
+        server = EmbeddedRedis(port=port).start()  # a fresh, empty Redis
+        agent.tick()
+        agent.publish()
+        assert agent.redis_ok
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        assert records(client)["a"].state == "ready"  # re-registered
+        assert Heartbeat.from_json(client.get(KEYS.heartbeat("n1")) or "").plan_version == 1
+    finally:
+        agent.shutdown()
+        client.close()
+        server.stop()

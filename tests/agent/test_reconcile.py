@@ -1,0 +1,111 @@
+"""Reconcile's pure diff: ordering, no-ops, replacements and refused placements."""
+
+from __future__ import annotations
+
+from wattgate.agent.reconcile import ActionKind, Actual, diff
+from wattgate.planner.contract import PlannedInstance
+
+GPUS = list(range(8))
+
+
+def planned(iid: str, gpus: list[int], pool: str = "SS", clock: int = 1200) -> PlannedInstance:
+    return PlannedInstance(iid, pool, "n1", gpus, len(gpus), clock, 1.0, 400.0)
+
+
+def actual(iid: str, gpus: list[int], pool: str = "SS") -> Actual:
+    return Actual(iid, pool, tuple(gpus), len(gpus))
+
+
+def kinds(d) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [(a.kind.value, a.instance_id) for a in d.actions]
+
+
+def test_unchanged_plan_is_a_no_op() -> None:
+    d = diff([planned("a", [0, 1])], {"a": actual("a", [0, 1])}, GPUS)
+    assert d.actions == () and d.problems == ()
+
+
+def test_order_is_drain_stop_clock_start_wait_register() -> None:
+    d = diff(
+        [planned("new1", [0, 1], clock=1000), planned("new2", [2, 3])],
+        {"old1": actual("old1", [0, 1, 2, 3]), "old2": actual("old2", [4])},
+        GPUS,
+    )
+    assert kinds(d) == [
+        ("drain", "old1"),
+        ("drain", "old2"),
+        ("stop", "old1"),
+        ("stop", "old2"),
+        ("set_clock", "new1"),
+        ("start", "new1"),
+        ("set_clock", "new2"),
+        ("start", "new2"),
+        ("wait_healthy", "new1"),
+        ("register", "new1"),
+        ("wait_healthy", "new2"),
+        ("register", "new2"),
+    ]
+    clock = next(a for a in d.actions if a.kind is ActionKind.SET_CLOCK)
+    assert clock.gpus == (0, 1) and clock.sm_clock_mhz == 1000
+
+
+def test_new_instances_on_free_gpus_come_up_before_the_drain() -> None:
+    d = diff(
+        [planned("new-free", [4, 5]), planned("new-busy", [0])],
+        {"old": actual("old", [0, 1])},
+        GPUS,
+    )
+    assert kinds(d) == [
+        ("set_clock", "new-free"),
+        ("start", "new-free"),
+        ("wait_healthy", "new-free"),
+        ("register", "new-free"),
+        ("drain", "old"),
+        ("stop", "old"),
+        ("set_clock", "new-busy"),
+        ("start", "new-busy"),
+        ("wait_healthy", "new-busy"),
+        ("register", "new-busy"),
+    ]
+
+
+def test_changed_placement_or_pool_is_replaced() -> None:
+    d = diff(
+        [planned("a", [0, 1, 2, 3]), planned("b", [4], pool="SM")],
+        {"a": actual("a", [0, 1]), "b": actual("b", [4], pool="SS")},
+        GPUS,
+    )
+    assert kinds(d)[:4] == [("drain", "a"), ("drain", "b"), ("stop", "a"), ("stop", "b")]
+    assert ("start", "a") in kinds(d) and ("start", "b") in kinds(d)
+
+
+def test_clock_change_alone_does_not_restart() -> None:
+    d = diff([planned("a", [0], clock=1800)], {"a": actual("a", [0])}, GPUS)
+    assert d.actions == ()  # with a clock loop, it owns running instances' clocks
+    d = diff([planned("a", [0], clock=1800)], {"a": actual("a", [0])}, GPUS, follow_plan_clocks=True)
+    assert kinds(d) == [("set_clock", "a")] and d.actions[0].sm_clock_mhz == 1800
+    same = Actual("a", "SS", (0,), 1, planned_clock_mhz=1800)
+    assert diff([planned("a", [0], clock=1800)], {"a": same}, GPUS, follow_plan_clocks=True).actions == ()
+
+
+def test_bad_placements_are_refused_with_a_reason() -> None:
+    d = diff(
+        [
+            planned("a", [0, 1]),
+            planned("b", [1, 2]),  # overlaps a
+            planned("c", [9]),  # not on this node
+            PlannedInstance("d", "SS", "n1", [3, 4], 4, 1200, 1.0, 1.0),  # TP4 on 2 GPUs
+        ],
+        {},
+        GPUS,
+    )
+    assert [a.instance_id for a in d.actions if a.kind is ActionKind.START] == ["a"]
+    assert len(d.problems) == 3
+    assert any("already planned" in p for p in d.problems)
+    assert any("not all on this node" in p for p in d.problems)
+    assert any("TP4 on 2 GPUs" in p for p in d.problems)
+
+
+def test_empty_plan_stops_everything() -> None:
+    d = diff([], {"a": actual("a", [0])}, GPUS)
+    assert kinds(d) == [("drain", "a"), ("stop", "a")]

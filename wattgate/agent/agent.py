@@ -1,0 +1,164 @@
+"""The agent's control loop: read the plan, reconcile, supervise, run the clock loop, publish
+telemetry and the heartbeat. ``tick()`` runs one pass (tests call it without sleeping).
+
+Redis down: the agent keeps running on the last plan it saw, says so in its log and heartbeat
+notes, and re-registers its instances when Redis answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from wattgate.agent.actuator import Actuator
+from wattgate.agent.clock_loop import ClockLoop
+from wattgate.agent.clocks import ClockController
+from wattgate.agent.gpu.base import GpuError
+from wattgate.agent.metrics import AgentMetrics
+from wattgate.agent.reconcile import diff
+from wattgate.agent.store import AgentStore, BadPlanError, StoreError
+from wattgate.agent.telemetry import Telemetry
+from wattgate.planner.contract import Plan, PlannedInstance
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        node: str,
+        actuator: Actuator,
+        clocks: ClockController,
+        store: AgentStore,
+        telemetry: Telemetry,
+        clock_loop: ClockLoop | None = None,
+        externals: Sequence[PlannedInstance] | None = None,
+        clock_interval_s: float = 5.0,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        self.node = node
+        self.act = actuator
+        self.clocks = clocks
+        self.store = store
+        self.telemetry = telemetry
+        self.clock_loop = clock_loop
+        self.externals = list(externals) if externals is not None else None
+        self.clock_interval_s = clock_interval_s
+        self.metrics = metrics
+        self.plan: Plan | None = None
+        self.redis_ok = True
+        self.problems: tuple[str, ...] = ()
+        self._next_clock = 0.0
+        self._bad_plan = ""
+
+    def desired(self) -> list[PlannedInstance] | None:
+        """What should run here; None until a plan was seen (then nothing is started or stopped)."""
+        if self.externals is not None:
+            return self.externals
+        return self.plan.for_node(self.node) if self.plan is not None else None
+
+    def refresh_plan(self) -> None:
+        try:
+            plan = self.store.plan()
+        except StoreError as exc:
+            self._redis_down(exc)
+            return
+        except BadPlanError as exc:
+            if str(exc) != self._bad_plan:
+                log.error("%s: keeping the last plan", exc)
+            self._bad_plan = str(exc)
+            self._redis_up()
+            return
+        self._bad_plan = ""
+        self._redis_up()
+        if plan is not None and (self.plan is None or plan.version != self.plan.version):
+            log.info(
+                "plan version %d: %d instance(s) for node %s", plan.version, len(plan.for_node(self.node)), self.node
+            )
+            self.plan = plan
+
+    def tick(self, now: float | None = None) -> None:
+        """One control pass: plan, supervise, reconcile, clocks (when due)."""
+        now = time.time() if now is None else now
+        self.refresh_plan()
+        self.act.supervise(time.monotonic())
+        desired = self.desired()
+        if desired is not None:
+            d = diff(desired, self.act.actual(), sorted(self.act.gpus), follow_plan_clocks=self.clock_loop is None)
+            if d.problems != self.problems:
+                for p in d.problems:
+                    log.error("plan problem: %s", p)
+                self.problems = d.problems
+            if d.actions:
+                log.info("reconcile: %s", ", ".join(f"{a.kind}:{a.instance_id}" for a in d.actions))
+                self.act.apply(d.actions)
+            self._reset_unused()
+        if self.clock_loop is not None and now >= self._next_clock:
+            self._next_clock = now + self.clock_interval_s
+            self.clock_loop.tick(now)
+
+    def publish(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        notes = [] if self.redis_ok else ["redis was unreachable: running on the last plan"]
+        notes += [*self.problems, *([self._bad_plan] if self._bad_plan else [])]
+        version = self.plan.version if self.plan is not None else None
+        tel, hb = self.telemetry.node_telemetry(now), self.telemetry.heartbeat(now, version, notes)
+        try:
+            self.store.publish_node(tel, hb)
+            self.act.republish()
+        except StoreError as exc:
+            self._redis_down(exc)
+        else:
+            self._redis_up()
+        if self.metrics is not None:
+            crashes = {i: r.crashes for i, r in list(self.act.instances.items())}
+            self.metrics.update(tel, hb, self.redis_ok, crashes)
+
+    def run(self, stop: threading.Event, tick_s: float = 1.0) -> None:
+        """Loop until ``stop`` is set: telemetry every ``tick_s`` in its own thread, control passes here."""
+        publisher = threading.Thread(target=self._publish_loop, args=(stop, tick_s), name="telemetry", daemon=True)
+        publisher.start()
+        while not stop.is_set():
+            try:
+                self.tick()
+            except GpuError as exc:
+                log.error("GPU error in the control loop: %s", exc)
+            stop.wait(tick_s)
+        publisher.join(timeout=5)
+
+    def shutdown(self) -> None:
+        """Reset the clocks this agent locked, then drain and stop the managed engines."""
+        reset = self.clocks.reset_all()
+        log.info("reset locked clocks on GPUs %s", reset)
+        self.act.shutdown()
+
+    def _publish_loop(self, stop: threading.Event, tick_s: float) -> None:
+        while not stop.is_set():
+            try:
+                self.publish()
+            except GpuError as exc:
+                log.error("telemetry: %s", exc)
+            stop.wait(tick_s)
+
+    def _reset_unused(self) -> None:
+        """GPUs no instance uses do not stay locked."""
+        used = {g for r in self.act.instances.values() for g in r.planned.gpus}
+        for g in self.act.gpus:
+            if g not in used and self.clocks.locked_mhz(g) is not None:
+                try:
+                    self.clocks.reset(g)
+                except GpuError as exc:
+                    log.error("cannot reset unused GPU %d: %s", g, exc)
+
+    def _redis_down(self, exc: Exception) -> None:
+        if self.redis_ok:
+            log.error("redis unavailable (%s): running on the last plan", exc)
+        self.redis_ok = False
+
+    def _redis_up(self) -> None:
+        if not self.redis_ok:
+            log.warning("redis is back")
+        self.redis_ok = True

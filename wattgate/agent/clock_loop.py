@@ -1,0 +1,69 @@
+"""The instance-level clock loop's actuator (every 5 s): live load in, ``choose_clock`` decides,
+the clock controller applies it only when it differs."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from wattgate.agent.actuator import Actuator
+from wattgate.agent.clock_policy import ClockDecision, ClockInput, choose_clock
+from wattgate.agent.gpu.base import GpuError
+from wattgate.agent.store import AgentStore, StoreError
+from wattgate.planner.contract import InstanceState
+from wattgate.profiles.classes import SloTargets
+from wattgate.profiles.table import Profile
+
+log = logging.getLogger(__name__)
+
+
+class ClockLoop:
+    def __init__(
+        self, actuator: Actuator, profile: Profile, slo: SloTargets, store: AgentStore | None, window_s: int = 10
+    ) -> None:
+        self._act = actuator
+        self._profile = profile
+        self._slo = slo
+        self._store = store
+        self._window_s = window_s
+        self.last: dict[str, ClockDecision] = {}
+
+    def _pool_shares(self, now: float) -> dict[str, float] | None:
+        """Each pool's live load (gateway windows) per ready instance; None when Redis is down."""
+        if self._store is None:
+            return None
+        try:
+            ready = Counter(r.pool for r in self._store.instances() if r.state == InstanceState.READY)
+            pools = {r.planned.pool for r in self._act.instances.values()}
+            return {p: self._store.pool_load_rps(p, now, self._window_s) / max(1, ready[p]) for p in pools}
+        except StoreError as exc:
+            log.warning("clock loop: no live load (%s): clocks stay where they are", exc)
+            return None
+
+    def tick(self, now: float) -> dict[str, ClockDecision]:
+        """One pass over the ready instances; ``now`` is unix time (the load windows' clock)."""
+        shares = self._pool_shares(now)
+        if shares is None:
+            return {}
+        decisions: dict[str, ClockDecision] = {}
+        for iid, r in list(self._act.instances.items()):
+            if r.state is not InstanceState.READY:
+                continue
+            supported = set.intersection(*(set(self._act.gpus[g].supported_sm_clocks_mhz()) for g in r.planned.gpus))
+            if not supported:
+                continue
+            x = ClockInput(r.planned.pool, r.planned.tp, shares.get(r.planned.pool, 0.0), r.engine.in_flight())
+            d = choose_clock(self._profile, self._slo, sorted(supported), x)
+            decisions[iid] = d
+            if self.last.get(iid) != d:
+                log.info("%s: %d MHz (%s) at %.2f req/s", iid, d.sm_clock_mhz, d.reason, x.load_rps)
+            try:
+                for g in r.planned.gpus:
+                    self._act.clocks.set_clock(g, d.sm_clock_mhz)
+            except GpuError as exc:
+                log.error("%s: cannot set %d MHz: %s", iid, d.sm_clock_mhz, exc)
+                continue
+            if self._act.clocks.clock_control:
+                self._act.set_clock_record(r, d.sm_clock_mhz)
+        self.last = decisions
+        return decisions

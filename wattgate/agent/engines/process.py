@@ -1,0 +1,200 @@
+"""Process supervision shared by the managed engines (vLLM, TGI, simulated): launch in its own
+process group, health over HTTP, drain by watching /metrics, SIGTERM then SIGKILL, adopt a
+process a previous agent left running."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+import httpx
+
+from wattgate.agent.engines.base import IN_FLIGHT_METRICS, EngineError, EngineKind, EngineSpec, parse_metrics
+from wattgate.agent.engines.options import EngineOptions
+
+log = logging.getLogger(__name__)
+_TIMEOUT = httpx.Timeout(2.0)
+
+
+class ProcessEngine:
+    """A managed engine: a child process serving HTTP on ``spec.port``. Subclasses give the command."""
+
+    kind_value = EngineKind.SIMULATED
+    health_paths: tuple[str, ...] = ("/health", "/v1/models")
+    default_command: tuple[str, ...] = ()
+
+    def __init__(
+        self, spec: EngineSpec, options: EngineOptions, sleep_fn: Callable[[float], None] = time.sleep
+    ) -> None:
+        self._spec = spec
+        self.options = options
+        self._log_dir = options.log_dir
+        self._grace_s = options.stop_grace_s
+        self._sleep = sleep_fn
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._adopted_pid: int | None = None
+        self._http = httpx.Client(timeout=_TIMEOUT, limits=httpx.Limits(max_connections=4), trust_env=False)
+
+    # -- what subclasses provide ------------------------------------------------------------------
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def launcher(self) -> list[str]:
+        return list(self.options.command or self.default_command)
+
+    def environment(self) -> dict[str, str]:
+        s = self._spec
+        names = s.gpu_uuids if self.options.cuda_devices_by == "uuid" and s.gpu_uuids else tuple(map(str, s.gpus))
+        return {"CUDA_VISIBLE_DEVICES": ",".join(names), **self.options.env}
+
+    # -- Engine protocol --------------------------------------------------------------------------
+    @property
+    def spec(self) -> EngineSpec:
+        return self._spec
+
+    @property
+    def kind(self) -> EngineKind:
+        return self.kind_value
+
+    @property
+    def managed(self) -> bool:
+        return True
+
+    @property
+    def base_url(self) -> str:
+        return self._spec.base_url
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else self._adopted_pid
+
+    def start(self) -> None:
+        if self.running():
+            return
+        cmd = self.command()
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self._log_dir / f"{self._spec.instance_id}.log", "ab")  # noqa: SIM115 (the child owns it)
+        try:
+            self._proc = subprocess.Popen(
+                cmd,
+                env={**os.environ, **self.environment()},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: stop() reaches its workers too
+            )
+        except OSError as exc:
+            raise EngineError(f"{self._spec.instance_id}: cannot run {cmd[0]!r}: {exc}") from exc
+        finally:
+            out.close()
+        self._adopted_pid = None
+        log.info("started %s (%s) pid %d: %s", self._spec.instance_id, self.kind, self._proc.pid, " ".join(cmd))
+
+    def adopt(self, pid: int) -> None:
+        """Take over a process a previous agent started (it is not our child)."""
+        self._adopted_pid = pid
+
+    def running(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        if self._adopted_pid is None:
+            return False
+        try:
+            os.kill(self._adopted_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def exit_code(self) -> int | None:
+        return self._proc.poll() if self._proc is not None else None
+
+    def healthy(self) -> bool:
+        if not self.running():
+            return False
+        for path in self.health_paths:
+            try:
+                r = self._http.get(self.base_url + path)
+            except httpx.HTTPError:
+                return False
+            if r.status_code != 404:
+                return r.status_code == 200
+        return False
+
+    def in_flight(self) -> int | None:
+        try:
+            r = self._http.get(self.base_url + "/metrics")
+        except httpx.HTTPError:
+            return None
+        if r.status_code != 200:
+            return None
+        value = parse_metrics(r.text, IN_FLIGHT_METRICS[self.kind])
+        return None if value is None else int(value)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight or ``timeout_s`` passes. True when drained."""
+        deadline = time.monotonic() + timeout_s
+        while self.running():
+            n = self.in_flight()
+            if n == 0:
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("%s: %s requests still in flight after %.0f s drain", self._spec.instance_id, n, timeout_s)
+                return False
+            self._sleep(0.2)
+        return True
+
+    def stop(self, drain_timeout_s: float) -> None:
+        if drain_timeout_s > 0:
+            self.drain(drain_timeout_s)
+        self.terminate()
+
+    def terminate(self) -> None:
+        """SIGTERM the process group, SIGKILL it after the grace period."""
+        pid = self.pid
+        if pid is None or not self.running():
+            self._reap()
+            return
+        self._signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self._grace_s
+        while self.running() and time.monotonic() < deadline:
+            self._sleep(0.05)
+        if self.running():
+            log.warning("%s did not exit within %.0f s of SIGTERM: SIGKILL", self._spec.instance_id, self._grace_s)
+            self._signal(pid, signal.SIGKILL)
+            end = time.monotonic() + 5
+            while self.running() and time.monotonic() < end:
+                self._sleep(0.05)
+        self._reap()
+
+    def sleep(self) -> bool:
+        return False
+
+    def wake(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                return
+        self._proc = None
+        self._adopted_pid = None
+
+    @staticmethod
+    def _signal(pid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pid, sig)  # pid is the group leader (start_new_session)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            os.kill(pid, sig)

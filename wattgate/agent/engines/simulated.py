@@ -1,0 +1,41 @@
+"""The simulated engine: ``wattgate sim-backend`` (the profile-driven emulator) as a child process.
+
+It shares ``--gpu-state-dir`` with the simulated GPUs, so the clocks the agent locks slow or speed
+the emulated instance and its modelled power follows.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from wattgate.agent.engines.base import EngineKind
+from wattgate.agent.engines.process import ProcessEngine
+
+
+class SimulatedEngine(ProcessEngine):
+    kind_value = EngineKind.SIMULATED
+    default_command = (sys.executable, "-m", "wattgate", "sim-backend")
+
+    def command(self) -> list[str]:
+        s, o = self.spec, self.options
+        cmd = [
+            *self.launcher(),
+            "--host",
+            s.host,
+            "--port",
+            str(s.port),
+            "--model",
+            s.model,
+            "--tp",
+            str(s.tp),
+            "--gpus",
+            ",".join(map(str, s.gpus)),
+        ]
+        if o.profile:  # else sim-backend follows the shipped default profile
+            cmd += ["--profile", o.profile]
+        if o.gpu_state_dir is not None:
+            cmd += ["--gpu-state-dir", str(o.gpu_state_dir)]
+        return [*cmd, "--speed", f"{o.speed:g}", "--max-batch", str(s.max_batch), *o.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        return dict(self.options.env)  # no CUDA here

@@ -1,0 +1,121 @@
+"""Reconcile, the pure part: the plan's instances for this node vs what runs → ordered actions.
+
+Order: drain → stop (instances leaving or changing), then for each new instance set clocks →
+start, then wait healthy → register ready; new instances on free GPUs come up before the drains.
+Instances whose pool, GPUs and TP are unchanged are left alone (their clocks belong to the clock
+loop). No I/O here: the actuator applies the actions.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from wattgate.planner.contract import PlannedInstance
+
+
+class ActionKind(enum.StrEnum):
+    DRAIN = "drain"  # mark draining in Redis, wait (bounded) for in-flight requests
+    STOP = "stop"
+    SET_CLOCK = "set_clock"
+    START = "start"
+    WAIT_HEALTHY = "wait_healthy"
+    REGISTER = "register"  # publish the instance as ready
+
+
+@dataclass(frozen=True)
+class Actual:
+    """An instance the agent runs (or adopted) now."""
+
+    id: str
+    pool: str
+    gpus: tuple[int, ...]
+    tp: int
+    planned_clock_mhz: int = 0  # the clock of the plan it runs under
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    instance_id: str
+    gpus: tuple[int, ...] = ()
+    sm_clock_mhz: int | None = None
+    planned: PlannedInstance | None = None
+
+
+@dataclass(frozen=True)
+class Diff:
+    actions: tuple[Action, ...]
+    problems: tuple[str, ...]  # planned instances refused, with the reason
+
+
+def _same(p: PlannedInstance, a: Actual) -> bool:
+    return p.pool == a.pool and tuple(p.gpus) == a.gpus and p.tp == a.tp
+
+
+def _admissible(
+    desired: Sequence[PlannedInstance], node_gpus: Sequence[int]
+) -> tuple[list[PlannedInstance], list[str]]:
+    ok: list[PlannedInstance] = []
+    problems: list[str] = []
+    used: set[int] = set()
+    seen: set[str] = set()
+    for p in sorted(desired, key=lambda i: i.id):
+        gpus = set(p.gpus)
+        if p.id in seen:
+            problems.append(f"{p.id}: planned twice; the first is kept")
+        elif not gpus or not gpus <= set(node_gpus):
+            problems.append(f"{p.id}: GPUs {list(p.gpus)} are not all on this node {list(node_gpus)}")
+        elif len(gpus) != p.tp:
+            problems.append(f"{p.id}: TP{p.tp} on {len(gpus)} GPUs {list(p.gpus)}")
+        elif gpus & used:
+            problems.append(f"{p.id}: GPUs {sorted(gpus & used)} are already planned for another instance")
+        else:
+            ok.append(p)
+            used |= gpus
+        seen.add(p.id)
+    return ok, problems
+
+
+def _bring_up(arriving: Sequence[PlannedInstance]) -> list[Action]:
+    actions: list[Action] = []
+    for p in arriving:
+        gpus = tuple(p.gpus)
+        actions.append(Action(ActionKind.SET_CLOCK, p.id, gpus, sm_clock_mhz=p.sm_clock_mhz, planned=p))
+        actions.append(Action(ActionKind.START, p.id, gpus, planned=p))
+    for p in arriving:
+        actions.append(Action(ActionKind.WAIT_HEALTHY, p.id, tuple(p.gpus), planned=p))
+        actions.append(Action(ActionKind.REGISTER, p.id, tuple(p.gpus), planned=p))
+    return actions
+
+
+def diff(
+    desired: Sequence[PlannedInstance],
+    actual: Mapping[str, Actual],
+    node_gpus: Sequence[int],
+    follow_plan_clocks: bool = False,
+) -> Diff:
+    """The actions that take this node from ``actual`` to ``desired``, in the order to apply them.
+
+    New instances on GPUs that no leaving instance holds come up first (make before break: the
+    pool never loses capacity it could have kept); the others wait for the drain and stop.
+    ``follow_plan_clocks`` (no clock loop): a kept instance whose planned clock changed is re-clocked.
+    """
+    wanted, problems = _admissible(desired, node_gpus)
+    keep = {p.id for p in wanted if p.id in actual and _same(p, actual[p.id])}
+    leaving = sorted(i for i in actual if i not in keep)
+    arriving = [p for p in wanted if p.id not in keep]
+    busy = {g for i in leaving for g in actual[i].gpus}
+    early = [p for p in arriving if not set(p.gpus) & busy]
+    late = [p for p in arriving if set(p.gpus) & busy]
+    actions = [
+        Action(ActionKind.SET_CLOCK, p.id, tuple(p.gpus), sm_clock_mhz=p.sm_clock_mhz, planned=p)
+        for p in wanted
+        if follow_plan_clocks and p.id in keep and p.sm_clock_mhz != actual[p.id].planned_clock_mhz
+    ]
+    actions += _bring_up(early)
+    actions += [Action(ActionKind.DRAIN, i, actual[i].gpus) for i in leaving]
+    actions += [Action(ActionKind.STOP, i, actual[i].gpus) for i in leaving]
+    actions += _bring_up(late)
+    return Diff(tuple(actions), tuple(problems))
