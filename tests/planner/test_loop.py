@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from tests.planner.toy import toy_profile
+from wattgate.planner.contract import Heartbeat, Keys, Plan, load_field
+from wattgate.planner.forecast import ForecastSettings, Method
+from wattgate.planner.loop import LoopSettings, PlannerLoop
+from wattgate.planner.model import SolverSettings
+from wattgate.planner.store import PlannerStore
+
+NOW = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = NOW
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _seed(url: str, per_min: dict[str, float], minutes: int = 20, nodes: dict[str, int] | None = None) -> None:
+    r = redis.Redis.from_url(url)
+    keys = Keys()
+    end = int(NOW // 60)
+    for m in range(end - minutes, end):
+        for pool, count in per_min.items():
+            r.hset(keys.load_minute(m), load_field(pool, "requests"), count)
+    for node, gpus in ({"gpu-a": 8, "gpu-b": 8} if nodes is None else nodes).items():
+        r.sadd(keys.nodes, node)
+        r.set(keys.heartbeat(node), Heartbeat(node, NOW, None, gpus, True).to_json())
+    r.close()
+
+
+def _loop(url: str, clock: Clock, me: str, lease_s: float = 10.0) -> PlannerLoop:
+    settings = LoopSettings(
+        cluster_period_s=1800,
+        pool_period_s=300,
+        lease_s=lease_s,
+        forecast=ForecastSettings(method=Method.PEAK, margin=0.1),
+        solver=SolverSettings(gap_rel=0.0),
+    )
+    return PlannerLoop(PlannerStore(url), toy_profile(), settings, clock, me)
+
+
+def test_leader_publishes_a_plan_that_covers_the_forecast(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 180.0, "SM": 60.0})  # 3 and 1 req/s
+    clock = Clock()
+    a, b = _loop(redis_url, clock, "a"), _loop(redis_url, clock, "b")
+    assert a.tick() == "published"
+    assert b.tick() == "follower"
+    plan = PlannerStore(redis_url).current_plan()
+    assert plan is not None and plan.version == 1
+    assert plan.forecast_rps == {"SS": pytest.approx(3.3), "SM": pytest.approx(1.1)}
+    served = sum(i.load_rps for i in plan.instances)
+    assert served == pytest.approx(4.4, rel=1e-6)
+    assert sum(i.tp for i in plan.instances) <= 16
+    assert {i.node for i in plan.instances} <= {"gpu-a", "gpu-b"}
+    assert plan.predicted_power_w < plan.baseline_power_w
+    assert any("modelled" in r for r in plan.reasons)
+    assert plan.source == "modelled"
+    assert a.tick() == "idle"  # nothing due yet
+    clock.t += 300
+    assert a.tick() == "published"
+    again = PlannerStore(redis_url).current_plan()
+    assert again is not None and again.version == 2
+    assert {i.id for i in again.instances} == {i.id for i in plan.instances}  # same load: nothing moves
+
+
+def test_a_second_planner_takes_over_when_the_lease_lapses(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 120.0})
+    clock = Clock()
+    a, b = _loop(redis_url, clock, "a", lease_s=0.3), _loop(redis_url, clock, "b", lease_s=0.3)
+    assert a.tick() == "published"
+    assert b.tick() == "follower"
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 5
+    while r.exists(Keys().planner_leader) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a stops renewing: its lease lapses in Redis
+    assert b.tick() == "published"
+    assert a.tick() == "follower" and not a.leader
+    plan = PlannerStore(redis_url).current_plan()
+    assert plan is not None and plan.version == 2
+
+
+def test_redis_down_backs_off_counts_and_goes_on() -> None:
+    clock = Clock()
+    loop = PlannerLoop(
+        PlannerStore("redis://127.0.0.1:1/0", timeout_s=0.2), toy_profile(), LoopSettings(), clock, "lonely"
+    )
+    assert loop.tick() == "error"
+    assert loop.tick() == "backoff"
+    clock.t += 60
+    assert loop.tick() == "error"
+    assert loop.counters.store_errors == 2
+
+
+def test_publish_is_versioned_and_announced(redis_url: str) -> None:
+    store = PlannerStore(redis_url)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sub = r.pubsub()
+    sub.subscribe(Keys().plan_events)
+    sub.get_message(timeout=1)  # the subscribe confirmation
+
+    def build(version: int) -> Plan:
+        return Plan(version, NOW, "toy", [], {"SS": 1.0}, 0.0, 0.0, reasons=["test"])
+
+    first = store.publish(build)
+    second = store.publish(build)
+    assert (first.version, second.version) == (1, 2)
+    assert r.get(Keys().plan_seq) == "2"
+    got = store.current_plan()
+    assert got == second
+    msg = sub.get_message(timeout=2)
+    assert msg is not None and msg["data"] == "1"
+    sub.close()
+    r.close()
+
+
+def test_no_gpus_publishes_an_empty_plan_with_an_alert(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0}, nodes={})
+    loop = _loop(redis_url, Clock(), "a")
+    assert loop.tick() == "published"
+    assert loop.last_plan is not None
+    assert loop.last_plan.instances == []
+    assert any("no GPUs" in a for a in loop.last_plan.alerts)
