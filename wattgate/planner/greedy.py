@@ -76,7 +76,23 @@ def greedy_solve(problem: Problem) -> Decision:
 
 
 def greedy_counts(problem: Problem) -> tuple[list[int], dict[str, dict[str, float]], dict[str, float]]:
-    """The greedy plan as item counts, flows and unserved load (also the MILP's warm start)."""
+    """The greedy plan as item counts, flows and unserved load (also the MILP's warm start).
+
+    Tries two orders, cheapest power per req/s and most req/s per GPU (for a tight budget), and
+    keeps the one that serves more, then draws less.
+    """
+    best: tuple[float, float, tuple[list[int], dict[str, dict[str, float]], dict[str, float]]] | None = None
+    for per_gpu in (False, True):
+        counts, flows, unserved = _greedy(problem, per_gpu)
+        power = sum(it.power_w * c for it, c in zip(problem.items, counts, strict=True))
+        score = (sum(unserved.values()), power)
+        if best is None or score < best[:2]:
+            best = (*score, (counts, flows, unserved))
+    assert best is not None
+    return best[2]
+
+
+def _greedy(problem: Problem, per_gpu: bool) -> tuple[list[int], dict[str, dict[str, float]], dict[str, float]]:
     free = [n.gpus for n in problem.inventory.nodes]
     counts = [0] * len(problem.items)
     flows: dict[str, dict[str, float]] = {}
@@ -89,14 +105,14 @@ def greedy_counts(problem: Problem) -> tuple[list[int], dict[str, dict[str, floa
             unserved[r] = demand
             continue
         q = routes[0]  # its own pool, or the first longer pool that can meet its SLO
-        left = _fill(problem, q, demand, free, counts)
+        left = _fill(problem, q, demand, free, counts, per_gpu)
         flows[r] = {q: demand - left}
         if left > EPS:
             unserved[r] = left
     return counts, flows, unserved
 
 
-def _fill(problem: Problem, pool: str, load: float, free: list[int], counts: list[int]) -> float:
+def _fill(problem: Problem, pool: str, load: float, free: list[int], counts: list[int], per_gpu: bool) -> float:
     """Add instances of ``pool`` until ``load`` is covered or nothing fits; return what is left."""
     cands = [(k, it) for k, it in enumerate(problem.items) if it.pool.name == pool]
     while load > EPS:
@@ -106,6 +122,8 @@ def _fill(problem: Problem, pool: str, load: float, free: list[int], counts: lis
         finishing = [(k, it) for k, it in fits if it.load_rps >= load - EPS]
         if finishing:
             k, it = min(finishing, key=lambda kv: (kv[1].power_w, kv[1].tp))
+        elif per_gpu:
+            k, it = max(fits, key=lambda kv: (kv[1].load_rps / kv[1].tp, -kv[1].power_w))
         else:
             k, it = min(fits, key=lambda kv: (kv[1].power_w / kv[1].load_rps, -kv[1].load_rps))
         node = _slot(free, it.tp)

@@ -30,7 +30,8 @@ class SolverSettings:
 
     gpus_per_node: int = 8
     time_limit_s: float = 1.5
-    gap_rel: float = 0.005  # CBC stops once within this relative gap of the optimum (0: prove it)
+    gap_rel: float = 0.02  # CBC stops once provably within this relative gap of the optimum (0: exact)
+    spill_hops: int = 2  # how many longer pools of the spill chain a pool may spill to
     period_s: float = 300.0
     start_cost_j_per_gpu: float = 24_000.0  # ~60 s of loading weights at ~400 W per GPU
     reshard_cost_j_per_gpu: float = 12_000.0  # re-shard an existing instance to another TP
@@ -47,6 +48,8 @@ class SolverSettings:
         if not self.time_limit_s > 0 or not self.period_s > 0:
             raise PlannerError("time_limit_s and period_s must be > 0")
         costs = (self.start_cost_j_per_gpu, self.reshard_cost_j_per_gpu, self.clock_change_cost_j)
+        if not 0 <= self.gap_rel < 1 or self.spill_hops < 0:
+            raise PlannerError("gap_rel must be in [0, 1) and spill_hops >= 0")
         if min(costs) < 0 or self.spill_cost_w_per_rps < 0:
             raise PlannerError("reconfiguration and spill costs must be >= 0")
 
@@ -117,7 +120,8 @@ class Problem:
     def routes(self, pool: str) -> tuple[str, ...]:
         """Pools that may serve ``pool``'s load (itself first), among those with items."""
         have = set(self.pools)
-        return tuple(t.name for t in spill_chain(RequestType.parse(pool)) if t.name in have)
+        chain = tuple(t.name for t in spill_chain(RequestType.parse(pool)) if t.name in have)
+        return chain[: self.settings.spill_hops + 1]
 
 
 class SolveStatus(enum.StrEnum):
@@ -255,8 +259,12 @@ def make_problem(
     """Validate the inputs and build the items for every pool the demand can reach."""
     settings = settings or SolverSettings()
     demand = parse_demand(demand_rps)
-    reach = {t.name for p, d in demand.items() if d > 0 for t in spill_chain(RequestType.parse(p))}
     have = {t.name for t in profile.request_types}
+    reach: set[str] = set()
+    for p, d in demand.items():
+        if d > 0:
+            chain = [t.name for t in spill_chain(RequestType.parse(p)) if t.name in have]
+            reach.update(chain[: settings.spill_hops + 1])
     missing = sorted(p for p, d in demand.items() if d > 0 and p not in have)
     if missing:
         raise PlannerError(f"the profile has no measurements for pool(s) {', '.join(missing)}")

@@ -3,7 +3,8 @@
 Variables (identical instances aggregated, so the model size does not grow with the GPU count):
 
 - ``n[i]`` integer: instances running item ``i`` (pool, TP, clock, rated load);
-- ``y[r,q]`` continuous: req/s of pool ``r`` served by pool ``q`` (``q`` in ``spill_chain(r)``);
+- ``y[r,q]`` continuous: req/s of pool ``r`` served by pool ``q`` (``r`` and the next ``spill_hops`` pools of
+  ``spill_chain(r)``);
 - ``u[r]`` continuous: req/s of ``r`` left unserved (heavily penalised: only when GPUs run out);
 - with a current plan, per pool and TP: instances started, removed and re-sharded, and per
   config instances whose clock changed.
@@ -60,7 +61,7 @@ def solve(problem: Problem, backend: Backend | None = None) -> Decision:
         fallback = greedy_solve(problem)
         alert = f"MILP solver failed ({exc}); greedy fallback plan"
         return _with(fallback, time.perf_counter() - started, (alert, *fallback.alerts))
-    status = SolveStatus.OPTIMAL if sol.proved_optimal else SolveStatus.FEASIBLE
+    status = SolveStatus.OPTIMAL if sol.proved_optimal else SolveStatus.FEASIBLE  # optimal within gap_rel
     alerts: tuple[str, ...] = ()
     if not sol.proved_optimal:
         alerts = (
