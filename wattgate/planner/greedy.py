@@ -105,14 +105,14 @@ def _greedy(problem: Problem, per_gpu: bool) -> tuple[list[int], dict[str, dict[
             unserved[r] = demand
             continue
         q = routes[0]  # its own pool, or the first longer pool that can meet its SLO
-        left = _fill(problem, q, demand, free, counts, per_gpu)
+        left = _fill(problem, q, demand, free, counts, per_gpu=per_gpu)
         flows[r] = {q: demand - left}
         if left > EPS:
             unserved[r] = left
     return counts, flows, unserved
 
 
-def _fill(problem: Problem, pool: str, load: float, free: list[int], counts: list[int], per_gpu: bool) -> float:
+def _fill(problem: Problem, pool: str, load: float, free: list[int], counts: list[int], *, per_gpu: bool) -> float:
     """Add instances of ``pool`` until ``load`` is covered or nothing fits; return what is left."""
     cands = [(k, it) for k, it in enumerate(problem.items) if it.pool.name == pool]
     while load > EPS:
