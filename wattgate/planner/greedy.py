@@ -92,6 +92,36 @@ def greedy_counts(problem: Problem) -> tuple[list[int], dict[str, dict[str, floa
     return best[2]
 
 
+def keep_current(problem: Problem) -> tuple[list[int], dict[str, dict[str, float]], dict[str, float]] | None:
+    """The running plan as item counts (each instance at its config's top rating), if it still serves all."""
+    if not problem.current:
+        return None
+    counts = [0] * len(problem.items)
+    top: dict[tuple[str, int, int], int] = {}
+    for k, it in enumerate(problem.items):
+        if it.config not in top or it.load_rps > problem.items[top[it.config]].load_rps:
+            top[it.config] = k
+    for config, m in problem.current.items():
+        if config in top:
+            counts[top[config]] += m
+    room: dict[str, float] = {}
+    for it, c in zip(problem.items, counts, strict=True):
+        room[it.pool.name] = room.get(it.pool.name, 0.0) + it.load_rps * c
+    flows: dict[str, dict[str, float]] = {}
+    # pools with the fewest alternatives take their room first
+    for r in sorted(problem.demand_rps, key=lambda r: (len(problem.routes(r)), r)):
+        left = problem.demand_rps[r]
+        for q in problem.routes(r):
+            take = min(left, room.get(q, 0.0))
+            if take > 0:
+                flows.setdefault(r, {})[q] = take
+                room[q] -= take
+                left -= take
+        if left > EPS:
+            return None
+    return counts, flows, {}
+
+
 def _greedy(problem: Problem, per_gpu: bool) -> tuple[list[int], dict[str, dict[str, float]], dict[str, float]]:
     free = [n.gpus for n in problem.inventory.nodes]
     counts = [0] * len(problem.items)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import pulp
 
-from wattgate.planner.greedy import greedy_counts, greedy_solve, realize
+from wattgate.planner.greedy import greedy_counts, greedy_solve, keep_current, realize
 from wattgate.planner.model import Config, Decision, PlannerError, Problem, SolveStatus
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,9 @@ def _warm_start(
     y: dict[tuple[str, str], pulp.LpVariable],
     u: dict[str, pulp.LpVariable],
 ) -> None:
-    """Hand CBC the greedy plan as its first incumbent, so a time limit still leaves a good plan."""
-    counts, flows, unserved = greedy_counts(problem)
+    """Hand CBC a first incumbent: the running plan when it still serves the load (so a plan within
+    the gap of the optimum is kept rather than swapped for another), else the greedy plan."""
+    counts, flows, unserved = keep_current(problem) or greedy_counts(problem)
     for var, c in zip(n, counts, strict=True):
         var.setInitialValue(c)
     for (r, q), var in y.items():
