@@ -47,7 +47,7 @@ def reasons(decision: Decision, placement: Placement, base: Baseline) -> list[st
     for r, by in sorted(decision.flows_rps.items()):
         for q, rps in sorted(by.items()):
             if q != r:
-                out.append(f"{r} spills {rps:.2f} req/s to {q} (too small for an instance of its own)")
+                out.append(f"{r} spills {rps:.2f} req/s to {q} (cheaper than instances of its own)")
     saving = base.power_w - decision.power_w
     pct = 100 * saving / base.power_w if base.power_w else 0.0
     out.append(
