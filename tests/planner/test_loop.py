@@ -128,3 +128,29 @@ def test_no_gpus_publishes_an_empty_plan_with_an_alert(redis_url: str) -> None:
     assert loop.last_plan is not None
     assert loop.last_plan.instances == []
     assert any("no GPUs" in a for a in loop.last_plan.alerts)
+
+
+def test_the_minute_in_progress_counts_from_the_per_second_windows(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0})  # 1 req/s in every whole minute
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys()
+    clock = Clock()
+    start = int(NOW // 60) * 60
+    clock.t = start + 30  # 30 s into the minute, 10 req/s so far
+    for sec in range(start, int(clock.t)):
+        r.hset(keys.load_second(sec), load_field("SS", "requests"), 10)
+    r.close()
+    loop = _loop(redis_url, clock, "a")
+    assert loop.forecast(clock.t, 5)["SS"] == pytest.approx(10.0 * 1.1)  # the peak method, 10% margin
+    clock.t = start + 10  # too early in the minute to extrapolate: whole minutes only
+    assert loop.forecast(clock.t, 5)["SS"] == pytest.approx(1.0 * 1.1)
+
+
+def test_min_pool_rps_keeps_a_floor(redis_url: str) -> None:
+    _seed(redis_url, {})
+    clock = Clock()
+    settings = LoopSettings(min_pool_rps=0.05, solver=SolverSettings(gap_rel=0.0))
+    loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), settings, clock, "a")
+    assert loop.forecast(clock.t, 5) == {"SS": 0.05, "SM": 0.05}
+    assert loop.tick() == "published"
+    assert loop.last_plan is not None and loop.last_plan.instances  # a warm instance stays

@@ -30,6 +30,12 @@ def register(subparsers: Any) -> None:
     q.add_argument("--pool-period-s", type=float, default=300.0, help="pool re-plan period (default 300)")
     q.add_argument("--margin", type=float, default=0.15, help="forecast margin over the predicted peak (0.15)")
     q.add_argument("--lease-s", type=float, default=15.0, help="leader lease (default 15 s)")
+    q.add_argument(
+        "--min-rps",
+        type=float,
+        default=0.05,
+        help="forecast floor per pool (0.05): a pool keeps a warm instance (or spills to one) when no load is seen",
+    )
     q.add_argument("--once", action="store_true", help="run one tick and exit (for scripts and tests)")
     q.set_defaults(func=run_planner)
 
@@ -161,6 +167,7 @@ def run_planner(args: argparse.Namespace) -> int:
             lease_s=args.lease_s,
             static_nodes=static,
             forecast=ForecastSettings(margin=args.margin),
+            min_pool_rps=args.min_rps,
             solver=SolverSettings(gpus_per_node=args.gpus_per_node, time_limit_s=args.time_limit_s),
         )
         profile = load_profile_arg(args.profile)

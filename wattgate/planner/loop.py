@@ -32,6 +32,7 @@ class Store(Protocol):
     def hold_lease(self, me: str, lease_s: float) -> bool: ...
     def release_lease(self, me: str) -> None: ...
     def load_minutes(self, pools: list[str], end_minute: int, count: int) -> dict[str, list[float]]: ...
+    def load_seconds(self, pools: list[str], start_second: int, end_second: int) -> dict[str, float]: ...
     def heartbeats(self) -> list[Heartbeat]: ...
     def current_plan(self) -> Plan | None: ...
     def publish(self, build: Callable[[int], Plan]) -> Plan: ...
@@ -44,12 +45,15 @@ class LoopSettings:
     lease_s: float = 15.0
     static_nodes: tuple[Node, ...] | None = None  # None: from the agents' heartbeats
     history_min: int = DAY_MIN + 60
+    min_pool_rps: float = 0.0  # forecast floor per pool: keeps a warm instance when no load is seen
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     solver: SolverSettings = field(default_factory=SolverSettings)
 
     def __post_init__(self) -> None:
         if not (self.cluster_period_s > 0 and self.pool_period_s > 0 and self.lease_s > 0):
             raise PlannerError("periods and the lease must be > 0 seconds")
+        if self.min_pool_rps < 0:
+            raise PlannerError("min_pool_rps must be >= 0")
 
 
 @dataclass
@@ -114,6 +118,23 @@ class PlannerLoop:
         self.counters.published += 1
         return "published"
 
+    def forecast(self, now: float, horizon_min: int) -> dict[str, float]:
+        """Peak req/s per pool for the next ``horizon_min`` minutes, from the load windows.
+
+        Whole minutes come from the per-minute windows; the minute in progress from the per-second
+        windows, scaled to a full minute once 15 s of it have passed, so a sudden rise counts at once.
+        """
+        s = self.settings
+        pools = [t.name for t in self.profile.request_types if t.name in POOL_NAMES]
+        minute = int(now // 60)
+        series = self.store.load_minutes(pools, minute, s.history_min)
+        elapsed = int(now) - minute * 60
+        if elapsed >= 15:
+            partial = self.store.load_seconds(pools, minute * 60, int(now))
+            for p in pools:
+                series[p].append(partial[p] * 60.0 / elapsed)
+        return {p: max(forecast_peak(series[p], horizon_min, s.forecast), s.min_pool_rps) for p in pools}
+
     def inventory(self) -> Inventory:
         if self.settings.static_nodes is not None:
             return Inventory(self.settings.static_nodes)
@@ -123,9 +144,7 @@ class PlannerLoop:
     def _plan(self, now: float, period_s: float) -> Plan:
         s = self.settings
         horizon_min = max(math.ceil(period_s / 60), 1)
-        minutes = self.store.load_minutes(list(POOL_NAMES), int(now // 60), s.history_min)
-        have = {t.name for t in self.profile.request_types}
-        demand = {p: forecast_peak(c, horizon_min, s.forecast) for p, c in minutes.items() if p in have}
+        demand = self.forecast(now, horizon_min)
         inventory = self.inventory()
         current = self.store.current_plan()
         running = list(current.instances) if current else []

@@ -68,6 +68,17 @@ class PlannerStore:
                 out[p].append(_num(row.get(load_field(p, "requests"))))
         return out
 
+    def load_seconds(self, pools: Sequence[str], start_second: int, end_second: int) -> dict[str, float]:
+        """Requests per pool summed over the per-second windows ``start_second <= s < end_second``."""
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for sec in range(start_second, end_second):
+                pipe.hgetall(self.keys.load_second(sec))
+            rows = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis: {exc}") from exc
+        return {p: sum(_num(row.get(load_field(p, "requests"))) for row in rows) for p in pools}
+
     def heartbeats(self) -> list[Heartbeat]:
         """The live heartbeats (expired ones are gone with their TTL); malformed ones are skipped."""
         try:
