@@ -67,3 +67,15 @@ def test_planner_once_publishes(profile_path: str, redis_url: str, capsys: pytes
 def test_planner_bad_nodes_is_a_clear_error(profile_path: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["planner", "--profile", profile_path, "--nodes", "a=x", "--once"]) == 2
     assert "NAME=GPUS" in capsys.readouterr().err
+
+
+def test_plan_without_a_profile_uses_the_builtin_or_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    rc = main(["plan", "--gpus", "64", "--load", "SS=1.0"])
+    if importlib.util.find_spec("wattgate.profiles.builtin") is None:
+        assert rc == 2
+        assert "--profile PATH is required" in capsys.readouterr().err
+    else:
+        assert rc == 0
+        assert "predicted power" in capsys.readouterr().out
