@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -70,8 +71,6 @@ def test_planner_bad_nodes_is_a_clear_error(profile_path: str, capsys: pytest.Ca
 
 
 def test_plan_without_a_profile_uses_the_builtin_or_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
-    import importlib.util
-
     rc = main(["plan", "--gpus", "64", "--load", "SS=1.0"])
     if importlib.util.find_spec("wattgate.profiles.builtin") is None:
         assert rc == 2
