@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -154,3 +155,21 @@ def test_min_pool_rps_keeps_a_floor(redis_url: str) -> None:
     assert loop.forecast(clock.t, 5) == {"SS": 0.05, "SM": 0.05}
     assert loop.tick() == "published"
     assert loop.last_plan is not None and loop.last_plan.instances  # a warm instance stays
+
+
+def test_run_publishes_then_releases_the_lease_on_stop(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0})
+    loop = _loop(redis_url, Clock(), "runner")
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,), kwargs={"poll_s": 0.01})
+    thread.start()
+    deadline = time.monotonic() + 10
+    while loop.counters.published == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert loop.counters.published == 1  # the clock did not move: one plan, then idle ticks
+    r = redis.Redis.from_url(redis_url)
+    assert not r.exists(Keys().planner_leader)
+    r.close()

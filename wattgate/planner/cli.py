@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from wattgate.planner.loop import LoopSettings
     from wattgate.profiles.table import Profile
 
 
@@ -152,34 +153,19 @@ def run_planner(args: argparse.Namespace) -> int:
     import contextlib
     import logging
     import os
+    import signal
     import socket
     import threading
     import time
     import uuid
 
     from wattgate.planner.contract import Keys
-    from wattgate.planner.forecast import ForecastSettings
-    from wattgate.planner.loop import LoopSettings, PlannerLoop, parse_nodes
-    from wattgate.planner.model import Inventory, Node, PlannerError, SolverSettings
+    from wattgate.planner.loop import PlannerLoop
+    from wattgate.planner.model import PlannerError
     from wattgate.planner.store import PlannerStore, StoreError
 
     try:
-        static: tuple[Node, ...] | None = None
-        if args.nodes:
-            static = parse_nodes(args.nodes)
-        elif args.gpus is not None:
-            if args.gpus < 1:
-                raise PlannerError("--gpus must be at least 1")
-            static = Inventory.uniform(args.gpus, args.gpus_per_node).nodes
-        settings = LoopSettings(
-            cluster_period_s=args.cluster_period_s,
-            pool_period_s=args.pool_period_s,
-            lease_s=args.lease_s,
-            static_nodes=static,
-            forecast=ForecastSettings(margin=args.margin),
-            min_pool_rps=args.min_rps,
-            solver=SolverSettings(gpus_per_node=args.gpus_per_node, time_limit_s=args.time_limit_s),
-        )
+        settings = _loop_settings(args)
         profile = load_profile_arg(args.profile)
         url = args.redis_url or os.environ.get("WATTGATE_REDIS_URL", "redis://localhost:6379/0")
         store = PlannerStore(url, Keys(args.prefix))
@@ -198,6 +184,7 @@ def run_planner(args: argparse.Namespace) -> int:
                     store.release_lease(me)
             return 0 if outcome in ("published", "follower", "idle") else 1
         stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())  # stop cleanly: the lease is released
         try:
             loop.run(stop)
         except KeyboardInterrupt:
@@ -205,3 +192,26 @@ def run_planner(args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _loop_settings(args: argparse.Namespace) -> LoopSettings:
+    from wattgate.planner.forecast import ForecastSettings
+    from wattgate.planner.loop import LoopSettings, parse_nodes
+    from wattgate.planner.model import Inventory, Node, PlannerError, SolverSettings
+
+    static: tuple[Node, ...] | None = None
+    if args.nodes:
+        static = parse_nodes(args.nodes)
+    elif args.gpus is not None:
+        if args.gpus < 1:
+            raise PlannerError("--gpus must be at least 1")
+        static = Inventory.uniform(args.gpus, args.gpus_per_node).nodes
+    return LoopSettings(
+        cluster_period_s=args.cluster_period_s,
+        pool_period_s=args.pool_period_s,
+        lease_s=args.lease_s,
+        static_nodes=static,
+        forecast=ForecastSettings(margin=args.margin),
+        min_pool_rps=args.min_rps,
+        solver=SolverSettings(gpus_per_node=args.gpus_per_node, time_limit_s=args.time_limit_s),
+    )

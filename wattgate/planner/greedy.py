@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from wattgate.planner.model import Decision, Group, Item, Problem, SolveStatus
+from wattgate.planner.model import Decision, Group, Problem, SolveStatus
 from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
@@ -205,7 +205,3 @@ def baseline(profile: Profile, demand_rps: Mapping[str, float], slo: SloTargets)
         each = rps / count
         groups.append(Group(pool, 8, clock, count, each, profile.lookup(8, clock, rtype, each).power_w))
     return Baseline(tuple(groups), tuple(bad))
-
-
-def items_of(problem: Problem, pool: str) -> list[Item]:
-    return [it for it in problem.items if it.pool.name == pool]

@@ -176,7 +176,7 @@ class PlannerLoop:
         try:
             while not stop.is_set():
                 self.tick()
-                stop.wait(max(min(step, self.backoff_until - self.clock()), step))
+                stop.wait(step)  # a backing-off tick returns at once; no busy loop either way
         finally:
             if self.leader:
                 with contextlib.suppress(StoreError):
