@@ -75,13 +75,14 @@ def test_leader_publishes_a_plan_that_covers_the_forecast(redis_url: str) -> Non
 def test_a_second_planner_takes_over_when_the_lease_lapses(redis_url: str) -> None:
     _seed(redis_url, {"SS": 120.0})
     clock = Clock()
-    a, b = _loop(redis_url, clock, "a", lease_s=0.3), _loop(redis_url, clock, "b", lease_s=0.3)
+    a, b = _loop(redis_url, clock, "a"), _loop(redis_url, clock, "b")
     assert a.tick() == "published"
     assert b.tick() == "follower"
     r = redis.Redis.from_url(redis_url)
+    r.pexpire(Keys().planner_leader, 50)  # a stops renewing: its lease runs out in Redis
     deadline = time.monotonic() + 5
     while r.exists(Keys().planner_leader) and time.monotonic() < deadline:
-        time.sleep(0.05)  # a stops renewing: its lease lapses in Redis
+        time.sleep(0.02)
     assert b.tick() == "published"
     assert a.tick() == "follower" and not a.leader
     plan = PlannerStore(redis_url).current_plan()
@@ -173,3 +174,24 @@ def test_run_publishes_then_releases_the_lease_on_stop(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
     assert not r.exists(Keys().planner_leader)
     r.close()
+
+
+class _LeaseLostWhileSolving(PlannerStore):
+    """A real store whose lease is taken by another planner between the tick's start and its publish."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.calls = 0
+
+    def hold_lease(self, me: str, lease_s: float) -> bool:
+        self.calls += 1
+        return super().hold_lease(me, lease_s) and self.calls == 1
+
+
+def test_a_lease_lost_while_solving_publishes_nothing(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0})
+    store = _LeaseLostWhileSolving(redis_url)
+    loop = PlannerLoop(store, toy_profile(), LoopSettings(solver=SolverSettings(gap_rel=0.0)), Clock(), "slow")
+    assert loop.tick() == "follower"
+    assert not loop.leader
+    assert store.current_plan() is None

@@ -111,7 +111,11 @@ class PlannerLoop:
             period = s.pool_period_s
         else:
             return "idle"
-        self.last_plan = self._plan(now, period)
+        plan = self._plan(now, period)
+        if plan is None:  # the lease ran out while solving: another planner may lead now
+            self.leader, self._last_cluster, self._last_pool = False, None, None
+            return "follower"
+        self.last_plan = plan
         if period == s.cluster_period_s:
             self._last_cluster = now
         self._last_pool = now
@@ -141,7 +145,7 @@ class PlannerLoop:
         beats = self.store.heartbeats()
         return Inventory(tuple(Node(b.node, b.gpu_count) for b in sorted(beats, key=lambda b: b.node)))
 
-    def _plan(self, now: float, period_s: float) -> Plan:
+    def _plan(self, now: float, period_s: float) -> Plan | None:
         s = self.settings
         horizon_min = max(math.ceil(period_s / 60), 1)
         demand = self.forecast(now, horizon_min)
@@ -159,6 +163,9 @@ class PlannerLoop:
             plan = build_plan(decision, placement, base, version=version, created_at=now, model=self.profile.model)
             return replace(plan, alerts=[*plan.alerts, *extra])
 
+        if not self.store.hold_lease(self.me, s.lease_s):
+            log.warning("planner %s lost the lease while solving; not publishing", self.me)
+            return None
         plan = self.store.publish(build)
         log.info(
             "planner: published plan v%d (%d instances, %.0f W vs baseline %.0f W, modelled)",
