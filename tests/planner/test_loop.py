@@ -195,3 +195,17 @@ def test_a_lease_lost_while_solving_publishes_nothing(redis_url: str) -> None:
     assert loop.tick() == "follower"
     assert not loop.leader
     assert store.current_plan() is None
+
+
+class _CorruptLoad(PlannerStore):
+    def load_minutes(self, pools: list[str], end_minute: int, count: int) -> dict[str, list[float]]:  # type: ignore[override]
+        return {p: [float("nan")] * count for p in pools}
+
+
+def test_a_planning_failure_is_counted_and_backed_off_not_raised(redis_url: str) -> None:
+    clock = Clock()
+    loop = PlannerLoop(_CorruptLoad(redis_url), toy_profile(), LoopSettings(), clock, "a")
+    assert loop.tick() == "error"
+    assert loop.counters.plan_errors == 1
+    assert loop.tick() == "backoff"
+    assert PlannerStore(redis_url).current_plan() is None

@@ -22,7 +22,7 @@ from wattgate.planner.model import Inventory, Node, PlannerError, SolverSettings
 from wattgate.planner.placement import place
 from wattgate.planner.solver import solve
 from wattgate.planner.store import StoreError
-from wattgate.profiles.classes import POOL_NAMES
+from wattgate.profiles.classes import POOL_NAMES, ProfilesError
 from wattgate.profiles.table import Profile
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Counters:
     ticks: int = 0
     published: int = 0
     store_errors: int = 0
+    plan_errors: int = 0
     follower_ticks: int = 0
 
 
@@ -86,11 +87,18 @@ class PlannerLoop:
         try:
             return self._step(now)
         except StoreError as exc:
-            self._failures += 1
             self.counters.store_errors += 1
-            self.backoff_until = now + min(2.0 ** min(self._failures, 5), 30.0)
-            log.warning("planner: Redis unavailable (%s); retrying in %.0f s", exc, self.backoff_until - now)
+            self._back_off(now, f"Redis unavailable ({exc})")
             return "error"
+        except (PlannerError, ProfilesError) as exc:  # e.g. a profile that cannot serve what is running
+            self.counters.plan_errors += 1
+            self._back_off(now, f"planning failed ({exc})")
+            return "error"
+
+    def _back_off(self, now: float, why: str) -> None:
+        self._failures += 1
+        self.backoff_until = now + min(2.0 ** min(self._failures, 5), 30.0)
+        log.warning("planner: %s; retrying in %.0f s", why, self.backoff_until - now)
 
     def _step(self, now: float) -> str:
         held = self.store.hold_lease(self.me, self.settings.lease_s)

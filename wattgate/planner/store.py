@@ -5,6 +5,7 @@ The only planner module importing ``redis``; every redis error leaves it as ``St
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import redis
@@ -131,7 +132,9 @@ class PlannerStore:
 
 
 def _num(v: str | None) -> float:
+    """A counter from a load window; anything but a finite number >= 0 counts as 0."""
     try:
-        return float(v) if v is not None else 0.0
+        x = float(v) if v is not None else 0.0
     except ValueError:
         return 0.0
+    return x if math.isfinite(x) and x >= 0 else 0.0
