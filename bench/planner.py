@@ -125,7 +125,7 @@ def bench_forecast(minutes: dict[str, list[float]]) -> list[dict[str, object]]:
         for margin in (0.0, 0.15, 0.3):
             under, over, n = 0.0, [], 0
             for series in minutes.values():
-                e = evaluate(series, 5, ForecastSettings(method=method, margin=margin, window_min=10))
+                e = evaluate(series, 5, ForecastSettings(method=method, margin=margin))
                 if e.samples:
                     under += e.under_rate * e.samples
                     n += e.samples

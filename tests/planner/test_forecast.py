@@ -5,6 +5,7 @@ import math
 import pytest
 
 from wattgate.planner.forecast import DAY_MIN, ForecastSettings, Method, evaluate, forecast_peak
+from wattgate.planner.model import PlannerError
 
 
 @pytest.mark.parametrize(
@@ -51,5 +52,5 @@ def test_evaluate_counts_under_forecasts() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(PlannerError):
         ForecastSettings(margin=-0.1)

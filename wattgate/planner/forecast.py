@@ -17,6 +17,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from wattgate.planner.model import PlannerError
+
 DAY_MIN = 24 * 60
 
 
@@ -31,13 +33,13 @@ class Method(enum.StrEnum):
 class ForecastSettings:
     method: Method = Method.AUTO
     margin: float = 0.15
-    window_min: int = 15  # recent window for the peak and the EWMA
+    window_min: int = 10  # recent window for the peak (bench/planner.py: 10 vs 5 or 15 min)
     alpha: float = 0.3  # EWMA weight of the level
     beta: float = 0.1  # EWMA weight of the trend
 
     def __post_init__(self) -> None:
         if self.margin < 0 or self.window_min < 1 or not (0 < self.alpha <= 1 and 0 <= self.beta <= 1):
-            raise ValueError("forecast: margin >= 0, window_min >= 1, 0 < alpha <= 1, 0 <= beta <= 1")
+            raise PlannerError("forecast: margin >= 0, window_min >= 1, 0 < alpha <= 1, 0 <= beta <= 1")
 
 
 def forecast_peak(counts_per_min: Sequence[float], horizon_min: int, settings: ForecastSettings) -> float:
