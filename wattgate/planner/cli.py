@@ -137,7 +137,8 @@ def _table(s: dict[str, Any]) -> str:
     lines.append(f"GPUs: {s['gpus_used']} of {s['gpu_budget']}")
     lines.append(f"predicted power: {s['predicted_power_w']:.0f} W (modelled)")
     b = s["baseline"]
-    lines.append(f"baseline all TP8 at max clock: {b['gpus']} GPUs, {b['power_w']:.0f} W (modelled)")
+    over = f" (more than the {s['gpu_budget']} available)" if b["gpus"] > s["gpu_budget"] else ""
+    lines.append(f"baseline all TP8 at max clock: {b['gpus']} GPUs{over}, {b['power_w']:.0f} W (modelled)")
     for g in b["pools"]:
         lines.append(
             f"  {g['pool']:<5} {g['count']:>4} x TP8 @ {g['sm_clock_mhz']} MHz, {g['load_rps_each']:.2f} req/s each"
