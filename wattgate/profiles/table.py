@@ -158,14 +158,13 @@ class Profile:
         grid = [x for x in grid if x <= top]
         ttft_max, tbt_max = slo.ttft_for(rtype), slo.tbt_p99_s
 
-        def slack(load: float) -> float:
+        def slack(load: float) -> tuple[float, float]:
             p = self.lookup(tp, clock_mhz, rtype, load)
-            return min(ttft_max - p.ttft_p99_s, tbt_max - p.tbt_p99_s)
+            return ttft_max - p.ttft_p99_s, tbt_max - p.tbt_p99_s
 
         prev: float | None = None
         for load in grid:
-            s = slack(load)
-            if s < 0:
+            if min(slack(load)) < 0:
                 if prev is None:
                     return 0.0
                 return _crossing(prev, load, slack)
@@ -199,10 +198,19 @@ class Profile:
         return clocks[j - 1], clocks[j]
 
 
-def _crossing(good: float, bad: float, slack: Callable[[float], float]) -> float:
-    s_good, s_bad = slack(good), slack(bad)
-    # slack is piecewise linear between grid points; the zero lies between them.
-    return good + (bad - good) * s_good / (s_good - s_bad)
+def _crossing(good: float, bad: float, slack: Callable[[float], tuple[float, float]]) -> float:
+    """Where the first target is crossed between a good and a bad grid point.
+
+    Each target's slack is linear between neighbouring grid points (every series is linear in load
+    there), but their minimum is not: interpolate each target that fails at ``bad`` on its own and
+    take the earliest crossing.
+    """
+    crossings = [
+        good + (bad - good) * s_good / (s_good - s_bad)
+        for s_good, s_bad in zip(slack(good), slack(bad), strict=True)
+        if s_bad < 0
+    ]
+    return min(crossings)
 
 
 def _check_row(n: int, row: Any) -> tuple[int, int, RequestType, float, float, float, float]:

@@ -1,0 +1,39 @@
+"""scripts/build_profiles.py as a user runs it: clear errors, --check, a rebuild identical to the shipped file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "build_profiles.py"
+DATA = REPO.parent / "shared" / "data" / "profiles"
+SHIPPED = REPO / "wattgate" / "profiles" / "data" / "llama-2-70b-h100.json"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+
+
+def test_missing_source_directory_is_a_clear_error(tmp_path: Path) -> None:
+    result = _run(str(tmp_path / "nowhere"), "--out", str(tmp_path / "out.json"))
+    assert result.returncode == 2
+    assert "error: cannot read" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"source measurements not found at {DATA}")
+def test_rebuild_writes_the_shipped_bytes_and_check_spots_a_difference(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    assert _run(str(DATA), "--out", str(out)).returncode == 0
+    assert out.read_bytes() == SHIPPED.read_bytes()
+    assert _run(str(DATA), "--out", str(out), "--check").returncode == 0
+    out.write_text(out.read_text().replace('"llama-2-70b"', '"other"', 1))
+    result = _run(str(DATA), "--out", str(out), "--check")
+    assert result.returncode == 1
+    assert "DIFFERS" in result.stdout
