@@ -2,7 +2,7 @@
 
 Run: ``PYTHONPATH=$PWD .venv/bin/python bench/planner.py [--quick]``. Prints tables and one JSON line.
 Solve times are measured wall times on whatever machine runs it (shared 2-core machines are noisy);
-power figures are modelled from a test-only profile built from the DynamoLLM characterisation data;
+power figures are modelled from the shipped Llama-2-70B/H100 profile (or, without it, a test-only one);
 forecast errors are measured by replaying the Azure 2023 traces (one hour each).
 """
 
@@ -28,6 +28,8 @@ from wattgate.planner.solver import solve
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges
 
 TRACES = Path("/work/shared/data/traces")
+
+
 ALL_CLOCKS = (800, 1000, 1200, 1400, 1600, 1800, 1980)
 CLOCK_SETS = {2: (1000, 1980), 4: (800, 1200, 1600, 1980), 7: ALL_CLOCKS}
 POOL_SETS = {3: ("SS", "SM", "SL"), 9: POOL_NAMES}
@@ -149,6 +151,8 @@ def main() -> int:
     args = ap.parse_args()
     minutes = trace_minutes()
     mix = trace_mix(minutes)
+    profile = realistic_profile()
+    print(f"profile: {profile.model} on {profile.gpu}")
     print("== solve time (measured wall time: build + solve, shared machine)")
     print("pools clocks  GPUs items median_ms  max_ms  status")
     solve_rows = bench_solve(mix, args.quick)
