@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.planner.toy import toy_profile
+from wattgate.cli import main
+from wattgate.planner.store import PlannerStore
+
+
+@pytest.fixture
+def profile_path(tmp_path: Path) -> str:
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(toy_profile().to_document()))
+    return str(path)
+
+
+def test_plan_prints_json(profile_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["plan", "--profile", profile_path, "--gpus", "16", "--load", "SS=2.5,SM=1.0", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["gpus_used"] <= 16 and out["power_source"] == "modelled"
+    served = sum(p["count"] * p["load_rps_each"] for p in out["pools"])
+    assert served == pytest.approx(3.5)
+    assert out["baseline"]["power_w"] > out["predicted_power_w"]
+
+
+def test_plan_prints_a_table(profile_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--profile", profile_path, "--gpus", "8", "--load", "SS=2.5"]) == 0
+    out = capsys.readouterr().out
+    assert "predicted power" in out and "(modelled)" in out and "baseline all TP8" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--gpus", "8", "--load", "XX=1"], "unknown request type"),
+        (["--gpus", "8", "--load", "SS=-1"], ">= 0"),
+        (["--gpus", "8", "--load", "SS=abc"], "not a number"),
+        (["--gpus", "0", "--load", "SS=1"], "at least 1"),
+        (["--gpus", "8", "--load", "SS"], "POOL=REQ_PER_S"),
+    ],
+)
+def test_plan_bad_input_is_a_clear_error(
+    profile_path: str, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["plan", "--profile", profile_path, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_plan_missing_profile_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--profile", "/nonexistent.json", "--gpus", "8", "--load", "SS=1"]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_planner_once_publishes(profile_path: str, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["planner", "--profile", profile_path, "--redis-url", redis_url, "--gpus", "16", "--once"])
+    assert rc == 0
+    assert "published" in capsys.readouterr().out
+    plan = PlannerStore(redis_url).current_plan()
+    assert plan is not None and plan.version == 1  # no load yet: an empty plan, still published
+
+
+def test_planner_bad_nodes_is_a_clear_error(profile_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["planner", "--profile", profile_path, "--nodes", "a=x", "--once"]) == 2
+    assert "NAME=GPUS" in capsys.readouterr().err
+
+
+def test_plan_without_a_profile_uses_the_builtin_or_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["plan", "--gpus", "64", "--load", "SS=1.0"])
+    if importlib.util.find_spec("wattgate.profiles.builtin") is None:
+        assert rc == 2
+        assert "--profile PATH is required" in capsys.readouterr().err
+    else:
+        assert rc == 0
+        assert "predicted power" in capsys.readouterr().out

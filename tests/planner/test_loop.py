@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from tests.planner.toy import toy_profile
+from wattgate.planner.contract import Heartbeat, Keys, Plan, load_field
+from wattgate.planner.forecast import ForecastSettings, Method
+from wattgate.planner.loop import LoopSettings, PlannerLoop
+from wattgate.planner.model import SolverSettings
+from wattgate.planner.store import PlannerStore
+
+NOW = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = NOW
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _seed(url: str, per_min: dict[str, float], minutes: int = 20, nodes: dict[str, int] | None = None) -> None:
+    r = redis.Redis.from_url(url)
+    keys = Keys()
+    end = int(NOW // 60)
+    for m in range(end - minutes, end):
+        for pool, count in per_min.items():
+            r.hset(keys.load_minute(m), load_field(pool, "requests"), count)
+    for node, gpus in ({"gpu-a": 8, "gpu-b": 8} if nodes is None else nodes).items():
+        r.sadd(keys.nodes, node)
+        r.set(keys.heartbeat(node), Heartbeat(node, NOW, None, gpus, True).to_json())
+    r.close()
+
+
+def _loop(url: str, clock: Clock, me: str, lease_s: float = 10.0) -> PlannerLoop:
+    settings = LoopSettings(
+        cluster_period_s=1800,
+        pool_period_s=300,
+        lease_s=lease_s,
+        forecast=ForecastSettings(method=Method.PEAK, margin=0.1),
+        solver=SolverSettings(gap_rel=0.0),
+    )
+    return PlannerLoop(PlannerStore(url), toy_profile(), settings, clock, me)
+
+
+def test_leader_publishes_a_plan_that_covers_the_forecast(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 180.0, "SM": 60.0})  # 3 and 1 req/s
+    clock = Clock()
+    a, b = _loop(redis_url, clock, "a"), _loop(redis_url, clock, "b")
+    assert a.tick() == "published"
+    assert b.tick() == "follower"
+    plan = PlannerStore(redis_url).current_plan()
+    assert plan is not None and plan.version == 1
+    assert plan.forecast_rps == {"SS": pytest.approx(3.3), "SM": pytest.approx(1.1)}
+    served = sum(i.load_rps for i in plan.instances)
+    assert served == pytest.approx(4.4, rel=1e-6)
+    assert sum(i.tp for i in plan.instances) <= 16
+    assert {i.node for i in plan.instances} <= {"gpu-a", "gpu-b"}
+    assert plan.predicted_power_w < plan.baseline_power_w
+    assert any("modelled" in r for r in plan.reasons)
+    assert plan.source == "modelled"
+    assert a.tick() == "idle"  # nothing due yet
+    clock.t += 300
+    assert a.tick() == "published"
+    again = PlannerStore(redis_url).current_plan()
+    assert again is not None and again.version == 2
+    assert {i.id for i in again.instances} == {i.id for i in plan.instances}  # same load: nothing moves
+
+
+def test_a_second_planner_takes_over_when_the_lease_lapses(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 120.0})
+    clock = Clock()
+    a, b = _loop(redis_url, clock, "a"), _loop(redis_url, clock, "b")
+    assert a.tick() == "published"
+    assert b.tick() == "follower"
+    r = redis.Redis.from_url(redis_url)
+    r.pexpire(Keys().planner_leader, 50)  # a stops renewing: its lease runs out in Redis
+    deadline = time.monotonic() + 5
+    while r.exists(Keys().planner_leader) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert b.tick() == "published"
+    assert a.tick() == "follower" and not a.leader
+    plan = PlannerStore(redis_url).current_plan()
+    assert plan is not None and plan.version == 2
+
+
+def test_redis_down_backs_off_counts_and_goes_on() -> None:
+    clock = Clock()
+    loop = PlannerLoop(
+        PlannerStore("redis://127.0.0.1:1/0", timeout_s=0.2), toy_profile(), LoopSettings(), clock, "lonely"
+    )
+    assert loop.tick() == "error"
+    assert loop.tick() == "backoff"
+    clock.t += 60
+    assert loop.tick() == "error"
+    assert loop.counters.store_errors == 2
+
+
+def test_publish_is_versioned_and_announced(redis_url: str) -> None:
+    store = PlannerStore(redis_url)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    sub = r.pubsub()
+    sub.subscribe(Keys().plan_events)
+    sub.get_message(timeout=1)  # the subscribe confirmation
+
+    def build(version: int) -> Plan:
+        return Plan(version, NOW, "toy", [], {"SS": 1.0}, 0.0, 0.0, reasons=["test"])
+
+    first = store.publish(build)
+    second = store.publish(build)
+    assert (first.version, second.version) == (1, 2)
+    assert r.get(Keys().plan_seq) == "2"
+    got = store.current_plan()
+    assert got == second
+    msg = sub.get_message(timeout=2)
+    assert msg is not None and msg["data"] == "1"
+    sub.close()
+    r.close()
+
+
+def test_no_gpus_publishes_an_empty_plan_with_an_alert(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0}, nodes={})
+    loop = _loop(redis_url, Clock(), "a")
+    assert loop.tick() == "published"
+    assert loop.last_plan is not None
+    assert loop.last_plan.instances == []
+    assert any("no GPUs" in a for a in loop.last_plan.alerts)
+
+
+def test_the_minute_in_progress_counts_from_the_per_second_windows(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0})  # 1 req/s in every whole minute
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys()
+    clock = Clock()
+    start = int(NOW // 60) * 60
+    clock.t = start + 30  # 30 s into the minute, 10 req/s so far
+    for sec in range(start, int(clock.t)):
+        r.hset(keys.load_second(sec), load_field("SS", "requests"), 10)
+    r.close()
+    loop = _loop(redis_url, clock, "a")
+    assert loop.forecast(clock.t, 5)["SS"] == pytest.approx(10.0 * 1.1)  # the peak method, 10% margin
+    clock.t = start + 10  # too early in the minute to extrapolate: whole minutes only
+    assert loop.forecast(clock.t, 5)["SS"] == pytest.approx(1.0 * 1.1)
+
+
+def test_min_pool_rps_keeps_a_floor(redis_url: str) -> None:
+    _seed(redis_url, {})
+    clock = Clock()
+    settings = LoopSettings(min_pool_rps=0.05, solver=SolverSettings(gap_rel=0.0))
+    loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), settings, clock, "a")
+    assert loop.forecast(clock.t, 5) == {"SS": 0.05, "SM": 0.05}
+    assert loop.tick() == "published"
+    assert loop.last_plan is not None and loop.last_plan.instances  # a warm instance stays
+
+
+def test_run_publishes_then_releases_the_lease_on_stop(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0})
+    loop = _loop(redis_url, Clock(), "runner")
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,), kwargs={"poll_s": 0.01})
+    thread.start()
+    deadline = time.monotonic() + 10
+    while loop.counters.published == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert loop.counters.published == 1  # the clock did not move: one plan, then idle ticks
+    r = redis.Redis.from_url(redis_url)
+    assert not r.exists(Keys().planner_leader)
+    r.close()
+
+
+class _LeaseLostWhileSolving(PlannerStore):
+    """A real store whose lease is taken by another planner between the tick's start and its publish."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.calls = 0
+
+    def hold_lease(self, me: str, lease_s: float) -> bool:
+        self.calls += 1
+        return super().hold_lease(me, lease_s) and self.calls == 1
+
+
+def test_a_lease_lost_while_solving_publishes_nothing(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0})
+    store = _LeaseLostWhileSolving(redis_url)
+    loop = PlannerLoop(store, toy_profile(), LoopSettings(solver=SolverSettings(gap_rel=0.0)), Clock(), "slow")
+    assert loop.tick() == "follower"
+    assert not loop.leader
+    assert store.current_plan() is None
+
+
+class _CorruptLoad(PlannerStore):
+    def load_minutes(self, pools: list[str], end_minute: int, count: int) -> dict[str, list[float]]:  # type: ignore[override]
+        return {p: [float("nan")] * count for p in pools}
+
+
+def test_a_planning_failure_is_counted_and_backed_off_not_raised(redis_url: str) -> None:
+    clock = Clock()
+    loop = PlannerLoop(_CorruptLoad(redis_url), toy_profile(), LoopSettings(), clock, "a")
+    assert loop.tick() == "error"
+    assert loop.counters.plan_errors == 1
+    assert loop.tick() == "backoff"
+    assert PlannerStore(redis_url).current_plan() is None

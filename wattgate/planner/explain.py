@@ -1,0 +1,110 @@
+"""Turning a decision into a publishable ``Plan`` with its reasons, and a plan back into running counts.
+
+Pure. Every power figure in the reasons is modelled from the profile and says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wattgate.planner.contract import Plan, PlannedInstance
+from wattgate.planner.greedy import Baseline
+from wattgate.planner.model import Config, Decision
+from wattgate.planner.placement import Placement
+
+
+def build_plan(
+    decision: Decision, placement: Placement, base: Baseline, *, version: int, created_at: float, model: str
+) -> Plan:
+    alerts = list(decision.alerts)
+    if placement.unplaced:
+        alerts.append(f"{placement.unplaced} planned instance(s) found no free GPUs on the nodes and are left out")
+    if base.unservable:
+        alerts.append(f"baseline TP8 at max clock cannot meet the SLO for {', '.join(base.unservable)}")
+    return Plan(
+        version=version,
+        created_at=created_at,
+        model=model,
+        instances=list(placement.instances),
+        forecast_rps={k: round(v, 4) for k, v in decision.demand_rps.items()},
+        predicted_power_w=round(sum(i.power_w for i in placement.instances), 1),
+        baseline_power_w=round(base.power_w, 1),
+        reasons=reasons(decision, placement, base),
+        alerts=alerts,
+    )
+
+
+def reasons(decision: Decision, placement: Placement, base: Baseline) -> list[str]:
+    out = [
+        f"solver: {decision.status.value} in {decision.solve_time_s * 1000:.0f} ms (measured)",
+        "forecast peak load (req/s): " + ", ".join(f"{p}={v:.2f}" for p, v in sorted(decision.demand_rps.items())),
+    ]
+    for g in decision.groups:
+        out.append(
+            f"{g.pool}: {g.count} x TP{g.tp} @ {g.clock_mhz} MHz, {g.load_rps_each:.2f} req/s each, "
+            f"{g.power_w_each:.0f} W each (modelled)"
+        )
+    for r, by in sorted(decision.flows_rps.items()):
+        for q, rps in sorted(by.items()):
+            if q != r:
+                out.append(f"{r} spills {rps:.2f} req/s to {q} (cheaper than instances of its own)")
+    saving = base.power_w - decision.power_w
+    pct = 100 * saving / base.power_w if base.power_w else 0.0
+    out.append(
+        f"predicted power {decision.power_w:.0f} W vs {base.power_w:.0f} W for all TP8 at max clock: "
+        f"saving {saving:.0f} W ({pct:.0f}%) (modelled)"
+    )
+    out.append(f"GPUs {decision.gpus_used}/{decision.gpu_budget}; {placement.started} to start, {placement.kept} kept")
+    return out
+
+
+def running_counts(instances: list[PlannedInstance]) -> dict[Config, int]:
+    out: dict[Config, int] = {}
+    for i in instances:
+        key = (i.pool, i.tp, i.sm_clock_mhz)
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def decision_summary(decision: Decision, base: Baseline) -> dict[str, Any]:
+    """The JSON form ``wattgate plan --json`` prints."""
+    return {
+        "status": decision.status.value,
+        "solve_time_s": round(decision.solve_time_s, 4),
+        "solve_time_source": "measured",
+        "gpu_budget": decision.gpu_budget,
+        "gpus_used": decision.gpus_used,
+        "demand_rps": decision.demand_rps,
+        "flows_rps": decision.flows_rps,
+        "unserved_rps": decision.unserved_rps,
+        "pools": [
+            {
+                "pool": g.pool,
+                "count": g.count,
+                "tp": g.tp,
+                "sm_clock_mhz": g.clock_mhz,
+                "load_rps_each": round(g.load_rps_each, 4),
+                "power_w_each": round(g.power_w_each, 1),
+            }
+            for g in decision.groups
+        ],
+        "predicted_power_w": round(decision.power_w, 1),
+        "baseline": {
+            "pools": [
+                {
+                    "pool": g.pool,
+                    "count": g.count,
+                    "tp": g.tp,
+                    "sm_clock_mhz": g.clock_mhz,
+                    "load_rps_each": round(g.load_rps_each, 4),
+                    "power_w_each": round(g.power_w_each, 1),
+                }
+                for g in base.groups
+            ],
+            "gpus": base.gpus,
+            "power_w": round(base.power_w, 1),
+            "unservable": list(base.unservable),
+        },
+        "power_source": "modelled",
+        "alerts": list(decision.alerts),
+    }

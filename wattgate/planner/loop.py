@@ -1,0 +1,210 @@
+"""The planner loop: hold the leader lease, and when a period is due forecast, solve, place and publish.
+
+A thin loop around pure parts (forecast, solver, placement, explain) with an injected clock; ``tick()``
+does one step so tests run many ticks without sleeping. Redis trouble: back off, count, go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from wattgate.planner.contract import Heartbeat, Plan
+from wattgate.planner.explain import build_plan, running_counts
+from wattgate.planner.forecast import DAY_MIN, ForecastSettings, forecast_peak
+from wattgate.planner.greedy import baseline
+from wattgate.planner.model import Inventory, Node, PlannerError, SolverSettings, make_problem
+from wattgate.planner.placement import place
+from wattgate.planner.solver import solve
+from wattgate.planner.store import StoreError
+from wattgate.profiles.classes import POOL_NAMES, ProfilesError
+from wattgate.profiles.table import Profile
+
+log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    def hold_lease(self, me: str, lease_s: float) -> bool: ...
+    def release_lease(self, me: str) -> None: ...
+    def load_minutes(self, pools: list[str], end_minute: int, count: int) -> dict[str, list[float]]: ...
+    def load_seconds(self, pools: list[str], start_second: int, end_second: int) -> dict[str, float]: ...
+    def heartbeats(self) -> list[Heartbeat]: ...
+    def current_plan(self) -> Plan | None: ...
+    def publish(self, build: Callable[[int], Plan]) -> Plan: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    cluster_period_s: float = 1800.0
+    pool_period_s: float = 300.0
+    lease_s: float = 15.0
+    static_nodes: tuple[Node, ...] | None = None  # None: from the agents' heartbeats
+    history_min: int = DAY_MIN + 60
+    min_pool_rps: float = 0.0  # forecast floor per pool: keeps a warm instance when no load is seen
+    forecast: ForecastSettings = field(default_factory=ForecastSettings)
+    solver: SolverSettings = field(default_factory=SolverSettings)
+
+    def __post_init__(self) -> None:
+        if not (self.cluster_period_s > 0 and self.pool_period_s > 0 and self.lease_s > 0):
+            raise PlannerError("periods and the lease must be > 0 seconds")
+        if self.min_pool_rps < 0:
+            raise PlannerError("min_pool_rps must be >= 0")
+
+
+@dataclass
+class Counters:
+    ticks: int = 0
+    published: int = 0
+    store_errors: int = 0
+    plan_errors: int = 0
+    follower_ticks: int = 0
+
+
+class PlannerLoop:
+    def __init__(
+        self, store: Store, profile: Profile, settings: LoopSettings, clock: Callable[[], float], me: str
+    ) -> None:
+        self.store, self.profile, self.settings, self.clock, self.me = store, profile, settings, clock, me
+        self.counters = Counters()
+        self.leader = False
+        self.backoff_until = 0.0
+        self._failures = 0
+        self._last_cluster: float | None = None
+        self._last_pool: float | None = None
+        self.last_plan: Plan | None = None
+
+    def tick(self) -> str:
+        """One step; returns what happened: backoff, follower, idle, published or error."""
+        now = self.clock()
+        self.counters.ticks += 1
+        if now < self.backoff_until:
+            return "backoff"
+        try:
+            return self._step(now)
+        except StoreError as exc:
+            self.counters.store_errors += 1
+            self._back_off(now, f"Redis unavailable ({exc})")
+            return "error"
+        except (PlannerError, ProfilesError) as exc:  # e.g. a profile that cannot serve what is running
+            self.counters.plan_errors += 1
+            self._back_off(now, f"planning failed ({exc})")
+            return "error"
+
+    def _back_off(self, now: float, why: str) -> None:
+        self._failures += 1
+        self.backoff_until = now + min(2.0 ** min(self._failures, 5), 30.0)
+        log.warning("planner: %s; retrying in %.0f s", why, self.backoff_until - now)
+
+    def _step(self, now: float) -> str:
+        held = self.store.hold_lease(self.me, self.settings.lease_s)
+        self._failures = 0
+        if not held:
+            if self.leader:
+                log.warning("planner %s lost the leader lease", self.me)
+            self.leader, self._last_cluster, self._last_pool = False, None, None
+            self.counters.follower_ticks += 1
+            return "follower"
+        if not self.leader:
+            log.info("planner %s is the leader", self.me)
+        self.leader = True
+        s = self.settings
+        if self._last_cluster is None or now - self._last_cluster >= s.cluster_period_s:
+            period = s.cluster_period_s
+        elif self._last_pool is None or now - self._last_pool >= s.pool_period_s:
+            period = s.pool_period_s
+        else:
+            return "idle"
+        plan = self._plan(now, period)
+        if plan is None:  # the lease ran out while solving: another planner may lead now
+            self.leader, self._last_cluster, self._last_pool = False, None, None
+            return "follower"
+        self.last_plan = plan
+        if period == s.cluster_period_s:
+            self._last_cluster = now
+        self._last_pool = now
+        self.counters.published += 1
+        return "published"
+
+    def forecast(self, now: float, horizon_min: int) -> dict[str, float]:
+        """Peak req/s per pool for the next ``horizon_min`` minutes, from the load windows.
+
+        Whole minutes come from the per-minute windows; the minute in progress from the per-second
+        windows, scaled to a full minute once 15 s of it have passed, so a sudden rise counts at once.
+        """
+        s = self.settings
+        pools = [t.name for t in self.profile.request_types if t.name in POOL_NAMES]
+        minute = int(now // 60)
+        series = self.store.load_minutes(pools, minute, s.history_min)
+        elapsed = int(now) - minute * 60
+        if elapsed >= 15:
+            partial = self.store.load_seconds(pools, minute * 60, int(now))
+            for p in pools:
+                series[p].append(partial[p] * 60.0 / elapsed)
+        return {p: max(forecast_peak(series[p], horizon_min, s.forecast), s.min_pool_rps) for p in pools}
+
+    def inventory(self) -> Inventory:
+        if self.settings.static_nodes is not None:
+            return Inventory(self.settings.static_nodes)
+        beats = self.store.heartbeats()
+        return Inventory(tuple(Node(b.node, b.gpu_count) for b in sorted(beats, key=lambda b: b.node)))
+
+    def _plan(self, now: float, period_s: float) -> Plan | None:
+        s = self.settings
+        horizon_min = max(math.ceil(period_s / 60), 1)
+        demand = self.forecast(now, horizon_min)
+        inventory = self.inventory()
+        current = self.store.current_plan()
+        running = list(current.instances) if current else []
+        solver = replace(s.solver, period_s=period_s)
+        problem = make_problem(self.profile, demand, inventory, solver, running_counts(running))
+        decision = solve(problem)
+        placement = place(decision.groups, inventory, running)
+        base = baseline(self.profile, decision.demand_rps, solver.slo)
+        extra = [] if inventory.total_gpus else ["no GPUs: no agent heartbeats and no --gpus/--nodes"]
+
+        def build(version: int) -> Plan:
+            plan = build_plan(decision, placement, base, version=version, created_at=now, model=self.profile.model)
+            return replace(plan, alerts=[*plan.alerts, *extra])
+
+        if not self.store.hold_lease(self.me, s.lease_s):
+            log.warning("planner %s lost the lease while solving; not publishing", self.me)
+            return None
+        plan = self.store.publish(build)
+        log.info(
+            "planner: published plan v%d (%d instances, %.0f W vs baseline %.0f W, modelled)",
+            plan.version,
+            len(plan.instances),
+            plan.predicted_power_w,
+            plan.baseline_power_w,
+        )
+        for alert in plan.alerts:
+            log.warning("planner alert: %s", alert)
+        return plan
+
+    def run(self, stop: threading.Event, poll_s: float | None = None) -> None:
+        step = poll_s if poll_s is not None else min(self.settings.lease_s / 3, 5.0)
+        try:
+            while not stop.is_set():
+                self.tick()
+                stop.wait(step)  # a backing-off tick returns at once; no busy loop either way
+        finally:
+            if self.leader:
+                with contextlib.suppress(StoreError):
+                    self.store.release_lease(self.me)
+
+
+def parse_nodes(text: str) -> tuple[Node, ...]:
+    nodes = []
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, count = part.partition("=")
+        if not sep or not name.strip() or not count.strip().isdigit() or int(count) < 1:
+            raise PlannerError(f"--nodes: expected NAME=GPUS with GPUS >= 1, got {part!r}")
+        nodes.append(Node(name.strip(), int(count)))
+    if not nodes:
+        raise PlannerError("--nodes: give at least one NAME=GPUS")
+    return tuple(nodes)

@@ -1,0 +1,273 @@
+"""The planning problem as data: settings, GPU inventory, the operating points a pool can run at, the result.
+
+Pure: no PuLP, no Redis, no clock. ``solver.py`` turns a ``Problem`` into a MILP; ``greedy.py`` is the
+fallback; both return a ``Decision``. Every power figure here is modelled from the profile.
+
+An *item* is one way to run one instance of a pool: (TP, SM clock, rated load). The rated loads are
+the profile's measured loads up to the SLO-feasible capacity (``Profile.max_load``) plus that capacity
+itself; an item's power is the highest modelled power at any load up to its rating, so a plan's
+modelled power is an upper bound of what the profile predicts for the loads it actually assigns.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets, spill_chain
+from wattgate.profiles.table import Profile
+
+
+class PlannerError(Exception):
+    """Base exception of the planner package (bad input, unusable profile, Redis trouble)."""
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Knobs of one solve. Costs are energies, spread over ``period_s`` to compare with power."""
+
+    gpus_per_node: int = 8
+    time_limit_s: float = 1.5
+    gap_rel: float = 0.02  # CBC stops once provably within this relative gap of the optimum (0: exact)
+    spill_hops: int = 2  # how many longer pools of the spill chain a pool may spill to
+    period_s: float = 300.0
+    start_cost_j_per_gpu: float = 24_000.0  # ~60 s of loading weights at ~400 W per GPU
+    reshard_cost_j_per_gpu: float = 12_000.0  # re-shard an existing instance to another TP
+    clock_change_cost_j: float = 500.0  # a clock change is cheap but not free: it damps churn
+    spill_cost_w_per_rps: float = 1.0  # spill only when it saves power
+    unserved_penalty_w_per_rps: float = 1.0e6
+    slo: SloTargets = field(default_factory=SloTargets)
+    clocks: tuple[int, ...] | None = None  # restrict the SM clocks considered (None: all measured)
+    prune: bool = True
+
+    def __post_init__(self) -> None:
+        if self.gpus_per_node < 1:
+            raise PlannerError("gpus_per_node must be >= 1")
+        if not self.time_limit_s > 0 or not self.period_s > 0:
+            raise PlannerError("time_limit_s and period_s must be > 0")
+        costs = (self.start_cost_j_per_gpu, self.reshard_cost_j_per_gpu, self.clock_change_cost_j)
+        if not 0 <= self.gap_rel < 1 or self.spill_hops < 0:
+            raise PlannerError("gap_rel must be in [0, 1) and spill_hops >= 0")
+        if min(costs) < 0 or self.spill_cost_w_per_rps < 0:
+            raise PlannerError("reconfiguration and spill costs must be >= 0")
+
+
+@dataclass(frozen=True)
+class Node:
+    """A GPU host and how many GPUs the plan may use on it."""
+
+    name: str
+    gpus: int
+
+
+@dataclass(frozen=True)
+class Inventory:
+    nodes: tuple[Node, ...]
+
+    @property
+    def total_gpus(self) -> int:
+        return sum(n.gpus for n in self.nodes)
+
+    @classmethod
+    def uniform(cls, gpus: int, gpus_per_node: int = 8) -> Inventory:
+        """``gpus`` GPUs on nodes of ``gpus_per_node`` (the last one partial), named node-0, node-1, ..."""
+        if gpus < 0 or gpus_per_node < 1:
+            raise PlannerError("GPU count must be >= 0 and GPUs per node >= 1")
+        full, rest = divmod(gpus, gpus_per_node)
+        sizes = [gpus_per_node] * full + ([rest] if rest else [])
+        return cls(tuple(Node(f"node-{i}", n) for i, n in enumerate(sizes)))
+
+    def slots(self, tp: int) -> int:
+        """GPUs usable by groups of ``tp`` or more GPUs (a TP group never spans nodes)."""
+        return sum(tp * (n.gpus // tp) for n in self.nodes)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One way to run one instance of a pool: TP, SM clock and the load it is rated for."""
+
+    pool: RequestType
+    tp: int
+    clock_mhz: int
+    load_rps: float  # rated load: at most the SLO-feasible capacity
+    power_w: float  # modelled, conservative: the highest power at any load up to load_rps
+
+    @property
+    def config(self) -> tuple[str, int, int]:
+        return (self.pool.name, self.tp, self.clock_mhz)
+
+
+Config = tuple[str, int, int]  # (pool name, TP, SM clock MHz)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One epoch to plan: forecast load per pool, the GPUs, the items, and what runs now."""
+
+    demand_rps: Mapping[str, float]
+    inventory: Inventory
+    items: tuple[Item, ...]
+    current: Mapping[Config, int]  # instances running now per (pool, TP, clock)
+    settings: SolverSettings
+    profile: Profile
+
+    @property
+    def pools(self) -> tuple[str, ...]:
+        return tuple(sorted({i.pool.name for i in self.items}))
+
+    def routes(self, pool: str) -> tuple[str, ...]:
+        """Pools that may serve ``pool``'s load (itself first), among those with items."""
+        have = set(self.pools)
+        chain = tuple(t.name for t in spill_chain(RequestType.parse(pool)) if t.name in have)
+        return chain[: self.settings.spill_hops + 1]
+
+
+class SolveStatus(enum.StrEnum):
+    OPTIMAL = "optimal"  # the MILP proved optimality
+    FEASIBLE = "feasible"  # the MILP hit its time limit with a feasible plan
+    FALLBACK = "fallback"  # the greedy fallback produced the plan
+
+
+@dataclass(frozen=True)
+class Group:
+    """``count`` identical instances of one pool at one (TP, clock), each with its planned load."""
+
+    pool: str
+    tp: int
+    clock_mhz: int
+    count: int
+    load_rps_each: float
+    power_w_each: float  # modelled from the profile at load_rps_each
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.count
+
+    @property
+    def power_w(self) -> float:
+        return self.power_w_each * self.count
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the solver decided, with everything needed to explain it."""
+
+    groups: tuple[Group, ...]
+    demand_rps: dict[str, float]
+    flows_rps: dict[str, dict[str, float]]  # demand pool -> serving pool -> req/s
+    unserved_rps: dict[str, float]
+    gpu_budget: int
+    status: SolveStatus
+    solve_time_s: float  # measured wall time of the solve
+    alerts: tuple[str, ...] = ()
+
+    @property
+    def gpus_used(self) -> int:
+        return sum(g.gpus for g in self.groups)
+
+    @property
+    def power_w(self) -> float:
+        return sum(g.power_w for g in self.groups)
+
+    def counts(self) -> dict[Config, int]:
+        out: dict[Config, int] = {}
+        for g in self.groups:
+            key = (g.pool, g.tp, g.clock_mhz)
+            out[key] = out.get(key, 0) + g.count
+        return out
+
+
+def parse_demand(demand: Mapping[str, float]) -> dict[str, float]:
+    """Validate a pool -> req/s mapping: known pool names, finite loads >= 0."""
+    out: dict[str, float] = {}
+    for name, rps in demand.items():
+        try:
+            pool = RequestType.parse(name).name
+        except ProfilesError as exc:
+            raise PlannerError(str(exc)) from exc
+        if isinstance(rps, bool) or not isinstance(rps, (int, float)) or not math.isfinite(rps) or rps < 0:
+            raise PlannerError(f"load of pool {pool} must be a finite number >= 0 req/s, got {rps!r}")
+        out[pool] = out.get(pool, 0.0) + float(rps)
+    return out
+
+
+def build_items(
+    profile: Profile, settings: SolverSettings, pools: Iterable[str] | None = None, keep: Iterable[Config] = ()
+) -> tuple[Item, ...]:
+    """Every SLO-feasible item of the profile, dominated ones pruned (configs in ``keep`` never are)."""
+    wanted = None if pools is None else {RequestType.parse(p) for p in pools}
+    keep_set = set(keep)
+    items: list[Item] = []
+    for rtype in profile.request_types:
+        if wanted is not None and rtype not in wanted:
+            continue
+        pool_items: list[Item] = []
+        for tp in profile.tps:
+            try:
+                clocks = profile.clocks(tp, rtype)
+            except ProfilesError:
+                continue
+            for clock in clocks:
+                if settings.clocks is None or clock in settings.clocks:
+                    pool_items.extend(_config_items(profile, settings.slo, rtype, tp, clock))
+        items.extend(_prune(pool_items, keep_set) if settings.prune else pool_items)
+    return tuple(items)
+
+
+def _config_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> list[Item]:
+    cap = profile.max_load(tp, clock, rtype, slo)
+    if cap <= 0:
+        return []
+    levels = sorted({x for x in profile.loads(tp, clock, rtype) if x <= cap} | {cap})
+    out: list[Item] = []
+    peak = 0.0
+    for level in levels:
+        peak = max(peak, profile.lookup(tp, clock, rtype, level).power_w)
+        out.append(Item(rtype, tp, clock, level, peak))
+    return out
+
+
+def _prune(items: list[Item], keep: set[Config]) -> list[Item]:
+    """Drop an item when another uses no more GPUs, carries at least its load and draws no more power."""
+    kept: list[Item] = []
+    for a in items:
+        if a.config in keep:
+            kept.append(a)
+            continue
+        dominated = any(
+            b is not a
+            and b.tp <= a.tp
+            and b.load_rps >= a.load_rps
+            and b.power_w <= a.power_w
+            and (b.tp, -b.load_rps, b.power_w, b.clock_mhz) < (a.tp, -a.load_rps, a.power_w, a.clock_mhz)
+            for b in items
+        )
+        if not dominated:
+            kept.append(a)
+    return kept
+
+
+def make_problem(
+    profile: Profile,
+    demand_rps: Mapping[str, float],
+    inventory: Inventory,
+    settings: SolverSettings | None = None,
+    current: Mapping[Config, int] | None = None,
+) -> Problem:
+    """Validate the inputs and build the items for every pool the demand can reach."""
+    settings = settings or SolverSettings()
+    demand = parse_demand(demand_rps)
+    have = {t.name for t in profile.request_types}
+    reach: set[str] = set()
+    for p, d in demand.items():
+        if d > 0:
+            chain = [t.name for t in spill_chain(RequestType.parse(p)) if t.name in have]
+            reach.update(chain[: settings.spill_hops + 1])
+    missing = sorted(p for p, d in demand.items() if d > 0 and p not in have)
+    if missing:
+        raise PlannerError(f"the profile has no measurements for pool(s) {', '.join(missing)}")
+    cur = {c: int(m) for c, m in (current or {}).items() if m > 0}
+    items = build_items(profile, settings, pools=sorted(reach & have), keep=cur)
+    return Problem(demand, inventory, items, cur, settings, profile)

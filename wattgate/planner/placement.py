@@ -1,0 +1,98 @@
+"""Placement: map the plan's instances onto nodes and GPU indices, keeping running instances where they are.
+
+Pure. A running instance of the same pool and TP stays on its GPUs (its clock and load may change);
+only the rest are placed, largest TP first, best fit, each TP group on aligned GPUs of one node.
+When what stays fragments the nodes so much that a new group no longer fits, everything is placed
+afresh (more moves, but a plan that fits beats one that does not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from wattgate.planner.contract import PlannedInstance
+from wattgate.planner.model import Group, Inventory
+
+
+@dataclass(frozen=True)
+class Placement:
+    instances: tuple[PlannedInstance, ...]
+    started: int  # instances that must be started (new GPUs or a new TP): the moves
+    kept: int
+    unplaced: int  # instances of the plan that found no GPUs (an alert)
+
+
+@dataclass(frozen=True)
+class _Want:
+    pool: str
+    tp: int
+    clock_mhz: int
+    load_rps: float
+    power_w: float
+
+
+def place(groups: Sequence[Group], inventory: Inventory, running: Sequence[PlannedInstance]) -> Placement:
+    wants = [_Want(g.pool, g.tp, g.clock_mhz, g.load_rps_each, g.power_w_each) for g in groups for _ in range(g.count)]
+    sizes = {n.name: n.gpus for n in inventory.nodes}
+    kept: list[PlannedInstance] = []
+    rest: list[_Want] = []
+    pool_running = [r for r in running if r.node in sizes and all(0 <= x < sizes[r.node] for x in r.gpus)]
+    for w in sorted(wants, key=lambda w: (w.pool, -w.tp, -w.clock_mhz)):
+        match = _best_match(w, pool_running)
+        if match is None:
+            rest.append(w)
+            continue
+        pool_running.remove(match)
+        kept.append(
+            PlannedInstance(match.id, w.pool, match.node, list(match.gpus), w.tp, w.clock_mhz, w.load_rps, w.power_w)
+        )
+    placed, unplaced = _pack(rest, inventory, kept)
+    if unplaced:
+        fresh, fresh_unplaced = _pack(wants, inventory, [])
+        if len(fresh_unplaced) < len(unplaced):
+            return Placement(tuple(fresh), len(fresh), 0, len(fresh_unplaced))
+    return Placement(tuple(kept + placed), len(placed), len(kept), len(unplaced))
+
+
+def _best_match(w: _Want, running: list[PlannedInstance]) -> PlannedInstance | None:
+    same = [r for r in running if r.pool == w.pool and r.tp == w.tp and len(r.gpus) == r.tp]
+    if not same:
+        return None
+    return min(same, key=lambda r: (r.sm_clock_mhz != w.clock_mhz, r.node, r.gpus))
+
+
+def _pack(
+    wants: Sequence[_Want], inventory: Inventory, fixed: Sequence[PlannedInstance]
+) -> tuple[list[PlannedInstance], list[_Want]]:
+    free: dict[str, set[int]] = {n.name: set(range(n.gpus)) for n in inventory.nodes}
+    for f in fixed:
+        free[f.node] -= set(f.gpus)
+    placed: list[PlannedInstance] = []
+    unplaced: list[_Want] = []
+    for w in sorted(wants, key=lambda w: (-w.tp, w.pool, -w.clock_mhz)):
+        spot = _spot(free, w.tp)
+        if spot is None:
+            unplaced.append(w)
+            continue
+        node, gpus = spot
+        free[node] -= set(gpus)
+        iid = f"{w.pool.lower()}-{node}-g{gpus[0]}-tp{w.tp}"
+        placed.append(PlannedInstance(iid, w.pool, node, gpus, w.tp, w.clock_mhz, w.load_rps, w.power_w))
+    return placed, unplaced
+
+
+def _spot(free: dict[str, set[int]], tp: int) -> tuple[str, list[int]] | None:
+    """Best fit: an aligned block of ``tp`` free GPUs on the node with the fewest free GPUs."""
+    best: tuple[int, str, list[int]] | None = None
+    for node, idle in free.items():
+        if len(idle) < tp:
+            continue
+        top = max(idle) + 1
+        for start in range(0, top, tp):
+            block = list(range(start, start + tp))
+            if all(g in idle for g in block):
+                if best is None or (len(idle), node) < (best[0], best[1]):
+                    best = (len(idle), node, block)
+                break
+    return None if best is None else (best[1], best[2])

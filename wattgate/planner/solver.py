@@ -1,0 +1,203 @@
+"""The minimum-power plan as a MILP (PuLP + CBC), with a time limit and the greedy fallback: never no plan.
+
+Variables (identical instances aggregated, so the model size does not grow with the GPU count):
+
+- ``n[i]`` integer: instances running item ``i`` (pool, TP, clock, rated load);
+- ``y[r,q]`` continuous: req/s of pool ``r`` served by pool ``q`` (``r`` and the next ``spill_hops`` pools of
+  ``spill_chain(r)``);
+- ``u[r]`` continuous: req/s of ``r`` left unserved (heavily penalised: only when GPUs run out);
+- with a current plan, per pool and TP: instances started, removed and re-sharded, and per
+  config instances whose clock changed.
+
+Constraints: demand = served + unserved; each pool's served load fits its instances' rated loads
+(each within the SLO-feasible capacity); for each TP size t, the GPUs of groups of size >= t fit in
+the nodes' t-aligned slots (sizes 1/2/4/8 divide each other, so this is exactly when the groups
+pack into the nodes without a group spanning two). Objective: modelled power + reconfiguration
+energy spread over the period + spill and unserved penalties, all in W.
+
+pulp is imported only here (import-linter contract).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pulp
+
+from wattgate.planner.greedy import greedy_counts, greedy_solve, keep_current, realize
+from wattgate.planner.model import Config, Decision, PlannerError, Problem, SolveStatus
+
+log = logging.getLogger(__name__)
+
+
+class SolverFailed(PlannerError):
+    """The MILP produced no usable solution (solver error, no incumbent within the time limit)."""
+
+
+@dataclass(frozen=True)
+class MilpSolution:
+    counts: tuple[int, ...]  # per problem item
+    flows: dict[str, dict[str, float]]
+    unserved: dict[str, float]
+    proved_optimal: bool
+
+
+Backend = Callable[[Problem], MilpSolution]
+
+
+def solve(problem: Problem, backend: Backend | None = None) -> Decision:
+    """Solve ``problem``; on any solver failure fall back to the greedy plan, with an alert."""
+    started = time.perf_counter()
+    try:
+        sol = (backend or solve_milp)(problem)
+    except (SolverFailed, pulp.PulpError, OSError) as exc:
+        log.warning("MILP failed (%s); publishing the greedy fallback plan", exc)
+        fallback = greedy_solve(problem)
+        alert = f"MILP solver failed ({exc}); greedy fallback plan"
+        return _with(fallback, time.perf_counter() - started, (alert, *fallback.alerts))
+    status = SolveStatus.OPTIMAL if sol.proved_optimal else SolveStatus.FEASIBLE  # optimal within gap_rel
+    alerts: tuple[str, ...] = ()
+    if not sol.proved_optimal:
+        alerts = (
+            f"MILP stopped at its {problem.settings.time_limit_s:g} s limit: best plan found, not proved optimal",
+        )
+    decision = realize(problem, sol.counts, sol.flows, sol.unserved, status, time.perf_counter() - started, alerts)
+    return decision
+
+
+def _with(d: Decision, solve_time_s: float, alerts: tuple[str, ...]) -> Decision:
+    return Decision(d.groups, d.demand_rps, d.flows_rps, d.unserved_rps, d.gpu_budget, d.status, solve_time_s, alerts)
+
+
+def solve_milp(problem: Problem) -> MilpSolution:
+    """Build and solve the MILP with CBC, warm-started from the greedy plan."""
+    prob, n, y, u = _build(problem)
+    _warm_start(problem, n, y, u)
+    cmd = pulp.COIN_CMD(
+        path=_cbc_binary(),
+        msg=False,
+        timeLimit=problem.settings.time_limit_s,
+        gapRel=problem.settings.gap_rel or None,
+        threads=1,
+        warmStart=True,
+    )
+    try:
+        prob.solve(cmd)
+    except pulp.PulpSolverError as exc:
+        raise SolverFailed(f"CBC: {exc}") from exc
+    if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        raise SolverFailed(f"CBC returned {pulp.LpSolution.get(prob.sol_status, prob.sol_status)}")
+    counts = tuple(round(v.value() or 0.0) for v in n)
+    flows: dict[str, dict[str, float]] = defaultdict(dict)
+    for (r, q), var in y.items():
+        flows[r][q] = max(var.value() or 0.0, 0.0)
+    unserved = {r: max(var.value() or 0.0, 0.0) for r, var in u.items()}
+    return MilpSolution(counts, dict(flows), unserved, prob.sol_status == pulp.LpSolutionOptimal)
+
+
+def _cbc_binary() -> str:
+    """A ``cbc`` on PATH, else the one bundled in the pulp wheel (PULP_CBC_CMD, deprecated, used it)."""
+    found = shutil.which("cbc")
+    if found:
+        return found
+    bundled = str(pulp.PULP_CBC_CMD.pulp_cbc_path)
+    if not os.access(bundled, os.X_OK):
+        raise SolverFailed(f"no CBC binary: none on PATH and the bundled {bundled} is not executable")
+    return bundled
+
+
+def _warm_start(
+    problem: Problem,
+    n: list[pulp.LpVariable],
+    y: dict[tuple[str, str], pulp.LpVariable],
+    u: dict[str, pulp.LpVariable],
+) -> None:
+    """Hand CBC a first incumbent: the running plan when it still serves the load (so a plan within
+    the gap of the optimum is kept rather than swapped for another), else the greedy plan."""
+    counts, flows, unserved = keep_current(problem) or greedy_counts(problem)
+    for var, c in zip(n, counts, strict=True):
+        var.setInitialValue(c)
+    for (r, q), var in y.items():
+        var.setInitialValue(flows.get(r, {}).get(q, 0.0))
+    for r, var in u.items():
+        var.setInitialValue(unserved.get(r, 0.0))
+
+
+def _build(
+    problem: Problem,
+) -> tuple[pulp.LpProblem, list[pulp.LpVariable], dict[tuple[str, str], pulp.LpVariable], dict[str, pulp.LpVariable]]:
+    s, inv, items = problem.settings, problem.inventory, problem.items
+    prob = pulp.LpProblem("wattgate_plan", pulp.LpMinimize)
+    n = [
+        prob.add_variable(f"n{k}", lowBound=0, upBound=inv.slots(it.tp) // it.tp, cat=pulp.LpInteger)
+        for k, it in enumerate(items)
+    ]
+    demand = {r: d for r, d in problem.demand_rps.items() if d > 0}
+    y: dict[tuple[str, str], pulp.LpVariable] = {}
+    u: dict[str, pulp.LpVariable] = {}
+    for r, d in demand.items():
+        u[r] = prob.add_variable(f"u_{r}", lowBound=0)
+        for q in problem.routes(r):
+            y[(r, q)] = prob.add_variable(f"y_{r}_{q}", lowBound=0)
+        prob += pulp.lpSum(y[(r, q)] for q in problem.routes(r)) + u[r] == d, f"demand_{r}"
+    for q in problem.pools:
+        inflow = [var for (r, qq), var in y.items() if qq == q]
+        if inflow:
+            cap = pulp.lpSum(it.load_rps * n[k] for k, it in enumerate(items) if it.pool.name == q)
+            prob += pulp.lpSum(inflow) <= cap, f"capacity_{q}"
+    for t in sorted({it.tp for it in items}):
+        used = pulp.lpSum(it.tp * n[k] for k, it in enumerate(items) if it.tp >= t)
+        prob += used <= inv.slots(t), f"gpus_tp{t}"
+    objective = pulp.lpSum(it.power_w * n[k] for k, it in enumerate(items))
+    objective += s.unserved_penalty_w_per_rps * pulp.lpSum(u.values())
+    objective += s.spill_cost_w_per_rps * pulp.lpSum(var for (r, q), var in y.items() if r != q)
+    if problem.current:
+        objective += _reconfiguration(prob, problem, n)
+    prob += objective
+    return prob, n, y, u
+
+
+def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVariable]) -> pulp.LpAffineExpression:
+    """Energy (as W over the period) of moving from the current plan to the new one."""
+    s = problem.settings
+    per_config: dict[Config, list[pulp.LpVariable]] = defaultdict(list)
+    for k, it in enumerate(problem.items):
+        per_config[it.config].append(n[k])
+    configs = set(per_config) | {c for c, m in problem.current.items() if m > 0}
+    groups: dict[tuple[str, int], list[Config]] = defaultdict(list)
+    for c in configs:
+        groups[(c[0], c[1])].append(c)
+    cost: list[pulp.LpAffineExpression] = []
+    reshard_room: dict[str, list[pulp.LpVariable]] = defaultdict(list)
+    reshards: dict[str, list[pulp.LpVariable]] = defaultdict(list)
+    for (pool, tp), cfgs in sorted(groups.items()):
+        tag = f"{pool}_{tp}"
+        new = pulp.lpSum(pulp.lpSum(per_config[c]) for c in cfgs)
+        old = sum(problem.current.get(c, 0) for c in cfgs)
+        started = prob.add_variable(f"start_{tag}", lowBound=0)
+        removed = prob.add_variable(f"remove_{tag}", lowBound=0, upBound=old)
+        reshard = prob.add_variable(f"reshard_{tag}", lowBound=0)
+        prob += started - removed == new - old, f"start_{tag}"
+        prob += reshard <= started, f"reshard_le_start_{tag}"
+        reshard_room[pool].append(removed)
+        reshards[pool].append(reshard)
+        moved = []
+        for c in cfgs:
+            v = prob.add_variable(f"clock_{tag}_{c[2]}", lowBound=0)
+            prob += v >= pulp.lpSum(per_config[c]) - problem.current.get(c, 0), f"clock_{tag}_{c[2]}"
+            moved.append(v)
+        # an instance new to a clock is either started (priced below) or re-clocked
+        reclocked = prob.add_variable(f"reclock_{tag}", lowBound=0)
+        prob += reclocked >= pulp.lpSum(moved) - started, f"reclock_{tag}"
+        cost.append(s.clock_change_cost_j * reclocked)
+        cost.append(s.start_cost_j_per_gpu * tp * started)
+        cost.append(-(s.start_cost_j_per_gpu - s.reshard_cost_j_per_gpu) * tp * reshard)
+    for pool, moves in reshards.items():
+        prob += pulp.lpSum(moves) <= pulp.lpSum(reshard_room[pool]), f"reshard_room_{pool}"
+    return (1.0 / s.period_s) * pulp.lpSum(cost)
