@@ -9,7 +9,7 @@ from wattgate.profiles.table import Profile, load_profile
 
 CLOCKS = (800, 1400, 1980)
 LOADS = (1.0, 2.0, 4.0)
-TYPES = ("SS", "SM", "MM", "LL")
+TYPES = ("SS", "SM", "SL", "MM", "LL")
 TTFT_BASE = {"S": 0.1, "M": 0.2, "L": 0.5}
 
 
