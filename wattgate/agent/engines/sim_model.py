@@ -18,9 +18,11 @@ Model (each choice is what makes a run at a profile's operating point reproduce 
 - ``factor`` is drawn per request (one for TTFT, one for TBT) from a seeded RNG, uniform on
   ``[0.8, 1.002]``: its 99th percentile is exactly 1, so the P99 over requests is the profile's P99.
 - **Power** (whole instance, all TP GPUs) = the profile's power at the current clock and load,
-  averaged over the request types seen in the window; below the lowest measured load it falls
-  linearly to ``idle_power_w * tp`` at zero load, and it is that idle power when nothing arrived
-  in the window and nothing runs.
+  averaged over the request types seen in the window (or running). Below the lowest measured
+  load it is the lowest measured point's power, as ``Profile.lookup`` gives it (over- rather than
+  under-estimated; falling linearly towards idle there biased a run at the lowest measured load
+  12 % low, because the windowed load fluctuates around it). It is ``idle_power_w * tp`` only when
+  nothing arrived in the window and nothing runs.
 - Clocks outside the profile's measured range are clamped to it, loads above the highest measured
   load are clamped to it (the waiting queue then models the overload).
 """
@@ -263,7 +265,7 @@ class BatchModel:
         load = self._window.rate(now_s)
         power = 0.0
         for rtype, n in mix.items():
-            power += n / total * self._power_at(rtype, clock_mhz, load, idle)
+            power += n / total * self._point(rtype, clock_mhz, load).power_w
         return power
 
     # -- internals -------------------------------------------------------------------------
@@ -297,13 +299,3 @@ class BatchModel:
         clocks = self.profile.clocks(tp, rtype)
         clock = min(max(clock_mhz, clocks[0]), clocks[-1])
         return self.profile.lookup(tp, clock, rtype, min(load, self.profile.max_measured_load(tp, clock, rtype)))
-
-    def _power_at(self, rtype: RequestType, clock_mhz: float, load: float, idle: float) -> float:
-        tp = self.settings.tp
-        clocks = self.profile.clocks(tp, rtype)
-        clock = min(max(clock_mhz, clocks[0]), clocks[-1])
-        lo_load = max(self.profile.loads(tp, c, rtype)[0] for c in clocks)
-        if load >= lo_load:
-            return self._point(rtype, clock, load).power_w
-        p0 = self._point(rtype, clock, lo_load).power_w
-        return idle + (p0 - idle) * load / lo_load
