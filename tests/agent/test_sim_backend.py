@@ -123,7 +123,7 @@ def test_reproduces_the_profile_it_was_given(clock: int, load: float, rtype: str
 def test_lowering_the_locked_clock_slows_it_and_lowers_power(tmp_path: Path) -> None:
     # 20 simulated seconds of load window = 4 wall seconds at speed 5: every request below stays in it
     with serve_sim(speed=5, window_s=20, state_dir=tmp_path) as srv:
-        agent = SimulatedGpu(0, tmp_path), SimulatedGpu(1, tmp_path)  # another handle, as the agent has
+        agent = SimulatedGpu(tmp_path, 0), SimulatedGpu(tmp_path, 1)  # another handle, as the agent has
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
 
         def burst() -> list[dict]:
@@ -209,7 +209,7 @@ def test_cli_sim_backend_with_the_agent_flags(tmp_path: Path) -> None:
             "gpu4.activity.json",
             "gpu5.activity.json",
         ]
-        SimulatedGpu(4, tmp_path / "gpus").lock_sm_clock(800)
+        SimulatedGpu(tmp_path / "gpus", 4).lock_sm_clock(800)
         time.sleep(0.2)
         r = client.completions.create(model=MODEL, prompt="x", max_tokens=2)
         assert r.model_extra["wattgate_sim"]["sm_clock_mhz"] == 800  # the slowest GPU gates the TP group

@@ -26,17 +26,17 @@ class FakeTime:
 
 
 def test_is_a_gpu_with_h100_clocks_and_modelled_source() -> None:
-    gpu = SimulatedGpu(3)
+    gpu = SimulatedGpu(None, 3)
     assert isinstance(gpu, Gpu)
     assert gpu.index == 3 and gpu.source == "modelled" and "H100" in gpu.name
     clocks = gpu.supported_sm_clocks_mhz()
     assert clocks == tuple(sorted(clocks)) and clocks[0] == 210 and clocks[-1] == 1980
     assert {800, 1000, 1200, 1400, 1600, 1800, 1980} <= set(clocks)
-    assert gpu.uuid != SimulatedGpu(4).uuid
+    assert gpu.uuid != SimulatedGpu(None, 4).uuid
 
 
 def test_lock_and_reset() -> None:
-    gpu = SimulatedGpu(0)
+    gpu = SimulatedGpu(None, 0)
     assert gpu.sm_clock_mhz() == 1980 and gpu.locked_sm_clock_mhz() is None
     gpu.lock_sm_clock(1200)
     assert gpu.sm_clock_mhz() == 1200 and gpu.locked_sm_clock_mhz() == 1200
@@ -49,7 +49,7 @@ def test_lock_and_reset() -> None:
 
 def test_energy_integrates_power_over_injected_time() -> None:
     clock = FakeTime()
-    gpu = SimulatedGpu(0, idle_power_w=70.0, now_s=clock)
+    gpu = SimulatedGpu(None, 0, idle_power_w=70.0, now_s=clock)
     assert gpu.power_w() == 70.0 and gpu.energy_j() == 0.0
     clock.t += 10
     assert gpu.energy_j() == pytest.approx(700.0)
@@ -66,9 +66,9 @@ def test_energy_integrates_power_over_injected_time() -> None:
 
 def test_agent_and_engine_share_state_through_the_directory(tmp_path: Path) -> None:
     clock = FakeTime()
-    agent = SimulatedGpu(1, tmp_path, now_s=clock)
-    engine = SimulatedGpu(1, tmp_path, now_s=clock, writer="sim-backend")
-    other = SimulatedGpu(2, tmp_path, now_s=clock)
+    agent = SimulatedGpu(tmp_path, 1, now_s=clock)
+    engine = SimulatedGpu(tmp_path, 1, now_s=clock, writer="sim-backend")
+    other = SimulatedGpu(tmp_path, 2, now_s=clock)
     agent.lock_sm_clock(1000)
     assert engine.sm_clock_mhz() == 1000 and other.sm_clock_mhz() == 1980
     clock.t += 2
@@ -82,7 +82,7 @@ def test_agent_and_engine_share_state_through_the_directory(tmp_path: Path) -> N
     assert activity["format"] == "wattgate-simgpu-activity" and activity["power_w"] == 350.0
     assert activity["writer"] == "sim-backend"
     # a new process attaching later keeps the same counter (no reset to zero)
-    late = SimulatedGpu(1, tmp_path, now_s=clock)
+    late = SimulatedGpu(tmp_path, 1, now_s=clock)
     assert late.energy_j() == pytest.approx(agent.energy_j())
     agent.reset_sm_clock()
     assert engine.sm_clock_mhz() == 1980
@@ -90,7 +90,7 @@ def test_agent_and_engine_share_state_through_the_directory(tmp_path: Path) -> N
 
 
 def test_fault_injection_in_memory() -> None:
-    gpu = SimulatedGpu(0, faults={"lock": "permission"})
+    gpu = SimulatedGpu(None, 0, faults={"lock": "permission"})
     with pytest.raises(GpuPermissionError, match="injected"):
         gpu.lock_sm_clock(1200)
     gpu.inject_fault("lock", None)
@@ -122,7 +122,7 @@ def test_fault_injected_from_outside_reaches_the_agent(tmp_path: Path) -> None:
 
 
 def test_corrupt_state_is_a_typed_error(tmp_path: Path) -> None:
-    gpu = SimulatedGpu(0, tmp_path)
+    gpu = SimulatedGpu(tmp_path, 0)
     (tmp_path / "gpu0.activity.json").write_text("{not json")
     with pytest.raises(GpuLibraryError, match="unreadable"):
         gpu.power_w()
@@ -130,4 +130,4 @@ def test_corrupt_state_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(GpuLibraryError, match="not a wattgate-simgpu-activity"):
         gpu.energy_j()
     with pytest.raises(GpuInvalidArgumentError):
-        SimulatedGpu(-1)
+        SimulatedGpu(None, -1)

@@ -4,7 +4,7 @@ Power and energy are *modelled* (``source == "modelled"``): the simulated engine
 computes the instance's power from its profile at the current clock and load, and writes it here.
 
 Sharing between processes. With ``state_dir`` set, every process that builds
-``SimulatedGpu(index, state_dir)`` for the same index sees the same GPU. Each GPU has two JSON
+``SimulatedGpu(state_dir, index)`` for the same index sees the same GPU. Each GPU has two JSON
 files, each with exactly one writer, so no update is ever lost to a concurrent read-modify-write;
 every write goes to a temporary file in the same directory and is renamed over the old one
 (atomic on POSIX), so a reader sees the old or the new document, never half of one::
@@ -100,8 +100,8 @@ class SimulatedGpu:
 
     def __init__(
         self,
+        state_dir: str | Path | None,
         index: int,
-        state_dir: str | Path | None = None,
         *,
         clocks_mhz: Iterable[int] = H100_SM_CLOCKS_MHZ,
         idle_power_w: float = H100_IDLE_POWER_W,
@@ -295,4 +295,4 @@ def open_simulated_gpus(
     indices: Iterable[int], state_dir: str | Path | None = None, **kwargs: Any
 ) -> tuple[SimulatedGpu, ...]:
     """Build one ``SimulatedGpu`` per index, all sharing ``state_dir`` (or each private in memory)."""
-    return tuple(SimulatedGpu(i, state_dir, **kwargs) for i in indices)
+    return tuple(SimulatedGpu(state_dir, i, **kwargs) for i in indices)
