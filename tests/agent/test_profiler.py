@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent import simprofiles
+from tests.agent.conftest import serve_sim
 from wattgate.cli import main
 from wattgate.profiles.table import load_profile
 
@@ -64,3 +65,20 @@ def test_profile_without_sim_needs_an_engine(tmp_path: Path, capsys: pytest.Capt
     args = ["profile", "--clocks", "800", "--loads", "1", "--out", str(tmp_path / "o.json")]
     assert main(args) == 2
     assert "--url" in capsys.readouterr().err
+
+
+def test_profile_an_existing_engine_with_client_timers(tmp_path: Path) -> None:
+    """``--url`` mode: the engine is already running (here a sim-backend on shared simulated GPUs)."""
+    out = tmp_path / "m.json"
+    with serve_sim(speed=5, window_s=5, state_dir=tmp_path / "gpus") as srv:
+        args = ["profile", "--url", srv.url, "--gpu-kind", "simulated", "--gpu-state-dir", str(tmp_path / "gpus")]
+        args += ["--tps", "2", "--gpus", "0,1", "--clocks", "1400", "--loads", "2", "--types", "SS", "--speed", "5"]
+        args += ["--warmup-s", "5", "--duration-s", "10", "--timing", "client", "--out", str(out)]
+        assert main(args) == 0
+        assert srv.gpus[0].locked_sm_clock_mhz() is None  # reset after the sweep
+    doc = json.loads(out.read_text())
+    assert doc["provenance"]["timing"] == "client timers (measured)" and doc["model"] == "tiny-test"
+    [[tp, clock, rtype, load, ttft, tbt, power]] = doc["rows"]
+    # client timers include the HTTP round trip and scheduling delays: lower bounds only (never faster than modelled)
+    assert ttft >= 0.8 * simprofiles.ttft(clock, rtype, load) and tbt >= 0.8 * simprofiles.tbt(clock, rtype, load)
+    assert power == pytest.approx(simprofiles.power(tp, clock, load), rel=0.1)

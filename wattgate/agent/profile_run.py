@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from wattgate.agent.gpu.base import Gpu
+from wattgate.agent.gpu.base import Gpu, GpuError
 from wattgate.agent.gpu.simulated import open_simulated_gpus
 from wattgate.agent.profiler import ProfilerError, SweepPlan, build_profile, sweep
 from wattgate.agent.simcli import resolve
@@ -46,7 +46,7 @@ def _plan(args: Any, tp: int, timing: str) -> SweepPlan:
         types=types,
         warmup_s=args.warmup_s,
         duration_s=args.duration_s,
-        speed=args.speed if args.sim else 1.0,
+        speed=args.speed,
         timing=timing,
         arrivals=args.arrivals,
         seed=args.seed,
@@ -91,18 +91,19 @@ def sim_backend(args: Any, tp: int, state_dir: str, model: str) -> Iterator[str]
             proc.stderr.close()
 
 
-def _real_gpus(args: Any, tp: int) -> Sequence[Gpu]:
+def _real_gpus(args: Any, tp: int, stack: contextlib.ExitStack) -> Sequence[Gpu]:
+    """The instance's GPUs: NVML (``wattgate.agent.gpu.nvml.NvmlLibrary``, shut down with ``stack``) or simulated."""
     indices = _numbers(args.gpus, "--gpus", int) if args.gpus else tuple(range(tp))
     if args.gpu_kind == "simulated":
         return open_simulated_gpus(indices, args.gpu_state_dir)
     try:
         nvml = importlib.import_module("wattgate.agent.gpu.nvml")
+        lib = stack.enter_context(nvml.NvmlLibrary())
+        gpus: Sequence[Gpu] = lib.gpus(list(indices))
     except ImportError as exc:
         raise ProfilerError("the NVML GPU seam (wattgate.agent.gpu.nvml) is not in this build") from exc
-    opener = getattr(nvml, "open_gpus", None)
-    if opener is None:
-        raise ProfilerError("wattgate.agent.gpu.nvml has no open_gpus(indices)")
-    gpus: Sequence[Gpu] = opener(indices)
+    except GpuError as exc:
+        raise ProfilerError(f"cannot open GPUs {list(indices)} through NVML: {exc}") from exc
     return gpus
 
 
@@ -147,12 +148,14 @@ def run(args: Any) -> int:
         if not args.url or len(tps) != 1:
             raise ProfilerError("without --sim, give --url of the engine and exactly one --tps (its TP)")
         timing = args.timing or "client"
-        gpus = _real_gpus(args, tps[0])
-        model = args.model or _served_model(args.url)
-        gpu_name = gpus[0].name if gpus else "unknown"
-        kind = "measured (NVML energy counters)" if gpus and gpus[0].source == "measured" else "modelled"
-        provenance |= {"engine": args.url, "power": kind}
-        rows = asyncio.run(sweep(args.url, model, gpus, _plan(args, tps[0], timing)))
+        plan = _plan(args, tps[0], timing)
+        with contextlib.ExitStack() as stack:
+            gpus = _real_gpus(args, tps[0], stack)
+            model = args.model or _served_model(args.url)
+            gpu_name = gpus[0].name if gpus else "unknown"
+            kind = "measured (NVML energy counters)" if gpus and gpus[0].source == "measured" else "modelled"
+            provenance |= {"engine": args.url, "power": kind}
+            rows = asyncio.run(sweep(args.url, model, gpus, plan))
     provenance["timing"] = (
         "engine-reported modelled timings (simulated seconds)" if timing == "engine" else "client timers (measured)"
     )

@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
     q.add_argument("--types", default="SS,SM,SL,MS,MM,ML,LS,LM,LL", help="request types to sweep")
     q.add_argument("--warmup-s", type=float, default=30.0, help="(simulated) seconds of load before measuring")
     q.add_argument("--duration-s", type=float, default=60.0, help="(simulated) seconds measured per point")
-    q.add_argument("--speed", type=float, default=1.0, help="with --sim: time compression of the emulator")
+    q.add_argument("--speed", type=float, default=1.0, help="the engine's time compression (1 for a real engine)")
     q.add_argument("--timing", choices=("client", "engine"), default=None, help="latency source (see README)")
     q.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson")
     q.add_argument("--seed", type=int, default=1)
@@ -62,21 +62,22 @@ def resolve(spec: str | None) -> Any:
     try:
         builtin = importlib.import_module("wattgate.profiles.builtin")
     except ModuleNotFoundError:
+        from wattgate.profiles.classes import ProfilesError
         from wattgate.profiles.table import load_profile
 
-        if spec is None:
-            raise SystemExit("error: --profile PATH is required (no builtin profiles in this build)") from None
+        if not spec:
+            raise ProfilesError("--profile PATH is required (no builtin profiles in this build)") from None
         return load_profile(spec)
-    return builtin.resolve_profile(spec) if spec is not None else builtin.load_builtin()
+    return builtin.resolve_profile(spec) if spec else builtin.load_builtin()
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
     try:
         values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise SystemExit(f"error: {what} must be comma-separated integers, got {text!r}") from None
+        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not values:
-        raise SystemExit(f"error: {what} is empty")
+        raise ValueError(f"{what} is empty")
     return values
 
 
@@ -89,8 +90,8 @@ def sim_backend_main(args: argparse.Namespace) -> int:
     from wattgate.agent.gpu.simulated import open_simulated_gpus
     from wattgate.profiles.classes import ProfilesError
 
-    gpus = _ints(args.gpus, "--gpus") if args.gpus else tuple(range(args.tp))
     try:
+        gpus = _ints(args.gpus, "--gpus") if args.gpus else tuple(range(args.tp))
         profile = resolve(args.profile)
         settings = SimServerSettings(
             model=args.model,
@@ -103,7 +104,7 @@ def sim_backend_main(args: argparse.Namespace) -> int:
         )
         sim_gpus = open_simulated_gpus(gpus, args.gpu_state_dir, writer=f"sim-backend {args.model}")
         engine = SimEngine(profile, settings, sim_gpus)
-    except (ProfilesError, SimEngineError, GpuError, OSError) as exc:
+    except (ProfilesError, SimEngineError, GpuError, OSError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     uvicorn.run(build_app(engine), host=args.host, port=args.port, log_level=args.log_level)
