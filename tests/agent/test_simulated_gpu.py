@@ -131,3 +131,18 @@ def test_corrupt_state_is_a_typed_error(tmp_path: Path) -> None:
         gpu.energy_j()
     with pytest.raises(GpuInvalidArgumentError):
         SimulatedGpu(None, -1)
+
+
+def test_power_record_expires_when_its_writer_stops_refreshing(tmp_path: Path) -> None:
+    clock = FakeTime()
+    engine = SimulatedGpu(tmp_path, 0, now_s=clock, idle_power_w=70.0)
+    agent = SimulatedGpu(tmp_path, 0, now_s=clock, idle_power_w=70.0)
+    engine.set_power_w(500.0, valid_for_s=5.0)
+    clock.t += 4
+    assert agent.power_w() == 500.0 and agent.energy_j() == pytest.approx(2000.0)
+    clock.t += 6  # the engine was killed: 5 s at 500 W, then idle
+    assert agent.power_w() == 70.0
+    assert agent.energy_j() == pytest.approx(2500.0 + 5 * 70.0)
+    engine.set_power_w(300.0, valid_for_s=5.0)  # a new engine takes over: the counter carries on
+    clock.t += 1
+    assert agent.energy_j() == pytest.approx(2850.0 + 300.0)

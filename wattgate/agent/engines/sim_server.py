@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 CLOCK_POLL_S = 0.05  # wall seconds between reads of the GPUs' locked clock
 POWER_PUBLISH_S = 0.1  # wall seconds between power updates written to the GPUs
 MAX_SLEEP_S = 0.05
+POWER_VALID_S = 5.0  # wall seconds a power record holds if this process dies without writing idle
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class SimEngine:
     def _publish(self, power_w: float) -> None:
         for gpu in self.gpus:
             try:
-                gpu.set_power_w(power_w / len(self.gpus))
+                gpu.set_power_w(power_w / len(self.gpus), valid_for_s=POWER_VALID_S)
             except GpuError as exc:
                 self.gpu_errors += 1
                 log.warning("cannot write the power of simulated GPU %s: %s", gpu.index, exc)

@@ -15,10 +15,13 @@ every write goes to a temporary file in the same directory and is renamed over t
          "faults": {"lock": "permission", "power": "library", ...}}   # optional injection
     gpu{index}.activity.json  written by the engine that runs on the GPU (sim-backend)
         {"format": "wattgate-simgpu-activity", "version": 1, "index": 0,
-         "power_w": 412.5, "energy_j": 81234.0, "at_unix_s": 1763791234.25, "writer": "sim-backend pid 42"}
+         "power_w": 412.5, "energy_j": 81234.0, "at_unix_s": 1763791234.25,
+         "valid_until_unix_s": 1763791239.25 | null, "writer": "sim-backend pid 42"}
 
 ``energy_j`` is the counter at ``at_unix_s``; the power stays ``power_w`` until the next write, so a
-reader extrapolates ``energy_j + power_w * (now - at_unix_s)``. Without an activity file the GPU
+reader extrapolates ``energy_j + power_w * (now - at_unix_s)``. A writer that refreshes its record
+(sim-backend does every 0.1 s) sets ``valid_until_unix_s``: past it the GPU reads as idle, so an
+engine killed with SIGKILL does not leave its power behind forever. Without an activity file the GPU
 idles at ``idle_power_w`` from the moment the first object for it was built (that object writes the
 initial activity file only if none exists). Times are wall-clock (``time.time``, injectable): the
 GPU never compresses time, even when the engine runs with ``--speed``.
@@ -125,7 +128,7 @@ class SimulatedGpu:
         # In-memory state; with a state directory the files are the truth and these are unused.
         self._locked: int | None = None
         self._faults: dict[str, str] = {}
-        self._activity = {"power_w": self._idle_power_w, "energy_j": 0.0, "at_unix_s": now_s()}
+        self._activity: dict[str, Any] = {"power_w": self._idle_power_w, "energy_j": 0.0, "at_unix_s": now_s()}
         if self._dir is not None:
             self._dir.mkdir(parents=True, exist_ok=True)
             _write_json_atomic(self._activity_path, self._activity_doc(self._activity), exclusive=True)
@@ -187,22 +190,32 @@ class SimulatedGpu:
     # -- power and energy ------------------------------------------------------------------
     def power_w(self) -> float:
         self._check("power")
-        return float(self._read_activity()["power_w"])
+        act = self._read_activity()
+        until = act.get("valid_until_unix_s")
+        if isinstance(until, (int, float)) and self._now_s() > until:
+            return self._idle_power_w
+        return float(act["power_w"])
 
     def energy_j(self) -> float:
         self._check("energy")
-        act = self._read_activity()
-        return float(act["energy_j"]) + float(act["power_w"]) * max(0.0, self._now_s() - float(act["at_unix_s"]))
+        return self._energy_at(self._read_activity(), self._now_s())
 
-    def set_power_w(self, power_w: float) -> None:
-        """Engine side: from now on the GPU draws ``power_w`` (the energy counter integrates up to now first)."""
+    def _energy_at(self, act: Mapping[str, Any], now: float) -> float:
+        at, power = float(act["at_unix_s"]), float(act["power_w"])
+        until = act.get("valid_until_unix_s")
+        if not isinstance(until, (int, float)) or now <= until:
+            return float(act["energy_j"]) + power * max(0.0, now - at)
+        return float(act["energy_j"]) + power * max(0.0, until - at) + self._idle_power_w * (now - max(until, at))
+
+    def set_power_w(self, power_w: float, *, valid_for_s: float | None = None) -> None:
+        """Engine side: from now on the GPU draws ``power_w`` (for ``valid_for_s`` if given, then idle)."""
         if not power_w >= 0:
             raise GpuInvalidArgumentError(f"power must be >= 0 W, got {power_w!r}")
         with self._lock:
             now = self._now_s()
-            act = self._read_activity()
-            energy = float(act["energy_j"]) + float(act["power_w"]) * max(0.0, now - float(act["at_unix_s"]))
-            new = {"power_w": float(power_w), "energy_j": energy, "at_unix_s": now}
+            energy = self._energy_at(self._read_activity(), now)
+            until = None if valid_for_s is None else now + valid_for_s
+            new = {"power_w": float(power_w), "energy_j": energy, "at_unix_s": now, "valid_until_unix_s": until}
             if self._dir is None:
                 self._activity = new
             else:
@@ -281,7 +294,7 @@ class SimulatedGpu:
                 raise GpuLibraryError(f"simulated GPU state {self._activity_path} lacks a number {key!r}")
         return doc
 
-    def _activity_doc(self, act: Mapping[str, float]) -> dict[str, Any]:
+    def _activity_doc(self, act: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "format": ACTIVITY_FORMAT,
             "version": STATE_VERSION,
