@@ -226,3 +226,23 @@ def test_cli_sim_backend_bad_profile_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error: not a wattgate profile")
     assert "Traceback" not in proc.stderr
+
+
+def test_hints_decide_the_request_type_and_a_gone_client_frees_its_slot() -> None:
+    with serve_sim(speed=20, max_batch=1) as srv:
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 500, "wattgate_sim": {"input_tokens": 2000}}
+        r = httpx.post(f"{srv.url}/v1/completions", json=body, headers={"x-wattgate-output-tokens": "400"}, timeout=30)
+        sim = r.json()["wattgate_sim"]
+        assert (sim["request_type"], sim["input_tokens"], sim["output_tokens"]) == ("LL", 2000, 400)
+        assert r.json()["choices"][0]["finish_reason"] == "stop"
+        r = httpx.post(f"{srv.url}/v1/completions", json=body, headers={"x-wattgate-output-tokens": "many"})
+        assert r.status_code == 400 and "x-wattgate-output-tokens" in r.json()["error"]["message"]
+        # a non-streamed request whose client times out is aborted, as vLLM does
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{srv.url}/v1/completions", json={**body, "max_tokens": 100000}, timeout=0.3)
+        deadline = time.monotonic() + 5
+        while _metrics(srv.url)["vllm:num_requests_running"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _metrics(srv.url)["vllm:num_requests_running"] == 0
+        r = httpx.post(f"{srv.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=30)
+        assert r.json()["usage"]["completion_tokens"] == 2

@@ -205,6 +205,27 @@ async def _stream(
         engine.finish(rid)
 
 
+async def _finished_or_disconnected(request: Request, queue: asyncio.Queue[TokenEvent]) -> bool:
+    """Wait for the last token (True) or for the client to go away (False), as vLLM aborts such requests."""
+
+    async def last_token() -> None:
+        while not (await queue.get()).last:
+            pass
+
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    done_task, gone_task = asyncio.create_task(last_token()), asyncio.create_task(disconnect())
+    try:
+        await asyncio.wait((done_task, gone_task), return_when=asyncio.FIRST_COMPLETED)
+        return done_task.done()
+    finally:
+        for task in (done_task, gone_task):
+            task.cancel()
+        await asyncio.gather(done_task, gone_task, return_exceptions=True)
+
+
 def build_app(engine: SimEngine) -> Starlette:
     settings = engine.settings
 
@@ -224,8 +245,8 @@ def build_app(engine: SimEngine) -> Starlette:
         if req.stream:
             return StreamingResponse(_stream(engine, rid, req, sim_req, queue), media_type="text/event-stream")
         try:
-            while not (await queue.get()).last:
-                pass
+            if not await _finished_or_disconnected(request, queue):
+                return Response(status_code=499)  # nobody is listening; the slot is freed below
             return JSONResponse(full_response(rid, req, sim_req.emitted, engine.sim_fields(sim_req)))
         finally:
             engine.finish(rid)
