@@ -81,6 +81,7 @@ class SimEngine:
         self._queues: dict[str, tuple[asyncio.Queue[TokenEvent], bool]] = {}
         self._wake = asyncio.Event()
         self._ids = itertools.count(1)
+        self._clock_failing = False
         self._clock_mhz = self._read_clock(default=1980)
         self._clock_read_at = 0.0
         self._power_at = 0.0
@@ -97,10 +98,16 @@ class SimEngine:
 
     def _read_clock(self, default: int) -> int:
         try:
-            return min(g.sm_clock_mhz() for g in self.gpus)
+            clock = min(g.sm_clock_mhz() for g in self.gpus)
         except GpuError as exc:
-            log.warning("cannot read the simulated GPU clock, keeping %s MHz: %s", default, exc)
+            if not self._clock_failing:  # log the change, not every 50 ms poll
+                log.warning("cannot read the simulated GPU clock, keeping %s MHz: %s", default, exc)
+            self._clock_failing = True
             return default
+        if self._clock_failing:
+            log.warning("simulated GPU clock readable again: %s MHz", clock)
+        self._clock_failing = False
+        return clock
 
     def _refresh(self, now_s: float) -> None:
         wall = time.monotonic()
