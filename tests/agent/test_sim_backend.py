@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent import simprofiles
-from tests.agent.conftest import MODEL, serve_sim
+from tests.agent.conftest import MODEL, SimServer, serve_sim
 from tests.support import wait_port
 from wattgate.agent.gpu.simulated import SimulatedGpu
 from wattgate.embedded_redis import free_port
@@ -81,43 +81,51 @@ def test_stream_is_paced_in_wall_time_not_faster_than_modelled() -> None:
     assert wall >= modelled / 10  # never earlier than the model says (lower bound only)
 
 
-async def _drive(url: str, rtype: str, load: float, speed: float, warmup_s: float, duration_s: float) -> list[dict]:
-    """Poisson arrivals of one request type through the openai client; the measured requests' wattgate_sim."""
+async def _drive(
+    srv: SimServer, rtype: str, load: float, speed: float, warmup_s: float, duration_s: float
+) -> tuple[list[dict], float]:
+    """Poisson arrivals of one type through the openai client: the measured requests' wattgate_sim, and
+    the instance power over the measured part from the GPUs' energy counters."""
     inputs = {"S": 100, "M": 700, "L": 1500}
     outputs = {"S": 30, "M": 150, "L": 400}
-    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    client = openai.AsyncOpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0, timeout=60)
     rng = random.Random(7)
+    await client.models.list()  # the client's first call is slow (set-up): keep it out of the schedule
     loop = asyncio.get_running_loop()
-    t0, t, tasks = loop.time(), 0.0, []
+    t0, t, tasks, e0 = loop.time(), 0.0, [], None
     while (t := t + rng.expovariate(load)) < warmup_s + duration_s:
         await asyncio.sleep(max(0.0, t0 + t / speed - loop.time()))
+        if e0 is None and t >= warmup_s:
+            e0, w0 = sum(g.energy_j() for g in srv.gpus), time.monotonic()
         body = {"wattgate_sim": {"input_tokens": inputs[rtype[0]], "output_tokens": outputs[rtype[1]]}}
         coro = client.completions.create(model=MODEL, prompt="x", max_tokens=1000, extra_body=body)
         tasks.append((t >= warmup_s, asyncio.create_task(coro)))
+    await asyncio.sleep(max(0.0, t0 + (warmup_s + duration_s) / speed - loop.time()))
+    power = (sum(g.energy_j() for g in srv.gpus) - e0) / (time.monotonic() - w0)  # type: ignore[operator]
     results = [(m, await task) for m, task in tasks]
     await client.close()
-    return [r.model_extra["wattgate_sim"] for m, r in results if m]
+    return [r.model_extra["wattgate_sim"] for m, r in results if m], power
 
 
 @pytest.mark.parametrize(("clock", "load", "rtype"), [(1980, 2.0, "SS"), (800, 1.0, "MM")])
 def test_reproduces_the_profile_it_was_given(clock: int, load: float, rtype: str) -> None:
-    """P99 TTFT/TBT within 12 %, power within 8 % of the profile (measured drift in README)."""
+    """P99 TTFT/TBT within 12 %/8 %, power within 10 % of the profile at the load the engine saw."""
     speed, warmup, duration = 20.0, 10.0, 30.0
     with serve_sim(speed=speed, window_s=warmup) as srv:
         for g in srv.gpus:
             g.lock_sm_clock(clock)
         time.sleep(0.1)  # the engine polls the clock every 50 ms
-        e0, w0 = sum(g.energy_j() for g in srv.gpus), time.monotonic()
-        sims = asyncio.run(_drive(srv.url, rtype, load, speed, warmup, duration))
-        power = (sum(g.energy_j() for g in srv.gpus) - e0) / (time.monotonic() - w0)
+        sims, power = asyncio.run(_drive(srv, rtype, load, speed, warmup, duration))
     assert len(sims) > 15 and {s["request_type"] for s in sims} == {rtype}
     assert {s["sm_clock_mhz"] for s in sims} == {clock}
+    # the load the engine saw (a sample of a Poisson process, and a busy machine may lag the client)
+    seen = float(np.mean([s["load_rps"] for s in sims]))
+    assert seen == pytest.approx(load, rel=0.4)
     ttft = float(np.percentile([s["ttft_s"] for s in sims], 99))
     tbt = float(np.percentile([s["tbt_mean_s"] for s in sims], 99))
-    assert ttft == pytest.approx(simprofiles.ttft(clock, rtype, load), rel=0.12)
-    assert tbt == pytest.approx(simprofiles.tbt(clock, rtype, load), rel=0.08)
-    # the energy window also covers the warm-up and the drain; compare with the average the profile implies
-    assert power == pytest.approx(simprofiles.power(2, clock, load), rel=0.15)
+    assert ttft == pytest.approx(simprofiles.ttft(clock, rtype, max(seen, 1.0)), rel=0.12)
+    assert tbt == pytest.approx(simprofiles.tbt(clock, rtype, max(seen, 1.0)), rel=0.08)
+    assert power == pytest.approx(simprofiles.power(2, clock, max(seen, 1.0)), rel=0.10)
 
 
 def test_lowering_the_locked_clock_slows_it_and_lowers_power(tmp_path: Path) -> None:

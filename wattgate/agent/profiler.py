@@ -198,6 +198,7 @@ async def sweep(base_url: str, model: str, gpus: Sequence[Gpu], plan: SweepPlan)
     rows: list[list[Any]] = []
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
+            (await client.get("/v1/models")).raise_for_status()  # connect before the first timed arrival
             for clock in plan.clocks_mhz:
                 for rtype in plan.types:
                     for load in plan.loads_rps:

@@ -281,6 +281,8 @@ class BatchModel:
             rid = self._waiting.popleft()
             req = self._requests[rid]
             load = self._window.rate(now_s)
+            if req.arrival_s == now_s:  # what an arrival sees is the others' rate (PASTA), not itself
+                load = max(0.0, load - 1.0 / self.settings.load_window_s)
             req.admitted_s, req.load_rps, req.sm_clock_mhz = now_s, load, clock_mhz
             self._running.add(rid)
             self._push(now_s + self._point(req.rtype, clock_mhz, load).ttft_p99_s * req.ttft_factor, rid)
