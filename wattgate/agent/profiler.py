@@ -76,7 +76,8 @@ def p99(values: Sequence[float]) -> float:
 
 
 def _prompt(tokens: int) -> str:
-    return ("hello " * (tokens * 4 // 6 + 1))[: tokens * 4]  # ~4 characters per token
+    # "the " is one token in Llama/GPT tokenizers and 4 characters (sim-backend's estimate): N tokens either way
+    return "the " * tokens
 
 
 async def _one_request(client: httpx.AsyncClient, model: str, rtype: RequestType, plan: SweepPlan) -> Sample | None:
