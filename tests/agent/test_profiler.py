@@ -82,3 +82,16 @@ def test_profile_an_existing_engine_with_client_timers(tmp_path: Path) -> None:
     # client timers include the HTTP round trip and scheduling delays: lower bounds only (never faster than modelled)
     assert ttft >= 0.8 * simprofiles.ttft(clock, rtype, load) and tbt >= 0.8 * simprofiles.tbt(clock, rtype, load)
     assert power == pytest.approx(simprofiles.power(tp, clock, load), rel=0.1)
+
+
+def test_profile_reports_a_gpu_that_refuses_the_clock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Permission injection: the GPU seam raises GpuPermissionError; the profiler says so and resets the clocks."""
+    with serve_sim(speed=20, state_dir=tmp_path / "gpus") as srv:
+        srv.gpus[1].inject_fault("lock", "permission")
+        args = ["profile", "--url", srv.url, "--gpu-kind", "simulated", "--gpu-state-dir", str(tmp_path / "gpus")]
+        args += ["--tps", "2", "--clocks", "1400", "--loads", "1", "--types", "SS", "--out", str(tmp_path / "o.json")]
+        assert main(args) == 2
+        assert srv.gpus[0].locked_sm_clock_mhz() is None  # GPU 0 had been locked: reset on the way out
+    err = capsys.readouterr().err
+    assert "cannot lock 1400 MHz" in err and "injected permission fault" in err
+    assert not (tmp_path / "o.json").exists()
