@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent import simprofiles
-from tests.agent.conftest import serve_sim
+from tests.agent.simsupport import serve_sim
 from wattgate.cli import main
 from wattgate.profiles.table import load_profile
 

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent import simprofiles
-from tests.agent.conftest import MODEL, SimServer, serve_sim
+from tests.agent.simsupport import MODEL, SimServer, serve_sim
 from tests.support import wait_port
 from wattgate.agent.gpu.simulated import SimulatedGpu
 from wattgate.embedded_redis import free_port

@@ -1,13 +1,11 @@
-"""Fixtures for the emulator tests: a sim-backend app under a real uvicorn server on loopback."""
+"""Emulator test helpers: a sim-backend app under a real uvicorn server on loopback (not a conftest: no clash)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 from tests.agent import simprofiles
 from tests.support import UvicornThread
@@ -33,8 +31,3 @@ def serve_sim(
     engine = SimEngine(simprofiles.small_profile(), settings, gpus)
     with UvicornThread(build_app(engine)) as srv:
         yield SimServer(srv.url, engine, gpus)
-
-
-@pytest.fixture
-def sim_server() -> Callable[..., AbstractContextManager[SimServer]]:
-    return serve_sim
