@@ -227,12 +227,21 @@ def test_cli_sim_backend_with_the_agent_flags(tmp_path: Path) -> None:
         proc.stderr.close()  # type: ignore[union-attr]
 
 
-def test_cli_sim_backend_bad_profile_is_a_clear_error(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.json"
-    bad.write_text("{}")
-    cmd = [sys.executable, "-m", "wattgate", "sim-backend", "--model", "m", "--tp", "2", "--profile", str(bad)]
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--profile", "BAD"], "error: not a wattgate profile"),
+        (["--profile", "GOOD", "--class-edges", "10,5,3,4"], "error: input class edges must satisfy"),
+        (["--profile", "GOOD", "--gpus", "0"], "error: TP2 needs 2 GPUs"),
+    ],
+)
+def test_cli_sim_backend_bad_input_is_a_clear_error(tmp_path: Path, extra: list[str], message: str) -> None:
+    (tmp_path / "bad.json").write_text("{}")
+    good = simprofiles.write_small_profile(tmp_path / "good.json")
+    extra = [str(tmp_path / "bad.json") if x == "BAD" else str(good) if x == "GOOD" else x for x in extra]
+    cmd = [sys.executable, "-m", "wattgate", "sim-backend", "--model", "m", "--tp", "2", *extra]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: not a wattgate profile")
+    assert proc.returncode == 2 and proc.stderr.startswith(message)
     assert "Traceback" not in proc.stderr
 
 

@@ -26,7 +26,12 @@ def register(sub: Any) -> None:
     p.add_argument("--load-window-s", type=float, default=30.0, help="load = arrivals in this window / its length")
     p.add_argument("--default-output-tokens", type=int, default=64, help="output length without max_tokens or hint")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-request latency factors")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument(
+        "--class-edges",
+        default="408,1109,94,371",
+        help="input S/M max, input M/L max, output S/M max, output M/L max tokens (the request-type edges)",
+    )
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=sim_backend_main)
 
     q = sub.add_parser(
@@ -88,10 +93,13 @@ def sim_backend_main(args: argparse.Namespace) -> int:
     from wattgate.agent.engines.sim_server import SimEngine, SimServerSettings, build_app
     from wattgate.agent.gpu.base import GpuError
     from wattgate.agent.gpu.simulated import open_simulated_gpus
-    from wattgate.profiles.classes import ProfilesError
+    from wattgate.profiles.classes import ClassEdges, ProfilesError
 
     try:
         gpus = _ints(args.gpus, "--gpus") if args.gpus else tuple(range(args.tp))
+        edges = _ints(args.class_edges, "--class-edges")
+        if len(edges) != 4:
+            raise ValueError(f"--class-edges needs 4 integers, got {args.class_edges!r}")
         profile = resolve(args.profile)
         settings = SimServerSettings(
             model=args.model,
@@ -101,6 +109,7 @@ def sim_backend_main(args: argparse.Namespace) -> int:
             load_window_s=args.load_window_s,
             default_output_tokens=args.default_output_tokens,
             seed=args.seed,
+            edges=ClassEdges(*edges),
         )
         sim_gpus = open_simulated_gpus(gpus, args.gpu_state_dir, writer=f"sim-backend {args.model}")
         engine = SimEngine(profile, settings, sim_gpus)
