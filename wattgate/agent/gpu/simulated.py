@@ -9,7 +9,7 @@ files, each with exactly one writer, so no update is ever lost to a concurrent r
 every write goes to a temporary file in the same directory and is renamed over the old one
 (atomic on POSIX), so a reader sees the old or the new document, never half of one::
 
-    gpu{index}.control.json   written by the clock owner (the agent)
+    gpu{index}.control.json   written by the clock owner (the agent), and by fault injection in tests
         {"format": "wattgate-simgpu-control", "version": 1, "index": 0,
          "locked_sm_clock_mhz": 1200 | null,            # null = reset (runs at the top clock)
          "faults": {"lock": "permission", "power": "library", ...}}   # optional injection
