@@ -55,3 +55,10 @@ def test_completions_endpoint(predictor: ModelPredictor) -> None:
 def test_edges_other_than_the_models_are_refused(predictor: ModelPredictor) -> None:
     with pytest.raises(ClassifierError, match="retrain"):
         ModelPredictor(predictor.model, ClassEdges(output_short_max=50, output_medium_max=300))
+
+
+def test_warm_up_loads_the_tokenizers(predictor: ModelPredictor) -> None:
+    from wattgate.classifier import tokens
+
+    predictor.warm_up()
+    assert {"cl100k_base", "o200k_base"} <= set(tokens._counters)

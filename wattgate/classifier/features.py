@@ -19,26 +19,41 @@ from wattgate.classifier.tokens import TokenCounter, counter, encoding_for_model
 
 TOKENS_PER_MESSAGE = 4  # role + separators, as in OpenAI's own counting recipe
 TOKENS_PER_REPLY = 3
-DEFAULT_SAMPLE_CHARS = 2048
+DEFAULT_SAMPLE_CHARS = 1536
 NGRAM_HEAD_TOKENS = 256
 
-# Phrases that say something about the answer's length, matched in the last user message.
-_CUES = {
-    "cue_write": r"\b(write|compose|draft|create|generate)\b",
-    "cue_long": r"\b(essay|article|story|blog|report|paper|poem|script|letter|chapter|outline|plan)\b",
-    "cue_explain": r"\b(explain|describe|elaborate|discuss|why|how does|how do)\b",
-    "cue_list": r"\b(list|steps|ideas|examples|ways|tips|bullet)\b",
-    "cue_code": r"\b(code|function|implement|python|javascript|sql|class|program|bug|error)\b",
-    "cue_rewrite": r"\b(rewrite|rephrase|paraphrase|translate|summari[sz]e|summary|shorten|correct|fix)\b",
-    "cue_short": r"\b(briefly|short|concise|one word|one sentence|yes or no|only answer|just answer|tl;?dr)\b",
-    "cue_detail": r"\b(detailed|in detail|comprehensive|thorough|step by step|at least \d+|\d+ words)\b",
-    "cue_continue": r"^\s*(continue|go on|more|next|keep going)\b",
-    "cue_greeting": r"^\s*(hi|hello|hey|thanks|thank you|ok|okay|great|cool)\b",
-    "cue_question": r"^\s*(what|who|when|where|which|is|are|can|does|do|how many|how much)\b",
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Words and phrases that say something about the answer's length, looked for in the head and tail
+# of the last user message (bounded cost). Word sets and substring tests, not regexes: ~10x faster.
+_CUE_WORDS = {
+    "cue_write": _words("write compose draft create generate"),
+    "cue_long": _words("essay article story blog report paper poem script letter chapter outline plan"),
+    "cue_explain": _words("explain describe elaborate discuss why"),
+    "cue_list": _words("list steps ideas examples ways tips bullet"),
+    "cue_code": _words("code function implement python javascript sql class program bug error"),
+    "cue_rewrite": _words("rewrite rephrase paraphrase translate summarize summarise summary shorten fix"),
+    "cue_short": _words("briefly short concise tldr"),
+    "cue_detail": _words("detailed comprehensive thorough"),
 }
-_CUE_RES = tuple((name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _CUES.items())
-CUE_HEAD_CHARS = 1500  # cues are looked for in the head and tail of the message only: bounded cost
-CUE_TAIL_CHARS = 500
+_CUE_PHRASES = {
+    "cue_explain": ("how does", "how do"),
+    "cue_short": ("one word", "one sentence", "yes or no", "only answer", "just answer", "tl;dr"),
+    "cue_detail": ("in detail", "step by step"),
+}
+_FIRST_WORDS = {
+    "cue_continue": _words("continue go more next keep"),
+    "cue_greeting": _words("hi hello hey thanks thank ok okay great cool"),
+    "cue_question": _words("what who when where which is are can does do how"),
+}
+_CUE_NAMES = (*_CUE_WORDS, *_FIRST_WORDS)
+_WORD_RE = re.compile(r"[a-z]+")
+_COUNT_RE = re.compile(r"at least \d+|\d+ words")
+CUE_HEAD_CHARS = 1000
+CUE_TAIL_CHARS = 300
 
 FEATURE_NAMES: tuple[str, ...] = (
     "endpoint_chat",
@@ -61,7 +76,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "has_code_block",
     "n_question_marks",
     "ends_with_question",
-    *(name for name, _ in _CUE_RES),
+    *_CUE_NAMES,
 )
 
 
@@ -180,18 +195,23 @@ def _turn_features(roles: list[str], counts: list[int], last: int) -> dict[str, 
 
 
 def _text_features(text: str) -> dict[str, float]:
-    head = text[:CUE_HEAD_CHARS]
-    tail = text[-CUE_TAIL_CHARS:] if len(text) > CUE_HEAD_CHARS else ""
-    probe = head + "\n" + tail
-    stripped = text.rstrip()
+    probe = (text[:CUE_HEAD_CHARS] + "\n" + text[-CUE_TAIL_CHARS:] if len(text) > CUE_HEAD_CHARS else text).lower()
+    words = set(_WORD_RE.findall(probe))
+    first = _WORD_RE.search(probe)
+    first_word = first.group(0) if first else ""
     out = {
         "n_lines_last_user": float(text.count("\n", 0, 20_000) + 1),
         "has_code_block": 1.0 if "```" in probe else 0.0,
         "n_question_marks": float(probe.count("?")),
-        "ends_with_question": 1.0 if stripped.endswith("?") else 0.0,
+        "ends_with_question": 1.0 if text.rstrip().endswith("?") else 0.0,
     }
-    for name, rx in _CUE_RES:
-        out[name] = 1.0 if rx.search(head) or (tail and rx.search(tail)) else 0.0
+    for name, vocab in _CUE_WORDS.items():
+        hit = not words.isdisjoint(vocab) or any(p in probe for p in _CUE_PHRASES.get(name, ()))
+        out[name] = 1.0 if hit else 0.0
+    if not out["cue_detail"] and ("at least" in probe or "words" in words) and _COUNT_RE.search(probe):
+        out["cue_detail"] = 1.0
+    for name, vocab in _FIRST_WORDS.items():
+        out[name] = 1.0 if first_word in vocab else 0.0
     return out
 
 

@@ -54,6 +54,11 @@ class ModelPredictor:
     def from_json(cls, raw: str | bytes, edges: ClassEdges | None = None) -> ModelPredictor:
         return cls(parse_model(raw, "model from store"), edges)
 
+    def warm_up(self, models: tuple[str, ...] = ("gpt-3.5-turbo", "gpt-4o")) -> None:
+        """Load the tokenizers now (about a second each) rather than on the first request."""
+        for model in models:
+            self.predict({"model": model, "messages": [{"role": "user", "content": "warm up"}]}, "chat")
+
     def features(self, body: Mapping[str, Any], endpoint: str) -> tuple[int, dict[str, float]]:
         """Input tokens and every numeric feature the model uses (text logits included)."""
         ext = self.extractor.extract(body, endpoint)
