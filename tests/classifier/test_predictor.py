@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from wattgate.classifier import tokens
 from wattgate.classifier.api import Prediction, choose_output_class
 from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.predictor import ModelPredictor
@@ -58,7 +59,5 @@ def test_edges_other_than_the_models_are_refused(predictor: ModelPredictor) -> N
 
 
 def test_warm_up_loads_the_tokenizers(predictor: ModelPredictor) -> None:
-    from wattgate.classifier import tokens
-
     predictor.warm_up()
     assert {"cl100k_base", "o200k_base"} <= set(tokens._counters)
