@@ -92,3 +92,14 @@ def test_retrain_publishes_a_better_model_that_gateways_pick_up(
 def test_retrain_reports_errors_without_a_trace(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["classifier", "retrain", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
     assert "wattgate classifier:" in capsys.readouterr().err
+
+
+def test_retrain_publishes_nothing_without_enough_observations(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _record(redis_url, 10, Keys())
+    assert main(["classifier", "retrain", "--redis-url", redis_url, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert not out["accepted"] and out["published"] is None
+    assert "too few observations" in out["reason"]
+    assert ClassifierStore(redis_url).current_version() == 0

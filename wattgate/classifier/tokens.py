@@ -92,6 +92,8 @@ _counters: dict[str, TokenCounter] = {}
 
 
 def _load(name: str) -> TokenCounter:
+    # We never import litellm; should anything in this process do so later, keep it off the network.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     folder = tokenizer_dir()
     cache_name, sha256 = _FILES[name]
     path = folder / cache_name if folder else None
