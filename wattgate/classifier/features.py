@@ -2,8 +2,8 @@
 
 Token counting is exact while the request's text fits ``sample_chars``; beyond that each text is
 counted from a head slice proportional to its share of the request and scaled by its length
-(tiktoken costs ~0.4 us/token here, so exact counting of a 2,000-token prompt alone would take
-the whole 0.5 ms budget). The sampling error on ShareGPT is measured in ``bench/classifier.py``.
+(tiktoken costs 0.25-0.6 us/token on our shared VM, so exact counting of a 2,000-token prompt
+alone takes most of the 0.5 ms budget). The sampling error on ShareGPT is measured in ``bench/classifier.py``.
 """
 
 from __future__ import annotations
