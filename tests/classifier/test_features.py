@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from wattgate.classifier.features import FEATURE_NAMES, FeatureExtractor, feature_vector
+from wattgate.classifier.tokens import count_tokens, counter
+
+PROSE = "The quick brown fox jumps over the lazy dog while the committee reviews the annual budget. "
+
+
+def test_chat_features_reflect_the_request() -> None:
+    body = {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "word " * 500},
+            {"role": "user", "content": [{"type": "text", "text": "Write a detailed essay about rivers?"}]},
+        ],
+        "max_completion_tokens": 800,
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "response_format": {"type": "json_object"},
+        "stop": ["\n\n", "END"],
+        "temperature": 0.2,
+    }
+    ext = FeatureExtractor().extract(body, "chat")
+    f = ext.features
+    assert set(f) == set(FEATURE_NAMES)
+    assert all(isinstance(v, float) and math.isfinite(v) for v in f.values())
+    assert f["endpoint_chat"] == 1.0
+    assert f["n_messages"] == 4.0 and f["n_assistant_turns"] == 1.0
+    assert f["log_last_assistant_tokens"] == pytest.approx(math.log1p(500), rel=0.01)
+    assert f["log_system_tokens"] == pytest.approx(math.log1p(count_tokens("You are terse.")))
+    assert f["has_tools"] == 1.0 and f["n_tools"] == 1.0
+    assert f["response_format_json"] == 1.0 and f["n_stop"] == 2.0
+    assert f["log_max_tokens"] == pytest.approx(math.log1p(800))
+    assert f["temperature"] == 0.2
+    assert f["cue_write"] == f["cue_long"] == f["cue_detail"] == f["ends_with_question"] == 1.0
+    assert f["cue_short"] == 0.0
+    texts = ["You are terse.", "Hi", "word " * 500, "Write a detailed essay about rivers?"]
+    exact = sum(count_tokens(t, "gpt-4o") for t in texts) + 4 * 4 + 3
+    assert ext.exact_count is False  # over the exact-count budget: sampled
+    assert ext.input_tokens == pytest.approx(exact, rel=0.05)
+
+
+def test_short_chat_is_counted_exactly_and_gives_token_ids() -> None:
+    body = {"messages": [{"role": "user", "content": "What is 2+2? Answer in one word."}]}
+    ext = FeatureExtractor().extract(body, "chat")
+    assert ext.exact_count
+    assert ext.input_tokens == count_tokens("What is 2+2? Answer in one word.") + 4 + 3
+    assert list(ext.ngram_ids) == counter("cl100k_base").encode("What is 2+2? Answer in one word.")
+    assert ext.features["cue_short"] == 1.0 and ext.features["cue_question"] == 1.0
+
+
+def test_completions_prompt_and_long_text_sampling() -> None:
+    prompt = PROSE * 200  # ~3,600 tokens
+    ext = FeatureExtractor().extract({"prompt": prompt}, "completions")
+    assert ext.features["endpoint_chat"] == 0.0
+    assert not ext.exact_count
+    assert ext.input_tokens == pytest.approx(count_tokens(prompt), rel=0.03)
+    exact = FeatureExtractor(sample_chars=10**9).extract({"prompt": prompt}, "completions")
+    assert exact.exact_count and exact.input_tokens == count_tokens(prompt)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"messages": []}, {"messages": ["junk", {"role": "user"}]}, {"prompt": 5}, {"prompt": ["a", 3, "b"]}],
+)
+def test_odd_bodies_do_not_crash(body: dict[str, object]) -> None:
+    for endpoint in ("chat", "completions"):
+        ext = FeatureExtractor().extract(body, endpoint)
+        assert ext.input_tokens >= 1
+
+
+def test_feature_vector_orders_and_fills_missing() -> None:
+    assert feature_vector({"b": 2.0}, ["a", "b"]) == [0.0, 2.0]

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from wattgate.classifier.errors import ModelFormatError
+from wattgate.classifier.model import ClassifierModel, encode_array, load_model, parse_model, sign
+from wattgate.classifier.predictor import MODEL_FILE, data_path, load_shipped_model
+
+
+def test_exported_trees_score_like_sklearn(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
+    model, head, x = tiny
+    ours = model.probabilities_batch(x[:200])
+    np.testing.assert_allclose(ours, head.predict_proba(x[:200]), atol=1e-9)
+
+
+def test_round_trip_through_json(tiny: tuple[ClassifierModel, Any, np.ndarray], tmp_path: Path) -> None:
+    model, _, x = tiny
+    path = tmp_path / "m.json"
+    path.write_text(model.to_json())
+    again = load_model(path)
+    assert again.version == 3
+    np.testing.assert_array_equal(again.probabilities(x[0]), model.probabilities(x[0]))
+
+
+def test_tampered_file_is_refused(tiny: tuple[ClassifierModel, Any, np.ndarray], tmp_path: Path) -> None:
+    doc = json.loads(tiny[0].to_json())
+    doc["head"]["baseline"][0] += 1.0  # a changed parameter, checksum left as it was
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelFormatError, match="checksum mismatch"):
+        load_model(path)
+
+
+def test_valid_checksum_cannot_smuggle_an_out_of_range_index(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
+    doc = json.loads(tiny[0].to_json())
+    head = doc["head"]
+    size = head["n_trees"] * head["n_nodes"]
+    head["left"] = encode_array(np.full(size, size + 5), "<i4")
+    with pytest.raises(ModelFormatError, match="out of its tree"):
+        parse_model(sign(doc))
+    doc = json.loads(tiny[0].to_json())
+    doc["head"]["feature"] = encode_array(np.full(size, 99), "<i4")
+    with pytest.raises(ModelFormatError, match="feature index out of range"):
+        parse_model(sign(doc))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format_version": 2}, "format version"),
+        ({"format": "pickle"}, "not a wattgate classifier model"),
+        ({"extra": 1}, "unexpected fields"),
+    ],
+)
+def test_schema_is_strict(tiny: tuple[ClassifierModel, Any, np.ndarray], change: dict[str, Any], message: str) -> None:
+    doc = {**json.loads(tiny[0].to_json()), **change}
+    with pytest.raises(ModelFormatError, match=message):
+        parse_model(sign(doc))
+
+
+def test_non_json_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "m.json"
+    bad.write_bytes(b"\x80\x04pickle")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        load_model(bad)
+    with pytest.raises(ModelFormatError, match="cannot read model file"):
+        load_model(tmp_path / "absent.json")
+
+
+def test_shipped_model_is_small_versioned_and_valid() -> None:
+    path = data_path(MODEL_FILE)
+    assert path.stat().st_size < 3_000_000
+    model = load_shipped_model()
+    assert model.version >= 1
+    assert (model.output_short_max, model.output_medium_max) == (94, 371)

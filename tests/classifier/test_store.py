@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from tests.classifier.shifted import shifted_requests
+from wattgate.classifier.errors import ModelFormatError
+from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
+from wattgate.classifier.store import ClassifierStore, ClassifierWatcher, StoreError
+from wattgate.classifier.train import with_head
+from wattgate.cli import main
+from wattgate.planner.contract import Keys, Observation
+
+
+def _record(url: str, n: int, keys: Keys) -> None:
+    """What gateways do: one Observation per finished request, with the predictor's features."""
+    predictor = ModelPredictor.shipped()
+    client = redis.Redis.from_url(url)
+    for i, (body, tokens) in enumerate(shifted_requests(n)):
+        pred = predictor.predict(body, "chat")
+        obs = Observation(
+            request_id=f"r{i}",
+            pool="SM",
+            predicted_type="SM",
+            output_probs=list(pred.output_probs),
+            input_tokens=pred.input_tokens,
+            output_tokens=tokens,
+            ttft_s=0.1,
+            tbt_s=0.02,
+            status=200,
+            instance="i0",
+            model="m",
+            ts=1000.0 + i,
+            features=pred.features,
+        )
+        client.xadd(keys.observations, {"json": obs.to_json()})
+    client.xadd(keys.observations, {"json": "not json"})
+    client.close()
+
+
+def test_watcher_sees_nothing_until_a_version_is_published(redis_url: str) -> None:
+    watcher = ClassifierWatcher(redis_url)
+    assert watcher.poll(1) is None
+    model = load_shipped_model()
+    newer = with_head(model, model.doc["head"], model.version + 1, {"why": "test"})
+    assert ClassifierStore(redis_url).publish(newer) == model.version + 1
+    got = watcher.poll(model.version)
+    assert got is not None and got[0] == model.version + 1
+    assert got[1].method == f"model:v{model.version + 1}"
+    assert watcher.poll(model.version + 1) is None
+    with pytest.raises(StoreError, match="not above"):
+        ClassifierStore(redis_url).publish(newer)
+    watcher.close()
+
+
+def test_tampered_model_in_redis_is_refused(redis_url: str) -> None:
+    doc = json.loads(load_shipped_model().to_json())
+    doc["head"]["baseline"] = [9.0, 0.0, 0.0]
+    client = redis.Redis.from_url(redis_url)
+    client.set(Keys().classifier_model, json.dumps(doc))
+    client.set(Keys().classifier_version, 7)
+    client.close()
+    with pytest.raises(ModelFormatError, match="checksum"):
+        ClassifierWatcher(redis_url).poll(1)
+
+
+def test_unreachable_redis_is_a_store_error() -> None:
+    with pytest.raises(StoreError):
+        ClassifierWatcher("redis://127.0.0.1:1/0").poll(1)
+
+
+def test_retrain_publishes_a_better_model_that_gateways_pick_up(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = Keys("t")
+    _record(redis_url, 250, keys)
+    report = ClassifierStore(redis_url, keys).read_observations()
+    assert len(report.samples) == 250 and report.skipped == 1
+    args = ["classifier", "retrain", "--redis-url", redis_url, "--prefix", "t", "--base-limit", "3000", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["accepted"] and out["published"] == 2, out
+    assert out["candidate"]["accuracy"] > out["current"]["accuracy"]
+    got = ClassifierWatcher(redis_url, keys=keys).poll(1)
+    assert got is not None and got[0] == 2
+    body, _ = shifted_requests(2)[1]  # a translation: long for this deployment
+    assert got[1].predict(body, "chat").output_probs[2] > 0.5
+
+
+def test_retrain_reports_errors_without_a_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classifier", "retrain", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+    assert "wattgate classifier:" in capsys.readouterr().err
+
+
+def test_retrain_publishes_nothing_without_enough_observations(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _record(redis_url, 10, Keys())
+    assert main(["classifier", "retrain", "--redis-url", redis_url, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert not out["accepted"] and out["published"] is None
+    assert "too few observations" in out["reason"]
+    assert ClassifierStore(redis_url).current_version() == 0

@@ -1,0 +1,229 @@
+"""Request body -> input token count, numeric features and token ids of the last user message (no text kept).
+
+Token counting is exact while the request's text fits ``sample_chars``; beyond that each text is
+counted from a head slice proportional to its share of the request and scaled by its length
+(tiktoken costs 0.25-0.6 us/token on our shared VM, so exact counting of a 2,000-token prompt
+alone takes most of the 0.5 ms budget). The sampling error on ShareGPT is measured in ``bench/classifier.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from wattgate.classifier.api import requested_max_tokens
+from wattgate.classifier.tokens import TokenCounter, counter, encoding_for_model
+
+TOKENS_PER_MESSAGE = 4  # role + separators, as in OpenAI's own counting recipe
+TOKENS_PER_REPLY = 3
+DEFAULT_SAMPLE_CHARS = 1536
+NGRAM_HEAD_TOKENS = 256
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Words and phrases that say something about the answer's length, looked for in the head and tail
+# of the last user message (bounded cost). Word sets and substring tests, not regexes: ~10x faster.
+_CUE_WORDS = {
+    "cue_write": _words("write compose draft create generate"),
+    "cue_long": _words("essay article story blog report paper poem script letter chapter outline plan"),
+    "cue_explain": _words("explain describe elaborate discuss why"),
+    "cue_list": _words("list steps ideas examples ways tips bullet"),
+    "cue_code": _words("code function implement python javascript sql class program bug error"),
+    "cue_rewrite": _words("rewrite rephrase paraphrase translate summarize summarise summary shorten fix"),
+    "cue_short": _words("briefly short concise tldr"),
+    "cue_detail": _words("detailed comprehensive thorough"),
+}
+_CUE_PHRASES = {
+    "cue_explain": ("how does", "how do"),
+    "cue_short": ("one word", "one sentence", "yes or no", "only answer", "just answer", "tl;dr"),
+    "cue_detail": ("in detail", "step by step"),
+}
+_FIRST_WORDS = {
+    "cue_continue": _words("continue go more next keep"),
+    "cue_greeting": _words("hi hello hey thanks thank ok okay great cool"),
+    "cue_question": _words("what who when where which is are can does do how"),
+}
+_CUE_NAMES = (*_CUE_WORDS, *_FIRST_WORDS)
+_WORD_RE = re.compile(r"[a-z]+")
+_COUNT_RE = re.compile(r"at least \d+|\d+ words")
+CUE_HEAD_CHARS = 1000
+CUE_TAIL_CHARS = 300
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "endpoint_chat",
+    "log_input_tokens",
+    "log_last_user_tokens",
+    "log_system_tokens",
+    "log_history_tokens",
+    "n_messages",
+    "n_assistant_turns",
+    "log_last_assistant_tokens",
+    "log_mean_assistant_tokens",
+    "has_tools",
+    "n_tools",
+    "response_format_json",
+    "n_stop",
+    "has_max_tokens",
+    "log_max_tokens",
+    "temperature",
+    "n_lines_last_user",
+    "has_code_block",
+    "n_question_marks",
+    "ends_with_question",
+    *_CUE_NAMES,
+)
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """What the model needs of one request: the token count, numeric features, and token ids for n-grams."""
+
+    input_tokens: int
+    features: dict[str, float]
+    ngram_ids: Sequence[int]
+    exact_count: bool
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", "")) for part in content if isinstance(part, Mapping) and part.get("type") == "text"
+        )
+    return ""
+
+
+def _messages(body: Mapping[str, Any], endpoint: str) -> list[tuple[str, str]]:
+    if endpoint == "completions":
+        prompt = body.get("prompt")
+        if isinstance(prompt, list):
+            prompt = "\n".join(p for p in prompt if isinstance(p, str))
+        return [("user", prompt if isinstance(prompt, str) else "")]
+    out = []
+    for msg in body.get("messages") or ():
+        if isinstance(msg, Mapping):
+            out.append((str(msg.get("role", "user")), _content_text(msg.get("content"))))
+    return out
+
+
+def _log(n: float) -> float:
+    return math.log1p(max(0.0, n))
+
+
+class FeatureExtractor:
+    """Turns a request body into ``Extracted``; one per process, shares the lazily loaded encodings."""
+
+    def __init__(self, sample_chars: int = DEFAULT_SAMPLE_CHARS) -> None:
+        self.sample_chars = sample_chars
+
+    def counts(self, texts: Sequence[str], enc: TokenCounter, last: int) -> tuple[list[int], list[int], bool]:
+        """Token count per text (exact or sampled) and the head token ids of ``texts[last]``."""
+        total = sum(len(t) for t in texts)
+        exact = total <= self.sample_chars
+        out: list[int] = []
+        head_ids: list[int] = []
+        for i, text in enumerate(texts):
+            if exact or not text:
+                ids = enc.encode(text) if i == last else None
+                out.append(len(ids) if ids is not None else enc.count(text))
+                if i == last and ids is not None:
+                    head_ids = ids[:NGRAM_HEAD_TOKENS]
+                continue
+            share = max(64, self.sample_chars * len(text) // total)
+            piece = text[:share]
+            ids = enc.encode(piece)
+            out.append(len(ids) if share >= len(text) else round(len(ids) * len(text) / len(piece)))
+            if i == last:
+                head_ids = ids[:NGRAM_HEAD_TOKENS]
+        return out, head_ids, exact
+
+    def extract(self, body: Mapping[str, Any], endpoint: str) -> Extracted:
+        enc = counter(encoding_for_model(body.get("model") if isinstance(body.get("model"), str) else None))
+        msgs = _messages(body, endpoint) or [("user", "")]
+        texts = [t for _, t in msgs]
+        roles = [r for r, _ in msgs]
+        last = max((i for i, r in enumerate(roles) if r == "user"), default=len(roles) - 1)
+        counts, head_ids, exact = self.counts(texts, enc, last)
+        chat = endpoint == "chat"
+        input_tokens = sum(counts) + (TOKENS_PER_MESSAGE * len(msgs) + TOKENS_PER_REPLY if chat else 0)
+        feats = _body_features(body, chat, input_tokens)
+        feats.update(_turn_features(roles, counts, last))
+        feats.update(_text_features(texts[last]))
+        return Extracted(max(1, input_tokens), feats, head_ids, exact)
+
+
+def _body_features(body: Mapping[str, Any], chat: bool, input_tokens: int) -> dict[str, float]:
+    tools = body.get("tools") or body.get("functions") or []
+    rf = body.get("response_format")
+    rf_type = rf.get("type") if isinstance(rf, Mapping) else None
+    stop = body.get("stop")
+    n_stop = 1 if isinstance(stop, str) else len(stop) if isinstance(stop, list) else 0
+    max_tokens = requested_max_tokens(body)
+    temperature = body.get("temperature")
+    return {
+        "endpoint_chat": 1.0 if chat else 0.0,
+        "log_input_tokens": _log(input_tokens),
+        "has_tools": 1.0 if tools else 0.0,
+        "n_tools": float(len(tools)) if isinstance(tools, list) else 0.0,
+        "response_format_json": 1.0 if rf_type in ("json_object", "json_schema") else 0.0,
+        "n_stop": float(n_stop),
+        "has_max_tokens": 0.0 if max_tokens is None else 1.0,
+        "log_max_tokens": _log(max_tokens or 0),
+        "temperature": float(temperature) if isinstance(temperature, int | float) else 1.0,
+    }
+
+
+def _turn_features(roles: list[str], counts: list[int], last: int) -> dict[str, float]:
+    assistant = [c for r, c in zip(roles, counts, strict=True) if r == "assistant"]
+    system = sum(c for r, c in zip(roles, counts, strict=True) if r in ("system", "developer"))
+    return {
+        "log_last_user_tokens": _log(counts[last]),
+        "log_system_tokens": _log(system),
+        "log_history_tokens": _log(sum(counts) - counts[last] - system),
+        "n_messages": float(len(roles)),
+        "n_assistant_turns": float(len(assistant)),
+        "log_last_assistant_tokens": _log(assistant[-1]) if assistant else 0.0,
+        "log_mean_assistant_tokens": _log(sum(assistant) / len(assistant)) if assistant else 0.0,
+    }
+
+
+def _text_features(text: str) -> dict[str, float]:
+    probe = (text[:CUE_HEAD_CHARS] + "\n" + text[-CUE_TAIL_CHARS:] if len(text) > CUE_HEAD_CHARS else text).lower()
+    words = set(_WORD_RE.findall(probe))
+    first = _WORD_RE.search(probe)
+    first_word = first.group(0) if first else ""
+    out = {
+        "n_lines_last_user": float(text.count("\n", 0, 20_000) + 1),
+        "has_code_block": 1.0 if "```" in probe else 0.0,
+        "n_question_marks": float(probe.count("?")),
+        "ends_with_question": 1.0 if text.rstrip().endswith("?") else 0.0,
+    }
+    for name, vocab in _CUE_WORDS.items():
+        hit = not words.isdisjoint(vocab) or any(p in probe for p in _CUE_PHRASES.get(name, ()))
+        out[name] = 1.0 if hit else 0.0
+    if not out["cue_detail"] and ("at least" in probe or "words" in words) and _COUNT_RE.search(probe):
+        out["cue_detail"] = 1.0
+    for name, vocab in _FIRST_WORDS.items():
+        out[name] = 1.0 if first_word in vocab else 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One finished request as adaptation sees it: recorded features and the true output length."""
+
+    features: dict[str, float]
+    output_tokens: int
+    ts: float
+
+
+def feature_vector(features: Mapping[str, float], names: Sequence[str]) -> list[float]:
+    """Features in model order; a name missing from ``features`` (an older gateway) counts as 0."""
+    return [float(features.get(name, 0.0)) for name in names]

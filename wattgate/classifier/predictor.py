@@ -1,0 +1,78 @@
+"""The trained predictor the gateway calls: tokens + features + text logits + trees -> ``Prediction``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wattgate.classifier.api import Prediction, cap_probabilities, requested_max_tokens
+from wattgate.classifier.errors import ClassifierError
+from wattgate.classifier.features import FeatureExtractor, feature_vector
+from wattgate.classifier.model import TEXT_FEATURES, ClassifierModel, load_model, parse_model
+from wattgate.profiles.classes import ClassEdges
+
+MODEL_FILE = "model.json"
+BASE_FEATURES_FILE = "base_features.npz"
+
+
+def data_path(name: str) -> Path:
+    return Path(str(resources.files("wattgate.classifier").joinpath("data", name)))
+
+
+def load_shipped_model() -> ClassifierModel:
+    """The model trained on ShareGPT that ships in the package."""
+    return load_model(data_path(MODEL_FILE))
+
+
+class ModelPredictor:
+    """A ``Predictor`` backed by a model document; thread-safe (no mutable state after construction)."""
+
+    def __init__(
+        self, model: ClassifierModel, edges: ClassEdges | None = None, extractor: FeatureExtractor | None = None
+    ) -> None:
+        edges = edges or ClassEdges()
+        if (edges.output_short_max, edges.output_medium_max) != (model.output_short_max, model.output_medium_max):
+            raise ClassifierError(
+                f"model v{model.version} was trained for output edges {model.output_short_max}/"
+                f"{model.output_medium_max}, the gateway uses {edges.output_short_max}/{edges.output_medium_max}: "
+                "retrain the classifier with these edges"
+            )
+        self.model = model
+        self.edges = edges
+        self.extractor = extractor or FeatureExtractor()
+        self.method = f"model:v{model.version}"
+
+    @classmethod
+    def shipped(cls, edges: ClassEdges | None = None) -> ModelPredictor:
+        return cls(load_shipped_model(), edges)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes, edges: ClassEdges | None = None) -> ModelPredictor:
+        return cls(parse_model(raw, "model from store"), edges)
+
+    def warm_up(self, models: tuple[str, ...] = ("gpt-3.5-turbo", "gpt-4o")) -> None:
+        """Load the tokenizers now (about a second each) rather than on the first request."""
+        for model in models:
+            self.predict({"model": model, "messages": [{"role": "user", "content": "warm up"}]}, "chat")
+
+    def features(self, body: Mapping[str, Any], endpoint: str) -> tuple[int, dict[str, float]]:
+        """Input tokens and every numeric feature the model uses (text logits included)."""
+        ext = self.extractor.extract(body, endpoint)
+        feats = ext.features
+        for name, value in zip(TEXT_FEATURES, self.model.text.logits(ext.ngram_ids), strict=True):
+            feats[name] = round(float(value), 4)
+        return ext.input_tokens, feats
+
+    def probabilities(self, features: Mapping[str, float]) -> tuple[float, float, float]:
+        x = np.asarray(feature_vector(features, self.model.feature_names), dtype=np.float64)
+        s, m, l_ = (float(p) for p in self.model.probabilities(x))
+        return (s, m, l_)
+
+    def predict(self, body: Mapping[str, Any], endpoint: str) -> Prediction:
+        input_tokens, feats = self.features(body, endpoint)
+        probs = cap_probabilities(self.probabilities(feats), requested_max_tokens(body), self.edges)
+        return Prediction(input_tokens=input_tokens, output_probs=probs, features=feats, method=self.method)
