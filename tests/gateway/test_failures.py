@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -32,7 +33,7 @@ def test_5xx_before_first_byte_is_retried_once_on_another_instance(servers: Serv
     bad, bad_url = servers.backend(status=500)
     good, good_url = servers.backend()
     # the bad one is chosen first: it carries less outstanding work (none) and comes first on ties
-    gw, state = servers.gateway([spec(bad_url, "bad"), spec(good_url, "good")])
+    gw, _state = servers.gateway([spec(bad_url, "bad"), spec(good_url, "good")])
     resp = httpx.post(gw + "/v1/chat/completions", json=BODY)
     assert resp.status_code == 200
     assert resp.headers["x-wattgate-instance"] == "good"
@@ -51,7 +52,7 @@ def test_two_5xx_go_to_the_client_as_the_backend_said(servers: Servers) -> None:
 
 
 def test_connect_error_retries_and_ejects_the_dead_instance(servers: Servers) -> None:
-    good, good_url = servers.backend()
+    _good, good_url = servers.backend()
     dead_url = f"http://127.0.0.1:{free_port()}"
     gw, state = servers.gateway([spec(dead_url, "dead"), spec(good_url, "good")], health_interval_s=60)
     resp = httpx.post(gw + "/v1/chat/completions", json=BODY)
@@ -108,7 +109,7 @@ def test_never_spills_to_a_shorter_pool(servers: Servers) -> None:
 
 
 def test_concurrency_bound_then_503_and_least_outstanding_work(servers: Servers) -> None:
-    slow, slow_url = servers.backend(stall_after_first=30)
+    _slow, slow_url = servers.backend(stall_after_first=30)
     gw, state = servers.gateway([spec(slow_url, "slow", conc=1)])
     with httpx.stream("POST", gw + "/v1/chat/completions", json={**BODY, "stream": True}) as held:
         chunks = held.iter_raw()  # keep the iterator: dropping it closes the stream
@@ -120,8 +121,8 @@ def test_concurrency_bound_then_503_and_least_outstanding_work(servers: Servers)
 
 
 def test_least_outstanding_tokens_wins(servers: Servers) -> None:
-    a, a_url = servers.backend(stall_after_first=30)
-    b, b_url = servers.backend()
+    _a, a_url = servers.backend(stall_after_first=30)
+    _b, b_url = servers.backend()
     gw, state = servers.gateway([spec(a_url, "a"), spec(b_url, "b")])
     state.instances["b"].in_flight = 1  # b has one more request in flight, but a short one
     state.instances["b"].outstanding_tokens = 50
@@ -163,10 +164,8 @@ def test_non_streaming_disconnect_cancels_too(servers: Servers) -> None:
     gw, state = servers.gateway([url])
 
     def call() -> None:
-        try:
+        with contextlib.suppress(httpx.ReadTimeout):
             httpx.post(gw + "/v1/chat/completions", json=BODY, timeout=0.5)
-        except httpx.ReadTimeout:
-            pass
 
     t = threading.Thread(target=call)
     t.start()

@@ -8,6 +8,7 @@ import openai
 
 from tests.gateway.conftest import Servers
 from tests.gateway.fake_backend import FakeBackend
+from wattgate.gateway.settings import parse_backend
 from wattgate.gateway.state import GatewayState
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -99,9 +100,7 @@ def test_models_and_embeddings(one: tuple[str, FakeBackend, GatewayState]) -> No
 
 
 def test_models_discovered_from_backend_without_hints(servers: Servers) -> None:
-    fake, url = servers.backend(model="discovered-7b")
-    from wattgate.gateway.settings import parse_backend
-
+    _fake, url = servers.backend(model="discovered-7b")
     gw, _ = servers.gateway([parse_backend(url)])
     c = client(gw)
     assert [m.id for m in c.models.list()] == ["discovered-7b"]
