@@ -116,7 +116,7 @@ class RedisStore:
         while True:
             await asyncio.sleep(backoff)
             ok = await self.flush()
-            backoff = interval_s if ok else min(max(backoff * 2, 0.5), 5.0)
+            backoff = interval_s if ok else min(max(backoff * 2, 0.25), 2.0)
 
     # -- instance registry ---------------------------------------------------------------------
     async def load_instances(self) -> list[InstanceRecord]:
@@ -149,7 +149,7 @@ class RedisStore:
                 self.metrics.registry_stale.set(1)
                 self._failed("registry", exc)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 2.0)
             finally:
                 await _close_quietly(pubsub.aclose)
 
