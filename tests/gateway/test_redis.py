@@ -106,6 +106,9 @@ def test_serving_survives_redis_dying_and_reconnects(servers: Servers) -> None:
         asyncio.run(publish_instance(server.url, Keys(), record(url)))
         wait_for(lambda: models(gw) == ["fake-model"])
         assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 200
+        first = redis.Redis.from_url(server.url)
+        wait_for(lambda: first.xlen(Keys().observations) == 1)
+        first.close()
         server.stop()  # Redis dies mid-test
         for _ in range(10):  # the last instance list is kept; serving goes on
             assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 200

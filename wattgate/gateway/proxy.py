@@ -294,7 +294,10 @@ def _predict(state: GatewayState, doc: dict[str, Any], endpoint: str) -> Predict
         return state.predictor.current.predict(doc, endpoint)
     except Exception:  # a broken model must not fail requests: fall back, and say so
         log.exception("predictor failed; using the max_tokens fallback")
+    try:
         return _FALLBACK.predict(doc, endpoint)
+    except (TypeError, ValueError, AttributeError):  # odd content shapes the backend will judge
+        return Prediction(input_tokens=1, output_probs=(1 / 3, 1 / 3, 1 / 3), method="unknown")
 
 
 def _usage_of(body: bytes) -> dict[str, Any] | None:
