@@ -163,7 +163,7 @@ class ProxyEndpoint:
                 resp = await state.client.send(request, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
                 log.warning("instance %s: %s (request %s)", inst.id, exc.__class__.__name__, job.request_id)
-                state.note_failure(inst, connect_error=True)
+                state.note_failure(inst, connect_error=not isinstance(exc, httpx.RemoteProtocolError))
                 self._end(state, job)
                 continue
             except httpx.TimeoutException as exc:

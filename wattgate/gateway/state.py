@@ -20,6 +20,7 @@ from wattgate.classifier.api import MaxTokensPredictor, Predictor
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.gateway.routing import Instance, InstanceSpec
 from wattgate.gateway.settings import BackendSpec, GatewaySettings
+from wattgate.gateway.transport import FastTransport
 from wattgate.planner.contract import InstanceRecord, Observation
 
 log = logging.getLogger("wattgate.gateway")
@@ -96,7 +97,10 @@ class GatewayState:
             max_keepalive_connections=settings.max_keepalive_connections,
             keepalive_expiry=settings.keepalive_expiry_s,
         )
-        client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, follow_redirects=False)
+        transport = FastTransport(settings.max_keepalive_connections, settings.keepalive_expiry_s)
+        client = httpx.AsyncClient(
+            transport=transport, timeout=timeout, limits=limits, trust_env=False, follow_redirects=False
+        )
         state = cls(settings, client, GatewayMetrics(), PredictorSlot(predictor or MaxTokensPredictor(settings.edges)))
         for b in settings.backends:
             state.instances[b.id] = Instance(spec_from_backend(b))
