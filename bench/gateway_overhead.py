@@ -53,7 +53,23 @@ def process(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
 @contextlib.contextmanager
 def fake_backend() -> Iterator[str]:
     port = free_port()
-    cmd = [PY, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "_fake_server:app", "--port", str(port), "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"]
+    cmd = [
+        PY,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(ROOT / "bench"),
+        "_fake_server:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+    ]
     with process(cmd, port):
         yield f"http://127.0.0.1:{port}"
 
@@ -69,7 +85,18 @@ def direct(backend: str) -> Iterator[str]:
 @contextlib.contextmanager
 def wattgate_leg(backend: str) -> Iterator[str]:
     port = free_port()
-    cmd = [PY, "-m", "wattgate", "gateway", "--backend", f"{backend}#model=fake-model", "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        PY,
+        "-m",
+        "wattgate",
+        "gateway",
+        "--backend",
+        f"{backend}#model=fake-model",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     with process(cmd, port) as proc:
         CPU_PIDS["wattgate"] = proc.pid
         yield f"http://127.0.0.1:{port}"
@@ -138,9 +165,19 @@ def main() -> None:
 
 def report(results: dict[str, Any], a: argparse.Namespace) -> None:
     base = results.get("direct")
-    print(f"gateway overhead, fake backend, {a.rate:.0f} req/s for {a.duration_s:.0f} s, saturation with {a.concurrency} connections; {os.cpu_count()} CPUs (measured)")
-    print(f"{'leg':<10}{'mode':<8}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}{'sat req/s':>11}{'CPU ms/req':>12}{'errors':>8}")
-    summary: dict[str, Any] = {"bench": "gateway_overhead", "rate_rps": a.rate, "cpus": os.cpu_count(), "source": "measured", "legs": results}
+    print(
+        f"gateway overhead, fake backend, {a.rate:.0f} req/s for {a.duration_s:.0f} s, saturation with {a.concurrency} connections; {os.cpu_count()} CPUs (measured)"
+    )
+    print(
+        f"{'leg':<10}{'mode':<8}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}{'sat req/s':>11}{'CPU ms/req':>12}{'errors':>8}"
+    )
+    summary: dict[str, Any] = {
+        "bench": "gateway_overhead",
+        "rate_rps": a.rate,
+        "cpus": os.cpu_count(),
+        "source": "measured",
+        "legs": results,
+    }
     for name, modes in results.items():
         for mode, r in modes.items():
             if base:

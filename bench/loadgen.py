@@ -50,7 +50,12 @@ async def one(conn: Conn, request: bytes) -> tuple[float, float, int]:
 def build_request(url: str, stream: bool) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     body = json.dumps(
-        {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello in one short line."}], "max_tokens": 8, "stream": stream}
+        {
+            "model": "fake-model",
+            "messages": [{"role": "user", "content": "Say hello in one short line."}],
+            "max_tokens": 8,
+            "stream": stream,
+        }
     ).encode()
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
@@ -89,7 +94,13 @@ async def fixed_rate(url: str, stream: bool, rate: float, duration_s: float) -> 
     await asyncio.gather(*tasks)
     for c in idle:
         c.writer.close()
-    return {"n": len(results), "errors": errors, "ttfb_s": [r[0] for r in results], "total_s": [r[1] for r in results], "bad_status": sum(r[2] != 200 for r in results)}
+    return {
+        "n": len(results),
+        "errors": errors,
+        "ttfb_s": [r[0] for r in results],
+        "total_s": [r[1] for r in results],
+        "bad_status": sum(r[2] != 200 for r in results),
+    }
 
 
 async def saturate(url: str, stream: bool, concurrency: int, duration_s: float) -> dict[str, object]:

@@ -67,7 +67,7 @@ bodies = st.one_of(
     st.binary(max_size=200),
     anything.map(lambda d: json.dumps(d).encode()),
 )
-header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.strip)
 headers = st.fixed_dictionaries(
     {},
     optional={

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wattgate.classifier.api import Predictor
 from wattgate.gateway.errors import ApiError, GatewayError, handle_error
 from wattgate.gateway.http import check_api_key, header
-from wattgate.gateway.proxy import ProxyEndpoint
+from wattgate.gateway.proxy import ProxyEndpoint, new_request_id
 from wattgate.gateway.settings import GatewaySettings
 from wattgate.gateway.state import GatewayState
 from wattgate.planner.contract import Keys
@@ -43,7 +42,7 @@ class RequestIdMiddleware:
             return
         rid = header(scope, b"x-request-id")
         if not rid or len(rid) > 200:
-            rid = uuid.uuid4().hex
+            rid = new_request_id()
         scope["wattgate.request_id"] = rid
         raw = rid.encode("latin-1")
 

@@ -8,10 +8,11 @@ below cancels the handler task, which closes the upstream response).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,13 @@ log = logging.getLogger("wattgate.gateway.proxy")
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
 _FALLBACK = MaxTokensPredictor()
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """Unique per process run without a random-number syscall per request: random prefix + counter."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 @dataclass
@@ -71,7 +79,7 @@ class ProxyEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: GatewayState = scope["app"].state.gateway
         t0 = time.perf_counter()
-        request_id = scope.get("wattgate.request_id") or header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = scope.get("wattgate.request_id") or header(scope, b"x-request-id") or new_request_id()
         try:
             check_api_key(scope, state.settings.api_keys)
             raw = await read_body(scope, receive, state.settings.max_body_bytes)
@@ -152,15 +160,18 @@ class ProxyEndpoint:
             inst, pool = picked
             tried.add(inst.id)
             self._begin(state, job, inst, pool)
-            request = state.client.build_request(
+            request = httpx.Request(
                 "POST",
                 inst.spec.base_url + _PATHS[job.endpoint],
                 content=job.body,
                 headers=upstream_headers(scope, job.request_id, inst.spec.api_key),
+                extensions={"timeout": state.timeouts},
             )
-            state.metrics.overhead.observe(time.perf_counter() - job.t0) if not attempt else None
+            if not attempt:
+                state.metrics.overhead.observe(time.perf_counter() - job.t0)
             try:
-                resp = await state.client.send(request, stream=True)
+                assert state.transport is not None
+                resp = await state.transport.handle_async_request(request)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
                 log.warning("instance %s: %s (request %s)", inst.id, exc.__class__.__name__, job.request_id)
                 state.note_failure(inst, connect_error=not isinstance(exc, httpx.RemoteProtocolError))

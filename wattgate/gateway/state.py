@@ -83,6 +83,10 @@ class GatewayState:
     instances: dict[str, Instance] = field(default_factory=dict)
     store: Recorder | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # the proxy sends through the client's transport directly: no cookie jar, auth or redirect layers,
+    # which a proxy must not have anyway (a cookie from one user's response must never reach another's)
+    transport: httpx.AsyncBaseTransport | None = None
+    timeouts: dict[str, float | None] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: GatewaySettings, predictor: Predictor | None = None) -> GatewayState:
@@ -102,6 +106,8 @@ class GatewayState:
             transport=transport, timeout=timeout, limits=limits, trust_env=False, follow_redirects=False
         )
         state = cls(settings, client, GatewayMetrics(), PredictorSlot(predictor or MaxTokensPredictor(settings.edges)))
+        state.transport = transport
+        state.timeouts = timeout.as_dict()
         for b in settings.backends:
             state.instances[b.id] = Instance(spec_from_backend(b))
         state.count_instances()
