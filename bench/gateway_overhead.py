@@ -20,10 +20,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -102,7 +102,7 @@ def wattgate_leg(backend: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-LEGS: dict[str, Callable[[str], ContextManager[str]]] = {"direct": direct, "wattgate": wattgate_leg}
+LEGS: dict[str, Callable[[str], AbstractContextManager[str]]] = {"direct": direct, "wattgate": wattgate_leg}
 with contextlib.suppress(ImportError):  # the LiteLLM proxy leg, when bench/litellm_leg.py is there
     from bench.litellm_leg import litellm_leg  # type: ignore[import-not-found]
 
@@ -166,10 +166,12 @@ def main() -> None:
 def report(results: dict[str, Any], a: argparse.Namespace) -> None:
     base = results.get("direct")
     print(
-        f"gateway overhead, fake backend, {a.rate:.0f} req/s for {a.duration_s:.0f} s, saturation with {a.concurrency} connections; {os.cpu_count()} CPUs (measured)"
+        f"gateway overhead, fake backend, {a.rate:.0f} req/s for {a.duration_s:.0f} s, "
+        f"saturation with {a.concurrency} connections; {os.cpu_count()} CPUs (measured)"
     )
     print(
-        f"{'leg':<10}{'mode':<8}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}{'sat req/s':>11}{'CPU ms/req':>12}{'errors':>8}"
+        f"{'leg':<10}{'mode':<8}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
+        f"{'sat req/s':>11}{'CPU ms/req':>12}{'errors':>8}"
     )
     summary: dict[str, Any] = {
         "bench": "gateway_overhead",

@@ -12,6 +12,8 @@ import json
 import time
 from urllib.parse import urlsplit
 
+import uvloop
+
 
 class Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -135,8 +137,6 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=0)
     p.add_argument("--duration-s", type=float, default=5)
     a = p.parse_args()
-    import uvloop
-
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if a.rate:
             out = runner.run(fixed_rate(a.url, a.stream, a.rate, a.duration_s))
