@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         print("wattgate gateway: nothing to route to: give --backend URL and/or --redis-url", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per health probe
     return serve(settings)
 
 
