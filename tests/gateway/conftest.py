@@ -21,9 +21,9 @@ class Servers:
     def __init__(self, stack: ExitStack) -> None:
         self.stack = stack
 
-    def backend(self, model: str = "fake-model", **knobs: Any) -> tuple[FakeBackend, str]:
+    def backend(self, model: str = "fake-model", keep_alive_s: float = 5, **knobs: Any) -> tuple[FakeBackend, str]:
         fake = FakeBackend(model=model, knobs=Knobs(**knobs))
-        srv = self.stack.enter_context(UvicornThread(fake))
+        srv = self.stack.enter_context(UvicornThread(fake, timeout_keep_alive=keep_alive_s))
         return fake, srv.url
 
     def gateway(self, backends: list[BackendSpec] | list[str], **settings: Any) -> tuple[str, GatewayState]:

@@ -24,6 +24,7 @@ class Knobs:
     fail_times: int = -1  # answer `status` only this many times, then 200 (-1: always)
     health_status: int = 200
     stall_after_first: float = 0.0  # seconds to wait after the first token (for disconnect tests)
+    die_after_first: bool = False  # drop the connection after the first token (a crashing engine)
 
 
 @dataclass
@@ -88,6 +89,10 @@ class FakeBackend:
         try:
             if doc.get("stream"):
                 await self._stream(doc, path, send)
+            elif self.knobs.die_after_first:
+                await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
+                await send({"type": "http.response.body", "body": b'{"partial": ', "more_body": True})
+                raise ConnectionAbortedError("fake engine crashed mid-body")
             else:
                 await asyncio.sleep(self.knobs.ttft_s + self.knobs.tbt_s * self.knobs.tokens)
                 await _json(send, 200, self._full(doc, path))
@@ -149,6 +154,8 @@ class FakeBackend:
                     "more_body": True,
                 }
             )
+            if i == 0 and self.knobs.die_after_first:
+                raise ConnectionAbortedError("fake engine crashed mid-stream")
             if i == 0 and self.knobs.stall_after_first:
                 await asyncio.sleep(self.knobs.stall_after_first)
         if (doc.get("stream_options") or {}).get("include_usage"):

@@ -134,7 +134,7 @@ class ProxyEndpoint:
             if job.stream and resp.status_code == 200 and ctype.startswith("text/event-stream"):
                 await self._relay_stream(resp, send, job, finished)
             else:
-                body = await resp.aread()
+                body = await _read_all(resp, job)
                 job.ttft_s = time.perf_counter() - job.t0
                 if resp.status_code == 200 and ctype.startswith("application/json"):
                     job.usage = _usage_of(body)
@@ -285,6 +285,19 @@ class ProxyEndpoint:
                 features=dict(job.prediction.features),
             )
         )
+
+
+async def _read_all(resp: httpx.Response, job: Job) -> bytes:
+    """The whole upstream body; nothing went to the client yet, so a failure is a clean 502/504."""
+    try:
+        return await resp.aread()
+    except httpx.TimeoutException as exc:
+        raise ApiError(504, "upstream timed out mid-response", type_="server_error", code="upstream_timeout") from exc
+    except httpx.HTTPError as exc:
+        name = exc.__class__.__name__
+        raise ApiError(
+            502, f"upstream failed mid-response: {name}", type_="server_error", code="upstream_error"
+        ) from exc
 
 
 def _start(resp: httpx.Response, job: Job, extra: list[tuple[bytes, bytes]]) -> dict[str, Any]:
