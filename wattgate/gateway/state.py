@@ -101,7 +101,7 @@ class GatewayState:
             max_keepalive_connections=settings.max_keepalive_connections,
             keepalive_expiry=settings.keepalive_expiry_s,
         )
-        transport = FastTransport(settings.max_keepalive_connections, settings.keepalive_expiry_s)
+        transport = FastTransport(limits)
         client = httpx.AsyncClient(
             transport=transport, timeout=timeout, limits=limits, trust_env=False, follow_redirects=False
         )

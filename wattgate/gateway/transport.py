@@ -157,11 +157,13 @@ class _Body(httpx.AsyncByteStream):
 
 
 class FastTransport(httpx.AsyncBaseTransport):
-    def __init__(self, max_keepalive: int = 500, keepalive_expiry_s: float = 30.0) -> None:
-        self.max_keepalive = max_keepalive
-        self.keepalive_expiry_s = keepalive_expiry_s
+    def __init__(self, limits: httpx.Limits) -> None:
+        # Open http connections are bounded by the router (each instance's max_concurrency);
+        # ``limits`` bounds the idle ones here and everything on the https fallback.
+        self.max_keepalive = limits.max_keepalive_connections or 500
+        self.keepalive_expiry_s = limits.keepalive_expiry or 30.0
         self.idle: dict[tuple[str, int], list[_Conn]] = {}
-        self.fallback = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=max_keepalive))
+        self.fallback = httpx.AsyncHTTPTransport(limits=limits)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme != "http":
