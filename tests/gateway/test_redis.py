@@ -62,6 +62,7 @@ def test_registry_instances_appear_change_and_disappear_without_restart(servers:
     client.close()
     wait_for(lambda: models(gw) == [])
     assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 404
+    assert 'instance="i1"' not in httpx.get(gw + "/metrics").text
 
 
 def test_load_windows_and_observations_are_recorded(servers: Servers, redis_url: str) -> None:

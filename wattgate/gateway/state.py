@@ -7,6 +7,7 @@ applying the Redis instance registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -138,6 +139,8 @@ class GatewayState:
         for iid in [k for k, v in self.instances.items() if v.spec.source == "registry" and k not in seen]:
             log.info("instance %s disappeared", iid)
             del self.instances[iid]
+            with contextlib.suppress(KeyError):  # no series left behind for instances that are gone
+                self.metrics.in_flight.remove(iid)
         self.count_instances()
 
     def count_instances(self) -> None:
