@@ -201,17 +201,7 @@ class ProxyEndpoint:
             return resp
         if last is not None:
             return last  # the second 5xx goes to the client as the backend said it
-        if tried:
-            raise ApiError(502, "no instance could be reached", type_="server_error", code="upstream_unreachable")
-        pool = job.rtype.name if job.rtype else "any"
-        state.metrics.no_capacity.labels(pool).inc()
-        raise ApiError(
-            503,
-            f"no instance of model '{job.model}' can take this request now (pool {pool}); retry later",
-            type_="server_error",
-            code="no_capacity",
-            headers={"retry-after": str(state.settings.retry_after_s)},
-        )
+        raise _nothing_took_it(state, job, bool(tried))
 
     @staticmethod
     def _begin(state: GatewayState, job: Job, inst: Instance, pool: str) -> None:
@@ -285,6 +275,20 @@ class ProxyEndpoint:
                 features=dict(job.prediction.features),
             )
         )
+
+
+def _nothing_took_it(state: GatewayState, job: Job, tried: bool) -> ApiError:
+    if tried:
+        return ApiError(502, "no instance could be reached", type_="server_error", code="upstream_unreachable")
+    pool = job.rtype.name if job.rtype else "any"
+    state.metrics.no_capacity.labels(pool).inc()
+    return ApiError(
+        503,
+        f"no instance of model '{job.model}' can take this request now (pool {pool}); retry later",
+        type_="server_error",
+        code="no_capacity",
+        headers={"retry-after": str(state.settings.retry_after_s)},
+    )
 
 
 async def _read_all(resp: httpx.Response, job: Job) -> bytes:
