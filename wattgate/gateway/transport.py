@@ -42,6 +42,7 @@ class _Conn(asyncio.Protocol):
         self.error: Exception | None = None
         self.idle_since = 0.0
         self.got_bytes = False
+        self.keep_alive = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,6 +75,7 @@ class _Conn(asyncio.Protocol):
             self.headers = []
             return
         self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()  # only meaningful inside the callback
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -109,7 +111,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.headers, self.status, self.buffered = [], 0, 0
         self.chunks.clear()
-        self.head_done = self.complete = self.got_bytes = False
+        self.head_done = self.complete = self.got_bytes = self.keep_alive = False
         self.error = None
 
     @property
@@ -150,7 +152,7 @@ class _Body(httpx.AsyncByteStream):
             return
         self.closed = True
         conn = self.conn
-        if conn.complete and not conn.chunks and conn.usable and conn.parser.should_keep_alive():
+        if conn.complete and not conn.chunks and conn.usable and conn.keep_alive:
             self.owner.release(self.key, conn)
         else:
             conn.close()
