@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,7 +230,7 @@ class ProxyEndpoint:
         relay = SseRelay(strip_usage=not job.client_wants_usage)
         await send(_start(resp, job, extra=[(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]))
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in _raw(resp):
                 out = relay.feed(chunk)
                 if out:
                     if job.ttft_s is None:
@@ -291,10 +292,18 @@ def _nothing_took_it(state: GatewayState, job: Job, tried: bool) -> ApiError:
     )
 
 
+def _raw(resp: httpx.Response) -> AsyncIterator[bytes]:
+    """The upstream bytes straight from the transport's stream: we asked for identity encoding, so
+    httpx's decoding and re-chunking layers would only add cost per chunk (``resp.aclose`` still closes it)."""
+    stream = resp.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    return stream.__aiter__()
+
+
 async def _read_all(resp: httpx.Response, job: Job) -> bytes:
     """The whole upstream body; nothing went to the client yet, so a failure is a clean 502/504."""
     try:
-        return await resp.aread()
+        return b"".join([chunk async for chunk in _raw(resp)])
     except httpx.TimeoutException as exc:
         raise ApiError(504, "upstream timed out mid-response", type_="server_error", code="upstream_timeout") from exc
     except httpx.HTTPError as exc:
