@@ -204,6 +204,9 @@ def test_command_is_accepted_by_the_real_cli(services: dict[str, Any], name: str
     require_subcommand(parser, argv[0])
     args = check_argv(parser, argv)
     assert callable(getattr(args, "func", None))
+    if name == "agent":  # the agent also validates its settings beyond argparse
+        settings = import_or_skip("wattgate.agent.settings", "agent (issue 6)")
+        assert settings.from_args(args).model
 
 
 def test_cli_check_catches_a_wrong_flag() -> None:
