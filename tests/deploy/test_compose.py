@@ -273,3 +273,28 @@ def test_images_build_from_the_repo(services: dict[str, Any]) -> None:
     assert 'ENTRYPOINT ["wattgate"]' in agent_file
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".env", "tests"} <= ignored
+
+
+# Keys of the Compose specification this file may use: docker compose refuses a file with a typo
+# (`depend_on`, `healtcheck`), so catch it here rather than on the GPU host.
+_TOP_KEYS = {"name", "services", "volumes", "networks", "configs", "secrets"}
+_SERVICE_KEYS = {
+    "build", "cap_add", "cap_drop", "command", "container_name", "depends_on", "deploy", "devices",
+    "entrypoint", "env_file", "environment", "expose", "extra_hosts", "gpus", "healthcheck", "hostname",
+    "image", "init", "ipc", "labels", "logging", "network_mode", "networks", "pid", "platform", "ports",
+    "privileged", "profiles", "read_only", "restart", "security_opt", "shm_size", "stop_grace_period",
+    "stop_signal", "sysctls", "tmpfs", "ulimits", "user", "volumes", "working_dir",
+}  # fmt: skip
+_HEALTHCHECK_KEYS = {"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"}
+_DEVICE_KEYS = {"capabilities", "driver", "count", "device_ids", "options"}
+
+
+def test_only_compose_spec_keys(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    assert {k for k in compose if not k.startswith("x-")} <= _TOP_KEYS
+    for name, svc in services.items():
+        assert set(svc) <= _SERVICE_KEYS, f"{name}: unknown keys {sorted(set(svc) - _SERVICE_KEYS)}"
+        assert "image" in svc, f"{name} names its image"
+        assert set(svc.get("healthcheck", {})) <= _HEALTHCHECK_KEYS, name
+        assert svc.get("restart", "unless-stopped") in {"no", "always", "on-failure", "unless-stopped"}
+    for dev in services["agent"]["deploy"]["resources"]["reservations"]["devices"]:
+        assert set(dev) <= _DEVICE_KEYS

@@ -96,6 +96,41 @@ def test_every_object_is_well_formed(docs: list[dict[str, Any]]) -> None:
     assert {"Namespace", "ConfigMap", "StatefulSet", "Service", "Deployment", "DaemonSet"} <= kinds
 
 
+# Keys of the core/v1 Container and PodSpec this kustomization may use: a typo (`readinesProbe`)
+# would be refused by the API server (or dropped by an old one), so catch it here.
+_CONTAINER_KEYS = {
+    "name", "image", "command", "args", "env", "envFrom", "ports", "readinessProbe", "livenessProbe",
+    "startupProbe", "resources", "securityContext", "volumeMounts", "workingDir", "imagePullPolicy", "lifecycle",
+}  # fmt: skip
+_POD_KEYS = {
+    "containers", "initContainers", "volumes", "securityContext", "nodeSelector", "tolerations", "affinity",
+    "terminationGracePeriodSeconds", "serviceAccountName", "hostPID", "hostNetwork", "hostIPC",
+    "runtimeClassName", "priorityClassName", "imagePullSecrets", "dnsPolicy",
+}  # fmt: skip
+_PROBE_KEYS = {
+    "httpGet", "tcpSocket", "exec", "initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold",
+    "successThreshold",
+}  # fmt: skip
+
+
+def test_pods_use_only_known_keys_and_mount_declared_volumes(docs: list[dict[str, Any]]) -> None:
+    for d in docs:
+        if d["kind"] not in WORKLOAD_KINDS:
+            continue
+        name, spec = d["metadata"]["name"], _pod(d)["spec"]
+        assert set(spec) <= _POD_KEYS, f"{name}: unknown pod keys {sorted(set(spec) - _POD_KEYS)}"
+        volumes = {v["name"] for v in spec.get("volumes", [])}
+        volumes |= {t["metadata"]["name"] for t in d["spec"].get("volumeClaimTemplates", [])}
+        for c in spec["containers"]:
+            assert set(c) <= _CONTAINER_KEYS, f"{name}: unknown container keys {sorted(set(c) - _CONTAINER_KEYS)}"
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                assert set(c.get(probe, {})) <= _PROBE_KEYS, f"{name}: {probe}"
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes, f"{name}: mounts undeclared volume {m['name']}"
+            mounted = {m["name"] for m in c.get("volumeMounts", [])}
+            assert volumes <= mounted, f"{name}: declared volumes {sorted(volumes - mounted)} are never mounted"
+
+
 def test_workload_selectors_match_their_pods(docs: list[dict[str, Any]]) -> None:
     for d in docs:
         if d["kind"] in WORKLOAD_KINDS:
