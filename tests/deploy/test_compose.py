@@ -298,3 +298,9 @@ def test_only_compose_spec_keys(compose: dict[str, Any], services: dict[str, Any
         assert svc.get("restart", "unless-stopped") in {"no", "always", "on-failure", "unless-stopped"}
     for dev in services["agent"]["deploy"]["resources"]["reservations"]["devices"]:
         assert set(dev) <= _DEVICE_KEYS
+
+
+def test_every_process_uses_the_same_redis_key_prefix(services: dict[str, Any]) -> None:
+    gateway_prefix = load_yaml(DEPLOY / "gateway" / "gateway.yaml")["redis_prefix"]
+    assert _flag(_argv(services["planner"]), "--prefix") == gateway_prefix
+    assert _flag(_argv(services["agent"]), "--prefix") == gateway_prefix

@@ -131,28 +131,27 @@ def test_dashboard_queries_only_catalogued_metrics_with_their_labels(
     assert queried == set(metrics), "deploy/metrics.yaml lists exactly the metrics the dashboard queries"
 
 
-def test_catalogue_check_catches_a_wrong_name_or_label(catalogue: dict[str, Any]) -> None:
+def test_catalogue_check_catches_a_wrong_name_or_label(dashboard: dict[str, Any], catalogue: dict[str, Any]) -> None:
     metrics = catalogue["metrics"]
     with pytest.raises(AssertionError, match="not a listed metric"):
         _family("wattgate_gateway_requests", metrics)  # a counter queried without _total
     with pytest.raises(AssertionError, match="not a listed metric"):
         _family("wattgate_gateway_ttft_seconds", metrics)  # a histogram queried bare
+    assert ("wattgate_gateway_ttft_seconds", "0.25") in _bucket_bounds_queried(dashboard)
     allowed = _allowed_labels(["wattgate_gateway_in_flight"], metrics)
     assert "exported_instance" in allowed
     assert not _labels_in("sum by (pool) (wattgate_gateway_in_flight)") <= allowed
 
 
 @pytest.mark.parametrize("exporter", ["gateway", "agent"])
-def test_catalogue_matches_the_exporter(catalogue: dict[str, Any], exporter: str) -> None:
+def test_catalogue_matches_the_exporter(dashboard: dict[str, Any], catalogue: dict[str, Any], exporter: str) -> None:
     """Every listed metric is exported with that type and those labels (runs once the branch is merged)."""
     spec = catalogue["exporters"][exporter]
     module = import_or_skip(spec["module"], spec["branch"])
     instance = getattr(module, spec["class"])()
-    exported = {
-        c._name: (c._type, tuple(c._labelnames))  # prometheus_client keeps these on every metric wrapper
-        for c in instance.registry._collector_to_names
-        if hasattr(c, "_labelnames")
-    }
+    collectors = {c._name: c for c in instance.registry._collector_to_names if hasattr(c, "_labelnames")}
+    # prometheus_client keeps name, type and label names on every metric wrapper
+    exported = {name: (c._type, tuple(c._labelnames)) for name, c in collectors.items()}
     wanted = {name: m for name, m in catalogue["metrics"].items() if m["exporter"] == exporter}
     assert wanted, f"no metric listed for {exporter}"
     for name, m in wanted.items():
@@ -160,3 +159,25 @@ def test_catalogue_matches_the_exporter(catalogue: dict[str, Any], exporter: str
         kind, labels = exported[name]
         assert kind == m["type"], f"{name} is a {kind}, listed as {m['type']}"
         assert set(labels) == set(m["labels"]), f"{name} has labels {labels}, listed as {m['labels']}"
+    _check_bucket_bounds(dashboard, instance.registry, collectors, wanted)
+
+
+def _bucket_bounds_queried(dashboard: dict[str, Any]) -> set[tuple[str, str]]:
+    """(histogram family, le) for every ``NAME_bucket{...le="X"...}`` in the dashboard."""
+    pairs = set()
+    for t in _targets(dashboard):
+        for name, matchers in re.findall(r"(wattgate_[a-z0-9_]+)_bucket\{([^}]*)\}", t["expr"]):
+            pairs |= {(name, le) for le in re.findall(r'\ble="([^"]+)"', matchers)}
+    return pairs
+
+
+def _check_bucket_bounds(dashboard: dict[str, Any], registry: Any, collectors: dict[str, Any], wanted: Any) -> None:
+    """An SLO panel's ``le="0.25"`` must be a bucket bound the histogram really has, or it shows nothing."""
+    for name, le in _bucket_bounds_queried(dashboard):
+        if name not in wanted:
+            continue
+        metric = collectors[name]
+        child = metric.labels(*["probe"] * len(metric._labelnames)) if metric._labelnames else metric
+        child.observe(0.0)
+        bounds = {s.labels["le"] for fam in registry.collect() for s in fam.samples if s.name == name + "_bucket"}
+        assert le in bounds, f'{name} has no bucket le="{le}"; its bounds are {sorted(bounds, key=float)}'

@@ -293,3 +293,17 @@ def test_command_is_accepted_by_the_real_cli(docs: list[dict[str, Any]], name: s
     if argv[0] == "agent":
         settings = import_or_skip("wattgate.agent.settings", "agent (issue 6)")
         assert settings.from_args(args).node == PLACEHOLDERS["NODE_NAME"]
+
+
+def test_every_process_reaches_the_same_redis_with_the_same_prefix(docs: list[dict[str, Any]]) -> None:
+    redis_svc = _one(docs, "Service", "wattgate-redis")
+    expected = f"redis://:$(REDIS_PASSWORD)@{redis_svc['metadata']['name']}:{redis_svc['spec']['ports'][0]['port']}/0"
+    gateway_cfg = yaml.safe_load(_one(docs, "ConfigMap", "wattgate-gateway")["data"]["gateway.yaml"])
+    for d, c in _containers(docs):
+        if d["metadata"]["name"] == "wattgate-redis":
+            continue
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        url = _flag(c["args"], "--redis-url") if "--redis-url" in c["args"] else env["WATTGATE_REDIS_URL"]
+        assert url == expected, d["metadata"]["name"]
+        if d["metadata"]["name"] != "wattgate-gateway":
+            assert _flag(c["args"], "--prefix") == gateway_cfg["redis_prefix"], d["metadata"]["name"]
