@@ -152,6 +152,8 @@ def test_services_select_existing_pods_and_ports(docs: list[dict[str, Any]]) -> 
     pdb = _one(docs, "PodDisruptionBudget", "wattgate-gateway")
     gateway = _one(docs, "Deployment", "wattgate-gateway")
     assert _matches(pdb["spec"]["selector"]["matchLabels"], _pod(gateway)["metadata"]["labels"])
+    # Gateways are unready while no instance is; a PDB counting only ready pods would then block drains.
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_gateway_deployment(docs: list[dict[str, Any]]) -> None:
