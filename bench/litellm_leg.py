@@ -9,7 +9,12 @@ The proxy and its ~110 dependencies (boto3, azure, polars, ...) live in their ow
 ``.cache/litellm-proxy/venv``, made by ``scripts/install_litellm_proxy``, so wattgate's own environment
 stays lean; ``WATTGATE_LITELLM_BIN`` may name another ``litellm`` executable. Nothing reaches the
 network: ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (else every start fetches the price map from GitHub),
-``HF_HUB_OFFLINE=1``, telemetry off, no database.
+``HF_HUB_OFFLINE=1``, telemetry off, no database. No master key either (the same footing as the
+gateway leg, which runs without client keys), so it is for loopback benchmarks only.
+
+For ``bench/gateway_overhead.py``: ``litellm_leg(backend_url)`` is the leg (model ``fake-model``),
+``proxy_pid(base_url)`` the process whose CPU time to count, ``litellm_installed()`` whether to offer it;
+``LiteLLMProxyError`` (and its subclass ``LiteLLMProxyUnavailable``) is all it raises.
 
 Run as a script for a rough capacity figure of the proxy against a fast fake backend::
 
@@ -41,6 +46,8 @@ from starlette.routing import Route
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BIN = REPO / ".cache" / "litellm-proxy" / "venv" / "bin" / "litellm"
+FAKE_MODEL = "fake-model"
+_RUNNING: dict[str, int] = {}  # base URL -> pid of the proxy serving it
 OFFLINE_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "HF_HUB_OFFLINE": "1",
@@ -67,6 +74,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def litellm_installed() -> bool:
+    """Whether ``litellm_proxy`` can start (the proxy environment exists)."""
+    try:
+        litellm_executable()
+    except LiteLLMProxyUnavailable:
+        return False
+    return True
 
 
 def litellm_executable() -> Path:
@@ -116,29 +132,23 @@ def litellm_proxy(backend_url: str, model: str, *, startup_timeout_s: float = 18
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         base_url = f"http://127.0.0.1:{port}"
+        _RUNNING[base_url] = proc.pid
         try:
             _wait_serving(proc, base_url, model, startup_timeout_s, log_path)
             yield base_url
         finally:
+            _RUNNING.pop(base_url, None)
             stop_process(proc)
 
 
-def proxy_pid_hint(base_url: str) -> int | None:
-    """The pid listening on ``base_url``'s port (Linux only), for CPU accounting by the benchmarks."""
-    port = int(base_url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                parts = line.split()
-                if int(parts[1].rsplit(":", 1)[1], 16) == port and parts[3] == "0A":
-                    inodes.add(parts[9])
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").rstrip("]") in inodes:
-                    return int(pid)
-    return None
+def proxy_pid(base_url: str) -> int | None:
+    """The pid of the LiteLLM proxy serving ``base_url`` (one uvicorn worker: all its CPU), while it runs."""
+    return _RUNNING.get(base_url)
+
+
+def litellm_leg(backend_url: str) -> contextlib.AbstractContextManager[str]:
+    """The leg ``bench/gateway_overhead.py`` expects: ``(backend_url) -> base_url``, model ``fake-model``."""
+    return litellm_proxy(backend_url, FAKE_MODEL)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -225,7 +235,7 @@ def fake_backend_app(chunks: int = 8) -> Starlette:
         )
 
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+        return JSONResponse({"object": "list", "data": [{"id": FAKE_MODEL, "object": "model"}]})
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models)])
 
@@ -261,13 +271,13 @@ def measure(concurrency: int, duration_s: float, stream: bool) -> dict[str, Any]
     try:
         _wait_http(f"http://127.0.0.1:{port}/v1/models")
         backend_url = f"http://127.0.0.1:{port}"
-        ok, _ = asyncio.run(_closed_loop(backend_url, "fake-model", concurrency, duration_s, stream))
+        ok, _ = asyncio.run(_closed_loop(backend_url, FAKE_MODEL, concurrency, duration_s, stream))
         direct_rps = ok / duration_s
-        with litellm_proxy(backend_url, "fake-model") as base_url:
-            pid = proxy_pid_hint(base_url)
-            asyncio.run(_closed_loop(base_url, "fake-model", 4, 2.0, stream))  # warm-up
+        with litellm_proxy(backend_url, FAKE_MODEL) as base_url:
+            pid = proxy_pid(base_url)
+            asyncio.run(_closed_loop(base_url, FAKE_MODEL, 4, 2.0, stream))  # warm-up
             cpu0 = cpu_seconds(pid) if pid else float("nan")
-            ok, failed = asyncio.run(_closed_loop(base_url, "fake-model", concurrency, duration_s, stream))
+            ok, failed = asyncio.run(_closed_loop(base_url, FAKE_MODEL, concurrency, duration_s, stream))
             cpu1 = cpu_seconds(pid) if pid else float("nan")
     finally:
         stop_process(backend)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from bench.litellm_leg import (
-    DEFAULT_BIN,
     LiteLLMProxyUnavailable,
     fake_backend_app,
+    litellm_installed,
     litellm_proxy,
     proxy_config,
 )
@@ -22,7 +21,7 @@ from tests.support import UvicornThread
 
 MODEL = "fake-model"
 installed = pytest.mark.skipif(
-    not DEFAULT_BIN.is_file() and "WATTGATE_LITELLM_BIN" not in os.environ,
+    not litellm_installed(),
     reason="LiteLLM proxy not installed: run scripts/install_litellm_proxy (bench only, not part of ./dev test)",
 )
 
