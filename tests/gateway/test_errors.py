@@ -1,0 +1,135 @@
+"""Bad input gets OpenAI-format errors with the right status and parameter; keys and headers are handled safely."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.gateway.conftest import Servers
+from tests.gateway.fake_backend import FakeBackend
+from wattgate.gateway.settings import BackendSpec
+from wattgate.gateway.state import GatewayState
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def err(resp: httpx.Response) -> dict[str, object]:
+    body = resp.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b'{"model": "fake-model"}', "messages"),
+        (b'{"model": "fake-model", "messages": []}', "messages"),
+        (b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "stream": "yes"}', "stream"),
+        (b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "max_tokens": -1}', "max_tokens"),
+        (
+            b'{"model": "fake-model", "messages": [{"role":"user","content":"x"}], "stream_options": 3}',
+            "stream_options",
+        ),
+    ],
+)
+def test_400_names_the_parameter(one: tuple[str, FakeBackend, GatewayState], body: bytes, param: str | None) -> None:
+    gw, fake, _ = one
+    resp = httpx.post(gw + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 400
+    e = err(resp)
+    assert e["param"] == param
+    assert e["type"] == "invalid_request_error"
+    assert fake.received == []
+
+
+def test_unknown_model_is_404(one: tuple[str, FakeBackend, GatewayState]) -> None:
+    gw, _, _ = one
+    c = openai.OpenAI(base_url=gw + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as info:
+        c.chat.completions.create(model="nope", messages=MSG)  # type: ignore[arg-type]
+    assert info.value.code == "model_not_found"
+    assert info.value.param == "model"
+
+
+def test_body_over_limit_is_413(servers: Servers) -> None:
+    fake, url = servers.backend()
+    gw, _ = servers.gateway([url], max_body_bytes=1000)
+    big = {"model": "fake-model", "messages": [{"role": "user", "content": "x" * 2000}]}
+    resp = httpx.post(gw + "/v1/chat/completions", json=big)
+    assert resp.status_code == 413
+    assert err(resp)["code"] == "request_too_large"
+    # chunked upload without content-length is cut off at the limit too
+    resp = httpx.post(gw + "/v1/chat/completions", content=iter([b"{" + b" " * 600, b" " * 600 + b"}"]))
+    assert resp.status_code == 413
+    assert fake.received == []
+
+
+def test_api_keys_401_and_the_client_key_is_never_forwarded(servers: Servers) -> None:
+    fake, url = servers.backend()
+    backend = BackendSpec(url=url, id="b0", models=("fake-model",), api_key="backend-secret")
+    gw, _ = servers.gateway([backend], api_keys=frozenset({"client-secret"}))
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=gw + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
+            model="fake-model",
+            messages=MSG,  # type: ignore[arg-type]
+        )
+    resp = httpx.post(gw + "/v1/chat/completions", json={"model": "fake-model", "messages": MSG})
+    assert resp.status_code == 401
+    assert err(resp)["code"] == "invalid_api_key"
+    assert httpx.get(gw + "/v1/models").status_code == 401
+    good = openai.OpenAI(base_url=gw + "/v1", api_key="client-secret", max_retries=0)
+    good.chat.completions.create(
+        model="fake-model",
+        messages=MSG,  # type: ignore[arg-type]
+        extra_headers={
+            "Connection": "keep-alive, x-secret-hop",
+            "x-secret-hop": "1",
+            "Proxy-Authorization": "p",
+            "Cookie": "c=1",
+        },
+    )
+    sent = fake.headers[-1]
+    assert sent["authorization"] == "Bearer backend-secret"
+    assert "client-secret" not in str(sent)
+    for hop in ("x-secret-hop", "proxy-authorization", "cookie"):
+        assert hop not in sent
+    assert httpx.get(gw + "/health").status_code == 200  # health needs no key
+
+
+def test_request_id_is_passed_on_or_generated(one: tuple[str, FakeBackend, GatewayState]) -> None:
+    gw, fake, _ = one
+    resp = httpx.post(
+        gw + "/v1/chat/completions", json={"model": "fake-model", "messages": MSG}, headers={"x-request-id": "abc-123"}
+    )
+    assert resp.headers["x-request-id"] == "abc-123"
+    assert fake.headers[-1]["x-request-id"] == "abc-123"
+    resp = httpx.post(gw + "/v1/chat/completions", json={"model": "fake-model", "messages": MSG})
+    rid = resp.headers["x-request-id"]
+    assert len(rid) == 32
+    assert fake.headers[-1]["x-request-id"] == rid
+    assert httpx.post(gw + "/v1/chat/completions", content=b"{").headers["x-request-id"]
+
+
+def test_unknown_path_and_method_get_openai_errors(one: tuple[str, FakeBackend, GatewayState]) -> None:
+    gw, _, _ = one
+    resp = httpx.get(gw + "/v1/nothing")
+    assert resp.status_code == 404
+    assert err(resp)["type"] == "not_found_error"
+    resp = httpx.get(gw + "/v1/chat/completions")
+    assert resp.status_code == 405
+    err(resp)
+
+
+def test_backend_4xx_is_passed_through_and_never_ejects(servers: Servers) -> None:
+    fake, url = servers.backend(status=400)
+    gw, state = servers.gateway([url], eject_after_failures=1)
+    for _ in range(5):
+        resp = httpx.post(gw + "/v1/chat/completions", json={"model": "fake-model", "messages": MSG})
+        assert resp.status_code == 400
+        assert err(resp)["message"] == "fake failure"
+    assert state.instances["b0"].ejected_until == 0.0
+    assert len(fake.received) == 5

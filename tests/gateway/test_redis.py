@@ -1,0 +1,140 @@
+"""The gateway with a real Redis: registry instances come and go, load windows and observations are recorded,
+and serving survives Redis dying (buffered, drops counted, reconnect)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import httpx
+import redis
+
+from tests.gateway.conftest import Servers
+from wattgate.embedded_redis import EmbeddedRedis
+from wattgate.gateway.metrics import GatewayMetrics
+from wattgate.gateway.store import RedisStore, publish_instance
+from wattgate.planner.contract import InstanceRecord, Keys, Observation
+
+MSG = [{"role": "user", "content": "secret prompt text"}]
+BODY = {"model": "fake-model", "messages": MSG}
+
+
+def wait_for(cond: Callable[[], bool], timeout_s: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def record(url: str, id_: str = "i1", state: str = "ready", pool: str = "SM") -> InstanceRecord:
+    return InstanceRecord(id=id_, base_url=url, model="fake-model", pool=pool, node="n1", state=state)
+
+
+def metric(gw: str, series: str) -> float:
+    for line in httpx.get(gw + "/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def models(gw: str) -> list[str]:
+    return [m["id"] for m in httpx.get(gw + "/v1/models").json()["data"]]
+
+
+def test_registry_instances_appear_change_and_disappear_without_restart(servers: Servers, redis_url: str) -> None:
+    _, url = servers.backend()
+    gw, _ = servers.gateway([], redis_url=redis_url, registry_refresh_s=30)
+    assert models(gw) == []
+    assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 404
+    asyncio.run(publish_instance(redis_url, Keys(), record(url)))
+    wait_for(lambda: models(gw) == ["fake-model"])
+    resp = httpx.post(gw + "/v1/chat/completions", json=BODY)
+    assert resp.status_code == 200
+    assert resp.headers["x-wattgate-instance"] == "i1"
+    assert resp.headers["x-wattgate-pool"] == "SM"
+    asyncio.run(publish_instance(redis_url, Keys(), record(url, state="draining")))
+    wait_for(lambda: httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 503)
+    client = redis.Redis.from_url(redis_url)
+    client.hdel(Keys().instances, "i1")
+    client.publish(Keys().instance_events, "i1")
+    client.close()
+    wait_for(lambda: models(gw) == [])
+    assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 404
+    assert 'instance="i1"' not in httpx.get(gw + "/metrics").text
+
+
+def test_load_windows_and_observations_are_recorded(servers: Servers, redis_url: str) -> None:
+    fake, url = servers.backend()
+    gw, _ = servers.gateway([url], redis_url=redis_url, flush_interval_s=0.05)
+    for stream in (False, False, True):
+        with httpx.stream("POST", gw + "/v1/chat/completions", json={**BODY, "stream": stream}) as resp:
+            resp.read()
+            assert resp.status_code == 200
+    keys = Keys()
+    client = redis.Redis.from_url(redis_url)
+    wait_for(lambda: client.xlen(keys.observations) == 3)
+    entries = client.xrange(keys.observations)
+    docs = [entry[b"json"] for _, entry in entries]
+    assert all(b"secret prompt" not in d for d in docs)
+    obs = [Observation.from_json(d) for d in docs]
+    assert {o.pool for o in obs} == {"SM"}
+    assert {o.instance for o in obs} == {"b0"}
+    assert [o.output_tokens for o in obs] == [3, 3, 3]  # true counts from the engine's usage
+    assert [o.input_tokens for o in obs] == [7, 7, 7]
+    assert obs[2].ttft_s is not None
+    assert obs[2].tbt_s is not None
+    assert obs[0].ttft_s is None  # not streamed: no first-token time to measure
+    assert abs(sum(obs[0].output_probs) - 1) < 1e-9
+    seconds = client.keys(f"{keys.prefix}:v1:load:s:*")
+    minutes = client.keys(f"{keys.prefix}:v1:load:m:*")
+    assert sum(int(client.hget(k, "SM:requests") or 0) for k in seconds) == 3
+    assert sum(int(client.hget(k, "SM:requests") or 0) for k in minutes) == 3
+    assert sum(int(client.hget(k, "SM:output_tokens") or 0) for k in minutes) > 0
+    assert 0 < client.ttl(seconds[0]) <= 7200
+    client.close()
+    assert fake.received[2]["stream_options"] == {"include_usage": True}
+
+
+def test_serving_survives_redis_dying_and_reconnects(servers: Servers) -> None:
+    server = EmbeddedRedis(password="s3cret").start()  # a password in the URL works too
+    try:
+        _, url = servers.backend()
+        gw, state = servers.gateway(
+            [], redis_url=server.url, flush_interval_s=0.05, record_buffer=4, redis_timeout_s=0.3
+        )
+        asyncio.run(publish_instance(server.url, Keys(), record(url)))
+        wait_for(lambda: models(gw) == ["fake-model"])
+        assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 200
+        first = redis.Redis.from_url(server.url)
+        wait_for(lambda: first.xlen(Keys().observations) == 1)
+        first.close()
+        server.stop()  # Redis dies mid-test
+        for _ in range(10):  # the last instance list is kept; serving goes on
+            assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 200
+        wait_for(lambda: "wattgate_gateway_registry_stale 1.0" in httpx.get(gw + "/metrics").text)
+        dropped = metric(gw, 'wattgate_gateway_redis_dropped_total{kind="observation"}')
+        assert 6 <= dropped <= 10  # a buffer of 4 for 10 finished requests
+        assert metric(gw, 'wattgate_gateway_redis_errors_total{op="flush"}') >= 1
+        server = EmbeddedRedis(port=server.port, password="s3cret").start()  # it comes back, empty
+        client = redis.Redis.from_url(server.url)
+        drops = 'wattgate_gateway_redis_dropped_total{kind="observation"}'
+        # the buffered ones arrive; every one of the 10 is either in Redis now or counted as dropped
+        wait_for(lambda: client.xlen(Keys().observations) + metric(gw, drops) == 10)
+        asyncio.run(publish_instance(server.url, Keys(), record(url)))
+        wait_for(lambda: "wattgate_gateway_registry_stale 0.0" in httpx.get(gw + "/metrics").text)
+        assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 200
+        wait_for(lambda: client.xlen(Keys().observations) + metric(gw, drops) == 11)
+        client.close()
+        assert state.instances["i1"].in_flight == 0
+    finally:
+        server.stop()
+
+
+def test_tls_redis_url_builds_a_tls_connection() -> None:
+    store = RedisStore("rediss://:pw@127.0.0.1:6390/0", Keys(), GatewayMetrics(), 10)
+    pool = store.client.connection_pool
+    assert pool.connection_class.__name__ == "SSLConnection"
+    assert pool.connection_kwargs["password"] == "pw"
+    asyncio.run(store.close())

@@ -1,0 +1,100 @@
+"""Settings: backend hints, YAML file, environment and flags merged once, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wattgate.gateway.errors import ConfigError
+from wattgate.gateway.settings import GatewaySettings, load_settings, parse_backend
+
+
+def test_backend_hints() -> None:
+    b = parse_backend("http://10.0.0.5:8000/v1#model=llama-70b,pool=sm,max_concurrency=64,id=gpu0", 0)
+    assert (b.url, b.models, b.pool, b.max_concurrency, b.id) == (
+        "http://10.0.0.5:8000",
+        ("llama-70b",),
+        "SM",
+        64,
+        "gpu0",
+    )
+    plain = parse_backend("http://h:1", 2)
+    assert (plain.models, plain.pool, plain.id) == ((), None, "static-3")
+
+
+def test_backend_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_KEY", "k1")
+    assert parse_backend("http://h:1#api_key_env=VLLM_KEY").api_key == "k1"
+    with pytest.raises(ConfigError, match="NOPE_KEY is not set"):
+        parse_backend("http://h:1#api_key_env=NOPE_KEY")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ftp://h:1", "url must be http"),
+        ("http://h:1#pool=XX", "pool must be one of"),
+        ("http://h:1#colour=red", "unknown option"),
+        ("http://h:1#model", "not key=value"),
+        ("http://h:1#max_concurrency=0", "max_concurrency must be > 0"),
+    ],
+)
+def test_bad_backends_say_why(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_backend(text)
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(
+        "port: 9000\nread_timeout_s: 30\napi_keys: [a, b]\nclass_edges: {input_short_max: 100, input_medium_max: 200,"
+        " output_short_max: 10, output_medium_max: 20}\n"
+        "backends:\n  - {url: 'http://h:1', model: m, pool: SS}\n"
+    )
+    s = load_settings(
+        cfg,
+        env={"WATTGATE_PORT": "9100", "WATTGATE_REDIS_URL": "redis://r:6379/0"},
+        overrides={"port": 9200},
+        backend_args=("http://h:2#model=m",),
+    )
+    assert s.port == 9200
+    assert s.redis_url == "redis://r:6379/0"
+    assert s.read_timeout_s == 30.0
+    assert s.api_keys == frozenset({"a", "b"})
+    assert s.edges.input_short_max == 100
+    assert [b.url for b in s.backends] == ["http://h:1", "http://h:2"]
+    assert [b.id for b in s.backends] == ["static-1", "static-2"]
+    assert load_settings(cfg, env={"WATTGATE_PORT": "9100"}).port == 9100
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ("portt: 1\n", "unknown option"),
+        ("port: abc\n", "port: expected a int"),
+        ("port: 70000\n", "port must be 1..65535"),
+        ("read_timeout_s: 0\n", "read_timeout_s must be > 0"),
+        ("redis_url: http://x\n", "redis_url must start with"),
+        ("class_edges: {input_short_max: 500, input_medium_max: 100}\n", "class_edges"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("port: [\n", "not valid YAML"),
+        ("backends: [{url: 'http://h:1', id: x}, {url: 'http://h:2', id: x}]\n", "unique"),
+    ],
+)
+def test_bad_files_say_why(tmp_path: Path, doc: str, message: str) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(doc)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(cfg, env={})
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings("/nonexistent/gw.yaml", env={})
+
+
+def test_redis_password_is_not_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        GatewaySettings(redis_url="http://:hunter2@r:1")
+    assert "hunter2" not in str(info.value)

@@ -1,0 +1,146 @@
+"""The Starlette app: routes, the request-id middleware, the error handler and the lifespan that builds the state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from wattgate.classifier.api import Predictor
+from wattgate.gateway.errors import ApiError, GatewayError, handle_error
+from wattgate.gateway.http import check_api_key, header
+from wattgate.gateway.proxy import ProxyEndpoint, new_request_id
+from wattgate.gateway.settings import GatewaySettings
+from wattgate.gateway.state import GatewayState
+from wattgate.planner.contract import Keys
+
+log = logging.getLogger("wattgate.gateway")
+
+BackgroundTask = Callable[[GatewayState], Coroutine[Any, Any, None]]
+
+
+class RequestIdMiddleware:
+    """Accept the client's ``x-request-id`` or make one, and put it on every response (errors too)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = header(scope, b"x-request-id")
+        if not rid or len(rid) > 200:
+            rid = new_request_id()
+        scope["wattgate.request_id"] = rid
+        raw = rid.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or []
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    message["headers"] = [*headers, (b"x-request-id", raw)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def list_models(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    check_api_key(request.scope, state.settings.api_keys)
+    data = [{"id": m, "object": "model", "created": 0, "owned_by": "wattgate"} for m in state.models()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    if state.any_ready():
+        return JSONResponse({"status": "ready", "models": state.models()})
+    raise ApiError(
+        503, "no ready backend instance", type_="server_error", code="not_ready", headers={"retry-after": "1"}
+    )
+
+
+async def metrics(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    state.count_instances()
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def create_app(
+    settings: GatewaySettings, predictor: Predictor | None = None, background: Sequence[BackgroundTask] = ()
+) -> Starlette:
+    """Build the gateway. ``predictor`` replaces the max_tokens fallback; ``background`` tasks (e.g. a
+    classifier watcher that calls ``state.predictor.swap``) run for the app's lifetime."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state = GatewayState.build(settings, predictor)
+        app.state.gateway = state
+        store = None
+        if settings.redis_url:
+            from wattgate.gateway.store import RedisStore  # noqa: PLC0415  (redis only when configured)
+
+            store = RedisStore(
+                settings.redis_url,
+                Keys(settings.redis_prefix),
+                state.metrics,
+                settings.record_buffer,
+                settings.redis_timeout_s,
+            )
+            state.store = store
+        await state.probe_all()
+        state.tasks.append(asyncio.create_task(state.run_prober(), name="prober"))
+        if store is not None:
+            state.tasks.append(asyncio.create_task(store.run_flusher(settings.flush_interval_s), name="flusher"))
+            state.tasks.append(
+                asyncio.create_task(
+                    store.watch_instances(state.apply_registry, settings.registry_refresh_s), name="registry"
+                )
+            )
+        for task in background:
+            state.tasks.append(asyncio.create_task(task(state)))
+        log.info("gateway ready: %d static backend(s), redis %s", len(settings.backends), "on" if store else "off")
+        try:
+            yield
+        finally:
+            for t in state.tasks:
+                t.cancel()
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+            if store is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(store.flush(), timeout=2.0)
+                await store.close()
+            await state.client.aclose()
+
+    routes = [
+        Route("/v1/chat/completions", ProxyEndpoint("chat"), methods=["POST"]),
+        Route("/v1/completions", ProxyEndpoint("completions"), methods=["POST"]),
+        Route("/v1/embeddings", ProxyEndpoint("embeddings"), methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    handlers: dict[Any, Any] = {GatewayError: handle_error, HTTPException: handle_error, Exception: handle_error}
+    return Starlette(
+        routes=routes, middleware=[Middleware(RequestIdMiddleware)], exception_handlers=handlers, lifespan=lifespan
+    )
+
+
+__all__ = ["create_app", "json"]

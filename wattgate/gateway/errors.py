@@ -1,0 +1,100 @@
+"""The gateway's exception tree and the one place that turns errors into OpenAI-format error bodies.
+
+GatewayError                 base of every error the gateway raises on purpose
+├── ConfigError              bad settings (file, environment or flags); the CLI prints it, exit 2
+└── ApiError                 a request that gets an OpenAI error body with an HTTP status
+    ├── (400) invalid JSON or field, naming the parameter
+    ├── (401) missing or wrong API key
+    ├── (404) unknown model or path
+    ├── (413) body over the configured limit
+    ├── (502/504) upstream failed or timed out (httpx errors are translated in proxy.py)
+    └── (503) no instance can take the request, with Retry-After
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = logging.getLogger("wattgate.gateway")
+
+
+class GatewayError(Exception):
+    """Base exception of the gateway package."""
+
+
+class ConfigError(GatewayError):
+    """Settings that cannot work; the message says which option and why."""
+
+
+class ApiError(GatewayError):
+    """An error the client sees as ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    doc = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def api_error_response(exc: ApiError) -> Response:
+    return Response(
+        error_body(exc.message, exc.type, exc.param, exc.code),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=exc.headers,
+    )
+
+
+_HTTP_CODES = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """The one exception handler: every error a client can see goes through here."""
+    if isinstance(exc, ApiError):
+        return api_error_response(exc)
+    if isinstance(exc, HTTPException):
+        type_, code = _HTTP_CODES.get(exc.status_code, ("invalid_request_error", None))
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return api_error_response(
+            ApiError(exc.status_code, message, type_=type_, code=code, headers=dict(exc.headers or {}))
+        )
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return api_error_response(ApiError(500, "internal gateway error", type_="server_error", code="internal_error"))
+
+
+def bad_param(param: str, message: str) -> ApiError:
+    return ApiError(400, message, param=param, code="invalid_value")
+
+
+def as_json_object(raw: bytes) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object, or raise a 400 saying what is wrong."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "request body must be a JSON object", code="invalid_json")
+    return doc

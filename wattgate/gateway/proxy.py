@@ -1,0 +1,374 @@
+"""The proxy endpoint (an ASGI app): read, validate, classify, pick an instance, forward, record.
+
+Retries: a connect error or a 5xx before any byte went to the client is retried once on another
+instance; never after. A client disconnect cancels the upstream request at once (the watcher
+below cancels the handler task, which closes the upstream response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from wattgate.classifier.api import MaxTokensPredictor, Prediction, requested_max_tokens
+from wattgate.gateway.errors import ApiError, api_error_response, as_json_object, error_body
+from wattgate.gateway.http import (
+    ClientGone,
+    check_api_key,
+    downstream_headers,
+    header,
+    read_body,
+    upstream_headers,
+    validate,
+)
+from wattgate.gateway.routing import Instance, choose, expected_output_tokens, request_type
+from wattgate.gateway.sse import SseRelay
+from wattgate.gateway.state import GatewayState
+from wattgate.planner.contract import Observation
+from wattgate.profiles.classes import RequestType
+
+log = logging.getLogger("wattgate.gateway.proxy")
+
+_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
+_FALLBACK = MaxTokensPredictor()
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """Unique per process run without a random-number syscall per request: random prefix + counter."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+@dataclass
+class Job:
+    """One request on its way: what was decided for it and what was measured."""
+
+    request_id: str
+    endpoint: str
+    model: str
+    body: bytes
+    stream: bool
+    client_wants_usage: bool
+    prediction: Prediction | None
+    rtype: RequestType | None
+    work_tokens: int
+    t0: float
+    pool: str = "-"
+    instance: Instance | None = None
+    status: int = 0
+    ttft_s: float | None = None
+    tbt_s: float | None = None
+    usage: dict[str, Any] | None = None
+    events: int = 0
+
+
+class ProxyEndpoint:
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: GatewayState = scope["app"].state.gateway
+        t0 = time.perf_counter()
+        request_id = scope.get("wattgate.request_id") or header(scope, b"x-request-id") or new_request_id()
+        try:
+            check_api_key(scope, state.settings.api_keys)
+            raw = await read_body(scope, receive, state.settings.max_body_bytes)
+            job = self._prepare(state, raw, request_id, t0)
+        except ClientGone:
+            return
+        except ApiError as exc:
+            state.metrics.requests.labels(self.endpoint, "-", str(exc.status)).inc()
+            raise
+        me = asyncio.current_task()
+        finished = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(receive, me, finished))
+        try:
+            await self._forward(state, scope, send, job, finished)
+        except ApiError as exc:
+            job.status = exc.status
+            raise
+        except asyncio.CancelledError:
+            if me is None or not watcher.done() or finished.is_set():
+                raise
+            me.uncancel()  # our own watcher cancelled us: the client left
+            job.status = 499
+            log.info("client went away, upstream cancelled (request %s)", job.request_id)
+        finally:
+            watcher.cancel()
+            self._finish(state, job)
+
+    def _prepare(self, state: GatewayState, raw: bytes, request_id: str, t0: float) -> Job:
+        doc = as_json_object(raw)
+        model = validate(doc, self.endpoint)
+        if not any(i.serves(model) for i in state.instances.values()):
+            raise ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
+        stream = doc.get("stream") is True and self.endpoint != "embeddings"
+        options = doc.get("stream_options") or {}
+        wants_usage = bool(options.get("include_usage"))
+        if stream and not wants_usage and state.settings.request_usage_in_stream:
+            doc["stream_options"] = {**options, "include_usage": True}
+            raw = json.dumps(doc, separators=(",", ":")).encode()
+        prediction, rtype, work = None, None, 0
+        if self.endpoint != "embeddings":
+            prediction = _predict(state, doc, self.endpoint)
+            rtype = request_type(prediction, state.settings.edges)
+            work = prediction.input_tokens + expected_output_tokens(
+                prediction, state.settings.edges, requested_max_tokens(doc)
+            )
+        return Job(request_id, self.endpoint, model, raw, stream, wants_usage, prediction, rtype, work, t0)
+
+    async def _forward(self, state: GatewayState, scope: Scope, send: Send, job: Job, finished: asyncio.Event) -> None:
+        resp = await self._connect(state, scope, job)
+        try:
+            ctype = resp.headers.get("content-type", "")
+            if job.stream and resp.status_code == 200 and ctype.startswith("text/event-stream"):
+                await self._relay_stream(resp, send, job, finished)
+            else:
+                body = await _read_all(resp, job)
+                job.ttft_s = time.perf_counter() - job.t0
+                if resp.status_code == 200 and ctype.startswith("application/json"):
+                    job.usage = _usage_of(body)
+                finished.set()
+                await send(_start(resp, job, extra=[(b"content-length", str(len(body)).encode())]))
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+        finally:
+            await resp.aclose()
+
+    async def _connect(self, state: GatewayState, scope: Scope, job: Job) -> httpx.Response:
+        """Send upstream, retrying once on another instance after a connect error or a 5xx."""
+        tried: set[str] = set()
+        last: httpx.Response | None = None
+        for attempt in range(2):
+            picked = choose(state.instances.values(), job.model, job.rtype, time.monotonic(), frozenset(tried))
+            if picked is None:
+                break
+            if last is not None:
+                await last.aclose()
+                last = None
+            if attempt:
+                state.metrics.retries.inc()
+            inst, pool = picked
+            tried.add(inst.id)
+            self._begin(state, job, inst, pool)
+            request = httpx.Request(
+                "POST",
+                _url(inst.spec.base_url + _PATHS[job.endpoint]),
+                content=job.body,
+                headers=upstream_headers(scope, job.request_id, inst.spec.api_key),
+                extensions={"timeout": state.timeouts},
+            )
+            if not attempt:
+                state.metrics.overhead.observe(time.perf_counter() - job.t0)
+            try:
+                assert state.transport is not None
+                resp = await state.transport.handle_async_request(request)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                log.warning("instance %s: %s (request %s)", inst.id, exc.__class__.__name__, job.request_id)
+                state.note_failure(inst, connect_error=not isinstance(exc, httpx.RemoteProtocolError))
+                self._end(state, job)
+                continue
+            except httpx.TimeoutException as exc:
+                state.note_failure(inst, connect_error=False)
+                raise ApiError(
+                    504, f"instance {inst.id} timed out", type_="server_error", code="upstream_timeout"
+                ) from exc
+            except httpx.HTTPError as exc:
+                state.note_failure(inst, connect_error=False)
+                raise ApiError(
+                    502,
+                    f"instance {inst.id} failed: {exc.__class__.__name__}",
+                    type_="server_error",
+                    code="upstream_error",
+                ) from exc
+            if resp.status_code >= 500:
+                state.note_failure(inst, connect_error=False)
+                last = resp
+                if attempt == 0:
+                    self._end(state, job)
+                continue
+            if resp.status_code < 400:
+                state.note_success(inst)
+            return resp
+        if last is not None:
+            return last  # the second 5xx goes to the client as the backend said it
+        raise _nothing_took_it(state, job, bool(tried))
+
+    @staticmethod
+    def _begin(state: GatewayState, job: Job, inst: Instance, pool: str) -> None:
+        job.instance, job.pool = inst, pool
+        inst.in_flight += 1
+        inst.outstanding_tokens += job.work_tokens
+        state.metrics.in_flight.labels(inst.id).set(inst.in_flight)
+        store = state.store
+        if store is not None and job.prediction is not None:
+            store.record_load(
+                pool, time.time(), job.prediction.input_tokens, job.work_tokens - job.prediction.input_tokens
+            )
+
+    @staticmethod
+    def _end(state: GatewayState, job: Job) -> None:
+        inst = job.instance
+        if inst is None:
+            return
+        inst.in_flight -= 1
+        inst.outstanding_tokens -= job.work_tokens
+        state.metrics.in_flight.labels(inst.id).set(inst.in_flight)
+        job.instance = None
+
+    async def _relay_stream(self, resp: httpx.Response, send: Send, job: Job, finished: asyncio.Event) -> None:
+        relay = SseRelay(strip_usage=not job.client_wants_usage)
+        await send(_start(resp, job, extra=[(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]))
+        try:
+            async for chunk in _raw(resp):
+                out = relay.feed(chunk)
+                if out:
+                    if job.ttft_s is None:
+                        job.ttft_s = time.perf_counter() - job.t0
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            tail = relay.flush()
+        except httpx.HTTPError as exc:
+            log.warning("stream from %s broke: %s (request %s)", job.pool, exc.__class__.__name__, job.request_id)
+            job.status = 502
+            msg = error_body(f"upstream stream broke: {exc.__class__.__name__}", "server_error", None, "upstream_error")
+            tail = b"data: " + msg + b"\n\n"
+        job.usage, job.tbt_s, job.events = relay.usage, relay.tbt_s(), relay.events
+        finished.set()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    def _finish(self, state: GatewayState, job: Job) -> None:
+        inst = job.instance
+        self._end(state, job)
+        status = job.status or 500
+        state.metrics.requests.labels(self.endpoint, job.pool, str(status)).inc()
+        if job.ttft_s is not None and job.stream:
+            state.metrics.ttft.labels(job.pool).observe(job.ttft_s)
+        if job.tbt_s is not None:
+            state.metrics.tbt.labels(job.pool).observe(job.tbt_s)
+        store = state.store
+        if store is None or job.prediction is None or inst is None:
+            return
+        usage = job.usage or {}
+        store.record_observation(
+            Observation(
+                request_id=job.request_id,
+                pool=job.pool,
+                predicted_type=job.rtype.name if job.rtype else "-",
+                output_probs=list(job.prediction.output_probs),
+                input_tokens=int(usage.get("prompt_tokens") or job.prediction.input_tokens),
+                output_tokens=int(usage.get("completion_tokens") or job.events),
+                ttft_s=job.ttft_s if job.stream else None,
+                tbt_s=job.tbt_s,
+                status=status,
+                instance=inst.id,
+                model=job.model,
+                ts=time.time(),
+                features=dict(job.prediction.features),
+            )
+        )
+
+
+def _nothing_took_it(state: GatewayState, job: Job, tried: bool) -> ApiError:
+    if tried:
+        return ApiError(502, "no instance could be reached", type_="server_error", code="upstream_unreachable")
+    pool = job.rtype.name if job.rtype else "any"
+    state.metrics.no_capacity.labels(pool).inc()
+    return ApiError(
+        503,
+        f"no instance of model '{job.model}' can take this request now (pool {pool}); retry later",
+        type_="server_error",
+        code="no_capacity",
+        headers={"retry-after": str(state.settings.retry_after_s)},
+    )
+
+
+def _raw(resp: httpx.Response) -> AsyncIterator[bytes]:
+    """The upstream bytes straight from the transport's stream: we asked for identity encoding, so
+    httpx's decoding and re-chunking layers would only add cost per chunk (``resp.aclose`` still closes it)."""
+    stream = resp.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    return stream.__aiter__()
+
+
+async def _read_all(resp: httpx.Response, job: Job) -> bytes:
+    """The whole upstream body; nothing went to the client yet, so a failure is a clean 502/504."""
+    try:
+        return b"".join([chunk async for chunk in _raw(resp)])
+    except httpx.TimeoutException as exc:
+        raise ApiError(504, "upstream timed out mid-response", type_="server_error", code="upstream_timeout") from exc
+    except httpx.HTTPError as exc:
+        name = exc.__class__.__name__
+        raise ApiError(
+            502, f"upstream failed mid-response: {name}", type_="server_error", code="upstream_error"
+        ) from exc
+
+
+def _start(resp: httpx.Response, job: Job, extra: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    job.status = job.status or resp.status_code
+    inst = job.instance
+    headers = downstream_headers(resp.headers.raw)
+    headers += [
+        (b"x-request-id", job.request_id.encode("latin-1")),
+        (b"x-wattgate-pool", job.pool.encode()),
+        (b"x-wattgate-instance", (inst.id if inst else "-").encode()),
+        *extra,
+    ]
+    return {"type": "http.response.start", "status": resp.status_code, "headers": headers}
+
+
+def _predict(state: GatewayState, doc: dict[str, Any], endpoint: str) -> Prediction:
+    try:
+        return state.predictor.current.predict(doc, endpoint)
+    except Exception:  # a broken model must not fail requests: fall back, and say so
+        log.exception("predictor failed; using the max_tokens fallback")
+    try:
+        return _FALLBACK.predict(doc, endpoint)
+    except (TypeError, ValueError, AttributeError):  # odd content shapes the backend will judge
+        return Prediction(input_tokens=1, output_probs=(1 / 3, 1 / 3, 1 / 3), method="unknown")
+
+
+_DECODER = json.JSONDecoder()
+_URLS: dict[str, httpx.URL] = {}
+
+
+def _url(text: str) -> httpx.URL:
+    """Parsed upstream URLs, cached: parsing one costs more than the rest of building the request."""
+    url = _URLS.get(text)
+    if url is None:
+        if len(_URLS) > 10_000:
+            _URLS.clear()
+        url = _URLS[text] = httpx.URL(text)
+    return url
+
+
+def _usage_of(body: bytes) -> dict[str, Any] | None:
+    """The ``usage`` object of a JSON response, decoded alone (it comes last; the text before is skipped)."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        return None
+    try:
+        text = body[at + 7 :].decode()
+        colon = text.index(":")
+        usage, _ = _DECODER.raw_decode(text, colon + 1 + (len(text[colon + 1 :]) - len(text[colon + 1 :].lstrip())))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None, finished: asyncio.Event) -> None:
+    message = await receive()
+    if message["type"] == "http.disconnect" and task is not None and not finished.is_set():
+        task.cancel()
+
+
+__all__ = ["ProxyEndpoint", "api_error_response"]

@@ -1,0 +1,114 @@
+"""Instances as the router sees them, and the pure choice of the instance a request goes to.
+
+A request's pool comes from the prediction; its candidates are the ready, healthy, non-ejected
+instances serving its model in that pool (or in any pool, for instances without one), below their
+concurrency bound. The least outstanding work wins: tokens in flight (input plus expected output),
+then request count. When a pool has nothing, the next pool of ``spill_chain`` is tried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from wattgate.classifier.api import Prediction, choose_output_class
+from wattgate.profiles.classes import ClassEdges, LengthClass, RequestType, spill_chain
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What config or the registry says about an instance (replaced whole when it changes)."""
+
+    id: str
+    base_url: str
+    models: frozenset[str]  # empty: not known yet (static backend still being asked)
+    pool: str | None  # None: serves every pool
+    max_concurrency: int
+    api_key: str | None
+    source: str  # "static" or "registry"
+    ready: bool = True
+    health_path: str = "/health"
+
+
+class Instance:
+    """An instance plus the gateway's live view of it: work in flight and health."""
+
+    __slots__ = ("consecutive_failures", "ejected_until", "healthy", "in_flight", "outstanding_tokens", "spec")
+
+    def __init__(self, spec: InstanceSpec) -> None:
+        self.spec = spec
+        self.in_flight = 0
+        self.outstanding_tokens = 0
+        self.healthy = True  # from active probing
+        self.ejected_until = 0.0  # from passive ejection
+        self.consecutive_failures = 0
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def routable(self, now: float) -> bool:
+        return self.spec.ready and self.healthy and now >= self.ejected_until
+
+    def serves(self, model: str) -> bool:
+        return model in self.spec.models
+
+    def __repr__(self) -> str:
+        return f"Instance({self.spec.id}, in_flight={self.in_flight}, tokens={self.outstanding_tokens})"
+
+
+def request_type(pred: Prediction, edges: ClassEdges) -> RequestType:
+    return RequestType(edges.input_class(pred.input_tokens), choose_output_class(pred.output_probs))
+
+
+def expected_output_tokens(pred: Prediction, edges: ClassEdges, max_tokens: int | None) -> int:
+    """Modelled: probability-weighted class midpoints (L counts as twice the M edge), capped by max_tokens."""
+    s_mid = edges.output_short_max / 2
+    m_mid = (edges.output_short_max + edges.output_medium_max) / 2
+    l_mid = 2 * edges.output_medium_max
+    p_s, p_m, p_l = pred.output_probs
+    value = int(p_s * s_mid + p_m * m_mid + p_l * l_mid)
+    return max(1, min(value, max_tokens) if max_tokens else value)
+
+
+def choose(
+    instances: Iterable[Instance],
+    model: str,
+    rtype: RequestType | None,
+    now: float,
+    exclude: frozenset[str] = frozenset(),
+) -> tuple[Instance, str] | None:
+    """The instance to use and the pool it serves the request as, or None when nothing can take it.
+
+    ``rtype`` None (embeddings) ignores pools.
+    """
+    usable = [
+        i
+        for i in instances
+        if i.serves(model) and i.routable(now) and i.in_flight < i.spec.max_concurrency and i.id not in exclude
+    ]
+    if not usable:
+        return None
+    if rtype is None:
+        best = min(usable, key=_load)
+        return best, best.spec.pool or "any"
+    for pool_type in spill_chain(rtype):
+        pool = pool_type.name
+        members = [i for i in usable if i.spec.pool == pool]
+        if members:
+            return min(members, key=_load), pool
+    generic = [i for i in usable if i.spec.pool is None]
+    if generic:
+        return min(generic, key=_load), rtype.name
+    return None
+
+
+def _load(i: Instance) -> tuple[int, int]:
+    return (i.outstanding_tokens, i.in_flight)
+
+
+def pools_for(rtype: RequestType) -> tuple[str, ...]:
+    return tuple(t.name for t in spill_chain(rtype))
+
+
+__all__ = ["Instance", "InstanceSpec", "LengthClass", "choose", "expected_output_tokens", "request_type"]

@@ -1,0 +1,204 @@
+"""The gateway's run-time state, built once in the lifespan: the HTTP client, instances, predictor, metrics, store.
+
+Background tasks live here too: discovering static backends' models, active health probing, and
+applying the Redis instance registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from wattgate.classifier.api import MaxTokensPredictor, Predictor
+from wattgate.gateway.metrics import GatewayMetrics
+from wattgate.gateway.routing import Instance, InstanceSpec
+from wattgate.gateway.settings import BackendSpec, GatewaySettings
+from wattgate.gateway.transport import FastTransport
+from wattgate.planner.contract import InstanceRecord, Observation
+
+log = logging.getLogger("wattgate.gateway")
+
+
+class PredictorSlot:
+    """Holds the predictor in use; ``swap`` replaces it at run time (the classifier watcher calls it)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.current = predictor
+        self.version: str = "initial"
+
+    def swap(self, predictor: Predictor, version: str = "") -> None:
+        self.current = predictor
+        self.version = version or self.version
+        log.info("classifier predictor swapped (version %s)", self.version)
+
+
+def spec_from_backend(b: BackendSpec) -> InstanceSpec:
+    return InstanceSpec(
+        id=b.id,
+        base_url=b.url,
+        models=frozenset(b.models),
+        pool=b.pool,
+        max_concurrency=b.max_concurrency,
+        api_key=b.api_key,
+        source="static",
+        health_path=b.health_path,
+    )
+
+
+def spec_from_record(r: InstanceRecord) -> InstanceSpec:
+    base = r.base_url.rstrip("/")
+    return InstanceSpec(
+        id=r.id,
+        base_url=base[:-3] if base.endswith("/v1") else base,
+        models=frozenset([r.model]),
+        pool=r.pool or None,
+        max_concurrency=max(1, r.max_concurrency),
+        api_key=os.environ.get(r.api_key_env) if r.api_key_env else None,
+        source="registry",
+        ready=r.ready,
+    )
+
+
+class Recorder(Protocol):
+    """Where load windows and observations go (``store.RedisStore``); absent without a Redis URL."""
+
+    def record_load(self, pool: str, now: float, input_tokens: int, output_tokens: int) -> None: ...
+
+    def record_observation(self, obs: Observation) -> None: ...
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    client: httpx.AsyncClient
+    metrics: GatewayMetrics
+    predictor: PredictorSlot
+    instances: dict[str, Instance] = field(default_factory=dict)
+    store: Recorder | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # the proxy sends through the client's transport directly: no cookie jar, auth or redirect layers,
+    # which a proxy must not have anyway (a cookie from one user's response must never reach another's)
+    transport: httpx.AsyncBaseTransport | None = None
+    timeouts: dict[str, float | None] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: GatewaySettings, predictor: Predictor | None = None) -> GatewayState:
+        timeout = httpx.Timeout(
+            connect=settings.connect_timeout_s,
+            read=settings.read_timeout_s,
+            write=settings.write_timeout_s,
+            pool=settings.pool_timeout_s,
+        )
+        limits = httpx.Limits(
+            max_connections=settings.max_connections,
+            max_keepalive_connections=settings.max_keepalive_connections,
+            keepalive_expiry=settings.keepalive_expiry_s,
+        )
+        transport = FastTransport(limits)
+        client = httpx.AsyncClient(
+            transport=transport, timeout=timeout, limits=limits, trust_env=False, follow_redirects=False
+        )
+        state = cls(settings, client, GatewayMetrics(), PredictorSlot(predictor or MaxTokensPredictor(settings.edges)))
+        state.transport = transport
+        state.timeouts = timeout.as_dict()
+        for b in settings.backends:
+            state.instances[b.id] = Instance(spec_from_backend(b))
+        state.count_instances()
+        return state
+
+    def models(self) -> list[str]:
+        return sorted({m for i in self.instances.values() for m in i.spec.models})
+
+    def any_ready(self) -> bool:
+        now = time.monotonic()
+        return any(i.routable(now) and i.spec.models for i in self.instances.values())
+
+    def apply_registry(self, records: list[InstanceRecord]) -> None:
+        """Replace the registry-sourced instances, keeping the live counters of those that stay."""
+        seen = set()
+        for rec in records:
+            if rec.id in self.instances and self.instances[rec.id].spec.source == "static":
+                log.warning("registry instance %s has the id of a static backend; ignored", rec.id)
+                continue
+            seen.add(rec.id)
+            spec = spec_from_record(rec)
+            inst = self.instances.get(rec.id)
+            if inst is None:
+                self.instances[rec.id] = Instance(spec)
+                log.info("instance %s appeared (%s, pool %s, %s)", rec.id, spec.base_url, rec.pool, rec.state)
+            elif inst.spec != spec:
+                inst.spec = spec
+        for iid in [k for k, v in self.instances.items() if v.spec.source == "registry" and k not in seen]:
+            log.info("instance %s disappeared", iid)
+            del self.instances[iid]
+            with contextlib.suppress(KeyError):  # no series left behind for instances that are gone
+                self.metrics.in_flight.remove(iid)
+        self.count_instances()
+
+    def count_instances(self) -> None:
+        now = time.monotonic()
+        counts: dict[tuple[str, str], int] = {(s, r): 0 for s in ("static", "registry") for r in ("true", "false")}
+        for i in self.instances.values():
+            counts[(i.spec.source, "true" if i.routable(now) else "false")] += 1
+        for (source, routable), n in counts.items():
+            self.metrics.instances.labels(source, routable).set(n)
+
+    # -- passive ejection -----------------------------------------------------------------------
+    def note_failure(self, inst: Instance, connect_error: bool) -> None:
+        inst.consecutive_failures += 1
+        if connect_error or inst.consecutive_failures >= self.settings.eject_after_failures:
+            inst.ejected_until = time.monotonic() + self.settings.eject_cooldown_s
+            inst.consecutive_failures = 0
+            self.metrics.ejections.labels(inst.id).inc()
+            log.warning("instance %s ejected for %.1f s", inst.id, self.settings.eject_cooldown_s)
+
+    @staticmethod
+    def note_success(inst: Instance) -> None:
+        inst.consecutive_failures = 0
+
+    # -- active probing and discovery -----------------------------------------------------------
+    async def probe(self, inst: Instance) -> None:
+        spec = inst.spec
+        try:
+            if not spec.models:
+                await self._discover(inst)
+            resp = await self.client.get(spec.base_url + spec.health_path, timeout=self.settings.health_timeout_s)
+            healthy = resp.status_code < 500
+        except httpx.HTTPError:
+            healthy = False
+        if healthy != inst.healthy:
+            log.warning("instance %s is %s", spec.id, "healthy again" if healthy else "failing its health probe")
+        inst.healthy = healthy
+
+    async def _discover(self, inst: Instance) -> None:
+        headers = {"authorization": f"Bearer {inst.spec.api_key}"} if inst.spec.api_key else {}
+        resp = await self.client.get(
+            inst.spec.base_url + "/v1/models", headers=headers, timeout=self.settings.health_timeout_s
+        )
+        if resp.status_code != 200:
+            log.warning("backend %s: GET /v1/models answered %s", inst.spec.base_url, resp.status_code)
+            return
+        try:
+            models = frozenset(str(m["id"]) for m in resp.json()["data"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("backend %s: /v1/models is not an OpenAI model list", inst.spec.base_url)
+            return
+        inst.spec = dataclasses.replace(inst.spec, models=models)
+        log.info("backend %s serves %s", inst.spec.base_url, ", ".join(sorted(models)))
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(i) for i in list(self.instances.values())))
+        self.count_instances()
+
+    async def run_prober(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            await self.probe_all()

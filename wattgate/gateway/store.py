@@ -1,0 +1,197 @@
+"""Everything the gateway says to and reads from Redis (the only gateway module that imports redis).
+
+Writes go through bounded in-memory buffers flushed in the background by pipeline, so a down or
+slow Redis never slows a request: when a buffer is full the record is dropped and counted. Reads
+of the instance registry keep the last good list when Redis is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from wattgate.gateway.metrics import GatewayMetrics
+from wattgate.planner.contract import (
+    LOAD_MINUTE_TTL_S,
+    LOAD_SECOND_TTL_S,
+    OBSERVATIONS_MAXLEN,
+    ContractError,
+    InstanceRecord,
+    Keys,
+    Observation,
+    load_field,
+)
+
+log = logging.getLogger("wattgate.gateway.store")
+
+_FLUSH_BATCH = 2000
+_MAX_LOAD_SLOTS = 20_000  # (second, pool) cells kept while Redis is away (about 40 min of 9 pools)
+
+
+class RedisStore:
+    """Load windows and observations out; instance records in."""
+
+    def __init__(self, url: str, keys: Keys, metrics: GatewayMetrics, buffer: int, timeout_s: float = 1.0) -> None:
+        self.keys = keys
+        self.metrics = metrics
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=30
+        )
+        self._obs: collections.deque[str] = collections.deque()
+        self._obs_cap = buffer
+        self._load: dict[tuple[int, str], list[int]] = {}
+        self.connected = False
+
+    # -- writes (called on the request path: no await, no I/O) --------------------------------
+    def record_load(self, pool: str, now: float, input_tokens: int, output_tokens: int) -> None:
+        key = (int(now), pool)
+        cell = self._load.get(key)
+        if cell is None:
+            if len(self._load) >= _MAX_LOAD_SLOTS:
+                self._load.pop(next(iter(self._load)))
+                self.metrics.redis_dropped.labels("load").inc()
+            cell = self._load[key] = [0, 0, 0]
+        cell[0] += 1
+        cell[1] += input_tokens
+        cell[2] += output_tokens
+
+    def record_observation(self, obs: Observation) -> None:
+        if len(self._obs) >= self._obs_cap:
+            self.metrics.redis_dropped.labels("observation").inc()
+            return
+        self._obs.append(obs.to_json())
+
+    @property
+    def pending(self) -> int:
+        return len(self._obs) + len(self._load)
+
+    # -- background ----------------------------------------------------------------------------
+    async def flush(self) -> bool:
+        """Send what is buffered in one pipeline; on failure keep it (bounded) for the next try."""
+        load, self._load = self._load, {}
+        batch = [self._obs.popleft() for _ in range(min(len(self._obs), _FLUSH_BATCH))]
+        if not load and not batch:
+            return True
+        pipe = self.client.pipeline(transaction=False)
+        for (second, pool), (req, tin, tout) in load.items():
+            for key, ttl in (
+                (self.keys.load_second(second), LOAD_SECOND_TTL_S),
+                (self.keys.load_minute(second // 60), LOAD_MINUTE_TTL_S),
+            ):
+                pipe.hincrby(key, load_field(pool, "requests"), req)
+                pipe.hincrby(key, load_field(pool, "input_tokens"), tin)
+                pipe.hincrby(key, load_field(pool, "output_tokens"), tout)
+                pipe.expire(key, ttl)
+        for doc in batch:
+            pipe.xadd(self.keys.observations, {"json": doc}, maxlen=OBSERVATIONS_MAXLEN, approximate=True)
+        try:
+            await pipe.execute()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._requeue(load, batch)
+            self._failed("flush", exc)
+            return False
+        self._ok()
+        return True
+
+    def _requeue(self, load: dict[tuple[int, str], list[int]], batch: list[str]) -> None:
+        for key, cell in load.items():
+            mine = self._load.setdefault(key, [0, 0, 0])
+            for n in range(3):
+                mine[n] += cell[n]
+        room = self._obs_cap - len(self._obs)
+        keep = batch[:room] if room > 0 else []
+        self._obs.extendleft(reversed(keep))
+        if len(keep) < len(batch):
+            self.metrics.redis_dropped.labels("observation").inc(len(batch) - len(keep))
+
+    async def run_flusher(self, interval_s: float) -> None:
+        backoff = interval_s
+        while True:
+            await asyncio.sleep(backoff)
+            ok = await self.flush()
+            backoff = interval_s if ok else min(max(backoff * 2, 0.25), 2.0)
+
+    # -- instance registry ---------------------------------------------------------------------
+    async def load_instances(self) -> list[InstanceRecord]:
+        raw = await self.client.hgetall(self.keys.instances)
+        records = []
+        for key, value in raw.items():
+            try:
+                records.append(InstanceRecord.from_json(value))
+            except ContractError as exc:
+                log.warning("ignoring instance record %s: %s", key, exc)
+        return records
+
+    async def watch_instances(self, apply: Callable[[list[InstanceRecord]], None], refresh_s: float) -> None:
+        """Apply the registry now, on every instance event, and every ``refresh_s`` (missed events)."""
+        backoff = 0.2
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.instance_events)
+                apply(await self.load_instances())
+                self.metrics.registry_stale.set(0)
+                self._ok()
+                backoff = 0.2
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=refresh_s)
+                    if msg is not None:
+                        await _drain(pubsub)
+                    apply(await self.load_instances())
+            except (TimeoutError, RedisError, OSError) as exc:
+                self.metrics.registry_stale.set(1)
+                self._failed("registry", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                await _close_quietly(pubsub.aclose)
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self.metrics.redis_errors.labels(op).inc()
+        if self.connected:
+            log.warning("redis unavailable (%s): %s; serving goes on, records are buffered", op, exc)
+        self.connected = False
+
+    def _ok(self) -> None:
+        if not self.connected:
+            log.info("redis connected")
+        self.connected = True
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (TimeoutError, RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await _close_quietly(self.client.aclose)
+
+
+async def _drain(pubsub: aioredis.client.PubSub) -> None:
+    """Swallow a burst of events: one reload covers them all."""
+    deadline = time.monotonic() + 0.05
+    while time.monotonic() < deadline:
+        if await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.01) is None:
+            return
+
+
+async def _close_quietly(close: Callable[[], Awaitable[None]]) -> None:
+    with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError, RuntimeError):
+        await close()
+
+
+async def publish_instance(url: str, keys: Keys, record: InstanceRecord) -> None:
+    """Register (or update) an instance and tell gateways; used by tests and by static-backend tools."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.hset(keys.instances, record.id, record.to_json())
+        await client.publish(keys.instance_events, record.id)
+    finally:
+        await client.aclose()

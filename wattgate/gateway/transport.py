@@ -1,0 +1,260 @@
+"""A lean HTTP/1.1 transport for the shared ``httpx.AsyncClient``: asyncio protocol + httptools parser.
+
+httpcore's pool polls every idle socket on every request and writes headers and body separately;
+on the 2-core test machine that was most of the gateway's CPU per request (see README). This
+transport keeps httpx as the client API (timeouts, exceptions, ``Response`` streaming) and does the
+wire work itself: one write per request, keep-alive pools per host, back-pressure on the read
+side. ``https://`` upstreams go to httpx's standard transport.
+
+Errors are raised as httpx exceptions: ConnectError/ConnectTimeout (nothing was sent),
+RemoteProtocolError (the server closed before answering), ReadError/ReadTimeout (mid-response).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+
+import httptools
+import httpx
+
+_HIGH_WATER = 512 * 1024  # buffered response bytes before reading from the upstream pauses
+_EOF = b""
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; serves one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.paused = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.head_done = False
+        self.complete = False
+        self.error: Exception | None = None
+        self.idle_since = 0.0
+        self.got_bytes = False
+        self.keep_alive = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.error = httpx.RemoteProtocolError(f"invalid HTTP response from upstream: {exc}")
+            self._wake()
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.complete and self.error is None:
+            msg = "server disconnected without sending a complete response"
+            self.error = httpx.ReadError(msg) if self.head_done else httpx.RemoteProtocolError(msg)
+        self.transport = None
+        self._wake()
+
+    # -- httptools callbacks -------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200:  # an interim response: wait for the real one
+            self.headers = []
+            return
+        self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()  # only meaningful inside the callback
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:
+            return
+        self.complete = True
+        self._wake()
+
+    # -- request side --------------------------------------------------------------------------
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self, timeout_s: float | None) -> None:
+        self.waiter = self.loop.create_future()
+        try:
+            await asyncio.wait_for(self.waiter, timeout_s)
+        except TimeoutError:
+            raise httpx.ReadTimeout("upstream read timed out") from None
+        finally:
+            self.waiter = None
+
+    def reset(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers, self.status, self.buffered = [], 0, 0
+        self.chunks.clear()
+        self.head_done = self.complete = self.got_bytes = self.keep_alive = False
+        self.error = None
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing() and self.error is None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+class _Body(httpx.AsyncByteStream):
+    """The response body as it arrives; hands the connection back to the pool when done."""
+
+    def __init__(self, owner: FastTransport, key: tuple[str, int], conn: _Conn, read_timeout_s: float | None) -> None:
+        self.owner, self.key, self.conn, self.read_timeout_s = owner, key, conn, read_timeout_s
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self.conn
+        while True:
+            while conn.chunks:
+                chunk = conn.chunks.popleft()
+                conn.buffered -= len(chunk)
+                if conn.paused and conn.buffered < _HIGH_WATER // 2 and conn.transport is not None:
+                    conn.paused = False
+                    conn.transport.resume_reading()
+                yield chunk
+            if conn.complete:
+                return
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait(self.read_timeout_s)
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        conn = self.conn
+        if conn.complete and not conn.chunks and conn.usable and conn.keep_alive:
+            self.owner.release(self.key, conn)
+        else:
+            conn.close()
+
+
+class FastTransport(httpx.AsyncBaseTransport):
+    def __init__(self, limits: httpx.Limits) -> None:
+        # Open http connections are bounded by the router (each instance's max_concurrency);
+        # ``limits`` bounds the idle ones here and everything on the https fallback.
+        self.max_keepalive = limits.max_keepalive_connections or 500
+        self.keepalive_expiry_s = limits.keepalive_expiry or 30.0
+        self.idle: dict[tuple[str, int], list[_Conn]] = {}
+        self.fallback = httpx.AsyncHTTPTransport(limits=limits)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "http":
+            return await self.fallback.handle_async_request(request)
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        key = (request.url.host, request.url.port or 80)
+        wire = _serialise(request, await request.aread())
+        conn, reused = self._idle(key), True
+        if conn is None:
+            conn, reused = await self._open(key, timeouts.get("connect")), False
+        try:
+            return await self._exchange(key, conn, wire, timeouts.get("read"))
+        except httpx.RemoteProtocolError:
+            if not reused:
+                raise
+        # a kept-alive connection the server had closed: nothing was answered, so send it once more fresh
+        conn = await self._open(key, timeouts.get("connect"))
+        return await self._exchange(key, conn, wire, timeouts.get("read"))
+
+    async def _exchange(self, key: tuple[str, int], conn: _Conn, wire: bytes, read_s: float | None) -> httpx.Response:
+        try:
+            assert conn.transport is not None
+            conn.transport.write(wire)
+            while not conn.head_done:
+                if conn.error is not None:
+                    raise conn.error
+                await conn.wait(read_s)
+        except BaseException:
+            conn.close()
+            raise
+        return httpx.Response(
+            conn.status,
+            headers=conn.headers,
+            stream=_Body(self, key, conn, read_s),
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    def _idle(self, key: tuple[str, int]) -> _Conn | None:
+        pool = self.idle.get(key)
+        now = time.monotonic()
+        while pool:
+            conn = pool.pop()
+            if conn.usable and now - conn.idle_since < self.keepalive_expiry_s:
+                conn.reset()
+                return conn
+            conn.close()
+        return None
+
+    async def _open(self, key: tuple[str, int], connect_s: float | None) -> _Conn:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(loop.create_connection(lambda: _Conn(loop), key[0], key[1]), connect_s)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"connect to {key[0]}:{key[1]} timed out") from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"connect to {key[0]}:{key[1]} failed: {exc.strerror or exc}") from exc
+        return conn
+
+    def release(self, key: tuple[str, int], conn: _Conn) -> None:
+        pool = self.idle.setdefault(key, [])
+        if len(pool) >= self.max_keepalive:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        pool.append(conn)
+
+    async def aclose(self) -> None:
+        for pool in self.idle.values():
+            for conn in pool:
+                conn.close()
+        self.idle.clear()
+        await self.fallback.aclose()
+
+
+def _serialise(request: httpx.Request, body: bytes) -> bytes:
+    target = request.url.raw_path
+    lines = [request.method.encode() + b" " + target + b" HTTP/1.1"]
+    has_host = False
+    for name, value in request.headers.raw:
+        lower = name.lower()
+        if lower in (b"content-length", b"transfer-encoding"):
+            continue
+        has_host = has_host or lower == b"host"
+        lines.append(name + b": " + value)
+    if not has_host:
+        lines.append(b"host: " + request.url.netloc)
+    if body or request.method in ("POST", "PUT", "PATCH"):
+        lines.append(b"content-length: " + str(len(body)).encode())
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+__all__ = ["FastTransport"]
