@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -21,6 +22,12 @@ def stream_chat(client: openai.OpenAI, model: str) -> list[str]:
     """Stream a short chat completion; the content pieces in the order they came."""
     stream = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=24, temperature=0, stream=True)
     return [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+
+
+def engine_busy(server: LlamaServer) -> bool:
+    """Whether llama-server is generating right now (its /slots monitoring endpoint)."""
+    slots = httpx.get(f"{server.url}/slots", timeout=10, trust_env=False).json()
+    return any(slot["is_processing"] for slot in slots)
 
 
 def test_llama_server_streams_a_real_completion(llama_server: LlamaServer) -> None:
@@ -40,11 +47,16 @@ def test_gateway_streams_a_real_completion_from_llama_server(llama_server: Llama
         assert raw.headers["x-wattgate-pool"] in POOL_NAMES
         pieces: list[str] = []
         usage_chunks = 0
+        generating_at_first_piece = None
         for chunk in raw.parse():
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)
+                if generating_at_first_piece is None:
+                    generating_at_first_piece = engine_busy(llama_server)
             usage_chunks += chunk.usage is not None and not chunk.choices
-    assert len(pieces) >= 3, pieces  # token by token, not one buffered blob
+    # Causal, not timed: the first piece reached the client while llama-server was still generating.
+    assert generating_at_first_piece is True
+    assert len(pieces) >= 3, pieces
     assert "".join(pieces).strip()
     assert usage_chunks == 0  # the usage chunk the gateway asked for is stripped: the client did not ask
 
