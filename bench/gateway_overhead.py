@@ -103,10 +103,19 @@ def wattgate_leg(backend: str) -> Iterator[str]:
 
 
 LEGS: dict[str, Callable[[str], AbstractContextManager[str]]] = {"direct": direct, "wattgate": wattgate_leg}
-with contextlib.suppress(ImportError):  # the LiteLLM proxy leg, when bench/litellm_leg.py is there
-    from bench.litellm_leg import litellm_leg  # type: ignore[import-not-found]
+with contextlib.suppress(ImportError):  # the LiteLLM proxy leg, when its environment is installed
+    from bench.litellm_leg import litellm_installed, litellm_leg, proxy_pid  # type: ignore[import-not-found]
 
-    LEGS["litellm"] = litellm_leg
+    @contextlib.contextmanager
+    def litellm_with_cpu(backend: str) -> Iterator[str]:
+        with litellm_leg(backend) as url:
+            pid = proxy_pid(url)
+            if pid is not None:
+                CPU_PIDS["litellm"] = pid
+            yield url
+
+    if litellm_installed():
+        LEGS["litellm"] = litellm_with_cpu
 
 
 def cpu_seconds(pid: int) -> float:

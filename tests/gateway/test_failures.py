@@ -14,7 +14,7 @@ from wattgate.embedded_redis import free_port
 from wattgate.gateway.settings import BackendSpec
 
 MSG = [{"role": "user", "content": "hi"}]
-BODY = {"model": "fake-model", "messages": MSG}
+BODY = {"model": "fake-model", "messages": MSG, "max_tokens": 200}  # max_tokens 200: output S or M -> pool SM
 
 
 def spec(url: str, id_: str, pool: str | None = None, conc: int = 256) -> BackendSpec:
@@ -177,7 +177,7 @@ def test_non_streaming_disconnect_cancels_too(servers: Servers) -> None:
 def test_metrics_export_the_series(one: tuple[str, object, object]) -> None:
     gw = one[0]
     c = openai.OpenAI(base_url=gw + "/v1", api_key="x", max_retries=0)
-    list(c.chat.completions.create(model="fake-model", messages=MSG, stream=True))  # type: ignore[arg-type]
+    list(c.chat.completions.create(model="fake-model", messages=MSG, stream=True, max_tokens=200))  # type: ignore[arg-type]
     text = httpx.get(gw + "/metrics").text
     assert 'wattgate_gateway_requests_total{endpoint="chat",pool="SM",status="200"} 1.0' in text
     assert 'wattgate_gateway_ttft_seconds_count{pool="SM"} 1.0' in text

@@ -17,7 +17,7 @@ from wattgate.gateway.store import RedisStore, publish_instance
 from wattgate.planner.contract import InstanceRecord, Keys, Observation
 
 MSG = [{"role": "user", "content": "secret prompt text"}]
-BODY = {"model": "fake-model", "messages": MSG}
+BODY = {"model": "fake-model", "messages": MSG, "max_tokens": 200}  # max_tokens 200: output S or M -> pool SM
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float = 8.0) -> None:

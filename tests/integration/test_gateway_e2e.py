@@ -20,7 +20,7 @@ from wattgate.planner.contract import InstanceRecord, Keys, Observation
 def test_registered_instance_served_streamed_and_recorded(redis_url: str) -> None:
     keys = Keys()
     with UvicornThread(FakeBackend(model="llm")) as engine:
-        rec = InstanceRecord(id="n1-gpu0", base_url=engine.url, model="llm", pool="SM", node="n1", state="ready")
+        rec = InstanceRecord(id="n1-gpu0", base_url=engine.url, model="llm", pool="SS", node="n1", state="ready")
         client = redis.Redis.from_url(redis_url)
         client.hset(keys.instances, rec.id, rec.to_json())  # what an agent does on start-up
         port = free_port()
@@ -47,7 +47,7 @@ def test_registered_instance_served_streamed_and_recorded(redis_url: str) -> Non
                     assert time.monotonic() < deadline, "registered instance never appeared"
                     await asyncio.sleep(0.05)
                 stream = await ac.chat.completions.create(
-                    model="llm", messages=[{"role": "user", "content": "hi"}], stream=True
+                    model="llm", messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=50
                 )
                 text = "".join([c.choices[0].delta.content or "" async for c in stream])
                 await ac.close()
@@ -60,8 +60,10 @@ def test_registered_instance_served_streamed_and_recorded(redis_url: str) -> Non
                 time.sleep(0.05)
             ((_, fields),) = client.xrange(keys.observations)
             obs = Observation.from_json(fields[b"json"])
-            assert (obs.instance, obs.pool, obs.output_tokens, obs.status) == ("n1-gpu0", "SM", 3, 200)
+            assert (obs.instance, obs.pool, obs.output_tokens, obs.status) == ("n1-gpu0", "SS", 3, 200)
             assert obs.ttft_s is not None and obs.ttft_s > 0
+            # the process routes with the shipped trained classifier: its numeric features are recorded
+            assert obs.features and all(isinstance(v, float) for v in obs.features.values())
         finally:
             proc.terminate()
             _, err = proc.communicate(timeout=20)

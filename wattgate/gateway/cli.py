@@ -37,6 +37,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--health-interval-s", type=float, help="active /health probe period (default 5)")
     p.add_argument("--eject-cooldown-s", type=float, help="how long a failing instance is skipped (default 10)")
     p.add_argument("--eject-after-failures", type=int, help="consecutive 5xx before ejection (default 3)")
+    p.add_argument(
+        "--classifier",
+        choices=["model", "max_tokens"],
+        help="output-length prediction: the shipped trained model (default) or max_tokens only",
+    )
+    p.add_argument("--classifier-poll-s", type=float, help="period to look for a retrained classifier in Redis (10)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default info")
     p.add_argument("--access-log", action="store_true", default=None, help="log every request (uvicorn access log)")
     p.set_defaults(func=run)
@@ -56,6 +62,8 @@ _FLAGS = [
     "health_interval_s",
     "eject_cooldown_s",
     "eject_after_failures",
+    "classifier",
+    "classifier_poll_s",
     "log_level",
     "access_log",
 ]
@@ -86,9 +94,11 @@ def serve(settings: Any) -> int:
     import uvicorn
 
     from wattgate.gateway.app import create_app
+    from wattgate.gateway.classifier_link import build_predictor, classifier_watcher
 
+    background = [classifier_watcher(settings)] if settings.redis_url and settings.classifier == "model" else []
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, predictor=build_predictor(settings), background=background),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -57,6 +57,8 @@ class GatewaySettings:
     registry_refresh_s: float = 5.0
     redis_timeout_s: float = 1.0
     edges: ClassEdges = field(default_factory=ClassEdges)
+    classifier: str = "model"  # model: the shipped trained classifier; max_tokens: the fallback only
+    classifier_poll_s: float = 10.0  # how often to look for a newer classifier version in Redis
     log_level: str = "info"
     access_log: bool = False
 
@@ -70,7 +72,7 @@ def _validate(s: GatewaySettings) -> None:
     positive = (
         "max_body_bytes connect_timeout_s read_timeout_s write_timeout_s pool_timeout_s max_connections "
         "health_interval_s health_timeout_s record_buffer flush_interval_s registry_refresh_s redis_timeout_s "
-        "eject_after_failures"
+        "eject_after_failures classifier_poll_s"
     )
     for name in positive.split():
         if not getattr(s, name) > 0:
@@ -80,6 +82,8 @@ def _validate(s: GatewaySettings) -> None:
             raise ConfigError(f"{name} must be >= 0, got {getattr(s, name)!r}")
     if s.redis_url is not None and urlsplit(s.redis_url).scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(f"redis_url must start with redis://, rediss:// or unix://, got {_redact(s.redis_url)}")
+    if s.classifier not in {"model", "max_tokens"}:
+        raise ConfigError(f"classifier must be 'model' or 'max_tokens', got {s.classifier!r}")
     if s.log_level not in {"critical", "error", "warning", "info", "debug"}:
         raise ConfigError(f"log_level must be one of critical/error/warning/info/debug, got {s.log_level!r}")
     ids = [b.id for b in s.backends]

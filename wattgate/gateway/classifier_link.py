@@ -1,0 +1,58 @@
+"""Plug the trained output-length classifier into the gateway and follow new versions published in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from wattgate.classifier.api import MaxTokensPredictor, Predictor
+from wattgate.classifier.errors import ClassifierError
+from wattgate.gateway.app import BackgroundTask
+from wattgate.gateway.settings import GatewaySettings
+from wattgate.gateway.state import GatewayState
+from wattgate.planner.contract import Keys
+
+log = logging.getLogger("wattgate.gateway")
+
+SHIPPED_VERSION = 1  # the version of the model that ships in the package
+
+
+def build_predictor(settings: GatewaySettings) -> Predictor:
+    """The shipped model with its tokenizers loaded, or the max_tokens fallback (said once, in the log)."""
+    if settings.classifier == "max_tokens":
+        return MaxTokensPredictor(settings.edges)
+    from wattgate.classifier.predictor import ModelPredictor  # noqa: PLC0415  (numpy, tokenizers: not at import)
+
+    try:
+        predictor = ModelPredictor.shipped(settings.edges)
+        predictor.warm_up()
+    except ClassifierError as exc:
+        log.warning("classifier unavailable (%s); routing on max_tokens only", exc)
+        return MaxTokensPredictor(settings.edges)
+    return predictor
+
+
+def classifier_watcher(settings: GatewaySettings) -> BackgroundTask:
+    """A background task polling Redis for a newer classifier version and swapping it in without a restart."""
+
+    async def watch(state: GatewayState) -> None:
+        from wattgate.classifier.store import ClassifierWatcher  # noqa: PLC0415
+
+        assert settings.redis_url is not None
+        watcher = ClassifierWatcher(settings.redis_url, settings.edges, Keys(settings.redis_prefix))
+        version = SHIPPED_VERSION
+        try:
+            while True:
+                await asyncio.sleep(settings.classifier_poll_s)
+                try:
+                    found = await asyncio.to_thread(watcher.poll, version)
+                except ClassifierError as exc:  # Redis down or a refused document: keep the current model
+                    log.warning("classifier watcher: %s; keeping version %s", exc, version)
+                    continue
+                if found is not None:
+                    version, predictor = found
+                    state.predictor.swap(predictor, str(version))
+        finally:
+            watcher.close()
+
+    return watch
