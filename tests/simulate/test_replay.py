@@ -93,3 +93,11 @@ def test_unknown_policy_and_empty_workload_are_errors() -> None:
         simulate(constant(1.0, 10), load_builtin(), ["fastest"])
     with pytest.raises(SimulateError, match="no requests"):
         simulate([], load_builtin(), ["oracle"])
+
+
+def test_planned_routing_follows_the_plans_split_and_keeps_the_invariants() -> None:
+    reqs = mixed(900, seed=3)
+    settings = SimSettings(gpus=128, solver_time_limit_s=0.5, planned_routing=True)
+    (r,) = simulate(reqs, load_builtin(), ["wattgate"], settings)
+    assert len(r.finish_s) == len(reqs)
+    assert all(a.arrival_s <= b for a, b in zip(sorted(reqs), r.start_s, strict=True))

@@ -26,6 +26,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--diurnal-low", type=float, default=0.35, help="night load as a fraction of the peak (0.35)")
     p.add_argument("--epoch-s", type=float, default=300.0, help="re-planning period of dynamic policies (300)")
     p.add_argument("--confusion", default="measured", help="'measured' (default), 'perfect', or a 3x3 JSON matrix/file")
+    p.add_argument(
+        "--routing",
+        choices=("gateway", "planned"),
+        default="gateway",
+        help="gateway: the live gateway's routing (a pool's own instances, spill only when it has none); "
+        "planned: also split each type's load across pools as the planner's MILP planned",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--carbon-g-per-kwh", type=float, default=400.0, help="grid carbon intensity (400 g/kWh)")
     p.add_argument("--gpu-hour-price", type=float, default=2.0, help="price of one GPU-hour (2.0)")
@@ -62,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
             if v < 0:
                 raise SimulateError(f"{name} must be >= 0")
         settings = SimSettings(
-            gpus=args.gpus, epoch_s=args.epoch_s, seed=args.seed, confusion=Confusion.parse(args.confusion)
+            gpus=args.gpus,
+            epoch_s=args.epoch_s,
+            seed=args.seed,
+            confusion=Confusion.parse(args.confusion),
+            planned_routing=args.routing == "planned",
         )
         profile = resolve_profile(args.profile)
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -80,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         "scale": args.scale,
         "days": args.days,
         "confusion": args.confusion,
+        "routing": args.routing,
     }
     doc = document(results, settings.slo, prices, meta)
     print(json.dumps(doc, indent=2) if args.json else table(doc))

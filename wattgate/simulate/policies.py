@@ -19,7 +19,7 @@ from wattgate.planner.greedy import baseline
 from wattgate.planner.model import Group, Inventory, PlannerError, SolverSettings, make_problem
 from wattgate.planner.solver import solve
 from wattgate.profiles.classes import POOL_NAMES, REQUEST_TYPES
-from wattgate.simulate.engine import GENERIC, PlanFn
+from wattgate.simulate.engine import GENERIC, Flows, PlanFn
 from wattgate.simulate.model import Model
 from wattgate.simulate.trace import SimulateError
 
@@ -76,12 +76,12 @@ class PlanEnv:
 def planner_for(spec: PolicySpec, env: PlanEnv, work: Workload) -> PlanFn:
     """The ``plan(now_s, running)`` function the engine calls every epoch for this policy."""
 
-    def plan(now_s: float, running: Sequence[PlannedInstance]) -> tuple[Group, ...]:
+    def plan(now_s: float, running: Sequence[PlannedInstance]) -> tuple[tuple[Group, ...], Flows]:
         counts = work.true_counts if (spec.oracle or not spec.typed_pools) else work.pred_counts
         demand = _demand(spec, env, counts, now_s)
         if spec.typed_pools:
             return _typed(spec, env, demand, running)
-        return _single(spec, env, counts, now_s)
+        return _single(spec, env, counts, now_s), {}
 
     return plan
 
@@ -98,7 +98,7 @@ def _peak(spec: PolicySpec, env: PlanEnv, series: Sequence[float], now_s: float)
         return max(series, default=0.0) / 60.0 * margin
     now_min = int(now_s // 60)
     future = series[now_min : now_min + horizon]
-    if spec.oracle:
+    if spec.oracle:  # the true peak of the next epoch, no headroom: the floor
         return max(future, default=0.0) / 60.0
     if now_min < env.forecast.window_min:  # no history yet: as if the planner had run before the trace
         return max(future, default=0.0) / 60.0 * margin
@@ -107,10 +107,10 @@ def _peak(spec: PolicySpec, env: PlanEnv, series: Sequence[float], now_s: float)
 
 def _typed(
     spec: PolicySpec, env: PlanEnv, demand: dict[str, float], running: Sequence[PlannedInstance]
-) -> tuple[Group, ...]:
+) -> tuple[tuple[Group, ...], Flows]:
     profile, inv = env.model.profile, Inventory.uniform(env.gpus)
     if not spec.dynamic and not spec.all_clocks and spec.tps == (8,):
-        return baseline(profile, demand, env.model.slo).groups
+        return baseline(profile, demand, env.model.slo).groups, {}
     settings = env.solver if spec.all_clocks else dataclasses.replace(env.solver, clocks=(env.model.top_clock(8),))
     settings = dataclasses.replace(settings, period_s=env.epoch_s)
     try:
@@ -118,7 +118,8 @@ def _typed(
     except PlannerError as exc:
         raise SimulateError(f"planner: {exc}") from exc
     problem = dataclasses.replace(problem, items=tuple(i for i in problem.items if i.tp in spec.tps))
-    return solve(problem).groups
+    decision = solve(problem)
+    return decision.groups, decision.flows_rps
 
 
 def _single(spec: PolicySpec, env: PlanEnv, counts: dict[str, list[float]], now_s: float) -> tuple[Group, ...]:
