@@ -73,10 +73,14 @@ def test_every_request_finishes_and_none_is_served_before_it_arrives(all_policie
         assert all(x > 0 for x in r.ttft_s)
 
 
-def test_no_policy_uses_less_energy_than_the_oracle(all_policies: list[Result]) -> None:
+def test_no_per_type_pool_policy_uses_less_energy_than_the_oracle(all_policies: list[Result]) -> None:
+    """The oracle is the floor of wattgate's own design space (per-type pools). It is not a floor for
+    one generic pool: on this mix, where all nine types arrive at ~0.3 req/s each, nine pools
+    fragment and the static TP8 pool with the clock policy (scale-freq) uses less (see README)."""
     oracle = next(r for r in all_policies if r.name == "oracle")
     for r in all_policies:
-        assert r.energy_j >= oracle.energy_j * 0.999, r.name
+        if r.name in ("wattgate", "multi-pool"):
+            assert r.energy_j >= oracle.energy_j * 0.999, r.name
 
 
 def test_reconfiguring_policies_save_energy_against_the_baseline(all_policies: list[Result]) -> None:
