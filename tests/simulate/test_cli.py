@@ -74,3 +74,16 @@ def test_bad_options_are_clear_errors(
     assert main(["simulate", str(trace(tmp_path / "t.csv", 60)), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_hourly_carbon_series_weights_each_hours_energy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 2-hour trace (sped down): hour 0 at 100 g/kWh, hour 1 at 500 g/kWh."""
+    series = tmp_path / "carbon.txt"
+    series.write_text("100\n500\n")
+    args = ["simulate", str(trace(tmp_path / "t.csv", 120)), "--policies", "single-pool", "--gpus", "16", "--json"]
+    assert main([*args, "--speed", "0.0166", "--carbon-g-per-kwh", str(series)]) == 0
+    p = json.loads(capsys.readouterr().out)["policies"][0]
+    # single-pool draws near-constant power: ~half the energy in each hour
+    assert p["carbon_kg"] == pytest.approx(p["energy_kwh"] * 0.3, rel=0.05)
+    assert main([*args, "--carbon-g-per-kwh", "-3"]) == 2
+    assert "intensities" in capsys.readouterr().err

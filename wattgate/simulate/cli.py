@@ -34,7 +34,11 @@ def register(subparsers: Any) -> None:
         "planned: also split each type's load across pools as the planner's MILP planned",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--carbon-g-per-kwh", type=float, default=400.0, help="grid carbon intensity (400 g/kWh)")
+    p.add_argument(
+        "--carbon-g-per-kwh",
+        default="400",
+        help="grid carbon intensity in g/kWh (400), or a file with one value per hour from the trace start (cycled)",
+    )
     p.add_argument("--gpu-hour-price", type=float, default=2.0, help="price of one GPU-hour (2.0)")
     p.add_argument("--energy-price", type=float, default=0.10, help="price of one kWh (0.10)")
     p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
@@ -61,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
             requests = tile_days(requests, args.days, args.diurnal_low, args.seed)
         if args.scale != 1.0:
             requests = scale(requests, args.scale, args.seed)
+        carbon = _carbon(args.carbon_g_per_kwh)
         for name, v in (
-            ("--carbon-g-per-kwh", args.carbon_g_per_kwh),
             ("--gpu-hour-price", args.gpu_hour_price),
             ("--energy-price", args.energy_price),
         ):
@@ -81,7 +85,12 @@ def run(args: argparse.Namespace) -> int:
     except (SimulateError, ProfilesError) as exc:
         print(f"wattgate simulate: error: {exc}", file=sys.stderr)
         return 2
-    prices = Prices(args.carbon_g_per_kwh, args.gpu_hour_price, args.energy_price)
+    prices = Prices(
+        carbon[0] if len(carbon) == 1 else 0.0,
+        args.gpu_hour_price,
+        args.energy_price,
+        carbon if len(carbon) > 1 else (),
+    )
     meta = {
         "traces": list(args.trace),
         "requests": len(requests),
@@ -108,3 +117,22 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"wrote {out / 'report.json'} and {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
+
+
+def _carbon(spec: str) -> tuple[float, ...]:
+    """A number, or a file of one number per line (hourly intensities); all >= 0."""
+    from pathlib import Path
+
+    from wattgate.simulate.trace import SimulateError
+
+    try:
+        if Path(spec).is_file():
+            text = Path(spec).read_text(encoding="utf-8")
+            values = tuple(float(x) for x in text.replace(",", "\n").split() if x.strip())
+        else:
+            values = (float(spec),)
+    except (OSError, ValueError) as exc:
+        raise SimulateError(f"--carbon-g-per-kwh: expected a number or a file of hourly numbers ({exc})") from exc
+    if not values or min(values) < 0:
+        raise SimulateError("--carbon-g-per-kwh: intensities must be numbers >= 0")
+    return values

@@ -22,6 +22,17 @@ class Prices:
     carbon_g_per_kwh: float = 400.0
     gpu_hour_price: float = 2.0
     energy_price_per_kwh: float = 0.10
+    carbon_hourly_g_per_kwh: tuple[float, ...] = ()  # a series, one value per hour from the start, cycled
+
+    def carbon_kg(self, power_w: Sequence[float]) -> float:
+        """Operational carbon of a per-second power series: each hour's energy at that hour's intensity."""
+        if not self.carbon_hourly_g_per_kwh:
+            return sum(power_w) / 3.6e6 * self.carbon_g_per_kwh / 1e3
+        series = self.carbon_hourly_g_per_kwh
+        total = 0.0
+        for h in range(0, len(power_w), 3600):
+            total += sum(power_w[h : h + 3600]) / 3.6e6 * series[(h // 3600) % len(series)]
+        return total / 1e3
 
 
 def summarise(r: Result, slo: SloTargets, prices: Prices, baseline: Result | None) -> dict[str, Any]:
@@ -56,7 +67,7 @@ def summarise(r: Result, slo: SloTargets, prices: Prices, baseline: Result | Non
         "avg_power_kw": float(power.mean() / 1e3) if len(power) else 0.0,
         "peak_power_kw": float(power.max() / 1e3) if len(power) else 0.0,
         "gpu_hours": gpu_h,
-        "carbon_kg": kwh * prices.carbon_g_per_kwh / 1e3,
+        "carbon_kg": prices.carbon_kg(r.power_w),
         "cost": gpu_h * prices.gpu_hour_price + kwh * prices.energy_price_per_kwh,
         "slo_attainment": float(ok.mean()) if len(ok) else 1.0,
         "ttft_p99_s": float(np.percentile(ttft, 99)) if len(ttft) else 0.0,
@@ -85,7 +96,7 @@ def document(results: Sequence[Result], slo: SloTargets, prices: Prices, meta: d
         "figures": SOURCE + "; replay wall times measured",
         **meta,
         "prices": {
-            "carbon_g_per_kwh": prices.carbon_g_per_kwh,
+            "carbon_g_per_kwh": list(prices.carbon_hourly_g_per_kwh) or prices.carbon_g_per_kwh,
             "gpu_hour_price": prices.gpu_hour_price,
             "energy_price_per_kwh": prices.energy_price_per_kwh,
         },
