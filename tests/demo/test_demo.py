@@ -144,7 +144,12 @@ def test_bad_trace_is_a_clear_error(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for extra in (["--trace", str(bad)], ["--trace", str(tmp_path / "missing.csv")], ["--speed", "0.5"]):
         res = subprocess.run(
-            [sys.executable, "-m", "wattgate", "demo", *extra], capture_output=True, text=True, env=env, timeout=60
+            [sys.executable, "-m", "wattgate", "demo", *extra],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
         )
         assert res.returncode == 2, res.stderr
         assert res.stderr.startswith("wattgate demo: ") and "Traceback" not in res.stderr
