@@ -20,6 +20,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=4.0,
         help="trace seconds per wall second; one request in SPEED is kept so the rate stays the trace's (default 4)",
     )
+    p.add_argument(
+        "--load-fraction",
+        type=float,
+        default=0.5,
+        help="share of the trace's requests replayed, to fit the cluster (default 0.5: about 2.4 req/s)",
+    )
     p.add_argument("--nodes", type=int, default=2, help="simulated nodes, one agent each (default 2)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="simulated H100s per node (default 8)")
     p.add_argument("--port", type=int, default=8080, help="gateway port on 127.0.0.1 (default 8080)")
@@ -38,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         for bad, msg in (
             (args.duration_s <= 0, "--duration-s must be > 0"),
             (args.speed < 1, "--speed must be >= 1"),
+            (not 0 < args.load_fraction <= 1, "--load-fraction must be in (0, 1]"),
             (args.nodes < 1, "--nodes must be >= 1"),
             (args.gpus_per_node not in (1, 2, 4, 8), "--gpus-per-node must be 1, 2, 4 or 8"),
             (not 0 < args.port < 65536, "--port must be 1..65535"),

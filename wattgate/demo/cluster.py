@@ -19,6 +19,9 @@ from typing import IO, Any
 from wattgate.embedded_redis import EmbeddedRedis, EmbeddedRedisError, free_port
 
 MODEL = "llama-2-70b"
+# agents drain in-flight streams before stopping an engine (the longest trace output, 1,000 tokens at ~60 ms,
+# lasts about a minute), and on SIGTERM they drain, stop engines and reset clocks
+STOP_TIMEOUT_S = 120.0
 
 
 class DemoError(Exception):
@@ -31,8 +34,9 @@ class ClusterSettings:
     gpus_per_node: int
     port: int
     run_dir: Path
-    pool_period_s: float = 10.0
-    cluster_period_s: float = 30.0
+    pool_period_s: float = 30.0
+    cluster_period_s: float = 60.0
+    margin: float = 0.3  # the thinned trace is bursty within a minute
     ready_timeout_s: float = 120.0
 
 
@@ -77,6 +81,8 @@ class Cluster:
                 str(s.pool_period_s),
                 "--cluster-period-s",
                 str(s.cluster_period_s),
+                "--margin",
+                str(s.margin),
             ],
         )
         for n in range(s.nodes):
@@ -88,7 +94,7 @@ class Cluster:
                 "--start-timeout-s",
                 "60",
                 "--drain-timeout-s",
-                "10",
+                "90",
                 "--stop-grace-s",
                 "5",
                 "--log-level",
@@ -171,11 +177,11 @@ class Cluster:
                     p.popen.send_signal(signal.SIGTERM)
             for p in group:
                 try:
-                    p.popen.wait(timeout=30)
+                    p.popen.wait(timeout=STOP_TIMEOUT_S)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.popen.pid, signal.SIGKILL)
                     p.popen.wait()
-                    problems.append(f"{p.name} did not stop within 30 s and was killed")
+                    problems.append(f"{p.name} did not stop within {STOP_TIMEOUT_S:.0f} s and was killed")
                 p.log.close()
         self.procs.clear()
         if self.redis is not None:

@@ -38,6 +38,7 @@ class DemoSettings:
     report_json: Path | None
     run_dir: Path | None
     seed: int
+    load_fraction: float
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> DemoSettings:
@@ -53,6 +54,7 @@ class DemoSettings:
             Path(a.report_json) if a.report_json else None,
             Path(a.run_dir) if a.run_dir else None,
             a.seed,
+            a.load_fraction,
         )
 
 
@@ -69,7 +71,13 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def main(s: DemoSettings) -> int:
     try:
         sched = schedule(
-            read_trace(s.trace), s.duration_s, s.speed, ClassEdges(), max_output_tokens=s.max_output_tokens, seed=s.seed
+            read_trace(s.trace),
+            s.duration_s,
+            s.speed,
+            ClassEdges(),
+            max_output_tokens=s.max_output_tokens,
+            seed=s.seed,
+            load_fraction=s.load_fraction,
         )
     except TraceError as exc:
         say(f"wattgate demo: {exc}", err=True)

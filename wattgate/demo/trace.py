@@ -67,16 +67,18 @@ def schedule(
     *,
     max_output_tokens: int | None = None,
     seed: int = 0,
+    load_fraction: float = 1.0,
 ) -> list[Scheduled]:
     """``duration_s × speed`` trace seconds played in ``duration_s`` wall seconds, one request in ``speed`` kept.
 
     Keeping one in ``speed`` holds the arrival rate at the trace's own rate, so the planner, the clock
     loop and the emulated engines (which all work in wall time) see the load the trace had, while the
-    demo walks through ``speed`` times more of its time-varying shape. A trace shorter than that wraps.
+    demo walks through ``speed`` times more of its time-varying shape. ``load_fraction`` scales the rate
+    down further (a small cluster cannot carry a whole production trace). A trace shorter than that wraps.
     """
     span = rows[-1].at_s + 1.0
     rng = random.Random(seed)
-    keep = 1.0 / speed
+    keep = load_fraction / speed
     out: list[Scheduled] = []
     offset = 0.0
     while offset < duration_s * speed:
