@@ -5,6 +5,7 @@ move, and every request gets a 200. On SIGTERM the agent resets the clocks it lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,15 +79,17 @@ class Procs:
             if proc.poll() is None:
                 proc.terminate()
         for proc in self.procs.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # anything left in its session (e.g. engines)
-            except (ProcessLookupError, PermissionError):
-                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # anything left in its session
             proc.wait(timeout=10)
+        # engines run in their own process groups: kill any an agent that died left behind
+        engines = self.tmp / "agent-state" / "engines.json"
+        if engines.exists():
+            for engine in json.loads(engines.read_text()).get("engines", []):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(int(engine["pid"]), signal.SIGKILL)
 
 
 class Load:
@@ -134,7 +137,7 @@ class Load:
             resp.parse()
             outcome = str(resp.status_code)
         except Exception as exc:  # every failure is recorded and fails the test
-            outcome = f"{type(exc).__name__}: {exc}"
+            outcome = f"at {time.strftime('%H:%M:%S')}: {type(exc).__name__}: {exc}"
         with self.lock:
             self.results.append(outcome)
 
@@ -150,9 +153,11 @@ class Load:
 class Registry:
     """Watches the instance registry (pub/sub events plus polling) and keeps every state each instance had."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, gpu_dir: Path | None = None, gpus: int = 0) -> None:
         self.r = redis.Redis.from_url(url, decode_responses=True)
         self.seen: dict[str, list[str]] = {}
+        self.gpu_dir, self.gpus = gpu_dir, gpus
+        self.clocks: dict[int, list[int | None]] = {}  # every locked clock each simulated GPU had
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -167,12 +172,14 @@ class Registry:
         self.r.close()
 
     def _run(self) -> None:
-        sub = self.r.pubsub()
+        sub = self.r.pubsub()  # type: ignore[no-untyped-call]
         sub.subscribe(KEYS.instance_events)
         try:
             while not self.stopped.is_set():
                 sub.get_message(timeout=0.02)
                 self._note(self.current())
+                if self.gpu_dir is not None:
+                    self._note_clocks(locked_clocks(self.gpu_dir, self.gpus))
         finally:
             sub.close()
 
@@ -186,9 +193,20 @@ class Registry:
                 if not states or states[-1] != rec.state:
                     states.append(rec.state)
 
+    def _note_clocks(self, now: dict[int, int | None]) -> None:
+        with self.lock:
+            for gpu, mhz in now.items():
+                history = self.clocks.setdefault(gpu, [])
+                if not history or history[-1] != mhz:
+                    history.append(mhz)
+
+    def clock_history(self) -> dict[int, list[int | None]]:
+        with self.lock:
+            return {g: list(h) for g, h in self.clocks.items()}
+
     def current(self) -> dict[str, InstanceRecord]:
         raw = self.r.hgetall(KEYS.instances)
-        return {k: InstanceRecord.from_json(v) for k, v in raw.items()}
+        return {str(k): InstanceRecord.from_json(v) for k, v in raw.items()}
 
     def states(self, instance_id: str) -> list[str]:
         with self.lock:
@@ -310,5 +328,79 @@ def test_published_plans_start_drain_stop_and_reclock_without_failing_requests(
         wait_for(lambda: locked_clocks(cluster.gpu_dir, 4)[2] == 800, "the idle clock again", 30)
     assert load.count() >= 12
     assert load.failures() == [], load.failures()
+    cluster.stop_agent_and_check_reset()
+    r.close()
+
+
+def current_plan(r: redis.Redis) -> Plan | None:
+    raw = r.get(KEYS.plan)
+    return Plan.from_json(raw) if raw else None
+
+
+def plan_layout(plan: Plan) -> frozenset[tuple[str, str, int, tuple[int, ...]]]:
+    """What the agent runs for a plan (pool, TP, GPUs per instance id); clocks are the clock loop's."""
+    return frozenset((i.id, i.pool, i.tp, tuple(i.gpus)) for i in plan.for_node(NODE))
+
+
+def test_real_planner_follows_gateway_load_without_failing_requests(
+    procs: Procs, tmp_path: Path, redis_url: str
+) -> None:
+    """``wattgate planner`` reads the load windows the gateway writes and re-plans every 2 s; the agent
+    carries the plans out while requests keep flowing."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    cluster = Cluster(procs, tmp_path, redis_url, 8)
+    planner = ["planner", "--redis-url", redis_url, "--nodes", f"{NODE}=8", "--pool-period-s", "2"]
+    procs.start("planner", *planner, "--lease-s", "3", "--min-rps", "0.05", "--margin", "2", "--time-limit-s", "1")
+
+    def all_ready() -> Plan | None:
+        plan = current_plan(r)
+        if plan is None or not plan.for_node(NODE):
+            return None
+        ready = {k: v for k, v in reg.ready().items() if v.state == "ready"}
+        return plan if set(ready) == {i.id for i in plan.for_node(NODE)} else None
+
+    with Registry(redis_url, cluster.gpu_dir, 8) as reg, Load(cluster.base_url) as load:
+        quiet = wait_for(all_ready, "the quiet plan's instances ready", 40)
+        load.set(0.5, 8)
+        wait_for(lambda: load.count() >= 3, "requests at the low rate")
+        before = plan_layout(quiet)
+        load.set(4.0, 8)  # the load rises: the quiet layout cannot carry it
+        busy = wait_for(
+            lambda: (
+                (p := current_plan(r)) is not None
+                and plan_layout(p) != before
+                and sum(p.forecast_rps.values()) > 2
+                and p
+            ),
+            "a plan for the higher load",
+            50,
+        )
+        # the planner re-plans every 2 s and may move things more than once: wait for a changed plan
+        # whose instances, and no others, are ready
+        busy = wait_for(
+            lambda: (p := all_ready()) is not None and plan_layout(p) != before and p,
+            "a changed plan's instances ready",
+            40,
+        )
+        started = {i[0] for i in plan_layout(busy)} - {i[0] for i in before}
+        assert started, (before, plan_layout(busy))
+        for gone in {i[0] for i in before} - {i[0] for i in plan_layout(busy)}:
+
+            def stopped(g: str = gone) -> bool:
+                return reg.states(g)[-1:] == ["gone"]
+
+            wait_for(stopped, f"{gone} drained and stopped", 30)
+            assert reg.states(gone)[-3:] == ["ready", "draining", "gone"]
+        clocks = locked_clocks(cluster.gpu_dir, 8)
+        for inst in busy.for_node(NODE):
+            assert all(clocks[g] is not None for g in inst.gpus), (inst, clocks)
+        served = load.count()
+        wait_for(lambda: load.count() >= served + 8, "requests served after the change")
+        # clocks moved: the clock loop locked more than one clock on some GPU as the load changed
+        moved = [g for g, h in reg.clock_history().items() if len({c for c in h if c is not None}) >= 2]
+        assert moved, reg.clock_history()
+        load.set(0, 8)
+    assert load.failures() == [], load.failures()
+    assert procs.stop("planner") == 0, procs.log("planner")
     cluster.stop_agent_and_check_reset()
     r.close()
