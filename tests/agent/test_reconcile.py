@@ -33,9 +33,7 @@ def test_order_is_drain_stop_clock_start_wait_register() -> None:
     )
     assert kinds(d) == [
         ("drain", "old1"),
-        ("drain", "old2"),
         ("stop", "old1"),
-        ("stop", "old2"),
         ("set_clock", "new1"),
         ("start", "new1"),
         ("set_clock", "new2"),
@@ -44,6 +42,8 @@ def test_order_is_drain_stop_clock_start_wait_register() -> None:
         ("register", "new1"),
         ("wait_healthy", "new2"),
         ("register", "new2"),
+        ("drain", "old2"),  # blocks no new instance: it serves until the new ones are up
+        ("stop", "old2"),
     ]
     clock = next(a for a in d.actions if a.kind is ActionKind.SET_CLOCK)
     assert clock.gpus == (0, 1) and clock.sm_clock_mhz == 1000
@@ -75,8 +75,50 @@ def test_changed_placement_or_pool_is_replaced() -> None:
         {"a": actual("a", [0, 1]), "b": actual("b", [4], pool="SS")},
         GPUS,
     )
-    assert kinds(d)[:4] == [("drain", "a"), ("drain", "b"), ("stop", "a"), ("stop", "b")]
-    assert ("start", "a") in kinds(d) and ("start", "b") in kinds(d)
+    assert kinds(d) == [
+        ("drain", "a"),
+        ("stop", "a"),
+        ("set_clock", "a"),
+        ("start", "a"),
+        ("wait_healthy", "a"),
+        ("register", "a"),
+        ("drain", "b"),  # b keeps serving until a's replacement is up
+        ("stop", "b"),
+        ("set_clock", "b"),
+        ("start", "b"),
+        ("wait_healthy", "b"),
+        ("register", "b"),
+    ]
+
+
+def test_a_plan_replacing_every_instance_rolls_wave_by_wave() -> None:
+    """Regression: every GPU of the node re-planned (3 x TP2 -> 2 x TP4) drained all three old
+    instances at once, leaving nothing routable until the new ones were up (the gateway answered 503)."""
+    d = diff(
+        [planned("sl-tp4-a", [0, 1, 2, 3], pool="SL"), planned("sl-tp4-b", [4, 5, 6, 7], pool="SL")],
+        {
+            "ll": actual("ll", [0, 1], pool="LL"),
+            "ml": actual("ml", [2, 3], pool="ML"),
+            "sl": actual("sl", [4, 5], pool="SL"),
+        },
+        GPUS,
+    )
+    assert kinds(d) == [
+        ("drain", "ll"),
+        ("drain", "ml"),
+        ("stop", "ll"),
+        ("stop", "ml"),
+        ("set_clock", "sl-tp4-a"),
+        ("start", "sl-tp4-a"),
+        ("wait_healthy", "sl-tp4-a"),
+        ("register", "sl-tp4-a"),
+        ("drain", "sl"),  # serves until sl-tp4-a is ready
+        ("stop", "sl"),
+        ("set_clock", "sl-tp4-b"),
+        ("start", "sl-tp4-b"),
+        ("wait_healthy", "sl-tp4-b"),
+        ("register", "sl-tp4-b"),
+    ]
 
 
 def test_clock_change_alone_does_not_restart() -> None:

@@ -11,8 +11,10 @@ import httpx
 import redis
 
 from tests.gateway.conftest import Servers
-from wattgate.embedded_redis import EmbeddedRedis
+from wattgate.embedded_redis import EmbeddedRedis, free_port
 from wattgate.gateway.metrics import GatewayMetrics
+from wattgate.gateway.settings import GatewaySettings
+from wattgate.gateway.state import GatewayState
 from wattgate.gateway.store import RedisStore, publish_instance
 from wattgate.planner.contract import InstanceRecord, Keys, Observation
 
@@ -138,3 +140,23 @@ def test_tls_redis_url_builds_a_tls_connection() -> None:
     assert pool.connection_class.__name__ == "SSLConnection"
     assert pool.connection_kwargs["password"] == "pw"
     asyncio.run(store.close())
+
+
+def test_instance_probed_while_starting_is_routable_once_registered_ready() -> None:
+    """Regression: an agent registers an instance ``starting`` before its engine listens; a health probe
+    then failed and kept it unroutable after the agent marked it ready (until the next probe, 5 s),
+    so a plan change that drained the old instances at that moment answered 503."""
+    state = GatewayState.build(GatewaySettings())
+    dead = f"http://127.0.0.1:{free_port()}"  # the engine does not listen yet
+
+    async def scenario() -> tuple[bool, bool]:
+        state.apply_registry([record(dead, state="starting")])
+        await state.probe_all()
+        state.apply_registry([record(dead, state="ready")])  # the agent's own health wait passed
+        routable_when_ready = state.instances["i1"].routable(time.monotonic())
+        await state.probe_all()  # a ready instance that stops answering is still taken out
+        still_probed = not state.instances["i1"].routable(time.monotonic())
+        await state.client.aclose()
+        return routable_when_ready, still_probed
+
+    assert asyncio.run(scenario()) == (True, True)

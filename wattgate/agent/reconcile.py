@@ -1,7 +1,9 @@
 """Reconcile, the pure part: the plan's instances for this node vs what runs → ordered actions.
 
 Order: drain → stop (instances leaving or changing), then for each new instance set clocks →
-start, then wait healthy → register ready; new instances on free GPUs come up before the drains.
+start, then wait healthy → register ready; new instances on free GPUs come up before the drains,
+and the others replace leaving instances wave by wave (rolling), leaving instances that block no
+new one being drained last.
 Instances whose pool, GPUs and TP are unchanged are left alone (their clocks belong to the clock
 loop). No I/O here: the actuator applies the actions.
 """
@@ -99,7 +101,8 @@ def diff(
     """The actions that take this node from ``actual`` to ``desired``, in the order to apply them.
 
     New instances on GPUs that no leaving instance holds come up first (make before break: the
-    pool never loses capacity it could have kept); the others wait for the drain and stop.
+    pool never loses capacity it could have kept); the others come up in waves, each after the drain
+    and stop of only the leaving instances on its GPUs; leaving instances that block nothing go last.
     ``follow_plan_clocks`` (no clock loop): a kept instance whose planned clock changed is re-clocked.
     """
     wanted, problems = _admissible(desired, node_gpus)
@@ -115,7 +118,34 @@ def diff(
         if follow_plan_clocks and p.id in keep and p.sm_clock_mhz != actual[p.id].planned_clock_mhz
     ]
     actions += _bring_up(early)
-    actions += [Action(ActionKind.DRAIN, i, actual[i].gpus) for i in leaving]
-    actions += [Action(ActionKind.STOP, i, actual[i].gpus) for i in leaving]
-    actions += _bring_up(late)
+    drained: set[str] = set()
+    for blockers, group in _waves(late, leaving, actual):
+        actions += _take_down(blockers, actual)
+        actions += _bring_up(group)
+        drained |= set(blockers)
+    actions += _take_down([i for i in leaving if i not in drained], actual)
     return Diff(tuple(actions), tuple(problems))
+
+
+def _waves(
+    late: Sequence[PlannedInstance], leaving: Sequence[str], actual: Mapping[str, Actual]
+) -> list[tuple[list[str], list[PlannedInstance]]]:
+    """Rolling replacement: each new instance takes down only the leaving ones on its GPUs, and is up
+    before the next wave drains more, so leaving instances keep serving as long as they can (a plan
+    that replaces every instance of a node never leaves the node with nothing routable)."""
+    waves: list[tuple[list[str], list[PlannedInstance]]] = []
+    drained: set[str] = set()
+    for p in late:
+        blockers = [i for i in leaving if i not in drained and set(actual[i].gpus) & set(p.gpus)]
+        if blockers or not waves:
+            waves.append((blockers, [p]))
+            drained |= set(blockers)
+        else:  # its GPUs were freed by this wave's drains: it comes up with the wave
+            waves[-1][1].append(p)
+    return waves
+
+
+def _take_down(ids: Sequence[str], actual: Mapping[str, Actual]) -> list[Action]:
+    return [Action(ActionKind.DRAIN, i, actual[i].gpus) for i in ids] + [
+        Action(ActionKind.STOP, i, actual[i].gpus) for i in ids
+    ]

@@ -135,6 +135,8 @@ class GatewayState:
                 self.instances[rec.id] = Instance(spec)
                 log.info("instance %s appeared (%s, pool %s, %s)", rec.id, spec.base_url, rec.pool, rec.state)
             elif inst.spec != spec:
+                if spec.ready and not inst.spec.ready:
+                    inst.healthy = True  # the agent registers ready only once its own health wait passed
                 inst.spec = spec
         for iid in [k for k, v in self.instances.items() if v.spec.source == "registry" and k not in seen]:
             log.info("instance %s disappeared", iid)
@@ -195,7 +197,8 @@ class GatewayState:
         log.info("backend %s serves %s", inst.spec.base_url, ", ".join(sorted(models)))
 
     async def probe_all(self) -> None:
-        await asyncio.gather(*(self.probe(i) for i in list(self.instances.values())))
+        # a starting or draining instance is not routed to: a probe of it would only leave a stale verdict
+        await asyncio.gather(*(self.probe(i) for i in list(self.instances.values()) if i.spec.ready))
         self.count_instances()
 
     async def run_prober(self) -> None:
