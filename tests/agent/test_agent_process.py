@@ -103,7 +103,16 @@ def test_locks_plan_clock_and_resets_on_sigterm(env, fake_nvml_dir: Path, redis_
         wait_for(lambda: (x := record(r)) is not None and x.sm_clock_mhz == 1605, "record shows 1605")
         publish_plan(r, 3, 1200, [0, 1])
         wait_for(lambda: locked_clocks(state) == {0: 1200, 1: 1200}, "back to 1200")
-        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        # the metrics are refreshed on the agent's next tick: wait for the re-lock to show there
+        metrics = wait_for(
+            lambda: (
+                (t := httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text)
+                and 'wattgate_agent_gpu_locked_clock_mhz{gpu="0"} 1200.0' in t
+                and t
+            ),
+            "metrics show the 1200 MHz lock",
+        )
+        assert isinstance(metrics, str)
         assert "wattgate_agent_clock_control 1.0" in metrics
         assert 'wattgate_agent_gpu_locked_clock_mhz{gpu="0"} 1200.0' in metrics
         assert 'source="measured"' in metrics

@@ -173,7 +173,11 @@ def test_metrics_batch_limit_and_disconnect() -> None:
             "POST", f"{srv.url}/v1/completions", json={"model": MODEL, "prompt": "y", "max_tokens": 3, "stream": True}
         ) as second:
             deadline = time.monotonic() + 5
-            while (m := _metrics(srv.url))["vllm:num_requests_waiting"] != 1 and time.monotonic() < deadline:
+
+            def settled(m: dict[str, float]) -> bool:  # power is sampled periodically: wait for the sample
+                return m["vllm:num_requests_waiting"] == 1 and m["wattgate_sim_power_watts"] > 140
+
+            while not settled(m := _metrics(srv.url)) and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert m["vllm:num_requests_running"] == 1 and m["vllm:num_requests_waiting"] == 1
             assert m["wattgate_sim_power_watts"] > 140 and m["wattgate_sim_sm_clock_mhz"] == 1980
