@@ -23,8 +23,8 @@ DEFAULT_SAMPLE_CHARS = 1536
 NGRAM_HEAD_TOKENS = 256
 
 
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
+def _words(text: str) -> frozenset[bytes]:
+    return frozenset(text.encode().split())
 
 
 # Words and phrases that say something about the answer's length, looked for in the head and tail
@@ -50,7 +50,9 @@ _FIRST_WORDS = {
     "cue_question": _words("what who when where which is are can does do how"),
 }
 _CUE_NAMES = (*_CUE_WORDS, *_FIRST_WORDS)
-_WORD_RE = re.compile(r"[a-z]+")
+# Words are maximal runs of ASCII a-z in the lowercased text (what ``[a-z]+`` finds): on UTF-8 bytes,
+# every other byte (multi-byte characters included) becomes a space, then ``bytes.split``; 2x findall's speed.
+_NOT_AZ_TO_SPACE = bytes(c if 97 <= c <= 122 else 32 for c in range(256))
 _COUNT_RE = re.compile(r"at least \d+|\d+ words")
 CUE_HEAD_CHARS = 1000
 CUE_TAIL_CHARS = 300
@@ -196,9 +198,9 @@ def _turn_features(roles: list[str], counts: list[int], last: int) -> dict[str, 
 
 def _text_features(text: str) -> dict[str, float]:
     probe = (text[:CUE_HEAD_CHARS] + "\n" + text[-CUE_TAIL_CHARS:] if len(text) > CUE_HEAD_CHARS else text).lower()
-    words = set(_WORD_RE.findall(probe))
-    first = _WORD_RE.search(probe)
-    first_word = first.group(0) if first else ""
+    word_list = probe.encode("utf-8", "surrogatepass").translate(_NOT_AZ_TO_SPACE).split()
+    words = set(word_list)
+    first_word = word_list[0] if word_list else b""
     out = {
         "n_lines_last_user": float(text.count("\n", 0, 20_000) + 1),
         "has_code_block": 1.0 if "```" in probe else 0.0,
@@ -208,7 +210,7 @@ def _text_features(text: str) -> dict[str, float]:
     for name, vocab in _CUE_WORDS.items():
         hit = not words.isdisjoint(vocab) or any(p in probe for p in _CUE_PHRASES.get(name, ()))
         out[name] = 1.0 if hit else 0.0
-    if not out["cue_detail"] and ("at least" in probe or "words" in words) and _COUNT_RE.search(probe):
+    if not out["cue_detail"] and ("at least" in probe or b"words" in words) and _COUNT_RE.search(probe):
         out["cue_detail"] = 1.0
     for name, vocab in _FIRST_WORDS.items():
         out[name] = 1.0 if first_word in vocab else 0.0

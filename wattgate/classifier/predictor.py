@@ -69,8 +69,7 @@ class ModelPredictor:
 
     def probabilities(self, features: Mapping[str, float]) -> tuple[float, float, float]:
         x = np.asarray(feature_vector(features, self.model.feature_names), dtype=np.float64)
-        s, m, l_ = (float(p) for p in self.model.probabilities(x))
-        return (s, m, l_)
+        return self.model.probabilities3(x)
 
     def predict(self, body: Mapping[str, Any], endpoint: str) -> Prediction:
         input_tokens, feats = self.features(body, endpoint)
