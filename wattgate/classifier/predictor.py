@@ -63,8 +63,8 @@ class ModelPredictor:
         """Input tokens and every numeric feature the model uses (text logits included)."""
         ext = self.extractor.extract(body, endpoint)
         feats = ext.features
-        for name, value in zip(TEXT_FEATURES, self.model.text.logits(ext.ngram_ids), strict=True):
-            feats[name] = round(float(value), 4)
+        for name, value in zip(TEXT_FEATURES, self.model.text.logits(ext.ngram_ids).tolist(), strict=True):
+            feats[name] = round(value, 4)
         return ext.input_tokens, feats
 
     def probabilities(self, features: Mapping[str, float]) -> tuple[float, float, float]:
