@@ -54,6 +54,7 @@ _FIRST_WORDS = {
     "cue_question": _words("what who when where which is are can does do how"),
 }
 _CUE_NAMES = (*_CUE_WORDS, *_FIRST_WORDS)
+_CUE_TESTS = tuple((name, vocab, _CUE_PHRASES.get(name, ())) for name, vocab in _CUE_WORDS.items())
 # Words are maximal runs of ASCII a-z in the lowercased text (what ``[a-z]+`` finds): on UTF-8 bytes,
 # every other byte (multi-byte characters included) becomes a space, then ``bytes.split``; 2x findall's speed.
 _NOT_AZ_TO_SPACE = bytes(c if 97 <= c <= 122 else 32 for c in range(256))
@@ -216,8 +217,10 @@ def _text_features(text: str) -> dict[str, float]:
         "n_question_marks": float(probe.count("?")),
         "ends_with_question": 1.0 if text.rstrip().endswith("?") else 0.0,
     }
-    for name, vocab in _CUE_WORDS.items():
-        hit = not words.isdisjoint(vocab) or any(p in probe for p in _CUE_PHRASES.get(name, ()))
+    for name, vocab, phrases in _CUE_TESTS:
+        hit = not words.isdisjoint(vocab)
+        for phrase in phrases:
+            hit = hit or phrase in probe
         out[name] = 1.0 if hit else 0.0
     if not out["cue_detail"] and ("at least" in probe or b"words" in words) and _COUNT_RE.search(probe):
         out["cue_detail"] = 1.0
