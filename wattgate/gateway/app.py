@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wattgate.classifier.api import Predictor
+from wattgate.gateway.dashboard import Sampler, dashboard_asset, dashboard_data, dashboard_page, run_sampler
 from wattgate.gateway.errors import ApiError, GatewayError, handle_error
 from wattgate.gateway.http import check_api_key, header
 from wattgate.gateway.proxy import ProxyEndpoint, new_request_id
@@ -113,6 +114,13 @@ def create_app(
                     store.watch_instances(state.apply_registry, settings.registry_refresh_s), name="registry"
                 )
             )
+        sampler = Sampler(state.metrics, store)
+        app.state.dashboard = sampler
+        state.tasks.append(
+            asyncio.create_task(
+                run_sampler(sampler, lambda: {k: i.in_flight for k, i in state.instances.items()}), name="dashboard"
+            )
+        )
         for task in background:
             state.tasks.append(asyncio.create_task(task(state)))
         log.info("gateway ready: %d static backend(s), redis %s", len(settings.backends), "on" if store else "off")
@@ -136,6 +144,9 @@ def create_app(
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/dashboard", dashboard_page, methods=["GET"]),
+        Route("/dashboard/data", dashboard_data, methods=["GET"]),
+        Route("/dashboard/{name}", dashboard_asset, methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {GatewayError: handle_error, HTTPException: handle_error, Exception: handle_error}
     return Starlette(

@@ -25,7 +25,9 @@ from wattgate.planner.contract import (
     ContractError,
     InstanceRecord,
     Keys,
+    NodeTelemetry,
     Observation,
+    Plan,
     load_field,
 )
 
@@ -152,6 +154,30 @@ class RedisStore:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 await _close_quietly(pubsub.aclose)
+
+    # -- dashboard reads ------------------------------------------------------------------------
+    async def read_cluster(self) -> tuple[list[NodeTelemetry], Plan | None, list[InstanceRecord]]:
+        """The agents' node telemetry, the current plan and the instance registry (empty when Redis is away)."""
+        try:
+            nodes = sorted(
+                n.decode() if isinstance(n, bytes) else str(n) for n in await self.client.smembers(self.keys.nodes)
+            )
+            raw = await self.client.mget([self.keys.telemetry(n) for n in nodes]) if nodes else []
+            plan_raw = await self.client.get(self.keys.plan)
+            records = await self.load_instances()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("dashboard", exc)
+            return [], None, []
+        telemetry = []
+        for item in raw:
+            if item is not None:
+                with contextlib.suppress(ContractError):
+                    telemetry.append(NodeTelemetry.from_json(item))
+        plan = None
+        if plan_raw is not None:
+            with contextlib.suppress(ContractError):
+                plan = Plan.from_json(plan_raw)
+        return telemetry, plan, records
 
     def _failed(self, op: str, exc: BaseException) -> None:
         self.metrics.redis_errors.labels(op).inc()

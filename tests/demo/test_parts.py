@@ -1,0 +1,64 @@
+"""The demo's pure parts: trace schedule (compression with thinning), the modelled baseline, the live view."""
+
+from __future__ import annotations
+
+import io
+import math
+
+from wattgate.demo.replay import Progress
+from wattgate.demo.report import BASELINE_TP, IDLE_POWER_W, baseline_window
+from wattgate.demo.trace import read_trace, schedule
+from wattgate.demo.view import View, screen
+from wattgate.profiles.builtin import load_builtin
+from wattgate.profiles.classes import ClassEdges, RequestType, SloTargets
+
+
+def test_shipped_excerpt_and_thinning_keep_the_traces_rate() -> None:
+    rows = read_trace(None)
+    assert len(rows) == 2867 and rows[0].at_s == 0.0 and rows[-1].at_s < 600
+    for speed in (1.0, 4.0):
+        sched = schedule(rows, 100.0, speed, ClassEdges(), max_output_tokens=50)
+        assert all(0 <= r.send_at_s < 100 and r.output_tokens <= 50 for r in sched)
+        in_span = sum(r.at_s < 100.0 * speed for r in rows)  # the trace's own requests in the replayed span
+        assert math.isclose(len(sched), in_span / speed, rel_tol=0.1)
+    long = schedule(rows, 200.0, 4.0, ClassEdges())  # 800 s of a 600 s trace: wraps
+    assert long[-1].trace_at_s > 600
+
+
+def test_baseline_sizes_tp8_instances_for_the_load_and_counts_idle_gpus() -> None:
+    p, slo = load_builtin(), SloTargets()
+    mm = RequestType.parse("MM")
+    quiet = baseline_window(p, {mm: 0.5}, {mm: 1.0}, slo, gpus=16)
+    busy = baseline_window(p, {mm: 10.0}, {mm: 1.0}, slo, gpus=16)
+    assert quiet.instances == 1 and busy.instances > 1
+    assert quiet.power_w > (16 - BASELINE_TP) * IDLE_POWER_W
+    assert busy.power_w > quiet.power_w
+    idle = baseline_window(p, {}, {mm: 1.0}, slo, gpus=16)
+    assert idle.instances == 1  # the baseline keeps one instance warm
+
+
+def test_view_in_place_on_a_tty_and_lines_otherwise() -> None:
+    data = {
+        "rps": 2.5,
+        "power_w": 3000.0,
+        "power_source": ["modelled"],
+        "nodes": [{"node": "node1", "power_w": 3000.0}],
+        "instances": [{"pool": "SM", "tp": 2, "sm_clock_mhz": 1200, "state": "ready"}],
+        "pools": {"SM": {"requests": 4, "slo_attainment": 0.75}},
+        "plan": {"version": 3, "gpus": 2, "predicted_power_w": 900.0, "baseline_power_w": 9000.0},
+    }
+    text = screen(data, Progress(total=10, sent=5, done=4), 30.0, 60.0, "http://127.0.0.1:8080")
+    assert "TP2@1200MHz" in text and "75.0%" in text and "#" * 15 in text and "(modelled)" in text
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for t in (0.0, 1.0, 2.0, 6.0):
+        View(tty).update(data, Progress(total=10), t, 60.0, "u")
+    v = View(pipe)
+    for t in (0.0, 1.0, 2.0, 6.0):
+        v.update(data, Progress(total=10), t, 60.0, "u")
+    assert tty.getvalue().count("\x1b[H\x1b[2J") == 4
+    assert len(pipe.getvalue().splitlines()) == 2

@@ -1,0 +1,190 @@
+"""Start and stop the demo's processes: a private Redis, a planner, one agent per node and the gateway."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from wattgate.embedded_redis import EmbeddedRedis, EmbeddedRedisError, free_port
+
+MODEL = "llama-2-70b"
+# agents drain in-flight streams before stopping an engine (the longest trace output, 1,000 tokens at ~60 ms,
+# lasts about a minute), and on SIGTERM they drain, stop engines and reset clocks
+STOP_TIMEOUT_S = 120.0
+
+
+class DemoError(Exception):
+    """A demo process did not start, died, or the cluster never became ready."""
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    nodes: int
+    gpus_per_node: int
+    port: int
+    run_dir: Path
+    pool_period_s: float = 30.0
+    cluster_period_s: float = 60.0
+    margin: float = 0.3  # the thinned trace is bursty within a minute
+    ready_timeout_s: float = 120.0
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+@dataclass
+class Cluster:
+    """The running processes; ``stop()`` ends them in order (agents reset clocks and stop engines)."""
+
+    settings: ClusterSettings
+    redis: EmbeddedRedis | None = None
+    procs: list[Proc] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    def start(self, prime: Callable[[str], None] | None = None) -> None:
+        """Start Redis, call ``prime(redis_url)`` (load history), then the gateway, planner and agents."""
+        s = self.settings
+        s.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.redis = EmbeddedRedis().start()
+        except EmbeddedRedisError as exc:
+            raise DemoError(f"cannot start the private Redis: {exc}") from exc
+        r = self.redis.url
+        if prime is not None:
+            prime(r)
+        self._spawn("gateway", ["gateway", "--redis-url", r, "--port", str(s.port), "--log-level", "warning"])
+        self._spawn(
+            "planner",
+            [
+                "planner",
+                "--redis-url",
+                r,
+                "--pool-period-s",
+                str(s.pool_period_s),
+                "--cluster-period-s",
+                str(s.cluster_period_s),
+                "--margin",
+                str(s.margin),
+            ],
+        )
+        for n in range(s.nodes):
+            node = f"node{n + 1}"
+            args = ["agent", "--redis-url", r, "--node", node, "--gpus", f"sim:{s.gpus_per_node}", "--engine", "sim"]
+            args += ["--model", MODEL, "--state-dir", str(s.run_dir / node), "--port-base", str(free_port())]
+            args += ["--gpu-state-dir", str(self.gpu_dir(node))]
+            args += [
+                "--start-timeout-s",
+                "60",
+                "--drain-timeout-s",
+                "90",
+                "--stop-grace-s",
+                "5",
+                "--log-level",
+                "WARNING",
+            ]
+            self._spawn(f"agent-{node}", args)
+
+    def gpu_dir(self, node: str) -> Path:
+        return self.settings.run_dir / node / "sim-gpus"
+
+    def locked_clocks(self) -> list[str]:
+        """Simulated GPUs whose clock is still locked (empty after a clean stop: the agents reset them)."""
+        locked = []
+        for n in range(self.settings.nodes):
+            for f in sorted(self.gpu_dir(f"node{n + 1}").glob("gpu*.control.json")):
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads(f.read_text()).get("locked_sm_clock_mhz") is not None:
+                        locked.append(f"node{n + 1}/{f.name.split('.')[0]}")
+        return locked
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.settings.run_dir / f"{name}.log").open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # own session: a Ctrl-C in the terminal reaches only the demo, which then stops these in order
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "wattgate", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.procs.append(Proc(name, popen, log))
+
+    def check_alive(self) -> None:
+        for p in self.procs:
+            code = p.popen.poll()
+            if code is not None:
+                tail = (self.settings.run_dir / f"{p.name}.log").read_text(errors="replace")[-800:]
+                raise DemoError(f"{p.name} exited with code {code}; its log ends:\n{tail}")
+
+    def data(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        """The gateway's dashboard snapshot (the same JSON the page polls)."""
+        with urllib.request.urlopen(f"{self.url}/dashboard/data", timeout=timeout_s) as resp:  # noqa: S310 (loopback)
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def wait_ready(self, on_wait: Any = None) -> dict[str, Any]:
+        """Until the gateway answers, a plan is out and every planned instance is ready."""
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                d = self.data()
+            except (urllib.error.URLError, OSError, ValueError):
+                d = {}
+            inst = d.get("instances") or []
+            plan = d.get("plan")
+            if (
+                plan
+                and inst
+                and all(i["state"] == "ready" for i in inst)
+                and len(d.get("nodes") or []) == self.settings.nodes
+            ):
+                return d
+            if on_wait is not None:
+                on_wait(d)
+            time.sleep(0.5)
+        raise DemoError(
+            f"the cluster was not ready after {self.settings.ready_timeout_s:.0f} s (logs in {self.settings.run_dir})"
+        )
+
+    def stop(self) -> list[str]:
+        """SIGTERM the planner, then the agents (they drain, stop engines, reset clocks), then the gateway."""
+        problems: list[str] = []
+        order = [p for p in self.procs if p.name == "planner"]
+        order += [p for p in self.procs if p.name.startswith("agent")]
+        order += [p for p in self.procs if p.name == "gateway"]
+        for group in (order[:1], order[1:-1], order[-1:]):
+            for p in group:
+                if p.popen.poll() is None:
+                    p.popen.send_signal(signal.SIGTERM)
+            for p in group:
+                try:
+                    p.popen.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.popen.pid, signal.SIGKILL)
+                    p.popen.wait()
+                    problems.append(f"{p.name} did not stop within {STOP_TIMEOUT_S:.0f} s and was killed")
+                p.log.close()
+        self.procs.clear()
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+        return problems

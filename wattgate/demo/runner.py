@@ -1,0 +1,179 @@
+"""Run the demo: start the cluster, replay the trace with a live view, report, and always shut down cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+import time
+import urllib.error
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from wattgate.demo.cluster import MODEL, Cluster, ClusterSettings, DemoError
+from wattgate.demo.replay import Progress, Result, replay
+from wattgate.demo.report import baseline_energy_j, build_report, render, write_json
+from wattgate.demo.store import prime_load_history
+from wattgate.demo.trace import Scheduled, TraceError, read_trace, schedule
+from wattgate.demo.view import View
+from wattgate.profiles.builtin import load_builtin
+from wattgate.profiles.classes import ClassEdges, SloTargets
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    duration_s: float
+    speed: float
+    nodes: int
+    gpus_per_node: int
+    port: int
+    trace: Path | None
+    keep_running: bool
+    max_output_tokens: int | None
+    report_json: Path | None
+    run_dir: Path | None
+    seed: int
+    load_fraction: float
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> DemoSettings:
+        return cls(
+            a.duration_s,
+            a.speed,
+            a.nodes,
+            a.gpus_per_node,
+            a.port,
+            Path(a.trace) if a.trace else None,
+            a.keep_running,
+            a.max_output_tokens,
+            Path(a.report_json) if a.report_json else None,
+            Path(a.run_dir) if a.run_dir else None,
+            a.seed,
+            a.load_fraction,
+        )
+
+
+def say(message: str, err: bool = False) -> None:
+    out = sys.stderr if err else sys.stdout
+    out.write(message + "\n")
+    out.flush()
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(s: DemoSettings) -> int:
+    try:
+        sched = schedule(
+            read_trace(s.trace),
+            s.duration_s,
+            s.speed,
+            ClassEdges(),
+            max_output_tokens=s.max_output_tokens,
+            seed=s.seed,
+            load_fraction=s.load_fraction,
+        )
+    except TraceError as exc:
+        say(f"wattgate demo: {exc}", err=True)
+        return 2
+    if not sched:
+        say("wattgate demo: no request falls in the replayed span; raise --duration-s", err=True)
+        return 2
+    run_dir = s.run_dir or Path(tempfile.mkdtemp(prefix="wattgate-demo-"))
+    cluster = Cluster(ClusterSettings(s.nodes, s.gpus_per_node, s.port, run_dir))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the demo like Ctrl-C
+    code = 0
+    try:
+        say(
+            f"starting: Redis, planner, {s.nodes} agent(s) × {s.gpus_per_node} simulated GPUs, gateway"
+            f" (logs: {run_dir})"
+        )
+        cluster.start(prime=lambda url: prime_load_history(url, pool_rates(sched, s.duration_s)))
+        cluster.wait_ready()
+        say(f"gateway ready: {cluster.url}/v1 (any OpenAI client, model {MODEL!r}); dashboard {cluster.url}/dashboard")
+        say(f"replaying {len(sched)} requests ({s.duration_s * s.speed:.0f} s of trace in {s.duration_s:.0f} s)")
+        rep = asyncio.run(_drive(cluster, sched, s))
+        say(render(rep))
+        if s.report_json:
+            write_json(rep, s.report_json)
+        code = 0 if rep["requests"]["failed"] == 0 else 1
+        if s.keep_running:
+            say(f"\ngateway still serving at {cluster.url}/v1 — Ctrl-C to stop")
+            while True:
+                cluster.check_alive()
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        say("\nstopping…")
+        code = 130 if not s.keep_running else code
+    except DemoError as exc:
+        say(f"wattgate demo: {exc}", err=True)
+        code = 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+        problems = cluster.stop()
+        locked = cluster.locked_clocks()
+        signal.signal(signal.SIGTERM, previous)
+        for p in problems:
+            say(f"warning: {p}", err=True)
+        if locked:
+            say(f"warning: clocks still locked on {', '.join(locked)}", err=True)
+        else:
+            say("all processes stopped; GPU clocks reset")
+    return code
+
+
+def pool_rates(sched: list[Scheduled], duration_s: float) -> dict[str, float]:
+    """Mean requests/s of each pool over the replay (its true request type)."""
+    counts = Counter(r.rtype.name for r in sched)
+    return {pool: n / duration_s for pool, n in counts.items()}
+
+
+def _energy(d: dict[str, Any]) -> tuple[float, float]:
+    nodes = d.get("nodes") or []
+    return sum(n["energy_j"] for n in nodes), max((n["ts"] for n in nodes), default=time.time())
+
+
+async def _snapshot(cluster: Cluster) -> dict[str, Any]:
+    try:
+        return await asyncio.to_thread(cluster.data)
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+
+
+async def _drive(cluster: Cluster, sched: list[Scheduled], s: DemoSettings) -> dict[str, Any]:
+    view = View()
+    progress = Progress(total=len(sched))
+    start_d = await _snapshot(cluster)
+    e0, t0 = _energy(start_d)
+    started = time.monotonic()
+
+    def on_result(r: Result) -> None:
+        pass
+
+    task = asyncio.create_task(replay(cluster.url, MODEL, sched, progress, on_result))
+    while not task.done():
+        cluster.check_alive()
+        d = await _snapshot(cluster)
+        view.update(d, progress, time.monotonic() - started, s.duration_s, cluster.url)
+        await asyncio.wait({task}, timeout=1.0)
+    await task
+    await asyncio.sleep(2.0)  # one more telemetry period, so the counters cover the last requests
+    end_d = await _snapshot(cluster)
+    e1, t1 = _energy(end_d)
+    elapsed = max(1.0, t1 - t0)
+    gpus = s.nodes * s.gpus_per_node
+    base_j, base_n = baseline_energy_j(load_builtin(), sched, elapsed, SloTargets(), gpus)
+    return build_report(
+        progress.results,
+        scheduled=len(sched),
+        energy_j=e1 - e0,
+        baseline_j=base_j,
+        baseline_max=base_n,
+        elapsed_s=elapsed,
+    )

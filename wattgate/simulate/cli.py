@@ -1,0 +1,138 @@
+"""``wattgate simulate``: replay a trace under every policy and compare energy, cost and latency (modelled)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="replay a request trace on a simulated cluster under each policy (energy and latency modelled)",
+        description="Replay a trace (Azure CSV: TIMESTAMP, ContextTokens, GeneratedTokens; or a JSONL log of "
+        "wattgate observations) through the gateway's routing, the planner's forecast and MILP and the agent's "
+        "clock policy on N simulated GPUs. All energy, power and latency figures are modelled from the profile.",
+    )
+    p.add_argument("trace", nargs="+", help="trace file(s); several are merged on one time axis")
+    p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default: {DEFAULT_POLICIES})")
+    p.add_argument("--profile", default="llama-2-70b-h100", help="builtin profile name or profile file")
+    p.add_argument("--gpus", type=int, default=256, help="GPUs in the simulated cluster, 8 per node (default 256)")
+    p.add_argument("--speed", type=float, default=1.0, help="time scaling: 2 replays the trace twice as fast")
+    p.add_argument("--scale", type=float, default=1.0, help="load scaling: 2 doubles the requests (default 1)")
+    p.add_argument("--days", type=float, default=None, help="tile the trace into this many diurnal days")
+    p.add_argument("--diurnal-low", type=float, default=0.35, help="night load as a fraction of the peak (0.35)")
+    p.add_argument("--epoch-s", type=float, default=300.0, help="re-planning period of dynamic policies (300)")
+    p.add_argument("--confusion", default="measured", help="'measured' (default), 'perfect', or a 3x3 JSON matrix/file")
+    p.add_argument(
+        "--routing",
+        choices=("gateway", "planned"),
+        default="gateway",
+        help="gateway: the live gateway's routing (a pool's own instances, spill only when it has none); "
+        "planned: also split each type's load across pools as the planner's MILP planned",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--carbon-g-per-kwh",
+        default="400",
+        help="grid carbon intensity in g/kWh (400), or a file with one value per hour from the trace start (cycled)",
+    )
+    p.add_argument("--gpu-hour-price", type=float, default=2.0, help="price of one GPU-hour (2.0)")
+    p.add_argument("--energy-price", type=float, default=0.10, help="price of one kWh (0.10)")
+    p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
+    p.add_argument("--out", default=None, help="directory for report.json and the PNG plots")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from wattgate.profiles.builtin import resolve_profile
+    from wattgate.profiles.classes import ProfilesError
+    from wattgate.simulate.confusion import Confusion
+    from wattgate.simulate.report import Prices, document, table
+    from wattgate.simulate.run import SimSettings, simulate
+    from wattgate.simulate.trace import SimulateError, load_trace, scale, speed, tile_days
+
+    try:
+        requests = sorted(r for path in args.trace for r in load_trace(path))
+        requests = speed(requests, args.speed)
+        if args.days is not None:
+            requests = tile_days(requests, args.days, args.diurnal_low, args.seed)
+        if args.scale != 1.0:
+            requests = scale(requests, args.scale, args.seed)
+        carbon = _carbon(args.carbon_g_per_kwh)
+        for name, v in (
+            ("--gpu-hour-price", args.gpu_hour_price),
+            ("--energy-price", args.energy_price),
+        ):
+            if v < 0:
+                raise SimulateError(f"{name} must be >= 0")
+        settings = SimSettings(
+            gpus=args.gpus,
+            epoch_s=args.epoch_s,
+            seed=args.seed,
+            confusion=Confusion.parse(args.confusion),
+            planned_routing=args.routing == "planned",
+        )
+        profile = resolve_profile(args.profile)
+        policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+        results = simulate(requests, profile, policies, settings)
+    except (SimulateError, ProfilesError) as exc:
+        print(f"wattgate simulate: error: {exc}", file=sys.stderr)
+        return 2
+    prices = Prices(
+        carbon[0] if len(carbon) == 1 else 0.0,
+        args.gpu_hour_price,
+        args.energy_price,
+        carbon if len(carbon) > 1 else (),
+    )
+    meta = {
+        "traces": list(args.trace),
+        "requests": len(requests),
+        "gpus": args.gpus,
+        "profile": args.profile,
+        "speed": args.speed,
+        "scale": args.scale,
+        "days": args.days,
+        "confusion": args.confusion,
+        "routing": args.routing,
+    }
+    doc = document(results, settings.slo, prices, meta)
+    print(json.dumps(doc, indent=2) if args.json else table(doc))
+    if args.out:
+        from wattgate.simulate.plots import write_plots
+
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "report.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+            paths = write_plots(out, results, doc)
+        except OSError as exc:
+            print(f"wattgate simulate: error: cannot write to {out}: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {out / 'report.json'} and {', '.join(str(p) for p in paths)}", file=sys.stderr)
+    return 0
+
+
+def _carbon(spec: str) -> tuple[float, ...]:
+    """A number, or a file of one number per line (hourly intensities); all >= 0."""
+    from pathlib import Path
+
+    from wattgate.simulate.trace import SimulateError
+
+    try:
+        if Path(spec).is_file():
+            text = Path(spec).read_text(encoding="utf-8")
+            values = tuple(float(x) for x in text.replace(",", "\n").split() if x.strip())
+        else:
+            values = (float(spec),)
+    except (OSError, ValueError) as exc:
+        raise SimulateError(f"--carbon-g-per-kwh: expected a number or a file of hourly numbers ({exc})") from exc
+    if not values or min(values) < 0:
+        raise SimulateError("--carbon-g-per-kwh: intensities must be numbers >= 0")
+    return values
