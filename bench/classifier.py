@@ -138,7 +138,7 @@ def main() -> None:
     lat["model, held-out requests"] = timed(lambda: predictor.predict(*_next(cycle)), args.repeat)
     ext = FeatureExtractor()
     x_vec = np.array([preds[0].features[n] for n in predictor.model.feature_names])
-    lat["  of which trees only"] = timed(lambda: predictor.model.probabilities(x_vec), args.repeat)
+    lat["  of which trees only"] = timed(lambda: predictor.model.probabilities3(x_vec), args.repeat)
     ids = ext.extract(body, "chat").ngram_ids
     lat["  of which n-gram logits only"] = timed(lambda: predictor.model.text.logits(ids), args.repeat)
     # Sampled token counting against exact counting.

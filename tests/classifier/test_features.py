@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from wattgate.classifier.features import FEATURE_NAMES, FeatureExtractor, feature_vector
+from wattgate.classifier.features import (
+    DEFAULT_SAMPLE_CHARS,
+    FEATURE_NAMES,
+    NGRAM_HEAD_TOKENS,
+    SAMPLE_CALIBRATION,
+    FeatureExtractor,
+    _extrapolate,
+    feature_vector,
+)
 from wattgate.classifier.tokens import count_tokens, counter
 
 PROSE = "The quick brown fox jumps over the lazy dog while the committee reviews the annual budget. "
@@ -76,3 +84,16 @@ def test_odd_bodies_do_not_crash(body: dict[str, object]) -> None:
 
 def test_feature_vector_orders_and_fills_missing() -> None:
     assert feature_vector({"b": 2.0}, ["a", "b"]) == [0.0, 2.0]
+
+
+def test_sampled_counts_are_scaled_and_calibrated() -> None:
+    """A head of 100 tokens in 400 of 4,000 chars: 10x, less the cut's half token, times the calibration."""
+    assert _extrapolate(100, 400, 4000) == round(99.5 * 10 * SAMPLE_CALIBRATION)
+    assert _extrapolate(1, 64, 65) >= 1
+    long_prompt = "word " * 2000  # far over the budget: counted from its head
+    ext = FeatureExtractor().extract({"prompt": long_prompt}, "completions")
+    assert not ext.exact_count
+    assert ext.input_tokens == pytest.approx(count_tokens(long_prompt), rel=0.02)
+    assert len(ext.ngram_ids) == min(
+        NGRAM_HEAD_TOKENS, len(counter("cl100k_base").encode(long_prompt[:DEFAULT_SAMPLE_CHARS]))
+    )

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +52,27 @@ def decode_array(text: Any, dtype: str, size: int, what: str) -> NDArray[Any]:
 
 
 def ngram_indices(ids: Sequence[int], dim: int) -> NDArray[np.int64]:
-    """Distinct hashed uni- and bigram slots of a token-id sequence."""
+    """Distinct hashed uni- and bigram slots of a token-id sequence, sorted.
+
+    One buffer, in-place arithmetic and a sort + neighbour mask instead of ``np.unique``: the same
+    result in about 2/3 of the time (this runs on every request).
+    """
     a = np.asarray(ids, dtype=np.int64)
-    if a.size == 0:
+    n = a.size
+    if n == 0:
         return np.zeros(0, dtype=np.int64)
-    uni = (a * _HASH_A) % dim
-    bi = ((a[:-1] * _HASH_B + a[1:]) * _HASH_A) % dim
-    return np.unique(np.concatenate([uni, bi]))
+    h = np.empty(2 * n - 1, dtype=np.int64)
+    np.multiply(a[:-1], _HASH_B, out=h[n:])
+    h[n:] += a[1:]
+    h[:n] = a
+    h *= _HASH_A
+    h %= dim
+    h.sort()
+    keep = np.empty(h.size, dtype=np.bool_)
+    keep[0] = True
+    np.not_equal(h[1:], h[:-1], out=keep[1:])
+    out: NDArray[np.int64] = h[keep]
+    return out
 
 
 def checksum(doc: dict[str, Any]) -> str:
@@ -71,12 +85,17 @@ class TextModel:
     dim: int
     weights: NDArray[np.float32]  # (3, dim)
     bias: NDArray[np.float64]  # (3,)
+    # Serving copy: one contiguous float64 row of 3 weights per slot, so a request gathers rows.
+    rows: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", np.ascontiguousarray(self.weights.T, dtype=np.float64))
 
     def logits(self, ids: Sequence[int]) -> NDArray[np.float64]:
         idx = ngram_indices(ids, self.dim)
         if idx.size == 0:
             return self.bias.copy()
-        out: NDArray[np.float64] = self.bias + self.weights[:, idx].sum(axis=1, dtype=np.float64) / math.sqrt(idx.size)
+        out: NDArray[np.float64] = self.bias + self.rows[idx].sum(axis=0) / math.sqrt(idx.size)
         return out
 
 
@@ -93,12 +112,20 @@ class Trees:
     left: NDArray[np.int64]  # global node index
     right: NDArray[np.int64]
     value: NDArray[np.float64]
+    # Serving copies: the roots, and children interleaved (2i: right, 2i+1: left) so a step is one gather.
+    roots: NDArray[np.int64] = field(init=False, repr=False, compare=False)
+    children: NDArray[np.int64] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        children = np.empty(2 * self.left.size, dtype=np.int64)
+        children[0::2], children[1::2] = self.right, self.left
+        object.__setattr__(self, "children", children)
+        object.__setattr__(self, "roots", np.arange(self.n_trees, dtype=np.int64) * self.n_nodes)
 
     def raw(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        node = np.arange(self.n_trees, dtype=np.int64) * self.n_nodes
+        node = self.roots
         for _ in range(self.depth):
-            go_left = x[self.feature[node]] <= self.threshold[node]
-            node = np.where(go_left, self.left[node], self.right[node])
+            node = self.children[2 * node + (x[self.feature[node]] <= self.threshold[node])]  # NaN goes right
         n_classes = self.baseline.size
         out: NDArray[np.float64] = self.baseline + self.value[node].reshape(-1, n_classes).sum(axis=0)
         return out
@@ -108,6 +135,15 @@ def softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
     e = np.exp(z - z.max())
     out: NDArray[np.float64] = e / e.sum()
     return out
+
+
+def softmax3(z: Sequence[float]) -> tuple[float, float, float]:
+    """Softmax of three logits in plain floats (numpy's per-call overhead dominates at this size)."""
+    a, b, c = z
+    top = max(a, b, c)
+    ea, eb, ec = math.exp(a - top), math.exp(b - top), math.exp(c - top)
+    total = ea + eb + ec
+    return (ea / total, eb / total, ec / total)
 
 
 @dataclass(frozen=True)
@@ -124,6 +160,10 @@ class ClassifierModel:
 
     def probabilities(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         return softmax(self.trees.raw(x))
+
+    def probabilities3(self, x: NDArray[np.float64]) -> tuple[float, float, float]:
+        """``probabilities`` as three floats, the gateway's hot path."""
+        return softmax3(self.trees.raw(x).tolist())
 
     def probabilities_batch(self, xs: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.array([self.probabilities(row) for row in xs])

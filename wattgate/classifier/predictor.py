@@ -63,14 +63,13 @@ class ModelPredictor:
         """Input tokens and every numeric feature the model uses (text logits included)."""
         ext = self.extractor.extract(body, endpoint)
         feats = ext.features
-        for name, value in zip(TEXT_FEATURES, self.model.text.logits(ext.ngram_ids), strict=True):
-            feats[name] = round(float(value), 4)
+        for name, value in zip(TEXT_FEATURES, self.model.text.logits(ext.ngram_ids).tolist(), strict=True):
+            feats[name] = round(value, 4)
         return ext.input_tokens, feats
 
     def probabilities(self, features: Mapping[str, float]) -> tuple[float, float, float]:
         x = np.asarray(feature_vector(features, self.model.feature_names), dtype=np.float64)
-        s, m, l_ = (float(p) for p in self.model.probabilities(x))
-        return (s, m, l_)
+        return self.model.probabilities3(x)
 
     def predict(self, body: Mapping[str, Any], endpoint: str) -> Prediction:
         input_tokens, feats = self.features(body, endpoint)
