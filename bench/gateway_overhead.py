@@ -82,27 +82,25 @@ def direct(backend: str) -> Iterator[str]:
     yield backend
 
 
-@contextlib.contextmanager
-def wattgate_leg(backend: str) -> Iterator[str]:
-    port = free_port()
-    cmd = [
-        PY,
-        "-m",
-        "wattgate",
-        "gateway",
-        "--backend",
-        f"{backend}#model=fake-model",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    with process(cmd, port) as proc:
-        CPU_PIDS["wattgate"] = proc.pid
-        yield f"http://127.0.0.1:{port}"
+def gateway_leg(name: str, *extra: str) -> Callable[[str], AbstractContextManager[str]]:
+    """``wattgate gateway`` as a user runs it, with ``extra`` flags; its CPU is reported under ``name``."""
+
+    @contextlib.contextmanager
+    def leg(backend: str) -> Iterator[str]:
+        port = free_port()
+        cmd = [PY, "-m", "wattgate", "gateway", "--backend", f"{backend}#model=fake-model", "--port", str(port)]
+        with process([*cmd, "--log-level", "warning", *extra], port) as proc:
+            CPU_PIDS[name] = proc.pid
+            yield f"http://127.0.0.1:{port}"
+
+    return leg
 
 
-LEGS: dict[str, Callable[[str], AbstractContextManager[str]]] = {"direct": direct, "wattgate": wattgate_leg}
+LEGS: dict[str, Callable[[str], AbstractContextManager[str]]] = {
+    "direct": direct,
+    "wattgate": gateway_leg("wattgate"),  # routes with the shipped trained classifier (the default)
+    "wattgate-mt": gateway_leg("wattgate-mt", "--classifier", "max_tokens"),  # the max_tokens-only fallback
+}
 with contextlib.suppress(ImportError):  # the LiteLLM proxy leg, when its environment is installed
     from bench.litellm_leg import litellm_installed, litellm_leg, proxy_pid  # type: ignore[import-not-found]
 
