@@ -93,6 +93,7 @@ class Item:
     clock_mhz: int
     load_rps: float  # rated load: at most the SLO-feasible capacity
     power_w: float  # modelled, conservative: the highest power at any load up to load_rps
+    ttft_ok_s: float = math.inf  # the strictest TTFT target this rating still meets (a host of shorter inputs)
 
     @property
     def config(self) -> tuple[str, int, int]:
@@ -217,15 +218,23 @@ def build_items(
 
 
 def _config_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> list[Item]:
-    cap = profile.max_load(tp, clock, rtype, slo)
+    """Rated loads up to the capacity, plus the (smaller) capacities under each stricter TTFT target,
+    so the pool can host types of shorter inputs at a load where their target holds too."""
+    own = slo.ttft_for(rtype)
+    caps: dict[float, float] = {}  # TTFT target -> capacity of this config under it
+    for target in sorted({t for t in slo.ttft_p99_s.values() if t <= own}):
+        strict = SloTargets({**slo.ttft_p99_s, rtype.input: target}, slo.tbt_p99_s)
+        caps[target] = profile.max_load(tp, clock, rtype, strict)
+    cap = caps[own]
     if cap <= 0:
         return []
-    levels = sorted({x for x in profile.loads(tp, clock, rtype) if x <= cap} | {cap})
+    levels = sorted({x for x in profile.loads(tp, clock, rtype) if x <= cap} | {c for c in caps.values() if c > 0})
     out: list[Item] = []
     peak = 0.0
     for level in levels:
         peak = max(peak, profile.lookup(tp, clock, rtype, level).power_w)
-        out.append(Item(rtype, tp, clock, level, peak))
+        ok = min(t for t, c in caps.items() if level <= c + 1e-9)
+        out.append(Item(rtype, tp, clock, level, peak, ok))
     return out
 
 
@@ -241,6 +250,7 @@ def _prune(items: list[Item], keep: set[Config]) -> list[Item]:
             and b.tp <= a.tp
             and b.load_rps >= a.load_rps
             and b.power_w <= a.power_w
+            and b.ttft_ok_s <= a.ttft_ok_s
             and (b.tp, -b.load_rps, b.power_w, b.clock_mhz) < (a.tp, -a.load_rps, a.power_w, a.clock_mhz)
             for b in items
         )

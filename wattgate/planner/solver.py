@@ -32,6 +32,7 @@ import pulp
 
 from wattgate.planner.greedy import greedy_counts, greedy_solve, keep_current, realize
 from wattgate.planner.model import Config, Decision, PlannerError, Problem, SolveStatus
+from wattgate.profiles.classes import RequestType
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ def _build(
         for q in problem.routes(r):
             y[(r, q)] = prob.add_variable(f"y_{r}_{q}", lowBound=0)
         prob += pulp.lpSum(y[(r, q)] for q in problem.routes(r)) + u[r] == d, f"demand_{r}"
+        _all_or_nothing(prob, problem, n, y, (r, d))
     for q in problem.pools:
         inflow = [var for (r, qq), var in y.items() if qq == q]
         if inflow:
@@ -161,6 +163,32 @@ def _build(
         objective += _reconfiguration(prob, problem, n)
     prob += objective
     return prob, n, y, u
+
+
+def _all_or_nothing(
+    prob: pulp.LpProblem,
+    problem: Problem,
+    n: list[pulp.LpVariable],
+    y: dict[tuple[str, str], pulp.LpVariable],
+    demand: tuple[str, float],
+) -> None:
+    """Pool ``r``'s load goes to ONE pool of its routes (as the gateway routes it), and a host pool
+    then runs only ratings that meet ``r``'s TTFT target too."""
+    r, d = demand
+    routes = problem.routes(r)
+    if len(routes) < 2:
+        return
+    z = {q: prob.add_variable(f"z_{r}_{q}", cat=pulp.LpBinary) for q in routes}
+    prob += pulp.lpSum(z.values()) == 1, f"one_route_{r}"
+    ttft = problem.settings.slo.ttft_for(RequestType.parse(r))
+    for q in routes:
+        prob += y[(r, q)] <= d * z[q], f"route_{r}_{q}"
+        if q == r:
+            continue
+        for k, it in enumerate(problem.items):
+            if it.pool.name == q and it.ttft_ok_s > ttft + 1e-9:
+                ub = problem.inventory.slots(it.tp) // it.tp
+                prob += n[k] <= ub * (1 - z[q]), f"slo_{r}_{q}_{k}"
 
 
 def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVariable]) -> pulp.LpAffineExpression:
