@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import pytest
 
 from tests.planner.toy import toy_profile
+from wattgate.planner.explain import serves
 from wattgate.planner.model import (
     Group,
     Inventory,
@@ -223,8 +224,9 @@ def _check_covers(problem: Problem, groups: Sequence[Group], unserved: dict[str,
 
 
 def test_spill_never_puts_a_short_input_type_on_a_rating_that_misses_its_ttft() -> None:
-    """Regression: SS spilled into a pool of longer inputs (laxer TTFT) at a rating only that pool's
-    own target allows. All or nothing: SS then runs wholly in that host, within SS's TTFT target."""
+    """Regression: the cheapest plan spilled SS into MS (longer inputs, laxer TTFT) on TP2 @ 1000 MHz at
+    5.8 req/s, a rating that holds MS's 0.5 s but not SS's 0.25 s. SS's load goes to one pool, all of
+    it, and never to a rating that misses SS's TTFT target."""
     profile = toy_profile(pools=("SS", "MS"))
     problem = make_problem(profile, {"SS": 0.3, "MS": 5.5}, Inventory.uniform(8), EXACT)
     d = solve(problem)
@@ -236,3 +238,8 @@ def test_spill_never_puts_a_short_input_type_on_a_rating_that_misses_its_ttft() 
     for g in d.groups:
         if g.pool in ss_routes and g.pool != "SS":
             assert g.load_rps_each <= profile.max_load(g.tp, g.clock_mhz, RequestType.parse(g.pool), strict) + 1e-6
+
+
+def test_the_plan_publishes_which_types_each_pool_serves() -> None:
+    problem = make_problem(toy_profile(), {"SS": 0.3, "SM": 2.0}, Inventory.uniform(8), EXACT)
+    assert serves(solve(problem)) == {"SM": ["SM", "SS"]}

@@ -93,7 +93,6 @@ class Item:
     clock_mhz: int
     load_rps: float  # rated load: at most the SLO-feasible capacity
     power_w: float  # modelled, conservative: the highest power at any load up to load_rps
-    ttft_ok_s: float = math.inf  # the strictest TTFT target this rating still meets (a host of shorter inputs)
 
     @property
     def config(self) -> tuple[str, int, int]:
@@ -121,8 +120,7 @@ class Problem:
     def routes(self, pool: str) -> tuple[str, ...]:
         """Pools that may serve ``pool``'s load (itself first), among those with items."""
         have = set(self.pools)
-        chain = tuple(t.name for t in spill_chain(RequestType.parse(pool)) if t.name in have)
-        return chain[: self.settings.spill_hops + 1]
+        return tuple(q for q in spill_routes(pool, self.settings) if q in have)
 
 
 class SolveStatus(enum.StrEnum):
@@ -218,23 +216,15 @@ def build_items(
 
 
 def _config_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> list[Item]:
-    """Rated loads up to the capacity, plus the (smaller) capacities under each stricter TTFT target,
-    so the pool can host types of shorter inputs at a load where their target holds too."""
-    own = slo.ttft_for(rtype)
-    caps: dict[float, float] = {}  # TTFT target -> capacity of this config under it
-    for target in sorted({t for t in slo.ttft_p99_s.values() if t <= own}):
-        strict = SloTargets({**slo.ttft_p99_s, rtype.input: target}, slo.tbt_p99_s)
-        caps[target] = profile.max_load(tp, clock, rtype, strict)
-    cap = caps[own]
+    cap = profile.max_load(tp, clock, rtype, slo)
     if cap <= 0:
         return []
-    levels = sorted({x for x in profile.loads(tp, clock, rtype) if x <= cap} | {c for c in caps.values() if c > 0})
+    levels = sorted({x for x in profile.loads(tp, clock, rtype) if x <= cap} | {cap})
     out: list[Item] = []
     peak = 0.0
     for level in levels:
         peak = max(peak, profile.lookup(tp, clock, rtype, level).power_w)
-        ok = min(t for t, c in caps.items() if level <= c + 1e-9)
-        out.append(Item(rtype, tp, clock, level, peak, ok))
+        out.append(Item(rtype, tp, clock, level, peak))
     return out
 
 
@@ -250,13 +240,22 @@ def _prune(items: list[Item], keep: set[Config]) -> list[Item]:
             and b.tp <= a.tp
             and b.load_rps >= a.load_rps
             and b.power_w <= a.power_w
-            and b.ttft_ok_s <= a.ttft_ok_s
             and (b.tp, -b.load_rps, b.power_w, b.clock_mhz) < (a.tp, -a.load_rps, a.power_w, a.clock_mhz)
             for b in items
         )
         if not dominated:
             kept.append(a)
     return kept
+
+
+def spill_routes(pool: str, settings: SolverSettings) -> tuple[str, ...]:
+    """``pool`` and the next ``spill_hops`` pools of its spill chain that share its TTFT target (same input
+    class): a pool's ratings are SLO-feasible for its own target, so a type whose target is stricter
+    (a shorter input spilled into a pool of longer inputs) would miss it there."""
+    rtype = RequestType.parse(pool)
+    ttft = settings.slo.ttft_for(rtype)
+    chain = [t.name for t in spill_chain(rtype) if settings.slo.ttft_for(t) <= ttft]
+    return tuple(chain[: settings.spill_hops + 1])
 
 
 def make_problem(
@@ -273,8 +272,7 @@ def make_problem(
     reach: set[str] = set()
     for p, d in demand.items():
         if d > 0:
-            chain = [t.name for t in spill_chain(RequestType.parse(p)) if t.name in have]
-            reach.update(chain[: settings.spill_hops + 1])
+            reach.update(spill_routes(p, settings))
     missing = sorted(p for p, d in demand.items() if d > 0 and p not in have)
     if missing:
         raise PlannerError(f"the profile has no measurements for pool(s) {', '.join(missing)}")
