@@ -4,7 +4,8 @@ Variables (identical instances aggregated, so the model size does not grow with 
 
 - ``n[i]`` integer: instances running item ``i`` (pool, TP, clock, rated load);
 - ``y[r,q]`` continuous: req/s of pool ``r`` served by pool ``q`` (``r`` and the next ``spill_hops`` pools of
-  ``spill_chain(r)``);
+  ``spill_chain(r)`` with the same TTFT target, ``Problem.routes``);
+- ``z[r,q]`` binary: ``r``'s load goes to ``q``, all of it (one route per type, as the gateway routes);
 - ``u[r]`` continuous: req/s of ``r`` left unserved (heavily penalised: only when GPUs run out);
 - with a current plan, per pool and TP: instances started, removed and re-sharded, and per
   config instances whose clock changed.
