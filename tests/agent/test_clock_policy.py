@@ -4,7 +4,7 @@ when none meets the SLO, the lowest measured clock when idle."""
 from __future__ import annotations
 
 from wattgate.agent.clock_policy import ClockInput, ClockReason, choose_clock
-from wattgate.profiles.classes import SloTargets
+from wattgate.profiles.classes import RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
 SUPPORTED = tuple(range(210, 1981, 15))  # 800 is not one of them: 795, 810, ...
@@ -64,3 +64,20 @@ def test_no_feasible_clock_runs_at_max() -> None:
 def test_unprofiled_instance_runs_at_max() -> None:
     assert choose(1.0, pool="LL").reason is ClockReason.NO_PROFILE
     assert choose(1.0, tp=8).sm_clock_mhz == 1980
+
+
+def test_a_pool_that_also_serves_a_stricter_type_meets_that_types_ttft() -> None:
+    # MS (TTFT 0.5 s) at 4 req/s: 800 MHz gives 0.40 s, enough for MS alone but not for SS's 0.25 s
+    rows = [
+        (2, c, "MS", load, ttft * load / 2, 0.05, power + 25 * load)
+        for c, ttft, power in ((800, 0.20, 500.0), (1205, 0.10, 600.0), (1980, 0.05, 1000.0))
+        for load in (1.0, 4.0)
+    ]
+    prof = Profile("m", "H100", rows)
+    alone = choose_clock(prof, SloTargets(), SUPPORTED, ClockInput("MS", 2, 4.0, 1))
+    shared = choose_clock(prof, SloTargets(), SUPPORTED, ClockInput("MS", 2, 4.0, 1, serves=("SS", "MS")))
+    assert alone.sm_clock_mhz < shared.sm_clock_mhz
+    ms = RequestType.parse("MS")
+    assert prof.lookup(2, alone.sm_clock_mhz, ms, 4.0).ttft_p99_s > 0.25  # fine for MS alone, not for SS
+    assert prof.lookup(2, shared.sm_clock_mhz, ms, 4.0).ttft_p99_s <= 0.25
+    assert shared.reason is ClockReason.LOWEST_ENERGY

@@ -64,3 +64,12 @@ def test_instance_record_validates_state() -> None:
     missing = {k: v for k, v in rec.to_dict().items() if k != "base_url"}
     with pytest.raises(ContractError):
         InstanceRecord.from_json(missing)
+
+
+def test_plan_serves_defaults_to_empty_and_round_trips() -> None:
+    plan = Plan(1, 0.0, "m", [], {"SS": 0.3}, 1.0, 2.0, serves={"SM": ["SM", "SS"]})
+    back = Plan.from_json(plan.to_json())
+    assert back.serves == {"SM": ["SM", "SS"]}
+    old = plan.to_dict()
+    del old["serves"]
+    assert Plan.from_json(json.dumps(old)).serves == {}

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import pytest
 
 from tests.planner.toy import toy_profile
+from wattgate.planner.explain import serves
 from wattgate.planner.model import (
     Group,
     Inventory,
@@ -18,7 +19,7 @@ from wattgate.planner.model import (
     make_problem,
 )
 from wattgate.planner.solver import MilpSolution, SolverFailed, solve, solve_milp
-from wattgate.profiles.classes import RequestType, SloTargets
+from wattgate.profiles.classes import LengthClass, RequestType, SloTargets
 
 EXACT = SolverSettings(gap_rel=0.0, time_limit_s=30.0)
 
@@ -44,7 +45,7 @@ def _packs(sizes: Sequence[int], nodes: Sequence[int]) -> bool:
 
 
 def _cost(problem: Problem, counts: Sequence[int]) -> float:
-    """Optimal objective for fixed instance counts: own pool first, spill SS -> SM, rest unserved."""
+    """Optimal objective for fixed instance counts: SS all in its own pool or all spilled to SM, rest unserved."""
     s = problem.settings
     cap = {p: 0.0 for p in problem.pools}
     power = 0.0
@@ -53,10 +54,10 @@ def _cost(problem: Problem, counts: Sequence[int]) -> float:
         power += it.power_w * c
     d_ss, d_sm = problem.demand_rps.get("SS", 0.0), problem.demand_rps.get("SM", 0.0)
     sm_own = min(d_sm, cap.get("SM", 0.0))
-    ss_own = min(d_ss, cap.get("SS", 0.0))
-    spill = min(d_ss - ss_own, cap.get("SM", 0.0) - sm_own)
-    unserved = (d_sm - sm_own) + (d_ss - ss_own - spill)
-    return power + s.spill_cost_w_per_rps * spill + s.unserved_penalty_w_per_rps * unserved
+    spill = min(d_ss, cap.get("SM", 0.0) - sm_own)
+    stay = s.unserved_penalty_w_per_rps * (d_ss - min(d_ss, cap.get("SS", 0.0)))
+    ss_cost = min(stay, s.spill_cost_w_per_rps * spill + s.unserved_penalty_w_per_rps * (d_ss - spill))
+    return power + ss_cost + s.unserved_penalty_w_per_rps * (d_sm - sm_own)
 
 
 def _brute_force(problem: Problem) -> float:
@@ -220,3 +221,25 @@ def _check_covers(problem: Problem, groups: Sequence[Group], unserved: dict[str,
         assert g.load_rps_each <= cap + 1e-6
     assert used <= problem.inventory.total_gpus
     assert served + sum(unserved.values()) == pytest.approx(sum(problem.demand_rps.values()), rel=1e-6)
+
+
+def test_spill_never_puts_a_short_input_type_on_a_rating_that_misses_its_ttft() -> None:
+    """Regression: the cheapest plan spilled SS into MS (longer inputs, laxer TTFT) on TP2 @ 1000 MHz at
+    5.8 req/s, a rating that holds MS's 0.5 s but not SS's 0.25 s. SS's load goes to one pool, all of
+    it, and never to a rating that misses SS's TTFT target."""
+    profile = toy_profile(pools=("SS", "MS"))
+    problem = make_problem(profile, {"SS": 0.3, "MS": 5.5}, Inventory.uniform(8), EXACT)
+    d = solve(problem)
+    slo = SloTargets()
+    strict = SloTargets({**slo.ttft_p99_s, LengthClass.M: slo.ttft_p99_s[LengthClass.S]}, slo.tbt_p99_s)
+    ss_routes = {q for q, v in d.flows_rps["SS"].items() if v > 0}
+    assert len(ss_routes) == 1
+    assert sum(d.flows_rps["SS"].values()) == pytest.approx(0.3)
+    for g in d.groups:
+        if g.pool in ss_routes and g.pool != "SS":
+            assert g.load_rps_each <= profile.max_load(g.tp, g.clock_mhz, RequestType.parse(g.pool), strict) + 1e-6
+
+
+def test_the_plan_publishes_which_types_each_pool_serves() -> None:
+    problem = make_problem(toy_profile(), {"SS": 0.3, "SM": 2.0}, Inventory.uniform(8), EXACT)
+    assert serves(solve(problem)) == {"SM": ["SM", "SS"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping, Sequence
 
 from wattgate.agent.actuator import Actuator
 from wattgate.agent.clock_policy import ClockDecision, ClockInput, choose_clock
@@ -28,21 +29,27 @@ class ClockLoop:
         self._window_s = window_s
         self.last: dict[str, ClockDecision] = {}
 
-    def _pool_shares(self, now: float) -> dict[str, float] | None:
-        """Each pool's live load (gateway windows) per ready instance; None when Redis is down."""
+    def _pool_shares(self, now: float, serves: Mapping[str, Sequence[str]]) -> dict[str, float] | None:
+        """Each pool's live load (gateway windows of every type it serves) per ready instance; None when
+        Redis is down."""
         if self._store is None:
             return None
         try:
             ready = Counter(r.pool for r in self._store.instances() if r.state == InstanceState.READY)
             pools = {r.planned.pool for r in self._act.instances.values()}
-            return {p: self._store.pool_load_rps(p, now, self._window_s) / max(1, ready[p]) for p in pools}
+            return {
+                p: sum(self._store.pool_load_rps(t, now, self._window_s) for t in _served(p, serves)) / max(1, ready[p])
+                for p in pools
+            }
         except StoreError as exc:
             log.warning("clock loop: no live load (%s): clocks stay where they are", exc)
             return None
 
-    def tick(self, now: float) -> dict[str, ClockDecision]:
-        """One pass over the ready instances; ``now`` is unix time (the load windows' clock)."""
-        shares = self._pool_shares(now)
+    def tick(self, now: float, serves: Mapping[str, Sequence[str]] | None = None) -> dict[str, ClockDecision]:
+        """One pass over the ready instances; ``now`` is unix time (the load windows' clock); ``serves``:
+        the plan's pool -> request types it serves (a pool not in it serves its own type)."""
+        serves = serves or {}
+        shares = self._pool_shares(now, serves)
         if shares is None:
             return {}
         decisions: dict[str, ClockDecision] = {}
@@ -52,7 +59,8 @@ class ClockLoop:
             supported = set.intersection(*(set(self._act.gpus[g].supported_sm_clocks_mhz()) for g in r.planned.gpus))
             if not supported:
                 continue
-            x = ClockInput(r.planned.pool, r.planned.tp, shares.get(r.planned.pool, 0.0), r.engine.in_flight())
+            pool = r.planned.pool
+            x = ClockInput(pool, r.planned.tp, shares.get(pool, 0.0), r.engine.in_flight(), _served(pool, serves))
             d = choose_clock(self._profile, self._slo, sorted(supported), x)
             decisions[iid] = d
             if self.last.get(iid) != d:
@@ -67,3 +75,8 @@ class ClockLoop:
                 self._act.set_clock_record(r, d.sm_clock_mhz)
         self.last = decisions
         return decisions
+
+
+def _served(pool: str, serves: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The request types ``pool`` serves: its own and those the plan spills into it."""
+    return (pool, *(t for t in serves.get(pool, ()) if t != pool))

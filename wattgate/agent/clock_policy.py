@@ -4,7 +4,8 @@ The profile gives instance power at a load for each clock. At a fixed load (requ
 the energy per unit time is that power, and the energy per request is power / load, so among the
 clocks whose predicted P99 latency meets the SLO at this load, the one with the lowest modelled
 power is also the one with the lowest energy per request. When no clock meets the SLO the policy
-picks the highest clock (best latency); when the instance is idle, the lowest clock the profile
+picks the highest clock (best latency). When the plan sends other request types to the instance's
+pool, the SLO is the strictest of all of them; when the instance is idle, the lowest clock the profile
 measured (about 800 MHz on H100: lower clocks make the next request's first token slow).
 """
 
@@ -33,6 +34,7 @@ class ClockInput:
     tp: int
     load_rps: float  # this instance's share of its pool's live load
     in_flight: int | None  # running + waiting from the engine's /metrics, None if unknown
+    serves: tuple[str, ...] = ()  # other request types the plan sends to this pool: their SLO counts too
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ def choose_clock(profile: Profile, slo: SloTargets, supported_mhz: Sequence[int]
     ]
     if not candidates:
         return ClockDecision(top, ClockReason.NO_PROFILE, None)
+    slo = strictest(slo, rtype, x.serves)
     if x.load_rps <= 0 and not x.in_flight:
         low = candidates[0]
         return ClockDecision(low, ClockReason.IDLE, _power(profile, x.tp, low, rtype, 0.0))
@@ -71,6 +74,17 @@ def choose_clock(profile: Profile, slo: SloTargets, supported_mhz: Sequence[int]
     if best is None:
         return ClockDecision(top, ClockReason.NO_FEASIBLE, None)
     return ClockDecision(best[1], ClockReason.LOWEST_ENERGY, best[0])
+
+
+def strictest(slo: SloTargets, rtype: RequestType, serves: Sequence[str]) -> SloTargets:
+    """``slo`` with ``rtype``'s TTFT target tightened to the strictest of the types it serves."""
+    ttft = slo.ttft_for(rtype)
+    for name in serves:
+        try:
+            ttft = min(ttft, slo.ttft_for(RequestType.parse(name)))
+        except ProfilesError:
+            continue  # an unknown type name in the plan: ignored
+    return SloTargets({**slo.ttft_p99_s, rtype.input: ttft}, slo.tbt_p99_s)
 
 
 def _power(profile: Profile, tp: int, clock: int, rtype: RequestType, load: float) -> float | None:

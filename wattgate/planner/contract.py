@@ -255,6 +255,9 @@ class Plan(_Message):
     reasons: list[str] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
     source: str = Source.MODELLED.value
+    # pool -> request types it serves (its own and those spilled into it, all or nothing); empty in
+    # plans from before this field: then each pool serves its own type only
+    serves: dict[str, list[str]] = field(default_factory=dict)
 
     def for_node(self, node: str) -> list[PlannedInstance]:
         return [i for i in self.instances if i.node == node]

@@ -31,7 +31,18 @@ def build_plan(
         baseline_power_w=round(base.power_w, 1),
         reasons=reasons(decision, placement, base),
         alerts=alerts,
+        serves=serves(decision),
     )
+
+
+def serves(decision: Decision) -> dict[str, list[str]]:
+    """Pool -> the request types it serves (its own first), from the decision's flows."""
+    out: dict[str, set[str]] = {}
+    for r, by in decision.flows_rps.items():
+        for q, rps in by.items():
+            if rps > 0:
+                out.setdefault(q, set()).add(r)
+    return {q: sorted(types, key=lambda t: (t != q, t)) for q, types in sorted(out.items())}
 
 
 def reasons(decision: Decision, placement: Placement, base: Baseline) -> list[str]:

@@ -120,8 +120,7 @@ class Problem:
     def routes(self, pool: str) -> tuple[str, ...]:
         """Pools that may serve ``pool``'s load (itself first), among those with items."""
         have = set(self.pools)
-        chain = tuple(t.name for t in spill_chain(RequestType.parse(pool)) if t.name in have)
-        return chain[: self.settings.spill_hops + 1]
+        return tuple(q for q in spill_routes(pool, self.settings) if q in have)
 
 
 class SolveStatus(enum.StrEnum):
@@ -249,6 +248,16 @@ def _prune(items: list[Item], keep: set[Config]) -> list[Item]:
     return kept
 
 
+def spill_routes(pool: str, settings: SolverSettings) -> tuple[str, ...]:
+    """``pool`` and the next ``spill_hops`` pools of its spill chain that share its TTFT target (same input
+    class): a pool's ratings are SLO-feasible for its own target, so a type whose target is stricter
+    (a shorter input spilled into a pool of longer inputs) would miss it there."""
+    rtype = RequestType.parse(pool)
+    ttft = settings.slo.ttft_for(rtype)
+    chain = [t.name for t in spill_chain(rtype) if settings.slo.ttft_for(t) <= ttft]
+    return tuple(chain[: settings.spill_hops + 1])
+
+
 def make_problem(
     profile: Profile,
     demand_rps: Mapping[str, float],
@@ -263,8 +272,7 @@ def make_problem(
     reach: set[str] = set()
     for p, d in demand.items():
         if d > 0:
-            chain = [t.name for t in spill_chain(RequestType.parse(p)) if t.name in have]
-            reach.update(chain[: settings.spill_hops + 1])
+            reach.update(spill_routes(p, settings))
     missing = sorted(p for p, d in demand.items() if d > 0 and p not in have)
     if missing:
         raise PlannerError(f"the profile has no measurements for pool(s) {', '.join(missing)}")

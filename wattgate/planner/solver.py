@@ -4,7 +4,8 @@ Variables (identical instances aggregated, so the model size does not grow with 
 
 - ``n[i]`` integer: instances running item ``i`` (pool, TP, clock, rated load);
 - ``y[r,q]`` continuous: req/s of pool ``r`` served by pool ``q`` (``r`` and the next ``spill_hops`` pools of
-  ``spill_chain(r)``);
+  ``spill_chain(r)`` with the same TTFT target, ``Problem.routes``);
+- ``z[r,q]`` binary: ``r``'s load goes to ``q``, all of it (one route per type, as the gateway routes);
 - ``u[r]`` continuous: req/s of ``r`` left unserved (heavily penalised: only when GPUs run out);
 - with a current plan, per pool and TP: instances started, removed and re-sharded, and per
   config instances whose clock changed.
@@ -49,6 +50,7 @@ class MilpSolution:
 
 
 Backend = Callable[[Problem], MilpSolution]
+Routing = dict[tuple[str, str], pulp.LpVariable]  # (demand pool, serving pool) -> variable
 
 
 def solve(problem: Problem, backend: Backend | None = None) -> Decision:
@@ -77,8 +79,8 @@ def _with(d: Decision, solve_time_s: float, alerts: tuple[str, ...]) -> Decision
 
 def solve_milp(problem: Problem) -> MilpSolution:
     """Build and solve the MILP with CBC, warm-started from the greedy plan."""
-    prob, n, y, u = _build(problem)
-    _warm_start(problem, n, y, u)
+    prob, n, y, u, z = _build(problem)
+    _warm_start(problem, n, (y, u, z))
     cmd = pulp.COIN_CMD(
         path=_cbc_binary(),
         msg=False,
@@ -115,11 +117,11 @@ def _cbc_binary() -> str:
 def _warm_start(
     problem: Problem,
     n: list[pulp.LpVariable],
-    y: dict[tuple[str, str], pulp.LpVariable],
-    u: dict[str, pulp.LpVariable],
+    flow_vars: tuple[Routing, dict[str, pulp.LpVariable], Routing],
 ) -> None:
     """Hand CBC a first incumbent: the running plan when it still serves the load (so a plan within
     the gap of the optimum is kept rather than swapped for another), else the greedy plan."""
+    y, u, z = flow_vars
     counts, flows, unserved = keep_current(problem) or greedy_counts(problem)
     for var, c in zip(n, counts, strict=True):
         var.setInitialValue(c)
@@ -127,11 +129,15 @@ def _warm_start(
         var.setInitialValue(flows.get(r, {}).get(q, 0.0))
     for r, var in u.items():
         var.setInitialValue(unserved.get(r, 0.0))
+    for (r, q), var in z.items():
+        by = flows.get(r, {})
+        main = max(by, key=lambda p: by[p]) if by else problem.routes(r)[0]
+        var.setInitialValue(1 if q == main else 0)
 
 
 def _build(
     problem: Problem,
-) -> tuple[pulp.LpProblem, list[pulp.LpVariable], dict[tuple[str, str], pulp.LpVariable], dict[str, pulp.LpVariable]]:
+) -> tuple[pulp.LpProblem, list[pulp.LpVariable], Routing, dict[str, pulp.LpVariable], Routing]:
     s, inv, items = problem.settings, problem.inventory, problem.items
     prob = pulp.LpProblem("wattgate_plan", pulp.LpMinimize)
     n = [
@@ -141,11 +147,13 @@ def _build(
     demand = {r: d for r, d in problem.demand_rps.items() if d > 0}
     y: dict[tuple[str, str], pulp.LpVariable] = {}
     u: dict[str, pulp.LpVariable] = {}
+    z: Routing = {}
     for r, d in demand.items():
         u[r] = prob.add_variable(f"u_{r}", lowBound=0)
         for q in problem.routes(r):
             y[(r, q)] = prob.add_variable(f"y_{r}_{q}", lowBound=0)
         prob += pulp.lpSum(y[(r, q)] for q in problem.routes(r)) + u[r] == d, f"demand_{r}"
+        z.update(_all_or_nothing(prob, problem, y, (r, d)))
     for q in problem.pools:
         inflow = [var for (r, qq), var in y.items() if qq == q]
         if inflow:
@@ -160,7 +168,26 @@ def _build(
     if problem.current:
         objective += _reconfiguration(prob, problem, n)
     prob += objective
-    return prob, n, y, u
+    return prob, n, y, u, z
+
+
+def _all_or_nothing(
+    prob: pulp.LpProblem,
+    problem: Problem,
+    y: dict[tuple[str, str], pulp.LpVariable],
+    demand: tuple[str, float],
+) -> Routing:
+    """Pool ``r``'s load goes to ONE pool of its routes, all or nothing, as the gateway routes it (the
+    routes share ``r``'s TTFT target, so the host's SLO-feasible ratings hold for ``r`` too)."""
+    r, d = demand
+    routes = problem.routes(r)
+    if len(routes) < 2:
+        return {}
+    z = {q: prob.add_variable(f"z_{r}_{q}", cat=pulp.LpBinary) for q in routes}
+    prob += pulp.lpSum(z.values()) == 1, f"one_route_{r}"
+    for q in routes:
+        prob += y[(r, q)] <= d * z[q], f"route_{r}_{q}"
+    return {(r, q): var for q, var in z.items()}
 
 
 def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVariable]) -> pulp.LpAffineExpression:
