@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -23,15 +22,17 @@ def write_state(state: Path, gpus: int = 2, deny_lock: bool = False, fail: dict[
     lines = [f"deny_lock {int(deny_lock)}"]
     lines += [f"fail {name} {code}" for name, code in (fail or {}).items()]
     lines += [f"gpu {i} 0 0 0" for i in range(gpus)]
-    state.write_text("\n".join(lines) + "\n")
+    tmp = state.with_name(state.name + ".test-tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(state)  # like the library: a reader never sees a half-written file
 
 
 def locked_clocks(state: Path) -> dict[int, int]:
-    """GPU index -> locked MHz (0 = not locked), read from outside the process that holds NVML."""
+    """GPU index -> locked MHz (0 = not locked), read from outside the process that holds NVML.
+
+    No lock needed: the library renames a complete new file over the old one on every call."""
     out = {}
-    with open(state) as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # the library rewrites the file under an exclusive flock
-        text = f.read()
+    text = state.read_text()
     for line in text.splitlines():
         parts = line.split()
         if parts and parts[0] == "gpu":

@@ -2,7 +2,9 @@
  * real nvml.h (so a wrong prototype fails to build), with its state in a text file.
  *
  * State file (path in FAKE_NVML_STATE), one record per line, re-read and rewritten on every call
- * under an flock so a test can read the locked clocks from outside and change behaviour mid-run:
+ * so a test can read the locked clocks from outside and change behaviour mid-run. Calls are
+ * serialised by an flock on STATE.lock; the new state is written to STATE.tmp and renamed over
+ * STATE, so a process killed mid-call (SIGKILL) never leaves the file empty or half written:
  *   deny_lock 0|1          1: Set/ResetGpuLockedClocks return NVML_ERROR_NO_PERMISSION
  *   fail NAME CODE         the call NAME (e.g. nvmlDeviceGetPowerUsage) returns CODE
  *   gpu IDX LOCKED_MHZ ENERGY_MJ LAST_NS    LOCKED_MHZ 0 = not locked
@@ -94,23 +96,42 @@ static void parse(FILE *f, state_t *s) {
     }
 }
 
-static void write_state(int fd, const state_t *s) {
-    char buf[4096];
+static int path_with(char *out, size_t size, const char *suffix) {
+    return snprintf(out, size, "%s%s", state_path(), suffix) < (int)size ? 0 : -1;
+}
+
+/* Write the whole state to STATE.tmp, then rename it over STATE (atomic for every reader). */
+static void write_state(const state_t *s) {
+    char buf[4096], tmp[4096];
     int n = snprintf(buf, sizeof buf, "deny_lock %d\n", s->deny_lock);
     for (int i = 0; i < s->n_fail; i++)
         n += snprintf(buf + n, sizeof buf - n, "fail %s %d\n", s->fail_name[i], s->fail_code[i]);
     for (int i = 0; i < s->n_gpus; i++)
         n += snprintf(buf + n, sizeof buf - n, "gpu %d %u %llu %lld\n", i, s->gpus[i].locked,
                       s->gpus[i].energy_mj, s->gpus[i].last_ns);
-    if (ftruncate(fd, 0) != 0 || lseek(fd, 0, SEEK_SET) != 0 || write(fd, buf, n) != n) perror("fake_nvml write");
+    if (path_with(tmp, sizeof tmp, ".tmp") != 0) {
+        fprintf(stderr, "fake_nvml: state path too long\n");
+        return;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        perror("fake_nvml write");
+        return;
+    }
+    int ok = write(fd, buf, n) == n;
+    if (close(fd) != 0) ok = 0;
+    if (!ok || rename(tmp, state_path()) != 0) perror("fake_nvml write");
 }
 
-/* Open and lock the state file, load it, and advance every energy counter to now. */
+/* Take the lock (STATE.lock), load the state, and advance every energy counter to now.
+ * Returns the lock's descriptor for end(), or -1. */
 static int begin(state_t *s) {
-    int fd = open(state_path(), O_RDWR | O_CREAT, 0644);
+    char lock[4096];
+    if (path_with(lock, sizeof lock, ".lock") != 0) return -1;
+    int fd = open(lock, O_RDWR | O_CREAT, 0644);
     if (fd < 0) return -1;
     flock(fd, LOCK_EX);
-    FILE *f = fdopen(dup(fd), "r");
+    FILE *f = fopen(state_path(), "r");
     long size = 0;
     if (f) {
         fseek(f, 0, SEEK_END);
@@ -131,7 +152,7 @@ static int begin(state_t *s) {
 }
 
 static void end(int fd, const state_t *s) {
-    write_state(fd, s);
+    write_state(s);
     flock(fd, LOCK_UN);
     close(fd);
 }
