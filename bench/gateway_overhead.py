@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support import wait_port  # noqa: E402
 from wattgate.embedded_redis import free_port  # noqa: E402
+from wattgate.procs import stop_process  # noqa: E402
 
 PY = sys.executable
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -42,12 +43,7 @@ def process(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         wait_port(port, timeout_s=60)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
 
 
 @contextlib.contextmanager

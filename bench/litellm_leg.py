@@ -28,8 +28,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script too: this checkout's wattgate
+
+from wattgate.embedded_redis import free_port  # noqa: E402
+from wattgate.procs import stop_process  # noqa: E402
+
 DEFAULT_BIN = REPO / ".cache" / "litellm-proxy" / "venv" / "bin" / "litellm"
 FAKE_MODEL = "fake-model"
 _RUNNING: dict[str, int] = {}  # base URL -> pid of the proxy serving it
@@ -68,12 +71,6 @@ class LiteLLMProxyError(RuntimeError):
 
 class LiteLLMProxyUnavailable(LiteLLMProxyError):
     """The LiteLLM proxy is not installed (run scripts/install_litellm_proxy)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def litellm_installed() -> bool:
@@ -138,7 +135,7 @@ def litellm_proxy(backend_url: str, model: str, *, startup_timeout_s: float = 18
             yield base_url
         finally:
             _RUNNING.pop(base_url, None)
-            stop_process(proc)
+            stop_process(proc, group=True)
 
 
 def proxy_pid(base_url: str) -> int | None:
@@ -157,20 +154,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM the process group, SIGKILL it after ``grace_s``."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace_s)
-
-
 def _wait_serving(proc: subprocess.Popen[bytes], base_url: str, model: str, timeout_s: float, log: Path) -> None:
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=2.0, trust_env=False) as client:
@@ -182,7 +165,7 @@ def _wait_serving(proc: subprocess.Popen[bytes], base_url: str, model: str, time
                 if r.status_code == 200 and any(m.get("id") == model for m in r.json().get("data", [])):
                     return
             time.sleep(0.25)
-    stop_process(proc)
+    stop_process(proc, group=True)
     raise LiteLLMProxyError(f"LiteLLM proxy did not serve {model} within {timeout_s:.0f} s:\n{_tail(log)}")
 
 
@@ -280,7 +263,7 @@ def measure(concurrency: int, duration_s: float, stream: bool) -> dict[str, Any]
             ok, failed = asyncio.run(_closed_loop(base_url, FAKE_MODEL, concurrency, duration_s, stream))
             cpu1 = cpu_seconds(pid) if pid else float("nan")
     finally:
-        stop_process(backend)
+        stop_process(backend, group=True)
     return {
         "leg": "litellm-proxy",
         "stream": stream,

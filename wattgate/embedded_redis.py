@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from wattgate.procs import stop_process
+
 
 class EmbeddedRedisError(Exception):
     """The bundled redis-server could not be found or did not start."""
@@ -91,15 +93,10 @@ class EmbeddedRedis:
         raise EmbeddedRedisError(f"redis-server did not answer on port {self.port} within {timeout_s} s")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._proc is not None and self._proc.stderr is not None:
-            self._proc.stderr.close()
+        if self._proc is not None:
+            stop_process(self._proc, timeout_s=5)
+            if self._proc.stderr is not None:
+                self._proc.stderr.close()
         self._proc = None
         if self._dir is not None:
             self._dir.cleanup()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib.machinery
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from wattgate.embedded_redis import free_port
+from wattgate.procs import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "scripts" / "build_llama_server"
@@ -76,7 +76,7 @@ def run_llama_server(binary: Path, model: Path, startup_timeout_s: float = 120.0
         wait_http(f"{url}/health", proc, startup_timeout_s, log)
         yield LlamaServer(url=url, model=MODEL_NAME)
     finally:
-        stop(proc)
+        stop_process(proc, timeout_s=10, group=True)
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Path) -> None:
@@ -90,22 +90,8 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log: Pa
                 if client.get(url).status_code == 200:
                     return
             time.sleep(0.1)
-    stop(proc)
+    stop_process(proc, timeout_s=10, group=True)
     pytest.fail(f"{url} not ready after {timeout_s:.0f} s:\n{tail(log)}", pytrace=False)
-
-
-def stop(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
-    """SIGTERM the process group; SIGKILL it if it is still there after ``grace_s``."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=grace_s)
 
 
 def tail(log: Path, lines: int = 40) -> str:
@@ -140,4 +126,4 @@ def run_gateway(backend: str, log: Path, startup_timeout_s: float = 60.0) -> Ite
         wait_http(f"{url}/ready", proc, startup_timeout_s, log)
         yield url
     finally:
-        stop(proc)
+        stop_process(proc, timeout_s=10, group=True)

@@ -21,6 +21,7 @@ from wattgate.agent.gpu.simulated import open_simulated_gpus
 from wattgate.agent.profiler import ProfilerError, SweepPlan, build_profile, sweep
 from wattgate.agent.simcli import resolve
 from wattgate.embedded_redis import free_port
+from wattgate.procs import stop_process
 from wattgate.profiles.classes import ProfilesError, RequestType
 
 
@@ -81,12 +82,7 @@ def sim_backend(args: Any, tp: int, state_dir: str, model: str) -> Iterator[str]
         _wait_healthy(url, proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
         if proc.stderr:
             proc.stderr.close()
 
