@@ -11,33 +11,30 @@ import subprocess
 import time
 from collections.abc import Callable
 
-import httpx
-
-from wattgate.agent.engines.base import IN_FLIGHT_METRICS, EngineError, EngineKind, EngineSpec, parse_metrics
+from wattgate.agent.engines.base import EngineError, EngineKind, EngineSpec
+from wattgate.agent.engines.http_engine import HttpEngine
 from wattgate.agent.engines.options import EngineOptions
 
 log = logging.getLogger(__name__)
-_TIMEOUT = httpx.Timeout(2.0)
 
 
-class ProcessEngine:
+class ProcessEngine(HttpEngine):
     """A managed engine: a child process serving HTTP on ``spec.port``. Subclasses give the command."""
 
     kind_value = EngineKind.SIMULATED
-    health_paths: tuple[str, ...] = ("/health", "/v1/models")
+    managed_value = True
     default_command: tuple[str, ...] = ()
 
     def __init__(
         self, spec: EngineSpec, options: EngineOptions, sleep_fn: Callable[[float], None] = time.sleep
     ) -> None:
-        self._spec = spec
+        super().__init__(spec, spec.base_url)
         self.options = options
         self._log_dir = options.log_dir
         self._grace_s = options.stop_grace_s
         self._sleep = sleep_fn
         self._proc: subprocess.Popen[bytes] | None = None
         self._adopted_pid: int | None = None
-        self._http = httpx.Client(timeout=_TIMEOUT, limits=httpx.Limits(max_connections=4), trust_env=False)
 
     # -- what subclasses provide ------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -51,23 +48,7 @@ class ProcessEngine:
         names = s.gpu_uuids if self.options.cuda_devices_by == "uuid" and s.gpu_uuids else tuple(map(str, s.gpus))
         return {"CUDA_VISIBLE_DEVICES": ",".join(names), **self.options.env}
 
-    # -- Engine protocol --------------------------------------------------------------------------
-    @property
-    def spec(self) -> EngineSpec:
-        return self._spec
-
-    @property
-    def kind(self) -> EngineKind:
-        return self.kind_value
-
-    @property
-    def managed(self) -> bool:
-        return True
-
-    @property
-    def base_url(self) -> str:
-        return self._spec.base_url
-
+    # -- Engine protocol (the rest is HttpEngine's) ------------------------------------------------
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else self._adopted_pid
@@ -114,28 +95,6 @@ class ProcessEngine:
     def exit_code(self) -> int | None:
         return self._proc.poll() if self._proc is not None else None
 
-    def healthy(self) -> bool:
-        if not self.running():
-            return False
-        for path in self.health_paths:
-            try:
-                r = self._http.get(self.base_url + path)
-            except httpx.HTTPError:
-                return False
-            if r.status_code != 404:
-                return r.status_code == 200
-        return False
-
-    def in_flight(self) -> int | None:
-        try:
-            r = self._http.get(self.base_url + "/metrics")
-        except httpx.HTTPError:
-            return None
-        if r.status_code != 200:
-            return None
-        value = parse_metrics(r.text, IN_FLIGHT_METRICS[self.kind])
-        return None if value is None else int(value)
-
     def drain(self, timeout_s: float) -> bool:
         """Wait until no request is in flight or ``timeout_s`` passes. True when drained."""
         deadline = time.monotonic() + timeout_s
@@ -171,15 +130,6 @@ class ProcessEngine:
             while self.running() and time.monotonic() < end:
                 self._sleep(0.05)
         self._reap()
-
-    def sleep(self) -> bool:
-        return False
-
-    def wake(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self._http.close()
 
     def _reap(self) -> None:
         if self._proc is not None:
