@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from wattgate.agent.simcli import resolve
 from wattgate.cli import main as wattgate_main
+from wattgate.profiles.builtin import profile_or_default
 from wattgate.profiles.classes import RequestType
 
 
@@ -33,7 +33,7 @@ def main() -> int:
     ap.add_argument("--warmup-s", default="30")
     ap.add_argument("--duration-s", default="60")
     a = ap.parse_args()
-    given = resolve(a.profile)
+    given = profile_or_default(a.profile)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "measured.json"
         args = ["profile", "--sim", "--tps", a.tps, "--clocks", a.clocks, "--loads", a.loads, "--types", a.types]

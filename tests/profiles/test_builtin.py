@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from wattgate.profiles.builtin import builtin_names, load_builtin, resolve_profile
+from wattgate.profiles.builtin import builtin_names, load_builtin, profile_or_default, resolve_profile
 from wattgate.profiles.classes import ProfilesError
 from wattgate.profiles.table import ProfileFormatError
 
@@ -49,3 +49,13 @@ def test_resolve_profile_bad_file_is_a_format_error(tmp_path: Path) -> None:
 def test_builtin_names_are_sorted_strings() -> None:
     names = builtin_names()
     assert list(names) == sorted(names)
+
+
+def test_profile_or_default_without_a_spec_is_the_shipped_default(tmp_path: Path) -> None:
+    assert profile_or_default(None) is load_builtin()
+    assert profile_or_default("") is load_builtin()
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(DOC))
+    assert profile_or_default(str(path)).model == "m"
+    with pytest.raises(ProfilesError, match="neither a builtin profile"):
+        profile_or_default("no-such-profile-or-file.json")

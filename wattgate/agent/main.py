@@ -9,7 +9,6 @@ import signal
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 from wattgate.agent.actuator import Actuator, Timeouts
@@ -26,8 +25,9 @@ from wattgate.agent.settings import AgentSettings
 from wattgate.agent.store import AgentStore
 from wattgate.agent.telemetry import Telemetry
 from wattgate.planner.contract import Keys, PlannedInstance
+from wattgate.profiles.builtin import profile_or_default
 from wattgate.profiles.classes import LengthClass, ProfilesError, SloTargets
-from wattgate.profiles.table import Profile, load_profile
+from wattgate.profiles.table import Profile
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,7 @@ def load_agent_profile(spec: str, simulated: bool) -> Profile | None:
     default (as ``wattgate sim-backend`` does); real engines get no clock loop rather than a profile
     measured for another model."""
     try:
-        builtin: Any = importlib.import_module("wattgate.profiles.builtin")
-    except ModuleNotFoundError:
-        builtin = None
-    try:
-        if builtin is not None and (spec or simulated):
-            return builtin.resolve_profile(spec) if spec else builtin.load_builtin()  # type: ignore[no-any-return]
-        return load_profile(Path(spec).expanduser()) if spec else None
+        return profile_or_default(spec) if spec or simulated else None
     except ProfilesError as exc:
         raise SettingsError(f"--profile: {exc}") from exc
 

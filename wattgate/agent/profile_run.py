@@ -19,20 +19,18 @@ import httpx
 from wattgate.agent.gpu.base import Gpu, GpuError
 from wattgate.agent.gpu.simulated import open_simulated_gpus
 from wattgate.agent.profiler import ProfilerError, SweepPlan, build_profile, sweep
-from wattgate.agent.simcli import resolve
+from wattgate.agent.simcli import number_list
 from wattgate.embedded_redis import free_port
 from wattgate.procs import stop_process
+from wattgate.profiles.builtin import profile_or_default
 from wattgate.profiles.classes import ProfilesError, RequestType
 
 
 def _numbers(text: str, what: str, kind: type[Any]) -> tuple[Any, ...]:
     try:
-        values = tuple(kind(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ProfilerError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
-    if not values:
-        raise ProfilerError(f"{what} is empty")
-    return values
+        return number_list(text, what, kind)
+    except ValueError as exc:
+        raise ProfilerError(str(exc)) from None
 
 
 def _plan(args: Any, tp: int, timing: str) -> SweepPlan:
@@ -127,7 +125,7 @@ def run(args: Any) -> int:
     }
     if args.sim:
         try:
-            emulated = resolve(args.profile)
+            emulated = profile_or_default(args.profile)
         except ProfilesError as exc:
             raise ProfilerError(str(exc)) from exc
         timing = args.timing or "engine"

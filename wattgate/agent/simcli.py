@@ -60,27 +60,13 @@ def register(sub: Any) -> None:
     q.set_defaults(func=profile_main)
 
 
-def resolve(spec: str | None) -> Any:
-    """A profile by builtin name or path; before the builtin profiles exist, a path only."""
-    import importlib
-
+def number_list(text: str, what: str, kind: type[Any]) -> tuple[Any, ...]:
+    """``"1,2,3"`` as a tuple of ``kind`` (int or float); ValueError naming the option ``what`` if it is not."""
     try:
-        builtin = importlib.import_module("wattgate.profiles.builtin")
-    except ModuleNotFoundError:
-        from wattgate.profiles.classes import ProfilesError
-        from wattgate.profiles.table import load_profile
-
-        if not spec:
-            raise ProfilesError("--profile PATH is required (no builtin profiles in this build)") from None
-        return load_profile(spec)
-    return builtin.resolve_profile(spec) if spec else builtin.load_builtin()
-
-
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
+        values = tuple(kind(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
+        noun = "integers" if kind is int else "numbers"
+        raise ValueError(f"{what} must be a comma-separated list of {noun}, got {text!r}") from None
     if not values:
         raise ValueError(f"{what} is empty")
     return values
@@ -93,14 +79,15 @@ def sim_backend_main(args: argparse.Namespace) -> int:
     from wattgate.agent.engines.sim_server import SimEngine, SimServerSettings, build_app
     from wattgate.agent.gpu.base import GpuError
     from wattgate.agent.gpu.simulated import open_simulated_gpus
+    from wattgate.profiles.builtin import profile_or_default
     from wattgate.profiles.classes import ClassEdges, ProfilesError
 
     try:
-        gpus = _ints(args.gpus, "--gpus") if args.gpus else tuple(range(args.tp))
-        edges = _ints(args.class_edges, "--class-edges")
+        gpus = number_list(args.gpus, "--gpus", int) if args.gpus else tuple(range(args.tp))
+        edges = number_list(args.class_edges, "--class-edges", int)
         if len(edges) != 4:
             raise ValueError(f"--class-edges needs 4 integers, got {args.class_edges!r}")
-        profile = resolve(args.profile)
+        profile = profile_or_default(args.profile)
         settings = SimServerSettings(
             model=args.model,
             tp=args.tp,

@@ -50,3 +50,8 @@ def resolve_profile(spec: str) -> Profile:
         known = ", ".join(builtin_names()) or "none"
         raise ProfilesError(f"profile {spec!r} is neither a builtin profile ({known}) nor an existing file")
     return load_profile(path)
+
+
+def profile_or_default(spec: str | None) -> Profile:
+    """What an optional ``--profile`` gives: ``resolve_profile(spec)``, or the shipped default without one."""
+    return resolve_profile(spec) if spec else load_builtin()
