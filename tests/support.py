@@ -1,10 +1,12 @@
-"""Test helpers: run an ASGI app under a real uvicorn server on loopback, in a background thread."""
+"""Test helpers: run an ASGI app under a real uvicorn server on loopback, in a background thread; wait
+for a port or a condition."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -49,3 +51,14 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"nothing listening on port {port} after {timeout_s} s")
+
+
+def wait_for(cond: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
+    """Poll ``cond`` until it returns something truthy and return that; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,20 +19,11 @@ import redis
 
 from tests.agent.agent_support import fake_nvml_fixture, standin_command  # noqa: F401 (the fake_nvml_dir fixture)
 from tests.agent.nvml_support import locked_clocks, nvml_env, write_state
+from tests.support import wait_for
 from wattgate.embedded_redis import free_port
 from wattgate.planner.contract import Heartbeat, InstanceRecord, Keys, Plan, PlannedInstance
 
 KEYS = Keys()
-
-
-def wait_for(cond: Callable[[], object], what: str, timeout_s: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def publish_plan(r: redis.Redis, version: int, clock: int, gpus: list[int]) -> None:

@@ -13,16 +13,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 import redis
 
-from tests.support import wait_port
+from tests.support import wait_for, wait_port
 from wattgate.embedded_redis import free_port
 from wattgate.planner.contract import InstanceRecord, Keys, NodeTelemetry, Plan, PlannedInstance
 
@@ -31,17 +30,6 @@ pytestmark = pytest.mark.slow
 KEYS = Keys()
 MODEL = "llama-sim"
 NODE = "n1"
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
-    """Poll ``cond`` until it returns something truthy; fail naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class Procs:
