@@ -1,5 +1,5 @@
 """Agent test support: the fake libnvidia-ml.so.1 fixture (built once with gcc against the real nvml.h),
-a stand-in engine server, and a small in-memory GPU implementing the Gpu Protocol."""
+a stand-in engine server, a small in-memory GPU implementing the Gpu Protocol, and an Actuator on them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from wattgate.agent.actuator import Actuator, Timeouts
+from wattgate.agent.clocks import ClockController
+from wattgate.agent.engines.options import EngineOptions, make_engine
 from wattgate.agent.gpu.base import GpuInvalidArgumentError, GpuPermissionError
+from wattgate.agent.store import AgentStore
+from wattgate.embedded_redis import free_port
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -103,3 +108,26 @@ class FakeGpu:
     def energy_j(self) -> float:
         self.energy += 1.0
         return self.energy
+
+
+def actuator(
+    tmp: Path,
+    gpus: list[FakeGpu],
+    opts: EngineOptions,
+    *,
+    clocks: ClockController | None = None,
+    store: AgentStore | None = None,
+    timeouts: Timeouts | None = None,
+) -> Actuator:
+    """Node ``n1`` serving model ``m`` on ``gpus``: ``opts`` engines on free ports, state files in ``tmp``."""
+    return Actuator(
+        node="n1",
+        model="m",
+        gpus=gpus,
+        clocks=clocks or ClockController(gpus, tmp / "locks.json"),
+        store=store,
+        make_engine=lambda s: make_engine(opts, s),
+        engines_file=tmp / "engines.json",
+        port_base=free_port(),
+        timeouts=timeouts,
+    )

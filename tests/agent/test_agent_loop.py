@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.agent.agent_support import FakeGpu, standin_command
+from tests.agent.agent_support import FakeGpu, actuator, standin_command
 from tests.agent.test_clock_policy import profile as small_profile
-from wattgate.agent.actuator import Actuator, Timeouts
+from wattgate.agent.actuator import Timeouts
 from wattgate.agent.agent import Agent
 from wattgate.agent.clock_loop import ClockLoop
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.engines.base import EngineKind
-from wattgate.agent.engines.options import EngineOptions, make_engine
+from wattgate.agent.engines.options import EngineOptions
 from wattgate.agent.metrics import AgentMetrics
 from wattgate.agent.store import AgentStore
 from wattgate.agent.telemetry import Telemetry
@@ -46,17 +46,8 @@ def build(tmp: Path, url: str, gpus: list[FakeGpu], prof: Profile | None = None)
     clocks = ClockController(gpus, tmp / "locks.json")
     store = AgentStore(url, KEYS, timeout_s=0.5)
     opts = EngineOptions(kind=EngineKind.VLLM, log_dir=tmp / "logs", command=standin_command(), stop_grace_s=2)
-    act = Actuator(
-        node="n1",
-        model="m",
-        gpus=gpus,
-        clocks=clocks,
-        store=store,
-        make_engine=lambda s: make_engine(opts, s),
-        engines_file=tmp / "engines.json",
-        port_base=free_port(),
-        timeouts=Timeouts(drain_s=2, drain_notice_s=0.05, start_s=20, poll_s=0.05),
-    )
+    timeouts = Timeouts(drain_s=2, drain_notice_s=0.05, start_s=20, poll_s=0.05)
+    act = actuator(tmp, gpus, opts, clocks=clocks, store=store, timeouts=timeouts)
     loop = ClockLoop(act, prof, SloTargets(), store, window_s=10) if prof is not None else None
     return Agent(
         node="n1",

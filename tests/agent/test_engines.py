@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.agent_support import FakeGpu, standin_command
-from wattgate.agent.actuator import Actuator, Timeouts
-from wattgate.agent.clocks import ClockController
+from tests.agent.agent_support import FakeGpu, actuator, standin_command
+from wattgate.agent.actuator import Timeouts
 from wattgate.agent.engines.base import EngineKind, EngineSpec, parse_metrics
 from wattgate.agent.engines.options import EngineOptions, make_engine
 from wattgate.agent.engines.process import ProcessEngine
@@ -124,18 +123,8 @@ def test_sigkill_after_grace_when_sigterm_is_ignored(tmp_path: Path) -> None:
 
 def test_crashed_engine_is_restarted_with_backoff(tmp_path: Path) -> None:
     gpus = [FakeGpu(0), FakeGpu(1)]
-    clocks = ClockController(gpus, tmp_path / "locks.json")
-    act = Actuator(
-        node="n1",
-        model="m",
-        gpus=gpus,
-        clocks=clocks,
-        store=None,
-        make_engine=lambda s: make_engine(options(tmp_path, EngineKind.VLLM), s),
-        engines_file=tmp_path / "engines.json",
-        port_base=free_port(),
-        timeouts=Timeouts(drain_s=1, drain_notice_s=0, start_s=20, poll_s=0.05),
-    )
+    timeouts = Timeouts(drain_s=1, drain_notice_s=0, start_s=20, poll_s=0.05)
+    act = actuator(tmp_path, gpus, options(tmp_path, EngineKind.VLLM), timeouts=timeouts)
     plan = [PlannedInstance("i0", "SS", "n1", [0], 1, 1200, 1.0, 1.0)]
     act.apply(diff(plan, act.actual(), [0, 1]).actions)
     r = act.instances["i0"]
@@ -166,17 +155,7 @@ def test_vllm_sleep_mode_parks_and_wakes_instead_of_restarting(tmp_path: Path) -
     gpus = [FakeGpu(0), FakeGpu(1)]
     sleep_log = tmp_path / "sleep.log"
     opts = options(tmp_path, EngineKind.VLLM, sleep_mode=True, env={"STANDIN_SLEEP_LOG": str(sleep_log)})
-    act = Actuator(
-        node="n1",
-        model="m",
-        gpus=gpus,
-        clocks=ClockController(gpus, tmp_path / "locks.json"),
-        store=None,
-        make_engine=lambda s: make_engine(opts, s),
-        engines_file=tmp_path / "engines.json",
-        port_base=free_port(),
-        timeouts=Timeouts(drain_s=1, drain_notice_s=0, start_s=20, poll_s=0.05),
-    )
+    act = actuator(tmp_path, gpus, opts, timeouts=Timeouts(drain_s=1, drain_notice_s=0, start_s=20, poll_s=0.05))
     try:
         act.apply(diff([PlannedInstance("a", "SS", "n1", [0, 1], 2, 1200, 1.0, 1.0)], act.actual(), [0, 1]).actions)
         pid = act.instances["a"].engine.pid
@@ -201,16 +180,7 @@ def test_vllm_sleep_mode_parks_and_wakes_instead_of_restarting(tmp_path: Path) -
 def test_engine_that_cannot_launch_fails_with_backoff(tmp_path: Path) -> None:
     gpus = [FakeGpu(0)]
     opts = replace(options(tmp_path, EngineKind.VLLM), command=("/nonexistent/vllm",))
-    act = Actuator(
-        node="n1",
-        model="m",
-        gpus=gpus,
-        clocks=ClockController(gpus, tmp_path / "locks.json"),
-        store=None,
-        make_engine=lambda s: make_engine(opts, s),
-        engines_file=tmp_path / "engines.json",
-        port_base=free_port(),
-    )
+    act = actuator(tmp_path, gpus, opts)
     plan = [PlannedInstance("i0", "SS", "n1", [0], 1, 1200, 1.0, 1.0)]
     act.apply(diff(plan, act.actual(), [0]).actions)
     r = act.instances["i0"]
@@ -221,17 +191,7 @@ def test_engine_that_cannot_launch_fails_with_backoff(tmp_path: Path) -> None:
 def test_engine_never_healthy_times_out_is_stopped_and_failed(tmp_path: Path) -> None:
     gpus = [FakeGpu(0)]
     opts = options(tmp_path, EngineKind.VLLM, env={"STANDIN_UNHEALTHY": "1"})
-    act = Actuator(
-        node="n1",
-        model="m",
-        gpus=gpus,
-        clocks=ClockController(gpus, tmp_path / "locks.json"),
-        store=None,
-        make_engine=lambda s: make_engine(opts, s),
-        engines_file=tmp_path / "engines.json",
-        port_base=free_port(),
-        timeouts=Timeouts(start_s=1.0, poll_s=0.05),
-    )
+    act = actuator(tmp_path, gpus, opts, timeouts=Timeouts(start_s=1.0, poll_s=0.05))
     act.apply(diff([PlannedInstance("i0", "SS", "n1", [0], 1, 1200, 1.0, 1.0)], act.actual(), [0]).actions)
     r = act.instances["i0"]
     assert r.state is InstanceState.FAILED and "not healthy after" in r.history[0]
