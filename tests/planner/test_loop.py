@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from tests.planner.toy import toy_profile
+from tests.support import wait_for
 from wattgate.planner.contract import Heartbeat, Keys, Plan, load_field
 from wattgate.planner.forecast import ForecastSettings, Method
 from wattgate.planner.loop import LoopSettings, PlannerLoop
@@ -14,6 +15,11 @@ from wattgate.planner.model import SolverSettings
 from wattgate.planner.store import PlannerStore
 
 NOW = 1_700_000_000.0
+# gap_rel=0: the exact optimum. CBC's time limit counts wall time: on a loaded machine a starved CBC
+# can run past the default 1.5 s, and the planner then publishes its greedy fallback plan instead (with
+# an alert), so two solves of the same load would differ. The toy solves in milliseconds of CBC time;
+# a limit no load reaches keeps every plan here a function of the load alone.
+SOLVER = SolverSettings(gap_rel=0.0, time_limit_s=60.0)
 
 
 class Clock:
@@ -43,7 +49,7 @@ def _loop(url: str, clock: Clock, me: str, lease_s: float = 10.0) -> PlannerLoop
         pool_period_s=300,
         lease_s=lease_s,
         forecast=ForecastSettings(method=Method.PEAK, margin=0.1),
-        solver=SolverSettings(gap_rel=0.0),
+        solver=SOLVER,
     )
     return PlannerLoop(PlannerStore(url), toy_profile(), settings, clock, me)
 
@@ -106,7 +112,7 @@ def test_publish_is_versioned_and_announced(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     sub = r.pubsub()
     sub.subscribe(Keys().plan_events)
-    sub.get_message(timeout=1)  # the subscribe confirmation
+    wait_for(lambda: sub.get_message(timeout=0.1), "the subscribe confirmation")  # not to be read as the event
 
     def build(version: int) -> Plan:
         return Plan(version, NOW, "toy", [], {"SS": 1.0}, 0.0, 0.0, reasons=["test"])
@@ -151,7 +157,7 @@ def test_the_minute_in_progress_counts_from_the_per_second_windows(redis_url: st
 def test_min_pool_rps_keeps_a_floor(redis_url: str) -> None:
     _seed(redis_url, {})
     clock = Clock()
-    settings = LoopSettings(min_pool_rps=0.05, solver=SolverSettings(gap_rel=0.0))
+    settings = LoopSettings(min_pool_rps=0.05, solver=SOLVER)
     loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), settings, clock, "a")
     assert loop.forecast(clock.t, 5) == {"SS": 0.05, "SM": 0.05}
     assert loop.tick() == "published"
@@ -191,7 +197,7 @@ class _LeaseLostWhileSolving(PlannerStore):
 def test_a_lease_lost_while_solving_publishes_nothing(redis_url: str) -> None:
     _seed(redis_url, {"SS": 60.0})
     store = _LeaseLostWhileSolving(redis_url)
-    loop = PlannerLoop(store, toy_profile(), LoopSettings(solver=SolverSettings(gap_rel=0.0)), Clock(), "slow")
+    loop = PlannerLoop(store, toy_profile(), LoopSettings(solver=SOLVER), Clock(), "slow")
     assert loop.tick() == "follower"
     assert not loop.leader
     assert store.current_plan() is None
