@@ -237,6 +237,7 @@ def test_cli_sim_backend_with_the_agent_flags(tmp_path: Path) -> None:
         (["--profile", "BAD"], "error: not a wattgate profile"),
         (["--profile", "GOOD", "--class-edges", "10,5,3,4"], "error: input class edges must satisfy"),
         (["--profile", "GOOD", "--gpus", "0"], "error: TP2 needs 2 GPUs"),
+        (["--profile", "GOOD", "--gpus", "0,x"], "error: --gpus must be a comma-separated list of integers"),
     ],
 )
 def test_cli_sim_backend_bad_input_is_a_clear_error(tmp_path: Path, extra: list[str], message: str) -> None:
