@@ -7,16 +7,20 @@ compared with: every pool on TP8 instances at the highest measured clock, sized 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from wattgate.planner.model import Decision, Group, Problem, SolveStatus
+from wattgate.planner.model import Decision, Group, Item, Problem, SolveStatus
 from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
 EPS = 1e-6
+MAX_ROUTE_COMBINATIONS = 4096  # try every routing up to this many (9 pools, 2 spill hops: 216)
+PlanCounts = tuple[list[int], dict[str, dict[str, float]], dict[str, float]]  # item counts, flows, unserved
 
 
 def realize(  # noqa: PLR0917  (one call site per solver, all by position)
@@ -75,13 +79,17 @@ def greedy_solve(problem: Problem) -> Decision:
     return realize(problem, counts, flows, unserved, SolveStatus.FALLBACK, time.perf_counter() - started)
 
 
-def greedy_counts(problem: Problem) -> tuple[list[int], dict[str, dict[str, float]], dict[str, float]]:
-    """The greedy plan as item counts, flows and unserved load (also the MILP's warm start).
+def greedy_counts(problem: Problem) -> PlanCounts:
+    """The fallback plan as item counts, flows and unserved load (also the MILP's warm start).
 
-    Tries two orders, cheapest power per req/s and most req/s per GPU (for a tight budget), and
-    keeps the one that serves more, then draws less.
+    The cover plan (``cover_counts``) when it fits the GPUs: it serves all the load, and for each pool
+    no greedy order below draws less. Else (the budget binds) two greedy orders, cheapest power per
+    req/s and most req/s per GPU, keeping the one that serves more, then draws less.
     """
-    best: tuple[float, float, tuple[list[int], dict[str, dict[str, float]], dict[str, float]]] | None = None
+    cover = cover_counts(problem)
+    if cover is not None:
+        return cover
+    best: tuple[float, float, PlanCounts] | None = None
     for per_gpu in (False, True):
         counts, flows, unserved = _greedy(problem, per_gpu)
         power = sum(it.power_w * c for it, c in zip(problem.items, counts, strict=True))
@@ -92,7 +100,99 @@ def greedy_counts(problem: Problem) -> tuple[list[int], dict[str, dict[str, floa
     return best[2]
 
 
-def keep_current(problem: Problem) -> tuple[list[int], dict[str, dict[str, float]], dict[str, float]] | None:
+def cover_counts(problem: Problem) -> PlanCounts | None:
+    """Each type's load on one of its routes, each pool's load covered at least power by ``k`` instances
+    of one item plus one finishing item; the routes of least power plus spill cost (every combination
+    when there are few, else one type at a time until nothing improves). None when it does not fit
+    the GPUs. Within a few % of the MILP's optimum when the budget does not bind (a warm start)."""
+    demand = {r: d for r, d in problem.demand_rps.items() if d > 0 and problem.routes(r)}
+    covers = {q: _PoolCover([it for it in problem.items if it.pool.name == q]) for q in problem.pools}
+    spill_w = problem.settings.spill_cost_w_per_rps
+
+    def cost(route: Mapping[str, str]) -> float:
+        spill = sum(demand[r] for r, q in route.items() if q != r)
+        return sum(covers[q].best(load)[0] for q, load in _loads(route, demand).items()) + spill_w * spill
+
+    route = _least_cost_routes(problem, demand, cost)
+    index = {id(it): k for k, it in enumerate(problem.items)}
+    counts = [0] * len(problem.items)
+    for q, load in _loads(route, demand).items():
+        for it, m in covers[q].best(load)[1]:
+            counts[index[id(it)]] += m
+    for t in {it.tp for it in problem.items}:
+        if sum(it.tp * c for it, c in zip(problem.items, counts, strict=True) if it.tp >= t) > problem.inventory.slots(
+            t
+        ):
+            return None
+    flows = {r: {q: demand[r]} for r, q in route.items()}
+    unserved = {r: d for r, d in problem.demand_rps.items() if d > 0 and r not in demand}
+    return counts, flows, unserved
+
+
+def _loads(route: Mapping[str, str], demand: Mapping[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for r in sorted(route):  # a fixed order: the same routes give the same float loads
+        out[route[r]] = out.get(route[r], 0.0) + demand[r]
+    return out
+
+
+def _least_cost_routes(
+    problem: Problem, demand: Mapping[str, float], cost: Callable[[Mapping[str, str]], float]
+) -> dict[str, str]:
+    types = sorted(demand)
+    options = [problem.routes(r) for r in types]
+    if math.prod(len(o) for o in options) <= MAX_ROUTE_COMBINATIONS:
+        combos = (dict(zip(types, c, strict=True)) for c in itertools.product(*options))
+        return min(combos, key=cost)
+    route = {r: o[0] for r, o in zip(types, options, strict=True)}
+    best, improved = cost(route), True
+    while improved:
+        improved = False
+        for r, opts in zip(types, options, strict=True):
+            for q in opts:
+                trial = {**route, r: q}
+                c = cost(trial)
+                if c < best - EPS:
+                    route, best, improved = trial, c, True
+    return route
+
+
+class _PoolCover:
+    """Least-power covers of a load by one pool's items: ``k`` x item ``a`` + one finishing item."""
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = sorted(items, key=lambda it: it.load_rps)
+        self.loads = [it.load_rps for it in self.items]
+        self.finisher: list[Item] = []  # finisher[i]: least power (then fewest GPUs) among items[i:]
+        for it in reversed(self.items):
+            best = self.finisher[-1] if self.finisher else it
+            self.finisher.append(it if (it.power_w, it.tp) <= (best.power_w, best.tp) else best)
+        self.finisher.reverse()
+        self.memo: dict[float, tuple[float, tuple[tuple[Item, int], ...]]] = {}
+
+    def best(self, load: float) -> tuple[float, tuple[tuple[Item, int], ...]]:
+        """(power W, ((item, count), ...)) of the least-power cover of ``load`` req/s."""
+        if load <= EPS or not self.items:
+            return 0.0, ()
+        if load not in self.memo:
+            self.memo[load] = min((c for a in self.items for c in self._with(a, load)), key=lambda c: c[0])
+        return self.memo[load]
+
+    def _with(self, a: Item, load: float) -> Iterator[tuple[float, tuple[tuple[Item, int], ...]]]:
+        full = math.floor(load / a.load_rps + EPS)
+        for k in range(full, -1, -1):
+            rest = load - k * a.load_rps
+            if rest <= EPS:
+                yield k * a.power_w, ((a, k),)
+                continue
+            i = bisect.bisect_left(self.loads, rest - EPS)
+            if i == len(self.items):
+                return  # fewer copies of ``a`` leave more than any one item carries
+            b = self.finisher[i]
+            yield k * a.power_w + b.power_w, ((a, k), (b, 1)) if k else ((b, 1),)
+
+
+def keep_current(problem: Problem) -> PlanCounts | None:
     """The running plan as item counts (each instance at its config's top rating), if it still serves all."""
     if not problem.current:
         return None
@@ -122,7 +222,7 @@ def keep_current(problem: Problem) -> tuple[list[int], dict[str, dict[str, float
     return counts, flows, {}
 
 
-def _greedy(problem: Problem, per_gpu: bool) -> tuple[list[int], dict[str, dict[str, float]], dict[str, float]]:
+def _greedy(problem: Problem, per_gpu: bool) -> PlanCounts:
     free = [n.gpus for n in problem.inventory.nodes]
     counts = [0] * len(problem.items)
     flows: dict[str, dict[str, float]] = {}
@@ -146,7 +246,8 @@ def _fill(problem: Problem, pool: str, load: float, free: list[int], counts: lis
     """Add instances of ``pool`` until ``load`` is covered or nothing fits; return what is left."""
     cands = [(k, it) for k, it in enumerate(problem.items) if it.pool.name == pool]
     while load > EPS:
-        fits = [(k, it) for k, it in cands if _slot(free, it.tp) is not None]
+        room = max(free, default=0)  # a TP group fits somewhere iff it fits in the freest node
+        fits = [(k, it) for k, it in cands if it.tp <= room]
         if not fits:
             return load
         finishing = [(k, it) for k, it in fits if it.load_rps >= load - EPS]

@@ -88,6 +88,9 @@ def solve_milp(problem: Problem) -> MilpSolution:
         gapRel=problem.settings.gap_rel or None,
         threads=1,
         warmStart=True,
+        # at most 5 rounds of root cuts (CBC's log shows 100 on this small model by default): with the
+        # one-instance cuts and the cover warm start, later rounds cost more than they save (bench/planner.py)
+        options=["passCuts 5"],
     )
     try:
         prob.solve(cmd)
@@ -154,11 +157,15 @@ def _build(
             y[(r, q)] = prob.add_variable(f"y_{r}_{q}", lowBound=0)
         prob += pulp.lpSum(y[(r, q)] for q in problem.routes(r)) + u[r] == d, f"demand_{r}"
         z.update(_all_or_nothing(prob, problem, y, (r, d)))
-    for q in problem.pools:
+    per_pool: dict[str, list[int]] = defaultdict(list)
+    for k, it in enumerate(items):
+        per_pool[it.pool.name].append(k)
+    for q, ks in per_pool.items():
         inflow = [var for (r, qq), var in y.items() if qq == q]
         if inflow:
-            cap = pulp.lpSum(it.load_rps * n[k] for k, it in enumerate(items) if it.pool.name == q)
+            cap = pulp.lpSum(items[k].load_rps * n[k] for k in ks)
             prob += pulp.lpSum(inflow) <= cap, f"capacity_{q}"
+    _at_least_one(prob, problem, (n, per_pool), (u, z))
     for t in sorted({it.tp for it in items}):
         used = pulp.lpSum(it.tp * n[k] for k, it in enumerate(items) if it.tp >= t)
         prob += used <= inv.slots(t), f"gpus_tp{t}"
@@ -188,6 +195,28 @@ def _all_or_nothing(
     for q in routes:
         prob += y[(r, q)] <= d * z[q], f"route_{r}_{q}"
     return {(r, q): var for q, var in z.items()}
+
+
+def _at_least_one(
+    prob: pulp.LpProblem,
+    problem: Problem,
+    instances: tuple[list[pulp.LpVariable], dict[str, list[int]]],
+    flow_vars: tuple[dict[str, pulp.LpVariable], Routing],
+) -> None:
+    """Valid cuts that tighten the LP relaxation: a pool that serves a type runs at least one instance
+    (unless the type is left unserved). Without them the relaxation runs a fraction of an instance
+    for a small pool and CBC spends most of its time closing that gap."""
+    n, per_pool = instances
+    u, z = flow_vars
+    for r, d in problem.demand_rps.items():
+        routes = problem.routes(r)
+        if d <= 0 or not routes:
+            continue
+        for q in routes:
+            chosen = z.get((r, q), 1 if len(routes) == 1 else None)
+            if chosen is not None:
+                count = pulp.lpSum(n[k] for k in per_pool[q])
+                prob += count >= chosen - (1.0 / d) * u[r], f"one_instance_{r}_{q}"
 
 
 def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVariable]) -> pulp.LpAffineExpression:
