@@ -8,17 +8,19 @@ compared with: every pool on TP8 instances at the highest measured clock, sized 
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from wattgate.planner.model import Decision, Group, Item, Problem, SolveStatus
+from wattgate.planner.model import Config, Decision, Group, Item, Problem, SolverSettings, SolveStatus
 from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
 EPS = 1e-6
+GPU_PRICES_W = (0.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0)  # cover_counts: W per GPU, until it fits
 MAX_ROUTE_COMBINATIONS = 4096  # try every routing up to this many (9 pools, 2 spill hops: 216)
 PlanCounts = tuple[list[int], dict[str, dict[str, float]], dict[str, float]]  # item counts, flows, unserved
 
@@ -101,32 +103,47 @@ def greedy_counts(problem: Problem) -> PlanCounts:
 
 
 def cover_counts(problem: Problem) -> PlanCounts | None:
-    """Each type's load on one of its routes, each pool's load covered at least power by ``k`` instances
-    of one item plus one finishing item; the routes of least power plus spill cost (every combination
-    when there are few, else one type at a time until nothing improves). None when it does not fit
-    the GPUs. Within a few % of the MILP's optimum when the budget does not bind (a warm start)."""
+    """A near-optimal plan when the GPU budget allows it (the MILP's warm start): each type's load on
+    one of its routes, each pool's load covered by ``k`` instances of one item plus one finishing item
+    (or, re-planning, by its running instances plus such a cover of what they miss), the routes and
+    covers of least power + reconfiguration + spill cost. When that does not fit the GPUs, each GPU is
+    priced ever higher (a Lagrangian price) until a plan fits; None if none does."""
     demand = {r: d for r, d in problem.demand_rps.items() if d > 0 and problem.routes(r)}
-    covers = {q: _PoolCover([it for it in problem.items if it.pool.name == q]) for q in problem.pools}
-    spill_w = problem.settings.spill_cost_w_per_rps
-
-    def cost(route: Mapping[str, str]) -> float:
-        spill = sum(demand[r] for r, q in route.items() if q != r)
-        return sum(covers[q].best(load)[0] for q, load in _loads(route, demand).items()) + spill_w * spill
-
-    route = _least_cost_routes(problem, demand, cost)
     index = {id(it): k for k, it in enumerate(problem.items)}
-    counts = [0] * len(problem.items)
-    for q, load in _loads(route, demand).items():
-        for it, m in covers[q].best(load)[1]:
-            counts[index[id(it)]] += m
+    for price in GPU_PRICES_W:
+        covers = {q: _PoolCover(problem, q, price) for q in problem.pools}
+        route = _least_cost_routes(
+            problem, demand, functools.partial(_route_cost, demand=demand, covers=covers, problem=problem)
+        )
+        counts = [0] * len(problem.items)
+        for q, load in _loads(route, demand).items():
+            for it, m in covers[q].best(load)[1]:
+                counts[index[id(it)]] += m
+        if _fits(problem, counts):
+            flows = {r: {q: demand[r]} for r, q in route.items()}
+            unserved = {r: d for r, d in problem.demand_rps.items() if d > 0 and r not in demand}
+            return counts, flows, unserved
+    return None
+
+
+def _fits(problem: Problem, counts: Sequence[int]) -> bool:
+    """The MILP's GPU constraint: for each TP size t, groups of >= t GPUs within the t-aligned slots."""
     for t in {it.tp for it in problem.items}:
-        if sum(it.tp * c for it, c in zip(problem.items, counts, strict=True) if it.tp >= t) > problem.inventory.slots(
-            t
-        ):
-            return None
-    flows = {r: {q: demand[r]} for r, q in route.items()}
-    unserved = {r: d for r, d in problem.demand_rps.items() if d > 0 and r not in demand}
-    return counts, flows, unserved
+        used = sum(it.tp * c for it, c in zip(problem.items, counts, strict=True) if it.tp >= t)
+        if used > problem.inventory.slots(t):
+            return False
+    return True
+
+
+def _route_cost(
+    route: Mapping[str, str], demand: Mapping[str, float], covers: Mapping[str, _PoolCover], problem: Problem
+) -> float:
+    spill = sum(demand[r] for r, q in route.items() if q != r)
+    loads = _loads(route, demand)
+    idle = sum(c.best(0.0)[0] for q, c in covers.items() if q not in loads)  # running instances let go
+    return (
+        idle + sum(covers[q].best(load)[0] for q, load in loads.items()) + problem.settings.spill_cost_w_per_rps * spill
+    )
 
 
 def _loads(route: Mapping[str, str], demand: Mapping[str, float]) -> dict[str, float]:
@@ -157,39 +174,95 @@ def _least_cost_routes(
     return route
 
 
-class _PoolCover:
-    """Least-power covers of a load by one pool's items: ``k`` x item ``a`` + one finishing item."""
+Cover = tuple[float, tuple[tuple[Item, int], ...]]  # (cost W, ((item, count), ...))
 
-    def __init__(self, items: list[Item]) -> None:
-        self.items = sorted(items, key=lambda it: it.load_rps)
+
+class _PoolCover:
+    """Least-cost covers of a load by one pool's items: ``k`` x item ``a`` + one finishing item, or (re-planning)
+    the pool's running instances, some let go or a cover of the rest added. Cost: power + ``price`` per GPU
+    + the reconfiguration from the running instances, as the MILP prices it."""
+
+    def __init__(self, problem: Problem, pool: str, price_w_per_gpu: float) -> None:
+        self.settings, self.price = problem.settings, price_w_per_gpu
+        self.items = sorted((it for it in problem.items if it.pool.name == pool), key=lambda it: it.load_rps)
         self.loads = [it.load_rps for it in self.items]
-        self.finisher: list[Item] = []  # finisher[i]: least power (then fewest GPUs) among items[i:]
+        self.finisher: list[Item] = []  # finisher[i]: least power + price (then fewest GPUs) among items[i:]
         for it in reversed(self.items):
             best = self.finisher[-1] if self.finisher else it
-            self.finisher.append(it if (it.power_w, it.tp) <= (best.power_w, best.tp) else best)
+            self.finisher.append(it if (self._unit(it), it.tp) <= (self._unit(best), best.tp) else best)
         self.finisher.reverse()
-        self.memo: dict[float, tuple[float, tuple[tuple[Item, int], ...]]] = {}
+        self.current = {c: m for c, m in problem.current.items() if c[0] == pool}
+        top: dict[Config, Item] = {}
+        for it in self.items:  # the running instances at their config's top rating
+            if it.config in self.current and (it.config not in top or it.load_rps > top[it.config].load_rps):
+                top[it.config] = it
+        self.running = [it for c, it in top.items() for _ in range(self.current[c])]
+        self.memo: dict[float, Cover] = {}
 
-    def best(self, load: float) -> tuple[float, tuple[tuple[Item, int], ...]]:
-        """(power W, ((item, count), ...)) of the least-power cover of ``load`` req/s."""
-        if load <= EPS or not self.items:
-            return 0.0, ()
+    def _unit(self, it: Item) -> float:
+        return it.power_w + self.price * it.tp
+
+    def best(self, load: float) -> Cover:
         if load not in self.memo:
-            self.memo[load] = min((c for a in self.items for c in self._with(a, load)), key=lambda c: c[0])
+            fresh = [] if load <= EPS else [c for a in self.items for c in self._with(a, load)]
+            plans = [self._priced(c) for c in (*fresh, *self._from_running(load))] or [(0.0, ())]
+            self.memo[load] = min(plans, key=lambda c: c[0])
         return self.memo[load]
 
-    def _with(self, a: Item, load: float) -> Iterator[tuple[float, tuple[tuple[Item, int], ...]]]:
+    def _with(self, a: Item, load: float) -> Iterator[tuple[tuple[Item, int], ...]]:
         full = math.floor(load / a.load_rps + EPS)
         for k in range(full, -1, -1):
             rest = load - k * a.load_rps
             if rest <= EPS:
-                yield k * a.power_w, ((a, k),)
+                yield ((a, k),)
                 continue
             i = bisect.bisect_left(self.loads, rest - EPS)
             if i == len(self.items):
                 return  # fewer copies of ``a`` leave more than any one item carries
-            b = self.finisher[i]
-            yield k * a.power_w + b.power_w, ((a, k), (b, 1)) if k else ((b, 1),)
+            yield ((a, k), (self.finisher[i], 1)) if k else ((self.finisher[i], 1),)
+
+    def _from_running(self, load: float) -> Iterator[tuple[tuple[Item, int], ...]]:
+        if not self.running:
+            return
+        keep = sorted(self.running, key=self._unit)  # let the costliest go while the rest carry the load
+        while keep and sum(it.load_rps for it in keep[:-1]) >= load - EPS:
+            keep.pop()
+        rest = load - sum(it.load_rps for it in keep)
+        kept = tuple((it, 1) for it in keep)
+        if rest <= EPS:
+            yield kept
+        else:
+            for a in self.items:
+                for extra in self._with(a, rest):
+                    yield kept + extra
+
+    def _priced(self, plan: tuple[tuple[Item, int], ...]) -> Cover:
+        cost = sum(self._unit(it) * m for it, m in plan)
+        if self.current:
+            new: dict[Config, int] = {}
+            for it, m in plan:
+                new[it.config] = new.get(it.config, 0) + m
+            cost += reconfiguration_w(self.settings, new, self.current)
+        return cost, plan
+
+
+def reconfiguration_w(s: SolverSettings, new: Mapping[Config, int], old: Mapping[Config, int]) -> float:
+    """The MILP's reconfiguration cost (W over the period) of moving one pool from ``old`` to ``new`` counts."""
+    by_tp: dict[int, set[Config]] = {}
+    for c in (*new, *old):
+        by_tp.setdefault(c[1], set()).add(c)
+    energy_j, room, started = 0.0, 0, {}
+    for tp, cfgs in by_tp.items():
+        n, o = sum(new.get(c, 0) for c in cfgs), sum(old.get(c, 0) for c in cfgs)
+        started[tp], room = max(n - o, 0), room + max(o - n, 0)
+        moved = sum(max(new.get(c, 0) - old.get(c, 0), 0) for c in cfgs)
+        energy_j += s.clock_change_cost_j * max(moved - started[tp], 0) + s.start_cost_j_per_gpu * tp * started[tp]
+    saving_j_per_gpu = s.start_cost_j_per_gpu - s.reshard_cost_j_per_gpu
+    for tp in sorted(started, reverse=True):  # re-shard into the largest groups first: they save the most
+        resharded = min(started[tp], room) if saving_j_per_gpu > 0 else 0
+        room -= resharded
+        energy_j -= saving_j_per_gpu * tp * resharded
+    return energy_j / s.period_s
 
 
 def keep_current(problem: Problem) -> PlanCounts | None:

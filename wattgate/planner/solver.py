@@ -35,6 +35,7 @@ from wattgate.planner.greedy import greedy_counts, greedy_solve, keep_current, r
 from wattgate.planner.model import Config, Decision, PlannerError, Problem, SolveStatus
 
 log = logging.getLogger(__name__)
+EPS_RPS = 1e-6
 
 
 class SolverFailed(PlannerError):
@@ -173,7 +174,9 @@ def _build(
     objective += s.unserved_penalty_w_per_rps * pulp.lpSum(u.values())
     objective += s.spill_cost_w_per_rps * pulp.lpSum(var for (r, q), var in y.items() if r != q)
     if problem.current:
-        objective += _reconfiguration(prob, problem, n)
+        cost, started = _reconfiguration(prob, problem, n)
+        objective += cost
+        _must_start(prob, problem, started, (u, z))
     prob += objective
     return prob, n, y, u, z
 
@@ -219,8 +222,36 @@ def _at_least_one(
                 prob += count >= chosen - (1.0 / d) * u[r], f"one_instance_{r}_{q}"
 
 
-def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVariable]) -> pulp.LpAffineExpression:
-    """Energy (as W over the period) of moving from the current plan to the new one."""
+def _must_start(
+    prob: pulp.LpProblem,
+    problem: Problem,
+    started: dict[str, list[pulp.LpVariable]],
+    flow_vars: tuple[dict[str, pulp.LpVariable], Routing],
+) -> None:
+    """Valid cuts, re-planning: a pool given a type's load, more than its running instances carry at any
+    clock of their TP, starts an instance (unless enough of the load is left unserved). The LP
+    relaxation starts a fraction of one and CBC would branch to close that gap."""
+    u, z = flow_vars
+    top: dict[tuple[str, int], float] = {}  # (pool, TP) -> the most one instance carries, any clock
+    for it in problem.items:
+        key = (it.pool.name, it.tp)
+        top[key] = max(top.get(key, 0.0), it.load_rps)
+    running: dict[str, float] = defaultdict(float)
+    for (pool, tp, _), m in problem.current.items():
+        running[pool] += m * top.get((pool, tp), 0.0)
+    for r, d in problem.demand_rps.items():
+        routes = problem.routes(r)
+        for q in routes:
+            chosen = z.get((r, q), 1 if len(routes) == 1 else None)
+            if d > running[q] + EPS_RPS and chosen is not None and started.get(q):
+                prob += pulp.lpSum(started[q]) >= chosen - u[r] / (d - running[q]), f"must_start_{r}_{q}"
+
+
+def _reconfiguration(
+    prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVariable]
+) -> tuple[pulp.LpAffineExpression, dict[str, list[pulp.LpVariable]]]:
+    """Energy (as W over the period) of moving from the current plan to the new one, and the per-pool
+    variables counting instances started."""
     s = problem.settings
     per_config: dict[Config, list[pulp.LpVariable]] = defaultdict(list)
     for k, it in enumerate(problem.items):
@@ -232,11 +263,13 @@ def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVari
     cost: list[pulp.LpAffineExpression] = []
     reshard_room: dict[str, list[pulp.LpVariable]] = defaultdict(list)
     reshards: dict[str, list[pulp.LpVariable]] = defaultdict(list)
+    starts: dict[str, list[pulp.LpVariable]] = defaultdict(list)
     for (pool, tp), cfgs in sorted(groups.items()):
         tag = f"{pool}_{tp}"
         new = pulp.lpSum(pulp.lpSum(per_config[c]) for c in cfgs)
         old = sum(problem.current.get(c, 0) for c in cfgs)
         started = prob.add_variable(f"start_{tag}", lowBound=0)
+        starts[pool].append(started)
         removed = prob.add_variable(f"remove_{tag}", lowBound=0, upBound=old)
         reshard = prob.add_variable(f"reshard_{tag}", lowBound=0)
         prob += started - removed == new - old, f"start_{tag}"
@@ -256,4 +289,4 @@ def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVari
         cost.append(-(s.start_cost_j_per_gpu - s.reshard_cost_j_per_gpu) * tp * reshard)
     for pool, moves in reshards.items():
         prob += pulp.lpSum(moves) <= pulp.lpSum(reshard_room[pool]), f"reshard_room_{pool}"
-    return (1.0 / s.period_s) * pulp.lpSum(cost)
+    return (1.0 / s.period_s) * pulp.lpSum(cost), starts
