@@ -109,6 +109,9 @@ def cover_counts(problem: Problem) -> PlanCounts | None:
     covers of least power + reconfiguration + spill cost. When that does not fit the GPUs, each GPU is
     priced ever higher (a Lagrangian price) until a plan fits; None if none does."""
     demand = {r: d for r, d in problem.demand_rps.items() if d > 0 and problem.routes(r)}
+    per_gpu = {q: max(it.load_rps / it.tp for it in problem.items if it.pool.name == q) for q in problem.pools}
+    if sum(d / max(per_gpu[q] for q in problem.routes(r)) for r, d in demand.items()) > problem.inventory.total_gpus:
+        return None  # no plan serving all the load fits, whatever the price
     index = {id(it): k for k, it in enumerate(problem.items)}
     for price in GPU_PRICES_W:
         covers = {q: _PoolCover(problem, q, price) for q in problem.pools}
