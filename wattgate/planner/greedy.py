@@ -208,8 +208,15 @@ class _PoolCover:
     def best(self, load: float) -> Cover:
         if load not in self.memo:
             fresh = [] if load <= EPS else [c for a in self.items for c in self._with(a, load)]
-            plans = [self._priced(c) for c in (*fresh, *self._from_running(load))] or [(0.0, ())]
-            self.memo[load] = min(plans, key=lambda c: c[0])
+            plans = sorted(((self._base(c), c) for c in (*fresh, *self._from_running(load))), key=lambda bc: bc[0])
+            best: Cover = (math.inf, ()) if plans else (0.0, ())
+            for base, plan in plans:  # reconfiguration costs >= 0: stop once the base alone costs more
+                if base >= best[0]:
+                    break
+                cost = base + self._reconfiguration(plan)
+                if cost < best[0]:
+                    best = (cost, plan)
+            self.memo[load] = best
         return self.memo[load]
 
     def _with(self, a: Item, load: float) -> Iterator[tuple[tuple[Item, int], ...]]:
@@ -239,18 +246,20 @@ class _PoolCover:
                 for extra in self._with(a, rest):
                     yield kept + extra
 
-    def _priced(self, plan: tuple[tuple[Item, int], ...]) -> Cover:
-        cost = sum(self._unit(it) * m for it, m in plan)
-        if self.current:
-            new: dict[Config, int] = {}
-            for it, m in plan:
-                new[it.config] = new.get(it.config, 0) + m
-            cost += reconfiguration_w(self.settings, new, self.current)
-        return cost, plan
+    def _base(self, plan: tuple[tuple[Item, int], ...]) -> float:
+        return sum((it.power_w + self.price * it.tp) * m for it, m in plan)
+
+    def _reconfiguration(self, plan: tuple[tuple[Item, int], ...]) -> float:
+        if not self.current:
+            return 0.0
+        new: dict[Config, int] = {}
+        for it, m in plan:
+            new[it.config] = new.get(it.config, 0) + m
+        return reconfiguration_w(self.settings, new, self.current)
 
 
 def reconfiguration_w(s: SolverSettings, new: Mapping[Config, int], old: Mapping[Config, int]) -> float:
-    """The MILP's reconfiguration cost (W over the period) of moving one pool from ``old`` to ``new`` counts."""
+    """The MILP's reconfiguration cost (W over the period, >= 0) of moving one pool from ``old`` to ``new`` counts."""
     by_tp: dict[int, set[Config]] = {}
     for c in (*new, *old):
         by_tp.setdefault(c[1], set()).add(c)

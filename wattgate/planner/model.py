@@ -95,8 +95,8 @@ class Item:
     load_rps: float  # rated load: at most the SLO-feasible capacity
     power_w: float  # modelled, conservative: the highest power at any load up to load_rps
 
-    @property
-    def config(self) -> tuple[str, int, int]:
+    @functools.cached_property
+    def config(self) -> tuple[str, int, int]:  # cached: the solver and the warm start ask many times
         return (self.pool.name, self.tp, self.clock_mhz)
 
 
