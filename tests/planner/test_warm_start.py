@@ -111,8 +111,9 @@ def test_reconfiguration_w_prices_as_the_milp_does() -> None:
         for c, m in new.items():
             top = max(by_config[c], key=lambda k: problem.items[k].load_rps)
             counts[top] = m
-        prob, n, _, _, _ = solver._build(problem)
-        for var, m in zip(n, counts, strict=True):
+        model = solver._build(problem)
+        prob = model.prob
+        for var, m in zip(model.n, counts, strict=True):
             var.setInitialValue(m)
             var.fixValue()
         prob.solve(pulp.COIN_CMD(path=solver._cbc_binary(), msg=False))
@@ -182,7 +183,7 @@ def test_the_cuts_keep_the_optimum(
 
 
 def _milp_objective(problem: Problem) -> float:
-    prob, *_ = solver._build(problem)
+    prob = solver._build(problem).prob
     prob.solve(pulp.COIN_CMD(path=solver._cbc_binary(), msg=False))
     assert prob.sol_status == pulp.LpSolutionOptimal
     return float(pulp.value(prob.objective))
