@@ -1,13 +1,15 @@
-"""The MILP's speed-ups keep its answers: the cover warm start, the valid cuts, the faster pruning."""
+"""The MILP's speed-ups keep its answers: the cover warm start, re-plans still optimal, the faster pruning."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
 
 import pulp
 import pytest
 
 from tests.planner.realistic import available, realistic_profile
+from tests.planner.test_solver import _packs
 from tests.planner.toy import toy_profile
 from wattgate.planner import solver
 from wattgate.planner.greedy import PlanCounts, cover_counts, reconfiguration_w
@@ -25,6 +27,7 @@ from wattgate.planner.model import (
 from wattgate.planner.solver import MilpSolution, solve_milp
 
 EXACT = SolverSettings(gap_rel=0.0, time_limit_s=30.0)
+REPLAN = SolverSettings(gap_rel=0.0, time_limit_s=30.0, period_s=30.0)  # reconfiguration weighs 10x
 AZURE_MIX = {"SS": 2.6, "SM": 2.1, "SL": 0.01, "MS": 1.5, "MM": 0.66, "ML": 2.6, "LS": 4.3, "LM": 1.2, "LL": 1.1}
 
 
@@ -120,7 +123,7 @@ def test_reconfiguration_w_prices_as_the_milp_does() -> None:
         assert prob.sol_status == pulp.LpSolutionOptimal
         power = sum(it.power_w * m for it, m in zip(problem.items, counts, strict=True))
         spill_and_unserved = pulp.value(prob.objective) - power - _reconfiguration(problem, new)
-        flows_cost = _best_flows_cost(problem, counts)
+        flows_cost = _best_flows_cost(problem.demand_rps, problem, counts)
         assert spill_and_unserved == pytest.approx(flows_cost, abs=1e-4), new
 
 
@@ -136,13 +139,13 @@ def _reconfiguration(problem: Problem, new: dict[Config, int]) -> float:
     )
 
 
-def _best_flows_cost(problem: Problem, counts: Sequence[int]) -> float:
+def _best_flows_cost(demand: Mapping[str, float], problem: Problem, counts: Sequence[int]) -> float:
     """Spill + unserved cost of the cheapest all-or-nothing routing for fixed counts (toy: SS, SM)."""
     cap = {
         q: sum(it.load_rps * c for it, c in zip(problem.items, counts, strict=True) if it.pool.name == q)
         for q in ("SS", "SM")
     }
-    s, d_ss, d_sm = problem.settings, problem.demand_rps["SS"], problem.demand_rps["SM"]
+    s, d_ss, d_sm = problem.settings, demand.get("SS", 0.0), demand.get("SM", 0.0)
     sm_own = min(d_sm, cap["SM"])
     stay = s.unserved_penalty_w_per_rps * (d_ss - min(d_ss, cap["SS"]))
     spill = min(d_ss, cap["SM"] - sm_own)
@@ -160,33 +163,51 @@ def test_reconfiguration_w_by_hand() -> None:
 
 
 @pytest.mark.parametrize(
-    ("demand", "gpus", "current"),
+    ("demand", "nodes", "current"),
     [
-        ({"SS": 0.3, "SM": 2.0}, 8, None),
-        ({"SS": 9.0, "SM": 7.0}, 8, None),  # more than 8 GPUs carry: partly unserved
-        ({"SS": 20.0, "SM": 5.0}, 4, None),
-        ({"SS": 5.5, "SM": 3.3}, 16, {("SS", 4, 2000): 1, ("SM", 2, 1000): 1}),
-        ({"SS": 12.0, "SM": 9.0}, 8, {("SS", 2, 2000): 2, ("SM", 2, 2000): 1}),  # re-plan, partly unserved
-        ({"SS": 0.2, "SM": 4.5}, 16, {("SS", 2, 1000): 1, ("SM", 4, 1000): 1}),
-        ({"SS": 20.0}, 4, {("SS", 2, 2000): 2}),  # all GPUs busy, load beyond them: no start pays
+        ({"SS": 5.5, "SM": 3.3}, (8,), {("SS", 4, 2000): 1, ("SM", 2, 1000): 1}),
+        ({"SS": 12.0, "SM": 9.0}, (4, 4), {("SS", 2, 2000): 2, ("SM", 2, 2000): 1}),  # partly unserved
+        ({"SS": 0.2, "SM": 4.5}, (8,), {("SS", 2, 1000): 1, ("SM", 4, 1000): 1}),
+        ({"SS": 20.0}, (4,), {("SS", 2, 2000): 2}),  # all GPUs busy, load beyond them
     ],
 )
-def test_the_cuts_keep_the_optimum(
-    monkeypatch: pytest.MonkeyPatch, demand: dict[str, float], gpus: int, current: dict[Config, int] | None
+def test_re_plan_finds_the_brute_force_optimum(
+    demand: dict[str, float], nodes: tuple[int, ...], current: dict[Config, int]
 ) -> None:
-    """The one-instance and must-start cuts only tighten the LP: the exact optimum is the same without them."""
-    problem = make_problem(toy_profile(), demand, Inventory.uniform(gpus), EXACT, current=current)
-    with_cuts = _milp_objective(problem)
-    monkeypatch.setattr(solver, "_at_least_one", lambda *a: None)
-    monkeypatch.setattr(solver, "_must_start", lambda *a: None)
-    assert with_cuts == pytest.approx(_milp_objective(problem), rel=1e-7)
+    """Power + reconfiguration (priced as ``reconfiguration_w``, checked above against the MILP) + spill
+    and unserved costs, minimised over every instance multiset that packs into the nodes."""
+    inv = Inventory(tuple(Node(f"n{i}", g) for i, g in enumerate(nodes)))
+    problem = make_problem(toy_profile(), demand, inv, REPLAN, current=current)
+    sol = solve_milp(problem)
+    assert sol.proved_optimal
+    found = _replan_cost(problem, sol.counts)
+    best = min(_replan_cost(problem, counts) for counts in _packings(problem))
+    assert found == pytest.approx(best, rel=1e-6, abs=1e-3)
 
 
-def _milp_objective(problem: Problem) -> float:
-    prob = solver._build(problem).prob
-    prob.solve(pulp.COIN_CMD(path=solver._cbc_binary(), msg=False))
-    assert prob.sol_status == pulp.LpSolutionOptimal
-    return float(pulp.value(prob.objective))
+def _replan_cost(problem: Problem, counts: Sequence[int]) -> float:
+    new: dict[Config, int] = {}
+    for it, c in zip(problem.items, counts, strict=True):
+        if c:
+            new[it.config] = new.get(it.config, 0) + c
+    power = sum(it.power_w * c for it, c in zip(problem.items, counts, strict=True))
+    flows = _best_flows_cost(problem.demand_rps, problem, counts)
+    return power + _reconfiguration(problem, new) + flows
+
+
+def _packings(problem: Problem) -> list[list[int]]:
+    items = problem.items
+    nodes = [n.gpus for n in problem.inventory.nodes]
+    out = []
+    for k in range(sum(nodes) // min(it.tp for it in items) + 1):
+        for combo in itertools.combinations_with_replacement(range(len(items)), k):
+            sizes = sorted((items[i].tp for i in combo), reverse=True)
+            if sum(sizes) <= sum(nodes) and _packs(sizes, nodes):
+                counts = [0] * len(items)
+                for i in combo:
+                    counts[i] += 1
+                out.append(counts)
+    return out
 
 
 def _pairwise_prune(items: list[Item], keep: set[Config]) -> list[Item]:

@@ -14,8 +14,7 @@ Variables (identical instances aggregated, so the model size does not grow with 
 Constraints: each pool's served load fits its instances' rated loads (each within the SLO-feasible
 capacity); for each TP size t, the GPUs of groups of size >= t fit in the nodes' t-aligned slots
 (sizes 1/2/4/8 divide each other, so this is exactly when the groups pack into the nodes without a
-group spanning two); valid cuts that only tighten the LP relaxation (a pool given a type's load runs
-an instance; re-planning, one given more than its running instances carry starts one). Objective:
+group spanning two). Objective:
 modelled power + reconfiguration energy spread over the period + spill (on served req/s) and
 unserved penalties, all in W. Writing the served load as ``d z - w`` (not a flow variable bounded by
 ``d z``) lets CBC's cut generators work on the routing binaries directly: 4x less CBC time on the
@@ -40,7 +39,6 @@ from wattgate.planner.greedy import greedy_counts, greedy_solve, keep_current, r
 from wattgate.planner.model import Config, Decision, PlannerError, Problem, SolveStatus
 
 log = logging.getLogger(__name__)
-EPS_RPS = 1e-6
 
 
 class SolverFailed(PlannerError):
@@ -95,7 +93,7 @@ def solve_milp(problem: Problem) -> MilpSolution:
         threads=1,
         warmStart=True,
         # at most 5 rounds of root cuts (CBC's log shows 100 on this small model by default): with the
-        # one-instance cuts and the cover warm start, later rounds cost more than they save (bench/planner.py)
+        # cover warm start, later rounds cost more than they save (2x less CBC time on bench/planner.py's cases)
         options=["passCuts 5"],
     )
     prob = model.prob
@@ -181,7 +179,6 @@ def _build(problem: Problem) -> _Model:
         if inflow:
             cap = pulp.lpSum(items[k].load_rps * n[k] for k in ks)
             prob += pulp.lpSum(inflow) <= cap, f"capacity_{q}"
-    _at_least_one(model, per_pool)
     for t in sorted({it.tp for it in items}):
         used = pulp.lpSum(it.tp * n[k] for k, it in enumerate(items) if it.tp >= t)
         prob += used <= inv.slots(t), f"gpus_tp{t}"
@@ -190,9 +187,7 @@ def _build(problem: Problem) -> _Model:
     spilled = [demand[r] * z[(r, q)] - var for (r, q), var in w.items() if r != q]
     objective += s.spill_cost_w_per_rps * pulp.lpSum(spilled)
     if problem.current:
-        cost, started = _reconfiguration(prob, problem, n)
-        objective += cost
-        _must_start(model, problem, started)
+        objective += _reconfiguration(prob, problem, n)
     prob += objective
     return model
 
@@ -208,39 +203,8 @@ def _all_or_nothing(prob: pulp.LpProblem, problem: Problem, r: str) -> dict[tupl
     return {(r, q): var for q, var in z.items()}
 
 
-def _at_least_one(model: _Model, per_pool: dict[str, list[int]]) -> None:
-    """Valid cuts that tighten the LP relaxation: a pool that serves a type runs at least one instance
-    (unless all of that type's load there is left unserved). Without them the relaxation runs a
-    fraction of an instance for a small pool and CBC spends most of its time closing that gap."""
-    prob = model.prob
-    for (r, q), short in model.w.items():
-        count = pulp.lpSum(model.n[k] for k in per_pool[q])
-        prob += count >= model.z[(r, q)] - (1.0 / model.demand[r]) * short, f"one_instance_{r}_{q}"
-
-
-def _must_start(model: _Model, problem: Problem, started: dict[str, list[pulp.LpVariable]]) -> None:
-    """Valid cuts, re-planning: a pool given a type's load, more than its running instances carry at any
-    clock of their TP, starts an instance (unless enough of that load is left unserved). The LP
-    relaxation starts a fraction of one and CBC would branch to close that gap."""
-    top: dict[tuple[str, int], float] = {}  # (pool, TP) -> the most one instance carries, any clock
-    for it in problem.items:
-        key = (it.pool.name, it.tp)
-        top[key] = max(top.get(key, 0.0), it.load_rps)
-    running: dict[str, float] = defaultdict(float)
-    for (pool, tp, _), m in problem.current.items():
-        running[pool] += m * top.get((pool, tp), 0.0)
-    prob = model.prob
-    for (r, q), short in model.w.items():
-        beyond = model.demand[r] - running[q]
-        if beyond > EPS_RPS and started.get(q):
-            prob += pulp.lpSum(started[q]) >= model.z[(r, q)] - short / beyond, f"must_start_{r}_{q}"
-
-
-def _reconfiguration(
-    prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVariable]
-) -> tuple[pulp.LpAffineExpression, dict[str, list[pulp.LpVariable]]]:
-    """Energy (as W over the period) of moving from the current plan to the new one, and the per-pool
-    variables counting instances started."""
+def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVariable]) -> pulp.LpAffineExpression:
+    """Energy (as W over the period) of moving from the current plan to the new one."""
     s = problem.settings
     per_config: dict[Config, list[pulp.LpVariable]] = defaultdict(list)
     for k, it in enumerate(problem.items):
@@ -252,13 +216,11 @@ def _reconfiguration(
     cost: list[pulp.LpAffineExpression] = []
     reshard_room: dict[str, list[pulp.LpVariable]] = defaultdict(list)
     reshards: dict[str, list[pulp.LpVariable]] = defaultdict(list)
-    starts: dict[str, list[pulp.LpVariable]] = defaultdict(list)
     for (pool, tp), cfgs in sorted(groups.items()):
         tag = f"{pool}_{tp}"
         new = pulp.lpSum(pulp.lpSum(per_config[c]) for c in cfgs)
         old = sum(problem.current.get(c, 0) for c in cfgs)
         started = prob.add_variable(f"start_{tag}", lowBound=0)
-        starts[pool].append(started)
         removed = prob.add_variable(f"remove_{tag}", lowBound=0, upBound=old)
         reshard = prob.add_variable(f"reshard_{tag}", lowBound=0)
         prob += started - removed == new - old, f"start_{tag}"
@@ -278,4 +240,4 @@ def _reconfiguration(
         cost.append(-(s.start_cost_j_per_gpu - s.reshard_cost_j_per_gpu) * tp * reshard)
     for pool, moves in reshards.items():
         prob += pulp.lpSum(moves) <= pulp.lpSum(reshard_room[pool]), f"reshard_room_{pool}"
-    return (1.0 / s.period_s) * pulp.lpSum(cost), starts
+    return (1.0 / s.period_s) * pulp.lpSum(cost)
