@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -222,7 +223,22 @@ def build_items(
     return tuple(items)
 
 
-def _config_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> list[Item]:
+# Items per profile and (type, TP, clock, TTFT and TBT targets): a profile never changes once loaded, and the
+# planner loop re-plans with the same one every period (profile lookups are most of make_problem's time).
+_ITEMS: weakref.WeakKeyDictionary[Profile, dict[tuple[RequestType, int, int, float, float], tuple[Item, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _config_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> tuple[Item, ...]:
+    key = (rtype, tp, clock, slo.ttft_for(rtype), slo.tbt_p99_s)
+    cached = _ITEMS.setdefault(profile, {})
+    if key not in cached:
+        cached[key] = tuple(_rated_items(profile, slo, rtype, tp, clock))
+    return cached[key]
+
+
+def _rated_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> list[Item]:
     cap = profile.max_load(tp, clock, rtype, slo)
     if cap <= 0:
         return []
