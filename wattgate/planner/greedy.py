@@ -143,10 +143,7 @@ def _route_cost(
 ) -> float:
     spill = sum(demand[r] for r, q in route.items() if q != r)
     loads = _loads(route, demand)
-    idle = sum(c.best(0.0)[0] for q, c in covers.items() if q not in loads)  # running instances let go
-    return (
-        idle + sum(covers[q].best(load)[0] for q, load in loads.items()) + problem.settings.spill_cost_w_per_rps * spill
-    )
+    return sum(covers[q].best(load)[0] for q, load in loads.items()) + problem.settings.spill_cost_w_per_rps * spill
 
 
 def _loads(route: Mapping[str, str], demand: Mapping[str, float]) -> dict[str, float]:
@@ -259,7 +256,10 @@ class _PoolCover:
 
 
 def reconfiguration_w(s: SolverSettings, new: Mapping[Config, int], old: Mapping[Config, int]) -> float:
-    """The MILP's reconfiguration cost (W over the period, >= 0) of moving one pool from ``old`` to ``new`` counts."""
+    """The MILP's reconfiguration cost (W over the period, >= 0) of moving one pool from ``old`` to ``new`` counts.
+
+    One difference: the MILP's re-shard room counts instances, so it may "restart" a small running
+    instance to count a start more than twice its size as a re-shard; this prices what really happens."""
     by_tp: dict[int, set[Config]] = {}
     for c in (*new, *old):
         by_tp.setdefault(c[1], set()).add(c)
