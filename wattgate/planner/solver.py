@@ -17,8 +17,8 @@ capacity); for each TP size t, the GPUs of groups of size >= t fit in the nodes'
 group spanning two). Objective:
 modelled power + reconfiguration energy spread over the period + spill (on served req/s) and
 unserved penalties, all in W. Writing the served load as ``d z - w`` (not a flow variable bounded by
-``d z``) lets CBC's cut generators work on the routing binaries directly: 4x less CBC time on the
-bench's cases, up to 20x when the GPU budget binds.
+``d z``) lets CBC's cut generators work on the routing binaries directly: several times less CBC time
+than the flow form (measured: bench/planner.py --vs), most where the GPU budget binds or when re-planning.
 
 pulp is imported only here (import-linter contract).
 """
