@@ -202,14 +202,19 @@ def _solve_line(r: dict[str, Any]) -> str:
 def bench_vs(rev: str, quick: bool) -> list[dict[str, object]]:
     """Time REV's solver and this tree's on the same cases, alternating twice; print both runs side by side."""
     with tempfile.TemporaryDirectory(prefix="wattgate-bench-") as tmp:
-        archive = subprocess.run(["git", "-C", str(HERE), "archive", rev, "wattgate"], capture_output=True, check=True)
+        archive = subprocess.run(["git", "-C", str(HERE), "archive", rev, "wattgate"], capture_output=True, check=False)
+        if archive.returncode:
+            raise SystemExit(f"--vs {rev}: git archive failed: {archive.stderr.decode().strip()}")
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         legs: list[tuple[str, int, list[dict[str, Any]]]] = []
         for run in (1, 2):
             for name, root in ((rev, tmp), ("this tree", str(HERE))):
                 cmd = [sys.executable, __file__, "--solve-only", *(["--quick"] if quick else [])]
                 env = {**os.environ, "WATTGATE_BENCH_ROOT": root}
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+                leg = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                if leg.returncode:
+                    raise SystemExit(f"--vs: the {name} leg failed: {leg.stderr.strip()[-2000:]}")
+                out = leg.stdout
                 legs.append((name, run, json.loads(out.splitlines()[-1])["solve"]))
     print(f"== solve time, {rev} vs this tree (measured; median of {1 if quick else 3} per run, 2 runs each)")
     print("pools clocks  GPUs re-plan | " + " | ".join(f"{n[:9]:>9} run {r}: wall cpu" for n, r, _ in legs))

@@ -1,8 +1,9 @@
 """Plans without a MILP: turning item counts into a ``Decision``, the greedy fallback, and the baseline.
 
-The greedy fallback always returns a plan that fits the GPUs (possibly serving only part of the
-load, with an alert); the solver publishes it when CBC fails. The baseline is what wattgate is
-compared with: every pool on TP8 instances at the highest measured clock, sized for its load.
+The fallback always returns a plan that fits the GPUs (possibly serving only part of the load, with an
+alert): the cover plan when one serving all the load fits, else a greedy one. The solver publishes it
+when CBC fails and starts CBC from it. The baseline is what wattgate is compared with: every pool on TP8
+instances at the highest measured clock, sized for its load.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def realize(  # noqa: PLR0917  (one call site per solver, all by position)
 
 
 def greedy_solve(problem: Problem) -> Decision:
-    """Cheapest power per req/s first, largest pools first, best-fit on nodes; never fails."""
+    """The fallback plan (``greedy_counts``) as a decision; never fails."""
     started = time.perf_counter()
     counts, flows, unserved = greedy_counts(problem)
     return realize(problem, counts, flows, unserved, SolveStatus.FALLBACK, time.perf_counter() - started)
