@@ -297,6 +297,11 @@ def keep_current(problem: Problem) -> PlanCounts | None:
     # pools with the fewest alternatives take their room first
     for r in sorted(problem.demand_rps, key=lambda r: (len(problem.routes(r)), r)):
         left = problem.demand_rps[r]
+        whole = [q for q in problem.routes(r) if room.get(q, 0.0) >= left - EPS]
+        if whole and left > 0:  # all of it on one route, as the MILP routes it
+            flows[r] = {whole[0]: left}
+            room[whole[0]] -= left
+            continue
         for q in problem.routes(r):
             take = min(left, room.get(q, 0.0))
             if take > 0:
