@@ -12,7 +12,9 @@ modelled power is an upper bound of what the profile predicts for the loads it a
 from __future__ import annotations
 
 import enum
+import functools
 import math
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -94,8 +96,8 @@ class Item:
     load_rps: float  # rated load: at most the SLO-feasible capacity
     power_w: float  # modelled, conservative: the highest power at any load up to load_rps
 
-    @property
-    def config(self) -> tuple[str, int, int]:
+    @functools.cached_property
+    def config(self) -> tuple[str, int, int]:  # cached: the solver and the warm start ask many times
         return (self.pool.name, self.tp, self.clock_mhz)
 
 
@@ -113,14 +115,20 @@ class Problem:
     settings: SolverSettings
     profile: Profile
 
-    @property
+    @functools.cached_property
     def pools(self) -> tuple[str, ...]:
         return tuple(sorted({i.pool.name for i in self.items}))
 
     def routes(self, pool: str) -> tuple[str, ...]:
         """Pools that may serve ``pool``'s load (itself first), among those with items."""
-        have = set(self.pools)
-        return tuple(q for q in spill_routes(pool, self.settings) if q in have)
+        if pool not in self._routes:
+            have = set(self.pools)
+            self._routes[pool] = tuple(q for q in spill_routes(pool, self.settings) if q in have)
+        return self._routes[pool]
+
+    @functools.cached_property
+    def _routes(self) -> dict[str, tuple[str, ...]]:
+        return {}  # memo of routes(): the solver and the warm start ask for them many times
 
 
 class SolveStatus(enum.StrEnum):
@@ -215,7 +223,22 @@ def build_items(
     return tuple(items)
 
 
-def _config_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> list[Item]:
+# Items per profile and (type, TP, clock, TTFT and TBT targets): a profile never changes once loaded, and the
+# planner loop re-plans with the same one every period (profile lookups are most of make_problem's time).
+_ITEMS: weakref.WeakKeyDictionary[Profile, dict[tuple[RequestType, int, int, float, float], tuple[Item, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _config_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> tuple[Item, ...]:
+    key = (rtype, tp, clock, slo.ttft_for(rtype), slo.tbt_p99_s)
+    cached = _ITEMS.setdefault(profile, {})
+    if key not in cached:
+        cached[key] = tuple(_rated_items(profile, slo, rtype, tp, clock))
+    return cached[key]
+
+
+def _rated_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> list[Item]:
     cap = profile.max_load(tp, clock, rtype, slo)
     if cap <= 0:
         return []
@@ -230,22 +253,18 @@ def _config_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int
 
 def _prune(items: list[Item], keep: set[Config]) -> list[Item]:
     """Drop an item when another uses no more GPUs, carries at least its load and draws no more power."""
-    kept: list[Item] = []
-    for a in items:
-        if a.config in keep:
-            kept.append(a)
-            continue
-        dominated = any(
-            b is not a
-            and b.tp <= a.tp
-            and b.load_rps >= a.load_rps
-            and b.power_w <= a.power_w
-            and (b.tp, -b.load_rps, b.power_w, b.clock_mhz) < (a.tp, -a.load_rps, a.power_w, a.clock_mhz)
-            for b in items
-        )
-        if not dominated:
-            kept.append(a)
-    return kept
+    # In this order an item can only be dominated by one before it, and dominance is transitive, so
+    # checking each item against the undominated ones before it finds them all.
+    order = sorted(items, key=lambda a: (a.tp, -a.load_rps, a.power_w, a.clock_mhz))
+    front: list[tuple[float, float]] = []  # (load, power) of the undominated items so far
+    dropped: set[int] = set()
+    for a in order:
+        if any(load >= a.load_rps and power <= a.power_w for load, power in front):
+            if a.config not in keep:
+                dropped.add(id(a))
+        else:
+            front.append((a.load_rps, a.power_w))
+    return [a for a in items if id(a) not in dropped]
 
 
 def spill_routes(pool: str, settings: SolverSettings) -> tuple[str, ...]:
