@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from wattgate.classifier.features import _text_features
-from wattgate.classifier.model import ngram_indices, softmax, softmax3
+from wattgate.classifier.model import SHORT_TEXT_IDS, TextModel, ngram_indices, ngram_slots, softmax, softmax3
 
 
 def _reference_ngrams(ids: list[int], dim: int) -> np.ndarray:
@@ -25,6 +25,26 @@ def test_ngram_indices_match_the_plain_definition(n: int) -> None:
     ids += ids[: n // 2]  # repeats: distinct slots only
     np.testing.assert_array_equal(ngram_indices(ids, 1 << 16), _reference_ngrams(ids, 1 << 16))
     assert ngram_indices([], 1 << 16).size == 0
+
+
+@pytest.mark.parametrize("dim", [1 << 16, 1000, 4099])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 40, SHORT_TEXT_IDS])
+def test_ngram_slots_match_numpy_including_int64_wraparound(n: int, dim: int) -> None:
+    rng = np.random.default_rng(n + dim)
+    ids = [int(v) for v in rng.integers(0, 2**31 - 1, n)]
+    ids += ids[: n // 3]
+    assert ngram_slots(ids, dim) == ngram_indices(ids, dim).tolist()
+
+
+def test_text_logits3_are_the_same_bits_as_numpy() -> None:
+    """The plain-Python sums for short texts run in numpy's order: equal floats, not just close ones."""
+    rng = np.random.default_rng(7)
+    dim = 1 << 12
+    model = TextModel(dim, rng.normal(size=(3, dim)).astype(np.float32), rng.normal(size=3))
+    for n in [0, 1, 2, 5, 17, 40, SHORT_TEXT_IDS, SHORT_TEXT_IDS + 1, 256]:
+        for _ in range(20):
+            ids = [int(v) for v in rng.integers(0, 100_000, n)]
+            assert model.logits3(ids) == tuple(model.logits(ids).tolist())
 
 
 @pytest.mark.parametrize(
