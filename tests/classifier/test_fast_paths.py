@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pytest
 
 from wattgate.classifier.features import _text_features
-from wattgate.classifier.model import SHORT_TEXT_IDS, TextModel, ngram_indices, ngram_slots, softmax, softmax3
+from wattgate.classifier.model import (
+    SHORT_TEXT_IDS,
+    ClassifierModel,
+    TextModel,
+    ngram_indices,
+    ngram_slots,
+    softmax,
+    softmax3,
+)
+from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
+from wattgate.classifier.quickscore import MAX_DEPTH, build
 
 
 def _reference_ngrams(ids: list[int], dim: int) -> np.ndarray:
@@ -74,3 +85,33 @@ def test_word_cues_match_the_regex_definition(text: str) -> None:
 def test_softmax3_matches_numpy() -> None:
     z = [0.3, -1.2, 2.5]
     np.testing.assert_allclose(softmax3(z), softmax(np.array(z)), rtol=1e-15)
+
+
+def test_quickscorer_gives_the_walks_floats(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
+    """Per-feature scoring ends in the same leaves and sums them in the same order as the tree walk."""
+    for model in (tiny[0], load_shipped_model()):
+        trees = model.trees
+        assert trees.quick is not None
+        rng = np.random.default_rng(3)
+        thresholds = trees.threshold[trees.left != np.arange(trees.left.size)]
+        for i in range(300):
+            x = rng.normal(scale=3.0, size=len(model.feature_names))
+            if i % 3 == 0:  # values exactly on split thresholds: ``<=`` goes left
+                x[rng.integers(0, x.size, 4)] = rng.choice(thresholds, 4)
+            if i % 7 == 0:
+                x[rng.integers(0, x.size)] = np.nan  # NaN goes right, as in the walk
+            assert trees.quick.raw(x.tolist()) == tuple(trees.raw(x).tolist())
+
+
+def test_trees_deeper_than_the_quickscorer_keep_the_walk(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
+    t = tiny[0].trees
+    arrays = (t.feature, t.threshold, t.left, t.right, t.value)
+    assert build(t.n_trees, t.n_nodes, MAX_DEPTH + 1, arrays, t.baseline) is None
+
+
+def test_a_max_tokens_that_allows_only_short_answers_is_certain() -> None:
+    predictor = ModelPredictor.shipped()
+    body = {"model": "m", "messages": [{"role": "user", "content": "Write a long essay on the history of Rome."}]}
+    for cap in (1, 60, 94):
+        assert predictor.predict({**body, "max_tokens": cap}, "chat").output_probs == (1.0, 0.0, 0.0)
+    assert predictor.predict({**body, "max_tokens": 95}, "chat").output_probs[1] > 0

@@ -8,8 +8,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from wattgate.classifier.api import Prediction, cap_probabilities, requested_max_tokens
 from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.features import FeatureExtractor, feature_vector
@@ -74,9 +72,13 @@ class ModelPredictor:
             values = self._in_model_order(features)  # one C-level pass when every feature is there
         except KeyError:
             values = feature_vector(features, self.model.feature_names)
-        return self.model.probabilities3(np.array(values, dtype=np.float64))
+        return self.model.probabilities3(values)
 
     def predict(self, body: Mapping[str, Any], endpoint: str) -> Prediction:
         input_tokens, feats = self.features(body, endpoint)
-        probs = cap_probabilities(self.probabilities(feats), requested_max_tokens(body), self.edges)
+        max_tokens = requested_max_tokens(body)
+        if max_tokens is not None and max_tokens <= self.edges.output_short_max:
+            probs = (1.0, 0.0, 0.0)  # only S fits: what cap_probabilities makes of any model output
+        else:
+            probs = cap_probabilities(self.probabilities(feats), max_tokens, self.edges)
         return Prediction(input_tokens=input_tokens, output_probs=probs, features=feats, method=self.method)
