@@ -381,7 +381,7 @@ class _DisconnectWatch:
         self.finished = False  # the response is complete (or its last message is being sent)
         self.fired = False  # we cancelled the task because the client left
         self.watcher: asyncio.Task[None] | None = None
-        self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start) if task else None
+        self.timer = task.get_loop().call_later(WATCH_AFTER_S, self._start) if task else None
 
     def _start(self) -> None:
         if not self.finished:

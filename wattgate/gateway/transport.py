@@ -145,7 +145,9 @@ class _Body(httpx.AsyncByteStream):
             yield chunk
 
     async def next_chunk(self) -> bytes:
-        """The next piece of the body as it arrived, or b"" at its end."""
+        """Every body byte that has arrived and was not handed out yet, as one piece (waiting for some
+        if there is none), or b"" at the body's end. Pieces the parser split out of the same socket
+        reads (one per chunk of a chunked body) arrived together, so they leave together."""
         conn = self.conn
         while not conn.chunks:
             if conn.complete:
@@ -153,7 +155,12 @@ class _Body(httpx.AsyncByteStream):
             if conn.error is not None:
                 raise conn.error
             await conn.wait(self.read_timeout_s)
-        chunk = conn.chunks.popleft()
+        chunks = conn.chunks
+        if len(chunks) == 1:
+            chunk = chunks.popleft()
+        else:
+            chunk = b"".join(chunks)
+            chunks.clear()
         conn.buffered -= len(chunk)
         if conn.paused and conn.buffered < _HIGH_WATER // 2 and conn.transport is not None:
             conn.paused = False
@@ -196,7 +203,7 @@ class Upstream:
         return b""
 
     async def next_chunk(self) -> bytes:
-        """The next piece of the body as it arrived, or b"" at its end."""
+        """The body bytes that have arrived since the last call (waiting for some), or b"" at its end."""
         return await self.body.next_chunk()
 
     @property
