@@ -39,7 +39,9 @@ class QuickScorer:
         for f, thresholds, prefix in self.features:
             v = x[f]
             nan = v != v  # noqa: PLR0124  (the NaN test without a call)
-            leaves &= prefix[len(thresholds) if nan else bisect.bisect_left(thresholds, v)]  # NaN goes right
+            below = len(thresholds) if nan else bisect.bisect_left(thresholds, v)  # NaN goes right everywhere
+            if below:  # no failed test on this feature: nothing to rule out
+                leaves &= prefix[below]
         segments = np.frombuffer(leaves.to_bytes(self.n_bytes, "little"), dtype=self.segment)
         picked = self.values.take(self.base + self.lowest_bit.take(segments))
         out: list[float] = (self.baseline + picked.reshape(-1, self.n_classes).sum(axis=0)).tolist()
