@@ -134,6 +134,10 @@ def main() -> None:
             lambda: enc.count(body["messages"][0]["content"]), args.repeat
         ),
     }
+    short = {"model": "fake-model", "messages": [{"role": "user", "content": "Say hello in one short line."}]}
+    lat["model, short prompt (the overhead benchmark's)"] = timed(lambda: predictor.predict(short, "chat"), args.repeat)
+    capped = {**short, "max_tokens": 8}
+    lat["model, short prompt, max_tokens=8 (no trees)"] = timed(lambda: predictor.predict(capped, "chat"), args.repeat)
     cycle = iter(examples * (args.repeat // len(examples) + 1))
     lat["model, held-out requests"] = timed(lambda: predictor.predict(*_next(cycle)), args.repeat)
     ext = FeatureExtractor()

@@ -135,9 +135,9 @@ def run_leg(name: str, url: str, a: argparse.Namespace) -> dict[str, Any]:
         mode = "stream" if stream else "plain"
         pid = CPU_PIDS.get(name)
         cpu0 = cpu_seconds(pid) if pid else 0.0
-        fixed = loadgen(url, stream, rate=a.rate, duration_s=a.duration_s)
+        fixed = loadgen(url, stream, rate=a.rate, duration_s=a.duration_s, max_tokens=a.max_tokens)
         cpu = (cpu_seconds(pid) - cpu0) / max(1, fixed["n"] + 20) if pid else None
-        sat = loadgen(url, stream, concurrency=a.concurrency, duration_s=a.sat_duration_s)
+        sat = loadgen(url, stream, concurrency=a.concurrency, duration_s=a.sat_duration_s, max_tokens=a.max_tokens)
         key = "ttfb_s" if stream else "total_s"
         out[mode] = {
             "p50_ms": 1e3 * pct(fixed[key], 0.5),
@@ -157,6 +157,13 @@ def main() -> None:
     p.add_argument("--sat-duration-s", type=float, default=5.0, help="seconds of closed-loop saturation")
     p.add_argument("--concurrency", type=int, default=32, help="connections for the saturation run")
     p.add_argument("--legs", default=",".join(LEGS), help=f"comma-separated, from {', '.join(LEGS)}")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=8,
+        help="max_tokens of each request (default 8: only short answers fit, so the classifier skips its trees); "
+        "0 leaves it out and the classifier runs in full",
+    )
     a = p.parse_args()
     results: dict[str, Any] = {}
     with fake_backend() as backend:
@@ -170,7 +177,8 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
     base = results.get("direct")
     print(
         f"gateway overhead, fake backend, {a.rate:.0f} req/s for {a.duration_s:.0f} s, "
-        f"saturation with {a.concurrency} connections; {os.cpu_count()} CPUs (measured)"
+        f"saturation with {a.concurrency} connections; max_tokens {a.max_tokens or 'absent'}; "
+        f"{os.cpu_count()} CPUs (measured)"
     )
     print(
         f"{'leg':<10}{'mode':<8}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
@@ -179,6 +187,7 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
     summary: dict[str, Any] = {
         "bench": "gateway_overhead",
         "rate_rps": a.rate,
+        "max_tokens": a.max_tokens or None,
         "cpus": os.cpu_count(),
         "source": "measured",
         "legs": results,

@@ -49,16 +49,18 @@ async def one(conn: Conn, request: bytes) -> tuple[float, float, int]:
     return first, time.perf_counter() - t0, status
 
 
-def build_request(url: str, stream: bool) -> tuple[str, int, bytes]:
+def build_request(url: str, stream: bool, max_tokens: int = 8) -> tuple[str, int, bytes]:
+    """The benchmark's request; ``max_tokens=0`` leaves the field out (the classifier then runs in full)."""
     parts = urlsplit(url)
-    body = json.dumps(
-        {
-            "model": "fake-model",
-            "messages": [{"role": "user", "content": "Say hello in one short line."}],
-            "max_tokens": 8,
-            "stream": stream,
-        }
-    ).encode()
+    doc: dict[str, object] = {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "Say hello in one short line."}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+    if not max_tokens:
+        del doc["max_tokens"]
+    body = json.dumps(doc).encode()
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nAuthorization: Bearer bench\r\n\r\n"
@@ -66,8 +68,8 @@ def build_request(url: str, stream: bool) -> tuple[str, int, bytes]:
     return parts.hostname or "127.0.0.1", parts.port or 80, head + body
 
 
-async def fixed_rate(url: str, stream: bool, rate: float, duration_s: float) -> dict[str, object]:
-    host, port, request = build_request(url, stream)
+async def fixed_rate(url: str, stream: bool, rate: float, duration_s: float, max_tokens: int) -> dict[str, object]:
+    host, port, request = build_request(url, stream, max_tokens)
     idle: list[Conn] = [await _open(host, port) for _ in range(32)]
     results: list[tuple[float, float, int]] = []
     errors = 0
@@ -105,8 +107,8 @@ async def fixed_rate(url: str, stream: bool, rate: float, duration_s: float) -> 
     }
 
 
-async def saturate(url: str, stream: bool, concurrency: int, duration_s: float) -> dict[str, object]:
-    host, port, request = build_request(url, stream)
+async def saturate(url: str, stream: bool, concurrency: int, duration_s: float, max_tokens: int) -> dict[str, object]:
+    host, port, request = build_request(url, stream, max_tokens)
     done = 0
     errors = 0
     stop = time.perf_counter() + duration_s
@@ -136,12 +138,13 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=0)
     p.add_argument("--concurrency", type=int, default=0)
     p.add_argument("--duration-s", type=float, default=5)
+    p.add_argument("--max-tokens", type=int, default=8, help="max_tokens of each request; 0 leaves it out")
     a = p.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if a.rate:
-            out = runner.run(fixed_rate(a.url, a.stream, a.rate, a.duration_s))
+            out = runner.run(fixed_rate(a.url, a.stream, a.rate, a.duration_s, a.max_tokens))
         else:
-            out = runner.run(saturate(a.url, a.stream, a.concurrency, a.duration_s))
+            out = runner.run(saturate(a.url, a.stream, a.concurrency, a.duration_s, a.max_tokens))
     print(json.dumps(out))
 
 

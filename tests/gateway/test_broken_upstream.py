@@ -73,3 +73,17 @@ def test_relay_keeps_usage_inside_content_chunks() -> None:
     chunk = b'data: {"choices":[{"delta":{"content":"x"}}],"usage":{"completion_tokens":1}}\n\n'
     assert relay.feed(chunk) == chunk  # a chunk with choices is content, even when it carries usage
     assert relay.flush() == b""
+
+
+@pytest.mark.parametrize("sep", [b"\n\n", b"\r\n\r\n"])
+def test_relay_strips_usage_from_events_that_arrived_together(sep: bytes) -> None:
+    """Pieces of one upstream read leave as one piece: the same bytes as when fed event by event."""
+    events = [b'data: {"choices":[{"delta":{"content":"t%d "}}]}' % i for i in range(8)]
+    events += [b'data: {"choices":[],"usage":{"completion_tokens":8}}', b"data: [DONE]"]
+    one_by_one = SseRelay(strip_usage=True)
+    expected = b"".join(one_by_one.feed(e + sep) for e in events)
+    together = SseRelay(strip_usage=True)
+    assert together.feed(b"".join(e + sep for e in events)) == expected
+    assert b"usage" not in expected and expected.count(b"data:") == 9
+    assert together.usage == one_by_one.usage == {"completion_tokens": 8}
+    assert together.events == one_by_one.events == 8

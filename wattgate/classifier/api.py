@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from wattgate.profiles.classes import LENGTH_CLASSES, ClassEdges, LengthClass
+from wattgate.profiles.classes import ClassEdges, LengthClass
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ def cap_probabilities(
     """Zero the classes ``max_tokens`` makes impossible and renormalise (uniform if nothing is left)."""
     if max_tokens is None:
         return probs
-    allowed = [max_tokens > _lower(c, edges) for c in LENGTH_CLASSES]
+    # an output must exceed the largest token count below a class to be of that class
+    allowed = (max_tokens > 0, max_tokens > edges.output_short_max, max_tokens > edges.output_medium_max)
     kept = [p if ok else 0.0 for p, ok in zip(probs, allowed, strict=True)]
     total = sum(kept)
     if total <= 0:
@@ -54,11 +55,6 @@ def cap_probabilities(
         total = 1.0
     s, m, l_ = (p / total for p in kept)
     return (s, m, l_)
-
-
-def _lower(cls: Any, edges: ClassEdges) -> int:
-    """Largest token count *below* class ``cls`` (an output must exceed it to be of that class)."""
-    return {"S": 0, "M": edges.output_short_max, "L": edges.output_medium_max}[cls.value]
 
 
 def _text_chars(body: Mapping[str, Any]) -> int:

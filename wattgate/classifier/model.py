@@ -10,8 +10,10 @@ out-of-range index either.
 
 from __future__ import annotations
 
+import array
 import base64
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -23,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from wattgate.classifier.errors import ModelFormatError
+from wattgate.classifier.quickscore import QuickScorer, build
 
 FORMAT = "wattgate-classifier"
 FORMAT_VERSION = 1
@@ -30,6 +33,7 @@ TEXT_FEATURES = ("txt_S", "txt_M", "txt_L")
 _TOP_KEYS = {"format", "format_version", "version", "created_at", "notes", "edges", "feature_names", "text", "head"}
 _HASH_A = 2654435761
 _HASH_B = 1000003
+SHORT_TEXT_IDS = 64  # up to this many token ids, text logits are summed in plain Python
 
 
 def encode_array(arr: NDArray[Any], dtype: str) -> str:
@@ -75,6 +79,30 @@ def ngram_indices(ids: Sequence[int], dim: int) -> NDArray[np.int64]:
     return out
 
 
+_U64 = (1 << 64) - 1
+_I64_TOP = 1 << 63
+
+
+def ngram_slots(ids: Sequence[int], dim: int) -> list[int]:
+    """``ngram_indices`` in plain Python, for short sequences (numpy's per-call cost dominates there).
+
+    numpy computes the bigram hash in int64, which wraps around; a power-of-two ``dim`` divides 2**64,
+    so the residue is the same without wrapping, otherwise the wrap-around is reproduced.
+    """
+    if not ids:
+        return []
+    a, b = _HASH_A, _HASH_B
+    slots = {(i * a) % dim for i in ids}  # token ids are < 2**31: no int64 overflow here
+    pairs = itertools.pairwise(ids)
+    if dim & (dim - 1) == 0:
+        slots.update(((i * b + j) * a) % dim for i, j in pairs)
+    else:
+        for i, j in pairs:
+            h = ((i * b + j) * a) & _U64
+            slots.add((h - (1 << 64) if h >= _I64_TOP else h) % dim)
+    return sorted(slots)
+
+
 def checksum(doc: dict[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != "sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -85,11 +113,18 @@ class TextModel:
     dim: int
     weights: NDArray[np.float32]  # (3, dim)
     bias: NDArray[np.float64]  # (3,)
-    # Serving copy: one contiguous float64 row of 3 weights per slot, so a request gathers rows.
+    # Serving copies: one contiguous float64 row of 3 weights per slot, so a request gathers rows; the
+    # same as a flat array of Python-readable doubles for short texts, and the bias as floats.
     rows: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+    flat: array.array[float] = field(init=False, repr=False, compare=False)
+    bias3: tuple[float, float, float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rows", np.ascontiguousarray(self.weights.T, dtype=np.float64))
+        rows = np.ascontiguousarray(self.weights.T, dtype=np.float64)
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "flat", array.array("d", rows.tobytes()))
+        b0, b1, b2 = self.bias.tolist()
+        object.__setattr__(self, "bias3", (b0, b1, b2))
 
     def logits(self, ids: Sequence[int]) -> NDArray[np.float64]:
         idx = ngram_indices(ids, self.dim)
@@ -97,6 +132,27 @@ class TextModel:
             return self.bias.copy()
         out: NDArray[np.float64] = self.bias + self.rows[idx].sum(axis=0) / math.sqrt(idx.size)
         return out
+
+    def logits3(self, ids: Sequence[int]) -> tuple[float, float, float]:
+        """``logits`` as three floats, the gateway's hot path: the same sums in the same order (so the
+        same bits), in plain Python below ``SHORT_TEXT_IDS`` token ids, where numpy's call overhead
+        would be most of the cost."""
+        if len(ids) > SHORT_TEXT_IDS:
+            l0, l1, l2 = self.logits(ids).tolist()
+            return (l0, l1, l2)
+        slots = ngram_slots(ids, self.dim)
+        b0, b1, b2 = self.bias3
+        if not slots:
+            return (b0, b1, b2)
+        w = self.flat
+        s0 = s1 = s2 = 0.0
+        for k in slots:
+            j = 3 * k
+            s0 += w[j]
+            s1 += w[j + 1]
+            s2 += w[j + 2]
+        r = math.sqrt(len(slots))
+        return (b0 + s0 / r, b1 + s1 / r, b2 + s2 / r)
 
 
 @dataclass(frozen=True)
@@ -115,12 +171,16 @@ class Trees:
     # Serving copies: the roots, and children interleaved (2i: right, 2i+1: left) so a step is one gather.
     roots: NDArray[np.int64] = field(init=False, repr=False, compare=False)
     children: NDArray[np.int64] = field(init=False, repr=False, compare=False)
+    # The request path's scorer (same results, a fraction of the numpy calls); None for deep trees.
+    quick: QuickScorer | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         children = np.empty(2 * self.left.size, dtype=np.int64)
         children[0::2], children[1::2] = self.right, self.left
         object.__setattr__(self, "children", children)
         object.__setattr__(self, "roots", np.arange(self.n_trees, dtype=np.int64) * self.n_nodes)
+        arrays = (self.feature, self.threshold, self.left, self.right, self.value)
+        object.__setattr__(self, "quick", build(self.n_trees, self.n_nodes, self.depth, arrays, self.baseline))
 
     def raw(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         node = self.roots
@@ -161,9 +221,12 @@ class ClassifierModel:
     def probabilities(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         return softmax(self.trees.raw(x))
 
-    def probabilities3(self, x: NDArray[np.float64]) -> tuple[float, float, float]:
-        """``probabilities`` as three floats, the gateway's hot path."""
-        return softmax3(self.trees.raw(x).tolist())
+    def probabilities3(self, x: Sequence[float]) -> tuple[float, float, float]:
+        """``probabilities`` as three floats, the gateway's hot path (``x``: every feature, in model order)."""
+        quick = self.trees.quick
+        if quick is not None:
+            return softmax3(quick.raw(x))
+        return softmax3(self.trees.raw(np.asarray(x, dtype=np.float64)).tolist())
 
     def probabilities_batch(self, xs: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.array([self.probabilities(row) for row in xs])

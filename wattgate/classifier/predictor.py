@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from wattgate.classifier.api import Prediction, cap_probabilities, requested_max_tokens
 from wattgate.classifier.errors import ClassifierError
@@ -45,6 +44,7 @@ class ModelPredictor:
         self.edges = edges
         self.extractor = extractor or FeatureExtractor()
         self.method = f"model:v{model.version}"
+        self._in_model_order = operator.itemgetter(*model.feature_names)
 
     @classmethod
     def shipped(cls, edges: ClassEdges | None = None) -> ModelPredictor:
@@ -63,15 +63,22 @@ class ModelPredictor:
         """Input tokens and every numeric feature the model uses (text logits included)."""
         ext = self.extractor.extract(body, endpoint)
         feats = ext.features
-        for name, value in zip(TEXT_FEATURES, self.model.text.logits(ext.ngram_ids).tolist(), strict=True):
+        for name, value in zip(TEXT_FEATURES, self.model.text.logits3(ext.ngram_ids), strict=True):
             feats[name] = round(value, 4)
         return ext.input_tokens, feats
 
     def probabilities(self, features: Mapping[str, float]) -> tuple[float, float, float]:
-        x = np.asarray(feature_vector(features, self.model.feature_names), dtype=np.float64)
-        return self.model.probabilities3(x)
+        try:
+            values = self._in_model_order(features)  # one C-level pass when every feature is there
+        except KeyError:
+            values = feature_vector(features, self.model.feature_names)
+        return self.model.probabilities3(values)
 
     def predict(self, body: Mapping[str, Any], endpoint: str) -> Prediction:
         input_tokens, feats = self.features(body, endpoint)
-        probs = cap_probabilities(self.probabilities(feats), requested_max_tokens(body), self.edges)
+        max_tokens = requested_max_tokens(body)
+        if max_tokens is not None and max_tokens <= self.edges.output_short_max:
+            probs = (1.0, 0.0, 0.0)  # only S fits: what cap_probabilities makes of any model output
+        else:
+            probs = cap_probabilities(self.probabilities(feats), max_tokens, self.edges)
         return Prediction(input_tokens=input_tokens, output_probs=probs, features=feats, method=self.method)

@@ -57,6 +57,44 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class GatewayApp(Starlette):
+    """Starlette, with the proxy's own paths served directly (POST only, no root path).
+
+    Those requests skip the router and three middleware layers, each of which wraps ``send`` again
+    for every piece of a stream: most of the gateway's own cost per streamed token. They get what the
+    stack would give them: the request id, and errors turned into OpenAI error bodies here.
+    """
+
+    def __init__(self, *, proxies: dict[str, ProxyEndpoint], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.proxies = proxies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            endpoint = self.proxies.get(scope["path"])
+            if endpoint is not None:
+                scope["app"] = self
+                await _serve_proxy(endpoint, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+async def _serve_proxy(endpoint: ProxyEndpoint, scope: Scope, receive: Receive, send: Send) -> None:
+    rid = header(scope, b"x-request-id")
+    if not rid or len(rid) > 200:
+        rid = new_request_id()
+    scope["wattgate.request_id"] = rid
+    try:
+        await endpoint(scope, receive, send)
+    except Exception as exc:  # noqa: BLE001  (the one handler turns every error into an error body)
+        response = await handle_error(Request(scope), exc)  # logs what is not an ApiError
+        response.headers["x-request-id"] = rid
+        try:
+            await response(scope, receive, send)
+        except RuntimeError:  # the response had started: re-raise, and uvicorn closes the connection
+            raise exc from None
+
+
 async def list_models(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     check_api_key(request.scope, state.settings.api_keys)
@@ -85,7 +123,7 @@ async def metrics(request: Request) -> Response:
 
 def create_app(
     settings: GatewaySettings, predictor: Predictor | None = None, background: Sequence[BackgroundTask] = ()
-) -> Starlette:
+) -> GatewayApp:
     """Build the gateway. ``predictor`` replaces the max_tokens fallback; ``background`` tasks (e.g. a
     classifier watcher that calls ``state.predictor.swap``) run for the app's lifetime."""
 
@@ -136,10 +174,13 @@ def create_app(
                 await store.close()
             await state.client.aclose()
 
+    proxies = {
+        "/v1/chat/completions": ProxyEndpoint("chat"),
+        "/v1/completions": ProxyEndpoint("completions"),
+        "/v1/embeddings": ProxyEndpoint("embeddings"),
+    }
     routes = [
-        Route("/v1/chat/completions", ProxyEndpoint("chat"), methods=["POST"]),
-        Route("/v1/completions", ProxyEndpoint("completions"), methods=["POST"]),
-        Route("/v1/embeddings", ProxyEndpoint("embeddings"), methods=["POST"]),
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in proxies.items()),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
@@ -149,8 +190,12 @@ def create_app(
         Route("/dashboard/{name}", dashboard_asset, methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {GatewayError: handle_error, HTTPException: handle_error, Exception: handle_error}
-    return Starlette(
-        routes=routes, middleware=[Middleware(RequestIdMiddleware)], exception_handlers=handlers, lifespan=lifespan
+    return GatewayApp(
+        proxies=proxies,
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=handlers,
+        lifespan=lifespan,
     )
 
 

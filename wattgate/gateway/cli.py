@@ -105,5 +105,6 @@ def serve(settings: Any) -> int:
         access_log=settings.access_log,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        server_header=False,  # no software banner (and one header less to validate per response)
     )
     return 0

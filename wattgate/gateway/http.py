@@ -14,16 +14,16 @@ from wattgate.gateway.errors import ApiError, bad_param
 # credentials, the length (the body may be rewritten) and compression (the proxy reads SSE bytes).
 _DROP_UPSTREAM = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-        "transfer-encoding", "upgrade", "host", "content-length", "authorization", "api-key", "x-api-key",
-        "cookie", "accept-encoding", "x-request-id", "forwarded", "x-forwarded-for", "x-forwarded-host",
+        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer", b"trailers",
+        b"transfer-encoding", b"upgrade", b"host", b"content-length", b"authorization", b"api-key", b"x-api-key",
+        b"cookie", b"accept-encoding", b"x-request-id", b"forwarded", b"x-forwarded-for", b"x-forwarded-host",
     }
 )  # fmt: skip
 _DROP_DOWNSTREAM = frozenset(
     {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-        "transfer-encoding", "upgrade", "content-length", "content-encoding", "server", "date", "x-request-id",
-        "set-cookie",
+        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer", b"trailers",
+        b"transfer-encoding", b"upgrade", b"content-length", b"content-encoding", b"server", b"date", b"x-request-id",
+        b"set-cookie",
     }
 )  # fmt: skip
 
@@ -62,23 +62,24 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, f"request body is larger than the limit of {limit} bytes", code="request_too_large")
 
 
-def upstream_headers(scope: Scope, request_id: str, api_key: str | None) -> list[tuple[str, str]]:
-    out = [
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in scope["headers"]
-        if k.decode("latin-1").lower() not in _DROP_UPSTREAM
-    ]
-    connection_named = {h.strip().lower() for h in (header(scope, b"connection") or "").split(",")}
-    out = [(k, v) for k, v in out if k.lower() not in connection_named]
-    out.append(("x-request-id", request_id))
-    out.append(("accept-encoding", "identity"))
+def upstream_headers(scope: Scope, request_id: str, api_key: str | None) -> list[tuple[bytes, bytes]]:
+    """The client's headers to pass on (bytes, as the wire wants them), plus ours."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    drop = _DROP_UPSTREAM
+    for k, v in headers:
+        if k.lower() == b"connection":  # headers the client named in Connection are hop-by-hop too
+            drop = drop | {h.strip().lower() for h in v.split(b",")}
+            break
+    out = [(k, v) for k, v in headers if k.lower() not in drop]
+    out.append((b"x-request-id", request_id.encode("latin-1")))
+    out.append((b"accept-encoding", b"identity"))
     if api_key:
-        out.append(("authorization", f"Bearer {api_key}"))
+        out.append((b"authorization", b"Bearer " + api_key.encode("latin-1")))
     return out
 
 
 def downstream_headers(upstream: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(k, v) for k, v in upstream if k.decode("latin-1").lower() not in _DROP_DOWNSTREAM]
+    return [(k, v) for k, v in upstream if k.lower() not in _DROP_DOWNSTREAM]
 
 
 def check_api_key(scope: Scope, keys: frozenset[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -69,6 +71,25 @@ class GatewayMetrics:
             ["source", "routable"],
             registry=r,
         )
+
+        # Children of the per-request series by label values: ``labels()`` validates and locks on every call.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, family: Any, *values: str) -> Any:
+        key = (id(family), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = family.labels(*values)
+        return child
+
+    def request_done(self, endpoint: str, pool: str, status: int) -> None:
+        self._child(self.requests, endpoint, pool, str(status)).inc()
+
+    def observe_ttft(self, pool: str, seconds: float) -> None:
+        self._child(self.ttft, pool).observe(seconds)
+
+    def observe_tbt(self, pool: str, seconds: float) -> None:
+        self._child(self.tbt, pool).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,7 +2,8 @@
 
 Retries: a connect error or a 5xx before any byte went to the client is retried once on another
 instance; never after. A client disconnect cancels the upstream request at once (the watcher
-below cancels the handler task, which closes the upstream response).
+below cancels the handler task, which closes the upstream response); the watcher starts once a
+request has lasted ``WATCH_AFTER_S``, so the many requests that finish sooner pay for a timer only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ from wattgate.gateway.http import (
 from wattgate.gateway.routing import Instance, choose, expected_output_tokens, request_type
 from wattgate.gateway.sse import SseRelay
 from wattgate.gateway.state import GatewayState
+from wattgate.gateway.transport import FastTransport, Upstream, send_via_httpx
 from wattgate.planner.contract import Observation
 from wattgate.profiles.classes import RequestType
 
@@ -43,6 +44,8 @@ _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "emb
 _FALLBACK = MaxTokensPredictor()
 _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count(1)
+WATCH_AFTER_S = 0.05  # a request still running after this long gets a disconnect watcher
+_USAGE_OPTION = b'"stream_options":{"include_usage":true}'
 
 
 def new_request_id() -> str:
@@ -88,24 +91,23 @@ class ProxyEndpoint:
         except ClientGone:
             return
         except ApiError as exc:
-            state.metrics.requests.labels(self.endpoint, "-", str(exc.status)).inc()
+            state.metrics.request_done(self.endpoint, "-", exc.status)
             raise
         me = asyncio.current_task()
-        finished = asyncio.Event()
-        watcher = asyncio.create_task(_watch_disconnect(receive, me, finished))
+        watch = _DisconnectWatch(receive, me)
         try:
-            await self._forward(state, scope, send, job, finished)
+            await self._forward(state, scope, send, job, watch)
         except ApiError as exc:
             job.status = exc.status
             raise
         except asyncio.CancelledError:
-            if me is None or not watcher.done() or finished.is_set():
+            if me is None or not watch.fired:
                 raise
             me.uncancel()  # our own watcher cancelled us: the client left
             job.status = 499
             log.info("client went away, upstream cancelled (request %s)", job.request_id)
         finally:
-            watcher.cancel()
+            watch.close()
             self._finish(state, job)
 
     def _prepare(self, state: GatewayState, raw: bytes, request_id: str, t0: float) -> Job:
@@ -117,8 +119,7 @@ class ProxyEndpoint:
         options = doc.get("stream_options") or {}
         wants_usage = bool(options.get("include_usage"))
         if stream and not wants_usage and state.settings.request_usage_in_stream:
-            doc["stream_options"] = {**options, "include_usage": True}
-            raw = json.dumps(doc, separators=(",", ":")).encode()
+            raw = _with_usage_option(raw, doc, options)
         prediction, rtype, work = None, None, 0
         if self.endpoint != "embeddings":
             prediction = _predict(state, doc, self.endpoint)
@@ -128,27 +129,27 @@ class ProxyEndpoint:
             )
         return Job(request_id, self.endpoint, model, raw, stream, wants_usage, prediction, rtype, work, t0)
 
-    async def _forward(self, state: GatewayState, scope: Scope, send: Send, job: Job, finished: asyncio.Event) -> None:
+    async def _forward(self, state: GatewayState, scope: Scope, send: Send, job: Job, watch: _DisconnectWatch) -> None:
         resp = await self._connect(state, scope, job)
         try:
-            ctype = resp.headers.get("content-type", "")
-            if job.stream and resp.status_code == 200 and ctype.startswith("text/event-stream"):
-                await self._relay_stream(resp, send, job, finished)
+            ctype = resp.header(b"content-type")
+            if job.stream and resp.status == 200 and ctype.startswith(b"text/event-stream"):
+                await self._relay_stream(resp, send, job, watch)
             else:
-                body = await _read_all(resp, job)
+                body = await _read_all(resp)
                 job.ttft_s = time.perf_counter() - job.t0
-                if resp.status_code == 200 and ctype.startswith("application/json"):
+                if resp.status == 200 and ctype.startswith(b"application/json"):
                     job.usage = _usage_of(body)
-                finished.set()
+                watch.finished = True
                 await send(_start(resp, job, extra=[(b"content-length", str(len(body)).encode())]))
                 await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             await resp.aclose()
 
-    async def _connect(self, state: GatewayState, scope: Scope, job: Job) -> httpx.Response:
+    async def _connect(self, state: GatewayState, scope: Scope, job: Job) -> Upstream:
         """Send upstream, retrying once on another instance after a connect error or a 5xx."""
         tried: set[str] = set()
-        last: httpx.Response | None = None
+        last: Upstream | None = None
         for attempt in range(2):
             picked = choose(state.instances.values(), job.model, job.rtype, time.monotonic(), frozenset(tried))
             if picked is None:
@@ -161,18 +162,17 @@ class ProxyEndpoint:
             inst, pool = picked
             tried.add(inst.id)
             self._begin(state, job, inst, pool)
-            request = httpx.Request(
-                "POST",
-                _url(inst.spec.base_url + _PATHS[job.endpoint]),
-                content=job.body,
-                headers=upstream_headers(scope, job.request_id, inst.spec.api_key),
-                extensions={"timeout": state.timeouts},
-            )
+            url = _url(inst.spec.base_url + _PATHS[job.endpoint])
+            headers = upstream_headers(scope, job.request_id, inst.spec.api_key)
             if not attempt:
                 state.metrics.overhead.observe(time.perf_counter() - job.t0)
             try:
-                assert state.transport is not None
-                resp = await state.transport.handle_async_request(request)
+                transport = state.transport
+                assert transport is not None
+                if isinstance(transport, FastTransport):
+                    resp = await transport.post(url, headers, job.body, state.timeouts)
+                else:
+                    resp = await send_via_httpx(transport, url, headers, job.body, state.timeouts)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
                 log.warning("instance %s: %s (request %s)", inst.id, exc.__class__.__name__, job.request_id)
                 state.note_failure(inst, connect_error=not isinstance(exc, httpx.RemoteProtocolError))
@@ -191,13 +191,13 @@ class ProxyEndpoint:
                     type_="server_error",
                     code="upstream_error",
                 ) from exc
-            if resp.status_code >= 500:
+            if resp.status >= 500:
                 state.note_failure(inst, connect_error=False)
                 last = resp
                 if attempt == 0:
                     self._end(state, job)
                 continue
-            if resp.status_code < 400:
+            if resp.status < 400:
                 state.note_success(inst)
             return resp
         if last is not None:
@@ -226,35 +226,41 @@ class ProxyEndpoint:
         state.metrics.in_flight.labels(inst.id).set(inst.in_flight)
         job.instance = None
 
-    async def _relay_stream(self, resp: httpx.Response, send: Send, job: Job, finished: asyncio.Event) -> None:
+    async def _relay_stream(self, resp: Upstream, send: Send, job: Job, watch: _DisconnectWatch) -> None:
         relay = SseRelay(strip_usage=not job.client_wants_usage)
         await send(_start(resp, job, extra=[(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]))
         try:
-            async for chunk in _raw(resp):
+            while chunk := await resp.next_chunk():
                 out = relay.feed(chunk)
+                if resp.ended:  # nothing more will come: these bytes go out with the end of the body
+                    break
                 if out:
                     if job.ttft_s is None:
                         job.ttft_s = time.perf_counter() - job.t0
                     await send({"type": "http.response.body", "body": out, "more_body": True})
-            tail = relay.flush()
+            else:
+                out = b""
+            tail = out + relay.flush()
         except httpx.HTTPError as exc:
             log.warning("stream from %s broke: %s (request %s)", job.pool, exc.__class__.__name__, job.request_id)
             job.status = 502
             msg = error_body(f"upstream stream broke: {exc.__class__.__name__}", "server_error", None, "upstream_error")
             tail = b"data: " + msg + b"\n\n"
+        if tail and job.ttft_s is None:
+            job.ttft_s = time.perf_counter() - job.t0
         job.usage, job.tbt_s, job.events = relay.usage, relay.tbt_s(), relay.events
-        finished.set()
+        watch.finished = True
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def _finish(self, state: GatewayState, job: Job) -> None:
         inst = job.instance
         self._end(state, job)
         status = job.status or 500
-        state.metrics.requests.labels(self.endpoint, job.pool, str(status)).inc()
+        state.metrics.request_done(self.endpoint, job.pool, status)
         if job.ttft_s is not None and job.stream:
-            state.metrics.ttft.labels(job.pool).observe(job.ttft_s)
+            state.metrics.observe_ttft(job.pool, job.ttft_s)
         if job.tbt_s is not None:
-            state.metrics.tbt.labels(job.pool).observe(job.tbt_s)
+            state.metrics.observe_tbt(job.pool, job.tbt_s)
         store = state.store
         if store is None or job.prediction is None or inst is None:
             return
@@ -292,18 +298,12 @@ def _nothing_took_it(state: GatewayState, job: Job, tried: bool) -> ApiError:
     )
 
 
-def _raw(resp: httpx.Response) -> AsyncIterator[bytes]:
-    """The upstream bytes straight from the transport's stream: we asked for identity encoding, so
-    httpx's decoding and re-chunking layers would only add cost per chunk (``resp.aclose`` still closes it)."""
-    stream = resp.stream
-    assert isinstance(stream, httpx.AsyncByteStream)
-    return stream.__aiter__()
-
-
-async def _read_all(resp: httpx.Response, job: Job) -> bytes:
+async def _read_all(resp: Upstream) -> bytes:
     """The whole upstream body; nothing went to the client yet, so a failure is a clean 502/504."""
+    chunks = []
     try:
-        return b"".join([chunk async for chunk in _raw(resp)])
+        while chunk := await resp.next_chunk():
+            chunks.append(chunk)
     except httpx.TimeoutException as exc:
         raise ApiError(504, "upstream timed out mid-response", type_="server_error", code="upstream_timeout") from exc
     except httpx.HTTPError as exc:
@@ -311,19 +311,20 @@ async def _read_all(resp: httpx.Response, job: Job) -> bytes:
         raise ApiError(
             502, f"upstream failed mid-response: {name}", type_="server_error", code="upstream_error"
         ) from exc
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _start(resp: httpx.Response, job: Job, extra: list[tuple[bytes, bytes]]) -> dict[str, Any]:
-    job.status = job.status or resp.status_code
+def _start(resp: Upstream, job: Job, extra: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    job.status = job.status or resp.status
     inst = job.instance
-    headers = downstream_headers(resp.headers.raw)
+    headers = downstream_headers(resp.headers)
     headers += [
         (b"x-request-id", job.request_id.encode("latin-1")),
         (b"x-wattgate-pool", job.pool.encode()),
         (b"x-wattgate-instance", (inst.id if inst else "-").encode()),
         *extra,
     ]
-    return {"type": "http.response.start", "status": resp.status_code, "headers": headers}
+    return {"type": "http.response.start", "status": resp.status, "headers": headers}
 
 
 def _predict(state: GatewayState, doc: dict[str, Any], endpoint: str) -> Prediction:
@@ -365,10 +366,50 @@ def _usage_of(body: bytes) -> dict[str, Any] | None:
     return usage if isinstance(usage, dict) else None
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any] | None, finished: asyncio.Event) -> None:
-    message = await receive()
-    if message["type"] == "http.disconnect" and task is not None and not finished.is_set():
-        task.cancel()
+class _DisconnectWatch:
+    """Cancels the request's task when the client goes away before the response is finished.
+
+    The watcher task is started by a timer after ``WATCH_AFTER_S``: a request that ends sooner costs
+    one timer, not a task; one that lasts is watched from then on (a client that left earlier is
+    seen at once, since ``receive`` then answers ``http.disconnect`` immediately).
+    """
+
+    __slots__ = ("finished", "fired", "receive", "task", "timer", "watcher")
+
+    def __init__(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+        self.receive, self.task = receive, task
+        self.finished = False  # the response is complete (or its last message is being sent)
+        self.fired = False  # we cancelled the task because the client left
+        self.watcher: asyncio.Task[None] | None = None
+        self.timer = task.get_loop().call_later(WATCH_AFTER_S, self._start) if task else None
+
+    def _start(self) -> None:
+        if not self.finished:
+            self.watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        message = await self.receive()
+        if message["type"] == "http.disconnect" and self.task is not None and not self.finished:
+            self.fired = True
+            self.task.cancel()
+
+    def close(self) -> None:
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
+def _with_usage_option(raw: bytes, doc: dict[str, Any], options: dict[str, Any]) -> bytes:
+    """The body with ``stream_options.include_usage`` set. When the client sent no ``stream_options``, the
+    option is spliced in after the opening brace (the client's bytes are kept, no re-serialisation);
+    otherwise, or for a body that is not plain UTF-8 (json accepts UTF-16/32 too), the document is re-encoded."""
+    start = len(raw) - len(raw.lstrip(b" \t\r\n"))
+    if "stream_options" not in doc and raw[start : start + 1] == b"{" and b"\x00" not in raw[:4]:
+        return raw[: start + 1] + _USAGE_OPTION + b"," + raw[start + 1 :]
+    doc["stream_options"] = {**options, "include_usage": True}
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 __all__ = ["ProxyEndpoint", "api_error_response"]

@@ -61,6 +61,16 @@ class SseRelay:
         return data
 
     def _usage_events(self, data: bytes) -> bytes:
+        """``data`` less the usage-only event when it is to be stripped. Only the events from the first
+        one naming usage on are split (by regex, slow on long data); the ones before pass as they are."""
+        at = data.find(b'"usage"')
+        cut = max(data.rfind(b"\n\n", 0, at), data.rfind(b"\n\r\n", 0, at))
+        if cut < 0:
+            return self._split_usage(data)
+        cut = data.index(b"\n", cut + 1) + 1  # just past the blank line that ends the event before
+        return data[:cut] + self._split_usage(data[cut:])
+
+    def _split_usage(self, data: bytes) -> bytes:
         parts = _SPLIT.split(data)
         out: list[bytes] = []
         # parts = [event, sep, event, sep, ..., last]; keep each event with its separator
