@@ -6,10 +6,12 @@ import random
 
 import pytest
 
+from wattgate.planner.model import Group
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import RequestType, SloTargets
 from wattgate.simulate.confusion import Confusion
-from wattgate.simulate.engine import Result
+from wattgate.simulate.engine import Arrival, Cluster, Result
+from wattgate.simulate.model import TYPE_INDEX, Costs, Model
 from wattgate.simulate.policies import POLICIES
 from wattgate.simulate.run import SimSettings, simulate
 from wattgate.simulate.trace import Request, SimulateError
@@ -99,9 +101,27 @@ def test_unknown_policy_and_empty_workload_are_errors() -> None:
         simulate([], load_builtin(), ["oracle"])
 
 
-def test_planned_routing_follows_the_plans_split_and_keeps_the_invariants() -> None:
+def test_spill_chain_routing_keeps_the_invariants() -> None:
     reqs = mixed(900, seed=3)
-    settings = SimSettings(gpus=128, solver_time_limit_s=0.5, planned_routing=True)
+    settings = SimSettings(gpus=128, solver_time_limit_s=0.5, plan_routing=False)
     (r,) = simulate(reqs, load_builtin(), ["wattgate"], settings)
     assert len(r.finish_s) == len(reqs)
     assert all(a.arrival_s <= b for a, b in zip(sorted(reqs), r.start_s, strict=True))
+
+
+@pytest.mark.parametrize(("plan_routing", "served_in"), [(True, "SL"), (False, "SM")])
+def test_a_type_goes_where_the_plan_sends_it_as_in_the_gateway(plan_routing: bool, served_in: str) -> None:
+    """The plan sends SM's load to pool SL while pool SM still has an instance (it serves nothing of
+    the plan): the gateway's plan routing puts SM requests on SL; the spill chain alone keeps them on SM."""
+    profile = load_builtin()
+    clock = profile.clocks(2, SS)[-1]
+    groups = (Group("SM", 2, clock, 1, 1.0, 100.0), Group("SL", 2, clock, 1, 1.0, 100.0))
+    flows = {"SM": {"SL": 1.0}, "SL": {"SL": 0.5}}
+    cluster = Cluster(Model(profile, SloTargets()), 16, Costs(), False, Result("t", 10), plan_routing)
+    cluster.apply((groups, flows), 0.0, first=True)
+    sm = TYPE_INDEX["SM"]
+    for k in range(5):
+        cluster.route(Arrival(k * 0.1, sm, sm, 100, 200))
+    by_pool = {i.pool: sum(i.counts) for i in cluster.instances}
+    assert by_pool[served_in] == 5
+    assert sum(by_pool.values()) == 5

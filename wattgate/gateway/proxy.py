@@ -150,7 +150,7 @@ class ProxyEndpoint:
         tried: set[str] = set()
         last: httpx.Response | None = None
         for attempt in range(2):
-            picked = choose(state.instances.values(), job.model, job.rtype, time.monotonic(), frozenset(tried))
+            picked = choose(state.instances.values(), job.model, job.rtype, time.monotonic(), tried, state.routes)
             if picked is None:
                 break
             if last is not None:

@@ -3,16 +3,22 @@
 A request's pool comes from the prediction; its candidates are the ready, healthy, non-ejected
 instances serving its model in that pool (or in any pool, for instances without one), below their
 concurrency bound. The least outstanding work wins: tokens in flight (input plus expected output),
-then request count. When a pool has nothing, the next pool of ``spill_chain`` is tried.
+then request count. A request type goes first to the pool(s) the planner's current plan sends it to
+(``Plan.serves``, made into ``Routes`` by ``plan_routes``); when there is no plan, or those pools have
+no instance that can take it (none ready, or all at their concurrency bound), the pools of
+``spill_chain`` are tried in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from wattgate.classifier.api import Prediction, choose_output_class
-from wattgate.profiles.classes import ClassEdges, LengthClass, RequestType, spill_chain
+from wattgate.profiles.classes import REQUEST_TYPES, ClassEdges, LengthClass, ProfilesError, RequestType, spill_chain
+
+Routes = Mapping[str, tuple[str, ...]]  # request type name -> the pools to try, in order
 
 
 @dataclass(frozen=True)
@@ -71,16 +77,39 @@ def expected_output_tokens(pred: Prediction, edges: ClassEdges, max_tokens: int 
     return max(1, min(value, max_tokens) if max_tokens else value)
 
 
-def choose(
+def plan_routes(serves: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """Request type -> pools to try: the plan's pools for it (``serves``: pool -> types it serves), then
+    its spill chain. Types the plan does not mention, and unknown names, keep the spill chain alone."""
+    planned: dict[str, list[str]] = {}
+    for pool, types in sorted(serves.items()):
+        for t in types:
+            try:
+                pool_name, type_name = RequestType.parse(pool).name, RequestType.parse(t).name
+            except ProfilesError:
+                continue  # a name this gateway does not know: nothing is routed by it
+            with_pool = planned.setdefault(type_name, [])
+            if pool_name not in with_pool:
+                with_pool.append(pool_name)
+    out: dict[str, tuple[str, ...]] = {}
+    for rtype in REQUEST_TYPES:
+        first = planned.get(rtype.name, [])
+        if first:
+            out[rtype.name] = (*first, *(p for p in pools_for(rtype) if p not in first))
+    return out
+
+
+def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot path)
     instances: Iterable[Instance],
     model: str,
     rtype: RequestType | None,
     now: float,
-    exclude: frozenset[str] = frozenset(),
+    exclude: AbstractSet[str] = frozenset(),
+    routes: Routes | None = None,
 ) -> tuple[Instance, str] | None:
     """The instance to use and the pool it serves the request as, or None when nothing can take it.
 
-    ``rtype`` None (embeddings) ignores pools.
+    ``rtype`` None (embeddings) ignores pools. ``routes`` (from ``plan_routes``) puts the plan's pools
+    for the type first; without it, or for a type it does not list, the spill chain alone is used.
     """
     usable = [
         i
@@ -92,8 +121,8 @@ def choose(
     if rtype is None:
         best = min(usable, key=_load)
         return best, best.spec.pool or "any"
-    for pool_type in spill_chain(rtype):
-        pool = pool_type.name
+    order = routes.get(rtype.name) if routes else None
+    for pool in order or pools_for(rtype):
         members = [i for i in usable if i.spec.pool == pool]
         if members:
             return min(members, key=_load), pool
@@ -111,4 +140,13 @@ def pools_for(rtype: RequestType) -> tuple[str, ...]:
     return tuple(t.name for t in spill_chain(rtype))
 
 
-__all__ = ["Instance", "InstanceSpec", "LengthClass", "choose", "expected_output_tokens", "request_type"]
+__all__ = [
+    "Instance",
+    "InstanceSpec",
+    "LengthClass",
+    "Routes",
+    "choose",
+    "expected_output_tokens",
+    "plan_routes",
+    "request_type",
+]

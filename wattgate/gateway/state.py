@@ -19,10 +19,10 @@ import httpx
 
 from wattgate.classifier.api import MaxTokensPredictor, Predictor
 from wattgate.gateway.metrics import GatewayMetrics
-from wattgate.gateway.routing import Instance, InstanceSpec
+from wattgate.gateway.routing import Instance, InstanceSpec, plan_routes
 from wattgate.gateway.settings import BackendSpec, GatewaySettings
 from wattgate.gateway.transport import FastTransport
-from wattgate.planner.contract import InstanceRecord, Observation
+from wattgate.planner.contract import InstanceRecord, Observation, Plan
 
 log = logging.getLogger("wattgate.gateway")
 
@@ -88,6 +88,9 @@ class GatewayState:
     # which a proxy must not have anyway (a cookie from one user's response must never reach another's)
     transport: httpx.AsyncBaseTransport | None = None
     timeouts: dict[str, float | None] = field(default_factory=dict)
+    # request type -> pools to try, from the planner's current plan (empty: no plan, spill chain alone)
+    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    plan_version: int | None = None
 
     @classmethod
     def build(cls, settings: GatewaySettings, predictor: Predictor | None = None) -> GatewayState:
@@ -144,6 +147,20 @@ class GatewayState:
             with contextlib.suppress(KeyError):  # no series left behind for instances that are gone
                 self.metrics.in_flight.remove(iid)
         self.count_instances()
+
+    def apply_plan(self, plan: Plan | None) -> None:
+        """Route each request type as ``plan.serves`` says (None: no plan, the spill chain alone)."""
+        version = None if plan is None else plan.version
+        if version == self.plan_version:
+            return
+        self.routes = plan_routes(plan.serves) if plan is not None else {}
+        self.plan_version = version
+        self.metrics.plan_version.set(version or 0)
+        if plan is None:
+            log.info("no plan in redis: routing by the spill chain alone")
+        else:
+            moved = {t: pools[0] for t, pools in sorted(self.routes.items()) if pools[0] != t}
+            log.info("routing by plan %s%s", version, f" (types sent to another pool: {moved})" if moved else "")
 
     def count_instances(self) -> None:
         now = time.monotonic()

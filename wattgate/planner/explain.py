@@ -37,8 +37,13 @@ def build_plan(
 
 def serves(decision: Decision) -> dict[str, list[str]]:
     """Pool -> the request types it serves (its own first), from the decision's flows."""
+    return serves_of(decision.flows_rps)
+
+
+def serves_of(flows_rps: dict[str, dict[str, float]]) -> dict[str, list[str]]:
+    """Pool -> the request types it serves (its own first), from flows (demand pool -> serving pool -> req/s)."""
     out: dict[str, set[str]] = {}
-    for r, by in decision.flows_rps.items():
+    for r, by in flows_rps.items():
         for q, rps in by.items():
             if rps > 0:
                 out.setdefault(q, set()).add(r)

@@ -28,10 +28,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--confusion", default="measured", help="'measured' (default), 'perfect', or a 3x3 JSON matrix/file")
     p.add_argument(
         "--routing",
-        choices=("gateway", "planned"),
+        choices=("gateway", "spill"),
         default="gateway",
-        help="gateway: the live gateway's routing (a pool's own instances, spill only when it has none); "
-        "planned: also split each type's load across pools as the planner's MILP planned",
+        help="gateway: the live gateway's routing (each type to the pool the plan sends it to, then its spill "
+        "chain when that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             epoch_s=args.epoch_s,
             seed=args.seed,
             confusion=Confusion.parse(args.confusion),
-            planned_routing=args.routing == "planned",
+            plan_routing=args.routing == "gateway",
         )
         profile = resolve_profile(args.profile)
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]

@@ -27,7 +27,7 @@ class SimSettings:
     slo: SloTargets = field(default_factory=SloTargets)
     edges: ClassEdges = field(default_factory=ClassEdges)
     solver_time_limit_s: float = 1.0
-    planned_routing: bool = False  # route by the plan's flows instead of the gateway's spill-when-empty
+    plan_routing: bool = True  # the gateway routes by the plan (Plan.serves); False: by the spill chain alone
 
     def __post_init__(self) -> None:
         if self.gpus < 8 or not self.epoch_s >= 60:
@@ -89,7 +89,7 @@ def simulate(
                 clock_loop=spec.clock_loop,
                 epoch_s=epoch,
                 plan=plan,
-                planned_routing=s.planned_routing,
+                plan_routing=s.plan_routing,
             )
         )
     return results
