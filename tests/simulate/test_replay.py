@@ -8,7 +8,7 @@ import pytest
 
 from wattgate.planner.model import Group
 from wattgate.profiles.builtin import load_builtin
-from wattgate.profiles.classes import RequestType, SloTargets
+from wattgate.profiles.classes import REQUEST_TYPES, RequestType, SloTargets
 from wattgate.simulate.confusion import Confusion
 from wattgate.simulate.engine import Arrival, Cluster, Result
 from wattgate.simulate.model import TYPE_INDEX, Costs, Model
@@ -125,3 +125,26 @@ def test_a_type_goes_where_the_plan_sends_it_as_in_the_gateway(plan_routing: boo
     by_pool = {i.pool: sum(i.counts) for i in cluster.instances}
     assert by_pool[served_in] == 5
     assert sum(by_pool.values()) == 5
+
+
+def test_less_headroom_runs_more_capacity_and_the_clock_policy_keeps_it() -> None:
+    """headroom 0.6: the planner rates every instance at 60% of its SLO capacity and the clock policy
+    keeps the same share free, so wattgate runs more GPUs or higher clocks than at 1.0 (modelled)."""
+    reqs, profile = mixed(900, seed=5), load_builtin()
+    runs = {
+        h: simulate(reqs, profile, ["wattgate"], SimSettings(gpus=128, solver_time_limit_s=0.5, headroom=h))[0]
+        for h in (1.0, 0.6)
+    }
+    assert runs[0.6].energy_j > runs[1.0].energy_j
+    assert runs[0.6].gpu_seconds > runs[1.0].gpu_seconds
+
+    def misses(r: Result) -> int:
+        slo = SloTargets()
+        return sum(
+            x > slo.ttft_for(REQUEST_TYPES[t]) or b > slo.tbt_p99_s
+            for t, x, b in zip(r.types, r.ttft_s, r.tbt_s, strict=True)
+        )
+
+    assert misses(runs[0.6]) < misses(runs[1.0])  # more room: fewer requests over their targets (modelled)
+    with pytest.raises(SimulateError, match="headroom"):
+        SimSettings(headroom=0.0)

@@ -14,7 +14,14 @@ from wattgate.planner.placement import Placement
 
 
 def build_plan(
-    decision: Decision, placement: Placement, base: Baseline, *, version: int, created_at: float, model: str
+    decision: Decision,
+    placement: Placement,
+    base: Baseline,
+    *,
+    version: int,
+    created_at: float,
+    model: str,
+    headroom: float = 1.0,
 ) -> Plan:
     alerts = list(decision.alerts)
     if placement.unplaced:
@@ -32,6 +39,7 @@ def build_plan(
         reasons=reasons(decision, placement, base),
         alerts=alerts,
         serves=serves(decision),
+        headroom=headroom,
     )
 
 

@@ -171,7 +171,7 @@ class Cluster:
             if p.id in by_id:
                 inst = by_id[p.id]
                 keep.add(p.id)
-                if inst.clock != p.sm_clock_mhz:
+                if not self.clock_loop:  # with the clock loop on, the agent leaves running clocks to it
                     self._set_clock(inst, p.sm_clock_mhz)
                 continue
             iid = f"{p.node}|{','.join(map(str, p.gpus))}|{p.pool}-tp{p.tp}-{now:.0f}"
