@@ -13,7 +13,7 @@ import redis
 from tests.gateway.conftest import Servers
 from wattgate.gateway.routing import Instance, InstanceSpec, choose, plan_routes
 from wattgate.gateway.store import publish_instance
-from wattgate.planner.contract import InstanceRecord, Keys, Plan
+from wattgate.planner.contract import InstanceRecord, Keys, Plan, load_field
 from wattgate.planner.store import PlannerStore
 from wattgate.profiles.classes import RequestType
 
@@ -78,7 +78,7 @@ def test_gateway_routes_by_the_published_plan_and_falls_back(servers: Servers, r
     _, backend = servers.backend()
     register(redis_url, backend, "sm-1", "SM")
     register(redis_url, backend, "sl-1", "SL")
-    gw, state = servers.gateway([], redis_url=redis_url, registry_refresh_s=30)
+    gw, state = servers.gateway([], redis_url=redis_url, registry_refresh_s=30, flush_interval_s=0.05)
     wait_for(lambda: len(state.instances) == 2)
     assert served_by(gw) == "sm-1"  # no plan yet: the spill chain, its own pool first
     planner = PlannerStore(redis_url)
@@ -89,6 +89,12 @@ def test_gateway_routes_by_the_published_plan_and_falls_back(servers: Servers, r
         assert resp.headers["x-wattgate-instance"] == "sl-1"
         assert resp.headers["x-wattgate-pool"] == "SL"
         assert f"wattgate_gateway_plan_version {float(plan.version)}" in httpx.get(gw + "/metrics").text
+        # the load is recorded under the request's type, not the pool that served it: the planner's
+        # forecast keeps seeing SM's own demand after it sent SM to SL
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        wait_for(lambda: any(client.hget(k, load_field("SM", "requests")) for k in client.keys("wg:v1:load:m:*")))
+        assert not any(client.hget(k, load_field("SL", "requests")) for k in client.keys("wg:v1:load:m:*"))
+        client.close()
         # the planned pool's only instance drains: the request still goes somewhere (spill chain)
         register(redis_url, backend, "sl-1", "SL", state="draining")
         wait_for(lambda: not state.instances["sl-1"].spec.ready)

@@ -213,7 +213,10 @@ class ProxyEndpoint:
         store = state.store
         if store is not None and job.prediction is not None:
             store.record_load(
-                pool, time.time(), job.prediction.input_tokens, job.work_tokens - job.prediction.input_tokens
+                job.rtype.name if job.rtype else pool,
+                time.time(),
+                job.prediction.input_tokens,
+                job.work_tokens - job.prediction.input_tokens,
             )
 
     @staticmethod
