@@ -11,9 +11,9 @@ import httpx
 import redis
 
 from tests.gateway.conftest import Servers
-from wattgate.gateway.routing import Instance, InstanceSpec, choose, plan_routes
+from wattgate.gateway.routing import MIN_WEIGHT, Instance, InstanceSpec, choose, plan_routes, plan_weights
 from wattgate.gateway.store import publish_instance
-from wattgate.planner.contract import InstanceRecord, Keys, Plan, load_field
+from wattgate.planner.contract import InstanceRecord, Keys, Plan, PlannedInstance, load_field
 from wattgate.planner.store import PlannerStore
 from wattgate.profiles.classes import RequestType
 
@@ -135,5 +135,48 @@ def test_saturated_planned_pool_spills_instead_of_refusing(servers: Servers, red
             assert held.headers["x-wattgate-instance"] == "sl-1"
             assert served_by(gw) == "sm-1"  # sl-1 is at its bound: the next request is not refused
         wait_for(lambda: state.instances["sl-1"].in_flight == 0)
+    finally:
+        planner.close()
+
+
+def test_weights_are_the_planned_load_over_the_pools_mean() -> None:
+    w = plan_weights([("a", "ML", 2.0), ("b", "ML", 0.5), ("c", "ML", 0.0), ("d", "SS", 0.0), ("e", "SS", 0.0)])
+    mean = 2.5 / 3
+    assert w["a"] == 2.0 / mean and w["b"] == 0.5 / mean
+    assert w["c"] == MIN_WEIGHT  # planned for nothing: still takes work when the others are busier
+    assert w["d"] == w["e"] == 1.0  # a pool planned with no load: equal weights
+
+
+def test_choose_divides_outstanding_work_by_the_weight() -> None:
+    """TP4 ``big`` is planned for three times the load of TP2 ``small``: it has more tokens in flight,
+    yet less per unit of planned capacity, so it takes the next request."""
+    big, small = _inst("big", "ML", conc=64), _inst("small", "ML", conc=64)
+    big.outstanding_tokens, small.outstanding_tokens = 300, 150
+    rtype = RequestType.parse("ML")
+    assert choose([big, small], "m", rtype, 0.0) == (small, "ML")  # unweighted: least tokens
+    big.weight, small.weight = 1.5, 0.5
+    assert choose([big, small], "m", rtype, 0.0) == (big, "ML")
+
+
+def test_gateway_weighs_instances_by_the_plan(servers: Servers, redis_url: str) -> None:
+    _, backend = servers.backend()
+    register(redis_url, backend, "big", "SM")
+    gw, state = servers.gateway([], redis_url=redis_url, registry_refresh_s=30)
+    wait_for(lambda: "big" in state.instances)
+    planned = [
+        PlannedInstance("big", "SM", "n1", [0, 1, 2, 3], 4, 1980, 3.0, 1000.0),
+        PlannedInstance("small", "SM", "n1", [4, 5], 2, 1980, 1.0, 500.0),
+    ]
+    planner = PlannerStore(redis_url)
+    try:
+        plan = planner.publish(lambda v: Plan(v, time.time(), "fake-model", planned, {}, 0.0, 0.0))
+        wait_for(lambda: state.plan_version == plan.version)
+        assert state.instances["big"].weight == 1.5
+        register(redis_url, backend, "small", "SM")  # registered after the plan: weighed on arrival
+        wait_for(lambda: "small" in state.instances)
+        assert state.instances["small"].weight == 0.5
+        state.instances["big"].outstanding_tokens = 300  # work held elsewhere: 200 per unit of weight
+        state.instances["small"].outstanding_tokens = 150  # 300 per unit of weight
+        assert served_by(gw) == "big"
     finally:
         planner.close()

@@ -118,3 +118,4 @@ def test_planner_publishes_its_headroom(profile_path: str, redis_url: str) -> No
     assert main([*args, "--headroom", "0.7"]) == 0
     plan = PlannerStore(redis_url).current_plan()
     assert plan is not None and plan.headroom == 0.7
+    assert any("70% of their SLO-feasible capacity" in r for r in plan.reasons)

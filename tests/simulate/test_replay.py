@@ -148,3 +148,13 @@ def test_less_headroom_runs_more_capacity_and_the_clock_policy_keeps_it() -> Non
     assert misses(runs[0.6]) < misses(runs[1.0])  # more room: fewer requests over their targets (modelled)
     with pytest.raises(SimulateError, match="headroom"):
         SimSettings(headroom=0.0)
+
+
+def test_the_replay_weighs_instances_by_their_planned_load_as_the_gateway() -> None:
+    profile = load_builtin()
+    clock = profile.clocks(2, SS)[-1]
+    groups = (Group("ML", 4, clock, 1, 1.5, 900.0), Group("ML", 2, clock, 1, 0.5, 500.0))
+    for plan_routing, expected in ((True, {4: 1.5, 2: 0.5}), (False, {4: 1.0, 2: 1.0})):
+        cluster = Cluster(Model(profile, SloTargets()), 16, Costs(), False, Result("t", 10), plan_routing)
+        cluster.apply((groups, {"ML": {"ML": 2.0}}), 0.0, first=True)
+        assert {i.tp: i.route.weight for i in cluster.instances} == expected

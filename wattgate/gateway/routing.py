@@ -3,9 +3,10 @@
 A request's pool comes from the prediction; its candidates are the ready, healthy, non-ejected
 instances serving its model in that pool (or in any pool, for instances without one), below their
 concurrency bound. The least outstanding work wins: tokens in flight (input plus expected output),
-then request count. A request type goes first to the pool(s) the planner's current plan sends it to
-(``Plan.serves``, made into ``Routes`` by ``plan_routes``); when there is no plan, or those pools have
-no instance that can take it (none ready, or all at their concurrency bound), the pools of
+then request count, each divided by the instance's weight (its planned load relative to its pool's
+mean, ``plan_weights``). A request type goes first to the pool(s) the planner's current plan sends it
+to (``Plan.serves``, made into ``Routes`` by ``plan_routes``); when there is no plan, or those pools
+have no instance that can take it (none ready, or all at their concurrency bound), the pools of
 ``spill_chain`` are tried in order.
 """
 
@@ -39,7 +40,15 @@ class InstanceSpec:
 class Instance:
     """An instance plus the gateway's live view of it: work in flight and health."""
 
-    __slots__ = ("consecutive_failures", "ejected_until", "healthy", "in_flight", "outstanding_tokens", "spec")
+    __slots__ = (
+        "consecutive_failures",
+        "ejected_until",
+        "healthy",
+        "in_flight",
+        "outstanding_tokens",
+        "spec",
+        "weight",
+    )
 
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
@@ -48,6 +57,9 @@ class Instance:
         self.healthy = True  # from active probing
         self.ejected_until = 0.0  # from passive ejection
         self.consecutive_failures = 0
+        # its share of its pool's work: the plan's load for it over the pool's mean (1.0 without a plan), so a
+        # TP4 instance planned for 2 req/s gets twice the work of a TP2 one planned for 1 req/s
+        self.weight = 1.0
 
     @property
     def id(self) -> str:
@@ -132,12 +144,34 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
     return None
 
 
-def _load(i: Instance) -> tuple[int, int]:
-    return (i.outstanding_tokens, i.in_flight)
+def _load(i: Instance) -> tuple[float, float]:
+    w = i.weight
+    return (i.outstanding_tokens / w, i.in_flight / w)
+
+
+MIN_WEIGHT = 0.1  # an instance the plan gives (almost) no load still takes work when the others are busier
+
+
+def plan_weights(planned: Iterable[tuple[str, str, float]]) -> dict[str, float]:
+    """Instance id -> routing weight from the plan's (id, pool, planned req/s): the planned load over its
+    pool's mean, at least ``MIN_WEIGHT``; pools planned with no load at all weigh 1.0 each."""
+    by_pool: dict[str, list[tuple[str, float]]] = {}
+    for iid, pool, rps in planned:
+        by_pool.setdefault(pool, []).append((iid, max(float(rps), 0.0)))
+    out: dict[str, float] = {}
+    for members in by_pool.values():
+        mean = sum(r for _, r in members) / len(members)
+        for iid, rps in members:
+            out[iid] = max(rps / mean, MIN_WEIGHT) if mean > 0 else 1.0
+    return out
+
+
+_CHAINS: dict[RequestType, tuple[str, ...]] = {t: tuple(p.name for p in spill_chain(t)) for t in REQUEST_TYPES}
 
 
 def pools_for(rtype: RequestType) -> tuple[str, ...]:
-    return tuple(t.name for t in spill_chain(rtype))
+    """The pool names of ``rtype``'s spill chain (computed once per type: this is on the request path)."""
+    return _CHAINS.get(rtype) or tuple(t.name for t in spill_chain(rtype))
 
 
 __all__ = [
@@ -148,5 +182,6 @@ __all__ = [
     "choose",
     "expected_output_tokens",
     "plan_routes",
+    "plan_weights",
     "request_type",
 ]

@@ -19,7 +19,7 @@ import httpx
 
 from wattgate.classifier.api import MaxTokensPredictor, Predictor
 from wattgate.gateway.metrics import GatewayMetrics
-from wattgate.gateway.routing import Instance, InstanceSpec, plan_routes
+from wattgate.gateway.routing import Instance, InstanceSpec, plan_routes, plan_weights
 from wattgate.gateway.settings import BackendSpec, GatewaySettings
 from wattgate.gateway.transport import FastTransport
 from wattgate.planner.contract import InstanceRecord, Observation, Plan
@@ -91,6 +91,7 @@ class GatewayState:
     # request type -> pools to try, from the planner's current plan (empty: no plan, spill chain alone)
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     plan_version: int | None = None
+    weights: dict[str, float] = field(default_factory=dict)  # instance id -> routing weight, from the plan
 
     @classmethod
     def build(cls, settings: GatewaySettings, predictor: Predictor | None = None) -> GatewayState:
@@ -135,7 +136,8 @@ class GatewayState:
             spec = spec_from_record(rec)
             inst = self.instances.get(rec.id)
             if inst is None:
-                self.instances[rec.id] = Instance(spec)
+                inst = self.instances[rec.id] = Instance(spec)
+                inst.weight = self.weights.get(rec.id, 1.0)
                 log.info("instance %s appeared (%s, pool %s, %s)", rec.id, spec.base_url, rec.pool, rec.state)
             elif inst.spec != spec:
                 if spec.ready and not inst.spec.ready:
@@ -149,11 +151,15 @@ class GatewayState:
         self.count_instances()
 
     def apply_plan(self, plan: Plan | None) -> None:
-        """Route each request type as ``plan.serves`` says (None: no plan, the spill chain alone)."""
+        """Route each request type as ``plan.serves`` says and weigh instances by their planned load
+        (None: no plan, the spill chain alone, equal weights)."""
         version = None if plan is None else plan.version
         if version == self.plan_version:
             return
         self.routes = plan_routes(plan.serves) if plan is not None else {}
+        self.weights = plan_weights((i.id, i.pool, i.load_rps) for i in plan.instances) if plan is not None else {}
+        for iid, inst in self.instances.items():
+            inst.weight = self.weights.get(iid, 1.0)
         self.plan_version = version
         self.metrics.plan_version.set(version or 0)
         if plan is None:

@@ -36,7 +36,10 @@ def build_plan(
         forecast_rps={k: round(v, 4) for k, v in decision.demand_rps.items()},
         predicted_power_w=round(sum(i.power_w for i in placement.instances), 1),
         baseline_power_w=round(base.power_w, 1),
-        reasons=reasons(decision, placement, base),
+        reasons=[
+            *reasons(decision, placement, base),
+            f"instances rated at {headroom:.0%} of their SLO-feasible capacity (headroom for bursts)",
+        ],
         alerts=alerts,
         serves=serves(decision),
         headroom=headroom,

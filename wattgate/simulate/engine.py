@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from wattgate.gateway.routing import Instance, InstanceSpec, Routes, choose, plan_routes
+from wattgate.gateway.routing import Instance, InstanceSpec, Routes, choose, plan_routes, plan_weights
 from wattgate.planner.contract import PlannedInstance
 from wattgate.planner.explain import serves_of
 from wattgate.planner.model import Group, Inventory
@@ -167,15 +167,22 @@ class Cluster:
         by_id = {i.id: i for i in live}
         keep: set[str] = set()
         new: list[SimInstance] = []
+        planned: list[tuple[SimInstance, PlannedInstance]] = []
         for p in placement.instances:
             if p.id in by_id:
                 inst = by_id[p.id]
                 keep.add(p.id)
                 if not self.clock_loop:  # with the clock loop on, the agent leaves running clocks to it
                     self._set_clock(inst, p.sm_clock_mhz)
+                planned.append((inst, p))
                 continue
             iid = f"{p.node}|{','.join(map(str, p.gpus))}|{p.pool}-tp{p.tp}-{now:.0f}"
             new.append(self._start(p, iid, now, first, live))
+            planned.append((new[-1], p))
+        if self.plan_routing:  # the gateway weighs each instance by its planned share of its pool's load
+            weights = plan_weights((inst.id, p.pool, p.load_rps) for inst, p in planned)
+            for inst, _ in planned:
+                inst.route.weight = weights[inst.id]
         drain_until = max((i.ready_at for i in new), default=now)
         for inst in live:
             if inst.id not in keep:
