@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -145,6 +146,26 @@ def test_clock_loop_follows_the_pool_load(tmp_path: Path, redis_url: str, r: red
     finally:
         agent.shutdown()
     assert gpus[0].locked is None and gpus[1].locked is None
+
+
+def test_clock_loop_keeps_the_plans_headroom(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    """8 req/s per instance is at the SLO limit of 1205-1980 MHz: with the plan's headroom 0.8 no clock
+    carries it within 80% of its capacity, so the policy takes the highest clock, not 1200."""
+    gpus = [FakeGpu(0)]
+    prof = Profile(
+        "m", "H100", [(1, c, t, ld, tt, tb, p) for (_, c, t, ld, tt, tb, p) in small_profile().to_document()["rows"]]
+    )
+    agent = build(tmp_path, redis_url, gpus, prof)
+    r.set(KEYS.plan, dataclasses.replace(plan(1, ("a", "SS", [0])), headroom=0.8).to_json())
+    now = time.time()
+    try:
+        agent.tick(now)
+        for s in range(int(now) + 5 - 10, int(now) + 5):
+            r.hset(KEYS.load_second(s), load_field("SS", "requests"), 8)
+        agent.tick(now + 5)
+        assert gpus[0].locked == max(gpus[0].supported_sm_clocks_mhz())
+    finally:
+        agent.shutdown()
 
 
 def test_redis_down_keeps_serving_and_reregisters(tmp_path: Path) -> None:

@@ -66,6 +66,8 @@ def test_table_says_the_figures_are_modelled(tmp_path: Path, capsys: pytest.Capt
         (["--confusion", "[[1,2]]"], "confusion matrix"),
         (["--profile", "nope"], "neither a builtin profile"),
         (["--gpus", "4"], "--gpus"),
+        (["--headroom", "0"], "--headroom"),
+        (["--headroom", "1.2"], "--headroom"),
     ],
 )
 def test_bad_options_are_clear_errors(

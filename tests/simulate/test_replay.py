@@ -6,10 +6,12 @@ import random
 
 import pytest
 
+from wattgate.planner.model import Group
 from wattgate.profiles.builtin import load_builtin
-from wattgate.profiles.classes import RequestType, SloTargets
+from wattgate.profiles.classes import REQUEST_TYPES, RequestType, SloTargets
 from wattgate.simulate.confusion import Confusion
-from wattgate.simulate.engine import Result
+from wattgate.simulate.engine import Arrival, Cluster, Result
+from wattgate.simulate.model import TYPE_INDEX, Costs, Model
 from wattgate.simulate.policies import POLICIES
 from wattgate.simulate.run import SimSettings, simulate
 from wattgate.simulate.trace import Request, SimulateError
@@ -99,9 +101,60 @@ def test_unknown_policy_and_empty_workload_are_errors() -> None:
         simulate([], load_builtin(), ["oracle"])
 
 
-def test_planned_routing_follows_the_plans_split_and_keeps_the_invariants() -> None:
+def test_spill_chain_routing_keeps_the_invariants() -> None:
     reqs = mixed(900, seed=3)
-    settings = SimSettings(gpus=128, solver_time_limit_s=0.5, planned_routing=True)
+    settings = SimSettings(gpus=128, solver_time_limit_s=0.5, plan_routing=False)
     (r,) = simulate(reqs, load_builtin(), ["wattgate"], settings)
     assert len(r.finish_s) == len(reqs)
     assert all(a.arrival_s <= b for a, b in zip(sorted(reqs), r.start_s, strict=True))
+
+
+@pytest.mark.parametrize(("plan_routing", "served_in"), [(True, "SL"), (False, "SM")])
+def test_a_type_goes_where_the_plan_sends_it_as_in_the_gateway(plan_routing: bool, served_in: str) -> None:
+    """The plan sends SM's load to pool SL while pool SM still has an instance (it serves nothing of
+    the plan): the gateway's plan routing puts SM requests on SL; the spill chain alone keeps them on SM."""
+    profile = load_builtin()
+    clock = profile.clocks(2, SS)[-1]
+    groups = (Group("SM", 2, clock, 1, 1.0, 100.0), Group("SL", 2, clock, 1, 1.0, 100.0))
+    flows = {"SM": {"SL": 1.0}, "SL": {"SL": 0.5}}
+    cluster = Cluster(Model(profile, SloTargets()), 16, Costs(), False, Result("t", 10), plan_routing)
+    cluster.apply((groups, flows), 0.0, first=True)
+    sm = TYPE_INDEX["SM"]
+    for k in range(5):
+        cluster.route(Arrival(k * 0.1, sm, sm, 100, 200))
+    by_pool = {i.pool: sum(i.counts) for i in cluster.instances}
+    assert by_pool[served_in] == 5
+    assert sum(by_pool.values()) == 5
+
+
+def test_less_headroom_runs_more_capacity_and_the_clock_policy_keeps_it() -> None:
+    """headroom 0.6: the planner rates every instance at 60% of its SLO capacity and the clock policy
+    keeps the same share free, so wattgate runs more GPUs or higher clocks than at 1.0 (modelled)."""
+    reqs, profile = mixed(900, seed=5), load_builtin()
+    runs = {
+        h: simulate(reqs, profile, ["wattgate"], SimSettings(gpus=128, solver_time_limit_s=0.5, headroom=h))[0]
+        for h in (1.0, 0.6)
+    }
+    assert runs[0.6].energy_j > runs[1.0].energy_j
+    assert runs[0.6].gpu_seconds > runs[1.0].gpu_seconds
+
+    def misses(r: Result) -> int:
+        slo = SloTargets()
+        return sum(
+            x > slo.ttft_for(REQUEST_TYPES[t]) or b > slo.tbt_p99_s
+            for t, x, b in zip(r.types, r.ttft_s, r.tbt_s, strict=True)
+        )
+
+    assert misses(runs[0.6]) < misses(runs[1.0])  # more room: fewer requests over their targets (modelled)
+    with pytest.raises(SimulateError, match="headroom"):
+        SimSettings(headroom=0.0)
+
+
+def test_the_replay_weighs_instances_by_their_planned_load_as_the_gateway() -> None:
+    profile = load_builtin()
+    clock = profile.clocks(2, SS)[-1]
+    groups = (Group("ML", 4, clock, 1, 1.5, 900.0), Group("ML", 2, clock, 1, 0.5, 500.0))
+    for plan_routing, expected in ((True, {4: 1.5, 2: 0.5}), (False, {4: 1.0, 2: 1.0})):
+        cluster = Cluster(Model(profile, SloTargets()), 16, Costs(), False, Result("t", 10), plan_routing)
+        cluster.apply((groups, {"ML": {"ML": 2.0}}), 0.0, first=True)
+        assert {i.tp: i.route.weight for i in cluster.instances} == expected

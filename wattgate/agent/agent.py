@@ -98,7 +98,8 @@ class Agent:
             self._reset_unused()
         if self.clock_loop is not None and now >= self._next_clock:
             self._next_clock = now + self.clock_interval_s
-            self.clock_loop.tick(now, self.plan.serves if self.plan is not None else None)
+            plan = self.plan
+            self.clock_loop.tick(now, plan.serves if plan else None, plan.headroom if plan else 1.0)
 
     def publish(self, now: float | None = None) -> None:
         now = time.time() if now is None else now

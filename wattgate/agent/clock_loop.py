@@ -45,9 +45,12 @@ class ClockLoop:
             log.warning("clock loop: no live load (%s): clocks stay where they are", exc)
             return None
 
-    def tick(self, now: float, serves: Mapping[str, Sequence[str]] | None = None) -> dict[str, ClockDecision]:
+    def tick(
+        self, now: float, serves: Mapping[str, Sequence[str]] | None = None, headroom: float = 1.0
+    ) -> dict[str, ClockDecision]:
         """One pass over the ready instances; ``now`` is unix time (the load windows' clock); ``serves``:
-        the plan's pool -> request types it serves (a pool not in it serves its own type)."""
+        the plan's pool -> request types it serves (a pool not in it serves its own type); ``headroom``:
+        the plan's share of an instance's SLO capacity a clock may be loaded to."""
         serves = serves or {}
         shares = self._pool_shares(now, serves)
         if shares is None:
@@ -60,7 +63,9 @@ class ClockLoop:
             if not supported:
                 continue
             pool = r.planned.pool
-            x = ClockInput(pool, r.planned.tp, shares.get(pool, 0.0), r.engine.in_flight(), _served(pool, serves))
+            x = ClockInput(
+                pool, r.planned.tp, shares.get(pool, 0.0), r.engine.in_flight(), _served(pool, serves), headroom
+            )
             d = choose_clock(self._profile, self._slo, sorted(supported), x)
             decisions[iid] = d
             if self.last.get(iid) != d:

@@ -35,6 +35,7 @@ class ClockInput:
     load_rps: float  # this instance's share of its pool's live load
     in_flight: int | None  # running + waiting from the engine's /metrics, None if unknown
     serves: tuple[str, ...] = ()  # other request types the plan sends to this pool: their SLO counts too
+    headroom: float = 1.0  # the plan's: a clock is feasible when the load is within this share of its capacity
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def choose_clock(profile: Profile, slo: SloTargets, supported_mhz: Sequence[int]
     best: tuple[float, int] | None = None
     for clock in candidates:
         try:
-            if x.load_rps > profile.max_load(x.tp, clock, rtype, slo):
+            if x.load_rps > profile.max_load(x.tp, clock, rtype, slo) * x.headroom:
                 continue
             power = profile.lookup(x.tp, clock, rtype, x.load_rps).power_w
         except ProfilesError:

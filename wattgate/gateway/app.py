@@ -152,6 +152,9 @@ def create_app(
                     store.watch_instances(state.apply_registry, settings.registry_refresh_s), name="registry"
                 )
             )
+            state.tasks.append(
+                asyncio.create_task(store.watch_plan(state.apply_plan, settings.registry_refresh_s), name="plan")
+            )
         sampler = Sampler(state.metrics, store)
         app.state.dashboard = sampler
         state.tasks.append(

@@ -65,6 +65,11 @@ class GatewayMetrics:
             "1 while the instance list from Redis could not be refreshed (the last one is kept)",
             registry=r,
         )
+        self.plan_version = Gauge(
+            "wattgate_gateway_plan_version",
+            "Version of the planner's plan the gateway routes by (0: none, routing by the spill chain alone)",
+            registry=r,
+        )
         self.instances = Gauge(
             "wattgate_gateway_instances",
             "Known instances by source and routable state",

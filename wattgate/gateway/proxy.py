@@ -151,7 +151,7 @@ class ProxyEndpoint:
         tried: set[str] = set()
         last: Upstream | None = None
         for attempt in range(2):
-            picked = choose(state.instances.values(), job.model, job.rtype, time.monotonic(), frozenset(tried))
+            picked = choose(state.instances.values(), job.model, job.rtype, time.monotonic(), tried, state.routes)
             if picked is None:
                 break
             if last is not None:
@@ -213,7 +213,10 @@ class ProxyEndpoint:
         store = state.store
         if store is not None and job.prediction is not None:
             store.record_load(
-                pool, time.time(), job.prediction.input_tokens, job.work_tokens - job.prediction.input_tokens
+                job.rtype.name if job.rtype else pool,
+                time.time(),
+                job.prediction.input_tokens,
+                job.work_tokens - job.prediction.input_tokens,
             )
 
     @staticmethod

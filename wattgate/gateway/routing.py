@@ -3,16 +3,23 @@
 A request's pool comes from the prediction; its candidates are the ready, healthy, non-ejected
 instances serving its model in that pool (or in any pool, for instances without one), below their
 concurrency bound. The least outstanding work wins: tokens in flight (input plus expected output),
-then request count. When a pool has nothing, the next pool of ``spill_chain`` is tried.
+then request count, each divided by the instance's weight (its planned load relative to its pool's
+mean, ``plan_weights``). A request type goes first to the pool(s) the planner's current plan sends it
+to (``Plan.serves``, made into ``Routes`` by ``plan_routes``); when there is no plan, or those pools
+have no instance that can take it (none ready, or all at their concurrency bound), the pools of
+``spill_chain`` are tried in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from wattgate.classifier.api import Prediction, choose_output_class
-from wattgate.profiles.classes import ClassEdges, LengthClass, RequestType, spill_chain
+from wattgate.profiles.classes import REQUEST_TYPES, ClassEdges, LengthClass, ProfilesError, RequestType, spill_chain
+
+Routes = Mapping[str, tuple[str, ...]]  # request type name -> the pools to try, in order
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,15 @@ class InstanceSpec:
 class Instance:
     """An instance plus the gateway's live view of it: work in flight and health."""
 
-    __slots__ = ("consecutive_failures", "ejected_until", "healthy", "in_flight", "outstanding_tokens", "spec")
+    __slots__ = (
+        "consecutive_failures",
+        "ejected_until",
+        "healthy",
+        "in_flight",
+        "outstanding_tokens",
+        "spec",
+        "weight",
+    )
 
     def __init__(self, spec: InstanceSpec) -> None:
         self.spec = spec
@@ -42,6 +57,9 @@ class Instance:
         self.healthy = True  # from active probing
         self.ejected_until = 0.0  # from passive ejection
         self.consecutive_failures = 0
+        # its share of its pool's work: the plan's load for it over the pool's mean (1.0 without a plan), so a
+        # TP4 instance planned for 2 req/s gets twice the work of a TP2 one planned for 1 req/s
+        self.weight = 1.0
 
     @property
     def id(self) -> str:
@@ -71,16 +89,39 @@ def expected_output_tokens(pred: Prediction, edges: ClassEdges, max_tokens: int 
     return max(1, min(value, max_tokens) if max_tokens else value)
 
 
-def choose(
+def plan_routes(serves: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """Request type -> pools to try: the plan's pools for it (``serves``: pool -> types it serves), then
+    its spill chain. Types the plan does not mention, and unknown names, keep the spill chain alone."""
+    planned: dict[str, list[str]] = {}
+    for pool, types in sorted(serves.items()):
+        for t in types:
+            try:
+                pool_name, type_name = RequestType.parse(pool).name, RequestType.parse(t).name
+            except ProfilesError:
+                continue  # a name this gateway does not know: nothing is routed by it
+            with_pool = planned.setdefault(type_name, [])
+            if pool_name not in with_pool:
+                with_pool.append(pool_name)
+    out: dict[str, tuple[str, ...]] = {}
+    for rtype in REQUEST_TYPES:
+        first = planned.get(rtype.name, [])
+        if first:
+            out[rtype.name] = (*first, *(p for p in pools_for(rtype) if p not in first))
+    return out
+
+
+def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot path)
     instances: Iterable[Instance],
     model: str,
     rtype: RequestType | None,
     now: float,
-    exclude: frozenset[str] = frozenset(),
+    exclude: AbstractSet[str] = frozenset(),
+    routes: Routes | None = None,
 ) -> tuple[Instance, str] | None:
     """The instance to use and the pool it serves the request as, or None when nothing can take it.
 
-    ``rtype`` None (embeddings) ignores pools.
+    ``rtype`` None (embeddings) ignores pools. ``routes`` (from ``plan_routes``) puts the plan's pools
+    for the type first; without it, or for a type it does not list, the spill chain alone is used.
     """
     usable = [
         i
@@ -92,8 +133,8 @@ def choose(
     if rtype is None:
         best = min(usable, key=_load)
         return best, best.spec.pool or "any"
-    for pool_type in spill_chain(rtype):
-        pool = pool_type.name
+    order = routes.get(rtype.name) if routes else None
+    for pool in order or pools_for(rtype):
         members = [i for i in usable if i.spec.pool == pool]
         if members:
             return min(members, key=_load), pool
@@ -103,12 +144,44 @@ def choose(
     return None
 
 
-def _load(i: Instance) -> tuple[int, int]:
-    return (i.outstanding_tokens, i.in_flight)
+def _load(i: Instance) -> tuple[float, float]:
+    w = i.weight
+    return (i.outstanding_tokens / w, i.in_flight / w)
+
+
+MIN_WEIGHT = 0.1  # an instance the plan gives (almost) no load still takes work when the others are busier
+
+
+def plan_weights(planned: Iterable[tuple[str, str, float]]) -> dict[str, float]:
+    """Instance id -> routing weight from the plan's (id, pool, planned req/s): the planned load over its
+    pool's mean, at least ``MIN_WEIGHT``; pools planned with no load at all weigh 1.0 each."""
+    by_pool: dict[str, list[tuple[str, float]]] = {}
+    for iid, pool, rps in planned:
+        by_pool.setdefault(pool, []).append((iid, max(float(rps), 0.0)))
+    out: dict[str, float] = {}
+    for members in by_pool.values():
+        mean = sum(r for _, r in members) / len(members)
+        for iid, rps in members:
+            out[iid] = max(rps / mean, MIN_WEIGHT) if mean > 0 else 1.0
+    return out
+
+
+_CHAINS: dict[RequestType, tuple[str, ...]] = {t: tuple(p.name for p in spill_chain(t)) for t in REQUEST_TYPES}
 
 
 def pools_for(rtype: RequestType) -> tuple[str, ...]:
-    return tuple(t.name for t in spill_chain(rtype))
+    """The pool names of ``rtype``'s spill chain (computed once per type: this is on the request path)."""
+    return _CHAINS.get(rtype) or tuple(t.name for t in spill_chain(rtype))
 
 
-__all__ = ["Instance", "InstanceSpec", "LengthClass", "choose", "expected_output_tokens", "request_type"]
+__all__ = [
+    "Instance",
+    "InstanceSpec",
+    "LengthClass",
+    "Routes",
+    "choose",
+    "expected_output_tokens",
+    "plan_routes",
+    "plan_weights",
+    "request_type",
+]

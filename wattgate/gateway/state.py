@@ -19,10 +19,10 @@ import httpx
 
 from wattgate.classifier.api import MaxTokensPredictor, Predictor
 from wattgate.gateway.metrics import GatewayMetrics
-from wattgate.gateway.routing import Instance, InstanceSpec
+from wattgate.gateway.routing import Instance, InstanceSpec, plan_routes, plan_weights
 from wattgate.gateway.settings import BackendSpec, GatewaySettings
 from wattgate.gateway.transport import FastTransport
-from wattgate.planner.contract import InstanceRecord, Observation
+from wattgate.planner.contract import InstanceRecord, Observation, Plan
 
 log = logging.getLogger("wattgate.gateway")
 
@@ -88,6 +88,10 @@ class GatewayState:
     # which a proxy must not have anyway (a cookie from one user's response must never reach another's)
     transport: httpx.AsyncBaseTransport | None = None
     timeouts: dict[str, float | None] = field(default_factory=dict)
+    # request type -> pools to try, from the planner's current plan (empty: no plan, spill chain alone)
+    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    plan_version: int | None = None
+    weights: dict[str, float] = field(default_factory=dict)  # instance id -> routing weight, from the plan
 
     @classmethod
     def build(cls, settings: GatewaySettings, predictor: Predictor | None = None) -> GatewayState:
@@ -132,7 +136,8 @@ class GatewayState:
             spec = spec_from_record(rec)
             inst = self.instances.get(rec.id)
             if inst is None:
-                self.instances[rec.id] = Instance(spec)
+                inst = self.instances[rec.id] = Instance(spec)
+                inst.weight = self.weights.get(rec.id, 1.0)
                 log.info("instance %s appeared (%s, pool %s, %s)", rec.id, spec.base_url, rec.pool, rec.state)
             elif inst.spec != spec:
                 if spec.ready and not inst.spec.ready:
@@ -144,6 +149,24 @@ class GatewayState:
             with contextlib.suppress(KeyError):  # no series left behind for instances that are gone
                 self.metrics.in_flight.remove(iid)
         self.count_instances()
+
+    def apply_plan(self, plan: Plan | None) -> None:
+        """Route each request type as ``plan.serves`` says and weigh instances by their planned load
+        (None: no plan, the spill chain alone, equal weights)."""
+        version = None if plan is None else plan.version
+        if version == self.plan_version:
+            return
+        self.routes = plan_routes(plan.serves) if plan is not None else {}
+        self.weights = plan_weights((i.id, i.pool, i.load_rps) for i in plan.instances) if plan is not None else {}
+        for iid, inst in self.instances.items():
+            inst.weight = self.weights.get(iid, 1.0)
+        self.plan_version = version
+        self.metrics.plan_version.set(version or 0)
+        if plan is None:
+            log.info("no plan in redis: routing by the spill chain alone")
+        else:
+            moved = {t: pools[0] for t, pools in sorted(self.routes.items()) if pools[0] != t}
+            log.info("routing by plan %s%s", version, f" (types sent to another pool: {moved})" if moved else "")
 
     def count_instances(self) -> None:
         now = time.monotonic()

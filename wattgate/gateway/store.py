@@ -2,7 +2,7 @@
 
 Writes go through bounded in-memory buffers flushed in the background by pipeline, so a down or
 slow Redis never slows a request: when a buffer is full the record is dropped and counted. Reads
-of the instance registry keep the last good list when Redis is unreachable.
+of the instance registry and of the plan keep the last good ones when Redis is unreachable.
 """
 
 from __future__ import annotations
@@ -150,6 +150,40 @@ class RedisStore:
             except (TimeoutError, RedisError, OSError) as exc:
                 self.metrics.registry_stale.set(1)
                 self._failed("registry", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                await _close_quietly(pubsub.aclose)
+
+    # -- the planner's plan ---------------------------------------------------------------------
+    async def load_plan(self) -> Plan | None:
+        """The current plan, or None when there is none or it cannot be read as one."""
+        raw = await self.client.get(self.keys.plan)
+        if raw is None:
+            return None
+        try:
+            return Plan.from_json(raw)
+        except ContractError as exc:
+            log.warning("ignoring the plan in redis: %s", exc)
+            return None
+
+    async def watch_plan(self, apply: Callable[[Plan | None], None], refresh_s: float) -> None:
+        """Apply the current plan now, on every plan event, and every ``refresh_s`` (missed events).
+        While Redis is away the last plan stays in force."""
+        backoff = 0.2
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.plan_events)
+                apply(await self.load_plan())
+                backoff = 0.2
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=refresh_s)
+                    if msg is not None:
+                        await _drain(pubsub)
+                    apply(await self.load_plan())
+            except (TimeoutError, RedisError, OSError) as exc:
+                self._failed("plan", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:

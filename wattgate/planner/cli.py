@@ -41,10 +41,23 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=run_planner)
 
 
+def _headroom(args: argparse.Namespace) -> float:
+    from wattgate.planner.model import DEFAULT_HEADROOM
+
+    return DEFAULT_HEADROOM if args.headroom is None else float(args.headroom)
+
+
 def _profile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, help="profile name or path (default: the built-in profile)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node; TP groups stay in one node (8)")
     p.add_argument("--time-limit-s", type=float, default=1.5, help="MILP time limit before the best plan found")
+    p.add_argument(
+        "--headroom",
+        type=float,
+        default=None,
+        help="share of an instance's SLO-feasible capacity (the profile's P99 limit at steady load) the plan may "
+        "load it to; the rest absorbs bursts and misclassified requests (default 0.8, see README)",
+    )
 
 
 def load_profile_arg(spec: str | None) -> Profile:
@@ -105,7 +118,9 @@ def run_plan(args: argparse.Namespace) -> int:
     try:
         if args.gpus is None or args.gpus < 1:
             raise PlannerError("--gpus must be at least 1")
-        settings = SolverSettings(gpus_per_node=args.gpus_per_node, time_limit_s=args.time_limit_s)
+        settings = SolverSettings(
+            gpus_per_node=args.gpus_per_node, time_limit_s=args.time_limit_s, headroom=_headroom(args)
+        )
         demand = parse_loads(args.load)
         profile = load_profile_arg(args.profile)
         problem = make_problem(profile, demand, Inventory.uniform(args.gpus, args.gpus_per_node), settings)
@@ -214,5 +229,7 @@ def _loop_settings(args: argparse.Namespace) -> LoopSettings:
         static_nodes=static,
         forecast=ForecastSettings(margin=args.margin),
         min_pool_rps=args.min_rps,
-        solver=SolverSettings(gpus_per_node=args.gpus_per_node, time_limit_s=args.time_limit_s),
+        solver=SolverSettings(
+            gpus_per_node=args.gpus_per_node, time_limit_s=args.time_limit_s, headroom=_headroom(args)
+        ),
     )

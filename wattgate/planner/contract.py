@@ -258,6 +258,9 @@ class Plan(_Message):
     # pool -> request types it serves (its own and those spilled into it, all or nothing); empty in
     # plans from before this field: then each pool serves its own type only
     serves: dict[str, list[str]] = field(default_factory=dict)
+    # share of each instance's SLO-feasible capacity the plan loads it to; agents' clock policy keeps the
+    # same share free (1.0 in plans from before this field)
+    headroom: float = 1.0
 
     def for_node(self, node: str) -> list[PlannedInstance]:
         return [i for i in self.instances if i.node == node]
@@ -269,7 +272,11 @@ class Plan(_Message):
             data["instances"] = [PlannedInstance(**i) for i in data.get("instances", [])]
         except TypeError as exc:
             raise ContractError(f"plan: bad instance: {exc}") from exc
-        return _build(cls, data, "plan")
+        plan = _build(cls, data, "plan")
+        h = plan.headroom
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h <= 1:
+            raise ContractError(f"plan: headroom must be a number in (0, 1], got {h!r}")
+        return plan
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,14 @@ from wattgate.planner.placement import Placement
 
 
 def build_plan(
-    decision: Decision, placement: Placement, base: Baseline, *, version: int, created_at: float, model: str
+    decision: Decision,
+    placement: Placement,
+    base: Baseline,
+    *,
+    version: int,
+    created_at: float,
+    model: str,
+    headroom: float = 1.0,
 ) -> Plan:
     alerts = list(decision.alerts)
     if placement.unplaced:
@@ -29,16 +36,25 @@ def build_plan(
         forecast_rps={k: round(v, 4) for k, v in decision.demand_rps.items()},
         predicted_power_w=round(sum(i.power_w for i in placement.instances), 1),
         baseline_power_w=round(base.power_w, 1),
-        reasons=reasons(decision, placement, base),
+        reasons=[
+            *reasons(decision, placement, base),
+            f"instances rated at {headroom:.0%} of their SLO-feasible capacity (headroom for bursts)",
+        ],
         alerts=alerts,
         serves=serves(decision),
+        headroom=headroom,
     )
 
 
 def serves(decision: Decision) -> dict[str, list[str]]:
     """Pool -> the request types it serves (its own first), from the decision's flows."""
+    return serves_of(decision.flows_rps)
+
+
+def serves_of(flows_rps: dict[str, dict[str, float]]) -> dict[str, list[str]]:
+    """Pool -> the request types it serves (its own first), from flows (demand pool -> serving pool -> req/s)."""
     out: dict[str, set[str]] = {}
-    for r, by in decision.flows_rps.items():
+    for r, by in flows_rps.items():
         for q, rps in by.items():
             if rps > 0:
                 out.setdefault(q, set()).add(r)

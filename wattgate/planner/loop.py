@@ -168,7 +168,15 @@ class PlannerLoop:
         extra = [] if inventory.total_gpus else ["no GPUs: no agent heartbeats and no --gpus/--nodes"]
 
         def build(version: int) -> Plan:
-            plan = build_plan(decision, placement, base, version=version, created_at=now, model=self.profile.model)
+            plan = build_plan(
+                decision,
+                placement,
+                base,
+                version=version,
+                created_at=now,
+                model=self.profile.model,
+                headroom=solver.headroom,
+            )
             return replace(plan, alerts=[*plan.alerts, *extra])
 
         if not self.store.hold_lease(self.me, s.lease_s):

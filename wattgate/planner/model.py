@@ -4,9 +4,10 @@ Pure: no PuLP, no Redis, no clock. ``solver.py`` turns a ``Problem`` into a MILP
 fallback; both return a ``Decision``. Every power figure here is modelled from the profile.
 
 An *item* is one way to run one instance of a pool: (TP, SM clock, rated load). The rated loads are
-the profile's measured loads up to the SLO-feasible capacity (``Profile.max_load``) plus that capacity
-itself; an item's power is the highest modelled power at any load up to its rating, so a plan's
-modelled power is an upper bound of what the profile predicts for the loads it actually assigns.
+the profile's measured loads up to the SLO-feasible capacity (``Profile.max_load``) times
+``SolverSettings.headroom``, plus that rating itself; an item's power is the highest modelled power at
+any load up to its rating, so a plan's modelled power is an upper bound of what the profile predicts
+for the loads it actually assigns.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from dataclasses import dataclass, field
 
 from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets, spill_chain
 from wattgate.profiles.table import Profile
+
+# share of an instance's SLO capacity the plan loads it to by default: chosen by `wattgate simulate` on
+# the Azure conversation and coding hours (README, "Trace replay"): 1.0 ran pools right at their P99 limit
+DEFAULT_HEADROOM = 0.8
 
 
 class PlannerError(Exception):
@@ -43,6 +48,9 @@ class SolverSettings:
     slo: SloTargets = field(default_factory=SloTargets)
     clocks: tuple[int, ...] | None = None  # restrict the SM clocks considered (None: all measured)
     prune: bool = True
+    # share of an instance's SLO-feasible capacity (the profile's P99-at-steady-load limit) the plan may
+    # load it to: the rest is headroom for bursts inside a minute and misclassified requests
+    headroom: float = DEFAULT_HEADROOM
 
     def __post_init__(self) -> None:
         if self.gpus_per_node < 1:
@@ -54,6 +62,8 @@ class SolverSettings:
             raise PlannerError("gap_rel must be in [0, 1) and spill_hops >= 0")
         if min(costs) < 0 or self.spill_cost_w_per_rps < 0:
             raise PlannerError("reconfiguration and spill costs must be >= 0")
+        if not 0 < self.headroom <= 1:
+            raise PlannerError("headroom (the usable share of an instance's SLO capacity) must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -218,28 +228,32 @@ def build_items(
                 continue
             for clock in clocks:
                 if settings.clocks is None or clock in settings.clocks:
-                    pool_items.extend(_config_items(profile, settings.slo, rtype, tp, clock))
+                    pool_items.extend(_config_items(profile, settings, rtype, tp, clock))
         items.extend(_prune(pool_items, keep_set) if settings.prune else pool_items)
     return tuple(items)
 
 
-# Items per profile and (type, TP, clock, TTFT and TBT targets): a profile never changes once loaded, and the
-# planner loop re-plans with the same one every period (profile lookups are most of make_problem's time).
-_ITEMS: weakref.WeakKeyDictionary[Profile, dict[tuple[RequestType, int, int, float, float], tuple[Item, ...]]] = (
-    weakref.WeakKeyDictionary()
-)
+# Items per profile and (type, TP, clock, TTFT and TBT targets, headroom): a profile never changes once
+# loaded, and the planner loop re-plans with the same one every period (profile lookups are most of
+# make_problem's time).
+_ITEMS: weakref.WeakKeyDictionary[
+    Profile, dict[tuple[RequestType, int, int, float, float, float], tuple[Item, ...]]
+] = weakref.WeakKeyDictionary()
 
 
-def _config_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> tuple[Item, ...]:
-    key = (rtype, tp, clock, slo.ttft_for(rtype), slo.tbt_p99_s)
+def _config_items(
+    profile: Profile, settings: SolverSettings, rtype: RequestType, tp: int, clock: int
+) -> tuple[Item, ...]:
+    slo = settings.slo
+    key = (rtype, tp, clock, slo.ttft_for(rtype), slo.tbt_p99_s, settings.headroom)
     cached = _ITEMS.setdefault(profile, {})
     if key not in cached:
-        cached[key] = tuple(_rated_items(profile, slo, rtype, tp, clock))
+        cached[key] = tuple(_rated_items(profile, settings, rtype, tp, clock))
     return cached[key]
 
 
-def _rated_items(profile: Profile, slo: SloTargets, rtype: RequestType, tp: int, clock: int) -> list[Item]:
-    cap = profile.max_load(tp, clock, rtype, slo)
+def _rated_items(profile: Profile, settings: SolverSettings, rtype: RequestType, tp: int, clock: int) -> list[Item]:
+    cap = profile.max_load(tp, clock, rtype, settings.slo) * settings.headroom
     if cap <= 0:
         return []
     levels = sorted({x for x in profile.loads(tp, clock, rtype) if x <= cap} | {cap})

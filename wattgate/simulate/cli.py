@@ -28,10 +28,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--confusion", default="measured", help="'measured' (default), 'perfect', or a 3x3 JSON matrix/file")
     p.add_argument(
         "--routing",
-        choices=("gateway", "planned"),
+        choices=("gateway", "spill"),
         default="gateway",
-        help="gateway: the live gateway's routing (a pool's own instances, spill only when it has none); "
-        "planned: also split each type's load across pools as the planner's MILP planned",
+        help="gateway: the live gateway's routing (each type to the pool the plan sends it to, then its spill "
+        "chain when that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
+    )
+    p.add_argument(
+        "--headroom",
+        type=float,
+        default=None,
+        help="share of an instance's SLO-feasible capacity the planner (wattgate, oracle) and the clock policy "
+        "may load it to (default 0.8, as `wattgate planner`)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -51,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from wattgate.planner.model import DEFAULT_HEADROOM
     from wattgate.profiles.builtin import resolve_profile
     from wattgate.profiles.classes import ProfilesError
     from wattgate.simulate.confusion import Confusion
@@ -73,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
             if v < 0:
                 raise SimulateError(f"{name} must be >= 0")
         settings = SimSettings(
+            headroom=args.headroom if args.headroom is not None else DEFAULT_HEADROOM,
             gpus=args.gpus,
             epoch_s=args.epoch_s,
             seed=args.seed,
             confusion=Confusion.parse(args.confusion),
-            planned_routing=args.routing == "planned",
+            plan_routing=args.routing == "gateway",
         )
         profile = resolve_profile(args.profile)
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         "days": args.days,
         "confusion": args.confusion,
         "routing": args.routing,
+        "headroom": settings.headroom,
     }
     doc = document(results, settings.slo, prices, meta)
     print(json.dumps(doc, indent=2) if args.json else table(doc))

@@ -1,6 +1,7 @@
 """The replay engine: one-second steps over a simulated cluster of GPUs (8 per node).
 
-Requests are routed by the gateway's own ``routing.choose`` (least outstanding tokens, spill chain);
+Requests are routed by the gateway's own ``routing.choose`` (least outstanding tokens; each type to the
+pool the current plan's flows send it to, as the live gateway reads ``Plan.serves``, then the spill chain);
 each one's TTFT and TBT are the profile's P99 at its instance's load and clock (so P50 figures are
 pessimistic), plus a queueing delay when the instance is pushed past the highest load the profile
 measured (a fluid queue). Instance power is the profile's at its load and clock, integrated every
@@ -12,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from wattgate.gateway.routing import Instance, InstanceSpec, choose
+from wattgate.gateway.routing import Instance, InstanceSpec, Routes, choose, plan_routes, plan_weights
 from wattgate.planner.contract import PlannedInstance
+from wattgate.planner.explain import serves_of
 from wattgate.planner.model import Group, Inventory
 from wattgate.planner.placement import place
-from wattgate.profiles.classes import REQUEST_TYPES, RequestType
+from wattgate.profiles.classes import REQUEST_TYPES
 from wattgate.simulate.model import TYPE_INDEX, Costs, Model
 
 WINDOW_S = 60  # an instance's load: its arrival rate over the last minute (the profile measured steady loads)
@@ -143,21 +144,21 @@ class Cluster:
     """A simulated cluster replaying one policy."""
 
     def __init__(  # noqa: PLR0917
-        self, model: Model, gpus: int, costs: Costs, clock_loop: bool, result: Result, planned_routing: bool
+        self, model: Model, gpus: int, costs: Costs, clock_loop: bool, result: Result, plan_routing: bool
     ) -> None:
         self.m, self.costs, self.clock_loop, self.r = model, costs, clock_loop, result
         self.inventory = Inventory.uniform(gpus)
         self.instances: list[SimInstance] = []
         self.done: list[tuple[float, int, SimInstance]] = []  # completion heap: (finish, seq, instance)
         self.seq = 0
-        self.planned_routing = planned_routing
-        self.flows: Flows = {}
-        self.rng = random.Random(0)
+        self.plan_routing = plan_routing  # False: the spill chain alone (the gateway before it read plans)
+        self.routes: Routes = {}
         self._extra_j = 0.0  # one-off energies (clock changes) to add to the current second
 
     # -- plans --------------------------------------------------------------------------------
     def apply(self, plan: tuple[tuple[Group, ...], Flows], now: float, first: bool) -> None:
-        groups, self.flows = plan
+        groups, flows = plan
+        self.routes = plan_routes(serves_of(flows)) if self.plan_routing else {}
         live = [i for i in self.instances if i.retire_at == math.inf]
         running = [i.planned() for i in live]
         placement = place(groups, self.inventory, running)
@@ -166,15 +167,22 @@ class Cluster:
         by_id = {i.id: i for i in live}
         keep: set[str] = set()
         new: list[SimInstance] = []
+        planned: list[tuple[SimInstance, PlannedInstance]] = []
         for p in placement.instances:
             if p.id in by_id:
                 inst = by_id[p.id]
                 keep.add(p.id)
-                if inst.clock != p.sm_clock_mhz:
+                if not self.clock_loop:  # with the clock loop on, the agent leaves running clocks to it
                     self._set_clock(inst, p.sm_clock_mhz)
+                planned.append((inst, p))
                 continue
             iid = f"{p.node}|{','.join(map(str, p.gpus))}|{p.pool}-tp{p.tp}-{now:.0f}"
             new.append(self._start(p, iid, now, first, live))
+            planned.append((new[-1], p))
+        if self.plan_routing:  # the gateway weighs each instance by its planned share of its pool's load
+            weights = plan_weights((inst.id, p.pool, p.load_rps) for inst, p in planned)
+            for inst, _ in planned:
+                inst.route.weight = weights[inst.id]
         drain_until = max((i.ready_at for i in new), default=now)
         for inst in live:
             if inst.id not in keep:
@@ -212,10 +220,8 @@ class Cluster:
         now = a.arrival_s
         self._complete(now)
         rtype = REQUEST_TYPES[a.pred_type]
-        if self.planned_routing:
-            rtype = self._planned_pool(rtype)
         routable = [i.route for i in self.instances if i.ready_at <= now and i.retire_at > now]
-        picked = choose(routable, MODEL, rtype, now)
+        picked = choose(routable, MODEL, rtype, now, routes=self.routes)
         if picked is not None:
             inst = next(i for i in self.instances if i.route is picked[0])
         else:
@@ -223,20 +229,6 @@ class Cluster:
             alive = [i for i in self.instances if i.retire_at > now] or self.instances
             inst = min(alive, key=lambda i: (max(i.ready_at, now), i.route.in_flight))
         self._serve(inst, a, now)
-
-    def _planned_pool(self, rtype: RequestType) -> RequestType:
-        """Honour the plan's split of this type's load across its spill chain (a routing the live
-        gateway does not do: it spills only when a pool has no instance)."""
-        split = self.flows.get(rtype.name)
-        total = sum(split.values()) if split else 0.0
-        if not split or total <= 0:
-            return rtype
-        x, acc = self.rng.random() * total, 0.0
-        for pool, rps in sorted(split.items()):
-            acc += rps
-            if x < acc:
-                return RequestType.parse(pool)
-        return rtype
 
     def _serve(self, inst: SimInstance, a: Arrival, now: float) -> None:
         m = self.m
@@ -319,13 +311,13 @@ def replay(
     clock_loop: bool,
     epoch_s: float | None,
     plan: PlanFn,
-    planned_routing: bool = False,
+    plan_routing: bool = True,
 ) -> Result:
     """Replay ``arrivals`` (sorted) under one policy; ``plan(now, running)`` is called every epoch."""
     started = time.perf_counter()
     duration = math.ceil(arrivals[-1].arrival_s) + 1 if arrivals else 1
     r = Result(name, duration)
-    cluster = Cluster(model, gpus, costs, clock_loop, r, planned_routing)
+    cluster = Cluster(model, gpus, costs, clock_loop, r, plan_routing)
     cluster.apply(plan(0.0, []), 0.0, first=True)
     k, n = 0, len(arrivals)
     next_plan = epoch_s if epoch_s else math.inf

@@ -28,9 +28,10 @@ class Costs:
 class Model:
     """Caching facade over a Profile: the replay asks the same questions millions of times."""
 
-    def __init__(self, profile: Profile, slo: SloTargets) -> None:
+    def __init__(self, profile: Profile, slo: SloTargets, headroom: float = 1.0) -> None:
         self.profile = profile
         self.slo = slo
+        self.headroom = headroom  # the planner's: the clock policy keeps the same share of capacity free
         self._points: dict[tuple[int, int, int, int], ProfilePoint] = {}
         self._measured: dict[tuple[int, int, int], float] = {}
         self._caps: dict[tuple[int, int, int], float] = {}
@@ -89,7 +90,7 @@ class Model:
         c = self._clocks.get(key)
         if c is None:
             supported = self.profile.clocks(tp, pool)
-            x = ClockInput(pool.name, tp, q * 0.05, 1 if busy else 0)
+            x = ClockInput(pool.name, tp, q * 0.05, 1 if busy else 0, headroom=self.headroom)
             c = choose_clock(self.profile, self.slo, supported, x).sm_clock_mhz
             self._clocks[key] = c
         return c

@@ -100,8 +100,9 @@ def _peak(spec: PolicySpec, env: PlanEnv, series: Sequence[float], now_s: float)
     future = series[now_min : now_min + horizon]
     if spec.oracle:  # the true peak of the next epoch, no headroom: the floor
         return max(future, default=0.0) / 60.0
-    if now_min < env.forecast.window_min:  # no history yet: as if the planner had run before the trace
-        return max(future, default=0.0) / 60.0 * margin
+    if now_min < env.forecast.window_min:  # no history yet: as if the planner had run before the trace,
+        # on a load like its first window (the forecast's recent peak, not the next epoch's true peak)
+        return max(series[: max(env.forecast.window_min, now_min + horizon)], default=0.0) / 60.0 * margin
     return forecast_peak(series[:now_min], horizon, env.forecast)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from wattgate.planner.forecast import ForecastSettings
-from wattgate.planner.model import SolverSettings
+from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, RequestType, SloTargets
 from wattgate.profiles.table import Profile
 from wattgate.simulate.confusion import Confusion, Sampler
@@ -27,11 +27,14 @@ class SimSettings:
     slo: SloTargets = field(default_factory=SloTargets)
     edges: ClassEdges = field(default_factory=ClassEdges)
     solver_time_limit_s: float = 1.0
-    planned_routing: bool = False  # route by the plan's flows instead of the gateway's spill-when-empty
+    headroom: float = DEFAULT_HEADROOM  # share of an instance's SLO capacity the planner and clock policy may use
+    plan_routing: bool = True  # the gateway routes by the plan (Plan.serves); False: by the spill chain alone
 
     def __post_init__(self) -> None:
         if self.gpus < 8 or not self.epoch_s >= 60:
             raise SimulateError("--gpus must be >= 8 and --epoch-s >= 60")
+        if not 0 < self.headroom <= 1:
+            raise SimulateError("--headroom must be in (0, 1]")
 
 
 def classify(requests: Sequence[Request], s: SimSettings) -> list[Arrival]:
@@ -66,10 +69,10 @@ def simulate(
         raise SimulateError(f"unknown policy {', '.join(unknown)}; known: {', '.join(POLICIES)}")
     if not requests:
         raise SimulateError("the workload has no requests")
-    model = Model(profile, s.slo)
+    model = Model(profile, s.slo, s.headroom)
     arrivals = classify(requests, s)
     work = per_minute(arrivals)
-    solver = SolverSettings(slo=s.slo, time_limit_s=s.solver_time_limit_s, period_s=s.epoch_s)
+    solver = SolverSettings(slo=s.slo, time_limit_s=s.solver_time_limit_s, period_s=s.epoch_s, headroom=s.headroom)
     env = PlanEnv(model, s.gpus, s.epoch_s, ForecastSettings(), solver)
     results = []
     for name in policies:
@@ -89,7 +92,7 @@ def simulate(
                 clock_loop=spec.clock_loop,
                 epoch_s=epoch,
                 plan=plan,
-                planned_routing=s.planned_routing,
+                plan_routing=s.plan_routing,
             )
         )
     return results
