@@ -83,15 +83,16 @@ def test_cover_plan_is_valid_and_near_the_optimum(demand: dict[str, float], node
 @pytest.mark.skipif(not available(), reason="needs the shipped profile or /work/shared/data/profiles")
 def test_cover_prices_gpus_until_the_plan_fits_a_binding_budget() -> None:
     demand = {p: v * 2 for p, v in AZURE_MIX.items()}  # ~0.5 req/s per GPU on 64 GPUs
-    roomy = make_problem(realistic_profile(), demand, Inventory.uniform(1024), SolverSettings())
+    full = SolverSettings(headroom=1.0)  # instances rated at their whole SLO capacity: the budget binds
+    roomy = make_problem(realistic_profile(), demand, Inventory.uniform(1024), full)
     free_plan = cover_counts(roomy)
     assert free_plan is not None
     assert sum(it.tp * c for it, c in zip(roomy.items, free_plan[0], strict=True)) > 64  # power-cheapest: too big
-    tight = make_problem(realistic_profile(), demand, Inventory.uniform(64), SolverSettings())
+    tight = make_problem(realistic_profile(), demand, Inventory.uniform(64), full)
     plan = cover_counts(tight)
     assert plan is not None and not plan[2]
     _check_plan(tight, plan)
-    overloaded = make_problem(realistic_profile(), {p: v * 4 for p, v in demand.items()}, Inventory.uniform(64))
+    overloaded = make_problem(realistic_profile(), {p: v * 4 for p, v in demand.items()}, Inventory.uniform(64), full)
     assert cover_counts(overloaded) is None  # nothing serving all of it fits: the greedy plan starts the MILP
 
 
@@ -124,7 +125,9 @@ def test_reconfiguration_w_prices_as_the_milp_does() -> None:
         power = sum(it.power_w * m for it, m in zip(problem.items, counts, strict=True))
         spill_and_unserved = pulp.value(prob.objective) - power - _reconfiguration(problem, new)
         flows_cost = _best_flows_cost(problem.demand_rps, problem, counts)
-        assert spill_and_unserved == pytest.approx(flows_cost, abs=1e-4), new
+        assert spill_and_unserved == pytest.approx(flows_cost, abs=1e-2), (
+            new
+        )  # CBC tolerance x 1e6 W per unserved req/s
 
 
 def _reconfiguration(problem: Problem, new: dict[Config, int]) -> float:
