@@ -105,7 +105,8 @@ def test_milp_finds_the_brute_force_optimum(demand: dict[str, float], nodes: tup
 
 def test_pruning_keeps_the_optimum() -> None:
     inv = Inventory.uniform(8)
-    full = make_problem(toy_profile(), {"SS": 3.3, "SM": 1.7}, inv, SolverSettings(gap_rel=0.0, prune=False))
+    unpruned = SolverSettings(gap_rel=0.0, time_limit_s=30.0, prune=False)
+    full = make_problem(toy_profile(), {"SS": 3.3, "SM": 1.7}, inv, unpruned)
     pruned = make_problem(toy_profile(), {"SS": 3.3, "SM": 1.7}, inv, EXACT)
     assert len(pruned.items) < len(full.items)
     assert _objective(pruned, solve_milp(pruned)) == pytest.approx(_objective(full, solve_milp(full)), rel=1e-6)
@@ -201,7 +202,7 @@ def test_reconfiguration_cost_keeps_a_plan_that_still_fits() -> None:
 def test_a_large_saving_is_worth_a_reconfiguration() -> None:
     inv = Inventory.uniform(16)
     wasteful = {("SS", 4, 2000): 3}  # running now: 3 x TP4 at the high clock
-    cheap = SolverSettings(period_s=1800.0)
+    cheap = SolverSettings(period_s=1800.0, time_limit_s=30.0)  # a wall-clock limit must not decide it under load
     d = solve(make_problem(toy_profile(), {"SS": 5.0}, inv, cheap, current=wasteful))
     assert ("SS", 4, 2000) not in d.counts()
     costly = SolverSettings(

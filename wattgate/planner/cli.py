@@ -61,33 +61,15 @@ def _profile_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_profile_arg(spec: str | None) -> Profile:
-    """The profile named or at ``spec``; the built-in one when the profiles package ships it.
-
-    ``wattgate.profiles.builtin`` (``resolve_profile``, ``load_builtin``) is looked up at run time, so
-    this works with and without it; without it ``spec`` must be a path to a profile file.
-    """
-    import importlib
-
+    """The profile named or at ``spec``; the shipped default without one."""
     from wattgate.planner.model import PlannerError
+    from wattgate.profiles.builtin import profile_or_default
     from wattgate.profiles.classes import ProfilesError
-    from wattgate.profiles.table import Profile, load_profile
 
     try:
-        builtin = importlib.import_module("wattgate.profiles.builtin")
-    except ImportError:
-        builtin = None
-    try:
-        if builtin is not None:
-            loaded = builtin.resolve_profile(spec) if spec else builtin.load_builtin()
-        elif spec:
-            loaded = load_profile(spec)
-        else:
-            raise PlannerError("--profile PATH is required (no built-in profile in this installation)")
+        return profile_or_default(spec)
     except ProfilesError as exc:
         raise PlannerError(str(exc)) from exc
-    if not isinstance(loaded, Profile):
-        raise PlannerError(f"profile {spec!r} did not load as a profile")
-    return loaded
 
 
 def parse_loads(text: str) -> dict[str, float]:
