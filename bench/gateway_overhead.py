@@ -181,7 +181,7 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
         f"{os.cpu_count()} CPUs (measured)"
     )
     print(
-        f"{'leg':<10}{'mode':<8}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
+        f"{'leg':<13}{'mode':<8}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
         f"{'sat req/s':>11}{'CPU ms/req':>12}{'errors':>8}"
     )
     summary: dict[str, Any] = {
@@ -200,7 +200,7 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
                 r["sat_ratio_vs_direct"] = r["sat_rps"] / base[mode]["sat_rps"]
             cpu = "-" if r["cpu_ms_per_req"] is None else f"{r['cpu_ms_per_req']:.2f}"
             print(
-                f"{name:<10}{mode:<8}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r.get('added_p50_ms', 0):>9.2f}"
+                f"{name:<13}{mode:<8}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r.get('added_p50_ms', 0):>9.2f}"
                 f"{r.get('added_p99_ms', 0):>9.2f}{r['sat_rps']:>11.0f}{cpu:>12}{r['errors']:>8}"
             )
     print(json.dumps(summary, separators=(",", ":")))

@@ -92,7 +92,23 @@ def litellm_executable() -> Path:
             f"LiteLLM proxy not installed ({where} is missing): run scripts/install_litellm_proxy "
             "(makes .cache/litellm-proxy/venv with litellm[proxy]==1.104.0 from bench/litellm-proxy.lock)"
         )
+    interpreter = _shebang(path)
+    if interpreter is not None and not interpreter.exists():  # a venv whose Python was removed or moved
+        raise LiteLLMProxyUnavailable(
+            f"LiteLLM proxy environment broken ({path} runs {interpreter}, which is missing): "
+            "rerun scripts/install_litellm_proxy"
+        )
     return path
+
+
+def _shebang(script: Path) -> Path | None:
+    """The interpreter named on a script's ``#!`` line (None for a binary or a line without a path)."""
+    with script.open("rb") as f:
+        first = f.readline(512)
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    return Path(words[0]) if words and words[0].startswith("/") else None
 
 
 def proxy_config(backend_url: str, model: str) -> str:

@@ -53,12 +53,12 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on port {port} after {timeout_s} s")
 
 
-def wait_for(cond: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
+def wait_for(cond: Callable[[], Any], what: str = "the condition", timeout_s: float = 30.0) -> Any:
     """Poll ``cond`` until it returns something truthy and return that; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

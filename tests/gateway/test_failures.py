@@ -10,6 +10,7 @@ import httpx
 import openai
 
 from tests.gateway.conftest import Servers
+from tests.support import wait_for
 from wattgate.embedded_redis import free_port
 from wattgate.gateway.settings import BackendSpec
 
@@ -19,14 +20,6 @@ BODY = {"model": "fake-model", "messages": MSG, "max_tokens": 200}  # max_tokens
 
 def spec(url: str, id_: str, pool: str | None = None, conc: int = 256) -> BackendSpec:
     return BackendSpec(url=url, id=id_, models=("fake-model",), pool=pool, max_concurrency=conc)
-
-
-def wait_for(cond: object, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_5xx_before_first_byte_is_retried_once_on_another_instance(servers: Servers) -> None:

@@ -11,6 +11,7 @@ import httpx
 import redis
 
 from tests.gateway.conftest import Servers
+from tests.support import wait_for
 from wattgate.gateway.routing import MIN_WEIGHT, Instance, InstanceSpec, choose, plan_routes, plan_weights
 from wattgate.gateway.store import publish_instance
 from wattgate.planner.contract import InstanceRecord, Keys, Plan, PlannedInstance, load_field
@@ -19,14 +20,6 @@ from wattgate.profiles.classes import RequestType
 
 MSG = [{"role": "user", "content": "hi"}]
 SM_BODY = {"model": "fake-model", "messages": MSG, "max_tokens": 200}  # max_tokens 200: an SM request
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def plan_serving(serves: dict[str, list[str]]) -> Callable[[int], Plan]:

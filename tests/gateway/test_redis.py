@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import httpx
 import redis
 
 from tests.gateway.conftest import Servers
+from tests.support import wait_for
 from wattgate.embedded_redis import EmbeddedRedis, free_port
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.gateway.settings import GatewaySettings
@@ -20,14 +20,6 @@ from wattgate.planner.contract import InstanceRecord, Keys, Observation
 
 MSG = [{"role": "user", "content": "secret prompt text"}]
 BODY = {"model": "fake-model", "messages": MSG, "max_tokens": 200}  # max_tokens 200: output S or M -> pool SM
-
-
-def wait_for(cond: Callable[[], bool], timeout_s: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def record(url: str, id_: str = "i1", state: str = "ready", pool: str = "SM") -> InstanceRecord:

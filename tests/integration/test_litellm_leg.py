@@ -55,6 +55,18 @@ def test_missing_proxy_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
         pass
 
 
+def test_environment_whose_python_is_gone_counts_as_not_installed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    script = tmp_path / "litellm"
+    script.write_text(f"#!{tmp_path / 'gone' / 'python'}\nprint('unreachable')\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("WATTGATE_LITELLM_BIN", str(script))
+    assert not litellm_installed()
+    with pytest.raises(LiteLLMProxyUnavailable, match="broken"), litellm_proxy("http://127.0.0.1:9", MODEL):
+        pass
+
+
 def test_config_routes_the_model_to_the_backend_v1_api() -> None:
     config = json.loads(proxy_config("http://127.0.0.1:8000", MODEL))
     (entry,) = config["model_list"]

@@ -90,13 +90,7 @@ class AgentStore:
             raw = self._r.hgetall(self.keys.instances)
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
-        out = []
-        for key, value in raw.items():
-            try:
-                out.append(InstanceRecord.from_json(value))
-            except ContractError as exc:
-                log.warning("ignoring instance record %r: %s", key, exc)
-        return out
+        return InstanceRecord.registry(raw, lambda key, exc: log.warning("ignoring instance record %r: %s", key, exc))
 
     def ready_count(self, pool: str) -> int:
         return sum(1 for r in self.instances() if r.pool == pool and r.state == InstanceState.READY)

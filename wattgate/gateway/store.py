@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -32,6 +33,7 @@ from wattgate.planner.contract import (
 )
 
 log = logging.getLogger("wattgate.gateway.store")
+T = TypeVar("T")
 
 _FLUSH_BATCH = 2000
 _MAX_LOAD_SLOTS = 20_000  # (second, pool) cells kept while Redis is away (about 40 min of 9 pools)
@@ -123,37 +125,17 @@ class RedisStore:
     # -- instance registry ---------------------------------------------------------------------
     async def load_instances(self) -> list[InstanceRecord]:
         raw = await self.client.hgetall(self.keys.instances)
-        records = []
-        for key, value in raw.items():
-            try:
-                records.append(InstanceRecord.from_json(value))
-            except ContractError as exc:
-                log.warning("ignoring instance record %s: %s", key, exc)
-        return records
+        return InstanceRecord.registry(raw, lambda key, exc: log.warning("ignoring instance record %s: %s", key, exc))
 
     async def watch_instances(self, apply: Callable[[list[InstanceRecord]], None], refresh_s: float) -> None:
         """Apply the registry now, on every instance event, and every ``refresh_s`` (missed events)."""
-        backoff = 0.2
-        while True:
-            pubsub = self.client.pubsub()
-            try:
-                await pubsub.subscribe(self.keys.instance_events)
-                apply(await self.load_instances())
-                self.metrics.registry_stale.set(0)
-                self._ok()
-                backoff = 0.2
-                while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=refresh_s)
-                    if msg is not None:
-                        await _drain(pubsub)
-                    apply(await self.load_instances())
-            except (TimeoutError, RedisError, OSError) as exc:
-                self.metrics.registry_stale.set(1)
-                self._failed("registry", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                await _close_quietly(pubsub.aclose)
+
+        def stale(flag: int) -> None:
+            self.metrics.registry_stale.set(flag)
+
+        await self._watch(
+            self.keys.instance_events, self.load_instances, apply, refresh_s, what="registry", stale=stale
+        )
 
     # -- the planner's plan ---------------------------------------------------------------------
     async def load_plan(self) -> Plan | None:
@@ -170,20 +152,37 @@ class RedisStore:
     async def watch_plan(self, apply: Callable[[Plan | None], None], refresh_s: float) -> None:
         """Apply the current plan now, on every plan event, and every ``refresh_s`` (missed events).
         While Redis is away the last plan stays in force."""
+        await self._watch(self.keys.plan_events, self.load_plan, apply, refresh_s, what="plan", stale=lambda _: None)
+
+    async def _watch(
+        self,
+        channel: str,
+        load: Callable[[], Awaitable[T]],
+        apply: Callable[[T], None],
+        refresh_s: float,
+        *,
+        what: str,
+        stale: Callable[[int], None],
+    ) -> None:
+        """Subscribe to ``channel``; apply ``load()`` now, after every burst of events and every ``refresh_s``;
+        on a Redis error mark it ``stale(1)`` and reconnect with backoff."""
         backoff = 0.2
         while True:
             pubsub = self.client.pubsub()
             try:
-                await pubsub.subscribe(self.keys.plan_events)
-                apply(await self.load_plan())
+                await pubsub.subscribe(channel)
+                apply(await load())
+                stale(0)
+                self._ok()
                 backoff = 0.2
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=refresh_s)
                     if msg is not None:
                         await _drain(pubsub)
-                    apply(await self.load_plan())
+                    apply(await load())
             except (TimeoutError, RedisError, OSError) as exc:
-                self._failed("plan", exc)
+                stale(1)
+                self._failed(what, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -225,6 +226,18 @@ class InstanceRecord(_Message):
         if rec.state not in {s.value for s in InstanceState}:
             raise ContractError(f"instance {rec.id}: unknown state {rec.state!r}")
         return rec
+
+    @classmethod
+    def registry(cls, raw: dict[Any, Any], skip: Callable[[Any, ContractError], None]) -> list[InstanceRecord]:
+        """The records of a registry hash (``HGETALL`` of ``Keys.instances``); ``skip(key, error)`` is told of each
+        field that is not a valid record, which is left out."""
+        out = []
+        for key, value in raw.items():
+            try:
+                out.append(cls.from_json(value))
+            except ContractError as exc:
+                skip(key, exc)
+        return out
 
 
 @dataclass(frozen=True)
