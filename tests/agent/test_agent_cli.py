@@ -14,12 +14,12 @@ import redis
 
 from tests.agent.agent_support import STANDIN, fake_nvml_fixture  # noqa: F401 (the fake_nvml_dir fixture)
 from tests.agent.nvml_support import locked_clocks, nvml_env, write_state
-from tests.support import wait_port
+from tests.support import wait_for, wait_port
 from wattgate import cli
 from wattgate.agent.errors import SettingsError
 from wattgate.agent.settings import parse_external
 from wattgate.embedded_redis import free_port
-from wattgate.planner.contract import InstanceRecord, Keys
+from wattgate.planner.contract import Heartbeat, InstanceRecord, Keys
 
 
 @pytest.mark.parametrize(
@@ -71,6 +71,8 @@ def test_external_engine_is_registered_never_stopped(fake_nvml_dir: Path, tmp_pa
             time.sleep(0.05)
         rec = InstanceRecord.from_json(raw)
         assert rec.base_url == f"http://127.0.0.1:{port}" and rec.engine == "external" and rec.gpus == [1]
+        beat = wait_for(lambda: r.get(Keys().heartbeat("n1")), "the agent's heartbeat")
+        assert not Heartbeat.from_json(beat).managed  # the planner must not plan onto this node's GPUs
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=30) == 0
         assert server.poll() is None  # never stopped

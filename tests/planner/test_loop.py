@@ -78,6 +78,20 @@ def test_leader_publishes_a_plan_that_covers_the_forecast(redis_url: str) -> Non
     assert {i.id for i in again.instances} == {i.id for i in plan.instances}  # same load: nothing moves
 
 
+def test_nodes_of_external_instances_only_are_not_planned_onto(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 180.0}, nodes={"gpu-a": 8})
+    r = redis.Redis.from_url(redis_url)
+    r.sadd(Keys().nodes, "ext")
+    r.set(Keys().heartbeat("ext"), Heartbeat("ext", NOW, None, 8, False, managed=False).to_json())
+    r.close()
+    loop = _loop(redis_url, Clock(), "a")
+    assert [n.name for n in loop.inventory().nodes] == ["gpu-a"]
+    assert loop.tick() == "published"
+    plan = PlannerStore(redis_url).current_plan()
+    assert plan is not None and plan.instances
+    assert {i.node for i in plan.instances} == {"gpu-a"}
+
+
 def test_a_second_planner_takes_over_when_the_lease_lapses(redis_url: str) -> None:
     _seed(redis_url, {"SS": 120.0})
     clock = Clock()

@@ -125,7 +125,7 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
         actuator=act,
         clocks=clocks,
         store=store,
-        telemetry=Telemetry(s.node, gpus, clocks, act),
+        telemetry=Telemetry(s.node, gpus, clocks, act, managed=not s.externals),
         clock_loop=loop,
         externals=external_plan(s, gpus),
         clock_interval_s=s.clock_interval_s,

@@ -18,8 +18,11 @@ log = logging.getLogger(__name__)
 
 
 class Telemetry:
-    def __init__(self, node: str, gpus: Sequence[Gpu], clocks: ClockController, actuator: Actuator) -> None:
+    def __init__(
+        self, node: str, gpus: Sequence[Gpu], clocks: ClockController, actuator: Actuator, *, managed: bool = True
+    ) -> None:
         self.node = node
+        self.managed = managed
         self._gpus = list(gpus)
         self._clocks = clocks
         self._act = actuator
@@ -60,4 +63,5 @@ class Telemetry:
             gpu_count=len(self._gpus),
             clock_control=self._clocks.clock_control,
             notes=[*self._clocks.notes, *notes],
+            managed=self.managed,
         )

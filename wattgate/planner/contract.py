@@ -329,6 +329,9 @@ class Heartbeat(_Message):
     gpu_count: int
     clock_control: bool  # False: observe-only (no privilege to lock clocks)
     notes: list[str] = field(default_factory=list)
+    # False: the node runs external (unmanaged) instances only and its agent does not carry out plans,
+    # so the planner must not plan instances onto its GPUs
+    managed: bool = True
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Heartbeat:

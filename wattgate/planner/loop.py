@@ -150,8 +150,8 @@ class PlannerLoop:
     def inventory(self) -> Inventory:
         if self.settings.static_nodes is not None:
             return Inventory(self.settings.static_nodes)
-        beats = self.store.heartbeats()
-        return Inventory(tuple(Node(b.node, b.gpu_count) for b in sorted(beats, key=lambda b: b.node)))
+        beats = sorted((b for b in self.store.heartbeats() if b.managed), key=lambda b: b.node)
+        return Inventory(tuple(Node(b.node, b.gpu_count) for b in beats))
 
     def _plan(self, now: float, period_s: float) -> Plan | None:
         s = self.settings
