@@ -142,8 +142,10 @@ async def one(client: httpx.AsyncClient, model: str, req: Scheduled, text: str) 
     started = time.monotonic()
     error = ""
     for attempt in range(1, ATTEMPTS + 1):
+        responded = False
         try:
             async with client.stream("POST", "/v1/chat/completions", content=raw, headers=headers) as resp:
+                responded = True
                 if resp.status_code != 200:
                     detail = (await resp.aread())[:160].decode(errors="replace")
                     error = f"HTTP {resp.status_code}: {detail}"
@@ -154,7 +156,9 @@ async def one(client: httpx.AsyncClient, model: str, req: Scheduled, text: str) 
                 return await _read_stream(resp, req, started, attempt)
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
-            if attempt < ATTEMPTS and isinstance(exc, httpx.ConnectError):
+            # no response yet (e.g. a keep-alive connection the server closed as it was reused): send again,
+            # as the openai client does; a stream broken after its headers is a failure
+            if attempt < ATTEMPTS and not responded and isinstance(exc, httpx.TransportError):
                 await asyncio.sleep(0.5 * 2 ** (attempt - 1))
                 continue
             break
@@ -193,7 +197,8 @@ async def _read_stream(resp: httpx.Response, req: Scheduled, started: float, att
 
 def http_client(base_url: str) -> httpx.AsyncClient:
     timeout = httpx.Timeout(connect=5.0, read=120.0, write=30.0, pool=30.0)
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+    # idle connections are dropped before the gateway's (uvicorn's) 5 s keep-alive closes them under a request
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200, keepalive_expiry=4.0)
     return httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, trust_env=False)
 
 
