@@ -102,6 +102,14 @@ def test_idle_clock_lets_a_lone_request_of_every_served_type_meet_its_target() -
     assert prof.lookup(2, raised.sm_clock_mhz, RequestType.parse("SS"), 0.0).ttft_p99_s <= 0.15
 
 
+def test_requests_in_flight_before_the_load_windows_count_them_get_a_clock_their_types_meet() -> None:
+    prof, ss = spilled_profile(), RequestType.parse("SS")
+    strict = SloTargets(ttft_p99_s={**SloTargets().ttft_p99_s, LengthClass.S: 0.15})
+    d = choose_clock(prof, strict, SUPPORTED, ClockInput("MS", 2, 0.0, 2, serves=("SS",)))
+    assert d.reason is ClockReason.LOWEST_ENERGY and d.sm_clock_mhz > 810
+    assert prof.lookup(2, d.sm_clock_mhz, ss, 0.0).ttft_p99_s <= 0.15
+
+
 def test_an_unmeasured_spilled_type_is_left_out() -> None:
     d = choose_clock(profile(), SloTargets(), SUPPORTED, ClockInput("SS", 2, 1.0, 1, serves=("LL", "XX")))
     assert d.sm_clock_mhz == 810 and d.reason is ClockReason.LOWEST_ENERGY

@@ -69,7 +69,10 @@ def choose_clock(profile: Profile, slo: SloTargets, supported_mhz: Sequence[int]
         return ClockDecision(top, ClockReason.IDLE, _power(profile, x.tp, top, types, 0.0))
     best: tuple[float, int] | None = None
     for clock in candidates:
-        if any(x.load_rps > profile.max_load(x.tp, clock, t, slo) * x.headroom for t in types):
+        # a capacity of 0 (not even the lightest measured load meets the SLO) rules the clock out even when
+        # the live load reads 0: requests in flight that the load windows have not counted yet
+        caps = [profile.max_load(x.tp, clock, t, slo) for t in types]
+        if any(cap <= 0 or x.load_rps > cap * x.headroom for cap in caps):
             continue
         power = _power(profile, x.tp, clock, types, x.load_rps)
         if power is not None and (best is None or power < best[0]):
