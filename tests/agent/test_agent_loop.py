@@ -132,7 +132,7 @@ def test_clock_loop_follows_the_pool_load(tmp_path: Path, redis_url: str, r: red
     now = time.time()
     try:
         agent.tick(now)
-        assert gpus[0].locked == 800 and gpus[1].locked == 800  # idle: lowest measured clock
+        assert gpus[0].locked == 800 and gpus[1].locked == 800  # idle: a lone SS request meets 0.25 s at 800 MHz
         # 16 req/s in the SS pool's load windows, shared by its two ready instances: 8 req/s each
         for s in range(int(now) + 5 - 10, int(now) + 5):
             r.hset(KEYS.load_second(s), load_field("SS", "requests"), 16)

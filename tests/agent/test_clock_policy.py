@@ -1,10 +1,11 @@
-"""The instance-level clock policy: lowest modelled power among SLO-feasible clocks, max clock
-when none meets the SLO, the lowest measured clock when idle."""
+"""The instance-level clock policy: lowest modelled power among SLO-feasible clocks (every type the
+instance serves judged by its own rows), max clock when none meets the SLO, and when idle the lowest
+clock at which a lone request of every served type meets its target."""
 
 from __future__ import annotations
 
 from wattgate.agent.clock_policy import ClockInput, ClockReason, choose_clock
-from wattgate.profiles.classes import RequestType, SloTargets
+from wattgate.profiles.classes import LengthClass, RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
 SUPPORTED = tuple(range(210, 1981, 15))  # 800 is not one of them: 795, 810, ...
@@ -66,18 +67,49 @@ def test_unprofiled_instance_runs_at_max() -> None:
     assert choose(1.0, tp=8).sm_clock_mhz == 1980
 
 
-def test_a_pool_that_also_serves_a_stricter_type_meets_that_types_ttft() -> None:
-    # MS (TTFT 0.5 s) at 4 req/s: 800 MHz gives 0.40 s, enough for MS alone but not for SS's 0.25 s
-    rows = [
-        (2, c, "MS", load, ttft * load / 2, 0.05, power + 25 * load)
-        for c, ttft, power in ((800, 0.20, 500.0), (1205, 0.10, 600.0), (1980, 0.05, 1000.0))
-        for load in (1.0, 4.0)
-    ]
-    prof = Profile("m", "H100", rows)
+def spilled_profile() -> Profile:
+    """MS (TTFT 0.5 s) and SS (0.25 s) on TP2: SS's own rows are slow at 800 MHz, MS's are not."""
+    rows = []
+    for c, ms_ttft, ss_ttft, power in ((800, 0.20, 0.40, 500.0), (1205, 0.10, 0.15, 600.0), (1980, 0.05, 0.08, 1000.0)):
+        for load in (1.0, 4.0):
+            rows.append((2, c, "MS", load, ms_ttft * load / 2, 0.05, power + 25 * load))
+            rows.append((2, c, "SS", load, ss_ttft * load / 2, 0.05, power + 20 * load))
+    return Profile("m", "H100", rows)
+
+
+def test_each_served_type_is_judged_by_its_own_rows_at_the_whole_load() -> None:
+    prof, ss, ms = spilled_profile(), RequestType.parse("SS"), RequestType.parse("MS")
     alone = choose_clock(prof, SloTargets(), SUPPORTED, ClockInput("MS", 2, 4.0, 1))
-    shared = choose_clock(prof, SloTargets(), SUPPORTED, ClockInput("MS", 2, 4.0, 1, serves=("SS", "MS")))
+    shared = choose_clock(prof, SloTargets(), SUPPORTED, ClockInput("MS", 2, 4.0, 1, serves=("SS",)))
     assert alone.sm_clock_mhz < shared.sm_clock_mhz
-    ms = RequestType.parse("MS")
-    assert prof.lookup(2, alone.sm_clock_mhz, ms, 4.0).ttft_p99_s > 0.25  # fine for MS alone, not for SS
-    assert prof.lookup(2, shared.sm_clock_mhz, ms, 4.0).ttft_p99_s <= 0.25
+    assert prof.lookup(2, alone.sm_clock_mhz, ms, 4.0).ttft_p99_s <= 0.5  # fine for MS alone
+    assert prof.lookup(2, alone.sm_clock_mhz, ss, 4.0).ttft_p99_s > 0.25  # an SS request there would miss
+    assert prof.lookup(2, shared.sm_clock_mhz, ss, 4.0).ttft_p99_s <= 0.25
+    assert prof.lookup(2, shared.sm_clock_mhz, ms, 4.0).ttft_p99_s < 0.25  # MS's rows alone would not ask this
     assert shared.reason is ClockReason.LOWEST_ENERGY
+
+
+def test_idle_clock_lets_a_lone_request_of_every_served_type_meet_its_target() -> None:
+    prof = spilled_profile()
+    own = choose_clock(prof, SloTargets(), SUPPORTED, ClockInput("MS", 2, 0.0, 0))
+    shared = choose_clock(prof, SloTargets(), SUPPORTED, ClockInput("MS", 2, 0.0, 0, serves=("SS",)))
+    assert own.sm_clock_mhz == 810 and own.reason is ClockReason.IDLE  # MS alone: 0.10 s at 800 MHz
+    # SS alone at 810 MHz: 0.20 s at load 1 (the lowest measured), within 0.25 s; a stricter target moves it up
+    strict = SloTargets(ttft_p99_s={**SloTargets().ttft_p99_s, LengthClass.S: 0.15})
+    assert shared.sm_clock_mhz == 810
+    raised = choose_clock(prof, strict, SUPPORTED, ClockInput("MS", 2, 0.0, 0, serves=("SS",)))
+    assert raised.reason is ClockReason.IDLE and 810 < raised.sm_clock_mhz < 1980
+    assert prof.lookup(2, raised.sm_clock_mhz, RequestType.parse("SS"), 0.0).ttft_p99_s <= 0.15
+
+
+def test_requests_in_flight_before_the_load_windows_count_them_get_a_clock_their_types_meet() -> None:
+    prof, ss = spilled_profile(), RequestType.parse("SS")
+    strict = SloTargets(ttft_p99_s={**SloTargets().ttft_p99_s, LengthClass.S: 0.15})
+    d = choose_clock(prof, strict, SUPPORTED, ClockInput("MS", 2, 0.0, 2, serves=("SS",)))
+    assert d.reason is ClockReason.LOWEST_ENERGY and d.sm_clock_mhz > 810
+    assert prof.lookup(2, d.sm_clock_mhz, ss, 0.0).ttft_p99_s <= 0.15
+
+
+def test_an_unmeasured_spilled_type_is_left_out() -> None:
+    d = choose_clock(profile(), SloTargets(), SUPPORTED, ClockInput("SS", 2, 1.0, 1, serves=("LL", "XX")))
+    assert d.sm_clock_mhz == 810 and d.reason is ClockReason.LOWEST_ENERGY

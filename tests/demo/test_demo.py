@@ -4,6 +4,7 @@ clean SIGTERM shutdown with every clock reset."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -86,15 +87,21 @@ def test_report_every_request_answered_within_slos_and_below_baseline(demo: Demo
     assert q["answered"] == q["scheduled"], q["errors"]
     assert q["failed"] == 0
     slo = rep["slo"]
-    by_type = slo["by_type"].values()
-    weighted = sum(t["slo_attainment"] * t["requests"] for t in by_type) / q["scheduled"]
-    assert slo["attainment"] == pytest.approx(weighted)
-    # measured 47-60% on this machine: the planner spills short-output pools onto low-clock TP2/TP4 instances
-    # where short inputs miss their 0.25 s TTFT target (README, "Demo and dashboard"); this bound catches a
-    # breakdown (timeouts, retries, a dead pool), not the planner's SLO misses
-    assert 0.3 <= slo["attainment"] <= 1.0
-    assert "measured" in slo["source"]
-    assert sum(t["requests"] for t in slo["by_type"].values()) == q["scheduled"]
+    for groups in (slo["by_type"].values(), slo["by_pool"].values()):
+        assert sum(t["requests"] for t in groups) == q["scheduled"]
+        weighted = sum(t["slo_attainment"] * t["requests"] for t in groups) / q["scheduled"]
+        assert slo["attainment"] == pytest.approx(weighted)
+    # measured 100% client-side and engine-side on the shared 2-core machine (README, "Demo and dashboard");
+    # the client's timers also carry a loaded machine's scheduling delays, the engines' emulated ones do not
+    assert slo["engine_attainment"] >= 0.9
+    assert slo["attainment"] >= 0.7
+    assert "measured" in slo["source"] and "modelled" in slo["engine_source"]
+    assert "modelled" in slo["baseline_source"] and slo["baseline_attainment"] >= 0.9
+    assert slo["client_loop_lag"]["samples"] > 0 and slo["client_loop_lag"]["source"].startswith("measured")
+    with (demo.run_dir / "requests.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == q["scheduled"] and all(r["ok"] == "1" and r["engine_ttft_s"] for r in rows)
+    assert {r["pool"] for r in rows} == set(slo["by_pool"])
     e = rep["energy"]
     assert e["wattgate_j"] > 0
     assert e["wattgate_j"] < e["baseline_j"]

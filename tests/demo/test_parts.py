@@ -5,9 +5,16 @@ from __future__ import annotations
 import io
 import math
 
-from wattgate.demo.replay import Progress
-from wattgate.demo.report import BASELINE_TP, IDLE_POWER_W, baseline_window
-from wattgate.demo.trace import read_trace, schedule
+from wattgate.demo.replay import Progress, Prompts, Result
+from wattgate.demo.report import (
+    BASELINE_TP,
+    IDLE_POWER_W,
+    baseline,
+    baseline_window,
+    engine_meets_slo,
+    meets_slo,
+)
+from wattgate.demo.trace import Scheduled, read_trace, schedule
 from wattgate.demo.view import View, screen
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import ClassEdges, RequestType, SloTargets
@@ -35,6 +42,28 @@ def test_baseline_sizes_tp8_instances_for_the_load_and_counts_idle_gpus() -> Non
     assert busy.power_w > quiet.power_w
     idle = baseline_window(p, {}, {mm: 1.0}, slo, gpus=16)
     assert idle.instances == 1  # the baseline keeps one instance warm
+    assert mm in quiet.meets and mm in busy.meets  # as few instances as meet the SLO: they do
+    sched = [Scheduled(t / 10, t / 10, 500, 200, mm) for t in range(200)]  # 10 req/s for 20 s
+    b = baseline(p, sched, 30.0, slo, gpus=16)
+    assert b.max_instances == busy.instances and b.attainment == 1.0
+    assert b.energy_j > 20 * busy.power_w
+
+
+def test_prompts_are_fitted_to_the_gateways_token_count() -> None:
+    prompts = Prompts("llama-2-70b")
+    for n in (50, 408, 409, 1109, 1110, 4000):
+        assert prompts.counted(prompts.get(n)) == n
+    assert prompts.get(409) is prompts.get(409)  # fitted once
+
+
+def test_client_and_engine_attainment_are_judged_apart() -> None:
+    slo, ss = SloTargets(), RequestType.parse("SS")
+    req = Scheduled(0.0, 0.0, 100, 50, ss)
+    # the engine made its first token in 0.2 s (modelled) but the client saw it after 0.3 s (measured)
+    late = Result(req, True, 0.3, 0.05, 50, engine={"ttft_s": 0.2, "tbt_mean_s": 0.05})
+    assert engine_meets_slo(late, slo) and not meets_slo(late, slo)
+    failed = Result(req, False, None, None, 0, "HTTP 503")
+    assert not engine_meets_slo(failed, slo) and not meets_slo(failed, slo)
 
 
 def test_view_in_place_on_a_tty_and_lines_otherwise() -> None:

@@ -22,8 +22,12 @@ import pytest
 import redis
 
 from tests.support import wait_for, wait_port
+from wattgate.agent.clock_policy import ClockInput, choose_clock
+from wattgate.agent.gpu.simulated import H100_SM_CLOCKS_MHZ
 from wattgate.embedded_redis import free_port
 from wattgate.planner.contract import InstanceRecord, Keys, NodeTelemetry, Plan, PlannedInstance
+from wattgate.profiles.builtin import load_builtin
+from wattgate.profiles.classes import SloTargets
 
 pytestmark = pytest.mark.slow
 
@@ -282,8 +286,10 @@ def test_published_plans_start_drain_stop_and_reclock_without_failing_requests(
     cluster = Cluster(procs, tmp_path, redis_url, 4)
     with Registry(redis_url) as reg, Load(cluster.base_url) as load:
         wait_for(lambda: first.id in reg.ready(), "the first instance ready", 40)
-        # the clock loop: idle, the lowest measured clock (800 MHz), whatever the plan said
-        wait_for(lambda: locked_clocks(cluster.gpu_dir, 4) == {0: 800, 1: 800, 2: None, 3: None}, "idle clocks")
+        # the clock loop: idle, the lowest clock a lone SS request meets its target at, whatever the plan said
+        idle = idle_clock("SS", 2)
+        assert 800 < idle < 1000  # 915 MHz: at 800 MHz a lone SS request's P99 TTFT is 0.28 s, over 0.25 s
+        wait_for(lambda: locked_clocks(cluster.gpu_dir, 4) == {0: idle, 1: idle, 2: None, 3: None}, "idle clocks")
         load.set(1.0, 8)
         wait_for(lambda: load.count() >= 4, "requests served by the first instance")
         # the load rises: the clock loop raises the clock to meet the SLO at the higher load
@@ -313,11 +319,17 @@ def test_published_plans_start_drain_stop_and_reclock_without_failing_requests(
         wait_for(lambda: load.count() >= served + 8, "requests served by the second instance")
         # the load stops: back to the idle clock
         load.set(0, 8)
-        wait_for(lambda: locked_clocks(cluster.gpu_dir, 4)[2] == 800, "the idle clock again", 30)
+        wait_for(lambda: locked_clocks(cluster.gpu_dir, 4)[2] == idle, "the idle clock again", 30)
     assert load.count() >= 12
     assert load.failures() == [], load.failures()
     cluster.stop_agent_and_check_reset()
     r.close()
+
+
+def idle_clock(pool: str, tp: int) -> int:
+    """The agent's idle clock for an instance of ``pool`` on the shipped profile and simulated H100s."""
+    x = ClockInput(pool, tp, 0.0, 0)
+    return choose_clock(load_builtin(), SloTargets(), H100_SM_CLOCKS_MHZ, x).sm_clock_mhz
 
 
 def current_plan(r: redis.Redis) -> Plan | None:

@@ -245,3 +245,34 @@ def test_spill_never_puts_a_short_input_type_on_a_rating_that_misses_its_ttft() 
 def test_the_plan_publishes_which_types_each_pool_serves() -> None:
     problem = make_problem(toy_profile(), {"SS": 0.3, "SM": 2.0}, Inventory.uniform(8), EXACT)
     assert serves(solve(problem)) == {"SM": ["SM", "SS"]}
+
+
+def test_a_pool_is_rated_for_every_type_that_may_spill_into_it() -> None:
+    # SS's TTFT grows faster with load than SM's; an SM instance that takes SS must meet SS's curve too
+    profile, slo = toy_profile(pools=("SM", "SS")), SloTargets()
+    settings = SolverSettings(prune=False, headroom=1.0)
+    ss = RequestType.parse("SS")
+
+    def ratings(demand: dict[str, float]) -> dict[tuple[str, int, int], float]:
+        items = make_problem(profile, demand, Inventory.uniform(8), settings).items
+        return {c: max(i.load_rps for i in items if i.config == c) for c in {i.config for i in items}}
+
+    alone, shared = ratings({"SM": 2.0}), ratings({"SM": 2.0, "SS": 1.0})
+    sm_configs = [c for c in shared if c[0] == "SM"]
+    assert sm_configs
+    for c in sm_configs:
+        assert shared[c] <= min(alone[c], profile.max_load(c[1], c[2], ss, slo)) + 1e-9
+    assert any(shared[c] < alone[c] - 1e-6 for c in sm_configs)
+
+
+def test_short_inputs_spilled_into_a_long_output_pool_get_a_clock_their_own_rows_allow() -> None:
+    # the shipped profile: SS on TP4 at 800 MHz misses 0.25 s at any measured load, SL there does not
+    from wattgate.profiles.builtin import load_builtin  # noqa: PLC0415
+
+    profile = load_builtin()
+    d = solve(make_problem(profile, {"SS": 0.4, "SM": 0.7, "SL": 0.05}, Inventory.uniform(16), EXACT))
+    sl = [g for g in d.groups if g.pool == "SL"]
+    assert sl and d.flows_rps["SS"].get("SL", 0.0) > 0
+    ss = RequestType.parse("SS")
+    for g in sl:
+        assert g.load_rps_each <= profile.max_load(g.tp, g.clock_mhz, ss, SloTargets()) * EXACT.headroom + 1e-9

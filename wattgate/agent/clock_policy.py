@@ -4,9 +4,15 @@ The profile gives instance power at a load for each clock. At a fixed load (requ
 the energy per unit time is that power, and the energy per request is power / load, so among the
 clocks whose predicted P99 latency meets the SLO at this load, the one with the lowest modelled
 power is also the one with the lowest energy per request. When no clock meets the SLO the policy
-picks the highest clock (best latency). When the plan sends other request types to the instance's
-pool, the SLO is the strictest of all of them; when the instance is idle, the lowest clock the profile
-measured (about 800 MHz on H100: lower clocks make the next request's first token slow).
+picks the highest clock (best latency).
+
+An instance serves its pool's type and every type the plan spills into its pool. Each of them is
+judged by its own profile rows at the instance's whole load, against its own targets: a short-input
+request spilled into a long-output pool gets the short-input TTFT of its own rows, which at a low
+clock can be many times the pool type's (an engine batches them together; the latency each sees is its
+own type's at that load). When the instance is idle, the clock is the lowest at which a lone request
+of every type it serves meets its targets: the next arrival's first token comes before the loop's next
+tick can raise the clock.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from wattgate.profiles.table import Profile
 
 
 class ClockReason(enum.StrEnum):
-    IDLE = "idle"
+    IDLE = "idle: lowest clock a lone request of every served type meets the SLO at"
     LOWEST_ENERGY = "lowest-energy clock meeting the SLO"
     NO_FEASIBLE = "no clock meets the SLO at this load: max clock"
     NO_PROFILE = "the profile does not cover this instance: max clock"
@@ -32,9 +38,9 @@ class ClockInput:
 
     pool: str
     tp: int
-    load_rps: float  # this instance's share of its pool's live load
+    load_rps: float  # this instance's share of its pool's live load (every type it serves)
     in_flight: int | None  # running + waiting from the engine's /metrics, None if unknown
-    serves: tuple[str, ...] = ()  # other request types the plan sends to this pool: their SLO counts too
+    serves: tuple[str, ...] = ()  # other request types the plan sends to this pool: each is judged too
     headroom: float = 1.0  # the plan's: a clock is feasible when the load is within this share of its capacity
 
 
@@ -42,54 +48,64 @@ class ClockInput:
 class ClockDecision:
     sm_clock_mhz: int
     reason: ClockReason
-    modelled_power_w: float | None  # modelled (profile) at this load and clock
+    modelled_power_w: float | None  # modelled (profile) at this load and clock, mean over the served types
 
 
 def choose_clock(profile: Profile, slo: SloTargets, supported_mhz: Sequence[int], x: ClockInput) -> ClockDecision:
     """Pick the SM clock for one instance. ``supported_mhz``: clocks all its GPUs support."""
     top = max(supported_mhz)
-    try:
-        rtype = RequestType.parse(x.pool)
-        measured = profile.clocks(x.tp, rtype)
-    except ProfilesError:
+    types = served_types(profile, x)
+    if not types:
         return ClockDecision(top, ClockReason.NO_PROFILE, None)
-    candidates = sorted(c for c in supported_mhz if measured[0] <= c <= measured[-1]) or [
-        c for c in measured if c in set(supported_mhz)
-    ]
+    lo = max(profile.clocks(x.tp, t)[0] for t in types)  # clocks measured for every served type
+    hi = min(profile.clocks(x.tp, t)[-1] for t in types)
+    candidates = sorted(c for c in supported_mhz if lo <= c <= hi)
     if not candidates:
         return ClockDecision(top, ClockReason.NO_PROFILE, None)
-    slo = strictest(slo, rtype, x.serves)
     if x.load_rps <= 0 and not x.in_flight:
-        low = candidates[0]
-        return ClockDecision(low, ClockReason.IDLE, _power(profile, x.tp, low, rtype, 0.0))
+        for clock in candidates:
+            if all(_lone_request_meets(profile, slo, x.tp, clock, t) for t in types):
+                return ClockDecision(clock, ClockReason.IDLE, _power(profile, x.tp, clock, types, 0.0))
+        return ClockDecision(top, ClockReason.IDLE, _power(profile, x.tp, top, types, 0.0))
     best: tuple[float, int] | None = None
     for clock in candidates:
-        try:
-            if x.load_rps > profile.max_load(x.tp, clock, rtype, slo) * x.headroom:
-                continue
-            power = profile.lookup(x.tp, clock, rtype, x.load_rps).power_w
-        except ProfilesError:
+        # a capacity of 0 (not even the lightest measured load meets the SLO) rules the clock out even when
+        # the live load reads 0: requests in flight that the load windows have not counted yet
+        caps = [profile.max_load(x.tp, clock, t, slo) for t in types]
+        if any(cap <= 0 or x.load_rps > cap * x.headroom for cap in caps):
             continue
-        if best is None or power < best[0]:
+        power = _power(profile, x.tp, clock, types, x.load_rps)
+        if power is not None and (best is None or power < best[0]):
             best = (power, clock)
     if best is None:
         return ClockDecision(top, ClockReason.NO_FEASIBLE, None)
     return ClockDecision(best[1], ClockReason.LOWEST_ENERGY, best[0])
 
 
-def strictest(slo: SloTargets, rtype: RequestType, serves: Sequence[str]) -> SloTargets:
-    """``slo`` with ``rtype``'s TTFT target tightened to the strictest of the types it serves."""
-    ttft = slo.ttft_for(rtype)
-    for name in serves:
+def served_types(profile: Profile, x: ClockInput) -> tuple[RequestType, ...]:
+    """The instance's pool type and the types spilled into it that the profile measured at its TP (an
+    unknown or unmeasured name in the plan is left out: the policy cannot judge it)."""
+    out: list[RequestType] = []
+    for name in (x.pool, *x.serves):
         try:
-            ttft = min(ttft, slo.ttft_for(RequestType.parse(name)))
+            t = RequestType.parse(name)
+            profile.clocks(x.tp, t)
         except ProfilesError:
-            continue  # an unknown type name in the plan: ignored
-    return SloTargets({**slo.ttft_p99_s, rtype.input: ttft}, slo.tbt_p99_s)
+            continue
+        if t not in out:
+            out.append(t)
+    return tuple(out)
 
 
-def _power(profile: Profile, tp: int, clock: int, rtype: RequestType, load: float) -> float | None:
+def _lone_request_meets(profile: Profile, slo: SloTargets, tp: int, clock: int, t: RequestType) -> bool:
+    p = profile.lookup(tp, clock, t, 0.0)
+    return p.ttft_p99_s <= slo.ttft_for(t) and p.tbt_p99_s <= slo.tbt_p99_s
+
+
+def _power(profile: Profile, tp: int, clock: int, types: Sequence[RequestType], load: float) -> float | None:
     try:
-        return profile.lookup(tp, clock, rtype, load).power_w
+        return sum(
+            profile.lookup(tp, clock, t, min(load, profile.max_measured_load(tp, clock, t))).power_w for t in types
+        ) / len(types)
     except ProfilesError:
         return None

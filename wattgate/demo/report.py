@@ -1,10 +1,13 @@
-"""The demo's final report: requests answered, SLO attainment (measured), energy against the single-pool baseline."""
+"""The demo's final report: requests answered, SLO attainment (client-measured and engine-modelled), energy
+against the single-pool baseline (modelled), and every request written to ``requests.csv``."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +20,22 @@ from wattgate.profiles.table import Profile
 BASELINE_TP = 8
 IDLE_POWER_W = 70.0  # an idle simulated H100, as wattgate.agent.gpu.simulated models it
 WINDOW_S = 10.0
+CLIENT_SOURCE = "measured (client timers; the engines' latencies are emulated from the profile)"
+ENGINE_SOURCE = "modelled (the simulated engines' own TTFT and mean TBT of each request, from the profile)"
 
 
 @dataclass(frozen=True)
 class BaselineWindow:
     instances: int
     power_w: float
+    meets: frozenset[RequestType]  # types whose P99 at this window's load per instance is within the SLO
+
+
+@dataclass(frozen=True)
+class Baseline:
+    energy_j: float
+    max_instances: int
+    attainment: float  # modelled: share of requests whose type meets its targets at its window's load
 
 
 def baseline_window(
@@ -37,37 +50,48 @@ def baseline_window(
     n = max(1, math.ceil(total / capacity - 1e-9))
     per = total / n
     power = 0.0
+    meets = set()
     for t, s in shares.items():
-        load = min(per, profile.max_measured_load(BASELINE_TP, clock, t))
-        power += s * profile.lookup(BASELINE_TP, clock, t, load).power_w
+        p = profile.lookup(BASELINE_TP, clock, t, min(per, profile.max_measured_load(BASELINE_TP, clock, t)))
+        power += s * p.power_w
+        if p.ttft_p99_s <= slo.ttft_for(t) and p.tbt_p99_s <= slo.tbt_p99_s:
+            meets.add(t)
     idle = max(0, gpus - n * BASELINE_TP) * IDLE_POWER_W
-    return BaselineWindow(n, n * power + idle)
+    return BaselineWindow(n, n * power + idle, frozenset(meets))
 
 
-def baseline_energy_j(
-    profile: Profile, sched: list[Scheduled], elapsed_s: float, slo: SloTargets, gpus: int
-) -> tuple[float, int]:
-    """Modelled baseline energy over ``elapsed_s`` wall seconds of the replay, window by window."""
+def baseline(profile: Profile, sched: list[Scheduled], elapsed_s: float, slo: SloTargets, gpus: int) -> Baseline:
+    """Modelled baseline over ``elapsed_s`` wall seconds of the replay, window by window."""
     mix_counts = Counter(r.rtype for r in sched)
     mix = {t: c / max(1, len(sched)) for t, c in mix_counts.items()} or {RequestType.parse("MM"): 1.0}
     per_window: dict[int, Counter[RequestType]] = defaultdict(Counter)
     for r in sched:
         per_window[int(r.send_at_s // WINDOW_S)][r.rtype] += 1
-    energy, most = 0.0, 0
-    n_windows = max(1, math.ceil(elapsed_s / WINDOW_S))
+    energy, most, attained = 0.0, 0, 0
+    n_windows = max(1, math.ceil(elapsed_s / WINDOW_S), *(w + 1 for w in per_window))
     for w in range(n_windows):
         length = min(WINDOW_S, elapsed_s - w * WINDOW_S)
-        loads = {t: c / WINDOW_S for t, c in per_window.get(w, Counter()).items()}
-        b = baseline_window(profile, loads, mix, slo, gpus)
+        counts = per_window.get(w, Counter())
+        b = baseline_window(profile, {t: c / WINDOW_S for t, c in counts.items()}, mix, slo, gpus)
         energy += b.power_w * max(0.0, length)
         most = max(most, b.instances)
-    return energy, most
+        attained += sum(c for t, c in counts.items() if t in b.meets)
+    return Baseline(energy, most, attained / max(1, len(sched)))
 
 
 def meets_slo(r: Result, slo: SloTargets) -> bool:
+    """Client-measured: the TTFT and mean time between tokens the client timed."""
     if not r.ok or r.ttft_s is None:
         return False
     return r.ttft_s <= slo.ttft_p99_s[r.req.rtype.input] and (r.tbt_s is None or r.tbt_s <= slo.tbt_p99_s)
+
+
+def engine_meets_slo(r: Result, slo: SloTargets) -> bool:
+    """Engine-side: the emulated TTFT and mean TBT the engine reports for the request (modelled)."""
+    ttft, tbt = r.engine.get("ttft_s"), r.engine.get("tbt_mean_s")
+    if not r.ok or not isinstance(ttft, (int, float)):
+        return False
+    return ttft <= slo.ttft_p99_s[r.req.rtype.input] and (not isinstance(tbt, (int, float)) or tbt <= slo.tbt_p99_s)
 
 
 def p99(values: list[float]) -> float | None:
@@ -77,59 +101,102 @@ def p99(values: list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-def build_report(
-    results: list[Result], *, scheduled: int, energy_j: float, baseline_j: float, baseline_max: int, elapsed_s: float
-) -> dict[str, Any]:
-    slo = SloTargets()
-    by_type: dict[str, list[Result]] = defaultdict(list)
+def _group(results: list[Result], key: Callable[[Result], str], slo: SloTargets) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[Result]] = defaultdict(list)
     for r in results:
-        by_type[r.req.rtype.name].append(r)
-    types = {}
-    for name, rs in sorted(by_type.items()):
-        types[name] = {
+        groups[key(r)].append(r)
+    out = {}
+    for name, rs in sorted(groups.items()):
+        engine_ttft = [float(r.engine["ttft_s"]) for r in rs if isinstance(r.engine.get("ttft_s"), (int, float))]
+        out[name] = {
             "requests": len(rs),
             "slo_attainment": sum(meets_slo(r, slo) for r in rs) / len(rs),
+            "engine_slo_attainment": sum(engine_meets_slo(r, slo) for r in rs) / len(rs),
             "ttft_p99_s": p99([r.ttft_s for r in rs if r.ttft_s is not None]),
+            "engine_ttft_p99_s": p99(engine_ttft),
             "tbt_p99_s": p99([r.tbt_s for r in rs if r.tbt_s is not None]),
         }
+    return out
+
+
+def build_report(
+    results: list[Result],
+    *,
+    scheduled: int,
+    energy_j: float,
+    base: Baseline,
+    elapsed_s: float,
+    client_lag: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    slo = SloTargets()
     answered = sum(r.ok for r in results)
+    n = max(1, len(results))
     return {
         "requests": {
             "scheduled": scheduled,
             "answered": answered,
             "failed": len(results) - answered,
+            "retried": sum(r.attempts > 1 for r in results),
             "errors": sorted({r.error for r in results if r.error})[:5],
         },
         "elapsed_s": elapsed_s,
         "slo": {
-            "attainment": sum(meets_slo(r, slo) for r in results) / max(1, len(results)),
-            "by_type": types,
-            "source": "measured (client timers; the engines' latencies are emulated from the profile)",
+            "attainment": sum(meets_slo(r, slo) for r in results) / n,
+            "source": CLIENT_SOURCE,
+            "engine_attainment": sum(engine_meets_slo(r, slo) for r in results) / n,
+            "engine_source": ENGINE_SOURCE,
+            "by_type": _group(results, lambda r: r.req.rtype.name, slo),
+            "by_pool": _group(results, lambda r: r.pool or "-", slo),
+            "client_loop_lag": client_lag or {},
+            "baseline_attainment": base.attainment,
+            "baseline_source": "modelled (profile P99 of each request's type at its 10 s window's load per TP8 "
+            "instance)",
         },
         "energy": {
             "wattgate_j": energy_j,
             "wattgate_source": "modelled (simulated GPUs' energy counters, from the profile)",
-            "baseline_j": baseline_j,
+            "baseline_j": base.energy_j,
             "baseline_source": "modelled (profile: one pool of TP8 instances at the highest clock, idle GPUs 70 W)",
-            "baseline_max_instances": baseline_max,
-            "saving": 1.0 - energy_j / baseline_j if baseline_j > 0 else None,
+            "baseline_max_instances": base.max_instances,
+            "saving": 1.0 - energy_j / base.energy_j if base.energy_j > 0 else None,
         },
     }
 
 
+def _ms(v: float | None, scale: float = 1000.0) -> str:
+    return f"{v * scale:.0f}" if v is not None else "–"
+
+
+def _rows(title: str, groups: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [f"  {title:<5} requests  client  engine  TTFT p99 ms (client/engine)  TBT p99 ms"]
+    for name, t in groups.items():
+        lines.append(
+            f"  {name:<5} {t['requests']:>8}  {100 * t['slo_attainment']:>5.1f}%"
+            f"  {100 * t['engine_slo_attainment']:>5.1f}%"
+            f"  {_ms(t['ttft_p99_s']):>12} / {_ms(t['engine_ttft_p99_s']):<12}  {_ms(t['tbt_p99_s']):>10}"
+        )
+    return lines
+
+
 def render(rep: dict[str, Any]) -> str:
     q, e, s = rep["requests"], rep["energy"], rep["slo"]
+    lag = s.get("client_loop_lag") or {}
     lines = [
         "",
         "=== wattgate demo report ===",
-        f"requests: {q['answered']}/{q['scheduled']} answered, {q['failed']} failed, over {rep['elapsed_s']:.0f} s",
-        f"SLO attainment (TTFT and TBT vs P99 targets, measured): {100 * s['attainment']:.1f}%",
-        "  type  requests  attained  TTFT p99  TBT p99",
+        f"requests: {q['answered']}/{q['scheduled']} answered, {q['failed']} failed, {q['retried']} retried, "
+        f"over {rep['elapsed_s']:.0f} s",
+        "SLO attainment (TTFT and mean TBT within the P99 targets):",
+        f"  client:   {100 * s['attainment']:.1f}% ({s['source']})",
+        f"  engine:   {100 * s['engine_attainment']:.1f}% ({s['engine_source']})",
+        f"  baseline: {100 * s['baseline_attainment']:.1f}% ({s['baseline_source']})",
     ]
-    for name, t in s["by_type"].items():
-        ttft = f"{t['ttft_p99_s']:.3f} s" if t["ttft_p99_s"] is not None else "–"
-        tbt = f"{t['tbt_p99_s'] * 1000:.0f} ms" if t["tbt_p99_s"] is not None else "–"
-        lines.append(f"  {name:<5} {t['requests']:>8}  {100 * t['slo_attainment']:>7.1f}%  {ttft:>8}  {tbt:>7}")
+    if lag.get("samples"):
+        lines.append(
+            f"  client event-loop lag: mean {lag['mean_s'] * 1000:.1f} ms, p99 {lag['p99_s'] * 1000:.1f} ms, "
+            f"max {lag['max_s'] * 1000:.0f} ms (measured)"
+        )
+    lines += _rows("type", s["by_type"]) + _rows("pool", s["by_pool"])
     lines += [f"  error: {err}" for err in q["errors"]]
     saving = f"{100 * e['saving']:.1f}%" if e["saving"] is not None else "–"
     lines += [
@@ -143,3 +210,30 @@ def render(rep: dict[str, Any]) -> str:
 
 def write_json(rep: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(rep, indent=2, sort_keys=True) + "\n")
+
+
+def write_requests_csv(results: list[Result], path: Path) -> None:
+    """One row per request: the trace's figures, the client's timers (measured), the engine's (modelled)."""
+    cols = ["send_at_s", "type", "input_tokens", "output_tokens", "ok", "pool", "instance", "attempts"]
+    cols += ["client_ttft_s", "client_tbt_mean_s", "engine_ttft_s", "engine_tbt_mean_s", "engine_queue_s"]
+    cols += ["engine_load_rps", "engine_sm_clock_mhz", "error"]
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in sorted(results, key=lambda r: r.req.send_at_s):
+            e = r.engine
+            w.writerow(
+                [
+                    f"{r.req.send_at_s:.3f}",
+                    r.req.rtype.name,
+                    r.req.input_tokens,
+                    r.req.output_tokens,
+                    int(r.ok),
+                    r.pool,
+                    r.instance,
+                    r.attempts,
+                    *(f"{v:.4f}" if v is not None else "" for v in (r.ttft_s, r.tbt_s)),
+                    *(e.get(k, "") for k in ("ttft_s", "tbt_mean_s", "queue_s", "load_rps", "sm_clock_mhz")),
+                    r.error,
+                ]
+            )

@@ -16,8 +16,8 @@ from types import FrameType
 from typing import Any
 
 from wattgate.demo.cluster import MODEL, Cluster, ClusterSettings, DemoError
-from wattgate.demo.replay import Progress, Result, replay
-from wattgate.demo.report import baseline_energy_j, build_report, render, write_json
+from wattgate.demo.replay import LoopLag, Progress, Result, replay
+from wattgate.demo.report import baseline, build_report, render, write_json, write_requests_csv
 from wattgate.demo.store import prime_load_history
 from wattgate.demo.trace import Scheduled, TraceError, read_trace, schedule
 from wattgate.demo.view import View
@@ -100,6 +100,7 @@ def main(s: DemoSettings) -> int:
         say(f"replaying {len(sched)} requests ({s.duration_s * s.speed:.0f} s of trace in {s.duration_s:.0f} s)")
         rep = asyncio.run(_drive(cluster, sched, s))
         say(render(rep))
+        say(f"every request: {run_dir / 'requests.csv'}; plans: {run_dir / 'planner.log'}")
         if s.report_json:
             write_json(rep, s.report_json)
         code = 0 if rep["requests"]["failed"] == 0 else 1
@@ -149,6 +150,7 @@ async def _snapshot(cluster: Cluster) -> dict[str, Any]:
 async def _drive(cluster: Cluster, sched: list[Scheduled], s: DemoSettings) -> dict[str, Any]:
     view = View()
     progress = Progress(total=len(sched))
+    lag = LoopLag()
     start_d = await _snapshot(cluster)
     e0, t0 = _energy(start_d)
     started = time.monotonic()
@@ -156,7 +158,7 @@ async def _drive(cluster: Cluster, sched: list[Scheduled], s: DemoSettings) -> d
     def on_result(r: Result) -> None:
         pass
 
-    task = asyncio.create_task(replay(cluster.url, MODEL, sched, progress, on_result))
+    task = asyncio.create_task(replay(cluster.url, MODEL, sched, progress, on_result, lag=lag))
     while not task.done():
         cluster.check_alive()
         d = await _snapshot(cluster)
@@ -168,12 +170,13 @@ async def _drive(cluster: Cluster, sched: list[Scheduled], s: DemoSettings) -> d
     e1, t1 = _energy(end_d)
     elapsed = max(1.0, t1 - t0)
     gpus = s.nodes * s.gpus_per_node
-    base_j, base_n = baseline_energy_j(load_builtin(), sched, elapsed, SloTargets(), gpus)
+    base = baseline(load_builtin(), sched, elapsed, SloTargets(), gpus)
+    write_requests_csv(progress.results, cluster.settings.run_dir / "requests.csv")
     return build_report(
         progress.results,
         scheduled=len(sched),
         energy_j=e1 - e0,
-        baseline_j=base_j,
-        baseline_max=base_n,
+        base=base,
         elapsed_s=elapsed,
+        client_lag=lag.summary(),
     )

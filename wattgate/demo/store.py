@@ -11,8 +11,11 @@ from wattgate.demo.cluster import DemoError
 from wattgate.planner.contract import LOAD_MINUTE_TTL_S, Keys, load_field
 
 
-def prime_load_history(url: str, rps_by_pool: dict[str, float], minutes: int = 10, prefix: str = "wg") -> None:
-    """Write ``minutes`` past per-minute load windows holding ``rps_by_pool`` (requests/s per pool)."""
+def prime_load_history(url: str, rps_by_pool: dict[str, float], minutes: int = 60, prefix: str = "wg") -> None:
+    """Write ``minutes`` past per-minute load windows holding ``rps_by_pool`` (requests/s per pool).
+
+    An hour: the forecast's trend (EWMA) looks 40 minutes back, and a flat history that starts from zero
+    inside that span reads as a steep rise (it forecast 1.76 times the rate)."""
     keys = Keys(prefix)
     now_minute = int(time.time() // 60)
     try:

@@ -190,6 +190,8 @@ class PlannerLoop:
             plan.predicted_power_w,
             plan.baseline_power_w,
         )
+        for reason in plan.reasons:
+            log.info("planner: v%d: %s", plan.version, reason)
         for alert in plan.alerts:
             log.warning("planner alert: %s", alert)
         return plan

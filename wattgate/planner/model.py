@@ -211,15 +211,25 @@ def parse_demand(demand: Mapping[str, float]) -> dict[str, float]:
 
 
 def build_items(
-    profile: Profile, settings: SolverSettings, pools: Iterable[str] | None = None, keep: Iterable[Config] = ()
+    profile: Profile,
+    settings: SolverSettings,
+    pools: Iterable[str] | None = None,
+    keep: Iterable[Config] = (),
+    inbound: Mapping[str, Iterable[str]] | None = None,
 ) -> tuple[Item, ...]:
-    """Every SLO-feasible item of the profile, dominated ones pruned (configs in ``keep`` never are)."""
+    """Every SLO-feasible item of the profile, dominated ones pruned (configs in ``keep`` never are).
+
+    ``inbound``: pool -> the other request types that may spill into it. An item's rating then meets
+    every one of them by its own rows at the item's whole load (as the agent's clock policy and an engine
+    judge them), so a pool that may take a type with a stricter curve is not rated on its own curve alone.
+    """
     wanted = None if pools is None else {RequestType.parse(p) for p in pools}
     keep_set = set(keep)
     items: list[Item] = []
     for rtype in profile.request_types:
         if wanted is not None and rtype not in wanted:
             continue
+        others = tuple(sorted({RequestType.parse(t) for t in (inbound or {}).get(rtype.name, ())} - {rtype}))
         pool_items: list[Item] = []
         for tp in profile.tps:
             try:
@@ -228,32 +238,59 @@ def build_items(
                 continue
             for clock in clocks:
                 if settings.clocks is None or clock in settings.clocks:
-                    pool_items.extend(_config_items(profile, settings, rtype, tp, clock))
+                    pool_items.extend(_config_items(profile, settings, rtype, tp, clock, others=others))
         items.extend(_prune(pool_items, keep_set) if settings.prune else pool_items)
     return tuple(items)
 
 
-# Items per profile and (type, TP, clock, TTFT and TBT targets, headroom): a profile never changes once
-# loaded, and the planner loop re-plans with the same one every period (profile lookups are most of
-# make_problem's time).
+# Items per profile and (type, TP, clock, TTFT and TBT targets, headroom, inbound types): a profile never
+# changes once loaded, and the planner loop re-plans with the same one every period (profile lookups are
+# most of make_problem's time).
 _ITEMS: weakref.WeakKeyDictionary[
-    Profile, dict[tuple[RequestType, int, int, float, float, float], tuple[Item, ...]]
+    Profile, dict[tuple[RequestType, int, int, float, float, float, tuple[RequestType, ...]], tuple[Item, ...]]
 ] = weakref.WeakKeyDictionary()
 
 
 def _config_items(
-    profile: Profile, settings: SolverSettings, rtype: RequestType, tp: int, clock: int
+    profile: Profile,
+    settings: SolverSettings,
+    rtype: RequestType,
+    tp: int,
+    clock: int,
+    *,
+    others: tuple[RequestType, ...],
 ) -> tuple[Item, ...]:
     slo = settings.slo
-    key = (rtype, tp, clock, slo.ttft_for(rtype), slo.tbt_p99_s, settings.headroom)
+    key = (rtype, tp, clock, slo.ttft_for(rtype), slo.tbt_p99_s, settings.headroom, others)
     cached = _ITEMS.setdefault(profile, {})
     if key not in cached:
-        cached[key] = tuple(_rated_items(profile, settings, rtype, tp, clock))
+        cached[key] = tuple(_rated_items(profile, settings, rtype, tp, clock, others=others))
     return cached[key]
 
 
-def _rated_items(profile: Profile, settings: SolverSettings, rtype: RequestType, tp: int, clock: int) -> list[Item]:
-    cap = profile.max_load(tp, clock, rtype, settings.slo) * settings.headroom
+def _capacity(profile: Profile, slo: SloTargets, tp: int, clock: int, types: Iterable[RequestType]) -> float:
+    """The load at which every one of ``types`` still meets its targets by its own rows (a type the profile
+    did not measure at this TP and clock is left out: nothing can judge it)."""
+    cap = math.inf
+    for t in types:
+        try:
+            cap = min(cap, profile.max_load(tp, clock, t, slo))
+        except ProfilesError:
+            continue
+    return cap
+
+
+def _rated_items(
+    profile: Profile,
+    settings: SolverSettings,
+    rtype: RequestType,
+    tp: int,
+    clock: int,
+    *,
+    others: tuple[RequestType, ...],
+) -> list[Item]:
+    own = profile.max_load(tp, clock, rtype, settings.slo)
+    cap = min(own, _capacity(profile, settings.slo, tp, clock, others)) * settings.headroom
     if cap <= 0:
         return []
     levels = sorted({x for x in profile.loads(tp, clock, rtype) if x <= cap} | {cap})
@@ -303,12 +340,15 @@ def make_problem(
     demand = parse_demand(demand_rps)
     have = {t.name for t in profile.request_types}
     reach: set[str] = set()
+    inbound: dict[str, set[str]] = {}
     for p, d in demand.items():
         if d > 0:
-            reach.update(spill_routes(p, settings))
+            for q in spill_routes(p, settings):
+                reach.add(q)
+                inbound.setdefault(q, set()).add(p)
     missing = sorted(p for p, d in demand.items() if d > 0 and p not in have)
     if missing:
         raise PlannerError(f"the profile has no measurements for pool(s) {', '.join(missing)}")
     cur = {c: int(m) for c, m in (current or {}).items() if m > 0}
-    items = build_items(profile, settings, pools=sorted(reach & have), keep=cur)
+    items = build_items(profile, settings, pools=sorted(reach & have), keep=cur, inbound=inbound)
     return Problem(demand, inventory, items, cur, settings, profile)

@@ -282,7 +282,7 @@ class Cluster:
     def _clock_loop(self, now: float) -> None:
         """The agent's clock policy per instance. It is asked once per request type the instance
         served in the last window (spilled and misclassified requests included) and the highest
-        answer wins: the live agent asks only for the pool's own type (see README)."""
+        answer wins: the live agent judges the types the plan's ``serves`` gives the pool, each by its own rows."""
         m = self.m
         for inst in self.instances:
             if inst.ready_at > now:
