@@ -6,16 +6,10 @@ import io
 import math
 
 from wattgate.demo.replay import Progress, Prompts, Result
-from wattgate.demo.report import (
-    BASELINE_TP,
-    IDLE_POWER_W,
-    baseline,
-    baseline_window,
-    engine_meets_slo,
-    meets_slo,
-)
+from wattgate.demo.report import baseline, engine_meets_slo, meets_slo
 from wattgate.demo.trace import Scheduled, read_trace, schedule
 from wattgate.demo.view import View, screen
+from wattgate.planner.greedy import IDLE_GPU_W, SINGLE_POOL_TP, single_pool
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import ClassEdges, RequestType, SloTargets
 
@@ -35,12 +29,12 @@ def test_shipped_excerpt_and_thinning_keep_the_traces_rate() -> None:
 def test_baseline_sizes_tp8_instances_for_the_load_and_counts_idle_gpus() -> None:
     p, slo = load_builtin(), SloTargets()
     mm = RequestType.parse("MM")
-    quiet = baseline_window(p, {mm: 0.5}, {mm: 1.0}, slo, gpus=16)
-    busy = baseline_window(p, {mm: 10.0}, {mm: 1.0}, slo, gpus=16)
+    quiet = single_pool(p, {mm: 0.5}, slo, gpus=16, mix={mm: 1.0})
+    busy = single_pool(p, {mm: 10.0}, slo, gpus=16, mix={mm: 1.0})
     assert quiet.instances == 1 and busy.instances > 1
-    assert quiet.power_w > (16 - BASELINE_TP) * IDLE_POWER_W
+    assert quiet.power_w > (16 - SINGLE_POOL_TP) * IDLE_GPU_W
     assert busy.power_w > quiet.power_w
-    idle = baseline_window(p, {}, {mm: 1.0}, slo, gpus=16)
+    idle = single_pool(p, {}, slo, gpus=16, mix={mm: 1.0})
     assert idle.instances == 1  # the baseline keeps one instance warm
     assert mm in quiet.meets and mm in busy.meets  # as few instances as meet the SLO: they do
     sched = [Scheduled(t / 10, t / 10, 500, 200, mm) for t in range(200)]  # 10 req/s for 20 s

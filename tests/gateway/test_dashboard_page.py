@@ -3,14 +3,16 @@ metrics after real streamed requests through the openai client (no Redis: no nod
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import openai
 
 from tests.gateway.conftest import Servers
-from wattgate.gateway.dashboard import pool_counts
+from wattgate.gateway.dashboard import EVERY_POOL_TP8, SINGLE_POOL, Sampler, pool_counts
 from wattgate.gateway.metrics import GatewayMetrics
+from wattgate.planner.contract import GpuReading, InstanceRecord, NodeTelemetry, Plan
 from wattgate.profiles.classes import SloTargets
 
 
@@ -24,6 +26,34 @@ def test_pool_counts_use_each_pools_ttft_target() -> None:
     counts = pool_counts(m, SloTargets())
     assert counts["SS"] == {"requests": 3.0, "errors": 0.0, "ttft_count": 3.0, "ttft_ok": 2.0}
     assert counts["LL"]["errors"] == 1.0 and counts["LL"]["ttft_ok"] == 1.0
+
+
+class Cluster:
+    """What the gateway's store would read from Redis: one node of two GPUs at 300 W each, and a plan."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    async def read_cluster(self) -> tuple[list[NodeTelemetry], Plan | None, list[InstanceRecord]]:
+        gpus = [GpuReading(i, f"u{i}", "H100", 300.0, 0.0, 1980, None, "modelled") for i in range(2)]
+        return [NodeTelemetry("n0", 0.0, gpus, {})], self.plan, []
+
+
+def _plan(**fields: float | int) -> Plan:
+    return Plan(1, 0.0, "m", [], {"SS": 1.0}, predicted_power_w=500.0, baseline_power_w=5000.0, **fields)  # type: ignore[arg-type]
+
+
+def test_energy_saved_is_counted_against_the_single_pool_baseline_when_the_plan_has_it() -> None:
+    single = Sampler(GatewayMetrics(), Cluster(_plan(single_pool_power_w=1000.0, single_pool_gpus=8)))
+    for now in (100.0, 102.0):  # two samples 2 s apart
+        data = asyncio.run(single.sample({}, now=now))
+    assert data["energy"]["actual_j"] == 600.0 * 2
+    assert data["energy"]["baseline_j"] == 1000.0 * 2 and data["energy"]["saved_j"] == 400.0 * 2
+    assert data["energy"]["baseline"] == SINGLE_POOL and "modelled" in SINGLE_POOL
+    older = Sampler(GatewayMetrics(), Cluster(_plan()))  # a plan from before the single-pool fields
+    for now in (100.0, 102.0):
+        data = asyncio.run(older.sample({}, now=now))
+    assert data["energy"]["baseline_j"] == 5000.0 * 2 and data["energy"]["baseline"] == EVERY_POOL_TP8
 
 
 def test_page_assets_and_data_after_streamed_requests(servers: Servers) -> None:

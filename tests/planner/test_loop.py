@@ -10,6 +10,7 @@ from tests.planner.toy import toy_profile
 from tests.support import wait_for
 from wattgate.planner.contract import Heartbeat, Keys, Plan, load_field
 from wattgate.planner.forecast import ForecastSettings, Method
+from wattgate.planner.greedy import IDLE_GPU_W
 from wattgate.planner.loop import LoopSettings, PlannerLoop
 from wattgate.planner.model import SolverSettings
 from wattgate.planner.store import PlannerStore
@@ -68,6 +69,10 @@ def test_leader_publishes_a_plan_that_covers_the_forecast(redis_url: str) -> Non
     assert sum(i.tp for i in plan.instances) <= 16
     assert {i.node for i in plan.instances} <= {"gpu-a", "gpu-b"}
     assert plan.predicted_power_w < plan.baseline_power_w
+    assert plan.single_pool_gpus is not None and plan.single_pool_gpus % 8 == 0 and plan.single_pool_gpus >= 8
+    assert plan.single_pool_power_w is not None
+    assert plan.single_pool_power_w > (16 - plan.single_pool_gpus) * IDLE_GPU_W  # the other GPUs idle
+    assert any(r.startswith("single-pool baseline") and "modelled" in r for r in plan.reasons)
     assert any("modelled" in r for r in plan.reasons)
     assert plan.source == "modelled"
     assert a.tick() == "idle"  # nothing due yet

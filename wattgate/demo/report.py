@@ -14,21 +14,13 @@ from typing import Any
 
 from wattgate.demo.replay import Result
 from wattgate.demo.trace import Scheduled
+from wattgate.planner.greedy import single_pool
 from wattgate.profiles.classes import RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
-BASELINE_TP = 8
-IDLE_POWER_W = 70.0  # an idle simulated H100, as wattgate.agent.gpu.simulated models it
 WINDOW_S = 10.0
 CLIENT_SOURCE = "measured (client timers; the engines' latencies are emulated from the profile)"
 ENGINE_SOURCE = "modelled (the simulated engines' own TTFT and mean TBT of each request, from the profile)"
-
-
-@dataclass(frozen=True)
-class BaselineWindow:
-    instances: int
-    power_w: float
-    meets: frozenset[RequestType]  # types whose P99 at this window's load per instance is within the SLO
 
 
 @dataclass(frozen=True)
@@ -36,28 +28,6 @@ class Baseline:
     energy_j: float
     max_instances: int
     attainment: float  # modelled: share of requests whose type meets its targets at its window's load
-
-
-def baseline_window(
-    profile: Profile, loads: dict[RequestType, float], mix: dict[RequestType, float], slo: SloTargets, gpus: int
-) -> BaselineWindow:
-    """One pool of TP8 instances at the highest clock, as few as carry ``loads`` within the SLOs; idle GPUs at 70 W."""
-    total = sum(loads.values())
-    shares = {t: v / total for t, v in loads.items()} if total > 0 else mix
-    clock = min(profile.clocks(BASELINE_TP, t)[-1] for t in shares)  # highest clock measured for every type
-    inverse = sum(s / max(profile.max_load(BASELINE_TP, clock, t, slo), 1e-9) for t, s in shares.items())
-    capacity = 1.0 / inverse if inverse > 0 else math.inf
-    n = max(1, math.ceil(total / capacity - 1e-9))
-    per = total / n
-    power = 0.0
-    meets = set()
-    for t, s in shares.items():
-        p = profile.lookup(BASELINE_TP, clock, t, min(per, profile.max_measured_load(BASELINE_TP, clock, t)))
-        power += s * p.power_w
-        if p.ttft_p99_s <= slo.ttft_for(t) and p.tbt_p99_s <= slo.tbt_p99_s:
-            meets.add(t)
-    idle = max(0, gpus - n * BASELINE_TP) * IDLE_POWER_W
-    return BaselineWindow(n, n * power + idle, frozenset(meets))
 
 
 def baseline(profile: Profile, sched: list[Scheduled], elapsed_s: float, slo: SloTargets, gpus: int) -> Baseline:
@@ -72,7 +42,7 @@ def baseline(profile: Profile, sched: list[Scheduled], elapsed_s: float, slo: Sl
     for w in range(n_windows):
         length = min(WINDOW_S, elapsed_s - w * WINDOW_S)
         counts = per_window.get(w, Counter())
-        b = baseline_window(profile, {t: c / WINDOW_S for t, c in counts.items()}, mix, slo, gpus)
+        b = single_pool(profile, {t: c / WINDOW_S for t, c in counts.items()}, slo, gpus, mix)
         energy += b.power_w * max(0.0, length)
         most = max(most, b.instances)
         attained += sum(c for t, c in counts.items() if t in b.meets)

@@ -80,7 +80,7 @@ class Sampler:
             rps = max(0.0, total - self._prev[1]) / dt
         node_rows = [_node_row(n) for n in nodes]
         power_w = sum(n["power_w"] for n in node_rows)
-        baseline_w = plan.baseline_power_w if plan else None
+        baseline_w, baseline_kind = _baseline(plan)
         if self._prev is not None and node_rows:
             dt = min(now - self._prev[0], 5.0)
             self.energy_j += power_w * dt
@@ -111,6 +111,7 @@ class Sampler:
                 "baseline_j": self.baseline_energy_j,
                 "saved_j": self.baseline_energy_j - self.energy_j,
                 "source": "GPU power as each node reports it; baseline modelled by the planner",
+                "baseline": baseline_kind,
             },
             "slo_ttft_s": {c.value: t for c, t in self.slo.ttft_p99_s.items()},
         }
@@ -165,6 +166,20 @@ def _instances(
             }
         )
     return rows
+
+
+SINGLE_POOL = "one pool of TP8 instances at max clock for the same load, 70 W per other GPU (modelled)"
+EVERY_POOL_TP8 = "every pool on its own TP8 instances at max clock (modelled)"
+
+
+def _baseline(plan: Plan | None) -> tuple[float | None, str | None]:
+    """The baseline power the energy saved is counted against: the plan's single-pool baseline (plans from
+    before it carry only the every-pool-on-TP8 one)."""
+    if plan is None:
+        return None, None
+    if plan.single_pool_power_w is not None:
+        return plan.single_pool_power_w, SINGLE_POOL
+    return plan.baseline_power_w, EVERY_POOL_TP8
 
 
 def _plan_row(plan: Plan | None) -> dict[str, Any] | None:

@@ -274,6 +274,10 @@ class Plan(_Message):
     # share of each instance's SLO-feasible capacity the plan loads it to; agents' clock policy keeps the
     # same share free (1.0 in plans from before this field)
     headroom: float = 1.0
+    # modelled: one pool of TP8 instances at max clock carrying the same load, plus 70 W for each other GPU
+    # of the cluster (DynamoLLM's single-pool baseline); None in plans from before these fields
+    single_pool_power_w: float | None = None
+    single_pool_gpus: int | None = None
 
     def for_node(self, node: str) -> list[PlannedInstance]:
         return [i for i in self.instances if i.node == node]

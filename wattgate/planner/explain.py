@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from wattgate.planner.contract import Plan, PlannedInstance
-from wattgate.planner.greedy import Baseline
+from wattgate.planner.greedy import IDLE_GPU_W, Baseline, SinglePool
 from wattgate.planner.model import Config, Decision
 from wattgate.planner.placement import Placement
 
@@ -22,8 +22,15 @@ def build_plan(
     created_at: float,
     model: str,
     headroom: float = 1.0,
+    single: SinglePool | None = None,
 ) -> Plan:
     alerts = list(decision.alerts)
+    extra = []
+    if single is not None:
+        extra.append(
+            f"single-pool baseline: {single.instances} x TP8 @ {single.clock_mhz} MHz for the whole load plus "
+            f"{IDLE_GPU_W:.0f} W per other GPU: {single.power_w:.0f} W (modelled)"
+        )
     if placement.unplaced:
         alerts.append(f"{placement.unplaced} planned instance(s) found no free GPUs on the nodes and are left out")
     if base.unservable:
@@ -39,10 +46,13 @@ def build_plan(
         reasons=[
             *reasons(decision, placement, base),
             f"instances rated at {headroom:.0%} of their SLO-feasible capacity (headroom for bursts)",
+            *extra,
         ],
         alerts=alerts,
         serves=serves(decision),
         headroom=headroom,
+        single_pool_power_w=None if single is None else round(single.power_w, 1),
+        single_pool_gpus=None if single is None else single.gpus,
     )
 
 

@@ -397,3 +397,62 @@ def baseline(profile: Profile, demand_rps: Mapping[str, float], slo: SloTargets)
         each = rps / count
         groups.append(Group(pool, 8, clock, count, each, profile.lookup(8, clock, rtype, each).power_w))
     return Baseline(tuple(groups), tuple(bad))
+
+
+SINGLE_POOL_TP = 8
+IDLE_GPU_W = 70.0  # modelled: an idle H100 with a model loaded (as wattgate.agent.gpu.simulated draws)
+
+
+@dataclass(frozen=True)
+class SinglePool:
+    """DynamoLLM's baseline (modelled): one pool of TP8 instances at the highest clock measured for every
+    type, as few as carry the whole load mix within each type's targets, plus ``IDLE_GPU_W`` for each
+    other GPU of the cluster."""
+
+    instances: int
+    clock_mhz: int
+    power_w: float  # the instances at their load plus the cluster's other GPUs idle
+    meets: frozenset[RequestType]  # types whose P99 at the per-instance load is within their targets
+    unservable: tuple[str, ...] = ()  # types no load of which meets their targets on TP8 at that clock
+
+    @property
+    def gpus(self) -> int:
+        return self.instances * SINGLE_POOL_TP
+
+
+def single_pool(
+    profile: Profile,
+    loads: Mapping[RequestType, float],
+    slo: SloTargets,
+    gpus: int,
+    mix: Mapping[RequestType, float] | None = None,
+) -> SinglePool:
+    """The single-pool baseline for ``loads`` (req/s per type) on a cluster of ``gpus``; with no load, one
+    instance kept warm for ``mix`` (type shares). Types the profile did not measure at TP8 are left out."""
+    total = sum(v for v in loads.values() if v > 0)
+    shares = {t: v / total for t, v in loads.items() if v > 0} if total > 0 else dict(mix or {})
+    shares = {t: s for t, s in shares.items() if _measured(profile, SINGLE_POOL_TP, t)}
+    if not shares:
+        return SinglePool(0, 0, gpus * IDLE_GPU_W, frozenset())
+    clock = min(profile.clocks(SINGLE_POOL_TP, t)[-1] for t in shares)
+    caps = {t: profile.max_load(SINGLE_POOL_TP, clock, t, slo) for t in shares}
+    inverse = sum(s / caps[t] for t, s in shares.items() if caps[t] > 0)
+    n = max(1, math.ceil(total * inverse - EPS))
+    power, meets = 0.0, set()
+    for t, s in shares.items():
+        load = min(total / n, profile.max_measured_load(SINGLE_POOL_TP, clock, t))
+        p = profile.lookup(SINGLE_POOL_TP, clock, t, load)
+        power += s * p.power_w
+        if p.ttft_p99_s <= slo.ttft_for(t) and p.tbt_p99_s <= slo.tbt_p99_s:
+            meets.add(t)
+    idle = max(0, gpus - n * SINGLE_POOL_TP) * IDLE_GPU_W
+    bad = tuple(sorted(t.name for t, c in caps.items() if c <= 0))
+    return SinglePool(n, clock, n * power + idle, frozenset(meets), bad)
+
+
+def _measured(profile: Profile, tp: int, rtype: RequestType) -> bool:
+    try:
+        profile.clocks(tp, rtype)
+    except ProfilesError:
+        return False
+    return True

@@ -17,12 +17,12 @@ from typing import Protocol
 from wattgate.planner.contract import Heartbeat, Plan
 from wattgate.planner.explain import build_plan, running_counts
 from wattgate.planner.forecast import DAY_MIN, ForecastSettings, forecast_peak
-from wattgate.planner.greedy import baseline
+from wattgate.planner.greedy import baseline, single_pool
 from wattgate.planner.model import Inventory, Node, PlannerError, SolverSettings, make_problem
 from wattgate.planner.placement import place
 from wattgate.planner.solver import solve
 from wattgate.planner.store import StoreError
-from wattgate.profiles.classes import POOL_NAMES, ProfilesError
+from wattgate.profiles.classes import POOL_NAMES, ProfilesError, RequestType
 from wattgate.profiles.table import Profile
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,8 @@ class PlannerLoop:
         decision = solve(problem)
         placement = place(decision.groups, inventory, running)
         base = baseline(self.profile, decision.demand_rps, solver.slo)
+        loads = {RequestType.parse(p): rps for p, rps in decision.demand_rps.items()}
+        single = single_pool(self.profile, loads, solver.slo, inventory.total_gpus)
         extra = [] if inventory.total_gpus else ["no GPUs: no agent heartbeats and no --gpus/--nodes"]
 
         def build(version: int) -> Plan:
@@ -176,6 +178,7 @@ class PlannerLoop:
                 created_at=now,
                 model=self.profile.model,
                 headroom=solver.headroom,
+                single=single,
             )
             return replace(plan, alerts=[*plan.alerts, *extra])
 

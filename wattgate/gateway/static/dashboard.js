@@ -83,12 +83,13 @@ function render(d) {
   const e = d.energy || {};
   const pct = e.baseline_j > 0 ? (100 * e.saved_j) / e.baseline_j : null;
   document.getElementById("saved").textContent = e.baseline_j > 0 ? `${fmt(e.saved_j / 3.6e6, 3)} kWh (${fmt(pct, 1)}%)` : "–";
+  if (e.baseline) document.getElementById("saved-note").textContent = `vs ${e.baseline}`;
   document.getElementById("rps").textContent = fmt(d.rps, 2);
   document.getElementById("requests").textContent = `${fmt(d.requests)} requests so far (measured)`;
   const plan = d.plan;
   document.getElementById("plan").textContent = plan ? `v${plan.version}, ${plan.gpus} GPUs` : "none";
   document.getElementById("plan-note").textContent = plan
-    ? `predicted ${fmt(plan.predicted_power_w)} W vs baseline ${fmt(plan.baseline_power_w)} W (modelled)` : "";
+    ? `its instances ${fmt(plan.predicted_power_w)} W vs every pool on TP8 ${fmt(plan.baseline_power_w)} W (modelled)` : "";
 
   const nodes = Object.keys((hist[hist.length - 1] || {}).node_power_w || {});
   const series = [{ values: hist.map((p) => [p.t, p.power_w]), color: COLORS.total, width: 3 }];
