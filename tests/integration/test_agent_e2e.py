@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import redis
@@ -253,6 +254,15 @@ class Cluster:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.gw_port}/v1"
 
+    def gateway_routable(self) -> int:
+        """Registry instances the gateway itself can route to now (its ``wattgate_gateway_instances`` gauge):
+        Redis may list an instance ready a moment before the gateway has applied the event."""
+        text = httpx.get(f"http://127.0.0.1:{self.gw_port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith("wattgate_gateway_instances{") and 'routable="true"' in line and "registry" in line:
+                return int(float(line.rsplit(" ", 1)[1]))
+        return 0
+
     def stop_agent_and_check_reset(self) -> None:
         """SIGTERM: the agent drains and stops its engines, unregisters them, resets every clock it locked."""
         rc = self.procs.stop("agent", signal.SIGTERM, timeout_s=40)
@@ -357,7 +367,9 @@ def test_real_planner_follows_gateway_load_without_failing_requests(
         if plan is None or not plan.for_node(NODE):
             return None
         ready = {k: v for k, v in reg.ready().items() if v.state == "ready"}
-        return plan if set(ready) == {i.id for i in plan.for_node(NODE)} else None
+        if set(ready) != {i.id for i in plan.for_node(NODE)}:
+            return None
+        return plan if cluster.gateway_routable() >= len(ready) else None
 
     with Registry(redis_url, cluster.gpu_dir, 8) as reg, Load(cluster.base_url) as load:
         quiet = wait_for(all_ready, "the quiet plan's instances ready", 40)
