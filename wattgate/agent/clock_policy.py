@@ -89,17 +89,16 @@ def served_types(profile: Profile, x: ClockInput) -> tuple[RequestType, ...]:
     for name in (x.pool, *x.serves):
         try:
             t = RequestType.parse(name)
-            profile.clocks(x.tp, t)
         except ProfilesError:
             continue
-        if t not in out:
+        if profile.covers(x.tp, t) and t not in out:
             out.append(t)
     return tuple(out)
 
 
 def _lone_request_meets(profile: Profile, slo: SloTargets, tp: int, clock: int, t: RequestType) -> bool:
     p = profile.lookup(tp, clock, t, 0.0)
-    return p.ttft_p99_s <= slo.ttft_for(t) and p.tbt_p99_s <= slo.tbt_p99_s
+    return slo.met(t, p.ttft_p99_s, p.tbt_p99_s)
 
 
 def _power(profile: Profile, tp: int, clock: int, types: Sequence[RequestType], load: float) -> float | None:

@@ -71,10 +71,18 @@ class LoopLag:
         return {
             "samples": len(s),
             "mean_s": sum(s) / len(s),
-            "p99_s": s[min(len(s) - 1, math.ceil(0.99 * len(s)) - 1)],
+            "p99_s": p99(s),
             "max_s": s[-1],
             "source": "measured (event-loop wake-up delay of the replay client)",
         }
+
+
+def p99(values: list[float]) -> float | None:
+    """The nearest-rank 99th percentile (None for no values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
 class Prompts:

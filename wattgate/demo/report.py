@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wattgate.demo.replay import Result
+from wattgate.demo.replay import Result, p99
 from wattgate.demo.trace import Scheduled
 from wattgate.planner.greedy import single_pool
 from wattgate.profiles.classes import RequestType, SloTargets
@@ -53,7 +53,7 @@ def meets_slo(r: Result, slo: SloTargets) -> bool:
     """Client-measured: the TTFT and mean time between tokens the client timed."""
     if not r.ok or r.ttft_s is None:
         return False
-    return r.ttft_s <= slo.ttft_p99_s[r.req.rtype.input] and (r.tbt_s is None or r.tbt_s <= slo.tbt_p99_s)
+    return slo.met(r.req.rtype, r.ttft_s, r.tbt_s)
 
 
 def engine_meets_slo(r: Result, slo: SloTargets) -> bool:
@@ -61,14 +61,7 @@ def engine_meets_slo(r: Result, slo: SloTargets) -> bool:
     ttft, tbt = r.engine.get("ttft_s"), r.engine.get("tbt_mean_s")
     if not r.ok or not isinstance(ttft, (int, float)):
         return False
-    return ttft <= slo.ttft_p99_s[r.req.rtype.input] and (not isinstance(tbt, (int, float)) or tbt <= slo.tbt_p99_s)
-
-
-def p99(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    return slo.met(r.req.rtype, ttft, tbt if isinstance(tbt, (int, float)) else None)
 
 
 def _group(results: list[Result], key: Callable[[Result], str], slo: SloTargets) -> dict[str, dict[str, Any]]:

@@ -413,7 +413,6 @@ class SinglePool:
     clock_mhz: int
     power_w: float  # the instances at their load plus the cluster's other GPUs idle
     meets: frozenset[RequestType]  # types whose P99 at the per-instance load is within their targets
-    unservable: tuple[str, ...] = ()  # types no load of which meets their targets on TP8 at that clock
 
     @property
     def gpus(self) -> int:
@@ -431,7 +430,7 @@ def single_pool(
     instance kept warm for ``mix`` (type shares). Types the profile did not measure at TP8 are left out."""
     total = sum(v for v in loads.values() if v > 0)
     shares = {t: v / total for t, v in loads.items() if v > 0} if total > 0 else dict(mix or {})
-    shares = {t: s for t, s in shares.items() if _measured(profile, SINGLE_POOL_TP, t)}
+    shares = {t: s for t, s in shares.items() if profile.covers(SINGLE_POOL_TP, t)}
     if not shares:
         return SinglePool(0, 0, gpus * IDLE_GPU_W, frozenset())
     clock = min(profile.clocks(SINGLE_POOL_TP, t)[-1] for t in shares)
@@ -443,16 +442,7 @@ def single_pool(
         load = min(total / n, profile.max_measured_load(SINGLE_POOL_TP, clock, t))
         p = profile.lookup(SINGLE_POOL_TP, clock, t, load)
         power += s * p.power_w
-        if p.ttft_p99_s <= slo.ttft_for(t) and p.tbt_p99_s <= slo.tbt_p99_s:
+        if slo.met(t, p.ttft_p99_s, p.tbt_p99_s):
             meets.add(t)
     idle = max(0, gpus - n * SINGLE_POOL_TP) * IDLE_GPU_W
-    bad = tuple(sorted(t.name for t, c in caps.items() if c <= 0))
-    return SinglePool(n, clock, n * power + idle, frozenset(meets), bad)
-
-
-def _measured(profile: Profile, tp: int, rtype: RequestType) -> bool:
-    try:
-        profile.clocks(tp, rtype)
-    except ProfilesError:
-        return False
-    return True
+    return SinglePool(n, clock, n * power + idle, frozenset(meets))

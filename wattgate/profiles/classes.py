@@ -136,6 +136,10 @@ class SloTargets:
     def ttft_for(self, rtype: RequestType) -> float:
         return self.ttft_p99_s[rtype.input]
 
+    def met(self, rtype: RequestType, ttft_s: float, tbt_s: float | None) -> bool:
+        """Whether a TTFT and a time between tokens (None: no second token) are within ``rtype``'s targets."""
+        return ttft_s <= self.ttft_for(rtype) and (tbt_s is None or tbt_s <= self.tbt_p99_s)
+
     def __iter__(self) -> Iterator[tuple[RequestType, float, float]]:
         for t in REQUEST_TYPES:
             yield t, self.ttft_for(t), self.tbt_p99_s

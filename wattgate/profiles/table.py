@@ -115,6 +115,10 @@ class Profile:
     def request_types(self) -> tuple[RequestType, ...]:
         return tuple(sorted({k[2] for k in self._series}))
 
+    def covers(self, tp: int, rtype: RequestType) -> bool:
+        """Whether anything was measured for this TP and type."""
+        return (tp, rtype) in self._clocks
+
     def clocks(self, tp: int, rtype: RequestType) -> tuple[int, ...]:
         """Measured SM clocks (MHz) for this TP and type, ascending."""
         try:
