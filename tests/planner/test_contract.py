@@ -8,11 +8,13 @@ import redis
 from wattgate.planner.contract import (
     SCHEMA_VERSION,
     ContractError,
+    Heartbeat,
     InstanceRecord,
     Keys,
     Observation,
     Plan,
     PlannedInstance,
+    UnmanagedInstance,
     load_field,
 )
 
@@ -73,3 +75,32 @@ def test_plan_serves_defaults_to_empty_and_round_trips() -> None:
     old = plan.to_dict()
     del old["serves"]
     assert Plan.from_json(json.dumps(old)).serves == {}
+
+
+def test_heartbeat_unmanaged_servers_round_trip_and_old_heartbeats_still_read() -> None:
+    beat = Heartbeat("ext", 1.0, 3, 8, True, managed=False, unmanaged=[UnmanagedInstance("e0", 4, [0, 1, 2, 3], "m")])
+    back = Heartbeat.from_json(beat.to_json())
+    assert back == beat and back.unmanaged[0].engine == "vllm" and back.unmanaged[0].pool == ""
+    old = beat.to_dict()
+    del old["unmanaged"], old["managed"]
+    assert Heartbeat.from_json(json.dumps(old)).unmanaged == []
+    with pytest.raises(ContractError, match="unmanaged"):
+        Heartbeat.from_json(beat.to_dict() | {"unmanaged": "e0"})
+    with pytest.raises(ContractError, match="bad unmanaged instance"):
+        Heartbeat.from_json(beat.to_dict() | {"unmanaged": [{"id": "e0"}]})
+
+
+def test_plan_fixed_ids_default_empty_and_newer_fields_are_ignored() -> None:
+    inst = PlannedInstance("e0", "SM", "ext", [0, 1], 2, 1200, 1.0, 500.0)
+    plan = Plan(1, 0.0, "m", [inst], {"SM": 1.0}, 500.0, 900.0, fixed=["e0"])
+    back = Plan.from_json(plan.to_json())
+    assert back.fixed == ["e0"] and back.fixed_pools() == {"e0": "SM"}
+    old = plan.to_dict()
+    del old["fixed"]
+    assert Plan.from_json(json.dumps(old)).fixed == [] and Plan.from_json(json.dumps(old)).fixed_pools() == {}
+    # a newer writer's extra fields, on the plan and on its instances, are ignored rather than refused
+    newer = plan.to_dict() | {"later": 1}
+    newer["instances"] = [{**newer["instances"][0], "later": True}]
+    assert Plan.from_json(json.dumps(newer)) == plan
+    with pytest.raises(ContractError, match="bad instance"):
+        Plan.from_json(plan.to_dict() | {"instances": [{"id": "e0"}]})

@@ -4,6 +4,13 @@ Gateways, the planner and agents talk only through the keys below. Every message
 ``"schema": SCHEMA_VERSION``; a reader refuses a message of another major version with
 ``ContractError`` rather than guessing. Nothing here is pickled: a message can never run code.
 
+Within a major version the schema only grows: a new field has a default, so a message from before it
+still reads (the field takes its default), and a reader ignores fields it does not know (including those
+of a plan's instances), so a newer writer's message still reads too. Additions to schema 1, newest last:
+``Plan.serves``, ``Plan.headroom``, ``Plan.single_pool_*``, ``Heartbeat.managed``, then
+``Heartbeat.unmanaged`` (the servers an agent runs for the user, which the planner counts as fixed
+capacity) with ``Plan.fixed`` (the ids of those the plan assigns a pool and clock to).
+
 Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 
 | key | type | writer | content |
@@ -242,7 +249,8 @@ class InstanceRecord(_Message):
 
 @dataclass(frozen=True)
 class PlannedInstance:
-    """One instance of the plan: where it runs, its tensor parallelism and SM clock."""
+    """One instance of the plan: where it runs, its tensor parallelism and SM clock (for a fixed instance,
+    one the plan cannot start or stop, only the pool it serves and its clock are the plan's choice)."""
 
     id: str
     pool: str
@@ -278,17 +286,25 @@ class Plan(_Message):
     # of the cluster (DynamoLLM's single-pool baseline); None in plans from before these fields
     single_pool_power_w: float | None = None
     single_pool_gpus: int | None = None
+    # ids of the instances the planner may not start, stop or move (servers wattgate does not manage, from the
+    # agents' heartbeats): the plan chooses their pool and clock only; empty in plans from before this field
+    fixed: list[str] = field(default_factory=list)
 
     def for_node(self, node: str) -> list[PlannedInstance]:
         return [i for i in self.instances if i.node == node]
 
+    def fixed_pools(self) -> dict[str, str]:
+        """Fixed instance id -> the pool the plan has it serve."""
+        ids = set(self.fixed)
+        return {i.id: i.pool for i in self.instances if i.id in ids}
+
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Plan:
         data = dict(_decode(raw, "plan"))
-        try:
-            data["instances"] = [PlannedInstance(**i) for i in data.get("instances", [])]
-        except TypeError as exc:
-            raise ContractError(f"plan: bad instance: {exc}") from exc
+        listed = data.get("instances", [])
+        if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
+            raise ContractError("plan: instances must be a list of objects")
+        data["instances"] = [_build(PlannedInstance, i, "plan: bad instance") for i in listed]
         plan = _build(cls, data, "plan")
         h = plan.headroom
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h <= 1:
@@ -326,6 +342,19 @@ class NodeTelemetry(_Message):
 
 
 @dataclass(frozen=True)
+class UnmanagedInstance:
+    """A server the user runs on a node and wattgate does not start or stop (``wattgate agent --external``):
+    the planner counts it as fixed capacity and chooses only its pool and clock."""
+
+    id: str
+    tp: int
+    gpus: list[int]  # node-local GPU indices
+    model: str = ""  # the model it serves, as clients name it ("" unknown)
+    engine: str = "vllm"  # what serves it: vllm | tgi | simulated
+    pool: str = ""  # the pool it serves now ("" none yet: every request type)
+
+
+@dataclass(frozen=True)
 class Heartbeat(_Message):
     node: str
     ts: float
@@ -336,7 +365,14 @@ class Heartbeat(_Message):
     # False: the node runs external (unmanaged) instances only and its agent does not carry out plans,
     # so the planner must not plan instances onto its GPUs
     managed: bool = True
+    # the node's unmanaged servers (empty in heartbeats from before this field)
+    unmanaged: list[UnmanagedInstance] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Heartbeat:
-        return _build(cls, _decode(raw, "heartbeat"), "heartbeat")
+        data = dict(_decode(raw, "heartbeat"))
+        listed = data.get("unmanaged", [])
+        if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
+            raise ContractError("heartbeat: unmanaged must be a list of objects")
+        data["unmanaged"] = [_build(UnmanagedInstance, i, "heartbeat: bad unmanaged instance") for i in listed]
+        return _build(cls, data, "heartbeat")
