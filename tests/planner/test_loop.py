@@ -8,9 +8,9 @@ import redis
 
 from tests.planner.toy import toy_profile
 from tests.support import wait_for
+from wattgate.planner.baselines import IDLE_GPU_W, single_pool
 from wattgate.planner.contract import Heartbeat, Keys, Plan, UnmanagedInstance, load_field
 from wattgate.planner.forecast import ForecastSettings, Method
-from wattgate.planner.greedy import IDLE_GPU_W, single_pool
 from wattgate.planner.loop import LoopSettings, PlannerLoop
 from wattgate.planner.model import SolverSettings
 from wattgate.planner.store import PlannerStore

@@ -177,15 +177,18 @@ class Agent:
 
 def follow_plan(externals: Sequence[PlannedInstance], plan: Plan | None, node: str) -> list[PlannedInstance]:
     """The external servers with the pool, clock and load the plan gives those it names as fixed instances on
-    this node (same GPUs); the others as they are."""
-    given = {p.id: p for p in plan.for_node(node) if p.id in set(plan.fixed)} if plan is not None else {}
+    this node (same GPUs and TP); the others as they are."""
+    if plan is None:
+        return list(externals)
+    fixed = set(plan.fixed)
+    given = {p.id: p for p in plan.for_node(node) if p.id in fixed}
     out = []
     for e in externals:
         p = given.get(e.id)
-        ok = p is not None and sorted(p.gpus) == sorted(e.gpus) and p.tp == e.tp
+        same = p is not None and sorted(p.gpus) == sorted(e.gpus) and p.tp == e.tp
         out.append(
             replace(e, pool=p.pool, sm_clock_mhz=p.sm_clock_mhz, load_rps=p.load_rps, power_w=p.power_w)
-            if ok and p
+            if p and same
             else e
         )
     return out

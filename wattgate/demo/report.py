@@ -14,7 +14,7 @@ from typing import Any
 
 from wattgate.demo.replay import Result, p99
 from wattgate.demo.trace import Scheduled
-from wattgate.planner.greedy import SINGLE_POOL_TP, single_pool
+from wattgate.planner.baselines import SINGLE_POOL_TP, single_pool
 from wattgate.profiles.classes import RequestType, SloTargets
 from wattgate.profiles.table import Profile
 

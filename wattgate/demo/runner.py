@@ -21,7 +21,7 @@ from wattgate.demo.report import baseline, build_report, fleet_baseline, render,
 from wattgate.demo.store import prime_load_history
 from wattgate.demo.trace import Scheduled, TraceError, read_trace, schedule
 from wattgate.demo.view import View
-from wattgate.planner.greedy import single_pool_tp
+from wattgate.planner.baselines import single_pool_tp
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import ClassEdges, SloTargets
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from wattgate.planner.baselines import IDLE_GPU_W, Baseline, SinglePool
 from wattgate.planner.contract import Plan, PlannedInstance
-from wattgate.planner.greedy import IDLE_GPU_W, Baseline, SinglePool
 from wattgate.planner.model import Config, Decision
 from wattgate.planner.placement import Placement
 

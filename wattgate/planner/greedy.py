@@ -1,10 +1,9 @@
-"""Plans without a MILP: turning item counts into a ``Decision``, the greedy fallback, and the baseline.
+"""Plans without a MILP: turning item counts into a ``Decision`` and the greedy fallback.
 
 The fallback always returns a plan that fits the GPUs (possibly serving only part of the load, with an
 alert): the cover plan when one serving all the load fits, else a greedy one. Both load the problem's fixed
 instances first (``fleet.fixed_first``) and start managed instances for the rest. The solver publishes it
-when CBC fails and starts CBC from it. The baseline is what wattgate is compared with: every pool on TP8
-instances at the highest measured clock, sized for its load.
+when CBC fails and starts CBC from it. (The baselines, once here, are in ``planner/baselines.py``.)
 """
 
 from __future__ import annotations
@@ -14,13 +13,10 @@ import functools
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from wattgate.planner.fleet import fixed_first
 from wattgate.planner.model import Config, Decision, Group, Item, Problem, SolverSettings, SolveStatus
-from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets
-from wattgate.profiles.table import Profile
 
 EPS = 1e-6
 GPU_PRICES_W = (0.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0)  # cover_counts: W per GPU, until it fits
@@ -396,99 +392,29 @@ def _slot(free: list[int], tp: int) -> int | None:
     return min(ok)[1] if ok else None
 
 
-@dataclass(frozen=True)
-class Baseline:
-    """All pools on TP8 at the highest measured clock, each sized for its load (modelled)."""
+# the baselines lived here before planner/baselines.py: kept importable from here for callers of that time
+from wattgate.planner.baselines import (  # noqa: E402
+    IDLE_GPU_W,
+    SINGLE_POOL_TP,
+    Baseline,
+    SinglePool,
+    baseline,
+    single_pool,
+    single_pool_tp,
+)
 
-    groups: tuple[Group, ...]
-    unservable: tuple[str, ...]  # pools TP8 at max clock cannot serve within the SLO
-
-    @property
-    def power_w(self) -> float:
-        return sum(g.power_w for g in self.groups)
-
-    @property
-    def gpus(self) -> int:
-        return sum(g.gpus for g in self.groups)
-
-
-def baseline(profile: Profile, demand_rps: Mapping[str, float], slo: SloTargets) -> Baseline:
-    groups: list[Group] = []
-    bad: list[str] = []
-    for pool, rps in sorted(demand_rps.items()):
-        if rps <= 0:
-            continue
-        rtype = RequestType.parse(pool)
-        try:
-            clock = profile.clocks(8, rtype)[-1]
-            cap = profile.max_load(8, clock, rtype, slo)
-        except ProfilesError:
-            cap, clock = 0.0, 0
-        if cap <= 0:
-            bad.append(pool)
-            continue
-        count = math.ceil(rps / cap - EPS)
-        each = rps / count
-        groups.append(Group(pool, 8, clock, count, each, profile.lookup(8, clock, rtype, each).power_w))
-    return Baseline(tuple(groups), tuple(bad))
-
-
-SINGLE_POOL_TP = 8  # DynamoLLM's baseline TP, on 8-GPU nodes
-IDLE_GPU_W = 70.0  # modelled: an idle H100 with a model loaded (as wattgate.agent.gpu.simulated draws)
-
-
-def single_pool_tp(profile: Profile, node_gpus: Iterable[int]) -> int:
-    """The single-pool baseline's TP: the largest the profile measured, up to ``SINGLE_POOL_TP``, that fits on
-    the largest node (TP8 on 8-GPU nodes, TP4 on 4-GPU ones: a TP group never spans nodes)."""
-    room = min(max(node_gpus, default=SINGLE_POOL_TP), SINGLE_POOL_TP)
-    fits = [tp for tp in profile.tps if tp <= room]
-    return max(fits) if fits else min(profile.tps)
-
-
-@dataclass(frozen=True)
-class SinglePool:
-    """DynamoLLM's baseline (modelled): one pool of TP8 instances (the largest TP that fits a node) at the
-    highest clock measured for every type, as few as carry the whole load mix within each type's targets,
-    plus ``IDLE_GPU_W`` for each other GPU of the cluster."""
-
-    instances: int
-    clock_mhz: int
-    power_w: float  # the instances at their load plus the cluster's other GPUs idle
-    meets: frozenset[RequestType]  # types whose P99 at the per-instance load is within their targets
-    tp: int = SINGLE_POOL_TP
-
-    @property
-    def gpus(self) -> int:
-        return self.instances * self.tp
-
-
-def single_pool(
-    profile: Profile,
-    loads: Mapping[RequestType, float],
-    slo: SloTargets,
-    gpus: int,
-    mix: Mapping[RequestType, float] | None = None,
-    *,
-    tp: int = SINGLE_POOL_TP,
-) -> SinglePool:
-    """The single-pool baseline for ``loads`` (req/s per type) on a cluster of ``gpus`` with instances of ``tp``
-    GPUs (``single_pool_tp``); with no load, one instance kept warm for ``mix`` (type shares). Types the
-    profile did not measure at that TP are left out."""
-    total = sum(v for v in loads.values() if v > 0)
-    shares = {t: v / total for t, v in loads.items() if v > 0} if total > 0 else dict(mix or {})
-    shares = {t: s for t, s in shares.items() if profile.covers(tp, t)}
-    if not shares:
-        return SinglePool(0, 0, gpus * IDLE_GPU_W, frozenset(), tp)
-    clock = min(profile.clocks(tp, t)[-1] for t in shares)
-    caps = {t: profile.max_load(tp, clock, t, slo) for t in shares}
-    inverse = sum(s / caps[t] for t, s in shares.items() if caps[t] > 0)
-    n = max(1, math.ceil(total * inverse - EPS))
-    power, meets = 0.0, set()
-    for t, s in shares.items():
-        load = min(total / n, profile.max_measured_load(tp, clock, t))
-        p = profile.lookup(tp, clock, t, load)
-        power += s * p.power_w
-        if slo.met(t, p.ttft_p99_s, p.tbt_p99_s):
-            meets.add(t)
-    idle = max(0, gpus - n * tp) * IDLE_GPU_W
-    return SinglePool(n, clock, n * power + idle, frozenset(meets), tp)
+__all__ = [
+    "IDLE_GPU_W",
+    "SINGLE_POOL_TP",
+    "Baseline",
+    "SinglePool",
+    "baseline",
+    "cover_counts",
+    "greedy_counts",
+    "greedy_solve",
+    "keep_current",
+    "realize",
+    "reconfiguration_w",
+    "single_pool",
+    "single_pool_tp",
+]

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from wattgate.planner.baselines import baseline, single_pool, single_pool_tp
 from wattgate.planner.contract import Heartbeat, Plan
 from wattgate.planner.epoch import plan_epoch
 from wattgate.planner.explain import build_plan
 from wattgate.planner.forecast import DAY_MIN, ForecastSettings, forecast_peak
-from wattgate.planner.greedy import baseline, single_pool, single_pool_tp
 from wattgate.planner.model import FixedInstance, Inventory, Node, PlannerError, SolverSettings
 from wattgate.planner.store import StoreError
 from wattgate.profiles.classes import POOL_NAMES, ProfilesError, RequestType
