@@ -104,7 +104,7 @@ class Agent:
     def publish(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         notes = [] if self.redis_ok else ["redis was unreachable: running on the last plan"]
-        notes += [*self.problems, *([self._bad_plan] if self._bad_plan else [])]
+        notes += [*self.problems, *([self._bad_plan] if self._bad_plan else []), *self.act.notes(time.monotonic())]
         version = self.plan.version if self.plan is not None else None
         tel, hb = self.telemetry.node_telemetry(now), self.telemetry.heartbeat(now, version, notes)
         try:
