@@ -313,10 +313,11 @@ class Actuator:
         self._save()
 
     # -- helpers ----------------------------------------------------------------------------------
-    def republish(self) -> None:
-        """Re-write every record (no event): restores the registry after Redis comes back."""
+    def republish(self, announce: bool = False) -> None:
+        """Re-write every record: restores the registry after Redis comes back (``announce``: with an event
+        per record, so gateways see them at once rather than at their next full registry read)."""
         for r in list(self.instances.values()):  # the telemetry thread calls this: copy first
-            self._put(self.record(r), announce=False)
+            self._put(self.record(r), announce=announce)
 
     def set_clock_record(self, r: Running, mhz: int) -> None:
         if r.sm_clock_mhz != mhz:
