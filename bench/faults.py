@@ -356,10 +356,10 @@ def cluster_faults(logs: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
     model = "llama-sim"
     redis_server = EmbeddedRedis().start()
     url = redis_server.url
-    planner_cmd = [PY, "-m", "wattgate", "planner", "--redis-url", url, "--nodes", "n1=4", "--pool-period-s", "2"]
+    planner_cmd = [PY, "-m", "wattgate", "planner", "--redis-url", url, "--nodes", "n1=8", "--pool-period-s", "2"]
     planner = Proc("planner", [*planner_cmd, "--lease-s", "3", "--min-rps", "0.05", "--time-limit-s", "1"], logs)
     state = Path(tempfile.mkdtemp(prefix="wattgate-faults-agent-"))
-    agent_cmd = [PY, "-m", "wattgate", "agent", "--redis-url", url, "--node", "n1", "--gpus", "sim:4", "--engine"]
+    agent_cmd = [PY, "-m", "wattgate", "agent", "--redis-url", url, "--node", "n1", "--gpus", "sim:8", "--engine"]
     agent_cmd += ["sim", "--model", model, "--state-dir", str(state), "--gpu-state-dir", str(state / "gpus")]
     agent_cmd += ["--tick-s", "0.5", "--sim-speed", "20", "--port-base", str(free_port()), "--stop-grace-s", "5"]
     agent = Proc("agent", agent_cmd, logs)
@@ -368,10 +368,11 @@ def cluster_faults(logs: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         ready = {"source": "registry", "routable": "true"}
         wait_for(lambda: metric(gw, "wattgate_gateway_instances", **ready) >= 1, "an agent instance routable", 120)
+        settled = settle(gw, url, model, a)
 
         def none() -> tuple[str, str]:
             n = metric(gw, "wattgate_gateway_instances", **ready)
-            return "-", f"baseline: {n:g} instance(s) planned and started by the planner and agent"
+            return "-", f"baseline: {n:g} instance(s) planned and started by the planner and agent; {settled}"
 
         def kill_redis() -> tuple[str, str]:
             redis_server.kill()
@@ -386,9 +387,17 @@ def cluster_faults(logs: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
         def kill_agent() -> tuple[str, str]:
             agent.signal(signal.SIGKILL)  # its engines run in their own sessions and keep serving
             time.sleep(a.window_s)
-            agent.restart()
             log = logs / "agent.log"
-            adopted = wait_for(lambda: log.read_text().count("left running by a previous agent"), "adoption", 60)
+            start = log.stat().st_size
+            agent.restart()
+
+            def new_lines() -> str:
+                with log.open(errors="replace") as f:
+                    f.seek(start)
+                    return f.read()
+
+            wait_for(lambda: "agent n1:" in new_lines(), "the new agent running", 60)
+            adopted = new_lines().count("left running by a previous agent")
             return "-", f"agent SIGKILLed; a new agent started after {a.window_s:g} s adopted {adopted} engine(s)"
 
         for name, fault in (
@@ -404,6 +413,34 @@ def cluster_faults(logs: Path, a: argparse.Namespace) -> list[dict[str, Any]]:
         _kill_engines(state)
         redis_server.stop()
     return rows
+
+
+def settle(gw: str, redis_url: str, model: str, a: argparse.Namespace, quiet_s: float = 12.0) -> str:
+    """Run the ordinary load until the planner's layout for it has not changed for ``quiet_s`` and every
+    planned instance is routable at the gateway (the planner re-plans as the load it sees rises)."""
+    import redis  # noqa: PLC0415
+
+    from wattgate.planner.contract import Keys, Plan  # noqa: PLC0415
+
+    r = redis.Redis.from_url(redis_url)
+    t0 = time.monotonic()
+    layout: frozenset[tuple[str, str]] = frozenset()
+    since = t0
+    try:
+        with Load(gw, model, a.workers):
+            while time.monotonic() - t0 < 240:
+                raw = r.get(Keys().plan)
+                plan = Plan.from_json(raw) if raw else None
+                now_layout = frozenset((i.id, i.pool) for i in plan.instances) if plan else frozenset()
+                if now_layout != layout:
+                    layout, since = now_layout, time.monotonic()
+                routable = metric(gw, "wattgate_gateway_instances", source="registry", routable="true")
+                if layout and time.monotonic() - since >= quiet_s and routable >= len(layout):
+                    return f"layout settled under the load after {time.monotonic() - t0:.0f} s"
+                time.sleep(1.0)
+    finally:
+        r.close()
+    return "layout still moving after 240 s"
 
 
 def _kill_engines(state: Path) -> None:

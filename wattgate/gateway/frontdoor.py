@@ -143,7 +143,7 @@ class FrontDoorProtocol(HttpToolsProtocol):
         if self._done:
             return
         if self._in_head:
-            seen = self._tail + data
+            seen = self._tail + data if self._tail else data  # a head's blank line may span two reads
             end = seen.find(b"\r\n\r\n")
             size = self._head_bytes + (len(data) if end < 0 else end + 4 - len(self._tail))
             if size > self.door.max_header_bytes:
