@@ -203,6 +203,10 @@ class FrontDoorProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _unsupported_upgrade_warning(self) -> None:
+        """An upgrade request is served as plain HTTP (``ws="none"``): nothing to warn about, and a
+        client must not be able to write two log lines per request."""
+
     # -- answers ------------------------------------------------------------------------------------
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request the parser rejects, as an OpenAI error body."""
