@@ -22,17 +22,18 @@ def register(subparsers: Any) -> None:
     a(
         "--engine",
         default=None,
-        choices=["vllm", "tgi", "sim", "external"],
+        choices=["vllm", "tgi", "llama.cpp", "sim", "external"],
         help="engine kind  [vllm; external with --external]",
     )
-    a("--model", default="", help="model to serve (vLLM/TGI model id, or the simulated model's name)")
+    a("--model", default="", help="model to serve (vLLM/TGI model id; llama.cpp/simulated: the name it is served as)")
+    a("--model-file", default="", help="llama.cpp: the GGUF model file llama-server loads")
     a("--prefix", default="wg", help="Redis key prefix  [wg]")
     a("--host", default="127.0.0.1", help="address engines bind and gateways reach  [127.0.0.1]")
     a("--port-base", type=int, default=8100, help="first port for engine instances  [8100]")
     a("--max-batch", type=int, default=256, help="engine max concurrent sequences (--max-num-seqs)  [256]")
     a("--state-dir", default="", help="clock-lock and engine state, engine logs  [/var/lib/wattgate/NODE]")
     a("--observe-only", action="store_true", help="never lock clocks: only observe and report")
-    a("--engine-command", default="", help="launcher replacing vllm serve / text-generation-launcher")
+    a("--engine-command", default="", help="launcher replacing vllm serve / text-generation-launcher / llama-server")
     a("--engine-arg", action="append", help="extra argument for the engine (repeatable)")
     a("--cuda-devices-by", default="uuid", choices=["uuid", "index"], help="CUDA_VISIBLE_DEVICES naming  [uuid]")
     a("--sleep-mode", action="store_true", help="vLLM: --enable-sleep-mode; scale-down sleeps, scale-up wakes")
@@ -42,7 +43,7 @@ def register(subparsers: Any) -> None:
     a(
         "--external",
         action="append",
-        help="a server you run: id=NAME,url=http://H:P,gpus=0:1[,pool=SS][,model=M][,engine=vllm|tgi|sim] "
+        help="a server you run: id=NAME,url=http://H:P,gpus=0:1[,pool=SS][,model=M][,engine=vllm|tgi|llama.cpp|sim] "
         "(repeatable); the planner picks its pool and clock, the agent never starts or stops it",
     )
     a("--ttft-s", default="0.25,0.5,1.5", help="P99 TTFT targets (s) for S,M,L inputs  [0.25,0.5,1.5]")
@@ -53,6 +54,7 @@ def register(subparsers: Any) -> None:
     a("--drain-timeout-s", type=float, default=60.0, help="longest wait for in-flight requests  [60]")
     a("--start-timeout-s", type=float, default=900.0, help="longest wait for an engine to be healthy  [900]")
     a("--stop-grace-s", type=float, default=30.0, help="SIGTERM to SIGKILL grace (s)  [30]")
+    a("--start-retries", type=int, default=5, help="failed starts in a row before giving up on an instance  [5]")
     a("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)  [0]")
     a("--metrics-host", default="0.0.0.0", help="address of the metrics endpoint  [0.0.0.0]")
     a("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="[INFO]")

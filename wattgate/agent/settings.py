@@ -15,21 +15,21 @@ from wattgate.profiles.classes import POOL_NAMES
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-EXTERNAL_ENGINES = {"vllm": "vllm", "tgi": "tgi", "sim": "simulated"}  # --external engine= -> what serves it
+EXTERNAL_ENGINES = {"vllm": "vllm", "tgi": "tgi", "llama.cpp": "llama.cpp", "sim": "simulated"}  # engine= -> kind
 
 
 @dataclass(frozen=True)
 class ExternalInstance:
     """An existing server the agent does not manage: ``id=e0,url=http://h:8000,gpus=0:1`` and optionally
     ``pool=SS`` (what it serves until a plan gives it a pool; none: every type), ``model=NAME`` (the name
-    clients send; default ``--model``) and ``engine=vllm|tgi|sim`` (what serves it: its metrics' names)."""
+    clients send; default ``--model``) and ``engine=vllm|tgi|llama.cpp|sim`` (what serves it: its metrics' names)."""
 
     id: str
     url: str
     pool: str  # "" none: every request type until the plan assigns one
     gpus: tuple[int, ...]
     model: str = ""
-    engine: str = "vllm"  # vllm | tgi | simulated
+    engine: str = "vllm"  # vllm | tgi | llama.cpp | simulated
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class AgentSettings:
     observe_only: bool = False
     engine_command: tuple[str, ...] = ()
     engine_args: tuple[str, ...] = ()
+    model_file: Path | None = None  # llama.cpp: the GGUF file served as --model
     cuda_devices_by: str = "uuid"
     sleep_mode: bool = False
     profile: str = ""
@@ -62,6 +63,7 @@ class AgentSettings:
     drain_timeout_s: float = 60.0
     start_timeout_s: float = 900.0
     stop_grace_s: float = 30.0
+    start_retries: int = 5
     metrics_port: int = 0  # 0: no metrics endpoint
     metrics_host: str = "0.0.0.0"
 
@@ -90,7 +92,7 @@ def default_state_dir(node: str) -> Path:
 
 
 def parse_external(text: str) -> ExternalInstance:
-    usage = "expected id=NAME,url=http://HOST:PORT,gpus=0:1[,pool=SS][,model=NAME][,engine=vllm|tgi|sim]"
+    usage = "expected id=NAME,url=http://HOST:PORT,gpus=0:1[,pool=SS][,model=NAME][,engine=vllm|tgi|llama.cpp|sim]"
     try:
         parts = dict(p.split("=", 1) for p in text.split(","))
         gpus = tuple(int(g) for g in parts["gpus"].split(":") if g != "")
@@ -140,6 +142,8 @@ def validate(s: AgentSettings) -> AgentSettings:
             and len({g for e in s.externals for g in e.gpus}) == sum(len(e.gpus) for e in s.externals),
             "--external: each server needs its own id and its own GPUs",
         ),
+        (s.engine is not EngineKind.LLAMA_CPP or s.model_file is not None, "--engine llama.cpp needs --model-file"),
+        (s.start_retries >= 1, "--start-retries must be >= 1"),
         (s.sim_speed > 0, "--sim-speed must be > 0"),
         (min(s.ttft_s) > 0 and s.tbt_s > 0, "SLO targets must be positive seconds"),
         (s.tick_s > 0 and s.clock_interval_s >= s.tick_s, "--clock-interval-s must be >= --tick-s > 0"),
@@ -186,6 +190,7 @@ def from_args(args: Any) -> AgentSettings:
             observe_only=args.observe_only,
             engine_command=tuple(args.engine_command.split()) if args.engine_command else (),
             engine_args=tuple(args.engine_arg or ()),
+            model_file=Path(args.model_file) if args.model_file else None,
             cuda_devices_by=args.cuda_devices_by,
             sleep_mode=args.sleep_mode,
             profile=args.profile or "",
@@ -200,6 +205,7 @@ def from_args(args: Any) -> AgentSettings:
             drain_timeout_s=args.drain_timeout_s,
             start_timeout_s=args.start_timeout_s,
             stop_grace_s=args.stop_grace_s,
+            start_retries=args.start_retries,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
         )

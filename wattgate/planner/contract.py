@@ -350,7 +350,7 @@ class UnmanagedInstance:
     tp: int
     gpus: list[int]  # node-local GPU indices
     model: str = ""  # the model it serves, as clients name it ("" unknown)
-    engine: str = "vllm"  # what serves it: vllm | tgi | simulated
+    engine: str = "vllm"  # what serves it: vllm | tgi | llama.cpp | simulated
     pool: str = ""  # the pool it serves now ("" none yet: every request type)
 
 
