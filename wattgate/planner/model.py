@@ -405,10 +405,12 @@ def make_problem(
     ids = [f.id for f in fixed]
     if len(set(ids)) != len(ids):
         raise PlannerError(f"fixed instance ids must be unique, got {sorted(ids)}")
-    tps = {f.tp for f in fixed}
-    unpruned = build_items(profile, replace(settings, prune=False), pools=sorted(reach & have), inbound=inbound)
-    fixed_items = [it for it in unpruned if it.tp in tps]
-    if settings.prune:  # within one TP and pool only: a fixed TP4 server cannot become the TP2 instance that wins
+    fixed_items: list[Item] = []
+    if fixed:
+        tps = {f.tp for f in fixed}
+        unpruned = build_items(profile, replace(settings, prune=False), pools=sorted(reach & have), inbound=inbound)
+        fixed_items = [it for it in unpruned if it.tp in tps]
+    if fixed and settings.prune:  # within one TP and pool only: a fixed TP4 server cannot become the TP2 that wins
         running = {(f.pool, f.tp, f.clock_mhz) for f in fixed if f.pool is not None and f.clock_mhz is not None}
         groups: dict[tuple[int, str], list[Item]] = {}
         for it in fixed_items:
