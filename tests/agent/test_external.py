@@ -132,6 +132,7 @@ def test_the_agent_follows_the_plans_pools_and_clocks_and_never_stops_the_server
         assert set(states) == {"ready"}  # never starting, draining or gone: a routing change only
     finally:
         agent.shutdown()
+        agent.store.close()
         r.close()
     assert gpus[0].locked is None and gpus[1].locked is None  # released
     assert proc.poll() is None  # never stopped

@@ -105,21 +105,29 @@ def _unmanaged(url: str, node: str, gpus: int, servers: list[UnmanagedInstance])
     r.close()
 
 
+def _published(loop: PlannerLoop) -> Plan:
+    """One tick that publishes, the plan it published; the loop's store is closed (no socket left to GC)."""
+    store = loop.store
+    assert isinstance(store, PlannerStore)
+    try:
+        assert loop.tick() == "published"
+        plan = store.current_plan()
+        store.release_lease(loop.me)
+    finally:
+        store.close()
+    assert plan is not None
+    return plan
+
+
 def test_servers_in_unmanaged_heartbeats_are_fixed_capacity_given_pools_and_clocks(redis_url: str) -> None:
     """The known problem "external capacity is not counted": the managed pools are sized around them."""
     _seed(redis_url, {"SS": 480.0, "SM": 300.0}, nodes={"gpu-a": 8, "gpu-b": 8})  # 8 + 5 req/s
-    alone = _loop(redis_url, Clock(), "a")
-    assert alone.tick() == "published"
-    without = PlannerStore(redis_url).current_plan()
-    assert without is not None and not without.fixed
+    without = _published(_loop(redis_url, Clock(), "a"))
+    assert not without.fixed
     managed_gpus = sum(i.tp for i in without.instances)
     servers = [UnmanagedInstance(f"e{i}", 2, [2 * i, 2 * i + 1], "toy", "vllm", "SS") for i in range(2)]
     _unmanaged(redis_url, "ext", 4, servers)
-    loop = _loop(redis_url, Clock(), "b")
-    PlannerStore(redis_url).release_lease("a")
-    assert loop.tick() == "published"
-    plan = PlannerStore(redis_url).current_plan()
-    assert plan is not None
+    plan = _published(_loop(redis_url, Clock(), "b"))
     assert sorted(plan.fixed) == ["e0", "e1"]
     fixed = {i.id: i for i in plan.instances if i.id in plan.fixed}
     assert {i.node for i in fixed.values()} == {"ext"} and fixed["e1"].gpus == [2, 3]
@@ -139,10 +147,8 @@ def test_servers_in_unmanaged_heartbeats_are_fixed_capacity_given_pools_and_cloc
 def test_single_pool_baseline_uses_the_largest_tp_a_node_holds(redis_url: str) -> None:
     """The known problem "the single-pool baseline ignores node size": TP8 was modelled on 4-GPU nodes."""
     _seed(redis_url, {"SS": 180.0}, nodes={"gpu-a": 4, "gpu-b": 4})
-    loop = _loop(redis_url, Clock(), "a")
-    assert loop.tick() == "published"
-    plan = PlannerStore(redis_url).current_plan()
-    assert plan is not None and plan.single_pool_gpus is not None
+    plan = _published(_loop(redis_url, Clock(), "a"))
+    assert plan.single_pool_gpus is not None
     assert plan.single_pool_gpus % 4 == 0 and any("x TP4 @" in r for r in plan.reasons if "single-pool" in r)
 
 
