@@ -93,10 +93,10 @@ def test_api_keys_401_and_the_client_key_is_never_forwarded(servers: Servers) ->
         },
     )
     sent = fake.headers[-1]
-    assert sent["authorization"] == "Bearer backend-secret"
+    assert sent.all("authorization") == ["Bearer backend-secret"]
     assert "client-secret" not in str(sent)
-    for hop in ("x-secret-hop", "proxy-authorization", "cookie"):
-        assert hop not in sent
+    for hop in ("x-secret-hop", "proxy-authorization", "cookie", "connection"):
+        assert sent.all(hop) == []
     assert httpx.get(gw + "/health").status_code == 200  # health needs no key
 
 
@@ -106,11 +106,11 @@ def test_request_id_is_passed_on_or_generated(one: tuple[str, FakeBackend, Gatew
         gw + "/v1/chat/completions", json={"model": "fake-model", "messages": MSG}, headers={"x-request-id": "abc-123"}
     )
     assert resp.headers["x-request-id"] == "abc-123"
-    assert fake.headers[-1]["x-request-id"] == "abc-123"
+    assert fake.headers[-1].one("x-request-id") == "abc-123"
     resp = httpx.post(gw + "/v1/chat/completions", json={"model": "fake-model", "messages": MSG})
     rid = resp.headers["x-request-id"]
     assert len(rid) == 32
-    assert fake.headers[-1]["x-request-id"] == rid
+    assert fake.headers[-1].one("x-request-id") == rid
     assert httpx.post(gw + "/v1/chat/completions", content=b"{").headers["x-request-id"]
 
 

@@ -67,9 +67,8 @@ def upstream_headers(scope: Scope, request_id: str, api_key: str | None) -> list
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     drop = _DROP_UPSTREAM
     for k, v in headers:
-        if k.lower() == b"connection":  # headers the client named in Connection are hop-by-hop too
+        if k.lower() == b"connection":  # headers the client named in Connection (any of them) are hop-by-hop too
             drop = drop | {h.strip().lower() for h in v.split(b",")}
-            break
     out = [(k, v) for k, v in headers if k.lower() not in drop]
     out.append((b"x-request-id", request_id.encode("latin-1")))
     out.append((b"accept-encoding", b"identity"))
