@@ -1,12 +1,14 @@
 """Mark the mutants of one cosmic-ray session that are out of scope as skipped (runs in cosmic-ray's venv).
 
-Usage: ``select_mutants.py SESSION.sqlite MODULE.py``. The scope, and why:
+Usage: ``select_mutants.py SESSION.sqlite MODULE.py [N]``. The scope, and why:
 - one replacement per operator site (``+`` becomes ``-``, not each of the eleven other binary operators;
   ``<`` becomes ``<=`` and ``>=``: its boundary and its negation), one number change (+1) per literal;
 - nothing inside a type annotation (``str | None`` with ``from __future__ import annotations`` is never
   evaluated: every such mutant is equivalent) or inside the arguments of a logging call (log text is
   not a promise).
-Everything else cosmic-ray's core operators make is kept.
+Everything else cosmic-ray's core operators make is kept; with N, only every N-th of those in source order
+(line, column, operator): a fixed sample, the same rule on every run, for machines where a full run takes
+too long.
 """
 
 from __future__ import annotations
@@ -68,29 +70,34 @@ def inside(pos: tuple[int, int], spans: list[Span]) -> bool:
 
 def main() -> int:
     db_path, module = sys.argv[1], Path(sys.argv[2])
+    every = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     spans = excluded_spans(module.read_text(encoding="utf-8"))
-    kept = skipped = 0
+    skip: dict[str, str] = {}
     with use_db(db_path, WorkDB.Mode.open) as db:
+        items = sorted(db.pending_work_items, key=lambda i: i.mutations[0].occurrence)
         seen_numbers: set[tuple[int, int]] = set()
-        for item in sorted(db.pending_work_items, key=lambda i: i.mutations[0].occurrence):
+        in_scope = []
+        for item in items:
             m = item.mutations[0]
             op = m.operator_name
             pos = tuple(m.start_pos)
-            why = ""
             if not KEEP.match(op):
-                why = "operator out of scope"
+                skip[item.job_id] = "operator out of scope"
             elif inside(pos, spans):  # type: ignore[arg-type]
-                why = "inside an annotation or a logging call"
-            elif op.endswith("NumberReplacer"):
-                if pos in seen_numbers:
-                    why = "one number change per literal"
-                seen_numbers.add(pos)  # type: ignore[arg-type]
-            if why:
-                db.set_result(item.job_id, WorkResult(output=why, worker_outcome=WorkerOutcome.SKIPPED))
-                skipped += 1
+                skip[item.job_id] = "inside an annotation or a logging call"
+            elif op.endswith("NumberReplacer") and pos in seen_numbers:
+                skip[item.job_id] = "one number change per literal"
             else:
-                kept += 1
-    print(f"{module}: {kept} mutants in scope, {skipped} skipped")
+                seen_numbers.add(pos)  # type: ignore[arg-type]
+                in_scope.append(item)
+        in_scope.sort(key=lambda i: (tuple(i.mutations[0].start_pos), i.mutations[0].operator_name))
+        for n, item in enumerate(in_scope):
+            if n % every:
+                skip[item.job_id] = f"not in the 1-in-{every} sample"
+        for job_id, why in skip.items():
+            db.set_result(job_id, WorkResult(output=why, worker_outcome=WorkerOutcome.SKIPPED))
+    kept = len(items) - len(skip)
+    print(f"{module}: {kept} mutants to run ({len(in_scope)} in scope, 1 in {every}), {len(skip)} skipped")
     return 0
 
 
