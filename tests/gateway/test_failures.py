@@ -18,6 +18,14 @@ MSG = [{"role": "user", "content": "hi"}]
 BODY = {"model": "fake-model", "messages": MSG, "max_tokens": 200}  # max_tokens 200: output S or M -> pool SM
 
 
+def metric(gw: str, series: str) -> float:
+    """The value of one exported series (0 when absent: counters with labels appear on first use)."""
+    for line in httpx.get(gw + "/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def spec(url: str, id_: str, pool: str | None = None, conc: int = 256) -> BackendSpec:
     return BackendSpec(url=url, id=id_, models=("fake-model",), pool=pool, max_concurrency=conc)
 
@@ -56,6 +64,8 @@ def test_connect_error_retries_and_ejects_the_dead_instance(servers: Servers) ->
     state.instances["dead"].healthy = True
     for _ in range(3):
         assert httpx.post(gw + "/v1/chat/completions", json=BODY).headers["x-wattgate-instance"] == "good"
+    # ejected once (by the first request that reached it, before or after the start-up probe), then skipped
+    assert metric(gw, 'wattgate_gateway_ejections_total{instance="dead"}') == 1.0
 
 
 def test_passive_ejection_after_repeated_5xx_and_cooldown(servers: Servers) -> None:
@@ -67,6 +77,8 @@ def test_passive_ejection_after_repeated_5xx_and_cooldown(servers: Servers) -> N
     resp = httpx.post(gw + "/v1/chat/completions", json=BODY)
     assert resp.status_code == 503
     assert resp.headers["retry-after"] == "1"
+    assert metric(gw, 'wattgate_gateway_ejections_total{instance="bad"}') == 1.0  # after the 2nd 5xx, once
+    assert metric(gw, 'wattgate_gateway_no_capacity_total{pool="SM"}') == 1.0
     bad.knobs.status = 200
     wait_for(lambda: state.instances["bad"].routable(time.monotonic()))
     assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 200
@@ -99,6 +111,8 @@ def test_never_spills_to_a_shorter_pool(servers: Servers) -> None:
     resp = httpx.post(gw + "/v1/chat/completions", json={**BODY, "max_tokens": 2000})  # an SL request
     assert resp.status_code == 503
     assert resp.json()["error"]["code"] == "no_capacity"
+    assert metric(gw, 'wattgate_gateway_no_capacity_total{pool="SL"}') == 1.0
+    assert metric(gw, 'wattgate_gateway_ejections_total{instance="ss-1"}') == 0.0  # nobody failed
 
 
 def test_concurrency_bound_then_503_and_least_outstanding_work(servers: Servers) -> None:
