@@ -78,7 +78,8 @@ class Engine:
 
     def models(self) -> dict[str, object]:
         if self.tgi:
-            return {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": self.model}]}
+            card = {"id": self.model, "object": "model", "created": 0, "owned_by": self.model}
+            return {"object": "list", "data": [card]}
         permission = {"id": "modelperm-0", "object": "model_permission", "created": 0, "allow_sampling": True}
         card = {"id": self.model, "object": "model", "created": 1_700_000_000, "owned_by": "vllm", "root": self.model}
         return {"object": "list", "data": [{**card, "parent": None, "max_model_len": 4096, "permission": [permission]}]}
@@ -113,8 +114,10 @@ def main() -> None:
 
         def do_GET(self) -> None:
             if self.path == "/health":
-                unhealthy = os.environ.get("STANDIN_UNHEALTHY")
-                self._send(503 if unhealthy else 200, "application/json", b'{"error":"unhealthy"}' if unhealthy else b"")
+                if os.environ.get("STANDIN_UNHEALTHY"):
+                    self._send(503, "application/json", b'{"error":"unhealthy"}')
+                else:
+                    self._send(200, "application/json", b"")
             elif self.path == "/v1/models":
                 self._send(200, "application/json", json.dumps(engine.models()).encode())
             elif self.path == "/info" and engine.tgi:
