@@ -208,7 +208,7 @@ def test_until_a_plan_is_seen_nothing_is_started_or_stopped(tmp_path: Path, redi
     assert pid is not None and records(r)["a"].state == "ready"
     r.delete(KEYS.plan)  # the first agent dies without cleaning up; the plan is gone too
     # the engine is this test's child: reap it when it exits, as init would for a dead agent's engine
-    threading.Thread(target=lambda: engine._proc.wait(), daemon=True).start()  # type: ignore[attr-defined]
+    threading.Thread(target=engine._proc.wait, daemon=True).start()  # type: ignore[attr-defined]
     second = build(tmp_path, redis_url, gpus)
     try:
         assert second.act.adopt() == ["a"]
