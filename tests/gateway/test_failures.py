@@ -34,22 +34,25 @@ def test_5xx_before_first_byte_is_retried_once_on_another_instance(servers: Serv
     bad, bad_url = servers.backend(status=500)
     good, good_url = servers.backend()
     # the bad one is chosen first: it carries less outstanding work (none) and comes first on ties
-    gw, _state = servers.gateway([spec(bad_url, "bad"), spec(good_url, "good")])
+    gw, state = servers.gateway([spec(bad_url, "bad"), spec(good_url, "good")])
     resp = httpx.post(gw + "/v1/chat/completions", json=BODY)
     assert resp.status_code == 200
     assert resp.headers["x-wattgate-instance"] == "good"
     assert len(bad.received) == 1
     assert len(good.received) == 1
+    for inst in state.instances.values():  # the failed try gave its work back: nothing left counted anywhere
+        assert (inst.in_flight, inst.outstanding_tokens) == (0, 0), inst
     assert "wattgate_gateway_retries_total 1.0" in httpx.get(gw + "/metrics").text
 
 
 def test_two_5xx_go_to_the_client_as_the_backend_said(servers: Servers) -> None:
     a, a_url = servers.backend(status=503)
     b, b_url = servers.backend(status=500)
-    gw, _ = servers.gateway([spec(a_url, "a"), spec(b_url, "b")])
+    gw, state = servers.gateway([spec(a_url, "a"), spec(b_url, "b")])
     resp = httpx.post(gw + "/v1/chat/completions", json=BODY)
     assert resp.status_code == 500
     assert len(a.received) + len(b.received) == 2  # exactly one retry
+    wait_for(lambda: all((i.in_flight, i.outstanding_tokens) == (0, 0) for i in state.instances.values()))
 
 
 def test_connect_error_retries_and_ejects_the_dead_instance(servers: Servers) -> None:

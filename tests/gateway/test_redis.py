@@ -73,7 +73,8 @@ def test_load_windows_and_observations_are_recorded(servers: Servers, redis_url:
     docs = [entry[b"json"] for _, entry in entries]
     assert all(b"secret prompt" not in d for d in docs)
     obs = [Observation.from_json(d) for d in docs]
-    assert {o.pool for o in obs} == {"SM"}
+    assert {o.pool for o in obs} == {"SM"} and {o.predicted_type for o in obs} == {"SM"}
+    assert {o.status for o in obs} == {200} and {o.model for o in obs} == {"fake-model"}
     assert {o.instance for o in obs} == {"b0"}
     assert [o.output_tokens for o in obs] == [3, 3, 3]  # true counts from the engine's usage
     assert [o.input_tokens for o in obs] == [7, 7, 7]
