@@ -133,3 +133,37 @@ def test_backend_4xx_is_passed_through_and_never_ejects(servers: Servers) -> Non
         assert err(resp)["message"] == "fake failure"
     assert state.instances["b0"].ejected_until == 0.0
     assert len(fake.received) == 5
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/embeddings", {"model": "fake-model"}, "input"),
+        ("/v1/embeddings", {"model": "fake-model", "input": 3}, "input"),
+        ("/v1/completions", {"model": "fake-model"}, "prompt"),
+        ("/v1/completions", {"model": "fake-model", "prompt": {"a": 1}}, "prompt"),
+        ("/v1/chat/completions", {"model": "fake-model", "messages": MSG, "max_tokens": 0}, "max_tokens"),
+        ("/v1/chat/completions", {"model": "fake-model", "messages": MSG, "max_tokens": True}, "max_tokens"),
+        ("/v1/chat/completions", {"model": "fake-model", "messages": MSG, "n": 0}, "n"),
+        ("/v1/chat/completions", {"model": "fake-model", "messages": ["x"]}, "messages"),
+    ],
+)
+def test_each_endpoint_checks_its_own_fields(
+    one: tuple[str, FakeBackend, GatewayState], path: str, body: dict[str, object], param: str
+) -> None:
+    gw, fake, _ = one
+    resp = httpx.post(gw + path, json=body)
+    assert resp.status_code == 400 and err(resp)["param"] == param
+    assert fake.received == []
+
+
+def test_the_smallest_valid_values_pass(one: tuple[str, FakeBackend, GatewayState]) -> None:
+    gw, fake, _ = one
+    for path, body in (
+        ("/v1/chat/completions", {"model": "fake-model", "messages": MSG, "max_tokens": 1, "n": 1}),
+        ("/v1/completions", {"model": "fake-model", "prompt": ["a", "b"], "max_completion_tokens": 1}),
+        ("/v1/embeddings", {"model": "fake-model", "input": "x"}),
+        ("/v1/chat/completions", {"model": "fake-model", "messages": MSG, "stream": None}),
+    ):
+        assert httpx.post(gw + path, json=body).status_code == 200, (path, body)
+    assert len(fake.received) == 4
