@@ -197,20 +197,36 @@ def mutate_module(bin_dir: Path, tree: Path, out: Path, module: str, sample: int
     t0 = time.monotonic()
     subprocess.run([str(bin_dir / "cosmic-ray"), "exec", str(config), str(db)], cwd=tree, env=env, check=True)
     wall_s = time.monotonic() - t0
+    return collect(bin_dir, out, tree, module, sample, wall_s)
+
+
+def collect(bin_dir: Path, out: Path, tree: Path, module: str, sample: int, wall_s: float = 0.0) -> ModuleResult:
+    """The results of ``module``'s session, over the 1-in-``sample`` mutants in scope (a session run with a
+    divisor of ``sample`` holds them all: every 12th in-scope mutant is also every 6th's every other)."""
+    db = out / f"{module.replace('/', '.').removesuffix('.py')}.sqlite"
     dump = subprocess.run(
         [str(bin_dir / "cosmic-ray"), "dump", str(db)], cwd=tree, check=True, capture_output=True, text=True
     ).stdout
+    in_scope = []
+    for line in dump.splitlines():
+        item, result = json.loads(line)
+        why = (result or {}).get("output") or ""
+        if result is not None and result["worker_outcome"] == "skipped" and "sample" not in why:
+            continue  # out of scope (select_mutants.py), not merely left out of a sample
+        m = item["mutations"][0]
+        in_scope.append((tuple(m["start_pos"]), m["operator_name"], m, result))
+    in_scope.sort(key=lambda x: (x[0], x[1]))
     killed = timeouts = incompetent = mutants = 0
     survived: list[str] = []
     source = (tree / module).read_text(encoding="utf-8").splitlines()
-    for line in dump.splitlines():
-        item, result = json.loads(line)
-        if result is None or result["worker_outcome"] == "skipped":
+    for n, (_, _, m, result) in enumerate(in_scope):
+        if n % sample:
             continue
+        if result is None or result["worker_outcome"] == "skipped":
+            raise SystemExit(f"{module}: mutant {n} of the 1-in-{sample} sample was not run")
         mutants += 1
         outcome = result.get("test_outcome")
         if outcome == "survived":
-            m = item["mutations"][0]
             at = m["start_pos"][0]
             op = m["operator_name"].removeprefix("core/")
             survived.append(f"{module}:{at} {op}: {source[at - 1].strip()}\n{result.get('diff') or ''}")
@@ -256,15 +272,24 @@ def main() -> int:
     ap.add_argument("--sample", type=int, default=1, help="run every N-th mutant in scope, in source order [1: all]")
     ap.add_argument("--promises-only", action="store_true", help="only the hand-written promise mutants")
     ap.add_argument("--no-promises", action="store_true", help="skip the hand-written promise mutants")
+    ap.add_argument(
+        "--summarize", action="store_true", help="no new run: the table of LABEL's sessions (with --sample)"
+    )
     args = ap.parse_args()
     label = args.label or (args.rev or "worktree").replace("/", "_")
     wanted = {m.strip() for m in args.modules.split(",") if m.strip()}
     modules = [m for m in MODULES if not wanted or Path(m).stem in wanted]
     out = CACHE / label
     out.mkdir(parents=True, exist_ok=True)
-    tree = scratch_tree(args.rev, label)
     results: list[ModuleResult] = []
-    if not args.promises_only:
+    if args.summarize:
+        tree = CACHE / f"tree-{label}"
+        done = [m for m in modules if (out / f"{m.replace('/', '.').removesuffix('.py')}.sqlite").exists()]
+        results = [collect(ensure_venv(), out, tree, m, args.sample) for m in done]
+        args.no_promises = True
+    else:
+        tree = scratch_tree(args.rev, label)
+    if not args.promises_only and not args.summarize:
         bin_dir = ensure_venv()
         for module in modules:
             res = mutate_module(bin_dir, tree, out, module, args.sample)
