@@ -176,8 +176,9 @@ def test_sigterm_stops_everything_and_resets_clocks(demo: DemoRun) -> None:
     assert demo.proc.returncode == 0, out
     assert "all processes stopped; GPU clocks reset" in out
     assert "=== wattgate demo report ===" in out
+    # a GPU's control file exists once an agent set its clock: a loop over no file would prove nothing
     controls = sorted(demo.run_dir.glob("node*/sim-gpus/gpu*.control.json"))
-    assert len(controls) == 16  # 2 nodes x 8 GPUs: a loop over no file would prove nothing
+    assert controls and {c.parent.parent.name for c in controls} == {"node1", "node2"}
     for control in controls:
         assert json.loads(control.read_text())["locked_sm_clock_mhz"] is None
     with pytest.raises(httpx.HTTPError):
