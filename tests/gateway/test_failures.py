@@ -167,6 +167,9 @@ def test_client_disconnect_cancels_the_upstream_request(servers: Servers) -> Non
     wait_for(lambda: fake.cancelled == 1)
     wait_for(lambda: state.instances["b0"].in_flight == 0)
     assert fake.completed == 0
+    # counted as the client's own departure (499), not as a gateway failure
+    wait_for(lambda: metric(gw, 'wattgate_gateway_requests_total{endpoint="chat",pool="SM",status="499"}') == 1.0)
+    assert metric(gw, 'wattgate_gateway_requests_total{endpoint="chat",pool="SM",status="500"}') == 0.0
 
 
 def test_non_streaming_disconnect_cancels_too(servers: Servers) -> None:
