@@ -213,3 +213,25 @@ def test_restart_backoff_doubles_up_to_its_cap(tmp_path: Path) -> None:
         act.supervise(r.restart_at)  # due: the launch fails again
     assert MAX_BACKOFF_S == 60.0
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+
+
+def test_agent_shutdown_gives_the_notice_too(tmp_path: Path) -> None:
+    gpus = [FakeGpu(0)]
+    store = RecordingStore()
+    timeouts = Timeouts(drain_s=20, drain_notice_s=0.5, start_s=20, poll_s=0.05)
+    act = actuator(tmp_path, gpus, options(tmp_path, EngineKind.VLLM), store=store, timeouts=timeouts)  # type: ignore[arg-type]
+    act.apply(diff([PlannedInstance("a", "SS", "n1", [0], 1, 1200, 1.0, 1.0)], act.actual(), [0]).actions)
+    act.shutdown()  # nothing in flight: only the notice stands between draining and the SIGTERM
+    draining = next(t for t, rec in store.puts if rec.state == InstanceState.DRAINING.value)
+    assert dict(events(tmp_path))["sigterm"] - draining >= timeouts.drain_notice_s
+
+
+def test_every_failed_instance_is_restarted_in_the_same_pass(tmp_path: Path) -> None:
+    gpus = [FakeGpu(0), FakeGpu(1)]
+    opts = replace(options(tmp_path, EngineKind.VLLM), command=("/nonexistent/vllm",))
+    act = actuator(tmp_path, gpus, opts)
+    plan = [PlannedInstance(i, "SS", "n1", [g], 1, 1200, 1.0, 1.0) for i, g in (("a", 0), ("b", 1))]
+    act.apply(diff(plan, act.actual(), [0, 1]).actions)
+    assert {i: r.crashes for i, r in act.instances.items()} == {"a": 1, "b": 1}
+    act.supervise(max(r.restart_at or 0 for r in act.instances.values()))  # both are due: both are tried
+    assert {i: r.crashes for i, r in act.instances.items()} == {"a": 2, "b": 2}
