@@ -14,7 +14,7 @@ SIGTERM the server stops at once and requests still held are cut, as a real engi
 lets them finish. Other knobs (environment): ``STANDIN_EVENTS_FILE`` (one JSON line per request start/end and
 SIGTERM, wall-clock stamped), ``STANDIN_IN_FLIGHT_FILE`` (extra in-flight requests to report),
 ``STANDIN_IGNORE_SIGTERM``, ``STANDIN_CRASH_AFTER_S``, ``STANDIN_UNHEALTHY``, ``STANDIN_ARGV_FILE``,
-``STANDIN_SLEEP_LOG``.
+``STANDIN_SLEEP_LOG``, ``STANDIN_FAIL_START`` (an engine that cannot load its model: says why, exits 1).
 """
 
 from __future__ import annotations
@@ -104,6 +104,11 @@ def main() -> None:
     record = os.environ.get("STANDIN_ARGV_FILE")
     if record:
         Path(record).write_text(json.dumps({"argv": sys.argv[1:], "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+    fail_start = os.environ.get("STANDIN_FAIL_START")  # an engine that cannot load its model: says why, exits 1
+    if fail_start:
+        print("loading model ...", flush=True)
+        print(fail_start, file=sys.stderr, flush=True)
+        sys.exit(1)
     crash_after = float(os.environ.get("STANDIN_CRASH_AFTER_S", "0"))
     if crash_after:
         threading.Timer(crash_after, lambda: os._exit(3)).start()
