@@ -282,3 +282,8 @@ def test_short_inputs_spilled_into_a_long_output_pool_get_a_clock_their_own_rows
     ss = RequestType.parse("SS")
     for g in sl:
         assert g.load_rps_each <= profile.max_load(g.tp, g.clock_mhz, ss, SloTargets()) * EXACT.headroom + 1e-9
+
+
+def test_a_type_with_no_demand_is_not_routed_anywhere() -> None:
+    d = solve(make_problem(toy_profile(), {"SS": 1.0, "SM": 0.0}, Inventory.uniform(8), EXACT))
+    assert d.flows_rps == {"SS": {"SS": pytest.approx(1.0)}} and d.unserved_rps == {}
