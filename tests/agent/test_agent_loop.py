@@ -73,7 +73,9 @@ def records(r: redis.Redis) -> dict[str, InstanceRecord]:
     return {k: InstanceRecord.from_json(v) for k, v in r.hgetall(KEYS.instances).items()}
 
 
-def test_scale_down_drains_before_stopping(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+def test_scale_down_drains_before_stopping(
+    tmp_path: Path, redis_url: str, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     gpus = [FakeGpu(0), FakeGpu(1)]
     agent = build(tmp_path, redis_url, gpus)
     r.set(KEYS.plan, plan(1, ("a", "SS", [0]), ("b", "SM", [1])).to_json())
@@ -120,6 +122,8 @@ def test_scale_down_drains_before_stopping(tmp_path: Path, redis_url: str, r: re
     finally:
         agent.shutdown()
     assert records(r) == {} and gpus[0].locked is None
+    # Redis was up throughout: the registry writer never said it was away, or back
+    assert [m.getMessage() for m in caplog.records if m.name == "wattgate.agent.actuator" and "redis" in m.msg] == []
 
 
 def test_clock_loop_follows_the_pool_load(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:

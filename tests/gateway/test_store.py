@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import pytest
 import redis
 
 from tests.gateway.conftest import Servers
@@ -19,7 +20,7 @@ from wattgate.planner.store import PlannerStore
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200}  # SM
 
 
-def test_the_last_plan_stays_in_force_while_redis_is_away(servers: Servers) -> None:
+def test_the_last_plan_stays_in_force_while_redis_is_away(servers: Servers, caplog: pytest.LogCaptureFixture) -> None:
     server = EmbeddedRedis().start()
     try:
         _, backend = servers.backend()
@@ -41,6 +42,9 @@ def test_the_last_plan_stays_in_force_while_redis_is_away(servers: Servers) -> N
         assert metric(gw, "wattgate_gateway_plan_version") == float(plan.version)
         for _ in range(3):
             assert served_by(gw) == "sl-1"  # still routed by the plan, not by the spill chain
+        # said once per outage, however many reads fail (the plan's, the registry's, the flusher's)
+        said = [m for m in caplog.records if m.name == "wattgate.gateway.store" and "unavailable" in m.msg]
+        assert len(said) == 1 and said[0].levelname == "WARNING"
         server = EmbeddedRedis(port=server.port).start()  # back, and empty: no plan any more
         wait_for(lambda: state.plan_version is None, "the gateway reads Redis again and finds no plan")
         register(server.url, backend, "sm-1", "SM")  # the agents re-register their instances
