@@ -187,3 +187,18 @@ def test_the_flusher_backs_off_up_to_2_s_and_resets_once_a_flush_works(monkeypat
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(store.run_flusher(0.1))
     assert waits == [0.1, 0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 0.1, 0.25]
+
+
+def test_load_is_recorded_while_the_request_is_still_running(servers: Servers, redis_url: str) -> None:
+    """The load window counts a request when it is routed, not when it ends: a long stream shows in Redis
+    before its observation exists (the flush sends load alone)."""
+    _, url = servers.backend(stall_after_first=30)
+    gw, state = servers.gateway([url], redis_url=redis_url, flush_interval_s=0.05)
+    client = redis.Redis.from_url(redis_url)
+    with httpx.stream("POST", gw + "/v1/chat/completions", json={**BODY, "stream": True}) as held:
+        chunks = held.iter_raw()  # keep the iterator: dropping it closes the stream
+        next(chunks)
+        wait_for(lambda: sum(int(client.hget(k, "SM:requests") or 0) for k in client.keys("wg:v1:load:s:*")) == 1)
+        assert client.xlen(Keys().observations) == 0
+    client.close()
+    wait_for(lambda: state.instances["b0"].in_flight == 0)
