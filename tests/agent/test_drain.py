@@ -203,7 +203,7 @@ def test_drain_gives_up_after_its_timeout(tmp_path: Path) -> None:
 def test_restart_backoff_doubles_up_to_its_cap(tmp_path: Path) -> None:
     gpus = [FakeGpu(0)]
     opts = replace(options(tmp_path, EngineKind.VLLM), command=("/nonexistent/vllm",))
-    act = actuator(tmp_path, gpus, opts)
+    act = actuator(tmp_path, gpus, opts, timeouts=Timeouts(start_retries=20))  # not given up on within 9 tries
     act.apply(diff([PlannedInstance("a", "SS", "n1", [0], 1, 1200, 1.0, 1.0)], act.actual(), [0]).actions)
     r = act.instances["a"]
     waits = []

@@ -56,9 +56,9 @@ def test_the_last_plan_stays_in_force_while_redis_is_away(servers: Servers, capl
 
 
 def test_a_slow_redis_is_noticed_and_never_slows_a_request(servers: Servers, redis_url: str) -> None:
-    """``CLIENT PAUSE`` holds every Redis command for 3 s: a slow Redis, not a dead one. The gateway's
+    """``CLIENT PAUSE`` holds every Redis command for 5 s: a slow Redis, not a dead one. The gateway's
     commands time out after ``redis_timeout_s`` (the registry goes stale, the errors are counted), requests are
-    answered meanwhile as fast as before, and the records buffered during the pause arrive afterwards."""
+    answered meanwhile without waiting for Redis, and the records buffered during the pause arrive afterwards."""
     _, backend = servers.backend()
     register(redis_url, backend, "sm-1", "SM")
     gw, state = servers.gateway(
@@ -66,22 +66,21 @@ def test_a_slow_redis_is_noticed_and_never_slows_a_request(servers: Servers, red
     )
     wait_for(lambda: len(state.instances) == 1)
     admin = redis.Redis.from_url(redis_url)
-    admin.client_pause(3000)  # milliseconds; this connection's own command returns at once
+    pause_s = 5.0
+    admin.client_pause(int(pause_s * 1000))  # milliseconds; this connection's own command returns at once
     paused_at = time.monotonic()
     try:
-        took = []
-        for _ in range(5):
-            t0 = time.monotonic()
-            assert httpx.post(gw + "/v1/chat/completions", json=BODY, timeout=10).status_code == 200
-            took.append(time.monotonic() - t0)
-        assert time.monotonic() - paused_at < 3, "the requests were not all answered during the pause"
-        assert max(took) < 1.5  # none waited for Redis (the pause is 3 s)
-        wait_for(lambda: metric(gw, "wattgate_gateway_registry_stale") == 1.0, "stale registry", timeout_s=10)
+        for _ in range(3):
+            assert httpx.post(gw + "/v1/chat/completions", json=BODY, timeout=30).status_code == 200
+        # all answered while every Redis command still hung: none of them waited for Redis
+        assert time.monotonic() - paused_at < pause_s, "the requests were not all answered during the pause"
+        # seen within the pause (a read times out after 0.3 s), not when Redis answers again
+        wait_for(lambda: metric(gw, "wattgate_gateway_registry_stale") == 1.0, "stale registry", timeout_s=4)
         assert metric(gw, 'wattgate_gateway_redis_errors_total{op="registry"}') >= 1
         assert state.instances["sm-1"].spec.ready  # the last instance list is kept
     finally:
         threading.Timer(0, admin.close).start()
     wait_for(lambda: metric(gw, "wattgate_gateway_registry_stale") == 0.0, "registry fresh again", timeout_s=15)
     client = redis.Redis.from_url(redis_url)
-    wait_for(lambda: client.xlen("wg:v1:observations") == 5, "the buffered observations arrive")
+    wait_for(lambda: client.xlen("wg:v1:observations") == 3, "the buffered observations arrive")
     client.close()
