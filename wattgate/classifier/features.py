@@ -231,11 +231,13 @@ def _text_features(text: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One finished request as adaptation sees it: recorded features and the true output length."""
+    """One finished request as adaptation sees it: recorded features, text slots, the served model and the true length."""
 
     features: dict[str, float]
     output_tokens: int
     ts: float
+    model: str = ""  # the served model that answered
+    slots: list[int] | None = None  # hashed text slots, None when the gateway kept none
 
 
 def feature_vector(features: Mapping[str, float], names: Sequence[str]) -> list[float]:

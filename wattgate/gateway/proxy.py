@@ -21,6 +21,7 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from wattgate.classifier.api import MaxTokensPredictor, Prediction, requested_max_tokens
+from wattgate.classifier.observe import observation
 from wattgate.gateway.errors import ApiError, api_error_response, as_json_object, error_body
 from wattgate.gateway.http import (
     ClientGone,
@@ -35,7 +36,6 @@ from wattgate.gateway.routing import Instance, choose, expected_output_tokens, r
 from wattgate.gateway.sse import SseRelay
 from wattgate.gateway.state import GatewayState
 from wattgate.gateway.transport import FastTransport, Upstream, send_via_httpx
-from wattgate.planner.contract import Observation
 from wattgate.profiles.classes import RequestType
 
 log = logging.getLogger("wattgate.gateway.proxy")
@@ -269,11 +269,12 @@ class ProxyEndpoint:
             return
         usage = job.usage or {}
         store.record_observation(
-            Observation(
+            observation(
+                job.prediction,
+                keep_text_slots=state.settings.classifier_text_slots,
                 request_id=job.request_id,
                 pool=job.pool,
                 predicted_type=job.rtype.name if job.rtype else "-",
-                output_probs=list(job.prediction.output_probs),
                 input_tokens=int(usage.get("prompt_tokens") or job.prediction.input_tokens),
                 output_tokens=int(usage.get("completion_tokens") or job.events),
                 ttft_s=job.ttft_s if job.stream else None,
@@ -282,7 +283,6 @@ class ProxyEndpoint:
                 instance=inst.id,
                 model=job.model,
                 ts=time.time(),
-                features=dict(job.prediction.features),
             )
         )
 
