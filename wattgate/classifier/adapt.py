@@ -86,6 +86,7 @@ class AdaptResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "accepted": self.accepted,
+            "reason": self.reason,
             "version": self.candidate.version if self.candidate else None,
             "models": [m.to_dict() for m in self.models],
             "too_few": self.skipped,

@@ -17,6 +17,8 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     ev.add_argument("--adapt-fraction", type=float, default=0.0, help="feed the first F of the file as observations")
     ev.add_argument("--model", help="a model JSON file (default: the shipped model)")
+    ev.add_argument("--no-text-slots", action="store_true", help="observations keep no text slots (privacy setting)")
+    ev.add_argument("--redis-url", help="adapt through this Redis (a private key prefix) instead of an embedded one")
     ev.set_defaults(func=_eval)
 
     rt = sub.add_parser("retrain", help="learn each served model's habits from the gateways' observations")
@@ -45,7 +47,13 @@ def _eval(args: argparse.Namespace) -> int:
     if not 0.0 <= args.adapt_fraction < 1.0:
         return _fail("--adapt-fraction must be in [0, 1)")
     try:
-        report = evaluate_file(Path(args.data), args.adapt_fraction, Path(args.model) if args.model else None)
+        report = evaluate_file(
+            Path(args.data),
+            args.adapt_fraction,
+            Path(args.model) if args.model else None,
+            keep_text_slots=not args.no_text_slots,
+            redis_url=args.redis_url,
+        )
     except ClassifierError as exc:
         return _fail(str(exc))
     print(json.dumps(report.to_dict()) if args.json else report.text())
