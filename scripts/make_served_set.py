@@ -79,13 +79,18 @@ def generate(args: argparse.Namespace) -> None:
     done = {(d["id"], d["turn"]) for d in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
     todo = [r for r in rows if (r[0], r[1]) not in done]
     print(f"{len(rows)} picked, {len(done)} already answered, {len(todo)} to ask", file=sys.stderr)
-    with httpx.Client(timeout=600.0, trust_env=False) as client, out.open("a") as f:
-        with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-            futures = [pool.submit(ask, client, args.url, args.model, ex, args.seed + i) for i, (_, _, ex) in enumerate(todo)]
-            for (cid, turn, _), fut in zip(todo, futures, strict=True):
-                tokens, finish = fut.result()
-                f.write(json.dumps({"id": cid, "turn": turn, "output_tokens": tokens, "finish": finish}) + "\n")
-                f.flush()
+    with (
+        httpx.Client(timeout=600.0, trust_env=False) as client,
+        out.open("a") as f,
+        concurrent.futures.ThreadPoolExecutor(args.parallel) as pool,
+    ):
+        futures = [
+            pool.submit(ask, client, args.url, args.model, ex, args.seed + i) for i, (_, _, ex) in enumerate(todo)
+        ]
+        for (cid, turn, _), fut in zip(todo, futures, strict=True):
+            tokens, finish = fut.result()
+            f.write(json.dumps({"id": cid, "turn": turn, "output_tokens": tokens, "finish": finish}) + "\n")
+            f.flush()
 
 
 def expand(args: argparse.Namespace) -> None:

@@ -87,8 +87,10 @@ ABLATION_GROUPS = {
 }
 
 
-def ablate(out: Path, names: list[str], xs: np.ndarray, y: np.ndarray, train: np.ndarray, text, edges, notes, length) -> None:  # type: ignore[no-untyped-def]
-    """Refit the head without each group; print held-out ShareGPT scores and write each model for ``classifier eval``."""
+def ablate(  # noqa: PLR0917
+    out: Path, names: list[str], xs: np.ndarray, y: np.ndarray, train: np.ndarray, text, edges, notes, length
+) -> None:  # type: ignore[no-untyped-def]
+    """Refit the head without each group; print held-out ShareGPT scores; write each model for ``classifier eval``."""
     out.mkdir(parents=True, exist_ok=True)
     test = ~train
     print(f"{'ablation (held-out ShareGPT)':40s} accuracy balanced  (n={test.sum()})")
@@ -98,16 +100,23 @@ def ablate(out: Path, names: list[str], xs: np.ndarray, y: np.ndarray, train: np
         pred = head.predict(xs[test][:, keep])
         acc, bal = accuracy_score(y[test], pred), balanced_accuracy_score(y[test], pred)
         varies = any(np.ptp(xs[:, names.index(n)]) > 0 for n in drop)
-        print(f"without {group:32s} {acc:.3f}    {bal:.3f}" + ("" if varies or not drop else "  (never varies in ShareGPT)"))
+        print(
+            f"without {group:32s} {acc:.3f}    {bal:.3f}"
+            + ("" if varies or not drop else "  (never varies in ShareGPT)")
+        )
         kept = [names[i] for i in keep]
-        m = build_model(version=1, feature_names=kept, text=text, head=export_trees(head), edges=edges, notes=notes, length=length)
+        m = build_model(
+            version=1, feature_names=kept, text=text, head=export_trees(head), edges=edges, notes=notes, length=length
+        )
         (out / f"without_{group}.json").write_text(m.to_json())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--compare", action="store_true")
-    parser.add_argument("--ablate", metavar="DIR", help="also fit the head without each feature group: DIR/without_<group>.json")
+    parser.add_argument(
+        "--ablate", metavar="DIR", help="also fit the head without each feature group: DIR/without_<group>.json"
+    )
     args = parser.parse_args()
     edges, t0 = ClassEdges(), time.time()
     x, outs, groups, ids, hold = extract()

@@ -6,6 +6,7 @@ import numpy as np
 
 from tests.classifier.shifted import TOPICS, shifted_requests, topic_requests
 from wattgate.classifier.adapt import AdaptSettings, adapt
+from wattgate.classifier.evaluate import load_base
 from wattgate.classifier.features import Sample
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
 from wattgate.profiles.classes import ClassEdges
@@ -81,8 +82,6 @@ def test_no_swap_without_enough_observations() -> None:
 
 def test_no_swap_when_the_served_model_answers_like_the_base_data() -> None:
     """Observations that the shipped model already predicts well teach nothing: the profile is refused."""
-    from wattgate.classifier.evaluate import load_base
-
     model = load_shipped_model()
     x, out = load_base(model)
     rows = np.random.default_rng(0).choice(len(out), 400, replace=False)

@@ -83,7 +83,10 @@ def test_the_gateway_learns_a_served_models_habits_through_redis(redis_url: str)
             requests = topic_requests(240, seed=9)
             for body, tokens in requests:
                 fake.knobs.tokens = tokens  # the served model's habit: the topic decides the length
-                assert client.post(gw.url + "/v1/chat/completions", json={**body, "model": "fake-model"}).status_code == 200
+                assert (
+                    client.post(gw.url + "/v1/chat/completions", json={**body, "model": "fake-model"}).status_code
+                    == 200
+                )
             obs = _observations(redis_url, len(requests))
             shipped = ModelPredictor.shipped()
             first = shipped.predict({**requests[0][0], "model": "fake-model"}, "chat")
@@ -97,8 +100,12 @@ def test_the_gateway_learns_a_served_models_habits_through_redis(redis_url: str)
                 assert time.monotonic() < deadline, "the gateway never picked up version 2"
                 time.sleep(0.02)
             predict = state.predictor.current.predict
-            long_ = predict({"model": "fake-model", "messages": [{"role": "user", "content": "Tell me about rivers."}]}, "chat")
-            short = predict({"model": "fake-model", "messages": [{"role": "user", "content": "Tell me about bees."}]}, "chat")
+            long_ = predict(
+                {"model": "fake-model", "messages": [{"role": "user", "content": "Tell me about rivers."}]}, "chat"
+            )
+            short = predict(
+                {"model": "fake-model", "messages": [{"role": "user", "content": "Tell me about bees."}]}, "chat"
+            )
             assert long_.method == "model:v2+fake-model"
             assert long_.output_probs[2] > 0.8 and short.output_probs[0] > 0.6, (long_, short)
 

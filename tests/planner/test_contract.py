@@ -105,4 +105,6 @@ def test_malformed_text_slots_are_refused(text: str, dim: int, message: str) -> 
     with pytest.raises(ContractError, match=message):
         decode_slots(text, dim)
     with pytest.raises(ContractError):
-        Observation.from_json({**Observation("r", "SS", "SS", [1, 0, 0], 1, 1, None, None, 200, "i", "m", 1.0).to_dict(), "text_dim": "x"})
+        Observation.from_json(
+            {**Observation("r", "SS", "SS", [1, 0, 0], 1, 1, None, None, 200, "i", "m", 1.0).to_dict(), "text_dim": "x"}
+        )

@@ -1,4 +1,4 @@
-"""``classifier eval``: the model (zero-shot and adapted) against two baselines on a JSONL file, through the running system's path.
+"""``classifier eval``: the model, zero-shot and adapted the way a deployment adapts, against two baselines.
 
 Every request is predicted with ``predict`` (what the gateway calls). With ``adapt_fraction`` F, the
 first F of the file (file order = time order) goes the way a deployment's traffic goes: each request
@@ -53,7 +53,9 @@ class TokenError:
 
 def token_error(expected: NDArray[np.float64], true: NDArray[Any]) -> TokenError:
     true = np.asarray(true, dtype=np.float64)
-    return TokenError(len(true), float(np.abs(expected - true).mean()), float(expected.sum() / max(1.0, true.sum()) - 1))
+    return TokenError(
+        len(true), float(np.abs(expected - true).mean()), float(expected.sum() / max(1.0, true.sum()) - 1)
+    )
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,9 @@ class EvalReport:
         lines.append("expected output tokens (modelled) against the answers (measured):")
         lines += [f"  {n}: MAE {t.mae:.0f} tokens, sum off by {t.bias:+.1%}" for n, t in self.tokens.items()]
         for model, res in self.per_model.items():
-            lines += [f"served model {model!r}"] + [f"  {k}: " + format_scores("", s).split("\n")[0] for k, s in res.items()]
+            lines += [f"served model {model!r}"] + [
+                f"  {k}: " + format_scores("", s).split("\n")[0] for k, s in res.items()
+            ]
         return "\n".join(lines)
 
 
@@ -213,7 +217,12 @@ def evaluate_file(
     mid = midpoints(edges)
     tokens = {
         "class midpoints (before length learning)": token_error(
-            np.array([mid.expected(p.output_probs, requested_max_tokens(ex.body)) for p, ex in zip(rest, examples[cut:], strict=True)]),
+            np.array(
+                [
+                    mid.expected(p.output_probs, requested_max_tokens(ex.body))
+                    for p, ex in zip(rest, examples[cut:], strict=True)
+                ]
+            ),
             rest_true,
         ),
         zero: token_error(np.array([p.expected_output_tokens or 0.0 for p in rest]), rest_true),

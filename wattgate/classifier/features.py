@@ -65,10 +65,10 @@ CUE_TAIL_CHARS = 300
 # Explicit length instructions ("in 3 sentences", "200 words", "list 10 ideas", "under 50 words"): looked for
 # only when the probe holds one of these words (a set test), then with one regex over the probe.
 _NUMBER_WORDS = {
-    w: float(i)
-    for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())
-    if i
-} | {"a": 1.0, "single": 1.0, "couple": 2.0, "few": 3.0, "several": 4.0, "dozen": 12.0, "twenty": 20.0, "fifty": 50.0}
+    "a": 1.0, "one": 1.0, "single": 1.0, "two": 2.0, "couple": 2.0, "three": 3.0, "few": 3.0, "four": 4.0,
+    "several": 4.0, "five": 5.0, "six": 6.0, "seven": 7.0, "eight": 8.0, "nine": 9.0, "ten": 10.0, "eleven": 11.0,
+    "twelve": 12.0, "dozen": 12.0, "twenty": 20.0, "fifty": 50.0,
+}  # fmt: skip
 _ITEM_NOUNS = (
     "examples ideas ways tips reasons questions points steps names items things options suggestions titles "
     "headlines facts bullets bullet taglines slogans sentences paragraphs words lines verses stanzas"
@@ -84,8 +84,14 @@ _UNIT_RE = re.compile(
     r"examples|ideas|ways|tips|reasons|questions|points|steps|names|items|things|options|suggestions|titles|"
     r"headlines|facts|taglines|slogans)\b"
 )
-_LIST_RE = re.compile(r"\b(?:list|top|give me|provide|generate|suggest|name)\s+(\d{1,3}|two|three|four|five|six|seven|eight|nine|ten|dozen)\b")
-_UPPER = frozenset("under below less than fewer than no more than not more than at most maximum of max up to within".split())
+_LIST_RE = re.compile(
+    r"\b(?:list|top|give me|provide|generate|suggest|name)\s+"
+    r"(\d{1,3}|two|three|four|five|six|seven|eight|nine|ten|dozen)\b"
+)
+_UPPER = frozenset((
+    "under", "below", "less than", "fewer than", "no more than", "not more than", "at most", "maximum of", "max",
+    "up to", "within", "limit to", "limited to",
+))  # fmt: skip
 # Tokens a unit stands for (modelled: ~1.3 tokens a word, ~22 a sentence, ~90 a paragraph, ~12 a line,
 # ~30 a list item): what matters is the order of magnitude, which the trees and adaptation refine.
 _UNIT_TOKENS = {"word": 1.3, "sentence": 22.0, "paragraph": 90.0, "line": 12.0, "verse": 12.0, "stanza": 50.0}
@@ -309,7 +315,7 @@ def _number(text: str) -> float:
 
 
 def _length_request(probe: str) -> dict[str, float]:
-    """The first explicit length instruction in the probe: tokens it asks for (modelled), an upper bound or not, items."""
+    """The first explicit length instruction in the probe: tokens asked for (modelled), upper bound or not, items."""
     for m in _UNIT_RE.finditer(probe):
         n, unit = _number(m.group(2)), m.group("unit")
         if not 1 <= n <= 20_000:
@@ -318,9 +324,9 @@ def _length_request(probe: str) -> dict[str, float]:
         per = _UNIT_TOKENS.get(base, 30.0)
         upper = 1.0 if (m.group("bound") or "") in _UPPER else 0.0
         return {"log_req_tokens": _log(per * n), "req_upper_bound": upper, "req_items": 0.0 if base else n}
-    m = _LIST_RE.search(probe)
-    if m:
-        n = _number(m.group(1))
+    found = _LIST_RE.search(probe)
+    if found:
+        n = _number(found.group(1))
         if 1 <= n <= 200:
             return {"log_req_tokens": _log(30.0 * n), "req_upper_bound": 0.0, "req_items": n}
     return _NO_REQUEST
@@ -328,7 +334,7 @@ def _length_request(probe: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Sample:
-    """One finished request as adaptation sees it: recorded features, text slots, the served model and the true length."""
+    """One finished request as adaptation sees it: features, text slots, the served model and the true length."""
 
     features: dict[str, float]
     output_tokens: int

@@ -4,10 +4,10 @@ A document holds a linear model over hashed token-id uni/bigrams of the last use
 three logits become features ``txt_S/M/L``, ``textmodel.py``), gradient-boosted trees over the
 numeric features, and (format 2) the output-length distribution per class (``length``) and one
 learnt profile per served model (``served``: name -> ``ServedProfile``; empty when shipped). Format-1
-documents (no ``length``, no ``served``) still load, with class-midpoint lengths. Arrays travel as base64 of little-endian numpy buffers. ``sha256`` covers the
-canonical JSON of every other field, so an altered file or Redis value is refused; the schema is
-checked field by field (shapes, index ranges, finiteness) so a valid checksum cannot smuggle in an
-out-of-range index either.
+documents (no ``length``, no ``served``) still load, with class-midpoint lengths. Arrays travel as
+base64 of little-endian numpy buffers. ``sha256`` covers the canonical JSON of every other field, so
+an altered file or Redis value is refused; the schema is checked field by field (shapes, index
+ranges, finiteness) so a valid checksum cannot smuggle in an out-of-range index either.
 """
 
 from __future__ import annotations

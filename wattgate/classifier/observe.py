@@ -1,4 +1,4 @@
-"""What a finished request leaves for adaptation: one ``Observation`` built from its ``Prediction`` (gateway and eval alike).
+"""What a finished request leaves for adaptation: an ``Observation`` built from its ``Prediction`` (gateway and eval).
 
 It keeps the numeric features and, when ``keep_text_slots`` (the gateway's ``classifier_text_slots``
 setting), the hashed uni/bigram slots of the last user message's first 256 token ids, never the text.

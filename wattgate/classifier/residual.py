@@ -1,4 +1,4 @@
-"""Fitting a served model's residual (see ``served.py``): multinomial logistic regression with the shipped logits as offset.
+"""Fitting a served model's residual (``served.py``): multinomial logistic regression, the shipped logits as offset.
 
 Minimises ``sum_i w_i * cross_entropy(softmax(offset_i + T_i·Wt + F_i·Wf + b), y_i)
 + l2_text/2·|Wt|² + l2_feat/2·|Wf|² + L2_BIAS/2·|b|²`` with L-BFGS (scipy) and the exact gradient.
@@ -56,7 +56,7 @@ def standardise(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np
     return np.clip((x - mean) / scale, -CLIP, CLIP), mean, scale
 
 
-def _fit(
+def _fit(  # noqa: PLR0917  (the terms of one objective)
     offset: NDArray[np.float64],
     t: Any,
     f: NDArray[np.float64],
@@ -86,7 +86,9 @@ def _fit(
         )
         return float(value), grad
 
-    res = optimize.minimize(loss, np.zeros(3 * (nt + nf + 1)), jac=True, method="L-BFGS-B", options={"maxiter": MAX_ITER})
+    res = optimize.minimize(
+        loss, np.zeros(3 * (nt + nf + 1)), jac=True, method="L-BFGS-B", options={"maxiter": MAX_ITER}
+    )
     return unpack(res.x)
 
 
@@ -98,7 +100,7 @@ def _log_loss(offset: NDArray[np.float64], t: Any, f: NDArray[np.float64], y: ND
     return float(-logp[np.arange(len(y)), y].mean())
 
 
-def fit_residual(
+def fit_residual(  # noqa: PLR0917
     offset: NDArray[np.float64],
     slots: Sequence[Sequence[int] | None] | None,
     x: NDArray[np.float64],

@@ -78,7 +78,9 @@ class ClassifierStore:
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 for obs in observations:
-                    pipe.xadd(self.keys.observations, {"json": obs.to_json()}, maxlen=OBSERVATIONS_MAXLEN, approximate=True)
+                    pipe.xadd(
+                        self.keys.observations, {"json": obs.to_json()}, maxlen=OBSERVATIONS_MAXLEN, approximate=True
+                    )
                 pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"cannot write observations: {exc}") from exc

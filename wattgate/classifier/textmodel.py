@@ -179,5 +179,3 @@ def parse_text(text: Any, what: str = "text") -> TextModel:
 
 def text_doc(text: TextModel) -> dict[str, Any]:
     return {"dim": text.dim, "weights_f16": encode_array(text.weights, "<f2"), "bias": [float(b) for b in text.bias]}
-
-
