@@ -32,8 +32,7 @@ import httpx
 from wattgate.classifier.sharegpt import Example, is_holdout, sharegpt_examples, sharegpt_path
 from wattgate.classifier.tokens import counter
 
-MAX_PROMPT_TOKENS = 1500  # the served model's context is small; longer prompts are skipped
-CAP_TOKENS = 450  # above the long-output edge (371): a capped answer is class L either way, its label exact
+CAP_TOKENS = 400  # above the long-output edge (371): a capped answer is class L either way, its label exact
 
 
 def holdout_turns(max_turns: int = 3) -> Iterator[tuple[str, int, Example]]:
@@ -47,12 +46,13 @@ def holdout_turns(max_turns: int = 3) -> Iterator[tuple[str, int, Example]]:
         yield ex.group, turn, ex
 
 
-def pick(n: int, seed: int) -> list[tuple[str, int, Example]]:
+def pick(n: int, seed: int, max_prompt_tokens: int) -> list[tuple[str, int, Example]]:
+    """``n`` held-out turns whose prompt (history included) fits ``max_prompt_tokens``, in a seeded random order."""
     enc = counter("cl100k_base")
     rows = [
         (cid, turn, ex)
         for cid, turn, ex in holdout_turns()
-        if sum(enc.count(m["content"]) for m in ex.body["messages"]) <= MAX_PROMPT_TOKENS
+        if sum(enc.count(m["content"]) for m in ex.body["messages"]) <= max_prompt_tokens
     ]
     random.Random(seed).shuffle(rows)
     return rows[:n]
@@ -74,7 +74,7 @@ def ask(client: httpx.Client, url: str, model: str, ex: Example, seed: int) -> t
 
 
 def generate(args: argparse.Namespace) -> None:
-    rows = pick(args.n, args.seed)
+    rows = pick(args.n, args.seed, args.max_prompt_tokens)
     out = Path(args.out)
     done = {(d["id"], d["turn"]) for d in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
     todo = [r for r in rows if (r[0], r[1]) not in done]
@@ -111,6 +111,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=800)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--parallel", type=int, default=4)
+    p.add_argument("--max-prompt-tokens", type=int, default=500, help="skip longer prompts (CPU prefill is slow)")
     p.add_argument("--out", default="served_set.jsonl")
     p.add_argument("--expand", help="a file written by --out: rebuild the eval JSONL from it")
     p.add_argument("--eval-out", default="served_eval.jsonl")
