@@ -45,7 +45,6 @@ def test_text_slots_teach_what_the_features_cannot() -> None:
     assert a.new is not None and b.new is not None
     assert a.new.balanced_accuracy > 0.95, a.reason
     # the features (the shipped text logits among them) tell the topics apart only in part
-    assert b.new.balanced_accuracy < 0.9, b.reason
     assert a.new.log_loss is not None and b.new.log_loss is not None and a.new.log_loss < b.new.log_loss / 3
     assert a.text_slots and not b.text_slots
 

@@ -14,14 +14,14 @@ learnt of one served model never leaks into another's predictions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from wattgate.classifier.features import Sample, feature_vector
-from wattgate.classifier.length import fit_length
+from wattgate.classifier.length import calibrate_means, fit_length
 from wattgate.classifier.metrics import Scores, score
 from wattgate.classifier.model import ClassifierModel
 from wattgate.classifier.residual import fit_residual, slot_matrix
@@ -128,8 +128,11 @@ def fit_profile(
     keep = st.use_text_slots and any(s.slots for s in rows)
     slots = [s.slots for s in rows] if keep else None
     res = fit_residual(offset, slots, x, y, weights, model.text.dim, range(len(model.feature_names)))
-    length = fit_length(np.array([s.output_tokens for s in rows]), y, prior=model.length)
-    return ServedProfile(name, len(rows), res.text, res.linear, res.bias, length, model.feature_names)
+    tokens = np.array([s.output_tokens for s in rows])
+    length = fit_length(tokens, y, prior=model.length)
+    profile = ServedProfile(name, len(rows), res.text, res.linear, res.bias, length, model.feature_names)
+    probs = batch_probabilities(model, profile, x, [s.slots for s in rows])
+    return replace(profile, length=calibrate_means(length, probs, tokens))
 
 
 def adapt_one(

@@ -107,3 +107,20 @@ def fit_length(
             q = (n * q + PRIOR_WEIGHT * base) / (n + PRIOR_WEIGHT)
         out.append(tuple(float(v) for v in np.maximum.accumulate(q)))
     return LengthModel((out[0], out[1], out[2]))
+
+
+def calibrate_means(
+    model: LengthModel, probs: NDArray[np.float64], output_tokens: NDArray[Any], shrink: float = PRIOR_WEIGHT
+) -> LengthModel:
+    """Scale each class's quantiles so that ``sum_c p_c * mean_c`` fits the true tokens (non-negative least
+    squares, shrunk towards the current means by ``shrink`` pseudo-rows a class): the expected tokens are
+    then calibrated for the probabilities this predictor actually gives, even when they are not calibrated."""
+    from scipy.optimize import nnls  # type: ignore[import-untyped]  # noqa: PLC0415  (training time only)
+
+    prior = np.asarray(model.means)
+    a = np.vstack([probs, np.sqrt(shrink) * np.eye(3)])
+    b = np.concatenate([np.asarray(output_tokens, dtype=np.float64), np.sqrt(shrink) * prior])
+    means, _ = nnls(a, b)
+    factors = np.where(prior > 0, means / np.maximum(prior, 1e-9), 1.0)
+    out = [tuple(float(v * f) for v in q) for q, f in zip(model.quantiles, factors, strict=True)]
+    return LengthModel((out[0], out[1], out[2]))
