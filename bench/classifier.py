@@ -108,6 +108,21 @@ def threshold_sweep(probs: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
 SERVED = "bench-served"
 
 
+def interleaved(
+    fns: dict[str, Callable[[dict[str, Any], str], Any]], examples: list[Example], rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Per-prediction CPU time p50/p99 (ms) of several predictors called in turn on the same request, so that a
+    shared machine's load drifts over all of them alike: their ratios are what this run can say."""
+    times: dict[str, list[int]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for ex in examples:
+            for name, fn in fns.items():
+                c = time.thread_time_ns()
+                fn(ex.body, ex.endpoint)
+                times[name].append(time.thread_time_ns() - c)
+    return {n: (float(np.percentile(t, 50)) / 1e6, float(np.percentile(t, 99)) / 1e6) for n, t in times.items()}
+
+
 def served_predictor(predictor: ModelPredictor, examples: list[Example], enc: Any) -> ModelPredictor:
     """The shipped model with a profile learnt for a served model that answers 1.6x as long as ChatGPT did."""
     samples = []
@@ -174,6 +189,18 @@ def main() -> None:
         lat["baseline model, 2000-token prompt"] = timed(lambda: old.predict(body, "chat"), args.repeat)
         cycle = iter(examples * (args.repeat // len(examples) + 1))
         lat["baseline model, held-out requests"] = timed(lambda: old.predict(*_next(cycle)), args.repeat)
+    if args.baseline_model:
+        fns = {
+            "baseline model": old.predict,
+            "model": predictor.predict,
+            "model + served profile": lambda b, e: served.predict({**b, "model": SERVED}, e),
+        }
+        inter = interleaved(fns, examples[:300] + [Example(body, "chat", None, None, "p")] * 30, 3)
+        print("\ninterleaved, the same requests in turn (cpu ms p50 / p99, ratio to the baseline model):")
+        for name, (c50, c99) in inter.items():
+            ref = inter["baseline model"]
+            print(f"  {name:28s} {c50:.3f} / {c99:.3f}   x{c50 / ref[0]:.2f} / x{c99 / ref[1]:.2f}")
+        lat.update({f"interleaved {n}": (c50, c99, c50, c99) for n, (c50, c99) in inter.items()})
     ext = FeatureExtractor()
     x_vec = np.array([preds[0].features[n] for n in predictor.model.feature_names])
     lat["  of which trees only"] = timed(lambda: predictor.model.probabilities3(x_vec), args.repeat)
