@@ -5,7 +5,8 @@ Prompts: turns of ShareGPT's held-out 20% of conversations (``is_holdout``: neve
 file order. Answers: the length ChatGPT's own answer had there (measured), or that length turned
 into another served model's habit (modelled: a rule per model below, with log-normal noise), so one
 run covers a model like the training one, a verbose one, a terse one and one whose habit depends on
-the prompt (long code answers, short prose). Each set goes through ``evaluate_file`` with
+the prompt (long code answers, short prose), and one whose requests carry reasoning-effort and
+forced-tool-call flags that decide the length (``FLAGS``). Each set goes through ``evaluate_file`` with
 ``--adapt-fraction 0.5``: observations in an embedded Redis, ``retrain``, the model a gateway's
 watcher loads (the running system's path). ``--models DIR`` also scores every ``*.json`` model of DIR
 (the feature ablations ``scripts/train_classifier.py --ablate DIR`` writes). Prints a table and one JSON line.
