@@ -90,7 +90,7 @@ class ModelPredictor:
         input_tokens, feats, slots = self._extract(body, endpoint)
         max_tokens = requested_max_tokens(body)
         served, name = self.model.served, body.get("model")
-        profile = served.get(name) if served and isinstance(name, str) else None
+        profile = served.get(name if isinstance(name, str) else "") if served else None  # "": requests without one
         if max_tokens is not None and max_tokens <= self.edges.output_short_max:
             probs = (1.0, 0.0, 0.0)  # only S fits: what cap_probabilities makes of any model output
         else:
