@@ -28,7 +28,15 @@ from wattgate.agent.settings import from_args, parse_external
 from wattgate.agent.store import AgentStore
 from wattgate.agent.telemetry import Telemetry
 from wattgate.embedded_redis import free_port
-from wattgate.planner.contract import Heartbeat, InstanceRecord, Keys, Plan, PlannedInstance, UnmanagedInstance
+from wattgate.planner.contract import (
+    HEARTBEAT_REVISION,
+    Heartbeat,
+    InstanceRecord,
+    Keys,
+    Plan,
+    PlannedInstance,
+    UnmanagedInstance,
+)
 
 KEYS = Keys()
 
@@ -126,6 +134,7 @@ def test_the_agent_follows_the_plans_pools_and_clocks_and_never_stops_the_server
         agent.publish()
         beat = Heartbeat.from_json(r.get(KEYS.heartbeat("n1")) or "")
         assert not beat.managed and [(u.id, u.pool, u.tp) for u in beat.unmanaged] == [("e0", "ML", 2)]
+        assert beat.revision == HEARTBEAT_REVISION
         r.set(KEYS.plan, fixed_plan(2, ("e0", "SS", [0, 1], 1000)).to_json())
         agent.tick()
         assert record().pool == "SS" and gpus[0].locked == 1000

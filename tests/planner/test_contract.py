@@ -6,6 +6,9 @@ import pytest
 import redis
 
 from wattgate.planner.contract import (
+    HEARTBEAT_REVISION,
+    OBSERVATION_REVISION,
+    PLAN_REVISION,
     SCHEMA_VERSION,
     ContractError,
     Heartbeat,
@@ -15,6 +18,8 @@ from wattgate.planner.contract import (
     Plan,
     PlannedInstance,
     UnmanagedInstance,
+    decode_slots,
+    encode_slots,
     load_field,
 )
 
@@ -78,12 +83,15 @@ def test_plan_serves_defaults_to_empty_and_round_trips() -> None:
 
 
 def test_heartbeat_unmanaged_servers_round_trip_and_old_heartbeats_still_read() -> None:
-    beat = Heartbeat("ext", 1.0, 3, 8, True, managed=False, unmanaged=[UnmanagedInstance("e0", 4, [0, 1, 2, 3], "m")])
+    servers = [UnmanagedInstance("e0", 4, [0, 1, 2, 3], "m")]
+    beat = Heartbeat("ext", 1.0, 3, 8, True, managed=False, unmanaged=servers, revision=HEARTBEAT_REVISION)
     back = Heartbeat.from_json(beat.to_json())
     assert back == beat and back.unmanaged[0].engine == "vllm" and back.unmanaged[0].pool == ""
+    assert back.revision == 2
     old = beat.to_dict()
-    del old["unmanaged"], old["managed"]
-    assert Heartbeat.from_json(json.dumps(old)).unmanaged == []
+    del old["unmanaged"], old["managed"], old["revision"]
+    legacy = Heartbeat.from_json(json.dumps(old))
+    assert legacy.unmanaged == [] and legacy.revision == 1
     with pytest.raises(ContractError, match="unmanaged"):
         Heartbeat.from_json(beat.to_dict() | {"unmanaged": "e0"})
     with pytest.raises(ContractError, match="bad unmanaged instance"):
@@ -92,15 +100,48 @@ def test_heartbeat_unmanaged_servers_round_trip_and_old_heartbeats_still_read() 
 
 def test_plan_fixed_ids_default_empty_and_newer_fields_are_ignored() -> None:
     inst = PlannedInstance("e0", "SM", "ext", [0, 1], 2, 1200, 1.0, 500.0)
-    plan = Plan(1, 0.0, "m", [inst], {"SM": 1.0}, 500.0, 900.0, fixed=["e0"])
+    plan = Plan(1, 0.0, "m", [inst], {"SM": 1.0}, 500.0, 900.0, fixed=["e0"], revision=PLAN_REVISION)
     back = Plan.from_json(plan.to_json())
-    assert back.fixed == ["e0"] and back.fixed_pools() == {"e0": "SM"}
+    assert back.fixed == ["e0"] and back.fixed_pools() == {"e0": "SM"} and back.revision == 2
     old = plan.to_dict()
-    del old["fixed"]
-    assert Plan.from_json(json.dumps(old)).fixed == [] and Plan.from_json(json.dumps(old)).fixed_pools() == {}
+    del old["fixed"], old["revision"]
+    legacy = Plan.from_json(json.dumps(old))
+    assert legacy.fixed == [] and legacy.fixed_pools() == {} and legacy.revision == 1
     # a newer writer's extra fields, on the plan and on its instances, are ignored rather than refused
     newer = plan.to_dict() | {"later": 1}
     newer["instances"] = [{**newer["instances"][0], "later": True}]
     assert Plan.from_json(json.dumps(newer)) == plan
     with pytest.raises(ContractError, match="bad instance"):
         Plan.from_json(plan.to_dict() | {"instances": [{"id": "e0"}]})
+
+
+def test_observation_revision_2_keeps_text_slots_and_revision_1_messages_still_read() -> None:
+    slots = [0, 7, 513, 65535]
+    obs = Observation(
+        "r", "SS", "SS", [1.0, 0.0, 0.0], 10, 5, None, None, 200, "i1", "m", 1.0,
+        text_slots=encode_slots(slots), text_dim=1 << 16, revision=OBSERVATION_REVISION,
+    )  # fmt: skip
+    again = Observation.from_json(obs.to_json())
+    assert again.slots() == slots and again.revision == 2
+    assert len(again.text_slots) <= 3 * len(slots)  # base64 of uint16: compact on the stream
+    # a message written before revision 2 (no text fields) reads as revision 1 with no slots
+    old = json.loads(obs.to_json())
+    for name in ("text_slots", "text_dim", "revision"):
+        del old[name]
+    legacy = Observation.from_json(json.dumps(old))
+    assert legacy.revision == 1 and legacy.slots() == []
+    # and a reader of revision 1 (dropping fields it does not know) reads a revision-2 message
+    assert {f for f in json.loads(obs.to_json())} - set(old) == {"text_slots", "text_dim", "revision"}
+
+
+@pytest.mark.parametrize(
+    ("text", "dim", "message"),
+    [("***", 65536, "base64"), ("AA==", 65536, "odd"), (encode_slots([9]), 8, "outside"), ("AAA=", 0, "outside")],
+)
+def test_malformed_text_slots_are_refused(text: str, dim: int, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        decode_slots(text, dim)
+    with pytest.raises(ContractError):
+        Observation.from_json(
+            {**Observation("r", "SS", "SS", [1, 0, 0], 1, 1, None, None, 200, "i", "m", 1.0).to_dict(), "text_dim": "x"}
+        )

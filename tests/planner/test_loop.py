@@ -9,7 +9,7 @@ import redis
 from tests.planner.toy import toy_profile
 from tests.support import wait_for
 from wattgate.planner.baselines import IDLE_GPU_W, single_pool
-from wattgate.planner.contract import Heartbeat, Keys, Plan, UnmanagedInstance, load_field
+from wattgate.planner.contract import PLAN_REVISION, Heartbeat, Keys, Plan, UnmanagedInstance, load_field
 from wattgate.planner.forecast import ForecastSettings, Method
 from wattgate.planner.loop import LoopSettings, PlannerLoop
 from wattgate.planner.model import SolverSettings
@@ -128,7 +128,7 @@ def test_servers_in_unmanaged_heartbeats_are_fixed_capacity_given_pools_and_cloc
     servers = [UnmanagedInstance(f"e{i}", 2, [2 * i, 2 * i + 1], "toy", "vllm", "SS") for i in range(2)]
     _unmanaged(redis_url, "ext", 4, servers)
     plan = _published(_loop(redis_url, Clock(), "b"))
-    assert sorted(plan.fixed) == ["e0", "e1"]
+    assert sorted(plan.fixed) == ["e0", "e1"] and plan.revision == PLAN_REVISION
     fixed = {i.id: i for i in plan.instances if i.id in plan.fixed}
     assert {i.node for i in fixed.values()} == {"ext"} and fixed["e1"].gpus == [2, 3]
     assert all(i.pool in ("SS", "SM") and i.sm_clock_mhz > 0 and i.load_rps > 0 for i in fixed.values())

@@ -13,7 +13,7 @@ from dataclasses import replace
 from wattgate.agent.actuator import Actuator
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.gpu.base import Gpu, GpuError
-from wattgate.planner.contract import GpuReading, Heartbeat, NodeTelemetry, UnmanagedInstance
+from wattgate.planner.contract import HEARTBEAT_REVISION, GpuReading, Heartbeat, NodeTelemetry, UnmanagedInstance
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class Telemetry:
             notes=[*self._clocks.notes, *notes],
             managed=self.managed,
             unmanaged=self.servers(),
+            revision=HEARTBEAT_REVISION,
         )
 
     def servers(self) -> list[UnmanagedInstance]:

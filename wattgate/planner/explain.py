@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from wattgate.planner.baselines import IDLE_GPU_W, Baseline, SinglePool
-from wattgate.planner.contract import Plan, PlannedInstance
+from wattgate.planner.contract import PLAN_REVISION, Plan, PlannedInstance
 from wattgate.planner.model import Config, Decision
 from wattgate.planner.placement import Placement
 
@@ -65,6 +65,7 @@ def build_plan(
         single_pool_power_w=None if single is None else round(single.power_w, 1),
         single_pool_gpus=None if single is None else single.gpus,
         fixed=sorted(i.id for i in fixed),
+        revision=PLAN_REVISION,
     )
 
 
