@@ -3,6 +3,10 @@
 Pure: no PuLP, no Redis, no clock. ``solver.py`` turns a ``Problem`` into a MILP; ``greedy.py`` is the
 fallback; both return a ``Decision``. Every power figure here is modelled from the profile.
 
+*Fixed* instances are servers the planner cannot start, stop or resize (the agents' unmanaged servers, or a
+replay's fixed fleet): each is on whatever node it runs on, outside the GPU budget, and each epoch the plan
+only chooses the pool it serves and its clock, so they carry load before any managed instance is started.
+
 An *item* is one way to run one instance of a pool: (TP, SM clock, rated load). The rated loads are
 the profile's measured loads up to the SLO-feasible capacity (``Profile.max_load``) times
 ``SolverSettings.headroom``, plus that rating itself; an item's power is the highest modelled power at
@@ -16,8 +20,8 @@ import enum
 import functools
 import math
 import weakref
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets, spill_chain
 from wattgate.profiles.table import Profile
@@ -97,6 +101,25 @@ class Inventory:
 
 
 @dataclass(frozen=True)
+class FixedInstance:
+    """A running instance the plan cannot start, stop or resize: it chooses only its pool and SM clock.
+
+    ``pool`` and ``clock_mhz`` are what it serves and runs at now (None: nothing assigned yet); the plan
+    keeps them when that costs nothing, so routing does not churn between equivalent plans."""
+
+    id: str
+    node: str
+    gpus: tuple[int, ...]
+    tp: int
+    pool: str | None = None
+    clock_mhz: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or len(self.gpus) != self.tp or len(set(self.gpus)) != self.tp:
+            raise PlannerError(f"fixed instance {self.id}: TP{self.tp} needs {self.tp} distinct GPUs, got {self.gpus}")
+
+
+@dataclass(frozen=True)
 class Item:
     """One way to run one instance of a pool: TP, SM clock and the load it is rated for."""
 
@@ -124,10 +147,32 @@ class Problem:
     current: Mapping[Config, int]  # instances running now per (pool, TP, clock)
     settings: SolverSettings
     profile: Profile
+    fixed: tuple[FixedInstance, ...] = ()  # instances outside the GPU budget that must be used as they are
+    fixed_items: tuple[Item, ...] = ()  # the ways to run them: items of their TPs, pruned within each TP only
 
     @functools.cached_property
     def pools(self) -> tuple[str, ...]:
-        return tuple(sorted({i.pool.name for i in self.items}))
+        return tuple(sorted({i.pool.name for i in (*self.items, *self.fixed_items)}))
+
+    @functools.cached_property
+    def fixed_counts(self) -> dict[int, int]:
+        """TP -> fixed instances of that TP the plan assigns (those of a TP with no item are left as they are)."""
+        tps = {it.tp for it in self.fixed_items}
+        out: dict[int, int] = {}
+        for f in self.fixed:
+            if f.tp in tps:
+                out[f.tp] = out.get(f.tp, 0) + 1
+        return out
+
+    @functools.cached_property
+    def fixed_current(self) -> dict[Config, int]:
+        """Fixed instances per (pool, TP, clock) they run at now (those with a pool and a clock)."""
+        out: dict[Config, int] = {}
+        for f in self.fixed:
+            if f.pool is not None and f.clock_mhz is not None and f.tp in self.fixed_counts:
+                key = (f.pool, f.tp, f.clock_mhz)
+                out[key] = out.get(key, 0) + 1
+        return out
 
     def routes(self, pool: str) -> tuple[str, ...]:
         """Pools that may serve ``pool``'s load (itself first), among those with items."""
@@ -179,14 +224,17 @@ class Decision:
     status: SolveStatus
     solve_time_s: float  # measured wall time of the solve
     alerts: tuple[str, ...] = ()
+    fixed_groups: tuple[Group, ...] = ()  # what the fixed instances run: pool, clock and load, by TP
 
     @property
     def gpus_used(self) -> int:
+        """GPUs of the budget the plan uses (fixed instances are outside it)."""
         return sum(g.gpus for g in self.groups)
 
     @property
     def power_w(self) -> float:
-        return sum(g.power_w for g in self.groups)
+        """Modelled power of every planned instance, fixed ones included."""
+        return sum(g.power_w for g in (*self.groups, *self.fixed_groups))
 
     def counts(self) -> dict[Config, int]:
         out: dict[Config, int] = {}
@@ -334,8 +382,11 @@ def make_problem(
     inventory: Inventory,
     settings: SolverSettings | None = None,
     current: Mapping[Config, int] | None = None,
+    *,
+    fixed: Sequence[FixedInstance] = (),
 ) -> Problem:
-    """Validate the inputs and build the items for every pool the demand can reach."""
+    """Validate the inputs and build the items for every pool the demand can reach (for the managed GPUs
+    and for the ``fixed`` instances' TPs)."""
     settings = settings or SolverSettings()
     demand = parse_demand(demand_rps)
     have = {t.name for t in profile.request_types}
@@ -351,4 +402,18 @@ def make_problem(
         raise PlannerError(f"the profile has no measurements for pool(s) {', '.join(missing)}")
     cur = {c: int(m) for c, m in (current or {}).items() if m > 0}
     items = build_items(profile, settings, pools=sorted(reach & have), keep=cur, inbound=inbound)
-    return Problem(demand, inventory, items, cur, settings, profile)
+    ids = [f.id for f in fixed]
+    if len(set(ids)) != len(ids):
+        raise PlannerError(f"fixed instance ids must be unique, got {sorted(ids)}")
+    fixed_items: list[Item] = []
+    if fixed:
+        tps = {f.tp for f in fixed}
+        unpruned = build_items(profile, replace(settings, prune=False), pools=sorted(reach & have), inbound=inbound)
+        fixed_items = [it for it in unpruned if it.tp in tps]
+    if fixed and settings.prune:  # within one TP and pool only: a fixed TP4 server cannot become the TP2 that wins
+        running = {(f.pool, f.tp, f.clock_mhz) for f in fixed if f.pool is not None and f.clock_mhz is not None}
+        groups: dict[tuple[int, str], list[Item]] = {}
+        for it in fixed_items:
+            groups.setdefault((it.tp, it.pool.name), []).append(it)
+        fixed_items = [it for key in sorted(groups) for it in _prune(groups[key], running)]
+    return Problem(demand, inventory, items, cur, settings, profile, tuple(fixed), tuple(fixed_items))
