@@ -1,8 +1,11 @@
 """The policies compared, and how each one plans: the planner's own forecast, solver and baseline code.
 
-Single-pool policies run one generic pool that serves every type (sized in "instance utilisation":
-the sum over types of load / SLO-feasible capacity); per-type policies (``multi-pool``, ``wattgate``,
-``oracle``) run the planner's MILP (``wattgate.planner.solver``) or its TP8 baseline per pool.
+``single-pool`` (the baseline) and ``scale-freq`` run one static generic pool of TP8 instances, sized
+iso-SLO: the fewest instances with which the replay keeps ``SimSettings.iso_slo_target`` of requests
+within their targets (``run.size_single_pool`` searches it). ``scale-inst`` and ``scale-shard`` re-plan
+one generic pool every epoch, sized in "instance utilisation" (the sum over types of load / SLO-feasible
+capacity). Per-type policies (``multi-pool``, ``wattgate`` and its ablations, ``oracle``) run the
+planner's MILP (``wattgate.planner.solver``) or its TP8 baseline per pool.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ class PolicySpec:
     all_clocks: bool  # the plan may pick any measured clock (else the highest)
     dynamic: bool  # re-planned every epoch from a forecast (else sized once for the trace's peak)
     clock_loop: bool  # the agent's 5 s clock policy runs
-    oracle: bool = False  # true output lengths and the true future load
+    oracle: bool = False  # true output lengths and the true future load, free transitions, minute re-plans
+    iso_slo: bool = False  # a static single pool of the searched iso-SLO size
+    confusion: str | None = None  # "perfect" or "longest" (no output prediction): overrides the measured one
     about: str = ""
 
 
@@ -40,14 +45,32 @@ POLICIES: dict[str, PolicySpec] = {
     p.name: p
     for p in (
         PolicySpec(
-            "single-pool", False, (8,), False, False, False, about="one pool, TP8, max clock, sized for the peak"
+            "single-pool", False, (8,), False, False, False, iso_slo=True, about="one static TP8 pool at max clock, iso-SLO"
         ),
         PolicySpec("multi-pool", True, (8,), False, False, False, about="per-type pools, TP8, max clock, static"),
         PolicySpec("scale-inst", False, (8,), False, True, False, about="one pool, instance count re-planned"),
         PolicySpec("scale-shard", False, (2, 4, 8), False, True, False, about="one pool, TP re-planned"),
-        PolicySpec("scale-freq", False, (8,), False, False, True, about="one pool, static, 5 s clock policy"),
+        PolicySpec(
+            "scale-freq", False, (8,), False, False, True, iso_slo=True, about="the iso-SLO pool + 5 s clock policy"
+        ),
         PolicySpec("wattgate", True, (2, 4, 8), True, True, True, about="pools + forecast + MILP + clock policy"),
-        PolicySpec("oracle", True, (2, 4, 8), True, True, True, True, about="wattgate with perfect future and lengths"),
+        PolicySpec(
+            "wattgate-perfect", True, (2, 4, 8), True, True, True, confusion="perfect", about="wattgate, true output classes"
+        ),
+        PolicySpec(
+            "wattgate-input-pools",
+            True,
+            (2, 4, 8),
+            True,
+            True,
+            True,
+            confusion="longest",
+            about="wattgate without output prediction: pools per input class (every request as a long output)",
+        ),
+        PolicySpec("wattgate-tp8", True, (8,), True, True, True, about="wattgate without re-sharding: TP8 only"),
+        PolicySpec(
+            "oracle", True, (2, 4, 8), True, True, True, True, about="true future and lengths, free transitions, 1 min"
+        ),
     )
 }
 
@@ -64,6 +87,10 @@ class Workload:
         return len(next(iter(self.true_counts.values())))
 
 
+ABLATION = ("single-pool", "wattgate", "wattgate-perfect", "wattgate-input-pools", "scale-freq", "wattgate-tp8", "oracle")
+ORACLE_EPOCH_S = 60.0
+
+
 @dataclass(frozen=True)
 class PlanEnv:
     model: Model
@@ -71,6 +98,7 @@ class PlanEnv:
     epoch_s: float
     forecast: ForecastSettings
     solver: SolverSettings
+    single_pool_instances: int = 0  # the iso-SLO size (0: not searched yet)
 
 
 def planner_for(spec: PolicySpec, env: PlanEnv, work: Workload) -> PlanFn:
@@ -92,7 +120,7 @@ def _demand(spec: PolicySpec, env: PlanEnv, counts: dict[str, list[float]], now_
 
 def _peak(spec: PolicySpec, env: PlanEnv, series: Sequence[float], now_s: float) -> float:
     """req/s to plan for: the trace's peak (static), the future peak (oracle) or the planner's forecast."""
-    horizon = max(math.ceil(env.epoch_s / 60), 1)
+    horizon = 1 if spec.oracle else max(math.ceil(env.epoch_s / 60), 1)
     margin = 1.0 + env.forecast.margin
     if not spec.dynamic:
         return max(series, default=0.0) / 60.0 * margin
@@ -114,6 +142,10 @@ def _typed(
         return baseline(profile, demand, env.model.slo).groups, {}
     settings = env.solver if spec.all_clocks else dataclasses.replace(env.solver, clocks=(env.model.top_clock(8),))
     settings = dataclasses.replace(settings, period_s=env.epoch_s)
+    if spec.oracle:  # transitions are free for the oracle, and it re-plans every minute
+        settings = dataclasses.replace(
+            settings, period_s=ORACLE_EPOCH_S, start_cost_j_per_gpu=0.0, reshard_cost_j_per_gpu=0.0, clock_change_cost_j=0.0
+        )
     try:
         problem = make_problem(profile, demand, inv, settings, running_counts(list(running)))
     except PlannerError as exc:
@@ -124,8 +156,14 @@ def _typed(
 
 
 def _single(spec: PolicySpec, env: PlanEnv, counts: dict[str, list[float]], now_s: float) -> tuple[Group, ...]:
-    """One generic pool: the (TP, clock) and count with the least modelled power that carries the load."""
+    """One generic pool: the iso-SLO static pool, or the (TP, clock) and count with the least modelled power
+    that carries the forecast load."""
     m = env.model
+    if spec.iso_slo:
+        n = max(env.single_pool_instances, 1)
+        top = m.top_clock(8)
+        rate = sum(max(c, default=0.0) for c in counts.values()) / 60.0 / n
+        return (Group(GENERIC, 8, top, n, rate, m.point(8, top, 4, min(rate, m.measured_max(8, top, 4))).power_w),)
     best: tuple[float, Group] | None = None
     minutes = len(next(iter(counts.values())))
     for tp in spec.tps:

@@ -20,7 +20,6 @@ class EngineOptions:
     sleep_mode: bool = False  # vLLM: --enable-sleep-mode; scale-down sleeps instead of stopping
     stop_grace_s: float = 30.0
     # simulated engine only
-    profile: str = ""
     gpu_state_dir: Path | None = None
     speed: float = 1.0
     env: dict[str, str] = field(default_factory=dict)
