@@ -109,12 +109,12 @@ class GpuCluster:
     def start(
         self,
         iid: str,
+        *,
         pool: str,
         tp: int,
         node: int,
         gpus: Iterable[int],
         clock_mhz: int,
-        *,
         now_s: float,
         instant: bool = False,
     ) -> Instance:
@@ -128,7 +128,9 @@ class GpuCluster:
         ready_at = now_s if instant else now_s + self.lifecycle.start_s
         engine = self.model.engine(tp, clock_mhz=clock_mhz, start_s=ready_at, **self.engine_overrides)
         state = State.READY if instant else State.STARTING
-        inst = Instance(iid, pool, tp, node, held, engine, state, ready_at, mark_s=now_s, engine_j=engine.totals.energy_j)
+        inst = Instance(
+            iid, pool, tp, node, held, engine, state, ready_at, mark_s=now_s, engine_j=engine.totals.energy_j
+        )
         self.instances[iid] = inst
         return inst
 

@@ -421,7 +421,11 @@ class Engine:
         prefill = tuple((cached, chunk) for _, cached, chunk in d.prefill)
         completing = sum(1 for r, cached, chunk in d.prefill if cached + chunk >= r.target)
         d.time = self.cost.step(
-            decodes=d.decodes, kv_tokens=kv, prefill=prefill, sampled=d.decodes + completing, factors=self.law.factors(clock)
+            decodes=d.decodes,
+            kv_tokens=kv,
+            prefill=prefill,
+            sampled=d.decodes + completing,
+            factors=self.law.factors(clock),
         )
         return d
 

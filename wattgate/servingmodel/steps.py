@@ -48,10 +48,6 @@ class EngineOverheads:
     layer_s: float = 0.0  # per layer per step: launch gaps and the kernels not timed
     prefill_layer_s: float = 0.0  # extra per layer in a step that prefills (outside the CUDA graphs)
     request_s: float = 0.0  # per request before its first token: HTTP, tokenization, detokenization
-    # an engine whose kernels are slower than vLLM 0.24's measured ones (an older vLLM): multipliers on the
-    # compute- and memory-bound kernel time; 1.0 for vLLM V1
-    compute_scale: float = 1.0
-    memory_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -102,10 +98,12 @@ class StepCost:
         self._lm_mem = lm - self._lm_comp
         self._lm_comp[0] = self._lm_mem[0] = 0.0
         self._lin_comp[0] = self._lin_mem[0] = self._ew[0] = self._ar[0] = 0.0
-        self.kv_token_s = curves.decode.per_kv_token_s * self.layers * overheads.memory_scale
+        self.kv_token_s = curves.decode.per_kv_token_s * self.layers
         self._base_cache: dict[tuple[int, tuple[float, float]], StepTime] = {}
         # causal attention over n tokens (all layers), dense up to PREFILL_TOKENS: looked up per chunk
-        self._attn = loglog(curves.prefill_isl, curves.prefill_per_layer_s, np.maximum(np.arange(PREFILL_TOKENS + 1), 1.0))
+        self._attn = loglog(
+            curves.prefill_isl, curves.prefill_per_layer_s, np.maximum(np.arange(PREFILL_TOKENS + 1), 1.0)
+        )
         self._attn *= self.layers
         self._attn_floor = float(curves.prefill_per_layer_s[0]) * self.layers
         dec = curves.decode
@@ -144,7 +142,7 @@ class StepCost:
 
     def _attention(self, tokens: int) -> float:
         if tokens <= PREFILL_TOKENS:
-            return self._attn_list[tokens]
+            return float(self._attn_list[tokens])
         return float(self._attn[PREFILL_TOKENS]) * (tokens / PREFILL_TOKENS) ** 2  # quadratic beyond
 
     def prefill_attention_s(self, cached: int, chunk: int) -> float:
@@ -182,7 +180,7 @@ class StepCost:
         overhead = o.step_s + o.sequence_s * (decodes + len(prefill))
         overhead += self.layers * (o.layer_s + (o.prefill_layer_s if prefill else 0.0))
         fc, fm = factors
-        return StepTime(comp * fc * o.compute_scale, mem * fm * o.memory_scale, overhead)
+        return StepTime(comp * fc, mem * fm, overhead)
 
     def _decode_base(self, decodes: int, factors: tuple[float, float]) -> StepTime:
         """A decode-only step of ``decodes`` sequences with an empty cache (cached: the hot path asks often)."""

@@ -6,7 +6,9 @@ import argparse
 from typing import Any
 
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
-ABLATION_HELP = "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only"
+ABLATION_HELP = (
+    "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -20,9 +22,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("trace", nargs="+", help="trace file(s); several are merged on one time axis")
     p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default: {DEFAULT_POLICIES})")
-    p.add_argument(
-        "--ablation", action="store_true", help=f"run the ablation instead of --policies: {ABLATION_HELP}"
-    )
+    p.add_argument("--ablation", action="store_true", help=f"run the ablation instead of --policies: {ABLATION_HELP}")
     p.add_argument(
         "--profile", default=None, help="the planner's profile: builtin name or file (default: the shipped one)"
     )
@@ -75,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
     from wattgate.planner.model import DEFAULT_HEADROOM
     from wattgate.profiles.builtin import profile_or_default
-    from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE
-    from wattgate.simulate.policies import ABLATION
     from wattgate.profiles.classes import ProfilesError
+    from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE
     from wattgate.servingmodel.errors import ServingModelError
     from wattgate.simulate.confusion import Confusion
+    from wattgate.simulate.policies import ABLATION
     from wattgate.simulate.report import Prices, document, table
     from wattgate.simulate.run import SimSettings, simulate
     from wattgate.simulate.trace import SimulateError, load_trace, scale, speed, tile_days

@@ -92,8 +92,14 @@ class ReplayInstance:
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
         spec = InstanceSpec(
-            inst.id, "sim://" + inst.id, frozenset({MODEL}), None if inst.pool == GENERIC else inst.pool, 10**6, None,
-            "registry", ready=inst.state is State.READY,
+            inst.id,
+            "sim://" + inst.id,
+            frozenset({MODEL}),
+            None if inst.pool == GENERIC else inst.pool,
+            10**6,
+            None,
+            "registry",
+            ready=inst.state is State.READY,
         )
         self.route = RouteInstance(spec)
         self.counts = [0] * len(REQUEST_TYPES)  # arrivals per type over the window
@@ -171,8 +177,12 @@ class Cluster:
                 left.append(p)  # GPUs still held by an instance that drains
                 continue
             iid = f"{p.pool}|n{node}|{','.join(map(str, p.gpus))}|tp{p.tp}|{now:.0f}"
-            reshard = any(ri.inst.pool == p.pool and ri.inst.tp != p.tp and ri.inst.node == node for ri in self.live.values())
-            inst = self.cluster.start(iid, p.pool, p.tp, node, p.gpus, p.sm_clock_mhz, now_s=now, instant=first)
+            reshard = any(
+                ri.inst.pool == p.pool and ri.inst.tp != p.tp and ri.inst.node == node for ri in self.live.values()
+            )
+            inst = self.cluster.start(
+                iid, pool=p.pool, tp=p.tp, node=node, gpus=p.gpus, clock_mhz=p.sm_clock_mhz, now_s=now, instant=first
+            )
             ri = ReplayInstance(inst)
             if weights is not None:
                 ri.route.weight = weights.get(p.id, 1.0)
@@ -229,7 +239,7 @@ class Cluster:
         """Close second ``second``: run the cluster to its end, collect finished requests, clocks, energy."""
         end = float(second + 1)
         r = self.r
-        for inst, f in self.cluster.advance(end):
+        for _, f in self.cluster.advance(end):
             k = int(f.id)
             ri = self._where.pop(k)
             ri.route.in_flight -= 1
@@ -354,4 +364,3 @@ def replay(
     cluster.finish(duration - 1)
     r.wall_s = time.perf_counter() - started
     return r
-

@@ -45,7 +45,14 @@ POLICIES: dict[str, PolicySpec] = {
     p.name: p
     for p in (
         PolicySpec(
-            "single-pool", False, (8,), False, False, False, iso_slo=True, about="one static TP8 pool at max clock, iso-SLO"
+            "single-pool",
+            False,
+            (8,),
+            False,
+            False,
+            False,
+            iso_slo=True,
+            about="one static TP8 pool at max clock, iso-SLO",
         ),
         PolicySpec("multi-pool", True, (8,), False, False, False, about="per-type pools, TP8, max clock, static"),
         PolicySpec("scale-inst", False, (8,), False, True, False, about="one pool, instance count re-planned"),
@@ -55,7 +62,14 @@ POLICIES: dict[str, PolicySpec] = {
         ),
         PolicySpec("wattgate", True, (2, 4, 8), True, True, True, about="pools + forecast + MILP + clock policy"),
         PolicySpec(
-            "wattgate-perfect", True, (2, 4, 8), True, True, True, confusion="perfect", about="wattgate, true output classes"
+            "wattgate-perfect",
+            True,
+            (2, 4, 8),
+            True,
+            True,
+            True,
+            confusion="perfect",
+            about="wattgate, true output classes",
         ),
         PolicySpec(
             "wattgate-input-pools",
@@ -87,7 +101,15 @@ class Workload:
         return len(next(iter(self.true_counts.values())))
 
 
-ABLATION = ("single-pool", "wattgate", "wattgate-perfect", "wattgate-input-pools", "scale-freq", "wattgate-tp8", "oracle")
+ABLATION = (
+    "single-pool",
+    "wattgate",
+    "wattgate-perfect",
+    "wattgate-input-pools",
+    "scale-freq",
+    "wattgate-tp8",
+    "oracle",
+)
 ORACLE_EPOCH_S = 60.0
 
 
@@ -144,7 +166,11 @@ def _typed(
     settings = dataclasses.replace(settings, period_s=env.epoch_s)
     if spec.oracle:  # transitions are free for the oracle, and it re-plans every minute
         settings = dataclasses.replace(
-            settings, period_s=ORACLE_EPOCH_S, start_cost_j_per_gpu=0.0, reshard_cost_j_per_gpu=0.0, clock_change_cost_j=0.0
+            settings,
+            period_s=ORACLE_EPOCH_S,
+            start_cost_j_per_gpu=0.0,
+            reshard_cost_j_per_gpu=0.0,
+            clock_change_cost_j=0.0,
         )
     try:
         problem = make_problem(profile, demand, inv, settings, running_counts(list(running)))

@@ -1,4 +1,4 @@
-"""One simulation: classify the workload (through the confusion matrix), size the iso-SLO baseline, replay each policy."""
+"""One simulation: classify the workload (confusion matrix), size the iso-SLO baseline, replay each policy."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def simulate(
     return sim
 
 
-def _replay(
+def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
     spec: PolicySpec,
     arrivals: Sequence[Arrival],
     requests: Sequence[Request],
@@ -168,7 +168,7 @@ def _replay(
     )
 
 
-def size_single_pool(
+def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
     arrivals: Sequence[Arrival],
     serving: ServingModel,
     model: Model,
@@ -219,11 +219,7 @@ def _peak_instances(work: Workload, model: Model) -> int:
     need = 0.0
     for k in range(minutes):
         u = sum(
-            work.true_counts[p][k] / 60.0 / cap
-            for i, p in enumerate(POOL_NAMES)
-            if (cap := model.cap(8, top, i)) > 0
+            work.true_counts[p][k] / 60.0 / cap for i, p in enumerate(POOL_NAMES) if (cap := model.cap(8, top, i)) > 0
         )
         need = max(need, u)
     return math.ceil(need)
-
-

@@ -1,4 +1,4 @@
-"""``wattgate sim-backend``: an OpenAI-compatible server that behaves like one vLLM instance, driven by the serving model.
+"""``wattgate sim-backend``: an OpenAI-compatible server behaving like one vLLM instance, driven by the serving model.
 
 An ``Emulator`` runs one engine of the serving model (``wattgate.servingmodel``: continuous batching,
 chunked prefill, KV cache, step times from measured kernels at the locked SM clock) in simulated
@@ -224,7 +224,11 @@ class Emulator:
         self._arrivals.append(now)
         queue: asyncio.Queue[int] = asyncio.Queue()
         self._streams[rid] = _Stream(
-            queue, req.stream, load_rps=self.load_rps(now), clock_mhz=self._clock_mhz, rtype=req.rtype.name,
+            queue,
+            req.stream,
+            load_rps=self.load_rps(now),
+            clock_mhz=self._clock_mhz,
+            rtype=req.rtype.name,
             input_tokens=req.input_tokens,
         )
         self.prompt_tokens_total += req.input_tokens
@@ -373,11 +377,31 @@ def render_metrics(emu: Emulator) -> str:
         ("vllm:num_requests_running", "gauge", "Number of requests currently running on GPU.", e.running),
         ("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", e.waiting),
         ("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", emu.prompt_tokens_total),
-        ("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", emu.generation_tokens_total),
+        (
+            "vllm:generation_tokens_total",
+            "counter",
+            "Number of generation tokens processed.",
+            emu.generation_tokens_total,
+        ),
         ("vllm:request_success_total", "counter", "Count of successfully processed requests.", emu.finished_total),
-        ("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.", e.totals.preemptions),
-        ("vllm:gpu_cache_usage_perc", "gauge", "GPU KV-cache usage. 1 means 100 percent usage.", e.kv_used_tokens() / e.capacity_tokens),
-        ("wattgate_sim_load_rps", "gauge", "Modelled arrival rate over the load window (req/simulated s).", emu.load_rps(now)),
+        (
+            "vllm:num_preemptions_total",
+            "counter",
+            "Cumulative number of preemption from the engine.",
+            e.totals.preemptions,
+        ),
+        (
+            "vllm:gpu_cache_usage_perc",
+            "gauge",
+            "GPU KV-cache usage. 1 means 100 percent usage.",
+            e.kv_used_tokens() / e.capacity_tokens,
+        ),
+        (
+            "wattgate_sim_load_rps",
+            "gauge",
+            "Modelled arrival rate over the load window (req/simulated s).",
+            emu.load_rps(now),
+        ),
         ("wattgate_sim_sm_clock_mhz", "gauge", "SM clock the instance runs at (slowest of its GPUs).", emu.clock_mhz),
         ("wattgate_sim_power_watts", "gauge", "Modelled instance power (source=modelled).", emu.power_w),
         ("wattgate_sim_speed", "gauge", "Time compression: simulated seconds per wall second.", emu.settings.speed),
