@@ -63,6 +63,7 @@ class Instance:
     stop_at: float = float("inf")  # when a STOPPING instance is gone
     energy_j: float = 0.0  # everything its GPUs drew while it held them
     mark_s: float = 0.0  # energy is integrated up to here
+    drain_when_ready: bool = False
     engine_j: float = field(default=0.0, repr=False)  # the engine's counter at mark_s
 
     @property
@@ -135,11 +136,14 @@ class GpuCluster:
         return inst
 
     def drain(self, iid: str, now_s: float) -> None:
-        """Take no new requests; stop once the last one has finished (at once if it has none)."""
+        """Take no new requests; stop once the last one has finished (at once if it has none). A starting
+        instance with requests waiting for it starts, serves them, then stops."""
         inst = self.instances[iid]
-        if inst.state is State.STARTING:  # nothing to drain: abandon the start
+        if inst.state is State.STARTING and inst.engine.idle:  # nothing to drain: abandon the start
             self._integrate(inst, now_s)
             self._stopping(inst, now_s)
+        elif inst.state is State.STARTING:
+            inst.drain_when_ready = True
         elif inst.state is State.READY:
             inst.state = State.DRAINING
 
@@ -165,7 +169,7 @@ class GpuCluster:
     def _advance_one(self, inst: Instance, now_s: float) -> Iterator[tuple[Instance, Finished]]:
         if inst.state is State.STARTING and inst.ready_at <= now_s:
             self._integrate(inst, inst.ready_at)
-            inst.state = State.READY
+            inst.state = State.DRAINING if inst.drain_when_ready else State.READY
         if inst.state in (State.READY, State.DRAINING):
             inst.engine.advance(now_s)
             for f in inst.engine.pop_finished():

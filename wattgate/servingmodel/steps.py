@@ -27,6 +27,8 @@ Everything here is modelled.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,8 +61,13 @@ class ClockLaw:
     max_clock_mhz: int = 1980
 
     def factors(self, clock_mhz: float) -> tuple[float, float]:
-        r = self.max_clock_mhz / max(min(clock_mhz, self.max_clock_mhz), 1.0)
-        return r**self.compute_exp, r**self.memory_exp
+        return _factors(self, clock_mhz)
+
+
+@functools.cache
+def _factors(law: ClockLaw, clock_mhz: float) -> tuple[float, float]:
+    r = law.max_clock_mhz / max(min(clock_mhz, law.max_clock_mhz), 1.0)
+    return r**law.compute_exp, r**law.memory_exp
 
 
 @dataclass(frozen=True)
@@ -209,14 +216,17 @@ class StepCost:
         """The most consecutive decode-only steps (as in ``decode_run``) that fit in ``budget_s``."""
         if budget_s <= 0:
             return 0
-        first = self.decode_run(decodes, kv_tokens, 1, factors).total_s
-        if first > budget_s:
-            return 0
-        lo, hi = 1, int(budget_s / first) + 2  # steps never get shorter: at most budget / first fit
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.decode_run(decodes, kv_tokens, mid, factors).total_s <= budget_s:
-                lo = mid
-            else:
-                hi = mid
-        return lo
+        a = self._decode_base(decodes, factors).total_s + self.kv_token_s * factors[1] * kv_tokens
+        b = self.kv_token_s * factors[1] * decodes  # each step reads ``decodes`` more cached tokens
+        # k*a + b*k*(k-1)/2 <= budget: the positive root, then exact on the integers (rounding)
+        if b <= 0:
+            k = int(budget_s / a)
+        else:
+            qb = a - b / 2
+            k = int((-qb + math.sqrt(qb * qb + 2 * b * budget_s)) / b)
+        k = max(k, 0)
+        while k > 0 and self.decode_run(decodes, kv_tokens, k, factors).total_s > budget_s:
+            k -= 1
+        while self.decode_run(decodes, kv_tokens, k + 1, factors).total_s <= budget_s:
+            k += 1
+        return k

@@ -34,7 +34,13 @@ def register(subparsers: Any) -> None:
         default=0.99,
         help="share of requests within their targets the single-pool baseline is sized for (0.99)",
     )
-    p.add_argument("--gpus", type=int, default=256, help="GPUs in the simulated cluster, 8 per node (default 256)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs in the simulated cluster, 8 per node; every one draws power, used or not (default: twice the "
+        "iso-SLO single-pool baseline's GPUs)",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="time scaling: 2 replays the trace twice as fast")
     p.add_argument("--scale", type=float, default=1.0, help="load scaling: 2 doubles the requests (default 1)")
     p.add_argument("--days", type=float, default=None, help="tile the trace into this many diurnal days")
@@ -126,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "traces": list(args.trace),
         "requests": len(requests),
-        "gpus": args.gpus,
+        "gpus": sim.gpus,
+        "gpus_chosen": "--gpus" if args.gpus else "twice the iso-SLO single-pool baseline's GPUs",
         "profile": args.profile or "(shipped default)",
         "speed": args.speed,
         "scale": args.scale,

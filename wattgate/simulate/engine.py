@@ -107,7 +107,7 @@ class ReplayInstance:
 
     def planned(self) -> PlannedInstance:
         i = self.inst
-        return PlannedInstance(i.id, i.pool, f"n{i.node}", list(i.gpus), i.tp, i.engine.clock_mhz, 0.0, 0.0)
+        return PlannedInstance(i.id, i.pool, f"node-{i.node}", list(i.gpus), i.tp, i.engine.clock_mhz, 0.0, 0.0)
 
 
 class Cluster:
@@ -148,7 +148,15 @@ class Cluster:
         groups, flows = plan
         self.routes = plan_routes(serves_of(flows)) if self.plan_routing else {}
         running = [ri.planned() for ri in self.live.values() if ri.inst.state in (State.STARTING, State.READY)]
-        placement = place(groups, self.inventory, running)
+        held = [ri.planned() for ri in self.live.values() if ri.inst.state in (State.DRAINING, State.STOPPING)]
+        placement = place(groups, self.inventory, running, held)
+        # make before break: place the new instances on GPUs nobody holds now, so the ones they replace
+        # serve until they are ready; only when the cluster has no room for that do they wait for the GPUs
+        replaced = [p for p in running if p.id not in {q.id for q in placement.instances}]
+        if replaced:
+            roomy = place(groups, self.inventory, running, [*held, *replaced])
+            if roomy.unplaced <= placement.unplaced:
+                placement = roomy
         self.r.unplaced += placement.unplaced
         self.r.plans += 1
         keep = {p.id for p in placement.instances}
@@ -172,11 +180,11 @@ class Cluster:
     def _start_pending(self, now: float, first: bool, weights: dict[str, float] | None = None) -> None:
         left = []
         for p in self.pending:
-            node = int(p.node.removeprefix("node-").removeprefix("n")) if p.node[-1].isdigit() else 0
+            node = int(p.node.removeprefix("node-"))  # the planner's Inventory.uniform names
             if not set(p.gpus) <= self.cluster.free[node]:
                 left.append(p)  # GPUs still held by an instance that drains
                 continue
-            iid = f"{p.pool}|n{node}|{','.join(map(str, p.gpus))}|tp{p.tp}|{now:.0f}"
+            iid = f"{p.pool}|node-{node}|{','.join(map(str, p.gpus))}|tp{p.tp}|{now:.0f}"
             reshard = any(
                 ri.inst.pool == p.pool and ri.inst.tp != p.tp and ri.inst.node == node for ri in self.live.values()
             )
@@ -218,9 +226,9 @@ class Cluster:
         self._submit(ri, k, a)
 
     def _submit(self, ri: ReplayInstance, k: int, a: Arrival) -> None:
+        # no advance to the arrival first: the engine ends its runs of decode steps at the first step that
+        # starts after a waiting request arrived, so it joins the right step when the second's tick runs it
         engine = ri.inst.engine
-        if ri.inst.state is State.READY:
-            engine.advance(a.arrival_s)
         try:
             engine.submit(str(k), a.input_tokens, a.output_tokens, max(a.arrival_s, engine.time_s))
         except ServingModelError:

@@ -95,12 +95,16 @@ class Workload:
 
     true_counts: dict[str, list[float]]
     pred_counts: dict[str, list[float]]
+    # per minute, the busiest ``PEAK_WINDOW_S`` seconds of it as a per-minute rate (true types): what a
+    # planner that knows the arrivals sizes for, bursts inside the minute included
+    true_peaks: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @property
     def minutes(self) -> int:
         return len(next(iter(self.true_counts.values())))
 
 
+PEAK_WINDOW_S = 10  # the oracle sizes each minute for its busiest 10 seconds
 ABLATION = (
     "single-pool",
     "wattgate",
@@ -128,6 +132,8 @@ def planner_for(spec: PolicySpec, env: PlanEnv, work: Workload) -> PlanFn:
 
     def plan(now_s: float, running: Sequence[PlannedInstance]) -> tuple[tuple[Group, ...], Flows]:
         counts = work.true_counts if (spec.oracle or not spec.typed_pools) else work.pred_counts
+        if spec.oracle and work.true_peaks:
+            counts = work.true_peaks
         demand = _demand(spec, env, counts, now_s)
         if spec.typed_pools:
             return _typed(spec, env, demand, running)

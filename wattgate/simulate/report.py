@@ -166,6 +166,11 @@ def table(doc: dict[str, Any]) -> str:
             f"{_s(p['tbt_p50_s'], 3):>8} {_s(p['tbt_p99_s'], 3):>8} {rc['instance_starts']:>6} {rc['reshards']:>7} "
             f"{rc['clock_changes']:>6}{flag}"
         )
+    if doc.get("gpus"):
+        lines.append(
+            f"cluster: {doc['gpus']} GPUs, 8 per node ({doc.get('gpus_chosen', '--gpus')}); a GPU no instance holds "
+            "draws 70 W, and counts in every policy's energy"
+        )
     base = doc.get("single_pool")
     if base:
         reached = "" if base["reached_target"] else " (NOT reached: the best size found)"

@@ -17,16 +17,28 @@ from wattgate.servingmodel.errors import ServingModelError
 from wattgate.simulate.confusion import Confusion, Sampler
 from wattgate.simulate.engine import Arrival, Result, replay
 from wattgate.simulate.model import TYPE_INDEX, Model
-from wattgate.simulate.policies import ORACLE_EPOCH_S, POLICIES, PlanEnv, PolicySpec, Workload, planner_for
+from wattgate.simulate.policies import (
+    ORACLE_EPOCH_S,
+    PEAK_WINDOW_S,
+    POLICIES,
+    PlanEnv,
+    PolicySpec,
+    Workload,
+    planner_for,
+)
 from wattgate.simulate.report import within_slo
 from wattgate.simulate.trace import Request, SimulateError
 
 LONGEST = Confusion(((0, 0, 1), (0, 0, 1), (0, 0, 1)))  # no output prediction: every request as a long one
+# Without --gpus the cluster is what a capacity planner would have bought for the static baseline, with room
+# for the dynamic policies (smaller TPs, make-before-break): twice its GPUs. Every GPU draws power, used or not.
+AUTO_GPUS_PER_BASELINE_GPU = 2
+SIZING_MAX_GPUS = 2048  # the largest cluster the iso-SLO search tries without --gpus
 
 
 @dataclass(frozen=True)
 class SimSettings:
-    gpus: int = 256
+    gpus: int | None = None  # None: AUTO_GPUS_PER_BASELINE_GPU x the iso-SLO baseline's GPUs, whole nodes
     epoch_s: float = 300.0
     seed: int = 0
     confusion: Confusion = field(default_factory=Confusion)
@@ -41,7 +53,7 @@ class SimSettings:
     iso_slo_target: float = 0.99  # the share of requests within their targets the baseline is sized for
 
     def __post_init__(self) -> None:
-        if self.gpus < 8 or not self.epoch_s >= 60:
+        if (self.gpus is not None and self.gpus < 8) or not self.epoch_s >= 60:
             raise SimulateError("--gpus must be >= 8 and --epoch-s >= 60")
         if not 0 < self.headroom <= 1:
             raise SimulateError("--headroom must be in (0, 1]")
@@ -65,11 +77,15 @@ def per_minute(arrivals: Sequence[Arrival]) -> Workload:
     minutes = math.ceil((arrivals[-1].arrival_s + 1e-9) / 60) + 1 if arrivals else 1
     true = {p: [0.0] * minutes for p in POOL_NAMES}
     pred = {p: [0.0] * minutes for p in POOL_NAMES}
+    windows = 60 // PEAK_WINDOW_S
+    burst = {p: [0.0] * (minutes * windows) for p in POOL_NAMES}
     for a in arrivals:
         k = int(a.arrival_s // 60)
         true[POOL_NAMES[a.true_type]][k] += 1
         pred[POOL_NAMES[a.pred_type]][k] += 1
-    return Workload(true, pred)
+        burst[POOL_NAMES[a.true_type]][int(a.arrival_s // PEAK_WINDOW_S)] += 1
+    peaks = {p: [max(b[k * windows : (k + 1) * windows]) * windows for k in range(minutes)] for p, b in burst.items()}
+    return Workload(true, pred, peaks)
 
 
 def attainment(r: Result, slo: SloTargets) -> float:
@@ -85,6 +101,7 @@ class Simulation:
     single_pool_instances: int
     single_pool_reached_target: bool
     sizing: list[tuple[int, float]]  # (instances, attainment) tried by the search
+    gpus: int = 0  # the cluster replayed
 
 
 def simulate(
@@ -119,11 +136,18 @@ def simulate(
         start_cost_j_per_gpu=start_j,
         reshard_cost_j_per_gpu=start_j,
     )
-    env = PlanEnv(model, s.gpus, s.epoch_s, ForecastSettings(), solver)
     sim = Simulation([], 0, True, [])
-    if any(POLICIES[p].iso_slo for p in policies):
-        size_single_pool(arrivals, serving, model, env, work, s, sim, log)
-        env = dataclasses.replace(env, single_pool_instances=sim.single_pool_instances)
+    if s.gpus is None or any(POLICIES[p].iso_slo for p in policies):
+        sizing = dataclasses.replace(s, gpus=s.gpus or SIZING_MAX_GPUS)
+        env = PlanEnv(model, sizing.gpus or SIZING_MAX_GPUS, s.epoch_s, ForecastSettings(), solver)
+        size_single_pool(arrivals, serving, model, env, work, sizing, sim, log)
+    if s.gpus is None:
+        gpus = AUTO_GPUS_PER_BASELINE_GPU * 8 * sim.single_pool_instances
+        s = dataclasses.replace(s, gpus=max(16, math.ceil(gpus / 8) * 8))
+        log(f"cluster: {s.gpus} GPUs ({AUTO_GPUS_PER_BASELINE_GPU} x the iso-SLO baseline's)")
+    assert s.gpus is not None
+    sim.gpus = s.gpus
+    env = PlanEnv(model, s.gpus, s.epoch_s, ForecastSettings(), solver, sim.single_pool_instances)
     for name in policies:
         spec = POLICIES[name]
         log(f"replaying {name}")
@@ -149,9 +173,10 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
     elif spec.confusion == "longest":
         seen = classify(requests, s, LONGEST)
     if seen is not arrivals:
-        work = Workload(work.true_counts, per_minute(seen).pred_counts)
+        work = Workload(work.true_counts, per_minute(seen).pred_counts, work.true_peaks)
     lifecycle = Lifecycle(0.0, 0.0) if spec.oracle else s.lifecycle
     epoch = ORACLE_EPOCH_S if spec.oracle else (s.epoch_s if spec.dynamic else None)
+    assert s.gpus is not None
     return replay(
         spec.name,
         seen,
@@ -194,7 +219,7 @@ def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from 
             log(f"single pool of {n} TP8: {'over the miss budget' if r.notes else f'{cache[n]:.2%} within SLO'}")
         return cache[n] >= s.iso_slo_target
 
-    top = max(s.gpus // 8, 1)
+    top = max((s.gpus or SIZING_MAX_GPUS) // 8, 1)
     guess = min(max(_peak_instances(work, model), 1), top)
     lo, hi = 0, guess  # lo fails (or is 0); hi meets the target once found
     while not ok(hi):
