@@ -14,7 +14,7 @@ from wattgate.profiles.classes import RequestType, SloTargets
 from wattgate.servingmodel.calibration import ServingModel
 from wattgate.servingmodel.cluster import Lifecycle
 from wattgate.servingmodel.power import EMPTY_GPU_W
-from wattgate.simulate.engine import Arrival, Cluster, Result, replay
+from wattgate.simulate.engine import Arrival, Behaviour, Cluster, Result, replay
 from wattgate.simulate.model import TYPE_INDEX, Model
 from wattgate.simulate.policies import ABLATION, POLICIES
 from wattgate.simulate.report import Prices, document, within_slo
@@ -41,7 +41,7 @@ def one_instance(pool: str = "MM", tp: int = 8, gpus: int = 16) -> tuple[Cluster
     arrivals = [Arrival(k * 0.5, t, t, 800, 200) for k in range(40)]
     r = Result("t", 30)
     cluster = Cluster(
-        SERVING, Model(profile, SloTargets()), gpus, Lifecycle(), False, r, True, SimSettings().edges, arrivals
+        SERVING, Model(profile, SloTargets()), gpus, Lifecycle(), Behaviour(), r, SimSettings().edges, arrivals
     )
     clock = profile.clocks(tp, RequestType.parse(pool))[-1]
     cluster.apply(((Group(pool, tp, clock, 1, 2.0, 1000.0),), {pool: {pool: 2.0}}), 0.0, first=True)
@@ -64,7 +64,7 @@ def test_every_request_is_served_once_after_it_arrives_and_idle_gpus_draw_power(
         model=Model(profile, SloTargets()),
         gpus=16,
         lifecycle=Lifecycle(),
-        clock_loop=False,
+        behaviour=Behaviour(),
         epoch_s=None,
         plan=plan,
     )
@@ -82,7 +82,7 @@ def test_every_request_is_served_once_after_it_arrives_and_idle_gpus_draw_power(
 
 
 def test_a_new_instance_waits_for_its_start_and_for_gpus_a_draining_one_still_holds() -> None:
-    cluster, r, arrivals = one_instance(tp=8, gpus=8)  # one node: the TP8 instance holds all of it
+    cluster, r, _ = one_instance(tp=8, gpus=8)  # one node: the TP8 instance holds all of it
     long = Arrival(0.0, TYPE_INDEX["ML"], TYPE_INDEX["MM"], 800, 3000)
     cluster.arrivals = [long]
     r.ttft_s, r.tbt_s, r.types, r.start_s, r.finish_s = [math.inf], [math.nan], [long.true_type], [math.inf], [math.inf]
@@ -115,9 +115,8 @@ def test_plan_routing_sends_a_type_where_the_plan_sends_it() -> None:
             Model(profile, SloTargets()),
             16,
             Lifecycle(),
-            False,
+            Behaviour(plan_routing=plan_routing),
             r,
-            plan_routing,
             SimSettings().edges,
             arrivals,
         )

@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--gpu-memory-utilization", type=float, default=None, help="share of GPU memory vLLM takes (default 0.9)"
     )
-    p.add_argument("--load-window-s", type=float, default=30.0, help="the load gauge: arrivals in this window / its length")
+    p.add_argument("--load-window-s", type=float, default=30.0, help="the load gauge: arrivals in this window / length")
     p.add_argument("--default-output-tokens", type=int, default=64, help="output length without max_tokens or hint")
     p.add_argument(
         "--class-edges",

@@ -149,13 +149,18 @@ def char_outcome(model: ServingModel, p: CharPoint, seeds: int = 2) -> Outcome:
 
 # An H100 SXM board draws at most 700 W: the power model's watt figures are bounded so that no state of
 # it exceeds that (idle + clock-dependent idle + compute <= 700, likewise memory).
-POWER_BOUNDS_W = {"idle_w": (30.0, 150.0), "idle_clock_w": (0.0, 100.0), "compute_w": (0.0, 450.0), "memory_w": (0.0, 450.0)}
+POWER_BOUNDS_W = {
+    "idle_w": (30.0, 150.0),
+    "idle_clock_w": (0.0, 100.0),
+    "compute_w": (0.0, 450.0),
+    "memory_w": (0.0, 450.0),
+}
 
 
 def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> FitResult:
     """Least squares of relative errors of instance power over the rows, given each row's modelled busy
     seconds: the clock exponents on a grid, the four watt figures linear for each, within ``POWER_BOUNDS_W``."""
-    from scipy.optimize import lsq_linear  # type: ignore[import-untyped]  # noqa: PLC0415  (build time only)
+    from scipy.optimize import lsq_linear  # noqa: PLC0415  (build time only)
 
     lo = [b[0] for b in POWER_BOUNDS_W.values()]
     hi = [b[1] for b in POWER_BOUNDS_W.values()]

@@ -7,7 +7,8 @@ from typing import Any
 
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
 ABLATION_HELP = (
-    "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only"
+    "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
+    "and as it planned before calibrated minute plans"
 )
 
 
@@ -60,6 +61,18 @@ def register(subparsers: Any) -> None:
         default=None,
         help="share of an instance's SLO-feasible capacity the planner (wattgate, oracle) and the clock policy "
         "may load it to (default 0.8, as `wattgate planner`)",
+    )
+    p.add_argument(
+        "--quantile",
+        type=float,
+        default=0.99,
+        help="wattgate's calibrated forecast: the quantile of its own past errors it plans for (0.99)",
+    )
+    p.add_argument(
+        "--amortize-s",
+        type=float,
+        default=600.0,
+        help="wattgate weighs a transition's energy over this many seconds of the plan it leads to (600)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -114,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             arch=args.arch or DEFAULT_ARCH,
             engine=args.engine or DEFAULT_ENGINE,
             iso_slo_target=args.iso_slo_target,
+            quantile=args.quantile,
+            amortize_s=args.amortize_s,
         )
         profile = profile_or_default(args.profile)
         policies = list(ABLATION) if args.ablation else [p.strip() for p in args.policies.split(",") if p.strip()]

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from wattgate.planner.forecast import ForecastSettings
+from wattgate.planner.forecast import ForecastSettings, QuantileSettings
 from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, RequestType, SloTargets
 from wattgate.profiles.table import Profile
@@ -15,17 +15,9 @@ from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE, Serv
 from wattgate.servingmodel.cluster import Lifecycle
 from wattgate.servingmodel.errors import ServingModelError
 from wattgate.simulate.confusion import Confusion, Sampler
-from wattgate.simulate.engine import Arrival, Result, replay
+from wattgate.simulate.engine import Arrival, Behaviour, Result, replay
 from wattgate.simulate.model import TYPE_INDEX, Model
-from wattgate.simulate.policies import (
-    ORACLE_EPOCH_S,
-    PEAK_WINDOW_S,
-    POLICIES,
-    PlanEnv,
-    PolicySpec,
-    Workload,
-    planner_for,
-)
+from wattgate.simulate.policies import PEAK_WINDOW_S, POLICIES, PlanEnv, Planner, PolicySpec, Workload, epoch_of
 from wattgate.simulate.report import within_slo
 from wattgate.simulate.trace import Request, SimulateError
 
@@ -51,6 +43,8 @@ class SimSettings:
     arch: str = DEFAULT_ARCH
     engine: str = DEFAULT_ENGINE
     iso_slo_target: float = 0.99  # the share of requests within their targets the baseline is sized for
+    quantile: float = 0.99  # the calibrated forecast's quantile (wattgate)
+    amortize_s: float = 600.0  # what a transition's energy is weighed over (wattgate)
 
     def __post_init__(self) -> None:
         if (self.gpus is not None and self.gpus < 8) or not self.epoch_s >= 60:
@@ -59,6 +53,8 @@ class SimSettings:
             raise SimulateError("--headroom must be in (0, 1]")
         if not 0 < self.iso_slo_target <= 1:
             raise SimulateError("the iso-SLO target must be in (0, 1]")
+        if not 0 < self.quantile < 1 or not self.amortize_s > 0:
+            raise SimulateError("--quantile must be in (0, 1) and --amortize-s > 0")
 
 
 def classify(requests: Sequence[Request], s: SimSettings, confusion: Confusion | None = None) -> list[Arrival]:
@@ -75,17 +71,27 @@ def classify(requests: Sequence[Request], s: SimSettings, confusion: Confusion |
 
 def per_minute(arrivals: Sequence[Arrival]) -> Workload:
     minutes = math.ceil((arrivals[-1].arrival_s + 1e-9) / 60) + 1 if arrivals else 1
-    true = {p: [0.0] * minutes for p in POOL_NAMES}
-    pred = {p: [0.0] * minutes for p in POOL_NAMES}
     windows = 60 // PEAK_WINDOW_S
-    burst = {p: [0.0] * (minutes * windows) for p in POOL_NAMES}
+    true, pred = _zeros(minutes), _zeros(minutes)
+    true_burst, pred_burst = _zeros(minutes * windows), _zeros(minutes * windows)
     for a in arrivals:
-        k = int(a.arrival_s // 60)
-        true[POOL_NAMES[a.true_type]][k] += 1
-        pred[POOL_NAMES[a.pred_type]][k] += 1
-        burst[POOL_NAMES[a.true_type]][int(a.arrival_s // PEAK_WINDOW_S)] += 1
-    peaks = {p: [max(b[k * windows : (k + 1) * windows]) * windows for k in range(minutes)] for p, b in burst.items()}
-    return Workload(true, pred, peaks)
+        k, w = int(a.arrival_s // 60), int(a.arrival_s // PEAK_WINDOW_S)
+        t, q = POOL_NAMES[a.true_type], POOL_NAMES[a.pred_type]
+        true[t][k] += 1
+        pred[q][k] += 1
+        true_burst[t][w] += 1
+        pred_burst[q][w] += 1
+
+    def peaks(burst: dict[str, list[float]]) -> dict[str, list[float]]:
+        return {
+            p: [max(b[k * windows : (k + 1) * windows]) * windows for k in range(minutes)] for p, b in burst.items()
+        }
+
+    return Workload(true, pred, peaks(true_burst), peaks(pred_burst))
+
+
+def _zeros(n: int) -> dict[str, list[float]]:
+    return {p: [0.0] * n for p in POOL_NAMES}
 
 
 def attainment(r: Result, slo: SloTargets) -> float:
@@ -147,7 +153,16 @@ def simulate(
         log(f"cluster: {s.gpus} GPUs ({AUTO_GPUS_PER_BASELINE_GPU} x the iso-SLO baseline's)")
     assert s.gpus is not None
     sim.gpus = s.gpus
-    env = PlanEnv(model, s.gpus, s.epoch_s, ForecastSettings(), solver, sim.single_pool_instances)
+    env = PlanEnv(
+        model,
+        s.gpus,
+        s.epoch_s,
+        ForecastSettings(),
+        solver,
+        sim.single_pool_instances,
+        QuantileSettings(quantile=s.quantile),
+        s.amortize_s,
+    )
     for name in policies:
         spec = POLICIES[name]
         log(f"replaying {name}")
@@ -173,10 +188,11 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
     elif spec.confusion == "longest":
         seen = classify(requests, s, LONGEST)
     if seen is not arrivals:
-        work = Workload(work.true_counts, per_minute(seen).pred_counts, work.true_peaks)
+        again = per_minute(seen)
+        work = Workload(work.true_counts, again.pred_counts, work.true_peaks, again.pred_peaks)
     lifecycle = Lifecycle(0.0, 0.0) if spec.oracle else s.lifecycle
-    epoch = ORACLE_EPOCH_S if spec.oracle else (s.epoch_s if spec.dynamic else None)
     assert s.gpus is not None
+    behaviour = Behaviour(spec.clock_loop, s.plan_routing, standby=spec.calibrated, reactive=spec.calibrated)
     return replay(
         spec.name,
         seen,
@@ -184,10 +200,9 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
         model=model,
         gpus=s.gpus,
         lifecycle=lifecycle,
-        clock_loop=spec.clock_loop,
-        epoch_s=epoch,
-        plan=planner_for(spec, env, work),
-        plan_routing=s.plan_routing,
+        behaviour=behaviour,
+        epoch_s=epoch_of(spec, env),
+        plan=Planner(spec, env, work),
         edges=s.edges,
         stop_when_misses_exceed=stop_when_misses_exceed,
     )
