@@ -7,9 +7,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from wattgate.agent.engines.sim_server import SimEngine, SimServerSettings, build_app
+
 from tests.agent import simprofiles
 from tests.support import UvicornThread
-from wattgate.agent.engines.sim_server import SimEngine, SimServerSettings, build_app
 from wattgate.agent.gpu.simulated import SimulatedGpu, open_simulated_gpus
 
 MODEL = "tiny-test"

@@ -68,7 +68,6 @@ def engine_factory(s: AgentSettings) -> Callable[[EngineSpec], Engine]:
         cuda_devices_by=s.cuda_devices_by,
         sleep_mode=s.sleep_mode,
         stop_grace_s=s.stop_grace_s,
-        profile=s.profile,
         gpu_state_dir=s.gpu_state_dir or (s.state_dir / "sim-gpus" if s.sim_gpu_count else None),
         speed=s.sim_speed,
     )

@@ -1,4 +1,4 @@
-"""Parsing and shaping of OpenAI requests and responses for the simulated engine (no I/O here).
+"""Parsing and shaping of OpenAI requests and responses for the emulated engine (no I/O here).
 
 Per-request hints (simulation only; a real engine ignores them): a body field
 ``"wattgate_sim": {"output_tokens": N, "input_tokens": M}`` or the headers
