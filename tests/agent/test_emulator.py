@@ -130,15 +130,25 @@ def test_the_same_request_stream_through_http_and_offline_agrees() -> None:
     """Issue 13, item 8: the issue's validation workload (1024 in / 350 out, Poisson at 5 req/s) through
     sim-backend (TP8, compressed real time, over HTTP) and through the serving model's engine offline on
     the same schedule: P50 TTFT and P50 TPOT within 10 %. Run offline on the arrival times the emulator
-    received (a client on a busy machine is a little late), every request's timings are the same."""
+    received, every request's timings are the same.
+
+    The comparison needs the same stream: a run in which this busy machine stalled the client or the
+    server so long that requests reached the engine more than ``LATE_S`` behind the schedule is run
+    again (at most ``ATTEMPTS`` times in all)."""
     rng = random.Random(11)
     t, stream = 1.0, []
     while t < 17.0:
         stream.append((t, 1024, 350))
         t += rng.expovariate(5.0)
-    speed = 4.0
-    with serve_sim(tp=8, speed=speed) as srv:
-        sims = asyncio.run(_drive(srv.url, stream, speed))
+    speed, late_s, attempts = 4.0, 1.0, 3
+    for _ in range(attempts):
+        with serve_sim(tp=8, speed=speed) as srv:
+            sims = asyncio.run(_drive(srv.url, stream, speed))
+        drift = np.array([s["arrival_s"] - at for s, (at, _, _) in zip(sims, stream, strict=True)])
+        if drift.max() - drift.min() <= late_s:
+            break
+    else:
+        pytest.fail(f"in {attempts} runs the requests never kept to the schedule within {late_s} s (simulated)")
     assert [s["output_tokens"] for s in sims] == [out for _, _, out in stream]
     done = offline(8, stream)
     for key, field in (("ttft_s", "ttft_s"), ("tbt_mean_s", "tpot_s")):

@@ -14,9 +14,10 @@ in simulated time paced to the wall clock: simulated seconds = wall seconds sinc
 - **Clock.** The SM clock is read from the instance's simulated GPUs (the slowest gates a TP group)
   every ``CLOCK_POLL_S``; a new clock applies from the first engine step that starts after the read.
 - **Power.** The engine's modelled energy is written to the GPUs as power, split evenly, every
-  ``POWER_PUBLISH_S``: the power written is what brings their energy counters (which integrate over
+  ``POWER_WRITE_S``: the power written is what brings their energy counters (which integrate over
   wall seconds) to the engine's committed energy / speed by the next write, so over a run the GPUs
-  count exactly the modelled energy, one publish interval late.
+  count exactly the modelled energy, one write late. The GPUs are files on a shared state
+  directory, so their I/O runs in a worker thread, and writes are few.
 - **Reports.** Every duration is in simulated seconds and modelled, never measured: the
   ``wattgate_sim`` object of each response and /metrics (``emulator_metrics``).
 
@@ -45,10 +46,10 @@ from wattgate.servingmodel.engine import Finished, Phase
 from wattgate.servingmodel.errors import ServingModelError
 
 log = logging.getLogger(__name__)
-CLOCK_POLL_S = 0.05  # wall seconds between reads of the GPUs' locked clock
-POWER_PUBLISH_S = 0.1  # wall seconds between power writes to the GPUs
+CLOCK_POLL_S = 0.1  # wall seconds between reads of the GPUs' locked clock
+POWER_WRITE_S = 0.5  # wall seconds between power writes to the GPUs (their counters integrate in between)
 POWER_VALID_S = 5.0  # wall seconds a power record holds if this process dies without writing idle
-MAX_SLEEP_S = 0.05  # the driver wakes at least this often (clock polls, power writes)
+MAX_SLEEP_S = 1.0  # the driver's longest sleep: requests, finishes and the GPU task wake it earlier
 MIN_SLEEP_S = 0.0005
 _ACTIVE = (Phase.WAITING, Phase.PREFILL, Phase.DECODE)
 
@@ -131,14 +132,12 @@ class Emulator:
         self._arrivals: list[float] = []
         self._wake = asyncio.Event()
         self._ids = itertools.count(1)
-        self._clock_read_at = self._t0
         self._meter: _Meter | None = None
         self.power_w = self.engine.power.idle_gpu_w(self.clock_mhz) * settings.tp
         self._ended = {"stop": 0, "length": 0, "abort": 0}
         self._prompt_done = self._generated_done = 0  # tokens of requests no longer in the engine
         self.gpu_errors = 0
 
-    # -- time, clock, power ----------------------------------------------------------------
     def now_s(self) -> float:
         return (self._wall_s() - self._t0) * self.settings.speed
 
@@ -147,59 +146,10 @@ class Emulator:
         w = self.settings.load_window_s
         return (bisect.bisect_right(self._arrivals, at_s) - bisect.bisect_right(self._arrivals, at_s - w)) / w
 
-    def _read_clock(self, default: int) -> int:
-        try:
-            clock = min(g.sm_clock_mhz() for g in self.gpus)
-        except GpuError as exc:
-            if not self._clock_failing:  # log the change, not every poll
-                log.warning("cannot read the simulated GPU clock, keeping %s MHz: %s", default, exc)
-            self._clock_failing = True
-            return default
-        if self._clock_failing:
-            log.warning("simulated GPU clock readable again: %s MHz", clock)
-        self._clock_failing = False
-        return clock
-
-    def _poll_clock(self, wall: float, now: float) -> None:
-        if wall - self._clock_read_at < CLOCK_POLL_S:
-            return
-        self._clock_read_at = wall
-        clock = self._read_clock(self.clock_mhz)
-        if clock != self.clock_mhz:
-            self.clock_mhz = clock
-            self.engine.set_clock(clock, max(now, self.engine.time_s))
-
-    def _publish_power(self, wall: float) -> None:
-        """Write the power that brings the GPUs' counters to the engine's committed energy / speed by the next write."""
-        t, e, m = self.engine.time_s, self.engine.totals.energy_j, self._meter
-        if m is None:
-            self._meter = _Meter(wall, t, e, self.power_w, 0.0, e)
-            self._write_power(self.power_w)
-            return
-        if wall - m.wall_s < POWER_PUBLISH_S:
-            return
-        if t > m.engine_s:  # else a long step is still in flight: keep the last figure
-            self.power_w = (e - m.engine_j) / (t - m.engine_s)
-        counted = m.counted_j + m.written_w * (wall - m.wall_s)
-        owed = (e - m.start_j) / self.settings.speed - counted
-        write_w = max(owed / POWER_PUBLISH_S, 0.0)
-        self._meter = _Meter(wall, t, e, write_w, counted, m.start_j)
-        self._write_power(write_w)
-
-    def _write_power(self, power_w: float) -> None:
-        for gpu in self.gpus:
-            try:
-                gpu.set_power_w(power_w / len(self.gpus), valid_for_s=POWER_VALID_S)
-            except GpuError as exc:
-                self.gpu_errors += 1
-                log.warning("cannot write the power of simulated GPU %s: %s", gpu.index, exc)
-
     # -- the driver ------------------------------------------------------------------------
     def step(self) -> float:
         """Commit the engine up to what is visible now, hand out tokens; returns wall seconds to the next wake."""
-        wall = self._wall_s()
-        now = (wall - self._t0) * self.settings.speed
-        self._poll_clock(wall, now)
+        now = self.now_s()
         engine = self.engine
         engine.advance(max(now - self.egress_s, engine.time_s))
         for f in engine.pop_finished():
@@ -218,7 +168,6 @@ class Emulator:
                 if made > w.visible:
                     w.visible = made
                     w.changed.set()
-        self._publish_power(wall)
         cut = bisect.bisect_right(self._arrivals, now - self.settings.load_window_s)
         if cut > 1024:
             del self._arrivals[:cut]
@@ -226,7 +175,9 @@ class Emulator:
         return MAX_SLEEP_S if nxt is None else (nxt + self.egress_s - now) / self.settings.speed
 
     async def run(self) -> None:
-        """The driver loop: sleeps until the next step's tokens are due, or a request arrives or leaves."""
+        """The driver loop (sleeps until the next step's tokens are due, or a request arrives or leaves)
+        and the GPU task; on the way out the GPUs go back to idle."""
+        gpu_task = asyncio.create_task(self._gpu_loop())
         try:
             while True:
                 delay = min(max(self.step(), MIN_SLEEP_S), MAX_SLEEP_S)
@@ -235,9 +186,86 @@ class Emulator:
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
         finally:
+            gpu_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gpu_task
             for gpu in self.gpus:
                 with contextlib.suppress(GpuError):
                     gpu.set_idle()
+
+    # -- the GPUs: clock in, energy out ----------------------------------------------------
+    async def _gpu_loop(self) -> None:
+        """The GPU task: ``sync_gpus`` every ``CLOCK_POLL_S``, its file I/O in a worker thread, since a busy
+        disk takes tens of milliseconds per write and the engine's clock must not stall for it."""
+        while True:
+            self.step()  # the energy written is the committed energy: commit up to now first
+            plan = self._gpu_plan()
+            io = asyncio.ensure_future(asyncio.to_thread(self._gpu_io, plan))
+            try:
+                clock, written_at = await asyncio.shield(io)
+            except asyncio.CancelledError:
+                await io  # let the write land before run() sets the GPUs idle
+                raise
+            self._gpus_done(plan, clock, written_at)
+            await asyncio.sleep(CLOCK_POLL_S)
+
+    def sync_gpus(self) -> None:
+        """One round of the GPU task, in this thread: read the clock; write the power when it is due."""
+        plan = self._gpu_plan()
+        self._gpus_done(plan, *self._gpu_io(plan))
+
+    def _gpu_plan(self) -> tuple[float, float, float] | None:
+        """When a write is due: (the power to write for all GPUs, the engine's committed time and energy).
+        The power is what brings the GPUs' counters to the engine's energy / speed by the next write."""
+        t, e, m = self.engine.time_s, self.engine.totals.energy_j, self._meter
+        if m is None:
+            return self.power_w, t, e
+        since = self._wall_s() - m.wall_s
+        if since < POWER_WRITE_S:
+            return None
+        owed = (e - m.start_j) / self.settings.speed - m.counted_j - m.written_w * since
+        return max(owed / since, 0.0), t, e  # the next interval will be about as long as the last
+
+    def _gpu_io(self, plan: tuple[float, float, float] | None) -> tuple[int, float]:
+        """Blocking file I/O: the clock (the slowest GPU's), and the power if due; returns the clock and
+        the wall time of the write."""
+        clock = self._read_clock(self.clock_mhz)
+        written_at = self._wall_s()
+        for gpu in self.gpus if plan is not None else ():
+            try:
+                gpu.set_power_w(plan[0] / len(self.gpus), valid_for_s=POWER_VALID_S)
+            except GpuError as exc:
+                self.gpu_errors += 1
+                log.warning("cannot write the power of simulated GPU %s: %s", gpu.index, exc)
+        return clock, written_at
+
+    def _gpus_done(self, plan: tuple[float, float, float] | None, clock: int, written_at: float) -> None:
+        m = self._meter
+        if plan is not None:
+            power_w, t, e = plan
+            if m is None:
+                self._meter = _Meter(written_at, t, e, power_w, 0.0, e)
+            else:
+                if t > m.engine_s:  # else a long step is still in flight: keep the last figure
+                    self.power_w = (e - m.engine_j) / (t - m.engine_s)
+                counted = m.counted_j + m.written_w * (written_at - m.wall_s)
+                self._meter = _Meter(written_at, t, e, power_w, counted, m.start_j)
+        if clock != self.clock_mhz:  # from the first step that starts after the read
+            self.clock_mhz = clock
+            self.engine.set_clock(clock, max(self.now_s(), self.engine.time_s))
+
+    def _read_clock(self, default: int) -> int:
+        try:
+            clock = min(g.sm_clock_mhz() for g in self.gpus)
+        except GpuError as exc:
+            if not self._clock_failing:  # log the change, not every poll
+                log.warning("cannot read the simulated GPU clock, keeping %s MHz: %s", default, exc)
+            self._clock_failing = True
+            return default
+        if self._clock_failing:
+            log.warning("simulated GPU clock readable again: %s MHz", clock)
+        self._clock_failing = False
+        return clock
 
     # -- requests --------------------------------------------------------------------------
     def submit(self, req: ParsedRequest) -> tuple[str, Waiter]:
