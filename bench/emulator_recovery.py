@@ -11,7 +11,7 @@ bursts, all of which shows up as TTFT error; the profiler's uniform arrivals avo
 (``tests/agent/test_profiler.py``).
 
     PYTHONPATH=$PWD .venv/bin/python bench/emulator_recovery.py --tps 8 --clocks 1200,1980 \\
-        --loads 1,4 --types SS,LL --speed 4
+        --loads 1,4 --types SS,LL --speed 2
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("--clocks", default="1200,1980")
     ap.add_argument("--loads", default="1,4")
     ap.add_argument("--types", default="SS,LL")
-    ap.add_argument("--speed", default="4")
+    ap.add_argument("--speed", default="2")
     ap.add_argument("--warmup-s", default="30")
     ap.add_argument("--duration-s", default="60")
     ap.add_argument("--seeds", type=int, default=16, help="offline runs averaged per point")

@@ -16,7 +16,7 @@ The baseline in the same run is the serving model run offline on the same arriva
 ``late_p99_s`` is how late (simulated s) the client's requests reached the engine against the
 schedule, 99th percentile: large values mean this machine could not keep up; lower ``--speed``.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/emulator_vs_vllm.py [--speed 3] [--rates 2,8,14]
+    PYTHONPATH=$PWD .venv/bin/python bench/emulator_vs_vllm.py [--speed 2] [--rates 2,8,14]
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def rel(a: float, b: float) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--speed", type=float, default=3.0, help="sim-backend --speed (the client must keep up)")
+    ap.add_argument("--speed", type=float, default=2.0, help="sim-backend --speed (the client must keep up)")
     ap.add_argument("--rates", default="2,8,14", help="request rates, req/s")
     ap.add_argument("--duration-s", type=float, default=20.0, help="seconds of arrivals per rate (vLLM's: 20)")
     ap.add_argument("--seed", type=int, default=0)

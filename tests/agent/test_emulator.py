@@ -18,7 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent.simsupport import ARCH, ENGINE, MODEL, serve_sim
-from tests.support import wait_for, wait_port
+from tests.support import UvicornThread, wait_for, wait_port
+from wattgate.agent.engines.emulator import Emulator, EmulatorSettings
+from wattgate.agent.engines.emulator_app import build_app
 from wattgate.agent.gpu.simulated import SimulatedGpu
 from wattgate.embedded_redis import free_port
 from wattgate.servingmodel.calibration import ServingModel
@@ -238,6 +240,30 @@ def test_errors_are_openai_errors() -> None:
         assert r.status_code == 400 and "stream" in r.json()["error"]["message"]
         assert httpx.get(f"{srv.url}/health").status_code == 200
         assert client.completions.create(model=MODEL, prompt="still alive", max_tokens=1).choices[0].text
+
+
+class BrokenGpu(SimulatedGpu):
+    """A GPU seam with a bug (a foreign error where only GpuError is expected), once ``broken`` is set."""
+
+    broken = False
+
+    def sm_clock_mhz(self) -> int:
+        if self.broken:
+            raise RuntimeError("a bug in the GPU seam")
+        return super().sm_clock_mhz()
+
+
+def test_a_driver_that_dies_says_so_on_health(caplog: pytest.LogCaptureFixture) -> None:
+    gpus = (BrokenGpu(None, 0), BrokenGpu(None, 1))
+    emu = Emulator(SERVING_MODEL, EmulatorSettings(model=MODEL, tp=2, speed=20), gpus)
+    with UvicornThread(build_app(emu)) as srv:
+        assert httpx.get(f"{srv.url}/health").status_code == 200
+        BrokenGpu.broken = True
+        try:
+            wait_for(lambda: httpx.get(f"{srv.url}/health").status_code == 503, "health to fail")
+        finally:
+            BrokenGpu.broken = False
+    assert "the emulated engine stopped" in caplog.text and "a bug in the GPU seam" in caplog.text
 
 
 def test_hints_decide_the_request_type_and_a_gone_client_frees_its_slot() -> None:

@@ -180,6 +180,8 @@ class Emulator:
         gpu_task = asyncio.create_task(self._gpu_loop())
         try:
             while True:
+                if gpu_task.done():
+                    gpu_task.result()  # the GPU task may only stop with an error: raise it here
                 delay = min(max(self.step(), MIN_SLEEP_S), MAX_SLEEP_S)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -231,7 +233,9 @@ class Emulator:
         the wall time of the write."""
         clock = self._read_clock(self.clock_mhz)
         written_at = self._wall_s()
-        for gpu in self.gpus if plan is not None else ():
+        if plan is None:
+            return clock, written_at
+        for gpu in self.gpus:
             try:
                 gpu.set_power_w(plan[0] / len(self.gpus), valid_for_s=POWER_VALID_S)
             except GpuError as exc:

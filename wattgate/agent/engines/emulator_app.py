@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -19,6 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from wattgate.agent.engines.emulator import Emulator, Waiter
 from wattgate.agent.engines.emulator_requests import ChunkWriter, SimRequestError, full_response, parse_request
+
+log = logging.getLogger(__name__)
 
 
 class _TokenStream(StreamingResponse):
@@ -69,8 +72,14 @@ async def _finished_or_disconnected(request: Request, w: Waiter) -> bool:
         await asyncio.gather(done_task, gone_task, return_exceptions=True)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the emulated engine stopped (/health now says 503): %r", task.exception(), exc_info=task.exception())
+
+
 def build_app(emu: Emulator) -> Starlette:
     settings = emu.settings
+    driver: list[asyncio.Task[None]] = []  # the engine's driver, once the app has started
 
     async def completions(request: Request, endpoint: str) -> Response:
         try:
@@ -101,7 +110,7 @@ def build_app(emu: Emulator) -> Starlette:
         return await completions(request, "completions")
 
     async def health(_: Request) -> Response:
-        return Response(status_code=200)
+        return Response(status_code=200 if driver and not driver[0].done() else 503)
 
     async def models(_: Request) -> Response:
         card = {"id": settings.model, "object": "model", "created": int(time.time()), "owned_by": "wattgate-sim"}
@@ -114,6 +123,8 @@ def build_app(emu: Emulator) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(emu.run())
+        task.add_done_callback(_log_failure)
+        driver.append(task)
         try:
             yield
         finally:
