@@ -82,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             "counted; P99 over requests of TTFT "
             "and of time per output token; mean instance power. Loads rise until P99 TTFT passes 3x the type's target."
         ),
-        "lengths": {"trace": TRACE_ORIGIN, "rule": "input tokens drawn from the type's input class, output tokens "
-                    "from its output class (default class edges)"},
+        "lengths": {
+            "trace": TRACE_ORIGIN,
+            "rule": "input tokens drawn from the type's input class, output tokens "
+            "from its output class (default class edges)",
+        },
     }
     kwargs: dict[str, Any] = {}
     if args.quick:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from wattgate.servingmodel import fit  # noqa: E402
 from wattgate.servingmodel.calibration import Calibration, EngineCalibration, ServingModel, read_calibration  # noqa: E402
-from wattgate.servingmodel.engine import GIB, EngineConfig, Scheduler  # noqa: E402
+from wattgate.servingmodel.engine import EngineConfig, Scheduler  # noqa: E402
 from wattgate.servingmodel.kernels import DEFAULT_KERNELS, kernel_origin  # noqa: E402
 from wattgate.servingmodel.measured import (  # noqa: E402
     CHARACTERIZATION_INPUT_TOKENS,
@@ -36,6 +36,7 @@ from wattgate.servingmodel.power import PowerModel  # noqa: E402
 from wattgate.servingmodel.steps import ClockLaw, EngineOverheads  # noqa: E402
 
 DEFAULT_OUT = REPO / "wattgate" / "servingmodel" / "data" / "calibration-h100.json"
+V1, V0 = "vllm-v1", "dynamollm-2024"
 START = time.monotonic()
 
 
@@ -59,7 +60,9 @@ def base_calibration() -> Calibration:
         "prefill-first steps without chunking, max_num_seqs 256, max_num_batched_tokens 4096 = "
         "the model's context, gpu_memory_utilization 0.9)",
     )
-    return Calibration("H100-80GB-HBM3", DEFAULT_KERNELS, ClockLaw(), PowerModel(), {"vllm-v1": v1, "dynamollm-2024": v0})
+    return Calibration(
+        "H100-80GB-HBM3", DEFAULT_KERNELS, ClockLaw(), PowerModel(), {"vllm-v1": v1, "dynamollm-2024": v0}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,71 +75,76 @@ def main(argv: list[str] | None = None) -> int:
         help="take vllm-v1's overheads and their fit record from --out instead of refitting them (step 1)",
     )
     args = parser.parse_args(argv)
-    cal = base_calibration()
     prov: dict[str, Any] = {"kernels": kernel_origin(), "fits": {}}
-
-    if args.reuse_overheads:
-        old = read_calibration(args.out)
-        v1_overheads = old.engines["vllm-v1"].overheads
-        prov["fits"]["vllm-v1 overheads"] = old.provenance["fits"]["vllm-v1 overheads"]
-        log(f"1/4 vLLM V1 overheads reused from {args.out}: {v1_overheads}")
-    else:
-        log("1/5 vLLM V1 overheads on the 1B/3B/8B benchmark curves")
-        res = fit.fit_vllm_overheads(cal, args.profiles_dir, log=log)
-        assert isinstance(res.value, EngineOverheads)
-        v1_overheads = res.value
-        prov["fits"]["vllm-v1 overheads"] = _about(
-            res, "mean TTFT and mean TPOT of Llama-3.2-1B, 3.2-3B, 3.1-8B below the knee"
-        )
-    cal = _set(cal, "vllm-v1", overheads=v1_overheads)
-
-    points = read_characterization(args.profiles_dir)
-    char_engine = "dynamollm-2024"
-    # the prototype's engine: the same step overheads; its own kernel speed, KV reserve and request latency
-    cal = _set(cal, char_engine, overheads=dataclasses.replace(v1_overheads, request_s=0.0))
-    cal = _set(cal, char_engine, config_changes={"reserved_bytes_per_gpu": 4.5 * GIB})
-    log("2/5 kernel speed and request latency of the characterization's engine at 1980 MHz, below the knee")
-    top = [p for p in fit.below_knee_char(points) if p.clock_mhz == 1980 and p.tp in (4, 8)]
-    res = fit.fit_engine_speed(cal, top, engine=char_engine, log=log)
-    assert isinstance(res.value, EngineOverheads)
-    cal = _set(cal, char_engine, overheads=res.value)
-    prov["fits"]["dynamollm-2024 kernel speed"] = _about(res, "P99 TTFT at 1980 MHz, TP4 and TP8, below each knee")
-    log("3/5 KV reserve of the characterization's engine on its TP2 rows at 1980 MHz")
-    tp2 = [p for p in points if p.tp == 2 and p.clock_mhz == 1980 and p.load_rps <= 3.0]
-    res = fit.fit_kv_reserve(cal, tp2, engine=char_engine, log=log)
-    assert isinstance(res.value, float)
-    reserve = res.value
-    cal = _set(cal, char_engine, config_changes={"reserved_bytes_per_gpu": reserve})
-    cal = _set(cal, "vllm-v1", config_changes={"reserved_bytes_per_gpu": reserve})
-    prov["fits"]["KV reserve"] = _about(res, "P99 TTFT of the characterization's TP2 rows at 1980 MHz up to 3 req/s")
-
-    log("4/5 clock law on the characterization's P99 TTFT at 0.5 req/s, every clock")
-    low = [p for p in points if p.load_rps == 0.5 and p.ttft_p99_s < 3.0]
-    res, _ = fit.fit_clock_law(cal, low, engine=char_engine, log=log)
-    law, request_s = res.value  # type: ignore[misc]
-    cal = dataclasses.replace(cal, clock_law=law)
-    cal = _set(cal, char_engine, overheads=dataclasses.replace(cal.engines[char_engine].overheads, request_s=request_s))
-    prov["fits"]["clock law"] = _about(res, "P99 TTFT at 0.5 req/s, 7 clocks x 3 TPs x 9 types (below 3 s)")
-
-    log("5/5 power on every characterization row")
-    model = ServingModel("llama-2-70b", char_engine, cal)
-    rows = [(p, fit.char_outcome(model, p)) for p in points]
-    res = fit.fit_power(rows, law.max_clock_mhz)
-    assert isinstance(res.value, PowerModel)
-    cal = dataclasses.replace(cal, power=res.value)
-    prov["fits"]["power"] = _about(res, "instance power of all 1,351 characterization rows")
-    prov["characterization requests"] = {
-        "input_tokens": CHARACTERIZATION_INPUT_TOKENS,
-        "output_tokens": CHARACTERIZATION_OUTPUT_TOKENS,
-        "requests_per_point": fit.CHAR_REQUESTS,
-    }
+    cal = vllm_overheads(base_calibration(), args, prov)
+    cal = characterization_engine(cal, args.profiles_dir, prov)
     cal = dataclasses.replace(cal, provenance=prov)
     args.out.write_text(json.dumps(cal.to_document(), indent=1) + "\n", encoding="utf-8")
     log(f"wrote {args.out}")
     return 0
 
 
-def _set(cal: Calibration, engine: str, *, overheads: EngineOverheads | None = None, config_changes: dict[str, Any] | None = None) -> Calibration:
+def vllm_overheads(cal: Calibration, args: argparse.Namespace, prov: dict[str, Any]) -> Calibration:
+    if args.reuse_overheads:
+        old = read_calibration(args.out)
+        overheads = old.engines[V1].overheads
+        prov["fits"]["vllm-v1 overheads"] = old.provenance["fits"]["vllm-v1 overheads"]
+        log(f"1/4 vLLM V1 overheads reused from {args.out}: {overheads}")
+    else:
+        log("1/4 vLLM V1 overheads on the 1B/3B/8B benchmark curves")
+        res = fit.fit_vllm_overheads(cal, args.profiles_dir, log=log)
+        assert isinstance(res.value, EngineOverheads)
+        overheads = res.value
+        prov["fits"]["vllm-v1 overheads"] = _about(
+            res, "mean TTFT and mean TPOT of Llama-3.2-1B, 3.2-3B, 3.1-8B below the knee"
+        )
+    return _set(cal, V1, overheads=overheads)
+
+
+def characterization_engine(cal: Calibration, profiles_dir: Path, prov: dict[str, Any]) -> Calibration:
+    """The prototype's engine (V0 scheduling, the same kernels and step overheads as V1; its own KV reserve
+    and request latency), then the GPU's clock law and power from its rows."""
+    points = read_characterization(profiles_dir)
+    cal = _set(cal, V0, overheads=dataclasses.replace(cal.engines[V1].overheads, request_s=0.0))
+    log("2/4 KV reserve of the characterization's engine on its TP2 rows at 1980 MHz (S and M inputs)")
+    tp2 = [p for p in points if p.tp == 2 and p.clock_mhz == 1980 and p.load_rps <= 3.0 and p.rtype.input.value != "L"]
+    res = fit.fit_kv_reserve(cal, tp2, engine=V0, log=log)
+    assert isinstance(res.value, float)
+    for name in (V0, V1):
+        cal = _set(cal, name, config_changes={"reserved_bytes_per_gpu": res.value})
+    prov["fits"]["KV reserve"] = _about(res, "P99 TTFT of the TP2 rows at 1980 MHz up to 3 req/s, S and M inputs")
+
+    log("3/4 clock law on the characterization's P99 TTFT ratios across clocks at 0.5 req/s")
+    low = [p for p in points if p.load_rps == 0.5 and p.ttft_p99_s < 3.0]
+    res, _ = fit.fit_clock_law(cal, low, engine=V0, log=log)
+    law, request_s = res.value  # type: ignore[misc]
+    cal = dataclasses.replace(cal, clock_law=law)
+    cal = _set(cal, V0, overheads=dataclasses.replace(cal.engines[V0].overheads, request_s=request_s))
+    prov["fits"]["clock law"] = _about(
+        res, "P99 TTFT at 0.5 req/s over that at the top clock, 6 clocks x 3 TPs x 9 types (below 3 s)"
+    )
+
+    log("4/4 power on every characterization row")
+    model = ServingModel("llama-2-70b", V0, cal)
+    rows = [(p, fit.char_outcome(model, p)) for p in points]
+    res = fit.fit_power(rows, law.max_clock_mhz)
+    assert isinstance(res.value, PowerModel)
+    prov["fits"]["power"] = _about(res, "instance power of all 1,351 characterization rows")
+    prov["characterization requests"] = {
+        "input_tokens": CHARACTERIZATION_INPUT_TOKENS,
+        "output_tokens": CHARACTERIZATION_OUTPUT_TOKENS,
+        "requests_per_point": fit.CHAR_REQUESTS,
+    }
+    return dataclasses.replace(cal, power=res.value)
+
+
+def _set(
+    cal: Calibration,
+    engine: str,
+    *,
+    overheads: EngineOverheads | None = None,
+    config_changes: dict[str, Any] | None = None,
+) -> Calibration:
     e = cal.engines[engine]
     if overheads is not None:
         e = dataclasses.replace(e, overheads=overheads)
@@ -146,7 +154,12 @@ def _set(cal: Calibration, engine: str, *, overheads: EngineOverheads | None = N
 
 
 def _about(res: fit.FitResult, data: str) -> dict[str, Any]:
-    return {"data": data, "points": res.points, "rms_log_error": round(res.rms_log_error, 4), "evaluations": res.evaluations}
+    return {
+        "data": data,
+        "points": res.points,
+        "rms_log_error": round(res.rms_log_error, 4),
+        "evaluations": res.evaluations,
+    }
 
 
 if __name__ == "__main__":

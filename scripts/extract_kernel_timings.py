@@ -123,7 +123,7 @@ def extract() -> dict[str, Any]:
     return {"format": "wattgate-kernel-timings", "version": 1, "origin": ORIGIN, "models": models}
 
 
-def _one(
+def _one(  # noqa: PLR0917  (the parsed tables, passed on)
     arch: Architecture,
     tp: int,
     gemm: pd.DataFrame,

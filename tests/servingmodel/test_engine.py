@@ -31,7 +31,9 @@ def run(engine: Engine, arrivals: list[tuple[float, int, int]], step_s: float | 
     return sorted(engine.pop_finished(), key=lambda f: int(f.id))
 
 
-def poisson(rate: float, n: int, seed: int = 1, prompt: tuple[int, int] = (100, 3000), out: tuple[int, int] = (1, 800)) -> list[tuple[float, int, int]]:
+def poisson(
+    rate: float, n: int, seed: int = 1, prompt: tuple[int, int] = (100, 3000), out: tuple[int, int] = (1, 800)
+) -> list[tuple[float, int, int]]:
     rng = random.Random(seed)
     t, reqs = 0.0, []
     for _ in range(n):
@@ -59,7 +61,9 @@ def test_every_request_finishes_in_order_of_its_own_events() -> None:
     assert [int(f.id) for f in done] == list(range(len(reqs)))
     for f, (at, prompt, out) in zip(done, reqs, strict=True):
         assert f.arrival_s == at and f.prompt == prompt and f.output == out
-        assert f.ttft_s > 0 and f.queue_s >= 0 and f.finish_s >= at + f.ttft_s - MODEL.engine(8).request_latency_s - 1e-9
+        assert (
+            f.ttft_s > 0 and f.queue_s >= 0 and f.finish_s >= at + f.ttft_s - MODEL.engine(8).request_latency_s - 1e-9
+        )
         assert (f.tpot_s is None) == (out == 1)
 
 

@@ -67,7 +67,9 @@ def test_lower_clocks_slow_compute_more_than_memory() -> None:
     assert fc == pytest.approx(2.0) and fm == pytest.approx(2.0**0.2)
     assert law.factors(1980) == (1.0, 1.0)
     c = cost()
-    prefill = [c.step(decodes=0, kv_tokens=0, prefill=((0, 4096),), sampled=1, factors=law.factors(x)) for x in (1980, 990)]
+    prefill = [
+        c.step(decodes=0, kv_tokens=0, prefill=((0, 4096),), sampled=1, factors=law.factors(x)) for x in (1980, 990)
+    ]
     decode = [c.step(decodes=4, kv_tokens=4000, prefill=(), sampled=4, factors=law.factors(x)) for x in (1980, 990)]
     assert prefill[1].total_s / prefill[0].total_s > decode[1].total_s / decode[0].total_s > 1.0
 

@@ -275,7 +275,7 @@ def reconfiguration_w(s: SolverSettings, new: Mapping[Config, int], old: Mapping
         resharded = min(started[tp], room) if saving_j_per_gpu > 0 else 0
         room -= resharded
         energy_j -= saving_j_per_gpu * tp * resharded
-    return energy_j / s.period_s
+    return energy_j / s.amortization_s
 
 
 def keep_current(problem: Problem) -> PlanCounts | None:

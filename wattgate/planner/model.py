@@ -40,6 +40,10 @@ class SolverSettings:
     gap_rel: float = 0.02  # CBC stops once provably within this relative gap of the optimum (0: exact)
     spill_hops: int = 2  # how many longer pools of the spill chain a pool may spill to
     period_s: float = 300.0
+    # what a transition's energy is spread over, to weigh it against the power it saves: the plan's
+    # expected lifetime; None: one period. With re-plans every minute, a start amortised over one minute
+    # would never pay; over the ten minutes a configuration typically lasts it does when it saves enough
+    amortize_s: float | None = None
     start_cost_j_per_gpu: float = 24_000.0  # ~60 s of loading weights at ~400 W per GPU
     reshard_cost_j_per_gpu: float = 12_000.0  # re-shard an existing instance to another TP
     clock_change_cost_j: float = 500.0  # a clock change is cheap but not free: it damps churn
@@ -52,11 +56,17 @@ class SolverSettings:
     # load it to: the rest is headroom for bursts inside a minute and misclassified requests
     headroom: float = DEFAULT_HEADROOM
 
+    @property
+    def amortization_s(self) -> float:
+        return self.amortize_s if self.amortize_s is not None else self.period_s
+
     def __post_init__(self) -> None:
         if self.gpus_per_node < 1:
             raise PlannerError("gpus_per_node must be >= 1")
         if not self.time_limit_s > 0 or not self.period_s > 0:
             raise PlannerError("time_limit_s and period_s must be > 0")
+        if self.amortize_s is not None and not self.amortize_s > 0:
+            raise PlannerError("amortize_s must be > 0")
         costs = (self.start_cost_j_per_gpu, self.reshard_cost_j_per_gpu, self.clock_change_cost_j)
         if not 0 <= self.gap_rel < 1 or self.spill_hops < 0:
             raise PlannerError("gap_rel must be in [0, 1) and spill_hops >= 0")

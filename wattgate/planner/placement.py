@@ -1,9 +1,10 @@
 """Placement: map the plan's instances onto nodes and GPU indices, keeping running instances where they are.
 
 Pure. A running instance of the same pool and TP stays on its GPUs (its clock and load may change);
-only the rest are placed, largest TP first, best fit, each TP group on aligned GPUs of one node.
-When what stays fragments the nodes so much that a new group no longer fits, everything is placed
-afresh (more moves, but a plan that fits beats one that does not).
+only the rest are placed, largest TP first, best fit, each TP group on aligned GPUs of one node,
+never on GPUs that are ``held`` (an instance still draining or stopping holds its GPUs until it is
+gone). When what stays fragments the nodes so much that a new group no longer fits, everything is
+placed afresh (more moves, but a plan that fits beats one that does not).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ class _Want:
     power_w: float
 
 
-def place(groups: Sequence[Group], inventory: Inventory, running: Sequence[PlannedInstance]) -> Placement:
+def place(
+    groups: Sequence[Group],
+    inventory: Inventory,
+    running: Sequence[PlannedInstance],
+    held: Sequence[PlannedInstance] = (),
+) -> Placement:
     wants = [_Want(g.pool, g.tp, g.clock_mhz, g.load_rps_each, g.power_w_each) for g in groups for _ in range(g.count)]
     sizes = {n.name: n.gpus for n in inventory.nodes}
     kept: list[PlannedInstance] = []
@@ -47,9 +53,9 @@ def place(groups: Sequence[Group], inventory: Inventory, running: Sequence[Plann
         kept.append(
             PlannedInstance(match.id, w.pool, match.node, list(match.gpus), w.tp, w.clock_mhz, w.load_rps, w.power_w)
         )
-    placed, unplaced = _pack(rest, inventory, kept)
+    placed, unplaced = _pack(rest, inventory, [*kept, *held])
     if unplaced:
-        fresh, fresh_unplaced = _pack(wants, inventory, [])
+        fresh, fresh_unplaced = _pack(wants, inventory, held)
         if len(fresh_unplaced) < len(unplaced):
             return Placement(tuple(fresh), len(fresh), 0, len(fresh_unplaced))
     return Placement(tuple(kept + placed), len(placed), len(kept), len(unplaced))

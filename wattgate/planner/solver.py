@@ -240,4 +240,4 @@ def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVari
         cost.append(-(s.start_cost_j_per_gpu - s.reshard_cost_j_per_gpu) * tp * reshard)
     for pool, moves in reshards.items():
         prob += pulp.lpSum(moves) <= pulp.lpSum(reshard_room[pool]), f"reshard_room_{pool}"
-    return (1.0 / s.period_s) * pulp.lpSum(cost)
+    return (1.0 / s.amortization_s) * pulp.lpSum(cost)

@@ -1,4 +1,4 @@
-"""Model architectures the serving model knows: the shapes that decide a step's GEMMs, attention, KV cache and weights."""
+"""Model architectures the serving model knows: the shapes behind a step's GEMMs, attention, KV cache and weights."""
 
 from __future__ import annotations
 

@@ -61,7 +61,11 @@ class Calibration:
             "engines": {
                 name: {
                     "about": e.about,
-                    "config": {k: (v.value if isinstance(v, Scheduler) else v) for k, v in dataclasses.asdict(e.config).items() if k != "tp"},
+                    "config": {
+                        k: (v.value if isinstance(v, Scheduler) else v)
+                        for k, v in dataclasses.asdict(e.config).items()
+                        if k != "tp"
+                    },
                     "overheads": dataclasses.asdict(e.overheads),
                 }
                 for name, e in self.engines.items()
@@ -78,7 +82,9 @@ class Calibration:
             for name, e in doc["engines"].items():
                 cfg = dict(e["config"])
                 cfg["scheduler"] = Scheduler(cfg["scheduler"])
-                engines[name] = EngineCalibration(name, EngineConfig(**cfg), EngineOverheads(**e["overheads"]), e["about"])
+                engines[name] = EngineCalibration(
+                    name, EngineConfig(**cfg), EngineOverheads(**e["overheads"]), e["about"]
+                )
             return cls(
                 doc["gpu"],
                 doc["kernels"],
@@ -110,7 +116,9 @@ def read_calibration(path: Path) -> Calibration:
 class ServingModel:
     """Builds engines of one architecture under one engine calibration (see the module docstring)."""
 
-    def __init__(self, arch: str = DEFAULT_ARCH, engine: str = DEFAULT_ENGINE, calibration: Calibration | None = None) -> None:
+    def __init__(
+        self, arch: str = DEFAULT_ARCH, engine: str = DEFAULT_ENGINE, calibration: Calibration | None = None
+    ) -> None:
         self.calibration = calibration or load_calibration()
         if engine not in self.calibration.engines:
             raise ServingModelError(f"unknown engine {engine!r}; known: {', '.join(self.calibration.engines)}")

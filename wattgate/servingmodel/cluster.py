@@ -14,6 +14,14 @@ weights from a hot page cache, ~15 s Dynamo bytecode transform, ~70 s torch.comp
 when its cache is warm, as vllm-project/vllm#20264 logs), ~60 s CUDA graph capture, and ~60 s of a
 P2P access check that ``VLLM_SKIP_P2P_CHECK=1`` skips. A managed start (weights cached, compile cache
 warm, P2P check skipped) is therefore ~95 s; stopping a drained instance ~5 s (process teardown).
+
+**Standby** (vLLM's sleep mode, level 1: the weights move to CPU memory, the KV cache is dropped, the
+process and its CUDA graphs stay): a drained instance can sleep instead of stopping. It keeps its
+GPUs, which then draw the engine's idle power at the lowest clock (a process with a CUDA context keeps
+a GPU out of its deepest idle state: an upper estimate, not measured), and wakes in the time it takes
+to copy its weights back over PCIe (~25 GB/s per GPU, each GPU on its own link) plus a second; vLLM's
+sleep-mode announcement (blog.vllm.ai, 2025-10-26) reports wake-ups 18-200x faster than a full
+reload. For a 70B model that is ~4 s on TP2 and ~2 s on TP8, against ~95 s for a start.
 """
 
 from __future__ import annotations
@@ -34,16 +42,23 @@ class Lifecycle:
 
     start_s: float = 95.0
     stop_s: float = 5.0
+    host_link_bytes_per_s: float = 25e9  # weights back from CPU memory when waking (PCIe Gen5 x16, per GPU)
+    wake_fixed_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.start_s < 0 or self.stop_s < 0:
-            raise ServingModelError("start and stop times must be >= 0 s")
+        if self.start_s < 0 or self.stop_s < 0 or self.wake_fixed_s < 0 or not self.host_link_bytes_per_s > 0:
+            raise ServingModelError("start, stop and wake times must be >= 0 s, the host link bandwidth > 0")
+
+    def wake_s(self, weights_bytes: float, tp: int) -> float:
+        return weights_bytes / tp / self.host_link_bytes_per_s + self.wake_fixed_s
 
 
 class State(enum.Enum):
     STARTING = "starting"
     READY = "ready"
-    DRAINING = "draining"  # takes no new requests; stops when its last one finishes
+    DRAINING = "draining"  # takes no new requests; stops (or sleeps) when its last one finishes
+    SLEEPING = "sleeping"  # standby: holds its GPUs, weights in CPU memory
+    WAKING = "waking"
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -63,6 +78,8 @@ class Instance:
     stop_at: float = float("inf")  # when a STOPPING instance is gone
     energy_j: float = 0.0  # everything its GPUs drew while it held them
     mark_s: float = 0.0  # energy is integrated up to here
+    drain_when_ready: bool = False
+    sleep_when_drained: bool = False
     engine_j: float = field(default=0.0, repr=False)  # the engine's counter at mark_s
 
     @property
@@ -97,6 +114,7 @@ class GpuCluster:
         self.empty_gpu_j = 0.0  # of which GPUs that held nothing
         self.held_gpu_s = 0.0  # GPU-seconds held by instances (any state)
         self._start_w = model.calibration.power.idle_gpu_w(model.max_clock_mhz)
+        self._sleep_w = model.calibration.power.idle_gpu_w(0)  # the idle power at the lowest clock
 
     @property
     def gpus(self) -> int:
@@ -109,12 +127,12 @@ class GpuCluster:
     def start(
         self,
         iid: str,
+        *,
         pool: str,
         tp: int,
         node: int,
         gpus: Iterable[int],
         clock_mhz: int,
-        *,
         now_s: float,
         instant: bool = False,
     ) -> Instance:
@@ -128,18 +146,42 @@ class GpuCluster:
         ready_at = now_s if instant else now_s + self.lifecycle.start_s
         engine = self.model.engine(tp, clock_mhz=clock_mhz, start_s=ready_at, **self.engine_overrides)
         state = State.READY if instant else State.STARTING
-        inst = Instance(iid, pool, tp, node, held, engine, state, ready_at, mark_s=now_s, engine_j=engine.totals.energy_j)
+        inst = Instance(
+            iid, pool, tp, node, held, engine, state, ready_at, mark_s=now_s, engine_j=engine.totals.energy_j
+        )
         self.instances[iid] = inst
         return inst
 
-    def drain(self, iid: str, now_s: float) -> None:
-        """Take no new requests; stop once the last one has finished (at once if it has none)."""
+    def drain(self, iid: str, now_s: float, *, then_sleep: bool = False) -> None:
+        """Take no new requests; stop (or with ``then_sleep`` go to standby) once the last one has finished
+        (at once if it has none). A starting instance with requests waiting for it starts, serves them,
+        then stops. A sleeping one stops."""
         inst = self.instances[iid]
-        if inst.state is State.STARTING:  # nothing to drain: abandon the start
+        inst.sleep_when_drained = then_sleep
+        if inst.state in (State.STARTING, State.WAKING) and inst.engine.idle:  # nothing to drain: abandon it
             self._integrate(inst, now_s)
             self._stopping(inst, now_s)
+        elif inst.state in (State.STARTING, State.WAKING):
+            inst.drain_when_ready = True
         elif inst.state is State.READY:
             inst.state = State.DRAINING
+        elif inst.state is State.SLEEPING:
+            self._integrate(inst, now_s)
+            self._stopping(inst, now_s)
+
+    def wake(self, iid: str, pool: str, clock_mhz: int, now_s: float) -> Instance:
+        """A sleeping instance serves ``pool`` again once its weights are back on the GPUs (a fresh engine:
+        its KV cache was dropped)."""
+        inst = self.instances[iid]
+        if inst.state is not State.SLEEPING:
+            raise ServingModelError(f"{iid} is {inst.state.value}, not sleeping")
+        self._integrate(inst, now_s)
+        ready_at = now_s + self.lifecycle.wake_s(self.model.arch.weights_bytes(), inst.tp)
+        inst.engine = self.model.engine(inst.tp, clock_mhz=clock_mhz, start_s=ready_at, **self.engine_overrides)
+        inst.engine_j = inst.engine.totals.energy_j
+        inst.pool, inst.state, inst.ready_at = pool, State.WAKING, ready_at
+        inst.drain_when_ready = inst.sleep_when_drained = False
+        return inst
 
     def _stopping(self, inst: Instance, now_s: float) -> None:
         inst.state = State.STOPPING
@@ -161,9 +203,9 @@ class GpuCluster:
         self.time_s = now_s
 
     def _advance_one(self, inst: Instance, now_s: float) -> Iterator[tuple[Instance, Finished]]:
-        if inst.state is State.STARTING and inst.ready_at <= now_s:
+        if inst.state in (State.STARTING, State.WAKING) and inst.ready_at <= now_s:
             self._integrate(inst, inst.ready_at)
-            inst.state = State.READY
+            inst.state = State.DRAINING if inst.drain_when_ready else State.READY
         if inst.state in (State.READY, State.DRAINING):
             inst.engine.advance(now_s)
             for f in inst.engine.pop_finished():
@@ -172,7 +214,10 @@ class GpuCluster:
             if inst.state is State.DRAINING and inst.engine.idle:
                 done = max(inst.engine.time_s, self.time_s)
                 self._integrate(inst, done)
-                self._stopping(inst, done)
+                if inst.sleep_when_drained:
+                    inst.state = State.SLEEPING
+                else:
+                    self._stopping(inst, done)
         if inst.state is State.STOPPING and inst.stop_at <= now_s:
             self._integrate(inst, inst.stop_at)
             self._free(inst, inst.stop_at, now_s)
@@ -182,8 +227,10 @@ class GpuCluster:
     def _integrate(self, inst: Instance, t: float) -> None:
         """Add the instance's energy from its mark up to ``t``."""
         dt = max(t - inst.mark_s, 0.0)
-        if inst.state is State.STARTING:
+        if inst.state in (State.STARTING, State.WAKING):
             joules = self._start_w * inst.tp * dt
+        elif inst.state is State.SLEEPING:
+            joules = self._sleep_w * inst.tp * dt
         elif inst.state in (State.READY, State.DRAINING):
             now = inst.engine.energy_j_at(max(t, inst.engine.time_s))
             joules, inst.engine_j = now - inst.engine_j, now

@@ -239,6 +239,13 @@ class Engine:
     def idle(self) -> bool:
         return not self._decoding and not self._prefilling and not self._waiting
 
+    def oldest_waiting_s(self, now_s: float) -> float:
+        """How long the longest-waiting request without its first token has waited (0.0 with none)."""
+        arrivals = [r.arrival_s for r in self._prefilling if r.first_token_s is None]
+        if self._waiting:
+            arrivals += [r.arrival_s for r in self._waiting if r.first_token_s is None][:1]
+        return max(now_s - min(arrivals), 0.0) if arrivals else 0.0
+
     def kv_used_tokens(self) -> int:
         n = len(self._decoding)
         return self._s0 + n * self._g + self._prefill_kv + self._half_block * self.running
@@ -421,7 +428,11 @@ class Engine:
         prefill = tuple((cached, chunk) for _, cached, chunk in d.prefill)
         completing = sum(1 for r, cached, chunk in d.prefill if cached + chunk >= r.target)
         d.time = self.cost.step(
-            decodes=d.decodes, kv_tokens=kv, prefill=prefill, sampled=d.decodes + completing, factors=self.law.factors(clock)
+            decodes=d.decodes,
+            kv_tokens=kv,
+            prefill=prefill,
+            sampled=d.decodes + completing,
+            factors=self.law.factors(clock),
         )
         return d
 

@@ -36,6 +36,7 @@ def poisson_run(
     requests: int,
     input_tokens: int,
     output_tokens: int,
+    *,
     seed: int = 0,
 ) -> Outcome:
     """Send ``requests`` requests of fixed lengths with exponential gaps at ``rate_rps`` (as vLLM's

@@ -120,11 +120,14 @@ def fit_vllm_overheads(
         log(f"overheads {overheads(x)} -> rms log error {math.sqrt(value):.4f}")
         return value
 
-    from scipy.optimize import minimize  # build-time only
+    from scipy.optimize import minimize  # type: ignore[import-untyped]  # noqa: PLC0415  (build time only)
 
     simplex = np.array([start] + [start + np.log(2.0) * np.eye(4)[i] for i in range(4)])
     res = minimize(
-        loss, start, method="Nelder-Mead", options={"maxfev": max_evaluations, "initial_simplex": simplex, "xatol": 0.02}
+        loss,
+        start,
+        method="Nelder-Mead",
+        options={"maxfev": max_evaluations, "initial_simplex": simplex, "xatol": 0.02},
     )
     return FitResult(overheads(res.x), math.sqrt(float(res.fun)), evals, len(points))
 
@@ -144,27 +147,38 @@ def char_outcome(model: ServingModel, p: CharPoint, seeds: int = 2) -> Outcome:
     return mean_outcome(run, seeds)
 
 
+# An H100 SXM board draws at most 700 W: the power model's watt figures are bounded so that no state of
+# it exceeds that (idle + clock-dependent idle + compute <= 700, likewise memory).
+POWER_BOUNDS_W = {
+    "idle_w": (30.0, 150.0),
+    "idle_clock_w": (0.0, 100.0),
+    "compute_w": (0.0, 450.0),
+    "memory_w": (0.0, 450.0),
+}
+
+
 def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> FitResult:
-    """Least squares (relative) of instance power over the rows, given each row's modelled busy seconds;
-    the clock exponents on a grid, the four watt figures linear for each."""
+    """Least squares of relative errors of instance power over the rows, given each row's modelled busy
+    seconds: the clock exponents on a grid, the four watt figures linear for each, within ``POWER_BOUNDS_W``."""
+    from scipy.optimize import lsq_linear  # noqa: PLC0415  (build time only)
+
+    lo = [b[0] for b in POWER_BOUNDS_W.values()]
+    hi = [b[1] for b in POWER_BOUNDS_W.values()]
     best: tuple[float, PowerModel] | None = None
     for gamma in np.arange(1.0, 3.51, 0.25):
         for gamma_m in np.arange(0.0, 2.01, 0.25):
-            a, y = [], []
+            a = []
             for p, o in rows:
                 r = p.clock_mhz / max_clock_mhz
                 g, gm, d = r**gamma, r**gamma_m, o.duration_s
-                # mean W per GPU = idle_w + idle_clock_w*g + compute_w*g*c/d + memory_w*gm*m/d; relative residuals
+                # mean W per GPU = idle_w + idle_clock_w*g + compute_w*g*c/d + memory_w*gm*m/d, relative to measured
                 per_gpu = p.power_w / p.tp
                 a.append([1 / per_gpu, g / per_gpu, g * o.compute_s / d / per_gpu, gm * o.memory_s / d / per_gpu])
-                y.append(1.0)
-            coef, *_ = np.linalg.lstsq(np.array(a), np.array(y), rcond=None)
-            coef = np.maximum(coef, 0.0)
-            resid = np.array(a) @ coef - 1.0
-            err = float(np.mean(resid**2))
+            res = lsq_linear(np.array(a), np.ones(len(a)), bounds=(lo, hi))
+            err = float(np.mean((np.array(a) @ res.x - 1.0) ** 2))
             if best is None or err < best[0]:
-                model = PowerModel(*map(float, coef), float(gamma), float(gamma_m), max_clock_mhz)
-                best = (err, model)
+                w = [float(x) for x in res.x]
+                best = (err, PowerModel(w[0], w[1], w[2], w[3], float(gamma), float(gamma_m), max_clock_mhz))
     assert best is not None
     return FitResult(best[1], math.sqrt(best[0]), 99, len(rows))
 
@@ -175,15 +189,20 @@ def fit_clock_law(
     *,
     engine: str,
     arch: str = "llama-2-70b",
-    compute_exps: Sequence[float] = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
-    memory_exps: Sequence[float] = (0.0, 0.15, 0.3, 0.45),
+    compute_exps: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
+    memory_exps: Sequence[float] = (0.0, 0.15, 0.3, 0.45, 0.6),
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[FitResult, dict[tuple[float, float], list[float]]]:
-    """The (compute, memory) clock exponents that best reproduce the P99 TTFT of ``points`` (low loads
-    at every clock), with the engine's per-request latency refitted for each pair (it adds to every TTFT).
-    Returns the fit and every pair's modelled engine-side TTFTs (for reuse)."""
+    """The (compute, memory) clock exponents that best reproduce how P99 TTFT grows as the clock falls.
+
+    Judged on ratios: each point's TTFT over that of the same (TP, type, load) at the highest clock
+    measured (``clock_ratio_error``), which leaves out what the ratios cancel: how fast the prototype's
+    engine was in absolute terms and how long its prompts exactly were. The engine's per-request latency
+    (a constant in every TTFT, which dilutes the ratios) is fitted with each pair. Returns the fit and
+    every pair's modelled engine-side TTFTs (for reuse by the leave-one-clock-out validation)."""
     best: tuple[float, ClockLaw, float] | None = None
     table: dict[tuple[float, float], list[float]] = {}
+    measured = [p.ttft_p99_s for p in points]
     for ce in compute_exps:
         for me in memory_exps:
             law = ClockLaw(float(ce), float(me), calibration.clock_law.max_clock_mhz)
@@ -192,22 +211,61 @@ def fit_clock_law(
             model = ServingModel(arch, engine, cal)
             engine_ttft = [char_outcome(model, p, seeds=1).ttft_p99_s for p in points]
             table[(float(ce), float(me))] = engine_ttft
-            req, err = _best_offset(engine_ttft, [p.ttft_p99_s for p in points])
-            log(f"clock law {ce:.2f}/{me:.2f}: request latency {req * 1e3:.1f} ms, rms log error {math.sqrt(err):.4f}")
+            req, err = best_ratio_offset(points, engine_ttft, measured)
+            log(
+                f"clock law {ce:.2f}/{me:.2f}: request latency {req * 1e3:.1f} ms, "
+                f"rms log ratio error {math.sqrt(err):.4f}"
+            )
             if best is None or err < best[0]:
                 best = (err, law, req)
     assert best is not None
     return FitResult((best[1], best[2]), math.sqrt(best[0]), len(table), len(points)), table
 
 
+def ratio_pairs(points: Sequence[CharPoint], exclude_clock: int | None = None) -> list[tuple[int, int]]:
+    """(i, ref): each point and the point of the same TP, type and load at the highest clock among the rest."""
+    groups: dict[tuple[int, str, float], list[int]] = {}
+    for i, p in enumerate(points):
+        if p.clock_mhz != exclude_clock:
+            groups.setdefault((p.tp, p.rtype.name, p.load_rps), []).append(i)
+    pairs = []
+    for idx in groups.values():
+        ref = max(idx, key=lambda i: points[i].clock_mhz)
+        pairs += [(i, ref) for i in idx if i != ref]
+    return pairs
+
+
+def best_ratio_offset(
+    points: Sequence[CharPoint],
+    engine_ttft: Sequence[float],
+    measured: Sequence[float],
+    exclude_clock: int | None = None,
+) -> tuple[float, float]:
+    """The per-request latency (added to every modelled TTFT) that best reproduces the clock ratios, and
+    the mean squared log error of the ratios it leaves."""
+    pairs = ratio_pairs(points, exclude_clock)
+    e, m = np.array(engine_ttft), np.array(measured)
+    i, ref = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    target = np.log(m[i] / m[ref])
+
+    def err(c: float) -> float:
+        return float(np.mean((np.log((e[i] + c) / (e[ref] + c)) - target) ** 2))
+
+    return _golden(err, 0.0, float(max(m.max(), 1e-3)))
+
+
 def _best_offset(model: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
-    """The constant added to every modelled value that minimises the mean squared log error (golden section)."""
+    """The constant added to every modelled value that minimises the mean squared log error."""
     m, y = np.array(model), np.array(measured)
 
     def err(c: float) -> float:
         return float(np.mean(np.log((m + c) / y) ** 2))
 
-    lo, hi = 0.0, float(max(y.max(), 1e-3))
+    return _golden(err, 0.0, float(max(y.max(), 1e-3)))
+
+
+def _golden(err: Callable[[float], float], lo: float, hi: float) -> tuple[float, float]:
+    """Golden-section search of a unimodal ``err`` on [lo, hi]: the argument and its value."""
     for _ in range(60):
         a, b = lo + (hi - lo) * 0.382, lo + (hi - lo) * 0.618
         if err(a) < err(b):
@@ -261,31 +319,3 @@ def fit_kv_reserve(
             best = (err, gib)
     assert best is not None
     return FitResult(best[1] * 2**30, math.sqrt(best[0]), len(candidates_gib), len(rows))
-
-
-def fit_engine_speed(
-    calibration: Calibration,
-    points: Sequence[CharPoint],
-    *,
-    engine: str,
-    arch: str = "llama-2-70b",
-    compute_scales: Sequence[float] = (1.0, 1.5, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5),
-    memory_scales: Sequence[float] = (0.9, 1.0, 1.15, 1.3),
-    log: Callable[[str], None] = lambda _: None,
-) -> FitResult:
-    """How much slower than vLLM 0.24's kernels an older engine runs (compute- and memory-bound multipliers),
-    with its per-request latency, from P99 TTFT at the top clock below each series' knee."""
-    best: tuple[float, float, float, float] | None = None
-    for cs in compute_scales:
-        for ms in memory_scales:
-            ov = dataclasses.replace(calibration.engines[engine].overheads, compute_scale=cs, memory_scale=ms, request_s=0.0)
-            model = ServingModel(arch, engine, _with_overheads(calibration, engine, ov))
-            ttft = [char_outcome(model, p, seeds=1).ttft_p99_s for p in points]
-            req, err = _best_offset(ttft, [p.ttft_p99_s for p in points])
-            log(f"engine speed compute x{cs} memory x{ms}: request latency {req * 1e3:.1f} ms, rms log error {math.sqrt(err):.4f}")
-            if best is None or err < best[0]:
-                best = (err, cs, ms, req)
-    assert best is not None
-    err, cs, ms, req = best
-    ov = dataclasses.replace(calibration.engines[engine].overheads, compute_scale=cs, memory_scale=ms, request_s=req)
-    return FitResult(ov, math.sqrt(err), len(compute_scales) * len(memory_scales), len(points))

@@ -1,4 +1,4 @@
-"""Measured kernel latencies of one GPU type (vLLM 0.24.0 on H100, from aiconfigurator-core), as curves per architecture and TP.
+"""Measured kernel latencies of one GPU type (vLLM 0.24.0 on H100, from aiconfigurator-core), per architecture and TP.
 
 The JSON is written by ``scripts/extract_kernel_timings.py`` (origin, licence and tables in its
 ``origin``). Curves here are smoothed only where the measurements say a larger problem ran faster:
@@ -44,7 +44,8 @@ def loglog(xs: np.ndarray, ys: np.ndarray, x: np.ndarray) -> np.ndarray:
     slope = (ly[-1] - ly[-2]) / (lx[-1] - lx[-2])
     over = q > lx[-1]
     out[over] = ly[-1] + slope * (q[over] - lx[-1])
-    return np.exp(out)
+    result: np.ndarray = np.exp(out)
+    return result
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,34 @@ from wattgate.servingmodel.errors import ServingModelError
 
 CLOCKS_MHZ = (800, 1000, 1200, 1400, 1600, 1800, 1980)
 LOADS_RPS = (
-    0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 14.0, 16.0, 20.0, 24.0, 28.0,
-    32.0, 40.0, 48.0, 64.0, 80.0, 96.0, 128.0,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+    6.0,
+    7.0,
+    8.0,
+    10.0,
+    12.0,
+    14.0,
+    16.0,
+    20.0,
+    24.0,
+    28.0,
+    32.0,
+    40.0,
+    48.0,
+    64.0,
+    80.0,
+    96.0,
+    128.0,
 )
 
 
@@ -58,13 +84,13 @@ class LengthPools:
 @dataclass(frozen=True)
 class PointSettings:
     warmup_s: float = 30.0
-    duration_s: float = 240.0  # measured, unless that holds more than max_requests
+    duration_s: float = 180.0  # measured, unless that holds more than max_requests
     min_requests: int = 200
-    max_requests: int = 2500
+    max_requests: int = 1500
     seed: int = 0
 
 
-def steady_point(
+def steady_point(  # noqa: PLR0917  (one row's coordinates, in the profile's column order)
     model: ServingModel,
     tp: int,
     clock_mhz: int,

@@ -27,6 +27,8 @@ Everything here is modelled.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,10 +50,6 @@ class EngineOverheads:
     layer_s: float = 0.0  # per layer per step: launch gaps and the kernels not timed
     prefill_layer_s: float = 0.0  # extra per layer in a step that prefills (outside the CUDA graphs)
     request_s: float = 0.0  # per request before its first token: HTTP, tokenization, detokenization
-    # an engine whose kernels are slower than vLLM 0.24's measured ones (an older vLLM): multipliers on the
-    # compute- and memory-bound kernel time; 1.0 for vLLM V1
-    compute_scale: float = 1.0
-    memory_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +61,13 @@ class ClockLaw:
     max_clock_mhz: int = 1980
 
     def factors(self, clock_mhz: float) -> tuple[float, float]:
-        r = self.max_clock_mhz / max(min(clock_mhz, self.max_clock_mhz), 1.0)
-        return r**self.compute_exp, r**self.memory_exp
+        return _factors(self, clock_mhz)
+
+
+@functools.cache
+def _factors(law: ClockLaw, clock_mhz: float) -> tuple[float, float]:
+    r = law.max_clock_mhz / max(min(clock_mhz, law.max_clock_mhz), 1.0)
+    return r**law.compute_exp, r**law.memory_exp
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,12 @@ class StepCost:
         self._lm_mem = lm - self._lm_comp
         self._lm_comp[0] = self._lm_mem[0] = 0.0
         self._lin_comp[0] = self._lin_mem[0] = self._ew[0] = self._ar[0] = 0.0
-        self.kv_token_s = curves.decode.per_kv_token_s * self.layers * overheads.memory_scale
+        self.kv_token_s = curves.decode.per_kv_token_s * self.layers
         self._base_cache: dict[tuple[int, tuple[float, float]], StepTime] = {}
         # causal attention over n tokens (all layers), dense up to PREFILL_TOKENS: looked up per chunk
-        self._attn = loglog(curves.prefill_isl, curves.prefill_per_layer_s, np.maximum(np.arange(PREFILL_TOKENS + 1), 1.0))
+        self._attn = loglog(
+            curves.prefill_isl, curves.prefill_per_layer_s, np.maximum(np.arange(PREFILL_TOKENS + 1), 1.0)
+        )
         self._attn *= self.layers
         self._attn_floor = float(curves.prefill_per_layer_s[0]) * self.layers
         dec = curves.decode
@@ -144,7 +149,7 @@ class StepCost:
 
     def _attention(self, tokens: int) -> float:
         if tokens <= PREFILL_TOKENS:
-            return self._attn_list[tokens]
+            return float(self._attn_list[tokens])
         return float(self._attn[PREFILL_TOKENS]) * (tokens / PREFILL_TOKENS) ** 2  # quadratic beyond
 
     def prefill_attention_s(self, cached: int, chunk: int) -> float:
@@ -182,7 +187,7 @@ class StepCost:
         overhead = o.step_s + o.sequence_s * (decodes + len(prefill))
         overhead += self.layers * (o.layer_s + (o.prefill_layer_s if prefill else 0.0))
         fc, fm = factors
-        return StepTime(comp * fc * o.compute_scale, mem * fm * o.memory_scale, overhead)
+        return StepTime(comp * fc, mem * fm, overhead)
 
     def _decode_base(self, decodes: int, factors: tuple[float, float]) -> StepTime:
         """A decode-only step of ``decodes`` sequences with an empty cache (cached: the hot path asks often)."""
@@ -211,14 +216,17 @@ class StepCost:
         """The most consecutive decode-only steps (as in ``decode_run``) that fit in ``budget_s``."""
         if budget_s <= 0:
             return 0
-        first = self.decode_run(decodes, kv_tokens, 1, factors).total_s
-        if first > budget_s:
-            return 0
-        lo, hi = 1, int(budget_s / first) + 2  # steps never get shorter: at most budget / first fit
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.decode_run(decodes, kv_tokens, mid, factors).total_s <= budget_s:
-                lo = mid
-            else:
-                hi = mid
-        return lo
+        a = self._decode_base(decodes, factors).total_s + self.kv_token_s * factors[1] * kv_tokens
+        b = self.kv_token_s * factors[1] * decodes  # each step reads ``decodes`` more cached tokens
+        # k*a + b*k*(k-1)/2 <= budget: the positive root, then exact on the integers (rounding)
+        if b <= 0:
+            k = int(budget_s / a)
+        else:
+            qb = a - b / 2
+            k = int((-qb + math.sqrt(qb * qb + 2 * b * budget_s)) / b)
+        k = max(k, 0)
+        while k > 0 and self.decode_run(decodes, kv_tokens, k, factors).total_s > budget_s:
+            k -= 1
+        while self.decode_run(decodes, kv_tokens, k + 1, factors).total_s <= budget_s:
+            k += 1
+        return k

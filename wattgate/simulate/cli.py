@@ -6,7 +6,10 @@ import argparse
 from typing import Any
 
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
-ABLATION_HELP = "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only"
+ABLATION_HELP = (
+    "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
+    "and as it planned before calibrated minute plans"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -20,9 +23,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("trace", nargs="+", help="trace file(s); several are merged on one time axis")
     p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default: {DEFAULT_POLICIES})")
-    p.add_argument(
-        "--ablation", action="store_true", help=f"run the ablation instead of --policies: {ABLATION_HELP}"
-    )
+    p.add_argument("--ablation", action="store_true", help=f"run the ablation instead of --policies: {ABLATION_HELP}")
     p.add_argument(
         "--profile", default=None, help="the planner's profile: builtin name or file (default: the shipped one)"
     )
@@ -34,7 +35,13 @@ def register(subparsers: Any) -> None:
         default=0.99,
         help="share of requests within their targets the single-pool baseline is sized for (0.99)",
     )
-    p.add_argument("--gpus", type=int, default=256, help="GPUs in the simulated cluster, 8 per node (default 256)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs in the simulated cluster, 8 per node; every one draws power, used or not (default: twice the "
+        "iso-SLO single-pool baseline's GPUs)",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="time scaling: 2 replays the trace twice as fast")
     p.add_argument("--scale", type=float, default=1.0, help="load scaling: 2 doubles the requests (default 1)")
     p.add_argument("--days", type=float, default=None, help="tile the trace into this many diurnal days")
@@ -54,6 +61,18 @@ def register(subparsers: Any) -> None:
         default=None,
         help="share of an instance's SLO-feasible capacity the planner (wattgate, oracle) and the clock policy "
         "may load it to (default 0.8, as `wattgate planner`)",
+    )
+    p.add_argument(
+        "--quantile",
+        type=float,
+        default=0.99,
+        help="wattgate's calibrated forecast: the quantile of its own past errors it plans for (0.99)",
+    )
+    p.add_argument(
+        "--amortize-s",
+        type=float,
+        default=600.0,
+        help="wattgate weighs a transition's energy over this many seconds of the plan it leads to (600)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -75,11 +94,11 @@ def run(args: argparse.Namespace) -> int:
 
     from wattgate.planner.model import DEFAULT_HEADROOM
     from wattgate.profiles.builtin import profile_or_default
-    from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE
-    from wattgate.simulate.policies import ABLATION
     from wattgate.profiles.classes import ProfilesError
+    from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE
     from wattgate.servingmodel.errors import ServingModelError
     from wattgate.simulate.confusion import Confusion
+    from wattgate.simulate.policies import ABLATION
     from wattgate.simulate.report import Prices, document, table
     from wattgate.simulate.run import SimSettings, simulate
     from wattgate.simulate.trace import SimulateError, load_trace, scale, speed, tile_days
@@ -108,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
             arch=args.arch or DEFAULT_ARCH,
             engine=args.engine or DEFAULT_ENGINE,
             iso_slo_target=args.iso_slo_target,
+            quantile=args.quantile,
+            amortize_s=args.amortize_s,
         )
         profile = profile_or_default(args.profile)
         policies = list(ABLATION) if args.ablation else [p.strip() for p in args.policies.split(",") if p.strip()]
@@ -126,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "traces": list(args.trace),
         "requests": len(requests),
-        "gpus": args.gpus,
+        "gpus": sim.gpus,
+        "gpus_chosen": "--gpus" if args.gpus else "twice the iso-SLO single-pool baseline's GPUs",
         "profile": args.profile or "(shipped default)",
         "speed": args.speed,
         "scale": args.scale,

@@ -6,9 +6,15 @@ outstanding tokens within a pool, weighted by the plan) and run on ``servingmode
 TTFT and time per output token come out of the engine model (queueing, batching, KV cache,
 preemption), not out of a table. The cluster (``servingmodel.cluster``) holds every GPU: idle ones
 draw power, instances take time and energy to start and stop, and a new instance waits for GPUs that
-a draining one still holds. Every second the engines run up to the clock, finished requests leave
-the router's counts, and every ``CLOCK_TICK_S`` the agent's clock policy picks each instance's SM
-clock, which applies from its next engine step. Everything is modelled.
+a draining one still holds. Every second the engines run up to the clock and finished requests leave
+the router's counts; every ``CLOCK_TICK_S`` the agent's clock policy picks each instance's SM clock,
+which applies from its next engine step. Plans place new instances on free GPUs first (make before
+break). With ``Behaviour.standby`` a dropped instance sleeps instead of stopping, and a plan wakes a
+sleeping instance of the same TP (seconds) rather than starting one (minutes). With
+``Behaviour.reactive``, every ``CLOCK_TICK_S`` a pool whose requests have waited more than
+``REACT_PRESSURE`` of their TTFT target without a first token gets its clocks to the top, and, if that
+is not enough by the next check, one more instance, without waiting for the next plan. Everything is
+modelled.
 """
 
 from __future__ import annotations
@@ -24,17 +30,23 @@ from wattgate.planner.contract import PlannedInstance
 from wattgate.planner.explain import serves_of
 from wattgate.planner.model import Group, Inventory
 from wattgate.planner.placement import place
-from wattgate.profiles.classes import REQUEST_TYPES, ClassEdges, LengthClass
+from wattgate.profiles.classes import REQUEST_TYPES, ClassEdges, LengthClass, RequestType
 from wattgate.servingmodel.calibration import ServingModel
 from wattgate.servingmodel.cluster import GpuCluster, Instance, Lifecycle, State
+from wattgate.servingmodel.engine import Finished
 from wattgate.servingmodel.errors import ServingModelError
 from wattgate.simulate.model import TYPE_INDEX, Model
 
 WINDOW_S = 60  # an instance's load for the clock policy: its arrivals over the last minute
-CLOCK_TICK_S = 5  # the agent's clock loop period
+CLOCK_TICK_S = 5  # the agent's clock loop period (and the reactive path's)
 GENERIC = "*"  # the pool name of a single pool that serves every type
 MODEL = "sim"
 DRAIN_LIMIT_S = 3600.0  # after the last arrival, run at most this long for the last requests to finish
+REACT_PRESSURE = 0.5  # react once a request has waited this share of its TTFT target without a first token
+REACT_BOOST_S = 60.0  # a pool that reacted keeps its clocks at the top this long
+REACT_COOLDOWN_S = 60.0  # at most one instance added per pool in this time
+STANDBY_MAX_S = 900.0  # a sleeping instance nobody woke within this long is stopped
+LIVE = (State.STARTING, State.WAKING, State.READY)  # instances that serve or soon will
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,16 @@ class Arrival:
 
 Flows = dict[str, dict[str, float]]  # demand pool -> serving pool -> req/s, as the planner's MILP decided
 PlanFn = Callable[[float, Sequence[PlannedInstance]], tuple[tuple[Group, ...], Flows]]
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What the cluster does between plans, besides routing (see the module docstring)."""
+
+    clock_loop: bool = False
+    plan_routing: bool = True  # False: the spill chain alone (the gateway before it read plans)
+    standby: bool = False
+    reactive: bool = False
 
 
 @dataclass
@@ -69,6 +91,8 @@ class Result:
     starts: int = 0
     reshards: int = 0
     stops: int = 0
+    wakes: int = 0  # instances woken from standby instead of started
+    reactive_adds: int = 0  # instances the reactive path added between plans
     clock_changes: int = 0
     out_of_pool: int = 0
     unplaced: int = 0
@@ -76,6 +100,7 @@ class Result:
     preemptions: int = 0
     unserved: int = 0  # requests no instance could take or finish
     instances: list[int] = field(default_factory=list)  # instances held, one value per second
+    forecast: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # pool -> coverage, bias, n
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -87,21 +112,23 @@ class Result:
 class ReplayInstance:
     """A cluster instance plus the router's view of it and its recent arrivals (for the clock policy)."""
 
-    __slots__ = ("counts", "inst", "ring", "route")
+    __slots__ = ("boost_until", "counts", "inst", "ring", "route")
 
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
-        spec = InstanceSpec(
-            inst.id, "sim://" + inst.id, frozenset({MODEL}), None if inst.pool == GENERIC else inst.pool, 10**6, None,
-            "registry", ready=inst.state is State.READY,
-        )
-        self.route = RouteInstance(spec)
+        self.route = RouteInstance(_spec(inst, ready=inst.state is State.READY))
         self.counts = [0] * len(REQUEST_TYPES)  # arrivals per type over the window
         self.ring = [[0] * len(REQUEST_TYPES) for _ in range(WINDOW_S)]
+        self.boost_until = -math.inf
 
     def planned(self) -> PlannedInstance:
         i = self.inst
-        return PlannedInstance(i.id, i.pool, f"n{i.node}", list(i.gpus), i.tp, i.engine.clock_mhz, 0.0, 0.0)
+        return PlannedInstance(i.id, i.pool, f"node-{i.node}", list(i.gpus), i.tp, i.engine.clock_mhz, 0.0, 0.0)
+
+
+def _spec(inst: Instance, ready: bool) -> InstanceSpec:
+    pool = None if inst.pool == GENERIC else inst.pool
+    return InstanceSpec(inst.id, "sim://" + inst.id, frozenset({MODEL}), pool, 10**6, None, "registry", ready)
 
 
 class Cluster:
@@ -113,79 +140,112 @@ class Cluster:
         model: Model,
         gpus: int,
         lifecycle: Lifecycle,
-        clock_loop: bool,
+        behaviour: Behaviour,
         result: Result,
-        plan_routing: bool,
         edges: ClassEdges,
         arrivals: Sequence[Arrival],
     ) -> None:
-        self.m, self.clock_loop, self.r, self.edges = model, clock_loop, result, edges
+        self.m, self.b, self.r, self.edges = model, behaviour, result, edges
         self.cluster = GpuCluster(serving, nodes=max(gpus // 8, 1), lifecycle=lifecycle)
         self.inventory = Inventory.uniform(gpus)
         self.live: dict[str, ReplayInstance] = {}
         self.pending: list[PlannedInstance] = []  # planned, waiting for GPUs that draining instances hold
-        self.plan_routing = plan_routing
         self.routes: Routes = {}
         self.arrivals = arrivals
         self._where: dict[int, ReplayInstance] = {}
         self._tokens: dict[int, int] = {}
         self._pool_j: dict[str, float] = {}
         self._energy_mark = 0.0
+        self._slept_at: dict[str, float] = {}
+        self._reacted: dict[str, float] = {}  # pool -> when an instance was last added for it
         self.missed = 0  # finished requests that missed their targets
         n = len(arrivals)
         result.ttft_s, result.tbt_s = [math.inf] * n, [math.nan] * n
         result.types = [a.true_type for a in arrivals]
         result.start_s, result.finish_s = [math.inf] * n, [math.inf] * n
 
+    def _in(self, *states: State) -> list[ReplayInstance]:
+        return [ri for ri in self.live.values() if ri.inst.state in states]
+
     # -- plans --------------------------------------------------------------------------------
     def apply(self, plan: tuple[tuple[Group, ...], Flows], now: float, first: bool) -> None:
         groups, flows = plan
-        self.routes = plan_routes(serves_of(flows)) if self.plan_routing else {}
-        running = [ri.planned() for ri in self.live.values() if ri.inst.state in (State.STARTING, State.READY)]
-        placement = place(groups, self.inventory, running)
+        self.routes = plan_routes(serves_of(flows)) if self.b.plan_routing else {}
+        running = [ri.planned() for ri in self._in(*LIVE)]
+        held = [ri.planned() for ri in self._in(State.DRAINING, State.STOPPING, State.SLEEPING)]
+        placement = place(groups, self.inventory, running, held)
+        # make before break: place the new instances on GPUs nobody holds now, so the ones they replace
+        # serve until they are ready; only when the cluster has no room for that do they wait for the GPUs
+        replaced = [p for p in running if p.id not in {q.id for q in placement.instances}]
+        if replaced:
+            roomy = place(groups, self.inventory, running, [*held, *replaced])
+            if roomy.unplaced <= placement.unplaced:
+                placement = roomy
         self.r.unplaced += placement.unplaced
         self.r.plans += 1
-        keep = {p.id for p in placement.instances}
         weights = plan_weights((p.id, p.pool, p.load_rps) for p in placement.instances)
         self.pending = []
         for p in placement.instances:
             ri = self.live.get(p.id)
-            if ri is not None and ri.inst.state in (State.STARTING, State.READY):
-                if not self.clock_loop and p.sm_clock_mhz != ri.inst.engine.clock_mhz:  # else the clock loop decides
+            if ri is not None and ri.inst.state in LIVE:
+                if not self.b.clock_loop and p.sm_clock_mhz != ri.inst.engine.clock_mhz:  # else the loop decides
                     self._set_clock(ri, p.sm_clock_mhz, now)
                 ri.route.weight = weights.get(p.id, 1.0)
-                continue
-            self.pending.append(p)
+            elif not self._wake(p, now, weights.get(p.id, 1.0)):
+                self.pending.append(p)
+        keep = {p.id for p in placement.instances}
         for iid, ri in list(self.live.items()):
-            if iid not in keep and ri.inst.state in (State.STARTING, State.READY):
-                self.cluster.drain(iid, now)
-                ri.route.spec = _with_ready(ri.route.spec, False)
+            if iid not in keep and ri.inst.state in LIVE:
+                self.cluster.drain(iid, now, then_sleep=self.b.standby and not first)
+                ri.route.spec = _spec(ri.inst, ready=False)
                 self.r.stops += 0 if first else 1
+        if placement.unplaced and self._in(State.SLEEPING):  # sleepers hold GPUs a plan needs: let them go
+            for ri in self._in(State.SLEEPING):
+                self.cluster.drain(ri.inst.id, now)
         self._start_pending(now, first, weights)
+
+    def _wake(self, p: PlannedInstance, now: float, weight: float) -> bool:
+        """Serve planned instance ``p`` with a sleeping instance of its TP, if there is one."""
+        sleepers = [ri for ri in self._in(State.SLEEPING) if ri.inst.tp == p.tp]
+        if not sleepers:
+            return False
+        ri = min(sleepers, key=lambda x: self._slept_at.get(x.inst.id, now))  # the most recently asleep
+        self.cluster.wake(ri.inst.id, p.pool, p.sm_clock_mhz, now)
+        ri.route.spec, ri.route.weight = _spec(ri.inst, ready=False), weight
+        self._slept_at.pop(ri.inst.id, None)
+        self.r.wakes += 1
+        return True
 
     def _start_pending(self, now: float, first: bool, weights: dict[str, float] | None = None) -> None:
         left = []
         for p in self.pending:
-            node = int(p.node.removeprefix("node-").removeprefix("n")) if p.node[-1].isdigit() else 0
+            node = int(p.node.removeprefix("node-"))  # the planner's Inventory.uniform names
             if not set(p.gpus) <= self.cluster.free[node]:
                 left.append(p)  # GPUs still held by an instance that drains
                 continue
-            iid = f"{p.pool}|n{node}|{','.join(map(str, p.gpus))}|tp{p.tp}|{now:.0f}"
-            reshard = any(ri.inst.pool == p.pool and ri.inst.tp != p.tp and ri.inst.node == node for ri in self.live.values())
-            inst = self.cluster.start(iid, p.pool, p.tp, node, p.gpus, p.sm_clock_mhz, now_s=now, instant=first)
-            ri = ReplayInstance(inst)
-            if weights is not None:
-                ri.route.weight = weights.get(p.id, 1.0)
-            self.live[iid] = ri
-            if not first:
-                if reshard:
-                    self.r.reshards += 1
-                else:
-                    self.r.starts += 1
+            self._start(p, node, now, first, weights.get(p.id, 1.0) if weights else 1.0)
         self.pending = left
 
+    def _start(self, p: PlannedInstance, node: int, now: float, first: bool, weight: float) -> ReplayInstance:
+        iid = f"{p.pool}|node-{node}|{','.join(map(str, p.gpus))}|tp{p.tp}|{now:.0f}"
+        reshard = any(
+            ri.inst.pool == p.pool and ri.inst.tp != p.tp and ri.inst.node == node for ri in self.live.values()
+        )
+        inst = self.cluster.start(
+            iid, pool=p.pool, tp=p.tp, node=node, gpus=p.gpus, clock_mhz=p.sm_clock_mhz, now_s=now, instant=first
+        )
+        ri = ReplayInstance(inst)
+        ri.route.weight = weight
+        self.live[iid] = ri
+        if not first:
+            if reshard:
+                self.r.reshards += 1
+            else:
+                self.r.starts += 1
+        return ri
+
     def _set_clock(self, ri: ReplayInstance, clock: int, now: float) -> None:
-        if clock != ri.inst.engine.clock_mhz or any(c for _, c in ri.inst.engine._clock_changes):
+        if clock != ri.inst.engine.clock_mhz:
             ri.inst.engine.set_clock(clock, now)
             self.r.clock_changes += 1
 
@@ -194,13 +254,13 @@ class Cluster:
         a = self.arrivals[k]
         now = a.arrival_s
         rtype = REQUEST_TYPES[a.pred_type]
-        routable = [ri.route for ri in self.live.values() if ri.inst.state is State.READY]
+        routable = [ri.route for ri in self._in(State.READY)]
         picked = choose(routable, MODEL, rtype, now, routes=self.routes)
         if picked is not None:
             ri = self.live[picked[0].id]
         else:  # nothing ready in any pool the type may use: the first instance that will be
             self.r.out_of_pool += 1
-            waiting = [x for x in self.live.values() if x.inst.state in (State.READY, State.STARTING)]
+            waiting = self._in(*LIVE)
             if not waiting:
                 self.r.unserved += 1
                 return
@@ -208,9 +268,9 @@ class Cluster:
         self._submit(ri, k, a)
 
     def _submit(self, ri: ReplayInstance, k: int, a: Arrival) -> None:
+        # no advance to the arrival first: the engine ends its runs of decode steps at the first step that
+        # starts after a waiting request arrived, so it joins the right step when the second's tick runs it
         engine = ri.inst.engine
-        if ri.inst.state is State.READY:
-            engine.advance(a.arrival_s)
         try:
             engine.submit(str(k), a.input_tokens, a.output_tokens, max(a.arrival_s, engine.time_s))
         except ServingModelError:
@@ -228,56 +288,100 @@ class Cluster:
     def tick(self, second: int) -> None:
         """Close second ``second``: run the cluster to its end, collect finished requests, clocks, energy."""
         end = float(second + 1)
-        r = self.r
-        for inst, f in self.cluster.advance(end):
-            k = int(f.id)
-            ri = self._where.pop(k)
-            ri.route.in_flight -= 1
-            ri.route.outstanding_tokens -= self._tokens.pop(k)
-            r.ttft_s[k] = f.ttft_s
-            r.tbt_s[k] = f.tpot_s if f.tpot_s is not None else math.nan
-            r.start_s[k] = f.arrival_s + f.queue_s
-            r.finish_s[k] = f.finish_s
-            r.preemptions += f.preemptions
-            tbt = None if f.tpot_s is None else f.tpot_s
-            if not self.m.slo.met(REQUEST_TYPES[self.arrivals[k].true_type], f.ttft_s, tbt):
-                self.missed += 1
-        for iid in [i for i, ri in self.live.items() if ri.inst.state is State.STOPPED]:
-            gone = self.live.pop(iid).inst
-            self._pool_j[gone.pool] = self._pool_j.get(gone.pool, 0.0) + gone.energy_j
+        for _, f in self.cluster.advance(end):
+            self._finished(f)
+        for iid, ri in list(self.live.items()):
+            state = ri.inst.state
+            if state is State.STOPPED:
+                gone = self.live.pop(iid).inst
+                self._pool_j[gone.pool] = self._pool_j.get(gone.pool, 0.0) + gone.energy_j
+            elif state is State.SLEEPING:
+                slept = self._slept_at.setdefault(iid, end)
+                if end - slept > STANDBY_MAX_S:
+                    self.cluster.drain(iid, end)
+            elif state is State.READY and not ri.route.spec.ready:
+                ri.route.spec = _spec(ri.inst, ready=True)
         if self.pending:
             self._start_pending(end, first=False)
         for ri in self.live.values():
-            if ri.inst.state is State.READY and not ri.route.spec.ready:
-                ri.route.spec = _with_ready(ri.route.spec, True)
             slot = ri.ring[(second + 1) % WINDOW_S]
             for t, c in enumerate(slot):
                 if c:
                     ri.counts[t] -= c
                     slot[t] = 0
         energy = self.cluster.energy_j
-        r.power_w.append(energy - self._energy_mark)
+        self.r.power_w.append(energy - self._energy_mark)
         self._energy_mark = energy
-        r.instances.append(len(self.live))
-        if self.clock_loop and (second + 1) % CLOCK_TICK_S == 0:
-            self._clock_loop(end)
+        self.r.instances.append(len(self._in(*LIVE, State.DRAINING)))
+        if (second + 1) % CLOCK_TICK_S == 0:
+            if self.b.clock_loop:
+                self._clock_loop(end)
+            if self.b.reactive:
+                self._react(end)
+
+    def _finished(self, f: Finished) -> None:
+        r = self.r
+        k = int(f.id)
+        ri = self._where.pop(k)
+        ri.route.in_flight -= 1
+        ri.route.outstanding_tokens -= self._tokens.pop(k)
+        r.ttft_s[k] = f.ttft_s
+        r.tbt_s[k] = f.tpot_s if f.tpot_s is not None else math.nan
+        r.start_s[k], r.finish_s[k] = f.arrival_s + f.queue_s, f.finish_s
+        r.preemptions += f.preemptions
+        if not self.m.slo.met(REQUEST_TYPES[self.arrivals[k].true_type], f.ttft_s, f.tpot_s):
+            self.missed += 1
 
     def _clock_loop(self, now: float) -> None:
         """The agent's clock policy per ready instance, asked for every type it served in the last window
         (spilled and misclassified requests included); the highest answer wins, as the live agent judges
         every type the plan sends to the pool, each by its own profile rows."""
         m = self.m
-        for ri in self.live.values():
+        for ri in self._in(State.READY):
             inst = ri.inst
-            if inst.state is not State.READY:
-                continue
+            if ri.boost_until > now:
+                continue  # the reactive path holds it at the top clock
             load = sum(ri.counts) / WINDOW_S
             busy = ri.route.in_flight > 0
             own = TYPE_INDEX.get(inst.pool, TYPE_INDEX["MM"])
             present = [t for t, c in enumerate(ri.counts) if c] or [own]
             clock = max(m.clock_for(REQUEST_TYPES[t], inst.tp, load, busy) for t in present)
-            if clock != inst.engine.clock_mhz:
-                self._set_clock(ri, clock, now)
+            self._set_clock(ri, clock, now)
+
+    def _react(self, now: float) -> None:
+        """Pools whose requests wait too long: top clocks first, then one more instance (see the docstring)."""
+        by_pool: dict[str, list[ReplayInstance]] = {}
+        for ri in self._in(State.READY):
+            by_pool.setdefault(ri.inst.pool, []).append(ri)
+        for pool, members in by_pool.items():
+            target = (
+                self.m.slo.ttft_for(RequestType.parse(pool)) if pool != GENERIC else min(self.m.slo.ttft_p99_s.values())
+            )
+            waited = max((ri.inst.engine.oldest_waiting_s(now) for ri in members), default=0.0)
+            if waited < REACT_PRESSURE * target:
+                continue
+            top = self.m.top_clock(members[0].inst.tp)
+            boosted = all(ri.inst.engine.clock_mhz >= top and ri.boost_until > now for ri in members)
+            for ri in members:
+                ri.boost_until = now + REACT_BOOST_S
+                self._set_clock(ri, top, now)
+            if boosted and now - self._reacted.get(pool, -math.inf) >= REACT_COOLDOWN_S:
+                self._add(pool, max(ri.inst.tp for ri in members), top, now)
+
+    def _add(self, pool: str, tp: int, clock: int, now: float) -> None:
+        p = PlannedInstance(f"react-{pool}-{now:.0f}", pool, "node-0", [], tp, clock, 0.0, 0.0)
+        if self._wake(p, now, 1.0):
+            self._reacted[pool] = now
+            self.r.reactive_adds += 1
+            return
+        held = [ri.planned() for ri in self.live.values()]
+        spot = place((Group(pool, tp, clock, 1, 0.0, 0.0),), self.inventory, [], held)
+        if spot.instances:
+            q = spot.instances[0]
+            ri = self._start(q, int(q.node.removeprefix("node-")), now, False, 1.0)
+            ri.boost_until = now + REACT_BOOST_S
+            self._reacted[pool] = now
+            self.r.reactive_adds += 1
 
     def finish(self, last_second: int) -> None:
         """Run on after the last arrival until every request has finished (or ``DRAIN_LIMIT_S`` passed)."""
@@ -294,12 +398,6 @@ class Cluster:
             by_pool[pool] = by_pool.get(pool, 0.0) + j
         by_pool["(no instance)"] = self.cluster.empty_gpu_j
         self.r.energy_by_pool_j = by_pool
-
-
-def _with_ready(spec: InstanceSpec, ready: bool) -> InstanceSpec:
-    return InstanceSpec(
-        spec.id, spec.base_url, spec.models, spec.pool, spec.max_concurrency, spec.api_key, spec.source, ready
-    )
 
 
 def _expected_output(cls: LengthClass, edges: ClassEdges) -> int:
@@ -319,10 +417,9 @@ def replay(
     model: Model,
     gpus: int,
     lifecycle: Lifecycle,
-    clock_loop: bool,
+    behaviour: Behaviour,
     epoch_s: float | None,
     plan: PlanFn,
-    plan_routing: bool = True,
     edges: ClassEdges | None = None,
     stop_when_misses_exceed: int | None = None,
 ) -> Result:
@@ -333,25 +430,26 @@ def replay(
     started = time.perf_counter()
     duration = math.ceil(arrivals[-1].arrival_s) + 1 if arrivals else 1
     r = Result(name, duration)
-    cluster = Cluster(serving, model, gpus, lifecycle, clock_loop, r, plan_routing, edges or ClassEdges(), arrivals)
+    cluster = Cluster(serving, model, gpus, lifecycle, behaviour, r, edges or ClassEdges(), arrivals)
     cluster.apply(plan(0.0, []), 0.0, first=True)
     k, n = 0, len(arrivals)
     next_plan = epoch_s if epoch_s else math.inf
-    check = stop_when_misses_exceed is not None
     for second in range(duration):
         if second >= next_plan:
-            running = [ri.planned() for ri in cluster.live.values() if ri.inst.state in (State.STARTING, State.READY)]
+            running = [ri.planned() for ri in cluster._in(*LIVE)]
             cluster.apply(plan(float(second), running), float(second), first=False)
             next_plan += epoch_s or math.inf
         while k < n and arrivals[k].arrival_s < second + 1:
             cluster.route(k)
             k += 1
         cluster.tick(second)
-        if check and cluster.missed > (stop_when_misses_exceed or 0):
+        if stop_when_misses_exceed is not None and cluster.missed > stop_when_misses_exceed:
             r.notes.append(f"stopped at {second + 1} s: more than {stop_when_misses_exceed} requests missed")
             r.wall_s = time.perf_counter() - started
             return r
     cluster.finish(duration - 1)
+    quality = getattr(plan, "quality", None)
+    if callable(quality):
+        r.forecast = quality()
     r.wall_s = time.perf_counter() - started
     return r
-

@@ -1,9 +1,8 @@
-"""The planner's profile as the replay's planner and clock policy use it: cached capacities and clock choices (modelled)."""
+"""The planner's profile as the replay's planner and clock policy use it: cached capacities and clocks (modelled)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from wattgate.agent.clock_policy import ClockInput, choose_clock
 from wattgate.profiles.classes import REQUEST_TYPES, ProfilesError, RequestType, SloTargets

@@ -46,7 +46,8 @@ def within_slo(r: Result, slo: SloTargets) -> np.ndarray:
         return np.zeros(0, dtype=bool)
     ttft_max = np.array([slo.ttft_for(t) for t in REQUEST_TYPES])[types]
     tbt_ok = np.isnan(tbt) | (tbt <= slo.tbt_p99_s + 1e-9)
-    return (ttft <= ttft_max + 1e-9) & tbt_ok
+    ok: np.ndarray = (ttft <= ttft_max + 1e-9) & tbt_ok
+    return ok
 
 
 def _pct(x: np.ndarray, q: float) -> float | None:
@@ -54,7 +55,9 @@ def _pct(x: np.ndarray, q: float) -> float | None:
     return float(np.percentile(x, q, method="inverted_cdf")) if len(x) else None  # nearest rank: inf stays inf
 
 
-def summarise(r: Result, slo: SloTargets, prices: Prices, baseline: Result | None, oracle: Result | None) -> dict[str, Any]:
+def summarise(
+    r: Result, slo: SloTargets, prices: Prices, baseline: Result | None, oracle: Result | None
+) -> dict[str, Any]:
     kwh = r.energy_j / 3.6e6
     power = np.asarray(r.power_w)
     ttft, tbt, types = np.asarray(r.ttft_s), np.asarray(r.tbt_s), np.asarray(r.types, dtype=int)
@@ -73,9 +76,7 @@ def summarise(r: Result, slo: SloTargets, prices: Prices, baseline: Result | Non
             "tbt_p99_s": p99_tbt,
             "slo_attainment": float(ok[m].mean()),
             "p99_within_slo": bool(
-                p99_ttft is not None
-                and p99_ttft <= slo.ttft_for(t)
-                and (p99_tbt is None or p99_tbt <= slo.tbt_p99_s)
+                p99_ttft is not None and p99_ttft <= slo.ttft_for(t) and (p99_tbt is None or p99_tbt <= slo.tbt_p99_s)
             ),
         }
     gpu_h = r.gpu_seconds / 3600.0
@@ -164,6 +165,11 @@ def table(doc: dict[str, Any]) -> str:
             f"{p['types_p99_within_slo']:>4}/9 {_s(p['ttft_p50_s']):>9} {_s(p['ttft_p99_s']):>9} "
             f"{_s(p['tbt_p50_s'], 3):>8} {_s(p['tbt_p99_s'], 3):>8} {rc['instance_starts']:>6} {rc['reshards']:>7} "
             f"{rc['clock_changes']:>6}{flag}"
+        )
+    if doc.get("gpus"):
+        lines.append(
+            f"cluster: {doc['gpus']} GPUs, 8 per node ({doc.get('gpus_chosen', '--gpus')}); a GPU no instance holds "
+            "draws 70 W, and counts in every policy's energy"
         )
     base = doc.get("single_pool")
     if base:

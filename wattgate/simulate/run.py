@@ -1,4 +1,4 @@
-"""One simulation: classify the workload (through the confusion matrix), size the iso-SLO baseline, replay each policy."""
+"""One simulation: classify the workload (confusion matrix), size the iso-SLO baseline, replay each policy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from wattgate.planner.forecast import ForecastSettings
+from wattgate.planner.forecast import ForecastSettings, QuantileSettings
 from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, RequestType, SloTargets
 from wattgate.profiles.table import Profile
@@ -15,18 +15,22 @@ from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE, Serv
 from wattgate.servingmodel.cluster import Lifecycle
 from wattgate.servingmodel.errors import ServingModelError
 from wattgate.simulate.confusion import Confusion, Sampler
-from wattgate.simulate.engine import Arrival, Result, replay
+from wattgate.simulate.engine import Arrival, Behaviour, Result, replay
 from wattgate.simulate.model import TYPE_INDEX, Model
-from wattgate.simulate.policies import ORACLE_EPOCH_S, POLICIES, PlanEnv, PolicySpec, Workload, planner_for
+from wattgate.simulate.policies import PEAK_WINDOW_S, POLICIES, PlanEnv, Planner, PolicySpec, Workload, epoch_of
 from wattgate.simulate.report import within_slo
 from wattgate.simulate.trace import Request, SimulateError
 
 LONGEST = Confusion(((0, 0, 1), (0, 0, 1), (0, 0, 1)))  # no output prediction: every request as a long one
+# Without --gpus the cluster is what a capacity planner would have bought for the static baseline, with room
+# for the dynamic policies (smaller TPs, make-before-break): twice its GPUs. Every GPU draws power, used or not.
+AUTO_GPUS_PER_BASELINE_GPU = 2
+SIZING_MAX_GPUS = 2048  # the largest cluster the iso-SLO search tries without --gpus
 
 
 @dataclass(frozen=True)
 class SimSettings:
-    gpus: int = 256
+    gpus: int | None = None  # None: AUTO_GPUS_PER_BASELINE_GPU x the iso-SLO baseline's GPUs, whole nodes
     epoch_s: float = 300.0
     seed: int = 0
     confusion: Confusion = field(default_factory=Confusion)
@@ -39,14 +43,18 @@ class SimSettings:
     arch: str = DEFAULT_ARCH
     engine: str = DEFAULT_ENGINE
     iso_slo_target: float = 0.99  # the share of requests within their targets the baseline is sized for
+    quantile: float = 0.99  # the calibrated forecast's quantile (wattgate)
+    amortize_s: float = 600.0  # what a transition's energy is weighed over (wattgate)
 
     def __post_init__(self) -> None:
-        if self.gpus < 8 or not self.epoch_s >= 60:
+        if (self.gpus is not None and self.gpus < 8) or not self.epoch_s >= 60:
             raise SimulateError("--gpus must be >= 8 and --epoch-s >= 60")
         if not 0 < self.headroom <= 1:
             raise SimulateError("--headroom must be in (0, 1]")
         if not 0 < self.iso_slo_target <= 1:
             raise SimulateError("the iso-SLO target must be in (0, 1]")
+        if not 0 < self.quantile < 1 or not self.amortize_s > 0:
+            raise SimulateError("--quantile must be in (0, 1) and --amortize-s > 0")
 
 
 def classify(requests: Sequence[Request], s: SimSettings, confusion: Confusion | None = None) -> list[Arrival]:
@@ -63,13 +71,27 @@ def classify(requests: Sequence[Request], s: SimSettings, confusion: Confusion |
 
 def per_minute(arrivals: Sequence[Arrival]) -> Workload:
     minutes = math.ceil((arrivals[-1].arrival_s + 1e-9) / 60) + 1 if arrivals else 1
-    true = {p: [0.0] * minutes for p in POOL_NAMES}
-    pred = {p: [0.0] * minutes for p in POOL_NAMES}
+    windows = 60 // PEAK_WINDOW_S
+    true, pred = _zeros(minutes), _zeros(minutes)
+    true_burst, pred_burst = _zeros(minutes * windows), _zeros(minutes * windows)
     for a in arrivals:
-        k = int(a.arrival_s // 60)
-        true[POOL_NAMES[a.true_type]][k] += 1
-        pred[POOL_NAMES[a.pred_type]][k] += 1
-    return Workload(true, pred)
+        k, w = int(a.arrival_s // 60), int(a.arrival_s // PEAK_WINDOW_S)
+        t, q = POOL_NAMES[a.true_type], POOL_NAMES[a.pred_type]
+        true[t][k] += 1
+        pred[q][k] += 1
+        true_burst[t][w] += 1
+        pred_burst[q][w] += 1
+
+    def peaks(burst: dict[str, list[float]]) -> dict[str, list[float]]:
+        return {
+            p: [max(b[k * windows : (k + 1) * windows]) * windows for k in range(minutes)] for p, b in burst.items()
+        }
+
+    return Workload(true, pred, peaks(true_burst), peaks(pred_burst))
+
+
+def _zeros(n: int) -> dict[str, list[float]]:
+    return {p: [0.0] * n for p in POOL_NAMES}
 
 
 def attainment(r: Result, slo: SloTargets) -> float:
@@ -85,6 +107,7 @@ class Simulation:
     single_pool_instances: int
     single_pool_reached_target: bool
     sizing: list[tuple[int, float]]  # (instances, attainment) tried by the search
+    gpus: int = 0  # the cluster replayed
 
 
 def simulate(
@@ -119,11 +142,27 @@ def simulate(
         start_cost_j_per_gpu=start_j,
         reshard_cost_j_per_gpu=start_j,
     )
-    env = PlanEnv(model, s.gpus, s.epoch_s, ForecastSettings(), solver)
     sim = Simulation([], 0, True, [])
-    if any(POLICIES[p].iso_slo for p in policies):
-        size_single_pool(arrivals, serving, model, env, work, s, sim, log)
-        env = dataclasses.replace(env, single_pool_instances=sim.single_pool_instances)
+    if s.gpus is None or any(POLICIES[p].iso_slo for p in policies):
+        sizing = dataclasses.replace(s, gpus=s.gpus or SIZING_MAX_GPUS)
+        env = PlanEnv(model, sizing.gpus or SIZING_MAX_GPUS, s.epoch_s, ForecastSettings(), solver)
+        size_single_pool(arrivals, serving, model, env, work, sizing, sim, log)
+    if s.gpus is None:
+        gpus = AUTO_GPUS_PER_BASELINE_GPU * 8 * sim.single_pool_instances
+        s = dataclasses.replace(s, gpus=max(16, math.ceil(gpus / 8) * 8))
+        log(f"cluster: {s.gpus} GPUs ({AUTO_GPUS_PER_BASELINE_GPU} x the iso-SLO baseline's)")
+    assert s.gpus is not None
+    sim.gpus = s.gpus
+    env = PlanEnv(
+        model,
+        s.gpus,
+        s.epoch_s,
+        ForecastSettings(),
+        solver,
+        sim.single_pool_instances,
+        QuantileSettings(quantile=s.quantile),
+        s.amortize_s,
+    )
     for name in policies:
         spec = POLICIES[name]
         log(f"replaying {name}")
@@ -131,7 +170,7 @@ def simulate(
     return sim
 
 
-def _replay(
+def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
     spec: PolicySpec,
     arrivals: Sequence[Arrival],
     requests: Sequence[Request],
@@ -149,9 +188,11 @@ def _replay(
     elif spec.confusion == "longest":
         seen = classify(requests, s, LONGEST)
     if seen is not arrivals:
-        work = Workload(work.true_counts, per_minute(seen).pred_counts)
+        again = per_minute(seen)
+        work = Workload(work.true_counts, again.pred_counts, work.true_peaks, again.pred_peaks)
     lifecycle = Lifecycle(0.0, 0.0) if spec.oracle else s.lifecycle
-    epoch = ORACLE_EPOCH_S if spec.oracle else (s.epoch_s if spec.dynamic else None)
+    assert s.gpus is not None
+    behaviour = Behaviour(spec.clock_loop, s.plan_routing, standby=spec.calibrated, reactive=spec.calibrated)
     return replay(
         spec.name,
         seen,
@@ -159,16 +200,15 @@ def _replay(
         model=model,
         gpus=s.gpus,
         lifecycle=lifecycle,
-        clock_loop=spec.clock_loop,
-        epoch_s=epoch,
-        plan=planner_for(spec, env, work),
-        plan_routing=s.plan_routing,
+        behaviour=behaviour,
+        epoch_s=epoch_of(spec, env),
+        plan=Planner(spec, env, work),
         edges=s.edges,
         stop_when_misses_exceed=stop_when_misses_exceed,
     )
 
 
-def size_single_pool(
+def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
     arrivals: Sequence[Arrival],
     serving: ServingModel,
     model: Model,
@@ -194,7 +234,7 @@ def size_single_pool(
             log(f"single pool of {n} TP8: {'over the miss budget' if r.notes else f'{cache[n]:.2%} within SLO'}")
         return cache[n] >= s.iso_slo_target
 
-    top = max(s.gpus // 8, 1)
+    top = max((s.gpus or SIZING_MAX_GPUS) // 8, 1)
     guess = min(max(_peak_instances(work, model), 1), top)
     lo, hi = 0, guess  # lo fails (or is 0); hi meets the target once found
     while not ok(hi):
@@ -219,11 +259,7 @@ def _peak_instances(work: Workload, model: Model) -> int:
     need = 0.0
     for k in range(minutes):
         u = sum(
-            work.true_counts[p][k] / 60.0 / cap
-            for i, p in enumerate(POOL_NAMES)
-            if (cap := model.cap(8, top, i)) > 0
+            work.true_counts[p][k] / 60.0 / cap for i, p in enumerate(POOL_NAMES) if (cap := model.cap(8, top, i)) > 0
         )
         need = max(need, u)
     return math.ceil(need)
-
-
