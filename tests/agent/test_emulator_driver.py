@@ -86,29 +86,31 @@ def test_non_streamed_requests_are_woken_only_at_their_end() -> None:
 
 
 def test_a_locked_clock_applies_from_the_next_engine_step_after_it_is_read() -> None:
+    """A long prompt prefills in several chunk steps (compute-bound, so the clock matters); the clock is
+    locked and read during the first: that step ends at the old clock, the rest run at the new one."""
+    prompt = 4 * MODEL.config(8).max_num_batched_tokens
+
+    def offline(clock_from_s: float | None) -> float:
+        engine = MODEL.engine(8)
+        engine.submit("x", prompt, 2, 0.0)
+        if clock_from_s is not None:
+            engine.set_clock(800, clock_from_s)
+        engine.advance(float("inf"), stop_when_idle=True)
+        return engine.pop_finished()[0].ttft_s
+
     emu, wall, gpus = emulator()
-    _, w = emu.submit(request(2000, 300, stream=False))
+    _, w = emu.submit(request(prompt, 2, stream=False))
     loop = Loop(emu, wall)
-    loop.until(1.5)
+    loop.until(0.1)
     for g in gpus:
-        g.lock_sm_clock(1200)
+        g.lock_sm_clock(800)
     emu.step()
-    emu.sync_gpus()  # the read happens here, at 1.5 s
+    emu.sync_gpus()  # the read happens here, during the first chunk step
     read_at = emu.now_s()
     loop.until(30.0)
-    f = w.finished
-    assert f is not None
-    offline = MODEL.engine(8)
-    offline.submit("x", 2000, 300, 0.0)
-    offline.set_clock(1200, read_at)
-    offline.advance(float("inf"), stop_when_idle=True)
-    (g,) = offline.pop_finished()
-    assert f.finish_s == pytest.approx(g.finish_s, rel=1e-9)
-    unchanged = MODEL.engine(8)
-    unchanged.submit("x", 2000, 300, 0.0)
-    unchanged.advance(float("inf"), stop_when_idle=True)
-    assert unchanged.pop_finished()[0].finish_s < f.finish_s - 0.1  # the clock did slow it
-    assert emu.snapshot().sm_clock_mhz == 1200
+    assert w.finished is not None and emu.snapshot().sm_clock_mhz == 800
+    assert w.finished.ttft_s == pytest.approx(offline(read_at), rel=1e-9)
+    assert offline(None) < w.finished.ttft_s < offline(0.0)  # slower than at 1980 MHz, but not from the first step
 
 
 @pytest.mark.parametrize("speed", [1.0, 8.0])
