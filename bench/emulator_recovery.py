@@ -39,7 +39,7 @@ def offline(
     rt = RequestType.parse(rtype)
     n = max(int(load * duration_s), 2)
     prompt, output = INPUT_TOKENS[rt.input], OUTPUT_TOKENS[rt.output]
-    return [poisson_run(model.engine(tp, clock_mhz=clock), load, n, prompt, output, s) for s in range(seeds)]
+    return [poisson_run(model.engine(tp, clock_mhz=clock), load, n, prompt, output, seed=s) for s in range(seeds)]
 
 
 def main() -> int:

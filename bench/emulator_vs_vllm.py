@@ -133,7 +133,7 @@ def main() -> int:
             tpot = np.array([s["tbt_mean_s"] for s in sims])
             got = np.array([s["arrival_s"] for s in sims])
             late = (got - got[0]) - (np.array(schedule) - schedule[0])
-            off = poisson_run(model.engine(TP), rate, n, PROMPT, OUTPUT, a.seed)
+            off = poisson_run(model.engine(TP), rate, n, PROMPT, OUTPUT, seed=a.seed)
             rows.append(
                 {
                     "rate_rps": rate,
