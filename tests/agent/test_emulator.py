@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.agent.simsupport import ARCH, ENGINE, MODEL, serve_sim
 from tests.support import UvicornThread, wait_for, wait_port
-from wattgate.agent.engines.emulator import Emulator, EmulatorSettings
+from wattgate.agent.engines.emulator import CLOCK_POLL_S, MAX_SLEEP_S, Emulator, EmulatorSettings
 from wattgate.agent.engines.emulator_app import build_app
 from wattgate.agent.gpu.simulated import SimulatedGpu
 from wattgate.embedded_redis import free_port
@@ -240,6 +240,21 @@ def test_errors_are_openai_errors() -> None:
         assert r.status_code == 400 and "stream" in r.json()["error"]["message"]
         assert httpx.get(f"{srv.url}/health").status_code == 200
         assert client.completions.create(model=MODEL, prompt="still alive", max_tokens=1).choices[0].text
+
+
+def test_an_idle_server_sleeps() -> None:
+    """No busy loop: idle, the driver wakes only for the GPU task's rounds (clock reads, power writes)."""
+    with serve_sim(speed=20) as srv:
+        emu, calls = srv.emulator, []
+        step = emu.step
+
+        def counted() -> float:
+            calls.append(1)
+            return step()
+
+        emu.step = counted  # type: ignore[method-assign]
+        time.sleep(2.0)
+    assert len(calls) <= 2.0 / CLOCK_POLL_S + 2 / MAX_SLEEP_S + 2
 
 
 class BrokenGpu(SimulatedGpu):
