@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from tests.support import SHARED_DATA, needs_shared
 from wattgate.servingmodel.calibration import Calibration, ServingModel, load_calibration, read_calibration
 from wattgate.servingmodel.errors import ServingModelError
-from wattgate.servingmodel.fit import bench_outcome, below_knee, knee_rate
+from wattgate.servingmodel.fit import below_knee, bench_outcome, knee_rate
 from wattgate.servingmodel.kernels import kernel_origin
 from wattgate.servingmodel.measured import read_benchmark, read_characterization
 
@@ -83,3 +86,27 @@ def test_characterization_reads_and_its_lengths_fit_the_context() -> None:
     points = read_characterization(PROFILES)
     assert len(points) == 1351
     assert all(p.input_tokens + p.output_tokens <= 4096 for p in points)  # Llama-2-70B's context
+
+
+def test_a_profile_row_is_the_same_in_every_process() -> None:
+    """scripts/build_profiles.py --check relies on it: no seed may come from hash() of a str (salted per process)."""
+    code = (
+        "from wattgate.servingmodel.calibration import ServingModel\n"
+        "from wattgate.servingmodel.profilegen import LengthPools, PointSettings, steady_point\n"
+        "from wattgate.profiles.classes import ClassEdges, RequestType\n"
+        "pools = LengthPools.from_pairs([(100, 50), (600, 200), (2000, 500)], ClassEdges())\n"
+        "s = PointSettings(warmup_s=0, duration_s=20, min_requests=5, max_requests=20)\n"
+        "print(steady_point(ServingModel('llama-3.1-8b'), 1, 1400, RequestType.parse('SM'), 1.0, pools, s))\n"
+    )
+    rows = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(rows) == 1

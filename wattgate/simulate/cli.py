@@ -8,7 +8,7 @@ from typing import Any
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
 ABLATION_HELP = (
     "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
-    "and as it planned before calibrated minute plans"
+    "and with the classic forecast (max of methods + 15%)"
 )
 
 
@@ -65,8 +65,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--quantile",
         type=float,
-        default=0.99,
-        help="wattgate's calibrated forecast: the quantile of its own past errors it plans for (0.99)",
+        default=0.9,
+        help="wattgate's calibrated forecast: the quantile of its own past errors it plans for (0.9)",
     )
     p.add_argument(
         "--amortize-s",
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE
     from wattgate.servingmodel.errors import ServingModelError
     from wattgate.simulate.confusion import Confusion
-    from wattgate.simulate.policies import ABLATION
+    from wattgate.simulate.policies import ABLATION, Calibrated
     from wattgate.simulate.report import Prices, document, table
     from wattgate.simulate.run import SimSettings, simulate
     from wattgate.simulate.trace import SimulateError, load_trace, scale, speed, tile_days
@@ -127,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
             arch=args.arch or DEFAULT_ARCH,
             engine=args.engine or DEFAULT_ENGINE,
             iso_slo_target=args.iso_slo_target,
-            quantile=args.quantile,
-            amortize_s=args.amortize_s,
+            calibrated=Calibrated(quantile=args.quantile, amortize_s=args.amortize_s),
         )
         profile = profile_or_default(args.profile)
         policies = list(ABLATION) if args.ablation else [p.strip() for p in args.policies.split(",") if p.strip()]

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from wattgate.planner.forecast import ForecastSettings, QuantileSettings
+from wattgate.planner.forecast import ForecastSettings
 from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, RequestType, SloTargets
 from wattgate.profiles.table import Profile
@@ -17,7 +17,16 @@ from wattgate.servingmodel.errors import ServingModelError
 from wattgate.simulate.confusion import Confusion, Sampler
 from wattgate.simulate.engine import Arrival, Behaviour, Result, replay
 from wattgate.simulate.model import TYPE_INDEX, Model
-from wattgate.simulate.policies import PEAK_WINDOW_S, POLICIES, PlanEnv, Planner, PolicySpec, Workload, epoch_of
+from wattgate.simulate.policies import (
+    PEAK_WINDOW_S,
+    POLICIES,
+    Calibrated,
+    PlanEnv,
+    Planner,
+    PolicySpec,
+    Workload,
+    epoch_of,
+)
 from wattgate.simulate.report import within_slo
 from wattgate.simulate.trace import Request, SimulateError
 
@@ -43,8 +52,7 @@ class SimSettings:
     arch: str = DEFAULT_ARCH
     engine: str = DEFAULT_ENGINE
     iso_slo_target: float = 0.99  # the share of requests within their targets the baseline is sized for
-    quantile: float = 0.99  # the calibrated forecast's quantile (wattgate)
-    amortize_s: float = 600.0  # what a transition's energy is weighed over (wattgate)
+    calibrated: Calibrated = field(default_factory=Calibrated)  # how wattgate plans
 
     def __post_init__(self) -> None:
         if (self.gpus is not None and self.gpus < 8) or not self.epoch_s >= 60:
@@ -53,7 +61,7 @@ class SimSettings:
             raise SimulateError("--headroom must be in (0, 1]")
         if not 0 < self.iso_slo_target <= 1:
             raise SimulateError("the iso-SLO target must be in (0, 1]")
-        if not 0 < self.quantile < 1 or not self.amortize_s > 0:
+        if not 0 < self.calibrated.quantile < 1 or not self.calibrated.amortize_s > 0:
             raise SimulateError("--quantile must be in (0, 1) and --amortize-s > 0")
 
 
@@ -160,8 +168,7 @@ def simulate(
         ForecastSettings(),
         solver,
         sim.single_pool_instances,
-        QuantileSettings(quantile=s.quantile),
-        s.amortize_s,
+        s.calibrated,
     )
     for name in policies:
         spec = POLICIES[name]
@@ -192,7 +199,10 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
         work = Workload(work.true_counts, again.pred_counts, work.true_peaks, again.pred_peaks)
     lifecycle = Lifecycle(0.0, 0.0) if spec.oracle else s.lifecycle
     assert s.gpus is not None
-    behaviour = Behaviour(spec.clock_loop, s.plan_routing, standby=spec.calibrated, reactive=spec.calibrated)
+    c = s.calibrated
+    behaviour = Behaviour(
+        spec.clock_loop, s.plan_routing, spec.calibrated and c.standby, spec.calibrated and c.reactive
+    )
     return replay(
         spec.name,
         seen,
