@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     a("--engine-arg", action="append", help="extra argument for the engine (repeatable)")
     a("--cuda-devices-by", default="uuid", choices=["uuid", "index"], help="CUDA_VISIBLE_DEVICES naming  [uuid]")
     a("--sleep-mode", action="store_true", help="vLLM: --enable-sleep-mode; scale-down sleeps, scale-up wakes")
-    a("--profile", default="", help="profile (path or bundled name) for the clock loop and simulated engines")
+    a("--profile", default="", help="profile (path or bundled name) for the clock loop  [sim: the shipped one]")
     a("--gpu-state-dir", default="", help="sim: state directory shared by simulated GPUs and engines")
     a("--sim-speed", type=float, default=1.0, help="sim: emulation speed factor  [1]")
     a(

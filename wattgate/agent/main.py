@@ -49,9 +49,9 @@ def open_gpus(s: AgentSettings, stack: ExitStack) -> list[Gpu]:
 
 
 def load_agent_profile(spec: str, simulated: bool) -> Profile | None:
-    """``--profile``: a builtin name or a file. Without one, simulated engines follow the shipped
-    default (as ``wattgate sim-backend`` does); real engines get no clock loop rather than a profile
-    measured for another model."""
+    """``--profile``: a builtin name or a file, for the clock loop. Without one, a node of simulated
+    engines (the serving model) uses the shipped default; real engines get no clock loop rather than
+    a profile measured for another model."""
     try:
         return profile_or_default(spec) if spec or simulated else None
     except ProfilesError as exc:

@@ -38,7 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--gpu-memory-utilization", type=float, default=None, help="share of GPU memory vLLM takes (default 0.9)"
     )
-    p.add_argument("--load-window-s", type=float, default=30.0, help="the load gauge: arrivals in this window / length")
+    p.add_argument(
+        "--load-window-s", type=float, default=30.0, help="the load gauge: arrivals in this window / its length"
+    )
     p.add_argument("--default-output-tokens", type=int, default=64, help="output length without max_tokens or hint")
     p.add_argument(
         "--class-edges",
@@ -55,9 +57,10 @@ def register(sub: Any) -> None:
     )
     q.add_argument("--out", required=True, help="profile file to write")
     q.add_argument("--sim", action="store_true", help="measure sim-backend instances on simulated GPUs")
-    q.add_argument("--profile", default=None, help="with --sim: the profile the emulator follows")
+    q.add_argument("--arch", default="llama-3.1-70b", help="with --sim: the architecture the emulated engines run")
+    q.add_argument("--engine", default="vllm-v1", help="with --sim: the engine calibration (vllm-v1, dynamollm-2024)")
     q.add_argument("--url", default=None, help="without --sim: base URL of the engine (e.g. http://127.0.0.1:8000)")
-    q.add_argument("--model", default=None, help="model name to send (default: the engine's /v1/models)")
+    q.add_argument("--model", default=None, help="model name to send (default: the engine's /v1/models; --sim: --arch)")
     q.add_argument("--gpus", default=None, help="GPU indices of the instance (default 0..tp-1)")
     q.add_argument("--gpu-kind", choices=("nvml", "simulated"), default="nvml", help="without --sim: GPU seam")
     q.add_argument("--gpu-state-dir", default=None, help="with --gpu-kind simulated: the shared state directory")
@@ -89,7 +92,8 @@ def number_list(text: str, what: str, kind: type[Any]) -> tuple[Any, ...]:
 def sim_backend_main(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from wattgate.agent.engines.emulator import Emulator, EmulatorSettings, build_app
+    from wattgate.agent.engines.emulator import Emulator, EmulatorSettings
+    from wattgate.agent.engines.emulator_app import build_app
     from wattgate.agent.gpu.base import GpuError
     from wattgate.agent.gpu.simulated import open_simulated_gpus
     from wattgate.profiles.classes import ClassEdges, ProfilesError

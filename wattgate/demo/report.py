@@ -19,8 +19,8 @@ from wattgate.profiles.classes import RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
 WINDOW_S = 10.0
-CLIENT_SOURCE = "measured (client timers; the engines' latencies are emulated from the profile)"
-ENGINE_SOURCE = "modelled (the simulated engines' own TTFT and mean TBT of each request, from the profile)"
+CLIENT_SOURCE = "measured (client timers; the engines' latencies are emulated by the serving model)"
+ENGINE_SOURCE = "modelled (the simulated engines' own TTFT and mean TBT of each request, from the serving model)"
 
 
 SINGLE_POOL_SOURCE = "modelled (profile: one pool of TP{tp} instances at the highest clock, idle GPUs 70 W)"
@@ -166,7 +166,7 @@ def build_report(
         },
         "energy": {
             "wattgate_j": energy_j,
-            "wattgate_source": "modelled (simulated GPUs' energy counters, from the profile)",
+            "wattgate_source": "modelled (simulated GPUs' energy counters, from the serving model)",
             "baseline_j": base.energy_j,
             "baseline_source": base.source,
             "baseline_max_instances": base.max_instances,

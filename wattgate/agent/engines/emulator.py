@@ -1,15 +1,27 @@
-"""``wattgate sim-backend``: an OpenAI-compatible server behaving like one vLLM instance, driven by the serving model.
+"""``wattgate sim-backend``: an OpenAI-compatible server that behaves like one vLLM instance (the serving model).
 
 An ``Emulator`` runs one engine of the serving model (``wattgate.servingmodel``: continuous batching,
-chunked prefill, KV cache, step times from measured kernels at the locked SM clock) in simulated
-time paced to the wall clock: simulated seconds = wall seconds since start x ``speed``. A request
-joins the engine when it arrives; its tokens leave when the engine step that produced them ends,
-plus the calibrated latency outside the engine (HTTP, tokenization, detokenization), never earlier
-in wall time. Every duration it reports is in simulated seconds and modelled, never measured: the
-``wattgate_sim`` object of each response (``ttft_s``, ``tbt_mean_s``, ``queue_s``, ``load_rps``,
-``sm_clock_mhz``, ``request_type``, ``preemptions``) and /metrics. The SM clock is read from the
-instance's simulated GPUs (the slowest gates a TP group) and applies from the next engine step; the
-modelled energy of the instance is written to them as power, split evenly.
+chunked prefill, KV cache with preemption, step times from measured kernels at the locked SM clock)
+in simulated time paced to the wall clock: simulated seconds = wall seconds since start x ``speed``.
+
+- **Time.** A request enters the engine at the simulated time it arrives and joins the first step
+  that starts after it. A token leaves ``request_latency_s`` (the calibrated time outside the engine:
+  HTTP, tokenization, detokenization) after the step that produced it ends, never earlier in wall
+  time; so the TTFT a client times (x speed) is the TTFT the engine reports, plus the loop's lag.
+  The driver commits the engine only up to ``now - request_latency_s`` and sleeps until the next
+  step's tokens are due; streamed requests are handed their new tokens at each wake (coalesced),
+  non-streamed ones only their end.
+- **Clock.** The SM clock is read from the instance's simulated GPUs (the slowest gates a TP group)
+  every ``CLOCK_POLL_S``; a new clock applies from the first engine step that starts after the read.
+- **Power.** The engine's modelled energy is written to the GPUs as power, split evenly, every
+  ``POWER_WRITE_S``: the power written is what brings their energy counters (which integrate over
+  wall seconds) to the engine's committed energy / speed by the next write, so over a run the GPUs
+  count exactly the modelled energy, one write late. The GPUs are files on a shared state
+  directory, so their I/O runs in a worker thread, and writes are few.
+- **Reports.** Every duration is in simulated seconds and modelled, never measured: the
+  ``wattgate_sim`` object of each response and /metrics (``emulator_metrics``).
+
+The HTTP side (OpenAI endpoints, disconnects) is ``emulator_app``.
 """
 
 from __future__ import annotations
@@ -20,42 +32,34 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
-
-from wattgate.agent.engines.emulator_requests import (
-    ChunkWriter,
-    ParsedRequest,
-    SimRequestError,
-    full_response,
-    parse_request,
-)
+from wattgate.agent.engines.emulator_metrics import EmulatorMetrics, Snapshot
+from wattgate.agent.engines.emulator_requests import ParsedRequest, SimRequestError
 from wattgate.agent.gpu.base import GpuError
 from wattgate.agent.gpu.simulated import SimulatedGpu
 from wattgate.profiles.classes import ClassEdges
-from wattgate.servingmodel.calibration import ServingModel
+from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE, ServingModel
 from wattgate.servingmodel.engine import Finished, Phase
 from wattgate.servingmodel.errors import ServingModelError
 
 log = logging.getLogger(__name__)
-CLOCK_POLL_S = 0.05  # wall seconds between reads of the GPUs' locked clock
-POWER_PUBLISH_S = 0.1  # wall seconds between power updates written to the GPUs
-MAX_SLEEP_S = 0.05
+CLOCK_POLL_S = 0.1  # wall seconds between reads of the GPUs' locked clock
+POWER_WRITE_S = 0.5  # wall seconds between power writes to the GPUs (their counters integrate in between)
 POWER_VALID_S = 5.0  # wall seconds a power record holds if this process dies without writing idle
+MAX_SLEEP_S = 1.0  # the driver's longest sleep: requests, finishes and the GPU task wake it earlier
+MIN_SLEEP_S = 0.0005
+_ACTIVE = (Phase.WAITING, Phase.PREFILL, Phase.DECODE)
 
 
 @dataclass(frozen=True)
 class EmulatorSettings:
     model: str  # the name clients send
     tp: int
-    arch: str = "llama-3.1-70b"
-    engine: str = "vllm-v1"
+    arch: str = DEFAULT_ARCH
+    engine: str = DEFAULT_ENGINE
     speed: float = 1.0
     max_num_seqs: int | None = None  # None: the engine calibration's
     max_num_batched_tokens: int | None = None
@@ -77,62 +81,188 @@ class EmulatorSettings:
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
-@dataclass
-class _Stream:
-    queue: asyncio.Queue[int]  # tokens visible so far (a count); 0 is never put
-    every_token: bool
-    sent: int = 0
-    load_rps: float = 0.0
-    clock_mhz: int = 0
-    rtype: str = ""
-    input_tokens: int = 0
+@dataclass(eq=False)
+class Waiter:
+    """One response waiting on the engine: how many tokens it may send now, and its end."""
+
+    req: ParsedRequest
+    load_rps: float
+    clock_mhz: int
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    visible: int = 0
+    finished: Finished | None = None
+
+
+@dataclass(frozen=True)
+class _Meter:
+    """The last power write: when, the engine's committed time and energy then, the power written (all
+    GPUs), and the energy the GPUs had counted by then since the first write (wall-time J)."""
+
+    wall_s: float
+    engine_s: float
+    engine_j: float
+    written_w: float
+    counted_j: float
+    start_j: float  # the engine's energy at the first write
 
 
 class Emulator:
     """Drives one serving-model engine in (compressed) real time and hands each request its tokens."""
 
-    def __init__(self, model: ServingModel, settings: EmulatorSettings, gpus: Sequence[SimulatedGpu]) -> None:
+    def __init__(
+        self,
+        model: ServingModel,
+        settings: EmulatorSettings,
+        gpus: Sequence[SimulatedGpu],
+        *,
+        wall_s: Callable[[], float] = time.monotonic,
+    ) -> None:
         if len(gpus) != settings.tp:
             raise ServingModelError(f"TP{settings.tp} needs {settings.tp} GPUs, got {len(gpus)}")
-        self.settings = settings
-        self.gpus = tuple(gpus)
+        self.settings, self.gpus, self._wall_s = settings, tuple(gpus), wall_s
         self._clock_failing = False
-        self._clock_mhz = self._read_clock(default=model.max_clock_mhz)
-        self.engine = model.engine(settings.tp, clock_mhz=self._clock_mhz, **settings.overrides())
+        self.clock_mhz = self._read_clock(default=model.max_clock_mhz)
+        self.engine = model.engine(settings.tp, clock_mhz=self.clock_mhz, **settings.overrides())
         self.egress_s = model.engine_calibration.overheads.request_s  # latency outside the engine
-        self._t0 = time.monotonic()
-        self._streams: dict[str, _Stream] = {}
-        self._finished: dict[str, Finished] = {}
+        self.label = f"{self.engine.cost.arch.name} TP{settings.tp} ({settings.engine})"
+        self.metrics = EmulatorMetrics(settings.model)
+        self._t0 = wall_s()
+        self._waiters: dict[str, Waiter] = {}
+        self._streams: dict[str, Waiter] = {}  # the streamed ones: handed every token
         self._arrivals: list[float] = []
         self._wake = asyncio.Event()
         self._ids = itertools.count(1)
-        self._clock_read_at = 0.0
-        self._power_at = 0.0
-        self._energy_at = (0.0, 0.0)  # (simulated s, J) of the last power update
-        self.power_w = self.engine.power.idle_gpu_w(self._clock_mhz) * settings.tp
-        self.finished_total = 0
-        self.prompt_tokens_total = 0
-        self.generation_tokens_total = 0
+        self._meter: _Meter | None = None
+        self.power_w = self.engine.power.idle_gpu_w(self.clock_mhz) * settings.tp
+        self._ended = {"stop": 0, "length": 0, "abort": 0}
+        self._prompt_done = self._generated_done = 0  # tokens of requests no longer in the engine
         self.gpu_errors = 0
 
-    # -- time and GPUs ---------------------------------------------------------------------
     def now_s(self) -> float:
-        return (time.monotonic() - self._t0) * self.settings.speed
-
-    @property
-    def clock_mhz(self) -> int:
-        return self._clock_mhz
+        return (self._wall_s() - self._t0) * self.settings.speed
 
     def load_rps(self, at_s: float) -> float:
         """Arrivals over the last load window (req per simulated second)."""
         w = self.settings.load_window_s
         return (bisect.bisect_right(self._arrivals, at_s) - bisect.bisect_right(self._arrivals, at_s - w)) / w
 
+    # -- the driver ------------------------------------------------------------------------
+    def step(self) -> float:
+        """Commit the engine up to what is visible now, hand out tokens; returns wall seconds to the next wake."""
+        now = self.now_s()
+        engine = self.engine
+        engine.advance(max(now - self.egress_s, engine.time_s))
+        for f in engine.pop_finished():
+            self._prompt_done += f.prompt
+            self._generated_done += f.output
+            self.metrics.observe(f.ttft_s, f.tpot_s, f.finish_s - f.arrival_s + self.egress_s, f.queue_s)
+            w = self._waiters.get(f.id)
+            if w is not None:
+                self._ended[w.req.finish_reason] += 1
+                w.finished, w.visible = f, f.output
+                w.changed.set()
+        for rid, w in self._streams.items():
+            r = engine.get(rid)
+            if w.finished is None and r is not None and r.first_token_s is not None:
+                made = engine.generated(r)
+                if made > w.visible:
+                    w.visible = made
+                    w.changed.set()
+        cut = bisect.bisect_right(self._arrivals, now - self.settings.load_window_s)
+        if cut > 1024:
+            del self._arrivals[:cut]
+        nxt = engine.next_event_s()
+        return MAX_SLEEP_S if nxt is None else (nxt + self.egress_s - now) / self.settings.speed
+
+    async def run(self) -> None:
+        """The driver loop (sleeps until the next step's tokens are due, or a request arrives or leaves)
+        and the GPU task; on the way out the GPUs go back to idle."""
+        gpu_task = asyncio.create_task(self._gpu_loop())
+        try:
+            while True:
+                if gpu_task.done():
+                    gpu_task.result()  # the GPU task may only stop with an error: raise it here
+                delay = min(max(self.step(), MIN_SLEEP_S), MAX_SLEEP_S)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+        finally:
+            gpu_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gpu_task
+            for gpu in self.gpus:
+                with contextlib.suppress(GpuError):
+                    gpu.set_idle()
+
+    # -- the GPUs: clock in, energy out ----------------------------------------------------
+    async def _gpu_loop(self) -> None:
+        """The GPU task: ``sync_gpus`` every ``CLOCK_POLL_S``, its file I/O in a worker thread, since a busy
+        disk takes tens of milliseconds per write and the engine's clock must not stall for it."""
+        while True:
+            self.step()  # the energy written is the committed energy: commit up to now first
+            plan = self._gpu_plan()
+            io = asyncio.ensure_future(asyncio.to_thread(self._gpu_io, plan))
+            try:
+                clock, written_at = await asyncio.shield(io)
+            except asyncio.CancelledError:
+                await io  # let the write land before run() sets the GPUs idle
+                raise
+            self._gpus_done(plan, clock, written_at)
+            await asyncio.sleep(CLOCK_POLL_S)
+
+    def sync_gpus(self) -> None:
+        """One round of the GPU task, in this thread: read the clock; write the power when it is due."""
+        plan = self._gpu_plan()
+        self._gpus_done(plan, *self._gpu_io(plan))
+
+    def _gpu_plan(self) -> tuple[float, float, float] | None:
+        """When a write is due: (the power to write for all GPUs, the engine's committed time and energy).
+        The power is what brings the GPUs' counters to the engine's energy / speed by the next write."""
+        t, e, m = self.engine.time_s, self.engine.totals.energy_j, self._meter
+        if m is None:
+            return self.power_w, t, e
+        since = self._wall_s() - m.wall_s
+        if since < POWER_WRITE_S:
+            return None
+        owed = (e - m.start_j) / self.settings.speed - m.counted_j - m.written_w * since
+        return max(owed / since, 0.0), t, e  # the next interval will be about as long as the last
+
+    def _gpu_io(self, plan: tuple[float, float, float] | None) -> tuple[int, float]:
+        """Blocking file I/O: the clock (the slowest GPU's), and the power if due; returns the clock and
+        the wall time of the write."""
+        clock = self._read_clock(self.clock_mhz)
+        written_at = self._wall_s()
+        if plan is None:
+            return clock, written_at
+        for gpu in self.gpus:
+            try:
+                gpu.set_power_w(plan[0] / len(self.gpus), valid_for_s=POWER_VALID_S)
+            except GpuError as exc:
+                self.gpu_errors += 1
+                log.warning("cannot write the power of simulated GPU %s: %s", gpu.index, exc)
+        return clock, written_at
+
+    def _gpus_done(self, plan: tuple[float, float, float] | None, clock: int, written_at: float) -> None:
+        m = self._meter
+        if plan is not None:
+            power_w, t, e = plan
+            if m is None:
+                self._meter = _Meter(written_at, t, e, power_w, 0.0, e)
+            else:
+                if t > m.engine_s:  # else a long step is still in flight: keep the last figure
+                    self.power_w = (e - m.engine_j) / (t - m.engine_s)
+                counted = m.counted_j + m.written_w * (written_at - m.wall_s)
+                self._meter = _Meter(written_at, t, e, power_w, counted, m.start_j)
+        if clock != self.clock_mhz:  # from the first step that starts after the read
+            self.clock_mhz = clock
+            self.engine.set_clock(clock, max(self.now_s(), self.engine.time_s))
+
     def _read_clock(self, default: int) -> int:
         try:
             clock = min(g.sm_clock_mhz() for g in self.gpus)
         except GpuError as exc:
-            if not self._clock_failing:  # log the change, not every 50 ms poll
+            if not self._clock_failing:  # log the change, not every poll
                 log.warning("cannot read the simulated GPU clock, keeping %s MHz: %s", default, exc)
             self._clock_failing = True
             return default
@@ -141,273 +271,69 @@ class Emulator:
         self._clock_failing = False
         return clock
 
-    def _refresh(self, now_s: float) -> None:
-        wall = time.monotonic()
-        if wall - self._clock_read_at >= CLOCK_POLL_S:
-            clock = self._read_clock(self._clock_mhz)
-            if clock != self._clock_mhz:
-                self._clock_mhz = clock
-                self.engine.set_clock(clock, max(now_s, self.engine.time_s))
-            self._clock_read_at = wall
-        if wall - self._power_at >= POWER_PUBLISH_S:
-            self._power_at = wall
-            t = max(now_s, self.engine.time_s)
-            energy = self.engine.energy_j_at(t)
-            t0, e0 = self._energy_at
-            if t > t0:
-                self.power_w = (energy - e0) / (t - t0)
-            self._energy_at = (t, energy)
-            self._publish(self.power_w)
-        cut = bisect.bisect_right(self._arrivals, now_s - 2 * self.settings.load_window_s)
-        if cut > 1024:
-            del self._arrivals[:cut]
-
-    def _publish(self, power_w: float) -> None:
-        for gpu in self.gpus:
-            try:
-                gpu.set_power_w(power_w / len(self.gpus), valid_for_s=POWER_VALID_S)
-            except GpuError as exc:
-                self.gpu_errors += 1
-                log.warning("cannot write the power of simulated GPU %s: %s", gpu.index, exc)
-
-    # -- the driver loop -------------------------------------------------------------------
-    def _engine_horizon(self, now_s: float) -> float:
-        """Engine time whose tokens are visible now: they leave ``egress_s`` after their step ends."""
-        return now_s - self.egress_s
-
-    def step(self) -> float:
-        """Advance the engine to now, hand out visible tokens; returns wall seconds until the next event."""
-        now = self.now_s()
-        self._refresh(now)
-        self.engine.advance(max(self._engine_horizon(now), self.engine.time_s))
-        for f in self.engine.pop_finished():
-            self._finished[f.id] = f
-            self.finished_total += 1
-        for rid, st in self._streams.items():
-            r = self.engine.get(rid)
-            if r is None or r.first_token_s is None:
-                continue
-            made = self.engine.generated(r)
-            if made > st.sent:
-                self.generation_tokens_total += made - st.sent
-                st.sent = made
-                st.queue.put_nowait(made)
-        nxt = self.engine.next_event_s()
-        if nxt is None:
-            return MAX_SLEEP_S
-        return (nxt + self.egress_s - self.now_s()) / self.settings.speed
-
-    async def run(self) -> None:
-        try:
-            while True:
-                delay = self.step()
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(MAX_SLEEP_S, max(delay, 0.0005))):
-                        await self._wake.wait()
-        finally:
-            for gpu in self.gpus:
-                with contextlib.suppress(GpuError):
-                    gpu.set_idle()
-
     # -- requests --------------------------------------------------------------------------
-    def submit(self, req: ParsedRequest) -> tuple[str, asyncio.Queue[int]]:
+    def submit(self, req: ParsedRequest) -> tuple[str, Waiter]:
         prefix = "chatcmpl" if req.endpoint == "chat" else "cmpl"
         rid = f"{prefix}-sim{next(self._ids)}"
         now = self.now_s()
-        at = max(self._engine_horizon(now), self.engine.time_s)
-        self.engine.advance(at)
         try:
-            self.engine.submit(rid, req.input_tokens, req.output_tokens, at)
+            self.engine.submit(rid, req.input_tokens, req.output_tokens, max(now, self.engine.time_s))
         except ServingModelError as exc:
             raise SimRequestError(str(exc)) from exc
         self._arrivals.append(now)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        self._streams[rid] = _Stream(
-            queue,
-            req.stream,
-            load_rps=self.load_rps(now),
-            clock_mhz=self._clock_mhz,
-            rtype=req.rtype.name,
-            input_tokens=req.input_tokens,
-        )
-        self.prompt_tokens_total += req.input_tokens
+        w = Waiter(req, self.load_rps(now), self.clock_mhz)
+        self._waiters[rid] = w
+        if req.stream:
+            self._streams[rid] = w
         self._wake.set()
-        return rid, queue
+        return rid, w
 
     def finish(self, rid: str) -> None:
-        """The response is over (complete, or the client went away): forget the request, freeing its slot."""
+        """The response is over (complete, or the client went away): forget the request, aborting it if it runs."""
+        self._waiters.pop(rid, None)
         self._streams.pop(rid, None)
-        self._finished.pop(rid, None)
         r = self.engine.get(rid)
-        if r is not None and r.phase not in (Phase.DONE, Phase.CANCELLED):
+        if r is not None and r.phase in _ACTIVE:
+            self._generated_done += self.engine.generated(r)
+            self._prompt_done += r.prompt if r.first_token_s is not None else 0
+            self._ended["abort"] += 1
             self.engine.cancel(rid)
             self._wake.set()
         self.engine.forget(rid)
 
     def sim_fields(self, rid: str) -> dict[str, Any]:
-        st = self._streams.get(rid)
-        f = self._finished.get(rid)
-        r = self.engine.get(rid)
+        """The ``wattgate_sim`` object of a finished request's response (modelled, simulated seconds)."""
+        w = self._waiters[rid]
+        f = w.finished
         return {
             "timing": "modelled",
             "time_unit": "simulated_s",
-            "request_type": st.rtype if st else None,
-            "input_tokens": st.input_tokens if st else None,
-            "output_tokens": st.sent if st else None,
-            "queue_s": f.queue_s if f else None,
+            "request_type": w.req.rtype.name,
+            "input_tokens": w.req.input_tokens,
+            "output_tokens": w.visible,
             "ttft_s": f.ttft_s if f else None,
             "tbt_mean_s": f.tpot_s if f else None,
-            "load_rps": st.load_rps if st else None,
-            "sm_clock_mhz": st.clock_mhz if st else None,
-            "preemptions": r.preemptions if r else 0,
-            "engine": f"{self.engine.cost.arch.name} TP{self.settings.tp} ({self.settings.engine})",
+            "queue_s": f.queue_s if f else None,
+            "arrival_s": f.arrival_s if f else None,  # when the engine received it, since the emulator started
+            "preemptions": f.preemptions if f else 0,
+            "load_rps": w.load_rps,
+            "sm_clock_mhz": w.clock_mhz,
+            "engine": self.label,
         }
 
-
-def _error(exc: SimRequestError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
-
-
-async def _stream(emu: Emulator, rid: str, req: ParsedRequest, queue: asyncio.Queue[int]) -> AsyncIterator[bytes]:
-    writer = ChunkWriter(rid, req)
-    sent = 0
-    try:
-        while sent < req.output_tokens:
-            made = await queue.get()
-            while not queue.empty():  # coalesce tokens that are already due
-                made = queue.get_nowait()
-            yield b"".join(writer.token(i) for i in range(sent, made))
-            sent = made
-        yield writer.finish(sent, emu.sim_fields(rid))  # finished in the step of its last token
-    finally:
-        emu.finish(rid)
-
-
-async def _finished_or_disconnected(request: Request, queue: asyncio.Queue[int], want: int) -> bool:
-    """Wait for the last token (True) or for the client to go away (False), as vLLM aborts such requests."""
-
-    async def last_token() -> None:
-        while await queue.get() < want:
-            pass
-
-    async def disconnect() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    done_task, gone_task = asyncio.create_task(last_token()), asyncio.create_task(disconnect())
-    try:
-        await asyncio.wait((done_task, gone_task), return_when=asyncio.FIRST_COMPLETED)
-        return done_task.done()
-    finally:
-        for task in (done_task, gone_task):
-            task.cancel()
-        await asyncio.gather(done_task, gone_task, return_exceptions=True)
-
-
-def build_app(emu: Emulator) -> Starlette:
-    settings = emu.settings
-
-    async def completions(request: Request, endpoint: str) -> Response:
-        try:
-            req = parse_request(
-                await request.body(),
-                request.headers,
-                endpoint,
-                model=settings.model,
-                default_output_tokens=settings.default_output_tokens,
-                edges=settings.edges,
-            )
-            rid, queue = emu.submit(req)
-        except SimRequestError as exc:
-            return _error(exc)
-        if req.stream:
-            return StreamingResponse(_stream(emu, rid, req, queue), media_type="text/event-stream")
-        try:
-            if not await _finished_or_disconnected(request, queue, req.output_tokens):
-                return Response(status_code=499)  # nobody is listening; the slot is freed below
-            return JSONResponse(full_response(rid, req, req.output_tokens, emu.sim_fields(rid)))
-        finally:
-            emu.finish(rid)
-
-    async def chat(request: Request) -> Response:
-        return await completions(request, "chat")
-
-    async def text(request: Request) -> Response:
-        return await completions(request, "completions")
-
-    async def health(_: Request) -> Response:
-        return Response(status_code=200)
-
-    async def models(_: Request) -> Response:
-        card = {"id": settings.model, "object": "model", "created": int(time.time()), "owned_by": "wattgate-sim"}
-        return JSONResponse({"object": "list", "data": [card]})
-
-    async def metrics(_: Request) -> Response:
-        return PlainTextResponse(render_metrics(emu), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(emu.run())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat, methods=["POST"]),
-            Route("/v1/completions", text, methods=["POST"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
-
-
-def render_metrics(emu: Emulator) -> str:
-    """vLLM-style Prometheus text: vLLM's names and ``model_name`` label, plus modelled wattgate_sim_* gauges."""
-    e = emu.engine
-    label = f'model_name="{emu.settings.model}"'
-    now = emu.now_s()
-    rows = [
-        ("vllm:num_requests_running", "gauge", "Number of requests currently running on GPU.", e.running),
-        ("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", e.waiting),
-        ("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", emu.prompt_tokens_total),
-        (
-            "vllm:generation_tokens_total",
-            "counter",
-            "Number of generation tokens processed.",
-            emu.generation_tokens_total,
-        ),
-        ("vllm:request_success_total", "counter", "Count of successfully processed requests.", emu.finished_total),
-        (
-            "vllm:num_preemptions_total",
-            "counter",
-            "Cumulative number of preemption from the engine.",
-            e.totals.preemptions,
-        ),
-        (
-            "vllm:gpu_cache_usage_perc",
-            "gauge",
-            "GPU KV-cache usage. 1 means 100 percent usage.",
-            e.kv_used_tokens() / e.capacity_tokens,
-        ),
-        (
-            "wattgate_sim_load_rps",
-            "gauge",
-            "Modelled arrival rate over the load window (req/simulated s).",
-            emu.load_rps(now),
-        ),
-        ("wattgate_sim_sm_clock_mhz", "gauge", "SM clock the instance runs at (slowest of its GPUs).", emu.clock_mhz),
-        ("wattgate_sim_power_watts", "gauge", "Modelled instance power (source=modelled).", emu.power_w),
-        ("wattgate_sim_speed", "gauge", "Time compression: simulated seconds per wall second.", emu.settings.speed),
-    ]
-    lines = []
-    for name, kind, doc, value in rows:
-        family = name.removesuffix("_total") if kind == "counter" else name
-        lines += [f"# HELP {family} {doc}", f"# TYPE {family} {kind}", f"{name}{{{label}}} {float(value)!r}"]
-    return "\n".join(lines) + "\n"
+    def snapshot(self) -> Snapshot:
+        e = self.engine
+        live = [r for r in e.requests() if r.phase in _ACTIVE]
+        return Snapshot(
+            running=e.running,
+            waiting=e.waiting,
+            kv_cache_usage=e.kv_used_tokens() / e.capacity_tokens,
+            prompt_tokens=self._prompt_done + sum(r.prompt for r in live if r.first_token_s is not None),
+            generation_tokens=self._generated_done + sum(e.generated(r) for r in live),
+            preemptions=e.totals.preemptions,
+            load_rps=self.load_rps(self.now_s()),
+            sm_clock_mhz=self.clock_mhz,
+            power_w=self.power_w,
+            speed=self.settings.speed,
+            finished=dict(self._ended),
+        )
