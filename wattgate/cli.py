@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # ``set_defaults(func=...)``; ``func(args)`` returns the exit code. Packages not built yet are absent.
 SUBCOMMAND_MODULES = (
     "wattgate.gateway.cli",
+    "wattgate.gateway.reportcli",
     "wattgate.classifier.cli",
     "wattgate.agent.simcli",
     "wattgate.planner.cli",

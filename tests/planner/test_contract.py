@@ -122,7 +122,7 @@ def test_observation_revision_2_keeps_text_slots_and_revision_1_messages_still_r
         text_slots=encode_slots(slots), text_dim=1 << 16, revision=OBSERVATION_REVISION,
     )  # fmt: skip
     again = Observation.from_json(obs.to_json())
-    assert again.slots() == slots and again.revision == 2
+    assert again.slots() == slots and again.revision == OBSERVATION_REVISION
     assert len(again.text_slots) <= 3 * len(slots)  # base64 of uint16: compact on the stream
     # a message written before revision 2 (no text fields) reads as revision 1 with no slots
     old = json.loads(obs.to_json())

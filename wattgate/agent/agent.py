@@ -119,7 +119,7 @@ class Agent:
         version = self.plan.version if self.plan is not None else None
         tel, hb = self.telemetry.node_telemetry(now), self.telemetry.heartbeat(now, version, notes)
         try:
-            self.store.publish_node(tel, hb)
+            self.store.publish_node(tel, hb, self.telemetry.instance_energy(tel))
             self.act.republish(announce=self._reannounce)  # back after an outage: tell the gateways at once
             self._reannounce = False
         except StoreError as exc:

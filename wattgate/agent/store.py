@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import redis
 
@@ -17,6 +18,7 @@ from wattgate.planner.contract import (
     TELEMETRY_TTL_S,
     ContractError,
     Heartbeat,
+    InstanceEnergy,
     InstanceRecord,
     InstanceState,
     Keys,
@@ -80,6 +82,7 @@ class AgentStore:
         try:
             with self._r.pipeline() as p:
                 p.hdel(self.keys.instances, instance_id)
+                p.hdel(self.keys.energy, instance_id)
                 p.publish(self.keys.instance_events, instance_id)
                 p.execute()
         except redis.RedisError as exc:
@@ -108,9 +111,14 @@ class AgentStore:
             raise StoreError(f"redis: {exc}") from exc
         return sum(float(v) for v in values if v is not None) / window_s
 
-    def publish_node(self, telemetry: NodeTelemetry, heartbeat: Heartbeat) -> None:
+    def publish_node(
+        self, telemetry: NodeTelemetry, heartbeat: Heartbeat, energy: Sequence[InstanceEnergy] = ()
+    ) -> None:
+        """Telemetry, heartbeat and the instances' energy counters, in one round trip."""
         try:
             with self._r.pipeline() as p:
+                if energy:
+                    p.hset(self.keys.energy, mapping={e.instance: e.to_json() for e in energy})
                 p.set(self.keys.telemetry(telemetry.node), telemetry.to_json(), ex=TELEMETRY_TTL_S)
                 p.set(self.keys.heartbeat(heartbeat.node), heartbeat.to_json(), ex=HEARTBEAT_TTL_S)
                 p.sadd(self.keys.nodes, heartbeat.node)

@@ -1,7 +1,9 @@
 """Per-GPU readings and the heartbeat, built from the GPUs, the clock controller and the actuator.
 
 GPU power and energy are measured (NVML counters) for NVML GPUs and modelled for simulated ones;
-each reading carries its GPU's ``source``. A reading that fails is left out and logged once.
+each reading carries its GPU's ``source``. A reading that fails is left out and logged once. Each
+instance's energy counter is the sum of its GPUs' counters; an instance with a GPU that could not be
+read, or with GPUs of two sources, gets no counter that second (a partial sum would look like a drop).
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from dataclasses import replace
 from wattgate.agent.actuator import Actuator
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.gpu.base import Gpu, GpuError
-from wattgate.planner.contract import HEARTBEAT_REVISION, GpuReading, Heartbeat, NodeTelemetry, UnmanagedInstance
+from wattgate.planner.contract import (
+    HEARTBEAT_REVISION,
+    GpuReading,
+    Heartbeat,
+    InstanceEnergy,
+    NodeTelemetry,
+    UnmanagedInstance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,30 @@ class Telemetry:
     def node_telemetry(self, now: float) -> NodeTelemetry:
         states = {i: r.state.value for i, r in list(self._act.instances.items())}  # copy: another thread edits it
         return NodeTelemetry(node=self.node, ts=now, gpus=self.readings(), instances=states)
+
+    def instance_energy(self, telemetry: NodeTelemetry) -> list[InstanceEnergy]:
+        """Each instance's energy counter at the telemetry's time: the sum over its GPUs."""
+        by_index = {g.index: g for g in telemetry.gpus}
+        out = []
+        for iid, r in list(self._act.instances.items()):  # copy: another thread edits it
+            readings = [by_index.get(i) for i in r.planned.gpus]
+            if not readings or any(g is None for g in readings):
+                continue
+            sources = {g.source for g in readings if g is not None}
+            if len(sources) != 1:
+                continue
+            out.append(
+                InstanceEnergy(
+                    instance=iid,
+                    node=self.node,
+                    ts=telemetry.ts,
+                    energy_j=round(sum(g.energy_j for g in readings if g is not None), 3),
+                    power_w=round(sum(g.power_w for g in readings if g is not None), 3),
+                    source=sources.pop(),
+                    gpus=list(r.planned.gpus),
+                )
+            )
+        return out
 
     def heartbeat(self, now: float, plan_version: int | None, notes: Sequence[str]) -> Heartbeat:
         return Heartbeat(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wattgate.classifier.api import Predictor
 from wattgate.gateway.dashboard import Sampler, dashboard_asset, dashboard_data, dashboard_page, run_sampler
+from wattgate.gateway.energy_meter import EnergyMeter, parse_key_names
 from wattgate.gateway.errors import ApiError, GatewayError, handle_error
 from wattgate.gateway.frontdoor import FrontDoor
 from wattgate.gateway.http import ApiKeyError, check_admin_key, check_api_key, header
@@ -214,6 +216,15 @@ def create_app(
             state.tasks.append(
                 asyncio.create_task(store.watch_plan(state.apply_plan, settings.registry_refresh_s), name="plan")
             )
+            state.energy = meter = EnergyMeter(
+                state.metrics,
+                carbon_g_per_kwh=settings.carbon_g_per_kwh,
+                max_open_s=settings.energy_max_open_s,
+                key_names=parse_key_names(settings.energy_key_names),
+                sink=store,
+            )
+            energy = meter.run(store.load_energy, state.energy_labels, time.time, settings.energy_interval_s)
+            state.tasks.append(asyncio.create_task(energy, name="energy"))
         sampler = Sampler(state.metrics, store)
         app.state.dashboard = sampler
         state.tasks.append(

@@ -144,6 +144,11 @@ def check_api_key(scope: Scope, keys: frozenset[str]) -> None:
         _check_key(scope, keys, basic=False, realm=None)
 
 
+def client_key(scope: Scope) -> str:
+    """The API key the client presented (``Authorization: Bearer`` or ``api-key``), "" for none."""
+    return _presented_key(scope, basic=False)
+
+
 def check_admin_key(scope: Scope, settings: GatewaySettings, realm: str | None = None) -> None:
     """/metrics and the dashboard: the admin keys, else the client keys (none configured: open). Basic auth
     is accepted too (the key as password), so a browser (``realm`` set: it asks) and Prometheus can send it."""

@@ -6,6 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from wattgate.gateway.energy import Booking
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TBT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.1, 0.2, 0.5, 1.0)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
@@ -107,6 +109,38 @@ class GatewayMetrics:
             ["source", "routable"],
             registry=r,
         )
+        energy = ["model", "pool", "key", "status", "source"]
+        self.energy_joules = Counter(
+            "wattgate_gateway_energy_joules",
+            "Energy booked to requests (key: the API key's label) and to idle instances (key '(idle)'); source: "
+            "measured (NVML) or modelled (simulated GPUs). Booked once a request's intervals settle",
+            energy,
+            registry=r,
+        )
+        self.energy_tokens = Counter(
+            "wattgate_gateway_energy_tokens", "Prompt + output tokens of the booked requests", energy, registry=r
+        )
+        self.energy_requests = Counter(
+            "wattgate_gateway_energy_requests", "Requests whose energy was booked", energy, registry=r
+        )
+        self.carbon_grams = Counter(
+            "wattgate_gateway_carbon_grams",
+            "gCO2e of the booked energy at the configured carbon intensity (modelled)",
+            energy,
+            registry=r,
+        )
+        self.energy_settled = Gauge(
+            "wattgate_gateway_energy_settled_until_seconds",
+            "Unix time up to which an instance's energy is booked (its last settled counter reading)",
+            ["instance"],
+            registry=r,
+        )
+        self.energy_gaps = Counter(
+            "wattgate_gateway_energy_gaps",
+            "Breaks in an instance's energy counter series (reset, source change, readings stopped)",
+            ["instance"],
+            registry=r,
+        )
 
         # Children of the per-request series by label values: ``labels()`` validates and locks on every call.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -126,6 +160,14 @@ class GatewayMetrics:
 
     def observe_tbt(self, pool: str, seconds: float) -> None:
         self._child(self.tbt, pool).observe(seconds)
+
+    def book_energy(self, b: Booking, carbon_g_per_kwh: float) -> None:
+        labels = (b.model, b.pool, b.key, b.status, b.source)
+        self._child(self.energy_joules, *labels).inc(b.energy_j)
+        self._child(self.carbon_grams, *labels).inc(b.energy_j / 3.6e6 * carbon_g_per_kwh)
+        if b.requests:
+            self._child(self.energy_tokens, *labels).inc(b.tokens)
+            self._child(self.energy_requests, *labels).inc(b.requests)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,6 +11,7 @@ cancels the handler task, which closes the upstream response).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import logging
@@ -23,11 +24,14 @@ from starlette.types import Receive, Scope, Send
 
 from wattgate.classifier.api import MaxTokensPredictor, Prediction, requested_max_tokens
 from wattgate.classifier.observe import observation
+from wattgate.gateway.energy_meter import key_label
+from wattgate.gateway.energy_usage import with_energy
 from wattgate.gateway.errors import ApiError, api_error_response, as_json_object, error_body, upstream_error_body
 from wattgate.gateway.guard import CLIENT_GONE, FIRST_BYTE, RequestGuard
 from wattgate.gateway.http import (
     ClientGone,
     check_api_key,
+    client_key,
     downstream_headers,
     header,
     read_body,
@@ -75,6 +79,8 @@ class ProxyEndpoint:
         except Exception:  # a bug: counted, then the one handler answers 500 and logs it
             state.metrics.request_done(self.endpoint, "-", 500)
             raise
+        if state.energy is not None:
+            job.key = key_label(client_key(scope), state.energy.key_names)
         me = asyncio.current_task()
         deadline = settings.deadline(job.rtype.name if job.rtype else None)
         spent = time.perf_counter() - t0
@@ -142,7 +148,7 @@ class ProxyEndpoint:
         try:
             ctype = resp.header(b"content-type")
             if job.stream and resp.status == 200 and ctype.startswith(b"text/event-stream"):
-                await self._relay_stream(resp, send, job, guard)
+                await self._relay_stream(state, resp, send, job, guard)
                 return
             body = await read_all(resp, state.settings.max_response_bytes)
             job.ttft_s = time.perf_counter() - job.t0
@@ -152,14 +158,24 @@ class ProxyEndpoint:
                 extra = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
             elif resp.status == 200 and ctype.startswith(b"application/json"):
                 job.usage = _usage_of(body)
+                energy = _energy_estimate(state, job, job.usage)
+                if energy is not None:
+                    body = with_energy(body, energy)
+                    extra = [(b"content-length", str(len(body)).encode())]
             guard.finished = True
             await send(_start(resp, job, extra=extra, replace_type=resp.status >= 400))
             await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             await resp.aclose()
 
-    async def _relay_stream(self, resp: Upstream, send: Send, job: Job, guard: RequestGuard) -> None:
-        relay = SseRelay(strip_usage=not job.client_wants_usage)
+    async def _relay_stream(
+        self, state: GatewayState, resp: Upstream, send: Send, job: Job, guard: RequestGuard
+    ) -> None:
+        relay = SseRelay(
+            strip_usage=not job.client_wants_usage,
+            on_usage=(lambda usage: _energy_estimate(state, job, usage)) if job.work is not None else None,
+        )
+        work = job.work
         await send(_start(resp, job, extra=[(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]))
         job.started = True
         try:
@@ -171,6 +187,10 @@ class ProxyEndpoint:
                     if job.ttft_s is None and relay.events:  # the first event (a comment is no answer yet)
                         job.ttft_s = time.perf_counter() - job.t0
                         guard.first_event = True
+                        if work is not None:
+                            work.first = time.time()
+                    if work is not None:
+                        work.output_tokens = relay.events
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             else:
                 out = b""
@@ -188,6 +208,8 @@ class ProxyEndpoint:
 
     def _finish(self, state: GatewayState, job: Job) -> None:
         inst = job.instance
+        if job.energy is None and job.work is not None and job.started:  # a stream without usage, or cut short
+            _energy_estimate(state, job, job.usage)
         end(state, job)
         status = job.status or 500
         state.metrics.request_done(self.endpoint, job.pool, status)
@@ -199,23 +221,27 @@ class ProxyEndpoint:
         if store is None or job.prediction is None or inst is None:
             return
         usage = job.usage or {}
-        store.record_observation(
-            observation(
-                job.prediction,
-                keep_text_slots=state.settings.classifier_text_slots,
-                request_id=job.request_id,
-                pool=job.pool,
-                predicted_type=job.rtype.name if job.rtype else "-",
-                input_tokens=int(usage.get("prompt_tokens") or job.prediction.input_tokens),
-                output_tokens=int(usage.get("completion_tokens") or job.events),
-                ttft_s=job.ttft_s if job.stream else None,
-                tbt_s=job.tbt_s,
-                status=status,
-                instance=inst.id,
-                model=job.model,
-                ts=time.time(),
-            )
+        energy = job.energy
+        if energy is not None:
+            log.debug("request %s: %.3f J (%s, estimate)", job.request_id, energy.energy_j, energy.source)
+        obs = observation(
+            job.prediction,
+            keep_text_slots=state.settings.classifier_text_slots,
+            request_id=job.request_id,
+            pool=job.pool,
+            predicted_type=job.rtype.name if job.rtype else "-",
+            input_tokens=int(usage.get("prompt_tokens") or job.prediction.input_tokens),
+            output_tokens=int(usage.get("completion_tokens") or job.events),
+            ttft_s=job.ttft_s if job.stream else None,
+            tbt_s=job.tbt_s,
+            status=status,
+            instance=inst.id,
+            model=job.model,
+            ts=time.time(),
         )
+        if energy is not None:
+            obs = dataclasses.replace(obs, energy_j=round(energy.energy_j, 3), energy_source=energy.source)
+        store.record_observation(obs)
 
 
 def _start(resp: Upstream, job: Job, extra: list[tuple[bytes, bytes]], replace_type: bool = False) -> dict[str, Any]:
@@ -231,6 +257,26 @@ def _start(resp: Upstream, job: Job, extra: list[tuple[bytes, bytes]], replace_t
         *extra,
     ]
     return {"type": "http.response.start", "status": resp.status, "headers": headers}
+
+
+def _energy_estimate(state: GatewayState, job: Job, usage: dict[str, Any] | None) -> dict[str, object] | None:
+    """The answer ended: fix the request's tokens (the usage's, else the prediction's and the events') and
+    return the ``usage.energy`` object of its estimate (None: its instance has no energy counter)."""
+    meter, work, inst = state.energy, job.work, job.instance
+    if meter is None or work is None or inst is None:
+        return None
+    usage = usage or {}
+    prompt = usage.get("prompt_tokens")
+    output = usage.get("completion_tokens")
+    est = meter.finish(
+        inst.id,
+        work,
+        time.time(),
+        prompt if isinstance(prompt, int) else work.input_tokens,
+        output if isinstance(output, int) else work.output_tokens,
+    )
+    job.energy = est
+    return est.usage() if est is not None else None
 
 
 def _predict(state: GatewayState, doc: dict[str, Any], endpoint: str) -> Prediction:

@@ -87,6 +87,13 @@ class GatewaySettings:
     admin_api_keys: frozenset[str] = frozenset()  # keys for /metrics and the dashboard (none: the client keys)
     protect_metrics: bool = False  # /metrics needs a key (Prometheus convention: open)
     protect_dashboard: bool = True  # /dashboard needs a key when any key is configured
+    # energy per request (README: Energy per request): names for API-key labels (key-<12 hex>=NAME; others are
+    # labelled by their hash), the carbon intensity (gCO2e per kWh) and how long a request may hold its
+    # instance's intervals open before they settle with its work so far
+    energy_key_names: tuple[str, ...] = ()
+    carbon_g_per_kwh: float = 475.0
+    energy_max_open_s: float = 600.0
+    energy_interval_s: float = 1.0
 
     def deadline(self, request_type: str | None) -> Deadline:
         """The deadline of a request of ``request_type`` (None: embeddings): its class's, else the defaults."""
@@ -135,6 +142,12 @@ def _validate(s: GatewaySettings) -> None:
             raise ConfigError(f"forward_headers: {name!r} is not a header name")
     if s.protect_metrics and not (s.api_keys or s.admin_api_keys):
         raise ConfigError("protect_metrics needs api_keys or admin_api_keys")
+    if not (s.carbon_g_per_kwh >= 0 and s.energy_max_open_s > 0 and s.energy_interval_s > 0):
+        raise ConfigError("carbon_g_per_kwh must be >= 0, energy_max_open_s and energy_interval_s > 0")
+    for item in s.energy_key_names:
+        label, sep, name = item.partition("=")
+        if not sep or not label.startswith("key-") or len(label) != 16 or not name:
+            raise ConfigError(f"energy_key_names: {item!r} is not key-<12 hex digits>=NAME")
     ids = [b.id for b in s.backends]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"backend ids must be unique, got {ids}")

@@ -1,5 +1,8 @@
 """Server-sent-event pass-through: forward complete events as they arrive, read usage, drop the usage chunk on request.
 
+The usage event is the last before ``[DONE]``: when it goes to the client, ``on_usage`` (the energy meter's
+estimate) may add an ``energy`` object to its usage.
+
 Only an incomplete trailing event is held back (a client cannot use half an event); everything
 complete in a chunk goes out at once, so nothing is coalesced across upstream reads.
 """
@@ -9,7 +12,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
+
+from wattgate.gateway.energy_usage import event_with_energy
 
 _SPLIT = re.compile(rb"(\r?\n\r?\n)")
 
@@ -24,10 +30,13 @@ def _last_boundary(data: bytes) -> int:
 class SseRelay:
     """Feed upstream chunks in, get bytes to send out; counts events and times them for TBT."""
 
-    __slots__ = ("events", "first_event_at", "last_event_at", "strip_usage", "tail", "usage")
+    __slots__ = ("events", "first_event_at", "last_event_at", "on_usage", "strip_usage", "tail", "usage")
 
-    def __init__(self, strip_usage: bool) -> None:
+    def __init__(
+        self, strip_usage: bool, on_usage: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    ) -> None:
         self.strip_usage = strip_usage
+        self.on_usage = on_usage
         self.tail = b""
         self.usage: dict[str, Any] | None = None
         self.events = 0
@@ -76,26 +85,39 @@ class SseRelay:
         # parts = [event, sep, event, sep, ..., last]; keep each event with its separator
         for n in range(0, len(parts) - 1, 2):
             event, sep = parts[n], parts[n + 1]
-            if b'"usage"' in event and self._take_usage(event):
-                continue
+            if b'"usage"' in event:
+                kept = self._take_usage(event)
+                if kept is None:
+                    continue
+                event = kept
             out.append(event + sep)
         if len(parts) % 2 == 1 and parts[-1]:
             out.append(parts[-1])
         return b"".join(out)
 
-    def _take_usage(self, event: bytes) -> bool:
-        """Record the usage of this event; True when it is the usage-only chunk to strip."""
-        for line in event.splitlines():
+    def _take_usage(self, event: bytes) -> bytes | None:
+        """Record the usage of this event; the event to send (with ``usage.energy`` when ``on_usage`` gives
+        one), or None when it is the usage-only chunk to strip."""
+        lines = event.split(b"\n")
+        for n, line in enumerate(lines):
             if not line.startswith(b"data:"):
                 continue
             try:
                 doc = json.loads(line[5:])
             except ValueError:
-                return False
-            if isinstance(doc, dict) and isinstance(doc.get("usage"), dict):
-                self.usage = doc["usage"]
-                return self.strip_usage and not doc.get("choices")
-        return False
+                return event
+            if not (isinstance(doc, dict) and isinstance(doc.get("usage"), dict)):
+                continue
+            self.usage = doc["usage"]
+            energy = self.on_usage(doc["usage"]) if self.on_usage is not None else None
+            if self.strip_usage and not doc.get("choices"):
+                return None
+            if energy is not None:
+                cr = line.endswith(b"\r")
+                lines[n] = event_with_energy(line.rstrip(b"\r"), doc, energy) + (b"\r" if cr else b"")
+                return b"\n".join(lines)
+            return event
+        return event
 
     def tbt_s(self) -> float | None:
         if self.first_event_at is None or self.events < 2:

@@ -18,6 +18,7 @@ from typing import Protocol
 import httpx
 
 from wattgate.classifier.api import MaxTokensPredictor, Predictor
+from wattgate.gateway.energy_meter import EnergyMeter
 from wattgate.gateway.http import FORWARDED_REQUEST_HEADERS
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.gateway.routing import Instance, InstanceSpec, plan_routes, plan_weights
@@ -101,6 +102,7 @@ class GatewayState:
     plan_pools: dict[str, str] = field(default_factory=dict)
     records: dict[str, InstanceRecord] = field(default_factory=dict)  # the registry as last applied
     forward_headers: frozenset[bytes] = FORWARDED_REQUEST_HEADERS  # the client headers backends get
+    energy: EnergyMeter | None = None  # with Redis: per-request energy from the agents' counters
 
     @classmethod
     def build(cls, settings: GatewaySettings, predictor: Predictor | None = None) -> GatewayState:
@@ -131,6 +133,10 @@ class GatewayState:
 
     def models(self) -> list[str]:
         return sorted({m for i in self.instances.values() for m in i.spec.models})
+
+    def energy_labels(self) -> dict[str, tuple[str, str]]:
+        """Instance id -> (model, pool): the labels of its idle energy."""
+        return {k: (",".join(sorted(i.spec.models)) or "-", i.spec.pool or "-") for k, i in self.instances.items()}
 
     def any_ready(self) -> bool:
         now = time.monotonic()

@@ -12,23 +12,27 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from wattgate.gateway.energy import Booking
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.planner.contract import (
+    ENERGY_MINUTE_TTL_S,
     LOAD_MINUTE_TTL_S,
     LOAD_SECOND_TTL_S,
     OBSERVATIONS_MAXLEN,
     ContractError,
+    InstanceEnergy,
     InstanceRecord,
     Keys,
     NodeTelemetry,
     Observation,
     Plan,
+    energy_field,
     load_field,
 )
 
@@ -51,6 +55,7 @@ class RedisStore:
         self._obs: collections.deque[str] = collections.deque()
         self._obs_cap = buffer
         self._load: dict[tuple[int, str], list[int]] = {}
+        self._energy: dict[tuple[int, str, str, str, str, str], list[float]] = {}  # (minute, labels) -> J, tok, req
         self.connected = False
 
     # -- writes (called on the request path: no await, no I/O) --------------------------------
@@ -72,18 +77,40 @@ class RedisStore:
             return
         self._obs.append(obs.to_json())
 
+    def record_energy(self, bookings: Iterable[Booking]) -> None:
+        """Add bookings to their minute's totals (the energy meter calls this once a second)."""
+        for b in bookings:
+            key = (int(b.ts) // 60, b.model, b.key, b.pool, b.status, b.source)
+            cell = self._energy.get(key)
+            if cell is None:
+                if len(self._energy) >= _MAX_LOAD_SLOTS:
+                    self._energy.pop(next(iter(self._energy)))
+                    self.metrics.redis_dropped.labels("energy").inc()
+                cell = self._energy[key] = [0.0, 0.0, 0.0]
+            cell[0] += b.energy_j
+            cell[1] += b.tokens
+            cell[2] += b.requests
+
     @property
     def pending(self) -> int:
-        return len(self._obs) + len(self._load)
+        return len(self._obs) + len(self._load) + len(self._energy)
 
     # -- background ----------------------------------------------------------------------------
     async def flush(self) -> bool:
         """Send what is buffered in one pipeline; on failure keep it (bounded) for the next try."""
         load, self._load = self._load, {}
+        energy, self._energy = self._energy, {}
         batch = [self._obs.popleft() for _ in range(min(len(self._obs), _FLUSH_BATCH))]
-        if not load and not batch:
+        if not load and not batch and not energy:
             return True
         pipe = self.client.pipeline(transaction=False)
+        for (minute, *labels), (joules, tokens, requests) in energy.items():
+            key = self.keys.energy_minute(minute)
+            pipe.hincrbyfloat(key, energy_field("joules", *labels), joules)
+            if requests:
+                pipe.hincrby(key, energy_field("tokens", *labels), int(tokens))
+                pipe.hincrby(key, energy_field("requests", *labels), int(requests))
+            pipe.expire(key, ENERGY_MINUTE_TTL_S)
         for (second, pool), (req, tin, tout) in load.items():
             for key, ttl in (
                 (self.keys.load_second(second), LOAD_SECOND_TTL_S),
@@ -99,6 +126,10 @@ class RedisStore:
             await pipe.execute()
         except (TimeoutError, RedisError, OSError) as exc:
             self._requeue(load, batch)
+            for cell_key, cell in energy.items():
+                mine = self._energy.setdefault(cell_key, [0.0, 0.0, 0.0])
+                for n in range(3):
+                    mine[n] += cell[n]
             self._failed("flush", exc)
             return False
         self._ok()
@@ -136,6 +167,22 @@ class RedisStore:
         await self._watch(
             self.keys.instance_events, self.load_instances, apply, refresh_s, what="registry", stale=stale
         )
+
+    # -- instance energy counters ----------------------------------------------------------------
+    async def load_energy(self) -> list[InstanceEnergy]:
+        """The agents' latest instance energy counters (one HGETALL); [] while Redis is away."""
+        try:
+            raw = await self.client.hgetall(self.keys.energy)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("energy", exc)
+            return []
+        out = []
+        for key, value in raw.items():
+            try:
+                out.append(InstanceEnergy.from_json(value))
+            except ContractError as exc:
+                log.warning("ignoring energy counter %s: %s", key, exc)
+        return out
 
     # -- the planner's plan ---------------------------------------------------------------------
     async def load_plan(self) -> Plan | None:
@@ -252,5 +299,20 @@ async def publish_instance(url: str, keys: Keys, record: InstanceRecord) -> None
     try:
         await client.hset(keys.instances, record.id, record.to_json())
         await client.publish(keys.instance_events, record.id)
+    finally:
+        await client.aclose()
+
+
+async def read_energy_minutes(url: str, keys: Keys, first_minute: int, last_minute: int) -> list[dict[str, str]]:
+    """The attributed-energy hashes of the minutes ``first_minute..last_minute`` (``wattgate report``), one
+    pipeline; ``ConnectionError`` when Redis cannot be read."""
+    client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=5.0)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for minute in range(first_minute, last_minute + 1):
+            pipe.hgetall(keys.energy_minute(minute))
+        return list(await pipe.execute())
+    except (TimeoutError, RedisError, OSError) as exc:
+        raise ConnectionError(f"cannot read the energy minutes from redis: {exc}") from exc
     finally:
         await client.aclose()

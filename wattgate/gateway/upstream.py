@@ -19,6 +19,8 @@ import httpx
 from starlette.types import Scope
 
 from wattgate.classifier.api import Prediction
+from wattgate.gateway.energy import Work
+from wattgate.gateway.energy_meter import Estimate
 from wattgate.gateway.errors import ApiError
 from wattgate.gateway.http import upstream_headers
 from wattgate.gateway.routing import Instance, choose
@@ -53,6 +55,9 @@ class Job:
     usage: dict[str, Any] | None = None
     events: int = 0
     started: bool = False  # the response head went to the client
+    key: str = "anonymous"  # the API key's label in the energy books
+    work: Work | None = None  # its place in the instance's energy ledger (None: the instance has no counter)
+    energy: Estimate | None = None  # the energy estimate the response carried
 
 
 def begin(state: GatewayState, job: Job, inst: Instance, pool: str) -> None:
@@ -61,6 +66,9 @@ def begin(state: GatewayState, job: Job, inst: Instance, pool: str) -> None:
     inst.in_flight += 1
     inst.outstanding_tokens += job.work_tokens
     state.metrics.in_flight.labels(inst.id).set(inst.in_flight)
+    if state.energy is not None:
+        tokens = job.prediction.input_tokens if job.prediction is not None else 0
+        job.work = state.energy.start(inst.id, Work(job.request_id, job.model, job.key, pool, time.time(), tokens))
     store = state.store
     if store is not None and job.prediction is not None:
         store.record_load(
@@ -79,6 +87,11 @@ def end(state: GatewayState, job: Job) -> None:
     inst.in_flight -= 1
     inst.outstanding_tokens -= job.work_tokens
     state.metrics.in_flight.labels(inst.id).set(inst.in_flight)
+    work, job.work = job.work, None
+    if work is not None and state.energy is not None:
+        if work.end is None and not job.started:  # it never answered (a failed attempt): no work to book
+            work.input_tokens = work.output_tokens = 0
+        state.energy.done(work, job.status or 500, time.time())
     job.instance = None
 
 

@@ -7,9 +7,10 @@ Gateways, the planner and agents talk only through the keys below. Every message
 Messages grow only by optional fields with defaults, so one schema version spans them: a reader
 drops fields it does not know (a plan's instances' too) and fills the ones a writer left out with their
 defaults. Additions within schema 1 are listed at each message (``Observation``: ``text_slots``,
-``text_dim`` since ``OBSERVATION_REVISION`` 2; ``Heartbeat``: ``unmanaged``, the servers an agent runs for
-the user, since ``HEARTBEAT_REVISION`` 2; ``Plan``: ``fixed``, the ids of those the plan gives a pool and a
-clock, since ``PLAN_REVISION`` 2).
+``text_dim`` since ``OBSERVATION_REVISION`` 2, ``energy_j``, ``energy_source`` since 3; ``Heartbeat``:
+``unmanaged``, the servers an agent runs for the user, since ``HEARTBEAT_REVISION`` 2; ``Plan``: ``fixed``,
+the ids of those the plan gives a pool and a clock, since ``PLAN_REVISION`` 2). ``InstanceEnergy`` is new
+in schema 1 (readers that predate it never read its key).
 
 Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 
@@ -27,6 +28,8 @@ Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 | ``{p}:v1:node:{node}:heartbeat`` | string, TTL | agents | ``Heartbeat`` |
 | ``{p}:v1:node:{node}:telemetry`` | string, TTL | agents | ``NodeTelemetry`` |
 | ``{p}:v1:nodes`` | set | agents | node names ever seen |
+| ``{p}:v1:energy`` | hash | agents | instance id -> ``InstanceEnergy`` (its GPUs' energy counter, every second) |
+| ``{p}:v1:energy:m:{unix_minute}`` | hash, TTL 8 days | gateways | booked joules, tokens, requests (``energy_field``) |
 | ``{p}:v1:classifier:model`` | string | classifier retrain | the current classifier model document (JSON) |
 | ``{p}:v1:classifier:version`` | counter | classifier retrain | its version, watched by gateways |
 """
@@ -48,14 +51,18 @@ DEFAULT_PREFIX = "wg"
 LOAD_SECOND_TTL_S = 2 * 3600
 LOAD_MINUTE_TTL_S = 8 * 24 * 3600
 OBSERVATIONS_MAXLEN = 200_000
-# Revision 2 of Observation (schema 1) adds ``text_slots``/``text_dim``; revision-1 readers ignore them.
-OBSERVATION_REVISION = 2
+# Revision 2 of Observation (schema 1) adds ``text_slots``/``text_dim``, revision 3 ``energy_j``/``energy_source``;
+# older readers ignore them.
+OBSERVATION_REVISION = 3
 # Revision 2 of Heartbeat adds ``unmanaged`` and of Plan adds ``fixed``; revision-1 readers ignore them.
 HEARTBEAT_REVISION = 2
 PLAN_REVISION = 2
 HEARTBEAT_TTL_S = 15
 TELEMETRY_TTL_S = 15
 LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
+ENERGY_MINUTE_TTL_S = LOAD_MINUTE_TTL_S
+ENERGY_FIELDS = ("joules", "tokens", "requests")
+IDLE_KEY = "(idle)"  # the key label of an instance's idle energy (intervals in which no request ran on it)
 
 
 class ContractError(Exception):
@@ -114,6 +121,13 @@ class Keys:
     @property
     def nodes(self) -> str:
         return self._k("nodes")
+
+    @property
+    def energy(self) -> str:
+        return self._k("energy")
+
+    def energy_minute(self, unix_minute: int) -> str:
+        return self._k("energy", "m", unix_minute)
 
     @property
     def classifier_model(self) -> str:
@@ -213,6 +227,10 @@ class Observation(_Message):
     text_slots: str = ""
     text_dim: int = 0
     revision: int = 1  # a message without the field predates revision 2; revision-2 writers set it
+    # Revision 3: the energy attributed to the request when it ended (an estimate: its last interval closes
+    # later; the energy metrics and minutes reconcile it) and its source (measured | modelled); None: unknown
+    energy_j: float | None = None
+    energy_source: str | None = None
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Observation:
@@ -426,3 +444,55 @@ class Heartbeat(_Message):
             raise ContractError("heartbeat: unmanaged must be a list of objects")
         data["unmanaged"] = [_build(UnmanagedInstance, i, "heartbeat: bad unmanaged instance") for i in listed]
         return _build(cls, data, "heartbeat")
+
+
+@dataclass(frozen=True)
+class InstanceEnergy(_Message):
+    """One instance's energy counter, written by its agent every second into ``Keys.energy``.
+
+    ``energy_j`` is the sum of the total-energy counters of the instance's GPUs at ``ts`` (unix seconds):
+    NVML's ``nvmlDeviceGetTotalEnergyConsumption`` on a real GPU (``source`` measured, origin: driver load)
+    or a simulated GPU's counter (``source`` modelled). Readers use differences only; a counter that went
+    down (driver reload, a new simulated GPU) starts a new series."""
+
+    instance: str
+    node: str
+    ts: float
+    energy_j: float
+    power_w: float  # the GPUs' power at ts (W), the same source
+    source: str  # Source value
+    gpus: list[int] = field(default_factory=list)  # node-local GPU indices
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | dict[str, Any]) -> InstanceEnergy:
+        e = _build(cls, _decode(raw, "energy"), "energy")
+        if e.source not in {s.value for s in Source}:
+            raise ContractError(f"energy {e.instance}: unknown source {e.source!r}")
+        for name in ("ts", "energy_j", "power_w"):
+            value = getattr(e, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ContractError(f"energy {e.instance}: {name} must be a number >= 0, got {value!r}")
+        return e
+
+
+def energy_field(name: str, *labels: str) -> str:
+    """Hash field of an energy minute: a JSON array ``[name, model, key, pool, status, source]`` (model names
+    may hold any character, so no separator is safe)."""
+    if name not in ENERGY_FIELDS:
+        raise ContractError(f"unknown energy field {name!r}")
+    if len(labels) != 5:
+        raise ContractError("an energy field has five labels: model, key, pool, status, source")
+    return json.dumps([name, *labels], separators=(",", ":"))
+
+
+def parse_energy_field(raw: str | bytes) -> tuple[str, str, str, str, str, str]:
+    """``energy_field``'s parts; ``ContractError`` for anything else."""
+    try:
+        parts = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError(f"energy field {raw!r} is not JSON") from exc
+    if not isinstance(parts, list) or len(parts) != 6 or not all(isinstance(p, str) for p in parts):
+        raise ContractError(f"energy field {raw!r} is not [name, model, key, pool, status, source]")
+    if parts[0] not in ENERGY_FIELDS:
+        raise ContractError(f"unknown energy field {parts[0]!r}")
+    return parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]

@@ -1,0 +1,138 @@
+"""The attribution rule on one instance's ledger: proportional to work, idle booked apart, every joule once."""
+
+from __future__ import annotations
+
+import pytest
+
+from wattgate.gateway.energy import Booking, InstanceLedger, Work
+from wattgate.planner.contract import IDLE_KEY
+
+
+def ledger(*readings: tuple[float, float]) -> InstanceLedger:
+    led = InstanceLedger("i1", max_open_s=60.0)
+    led.model, led.pool = "m", "SS"
+    for ts, j in readings:
+        assert led.reading(ts, j, 300.0, "modelled")
+    return led
+
+
+def work(rid: str, start: float, prompt: int, key: str = "k") -> Work:
+    return Work(rid, "m", key, "SS", start, prompt)
+
+
+def close(w: Work, end: float, output: int, first: float | None = None) -> None:
+    w.first, w.end, w.output_tokens = first, end, output
+    w.status, w.done = "200", True
+
+
+def by_request(bookings: list[Booking]) -> dict[str, float]:
+    return {b.request_id or f"idle@{b.ts:g}": b.energy_j for b in bookings}
+
+
+def test_interval_energy_is_split_by_tokens_and_idle_intervals_are_booked_to_the_pool() -> None:
+    led = ledger((0.0, 1000.0))
+    a, b = work("a", 0.0, 100), work("b", 0.0, 100)
+    led.add(a)
+    led.add(b)
+    close(a, 1.0, 100)  # 200 tokens in (0, 1]
+    close(b, 1.0, 500)  # 600 tokens in (0, 1]
+    led.reading(1.0, 1800.0, 300.0, "modelled")
+    led.reading(2.0, 2100.0, 300.0, "modelled")  # nobody worked in (1, 2]: idle
+    got = led.settle(now=2.5)
+    assert by_request(got) == {"a": pytest.approx(200.0), "b": pytest.approx(600.0), "idle@2": pytest.approx(300.0)}
+    idle = next(x for x in got if not x.request_id)
+    assert (idle.key, idle.pool, idle.model, idle.status, idle.requests, idle.tokens) == (
+        IDLE_KEY,
+        "SS",
+        "m",
+        "idle",
+        0,
+        0,
+    )
+    assert sum(x.energy_j for x in got) == pytest.approx(2100.0 - 1000.0)  # every joule once
+    assert {x.source for x in got} == {"modelled"} and led.idle is False  # the last reading stays as the boundary
+
+
+def test_streamed_work_puts_the_prompt_before_the_first_byte_and_the_output_after() -> None:
+    led = ledger((0.0, 0.0))
+    long_prompt = work("p", 0.0, 900)
+    decoder = work("d", 0.0, 10)
+    led.add(long_prompt)
+    led.add(decoder)
+    close(long_prompt, 2.0, 100, first=1.0)  # 900 prompt tokens in (0, 1], 100 output tokens in (1, 2]
+    close(decoder, 2.0, 190, first=0.0)  # first byte at its start: all 200 tokens spread over [0, 2]
+    led.reading(1.0, 1000.0, 1000.0, "modelled")
+    led.reading(2.0, 2000.0, 1000.0, "modelled")
+    got = by_request(led.settle(now=3.0))
+    # (0, 1]: p 900, d 100 -> 900 J / 100 J; (1, 2]: p 100, d 100 -> 500 J each
+    assert got == {"p": pytest.approx(1400.0), "d": pytest.approx(600.0)}
+
+
+def test_an_interval_waits_for_the_requests_in_it_and_then_books_them_once() -> None:
+    led = ledger((0.0, 0.0), (1.0, 100.0), (2.0, 200.0))
+    early, late = work("early", 0.0, 10), work("late", 1.5, 10)
+    led.add(early)
+    led.add(late)
+    close(early, 0.5, 0)
+    assert by_request(led.settle(now=2.1)) == {"early": pytest.approx(100.0)}  # (0, 1] settled; (1, 2] waits
+    assert led.settled_until == 1.0
+    close(late, 2.5, 30)
+    led.reading(3.0, 300.0, 100.0, "modelled")
+    got = by_request(led.settle(now=3.1))
+    assert got == {"late": pytest.approx(200.0)}  # it alone worked in (1, 2] and (2, 3]
+    assert led.settle(now=3.2) == []  # nothing booked twice
+
+
+def test_a_request_open_longer_than_max_open_s_no_longer_holds_the_books() -> None:
+    led = ledger((0.0, 0.0), (1.0, 100.0))
+    stuck, quick = work("stuck", 0.0, 10), work("quick", 0.5, 10)
+    led.add(stuck)
+    led.add(quick)
+    close(quick, 1.0, 0)
+    assert led.settle(now=30.0) == []  # stuck is open and the interval is young
+    got = by_request(led.settle(now=61.5))  # the interval is older than max_open_s (60 s)
+    # stuck's work so far: 10 prompt tokens over [0, 61.5]; quick's: 10 over [0.5, 1]
+    share = 10 * 1 / 61.5
+    assert got == {"quick": pytest.approx(100.0 * 10 / (10 + share))}
+    close(stuck, 62.0, 5)
+    led.reading(63.0, 200.0, 100.0, "modelled")
+    got = by_request(led.settle(now=63.0))
+    assert got["stuck"] == pytest.approx(100.0 * share / (10 + share) + 100.0)
+
+
+def test_a_counter_that_goes_back_starts_a_new_series_and_counts_a_gap() -> None:
+    led = ledger((0.0, 5000.0), (1.0, 5100.0))
+    assert not led.reading(2.0, 10.0, 100.0, "modelled")  # the driver reloaded: counter from zero
+    assert led.gaps == 1 and led.settled_until == 2.0
+    assert not led.reading(3.0, 20.0, 100.0, "measured")  # another source is another series too
+    assert led.gaps == 2 and led.source == "measured"
+    assert led.reading(3.0, 25.0, 100.0, "measured")  # the same second again: ignored, not a break
+
+
+def test_the_estimate_is_the_booking_when_the_load_holds_steady() -> None:
+    led = ledger((0.0, 0.0))
+    for t in range(1, 10):
+        w = work(f"r{t}", t - 1.0, 50)
+        led.add(w)
+        close(w, float(t), 50)
+        led.reading(float(t), 1000.0 * t, 1000.0, "modelled")
+        led.settle(now=t + 0.01)
+    last = work("last", 9.0, 50)
+    led.add(last)
+    close(last, 10.0, 50)
+    estimate = led.estimate(last, now=10.0)
+    led.reading(10.0, 10_000.0, 1000.0, "modelled")
+    booked = by_request(led.settle(now=10.1))["last"]
+    assert booked == pytest.approx(1000.0) and estimate == pytest.approx(booked)
+
+
+def test_done_requests_of_a_silent_instance_are_booked_with_what_was_settled() -> None:
+    led = ledger((0.0, 0.0), (1.0, 50.0))
+    w = work("w", 0.5, 10)
+    led.add(w)
+    close(w, 3.0, 10)
+    led.settle(now=1.1)
+    assert led.drop_stale(now=20.0, stale_s=30.0) == []
+    got = led.drop_stale(now=40.0, stale_s=30.0)
+    assert [(b.request_id, b.energy_j) for b in got] == [("w", pytest.approx(50.0))]
+    assert led.idle and led.gaps == 1

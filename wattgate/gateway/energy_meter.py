@@ -1,0 +1,150 @@
+"""The gateway's energy meter: instance counters in (once a second), bookings out to the metrics and Redis.
+
+The request path calls ``start`` and ``finish`` (in memory, no I/O); ``tick`` runs in the background: it
+applies the agents' latest counters (one Redis read a second for all instances, ``EnergySource``), settles
+the ledgers (``energy``) and hands the bookings to the metrics and to the store's buffered minute totals.
+API keys are labelled by a hash of the key (``key-`` and 12 hex digits of its SHA-256), or by the name
+``energy_key_names`` gives that hash; a request without a key is ``anonymous``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from wattgate.gateway.energy import Booking, InstanceLedger, Work
+from wattgate.gateway.metrics import GatewayMetrics
+from wattgate.planner.contract import InstanceEnergy
+
+log = logging.getLogger("wattgate.gateway.energy")
+STALE_S = 30.0  # no reading for this long: the instance's series ends (its done requests are booked as they are)
+
+
+class EnergySink(Protocol):
+    def record_energy(self, bookings: Iterable[Booking]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a response says about its energy (``usage.energy``)."""
+
+    energy_j: float
+    source: str
+
+    def usage(self) -> dict[str, object]:
+        return {"joules": round(self.energy_j, 3), "source": self.source, "estimate": True}
+
+
+def key_label(key: str | None, names: Mapping[str, str]) -> str:
+    if not key:
+        return "anonymous"
+    label = "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return names.get(label, label)
+
+
+def parse_key_names(items: Iterable[str]) -> dict[str, str]:
+    """``key-<12 hex>=name`` items into a mapping; ``ValueError`` for anything else."""
+    out = {}
+    for item in items:
+        label, sep, name = item.partition("=")
+        if not sep or not label.startswith("key-") or len(label) != 16 or not name:
+            raise ValueError(f"energy_key_names: {item!r} is not key-<12 hex digits>=NAME")
+        out[label] = name
+    return out
+
+
+class EnergyMeter:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        *,
+        carbon_g_per_kwh: float,
+        max_open_s: float = 600.0,
+        key_names: Mapping[str, str] | None = None,
+        sink: EnergySink | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.carbon_g_per_kwh = carbon_g_per_kwh
+        self.max_open_s = max_open_s
+        self.key_names = dict(key_names or {})
+        self.sink = sink
+        self.ledgers: dict[str, InstanceLedger] = {}
+
+    # -- the request path (no I/O) --------------------------------------------------------------
+    def start(self, instance: str, work: Work) -> Work | None:
+        """The request went to ``instance``: ``work``, or None when that instance has no energy counter."""
+        ledger = self.ledgers.get(instance)
+        if ledger is None or not ledger.metered:
+            return None
+        ledger.add(work)
+        return work
+
+    def finish(self, instance: str, work: Work, now: float, input_tokens: int, output_tokens: int) -> Estimate | None:
+        """The answer's last byte came: fix the request's tokens and estimate its energy."""
+        if work.end is None:
+            work.end = now
+        work.input_tokens, work.output_tokens = max(input_tokens, 0), max(output_tokens, 0)
+        ledger = self.ledgers.get(instance)
+        if ledger is None or not ledger.source:
+            return None
+        return Estimate(ledger.estimate(work, now), ledger.source)
+
+    @staticmethod
+    def done(work: Work, status: int, now: float) -> None:
+        """The request is over (whatever happened): its booking may go out once its intervals settle."""
+        if work.end is None:
+            work.end = now
+        work.status, work.done = str(status), True
+
+    # -- the background side ----------------------------------------------------------------------
+    def apply(self, readings: Iterable[InstanceEnergy], labels: Mapping[str, tuple[str, str]]) -> None:
+        """The agents' latest counters; ``labels`` gives each instance's (model, pool) for its idle energy."""
+        for r in readings:
+            ledger = self.ledgers.get(r.instance)
+            if ledger is None:
+                ledger = self.ledgers[r.instance] = InstanceLedger(r.instance, self.max_open_s)
+            model, pool = labels.get(r.instance, (ledger.model, ledger.pool))
+            ledger.model, ledger.pool = model, pool
+            if not ledger.reading(r.ts, r.energy_j, r.power_w, r.source):
+                self.metrics.energy_gaps.labels(r.instance).inc()
+                log.warning("energy counter of %s went back or changed source: a new series starts", r.instance)
+
+    def settle(self, now: float) -> list[Booking]:
+        out: list[Booking] = []
+        for iid, ledger in list(self.ledgers.items()):
+            stale = ledger.drop_stale(now, STALE_S)
+            if stale:
+                self.metrics.energy_gaps.labels(iid).inc()
+            out += stale + ledger.settle(now)
+            if ledger.idle:
+                del self.ledgers[iid]
+                with contextlib.suppress(KeyError):
+                    self.metrics.energy_settled.remove(iid)
+            elif ledger.settled_until is not None:
+                self.metrics.energy_settled.labels(iid).set(ledger.settled_until)
+        self.book(out)
+        return out
+
+    def book(self, bookings: list[Booking]) -> None:
+        for b in bookings:
+            self.metrics.book_energy(b, self.carbon_g_per_kwh)
+        if bookings and self.sink is not None:
+            self.sink.record_energy(bookings)
+
+    async def run(
+        self,
+        read: Callable[[], Awaitable[list[InstanceEnergy]]],
+        labels: Callable[[], Mapping[str, tuple[str, str]]],
+        clock: Callable[[], float],
+        interval_s: float = 1.0,
+    ) -> None:
+        """Every ``interval_s``: read the counters, settle."""
+        while True:
+            self.apply(await read(), labels())  # the store answers [] while Redis is away
+            self.settle(clock())
+            await asyncio.sleep(interval_s)
