@@ -97,14 +97,13 @@ def test_booked_energy_adds_up_to_the_simulated_gpus_counters(cluster: Cluster) 
     log = CounterLog(cluster.gpu_dir("node1"))
     log.thread.start()
     try:
-        wait(lambda: books(gw)[3] > time.time() - 3, "the gateway to book both instances' energy")
+        wait(lambda: log.ts and books(gw)[3] > log.ts[0], "the gateway to book both instances' energy")
         req_a, idle_a, _, t_a = books(gw)
         time.sleep(0.2)  # the counter log has a reading after t_a
         clients = [openai.OpenAI(base_url=gw + "/v1", api_key=k, max_retries=0) for k in ("team-a", "team-b")]
-        msgs = [{"role": "user", "content": "Tell me about the energy of serving language models. " * (1 + n % 5)}]
-
         def one(n: int) -> float:
             client = clients[n % 2]
+            msgs = [{"role": "user", "content": "Tell me about the energy of serving language models. " * (1 + n % 5)}]
             if n % 3:  # streamed, with usage
                 chunks = list(
                     client.chat.completions.create(

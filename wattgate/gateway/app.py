@@ -220,6 +220,7 @@ def create_app(
                 state.metrics,
                 carbon_g_per_kwh=settings.carbon_g_per_kwh,
                 max_open_s=settings.energy_max_open_s,
+                prefill_weight=settings.energy_prefill_weight,
                 key_names=parse_key_names(settings.energy_key_names),
                 sink=store,
             )

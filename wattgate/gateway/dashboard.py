@@ -1,7 +1,7 @@
 """The live dashboard: ``/dashboard`` (a static page) and ``/dashboard/data`` (JSON sampled every second).
 
 The data are the gateway's own Prometheus series (requests, TTFT histograms: measured by its timers)
-plus, when Redis is configured, the agents' node telemetry (GPU power and energy: measured by NVML or
+plus, when Redis is configured, the energy booked per model (J/token, gCO2e: ``model_energy``), the agents' node telemetry (GPU power and energy: measured by NVML or
 modelled for simulated GPUs, as each reading says), the instance registry and the planner's plan
 (predicted and baseline power: modelled). A sampler keeps the last ten minutes so a page opened late
 still draws history.
@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from wattgate.gateway.metrics import GatewayMetrics
-from wattgate.planner.contract import InstanceRecord, NodeTelemetry, Plan
+from wattgate.planner.contract import IDLE_KEY, InstanceRecord, NodeTelemetry, Plan
 from wattgate.profiles.classes import LengthClass, SloTargets
 
 HISTORY_LEN = 600
@@ -114,11 +114,42 @@ class Sampler:
                 "baseline": baseline_kind,
             },
             "slo_ttft_s": {c.value: t for c, t in self.slo.ttft_p99_s.items()},
+            "models": model_energy(self.metrics),  # energy per request, booked (README: Energy per request)
         }
         return self.latest
 
     def snapshot(self) -> dict[str, Any]:
         return {**self.latest, "history": list(self.history)}
+
+
+def model_energy(metrics: GatewayMetrics) -> list[dict[str, Any]]:
+    """Per model and source: the energy booked to its requests and its idle instances, their tokens, J/token
+    (idle included) and gCO2e, from the gateway's energy counters (settled bookings)."""
+    cells: dict[tuple[str, str], dict[str, float]] = {}
+    for family in metrics.registry.collect():
+        for s in family.samples:
+            name = s.name.removeprefix("wattgate_gateway_").removesuffix("_total")
+            if name not in {"energy_joules", "energy_tokens", "carbon_grams"}:
+                continue
+            cell = cells.setdefault((s.labels["model"], s.labels["source"]), {})
+            field = "idle_j" if name == "energy_joules" and s.labels["key"] == IDLE_KEY else name
+            cell[field] = cell.get(field, 0.0) + s.value
+    rows = []
+    for (model, source), c in sorted(cells.items()):
+        energy = c.get("energy_joules", 0.0) + c.get("idle_j", 0.0)
+        tokens = c.get("energy_tokens", 0.0)
+        rows.append(
+            {
+                "model": model,
+                "source": source,
+                "energy_j": energy,
+                "idle_j": c.get("idle_j", 0.0),
+                "tokens": tokens,
+                "j_per_token": energy / tokens if tokens else None,
+                "carbon_g": c.get("carbon_grams", 0.0),
+            }
+        )
+    return rows
 
 
 def _attainment(cell: dict[str, float]) -> float | None:

@@ -5,9 +5,11 @@ The rule (README, "Energy per request"):
 - The instance's agent publishes its energy counter every second (``InstanceEnergy``: NVML's total energy,
   measured, or the simulated GPUs' counter, modelled). Two consecutive readings bound an interval
   ``(a, b]`` with the energy ``E`` the counter grew by.
-- A request's *work* is its tokens: its prompt tokens spread evenly over ``[start, first byte]`` (prefill)
-  and its output tokens evenly over ``[first byte, end]`` (decode). A non-streamed request has no first
-  byte before its end: all its tokens spread evenly over ``[start, end]``.
+- A request's *work* is its tokens: its prompt tokens, each weighing ``prefill_weight`` of an output token
+  (``energy_prefill_weight``, 0.1 by default: a prompt token is computed in a batch with thousands of others,
+  an output token costs a whole step's share; ``bench/energy_attribution.py`` chose it), spread evenly over
+  ``[start, first byte]`` (prefill), and its output tokens evenly over ``[first byte, end]`` (decode). A
+  non-streamed request has no first byte before its end: all its work spreads evenly over ``[start, end]``.
 - ``E`` goes to the requests that worked in the interval in proportion to their work in it. An interval in
   which none worked is the instance's idle energy while it was held for its pool: booked to the pool and
   the instance's model under the key ``IDLE_KEY``. So every joule of the counter is booked exactly once.
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 
 from wattgate.planner.contract import IDLE_KEY
 
+JPT_DECAY = 0.9  # per busy interval (about a second): the estimates follow the last ten seconds or so
+
 
 @dataclass(eq=False)
 class Work:
@@ -46,13 +50,15 @@ class Work:
     done: bool = False
     energy_j: float = 0.0  # settled so far
 
-    def work_in(self, a: float, b: float, now: float) -> float:
-        """Tokens of work this request did in ``(a, b]`` (with the work so far while it is open)."""
+    def work_in(self, a: float, b: float, now: float, prefill_weight: float = 1.0) -> float:
+        """Work this request did in ``(a, b]`` (its work so far while it is open): output tokens, plus prompt
+        tokens at ``prefill_weight`` each."""
         end = self.end if self.end is not None else now
         first = self.first
+        prompt = self.input_tokens * prefill_weight
         if first is None or not self.start < first < end:
-            return (self.input_tokens + self.output_tokens) * _share(a, b, self.start, end)
-        return self.input_tokens * _share(a, b, self.start, first) + self.output_tokens * _share(a, b, first, end)
+            return (prompt + self.output_tokens) * _share(a, b, self.start, end)
+        return prompt * _share(a, b, self.start, first) + self.output_tokens * _share(a, b, first, end)
 
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
@@ -91,16 +97,19 @@ class _Sample:
 class InstanceLedger:
     """The unsettled readings and requests of one instance (see the module docstring)."""
 
-    def __init__(self, instance: str, max_open_s: float = 600.0) -> None:
+    def __init__(self, instance: str, max_open_s: float = 600.0, prefill_weight: float = 1.0) -> None:
         self.instance = instance
         self.max_open_s = max_open_s
+        self.prefill_weight = prefill_weight
         self.source = ""
         self.model = "-"
         self.pool = "-"
         self.gaps = 0
         self._samples: list[_Sample] = []  # [0] is the settled boundary
         self._works: list[Work] = []
-        self._j_per_token: float | None = None  # over the last busy settled interval
+        # energy and work of the busy settled intervals, each older one weighing JPT_DECAY less: their ratio is
+        # the recent joules per unit of work the estimates use
+        self._busy_j = self._busy_work = 0.0
 
     @property
     def metered(self) -> bool:
@@ -147,7 +156,7 @@ class InstanceLedger:
 
     def _split(self, a: _Sample, b: _Sample, now: float, out: list[Booking]) -> None:
         energy = b.energy_j - a.energy_j
-        parts = [(w, w.work_in(a.ts, b.ts, now)) for w in self._works if w.start <= b.ts]
+        parts = [(w, w.work_in(a.ts, b.ts, now, self.prefill_weight)) for w in self._works if w.start <= b.ts]
         total = sum(p for _, p in parts)
         if total <= 0:
             if energy > 0:
@@ -155,7 +164,8 @@ class InstanceLedger:
             return
         for w, p in parts:
             w.energy_j += energy * p / total
-        self._j_per_token = energy / total
+        self._busy_j = self._busy_j * JPT_DECAY + energy
+        self._busy_work = self._busy_work * JPT_DECAY + total
 
     def _book_done(self, out: list[Booking]) -> list[Booking]:
         """Book the done requests whose whole span is settled."""
@@ -173,14 +183,14 @@ class InstanceLedger:
 
     def estimate(self, work: Work, now: float) -> float:
         """The energy ``work`` will be booked, as far as it is known now: what is settled, plus its work since
-        at the instance's last settled joules per token (its last power shared equally, before one is known)."""
+        at the instance's recent joules per unit of work (its last power shared equally, before one is known)."""
         since = self.settled_until
         if since is None:
             return 0.0
         end = work.end if work.end is not None else now
-        rest = work.work_in(since, max(end, since), now)
-        if self._j_per_token is not None:
-            return work.energy_j + rest * self._j_per_token
+        rest = work.work_in(since, max(end, since), now, self.prefill_weight)
+        if self._busy_work > 0:
+            return work.energy_j + rest * self._busy_j / self._busy_work
         live = sum(1 for w in self._works if w.end is None or w.end > since)
         return work.energy_j + self._samples[-1].power_w * max(end - since, 0.0) / max(live, 1)
 

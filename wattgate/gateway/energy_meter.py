@@ -65,12 +65,14 @@ class EnergyMeter:
         *,
         carbon_g_per_kwh: float,
         max_open_s: float = 600.0,
+        prefill_weight: float = 1.0,
         key_names: Mapping[str, str] | None = None,
         sink: EnergySink | None = None,
     ) -> None:
         self.metrics = metrics
         self.carbon_g_per_kwh = carbon_g_per_kwh
         self.max_open_s = max_open_s
+        self.prefill_weight = prefill_weight
         self.key_names = dict(key_names or {})
         self.sink = sink
         self.ledgers: dict[str, InstanceLedger] = {}
@@ -107,7 +109,7 @@ class EnergyMeter:
         for r in readings:
             ledger = self.ledgers.get(r.instance)
             if ledger is None:
-                ledger = self.ledgers[r.instance] = InstanceLedger(r.instance, self.max_open_s)
+                ledger = self.ledgers[r.instance] = InstanceLedger(r.instance, self.max_open_s, self.prefill_weight)
             model, pool = labels.get(r.instance, (ledger.model, ledger.pool))
             ledger.model, ledger.pool = model, pool
             if not ledger.reading(r.ts, r.energy_j, r.power_w, r.source):

@@ -58,8 +58,6 @@ def aggregate(minutes: Iterable[Mapping[str, str]], carbon_g_per_kwh: float) -> 
             except (ContractError, ValueError):
                 continue
             for k in (key, TOTAL_KEY):
-                if k == TOTAL_KEY and name == "requests":
-                    continue
                 cell = sums.setdefault((model, k, source), [0.0, 0.0, 0.0])
                 cell[index[name]] += number
     rows = [

@@ -93,6 +93,7 @@ class GatewaySettings:
     energy_key_names: tuple[str, ...] = ()
     carbon_g_per_kwh: float = 475.0
     energy_max_open_s: float = 600.0
+    energy_prefill_weight: float = 0.1  # a prompt token's work against an output token's (bench/energy_attribution.py)
     energy_interval_s: float = 1.0
 
     def deadline(self, request_type: str | None) -> Deadline:
@@ -142,8 +143,10 @@ def _validate(s: GatewaySettings) -> None:
             raise ConfigError(f"forward_headers: {name!r} is not a header name")
     if s.protect_metrics and not (s.api_keys or s.admin_api_keys):
         raise ConfigError("protect_metrics needs api_keys or admin_api_keys")
-    if not (s.carbon_g_per_kwh >= 0 and s.energy_max_open_s > 0 and s.energy_interval_s > 0):
-        raise ConfigError("carbon_g_per_kwh must be >= 0, energy_max_open_s and energy_interval_s > 0")
+    if not (s.carbon_g_per_kwh >= 0 and s.energy_prefill_weight >= 0):
+        raise ConfigError("carbon_g_per_kwh and energy_prefill_weight must be >= 0")
+    if not (s.energy_max_open_s > 0 and s.energy_interval_s > 0):
+        raise ConfigError("energy_max_open_s and energy_interval_s must be > 0")
     for item in s.energy_key_names:
         label, sep, name = item.partition("=")
         if not sep or not label.startswith("key-") or len(label) != 16 or not name:

@@ -9,6 +9,10 @@ function fmt(x, digits) {
   return Number(x).toLocaleString("en-US", { maximumFractionDigits: digits ?? 0 });
 }
 
+function esc(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+}
+
 function setupCanvas(canvas) {
   const ratio = window.devicePixelRatio || 1;
   const w = canvas.clientWidth || canvas.width;
@@ -86,6 +90,15 @@ function render(d) {
   if (e.baseline) document.getElementById("saved-note").textContent = `vs ${e.baseline}`;
   document.getElementById("rps").textContent = fmt(d.rps, 2);
   document.getElementById("requests").textContent = `${fmt(d.requests)} requests so far (measured)`;
+  const models = d.models || [];
+  const tokens = models.reduce((a, m) => a + m.tokens, 0);
+  const joules = models.reduce((a, m) => a + m.energy_j, 0);
+  document.getElementById("jpt").textContent = tokens > 0 ? `${fmt(joules / tokens, 2)} J` : "–";
+  const msources = [...new Set(models.map((m) => m.source))].join(", ");
+  if (models.length) document.getElementById("jpt-note").textContent = `${fmt(tokens)} tokens, ${msources}`;
+  document.querySelector("#models tbody").innerHTML = models.map((m) =>
+    `<tr><td>${esc(m.model)}</td><td>${esc(m.source)}</td><td>${fmt(m.energy_j / 1000, 1)}</td><td>${fmt(m.tokens)}</td>` +
+    `<td>${m.j_per_token === null ? "–" : fmt(m.j_per_token, 2)}</td><td>${fmt(m.carbon_g, 2)}</td></tr>`).join("");
   const plan = d.plan;
   document.getElementById("plan").textContent = plan ? `v${plan.version}, ${plan.gpus} GPUs` : "none";
   document.getElementById("plan-note").textContent = plan
