@@ -19,6 +19,7 @@ booked to requests, against its fraction under the truth. Prints a table and one
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -27,11 +28,12 @@ from dataclasses import dataclass, field
 
 from wattgate.gateway.energy import InstanceLedger, Work
 from wattgate.servingmodel.calibration import ServingModel
-from wattgate.servingmodel.engine import Engine, Phase, Request, _Decision
+from wattgate.servingmodel.engine import Engine, Finished, Phase, Request, _Decision
 from wattgate.servingmodel.steps import StepTime
 
 PROMPTS = (64, 256, 1024, 4096)
 WEIGHTS = (1.0, 0.25, 0.1, 0.05)
+DEFAULT_WEIGHT = 0.1  # the gateway's energy_prefill_weight
 OUTPUTS = (16, 64, 256, 512)
 
 
@@ -72,7 +74,9 @@ class MeteredEngine(Engine):
             kv_left = kv - (self._kv_of(skip_decode) if skip_decode is not None else 0)
             if not chunks and not decodes:
                 return 0.0
-            t = self.cost.step(decodes=decodes, kv_tokens=kv_left, prefill=chunks, sampled=decodes + completing, factors=f)
+            t = self.cost.step(
+                decodes=decodes, kv_tokens=kv_left, prefill=chunks, sampled=decodes + completing, factors=f
+            )
             return self._energy(t, d.clock_mhz)
 
         shares = [(r.id, full - without(k, None)) for k, (r, _, _) in enumerate(prefill)]
@@ -151,18 +155,62 @@ def run(seed: int, duration_s: float, rate_rps: float) -> dict[str, list[float]]
             ledger.add(w)
         rules[f"tokens (prefill x{weight:g})"] = {b.request_id: b.energy_j for b in ledger.settle(1e12) if b.request_id}
     rules["equal"] = equal_split(readings, works)
+    firsts = {f.id: f.arrival_s + f.ttft_s - eng.request_latency_s for f in finished}
+    estimates = online_estimates(readings, finished, firsts)
     truth = eng.truth.per_request
     ids = [w.request_id for w in works if w.request_id in truth]
     out: dict[str, list[float]] = {}
     for name, got in rules.items():
         t_sum, g_sum = sum(truth[i] for i in ids), sum(got.get(i, 0.0) for i in ids)
         out[name] = [abs(got.get(i, 0.0) / g_sum - truth[i] / t_sum) / (truth[i] / t_sum) for i in ids]
+    booked = rules[f"tokens (prefill x{DEFAULT_WEIGHT:g})"]
+    out["estimate / booking"] = [estimates[i] / booked[i] for i in ids if booked.get(i)]
+    return out
+
+
+def online_estimates(
+    readings: list[tuple[float, float]], finished: list[Finished], firsts: dict[str, float]
+) -> dict[str, float]:
+    """The estimate each response would carry: the gateway's ledger fed in time order (requests start, stream
+    their first token and end between the once-a-second readings), asked when each request ends."""
+    ledger = InstanceLedger("online", max_open_s=1e9, prefill_weight=DEFAULT_WEIGHT)
+    events: list[tuple[float, int, Finished]] = []
+    for f in finished:
+        events += [(f.arrival_s, 0, f), (firsts[f.id], 1, f), (f.finish_s, 2, f)]
+    events.sort(key=lambda e: (e[0], e[1]))
+    open_: dict[str, Work] = {}
+    finished_by_id = {f.id: f for f in finished}
+    out: dict[str, float] = {}
+    k = 0
+    last = (0.0, 0.0)
+    for ts, energy in readings:
+        power = (energy - last[1]) / (ts - last[0]) if ts > last[0] else 0.0  # what the agent reads: the last second's
+        last = (ts, energy)
+        while k < len(events) and events[k][0] <= ts:
+            at, kind, f = events[k]
+            k += 1
+            if kind == 0:
+                open_[f.id] = Work(f.id, "m", "k", "p", at, f.prompt)
+                ledger.add(open_[f.id])
+            elif kind == 1:
+                open_[f.id].first = at
+            else:
+                for o in open_.values():  # what the gateway has seen of the others' streams by now
+                    if o.first is not None and o.first < at:
+                        g = finished_by_id[o.request_id]
+                        o.output_tokens = int(g.output * (at - o.first) / max(g.finish_s - o.first, 1e-9))
+                w = open_.pop(f.id)
+                w.end, w.output_tokens = at, f.output
+                out[f.id] = ledger.estimate(w, at)
+                w.status, w.done = "200", True
+        ledger.reading(ts, energy, power, "modelled")
+        ledger.settle(ts)
     return out
 
 
 def equal_split(readings: list[tuple[float, float]], works: list[Work]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for (a, ea), (b, eb) in zip(readings, readings[1:], strict=False):
+    for (a, ea), (b, eb) in itertools.pairwise(readings):
         present = [(w, min(b, w.end or b) - max(a, w.start)) for w in works if w.start < b and (w.end or b) > a]
         present = [(w, p) for w, p in present if p > 0]
         total = sum(p for _, p in present)
@@ -188,9 +236,20 @@ def main() -> int:
                 errs.setdefault(name, []).extend(e)
         for name, e in errs.items():
             q = sorted(e)
-            result.setdefault(name, {})[rate] = {"mean": statistics.fmean(e), "p90": q[int(len(q) * 0.9)], "n": len(e)}
+            result.setdefault(name, {})[rate] = {
+                "mean": statistics.fmean(e),
+                "p10": q[int(len(q) * 0.1)],
+                "p50": q[len(q) // 2],
+                "p90": q[int(len(q) * 0.9)],
+                "n": len(e),
+            }
+    ratios = result.pop("estimate / booking")
     for name, by_rate in result.items():
         print(f"{name:22}" + "".join(f"{r['mean']:>9.1%} /{r['p90']:>6.0%}" for r in by_rate.values()))
+    print("\nthe estimate a response carries / the energy later booked to it (default rule; p10 / p50 / p90)")
+    cells = ["{:.2f} / {:.2f} / {:.2f}".format(r["p10"], r["p50"], r["p90"]) for r in ratios.values()]
+    print(" " * 22 + "".join(f"{c:>20}" for c in cells))
+    result["estimate / booking"] = ratios
     print(json.dumps({"bench": "energy_attribution", "source": "modelled", "rules": result}))
     return 0
 

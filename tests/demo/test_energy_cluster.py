@@ -101,6 +101,7 @@ def test_booked_energy_adds_up_to_the_simulated_gpus_counters(cluster: Cluster) 
         req_a, idle_a, _, t_a = books(gw)
         time.sleep(0.2)  # the counter log has a reading after t_a
         clients = [openai.OpenAI(base_url=gw + "/v1", api_key=k, max_retries=0) for k in ("team-a", "team-b")]
+
         def one(n: int) -> float:
             client = clients[n % 2]
             msgs = [{"role": "user", "content": "Tell me about the energy of serving language models. " * (1 + n % 5)}]

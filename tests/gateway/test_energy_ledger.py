@@ -136,3 +136,29 @@ def test_done_requests_of_a_silent_instance_are_booked_with_what_was_settled() -
     got = led.drop_stale(now=40.0, stale_s=30.0)
     assert [(b.request_id, b.energy_j) for b in got] == [("w", pytest.approx(50.0))]
     assert led.idle and led.gaps == 1
+
+
+def test_the_estimate_counts_an_open_unstreamed_request_as_decoding_at_the_finishing_ones_pace() -> None:
+    led = ledger((0.0, 0.0), (1.0, 1000.0))
+    silent, streamed = work("silent", 0.0, 0), work("streamed", 0.0, 0)
+    led.add(silent)
+    led.add(streamed)
+    close(streamed, 2.0, 100, first=0.0)  # 50 tokens/s; the silent one (non-streamed, still open) alike
+    # the counter beyond the last reading grows at its power (300 W): 1300 J over [0, 2], split 100 : 100
+    assert led.estimate(streamed, now=2.0) == pytest.approx(650.0)
+
+
+def test_a_busy_instance_estimates_at_its_recent_joules_per_unit_of_work() -> None:
+    led = ledger((0.0, 0.0))
+    done = [work(f"d{n}", 0.0, 0) for n in range(70)]
+    for w in done:
+        led.add(w)
+        close(w, 8.0, 80, first=0.0)  # 10 tokens/s each: 700 tokens a second
+    for t in range(1, 9):  # eight busy seconds of 1000 J: 1000/700 J per token
+        led.reading(float(t), 1000.0 * t, 1000.0, "modelled")
+    assert len(led.settle(now=8.5)) == 70
+    busy = [work(f"b{n}", 8.0, 0) for n in range(70)]  # more than EXACT_MAX on the instance
+    for w in busy:
+        led.add(w)
+    close(busy[0], 9.0, 14, first=8.0)
+    assert led.estimate(busy[0], now=9.0) == pytest.approx(14 * 1000 / 700)

@@ -1,7 +1,8 @@
 """The live dashboard: ``/dashboard`` (a static page) and ``/dashboard/data`` (JSON sampled every second).
 
 The data are the gateway's own Prometheus series (requests, TTFT histograms: measured by its timers)
-plus, when Redis is configured, the energy booked per model (J/token, gCO2e: ``model_energy``), the agents' node telemetry (GPU power and energy: measured by NVML or
+plus the energy booked per model (J/token, gCO2e: ``model_energy``) and, when Redis is configured, the
+agents' node telemetry (GPU power and energy: measured by NVML or
 modelled for simulated GPUs, as each reading says), the instance registry and the planner's plan
 (predicted and baseline power: modelled). A sampler keeps the last ten minutes so a page opened late
 still draws history.

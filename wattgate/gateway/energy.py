@@ -25,12 +25,14 @@ Pure: no I/O, no clock of its own (every call takes ``now``, unix seconds).
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
 from wattgate.planner.contract import IDLE_KEY
 
-JPT_DECAY = 0.9  # per busy interval (about a second): the estimates follow the last ten seconds or so
+EXACT_MAX = 64  # requests on an instance up to which an estimate applies the rule to its span (O(requests))
+DECAY = 0.9  # per settled busy interval, for the joules per unit of work estimates use beyond EXACT_MAX
 
 
 @dataclass(eq=False)
@@ -107,9 +109,7 @@ class InstanceLedger:
         self.gaps = 0
         self._samples: list[_Sample] = []  # [0] is the settled boundary
         self._works: list[Work] = []
-        # energy and work of the busy settled intervals, each older one weighing JPT_DECAY less: their ratio is
-        # the recent joules per unit of work the estimates use
-        self._busy_j = self._busy_work = 0.0
+        self._busy_j = self._busy_work = self._busy_n = 0.0  # decayed sums over the settled busy intervals
 
     @property
     def metered(self) -> bool:
@@ -164,8 +164,9 @@ class InstanceLedger:
             return
         for w, p in parts:
             w.energy_j += energy * p / total
-        self._busy_j = self._busy_j * JPT_DECAY + energy
-        self._busy_work = self._busy_work * JPT_DECAY + total
+        self._busy_j = self._busy_j * DECAY + energy
+        self._busy_work = self._busy_work * DECAY + total
+        self._busy_n = self._busy_n * DECAY + 1
 
     def _book_done(self, out: list[Booking]) -> list[Booking]:
         """Book the done requests whose whole span is settled."""
@@ -182,17 +183,60 @@ class InstanceLedger:
         return out
 
     def estimate(self, work: Work, now: float) -> float:
-        """The energy ``work`` will be booked, as far as it is known now: what is settled, plus its work since
-        at the instance's recent joules per unit of work (its last power shared equally, before one is known)."""
+        """The energy ``work`` will be booked, as far as it is known now: what is settled, plus the rule applied
+        to the rest of its span as one interval (the counter read or extrapolated at its power; the others'
+        work so far, a non-streamed one still open decoding at this request's pace: continuous batching gives
+        every running sequence a token per step). With more than ``EXACT_MAX`` requests on the instance, its
+        work at the recent settled joules per unit of work instead, so the cost stays bounded. No I/O."""
         since = self.settled_until
         if since is None:
             return 0.0
         end = work.end if work.end is not None else now
-        rest = work.work_in(since, max(end, since), now, self.prefill_weight)
-        if self._busy_work > 0:
-            return work.energy_j + rest * self._busy_j / self._busy_work
-        live = sum(1 for w in self._works if w.end is None or w.end > since)
-        return work.energy_j + self._samples[-1].power_w * max(end - since, 0.0) / max(live, 1)
+        a = max(since, work.start)
+        mine = work.work_in(a, end, now, self.prefill_weight) if end > a else 0.0
+        if mine <= 0:
+            return work.energy_j
+        if len(self._works) > EXACT_MAX and self._busy_n >= 5:  # busy: the recent settled J per unit of work, O(1)
+            return work.energy_j + mine * self._busy_j / self._busy_work
+        first = work.first if work.first is not None else work.start
+        pace = work.output_tokens / (end - first) if end > first else 0.0
+        return work.energy_j + self._energy(a, end) * mine / self._work_between(a, end, now, pace)
+
+    def _work_between(self, a: float, b: float, now: float, pace: float) -> float:
+        """Every request's work in ``(a, b]`` (``work_in`` inlined: this runs as each answer ends); an open one
+        with nothing streamed counts as decoding at ``pace`` tokens/s."""
+        pw, total = self.prefill_weight, 0.0
+        for w in self._works:
+            start, end, first = w.start, w.end, w.first
+            if start >= b or (end is not None and end <= a):
+                continue
+            if end is None:
+                end = now
+                if first is None:
+                    total += pace * max(min(b, now) - max(a, start), 0.0)
+            prompt = w.input_tokens * pw
+            if first is None or not start < first < end:
+                span = end - start
+                part = (min(b, end) - max(a, start)) / span if span > 0 else float(a < start <= b)
+                total += (prompt + w.output_tokens) * max(part, 0.0)
+                continue
+            total += prompt * max(min(b, first) - max(a, start), 0.0) / (first - start)
+            total += w.output_tokens * max(min(b, end) - max(a, first), 0.0) / (end - first)
+        return total
+
+    def _energy(self, a: float, b: float) -> float:
+        """The counter's growth over ``[a, b]``: interpolated between readings, at the last power beyond them."""
+        return self._counter(b) - self._counter(a)
+
+    def _counter(self, t: float) -> float:
+        s = self._samples
+        if t >= s[-1].ts:
+            return s[-1].energy_j + s[-1].power_w * (t - s[-1].ts)
+        k = bisect.bisect_right(s, t, key=lambda x: x.ts)
+        if k == 0:
+            return s[0].energy_j
+        lo, hi = s[k - 1], s[k]
+        return lo.energy_j + (hi.energy_j - lo.energy_j) * (t - lo.ts) / (hi.ts - lo.ts)
 
     def drop_stale(self, now: float, stale_s: float) -> list[Booking]:
         """No reading for ``stale_s``: book the done requests with what was settled (partial), forget the series."""
