@@ -1,0 +1,58 @@
+"""``wattgate report``'s sums: per model, key and source (never mixed), idle apart, a model total, carbon."""
+
+from __future__ import annotations
+
+import pytest
+
+from wattgate.gateway.energy_meter import key_label, parse_key_names
+from wattgate.gateway.energy_report import ReportError, aggregate, parse_duration_s, to_csv, to_table
+from wattgate.gateway.settings import ConfigError, GatewaySettings
+from wattgate.planner.contract import IDLE_KEY, energy_field
+
+
+def minute(*cells: tuple[str, str, str, str, float]) -> dict[str, str]:
+    """(name, model, key, source, value) cells of one minute, pool SS, status 200 (idle: status idle)."""
+    out = {}
+    for name, model, key, source, value in cells:
+        out[energy_field(name, model, key, "SS", "idle" if key == IDLE_KEY else "200", source)] = str(value)
+    return out
+
+
+def test_rows_sum_minutes_per_model_key_and_source_with_a_model_total() -> None:
+    m1 = minute(("joules", "llama", "team-a", "modelled", 100.0), ("tokens", "llama", "team-a", "modelled", 50),
+                ("requests", "llama", "team-a", "modelled", 2), ("joules", "llama", IDLE_KEY, "modelled", 30.0))  # fmt: skip
+    m2 = minute(("joules", "llama", "team-a", "modelled", 60.0), ("tokens", "llama", "team-a", "modelled", 30),
+                ("requests", "llama", "team-a", "modelled", 1), ("joules", "llama", "team-a", "measured", 9.0),
+                ("tokens", "llama", "team-a", "measured", 3), ("requests", "llama", "team-a", "measured", 1))  # fmt: skip
+    rows = aggregate(
+        [m1, m2, {"not a field": "1", energy_field("joules", "x", "k", "p", "s", "modelled"): "nan?"}], 400
+    )
+    got = {(r.model, r.key, r.source): (r.energy_j, r.tokens, r.requests, r.j_per_token) for r in rows}
+    assert got == {
+        ("llama", "team-a", "modelled"): (160.0, 80, 3, 2.0),
+        ("llama", IDLE_KEY, "modelled"): (30.0, 0, 0, None),
+        ("llama", "(model total)", "modelled"): (190.0, 80, 3, 190.0 / 80),
+        ("llama", "team-a", "measured"): (9.0, 3, 1, 3.0),  # another source: its own row, never summed in
+        ("llama", "(model total)", "measured"): (9.0, 3, 1, 3.0),
+    }
+    total = next(r for r in rows if r.key == "(model total)" and r.source == "modelled")
+    assert total.carbon_g == pytest.approx(190.0 / 3.6e6 * 400)
+    table = to_table(rows, 400)
+    assert "J/token" in table and "modelled at 400 gCO2e/kWh" in table and "measured: NVML" in table
+    assert to_csv(rows).splitlines()[0] == "model,key,source,energy_j,tokens,requests,j_per_token,carbon_g"
+
+
+def test_durations_keys_and_settings() -> None:
+    assert [parse_duration_s(t) for t in ("90s", "30m", "24h", "7d", "1.5h")] == [90, 1800, 86400, 604800, 5400]
+    with pytest.raises(ReportError):
+        parse_duration_s("yesterday")
+    label = key_label("sk-secret", {})
+    assert label.startswith("key-") and len(label) == 16 and "secret" not in label
+    assert key_label("sk-secret", parse_key_names([f"{label}=team-a"])) == "team-a"
+    assert key_label("", {}) == "anonymous"
+    with pytest.raises(ValueError, match="key-<12 hex digits>=NAME"):
+        parse_key_names(["team-a"])
+    with pytest.raises(ConfigError, match="energy_key_names"):
+        GatewaySettings(energy_key_names=("sk-secret=team-a",))
+    with pytest.raises(ConfigError, match="carbon_g_per_kwh"):
+        GatewaySettings(carbon_g_per_kwh=-1)
