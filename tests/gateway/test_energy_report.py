@@ -19,14 +19,14 @@ def minute(*cells: tuple[str, str, str, str, float]) -> dict[str, str]:
 
 
 def test_rows_sum_minutes_per_model_key_and_source_with_a_model_total() -> None:
-    m1 = minute(("joules", "llama", "team-a", "modelled", 100.0), ("tokens", "llama", "team-a", "modelled", 50),
-                ("requests", "llama", "team-a", "modelled", 2), ("joules", "llama", IDLE_KEY, "modelled", 30.0))  # fmt: skip
-    m2 = minute(("joules", "llama", "team-a", "modelled", 60.0), ("tokens", "llama", "team-a", "modelled", 30),
-                ("requests", "llama", "team-a", "modelled", 1), ("joules", "llama", "team-a", "measured", 9.0),
-                ("tokens", "llama", "team-a", "measured", 3), ("requests", "llama", "team-a", "measured", 1))  # fmt: skip
-    rows = aggregate(
-        [m1, m2, {"not a field": "1", energy_field("joules", "x", "k", "p", "s", "modelled"): "nan?"}], 400
-    )
+    a, m = "team-a", "modelled"
+    m1 = minute(("joules", "llama", a, m, 100.0), ("tokens", "llama", a, m, 50), ("requests", "llama", a, m, 2))
+    m1 |= minute(("joules", "llama", IDLE_KEY, m, 30.0))
+    m2 = minute(("joules", "llama", a, m, 60.0), ("tokens", "llama", a, m, 30), ("requests", "llama", a, m, 1))
+    m2 |= minute(("joules", "llama", a, "measured", 9.0), ("tokens", "llama", a, "measured", 3))
+    m2 |= minute(("requests", "llama", a, "measured", 1))
+    junk = {"not a field": "1", energy_field("joules", "x", "k", "p", "s", m): "nan?"}
+    rows = aggregate([m1, m2, junk], 400)
     got = {(r.model, r.key, r.source): (r.energy_j, r.tokens, r.requests, r.j_per_token) for r in rows}
     assert got == {
         ("llama", "team-a", "modelled"): (160.0, 80, 3, 2.0),
