@@ -128,14 +128,29 @@ def test_the_estimate_is_the_booking_when_the_load_holds_steady() -> None:
 
 def test_done_requests_of_a_silent_instance_are_booked_with_what_was_settled() -> None:
     led = ledger((0.0, 0.0), (1.0, 50.0))
-    w = work("w", 0.5, 10)
+    w, still = work("w", 0.5, 10), work("still", 0.5, 10)
     led.add(w)
+    led.add(still)
     close(w, 3.0, 10)
     led.settle(now=1.1)
     assert led.drop_stale(now=20.0, stale_s=30.0) == []
     got = led.drop_stale(now=40.0, stale_s=30.0)
-    assert [(b.request_id, b.energy_j) for b in got] == [("w", pytest.approx(50.0))]
-    assert led.idle and led.gaps == 1
+    # (0, 1]: w 4 tokens of work there, still (open until 40) 20 x 0.5/39.5: w's share of 50 J
+    share = 50.0 * 4 / (4 + 10 * 0.5 / 39.5)
+    assert [(b.request_id, b.energy_j) for b in got] == [("w", pytest.approx(share))]
+    assert led.gaps == 1 and not led.idle
+    close(still, 41.0, 5)  # it ends after its instance went silent: booked with what it had
+    assert [(b.request_id, b.energy_j) for b in led.settle(now=42.0)] == [("still", pytest.approx(50.0 - share))]
+    assert led.idle
+
+
+def test_an_instance_that_stops_cleanly_is_not_a_gap() -> None:
+    led = ledger((0.0, 0.0), (1.0, 50.0), (2.0, 100.0))
+    w = work("w", 0.5, 10)
+    led.add(w)
+    close(w, 1.5, 10)
+    assert len(led.settle(now=2.1)) == 1
+    assert led.drop_stale(now=40.0, stale_s=30.0) == [] and led.gaps == 0 and led.idle
 
 
 def test_the_estimate_counts_an_open_unstreamed_request_as_decoding_at_the_finishing_ones_pace() -> None:

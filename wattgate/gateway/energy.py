@@ -137,14 +137,15 @@ class InstanceLedger:
     def add(self, work: Work) -> None:
         self._works.append(work)
 
-    def settle(self, now: float) -> list[Booking]:
-        """Settle what can be, and book the requests and idle intervals it completes."""
+    def settle(self, now: float, *, force: bool = False) -> list[Booking]:
+        """Settle what can be (``force``: every interval, open requests with their work so far), and book the
+        requests and idle intervals it completes."""
         out: list[Booking] = []
         if len(self._samples) < 2:
             return self._book_done(out)
         opened = [w.start for w in self._works if not w.done]
         horizon = min(opened) if opened else math.inf
-        forced = now - self.max_open_s
+        forced = now if force else now - self.max_open_s
         n = 0
         for a, b in zip(self._samples, self._samples[1:], strict=False):
             if b.ts > horizon and b.ts > forced:
@@ -169,14 +170,14 @@ class InstanceLedger:
         self._busy_n = self._busy_n * DECAY + 1
 
     def _book_done(self, out: list[Booking]) -> list[Booking]:
-        """Book the done requests whose whole span is settled."""
+        """Book the done requests whose whole span is settled (with no series left: with what they have)."""
         until = self.settled_until
         keep = []
         for w in self._works:
-            if w.done and until is not None and w.end is not None and w.end <= until:
+            if w.done and (until is None or (w.end is not None and w.end <= until)):
                 if not w.tokens() and not w.energy_j:
                     continue  # an attempt that never answered: nothing to book
-                out.append(_booking(w, self.source, until))
+                out.append(_booking(w, self.source, until if until is not None else w.end or w.start))
             else:
                 keep.append(w)
         self._works = keep
@@ -242,11 +243,13 @@ class InstanceLedger:
         """No reading for ``stale_s``: book the done requests with what was settled (partial), forget the series."""
         if not self._samples or now - self._samples[-1].ts <= stale_s:
             return []
+        out = self.settle(now, force=True)  # what the readings there are can still tell
         self._samples = []
-        self.gaps += 1
         done = [w for w in self._works if w.done]
         self._works = [w for w in self._works if not w.done]
-        return [_booking(w, self.source, now) for w in done]
+        if self._works or any(w.end is not None and w.end > w.start for w in done):
+            self.gaps += 1  # requests were cut off from their energy (an instance stopped cleanly is not a gap)
+        return out + [_booking(w, self.source, now) for w in done if w.tokens() or w.energy_j]
 
     @property
     def idle(self) -> bool:

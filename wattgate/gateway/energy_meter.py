@@ -104,9 +104,12 @@ class EnergyMeter:
         work.status, work.done = str(status), True
 
     # -- the background side ----------------------------------------------------------------------
-    def apply(self, readings: Iterable[InstanceEnergy], labels: Mapping[str, tuple[str, str]]) -> None:
-        """The agents' latest counters; ``labels`` gives each instance's (model, pool) for its idle energy."""
+    def apply(self, readings: Iterable[InstanceEnergy], labels: Mapping[str, tuple[str, str]], now: float) -> None:
+        """The agents' latest counters (those older than ``STALE_S`` are an agent gone: ignored); ``labels``
+        gives each instance's (model, pool) for its idle energy."""
         for r in readings:
+            if r.ts < now - STALE_S:
+                continue
             ledger = self.ledgers.get(r.instance)
             if ledger is None:
                 ledger = self.ledgers[r.instance] = InstanceLedger(r.instance, self.max_open_s, self.prefill_weight)
@@ -119,8 +122,9 @@ class EnergyMeter:
     def settle(self, now: float) -> list[Booking]:
         out: list[Booking] = []
         for iid, ledger in list(self.ledgers.items()):
+            gaps = ledger.gaps
             stale = ledger.drop_stale(now, STALE_S)
-            if stale:
+            if ledger.gaps > gaps:
                 self.metrics.energy_gaps.labels(iid).inc()
             out += stale + ledger.settle(now)
             if ledger.idle:
@@ -147,6 +151,7 @@ class EnergyMeter:
     ) -> None:
         """Every ``interval_s``: read the counters, settle."""
         while True:
-            self.apply(await read(), labels())  # the store answers [] while Redis is away
-            self.settle(clock())
+            now = clock()
+            self.apply(await read(), labels(), now)  # the store answers [] while Redis is away
+            self.settle(now)
             await asyncio.sleep(interval_s)
