@@ -89,7 +89,7 @@ def end(state: GatewayState, job: Job) -> None:
     state.metrics.in_flight.labels(inst.id).set(inst.in_flight)
     work, job.work = job.work, None
     if work is not None and state.energy is not None:
-        if work.end is None and not job.started:  # it never answered (a failed attempt): no work to book
+        if work.end is None and not job.status:  # an attempt that failed before any answer: no work to book
             work.input_tokens = work.output_tokens = 0
         state.energy.done(work, job.status or 500, time.time())
     job.instance = None
