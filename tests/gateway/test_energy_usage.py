@@ -86,11 +86,13 @@ def test_each_response_carries_its_energy_and_the_books_agree(
     bob = openai.OpenAI(base_url=gw + "/v1", api_key="bob-secret", max_retries=0)
     msgs = [{"role": "user", "content": "how much energy does this take?"}]
 
+    t0 = time.monotonic()
     chat = alice.chat.completions.create(model="fake-model", messages=msgs, max_tokens=50)  # type: ignore[arg-type]
+    took_s = time.monotonic() - t0
     assert chat.usage is not None
     energy = chat.usage.model_extra["energy"] if chat.usage.model_extra else None
     assert energy is not None and energy["source"] == "measured" and energy["estimate"] is True
-    assert 0 < energy["joules"] < POWER_W * 5  # at most the instance's energy over the request
+    assert 0 < energy["joules"] <= POWER_W * took_s  # at most the instance's energy over the request
     assert chat.usage.completion_tokens == 6  # the backend's usage is kept as it was
 
     chunks = list(
