@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.planner.toy import toy_profile
-from wattgate.cli import main
+from wattgate.cli import build_parser, main
+from wattgate.planner.cli import _loop_settings
 from wattgate.planner.store import PlannerStore
 
 
@@ -78,3 +79,20 @@ def test_plan_without_a_profile_uses_the_builtin_or_says_what_is_missing(capsys:
     else:
         assert rc == 0
         assert "predicted power" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "quantile", "series", "headroom"),
+    [
+        ([], 0.9, "peaks", 1.0),  # the replay's wattgate: forecasts of peaks carry the bursts themselves
+        (["--series", "counts"], 0.9, "counts", 0.8),
+        (["--quantile", "0"], None, "peaks", 0.8),  # the classic forecast and its headroom
+        (["--headroom", "0.7"], 0.9, "peaks", 0.7),
+    ],
+)
+def test_planner_forecast_flags_pick_the_forecast_and_its_headroom(
+    flags: list[str], quantile: float | None, series: str, headroom: float
+) -> None:
+    args = build_parser().parse_args(["planner", "--gpus", "16", *flags])
+    s = _loop_settings(args)
+    assert (s.quantile, s.series, s.solver.headroom, s.solver.amortize_s) == (quantile, series, headroom, 600.0)
