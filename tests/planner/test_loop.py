@@ -383,3 +383,12 @@ def test_the_forecast_of_peaks_reads_each_minute_once_and_is_the_replays(redis_u
     later = loop.forecast(clock.t, horizon)["SS"]
     assert store.seconds_read == 60 * 60 + 6 * 60
     assert later == pytest.approx(replay.forecast({"SS": minute_peaks(per_second[: 65 * 60])})["SS"])
+
+
+def test_the_plan_carries_the_clock_policys_headroom_not_the_solvers(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0})
+    solver = SolverSettings(gap_rel=0.0, time_limit_s=60.0, headroom=1.0)
+    settings = LoopSettings(series="counts", clock_headroom=0.8, solver=solver)
+    loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), settings, Clock(), "a")
+    assert loop.tick() == "published"
+    assert loop.last_plan is not None and loop.last_plan.headroom == 0.8

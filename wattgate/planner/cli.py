@@ -69,11 +69,9 @@ def _headroom(args: argparse.Namespace) -> float:
     return DEFAULT_HEADROOM if args.headroom is None else float(args.headroom)
 
 
-def _loop_headroom(args: argparse.Namespace) -> float:
-    """The loop's headroom: forecasts of each minute's busiest 10 s already carry the bursts (1.0)."""
-    if args.headroom is None and args.quantile and args.series == "peaks":
-        return 1.0
-    return _headroom(args)
+def _peaks_by_default(args: argparse.Namespace) -> bool:
+    """Forecasts of each minute's busiest 10 s already carry the bursts: the plan loads instances fully."""
+    return args.headroom is None and bool(args.quantile) and args.series == "peaks"
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
@@ -241,12 +239,13 @@ def _loop_settings(args: argparse.Namespace) -> LoopSettings:
         forecast=ForecastSettings(margin=args.margin),
         quantile=args.quantile or None,
         series=args.series,
+        clock_headroom=_headroom(args),
         lead_s=args.lead_s,
         min_pool_rps=args.min_rps,
         solver=SolverSettings(
             gpus_per_node=args.gpus_per_node,
             time_limit_s=args.time_limit_s,
-            headroom=_loop_headroom(args),
+            headroom=1.0 if _peaks_by_default(args) else _headroom(args),
             amortize_s=args.amortize_s,
         ),
     )

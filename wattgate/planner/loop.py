@@ -66,6 +66,9 @@ class LoopSettings:
     # what the calibrated forecast forecasts per minute: "peaks", its busiest 10 s as a per-minute rate (from
     # the per-second windows, kept 2 h), or "counts", its requests
     series: str = "peaks"
+    # the headroom the plan carries to the agents' clock policy (None: the solver's). Planning for peaks at
+    # the whole capacity, the clock policy still keeps 0.8 (it judges the last minute's mean load)
+    clock_headroom: float | None = None
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     solver: SolverSettings = field(default_factory=SolverSettings)
 
@@ -252,7 +255,7 @@ class PlannerLoop:
                 version=version,
                 created_at=now,
                 model=self.profile.model,
-                headroom=solver.headroom,
+                headroom=s.clock_headroom if s.clock_headroom is not None else solver.headroom,
                 single=single,
                 fixed=epoch.fixed,
                 left_out=epoch.left_out,
