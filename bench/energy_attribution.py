@@ -1,19 +1,22 @@
 """Per-request energy attribution against the serving model's own split: the gateway's token rule vs equal split.
 
-Run: ``PYTHONPATH=$PWD .venv/bin/python bench/energy_attribution.py [--duration-s 600] [--rate 2] [--seeds 3]``.
+Run: ``PYTHONPATH=$PWD .venv/bin/python bench/energy_attribution.py [--duration-s 300] [--rates 1,2,4] [--seeds 2]``.
 
-One emulated engine (the serving model, Llama-2-70B TP4 at 1980 MHz, everything modelled) serves a Poisson
-stream of requests with mixed prompt and output lengths. *Truth*: each engine step's energy goes to the
-requests in it in proportion to their marginal cost (the step's energy less the energy of the same step
-without that request; the KV reads of a decode, the attention of a prefill chunk included); energy between
-steps is idle. Two rules then see only what a gateway sees (each request's arrival, first token, end and
-token counts) and the instance's energy counter once a second:
+One emulated engine (the serving model: Llama-3.1-70B TP4 at 1980 MHz, vLLM V1 calibration, everything
+modelled) serves a Poisson stream of requests with mixed prompt and output lengths. *Truth*: each engine
+step's energy goes to the requests in it in proportion to their marginal cost (the step's energy less the
+energy of the same step without that request; the KV reads of a decode, the attention of a prefill chunk
+included); energy between steps is idle. The rules then see only what a gateway sees (each request's
+arrival, first token, end and token counts) and the instance's energy counter once a second:
 
-- ``tokens``: the gateway's rule (``wattgate.gateway.energy.InstanceLedger``, the code the gateway runs);
+- ``tokens (prefill xW)``: the gateway's rule (``wattgate.gateway.energy.InstanceLedger``, the code the
+  gateway runs), a prompt token weighing W output tokens (the gateway's default: 0.1);
 - ``equal``: each interval's energy split equally among the requests running in it (by time present).
 
-Both book idle intervals apart, so each is compared on its share: each request's fraction of the energy
-booked to requests, against its fraction under the truth. Prints a table and one JSON line (modelled).
+Every rule books idle intervals apart, so each is compared on its share: each request's fraction of the
+energy booked to requests, against its fraction under the truth. Then the estimate each response would
+carry (the ledger fed in time order, asked as each request ends) against the energy later booked to it.
+Prints tables and one JSON line (all modelled).
 """
 
 from __future__ import annotations
@@ -227,7 +230,7 @@ def main() -> int:
     a = p.parse_args()
     result: dict[str, dict[str, dict[str, float]]] = {}
     print("per-request share of the energy booked to requests: relative error against the serving model's split")
-    print("(modelled; mean / p90 over requests; Llama-2-70B TP4 at 1980 MHz)")
+    print("(modelled; mean / p90 over requests; Llama-3.1-70B TP4 at 1980 MHz, vLLM V1 calibration)")
     print(f"{'rule':22}" + "".join(f"{r + ' req/s':>18}" for r in a.rates.split(",")))
     for rate in a.rates.split(","):
         errs: dict[str, list[float]] = {}
