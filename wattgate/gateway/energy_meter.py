@@ -137,8 +137,11 @@ class EnergyMeter:
         return out
 
     def book(self, bookings: list[Booking]) -> None:
+        debug = log.isEnabledFor(logging.DEBUG)
         for b in bookings:
             self.metrics.book_energy(b, self.carbon_g_per_kwh)
+            if debug and b.request_id:
+                log.debug("request %s booked: %.3f J (%s, settled)", b.request_id, b.energy_j, b.source)
         if bookings and self.sink is not None:
             self.sink.record_energy(bookings)
 
