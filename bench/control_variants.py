@@ -40,6 +40,9 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=1.0, help="load scaling, as simulate --scale")
     p.add_argument("--variants", default=",".join(VARIANTS))
     args = p.parse_args()
+    names = args.variants.split(",")
+    if unknown := [n for n in names if n not in VARIANTS]:
+        p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     requests = load_trace(args.trace)
     if args.scale != 1.0:
         requests = scale(requests, args.scale)
@@ -47,9 +50,6 @@ def main() -> int:
     base = simulate(
         requests, load_builtin(), ["single-pool", "wattgate-classic", "oracle"], SimSettings(gpus=args.gpus)
     )
-    names = args.variants.split(",")
-    if unknown := [n for n in names if n not in VARIANTS]:
-        p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     gpus = base.gpus
     rows = [(r.name, r) for r in base.results]
     for name in names:
