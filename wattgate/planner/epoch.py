@@ -7,6 +7,10 @@ the same power in any pool) back up the busiest pools instead of idling in an ar
 is there anyway, and a pool of more instances absorbs the bursts inside an epoch that a per-minute forecast
 cannot see (``spread_spare``; on the Azure coding hour it took a fixed fleet from 64% to 85% of requests
 within their targets at the same modelled energy, README "Fixed fleet").
+
+A fleet smaller than the pools the demand asks for (two servers, three input classes) can leave a request
+type with no pool anywhere on its spill chain, which the gateway would refuse: ``cover_every_type`` then
+moves one fixed instance to the pool every such chain reaches, so every type has somewhere to go.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from wattgate.planner.explain import running_counts
 from wattgate.planner.model import Decision, FixedInstance, Group, Inventory, SolverSettings, make_problem
 from wattgate.planner.placement import Placement, assign_fixed, place
 from wattgate.planner.solver import solve
-from wattgate.profiles.classes import ProfilesError, RequestType
+from wattgate.profiles.classes import LENGTH_CLASSES, ProfilesError, RequestType, spill_chain
 from wattgate.profiles.table import Profile
 
 
@@ -58,7 +62,8 @@ def plan_epoch(
     managed = [p for p in running if p.id not in ids]
     problem = make_problem(profile, demand_rps, inventory, settings, running_counts(managed), fixed=now)
     decision = solve(problem)
-    decision = replace(decision, fixed_groups=spread_spare(decision.fixed_groups, profile, settings))
+    fixed_groups = cover_every_type(decision, profile, settings)
+    decision = replace(decision, fixed_groups=spread_spare(fixed_groups, profile, settings))
     placement = place(decision.groups, inventory, managed)
     assigned = assign_fixed(decision.fixed_groups, now)
     given = {p.id for p in assigned}
@@ -99,6 +104,39 @@ def spread_spare(groups: Sequence[Group], profile: Profile, settings: SolverSett
         each = load[pool] / count[pool]
         out.append(Group(pool, tp, clock, n, each, _power(profile, tp, clock, pool, each)))
     return tuple(sorted(out, key=lambda g: (g.pool, g.tp, -g.clock_mhz)))
+
+
+def cover_every_type(decision: Decision, profile: Profile, settings: SolverSettings) -> tuple[Group, ...]:
+    """The decision's fixed groups, with one instance moved when a type with demand has no planned pool on
+    its spill chain: to the pool of the longest input and output classes among such types (on every one's
+    chain), at its TP's highest clock there. It is taken from an idle group if there is one, else from the
+    pool with the most instances, the least loaded first; a TP that cannot serve that pool is not moved."""
+    groups = list(decision.fixed_groups)
+    pools = {g.pool for g in (*decision.groups, *groups)}
+    bare = [
+        t
+        for t in (RequestType.parse(n) for n, rps in decision.demand_rps.items() if rps > 0)
+        if not any(q.name in pools for q in spill_chain(t))
+    ]
+    if not bare:
+        return tuple(groups)
+    rank = {c: i for i, c in enumerate(LENGTH_CLASSES)}
+    target = RequestType(
+        max((t.input for t in bare), key=rank.__getitem__), max((t.output for t in bare), key=rank.__getitem__)
+    )
+    size = {p: sum(g.count for g in groups if g.pool == p) for p in pools}
+    movable = [g for g in groups if _serves(profile, settings, g.tp, target.name)]
+    if not movable:
+        return tuple(groups)
+    source = min(movable, key=lambda g: (g.load_rps_each > 0, -size[g.pool], g.load_rps_each))
+    groups.remove(source)
+    if source.count > 1:
+        rest = source.count - 1
+        groups.append(replace(source, count=rest, load_rps_each=source.load_rps_each * source.count / rest))
+    clock = profile.clocks(source.tp, target)[-1]
+    load = sum(decision.demand_rps.get(t.name, 0.0) for t in bare)
+    groups.append(Group(target.name, source.tp, clock, 1, load, _power(profile, source.tp, clock, target.name, load)))
+    return tuple(groups)
 
 
 def _serves(profile: Profile, settings: SolverSettings, tp: int, pool: str) -> bool:
