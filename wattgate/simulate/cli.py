@@ -12,7 +12,7 @@ DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wat
 FIXED_FLEET_POLICIES = "fixed-single-pool,fixed-scale-freq,fixed-wattgate,wattgate"
 ABLATION_HELP = (
     "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
-    "and with the classic forecast (max of methods + 15%)"
+    "and with the classic forecast (max of methods + 15%%)"
 )
 
 
