@@ -151,32 +151,6 @@ def test_crashed_engine_is_restarted_with_backoff(tmp_path: Path) -> None:
     assert act.instances == {}
 
 
-def test_vllm_sleep_mode_parks_and_wakes_instead_of_restarting(tmp_path: Path) -> None:
-    gpus = [FakeGpu(0), FakeGpu(1)]
-    sleep_log = tmp_path / "sleep.log"
-    opts = options(tmp_path, EngineKind.VLLM, sleep_mode=True, env={"STANDIN_SLEEP_LOG": str(sleep_log)})
-    act = actuator(tmp_path, gpus, opts, timeouts=Timeouts(drain_s=1, drain_notice_s=0, start_s=20, poll_s=0.05))
-    try:
-        act.apply(diff([PlannedInstance("a", "SS", "n1", [0, 1], 2, 1200, 1.0, 1.0)], act.actual(), [0, 1]).actions)
-        pid = act.instances["a"].engine.pid
-        act.apply(diff([], act.actual(), [0, 1]).actions)  # scale down: sleeps, keeps the process
-        assert act.instances == {} and len(act.parked) == 1 and act.parked[0].running()
-        assert sleep_log.read_text().splitlines() == ["/sleep?level=1"]
-        # a new instance on the same GPUs and TP (another pool) wakes it instead of loading weights again
-        act.apply(diff([PlannedInstance("b", "SM", "n1", [0, 1], 2, 1400, 1.0, 1.0)], act.actual(), [0, 1]).actions)
-        assert act.instances["b"].engine.pid == pid and act.parked == []
-        assert act.instances["b"].state is InstanceState.READY
-        assert sleep_log.read_text().splitlines() == ["/sleep?level=1", "/wake_up"]
-        # a different shape on those GPUs stops the sleeping engine instead
-        act.apply(diff([], act.actual(), [0, 1]).actions)
-        act.apply(diff([PlannedInstance("c", "SS", "n1", [0], 1, 1200, 1.0, 1.0)], act.actual(), [0, 1]).actions)
-        assert act.parked == [] and act.instances["c"].engine.pid != pid
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid or 0, 0)
-    finally:
-        act.shutdown()
-
-
 def test_engine_that_cannot_launch_fails_with_backoff(tmp_path: Path) -> None:
     gpus = [FakeGpu(0)]
     opts = replace(options(tmp_path, EngineKind.VLLM), command=("/nonexistent/vllm",))

@@ -8,7 +8,9 @@ import redis
 from wattgate.planner.contract import (
     SCHEMA_VERSION,
     ContractError,
+    Heartbeat,
     InstanceRecord,
+    InstanceState,
     Keys,
     Observation,
     Plan,
@@ -73,3 +75,44 @@ def test_plan_serves_defaults_to_empty_and_round_trips() -> None:
     old = plan.to_dict()
     del old["serves"]
     assert Plan.from_json(json.dumps(old)).serves == {}
+
+
+def test_standby_round_trips_and_is_written_only_when_true() -> None:
+    active = PlannedInstance("a", "SS", "n0", [0], 1, 1200, 2.0, 300.0)
+    standby = PlannedInstance("s", "SS", "n0", [1], 1, 1200, 0.0, 80.0, standby=True)
+    plan = Plan(4, 0.0, "m", [active, standby], {"SS": 2.0}, 380.0, 1000.0)
+    wire = plan.to_dict()
+    assert "standby" not in wire["instances"][0] and wire["instances"][1]["standby"] is True
+    back = Plan.from_json(plan.to_json())
+    assert back == plan and [i.standby for i in back.instances] == [False, True]
+    # a plan with no standby instance reads as before: the exact keys an agent from before standby accepts
+    old_keys = {"id", "pool", "node", "gpus", "tp", "sm_clock_mhz", "load_rps", "power_w"}
+    lone = Plan(5, 0.0, "m", [active], {}, 0.0, 0.0).to_dict()
+    assert set(lone["instances"][0]) == old_keys
+    assert Plan.from_json(json.dumps(lone)).instances[0].standby is False
+
+
+def test_plan_instances_ignore_unknown_fields_and_check_standby() -> None:
+    doc = Plan(1, 0.0, "m", [PlannedInstance("a", "SS", "n0", [0], 1, 1200, 1.0, 1.0)], {}, 0.0, 0.0).to_dict()
+    doc["instances"][0]["from_a_newer_planner"] = 7
+    assert Plan.from_json(json.dumps(doc)).instances[0].id == "a"
+    doc["instances"][0]["standby"] = "yes"
+    with pytest.raises(ContractError, match="standby must be true or false"):
+        Plan.from_json(json.dumps(doc))
+    del doc["instances"][0]["gpus"]
+    with pytest.raises(ContractError, match="bad instance"):
+        Plan.from_json(json.dumps(doc))
+    doc["instances"] = {"a": 1}
+    with pytest.raises(ContractError, match="list of objects"):
+        Plan.from_json(json.dumps(doc))
+
+
+def test_asleep_is_a_state_that_is_not_ready_and_heartbeats_say_who_sleeps() -> None:
+    rec = InstanceRecord("i1", "http://127.0.0.1:1", "m", "SS", "n0", InstanceState.ASLEEP.value)
+    back = InstanceRecord.from_json(rec.to_json())
+    assert back.state == "asleep" and not back.ready
+    hb = Heartbeat("n0", 1.0, 3, 8, True, sleep_mode=True, asleep=["i1"])
+    assert Heartbeat.from_json(hb.to_json()) == hb
+    old = hb.to_dict()
+    del old["sleep_mode"], old["asleep"]
+    assert Heartbeat.from_json(json.dumps(old)) == Heartbeat("n0", 1.0, 3, 8, True)

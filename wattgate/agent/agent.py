@@ -88,7 +88,13 @@ class Agent:
         self.act.supervise(time.monotonic())
         desired = self.desired()
         if desired is not None:
-            d = diff(desired, self.act.actual(), sorted(self.act.gpus), follow_plan_clocks=self.clock_loop is None)
+            d = diff(
+                desired,
+                self.act.actual(),
+                sorted(self.act.gpus),
+                follow_plan_clocks=self.clock_loop is None,
+                can_sleep=self.act.can_sleep,
+            )
             if d.problems != self.problems:
                 for p in d.problems:
                     log.error("plan problem: %s", p)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from wattgate.agent.actuator import Actuator
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.gpu.base import Gpu, GpuError
-from wattgate.planner.contract import GpuReading, Heartbeat, NodeTelemetry
+from wattgate.planner.contract import GpuReading, Heartbeat, InstanceState, NodeTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -64,4 +64,6 @@ class Telemetry:
             clock_control=self._clocks.clock_control,
             notes=[*self._clocks.notes, *notes],
             managed=self.managed,
+            sleep_mode=self._act.can_sleep,
+            asleep=sorted(i for i, r in list(self._act.instances.items()) if r.state is InstanceState.ASLEEP),
         )

@@ -4,6 +4,13 @@ Gateways, the planner and agents talk only through the keys below. Every message
 ``"schema": SCHEMA_VERSION``; a reader refuses a message of another major version with
 ``ContractError`` rather than guessing. Nothing here is pickled: a message can never run code.
 
+Within a major version the schema only grows: a new field has a default, so a message from before it
+still reads (the field takes its default), and a reader ignores fields it does not know (including those
+of a plan's instances). Warm standby (vLLM sleep mode) added ``PlannedInstance.standby`` (written only when
+true, so agents from before it still read plans without standby instances), the instance state
+``asleep`` (gateways route only to ``ready``; one from before it skips such a record with a warning, which
+routes nothing to it either), and ``Heartbeat.sleep_mode`` / ``Heartbeat.asleep``.
+
 Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 
 | key | type | writer | content |
@@ -124,11 +131,12 @@ class Source(enum.StrEnum):
 
 
 class InstanceState(enum.StrEnum):
-    STARTING = "starting"
-    READY = "ready"
+    STARTING = "starting"  # launching, or waking from sleep: not routed yet
+    READY = "ready"  # the only state gateways route to
     DRAINING = "draining"
     STOPPED = "stopped"
     FAILED = "failed"
+    ASLEEP = "asleep"  # on standby: the process runs with its weights offloaded (vLLM sleep mode), not routed
 
 
 T = TypeVar("T")
@@ -242,7 +250,15 @@ class InstanceRecord(_Message):
 
 @dataclass(frozen=True)
 class PlannedInstance:
-    """One instance of the plan: where it runs, its tensor parallelism and SM clock."""
+    """One instance of the plan: where it runs, its tensor parallelism and SM clock.
+
+    ``standby``: keep the instance loaded but asleep (warm standby) instead of serving. An agent whose node
+    has sleep mode (``Heartbeat.sleep_mode``) starts it and puts it to sleep, or drains a serving one and
+    puts it to sleep; its record says ``asleep`` and gateways do not route to it. Planned active again
+    (``standby`` false, same id, pool, GPUs and TP), it is woken in place (seconds, no weight reload) and
+    registered ready. On a node without sleep mode a standby instance is not run (kept stopped) and the
+    heartbeat says so. Changing its pool, GPUs or TP is a restart, as for any instance.
+    """
 
     id: str
     pool: str
@@ -252,6 +268,7 @@ class PlannedInstance:
     sm_clock_mhz: int
     load_rps: float  # planned load per instance, requests/s
     power_w: float  # modelled from the profile
+    standby: bool = False
 
 
 @dataclass(frozen=True)
@@ -282,13 +299,23 @@ class Plan(_Message):
     def for_node(self, node: str) -> list[PlannedInstance]:
         return [i for i in self.instances if i.node == node]
 
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for inst in out["instances"]:
+            if not inst.get("standby"):
+                del inst["standby"]  # agents from before standby refuse a plan whose instances carry it
+        return out
+
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Plan:
         data = dict(_decode(raw, "plan"))
-        try:
-            data["instances"] = [PlannedInstance(**i) for i in data.get("instances", [])]
-        except TypeError as exc:
-            raise ContractError(f"plan: bad instance: {exc}") from exc
+        listed = data.get("instances", [])
+        if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
+            raise ContractError("plan: instances must be a list of objects")
+        data["instances"] = [_build(PlannedInstance, i, "plan: bad instance") for i in listed]
+        for inst in data["instances"]:
+            if not isinstance(inst.standby, bool):
+                raise ContractError(f"plan: instance {inst.id}: standby must be true or false, got {inst.standby!r}")
         plan = _build(cls, data, "plan")
         h = plan.headroom
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h <= 1:
@@ -336,6 +363,11 @@ class Heartbeat(_Message):
     # False: the node runs external (unmanaged) instances only and its agent does not carry out plans,
     # so the planner must not plan instances onto its GPUs
     managed: bool = True
+    # True: the node's engines can sleep (vLLM with --sleep-mode, and no sleep has failed), so the plan may
+    # mark its instances standby; False in heartbeats from before this field
+    sleep_mode: bool = False
+    # ids of this node's instances asleep now (on standby); empty in heartbeats from before this field
+    asleep: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Heartbeat:
