@@ -28,6 +28,7 @@ from wattgate.agent.agent import Agent
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.engines.base import EngineKind
 from wattgate.agent.engines.options import EngineOptions
+from wattgate.agent.metrics import AgentMetrics
 from wattgate.agent.store import AgentStore
 from wattgate.agent.telemetry import Telemetry
 from wattgate.embedded_redis import free_port
@@ -66,7 +67,8 @@ def build(tmp: Path, url: str, gpus: list[FakeGpu], *, sleep_mode: bool = True, 
     act = actuator(tmp, gpus, opts, clocks=clocks, store=store, timeouts=timeouts)
     act.sleep_mode = sleep_mode
     act.adopt()
-    return Agent(node="n1", actuator=act, clocks=clocks, store=store, telemetry=Telemetry("n1", gpus, clocks, act))
+    telemetry = Telemetry("n1", gpus, clocks, act)
+    return Agent(node="n1", actuator=act, clocks=clocks, store=store, telemetry=telemetry, metrics=AgentMetrics())
 
 
 def events(tmp: Path, kind: str) -> list[dict[str, Any]]:
@@ -184,6 +186,7 @@ def test_standby_drains_sleeps_is_not_routed_and_wakes_routed_again(
             assert hb.asleep == ["b"] and hb.sleep_mode and hb.notes == []
             tel = NodeTelemetry.from_json(r.get(KEYS.telemetry("n1")) or "")
             assert tel.instances == {"a": "ready", "b": "asleep"}
+            assert agent.metrics is not None and 'wattgate_agent_instances{state="asleep"} 1.0' in agent.metrics.text()
 
             # asleep: the gateway sends it nothing, and forwards no sleep or wake-up of its clients
             before = len(events(tmp_path, "request"))
@@ -331,3 +334,19 @@ def test_standby_on_a_node_without_sleep_mode_is_kept_stopped(tmp_path: Path, re
         assert not hb.sleep_mode and hb.notes[0].startswith("s: planned on standby") and "--sleep-mode" in hb.notes[0]
     finally:
         agent.shutdown()
+
+
+def test_exit_stops_an_asleep_instance_and_releases_its_clock(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    gpus = [FakeGpu(0)]
+    agent = build(tmp_path, redis_url, gpus)
+    try:
+        publish(r, 1, inst("s", 0, standby=True))
+        agent.tick()
+        pid = agent.act.instances["s"].engine.pid
+        assert pid is not None and records(r)["s"].state == "asleep" and gpus[0].locked == LOWEST_MHZ
+    finally:
+        agent.shutdown()
+    assert gpus[0].locked is None and records(r) == {}
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert json.loads((tmp_path / "engines.json").read_text()) == {"engines": []}
