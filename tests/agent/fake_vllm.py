@@ -160,7 +160,8 @@ def make_handler(engine: Engine, dev_mode: bool) -> type[BaseHTTPRequestHandler]
                 self._send(200, b"", "application/json")
             elif path == "/v1/models":
                 card = {"id": engine.model, "object": "model", "created": int(time.time()), "owned_by": "vllm"}
-                card |= {"root": engine.model, "parent": None, "max_model_len": 4096}
+                perm = {"id": "modelperm-0", "object": "model_permission", "created": 0, "allow_sampling": True}
+                card |= {"root": engine.model, "parent": None, "max_model_len": 4096, "permission": [perm]}
                 self._json(200, {"object": "list", "data": [card]})
             elif path == "/metrics":
                 self._send(200, engine.metrics().encode(), "text/plain; version=0.0.4; charset=utf-8")
