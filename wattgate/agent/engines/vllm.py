@@ -14,8 +14,8 @@ Sleep mode (the agent's ``--sleep-mode``): the server starts with ``--enable-sle
 Both POSTs answer 200 with an empty body, and vLLM warns that the answer may come before the engine
 has done it (the FIXME in both handlers), so the agent polls ``/is_sleeping`` until it reads the state it
 asked for. ``/health`` answers 200 while the engine sleeps (its check looks only for a dead engine), so
-health alone never says an instance is awake. Published level-1 wake times: 0.1-6 s for models from
-0.6B to 235B, against 30-100+ s to load a model cold (blog.vllm.ai/2025/10/26/sleep-mode.html).
+health alone never says an instance is awake. Published: switching models with sleep mode is 18-200x faster
+than a full reload, which takes 30-100+ s (blog.vllm.ai/2025/10/26/sleep-mode.html, 0.6B to 235B models).
 """
 
 from __future__ import annotations
