@@ -90,7 +90,7 @@ class Actuator:
         return InstanceRecord(
             id=r.planned.id,
             base_url=r.engine.base_url,
-            model=self.model,
+            model=r.engine.spec.model,
             pool=r.planned.pool,
             node=self.node,
             state=r.state.value,
@@ -131,6 +131,15 @@ class Actuator:
                 r.planned = a.planned
                 if self.clocks.clock_control:
                     self.set_clock_record(r, mhz)
+        elif a.kind is ActionKind.SET_POOL and r is not None and a.planned is not None:
+            log.info(
+                "%s now serves pool %s (was %s): a routing change, nothing restarts",
+                r.planned.id,
+                a.planned.pool,
+                r.planned.pool,
+            )
+            r.planned = a.planned
+            self._put(self.record(r))
         elif a.kind is ActionKind.START and a.planned is not None:
             self._start(a.planned)
         elif a.kind is ActionKind.WAIT_HEALTHY and r is not None and r.state is InstanceState.STARTING:
@@ -333,14 +342,15 @@ class Actuator:
         return adopted
 
     def shutdown(self) -> None:
-        """Drain and stop every managed engine; remove their records."""
-        serving = {i for i, r in self.instances.items() if r.state is not InstanceState.ASLEEP}  # asleep: no drain
+        """Drain and stop every managed engine; remove every record (unmanaged servers are left serving)."""
+        managed = [r for r in self.instances.values() if r.engine.managed]
+        serving = {r.planned.id for r in managed if r.state is not InstanceState.ASLEEP}  # asleep: no drain
         for i in serving:
             self._set_state(self.instances[i], InstanceState.DRAINING)
         if serving:
             time.sleep(self.timeouts.drain_notice_s)
         for r in list(self.instances.values()):
-            r.engine.stop(self.timeouts.drain_s if r.planned.id in serving else 0)
+            r.engine.stop(self.timeouts.drain_s if r.planned.id in serving else 0)  # an unmanaged one's does nothing
             r.engine.close()
             self._remove_record(r.planned.id)
             del self.instances[r.planned.id]

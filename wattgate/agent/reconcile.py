@@ -9,8 +9,10 @@ loop), except for warm standby: a kept instance the plan marks ``standby`` is dr
 (drain → sleep; its record says ``asleep``); one planned active again is woken in place (set clock →
 wake → wait healthy → register ready), before anything else so capacity returns first. A new standby
 instance starts and goes to sleep without being registered ready. On a node that cannot sleep, standby
-instances are refused (a problem; one that runs is drained and stopped). No I/O here: the actuator
-applies the actions.
+instances are refused (a problem; one that runs is drained and stopped). Unmanaged servers (``--external``)
+are never drained, stopped, started or put to sleep for a plan: a new pool for one is a routing change
+(``set_pool``: its registry record says the new pool), made in place.
+No I/O here: the actuator applies the actions.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class ActionKind(enum.StrEnum):
     REGISTER = "register"  # publish the instance as ready
     SLEEP = "sleep"  # standby: put a drained (or just started) instance to sleep; record the plan's wish
     WAKE = "wake"  # active again: wake a sleeping instance in place; record the plan's wish
+    SET_POOL = "set_pool"  # an unmanaged server serves another pool: re-publish its record, nothing restarts
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,8 @@ class Diff:
     problems: tuple[str, ...]  # planned instances refused, with the reason
 
 
-def _same(p: PlannedInstance, a: Actual) -> bool:
-    return p.pool == a.pool and tuple(p.gpus) == a.gpus and p.tp == a.tp
+def _same(p: PlannedInstance, a: Actual, *, any_pool: bool = False) -> bool:
+    return (any_pool or p.pool == a.pool) and tuple(p.gpus) == a.gpus and p.tp == a.tp
 
 
 def _asleep(p: PlannedInstance, actual: Mapping[str, Actual]) -> bool:
@@ -131,8 +134,10 @@ def diff(
     desired: Sequence[PlannedInstance],
     actual: Mapping[str, Actual],
     node_gpus: Sequence[int],
+    *,
     follow_plan_clocks: bool = False,
     can_sleep: bool = False,
+    repool_in_place: bool = False,
 ) -> Diff:
     """The actions that take this node from ``actual`` to ``desired``, in the order to apply them.
 
@@ -142,7 +147,8 @@ def diff(
     then instances going on standby are drained and put to sleep; leaving instances that block nothing go
     last. ``follow_plan_clocks`` (no clock loop): a kept instance whose planned clock changed is re-clocked
     (not while it sleeps: waking sets the plan's clock). ``can_sleep``: this node's engines can sleep;
-    without it standby instances are refused.
+    without it standby instances are refused. ``repool_in_place`` (unmanaged servers): an instance whose
+    pool changed is kept and gets ``set_pool``.
     """
     wanted, problems = _admissible(desired, node_gpus)
     if not can_sleep:  # one already asleep stays so; the others are not run
@@ -153,7 +159,7 @@ def diff(
             for p in refused
         ]
         wanted = [p for p in wanted if p not in refused]
-    keep = {p.id for p in wanted if p.id in actual and _same(p, actual[p.id])}
+    keep = {p.id for p in wanted if p.id in actual and _same(p, actual[p.id], any_pool=repool_in_place)}
     leaving = sorted(i for i in actual if i not in keep)
     arriving = [p for p in wanted if p.id not in keep]
     busy = {g for i in leaving for g in actual[i].gpus}
@@ -162,6 +168,11 @@ def diff(
     wakes, sleeps = _standby(wanted, keep, actual)
     woken = {a.instance_id for a in wakes}
     actions = [
+        Action(ActionKind.SET_POOL, p.id, tuple(p.gpus), planned=p)
+        for p in wanted
+        if p.id in keep and p.pool != actual[p.id].pool
+    ]
+    actions += [
         Action(ActionKind.SET_CLOCK, p.id, tuple(p.gpus), sm_clock_mhz=p.sm_clock_mhz, planned=p)
         for p in wanted
         if follow_plan_clocks

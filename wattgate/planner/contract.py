@@ -7,11 +7,12 @@ Gateways, the planner and agents talk only through the keys below. Every message
 Messages grow only by optional fields with defaults, so one schema version spans them: a reader
 drops fields it does not know (a plan's instances' too) and fills the ones a writer left out with their
 defaults. Additions within schema 1 are listed at each message (``Observation``: ``text_slots``,
-``text_dim`` since ``OBSERVATION_REVISION`` 2). Warm standby (vLLM sleep mode) added
-``PlannedInstance.standby`` (written only when true, so agents from before it still read plans without
-standby instances), the instance state ``asleep`` (gateways route only to ``ready``; one from before it
-skips such a record with a warning, which routes nothing to it either), and ``Heartbeat.sleep_mode`` /
-``Heartbeat.asleep``.
+``text_dim`` since ``OBSERVATION_REVISION`` 2; ``Heartbeat``: ``unmanaged``, the servers an agent runs for
+the user, since ``HEARTBEAT_REVISION`` 2, ``sleep_mode`` / ``asleep`` since 3; ``Plan``: ``fixed``, the ids
+of those the plan gives a pool and a clock, since ``PLAN_REVISION`` 2, ``PlannedInstance.standby`` since 3).
+Warm standby (vLLM sleep mode) also added the instance state ``asleep`` (gateways route only to ``ready``;
+one from before it skips such a record with a warning, which routes nothing to it either).
+``PlannedInstance.standby`` is written only when true, so plans without standby instances stay as before.
 
 Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 
@@ -52,6 +53,10 @@ LOAD_MINUTE_TTL_S = 8 * 24 * 3600
 OBSERVATIONS_MAXLEN = 200_000
 # Revision 2 of Observation (schema 1) adds ``text_slots``/``text_dim``; revision-1 readers ignore them.
 OBSERVATION_REVISION = 2
+# Revision 2 of Heartbeat adds ``unmanaged`` and of Plan adds ``fixed``; revision 3 adds warm standby
+# (Heartbeat ``sleep_mode``/``asleep``, PlannedInstance ``standby``). Older readers ignore them.
+HEARTBEAT_REVISION = 3
+PLAN_REVISION = 3
 HEARTBEAT_TTL_S = 15
 TELEMETRY_TTL_S = 15
 LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
@@ -297,14 +302,16 @@ class InstanceRecord(_Message):
 
 @dataclass(frozen=True)
 class PlannedInstance:
-    """One instance of the plan: where it runs, its tensor parallelism and SM clock.
+    """One instance of the plan: where it runs, its tensor parallelism and SM clock (for a fixed instance,
+    one the plan cannot start or stop, only the pool it serves and its clock are the plan's choice).
 
-    ``standby``: keep the instance loaded but asleep (warm standby) instead of serving. An agent whose node
-    has sleep mode (``Heartbeat.sleep_mode``) starts it and puts it to sleep, or drains a serving one and
-    puts it to sleep; its record says ``asleep`` and gateways do not route to it. Planned active again
+    ``standby`` (revision 3): keep the instance loaded but asleep (warm standby) instead of serving. An agent
+    whose node has sleep mode (``Heartbeat.sleep_mode``) starts it and puts it to sleep, or drains a serving
+    one and puts it to sleep; its record says ``asleep`` and gateways do not route to it. Planned active again
     (``standby`` false, same id, pool, GPUs and TP), it is woken in place (seconds, no weight reload) and
     registered ready. On a node without sleep mode a standby instance is not run (kept stopped) and the
-    heartbeat says so. Changing its pool, GPUs or TP is a restart, as for any instance.
+    heartbeat says so. Changing its pool, GPUs or TP is a restart, as for any instance. Never set on a fixed
+    instance.
     """
 
     id: str
@@ -342,15 +349,24 @@ class Plan(_Message):
     # of the cluster (DynamoLLM's single-pool baseline); None in plans from before these fields
     single_pool_power_w: float | None = None
     single_pool_gpus: int | None = None
+    # Revision 2: ids of the instances the planner may not start, stop or move (servers wattgate does not
+    # manage, from the agents' heartbeats): the plan chooses their pool and clock only
+    fixed: list[str] = field(default_factory=list)
+    revision: int = 1  # a message without the field predates revision 2; writers set the current revision
 
     def for_node(self, node: str) -> list[PlannedInstance]:
         return [i for i in self.instances if i.node == node]
+
+    def fixed_pools(self) -> dict[str, str]:
+        """Fixed instance id -> the pool the plan has it serve."""
+        ids = set(self.fixed)
+        return {i.id: i.pool for i in self.instances if i.id in ids}
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         for inst in out["instances"]:
             if not inst.get("standby"):
-                del inst["standby"]  # agents from before standby refuse a plan whose instances carry it
+                del inst["standby"]  # plans without standby instances read as before it
         return out
 
     @classmethod
@@ -400,6 +416,19 @@ class NodeTelemetry(_Message):
 
 
 @dataclass(frozen=True)
+class UnmanagedInstance:
+    """A server the user runs on a node and wattgate does not start or stop (``wattgate agent --external``):
+    the planner counts it as fixed capacity and chooses only its pool and clock."""
+
+    id: str
+    tp: int
+    gpus: list[int]  # node-local GPU indices
+    model: str = ""  # the model it serves, as clients name it ("" unknown)
+    engine: str = "vllm"  # what serves it: vllm | tgi | llama.cpp | simulated
+    pool: str = ""  # the pool it serves now ("" none yet: every request type)
+
+
+@dataclass(frozen=True)
 class Heartbeat(_Message):
     node: str
     ts: float
@@ -410,12 +439,20 @@ class Heartbeat(_Message):
     # False: the node runs external (unmanaged) instances only and its agent does not carry out plans,
     # so the planner must not plan instances onto its GPUs
     managed: bool = True
-    # True: the node's engines can sleep (vLLM with --sleep-mode, and no sleep has failed), so the plan may
-    # mark its instances standby; False in heartbeats from before this field
+    # Revision 2: the node's unmanaged servers
+    unmanaged: list[UnmanagedInstance] = field(default_factory=list)
+    revision: int = 1  # a message without the field predates revision 2; writers set the current revision
+    # Revision 3: True when the node's engines can sleep (vLLM with --sleep-mode, and no sleep has failed),
+    # so the plan may mark its instances standby
     sleep_mode: bool = False
-    # ids of this node's instances asleep now (on standby); empty in heartbeats from before this field
+    # Revision 3: ids of this node's instances asleep now (on standby)
     asleep: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Heartbeat:
-        return _build(cls, _decode(raw, "heartbeat"), "heartbeat")
+        data = dict(_decode(raw, "heartbeat"))
+        listed = data.get("unmanaged", [])
+        if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
+            raise ContractError("heartbeat: unmanaged must be a list of objects")
+        data["unmanaged"] = [_build(UnmanagedInstance, i, "heartbeat: bad unmanaged instance") for i in listed]
+        return _build(cls, data, "heartbeat")
