@@ -37,7 +37,7 @@ from wattgate.planner.contract import Heartbeat, InstanceRecord, Keys
         (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--start-retries", "0"], "--start-retries"),
         (
             ["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--engine", "tgi", "--sleep-mode"],
-            "--engine vllm",
+            "--engine vllm (vLLM's sleep mode) or sim",
         ),
         (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--sleep-timeout-s", "0"], "--sleep-timeout-s"),
     ],

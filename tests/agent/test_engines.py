@@ -80,6 +80,9 @@ def test_simulated_command_line(tmp_path: Path) -> None:
     assert flags["--tp"] == "2" and flags["--gpus"] == "0,1" and flags["--gpu-state-dir"] == str(tmp_path / "gs")
     assert flags["--speed"] == "4" and flags["--max-num-seqs"] == "64"
     assert "--profile" not in flags  # sim-backend runs the serving model, not a profile
+    assert "--enable-sleep-mode" not in argv
+    slept = launched(tmp_path, EngineKind.SIMULATED, gpu_state_dir=tmp_path / "gs", sleep_mode=True)
+    assert "--enable-sleep-mode" in slept["argv"]
 
 
 def test_parse_metrics() -> None:

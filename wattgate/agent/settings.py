@@ -144,7 +144,10 @@ def validate(s: AgentSettings) -> AgentSettings:
             "--external: each server needs its own id and its own GPUs",
         ),
         (s.engine is not EngineKind.LLAMA_CPP or s.model_file is not None, "--engine llama.cpp needs --model-file"),
-        (not s.sleep_mode or s.engine is EngineKind.VLLM, "--sleep-mode needs --engine vllm (vLLM's sleep mode)"),
+        (
+            not s.sleep_mode or s.engine in (EngineKind.VLLM, EngineKind.SIMULATED),
+            "--sleep-mode needs --engine vllm (vLLM's sleep mode) or sim",
+        ),
         (s.sleep_timeout_s > 0, "--sleep-timeout-s must be > 0"),
         (s.start_retries >= 1, "--start-retries must be >= 1"),
         (s.sim_speed > 0, "--sim-speed must be > 0"),
