@@ -111,6 +111,7 @@ def loop_on(url: str, clock: Clock, *, standby_max_s: float = 240.0) -> PlannerL
     settings = LoopSettings(
         cluster_period_s=60,
         pool_period_s=60,
+        quantile=None,  # the classic forecast, its template method: yesterday's minutes ahead decide
         forecast=ForecastSettings(method=Method.TEMPLATE, margin=0.0),
         solver=SOLVER,
         standby_max_s=standby_max_s,
