@@ -25,10 +25,17 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from wattgate.planner.baselines import IDLE_GPU_W, baseline, single_pool, single_pool_tp
-from wattgate.planner.contract import Heartbeat, Plan, PlannedInstance
+from wattgate.planner.contract import LOAD_SECOND_TTL_S, Heartbeat, Plan, PlannedInstance
 from wattgate.planner.epoch import plan_epoch
 from wattgate.planner.explain import build_plan
-from wattgate.planner.forecast import DAY_MIN, ForecastSettings, PoolForecasts, QuantileSettings, forecast_peak
+from wattgate.planner.forecast import (
+    DAY_MIN,
+    ForecastSettings,
+    PoolForecasts,
+    QuantileSettings,
+    forecast_peak,
+    minute_peaks,
+)
 from wattgate.planner.model import FixedInstance, Inventory, Node, PlannerError, SolverSettings
 from wattgate.planner.standby import DEFAULT_STANDBY_MAX_S, keep_asleep
 from wattgate.planner.store import StoreError
@@ -43,6 +50,7 @@ class Store(Protocol):
     def release_lease(self, me: str) -> None: ...
     def load_minutes(self, pools: list[str], end_minute: int, count: int) -> dict[str, list[float]]: ...
     def load_seconds(self, pools: list[str], start_second: int, end_second: int) -> dict[str, float]: ...
+    def load_second_counts(self, pools: list[str], start_second: int, end_second: int) -> dict[str, list[float]]: ...
     def heartbeats(self) -> list[Heartbeat]: ...
     def current_plan(self) -> Plan | None: ...
     def publish(self, build: Callable[[int], Plan]) -> Plan: ...
@@ -62,6 +70,12 @@ class LoopSettings:
     # the methods, plus its margin).
     quantile: float | None = 0.9
     lead_s: float = 95.0
+    # what the calibrated forecast forecasts per minute: "peaks", its busiest 10 s as a per-minute rate (from
+    # the per-second windows, kept 2 h), or "counts", its requests
+    series: str = "peaks"
+    # the headroom the plan carries to the agents' clock policy (None: the solver's). Planning for peaks at
+    # the whole capacity, the clock policy still keeps 0.8 (it judges the last minute's mean load)
+    clock_headroom: float | None = None
     # longest a dropped instance stays on warm standby (nodes with sleep mode only); 0: never
     standby_max_s: float = DEFAULT_STANDBY_MAX_S
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
@@ -76,6 +90,8 @@ class LoopSettings:
             raise PlannerError("standby_max_s must be >= 0")
         if (self.quantile is not None and not 0 < self.quantile < 1) or self.lead_s < 0:
             raise PlannerError("the forecast quantile must be in (0, 1) and lead_s >= 0")
+        if self.series not in ("peaks", "counts"):
+            raise PlannerError("the forecast series is 'peaks' or 'counts'")
 
 
 @dataclass
@@ -101,6 +117,8 @@ class PlannerLoop:
         self.last_plan: Plan | None = None
         self.asleep_since: dict[str, float] = {}  # instance id -> when a plan first put it on standby
         self._forecasts: dict[int, PoolForecasts] = {}  # per horizon (minutes): the cluster and pool periods'
+        self._peaks: dict[int, dict[str, float]] = {}  # minute -> pool -> its peak, read once per minute
+        self._peaks_provisional: int | None = None
 
     def tick(self) -> str:
         """One step; returns what happened: backoff, follower, idle, published or error."""
@@ -157,8 +175,9 @@ class PlannerLoop:
     def forecast(self, now: float, horizon_min: int) -> dict[str, float]:
         """Peak req/s per pool for the next ``horizon_min`` minutes, from the load windows.
 
-        Whole minutes come from the per-minute windows; the minute in progress from the per-second
-        windows, scaled to a full minute once 15 s of it have passed, so a sudden rise counts at once.
+        Whole minutes come from the per-minute windows (or, for the calibrated forecast of peaks, each
+        minute's busiest 10 s from the per-second windows); the minute in progress from the per-second
+        windows once 15 s of it have passed, so a sudden rise counts at once.
         """
         return self.forecasts(now, [horizon_min])[0]
 
@@ -167,22 +186,51 @@ class PlannerLoop:
         s = self.settings
         pools = [t.name for t in self.profile.request_types if t.name in POOL_NAMES]
         minute = int(now // 60)
-        series = self.store.load_minutes(pools, minute, s.history_min)
+        if s.quantile is not None and s.series == "peaks":
+            series = self._minute_peaks(pools, minute)
+        else:
+            series = self.store.load_minutes(pools, minute, s.history_min)
         elapsed = int(now) - minute * 60
-        partial = self.store.load_seconds(pools, minute * 60, int(now)) if elapsed >= 15 else {}
+        now_minute: dict[str, list[float]] = {}  # the minute in progress, once 15 s of it have passed
+        if elapsed >= 15:
+            if s.quantile is None:
+                now_minute = {p: [n] for p, n in self.store.load_seconds(pools, minute * 60, int(now)).items()}
+            else:
+                now_minute = self.store.load_second_counts(pools, minute * 60, int(now))
         out = []
         for horizon_min in horizons_min:
-            if s.quantile is not None:
+            if s.quantile is None:  # the classic forecast: the minute in progress scaled to a whole minute
+                whole = {p: [*series[p], *(n * 60.0 / elapsed for n in now_minute.get(p, []))] for p in pools}
+                demand = {p: forecast_peak(whole[p], horizon_min, s.forecast) for p in pools}
+            else:
                 if horizon_min not in self._forecasts:
                     self._forecasts[horizon_min] = PoolForecasts(horizon_min, QuantileSettings(quantile=s.quantile))
                 demand = self._forecasts[horizon_min].forecast(series, end_minute=minute)  # whole minutes only
-                for p, n in partial.items():  # the minute in progress can only raise it
-                    demand[p] = max(demand[p], n / elapsed)
-            else:
-                now_too = {p: [*series[p], *([partial[p] * 60.0 / elapsed] if p in partial else [])] for p in pools}
-                demand = {p: forecast_peak(now_too[p], horizon_min, s.forecast) for p in pools}
+                for p, c in now_minute.items():  # the minute in progress can only raise it, as a rate
+                    if s.series == "peaks":  # its busiest 10 s so far
+                        now_rps = minute_peaks([*c, *[0.0] * (60 - len(c))])[0] / 60.0
+                    else:
+                        now_rps = sum(c) / elapsed
+                    demand[p] = max(demand[p], now_rps)
             out.append({p: max(demand[p], s.min_pool_rps) for p in pools})
         return out
+
+    def _minute_peaks(self, pools: list[str], minute: int) -> dict[str, list[float]]:
+        """Each pool's peak per whole minute before ``minute``, as far back as the per-second windows last."""
+        count = min(self.settings.history_min, LOAD_SECOND_TTL_S // 60 - 1)
+        first = minute - count
+        # the minute that was the last whole one at the previous read is read again: a gateway may have
+        # flushed its last seconds after that read
+        todo = [m for m in range(first, minute) if m not in self._peaks or m == self._peaks_provisional]
+        if todo:  # one read of the minutes not seen yet (all of them only on the first plan)
+            seconds = self.store.load_second_counts(pools, todo[0] * 60, minute * 60)
+            for p, counts in seconds.items():
+                for m, peak in zip(range(todo[0], minute), minute_peaks(counts), strict=True):
+                    self._peaks.setdefault(m, {})[p] = peak
+        self._peaks_provisional = minute - 1
+        for m in [m for m in self._peaks if m < first]:
+            del self._peaks[m]
+        return {p: [self._peaks[m].get(p, 0.0) for m in range(first, minute)] for p in pools}
 
     def horizon_min(self, period_s: float) -> int:
         """Minutes a plan for ``period_s`` must cover: the period, plus a start's lead with the calibrated one."""
@@ -240,7 +288,7 @@ class PlannerLoop:
                 version=version,
                 created_at=now,
                 model=self.profile.model,
-                headroom=solver.headroom,
+                headroom=s.clock_headroom if s.clock_headroom is not None else solver.headroom,
                 single=single,
                 fixed=epoch.fixed,
                 left_out=epoch.left_out,
