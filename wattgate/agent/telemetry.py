@@ -20,6 +20,7 @@ from wattgate.planner.contract import (
     GpuReading,
     Heartbeat,
     InstanceEnergy,
+    InstanceState,
     NodeTelemetry,
     UnmanagedInstance,
 )
@@ -108,6 +109,8 @@ class Telemetry:
             managed=self.managed,
             unmanaged=self.servers(),
             revision=HEARTBEAT_REVISION,
+            sleep_mode=self._act.can_sleep,
+            asleep=sorted(i for i, r in list(self._act.instances.items()) if r.state is InstanceState.ASLEEP),
         )
 
     def servers(self) -> list[UnmanagedInstance]:
