@@ -121,6 +121,11 @@ def test_each_response_carries_its_energy_and_the_books_agree(
         return out
 
     wait_for(lambda: booked() == {label("alice-secret"): 2, "bob": 2}, "four requests booked", timeout_s=15)
+
+    def idle_booked() -> bool:  # the seconds after the last request: nobody works in them
+        return any(s["key"] == IDLE_KEY and v > 0 for s, v in samples(gw, "wattgate_gateway_energy_joules_total")[0])
+
+    wait_for(idle_booked, "an idle second booked", timeout_s=15)
     joules, grams = samples(gw, "wattgate_gateway_energy_joules_total", "wattgate_gateway_carbon_grams_total")
     assert {s["source"] for s, _ in joules} == {"measured"}
     assert {s["status"] for s, v in joules if s["key"] != IDLE_KEY} == {"200"}
