@@ -7,7 +7,9 @@ then request count, each divided by the instance's weight (its planned load rela
 mean, ``plan_weights``). A request type goes first to the pool(s) the planner's current plan sends it
 to (``Plan.serves``, made into ``Routes`` by ``plan_routes``); when there is no plan, or those pools
 have no instance that can take it (none ready, or all at their concurrency bound), the pools of
-``spill_chain`` are tried in order.
+``spill_chain`` are tried in order. Passive ejection (``record_failure``): a connect error takes an
+instance out at once, other failures (5xx, timeouts, broken responses) after a run of them; an
+ejected instance gets no request until its cooldown ends.
 """
 
 from __future__ import annotations
@@ -149,6 +151,22 @@ def _load(i: Instance) -> tuple[float, float]:
     return (i.outstanding_tokens / w, i.in_flight / w)
 
 
+def record_failure(inst: Instance, now: float, connect_error: bool, after_failures: int, cooldown_s: float) -> bool:
+    """Count a failure of ``inst``; eject it until ``now + cooldown_s`` on a connect error or the
+    ``after_failures``-th failure in a row. True when it was ejected."""
+    inst.consecutive_failures += 1
+    if connect_error or inst.consecutive_failures >= after_failures:
+        inst.ejected_until = now + cooldown_s
+        inst.consecutive_failures = 0
+        return True
+    return False
+
+
+def record_success(inst: Instance) -> None:
+    """A success ends a run of failures."""
+    inst.consecutive_failures = 0
+
+
 MIN_WEIGHT = 0.1  # an instance the plan gives (almost) no load still takes work when the others are busier
 
 
@@ -183,5 +201,7 @@ __all__ = [
     "expected_output_tokens",
     "plan_routes",
     "plan_weights",
+    "record_failure",
+    "record_success",
     "request_type",
 ]

@@ -19,7 +19,14 @@ import httpx
 
 from wattgate.classifier.api import MaxTokensPredictor, Predictor
 from wattgate.gateway.metrics import GatewayMetrics
-from wattgate.gateway.routing import Instance, InstanceSpec, plan_routes, plan_weights
+from wattgate.gateway.routing import (
+    Instance,
+    InstanceSpec,
+    plan_routes,
+    plan_weights,
+    record_failure,
+    record_success,
+)
 from wattgate.gateway.settings import BackendSpec, GatewaySettings
 from wattgate.gateway.transport import FastTransport
 from wattgate.planner.contract import InstanceRecord, Observation, Plan
@@ -178,16 +185,14 @@ class GatewayState:
 
     # -- passive ejection -----------------------------------------------------------------------
     def note_failure(self, inst: Instance, connect_error: bool) -> None:
-        inst.consecutive_failures += 1
-        if connect_error or inst.consecutive_failures >= self.settings.eject_after_failures:
-            inst.ejected_until = time.monotonic() + self.settings.eject_cooldown_s
-            inst.consecutive_failures = 0
+        s = self.settings
+        if record_failure(inst, time.monotonic(), connect_error, s.eject_after_failures, s.eject_cooldown_s):
             self.metrics.ejections.labels(inst.id).inc()
-            log.warning("instance %s ejected for %.1f s", inst.id, self.settings.eject_cooldown_s)
+            log.warning("instance %s ejected for %.1f s", inst.id, s.eject_cooldown_s)
 
     @staticmethod
     def note_success(inst: Instance) -> None:
-        inst.consecutive_failures = 0
+        record_success(inst)
 
     # -- active probing and discovery -----------------------------------------------------------
     async def probe(self, inst: Instance) -> None:
