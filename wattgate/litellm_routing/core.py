@@ -312,7 +312,7 @@ class EnergyRouting:
         work = pred.input_tokens + expected_output_tokens(pred, self.edges, max_tokens)
         n = next(self._count)
         if n % _SWEEP_EVERY == 0:
-            self._sweep(now)
+            self.sweep(now)
         token = f"{self._prefix}{n:x}"
         ticket = self.tickets[token] = Ticket(pred, request_type(pred, self.edges), work, max_tokens, model, now)
         return token, ticket
@@ -349,7 +349,7 @@ class EnergyRouting:
             inst.outstanding_tokens -= ticket.work_tokens
             ticket.instance = None
 
-    def _sweep(self, now: float) -> None:
+    def sweep(self, now: float) -> None:
         """Forget tickets older than ``ticket_ttl_s``: failed requests not retried, or callbacks that never came."""
         old = [t for t, tk in self.tickets.items() if now - tk.opened_at > self.ticket_ttl_s]
         for t in old:

@@ -1,0 +1,20 @@
+"""litellm stays off wattgate's own paths: the gateway, the CLI and the routing core never import it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+PROBE = "import sys, {modules}; print(sorted(m for m in sys.modules if m == 'litellm' or m.startswith('litellm.'))[:1])"
+
+
+def imported_litellm(*modules: str) -> bool:
+    code = PROBE.format(modules=", ".join(modules))
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
+    return out.stdout.strip() != "[]"
+
+
+def test_the_gateway_and_the_routing_core_do_not_import_litellm() -> None:
+    assert not imported_litellm("wattgate.cli", "wattgate.gateway.app", "wattgate.gateway.cli")
+    assert not imported_litellm("wattgate.litellm_routing", "wattgate.litellm_routing.core")
+    assert imported_litellm("wattgate.litellm_routing.callback")  # the probe can see it where it is
