@@ -151,14 +151,22 @@ def wattgate_in_proxy() -> bool:
 
 @contextlib.contextmanager
 def litellm_proxy_with(
-    config: str, model: str, *, env: dict[str, str] | None = None, startup_timeout_s: float = 180.0
+    config: str,
+    model: str,
+    *,
+    env: dict[str, str] | None = None,
+    files: dict[str, str] | None = None,
+    startup_timeout_s: float = 180.0,
 ) -> Iterator[str]:
-    """Run the LiteLLM proxy with ``config`` (YAML or JSON text) and ``env`` added to the offline environment;
-    yield its base URL once it serves ``model``."""
+    """Run the LiteLLM proxy with ``config`` (YAML or JSON text) and ``env`` added to the offline environment,
+    ``files`` (name -> text, e.g. a callback module) next to the config; yield its base URL once it serves
+    ``model``."""
     exe = litellm_executable()
     with tempfile.TemporaryDirectory(prefix="wattgate-litellm-") as tmp:
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(config)
+        for name, text in (files or {}).items():
+            (Path(tmp) / name).write_text(text)
         port = free_port()
         log_path = Path(tmp) / "litellm.log"
         env = {**os.environ, **OFFLINE_ENV, **(env or {})}

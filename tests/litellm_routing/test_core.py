@@ -90,6 +90,9 @@ def test_failures_count_as_in_the_gateway() -> None:
     assert failure_of(openai.APITimeoutError(request=request)) == (Failure.COUNTED, 504)
     broken = chain(openai.APIConnectionError(request=request), httpx.RemoteProtocolError("closed"))
     assert failure_of(broken) == (Failure.COUNTED, 502)  # a broken response counts, but does not eject at once
+    # litellm's aiohttp transport maps a reset of a kept-alive connection to httpx.ConnectError as well
+    reset = chain(httpx.ConnectError("reset"), ConnectionResetError(104, "Connection reset by peer"))
+    assert failure_of(chain(openai.APIConnectionError(request=request), reset)) == (Failure.COUNTED, 502)
 
     class Status(Exception):
         def __init__(self, code: int) -> None:
@@ -103,14 +106,18 @@ def test_failures_count_as_in_the_gateway() -> None:
 
 def test_deployments_are_matched_to_registry_instances_by_url_or_by_name() -> None:
     assert base_url("HTTP://10.0.0.1:8000/v1/") == base_url("http://10.0.0.1:8000") == "http://10.0.0.1:8000"
-    core = routing()
+    rec = Recorded()
+    core = routing(rec)
+    assert pick(core, DEPLOYMENTS, {"max_tokens": 8}) is Fallback.NOT_READ  # nothing read from Redis yet
     core.apply_registry(FLEET)
     core.apply_plan(plan({"SS": ["SS"]}))
     named = deployment(9, "by-name", wattgate_instance="ss-1")  # a URL the registry does not know, named instead
     kwargs: dict[str, Any] = {"max_tokens": 8}
     assert pick(core, [deployment(7), named], kwargs) == [named]
     assert core.instances["ss-1"].in_flight == 1
-    assert pick(core, [deployment(7), deployment(8)], {"max_tokens": 8}) is Fallback.UNREGISTERED
+    cloud: dict[str, Any] = {"max_tokens": 8}  # a model group of other servers behind the same LiteLLM
+    assert pick(core, [deployment(7), deployment(8)], cloud) is Fallback.UNREGISTERED
+    assert "metadata" not in cloud and len(rec.loads) == 1  # neither classified nor recorded
 
 
 def test_without_a_plan_litellm_picks_but_load_and_observations_are_recorded() -> None:

@@ -8,8 +8,10 @@ import redis
 from wattgate.planner.contract import (
     SCHEMA_VERSION,
     ContractError,
+    GpuReading,
     InstanceRecord,
     Keys,
+    NodeTelemetry,
     Observation,
     Plan,
     PlannedInstance,
@@ -73,3 +75,12 @@ def test_plan_serves_defaults_to_empty_and_round_trips() -> None:
     old = plan.to_dict()
     del old["serves"]
     assert Plan.from_json(json.dumps(old)).serves == {}
+
+
+def test_to_json_is_the_json_of_to_dict_for_flat_and_nested_messages() -> None:
+    obs = Observation("r", "SS", "SS", [1.0, 0.0, 0.0], 10, 5, 0.1, None, 200, "i1", "m", 1.0, {"f": 0.5}, 64)
+    gpu = GpuReading(0, "GPU-0", "H100", 300.5, 12.0, 1410, None, "modelled")
+    planned = PlannedInstance("i1", "SS", "n0", [0, 1], 2, 1200, 1.5, 400.0)
+    plan = Plan(3, 1.0, "m", [planned], {"SS": 0.3}, 1.0, 2.0, serves={"SS": ["SS"]}, single_pool_gpus=8)
+    for message in (obs, plan, NodeTelemetry("n0", 1.0, [gpu], {"i1": "ready"})):
+        assert message.to_json() == json.dumps(message.to_dict(), separators=(",", ":"), sort_keys=True)

@@ -14,9 +14,10 @@ Each request carries a ticket id in its LiteLLM metadata (``TICKET_KEY``); the t
 prediction and the attempt in flight, so the success and failure callbacks release the instance and
 record the observation. Every attempt counts in the load window of its request type when it starts
 and leaves an observation when it ends, as in the gateway. ``pick`` answers a ``Fallback`` reason
-instead of deployments when there is no plan or none of the group's deployments is registered:
-LiteLLM's own strategy picks then, and the load and observations are still recorded, so the planner
-has the load to make its first plan from.
+instead of deployments when nothing was read from Redis yet, none of the group's deployments is
+registered (a cloud model behind the same proxy: not classified, not recorded), or there is no plan:
+LiteLLM's own strategy picks then; without a plan the load and observations are still recorded, so
+the planner has the load to make its first plan from.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class Fallback(enum.StrEnum):
     """Why LiteLLM's own strategy picks the deployment."""
 
     NO_REDIS = "no Redis URL configured (WATTGATE_REDIS_URL)"
-    NO_PLAN = "no plan in Redis (none published yet, or Redis unreachable since start)"
+    NOT_READ = "nothing read from Redis yet (unreachable since start?)"
     UNREGISTERED = "none of the model group's deployments is in the instance registry"
+    NO_PLAN = "no plan in Redis yet"
 
 
 class Failure(enum.Enum):
@@ -115,20 +117,25 @@ class Outcome:
 
 def failure_of(exc: BaseException | None) -> tuple[Failure, int]:
     """How an exception LiteLLM raised for an attempt counts against the instance, and the status to record:
-    connect errors eject at once (502), timeouts (504), broken responses (502) and 5xx count, the rest not."""
+    connect errors eject at once (502); timeouts (504), broken or reset connections (502) and 5xx count;
+    the rest (4xx, errors of LiteLLM's own) say nothing of the instance."""
     chain: list[BaseException] = []
     while exc is not None and len(chain) < 16:
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    if any(isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | ConnectionRefusedError) for e in chain):
+    # litellm's aiohttp transport reports a reset of an open (kept-alive) connection as httpx.ConnectError too
+    dropped = any(isinstance(e, ConnectionResetError | BrokenPipeError | ConnectionAbortedError) for e in chain)
+    if not dropped and any(
+        isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | ConnectionRefusedError) for e in chain
+    ):
         return Failure.CONNECT, 502
     status = next((s for e in chain if isinstance(s := getattr(e, "status_code", None), int)), None)
     if status == 408 or any(isinstance(e, httpx.TimeoutException | openai.APITimeoutError) for e in chain):
         return Failure.COUNTED, 504
+    if dropped or any(isinstance(e, httpx.HTTPError | openai.APIConnectionError) for e in chain):
+        return Failure.COUNTED, 502
     if status is not None and status >= 500:
         return Failure.COUNTED, status
-    if any(isinstance(e, httpx.HTTPError | openai.APIConnectionError) for e in chain):
-        return Failure.COUNTED, 502
     return Failure.NONE, status or 500
 
 
@@ -175,6 +182,7 @@ class EnergyRouting:
         self.routes: dict[str, tuple[str, ...]] = {}
         self.weights: dict[str, float] = {}
         self.tickets: dict[str, Ticket] = {}
+        self.registry_read = False  # the registry was read from Redis at least once
         self._models: dict[str, str] = {}  # registry id -> the model its record serves
         self._by_url: dict[str, Instance] = {}
         self._by_deployment: dict[str, Instance | None] = {}  # LiteLLM deployment id -> instance (cache)
@@ -211,6 +219,7 @@ class EnergyRouting:
         self.instances = kept
         self._by_url = {i.spec.base_url: i for i in kept.values()}
         self._by_deployment.clear()
+        self.registry_read = True
 
     def apply_plan(self, plan: Plan | None) -> None:
         """Route each request type as ``plan.serves`` says, weigh instances by their planned load."""
@@ -238,7 +247,13 @@ class EnergyRouting:
         wall: float,
     ) -> list[dict[str, Any]] | Fallback:
         """The one deployment to call (none: nothing can take the request now), or why LiteLLM picks.
-        ``now`` is monotonic, ``wall`` unix time (load windows)."""
+        ``now`` is monotonic, ``wall`` unix time (load windows). Requests of a group with no registered
+        deployment (a cloud model behind the same proxy) are neither classified nor recorded."""
+        if not self.registry_read:
+            return Fallback.NOT_READ
+        registered = [(inst, d) for d in deployments if (inst := self._instance_of(d)) is not None]
+        if not registered:
+            return Fallback.UNREGISTERED
         meta = metadata_of(kwargs)
         token = meta.get(TICKET_KEY)
         ticket = self.tickets.get(token) if isinstance(token, str) else None
@@ -254,12 +269,9 @@ class EnergyRouting:
             return Fallback.NO_PLAN
         skip = _skipped(kwargs)
         usable: dict[str, tuple[Instance, dict[str, Any]]] = {}
-        for d in deployments:
-            inst = self._instance_of(d)
-            if inst is not None and deployment_id(d) not in skip:
+        for inst, d in registered:
+            if deployment_id(d) not in skip:
                 usable.setdefault(inst.id, (inst, d))
-        if not usable:
-            return Fallback.UNREGISTERED if not any(self._instance_of(d) for d in deployments) else []
         insts = [i for i, _ in usable.values()]
         picked = choose(insts, ANY_MODEL, ticket.rtype, now, ticket.tried, self.routes)
         if picked is None and ticket.tried:  # every instance was tried: LiteLLM asked for one more attempt

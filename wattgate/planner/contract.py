@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
@@ -171,7 +171,17 @@ class _Message:
         return out  # type: ignore[no-any-return]
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        # the same JSON as to_dict's, without asdict's deep copy of every value (observations are written on
+        # the request path); nested dataclasses (plan instances, GPU readings) are serialised as they come
+        return json.dumps(
+            {**vars(self), "schema": SCHEMA_VERSION}, separators=(",", ":"), sort_keys=True, default=_fields_of
+        )
+
+
+def _fields_of(value: object) -> dict[str, Any]:
+    if is_dataclass(value) and not isinstance(value, type):
+        return vars(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 @dataclass(frozen=True)
