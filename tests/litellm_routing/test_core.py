@@ -88,17 +88,19 @@ def test_failures_count_as_in_the_gateway() -> None:
     refused = chain(openai.APIConnectionError(request=request), httpx.ConnectError("refused"))
     assert failure_of(chain(RuntimeError("litellm wraps it"), refused)) == (Failure.CONNECT, 502)
     assert failure_of(openai.APITimeoutError(request=request)) == (Failure.COUNTED, 504)
-    broken = chain(openai.APIConnectionError(request=request), httpx.RemoteProtocolError("closed"))
-    assert failure_of(broken) == (Failure.COUNTED, 502)  # a broken response counts, but does not eject at once
+    closed = chain(openai.APIConnectionError(request=request), httpx.RemoteProtocolError("closed"))
+    assert failure_of(closed) == (Failure.DEFERRED, 502)  # closed without an answer: judged by the retry
     # litellm's aiohttp transport maps a reset of a kept-alive connection to httpx.ConnectError as well
     reset = chain(httpx.ConnectError("reset"), ConnectionResetError(104, "Connection reset by peer"))
-    assert failure_of(chain(openai.APIConnectionError(request=request), reset)) == (Failure.COUNTED, 502)
+    assert failure_of(chain(openai.APIConnectionError(request=request), reset)) == (Failure.DEFERRED, 502)
+    broken = chain(openai.APIConnectionError(request=request), httpx.ReadError("mid-body"))
+    assert failure_of(broken) == (Failure.COUNTED, 502)  # a broken transfer is the instance's at once
 
     class Status(Exception):
         def __init__(self, code: int) -> None:
             self.status_code = code
 
-    assert failure_of(Status(503)) == (Failure.COUNTED, 503)
+    assert failure_of(Status(503)) == (Failure.DEFERRED, 503)
     assert failure_of(Status(400)) == (Failure.NONE, 400)
     assert failure_of(Status(429)) == (Failure.NONE, 429)
     assert failure_of(ValueError("odd")) == (Failure.NONE, 500)
@@ -185,20 +187,56 @@ def test_a_retry_goes_to_an_instance_not_tried_and_a_connect_error_ejects() -> N
     assert pick(core, DEPLOYMENTS, {"max_tokens": 8}, now=111.0) == [DEPLOYMENTS[1]]  # its cooldown is over
 
 
-def test_5xx_eject_after_a_run_and_client_errors_do_not_count() -> None:
-    core = routing()
+def attempt(core: EnergyRouting, kwargs: dict[str, Any], status: int, failure: Failure, now: float) -> Any:
+    """One attempt of the request ``kwargs``: picked, then ended as ``status``; the deployment it went to."""
+    (dep,) = pick(core, DEPLOYMENTS, kwargs, now=now)
+    core.finish(kwargs["metadata"][TICKET_KEY], Outcome("r", dep, status, failure), now, 1e9)
+    return dep
+
+
+def test_who_is_blamed_for_a_5xx_is_the_gateways_rule() -> None:
+    core = routing(max_ejection_percent=100.0)
     core.apply_registry(FLEET)
-    core.apply_plan(plan({"SS": ["SS"]}))
-    for n, (status, failure) in enumerate([(500, Failure.COUNTED), (400, Failure.NONE), (503, Failure.COUNTED)]):
-        kwargs: dict[str, Any] = {"max_tokens": 8}
-        assert pick(core, DEPLOYMENTS, kwargs, now=100.0 + n) == [DEPLOYMENTS[0]]
-        core.finish(kwargs["metadata"][TICKET_KEY], Outcome("r", DEPLOYMENTS[0], status, failure), 100.0 + n, 1e9)
-    assert core.instances["ss-1"].consecutive_failures == 2 and core.instances["ss-1"].ejected_until == 0.0
+    core.apply_plan(plan({"SM": ["SS", "SM"]}))
+    sm1, sm2 = core.instances["sm-1"], core.instances["sm-2"]
+    # a 5xx the retry on another instance answered: the first instance's
+    kwargs: dict[str, Any] = {"max_tokens": 8}
+    assert attempt(core, kwargs, 503, Failure.DEFERRED, 100.0) == DEPLOYMENTS[1]
+    assert sm1.consecutive_failures == 0  # not judged yet
+    assert attempt(core, kwargs, 200, Failure.NONE, 100.1) == DEPLOYMENTS[2]
+    assert sm1.consecutive_failures == 1
+    # a 5xx both instances gave: the request's, nobody's
     kwargs = {"max_tokens": 8}
-    pick(core, DEPLOYMENTS, kwargs, now=104.0)
-    core.finish(kwargs["metadata"][TICKET_KEY], Outcome("r", DEPLOYMENTS[0], 500, Failure.COUNTED), 104.0, 1e9)
-    assert core.instances["ss-1"].ejected_until == pytest.approx(114.0)  # the third 5xx in a row
-    assert pick(core, DEPLOYMENTS, {"max_tokens": 8}, now=105.0) == [DEPLOYMENTS[1]]  # spilled to SM
+    attempt(core, kwargs, 500, Failure.DEFERRED, 101.0)
+    attempt(core, kwargs, 500, Failure.DEFERRED, 101.1)
+    core.judge_unanswered(200.0)
+    assert (sm1.consecutive_failures, sm2.consecutive_failures) == (1, 0)
+    # a 5xx no retry followed: its instance's, once JUDGE_AFTER_S passed; a 4xx says nothing
+    for n in range(2):
+        kwargs = {"max_tokens": 8}
+        attempt(core, kwargs, 400, Failure.NONE, 102.0 + n)
+        assert attempt(core, {"max_tokens": 8}, 500, Failure.DEFERRED, 102.5 + n) == DEPLOYMENTS[1]
+        core.judge_unanswered(103.0 + n)
+        assert sm1.consecutive_failures == 1 + n  # too early
+        core.judge_unanswered(108.0 + n)
+    assert sm1.ejected_until == pytest.approx(118.0 + 1)  # the third failure in a row ejects it
+    assert attempt(core, {"max_tokens": 8}, 200, Failure.NONE, 110.0) == DEPLOYMENTS[2]
+
+
+def test_the_ejection_cap_and_panic_are_the_gateways() -> None:
+    fleet = [record(f"sm-{n}", "SM", n) for n in range(1, 5)]
+    deps = [deployment(n) for n in range(1, 5)]
+    core = routing(max_ejection_percent=50.0, panic_threshold_percent=60.0)
+    core.apply_registry(fleet)
+    core.apply_plan(plan({"SM": ["SS", "SM"]}))
+    for n in (1, 2, 3):  # connect errors eject at once, until half of the pool is out
+        kwargs: dict[str, Any] = {"max_tokens": 8, "_excluded_deployment_ids": [f"d{m}" for m in range(1, 5) if m != n]}
+        pick(core, deps, kwargs)
+        core.finish(kwargs["metadata"][TICKET_KEY], Outcome("r", deps[n - 1], 502, Failure.CONNECT), 100.0, 1e9)
+    assert [core.instances[f"sm-{n}"].ejected_until > 100.0 for n in (1, 2, 3, 4)] == [True, True, False, False]
+    core.instances["sm-3"].ejected_until = 120.0  # ejected by hand: 1 of 4 routable, below the 60% panic line
+    core.instances["sm-4"].in_flight = 256  # and it is full
+    assert pick(core, deps, {"max_tokens": 8}, now=101.0) in ([deps[0]], [deps[1]], [deps[2]])  # panic
 
 
 def test_litellm_exclusions_and_registry_states_are_respected() -> None:

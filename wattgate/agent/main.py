@@ -63,6 +63,7 @@ def engine_factory(s: AgentSettings) -> Callable[[EngineSpec], Engine]:
         log_dir=s.log_dir,
         command=s.engine_command,
         extra_args=s.engine_args,
+        model_file=s.model_file,
         cuda_devices_by=s.cuda_devices_by,
         sleep_mode=s.sleep_mode,
         stop_grace_s=s.stop_grace_s,
@@ -95,7 +96,7 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
         log.warning("start-up: reset GPUs %s that a previous agent left locked", recovered)
     store = AgentStore(s.redis_url, Keys(s.prefix))
     stack.callback(store.close)
-    timeouts = Timeouts(drain_s=s.drain_timeout_s, start_s=s.start_timeout_s)
+    timeouts = Timeouts(drain_s=s.drain_timeout_s, start_s=s.start_timeout_s, start_retries=s.start_retries)
     act = Actuator(
         node=s.node,
         model=s.model or "external",

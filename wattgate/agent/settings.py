@@ -41,6 +41,7 @@ class AgentSettings:
     observe_only: bool = False
     engine_command: tuple[str, ...] = ()
     engine_args: tuple[str, ...] = ()
+    model_file: Path | None = None  # llama.cpp: the GGUF file served as --model
     cuda_devices_by: str = "uuid"
     sleep_mode: bool = False
     profile: str = ""
@@ -55,6 +56,7 @@ class AgentSettings:
     drain_timeout_s: float = 60.0
     start_timeout_s: float = 900.0
     stop_grace_s: float = 30.0
+    start_retries: int = 5
     metrics_port: int = 0  # 0: no metrics endpoint
     metrics_host: str = "0.0.0.0"
 
@@ -113,6 +115,8 @@ def validate(s: AgentSettings) -> AgentSettings:
         (s.max_batch >= 1, "--max-batch must be >= 1"),
         (s.cuda_devices_by in ("uuid", "index"), "--cuda-devices-by must be uuid or index"),
         (s.engine is not EngineKind.EXTERNAL or bool(s.externals), "--engine external needs at least one --external"),
+        (s.engine is not EngineKind.LLAMA_CPP or s.model_file is not None, "--engine llama.cpp needs --model-file"),
+        (s.start_retries >= 1, "--start-retries must be >= 1"),
         (s.sim_speed > 0, "--sim-speed must be > 0"),
         (min(s.ttft_s) > 0 and s.tbt_s > 0, "SLO targets must be positive seconds"),
         (s.tick_s > 0 and s.clock_interval_s >= s.tick_s, "--clock-interval-s must be >= --tick-s > 0"),
@@ -157,6 +161,7 @@ def from_args(args: Any) -> AgentSettings:
             observe_only=args.observe_only,
             engine_command=tuple(args.engine_command.split()) if args.engine_command else (),
             engine_args=tuple(args.engine_arg or ()),
+            model_file=Path(args.model_file) if args.model_file else None,
             cuda_devices_by=args.cuda_devices_by,
             sleep_mode=args.sleep_mode,
             profile=args.profile or "",
@@ -171,6 +176,7 @@ def from_args(args: Any) -> AgentSettings:
             drain_timeout_s=args.drain_timeout_s,
             start_timeout_s=args.start_timeout_s,
             stop_grace_s=args.stop_grace_s,
+            start_retries=args.start_retries,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
         )

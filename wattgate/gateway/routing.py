@@ -7,13 +7,15 @@ then request count, each divided by the instance's weight (its planned load rela
 mean, ``plan_weights``). A request type goes first to the pool(s) the planner's current plan sends it
 to (``Plan.serves``, made into ``Routes`` by ``plan_routes``); when there is no plan, or those pools
 have no instance that can take it (none ready, or all at their concurrency bound), the pools of
-``spill_chain`` are tried in order. Passive ejection (``record_failure``): a connect error takes an
-instance out at once, other failures (5xx, timeouts, broken responses) after a run of them; an
-ejected instance gets no request until its cooldown ends.
+``spill_chain`` are tried in order. When nothing routable can take it, pools in panic (too few of their
+instances routable) offer their ejected and probe-failing instances too (``choose``). Passive ejection
+(``record_failure``, Envoy's outlier detection): a connect error ejects an instance at once, other
+failures after a run of them, for a cooldown, unless the pool's ejection cap says no.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -119,17 +121,37 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
     now: float,
     exclude: AbstractSet[str] = frozenset(),
     routes: Routes | None = None,
+    panic_below: float = 0.0,
 ) -> tuple[Instance, str] | None:
     """The instance to use and the pool it serves the request as, or None when nothing can take it.
 
     ``rtype`` None (embeddings) ignores pools. ``routes`` (from ``plan_routes``) puts the plan's pools
     for the type first; without it, or for a type it does not list, the spill chain alone is used.
+    Panic (``panic_below`` > 0, Envoy's healthy panic threshold): when no routable instance can take
+    it, a pool with fewer than that share of its ready instances routable offers its ejected and
+    probe-failing instances too, as Envoy routes to every host of a cluster in panic: ejections and
+    probes that wrongly condemn most of a pool must not refuse everyone.
     """
-    usable = [
+    ready = [i for i in instances if i.spec.ready and i.serves(model)]
+    usable = [i for i in ready if i.routable(now) and i.in_flight < i.spec.max_concurrency and i.id not in exclude]
+    picked = _pick(usable, rtype, routes)
+    if picked is not None or panic_below <= 0:
+        return picked
+    panicking = _panicking_pools(ready, now, panic_below)
+    if not panicking:
+        return None
+    spare = [
         i
-        for i in instances
-        if i.serves(model) and i.routable(now) and i.in_flight < i.spec.max_concurrency and i.id not in exclude
+        for i in ready
+        if i.spec.pool in panicking
+        and not i.routable(now)
+        and i.in_flight < i.spec.max_concurrency
+        and i.id not in exclude
     ]
+    return _pick(spare, rtype, routes)
+
+
+def _pick(usable: list[Instance], rtype: RequestType | None, routes: Routes | None) -> tuple[Instance, str] | None:
     if not usable:
         return None
     if rtype is None:
@@ -146,20 +168,59 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
     return None
 
 
+def _panicking_pools(ready: list[Instance], now: float, panic_below: float) -> set[str | None]:
+    """Pools (None: instances without one) whose routable share of ready instances is below ``panic_below``."""
+    counts: dict[str | None, list[int]] = {}
+    for i in ready:
+        cell = counts.setdefault(i.spec.pool, [0, 0])
+        cell[0] += i.routable(now)
+        cell[1] += 1
+    return {pool for pool, (routable, total) in counts.items() if routable < panic_below * total}
+
+
 def _load(i: Instance) -> tuple[float, float]:
     w = i.weight
     return (i.outstanding_tokens / w, i.in_flight / w)
 
 
-def record_failure(inst: Instance, now: float, connect_error: bool, after_failures: int, cooldown_s: float) -> bool:
-    """Count a failure of ``inst``; eject it until ``now + cooldown_s`` on a connect error or the
-    ``after_failures``-th failure in a row. True when it was ejected."""
+class Ejection(enum.Enum):
+    """What a failure did to its instance."""
+
+    NONE = "none"  # counted (or the instance is ejected already)
+    EJECTED = "ejected"
+    CAPPED = "capped"  # would have been ejected, but too much of its pool is ejected already
+
+
+def record_failure(  # noqa: PLR0917  (a rule over plain values; the callers hold them)
+    inst: Instance,
+    pool: Iterable[Instance],
+    now: float,
+    connect_error: bool,
+    after_failures: int,
+    cooldown_s: float,
+    max_ejection_percent: float,
+) -> Ejection:
+    """Count a failure that is ``inst``'s. A connect error ejects it until ``now + cooldown_s`` at once,
+    ``after_failures`` in a row do too, unless ``may_eject`` says no. ``pool``: the ready instances of its
+    pool, itself included."""
     inst.consecutive_failures += 1
-    if connect_error or inst.consecutive_failures >= after_failures:
-        inst.ejected_until = now + cooldown_s
-        inst.consecutive_failures = 0
-        return True
-    return False
+    if not connect_error and inst.consecutive_failures < after_failures:
+        return Ejection.NONE
+    if now < inst.ejected_until:
+        return Ejection.NONE
+    inst.consecutive_failures = 0
+    if not may_eject(inst, pool, now, max_ejection_percent):
+        return Ejection.CAPPED
+    inst.ejected_until = now + cooldown_s
+    return Ejection.EJECTED
+
+
+def may_eject(inst: Instance, pool: Iterable[Instance], now: float, max_ejection_percent: float) -> bool:
+    """Envoy's rule: the first ejection of a pool is always allowed; more only while the ejected stay
+    within ``max_ejection_percent`` of the pool's ready instances (``pool``)."""
+    members = list(pool)
+    ejected = sum(1 for i in members if i is not inst and now < i.ejected_until)
+    return ejected == 0 or (ejected + 1) * 100 <= max_ejection_percent * len(members)
 
 
 def record_success(inst: Instance) -> None:
@@ -193,12 +254,14 @@ def pools_for(rtype: RequestType) -> tuple[str, ...]:
 
 
 __all__ = [
+    "Ejection",
     "Instance",
     "InstanceSpec",
     "LengthClass",
     "Routes",
     "choose",
     "expected_output_tokens",
+    "may_eject",
     "plan_routes",
     "plan_weights",
     "record_failure",

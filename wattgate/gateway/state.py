@@ -18,10 +18,13 @@ from typing import Protocol
 import httpx
 
 from wattgate.classifier.api import MaxTokensPredictor, Predictor
+from wattgate.gateway.http import FORWARDED_REQUEST_HEADERS
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.gateway.routing import (
+    Ejection,
     Instance,
     InstanceSpec,
+    may_eject,
     plan_routes,
     plan_weights,
     record_failure,
@@ -94,11 +97,15 @@ class GatewayState:
     # the proxy sends through the client's transport directly: no cookie jar, auth or redirect layers,
     # which a proxy must not have anyway (a cookie from one user's response must never reach another's)
     transport: httpx.AsyncBaseTransport | None = None
-    timeouts: dict[str, float | None] = field(default_factory=dict)
+    timeouts: dict[str, float | None] = field(default_factory=dict)  # streams: the head within read_timeout_s
+    # non-streamed requests: the answer's head comes when the whole answer is ready, so only the request's
+    # deadline bounds the wait for it (``head``: None); read_timeout_s holds between the body's bytes
+    whole_timeouts: dict[str, float | None] = field(default_factory=dict)
     # request type -> pools to try, from the planner's current plan (empty: no plan, spill chain alone)
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     plan_version: int | None = None
     weights: dict[str, float] = field(default_factory=dict)  # instance id -> routing weight, from the plan
+    forward_headers: frozenset[bytes] = FORWARDED_REQUEST_HEADERS  # the client headers backends get
 
     @classmethod
     def build(cls, settings: GatewaySettings, predictor: Predictor | None = None) -> GatewayState:
@@ -120,6 +127,8 @@ class GatewayState:
         state = cls(settings, client, GatewayMetrics(), PredictorSlot(predictor or MaxTokensPredictor(settings.edges)))
         state.transport = transport
         state.timeouts = timeout.as_dict()
+        state.whole_timeouts = {**state.timeouts, "head": None}
+        state.forward_headers = FORWARDED_REQUEST_HEADERS | {h.encode("latin-1") for h in settings.forward_headers}
         for b in settings.backends:
             state.instances[b.id] = Instance(spec_from_backend(b))
         state.count_instances()
@@ -149,6 +158,7 @@ class GatewayState:
             elif inst.spec != spec:
                 if spec.ready and not inst.spec.ready:
                     inst.healthy = True  # the agent registers ready only once its own health wait passed
+                    inst.ejected_until, inst.consecutive_failures = 0.0, 0
                 inst.spec = spec
         for iid in [k for k, v in self.instances.items() if v.spec.source == "registry" and k not in seen]:
             log.info("instance %s disappeared", iid)
@@ -183,12 +193,35 @@ class GatewayState:
         for (source, routable), n in counts.items():
             self.metrics.instances.labels(source, routable).set(n)
 
-    # -- passive ejection -----------------------------------------------------------------------
+    # -- passive ejection (outlier detection) ---------------------------------------------------
     def note_failure(self, inst: Instance, connect_error: bool) -> None:
+        """A failure that is the instance's (the proxy does not call this for one a request reproduced on a
+        second instance). A connect error ejects at once, ``eject_after_failures`` in a row do too,
+        unless the ejection cap says no (``routing.record_failure``)."""
         s = self.settings
-        if record_failure(inst, time.monotonic(), connect_error, s.eject_after_failures, s.eject_cooldown_s):
+        pool = self.pool_of(inst)
+        now = time.monotonic()
+        done = record_failure(
+            inst, pool, now, connect_error, s.eject_after_failures, s.eject_cooldown_s, s.max_ejection_percent
+        )
+        if done is Ejection.CAPPED:
+            self.metrics.ejections_capped.labels(inst.id).inc()
+            log.warning(
+                "instance %s not ejected: %g%% of its pool is ejected already (max_ejection_percent)",
+                inst.id,
+                s.max_ejection_percent,
+            )
+        elif done is Ejection.EJECTED:
             self.metrics.ejections.labels(inst.id).inc()
             log.warning("instance %s ejected for %.1f s", inst.id, s.eject_cooldown_s)
+
+    def pool_of(self, inst: Instance) -> list[Instance]:
+        """The ready instances of ``inst``'s pool (itself included)."""
+        return [i for i in self.instances.values() if i.spec.pool == inst.spec.pool and i.spec.ready]
+
+    def may_eject(self, inst: Instance, now: float) -> bool:
+        """Envoy's rule (``routing.may_eject``) over ``inst``'s pool."""
+        return may_eject(inst, self.pool_of(inst), now, self.settings.max_ejection_percent)
 
     @staticmethod
     def note_success(inst: Instance) -> None:
@@ -207,6 +240,9 @@ class GatewayState:
         if healthy != inst.healthy:
             log.warning("instance %s is %s", spec.id, "healthy again" if healthy else "failing its health probe")
         inst.healthy = healthy
+        if healthy and inst.ejected_until > time.monotonic():  # Envoy: successful_active_health_check_uneject_host
+            inst.ejected_until = 0.0
+            log.warning("instance %s passed its health probe: back from ejection", spec.id)
 
     async def _discover(self, inst: Instance) -> None:
         headers = {"authorization": f"Bearer {inst.spec.api_key}"} if inst.spec.api_key else {}

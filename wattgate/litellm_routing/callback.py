@@ -96,9 +96,11 @@ class WattgateRouting(CustomLogger):
                 eject_after_failures=s.eject_after_failures,
                 eject_cooldown_s=s.eject_cooldown_s,
                 ticket_ttl_s=s.read_timeout_s,
+                max_ejection_percent=s.max_ejection_percent,
+                panic_threshold_percent=s.panic_threshold_percent,
             )
         core = self.core
-        self._tasks = []  # an earlier loop's tasks went with it
+        self._tasks = [loop.create_task(_judge_every_second(core), name="wattgate-judge")]  # earlier loops' went
         if s.redis_url:
             store = self.store = RedisStore(
                 s.redis_url, Keys(s.redis_prefix), GatewayMetrics(), s.record_buffer, s.redis_timeout_s
@@ -114,7 +116,7 @@ class WattgateRouting(CustomLogger):
                 core.apply_plan(plan)
                 seen_plan.set()
 
-            self._tasks = [
+            self._tasks += [
                 loop.create_task(store.run_flusher(s.flush_interval_s), name="wattgate-flusher"),
                 loop.create_task(store.watch_instances(on_registry, s.registry_refresh_s), name="wattgate-registry"),
                 loop.create_task(store.watch_plan(on_plan, s.registry_refresh_s), name="wattgate-plan"),
@@ -230,6 +232,12 @@ class WattgateRouting(CustomLogger):
             log.info("wattgate routes model group %s by the plan", model)
         else:
             log.warning("wattgate routing off for model group %s: %s; LiteLLM's own strategy picks", model, what)
+
+
+async def _judge_every_second(core: EnergyRouting) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        core.judge_unanswered(time.monotonic())
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:

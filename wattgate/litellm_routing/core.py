@@ -6,9 +6,13 @@ record, else the deployment's ``api_base`` is compared with the records' ``base_
 trailing slash ignored). Deployments without a record take no request while wattgate routes: an
 instance the agent stopped leaves the registry but stays in LiteLLM's config. The request is
 classified by the ``Predictor``, the plan gives its type's pools (``plan_routes``) and the gateway's
-``choose`` picks the instance, so the spill chain, concurrency bounds, planned-load weights and
-passive ejection (``record_failure``) are the gateway's. A retry of the same request (LiteLLM's
-``num_retries``, or a fallback group) goes to an instance it has not tried yet, as in the gateway.
+``choose`` picks the instance, so the spill chain, concurrency bounds, planned-load weights, panic
+routing and passive ejection with its cap (``record_failure``) are the gateway's. A retry of the same
+request (LiteLLM's ``num_retries``, or a fallback group) goes to an instance it has not tried yet. Who
+is blamed is the gateway's rule too: a connect error, a timeout or a broken transfer is the instance's
+at once; a 5xx answer or a connection closed without one is judged by what follows: the request's
+next attempt answered, so the failed instance is blamed; it failed too, so the request is (nobody is
+blamed); no attempt followed within ``JUDGE_AFTER_S``, so the failed instance is.
 
 Each request carries a ticket id in its LiteLLM metadata (``TICKET_KEY``); the ticket holds the
 prediction and the attempt in flight, so the success and failure callbacks release the instance and
@@ -35,6 +39,7 @@ import openai
 
 from wattgate.classifier.api import MaxTokensPredictor, Prediction, Predictor, requested_max_tokens
 from wattgate.gateway.routing import (
+    Ejection,
     Instance,
     InstanceSpec,
     choose,
@@ -57,6 +62,7 @@ ANY_MODEL = "*"  # LiteLLM has narrowed the deployments to the request's model g
 _BODY_KEYS = ("max_tokens", "max_completion_tokens", "tools", "functions", "response_format", "stop", "temperature")
 _FALLBACK = MaxTokensPredictor()
 _SWEEP_EVERY = 1024  # tickets opened between two sweeps of forgotten ones
+JUDGE_AFTER_S = 5.0  # a 5xx that no retry followed for this long is its instance's
 
 
 class Fallback(enum.StrEnum):
@@ -71,9 +77,10 @@ class Fallback(enum.StrEnum):
 class Failure(enum.Enum):
     """How a failed attempt counts against its instance (the gateway's passive-ejection rule)."""
 
-    NONE = "none"  # a client error (4xx): says nothing of the instance
-    COUNTED = "counted"  # 5xx, timeout, broken response: ejects after a run of them
-    CONNECT = "connect"  # the instance could not be reached: ejects at once
+    NONE = "none"  # a client error (4xx), or LiteLLM's own: says nothing of the instance
+    COUNTED = "counted"  # a timeout or a broken transfer: the instance's, ejects after a run of them
+    DEFERRED = "deferred"  # a 5xx answer or a connection closed without one: judged by the next attempt
+    CONNECT = "connect"  # the instance could not be reached: the instance's, ejects at once
 
 
 class Recorder(Protocol):
@@ -98,6 +105,8 @@ class Ticket:
     instance: Instance | None = None  # the attempt in flight, when wattgate picked it
     deployment_id: str | None = None
     pool: str = "-"
+    failed: list[Instance] = field(default_factory=list)  # 5xx / closed unanswered, not judged yet
+    failed_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -117,14 +126,19 @@ class Outcome:
 
 def failure_of(exc: BaseException | None) -> tuple[Failure, int]:
     """How an exception LiteLLM raised for an attempt counts against the instance, and the status to record:
-    connect errors eject at once (502); timeouts (504), broken or reset connections (502) and 5xx count;
-    the rest (4xx, errors of LiteLLM's own) say nothing of the instance."""
+    connect errors eject at once (502); timeouts (504) and broken transfers (502) count at once; 5xx answers
+    and connections closed without an answer (502) are judged later; the rest (4xx, errors of LiteLLM's
+    own) say nothing of the instance."""
     chain: list[BaseException] = []
     while exc is not None and len(chain) < 16:
         chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    # litellm's aiohttp transport reports a reset of an open (kept-alive) connection as httpx.ConnectError too
-    dropped = any(isinstance(e, ConnectionResetError | BrokenPipeError | ConnectionAbortedError) for e in chain)
+    # litellm's aiohttp transport reports a reset of an open (kept-alive) connection as httpx.ConnectError too,
+    # and a connection closed without an answer as httpx.ReadError
+    dropped = any(
+        isinstance(e, ConnectionResetError | BrokenPipeError | ConnectionAbortedError | httpx.RemoteProtocolError)
+        for e in chain
+    ) or any(type(e).__name__ == "ServerDisconnectedError" for e in chain)
     if not dropped and any(
         isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | ConnectionRefusedError) for e in chain
     ):
@@ -132,10 +146,12 @@ def failure_of(exc: BaseException | None) -> tuple[Failure, int]:
     status = next((s for e in chain if isinstance(s := getattr(e, "status_code", None), int)), None)
     if status == 408 or any(isinstance(e, httpx.TimeoutException | openai.APITimeoutError) for e in chain):
         return Failure.COUNTED, 504
-    if dropped or any(isinstance(e, httpx.HTTPError | openai.APIConnectionError) for e in chain):
+    if dropped:
+        return Failure.DEFERRED, 502
+    if any(isinstance(e, httpx.HTTPError | openai.APIConnectionError) for e in chain):
         return Failure.COUNTED, 502
     if status is not None and status >= 500:
-        return Failure.COUNTED, status
+        return Failure.DEFERRED, status
     return Failure.NONE, status or 500
 
 
@@ -169,6 +185,8 @@ class EnergyRouting:
         eject_after_failures: int,
         eject_cooldown_s: float,
         ticket_ttl_s: float,
+        max_ejection_percent: float = 10.0,
+        panic_threshold_percent: float = 50.0,
         recorder: Recorder | None = None,
     ) -> None:
         self.predictor = predictor  # replaced at run time when a newer classifier is published
@@ -176,6 +194,8 @@ class EnergyRouting:
         self.eject_after_failures = eject_after_failures
         self.eject_cooldown_s = eject_cooldown_s
         self.ticket_ttl_s = ticket_ttl_s
+        self.max_ejection_percent = max_ejection_percent
+        self.panic_below = panic_threshold_percent / 100
         self.recorder = recorder
         self.instances: dict[str, Instance] = {}  # registry id -> instance
         self.plan_version: int | None = None
@@ -186,6 +206,7 @@ class EnergyRouting:
         self._models: dict[str, str] = {}  # registry id -> the model its record serves
         self._by_url: dict[str, Instance] = {}
         self._by_deployment: dict[str, Instance | None] = {}  # LiteLLM deployment id -> instance (cache)
+        self._unjudged: dict[str, Ticket] = {}  # tickets holding a 5xx no later attempt has judged yet
         self._prefix = secrets.token_hex(6)
         self._count = itertools.count(1)
 
@@ -210,6 +231,8 @@ class EnergyRouting:
                 inst.weight = self.weights.get(rec.id, 1.0)
                 log.info("instance %s appeared (%s, pool %s, %s)", rec.id, spec.base_url, rec.pool, rec.state)
             elif inst.spec != spec:
+                if spec.ready and not inst.spec.ready:  # ready again: a fresh start, as in the gateway
+                    inst.ejected_until, inst.consecutive_failures = 0.0, 0
                 inst.spec = spec
             kept[rec.id] = inst
             self._models[rec.id] = rec.model
@@ -273,9 +296,9 @@ class EnergyRouting:
             if deployment_id(d) not in skip:
                 usable.setdefault(inst.id, (inst, d))
         insts = [i for i, _ in usable.values()]
-        picked = choose(insts, ANY_MODEL, ticket.rtype, now, ticket.tried, self.routes)
+        picked = choose(insts, ANY_MODEL, ticket.rtype, now, ticket.tried, self.routes, self.panic_below)
         if picked is None and ticket.tried:  # every instance was tried: LiteLLM asked for one more attempt
-            picked = choose(insts, ANY_MODEL, ticket.rtype, now, frozenset(), self.routes)
+            picked = choose(insts, ANY_MODEL, ticket.rtype, now, frozenset(), self.routes, self.panic_below)
         if picked is None:
             return []
         inst, pool = picked
@@ -297,16 +320,14 @@ class EnergyRouting:
                 inst, pool = ticket.instance, ticket.pool
                 self._release(ticket)
         if inst is not None:
-            if outcome.failure is not Failure.NONE:
-                connect = outcome.failure is Failure.CONNECT
-                if record_failure(inst, now, connect, self.eject_after_failures, self.eject_cooldown_s):
-                    log.warning("instance %s ejected for %.1f s", inst.id, self.eject_cooldown_s)
-            elif outcome.status < 400:
-                record_success(inst)
+            self._judge(ticket, inst, outcome, now)
         if ticket is None or token is None:
             return
         if outcome.status < 400:
             del self.tickets[token]  # failed ones stay for a retry, until swept
+            self._unjudged.pop(token, None)
+        elif ticket.failed:
+            self._unjudged[token] = ticket
         if self.recorder is None or (inst is None and outcome.deployment is None):
             return  # no instance was reached: nothing to observe (as in the gateway)
         instance = inst.id if inst is not None else f"litellm:{deployment_id(outcome.deployment or {})[:12]}"
@@ -315,7 +336,53 @@ class EnergyRouting:
             observation(ticket, outcome, pool=pool, instance=instance, model=model, wall=wall)
         )
 
+    def judge_unanswered(self, now: float) -> None:
+        """Blame the instance of a 5xx (or a connection closed unanswered) that no retry followed within
+        ``JUDGE_AFTER_S``: the request had no second instance to try (the adapter calls this every second)."""
+        for token, ticket in list(self._unjudged.items()):
+            if ticket.instance is None and now - ticket.failed_at >= JUDGE_AFTER_S:
+                del self._unjudged[token]
+                if len(ticket.failed) == 1:
+                    self._blame(ticket.failed[0], now, connect=False)
+                ticket.failed.clear()
+
     # -- internals -------------------------------------------------------------------------------------
+    def _judge(self, ticket: Ticket | None, inst: Instance, outcome: Outcome, now: float) -> None:
+        """The gateway's outlier detection for one finished attempt on ``inst``."""
+        if outcome.failure in (Failure.CONNECT, Failure.COUNTED):
+            self._blame(inst, now, connect=outcome.failure is Failure.CONNECT)
+        elif outcome.failure is Failure.DEFERRED:
+            if ticket is None:
+                self._blame(inst, now, connect=False)  # no request to judge it by
+            elif ticket.failed:  # a second instance failed it too: the request's fault, nobody's
+                names = ", ".join(i.id for i in [*ticket.failed, inst])
+                log.warning("request failed on instances %s: the request's fault, nobody blamed", names)
+                ticket.failed.clear()
+            else:
+                ticket.failed.append(inst)
+                ticket.failed_at = now
+        else:  # an answer: the failures before it were their instances'
+            if outcome.status < 400:
+                record_success(inst)
+            if ticket is not None:
+                for other in ticket.failed:
+                    self._blame(other, now, connect=False)
+                ticket.failed.clear()
+
+    def _blame(self, inst: Instance, now: float, connect: bool) -> None:
+        pool = [i for i in self.instances.values() if i.spec.pool == inst.spec.pool and i.spec.ready]
+        done = record_failure(
+            inst, pool, now, connect, self.eject_after_failures, self.eject_cooldown_s, self.max_ejection_percent
+        )
+        if done is Ejection.EJECTED:
+            log.warning("instance %s ejected for %.1f s", inst.id, self.eject_cooldown_s)
+        elif done is Ejection.CAPPED:
+            log.warning(
+                "instance %s not ejected: %g%% of its pool is ejected already (max_ejection_percent)",
+                inst.id,
+                self.max_ejection_percent,
+            )
+
     def _open(self, model: str, messages: Sequence[Any], kwargs: Mapping[str, Any], now: float) -> tuple[str, Ticket]:
         body: dict[str, Any] = {k: kwargs[k] for k in _BODY_KEYS if k in kwargs}
         body["model"], body["messages"] = model, messages
@@ -366,6 +433,7 @@ class EnergyRouting:
         old = [t for t, tk in self.tickets.items() if now - tk.opened_at > self.ticket_ttl_s]
         for t in old:
             self._release(self.tickets.pop(t))
+            self._unjudged.pop(t, None)
 
 
 def _skipped(kwargs: Mapping[str, Any]) -> frozenset[str]:
