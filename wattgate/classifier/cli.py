@@ -17,15 +17,17 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     ev.add_argument("--adapt-fraction", type=float, default=0.0, help="feed the first F of the file as observations")
     ev.add_argument("--model", help="a model JSON file (default: the shipped model)")
+    ev.add_argument("--no-text-slots", action="store_true", help="observations keep no text slots (privacy setting)")
+    ev.add_argument("--redis-url", help="adapt through this Redis (a private key prefix) instead of an embedded one")
     ev.set_defaults(func=_eval)
 
-    rt = sub.add_parser("retrain", help="refit on base data + the gateways' observations; publish only if better")
+    rt = sub.add_parser("retrain", help="learn each served model's habits from the gateways' observations")
     rt.add_argument("--redis-url", required=True)
     rt.add_argument("--prefix", default="wg", help="Redis key prefix (default wg)")
     rt.add_argument("--limit", type=int, default=100_000, help="most recent observations to read")
     rt.add_argument("--holdout-fraction", type=float, default=0.2, help="most recent share of them held out")
     rt.add_argument("--half-life-h", type=float, default=72.0, help="observation weight halves every H hours")
-    rt.add_argument("--base-limit", type=int, help="subsample the shipped base rows (faster fit)")
+    rt.add_argument("--min-observations", type=int, default=100, help="per served model, to adapt to it")
     rt.add_argument("--dry-run", action="store_true", help="evaluate but do not publish")
     rt.add_argument("--json", action="store_true")
     rt.set_defaults(func=_retrain)
@@ -45,7 +47,13 @@ def _eval(args: argparse.Namespace) -> int:
     if not 0.0 <= args.adapt_fraction < 1.0:
         return _fail("--adapt-fraction must be in [0, 1)")
     try:
-        report = evaluate_file(Path(args.data), args.adapt_fraction, Path(args.model) if args.model else None)
+        report = evaluate_file(
+            Path(args.data),
+            args.adapt_fraction,
+            Path(args.model) if args.model else None,
+            keep_text_slots=not args.no_text_slots,
+            redis_url=args.redis_url,
+        )
     except ClassifierError as exc:
         return _fail(str(exc))
     print(json.dumps(report.to_dict()) if args.json else report.text())
@@ -53,36 +61,27 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    from wattgate.classifier.adapt import AdaptSettings, adapt, load_base
+    from wattgate.classifier.adapt import AdaptSettings
     from wattgate.classifier.errors import ClassifierError
-    from wattgate.classifier.predictor import load_shipped_model
+    from wattgate.classifier.retrain import retrain_once
     from wattgate.classifier.store import ClassifierStore
     from wattgate.planner.contract import Keys
-    from wattgate.profiles.classes import ClassEdges
 
     if not 0.0 < args.holdout_fraction < 1.0 or args.half_life_h <= 0 or args.limit <= 0:
         return _fail("--holdout-fraction must be in (0, 1); --half-life-h and --limit must be positive")
+    if args.min_observations < 2:
+        return _fail("--min-observations must be at least 2")
+    settings = AdaptSettings(
+        holdout_fraction=args.holdout_fraction,
+        half_life_s=args.half_life_h * 3600,
+        min_observations=args.min_observations,
+    )
     store = ClassifierStore(args.redis_url, Keys(args.prefix))
     try:
-        current = store.current_model() or load_shipped_model()
-        read = store.read_observations(args.limit)
-        settings = AdaptSettings(
-            holdout_fraction=args.holdout_fraction, half_life_s=args.half_life_h * 3600, base_limit=args.base_limit
-        )
-        version = max(store.current_version(), current.version) + 1
-        result = adapt(current, load_base(current), read.samples, ClassEdges(), settings=settings, version=version)
-        published = None
-        if result.accepted and result.candidate is not None and not args.dry_run:
-            published = store.publish(result.candidate)
+        report = retrain_once(store, settings, limit=args.limit, dry_run=args.dry_run)
     except ClassifierError as exc:
         return _fail(str(exc))
     finally:
         store.close()
-    out = {**result.to_dict(), "current_version": current.version, "published": published, "skipped": read.skipped}
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"observations: {result.n_fit} to fit, {result.n_holdout} held out, {read.skipped} skipped")
-        print(result.reason)
-        print(f"published v{published}" if published else "nothing published")
+    print(json.dumps(report.to_dict()) if args.json else report.text())
     return 0

@@ -38,6 +38,7 @@ import httpx
 import openai
 
 from wattgate.classifier.api import MaxTokensPredictor, Prediction, Predictor, requested_max_tokens
+from wattgate.classifier.observe import observation
 from wattgate.gateway.routing import (
     Ejection,
     Instance,
@@ -99,7 +100,7 @@ class Ticket:
     rtype: RequestType
     work_tokens: int  # input plus expected output, the gateway's measure of outstanding work
     max_tokens: int | None
-    model: str  # the LiteLLM model group asked for
+    model: str  # the served model (its registry record's), the classifier's and the observations' name
     opened_at: float  # monotonic
     tried: set[str] = field(default_factory=set)
     instance: Instance | None = None  # the attempt in flight, when wattgate picked it
@@ -187,6 +188,7 @@ class EnergyRouting:
         ticket_ttl_s: float,
         max_ejection_percent: float = 10.0,
         panic_threshold_percent: float = 50.0,
+        keep_text_slots: bool = True,
         recorder: Recorder | None = None,
     ) -> None:
         self.predictor = predictor  # replaced at run time when a newer classifier is published
@@ -196,6 +198,7 @@ class EnergyRouting:
         self.ticket_ttl_s = ticket_ttl_s
         self.max_ejection_percent = max_ejection_percent
         self.panic_below = panic_threshold_percent / 100
+        self.keep_text_slots = keep_text_slots  # the gateway's classifier_text_slots
         self.recorder = recorder
         self.instances: dict[str, Instance] = {}  # registry id -> instance
         self.plan_version: int | None = None
@@ -281,7 +284,10 @@ class EnergyRouting:
         token = meta.get(TICKET_KEY)
         ticket = self.tickets.get(token) if isinstance(token, str) else None
         if ticket is None:
-            token, ticket = self._open(model, messages, kwargs, now)
+            # the classifier knows models by the name they serve under (what observations record), not by
+            # LiteLLM's group alias: the registry says it
+            served = self._models.get(registered[0][0].id, model)
+            token, ticket = self._open(served, messages, kwargs, now)
             meta[TICKET_KEY] = token
         else:
             self._release(ticket)  # a retry: the attempt before it is over, whether or not its callback ran
@@ -333,7 +339,15 @@ class EnergyRouting:
         instance = inst.id if inst is not None else f"litellm:{deployment_id(outcome.deployment or {})[:12]}"
         model = self._models.get(inst.id, ticket.model) if inst is not None else ticket.model
         self.recorder.record_observation(
-            observation(ticket, outcome, pool=pool, instance=instance, model=model, wall=wall)
+            attempt_observation(
+                ticket,
+                outcome,
+                pool=pool,
+                instance=instance,
+                model=model,
+                wall=wall,
+                keep_text_slots=self.keep_text_slots,
+            )
         )
 
     def judge_unanswered(self, now: float) -> None:
@@ -446,14 +460,17 @@ def _skipped(kwargs: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(out)
 
 
-def observation(ticket: Ticket, outcome: Outcome, *, pool: str, instance: str, model: str, wall: float) -> Observation:
-    """The gateway's observation of one finished attempt."""
+def attempt_observation(
+    ticket: Ticket, outcome: Outcome, *, pool: str, instance: str, model: str, wall: float, keep_text_slots: bool
+) -> Observation:
+    """The gateway's observation of one finished attempt (the classifier's builder, as the gateway uses)."""
     pred = ticket.prediction
-    return Observation(
+    return observation(
+        pred,
+        keep_text_slots=keep_text_slots,
         request_id=outcome.request_id,
         pool=pool,
         predicted_type=ticket.rtype.name,
-        output_probs=list(pred.output_probs),
         input_tokens=int(outcome.prompt_tokens or pred.input_tokens),
         output_tokens=int(outcome.completion_tokens or 0),
         ttft_s=outcome.ttft_s if outcome.stream else None,
@@ -462,6 +479,5 @@ def observation(ticket: Ticket, outcome: Outcome, *, pool: str, instance: str, m
         instance=instance,
         model=model,
         ts=wall,
-        features=dict(pred.features),
         max_tokens=ticket.max_tokens,
     )
