@@ -47,13 +47,17 @@ class Backend:
         return f"http://127.0.0.1:{self.port}"
 
     def served(self) -> int:
-        """Requests the instance finished (its vLLM-style /metrics counter)."""
+        """Requests the instance finished (its vLLM V1 /metrics counter, summed over ``finished_reason``)."""
         text = httpx.get(self.url + "/metrics", timeout=5.0).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "vllm:request_success_total":
-                    return int(sample.value)
-        raise AssertionError("no vllm:request_success_total in the sim-backend's /metrics")
+        found = [
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "vllm:request_success_total"
+        ]
+        if not found:
+            raise AssertionError("no vllm:request_success_total in the sim-backend's /metrics")
+        return int(sum(found))
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -3,6 +3,7 @@ what is recorded (a recording fake stands in for the Redis store, which test_rou
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -258,3 +259,24 @@ def test_forgotten_tickets_are_swept_and_release_their_instance() -> None:
     pick(core, DEPLOYMENTS, {"max_tokens": 8}, now=150.0)
     core.sweep(now=170.0)
     assert len(core.tickets) == 1 and core.instances["ss-1"].in_flight == 1
+
+
+def test_fixed_instances_serve_the_pool_the_plan_gives_them_as_in_the_gateway() -> None:
+    rec = Recorded()
+    core = routing(rec)
+    core.apply_registry([record("e0", "SS", 1), record("e1", "SM", 2)])  # the pools their agent registered
+    deps = [deployment(1), deployment(2)]
+    core.apply_plan(plan({"SS": ["SS"], "SM": ["SM"]}))
+    assert pick(core, deps, {"max_tokens": 8}) == [deps[0]]  # an SS request: the registry's SS instance
+    fixed = plan({"SM": ["SS", "SM"], "LL": ["LL"]}, version=2, loads={"e0": ("SM", 1.0), "e1": ("LL", 1.0)})
+    core.apply_plan(dataclasses.replace(fixed, fixed=["e0", "e1"]))
+    assert (core.instances["e0"].spec.pool, core.instances["e1"].spec.pool) == ("SM", "LL")
+    kwargs: dict[str, Any] = {"max_tokens": 8}
+    assert pick(core, deps, kwargs) == [deps[0]]  # sent to SM: e0 serves SM now, before its record says so
+    core.finish(kwargs["metadata"][TICKET_KEY], ok(kwargs, deps[0]), 101.0, 1.0e9)
+    assert rec.observations[-1].pool == "SM"
+    core.apply_registry([record("e0", "SS", 1, conc=100), record("e1", "SM", 2)])  # a re-publish, old pools
+    assert core.instances["e0"].spec.pool == "SM" and core.instances["e0"].spec.max_concurrency == 100
+    core.apply_plan(dataclasses.replace(fixed, version=3))  # not listed as fixed: their registry pools again
+    assert (core.instances["e0"].spec.pool, core.instances["e1"].spec.pool) == ("SS", "SM")
+    assert pick(core, deps, {"max_tokens": 8}) == [deps[1]]  # SS goes to pool SM: e1 by its record

@@ -55,7 +55,8 @@ def test_json_report_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_table_says_the_figures_are_modelled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", str(trace(tmp_path / "t.csv", 120)), "--policies", "single-pool", "--gpus", "16"]) == 0
     text = capsys.readouterr().out
-    assert "modelled (profile), not measured" in text and "single-pool" in text
+    assert "modelled (serving model), not measured" in text and "single-pool" in text
+    assert "sized iso-SLO for 99% of requests within their targets" in text
 
 
 @pytest.mark.parametrize(
@@ -68,6 +69,10 @@ def test_table_says_the_figures_are_modelled(tmp_path: Path, capsys: pytest.Capt
         (["--gpus", "4"], "--gpus"),
         (["--headroom", "0"], "--headroom"),
         (["--headroom", "1.2"], "--headroom"),
+        (["--policies", ""], "names no policy"),
+        (["--arch", "gpt-9"], "unknown model architecture"),
+        (["--engine", "tgi-3"], "unknown engine"),
+        (["--iso-slo-target", "0"], "iso-SLO target"),
     ],
 )
 def test_bad_options_are_clear_errors(

@@ -19,7 +19,12 @@ def register(subparsers: Any) -> None:
     a("--node", required=True, help="this node's name, as the planner places instances on it")
     a("--gpus", default="nvml", help="nvml (real GPUs) or sim:N (N simulated GPUs)  [nvml]")
     a("--gpu-indices", default="", help="nvml: manage only these GPU indices, e.g. 0,1,2,3  [all]")
-    a("--engine", default="vllm", choices=["vllm", "tgi", "llama.cpp", "sim", "external"], help="engine kind  [vllm]")
+    a(
+        "--engine",
+        default=None,
+        choices=["vllm", "tgi", "llama.cpp", "sim", "external"],
+        help="engine kind  [vllm; external with --external]",
+    )
     a("--model", default="", help="model to serve (vLLM/TGI model id; llama.cpp/simulated: the name it is served as)")
     a("--model-file", default="", help="llama.cpp: the GGUF model file llama-server loads")
     a("--prefix", default="wg", help="Redis key prefix  [wg]")
@@ -32,10 +37,15 @@ def register(subparsers: Any) -> None:
     a("--engine-arg", action="append", help="extra argument for the engine (repeatable)")
     a("--cuda-devices-by", default="uuid", choices=["uuid", "index"], help="CUDA_VISIBLE_DEVICES naming  [uuid]")
     a("--sleep-mode", action="store_true", help="vLLM: --enable-sleep-mode; scale-down sleeps, scale-up wakes")
-    a("--profile", default="", help="profile (path or bundled name) for the clock loop and simulated engines")
+    a("--profile", default="", help="profile (path or bundled name) for the clock loop  [sim: the shipped one]")
     a("--gpu-state-dir", default="", help="sim: state directory shared by simulated GPUs and engines")
     a("--sim-speed", type=float, default=1.0, help="sim: emulation speed factor  [1]")
-    a("--external", action="append", help="external engine id=NAME,url=http://H:P,pool=SS,gpus=0:1 (repeatable)")
+    a(
+        "--external",
+        action="append",
+        help="a server you run: id=NAME,url=http://H:P,gpus=0:1[,pool=SS][,model=M][,engine=vllm|tgi|llama.cpp|sim] "
+        "(repeatable); the planner picks its pool and clock, the agent never starts or stops it",
+    )
     a("--ttft-s", default="0.25,0.5,1.5", help="P99 TTFT targets (s) for S,M,L inputs  [0.25,0.5,1.5]")
     a("--tbt-s", type=float, default=0.2, help="P99 time-between-tokens target (s)  [0.2]")
     a("--tick-s", type=float, default=1.0, help="control and telemetry period (s)  [1]")

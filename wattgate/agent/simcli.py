@@ -11,21 +11,37 @@ from typing import Any
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "sim-backend",
-        help="an OpenAI-compatible emulated LLM instance driven by a profile",
-        description="Serve an emulated vLLM instance: continuous batching, latency and power from a profile.",
+        help="an OpenAI-compatible emulated vLLM instance driven by the serving model",
+        description="Serve an emulated vLLM instance: the serving model's engine (continuous batching, chunked "
+        "prefill, KV cache, step times from measured H100 kernels at the locked SM clock) in real time.",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", required=True, help="model name clients must send (as in vLLM's --served-model-name)")
-    p.add_argument("--profile", default=None, help="builtin profile name or profile file (default: the shipped one)")
-    p.add_argument("--tp", type=int, required=True, help="tensor parallelism: the profile's TP series to follow")
+    p.add_argument("--arch", default="llama-3.1-70b", help="model architecture the engine runs (default llama-3.1-70b)")
+    p.add_argument("--engine", default="vllm-v1", help="engine calibration: vllm-v1 (default) or dynamollm-2024")
+    p.add_argument("--tp", type=int, required=True, help="tensor parallelism (needs that many GPUs)")
     p.add_argument("--gpus", default=None, help="comma-separated simulated GPU indices (default 0..tp-1)")
     p.add_argument("--gpu-state-dir", default=None, help="shared simulated-GPU state directory (default: private)")
     p.add_argument("--speed", type=float, default=1.0, help="time compression: simulated seconds per wall second")
-    p.add_argument("--max-batch", type=int, default=256, help="most requests running at once (vLLM max_num_seqs)")
-    p.add_argument("--load-window-s", type=float, default=30.0, help="load = arrivals in this window / its length")
+    p.add_argument(
+        "--max-num-seqs",
+        "--max-batch",
+        dest="max_num_seqs",
+        type=int,
+        default=None,
+        help="most requests running at once (vLLM --max-num-seqs; default: the engine calibration's, 1024 for vllm-v1)",
+    )
+    p.add_argument(
+        "--max-num-batched-tokens", type=int, default=None, help="tokens per engine step (default: the calibration's)"
+    )
+    p.add_argument(
+        "--gpu-memory-utilization", type=float, default=None, help="share of GPU memory vLLM takes (default 0.9)"
+    )
+    p.add_argument(
+        "--load-window-s", type=float, default=30.0, help="the load gauge: arrivals in this window / its length"
+    )
     p.add_argument("--default-output-tokens", type=int, default=64, help="output length without max_tokens or hint")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-request latency factors")
     p.add_argument(
         "--class-edges",
         default="408,1109,94,371",
@@ -41,9 +57,10 @@ def register(sub: Any) -> None:
     )
     q.add_argument("--out", required=True, help="profile file to write")
     q.add_argument("--sim", action="store_true", help="measure sim-backend instances on simulated GPUs")
-    q.add_argument("--profile", default=None, help="with --sim: the profile the emulator follows")
+    q.add_argument("--arch", default="llama-3.1-70b", help="with --sim: the architecture the emulated engines run")
+    q.add_argument("--engine", default="vllm-v1", help="with --sim: the engine calibration (vllm-v1, dynamollm-2024)")
     q.add_argument("--url", default=None, help="without --sim: base URL of the engine (e.g. http://127.0.0.1:8000)")
-    q.add_argument("--model", default=None, help="model name to send (default: the engine's /v1/models)")
+    q.add_argument("--model", default=None, help="model name to send (default: the engine's /v1/models; --sim: --arch)")
     q.add_argument("--gpus", default=None, help="GPU indices of the instance (default 0..tp-1)")
     q.add_argument("--gpu-kind", choices=("nvml", "simulated"), default="nvml", help="without --sim: GPU seam")
     q.add_argument("--gpu-state-dir", default=None, help="with --gpu-kind simulated: the shared state directory")
@@ -75,35 +92,39 @@ def number_list(text: str, what: str, kind: type[Any]) -> tuple[Any, ...]:
 def sim_backend_main(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from wattgate.agent.engines.sim_model import SimEngineError
-    from wattgate.agent.engines.sim_server import SimEngine, SimServerSettings, build_app
+    from wattgate.agent.engines.emulator import Emulator, EmulatorSettings
+    from wattgate.agent.engines.emulator_app import build_app
     from wattgate.agent.gpu.base import GpuError
     from wattgate.agent.gpu.simulated import open_simulated_gpus
-    from wattgate.profiles.builtin import profile_or_default
     from wattgate.profiles.classes import ClassEdges, ProfilesError
+    from wattgate.servingmodel.calibration import ServingModel
+    from wattgate.servingmodel.errors import ServingModelError
 
     try:
         gpus = number_list(args.gpus, "--gpus", int) if args.gpus else tuple(range(args.tp))
         edges = number_list(args.class_edges, "--class-edges", int)
         if len(edges) != 4:
             raise ValueError(f"--class-edges needs 4 integers, got {args.class_edges!r}")
-        profile = profile_or_default(args.profile)
-        settings = SimServerSettings(
+        settings = EmulatorSettings(
             model=args.model,
             tp=args.tp,
+            arch=args.arch,
+            engine=args.engine,
             speed=args.speed,
-            max_batch=args.max_batch,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            gpu_memory_utilization=args.gpu_memory_utilization,
             load_window_s=args.load_window_s,
             default_output_tokens=args.default_output_tokens,
-            seed=args.seed,
             edges=ClassEdges(*edges),
         )
+        model = ServingModel(args.arch, args.engine)
         sim_gpus = open_simulated_gpus(gpus, args.gpu_state_dir, writer=f"sim-backend {args.model}")
-        engine = SimEngine(profile, settings, sim_gpus)
-    except (ProfilesError, SimEngineError, GpuError, OSError, ValueError) as exc:
+        emulator = Emulator(model, settings, sim_gpus)
+    except (ProfilesError, ServingModelError, GpuError, OSError, ValueError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    uvicorn.run(build_app(engine), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(build_app(emulator), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--report-json", metavar="FILE", default=None, help="also write the report as JSON")
     p.add_argument("--run-dir", metavar="DIR", default=None, help="logs and state (default: a new temp directory)")
     p.add_argument("--seed", type=int, default=0, help="seed of the request thinning (default 0)")
+    p.add_argument(
+        "--external",
+        action="store_true",
+        help="start the engines up front and register them as external servers (wattgate agent --external): "
+        "the planner gives them pools and clocks only, as for servers you already run",
+    )
     p.set_defaults(func=run)
 
 

@@ -17,10 +17,11 @@ from typing import Any
 
 from wattgate.demo.cluster import MODEL, Cluster, ClusterSettings, DemoError
 from wattgate.demo.replay import LoopLag, Progress, Result, replay
-from wattgate.demo.report import baseline, build_report, render, write_json, write_requests_csv
+from wattgate.demo.report import baseline, build_report, fleet_baseline, render, write_json, write_requests_csv
 from wattgate.demo.store import prime_load_history
 from wattgate.demo.trace import Scheduled, TraceError, read_trace, schedule
 from wattgate.demo.view import View
+from wattgate.planner.baselines import single_pool_tp
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import ClassEdges, SloTargets
 
@@ -39,6 +40,7 @@ class DemoSettings:
     run_dir: Path | None
     seed: int
     load_fraction: float
+    external: bool = False
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> DemoSettings:
@@ -55,6 +57,7 @@ class DemoSettings:
             Path(a.run_dir) if a.run_dir else None,
             a.seed,
             a.load_fraction,
+            a.external,
         )
 
 
@@ -86,12 +89,17 @@ def main(s: DemoSettings) -> int:
         say("wattgate demo: no request falls in the replayed span; raise --duration-s", err=True)
         return 2
     run_dir = s.run_dir or Path(tempfile.mkdtemp(prefix="wattgate-demo-"))
-    cluster = Cluster(ClusterSettings(s.nodes, s.gpus_per_node, s.port, run_dir))
+    cluster = Cluster(ClusterSettings(s.nodes, s.gpus_per_node, s.port, run_dir, external=s.external))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the demo like Ctrl-C
     code = 0
     try:
+        engines = (
+            f"{s.nodes * len(cluster.settings.engines('node1'))} external TP{cluster.settings.engine_tp} engines, "
+            if s.external
+            else ""
+        )
         say(
-            f"starting: Redis, planner, {s.nodes} agent(s) × {s.gpus_per_node} simulated GPUs, gateway"
+            f"starting: Redis, {engines}planner, {s.nodes} agent(s) × {s.gpus_per_node} simulated GPUs, gateway"
             f" (logs: {run_dir})"
         )
         cluster.start(prime=lambda url: prime_load_history(url, pool_rates(sched, s.duration_s)))
@@ -170,7 +178,12 @@ async def _drive(cluster: Cluster, sched: list[Scheduled], s: DemoSettings) -> d
     e1, t1 = _energy(end_d)
     elapsed = max(1.0, t1 - t0)
     gpus = s.nodes * s.gpus_per_node
-    base = baseline(load_builtin(), sched, elapsed, SloTargets(), gpus)
+    if s.external:
+        fleet = [cluster.settings.engine_tp] * (s.nodes * len(cluster.settings.engines("node1")))
+        base = fleet_baseline(load_builtin(), sched, elapsed, SloTargets(), fleet)
+    else:
+        tp = single_pool_tp(load_builtin(), [s.gpus_per_node])
+        base = baseline(load_builtin(), sched, elapsed, SloTargets(), gpus, tp=tp)
     write_requests_csv(progress.results, cluster.settings.run_dir / "requests.csv")
     return build_report(
         progress.results,

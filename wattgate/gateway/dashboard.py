@@ -168,7 +168,10 @@ def _instances(
     return rows
 
 
-SINGLE_POOL = "one pool of TP8 instances at max clock for the same load, 70 W per other GPU (modelled)"
+SINGLE_POOL = (
+    "one pool of TP8 instances (the largest TP a node holds) at max clock for the same load, 70 W per other GPU "
+    "(modelled)"
+)
 EVERY_POOL_TP8 = "every pool on its own TP8 instances at max clock (modelled)"
 
 
@@ -191,6 +194,7 @@ def _plan_row(plan: Plan | None) -> dict[str, Any] | None:
         "baseline_power_w": plan.baseline_power_w,
         "forecast_rps": plan.forecast_rps,
         "gpus": sum(len(i.gpus) for i in plan.instances),
+        "fixed": len(plan.fixed),  # servers wattgate does not manage, given a pool and clock by this plan
         "source": plan.source,
     }
 

@@ -204,9 +204,11 @@ class EnergyRouting:
         self.plan_version: int | None = None
         self.routes: dict[str, tuple[str, ...]] = {}
         self.weights: dict[str, float] = {}
+        self.plan_pools: dict[str, str] = {}  # fixed instance id -> the pool the plan has it serve
         self.tickets: dict[str, Ticket] = {}
         self.registry_read = False  # the registry was read from Redis at least once
         self._models: dict[str, str] = {}  # registry id -> the model its record serves
+        self._records: dict[str, InstanceRecord] = {}  # the registry as last applied
         self._by_url: dict[str, Instance] = {}
         self._by_deployment: dict[str, Instance | None] = {}  # LiteLLM deployment id -> instance (cache)
         self._unjudged: dict[str, Ticket] = {}  # tickets holding a 5xx no later attempt has judged yet
@@ -217,17 +219,10 @@ class EnergyRouting:
     def apply_registry(self, records: Iterable[InstanceRecord]) -> None:
         """Replace the instances, keeping the live counters (in flight, failures, ejection) of those that stay."""
         kept: dict[str, Instance] = {}
+        self._records = {}
         for rec in records:
-            spec = InstanceSpec(
-                id=rec.id,
-                base_url=base_url(rec.base_url),
-                models=frozenset({ANY_MODEL}),
-                pool=rec.pool or None,
-                max_concurrency=max(1, rec.max_concurrency),
-                api_key=None,  # LiteLLM holds the deployments' keys
-                source="registry",
-                ready=rec.ready,
-            )
+            self._records[rec.id] = rec
+            spec = self._spec(rec)
             inst = self.instances.get(rec.id)
             if inst is None:
                 inst = Instance(spec)
@@ -247,15 +242,33 @@ class EnergyRouting:
         self._by_deployment.clear()
         self.registry_read = True
 
+    def _spec(self, rec: InstanceRecord) -> InstanceSpec:
+        """An instance as routing sees it; a fixed instance (a server wattgate does not manage) serves the pool
+        the plan gives it at once, whatever its record says (its agent re-publishes it a moment later)."""
+        return InstanceSpec(
+            id=rec.id,
+            base_url=base_url(rec.base_url),
+            models=frozenset({ANY_MODEL}),
+            pool=self.plan_pools.get(rec.id) or rec.pool or None,
+            max_concurrency=max(1, rec.max_concurrency),
+            api_key=None,  # LiteLLM holds the deployments' keys
+            source="registry",
+            ready=rec.ready,
+        )
+
     def apply_plan(self, plan: Plan | None) -> None:
-        """Route each request type as ``plan.serves`` says, weigh instances by their planned load."""
+        """Route each request type as ``plan.serves`` says, send fixed instances the types of the pool the plan
+        gives them, and weigh instances by their planned load (None: the spill chain, registry pools)."""
         version = None if plan is None else plan.version
         if version == self.plan_version:
             return
         self.routes = plan_routes(plan.serves) if plan is not None else {}
         self.weights = plan_weights((i.id, i.pool, i.load_rps) for i in plan.instances) if plan is not None else {}
+        self.plan_pools = plan.fixed_pools() if plan is not None else {}
         for iid, inst in self.instances.items():
             inst.weight = self.weights.get(iid, 1.0)
+            if iid in self._records:
+                inst.spec = self._spec(self._records[iid])
         self.plan_version = version
         if plan is not None:
             moved = {t: pools[0] for t, pools in sorted(self.routes.items()) if pools[0] != t}

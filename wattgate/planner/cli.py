@@ -92,8 +92,8 @@ def parse_loads(text: str) -> dict[str, float]:
 def run_plan(args: argparse.Namespace) -> int:
     import json
 
+    from wattgate.planner.baselines import baseline
     from wattgate.planner.explain import decision_summary
-    from wattgate.planner.greedy import baseline
     from wattgate.planner.model import Inventory, PlannerError, SolverSettings, make_problem
     from wattgate.planner.solver import solve
 

@@ -6,6 +6,10 @@ import argparse
 from typing import Any
 
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
+ABLATION_HELP = (
+    "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
+    "and with the classic forecast (max of methods + 15%)"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -14,12 +18,30 @@ def register(subparsers: Any) -> None:
         help="replay a request trace on a simulated cluster under each policy (energy and latency modelled)",
         description="Replay a trace (Azure CSV: TIMESTAMP, ContextTokens, GeneratedTokens; or a JSONL log of "
         "wattgate observations) through the gateway's routing, the planner's forecast and MILP and the agent's "
-        "clock policy on N simulated GPUs. All energy, power and latency figures are modelled from the profile.",
+        "clock policy on N simulated GPUs running the serving model's engines. All energy, power and latency "
+        "figures are modelled.",
     )
     p.add_argument("trace", nargs="+", help="trace file(s); several are merged on one time axis")
     p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default: {DEFAULT_POLICIES})")
-    p.add_argument("--profile", default="llama-2-70b-h100", help="builtin profile name or profile file")
-    p.add_argument("--gpus", type=int, default=256, help="GPUs in the simulated cluster, 8 per node (default 256)")
+    p.add_argument("--ablation", action="store_true", help=f"run the ablation instead of --policies: {ABLATION_HELP}")
+    p.add_argument(
+        "--profile", default=None, help="the planner's profile: builtin name or file (default: the shipped one)"
+    )
+    p.add_argument("--arch", default=None, help="model architecture the engines run (default llama-3.1-70b)")
+    p.add_argument("--engine", default=None, help="engine calibration (default vllm-v1)")
+    p.add_argument(
+        "--iso-slo-target",
+        type=float,
+        default=0.99,
+        help="share of requests within their targets the single-pool baseline is sized for (0.99)",
+    )
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs in the simulated cluster, 8 per node; every one draws power, used or not (default: twice the "
+        "iso-SLO single-pool baseline's GPUs)",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="time scaling: 2 replays the trace twice as fast")
     p.add_argument("--scale", type=float, default=1.0, help="load scaling: 2 doubles the requests (default 1)")
     p.add_argument("--days", type=float, default=None, help="tile the trace into this many diurnal days")
@@ -40,6 +62,18 @@ def register(subparsers: Any) -> None:
         help="share of an instance's SLO-feasible capacity the planner (wattgate, oracle) and the clock policy "
         "may load it to (default 0.8, as `wattgate planner`)",
     )
+    p.add_argument(
+        "--quantile",
+        type=float,
+        default=0.9,
+        help="wattgate's calibrated forecast: the quantile of its own past errors it plans for (0.9)",
+    )
+    p.add_argument(
+        "--amortize-s",
+        type=float,
+        default=600.0,
+        help="wattgate weighs a transition's energy over this many seconds of the plan it leads to (600)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--carbon-g-per-kwh",
@@ -59,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from wattgate.planner.model import DEFAULT_HEADROOM
-    from wattgate.profiles.builtin import resolve_profile
+    from wattgate.profiles.builtin import profile_or_default
     from wattgate.profiles.classes import ProfilesError
+    from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE
+    from wattgate.servingmodel.errors import ServingModelError
     from wattgate.simulate.confusion import Confusion
+    from wattgate.simulate.policies import ABLATION, Calibrated
     from wattgate.simulate.report import Prices, document, table
     from wattgate.simulate.run import SimSettings, simulate
     from wattgate.simulate.trace import SimulateError, load_trace, scale, speed, tile_days
@@ -87,11 +124,17 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             confusion=Confusion.parse(args.confusion),
             plan_routing=args.routing == "gateway",
+            arch=args.arch or DEFAULT_ARCH,
+            engine=args.engine or DEFAULT_ENGINE,
+            iso_slo_target=args.iso_slo_target,
+            calibrated=Calibrated(quantile=args.quantile, amortize_s=args.amortize_s),
         )
-        profile = resolve_profile(args.profile)
-        policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-        results = simulate(requests, profile, policies, settings)
-    except (SimulateError, ProfilesError) as exc:
+        profile = profile_or_default(args.profile)
+        policies = list(ABLATION) if args.ablation else [p.strip() for p in args.policies.split(",") if p.strip()]
+        if not policies:
+            raise SimulateError("--policies names no policy")
+        sim = simulate(requests, profile, policies, settings, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (SimulateError, ProfilesError, ServingModelError) as exc:
         print(f"wattgate simulate: error: {exc}", file=sys.stderr)
         return 2
     prices = Prices(
@@ -103,15 +146,27 @@ def run(args: argparse.Namespace) -> int:
     meta = {
         "traces": list(args.trace),
         "requests": len(requests),
-        "gpus": args.gpus,
-        "profile": args.profile,
+        "gpus": sim.gpus,
+        "gpus_chosen": "--gpus" if args.gpus else "twice the iso-SLO single-pool baseline's GPUs",
+        "profile": args.profile or "(shipped default)",
         "speed": args.speed,
         "scale": args.scale,
         "days": args.days,
         "confusion": args.confusion,
         "routing": args.routing,
         "headroom": settings.headroom,
+        "arch": settings.arch,
+        "engine": settings.engine,
+        "single_pool": {
+            "instances": sim.single_pool_instances,
+            "target": settings.iso_slo_target,
+            "reached_target": sim.single_pool_reached_target,
+            "sizing": [{"instances": n, "slo_attainment": a} for n, a in sim.sizing],
+        }
+        if sim.sizing
+        else None,
     }
+    results = sim.results
     doc = document(results, settings.slo, prices, meta)
     print(json.dumps(doc, indent=2) if args.json else table(doc))
     if args.out:
