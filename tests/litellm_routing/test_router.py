@@ -27,9 +27,11 @@ from tests.litellm_routing.support import (
 )
 from tests.support import wait_for
 from wattgate.classifier.api import Predictor
+from wattgate.classifier.store import ClassifierStore
 from wattgate.embedded_redis import EmbeddedRedis, free_port
 from wattgate.gateway.settings import GatewaySettings
 from wattgate.litellm_routing.callback import WattgateRouting, build_predictor
+from wattgate.planner.store import PlannerStore
 
 pytestmark = [pytest.mark.slow, *LITELLM_WARNINGS]
 MAX_TOKENS = 8  # at most 94 output tokens: an S output for certain, so short prompts are of type SS
@@ -103,7 +105,9 @@ def test_requests_land_on_the_plans_pool_and_are_recorded(
     litellm_callbacks.append(routing)
     router = litellm.Router(model_list=model_list(backends), num_retries=0)
     before = served(backends)
+    start_s = int(time.time())
     texts = run(routing, router, 12)
+    end_s = int(time.time()) + 1
     assert all(len(t.split()) == MAX_TOKENS for t in texts)
     delta = landed(backends, before, 12)
     assert delta["ss-1"] == 0 and delta["sm-1"] + delta["sm-2"] == 12
@@ -118,6 +122,17 @@ def test_requests_land_on_the_plans_pool_and_are_recorded(
     streamed = [o for o in obs if o.ttft_s is not None]
     assert len(streamed) == 6 and all(o.tbt_s is not None and o.tbt_s > 0 for o in streamed)
     assert window_requests(redis_url) == {"SS": 12}
+    # the planner and the classifier's retraining read them with their own readers, unchanged
+    planner = PlannerStore(redis_url)
+    clf = ClassifierStore(redis_url)
+    try:
+        assert planner.load_seconds(["SS", "SM"], start_s, end_s) == {"SS": 12.0, "SM": 0.0}
+        report = clf.read_observations()
+        assert len(report.samples) == 12 and report.skipped == 0
+        assert {(s.model, s.output_tokens) for s in report.samples} == {("tiny", MAX_TOKENS)}
+    finally:
+        planner.close()
+        clf.close()
 
     publish_plan(redis_url, {"SS": ["SS"], "SM": ["SM"]})  # a new plan: SS back to its own pool
     before = served(backends)
