@@ -29,7 +29,21 @@ def register(subparsers: Any) -> None:
     q.add_argument("--nodes", default=None, help="static nodes instead of heartbeats: name=GPUS,name=GPUS")
     q.add_argument("--cluster-period-s", type=float, default=1800.0, help="full re-plan period (default 1800)")
     q.add_argument("--pool-period-s", type=float, default=300.0, help="pool re-plan period (default 300)")
-    q.add_argument("--margin", type=float, default=0.15, help="forecast margin over the predicted peak (0.15)")
+    q.add_argument(
+        "--quantile",
+        type=float,
+        default=0.9,
+        help="the calibrated forecast: per pool, this quantile of its own past errors (0.9, as simulate's "
+        "wattgate); 0 for the classic forecast (the largest method + --margin)",
+    )
+    q.add_argument("--lead-s", type=float, default=95.0, help="a start's lead the calibrated forecast covers (95)")
+    q.add_argument(
+        "--amortize-s",
+        type=float,
+        default=600.0,
+        help="a transition's energy is weighed against what it saves over this long (600 s)",
+    )
+    q.add_argument("--margin", type=float, default=0.15, help="the classic forecast's margin (0.15)")
     q.add_argument("--lease-s", type=float, default=15.0, help="leader lease (default 15 s)")
     q.add_argument(
         "--min-rps",
@@ -210,8 +224,13 @@ def _loop_settings(args: argparse.Namespace) -> LoopSettings:
         lease_s=args.lease_s,
         static_nodes=static,
         forecast=ForecastSettings(margin=args.margin),
+        quantile=args.quantile or None,
+        lead_s=args.lead_s,
         min_pool_rps=args.min_rps,
         solver=SolverSettings(
-            gpus_per_node=args.gpus_per_node, time_limit_s=args.time_limit_s, headroom=_headroom(args)
+            gpus_per_node=args.gpus_per_node,
+            time_limit_s=args.time_limit_s,
+            headroom=_headroom(args),
+            amortize_s=args.amortize_s,
         ),
     )
