@@ -12,6 +12,7 @@ from typing import Any
 
 import litellm
 import pytest
+import redis
 
 from tests.litellm_routing.support import (
     GROUP,
@@ -226,3 +227,27 @@ def test_redis_going_away_keeps_the_last_plan(
     assert all(len(t.split()) == MAX_TOKENS for t in texts)
     delta = landed(backends, before, 12)
     assert delta["ss-1"] == 0 and delta["sm-1"] + delta["sm-2"] == 12  # still by the last plan it saw
+
+
+def test_closing_while_a_flush_waits_on_redis_keeps_its_batch(redis_url: str, predictor: Predictor) -> None:
+    routing = routing_for(redis_url, predictor)
+    admin = redis.Redis.from_url(redis_url)
+
+    async def main() -> None:
+        await routing.start()
+        store = routing.store
+        assert store is not None
+        admin.execute_command("CLIENT", "PAUSE", "600", "WRITE")  # Redis holds writes for 0.6 s
+        store.record_load("SS", time.time(), 10, 5)
+        for _ in range(2000):  # within a few ticks the flusher takes the batch, and waits on Redis with it
+            if not store.pending:
+                break
+            await asyncio.sleep(0.005)
+        assert not store.pending
+        await routing.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        admin.close()
+    assert window_requests(redis_url) == {"SS": 1}

@@ -70,6 +70,8 @@ class WattgateRouting(CustomLogger):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starting: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._stop_flusher = asyncio.Event()
         self._said: dict[str, str] = {}  # model group -> what was last logged of its routing
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -116,8 +118,11 @@ class WattgateRouting(CustomLogger):
                 core.apply_plan(plan)
                 seen_plan.set()
 
+            self._stop_flusher = asyncio.Event()
+            self._flusher = loop.create_task(
+                store.run_flusher(s.flush_interval_s, self._stop_flusher), name="wattgate-flusher"
+            )
             self._tasks += [
-                loop.create_task(store.run_flusher(s.flush_interval_s), name="wattgate-flusher"),
                 loop.create_task(store.watch_instances(on_registry, s.registry_refresh_s), name="wattgate-registry"),
                 loop.create_task(store.watch_plan(on_plan, s.registry_refresh_s), name="wattgate-plan"),
             ]
@@ -135,6 +140,12 @@ class WattgateRouting(CustomLogger):
         store, self.store = self.store, None
         if self.core is not None:
             self.core.recorder = None
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:  # stopped between flushes, after a last one: a cancel mid-flush loses its batch
+            self._stop_flusher.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(flusher), timeout=2.0)
+            await _cancel_all([flusher])
         if store is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(store.flush(), timeout=2.0)
