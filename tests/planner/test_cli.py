@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.planner.toy import toy_profile
-from wattgate.cli import main
+from wattgate.cli import build_parser, main
+from wattgate.planner.cli import _loop_settings
 from wattgate.planner.store import PlannerStore
 
 
@@ -78,3 +79,21 @@ def test_plan_without_a_profile_uses_the_builtin_or_says_what_is_missing(capsys:
     else:
         assert rc == 0
         assert "predicted power" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "quantile", "series", "headroom", "clock_headroom"),
+    [
+        ([], 0.9, "peaks", 1.0, 0.8),  # as the replay's wattgate: peaks carry the bursts, the clock loop keeps 0.8
+        (["--series", "counts"], 0.9, "counts", 0.8, 0.8),
+        (["--quantile", "0"], None, "peaks", 0.8, 0.8),  # the classic forecast and its headroom
+        (["--headroom", "0.7"], 0.9, "peaks", 0.7, 0.7),
+    ],
+)
+def test_planner_forecast_flags_pick_the_forecast_and_its_headroom(
+    flags: list[str], quantile: float | None, series: str, headroom: float, clock_headroom: float
+) -> None:
+    args = build_parser().parse_args(["planner", "--gpus", "16", *flags])
+    s = _loop_settings(args)
+    assert (s.quantile, s.series, s.solver.amortize_s) == (quantile, series, 600.0)
+    assert (s.solver.headroom, s.clock_headroom) == (headroom, clock_headroom)

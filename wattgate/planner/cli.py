@@ -36,6 +36,14 @@ def register(subparsers: Any) -> None:
         help="the calibrated forecast: per pool, this quantile of its own past errors (0.9, as simulate's "
         "wattgate); 0 for the classic forecast (the largest method + --margin)",
     )
+    q.add_argument(
+        "--series",
+        choices=("peaks", "counts"),
+        default="peaks",
+        help="what the calibrated forecast forecasts per minute: its busiest 10 s as a rate (peaks, default; "
+        "the plan then loads instances to their whole SLO capacity unless --headroom says otherwise) or its "
+        "requests (counts, headroom 0.8)",
+    )
     q.add_argument("--lead-s", type=float, default=95.0, help="a start's lead the calibrated forecast covers (95)")
     q.add_argument(
         "--amortize-s",
@@ -59,6 +67,11 @@ def _headroom(args: argparse.Namespace) -> float:
     from wattgate.planner.model import DEFAULT_HEADROOM
 
     return DEFAULT_HEADROOM if args.headroom is None else float(args.headroom)
+
+
+def _peaks_by_default(args: argparse.Namespace) -> bool:
+    """Forecasts of each minute's busiest 10 s already carry the bursts: the plan loads instances fully."""
+    return args.headroom is None and bool(args.quantile) and args.series == "peaks"
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
@@ -225,12 +238,14 @@ def _loop_settings(args: argparse.Namespace) -> LoopSettings:
         static_nodes=static,
         forecast=ForecastSettings(margin=args.margin),
         quantile=args.quantile or None,
+        series=args.series,
+        clock_headroom=_headroom(args),
         lead_s=args.lead_s,
         min_pool_rps=args.min_rps,
         solver=SolverSettings(
             gpus_per_node=args.gpus_per_node,
             time_limit_s=args.time_limit_s,
-            headroom=_headroom(args),
+            headroom=1.0 if _peaks_by_default(args) else _headroom(args),
             amortize_s=args.amortize_s,
         ),
     )

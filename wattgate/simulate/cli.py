@@ -59,8 +59,9 @@ def register(subparsers: Any) -> None:
         "--headroom",
         type=float,
         default=None,
-        help="share of an instance's SLO-feasible capacity the planner (wattgate, oracle) and the clock policy "
-        "may load it to (default 0.8, as `wattgate planner`)",
+        help="share of an instance's SLO-feasible capacity the clock policy and the classic policies may load it "
+        "to (default 0.8, as `wattgate planner`); wattgate and the oracle plan for each minute's busiest 10 s at "
+        "the whole capacity",
     )
     p.add_argument(
         "--quantile",
