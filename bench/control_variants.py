@@ -26,7 +26,7 @@ VARIANTS = {
     "minute plans": dataclasses.replace(DEFAULT, epoch_s=60.0),
     "standby": dataclasses.replace(DEFAULT, standby=True),
     "reactive path": dataclasses.replace(DEFAULT, reactive=True),
-    "minute counts, 0.8 headroom": dataclasses.replace(DEFAULT, series="counts", headroom=0.8),
+    "minute counts at 0.8 headroom": dataclasses.replace(DEFAULT, series="counts", headroom=0.8),
     "quantile 0.99": dataclasses.replace(DEFAULT, quantile=0.99),
     "recent-peak floor": dataclasses.replace(DEFAULT, floor_recent_peak=True),
     "minute plans + standby + reactive": dataclasses.replace(DEFAULT, epoch_s=60.0, standby=True, reactive=True),
@@ -40,6 +40,9 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=1.0, help="load scaling, as simulate --scale")
     p.add_argument("--variants", default=",".join(VARIANTS))
     args = p.parse_args()
+    names = args.variants.split(",")
+    if unknown := [n for n in names if n not in VARIANTS]:
+        p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     requests = load_trace(args.trace)
     if args.scale != 1.0:
         requests = scale(requests, args.scale)
@@ -49,7 +52,7 @@ def main() -> int:
     )
     gpus = base.gpus
     rows = [(r.name, r) for r in base.results]
-    for name in args.variants.split(","):
+    for name in names:
         started = time.monotonic()
         sim = simulate(requests, load_builtin(), ["wattgate"], SimSettings(gpus=gpus, calibrated=VARIANTS[name]))
         rows.append((f"wattgate: {name}", sim.results[0]))

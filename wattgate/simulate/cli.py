@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wattgate.simulate.fleet import FixedFleet
 
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
+FIXED_FLEET_POLICIES = "fixed-single-pool,fixed-scale-freq,fixed-wattgate,wattgate"
 ABLATION_HELP = (
     "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
     "and with the classic forecast (max of methods + 15%%)"
@@ -22,7 +26,19 @@ def register(subparsers: Any) -> None:
         "figures are modelled.",
     )
     p.add_argument("trace", nargs="+", help="trace file(s); several are merged on one time axis")
-    p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default: {DEFAULT_POLICIES})")
+    p.add_argument(
+        "--policies",
+        default=None,
+        help=f"comma-separated (default: {DEFAULT_POLICIES}; with --fixed-fleet: {FIXED_FLEET_POLICIES})",
+    )
+    p.add_argument(
+        "--fixed-fleet",
+        default=None,
+        metavar="SPEC",
+        help="replay on a fleet wattgate may not start or stop: N (N TP8 instances) or a list like 4xTP8,8xTP4; "
+        "the fixed-* policies only choose each instance's pool and clock, and the cluster (for every policy, "
+        "fully managed wattgate included) is the fleet's 8-GPU nodes",
+    )
     p.add_argument("--ablation", action="store_true", help=f"run the ablation instead of --policies: {ABLATION_HELP}")
     p.add_argument(
         "--profile", default=None, help="the planner's profile: builtin name or file (default: the shipped one)"
@@ -105,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from wattgate.simulate.trace import SimulateError, load_trace, scale, speed, tile_days
 
     try:
+        fleet = _fleet(args)
         requests = sorted(r for path in args.trace for r in load_trace(path))
         requests = speed(requests, args.speed)
         if args.days is not None:
@@ -129,9 +146,12 @@ def run(args: argparse.Namespace) -> int:
             engine=args.engine or DEFAULT_ENGINE,
             iso_slo_target=args.iso_slo_target,
             calibrated=Calibrated(quantile=args.quantile, amortize_s=args.amortize_s),
+            fleet=fleet,
         )
         profile = profile_or_default(args.profile)
-        policies = list(ABLATION) if args.ablation else [p.strip() for p in args.policies.split(",") if p.strip()]
+        default = FIXED_FLEET_POLICIES if fleet is not None else DEFAULT_POLICIES
+        names = args.policies if args.policies is not None else default
+        policies = list(ABLATION) if args.ablation else [p.strip() for p in names.split(",") if p.strip()]
         if not policies:
             raise SimulateError("--policies names no policy")
         sim = simulate(requests, profile, policies, settings, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -148,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
         "traces": list(args.trace),
         "requests": len(requests),
         "gpus": sim.gpus,
-        "gpus_chosen": "--gpus" if args.gpus else "twice the iso-SLO single-pool baseline's GPUs",
+        "gpus_chosen": "the fixed fleet's nodes"
+        if fleet is not None
+        else ("--gpus" if args.gpus else "twice the iso-SLO single-pool baseline's GPUs"),
+        "fixed_fleet": fleet.to_json() if fleet is not None else None,
         "profile": args.profile or "(shipped default)",
         "speed": args.speed,
         "scale": args.scale,
@@ -183,6 +206,19 @@ def run(args: argparse.Namespace) -> int:
             return 2
         print(f"wrote {out / 'report.json'} and {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
+
+
+def _fleet(args: argparse.Namespace) -> FixedFleet | None:
+    """``--fixed-fleet``, which sets the cluster: no ``--gpus`` with it."""
+    from wattgate.simulate.fleet import FixedFleet
+    from wattgate.simulate.trace import SimulateError
+
+    if args.fixed_fleet is None:
+        return None
+    fleet = FixedFleet.parse(args.fixed_fleet)
+    if args.gpus is not None:
+        raise SimulateError("--gpus and --fixed-fleet: the fixed fleet's nodes are the cluster, drop --gpus")
+    return fleet
 
 
 def _carbon(spec: str) -> tuple[float, ...]:
