@@ -71,6 +71,11 @@ def test_planner_bad_nodes_is_a_clear_error(profile_path: str, capsys: pytest.Ca
     assert "NAME=GPUS" in capsys.readouterr().err
 
 
+def test_planner_negative_standby_max_s_is_a_clear_error(profile_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["planner", "--profile", profile_path, "--gpus", "8", "--standby-max-s", "-1", "--once"]) == 2
+    assert "standby_max_s must be >= 0" in capsys.readouterr().err
+
+
 def test_plan_without_a_profile_uses_the_builtin_or_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["plan", "--gpus", "64", "--load", "SS=1.0"])
     if importlib.util.find_spec("wattgate.profiles.builtin") is None:

@@ -64,6 +64,7 @@ class AgentSettings:
     start_timeout_s: float = 900.0
     stop_grace_s: float = 30.0
     start_retries: int = 5
+    sleep_timeout_s: float = 120.0
     metrics_port: int = 0  # 0: no metrics endpoint
     metrics_host: str = "0.0.0.0"
 
@@ -143,6 +144,11 @@ def validate(s: AgentSettings) -> AgentSettings:
             "--external: each server needs its own id and its own GPUs",
         ),
         (s.engine is not EngineKind.LLAMA_CPP or s.model_file is not None, "--engine llama.cpp needs --model-file"),
+        (
+            not s.sleep_mode or s.engine in (EngineKind.VLLM, EngineKind.SIMULATED),
+            "--sleep-mode needs --engine vllm (vLLM's sleep mode) or sim",
+        ),
+        (s.sleep_timeout_s > 0, "--sleep-timeout-s must be > 0"),
         (s.start_retries >= 1, "--start-retries must be >= 1"),
         (s.sim_speed > 0, "--sim-speed must be > 0"),
         (min(s.ttft_s) > 0 and s.tbt_s > 0, "SLO targets must be positive seconds"),
@@ -206,6 +212,7 @@ def from_args(args: Any) -> AgentSettings:
             start_timeout_s=args.start_timeout_s,
             stop_grace_s=args.stop_grace_s,
             start_retries=args.start_retries,
+            sleep_timeout_s=args.sleep_timeout_s,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
         )

@@ -47,6 +47,11 @@ def register(sub: Any) -> None:
         default="408,1109,94,371",
         help="input S/M max, input M/L max, output S/M max, output M/L max tokens (the request-type edges)",
     )
+    p.add_argument(
+        "--enable-sleep-mode",
+        action="store_true",
+        help="serve vLLM's POST /sleep?level=1, POST /wake_up, GET /is_sleeping (wake-up time modelled)",
+    )
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=sim_backend_main)
 
@@ -117,6 +122,7 @@ def sim_backend_main(args: argparse.Namespace) -> int:
             load_window_s=args.load_window_s,
             default_output_tokens=args.default_output_tokens,
             edges=ClassEdges(*edges),
+            sleep_mode=args.enable_sleep_mode,
         )
         model = ServingModel(args.arch, args.engine)
         sim_gpus = open_simulated_gpus(gpus, args.gpu_state_dir, writer=f"sim-backend {args.model}")

@@ -59,6 +59,12 @@ def register(subparsers: Any) -> None:
         default=0.05,
         help="forecast floor per pool (0.05): a pool keeps a warm instance (or spills to one) when no load is seen",
     )
+    q.add_argument(
+        "--standby-max-s",
+        type=float,
+        default=240.0,
+        help="longest a dropped instance stays on warm standby on nodes with sleep mode (240; 0: never)",
+    )
     q.add_argument("--once", action="store_true", help="run one tick and exit (for scripts and tests)")
     q.set_defaults(func=run_planner)
 
@@ -242,6 +248,7 @@ def _loop_settings(args: argparse.Namespace) -> LoopSettings:
         clock_headroom=_headroom(args),
         lead_s=args.lead_s,
         min_pool_rps=args.min_rps,
+        standby_max_s=args.standby_max_s,
         solver=SolverSettings(
             gpus_per_node=args.gpus_per_node,
             time_limit_s=args.time_limit_s,
