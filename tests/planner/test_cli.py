@@ -25,13 +25,26 @@ def test_plan_prints_json(profile_path: str, capsys: pytest.CaptureFixture[str])
     assert out["gpus_used"] <= 16 and out["power_source"] == "modelled"
     served = sum(p["count"] * p["load_rps_each"] for p in out["pools"])
     assert served == pytest.approx(3.5)
-    assert out["baseline"]["power_w"] > out["predicted_power_w"]
+    multi, single = out["multi_pool_baseline"], out["single_pool_baseline"]
+    assert multi["power_w"] > out["predicted_power_w"]
+    assert single["gpus"] == 8 * single["instances"] >= 8 and single["power_w"] > 0
+    assert "single-pool baseline" in single["definition"] and "multi-pool baseline" in multi["definition"]
+    idle_w = (16 - out["gpus_used"]) * 70.0
+    assert out["predicted_cluster_power_w"] == pytest.approx(out["predicted_power_w"] + idle_w, abs=0.2)
+    assert out["saving"]["vs_single_pool_baseline"] == pytest.approx(
+        1 - out["predicted_cluster_power_w"] / single["power_w"], abs=1e-3
+    )
+    assert out["saving"]["vs_multi_pool_baseline"] == pytest.approx(
+        1 - out["predicted_power_w"] / multi["power_w"], abs=1e-3
+    )
 
 
-def test_plan_prints_a_table(profile_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plan_prints_a_table_with_both_baselines(profile_path: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--profile", profile_path, "--gpus", "8", "--load", "SS=2.5"]) == 0
     out = capsys.readouterr().out
-    assert "predicted power" in out and "(modelled)" in out and "baseline all TP8" in out
+    assert "predicted power" in out and "(modelled)" in out
+    assert "single-pool baseline (one pool of TP8" in out and "multi-pool baseline (each type" in out
+    assert "saving vs the single-pool baseline: " in out and "saving vs the multi-pool baseline: " in out
 
 
 @pytest.mark.parametrize(
@@ -40,8 +53,9 @@ def test_plan_prints_a_table(profile_path: str, capsys: pytest.CaptureFixture[st
         (["--gpus", "8", "--load", "XX=1"], "unknown request type"),
         (["--gpus", "8", "--load", "SS=-1"], ">= 0"),
         (["--gpus", "8", "--load", "SS=abc"], "not a number"),
-        (["--gpus", "0", "--load", "SS=1"], "at least 1"),
+        (["--gpus", "0", "--load", "SS=1"], "--gpus: must be >= 1"),
         (["--gpus", "8", "--load", "SS"], "POOL=REQ_PER_S"),
+        (["--gpus", "8"], "--load is required"),
     ],
 )
 def test_plan_bad_input_is_a_clear_error(
@@ -68,6 +82,23 @@ def test_planner_once_publishes(profile_path: str, redis_url: str, capsys: pytes
 def test_planner_bad_nodes_is_a_clear_error(profile_path: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["planner", "--profile", profile_path, "--nodes", "a=x", "--once"]) == 2
     assert "NAME=GPUS" in capsys.readouterr().err
+
+
+def test_planner_gpus_and_nodes_are_alternatives(
+    profile_path: str, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["planner", "--profile", profile_path, "--redis-url", redis_url, "--once"]
+    assert main([*args, "--gpus", "16", "--nodes", "a=8"]) == 2
+    assert "--gpus and --nodes are alternatives" in capsys.readouterr().err
+
+
+def test_planner_nodes_as_a_count(profile_path: str, redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["planner", "--profile", profile_path, "--redis-url", redis_url, "--once", "--nodes", "2"]
+    assert main([*args, "--gpus-per-node", "4"]) == 0
+    capsys.readouterr()
+    plan = PlannerStore(redis_url).current_plan()
+    assert plan is not None and plan.single_pool_gpus is not None
+    assert {i.node for i in plan.instances} <= {"node1", "node2"}
 
 
 def test_plan_without_a_profile_uses_the_builtin_or_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,63 +1,84 @@
-"""The ``wattgate sim-backend`` and ``wattgate profile`` subcommands (argparse only at import time)."""
+"""The ``wattgate sim-backend`` and ``wattgate profile`` subcommands (the settings model only at import time)."""
 # ruff: noqa: PLC0415  (imports are lazy on purpose: `wattgate --help` must stay fast)
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
+from wattgate.settings import common as c
+from wattgate.settings.kinds import boolean, choice, integer, number, optional, text
+from wattgate.settings.model import Command, Option, Values
+from wattgate.settings.parse import add_command
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "sim-backend",
-        help="an OpenAI-compatible emulated LLM instance driven by a profile",
-        description="Serve an emulated vLLM instance: continuous batching, latency and power from a profile.",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", required=True, help="model name clients must send (as in vLLM's --served-model-name)")
-    p.add_argument("--profile", default=None, help="builtin profile name or profile file (default: the shipped one)")
-    p.add_argument("--tp", type=int, required=True, help="tensor parallelism: the profile's TP series to follow")
-    p.add_argument("--gpus", default=None, help="comma-separated simulated GPU indices (default 0..tp-1)")
-    p.add_argument("--gpu-state-dir", default=None, help="shared simulated-GPU state directory (default: private)")
-    p.add_argument("--speed", type=float, default=1.0, help="time compression: simulated seconds per wall second")
-    p.add_argument("--max-batch", type=int, default=256, help="most requests running at once (vLLM max_num_seqs)")
-    p.add_argument("--load-window-s", type=float, default=30.0, help="load = arrivals in this window / its length")
-    p.add_argument("--default-output-tokens", type=int, default=64, help="output length without max_tokens or hint")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-request latency factors")
-    p.add_argument(
-        "--class-edges",
-        default="408,1109,94,371",
-        help="input S/M max, input M/L max, output S/M max, output M/L max tokens (the request-type edges)",
-    )
-    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
-    p.set_defaults(func=sim_backend_main)
+SIM_BACKEND_OPTIONS: tuple[Option, ...] = (
+    c.HOST,
+    c.PORT.for_command(default=8000),
+    c.MODEL.for_command(required=True, help="model name clients must send (as vLLM's --served-model-name)"),
+    c.PROFILE.for_command(help="profile the emulated engine follows: a builtin name or a profile file"),
+    Option("tp", integer(1), None, "tensor parallelism: the profile's TP series to follow", required=True, example="2"),
+    c.GPU_INDICES.for_command(aliases=("--gpus",), help="simulated GPU indices", default_text="0..TP-1"),
+    c.GPU_STATE_DIR,
+    c.SIM_SPEED.for_command(aliases=("--speed",)),
+    c.MAX_BATCH,
+    c.LOAD_WINDOW_S.for_command(default=30.0, help="load = arrivals in this window (s) / its length"),
+    Option(
+        "default_output_tokens", integer(1), 64, "output length without max_tokens or a wattgate_sim hint", example="8"
+    ),
+    c.SEED.for_command(help="seed of the per-request latency factors"),
+    c.CLASS_EDGES,
+    c.LOG_LEVEL.for_command(default="warning"),
+)
 
-    q = sub.add_parser(
-        "profile",
-        help="measure a profile: sweep SM clock x load x request type on an engine",
-        description="Sweep SM clock x load x request type, measure P99 TTFT/TBT and power, write a profile JSON.",
-    )
-    q.add_argument("--out", required=True, help="profile file to write")
-    q.add_argument("--sim", action="store_true", help="measure sim-backend instances on simulated GPUs")
-    q.add_argument("--profile", default=None, help="with --sim: the profile the emulator follows")
-    q.add_argument("--url", default=None, help="without --sim: base URL of the engine (e.g. http://127.0.0.1:8000)")
-    q.add_argument("--model", default=None, help="model name to send (default: the engine's /v1/models)")
-    q.add_argument("--gpus", default=None, help="GPU indices of the instance (default 0..tp-1)")
-    q.add_argument("--gpu-kind", choices=("nvml", "simulated"), default="nvml", help="without --sim: GPU seam")
-    q.add_argument("--gpu-state-dir", default=None, help="with --gpu-kind simulated: the shared state directory")
-    q.add_argument("--tps", default="8", help="TP values (with --sim one instance each; else the engine's one TP)")
-    q.add_argument("--clocks", required=True, help="SM clocks to sweep, MHz, comma-separated")
-    q.add_argument("--loads", required=True, help="loads to sweep, requests/s, comma-separated")
-    q.add_argument("--types", default="SS,SM,SL,MS,MM,ML,LS,LM,LL", help="request types to sweep")
-    q.add_argument("--warmup-s", type=float, default=30.0, help="(simulated) seconds of load before measuring")
-    q.add_argument("--duration-s", type=float, default=60.0, help="(simulated) seconds measured per point")
-    q.add_argument("--speed", type=float, default=1.0, help="the engine's time compression (1 for a real engine)")
-    q.add_argument("--timing", choices=("client", "engine"), default=None, help="latency source (see README)")
-    q.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson")
-    q.add_argument("--seed", type=int, default=1)
-    q.set_defaults(func=profile_main)
+PROFILE_OPTIONS: tuple[Option, ...] = (
+    c.OUT.for_command(required=True, help="profile file to write"),
+    Option("sim", boolean(), False, "measure sim-backend instances on simulated GPUs"),
+    c.PROFILE.for_command(help="with --sim: the profile the emulated engines follow"),
+    Option(
+        "url",
+        text(),
+        "",
+        "without --sim: base URL of the engine (e.g. http://127.0.0.1:8000)",
+        default_text="none",
+        example="http://127.0.0.1:9",
+    ),
+    c.MODEL.for_command(help="model name to send", default_text="the engine's /v1/models"),
+    c.GPU_INDICES.for_command(aliases=("--gpus",), help="GPU indices of the instance", default_text="0..TP-1"),
+    c.GPU_KIND.for_command(help="without --sim: the GPU seam, nvml or simulated"),
+    c.GPU_STATE_DIR.for_command(help="with --gpu-kind simulated: the shared state directory"),
+    Option(
+        "tps",
+        text(nonempty=True),
+        "8",
+        "TP values (with --sim one instance each; else the engine's one TP)",
+        example="2",
+    ),
+    Option(
+        "clocks",
+        text(nonempty=True),
+        "",
+        "SM clocks to sweep, MHz, comma-separated",
+        required=True,
+        example="1400,1980",
+    ),
+    Option(
+        "loads", text(nonempty=True), "", "loads to sweep, requests/s, comma-separated", required=True, example="1,2"
+    ),
+    Option("types", text(nonempty=True), "SS,SM,SL,MS,MM,ML,LS,LM,LL", "request types to sweep", example="SS"),
+    Option("warmup_s", number(0.0), 30.0, "(simulated) seconds of load before measuring", example="1"),
+    c.DURATION_S.for_command(help="(simulated) seconds measured per point"),
+    c.SIM_SPEED.for_command(aliases=("--speed",), help="the engine's time compression (1 for a real engine)"),
+    Option(
+        "timing",
+        optional(choice("client", "engine")),
+        None,
+        "latency source (see README)",
+        default_text="engine with --sim, else client",
+        example="client",
+    ),
+    Option("arrivals", choice("poisson", "uniform"), "poisson", "arrival process of the load"),
+    c.SEED.for_command(default=1),
+)
 
 
 def number_list(text: str, what: str, kind: type[Any]) -> tuple[Any, ...]:
@@ -72,47 +93,83 @@ def number_list(text: str, what: str, kind: type[Any]) -> tuple[Any, ...]:
     return values
 
 
-def sim_backend_main(args: argparse.Namespace) -> int:
+def sim_backend_main(args: Values) -> int:
     import uvicorn
 
     from wattgate.agent.engines.sim_model import SimEngineError
     from wattgate.agent.engines.sim_server import SimEngine, SimServerSettings, build_app
     from wattgate.agent.gpu.base import GpuError
     from wattgate.agent.gpu.simulated import open_simulated_gpus
+    from wattgate.listen import ListenError, open_listener
     from wattgate.profiles.builtin import profile_or_default
-    from wattgate.profiles.classes import ClassEdges, ProfilesError
+    from wattgate.profiles.classes import ProfilesError
 
     try:
-        gpus = number_list(args.gpus, "--gpus", int) if args.gpus else tuple(range(args.tp))
-        edges = number_list(args.class_edges, "--class-edges", int)
-        if len(edges) != 4:
-            raise ValueError(f"--class-edges needs 4 integers, got {args.class_edges!r}")
+        gpus = tuple(args.gpu_indices) or tuple(range(args.tp))
         profile = profile_or_default(args.profile)
         settings = SimServerSettings(
             model=args.model,
             tp=args.tp,
-            speed=args.speed,
+            speed=args.sim_speed,
             max_batch=args.max_batch,
             load_window_s=args.load_window_s,
             default_output_tokens=args.default_output_tokens,
             seed=args.seed,
-            edges=ClassEdges(*edges),
+            edges=args.class_edges,
         )
         sim_gpus = open_simulated_gpus(gpus, args.gpu_state_dir, writer=f"sim-backend {args.model}")
         engine = SimEngine(profile, settings, sim_gpus)
     except (ProfilesError, SimEngineError, GpuError, OSError, ValueError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"wattgate sim-backend: error: {exc}\n")
         return 2
-    uvicorn.run(build_app(engine), host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        sock = open_listener(args.host, args.port, "sim-backend")
+    except ListenError as exc:
+        sys.stderr.write(f"wattgate sim-backend: error: {exc}\n")
+        return 1
+    config = uvicorn.Config(build_app(engine), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 
-def profile_main(args: argparse.Namespace) -> int:
+def profile_main(args: Values) -> int:
+    from types import SimpleNamespace
+
     from wattgate.agent.profile_run import run
     from wattgate.agent.profiler import ProfilerError
 
+    # profile_run reads the older names: --gpus as text, --speed, and nvml|simulated
+    legacy = SimpleNamespace(
+        **args.as_dict(),
+        gpus=",".join(map(str, args.gpu_indices)) or None,
+        speed=args.sim_speed,
+    )
+    legacy.gpu_kind = "simulated" if args.gpu_kind.startswith("sim") else "nvml"
+    legacy.out = str(args.out)
     try:
-        return run(args)
+        return run(legacy)
     except ProfilerError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"wattgate profile: error: {exc}\n")
         return 2
+
+
+SIM_BACKEND = Command(
+    "sim-backend",
+    "an OpenAI-compatible emulated LLM instance driven by a profile",
+    SIM_BACKEND_OPTIONS,
+    sim_backend_main,
+    "Serve an emulated vLLM instance: continuous batching, latency and power from a profile.",
+)
+PROFILE = Command(
+    "profile",
+    "measure a profile: sweep SM clock x load x request type on an engine",
+    PROFILE_OPTIONS,
+    profile_main,
+    "Sweep SM clock x load x request type, measure P99 TTFT/TBT and power, write a profile JSON.",
+)
+COMMANDS = (SIM_BACKEND, PROFILE)
+
+
+def register(sub: Any) -> None:
+    for command in COMMANDS:
+        add_command(sub, command)

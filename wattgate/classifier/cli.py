@@ -2,72 +2,112 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any
 
+from wattgate.settings import common as c
+from wattgate.settings.kinds import boolean, custom, integer, number, path
+from wattgate.settings.model import Command, Option, Values
+from wattgate.settings.parse import add_command
 
-def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("classifier", help="output-length classifier: evaluate, retrain")
-    sub = parser.add_subparsers(dest="classifier_command", metavar="ACTION", required=True)
 
-    ev = sub.add_parser("eval", help="accuracy of the classifier (and two baselines) on a JSONL file")
-    ev.add_argument("--data", required=True, help='JSONL: {"messages": [...]} or {"prompt": "..."} + "output_tokens"')
-    ev.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    ev.add_argument("--adapt-fraction", type=float, default=0.0, help="feed the first F of the file as observations")
-    ev.add_argument("--model", help="a model JSON file (default: the shipped model)")
-    ev.set_defaults(func=_eval)
+def _fraction_below_1(raw: Any) -> float:
+    value = float(number(0.0).convert(raw))
+    if not value < 1.0:
+        raise ValueError(f"must be in [0, 1), got {value:g}")
+    return value
 
-    rt = sub.add_parser("retrain", help="refit on base data + the gateways' observations; publish only if better")
-    rt.add_argument("--redis-url", required=True)
-    rt.add_argument("--prefix", default="wg", help="Redis key prefix (default wg)")
-    rt.add_argument("--limit", type=int, default=100_000, help="most recent observations to read")
-    rt.add_argument("--holdout-fraction", type=float, default=0.2, help="most recent share of them held out")
-    rt.add_argument("--half-life-h", type=float, default=72.0, help="observation weight halves every H hours")
-    rt.add_argument("--base-limit", type=int, help="subsample the shipped base rows (faster fit)")
-    rt.add_argument("--dry-run", action="store_true", help="evaluate but do not publish")
-    rt.add_argument("--json", action="store_true")
-    rt.set_defaults(func=_retrain)
+
+EVAL_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "data",
+        path(),
+        None,
+        'JSONL: {"messages": [...]} or {"prompt": "..."} plus "output_tokens"',
+        required=True,
+        example="data.jsonl",
+    ),
+    c.JSON.for_command(help="print one JSON object instead of tables"),
+    Option(
+        "adapt_fraction",
+        custom("number in [0, 1)", _fraction_below_1, metavar="F"),
+        0.0,
+        "feed the first F of the file as observations, evaluate on the rest",
+        example="0.5",
+    ),
+    Option(
+        "classifier_file",
+        path(),
+        None,
+        "a classifier model JSON file",
+        aliases=("--model",),
+        default_text="the shipped model",
+        example="model.json",
+    ),
+)
+
+RETRAIN_OPTIONS: tuple[Option, ...] = (
+    c.REDIS_URL,
+    c.REDIS_PREFIX,
+    Option("limit", integer(1), 100_000, "most recent observations to read", example="1000"),
+    Option(
+        "holdout_fraction", number(maximum=0.999999, above=0), 0.2, "most recent share of them held out", example="0.3"
+    ),
+    Option("half_life_h", number(above=0), 72.0, "observation weight halves every H hours", example="24"),
+    Option(
+        "base_limit",
+        integer(0),
+        10_000,
+        "shipped base rows kept, a random subsample (faster fit); 0: all of them",
+        example="3000",
+    ),
+    Option("dry_run", boolean(), False, "evaluate but do not publish"),
+    c.JSON.for_command(help="print one JSON object instead of text"),
+)
 
 
 def _fail(message: str) -> int:
-    print(f"wattgate classifier: {message}", file=sys.stderr)
+    print(f"wattgate classifier: error: {message}", file=sys.stderr)
     return 2
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+def _eval(args: Values) -> int:
     from wattgate.classifier.errors import ClassifierError
     from wattgate.classifier.evaluate import evaluate_file
 
-    if not 0.0 <= args.adapt_fraction < 1.0:
-        return _fail("--adapt-fraction must be in [0, 1)")
     try:
-        report = evaluate_file(Path(args.data), args.adapt_fraction, Path(args.model) if args.model else None)
+        report = evaluate_file(args.data, args.adapt_fraction, args.classifier_file)
     except ClassifierError as exc:
         return _fail(str(exc))
     print(json.dumps(report.to_dict()) if args.json else report.text())
     return 0
 
 
-def _retrain(args: argparse.Namespace) -> int:
+def _retrain(args: Values) -> int:
     from wattgate.classifier.adapt import AdaptSettings, adapt, load_base
     from wattgate.classifier.errors import ClassifierError
     from wattgate.classifier.predictor import load_shipped_model
-    from wattgate.classifier.store import ClassifierStore
+    from wattgate.classifier.store import ClassifierStore, StoreError
     from wattgate.planner.contract import Keys
     from wattgate.profiles.classes import ClassEdges
+    from wattgate.settings.common import DEFAULT_REDIS_URL, redact_url
 
-    if not 0.0 < args.holdout_fraction < 1.0 or args.half_life_h <= 0 or args.limit <= 0:
-        return _fail("--holdout-fraction must be in (0, 1); --half-life-h and --limit must be positive")
-    store = ClassifierStore(args.redis_url, Keys(args.prefix))
+    url = args.redis_url or DEFAULT_REDIS_URL
+    store = ClassifierStore(url, Keys(args.redis_prefix))
+    try:
+        store.current_version()
+    except StoreError as exc:
+        store.close()
+        print(f"wattgate classifier retrain: error: cannot reach Redis at {redact_url(url)}: {exc}", file=sys.stderr)
+        return 1
     try:
         current = store.current_model() or load_shipped_model()
         read = store.read_observations(args.limit)
         settings = AdaptSettings(
-            holdout_fraction=args.holdout_fraction, half_life_s=args.half_life_h * 3600, base_limit=args.base_limit
+            holdout_fraction=args.holdout_fraction,
+            half_life_s=args.half_life_h * 3600,
+            base_limit=args.base_limit or None,
         )
         version = max(store.current_version(), current.version) + 1
         result = adapt(current, load_base(current), read.samples, ClassEdges(), settings=settings, version=version)
@@ -86,3 +126,20 @@ def _retrain(args: argparse.Namespace) -> int:
         print(result.reason)
         print(f"published v{published}" if published else "nothing published")
     return 0
+
+
+EVAL = Command("classifier eval", "accuracy of the classifier (and two baselines) on a JSONL file", EVAL_OPTIONS, _eval)
+RETRAIN = Command(
+    "classifier retrain",
+    "refit on base data + the gateways' observations; publish only if better",
+    RETRAIN_OPTIONS,
+    _retrain,
+)
+COMMANDS = (EVAL, RETRAIN)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("classifier", help="output-length classifier: evaluate, retrain")
+    sub = parser.add_subparsers(dest="classifier_command", metavar="ACTION", required=True)
+    add_command(sub, EVAL, "eval")
+    add_command(sub, RETRAIN, "retrain")

@@ -25,14 +25,22 @@ MODEL = "llama-2-70b"
 STOP_TIMEOUT_S = 120.0
 
 
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a process log, indented (what the demo prints when a process dies)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"  (cannot read it: {exc})"
+    return "\n".join("  " + line for line in text.rstrip().splitlines()[-lines:]) or "  (empty)"
+
+
 class DemoError(Exception):
     """A demo process did not start, died, or the cluster never became ready."""
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    nodes: int
-    gpus_per_node: int
+    nodes: tuple[tuple[str, int], ...]  # (name, simulated GPUs)
     port: int
     run_dir: Path
     pool_period_s: float = 30.0
@@ -91,18 +99,18 @@ class Cluster:
                 "--margin",
                 str(s.margin),
                 "--nodes",  # the cluster is known: the first plan uses it all, before any heartbeat
-                ",".join(f"node{n + 1}={s.gpus_per_node}" for n in range(s.nodes)),
+                ",".join(f"{node}={gpus}" for node, gpus in s.nodes),
                 "--gpus-per-node",
-                str(s.gpus_per_node),
+                str(max(gpus for _, gpus in s.nodes)),
             ],
         )
         slo = SloTargets()
         ttft = ",".join(
             f"{slo.ttft_p99_s[c] - s.slo_margin_s:g}" for c in (LengthClass.S, LengthClass.M, LengthClass.L)
         )
-        for n in range(s.nodes):
-            node = f"node{n + 1}"
-            args = ["agent", "--redis-url", r, "--node", node, "--gpus", f"sim:{s.gpus_per_node}", "--engine", "sim"]
+        for node, gpus in s.nodes:
+            args = ["agent", "--redis-url", r, "--node", node, "--gpu-kind", f"simulated:{gpus}"]
+            args += ["--engine", "simulated"]
             args += ["--model", MODEL, "--state-dir", str(s.run_dir / node), "--port-base", str(free_port())]
             args += ["--gpu-state-dir", str(self.gpu_dir(node))]
             args += ["--ttft-s", ttft, "--tbt-s", f"{slo.tbt_p99_s:g}", "--load-window-s", str(s.clock_window_s)]
@@ -114,7 +122,7 @@ class Cluster:
                 "--stop-grace-s",
                 "5",
                 "--log-level",
-                "WARNING",
+                "warning",
             ]
             self._spawn(f"agent-{node}", args)
 
@@ -124,16 +132,19 @@ class Cluster:
     def locked_clocks(self) -> list[str]:
         """Simulated GPUs whose clock is still locked (empty after a clean stop: the agents reset them)."""
         locked = []
-        for n in range(self.settings.nodes):
-            for f in sorted(self.gpu_dir(f"node{n + 1}").glob("gpu*.control.json")):
+        for node, _ in self.settings.nodes:
+            for f in sorted(self.gpu_dir(node).glob("gpu*.control.json")):
                 with contextlib.suppress(OSError, ValueError):
                     if json.loads(f.read_text()).get("locked_sm_clock_mhz") is not None:
-                        locked.append(f"node{n + 1}/{f.name.split('.')[0]}")
+                        locked.append(f"{node}/{f.name.split('.')[0]}")
         return locked
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.settings.run_dir / f"{name}.log").open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # the demo sets its processes' options by flags alone: a WATTGATE_* variable meant for another
+        # deployment (client keys, a Redis URL, ...) must not change them
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATTGATE_")}
+        env["PYTHONUNBUFFERED"] = "1"
         # own session: a Ctrl-C in the terminal reaches only the demo, which then stops these in order
         popen = subprocess.Popen(
             [sys.executable, "-m", "wattgate", *args],
@@ -148,8 +159,8 @@ class Cluster:
         for p in self.procs:
             code = p.popen.poll()
             if code is not None:
-                tail = (self.settings.run_dir / f"{p.name}.log").read_text(errors="replace")[-800:]
-                raise DemoError(f"{p.name} exited with code {code}; its log ends:\n{tail}")
+                log = self.settings.run_dir / f"{p.name}.log"
+                raise DemoError(f"{p.name} exited with code {code}; the last lines of {log}:\n{log_tail(log)}")
 
     def data(self, timeout_s: float = 2.0) -> dict[str, Any]:
         """The gateway's dashboard snapshot (the same JSON the page polls)."""
@@ -171,7 +182,7 @@ class Cluster:
                 plan
                 and inst
                 and all(i["state"] == "ready" for i in inst)
-                and len(d.get("nodes") or []) == self.settings.nodes
+                and len(d.get("nodes") or []) == len(self.settings.nodes)
             ):
                 return d
             if on_wait is not None:

@@ -152,7 +152,7 @@ def render(rep: dict[str, Any]) -> str:
         "SLO attainment (TTFT and mean TBT within the P99 targets):",
         f"  client:   {100 * s['attainment']:.1f}% ({s['source']})",
         f"  engine:   {100 * s['engine_attainment']:.1f}% ({s['engine_source']})",
-        f"  baseline: {100 * s['baseline_attainment']:.1f}% ({s['baseline_source']})",
+        f"  single-pool baseline: {100 * s['baseline_attainment']:.1f}% ({s['baseline_source']})",
     ]
     if lag.get("samples"):
         lines.append(
@@ -164,9 +164,9 @@ def render(rep: dict[str, Any]) -> str:
     saving = f"{100 * e['saving']:.1f}%" if e["saving"] is not None else "–"
     lines += [
         f"energy, wattgate:  {e['wattgate_j'] / 1000:,.1f} kJ  ({e['wattgate_source']})",
-        f"energy, baseline:  {e['baseline_j'] / 1000:,.1f} kJ  ({e['baseline_source']}, up to "
+        f"energy, single-pool baseline:  {e['baseline_j'] / 1000:,.1f} kJ  ({e['baseline_source']}, up to "
         f"{e['baseline_max_instances']} instance(s))",
-        f"saving: {saving} (modelled)",
+        f"saving vs the single-pool baseline: {saving} (modelled)",
     ]
     return "\n".join(lines)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
@@ -21,6 +20,7 @@ from wattgate.demo.report import baseline, build_report, render, write_json, wri
 from wattgate.demo.store import prime_load_history
 from wattgate.demo.trace import Scheduled, TraceError, read_trace, schedule
 from wattgate.demo.view import View
+from wattgate.listen import port_free
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import ClassEdges, SloTargets
 
@@ -29,8 +29,7 @@ from wattgate.profiles.classes import ClassEdges, SloTargets
 class DemoSettings:
     duration_s: float
     speed: float
-    nodes: int
-    gpus_per_node: int
+    nodes: tuple[tuple[str, int], ...]  # (name, simulated GPUs)
     port: int
     trace: Path | None
     keep_running: bool
@@ -40,21 +39,24 @@ class DemoSettings:
     seed: int
     load_fraction: float
 
+    @property
+    def gpus(self) -> int:
+        return sum(g for _, g in self.nodes)
+
     @classmethod
-    def from_args(cls, a: argparse.Namespace) -> DemoSettings:
+    def from_values(cls, v: Any, nodes: tuple[tuple[str, int], ...]) -> DemoSettings:
         return cls(
-            a.duration_s,
-            a.speed,
-            a.nodes,
-            a.gpus_per_node,
-            a.port,
-            Path(a.trace) if a.trace else None,
-            a.keep_running,
-            a.max_output_tokens,
-            Path(a.report_json) if a.report_json else None,
-            Path(a.run_dir) if a.run_dir else None,
-            a.seed,
-            a.load_fraction,
+            v.duration_s,
+            v.speed,
+            nodes,
+            v.port,
+            Path(v.trace[0]) if v.trace else None,
+            v.keep_running,
+            v.max_output_tokens,
+            v.report_json,
+            v.run_dir,
+            v.seed,
+            v.load_fraction,
         )
 
 
@@ -69,6 +71,10 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(s: DemoSettings) -> int:
+    busy = port_free("127.0.0.1", s.port)  # before anything starts: a taken port is one line, not a hang
+    if busy is not None:
+        say(f"wattgate demo: error: {busy} (the gateway's port: free it or give another with --port)", err=True)
+        return 2
     try:
         sched = schedule(
             read_trace(s.trace),
@@ -86,12 +92,13 @@ def main(s: DemoSettings) -> int:
         say("wattgate demo: no request falls in the replayed span; raise --duration-s", err=True)
         return 2
     run_dir = s.run_dir or Path(tempfile.mkdtemp(prefix="wattgate-demo-"))
-    cluster = Cluster(ClusterSettings(s.nodes, s.gpus_per_node, s.port, run_dir))
+    cluster = Cluster(ClusterSettings(s.nodes, s.port, run_dir))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the demo like Ctrl-C
     code = 0
     try:
         say(
-            f"starting: Redis, planner, {s.nodes} agent(s) × {s.gpus_per_node} simulated GPUs, gateway"
+            f"starting: Redis, planner, {len(s.nodes)} agent(s) with "
+            f"{'/'.join(str(g) for _, g in s.nodes)} simulated GPUs, gateway"
             f" (logs: {run_dir})"
         )
         cluster.start(prime=lambda url: prime_load_history(url, pool_rates(sched, s.duration_s)))
@@ -169,8 +176,7 @@ async def _drive(cluster: Cluster, sched: list[Scheduled], s: DemoSettings) -> d
     end_d = await _snapshot(cluster)
     e1, t1 = _energy(end_d)
     elapsed = max(1.0, t1 - t0)
-    gpus = s.nodes * s.gpus_per_node
-    base = baseline(load_builtin(), sched, elapsed, SloTargets(), gpus)
+    base = baseline(load_builtin(), sched, elapsed, SloTargets(), s.gpus)
     write_requests_csv(progress.results, cluster.settings.run_dir / "requests.csv")
     return build_report(
         progress.results,

@@ -164,7 +164,13 @@ def create_app(
         )
         for task in background:
             state.tasks.append(asyncio.create_task(task(state)))
-        log.info("gateway ready: %d static backend(s), redis %s", len(settings.backends), "on" if store else "off")
+        log.info(
+            "gateway ready on %s:%d: %s; redis %s",
+            settings.host,
+            settings.port,
+            state.static_summary(),
+            "on (instances registered by agents)" if store else "off",
+        )
         try:
             yield
         finally:

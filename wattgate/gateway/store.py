@@ -254,3 +254,15 @@ async def publish_instance(url: str, keys: Keys, record: InstanceRecord) -> None
         await client.publish(keys.instance_events, record.id)
     finally:
         await client.aclose()
+
+
+async def unreachable(url: str, timeout_s: float) -> str | None:
+    """None when Redis at ``url`` answers PING within ``timeout_s``, else why not (one line)."""
+    client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        await asyncio.wait_for(client.ping(), timeout=timeout_s + 1.0)
+    except (TimeoutError, RedisError, OSError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    finally:
+        await _close_quietly(client.aclose)
+    return None

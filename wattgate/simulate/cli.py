@@ -2,64 +2,69 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
+
+from wattgate.settings import common as c
+from wattgate.settings.kinds import choice, number, optional, text
+from wattgate.settings.model import Command, Option, Values
+from wattgate.settings.parse import add_command
 
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "simulate",
-        help="replay a request trace on a simulated cluster under each policy (energy and latency modelled)",
-        description="Replay a trace (Azure CSV: TIMESTAMP, ContextTokens, GeneratedTokens; or a JSONL log of "
-        "wattgate observations) through the gateway's routing, the planner's forecast and MILP and the agent's "
-        "clock policy on N simulated GPUs. All energy, power and latency figures are modelled from the profile.",
-    )
-    p.add_argument("trace", nargs="+", help="trace file(s); several are merged on one time axis")
-    p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default: {DEFAULT_POLICIES})")
-    p.add_argument("--profile", default="llama-2-70b-h100", help="builtin profile name or profile file")
-    p.add_argument("--gpus", type=int, default=256, help="GPUs in the simulated cluster, 8 per node (default 256)")
-    p.add_argument("--speed", type=float, default=1.0, help="time scaling: 2 replays the trace twice as fast")
-    p.add_argument("--scale", type=float, default=1.0, help="load scaling: 2 doubles the requests (default 1)")
-    p.add_argument("--days", type=float, default=None, help="tile the trace into this many diurnal days")
-    p.add_argument("--diurnal-low", type=float, default=0.35, help="night load as a fraction of the peak (0.35)")
-    p.add_argument("--epoch-s", type=float, default=300.0, help="re-planning period of dynamic policies (300)")
-    p.add_argument("--confusion", default="measured", help="'measured' (default), 'perfect', or a 3x3 JSON matrix/file")
-    p.add_argument(
-        "--routing",
-        choices=("gateway", "spill"),
-        default="gateway",
-        help="gateway: the live gateway's routing (each type to the pool the plan sends it to, then its spill "
-        "chain when that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
-    )
-    p.add_argument(
-        "--headroom",
-        type=float,
-        default=None,
-        help="share of an instance's SLO-feasible capacity the planner (wattgate, oracle) and the clock policy "
-        "may load it to (default 0.8, as `wattgate planner`)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--carbon-g-per-kwh",
-        default="400",
-        help="grid carbon intensity in g/kWh (400), or a file with one value per hour from the trace start (cycled)",
-    )
-    p.add_argument("--gpu-hour-price", type=float, default=2.0, help="price of one GPU-hour (2.0)")
-    p.add_argument("--energy-price", type=float, default=0.10, help="price of one kWh (0.10)")
-    p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
-    p.add_argument("--out", default=None, help="directory for report.json and the PNG plots")
-    p.set_defaults(func=run)
+def _policies(value: str) -> None:
+    if not [p for p in value.split(",") if p.strip()]:
+        raise ValueError(f"give at least one policy, e.g. {DEFAULT_POLICIES}")
 
 
-def run(args: argparse.Namespace) -> int:
+# One line per option (wattgate.settings): the flag, WATTGATE_<NAME>, the YAML key and the README row follow.
+OPTIONS: tuple[Option, ...] = (
+    c.TRACE.for_command(required=True, help="trace file(s): Azure CSV or a JSONL log of observations; merged"),
+    Option("policies", text(check=_policies), DEFAULT_POLICIES, "comma-separated policies to replay", example="oracle"),
+    c.PROFILE,
+    c.GPUS.for_command(default=256, help="GPUs in the simulated cluster, 8 per node"),
+    c.SPEED.for_command(help="time scaling: 2 replays the trace twice as fast"),
+    Option("scale", number(above=0), 1.0, "load scaling: 2 doubles the requests", example="2"),
+    Option("days", optional(number(above=0)), None, "tile the trace into this many diurnal days", example="1"),
+    Option("diurnal_low", number(0.0, 1.0), 0.35, "night load as a fraction of the peak", example="0.5"),
+    Option("epoch_s", number(above=0), 300.0, "re-planning period of dynamic policies (s)", example="600"),
+    Option(
+        "confusion",
+        text(nonempty=True),
+        "measured",
+        "'measured', 'perfect', or a 3x3 JSON matrix/file",
+        example="perfect",
+    ),
+    Option(
+        "routing",
+        choice("gateway", "spill"),
+        "gateway",
+        "gateway: the live gateway's routing (each type to the pool the plan sends it to, then its spill chain when "
+        "that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
+    ),
+    c.HEADROOM,
+    c.SEED,
+    Option(
+        "carbon_g_per_kwh",
+        text(nonempty=True),
+        "400",
+        "grid carbon intensity in g/kWh, or a file with one value per hour from the trace start (cycled)",
+        example="300",
+    ),
+    Option("gpu_hour_price", number(0.0), 2.0, "price of one GPU-hour", example="3"),
+    Option("energy_price", number(0.0), 0.10, "price of one kWh", example="0.2"),
+    c.JSON.for_command(help="print the JSON document instead of the table"),
+    c.OUT.for_command(help="directory for report.json and the PNG plots", default_text="none"),
+)
+
+
+def run(args: Values) -> int:
     import json
     import sys
     from pathlib import Path
 
     from wattgate.planner.model import DEFAULT_HEADROOM
-    from wattgate.profiles.builtin import resolve_profile
+    from wattgate.profiles.builtin import DEFAULT_PROFILE, profile_or_default
     from wattgate.profiles.classes import ProfilesError
     from wattgate.simulate.confusion import Confusion
     from wattgate.simulate.report import Prices, document, table
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             confusion=Confusion.parse(args.confusion),
             plan_routing=args.routing == "gateway",
         )
-        profile = resolve_profile(args.profile)
+        profile = profile_or_default(args.profile)
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
         results = simulate(requests, profile, policies, settings)
     except (SimulateError, ProfilesError) as exc:
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         "traces": list(args.trace),
         "requests": len(requests),
         "gpus": args.gpus,
-        "profile": args.profile,
+        "profile": args.profile or DEFAULT_PROFILE,
         "speed": args.speed,
         "scale": args.scale,
         "days": args.days,
@@ -146,3 +151,19 @@ def _carbon(spec: str) -> tuple[float, ...]:
     if not values or min(values) < 0:
         raise SimulateError("--carbon-g-per-kwh: intensities must be numbers >= 0")
     return values
+
+
+COMMAND = Command(
+    "simulate",
+    "replay a request trace on a simulated cluster under each policy (energy and latency modelled)",
+    OPTIONS,
+    run,
+    "Replay a trace (Azure CSV: TIMESTAMP, ContextTokens, GeneratedTokens; or a JSONL log of wattgate "
+    "observations) through the gateway's routing, the planner's forecast and MILP and the agent's clock policy on "
+    "N simulated GPUs. All energy, power and latency figures are modelled from the profile.",
+)
+COMMANDS = (COMMAND,)
+
+
+def register(subparsers: Any) -> None:
+    add_command(subparsers, COMMAND)
