@@ -70,11 +70,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(s: DemoSettings) -> int:
-    busy = port_free("127.0.0.1", s.port)  # before anything starts: a taken port is one line, not a hang
+def preflight(s: DemoSettings) -> tuple[list[Scheduled], Path] | str:
+    """What is checked before anything starts: the gateway's port, the trace, the run directory (else why not)."""
+    busy = port_free("127.0.0.1", s.port)  # a taken port is one line now, not a gateway that hangs later
     if busy is not None:
-        say(f"wattgate demo: error: {busy} (the gateway's port: free it or give another with --port)", err=True)
-        return 2
+        return f"error: {busy} (the gateway's port: free it or give another with --port)"
     try:
         sched = schedule(
             read_trace(s.trace),
@@ -86,12 +86,23 @@ def main(s: DemoSettings) -> int:
             load_fraction=s.load_fraction,
         )
     except TraceError as exc:
-        say(f"wattgate demo: {exc}", err=True)
-        return 2
+        return str(exc)
     if not sched:
-        say("wattgate demo: no request falls in the replayed span; raise --duration-s", err=True)
+        return "no request falls in the replayed span; raise --duration-s"
+    try:
+        run_dir = s.run_dir or Path(tempfile.mkdtemp(prefix="wattgate-demo-"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"error: cannot make the run directory: {exc}"
+    return sched, run_dir
+
+
+def main(s: DemoSettings) -> int:
+    ready = preflight(s)
+    if isinstance(ready, str):
+        say(f"wattgate demo: {ready}", err=True)
         return 2
-    run_dir = s.run_dir or Path(tempfile.mkdtemp(prefix="wattgate-demo-"))
+    sched, run_dir = ready
     cluster = Cluster(ClusterSettings(s.nodes, s.port, run_dir))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the demo like Ctrl-C
     code = 0
@@ -108,9 +119,13 @@ def main(s: DemoSettings) -> int:
         rep = asyncio.run(_drive(cluster, sched, s))
         say(render(rep))
         say(f"every request: {run_dir / 'requests.csv'}; plans: {run_dir / 'planner.log'}")
-        if s.report_json:
-            write_json(rep, s.report_json)
         code = 0 if rep["requests"]["failed"] == 0 else 1
+        if s.report_json:
+            try:
+                write_json(rep, s.report_json)
+            except OSError as exc:
+                say(f"wattgate demo: error: cannot write --report-json: {exc}", err=True)
+                code = 1
         if s.keep_running:
             say(f"\ngateway still serving at {cluster.url}/v1 — Ctrl-C to stop")
             while True:

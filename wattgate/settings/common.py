@@ -25,8 +25,15 @@ def _redis_url(raw: Any) -> str | None:
     value = text().convert(raw) if raw is not None else ""
     if not value:
         return None
-    if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+    parts = urlsplit(value)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
         raise ValueError(f"must start with redis://, rediss:// or unix://, got {redact_url(value)}")
+    try:
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        raise ValueError(f"the port is not a number in 0..65535: {redact_url(value)}") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"no host in {redact_url(value)}")
     return value
 
 
@@ -71,10 +78,14 @@ def _check_nodes(value: str) -> None:
         if int(value) < 1:
             raise ValueError("expected at least 1 node")
         return
+    names = []
     for part in filter(None, (p.strip() for p in value.split(","))):
         name, sep, gpus = part.partition("=")
         if not sep or not name.strip() or not gpus.strip().isdigit() or int(gpus) < 1:
             raise ValueError(f"expected N, or NAME=GPUS,NAME=GPUS with GPUS >= 1; got {part!r}")
+        names.append(name.strip())
+    if len(set(names)) != len(names):
+        raise ValueError(f"node names must be unique, got {names}")
 
 
 def _gpu_kind(value: str) -> str:
