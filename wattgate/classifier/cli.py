@@ -85,22 +85,23 @@ def _eval(args: Values) -> int:
 
 
 def _retrain(args: Values) -> int:
-    from wattgate.classifier.adapt import AdaptSettings, adapt, load_base
-    from wattgate.classifier.errors import ClassifierError
-    from wattgate.classifier.predictor import load_shipped_model
     from wattgate.classifier.store import ClassifierStore, StoreError
     from wattgate.planner.contract import Keys
-    from wattgate.profiles.classes import ClassEdges
     from wattgate.settings.common import DEFAULT_REDIS_URL, redact_url
 
     url = args.redis_url or DEFAULT_REDIS_URL
     store = ClassifierStore(url, Keys(args.redis_prefix))
-    try:
+    try:  # before the training stack is imported (seconds on a busy machine): a down Redis ends it at once
         store.current_version()
     except StoreError as exc:
         store.close()
         print(f"wattgate classifier retrain: error: cannot reach Redis at {redact_url(url)}: {exc}", file=sys.stderr)
         return 1
+    from wattgate.classifier.adapt import AdaptSettings, adapt, load_base
+    from wattgate.classifier.errors import ClassifierError
+    from wattgate.classifier.predictor import load_shipped_model
+    from wattgate.profiles.classes import ClassEdges
+
     try:
         current = store.current_model() or load_shipped_model()
         read = store.read_observations(args.limit)
