@@ -26,6 +26,7 @@ from wattgate.procs import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_S = 10.0  # "within seconds": every start-up failure here must end the process by then
+FAST = ["--classifier", "max_tokens"]  # gateways that serve here route by max_tokens: no tokenizers to load
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -176,7 +177,7 @@ def two_backends_one_down(tmp_path: Path) -> Iterator[tuple[str, int, str]]:
     with UvicornThread(FakeBackend(model="up")) as live:
         log = tmp_path / "gateway.log"
         with log.open("w") as out:
-            args = ["gateway", "--port", str(port), "--retry-after-s", "7", "--backend", live.url]
+            args = ["gateway", *FAST, "--port", str(port), "--retry-after-s", "7", "--backend", live.url]
             args += ["--backend", f"http://127.0.0.1:{dead1}", "--backend", f"http://127.0.0.1:{dead2}#model=gone"]
             proc = subprocess.Popen(
                 [sys.executable, "-m", "wattgate", *args],
@@ -216,7 +217,7 @@ def test_a_model_nobody_serves_is_still_404_when_every_backend_answers() -> None
     port = free_port()
     with UvicornThread(FakeBackend(model="up")) as live:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "wattgate", "gateway", "--port", str(port), "--backend", live.url],
+            [sys.executable, "-m", "wattgate", "gateway", *FAST, "--port", str(port), "--backend", live.url],
             env=_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -237,7 +238,7 @@ def test_api_keys_env_from_the_environment_turns_key_checks_on() -> None:
     env = _env({"WATTGATE_API_KEYS_ENV": "CLIENT_KEYS", "CLIENT_KEYS": "k1,k2", "WATTGATE_PORT": str(port)})
     with UvicornThread(FakeBackend(model="m")) as live:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "wattgate", "gateway", "--backend", live.url],
+            [sys.executable, "-m", "wattgate", "gateway", *FAST, "--backend", live.url],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -259,7 +260,7 @@ def test_api_keys_env_from_the_environment_turns_key_checks_on() -> None:
 def test_sigterm_stops_a_gateway_with_redis_promptly(redis_url: str) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wattgate", "gateway", "--redis-url", redis_url, "--port", str(port)],
+        [sys.executable, "-m", "wattgate", "gateway", *FAST, "--redis-url", redis_url, "--port", str(port)],
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
