@@ -70,11 +70,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def preflight(s: DemoSettings) -> tuple[list[Scheduled], Path] | str:
-    """What is checked before anything starts: the gateway's port, the trace, the run directory (else why not)."""
-    busy = port_free("127.0.0.1", s.port)  # a taken port is one line now, not a gateway that hangs later
-    if busy is not None:
-        return f"error: {busy} (the gateway's port: free it or give another with --port)"
+def preflight(s: DemoSettings) -> tuple[list[Scheduled], Path] | tuple[int, str]:
+    """What is checked before anything starts: the trace, the gateway's port, the run directory; else the exit
+    status (2: bad input, 1: cannot start) and why."""
     try:
         sched = schedule(
             read_trace(s.trace),
@@ -86,22 +84,25 @@ def preflight(s: DemoSettings) -> tuple[list[Scheduled], Path] | str:
             load_fraction=s.load_fraction,
         )
     except TraceError as exc:
-        return str(exc)
+        return 2, str(exc)
     if not sched:
-        return "no request falls in the replayed span; raise --duration-s"
+        return 2, "no request falls in the replayed span; raise --duration-s"
+    busy = port_free("127.0.0.1", s.port)  # a taken port is one line now, not a gateway that hangs later
+    if busy is not None:
+        return 1, f"error: {busy} (the gateway's port: free it or give another with --port)"
     try:
         run_dir = s.run_dir or Path(tempfile.mkdtemp(prefix="wattgate-demo-"))
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return f"error: cannot make the run directory: {exc}"
+        return 1, f"error: cannot make the run directory: {exc}"
     return sched, run_dir
 
 
 def main(s: DemoSettings) -> int:
     ready = preflight(s)
-    if isinstance(ready, str):
-        say(f"wattgate demo: {ready}", err=True)
-        return 2
+    if isinstance(ready[0], int):
+        say(f"wattgate demo: {ready[1]}", err=True)
+        return ready[0]
     sched, run_dir = ready
     cluster = Cluster(ClusterSettings(s.nodes, s.port, run_dir))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the demo like Ctrl-C
