@@ -102,6 +102,13 @@ class EmbeddedRedis:
             self._dir.cleanup()
             self._dir = None
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (fault tests); ``start()`` runs a new, empty one on the same port."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        self.stop()
+
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
 

@@ -1,5 +1,5 @@
 """A stand-in engine for agent tests: accepts the launch flags of vLLM/TGI/sim-backend, serves
-/health, /v1/models and vLLM-style /metrics; knobs to ignore SIGTERM, crash, or hold requests."""
+/health, /v1/models and vLLM-style /metrics; knobs to ignore SIGTERM, crash, fail to start, or hold requests."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def main() -> None:
     record = os.environ.get("STANDIN_ARGV_FILE")
     if record:
         Path(record).write_text(json.dumps({"argv": sys.argv[1:], "cuda": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+    fail_start = os.environ.get("STANDIN_FAIL_START")  # an engine that cannot load its model: says why, exits 1
+    if fail_start:
+        print("loading model ...", flush=True)
+        print(fail_start, file=sys.stderr, flush=True)
+        sys.exit(1)
     crash_after = float(os.environ.get("STANDIN_CRASH_AFTER_S", "0"))
     if crash_after:
         threading.Timer(crash_after, lambda: os._exit(3)).start()

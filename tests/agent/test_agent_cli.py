@@ -34,6 +34,8 @@ from wattgate.planner.contract import Heartbeat, InstanceRecord, Keys
         (["--redis-url", "redis://x", "--node", "n1", "--engine", "external", "--external", "id=a"], "--external"),
         (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--ttft-s", "1,2"], "--ttft-s"),
         (["--redis-url", "redis://x", "--node", "n1"], "--model"),
+        (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--engine", "llama.cpp"], "--model-file"),
+        (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--start-retries", "0"], "--start-retries"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(

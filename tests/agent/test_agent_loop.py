@@ -184,11 +184,20 @@ def test_redis_down_keeps_serving_and_reregisters(tmp_path: Path) -> None:
         assert agent.metrics is not None and "wattgate_agent_redis_up 0.0" in agent.metrics.text()
         assert agent.act.instances["a"].engine.healthy()  # still serving on the last plan
         server = EmbeddedRedis(port=port).start()  # a fresh, empty Redis
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        events = client.pubsub()  # type: ignore[no-untyped-call]
+        events.subscribe(KEYS.instance_events)
+        assert events.get_message(timeout=5)["type"] == "subscribe"
         agent.tick()
         agent.publish()
         assert agent.redis_ok
-        client = redis.Redis.from_url(server.url, decode_responses=True)
         assert records(client)["a"].state == "ready"  # re-registered
+        # and announced, so gateways see it at once (not at their next full registry read)
+        announced = [events.get_message(timeout=2) for _ in range(3)]
+        assert "a" in [m["data"] for m in announced if m and m["type"] == "message"]
+        agent.publish()  # announced once, not on every publish
+        assert events.get_message(timeout=0.5) is None
+        events.close()
         assert Heartbeat.from_json(client.get(KEYS.heartbeat("n1")) or "").plan_version == 1
     finally:
         agent.shutdown()

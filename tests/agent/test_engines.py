@@ -14,7 +14,7 @@ import pytest
 
 from tests.agent.agent_support import FakeGpu, actuator, standin_command
 from wattgate.agent.actuator import Timeouts
-from wattgate.agent.engines.base import EngineKind, EngineSpec, parse_metrics
+from wattgate.agent.engines.base import IN_FLIGHT_METRICS, EngineKind, EngineSpec, parse_metrics
 from wattgate.agent.engines.options import EngineOptions, make_engine
 from wattgate.agent.engines.process import ProcessEngine
 from wattgate.agent.reconcile import diff
@@ -196,4 +196,43 @@ def test_engine_never_healthy_times_out_is_stopped_and_failed(tmp_path: Path) ->
     r = act.instances["i0"]
     assert r.state is InstanceState.FAILED and "not healthy after" in r.history[0]
     assert not r.engine.running()  # SIGTERM'd, not left half-started
+    act.shutdown()
+
+
+def test_llama_cpp_command_line(tmp_path: Path) -> None:
+    out = launched(tmp_path, EngineKind.LLAMA_CPP, model_file=Path("/models/smol.gguf"), extra_args=("-c", "2048"))
+    argv = out["argv"]
+    flags = {argv[i]: argv[i + 1] for i in range(0, len(argv) - 1) if argv[i].startswith("-")}
+    assert flags["--model"] == "/models/smol.gguf" and flags["--alias"] == "meta/llama"
+    assert flags["--parallel"] == "64" and flags["--port"] and flags["-c"] == "2048"
+    assert "--metrics" in argv  # the in-flight gauges a drain waits on
+    text = "llamacpp:requests_processing 2\nllamacpp:requests_deferred 1\nllamacpp:n_decode_total 9\n"
+    assert parse_metrics(text, IN_FLIGHT_METRICS[EngineKind.LLAMA_CPP]) == 3
+
+
+def test_a_start_that_keeps_failing_says_why_and_gives_up(tmp_path: Path) -> None:
+    gpus = [FakeGpu(0)]
+    why = "gguf_init_from_file: failed to open GGUF file '/nope.gguf' (No such file or directory)"
+    opts = options(tmp_path, EngineKind.LLAMA_CPP, model_file=Path("/nope.gguf"), env={"STANDIN_FAIL_START": why})
+    timeouts = Timeouts(drain_s=1, drain_notice_s=0, start_s=20, poll_s=0.05, start_retries=3)
+    act = actuator(tmp_path, gpus, opts, timeouts=timeouts)
+    plan = [PlannedInstance("i0", "SS", "n1", [0], 1, 1200, 1.0, 1.0)]
+    act.apply(diff(plan, act.actual(), [0]).actions)
+    r = act.instances["i0"]
+    assert r.state is InstanceState.FAILED and r.failed_starts == 1
+    assert "exit status 1" in r.history[0] and "failed to open GGUF file '/nope.gguf'" in r.history[0]
+    t0 = time.monotonic()
+    assert act.notes(t0)[0].startswith("instance i0 failed: i0 exited while starting (exit status 1: ")
+    assert act.notes(t0)[0].endswith("; restart in 1 s")
+    t1 = time.monotonic()
+    act.supervise(t0 + 1.01)  # the second start fails too: backoff doubles (counted from the real failure)
+    assert r.failed_starts == 2 and r.restart_at is not None and r.restart_at >= t1 + 2.0
+    act.supervise(r.restart_at + 0.01)  # the third: the agent gives up instead of looping
+    assert r.failed_starts == 3 and r.restart_at is None and r.state is InstanceState.FAILED
+    for later in (60, 600, 6000):
+        act.supervise(t0 + later)
+    log = (tmp_path / "logs" / "i0.log").read_text()
+    assert log.count("loading model") == 3  # three launches, no more
+    assert "gave up after 3 failed starts" in act.notes(time.monotonic())[0]
+    assert diff(plan, act.actual(), [0]).actions == ()  # nor does reconcile start it again
     act.shutdown()

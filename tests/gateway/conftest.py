@@ -11,6 +11,7 @@ import pytest
 from tests.gateway.fake_backend import FakeBackend, Knobs
 from tests.support import UvicornThread
 from wattgate.gateway.app import create_app
+from wattgate.gateway.frontdoor import server_options
 from wattgate.gateway.settings import BackendSpec, GatewaySettings
 from wattgate.gateway.state import GatewayState
 
@@ -32,7 +33,7 @@ class Servers:
             for n, b in enumerate(backends)
         ]
         app = create_app(GatewaySettings(backends=tuple(specs), **settings))
-        srv = self.stack.enter_context(UvicornThread(app))
+        srv = self.stack.enter_context(UvicornThread(app, **server_options(app.front_door)))
         return srv.url, app.state.gateway
 
 

@@ -25,6 +25,11 @@ class Knobs:
     health_status: int = 200
     stall_after_first: float = 0.0  # seconds to wait after the first token (for disconnect tests)
     die_after_first: bool = False  # drop the connection after the first token (a crashing engine)
+    poison: str = ""  # a request whose body contains this fails: with poison_status, or 0: connection dropped
+    poison_status: int = 0
+    error_text: str = ""  # with `status`: answer this plain text instead of an OpenAI error body
+    error_content_type: str = "text/plain"
+    comments_s: float = 0.0  # a stream sends only SSE comments (": ping"), one every 0.1 s, for this long
 
 
 @dataclass
@@ -62,6 +67,21 @@ class FakeBackend:
         if self.record:
             self.received.append(doc)
             self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        if self.knobs.poison and self.knobs.poison.encode() in body:
+            if not self.knobs.poison_status:
+                await _drop(send)
+                return
+            await _json(send, self.knobs.poison_status, {"error": {"message": "poisoned", "type": "x"}})
+            return
+        if self.knobs.status != 200 and self.knobs.fail_times != 0 and self.knobs.error_text:
+            self.knobs.fail_times -= 1
+            text = self.knobs.error_text.encode()
+            ctype = self.knobs.error_content_type.encode()
+            await send(
+                {"type": "http.response.start", "status": self.knobs.status, "headers": [(b"content-type", ctype)]}
+            )
+            await send({"type": "http.response.body", "body": text})
+            return
         if self.knobs.status != 200 and self.knobs.fail_times != 0:
             self.knobs.fail_times -= 1
             await _json(
@@ -136,6 +156,9 @@ class FakeBackend:
         chat = path.endswith("chat/completions")
         n = self._n(doc)
         await asyncio.sleep(self.knobs.ttft_s)
+        for _ in range(int(self.knobs.comments_s / 0.1)):  # bytes, but no answer: a keep-alive comment
+            await send({"type": "http.response.body", "body": b": ping\n\n", "more_body": True})
+            await asyncio.sleep(0.1)
         for i in range(n):
             if i:
                 await asyncio.sleep(self.knobs.tbt_s)
@@ -187,6 +210,16 @@ async def _json(send: Send, status: int, doc: dict[str, Any]) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _drop(send: Send) -> None:
+    """Close the connection without answering, as an engine that crashes on a request does: uvicorn refuses
+    the invalid header value after marking the response started, and then closes the connection, so not
+    a byte of an answer is written."""
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-drop", b"\x01")]})
+    except RuntimeError:
+        raise ConnectionAbortedError("fake engine dropped the request") from None
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any] | None, done: asyncio.Event) -> None:

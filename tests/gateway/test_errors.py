@@ -133,3 +133,107 @@ def test_backend_4xx_is_passed_through_and_never_ejects(servers: Servers) -> Non
         assert err(resp)["message"] == "fake failure"
     assert state.instances["b0"].ejected_until == 0.0
     assert len(fake.received) == 5
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "fake-model", "messages": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"model": "fake-model", "x": ' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}",
+        b"[" * 100_000,
+    ],
+    ids=["array-1000", "object-5000", "unclosed-100000"],
+)
+def test_deeply_nested_json_is_a_400_naming_the_problem(
+    one: tuple[str, FakeBackend, GatewayState], body: bytes
+) -> None:
+    gw, fake, _ = one
+    resp = httpx.post(gw + "/v1/chat/completions", content=body)
+    assert resp.status_code == 400
+    assert err(resp)["message"] == "request body is nested deeper than 128 levels"
+    assert (
+        'wattgate_gateway_requests_total{endpoint="chat",pool="-",status="400"} 1.0' in httpx.get(gw + "/metrics").text
+    )
+    nested_in_a_string = {"model": "fake-model", "messages": [{"role": "user", "content": "[" * 1000}]}
+    assert httpx.post(gw + "/v1/chat/completions", json=nested_in_a_string).status_code == 200
+    assert len(fake.received) == 1
+
+
+def test_every_response_is_counted_by_status(one: tuple[str, FakeBackend, GatewayState]) -> None:
+    gw, _, _ = one
+    calls = [
+        ("GET", "/health", None, 200),
+        ("GET", "/ready", None, 200),
+        ("GET", "/v1/models", None, 200),
+        ("GET", "/nowhere", None, 404),
+        ("GET", "/v1/chat/completions", None, 405),
+        ("POST", "/v1/chat/completions", b"{", 400),
+        ("POST", "/v1/chat/completions", b'{"model": "nope", "messages": [{"role": "user"}]}', 404),
+        ("POST", "/v1/completions", b'{"model": "fake-model", "prompt": "x"}', 200),
+        ("GET", "/dashboard/nothing.js", None, 404),
+    ]
+    for method, path, body, status in calls:
+        assert httpx.request(method, gw + path, content=body).status_code == status, path
+    samples = [
+        line
+        for line in httpx.get(gw + "/metrics").text.splitlines()
+        if line.startswith("wattgate_gateway_requests_total")
+    ]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in samples) == len(calls)
+    for endpoint, status in (("health", 200), ("other", 404), ("chat", 405), ("dashboard", 404)):
+        assert f'{{endpoint="{endpoint}",pool="",status="{status}"}} 1.0' in "\n".join(samples)
+
+
+def test_only_allowed_request_headers_reach_the_backend(servers: Servers) -> None:
+    fake, url = servers.backend()
+    gw, _ = servers.gateway([url], forward_headers=("x-tenant",))
+    sent = {
+        "X-Forwarded-For": "1.2.3.4",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Port": "443",
+        "X-Forwarded-Prefix": "/p",
+        "X-Forwarded-Host": "evil",
+        "Forwarded": "for=1.2.3.4",
+        "X-Real-IP": "1.2.3.4",
+        "X-Original-URL": "/admin",
+        "X-Envoy-Original-Path": "/admin",
+        "X-Rewrite-URL": "/admin",
+        "Cookie": "c=1",
+        "X-Unknown": "1",
+        "Content-Type": "text/plain",
+        "Traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "User-Agent": "my-client/1.0",
+        "X-Tenant": "acme",
+        "OpenAI-Organization": "org-1",
+    }
+    resp = httpx.post(gw + "/v1/chat/completions", json={"model": "fake-model", "messages": MSG}, headers=sent)
+    assert resp.status_code == 200
+    got = fake.headers[-1]
+    for name in ("traceparent", "user-agent", "x-tenant", "openai-organization"):
+        assert got[name] == sent[{k.lower(): k for k in sent}[name]]
+    assert got["content-type"] == "application/json"  # the gateway's own: the body is the JSON it read
+    leaked = {k for k in got if k.startswith(("x-forwarded", "x-real", "x-original", "x-envoy", "x-rewrite"))}
+    assert leaked == set()
+    assert "forwarded" not in got and "cookie" not in got and "x-unknown" not in got
+
+
+def test_metrics_and_dashboard_can_be_protected(servers: Servers) -> None:
+    _, url = servers.backend()
+    gw, _ = servers.gateway([url], api_keys=frozenset({"client-key"}))
+    assert httpx.get(gw + "/metrics").status_code == 200  # open by default, as Prometheus expects
+    resp = httpx.get(gw + "/dashboard")
+    assert resp.status_code == 401
+    assert resp.headers["www-authenticate"] == 'Basic realm="wattgate dashboard"'  # a browser asks for the key
+    assert httpx.get(gw + "/dashboard/data").status_code == 401
+    assert httpx.get(gw + "/dashboard", auth=("any", "client-key")).status_code == 200
+    assert httpx.get(gw + "/dashboard/data", headers={"authorization": "Bearer client-key"}).status_code == 200
+    assert httpx.get(gw + "/ready").json() == {"status": "ready"}  # no model list without a key
+    assert httpx.get(gw + "/ready", headers={"authorization": "Bearer client-key"}).json()["models"] == ["fake-model"]
+
+    gw2, _ = servers.gateway(
+        [url], api_keys=frozenset({"client-key"}), admin_api_keys=frozenset({"ops"}), protect_metrics=True
+    )
+    assert httpx.get(gw2 + "/metrics").status_code == 401
+    assert httpx.get(gw2 + "/metrics", headers={"authorization": "Bearer client-key"}).status_code == 401
+    assert httpx.get(gw2 + "/metrics", headers={"authorization": "Bearer ops"}).status_code == 200
+    assert httpx.get(gw2 + "/dashboard", auth=("", "ops")).status_code == 200

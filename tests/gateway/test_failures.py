@@ -60,7 +60,9 @@ def test_connect_error_retries_and_ejects_the_dead_instance(servers: Servers) ->
 
 def test_passive_ejection_after_repeated_5xx_and_cooldown(servers: Servers) -> None:
     bad, bad_url = servers.backend(status=500)
-    gw, state = servers.gateway([spec(bad_url, "bad")], eject_after_failures=2, eject_cooldown_s=0.5)
+    gw, state = servers.gateway(
+        [spec(bad_url, "bad")], eject_after_failures=2, eject_cooldown_s=0.5, panic_threshold_percent=0
+    )  # no panic mode: ejection alone
     httpx.post(gw + "/v1/chat/completions", json=BODY)  # one failure (the retry finds no other instance)
     assert state.instances["bad"].routable(time.monotonic())
     httpx.post(gw + "/v1/chat/completions", json=BODY)
@@ -74,7 +76,7 @@ def test_passive_ejection_after_repeated_5xx_and_cooldown(servers: Servers) -> N
 
 def test_active_health_probe_takes_an_instance_out_and_back(servers: Servers) -> None:
     fake, url = servers.backend()
-    gw, state = servers.gateway([spec(url, "b0")], health_interval_s=0.05)
+    gw, state = servers.gateway([spec(url, "b0")], health_interval_s=0.05, panic_threshold_percent=0)
     fake.knobs.health_status = 503
     wait_for(lambda: not state.instances["b0"].healthy)
     assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 503

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests.gateway.fake_backend import FakeBackend
 from tests.support import UvicornThread
 from wattgate.gateway.app import create_app
+from wattgate.gateway.frontdoor import server_options
 from wattgate.gateway.settings import BackendSpec, GatewaySettings
 
 PATHS = [
@@ -62,10 +63,14 @@ request_docs = st.fixed_dictionaries(
         "extra": anything,
     },
 )
+deep = st.tuples(st.integers(100, 3000), st.sampled_from([b"[", b'{"a":'])).map(
+    lambda t: b'{"model": "fake-model", "messages": ' + t[1] * t[0]
+)  # nesting Python's parser cannot take (left unclosed: the gateway must judge the depth before parsing)
 bodies = st.one_of(
     request_docs.map(lambda d: json.dumps(d).encode()),
     st.binary(max_size=200),
     anything.map(lambda d: json.dumps(d).encode()),
+    deep,
 )
 header_text = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.strip)
 headers = st.fixed_dictionaries(
@@ -85,8 +90,8 @@ def gateway() -> Iterator[str]:
     fake = FakeBackend(record=False)
     with UvicornThread(fake) as backend:
         spec = BackendSpec(url=backend.url, id="b0", models=("fake-model",))
-        app = create_app(GatewaySettings(backends=(spec,), max_body_bytes=4096))
-        with UvicornThread(app) as gw:
+        app = create_app(GatewaySettings(backends=(spec,), max_body_bytes=16384))
+        with UvicornThread(app, **server_options(app.front_door)) as gw:
             yield gw.url
 
 

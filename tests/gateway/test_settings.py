@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wattgate.gateway.errors import ConfigError
-from wattgate.gateway.settings import GatewaySettings, load_settings, parse_backend
+from wattgate.gateway.settings import Deadline, GatewaySettings, load_settings, parse_backend
 
 
 def test_backend_hints() -> None:
@@ -101,3 +101,44 @@ def test_redis_password_is_not_echoed_in_errors() -> None:
     with pytest.raises(ConfigError) as info:
         GatewaySettings(redis_url="http://:hunter2@r:1")
     assert "hunter2" not in str(info.value)
+
+
+def test_front_door_options_from_file_environment_and_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(
+        "client_header_timeout_s: 10\nmax_header_bytes: 8192\nforward_headers: [X-Tenant]\n"
+        "class_deadlines: {ss: {first_byte_s: 5, total_s: 20}, LL: {total_s: 1800}}\n"
+    )
+    s = load_settings(
+        cfg,
+        env={"WATTGATE_MAX_CLIENT_CONNECTIONS": "500", "WATTGATE_ADMIN_API_KEYS": "ops1,ops2"},
+        overrides={"protect_metrics": True, "first_byte_timeout_s": 30.0},
+    )
+    assert (s.client_header_timeout_s, s.max_header_bytes, s.max_client_connections) == (10.0, 8192, 500)
+    assert s.forward_headers == ("x-tenant",)
+    assert s.admin_api_keys == frozenset({"ops1", "ops2"}) and s.protect_metrics
+    assert s.deadline("SS") == Deadline(5.0, 20.0)
+    assert s.deadline("LL") == Deadline(30.0, 1800.0)  # the flag's first-byte default fills the gap
+    assert s.deadline("SM") == Deadline(30.0, 300.0)
+    assert s.deadline(None) == Deadline(30.0, 300.0)
+    flat = load_settings(None, env={"WATTGATE_CLASS_DEADLINES": "SS=5/20,LL=/1800", "WATTGATE_FORWARD_HEADERS": "a,b"})
+    assert flat.class_deadlines == (("LL", Deadline(60.0, 1800.0)), ("SS", Deadline(5.0, 20.0)))
+    assert flat.forward_headers == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"class_deadlines": "XX=1/2"}, "--class-deadlines: unknown request type 'XX'"),
+        ({"class_deadlines": "SS"}, "TYPE=FIRST_BYTE_S/TOTAL_S"),
+        ({"class_deadlines": "SS=0/2"}, "must be > 0"),
+        ({"class_deadlines": {"SS": {"ttft": 1}}}, "expected {first_byte_s"),
+        ({"protect_metrics": True}, "protect_metrics needs api_keys"),
+        ({"max_ejection_percent": 120}, "--max-ejection-percent: must be <= 100"),
+        ({"client_header_timeout_s": 0}, "--client-header-timeout-s: must be > 0"),
+        ({"forward_headers": "bad name"}, "not a header name"),
+    ],
+)
+def test_bad_front_door_options_say_why(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, env={}, overrides=raw)

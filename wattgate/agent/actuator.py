@@ -35,6 +35,7 @@ class Timeouts:
     drain_notice_s: float = 1.0  # after marking draining, before counting in-flight: gateways notice
     start_s: float = 900.0  # weights loading can take minutes
     poll_s: float = 0.5
+    start_retries: int = 5  # failed starts in a row (never healthy) before the agent gives up on an instance
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Running:
     state: InstanceState
     sm_clock_mhz: int | None = None
     crashes: int = 0
+    failed_starts: int = 0  # starts in a row that never became healthy
     restart_at: float | None = None
     history: list[str] = field(default_factory=list)
 
@@ -114,7 +116,7 @@ class Actuator:
                 log.error("%s %s failed: %s", a.kind, a.instance_id, exc)
                 r = self.instances.get(a.instance_id)
                 if r is not None and a.kind in (ActionKind.START, ActionKind.WAIT_HEALTHY):
-                    self._failed(r, time.monotonic(), str(exc))
+                    self._failed(r, time.monotonic(), str(exc), starting=True)
 
     def _apply(self, a: Action) -> None:
         r = self.instances.get(a.instance_id)
@@ -170,7 +172,7 @@ class Actuator:
             if r.engine.healthy():
                 return
             if not r.engine.running():
-                raise EngineError(f"{r.planned.id} exited while starting (see its log)")
+                raise EngineError(f"{r.planned.id} exited while starting ({r.engine.exit_reason()})")
             if time.monotonic() >= deadline:
                 r.engine.stop(0)
                 raise EngineError(f"{r.planned.id} not healthy after {self.timeouts.start_s:.0f} s")
@@ -209,7 +211,8 @@ class Actuator:
             if not r.engine.managed:
                 continue
             if r.state in (InstanceState.READY, InstanceState.STARTING) and not r.engine.running():
-                self._failed(r, now, "the engine process exited")
+                starting = r.state is InstanceState.STARTING
+                self._failed(r, now, f"the engine process exited ({r.engine.exit_reason()})", starting=starting)
             elif r.state is InstanceState.FAILED and r.restart_at is not None and now >= r.restart_at:
                 log.info("restarting %s (crash %d)", r.planned.id, r.crashes)
                 r.restart_at = None
@@ -218,19 +221,40 @@ class Actuator:
                     r.engine.start()
                     self._wait_healthy(r)
                 except EngineError as exc:
-                    self._failed(r, time.monotonic(), str(exc))
+                    self._failed(r, time.monotonic(), str(exc), starting=True)
                     continue
                 if not self.stop_event.is_set():
                     self._set_state(r, InstanceState.READY)
                 self._save()
 
-    def _failed(self, r: Running, now: float, why: str) -> None:
+    def _failed(self, r: Running, now: float, why: str, *, starting: bool = False) -> None:
+        """Mark ``r`` failed and schedule its restart with exponential backoff; after ``start_retries``
+        starts in a row that never became healthy (a bad model path, a wrong flag), give up instead of
+        looping: the heartbeat says why until the plan drops the instance or the agent restarts."""
         r.crashes += 1
-        backoff = min(MAX_BACKOFF_S, 2.0 ** (r.crashes - 1))
-        r.restart_at = now + backoff
+        r.failed_starts = r.failed_starts + 1 if starting else 0
         r.history.append(why)
-        log.error("%s failed (%s): restart in %.0f s", r.planned.id, why, backoff)
+        if starting and r.failed_starts >= self.timeouts.start_retries:
+            r.restart_at = None
+            log.error("%s failed to start %d times in a row (%s): giving up", r.planned.id, r.failed_starts, why)
+        else:
+            backoff = min(MAX_BACKOFF_S, 2.0 ** (r.crashes - 1))
+            r.restart_at = now + backoff
+            log.error("%s failed (%s): restart in %.0f s", r.planned.id, why, backoff)
         self._set_state(r, InstanceState.FAILED)
+
+    def notes(self, now: float) -> list[str]:
+        """What the heartbeat says about failed instances (``now``: monotonic)."""
+        out = []
+        for r in list(self.instances.values()):  # the telemetry thread calls this: copy first
+            if r.state is not InstanceState.FAILED or not r.history:
+                continue
+            if r.restart_at is None:
+                nxt = f"gave up after {r.failed_starts} failed starts; fix it, then restart the agent or re-plan"
+            else:
+                nxt = f"restart in {max(0.0, r.restart_at - now):.0f} s"
+            out.append(f"instance {r.planned.id} failed: {r.history[-1]}; {nxt}")
+        return out
 
     # -- adoption, shutdown -----------------------------------------------------------------------
     def adopt(self) -> list[str]:
@@ -289,10 +313,11 @@ class Actuator:
         self._save()
 
     # -- helpers ----------------------------------------------------------------------------------
-    def republish(self) -> None:
-        """Re-write every record (no event): restores the registry after Redis comes back."""
+    def republish(self, announce: bool = False) -> None:
+        """Re-write every record: restores the registry after Redis comes back (``announce``: with an event
+        per record, so gateways see them at once rather than at their next full registry read)."""
         for r in list(self.instances.values()):  # the telemetry thread calls this: copy first
-            self._put(self.record(r), announce=False)
+            self._put(self.record(r), announce=announce)
 
     def set_clock_record(self, r: Running, mhz: int) -> None:
         if r.sm_clock_mhz != mhz:
@@ -301,6 +326,8 @@ class Actuator:
 
     def _set_state(self, r: Running, state: InstanceState) -> None:
         r.state = state
+        if state is InstanceState.READY:
+            r.failed_starts = 0
         self._put(self.record(r))
 
     def _put(self, rec: InstanceRecord, announce: bool = True) -> None:

@@ -53,6 +53,7 @@ class Agent:
         self.problems: tuple[str, ...] = ()
         self._next_clock = 0.0
         self._bad_plan = ""
+        self._reannounce = False  # Redis failed since the records were last written: announce them
 
     def desired(self) -> list[PlannedInstance] | None:
         """What should run here; None until a plan was seen (then nothing is started or stopped)."""
@@ -104,12 +105,13 @@ class Agent:
     def publish(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         notes = [] if self.redis_ok else ["redis was unreachable: running on the last plan"]
-        notes += [*self.problems, *([self._bad_plan] if self._bad_plan else [])]
+        notes += [*self.problems, *([self._bad_plan] if self._bad_plan else []), *self.act.notes(time.monotonic())]
         version = self.plan.version if self.plan is not None else None
         tel, hb = self.telemetry.node_telemetry(now), self.telemetry.heartbeat(now, version, notes)
         try:
             self.store.publish_node(tel, hb)
-            self.act.republish()
+            self.act.republish(announce=self._reannounce)  # back after an outage: tell the gateways at once
+            self._reannounce = False
         except StoreError as exc:
             self._redis_down(exc)
         else:
@@ -155,6 +157,7 @@ class Agent:
                     log.error("cannot reset unused GPU %d: %s", g, exc)
 
     def _redis_down(self, exc: Exception) -> None:
+        self._reannounce = True
         if self.redis_ok:
             log.error("redis unavailable (%s): running on the last plan", exc)
         self.redis_ok = False

@@ -67,6 +67,7 @@ def engine_factory(s: AgentSettings) -> Callable[[EngineSpec], Engine]:
         log_dir=s.log_dir,
         command=s.engine_command,
         extra_args=s.engine_args,
+        model_file=s.model_file,
         cuda_devices_by=s.cuda_devices_by,
         sleep_mode=s.sleep_mode,
         stop_grace_s=s.stop_grace_s,
@@ -112,7 +113,7 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
     recovered = clocks.recover()
     if recovered:
         log.warning("start-up: reset GPUs %s that a previous agent left locked", recovered)
-    timeouts = Timeouts(drain_s=s.drain_timeout_s, start_s=s.start_timeout_s)
+    timeouts = Timeouts(drain_s=s.drain_timeout_s, start_s=s.start_timeout_s, start_retries=s.start_retries)
     act = Actuator(
         node=s.node,
         model=s.model or "external",

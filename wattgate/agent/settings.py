@@ -43,6 +43,7 @@ class AgentSettings:
     observe_only: bool = False
     engine_command: tuple[str, ...] = ()
     engine_args: tuple[str, ...] = ()
+    model_file: Path | None = None  # llama.cpp: the GGUF file served as --model
     cuda_devices_by: str = "uuid"
     sleep_mode: bool = False
     profile: str = ""
@@ -57,6 +58,7 @@ class AgentSettings:
     drain_timeout_s: float = 60.0
     start_timeout_s: float = 900.0
     stop_grace_s: float = 30.0
+    start_retries: int = 5
     metrics_port: int = 0  # 0: no metrics endpoint
     metrics_host: str = "0.0.0.0"
 
@@ -109,6 +111,7 @@ def validate(s: AgentSettings) -> AgentSettings:
         (bool(s.model) or s.engine is EngineKind.EXTERNAL, "--model is required to start engines"),
         (s.engine is not EngineKind.EXTERNAL or bool(s.externals), "--engine external needs at least one --external"),
         (s.clock_interval_s >= s.tick_s, "--clock-interval-s must be >= --tick-s"),
+        (s.engine is not EngineKind.LLAMA_CPP or s.model_file is not None, "--engine llama.cpp needs --model-file"),
     ]
     for ok, message in checks:
         if not ok:
@@ -134,6 +137,7 @@ def from_values(v: Any) -> AgentSettings:
             observe_only=v.observe_only,
             engine_command=tuple(v.engine_command),
             engine_args=tuple(v.engine_args),
+            model_file=v.model_file,
             cuda_devices_by=v.cuda_devices_by,
             sleep_mode=v.sleep_mode,
             profile=v.profile,
@@ -148,6 +152,7 @@ def from_values(v: Any) -> AgentSettings:
             drain_timeout_s=v.drain_timeout_s,
             start_timeout_s=v.start_timeout_s,
             stop_grace_s=v.stop_grace_s,
+            start_retries=v.start_retries,
             metrics_port=v.metrics_port,
             metrics_host=v.metrics_host,
         )

@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from wattgate.classifier.api import Predictor
 from wattgate.gateway.dashboard import Sampler, dashboard_asset, dashboard_data, dashboard_page, run_sampler
 from wattgate.gateway.errors import ApiError, GatewayError, handle_error
-from wattgate.gateway.http import check_api_key, header
+from wattgate.gateway.frontdoor import FrontDoor
+from wattgate.gateway.http import ApiKeyError, check_admin_key, check_api_key, header
 from wattgate.gateway.proxy import ProxyEndpoint, new_request_id
 from wattgate.gateway.settings import GatewaySettings
 from wattgate.gateway.state import GatewayState
@@ -65,18 +66,53 @@ class GatewayApp(Starlette):
     stack would give them: the request id, and errors turned into OpenAI error bodies here.
     """
 
-    def __init__(self, *, proxies: dict[str, ProxyEndpoint], **kwargs: Any) -> None:
+    def __init__(self, *, proxies: dict[str, ProxyEndpoint], front_door: FrontDoor, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.proxies = proxies
+        self.front_door = front_door  # the server's connection-level limits (``frontdoor.server_options``)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        if scope["method"] == "POST" and not scope.get("root_path"):
             endpoint = self.proxies.get(scope["path"])
             if endpoint is not None:
                 scope["app"] = self
                 await _serve_proxy(endpoint, scope, receive, send)
                 return
-        await super().__call__(scope, receive, send)
+        status = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_counted)
+        finally:  # every response is counted; the proxy's count themselves
+            state: GatewayState | None = getattr(self.state, "gateway", None)
+            if state is not None:
+                state.metrics.request_done(_endpoint_of(scope["path"]), "", status)
+
+
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+    "/v1/models": "models",
+    "/health": "health",
+    "/ready": "ready",
+    "/metrics": "metrics",
+}
+
+
+def _endpoint_of(path: str) -> str:
+    """The ``endpoint`` label of a path (a closed set: a path a client makes up is ``other``)."""
+    if path == "/dashboard" or path.startswith("/dashboard/"):
+        return "dashboard"
+    return _ENDPOINTS.get(path, "other")
 
 
 async def _serve_proxy(endpoint: ProxyEndpoint, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,8 +143,13 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
+    """Open to probes; the model list only to callers with a key when keys are configured."""
     state: GatewayState = request.app.state.gateway
     if state.any_ready():
+        try:
+            check_api_key(request.scope, state.settings.api_keys)
+        except ApiKeyError:
+            return JSONResponse({"status": "ready"})
         return JSONResponse({"status": "ready", "models": state.models()})
     raise ApiError(
         503, "no ready backend instance", type_="server_error", code="not_ready", headers={"retry-after": "1"}
@@ -117,8 +158,22 @@ async def ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
+    if state.settings.protect_metrics:
+        check_admin_key(request.scope, state.settings)
     state.count_instances()
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _admin(endpoint: Callable[[Request], Coroutine[Any, Any, Response]]) -> Callable[[Request], Any]:
+    """``endpoint`` behind the admin key check when ``protect_dashboard`` is on (and a key is configured)."""
+
+    async def guarded(request: Request) -> Response:
+        state: GatewayState = request.app.state.gateway
+        if state.settings.protect_dashboard:
+            check_admin_key(request.scope, state.settings, realm="wattgate dashboard")
+        return await endpoint(request)
+
+    return guarded
 
 
 def create_app(
@@ -127,10 +182,14 @@ def create_app(
     """Build the gateway. ``predictor`` replaces the max_tokens fallback; ``background`` tasks (e.g. a
     classifier watcher that calls ``state.predictor.swap``) run for the app's lifetime."""
 
+    front_door = FrontDoor(settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state = GatewayState.build(settings, predictor)
         app.state.gateway = state
+        front_door.metrics = state.metrics
+        front_door.start()
         store = None
         if settings.redis_url:
             from wattgate.gateway.store import RedisStore  # noqa: PLC0415  (redis only when configured)
@@ -194,13 +253,14 @@ def create_app(
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        Route("/dashboard", dashboard_page, methods=["GET"]),
-        Route("/dashboard/data", dashboard_data, methods=["GET"]),
-        Route("/dashboard/{name}", dashboard_asset, methods=["GET"]),
+        Route("/dashboard", _admin(dashboard_page), methods=["GET"]),
+        Route("/dashboard/data", _admin(dashboard_data), methods=["GET"]),
+        Route("/dashboard/{name}", _admin(dashboard_asset), methods=["GET"]),
     ]
     handlers: dict[Any, Any] = {GatewayError: handle_error, HTTPException: handle_error, Exception: handle_error}
     return GatewayApp(
         proxies=proxies,
+        front_door=front_door,
         routes=routes,
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=handlers,

@@ -43,17 +43,20 @@ def serve(settings: Any, sock: Any = None) -> int:
 
     from wattgate.gateway.app import create_app
     from wattgate.gateway.classifier_link import build_predictor, classifier_watcher
+    from wattgate.gateway.frontdoor import raise_file_limit, server_options
 
+    raise_file_limit()
     background = [classifier_watcher(settings)] if settings.redis_url and settings.classifier == "model" else []
+    app = create_app(settings, predictor=build_predictor(settings), background=background)
     config = uvicorn.Config(
-        create_app(settings, predictor=build_predictor(settings), background=background),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
         lifespan="on",
         timeout_graceful_shutdown=10,
-        server_header=False,  # no software banner (and one header less to validate per response)
+        **server_options(app.front_door),
     )
     uvicorn.Server(config).run(sockets=[sock] if sock is not None else None)
     return 0

@@ -7,6 +7,7 @@ GatewayError                 base of every error the gateway raises on purpose
     ├── (400) invalid JSON or field, naming the parameter
     ├── (401) missing or wrong API key
     ├── (404) unknown model or path
+    ├── (408) request body not received in time
     ├── (413) body over the configured limit
     ├── (502/504) upstream failed or timed out (httpx errors are translated in proxy.py)
     └── (503) no instance can take the request, with Retry-After
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -94,12 +96,69 @@ def bad_param(param: str, message: str) -> ApiError:
     return ApiError(400, message, param=param, code="invalid_value")
 
 
-def as_json_object(raw: bytes) -> dict[str, Any]:
-    """Parse a request body that must be a JSON object, or raise a 400 saying what is wrong."""
+def as_json_object(raw: bytes, max_depth: int = 128) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object nested at most ``max_depth`` deep, or raise a 400
+    saying what is wrong (Python's parser recurses: a body nested ~1,000 deep would exhaust the stack)."""
+    if json_too_deep(raw, max_depth):
+        raise ApiError(400, f"request body is nested deeper than {max_depth} levels", code="invalid_json")
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(doc, dict):
         raise ApiError(400, "request body must be a JSON object", code="invalid_json")
     return doc
+
+
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def json_too_deep(raw: bytes, max_depth: int) -> bool:
+    """Whether the arrays and objects of ``raw`` nest deeper than ``max_depth`` (brackets inside strings
+    do not count). Scans only bodies with more brackets than that, which is rare."""
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:
+        return False
+    depth = 0
+    for m in _TOKENS.finditer(raw):
+        token = m.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return False
+
+
+def upstream_error_body(status: int, body: bytes) -> bytes:
+    """A backend's error answer as an OpenAI error body: an OpenAI-shaped one keeps its fields (the four
+    of them, no more), vLLM's older top-level form and other JSON are mapped, and plain text or HTML
+    (a proxy's 502 page, an engine's one-line error) becomes the message."""
+    default_type = "server_error" if status >= 500 else "invalid_request_error"
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = None
+    inner = doc.get("error") if isinstance(doc, dict) else None
+    source = inner if isinstance(inner, dict) else doc if isinstance(doc, dict) and "message" in doc else None
+    if source is not None:
+        message = source.get("message")
+        kind, param, code = source.get("type"), source.get("param"), source.get("code")
+        return error_body(
+            str(message) if message is not None else f"backend answered HTTP {status}",
+            kind if isinstance(kind, str) and kind else default_type,
+            param if isinstance(param, str) else None,
+            str(code) if isinstance(code, str | int) and not isinstance(code, bool) else None,
+        )
+    if isinstance(inner, str):  # TGI: {"error": "...", "error_type": "..."}
+        text = inner
+    elif isinstance(doc, dict) and isinstance(doc.get("detail"), str):  # FastAPI
+        text = doc["detail"]
+    else:
+        text = " ".join(body[:2000].decode("utf-8", "replace").split())[:300]
+    return error_body(
+        f"backend answered HTTP {status}: {text}" if text else f"backend answered HTTP {status}",
+        default_type,
+        None,
+        "upstream_error",
+    )

@@ -70,6 +70,37 @@ class GatewayMetrics:
             "Version of the planner's plan the gateway routes by (0: none, routing by the spill chain alone)",
             registry=r,
         )
+        self.ejections_capped = Counter(
+            "wattgate_gateway_ejections_capped",
+            "Ejections not made because max_ejection_percent of the pool was ejected already",
+            ["instance"],
+            registry=r,
+        )
+        self.request_faults = Counter(
+            "wattgate_gateway_request_faults",
+            "Requests that failed the same way on two instances: the request's fault, nobody ejected",
+            registry=r,
+        )
+        self.panic = Counter(
+            "wattgate_gateway_panic_routed",
+            "Requests sent to an ejected or probe-failing instance because too few in its pool were routable",
+            ["pool"],
+            registry=r,
+        )
+        self.deadlines = Counter(
+            "wattgate_gateway_deadline_exceeded",
+            "Requests ended by their deadline (first_byte: a stream's first event; total: the whole request)",
+            ["kind"],
+            registry=r,
+        )
+        self.client_connections = Gauge("wattgate_gateway_client_connections", "Open client connections", registry=r)
+        self.connections_closed = Counter(
+            "wattgate_gateway_client_connections_closed",
+            "Client connections the gateway closed: header_timeout, header_too_large, evicted (the longest "
+            "waiting for a request head, to admit a new one over max_client_connections), over_limit, bad_request",
+            ["reason"],
+            registry=r,
+        )
         self.instances = Gauge(
             "wattgate_gateway_instances",
             "Known instances by source and routable state",

@@ -98,6 +98,44 @@ API_KEYS_ENV = Option(
     default_text="none",
     example="MY_KEYS",
 )
+ADMIN_API_KEYS = dataclasses.replace(
+    API_KEYS,
+    name="admin_api_keys",
+    help="keys for /metrics and the dashboard; none: the client keys",
+    flag="--admin-api-key",
+)
+ADMIN_API_KEYS_ENV = dataclasses.replace(
+    API_KEYS_ENV,
+    name="admin_api_keys_env",
+    help="environment variable holding more comma-separated admin keys (an unset one is an error)",
+    example="MY_ADMIN_KEYS",
+)
+
+
+def _class_deadlines(raw: Any) -> str:
+    """``SS=10/60,LL=/1800`` or a YAML mapping, checked, as text (``from_values`` fills empty sides with
+    ``first_byte_timeout_s`` / ``request_timeout_s``)."""
+    from wattgate.gateway.errors import ConfigError  # noqa: PLC0415
+    from wattgate.gateway.settings import parse_class_deadlines  # noqa: PLC0415
+
+    if not isinstance(raw, (str, dict)):
+        raise ValueError("expected TYPE=FIRST_BYTE_S/TOTAL_S,... or a mapping")
+    try:
+        parse_class_deadlines(raw, 1.0, 1.0)
+    except ConfigError as exc:
+        raise ValueError(str(exc).removeprefix("class_deadlines: ")) from None
+    if isinstance(raw, str):
+        return raw.strip()
+    parts = []
+    for name, times in raw.items():
+        first, total = times.get("first_byte_s", ""), times.get("total_s", "")
+        parts.append(f"{str(name).upper()}={first}/{total}")
+    return ",".join(parts)
+
+
+def _header_name(value: str) -> None:
+    if not value.isascii() or any(ch in value for ch in " :\t\r\n"):
+        raise ValueError(f"{value!r} is not a header name")
 
 
 def _opt(name: str, kind: Kind, default: Any, meaning: str, example: str = "") -> Option:
@@ -116,8 +154,34 @@ OPTIONS: tuple[Option, ...] = (
     API_KEYS,
     API_KEYS_ENV,
     _opt("max_body_bytes", integer(1), 8 * 1024 * 1024, "largest request body; larger gets 413"),
+    _opt("max_json_depth", integer(1), 128, "deepest nesting of a request body; deeper gets 400"),
+    # the client side (the front door)
+    _opt("client_header_timeout_s", number(above=0), 60.0, "a request head must arrive within this (s; 408)"),
+    _opt("client_body_timeout_s", number(above=0), 60.0, "longest wait between two request body reads (s; 408)"),
+    _opt("client_keepalive_timeout_s", number(0.0), 5.0, "idle keep-alive client connection (s)"),
+    _opt("max_header_bytes", integer(1), 60 * 1024, "request line + headers; larger gets 431"),
+    _opt(
+        "max_client_connections",
+        integer(0),
+        0,
+        "open client connections; 0: (open-file limit - 64) / 2, since a request may need an upstream socket too",
+    ),
     _opt("connect_timeout_s", number(above=0), 5.0, "upstream connect timeout (s)"),
-    _opt("read_timeout_s", number(above=0), 600.0, "longest wait for the next upstream bytes (s)"),
+    _opt(
+        "read_timeout_s", number(above=0), 60.0, "longest wait for the next upstream bytes once an answer has begun (s)"
+    ),
+    _opt("first_byte_timeout_s", number(above=0), 60.0, "a stream's first event, from the request's arrival (s)"),
+    _opt("request_timeout_s", number(above=0), 300.0, "a whole request, retries included (s)"),
+    Option(
+        "class_deadlines",
+        custom("TYPE=FIRST_BYTE_S/TOTAL_S,... (YAML: a mapping)", _class_deadlines, metavar="TYPE=FB/TOTAL,..."),
+        "",
+        "per request type: SS=10/60,LL=/1800 (first byte / total s; an empty side keeps first_byte_timeout_s / "
+        "request_timeout_s), or in YAML {SS: {first_byte_s: 10, total_s: 60}}",
+        default_text="none",
+        example="SS=10/60,LL=/1800",
+    ),
+    _opt("max_response_bytes", integer(1), 64 * 1024 * 1024, "largest non-streamed answer buffered; larger gets 502"),
     _opt(
         "write_timeout_s",
         number(above=0),
@@ -141,7 +205,24 @@ OPTIONS: tuple[Option, ...] = (
     _opt("health_interval_s", number(above=0), 5.0, "active health probe period (s)"),
     _opt("health_timeout_s", number(above=0), 2.0, "health probe (and model discovery) timeout (s)"),
     _opt("eject_cooldown_s", number(0.0), 10.0, "how long an ejected instance is skipped (s)"),
-    _opt("eject_after_failures", integer(1), 3, "consecutive 5xx before an instance is ejected"),
+    _opt(
+        "eject_after_failures",
+        integer(1),
+        3,
+        "consecutive failures that are the instance's (5xx, closed unanswered, timeouts) before it is ejected",
+    ),
+    _opt(
+        "max_ejection_percent",
+        number(0.0, 100.0),
+        10.0,
+        "most of a pool ejected at once (the first ejection is always allowed)",
+    ),
+    _opt(
+        "panic_threshold_percent",
+        number(0.0, 100.0),
+        50.0,
+        "below this share of a pool routable, its other ready instances take what nothing routable can (0: off)",
+    ),
     _opt("retry_after_s", integer(0), 1, "Retry-After (s) of a 503"),
     _opt(
         "request_usage_in_stream",
@@ -168,4 +249,21 @@ OPTIONS: tuple[Option, ...] = (
     ),
     c.LOG_LEVEL,
     _opt("access_log", boolean(), False, "log every request (uvicorn access log)"),
+    Option(
+        "forward_headers",
+        listof(
+            text(nonempty=True, check=_header_name),
+            repeat=True,
+            label="header name, repeatable (environment and text: comma-separated)",
+        ),
+        (),
+        "request headers passed to backends besides the built-in allow-list (any case)",
+        flag="--forward-header",
+        default_text="none",
+        example="x-tenant",
+    ),
+    ADMIN_API_KEYS,
+    ADMIN_API_KEYS_ENV,
+    _opt("protect_metrics", boolean(), False, "/metrics needs a key (needs api_keys or admin_api_keys)"),
+    _opt("protect_dashboard", boolean(), True, "the dashboard needs a key when any key is configured"),
 )

@@ -1,9 +1,11 @@
 """The proxy endpoint (an ASGI app): read, validate, classify, pick an instance, forward, record.
 
-Retries: a connect error or a 5xx before any byte went to the client is retried once on another
-instance; never after. A client disconnect cancels the upstream request at once (the watcher
-below cancels the handler task, which closes the upstream response); the watcher starts once a
-request has lasted ``WATCH_AFTER_S``, so the many requests that finish sooner pay for a timer only.
+Retries: a connect error, a connection closed without an answer, or a 5xx before any byte went to the
+client is retried once on another instance; never after. Who is blamed (outlier detection): a connect
+error is always the instance's; a failure the second instance reproduces is the request's (the client
+gets it, nobody is blamed); a failure another instance did not repeat is the first one's. A client
+disconnect or the request's deadline cancels the upstream request at once (``guard.RequestGuard``
+cancels the handler task, which closes the upstream response).
 """
 
 from __future__ import annotations
@@ -14,37 +16,35 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from starlette.types import Receive, Scope, Send
 
 from wattgate.classifier.api import MaxTokensPredictor, Prediction, requested_max_tokens
-from wattgate.gateway.errors import ApiError, api_error_response, as_json_object, error_body
+from wattgate.gateway.errors import ApiError, api_error_response, as_json_object, error_body, upstream_error_body
+from wattgate.gateway.guard import CLIENT_GONE, FIRST_BYTE, RequestGuard
 from wattgate.gateway.http import (
     ClientGone,
     check_api_key,
     downstream_headers,
     header,
     read_body,
-    upstream_headers,
     validate,
 )
-from wattgate.gateway.routing import Instance, choose, expected_output_tokens, request_type
+from wattgate.gateway.routing import expected_output_tokens, request_type
+from wattgate.gateway.settings import Deadline
 from wattgate.gateway.sse import SseRelay
 from wattgate.gateway.state import GatewayState
-from wattgate.gateway.transport import FastTransport, Upstream, send_via_httpx
+from wattgate.gateway.transport import Upstream
+from wattgate.gateway.upstream import Job, connect, end, read_all
 from wattgate.planner.contract import Observation
-from wattgate.profiles.classes import RequestType
 
 log = logging.getLogger("wattgate.gateway.proxy")
 
-_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
 _FALLBACK = MaxTokensPredictor()
 _ID_PREFIX = secrets.token_hex(8)
 _ID_COUNTER = itertools.count(1)
-WATCH_AFTER_S = 0.05  # a request still running after this long gets a disconnect watcher
 _USAGE_OPTION = b'"stream_options":{"include_usage":true}'
 
 
@@ -53,65 +53,73 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-@dataclass
-class Job:
-    """One request on its way: what was decided for it and what was measured."""
-
-    request_id: str
-    endpoint: str
-    model: str
-    body: bytes
-    stream: bool
-    client_wants_usage: bool
-    prediction: Prediction | None
-    rtype: RequestType | None
-    work_tokens: int
-    t0: float
-    pool: str = "-"
-    instance: Instance | None = None
-    status: int = 0
-    ttft_s: float | None = None
-    tbt_s: float | None = None
-    usage: dict[str, Any] | None = None
-    events: int = 0
-
-
 class ProxyEndpoint:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: GatewayState = scope["app"].state.gateway
+        settings = state.settings
         t0 = time.perf_counter()
         request_id = scope.get("wattgate.request_id") or header(scope, b"x-request-id") or new_request_id()
         try:
-            check_api_key(scope, state.settings.api_keys)
-            raw = await read_body(scope, receive, state.settings.max_body_bytes)
+            check_api_key(scope, settings.api_keys)
+            raw = await read_body(scope, receive, settings.max_body_bytes, settings.client_body_timeout_s)
             job = self._prepare(state, raw, request_id, t0)
         except ClientGone:
+            state.metrics.request_done(self.endpoint, "-", 499)
             return
         except ApiError as exc:
             state.metrics.request_done(self.endpoint, "-", exc.status)
             raise
+        except Exception:  # a bug: counted, then the one handler answers 500 and logs it
+            state.metrics.request_done(self.endpoint, "-", 500)
+            raise
         me = asyncio.current_task()
-        watch = _DisconnectWatch(receive, me)
+        deadline = settings.deadline(job.rtype.name if job.rtype else None)
+        spent = time.perf_counter() - t0
+        guard = RequestGuard(
+            receive, me, deadline.first_byte_s - spent if job.stream else None, deadline.total_s - spent
+        )
         try:
-            await self._forward(state, scope, send, job, watch)
+            await self._forward(state, scope, send, job, guard)
         except ApiError as exc:
             job.status = exc.status
             raise
         except asyncio.CancelledError:
-            if me is None or not watch.fired:
+            if me is None or guard.reason is None:
                 raise
-            me.uncancel()  # our own watcher cancelled us: the client left
-            job.status = 499
-            log.info("client went away, upstream cancelled (request %s)", job.request_id)
+            me.uncancel()  # our own guard cancelled us
+            if guard.reason == CLIENT_GONE:
+                job.status = 499
+                log.info("client went away, upstream cancelled (request %s)", job.request_id)
+            else:
+                await self._deadline_passed(state, send, job, guard.reason, deadline)
         finally:
-            watch.close()
+            guard.close()
             self._finish(state, job)
 
+    @staticmethod
+    async def _deadline_passed(state: GatewayState, send: Send, job: Job, reason: str, deadline: Deadline) -> None:
+        """The request ran out of time: its instance is blamed; the client gets a 504, or, when its stream
+        had begun, an error event that ends it."""
+        state.metrics.deadlines.labels(reason).inc()
+        if job.instance is not None:
+            state.note_failure(job.instance, connect_error=False)
+        if reason == FIRST_BYTE:
+            where = job.instance.id if job.instance is not None else "-"
+            message = f"no answer from instance {where} within {deadline.first_byte_s:g} s"
+        else:
+            message = f"the request did not finish within its deadline of {deadline.total_s:g} s"
+        log.warning("%s (request %s)", message, job.request_id)
+        job.status = 504
+        if not job.started:
+            raise ApiError(504, message, type_="server_error", code="deadline_exceeded")
+        event = b"data: " + error_body(message, "server_error", None, "deadline_exceeded") + b"\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": False})
+
     def _prepare(self, state: GatewayState, raw: bytes, request_id: str, t0: float) -> Job:
-        doc = as_json_object(raw)
+        doc = as_json_object(raw, state.settings.max_json_depth)
         model = validate(doc, self.endpoint)
         if not any(i.serves(model) for i in state.instances.values()):
             unknown = state.models_unknown()
@@ -139,117 +147,40 @@ class ProxyEndpoint:
             )
         return Job(request_id, self.endpoint, model, raw, stream, wants_usage, prediction, rtype, work, t0)
 
-    async def _forward(self, state: GatewayState, scope: Scope, send: Send, job: Job, watch: _DisconnectWatch) -> None:
-        resp = await self._connect(state, scope, job)
+    async def _forward(self, state: GatewayState, scope: Scope, send: Send, job: Job, guard: RequestGuard) -> None:
+        resp = await connect(state, scope, job)
         try:
             ctype = resp.header(b"content-type")
             if job.stream and resp.status == 200 and ctype.startswith(b"text/event-stream"):
-                await self._relay_stream(resp, send, job, watch)
-            else:
-                body = await _read_all(resp)
-                job.ttft_s = time.perf_counter() - job.t0
-                if resp.status == 200 and ctype.startswith(b"application/json"):
-                    job.usage = _usage_of(body)
-                watch.finished = True
-                await send(_start(resp, job, extra=[(b"content-length", str(len(body)).encode())]))
-                await send({"type": "http.response.body", "body": body, "more_body": False})
+                await self._relay_stream(resp, send, job, guard)
+                return
+            body = await read_all(resp, state.settings.max_response_bytes)
+            job.ttft_s = time.perf_counter() - job.t0
+            extra = [(b"content-length", str(len(body)).encode())]
+            if resp.status >= 400:  # every error the client sees is an OpenAI error body, whatever the backend sent
+                body = upstream_error_body(resp.status, body)
+                extra = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+            elif resp.status == 200 and ctype.startswith(b"application/json"):
+                job.usage = _usage_of(body)
+            guard.finished = True
+            await send(_start(resp, job, extra=extra, replace_type=resp.status >= 400))
+            await send({"type": "http.response.body", "body": body, "more_body": False})
         finally:
             await resp.aclose()
 
-    async def _connect(self, state: GatewayState, scope: Scope, job: Job) -> Upstream:
-        """Send upstream, retrying once on another instance after a connect error or a 5xx."""
-        tried: set[str] = set()
-        last: Upstream | None = None
-        for attempt in range(2):
-            picked = choose(state.instances.values(), job.model, job.rtype, time.monotonic(), tried, state.routes)
-            if picked is None:
-                break
-            if last is not None:
-                await last.aclose()
-                last = None
-            if attempt:
-                state.metrics.retries.inc()
-            inst, pool = picked
-            tried.add(inst.id)
-            self._begin(state, job, inst, pool)
-            url = _url(inst.spec.base_url + _PATHS[job.endpoint])
-            headers = upstream_headers(scope, job.request_id, inst.spec.api_key)
-            if not attempt:
-                state.metrics.overhead.observe(time.perf_counter() - job.t0)
-            try:
-                transport = state.transport
-                assert transport is not None
-                if isinstance(transport, FastTransport):
-                    resp = await transport.post(url, headers, job.body, state.timeouts)
-                else:
-                    resp = await send_via_httpx(transport, url, headers, job.body, state.timeouts)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                log.warning("instance %s: %s (request %s)", inst.id, exc.__class__.__name__, job.request_id)
-                state.note_failure(inst, connect_error=not isinstance(exc, httpx.RemoteProtocolError))
-                self._end(state, job)
-                continue
-            except httpx.TimeoutException as exc:
-                state.note_failure(inst, connect_error=False)
-                raise ApiError(
-                    504, f"instance {inst.id} timed out", type_="server_error", code="upstream_timeout"
-                ) from exc
-            except httpx.HTTPError as exc:
-                state.note_failure(inst, connect_error=False)
-                raise ApiError(
-                    502,
-                    f"instance {inst.id} failed: {exc.__class__.__name__}",
-                    type_="server_error",
-                    code="upstream_error",
-                ) from exc
-            if resp.status >= 500:
-                state.note_failure(inst, connect_error=False)
-                last = resp
-                if attempt == 0:
-                    self._end(state, job)
-                continue
-            if resp.status < 400:
-                state.note_success(inst)
-            return resp
-        if last is not None:
-            return last  # the second 5xx goes to the client as the backend said it
-        raise _nothing_took_it(state, job, bool(tried))
-
-    @staticmethod
-    def _begin(state: GatewayState, job: Job, inst: Instance, pool: str) -> None:
-        job.instance, job.pool = inst, pool
-        inst.in_flight += 1
-        inst.outstanding_tokens += job.work_tokens
-        state.metrics.in_flight.labels(inst.id).set(inst.in_flight)
-        store = state.store
-        if store is not None and job.prediction is not None:
-            store.record_load(
-                job.rtype.name if job.rtype else pool,
-                time.time(),
-                job.prediction.input_tokens,
-                job.work_tokens - job.prediction.input_tokens,
-            )
-
-    @staticmethod
-    def _end(state: GatewayState, job: Job) -> None:
-        inst = job.instance
-        if inst is None:
-            return
-        inst.in_flight -= 1
-        inst.outstanding_tokens -= job.work_tokens
-        state.metrics.in_flight.labels(inst.id).set(inst.in_flight)
-        job.instance = None
-
-    async def _relay_stream(self, resp: Upstream, send: Send, job: Job, watch: _DisconnectWatch) -> None:
+    async def _relay_stream(self, resp: Upstream, send: Send, job: Job, guard: RequestGuard) -> None:
         relay = SseRelay(strip_usage=not job.client_wants_usage)
         await send(_start(resp, job, extra=[(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]))
+        job.started = True
         try:
             while chunk := await resp.next_chunk():
                 out = relay.feed(chunk)
                 if resp.ended:  # nothing more will come: these bytes go out with the end of the body
                     break
                 if out:
-                    if job.ttft_s is None:
+                    if job.ttft_s is None and relay.events:  # the first event (a comment is no answer yet)
                         job.ttft_s = time.perf_counter() - job.t0
+                        guard.first_event = True
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             else:
                 out = b""
@@ -262,12 +193,12 @@ class ProxyEndpoint:
         if tail and job.ttft_s is None:
             job.ttft_s = time.perf_counter() - job.t0
         job.usage, job.tbt_s, job.events = relay.usage, relay.tbt_s(), relay.events
-        watch.finished = True
+        guard.finished = True
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     def _finish(self, state: GatewayState, job: Job) -> None:
         inst = job.instance
-        self._end(state, job)
+        end(state, job)
         status = job.status or 500
         state.metrics.request_done(self.endpoint, job.pool, status)
         if job.ttft_s is not None and job.stream:
@@ -297,40 +228,12 @@ class ProxyEndpoint:
         )
 
 
-def _nothing_took_it(state: GatewayState, job: Job, tried: bool) -> ApiError:
-    if tried:
-        return ApiError(502, "no instance could be reached", type_="server_error", code="upstream_unreachable")
-    pool = job.rtype.name if job.rtype else "any"
-    state.metrics.no_capacity.labels(pool).inc()
-    return ApiError(
-        503,
-        f"no instance of model '{job.model}' can take this request now (pool {pool}); retry later",
-        type_="server_error",
-        code="no_capacity",
-        headers={"retry-after": str(state.settings.retry_after_s)},
-    )
-
-
-async def _read_all(resp: Upstream) -> bytes:
-    """The whole upstream body; nothing went to the client yet, so a failure is a clean 502/504."""
-    chunks = []
-    try:
-        while chunk := await resp.next_chunk():
-            chunks.append(chunk)
-    except httpx.TimeoutException as exc:
-        raise ApiError(504, "upstream timed out mid-response", type_="server_error", code="upstream_timeout") from exc
-    except httpx.HTTPError as exc:
-        name = exc.__class__.__name__
-        raise ApiError(
-            502, f"upstream failed mid-response: {name}", type_="server_error", code="upstream_error"
-        ) from exc
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _start(resp: Upstream, job: Job, extra: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+def _start(resp: Upstream, job: Job, extra: list[tuple[bytes, bytes]], replace_type: bool = False) -> dict[str, Any]:
     job.status = job.status or resp.status
     inst = job.instance
     headers = downstream_headers(resp.headers)
+    if replace_type:
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-type"]
     headers += [
         (b"x-request-id", job.request_id.encode("latin-1")),
         (b"x-wattgate-pool", job.pool.encode()),
@@ -352,17 +255,6 @@ def _predict(state: GatewayState, doc: dict[str, Any], endpoint: str) -> Predict
 
 
 _DECODER = json.JSONDecoder()
-_URLS: dict[str, httpx.URL] = {}
-
-
-def _url(text: str) -> httpx.URL:
-    """Parsed upstream URLs, cached: parsing one costs more than the rest of building the request."""
-    url = _URLS.get(text)
-    if url is None:
-        if len(_URLS) > 10_000:
-            _URLS.clear()
-        url = _URLS[text] = httpx.URL(text)
-    return url
 
 
 def _usage_of(body: bytes) -> dict[str, Any] | None:
@@ -377,41 +269,6 @@ def _usage_of(body: bytes) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return usage if isinstance(usage, dict) else None
-
-
-class _DisconnectWatch:
-    """Cancels the request's task when the client goes away before the response is finished.
-
-    The watcher task is started by a timer after ``WATCH_AFTER_S``: a request that ends sooner costs
-    one timer, not a task; one that lasts is watched from then on (a client that left earlier is
-    seen at once, since ``receive`` then answers ``http.disconnect`` immediately).
-    """
-
-    __slots__ = ("finished", "fired", "receive", "task", "timer", "watcher")
-
-    def __init__(self, receive: Receive, task: asyncio.Task[Any] | None) -> None:
-        self.receive, self.task = receive, task
-        self.finished = False  # the response is complete (or its last message is being sent)
-        self.fired = False  # we cancelled the task because the client left
-        self.watcher: asyncio.Task[None] | None = None
-        self.timer = task.get_loop().call_later(WATCH_AFTER_S, self._start) if task else None
-
-    def _start(self) -> None:
-        if not self.finished:
-            self.watcher = asyncio.ensure_future(self._watch())
-
-    async def _watch(self) -> None:
-        message = await self.receive()
-        if message["type"] == "http.disconnect" and self.task is not None and not self.finished:
-            self.fired = True
-            self.task.cancel()
-
-    def close(self) -> None:
-        self.finished = True
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.watcher is not None:
-            self.watcher.cancel()
 
 
 def _with_usage_option(raw: bytes, doc: dict[str, Any], options: dict[str, Any]) -> bytes:

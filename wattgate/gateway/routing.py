@@ -7,7 +7,8 @@ then request count, each divided by the instance's weight (its planned load rela
 mean, ``plan_weights``). A request type goes first to the pool(s) the planner's current plan sends it
 to (``Plan.serves``, made into ``Routes`` by ``plan_routes``); when there is no plan, or those pools
 have no instance that can take it (none ready, or all at their concurrency bound), the pools of
-``spill_chain`` are tried in order.
+``spill_chain`` are tried in order. When nothing routable can take it, pools in panic (too few of their
+instances routable) offer their ejected and probe-failing instances too (``choose``).
 """
 
 from __future__ import annotations
@@ -117,17 +118,37 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
     now: float,
     exclude: AbstractSet[str] = frozenset(),
     routes: Routes | None = None,
+    panic_below: float = 0.0,
 ) -> tuple[Instance, str] | None:
     """The instance to use and the pool it serves the request as, or None when nothing can take it.
 
     ``rtype`` None (embeddings) ignores pools. ``routes`` (from ``plan_routes``) puts the plan's pools
     for the type first; without it, or for a type it does not list, the spill chain alone is used.
+    Panic (``panic_below`` > 0, Envoy's healthy panic threshold): when no routable instance can take
+    it, a pool with fewer than that share of its ready instances routable offers its ejected and
+    probe-failing instances too, as Envoy routes to every host of a cluster in panic: ejections and
+    probes that wrongly condemn most of a pool must not refuse everyone.
     """
-    usable = [
+    ready = [i for i in instances if i.spec.ready and i.serves(model)]
+    usable = [i for i in ready if i.routable(now) and i.in_flight < i.spec.max_concurrency and i.id not in exclude]
+    picked = _pick(usable, rtype, routes)
+    if picked is not None or panic_below <= 0:
+        return picked
+    panicking = _panicking_pools(ready, now, panic_below)
+    if not panicking:
+        return None
+    spare = [
         i
-        for i in instances
-        if i.serves(model) and i.routable(now) and i.in_flight < i.spec.max_concurrency and i.id not in exclude
+        for i in ready
+        if i.spec.pool in panicking
+        and not i.routable(now)
+        and i.in_flight < i.spec.max_concurrency
+        and i.id not in exclude
     ]
+    return _pick(spare, rtype, routes)
+
+
+def _pick(usable: list[Instance], rtype: RequestType | None, routes: Routes | None) -> tuple[Instance, str] | None:
     if not usable:
         return None
     if rtype is None:
@@ -142,6 +163,16 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
     if generic:
         return min(generic, key=_load), rtype.name
     return None
+
+
+def _panicking_pools(ready: list[Instance], now: float, panic_below: float) -> set[str | None]:
+    """Pools (None: instances without one) whose routable share of ready instances is below ``panic_below``."""
+    counts: dict[str | None, list[int]] = {}
+    for i in ready:
+        cell = counts.setdefault(i.spec.pool, [0, 0])
+        cell[0] += i.routable(now)
+        cell[1] += 1
+    return {pool for pool, (routable, total) in counts.items() if routable < panic_below * total}
 
 
 def _load(i: Instance) -> tuple[float, float]:

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wattgate.gateway.errors import ConfigError
-from wattgate.profiles.classes import POOL_NAMES, ClassEdges
+from wattgate.profiles.classes import POOL_NAMES, ClassEdges, ProfilesError, RequestType
 from wattgate.settings.common import redact_url
 
 
@@ -33,6 +33,14 @@ class BackendSpec:
 
 
 @dataclass(frozen=True)
+class Deadline:
+    """How long one request may take: until its first byte (a stream's first event), and in all."""
+
+    first_byte_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -41,8 +49,19 @@ class GatewaySettings:
     redis_prefix: str = "wg"
     api_keys: frozenset[str] = frozenset()
     max_body_bytes: int = 8 * 1024 * 1024
+    max_json_depth: int = 128  # deeper request bodies get a 400 (Python's parser recurses)
+    # the client side (the front door); nginx: client_header_timeout, client_body_timeout 60 s
+    client_header_timeout_s: float = 60.0  # a connection's request head, from its first byte (or connect)
+    client_body_timeout_s: float = 60.0  # between two reads of a request body
+    client_keepalive_timeout_s: float = 5.0  # idle keep-alive connection
+    max_header_bytes: int = 60 * 1024  # request line + headers (Envoy max_request_headers_kb: 60); 431 above
+    max_client_connections: int = 0  # 0: (file limit - 64) / 2, since a request may need an upstream socket too
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 600.0
+    read_timeout_s: float = 60.0  # between upstream bytes once the answer has begun (nginx proxy_read_timeout)
+    first_byte_timeout_s: float = 60.0  # a stream's first event (non-streamed answers: request_timeout_s)
+    request_timeout_s: float = 300.0  # the whole request, retries included
+    class_deadlines: tuple[tuple[str, Deadline], ...] = ()  # request type -> its own deadline
+    max_response_bytes: int = 64 * 1024 * 1024  # a non-streamed answer is buffered: larger gets 502
     write_timeout_s: float = 30.0
     pool_timeout_s: float = 10.0
     max_connections: int = 2000
@@ -52,6 +71,8 @@ class GatewaySettings:
     health_timeout_s: float = 2.0
     eject_cooldown_s: float = 10.0
     eject_after_failures: int = 3
+    max_ejection_percent: float = 10.0  # of a pool's instances ejected at once; one may always be (Envoy)
+    panic_threshold_percent: float = 50.0  # below this share routable, a pool's other instances are used too
     retry_after_s: int = 1
     request_usage_in_stream: bool = True
     record_buffer: int = 10_000
@@ -63,6 +84,17 @@ class GatewaySettings:
     classifier_poll_s: float = 10.0  # how often to look for a newer classifier version in Redis
     log_level: str = "info"
     access_log: bool = False
+    forward_headers: tuple[str, ...] = ()  # request headers passed to backends besides the built-in list
+    admin_api_keys: frozenset[str] = frozenset()  # keys for /metrics and the dashboard (none: the client keys)
+    protect_metrics: bool = False  # /metrics needs a key (Prometheus convention: open)
+    protect_dashboard: bool = True  # /dashboard needs a key when any key is configured
+
+    def deadline(self, request_type: str | None) -> Deadline:
+        """The deadline of a request of ``request_type`` (None: embeddings): its class's, else the defaults."""
+        for name, deadline in self.class_deadlines:
+            if name == request_type:
+                return deadline
+        return Deadline(self.first_byte_timeout_s, self.request_timeout_s)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -74,12 +106,20 @@ def _validate(s: GatewaySettings) -> None:
     positive = (
         "max_body_bytes connect_timeout_s read_timeout_s write_timeout_s pool_timeout_s max_connections "
         "health_interval_s health_timeout_s record_buffer flush_interval_s registry_refresh_s redis_timeout_s "
-        "eject_after_failures classifier_poll_s"
+        "eject_after_failures classifier_poll_s max_json_depth client_header_timeout_s client_body_timeout_s "
+        "max_header_bytes first_byte_timeout_s request_timeout_s max_response_bytes"
     )
     for name in positive.split():
         if not getattr(s, name) > 0:
             raise ConfigError(f"{name} must be > 0, got {getattr(s, name)!r}")
-    for name in ("eject_cooldown_s", "retry_after_s", "max_keepalive_connections", "keepalive_expiry_s"):
+    for name in (
+        "eject_cooldown_s",
+        "retry_after_s",
+        "max_keepalive_connections",
+        "keepalive_expiry_s",
+        "client_keepalive_timeout_s",
+        "max_client_connections",
+    ):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(s, name)!r}")
     if s.redis_url is not None and urlsplit(s.redis_url).scheme not in {"redis", "rediss", "unix"}:
@@ -88,6 +128,14 @@ def _validate(s: GatewaySettings) -> None:
         raise ConfigError(f"classifier must be 'model' or 'max_tokens', got {s.classifier!r}")
     if s.log_level not in {"critical", "error", "warning", "info", "debug"}:
         raise ConfigError(f"log_level must be one of critical/error/warning/info/debug, got {s.log_level!r}")
+    for name in ("max_ejection_percent", "panic_threshold_percent"):
+        if not 0 <= getattr(s, name) <= 100:
+            raise ConfigError(f"{name} must be 0..100, got {getattr(s, name)!r}")
+    for name in s.forward_headers:
+        if not name or not name.isascii() or any(c in name for c in " :\t\r\n"):
+            raise ConfigError(f"forward_headers: {name!r} is not a header name")
+    if s.protect_metrics and not (s.api_keys or s.admin_api_keys):
+        raise ConfigError("protect_metrics needs api_keys or admin_api_keys")
     ids = [b.id for b in s.backends]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"backend ids must be unique, got {ids}")
@@ -147,19 +195,63 @@ def backend_from_mapping(raw: Mapping[str, Any], index: int) -> BackendSpec:
     )
 
 
-def from_values(v: Any, env: Mapping[str, str] | None = None) -> GatewaySettings:
-    """``GatewaySettings`` from the parsed options of ``wattgate gateway`` (``wattgate.settings``)."""
-    env = os.environ if env is None else env
-    keys = list(v.api_keys)
-    if v.api_keys_env:
-        value = env.get(v.api_keys_env)
+def parse_class_deadlines(value: Any, first_byte_s: float, total_s: float) -> tuple[tuple[str, Deadline], ...]:
+    """``SS=10/60,LL=/1800`` (first byte / total seconds; an empty side keeps the default) or, in YAML,
+    ``{SS: {first_byte_s: 10, total_s: 60}}``, into (request type, deadline) pairs."""
+    if isinstance(value, str):
+        pairs: dict[str, Any] = {}
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            name, sep, times = item.partition("=")
+            first, _, total = times.partition("/")
+            if not sep:
+                raise ConfigError(f"class_deadlines: {item!r} is not TYPE=FIRST_BYTE_S/TOTAL_S")
+            pairs[name] = {k: v for k, v in (("first_byte_s", first), ("total_s", total)) if v.strip()}
+        value = pairs
+    if not isinstance(value, Mapping):
+        raise ConfigError("class_deadlines: expected TYPE=FIRST_BYTE_S/TOTAL_S,... or a mapping")
+    out = []
+    for name, times in value.items():
+        try:
+            rtype = RequestType.parse(str(name)).name
+        except ProfilesError as exc:
+            raise ConfigError(f"class_deadlines: {exc}") from None
+        if not isinstance(times, Mapping) or set(times) - {"first_byte_s", "total_s"}:
+            raise ConfigError(f"class_deadlines.{rtype}: expected {{first_byte_s: S, total_s: S}}, got {times!r}")
+        try:
+            deadline = Deadline(float(times.get("first_byte_s", first_byte_s)), float(times.get("total_s", total_s)))
+        except (TypeError, ValueError):
+            raise ConfigError(f"class_deadlines.{rtype}: seconds must be numbers, got {times!r}") from None
+        if not (deadline.first_byte_s > 0 and deadline.total_s > 0):
+            raise ConfigError(f"class_deadlines.{rtype}: seconds must be > 0")
+        out.append((rtype, deadline))
+    return tuple(sorted(out))
+
+
+def _keys(v: Any, env: Mapping[str, str], name: str) -> frozenset[str]:
+    """The keys of option ``name`` plus the comma-separated keys in the variable ``<name>_env`` names (an unset
+    one is an error, never an open gateway)."""
+    keys = list(v[name])
+    var = v[f"{name}_env"]
+    if var:
+        value = env.get(var)
         if value is None:
-            raise ConfigError(f"api_keys_env: environment variable {v.api_keys_env} is not set")
+            raise ConfigError(f"{name}_env: environment variable {var} is not set")
         keys += [k.strip() for k in value.split(",") if k.strip()]
+    return frozenset(keys)
+
+
+def from_values(v: Any, env: Mapping[str, str] | None = None) -> GatewaySettings:
+    """``GatewaySettings`` from the parsed options of ``wattgate gateway`` (``gateway/options.py``)."""
+    env = os.environ if env is None else env
     names = {f.name for f in dataclasses.fields(GatewaySettings)}
     kwargs = {k: val for k, val in v.as_dict().items() if k in names}
     kwargs["edges"] = v.class_edges
-    kwargs["api_keys"] = frozenset(keys)
+    kwargs["api_keys"] = _keys(v, env, "api_keys")
+    kwargs["admin_api_keys"] = _keys(v, env, "admin_api_keys")
+    kwargs["forward_headers"] = tuple(h.lower() for h in v.forward_headers)
+    kwargs["class_deadlines"] = parse_class_deadlines(
+        v.class_deadlines or {}, v.first_byte_timeout_s, v.request_timeout_s
+    )
     return GatewaySettings(**kwargs)
 
 

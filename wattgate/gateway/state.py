@@ -18,6 +18,7 @@ from typing import Protocol
 import httpx
 
 from wattgate.classifier.api import MaxTokensPredictor, Predictor
+from wattgate.gateway.http import FORWARDED_REQUEST_HEADERS
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.gateway.routing import Instance, InstanceSpec, plan_routes, plan_weights
 from wattgate.gateway.settings import BackendSpec, GatewaySettings
@@ -87,11 +88,15 @@ class GatewayState:
     # the proxy sends through the client's transport directly: no cookie jar, auth or redirect layers,
     # which a proxy must not have anyway (a cookie from one user's response must never reach another's)
     transport: httpx.AsyncBaseTransport | None = None
-    timeouts: dict[str, float | None] = field(default_factory=dict)
+    timeouts: dict[str, float | None] = field(default_factory=dict)  # streams: the head within read_timeout_s
+    # non-streamed requests: the answer's head comes when the whole answer is ready, so only the request's
+    # deadline bounds the wait for it (``head``: None); read_timeout_s holds between the body's bytes
+    whole_timeouts: dict[str, float | None] = field(default_factory=dict)
     # request type -> pools to try, from the planner's current plan (empty: no plan, spill chain alone)
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     plan_version: int | None = None
     weights: dict[str, float] = field(default_factory=dict)  # instance id -> routing weight, from the plan
+    forward_headers: frozenset[bytes] = FORWARDED_REQUEST_HEADERS  # the client headers backends get
 
     @classmethod
     def build(cls, settings: GatewaySettings, predictor: Predictor | None = None) -> GatewayState:
@@ -113,6 +118,8 @@ class GatewayState:
         state = cls(settings, client, GatewayMetrics(), PredictorSlot(predictor or MaxTokensPredictor(settings.edges)))
         state.transport = transport
         state.timeouts = timeout.as_dict()
+        state.whole_timeouts = {**state.timeouts, "head": None}
+        state.forward_headers = FORWARDED_REQUEST_HEADERS | {h.encode("latin-1") for h in settings.forward_headers}
         for b in settings.backends:
             state.instances[b.id] = Instance(spec_from_backend(b))
         state.count_instances()
@@ -156,6 +163,7 @@ class GatewayState:
             elif inst.spec != spec:
                 if spec.ready and not inst.spec.ready:
                     inst.healthy = True  # the agent registers ready only once its own health wait passed
+                    inst.ejected_until, inst.consecutive_failures = 0.0, 0
                 inst.spec = spec
         for iid in [k for k, v in self.instances.items() if v.spec.source == "registry" and k not in seen]:
             log.info("instance %s disappeared", iid)
@@ -190,14 +198,36 @@ class GatewayState:
         for (source, routable), n in counts.items():
             self.metrics.instances.labels(source, routable).set(n)
 
-    # -- passive ejection -----------------------------------------------------------------------
+    # -- passive ejection (outlier detection) ---------------------------------------------------
     def note_failure(self, inst: Instance, connect_error: bool) -> None:
+        """A failure that is the instance's (the proxy does not call this for one a request reproduced on a
+        second instance). A connect error ejects at once, ``eject_after_failures`` in a row do too,
+        unless the ejection cap says no."""
         inst.consecutive_failures += 1
-        if connect_error or inst.consecutive_failures >= self.settings.eject_after_failures:
-            inst.ejected_until = time.monotonic() + self.settings.eject_cooldown_s
-            inst.consecutive_failures = 0
-            self.metrics.ejections.labels(inst.id).inc()
-            log.warning("instance %s ejected for %.1f s", inst.id, self.settings.eject_cooldown_s)
+        if not connect_error and inst.consecutive_failures < self.settings.eject_after_failures:
+            return
+        now = time.monotonic()
+        if now < inst.ejected_until:
+            return
+        inst.consecutive_failures = 0
+        if not self.may_eject(inst, now):
+            self.metrics.ejections_capped.labels(inst.id).inc()
+            log.warning(
+                "instance %s not ejected: %g%% of its pool is ejected already (max_ejection_percent)",
+                inst.id,
+                self.settings.max_ejection_percent,
+            )
+            return
+        inst.ejected_until = now + self.settings.eject_cooldown_s
+        self.metrics.ejections.labels(inst.id).inc()
+        log.warning("instance %s ejected for %.1f s", inst.id, self.settings.eject_cooldown_s)
+
+    def may_eject(self, inst: Instance, now: float) -> bool:
+        """Envoy's rule: the first ejection of a pool is always allowed; more only while the ejected stay
+        within ``max_ejection_percent`` of the pool's ready instances."""
+        pool = [i for i in self.instances.values() if i.spec.pool == inst.spec.pool and i.spec.ready]
+        ejected = sum(1 for i in pool if i is not inst and now < i.ejected_until)
+        return ejected == 0 or (ejected + 1) * 100 <= self.settings.max_ejection_percent * len(pool)
 
     @staticmethod
     def note_success(inst: Instance) -> None:
@@ -216,6 +246,9 @@ class GatewayState:
         if healthy != inst.healthy:
             log.warning("instance %s is %s", spec.id, "healthy again" if healthy else "failing its health probe")
         inst.healthy = healthy
+        if healthy and inst.ejected_until > time.monotonic():  # Envoy: successful_active_health_check_uneject_host
+            inst.ejected_until = 0.0
+            log.warning("instance %s passed its health probe: back from ejection", spec.id)
 
     async def _discover(self, inst: Instance) -> None:
         headers = {"authorization": f"Bearer {inst.spec.api_key}"} if inst.spec.api_key else {}

@@ -243,7 +243,10 @@ async def send_via_httpx(
     body: bytes,
     timeouts: dict[str, float | None],
 ) -> Upstream:
-    """A POST through any httpx transport, answered as an ``Upstream``."""
+    """A POST through any httpx transport, answered as an ``Upstream``. httpx has one read timeout for the
+    head and the body: a ``head`` timeout given (see ``FastTransport.post``) replaces it."""
+    if "head" in timeouts:
+        timeouts = {k: v for k, v in timeouts.items() if k != "head"} | {"read": timeouts["head"]}
     request = httpx.Request("POST", url, content=body, headers=headers, extensions={"timeout": timeouts})
     response = await transport.handle_async_request(request)
     return Upstream(response.status_code, response.headers.raw, _HttpxBody(response))
@@ -261,7 +264,8 @@ class FastTransport(httpx.AsyncBaseTransport):
     async def post(
         self, url: httpx.URL, headers: list[tuple[bytes, bytes]], body: bytes, timeouts: dict[str, float | None]
     ) -> Upstream:
-        """The proxy's path: POST ``body`` with ``headers`` (no host or length: added here), no httpx objects."""
+        """The proxy's path: POST ``body`` with ``headers`` (no host or length: added here), no httpx objects.
+        ``timeouts``: httpx's keys, and ``head`` (the wait for the answer's head; default ``read``)."""
         if url.scheme != "http":
             return await send_via_httpx(self.fallback, url, headers, body, timeouts)
         key = (url.host, url.port or 80)
@@ -281,26 +285,30 @@ class FastTransport(httpx.AsyncBaseTransport):
         return httpx.Response(up.status, headers=up.headers, stream=up.body, extensions={"http_version": b"HTTP/1.1"})
 
     async def _send(self, key: tuple[str, int], wire: bytes, timeouts: dict[str, float | None]) -> Upstream:
+        read_s = timeouts.get("read")
+        head_s = timeouts.get("head", read_s)
         conn, reused = self._idle(key), True
         if conn is None:
             conn, reused = await self._open(key, timeouts.get("connect")), False
         try:
-            return await self._exchange(key, conn, wire, timeouts.get("read"))
+            return await self._exchange(key, conn, wire, head_s, read_s)
         except httpx.RemoteProtocolError:
             if not reused:
                 raise
         # a kept-alive connection the server had closed: nothing was answered, so send it once more fresh
         conn = await self._open(key, timeouts.get("connect"))
-        return await self._exchange(key, conn, wire, timeouts.get("read"))
+        return await self._exchange(key, conn, wire, head_s, read_s)
 
-    async def _exchange(self, key: tuple[str, int], conn: _Conn, wire: bytes, read_s: float | None) -> Upstream:
+    async def _exchange(
+        self, key: tuple[str, int], conn: _Conn, wire: bytes, head_s: float | None, read_s: float | None
+    ) -> Upstream:
         try:
             assert conn.transport is not None
             conn.transport.write(wire)
             while not conn.head_done:
                 if conn.error is not None:
                     raise conn.error
-                await conn.wait(read_s)
+                await conn.wait(head_s)
         except BaseException:
             conn.close()
             raise

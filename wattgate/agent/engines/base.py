@@ -18,6 +18,7 @@ class EngineError(AgentError):
 class EngineKind(enum.StrEnum):
     VLLM = "vllm"
     TGI = "tgi"
+    LLAMA_CPP = "llama.cpp"
     SIMULATED = "simulated"
     EXTERNAL = "external"
 
@@ -70,6 +71,10 @@ class Engine(Protocol):
 
     def healthy(self) -> bool: ...
 
+    def exit_reason(self) -> str:
+        """Why the process ended (exit status, the last error lines of its log), for the heartbeat."""
+        ...
+
     def in_flight(self) -> int | None:
         """Requests running plus waiting, from the engine's /metrics; None when unknown."""
         ...
@@ -99,6 +104,7 @@ IN_FLIGHT_METRICS = {
     EngineKind.SIMULATED: ("vllm:num_requests_running", "vllm:num_requests_waiting"),
     EngineKind.EXTERNAL: ("vllm:num_requests_running", "vllm:num_requests_waiting"),
     EngineKind.TGI: ("tgi_batch_current_size", "tgi_queue_size"),
+    EngineKind.LLAMA_CPP: ("llamacpp:requests_processing", "llamacpp:requests_deferred"),  # needs --metrics
 }
 
 

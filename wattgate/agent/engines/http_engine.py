@@ -46,6 +46,9 @@ class HttpEngine:
     def running(self) -> bool:
         raise NotImplementedError
 
+    def exit_reason(self) -> str:
+        return "exited"
+
     def healthy(self) -> bool:
         """Running, and the first health path the server has (not 404) answers 200."""
         if not self.running():

@@ -19,6 +19,7 @@ class EngineOptions:
     cuda_devices_by: str = "uuid"  # uuid | index: how CUDA_VISIBLE_DEVICES names the GPUs
     sleep_mode: bool = False  # vLLM: --enable-sleep-mode; scale-down sleeps instead of stopping
     stop_grace_s: float = 30.0
+    model_file: Path | None = None  # llama.cpp: the GGUF file (served under the instance's model name)
     # simulated engine only
     profile: str = ""
     gpu_state_dir: Path | None = None
@@ -28,6 +29,7 @@ class EngineOptions:
 
 def make_engine(options: EngineOptions, spec: EngineSpec) -> Engine:
     from wattgate.agent.engines.external import ExternalEngine  # noqa: PLC0415 (avoid import cycles)
+    from wattgate.agent.engines.llamacpp import LlamaCppEngine  # noqa: PLC0415
     from wattgate.agent.engines.simulated import SimulatedEngine  # noqa: PLC0415
     from wattgate.agent.engines.tgi import TgiEngine  # noqa: PLC0415
     from wattgate.agent.engines.vllm import VllmEngine  # noqa: PLC0415
@@ -36,6 +38,8 @@ def make_engine(options: EngineOptions, spec: EngineSpec) -> Engine:
         return VllmEngine(spec, options)
     if options.kind is EngineKind.TGI:
         return TgiEngine(spec, options)
+    if options.kind is EngineKind.LLAMA_CPP:
+        return LlamaCppEngine(spec, options)
     if options.kind is EngineKind.SIMULATED:
         return SimulatedEngine(spec, options)
     return ExternalEngine(spec)

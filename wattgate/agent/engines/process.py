@@ -1,4 +1,4 @@
-"""Process supervision shared by the managed engines (vLLM, TGI, simulated): launch in its own
+"""Process supervision shared by the managed engines (vLLM, TGI, llama.cpp, simulated): launch in its own
 process group, health over HTTP, drain by watching /metrics, SIGTERM then SIGKILL, adopt a
 process a previous agent left running."""
 
@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from wattgate.agent.engines.base import EngineError, EngineKind, EngineSpec
 from wattgate.agent.engines.http_engine import HttpEngine
 from wattgate.agent.engines.options import EngineOptions
 
 log = logging.getLogger(__name__)
+_ERROR_WORDS = re.compile(r"error|fail|fatal|exception|cannot|can't|unable|no such|invalid|traceback", re.IGNORECASE)
 
 
 class ProcessEngine(HttpEngine):
@@ -95,6 +98,19 @@ class ProcessEngine(HttpEngine):
     def exit_code(self) -> int | None:
         return self._proc.poll() if self._proc is not None else None
 
+    def exit_reason(self) -> str:
+        """Why the process ended, in a line: its exit status and the error lines at the end of its log
+        (e.g. llama-server's ``failed to open GGUF file``), so the heartbeat can say it."""
+        code = self.exit_code()
+        if code is not None and code < 0:
+            status = f"killed by {signal.Signals(-code).name}"
+        else:
+            status = f"exit status {code}" if code is not None else "exited"
+        lines = _log_tail(self._log_dir / f"{self._spec.instance_id}.log")
+        errors = [line for line in lines if _ERROR_WORDS.search(line)]
+        picked = errors[-2:] if errors or (code is not None and code < 0) else lines[-1:]
+        return f"{status}: {' | '.join(picked)}" if picked else status
+
     def drain(self, timeout_s: float) -> bool:
         """Wait until no request is in flight or ``timeout_s`` passes. True when drained."""
         deadline = time.monotonic() + timeout_s
@@ -148,3 +164,17 @@ class ProcessEngine(HttpEngine):
             return
         except PermissionError:
             os.kill(pid, sig)
+
+
+def _log_tail(path: Path, max_bytes: int = 4096) -> list[str]:
+    """The non-empty lines of the last ``max_bytes`` of a log file (none if it cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            start = max(0, f.seek(0, os.SEEK_END) - max_bytes)
+            f.seek(start)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    if start:
+        lines = lines[1:]  # the first may be cut
+    return [" ".join(line.split())[:300] for line in lines if line.strip()]
