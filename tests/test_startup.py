@@ -204,7 +204,7 @@ def test_a_model_whose_only_backends_are_down_gets_503_with_retry_after(
         r = httpx.post(
             f"{url}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}
         )
-        assert r.status_code == 503, (model, r.text)
+        assert r.status_code == 503, (model, r.text)  # tried in panic (probe-failing), refused, or unknown models
         assert r.headers["retry-after"] == "7"
         assert r.json()["error"]["type"] == "server_error"
     with pytest.raises(openai.InternalServerError):
