@@ -197,18 +197,18 @@ def test_a_model_whose_only_backends_are_down_gets_503_with_retry_after(
     two_backends_one_down: tuple[str, int, str],
 ) -> None:
     url, _, log = two_backends_one_down
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
-    ok = client.chat.completions.create(model="up", messages=[{"role": "user", "content": "hi"}])
-    assert ok.choices[0].message.content
-    for model in ("gone", "served-by-the-dead-one-maybe"):
-        r = httpx.post(
-            f"{url}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}
-        )
-        assert r.status_code == 503, (model, r.text)  # tried in panic (probe-failing), refused, or unknown models
-        assert r.headers["retry-after"] == "7"
-        assert r.json()["error"]["type"] == "server_error"
-    with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="gone", messages=[{"role": "user", "content": "hi"}])
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0) as client:
+        ok = client.chat.completions.create(model="up", messages=[{"role": "user", "content": "hi"}])
+        assert ok.choices[0].message.content
+        for model in ("gone", "served-by-the-dead-one-maybe"):
+            r = httpx.post(
+                f"{url}/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            )
+            assert r.status_code == 503, (model, r.text)  # tried in panic (probe-failing), refused, or models unknown
+            assert r.headers["retry-after"] == "7"
+            assert r.json()["error"]["type"] == "server_error"
+        with pytest.raises(openai.InternalServerError):
+            client.chat.completions.create(model="gone", messages=[{"role": "user", "content": "hi"}])
     text = wait_for(lambda: Path(log).read_text() if "gateway ready" in Path(log).read_text() else None, "ready line")
     assert "1 of 3 static backend(s) reachable; not answering: static-2" in text
 
@@ -246,11 +246,14 @@ def test_api_keys_env_from_the_environment_turns_key_checks_on() -> None:
         try:
             wait_port(port, timeout_s=60)
             base = f"http://127.0.0.1:{port}/v1"
-            with pytest.raises(openai.AuthenticationError):
-                openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+            with (
+                openai.OpenAI(base_url=base, api_key="wrong", max_retries=0) as wrong,
+                pytest.raises(openai.AuthenticationError),
+            ):
+                wrong.models.list()
             assert httpx.get(f"{base}/models").status_code == 401
-            models = openai.OpenAI(base_url=base, api_key="k2", max_retries=0).models.list()
-            assert [m.id for m in models] == ["m"]
+            with openai.OpenAI(base_url=base, api_key="k2", max_retries=0) as right:
+                assert [m.id for m in right.models.list()] == ["m"]
         finally:
             stop_process(proc, timeout_s=20)
     code, out, _ = _run(["gateway", "--backend", "http://127.0.0.1:9"], {"WATTGATE_API_KEYS_ENV": "NOT_SET_ANYWHERE"})
