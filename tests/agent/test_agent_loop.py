@@ -73,7 +73,9 @@ def records(r: redis.Redis) -> dict[str, InstanceRecord]:
     return {k: InstanceRecord.from_json(v) for k, v in r.hgetall(KEYS.instances).items()}
 
 
-def test_scale_down_drains_before_stopping(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+def test_scale_down_drains_before_stopping(
+    tmp_path: Path, redis_url: str, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     gpus = [FakeGpu(0), FakeGpu(1)]
     agent = build(tmp_path, redis_url, gpus)
     r.set(KEYS.plan, plan(1, ("a", "SS", [0]), ("b", "SM", [1])).to_json())
@@ -120,6 +122,8 @@ def test_scale_down_drains_before_stopping(tmp_path: Path, redis_url: str, r: re
     finally:
         agent.shutdown()
     assert records(r) == {} and gpus[0].locked is None
+    # Redis was up throughout: the registry writer never said it was away, or back
+    assert [m.getMessage() for m in caplog.records if m.name == "wattgate.agent.actuator" and "redis" in m.msg] == []
 
 
 def test_clock_loop_follows_the_pool_load(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
@@ -203,3 +207,46 @@ def test_redis_down_keeps_serving_and_reregisters(tmp_path: Path) -> None:
         agent.shutdown()
         client.close()
         server.stop()
+
+
+def test_until_a_plan_is_seen_nothing_is_started_or_stopped(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
+    """A restarted agent adopts the engine its predecessor left running; with no plan in Redis (the planner has
+    not published yet, or its key expired) it must keep that engine serving, not stop it for an empty plan."""
+    gpus = [FakeGpu(0), FakeGpu(1)]
+    first = build(tmp_path, redis_url, gpus)
+    r.set(KEYS.plan, plan(1, ("a", "SS", [0])).to_json())
+    first.tick()
+    engine = first.act.instances["a"].engine
+    pid = engine.pid
+    assert pid is not None and records(r)["a"].state == "ready"
+    r.delete(KEYS.plan)  # the first agent dies without cleaning up; the plan is gone too
+    # the engine is this test's child: reap it when it exits, as init would for a dead agent's engine
+    threading.Thread(target=engine._proc.wait, daemon=True).start()  # type: ignore[attr-defined]
+    second = build(tmp_path, redis_url, gpus)
+    try:
+        assert second.act.adopt() == ["a"]
+        for _ in range(3):
+            second.tick()
+        assert second.plan is None and set(second.act.instances) == {"a"}
+        assert second.act.instances["a"].engine.pid == pid and second.act.instances["a"].engine.healthy()
+        assert records(r)["a"].state == "ready"
+        r.set(KEYS.plan, plan(2).to_json())  # a plan at last, with nothing for this node: now it stops
+        second.tick()
+        assert second.act.instances == {} and records(r) == {}
+    finally:
+        second.shutdown()
+        engine.terminate()  # already stopped by the second agent: only reaps and forgets it
+        engine.close()
+
+
+def test_heartbeat_and_telemetry_expire_15_s_after_the_last_publish(
+    tmp_path: Path, redis_url: str, r: redis.Redis
+) -> None:
+    agent = build(tmp_path, redis_url, [FakeGpu(0)])
+    try:
+        agent.publish()
+        for key in (KEYS.heartbeat("n1"), KEYS.telemetry("n1")):
+            ttl_ms = r.pttl(key)
+            assert 14_000 < ttl_ms <= 15_000, (key, ttl_ms)  # set just now with a 15 s TTL
+    finally:
+        agent.shutdown()

@@ -159,3 +159,22 @@ def test_sigkill_then_restart_resets_clocks_and_adopts_engine(env, fake_nvml_dir
     with pytest.raises(ProcessLookupError):
         wait_for(lambda: os.kill(engine_pid, 0) is not None, "engine gone", timeout_s=5)
     assert "previous agent left it locked" in second.output()
+
+
+def test_gpu_indices_limits_the_agent_to_those_gpus(env, fake_nvml_dir: Path, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    """Four GPUs on the host, ``--gpu-indices 1,3``: the heartbeat counts two, telemetry lists GPUs 1 and 3, an
+    instance planned on GPU 1 locks GPU 1 only, and GPUs 0 and 2 are never touched."""
+    state, tmp, r = env
+    write_state(state, gpus=4)
+    publish_plan(r, 1, 1200, [1])
+    agent = AgentProc(fake_nvml_dir, state, tmp, redis_url, "--gpu-indices", "1,3")
+    try:
+        hb = wait_for(lambda: heartbeat(r), "heartbeat")
+        assert isinstance(hb, Heartbeat) and hb.gpu_count == 2
+        tel = wait_for(lambda: json.loads(r.get(KEYS.telemetry("n1")) or "null"), "telemetry")
+        assert [g["index"] for g in tel["gpus"]] == [1, 3]
+        wait_for(lambda: (x := record(r)) is not None and x.ready, "instance ready on GPU 1")
+        assert locked_clocks(state) == {0: 0, 1: 1200, 2: 0, 3: 0}
+    finally:
+        assert agent.stop(signal.SIGTERM) == 0, agent.output()
+    assert locked_clocks(state) == {0: 0, 1: 0, 2: 0, 3: 0}

@@ -23,3 +23,19 @@ def shifted_requests(n: int, seed: int = 0) -> list[tuple[dict[str, Any], int]]:
             tokens = rng.randint(10, 60)
         out.append(({"model": "m", "messages": [{"role": "user", "content": text}]}, tokens))
     return out
+
+
+LONG_TOPICS = TOPICS[:5]
+
+
+def topic_requests(n: int, seed: int = 0) -> list[tuple[dict[str, Any], int]]:
+    """(chat body, output tokens) where only the topic word decides the length: the first five topics get
+    ~600 tokens, the others ~30, all from one template (so every engineered feature is the same)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        topic = rng.choice(TOPICS)
+        tokens = rng.randint(450, 800) if topic in LONG_TOPICS else rng.randint(10, 60)
+        text = f"Tell me about {topic}."
+        out.append(({"model": "m", "messages": [{"role": "user", "content": text}]}, tokens))
+    return out

@@ -1,47 +1,92 @@
 from __future__ import annotations
 
-from tests.classifier.shifted import shifted_requests
-from wattgate.classifier.adapt import AdaptSettings, adapt, load_base
+import random
+
+import numpy as np
+
+from tests.classifier.shifted import TOPICS, shifted_requests, topic_requests
+from wattgate.classifier.adapt import AdaptSettings, adapt
+from wattgate.classifier.evaluate import load_base
 from wattgate.classifier.features import Sample
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
 from wattgate.profiles.classes import ClassEdges
 
-FAST = AdaptSettings(base_limit=3000)
 
-
-def _samples(n: int) -> list[Sample]:
+def _samples(requests: list[tuple[dict, int]], model: str = "m", slots: bool = True) -> list[Sample]:
     predictor = ModelPredictor.shipped()
-    return [
-        Sample(predictor.features(body, "chat")[1], tokens, float(i))
-        for i, (body, tokens) in enumerate(shifted_requests(n))
-    ]
+    out = []
+    for i, (body, tokens) in enumerate(requests):
+        pred = predictor.predict({**body, "model": model}, "chat")
+        out.append(Sample(pred.features, tokens, float(i), model, list(pred.text_slots) if slots else None))
+    return out
 
 
 def test_adaptation_learns_a_shifted_distribution() -> None:
     model = load_shipped_model()
-    result = adapt(model, load_base(model), _samples(300), ClassEdges(), settings=FAST)
+    result = adapt(model, _samples(shifted_requests(300)), ClassEdges())
     assert result.accepted, result.reason
-    assert result.n_holdout == 60
-    assert result.new is not None and result.candidate is not None
-    assert result.current.accuracy < 0.5
-    assert result.new.accuracy > 0.9
+    (outcome,) = result.models
+    assert outcome.name == "m" and outcome.n_holdout == 60 and outcome.text_slots
+    assert outcome.new is not None and result.candidate is not None
+    assert outcome.current.accuracy < 0.5
+    assert outcome.new.accuracy > 0.9
     assert result.candidate.version == model.version + 1
-    assert result.candidate.doc["text"] == model.doc["text"]  # the text part is not refitted (no text is stored)
+    # the shipped parts stay as they are: what one served model taught never reaches another
+    assert result.candidate.doc["text"] == model.doc["text"] and result.candidate.doc["head"] == model.doc["head"]
+    assert set(result.candidate.served) == {"m"}
+
+
+def test_text_slots_teach_what_the_features_cannot() -> None:
+    """Answers whose length depends only on the topic word: the same template, so the same features."""
+    requests = topic_requests(400)
+    with_slots = adapt(load_shipped_model(), _samples(requests), ClassEdges())
+    without = adapt(load_shipped_model(), _samples(requests, slots=False), ClassEdges())
+    (a,), (b,) = with_slots.models, without.models
+    assert a.new is not None and b.new is not None
+    assert a.new.balanced_accuracy > 0.95, a.reason
+    # the features (the shipped text logits among them) tell the topics apart only in part
+    assert a.new.log_loss is not None and b.new.log_loss is not None and a.new.log_loss < b.new.log_loss / 3
+    assert a.text_slots and not b.text_slots
+
+
+def test_served_models_are_learnt_apart() -> None:
+    """Two served models behind one gateway answer the same prompts at opposite lengths."""
+    rng = random.Random(5)
+    essays = [({"messages": [{"role": "user", "content": f"Write an essay about {t}."}]}, 0) for t in TOPICS * 30]
+    rng.shuffle(essays)
+    verbose = [(body, rng.randint(500, 900)) for body, _ in essays]
+    terse = [(body, rng.randint(5, 60)) for body, _ in essays]
+    samples = _samples(verbose, "verbose") + _samples(terse, "terse")
+    result = adapt(load_shipped_model(), samples, ClassEdges())
+    assert result.candidate is not None and set(result.candidate.served) == {"verbose", "terse"}, result.reason
+    predictor = ModelPredictor(result.candidate)
+    body = {"messages": [{"role": "user", "content": "Write an essay about jazz."}]}
+    long_ = predictor.predict({**body, "model": "verbose"}, "chat")
+    short = predictor.predict({**body, "model": "terse"}, "chat")
+    other = predictor.predict({**body, "model": "unknown"}, "chat")
+    assert long_.output_probs[2] > 0.9 and short.output_probs[0] > 0.9
+    assert long_.method.endswith("+verbose") and other.method == "model:v2"
+    # expected output tokens are this served model's own: within 15% of the answers' mean
+    assert abs((long_.expected_output_tokens or 0) / 700 - 1) < 0.15
+    assert (short.expected_output_tokens or 0) < 60
 
 
 def test_no_swap_without_enough_observations() -> None:
     model = load_shipped_model()
-    result = adapt(model, load_base(model), _samples(20), ClassEdges(), settings=FAST)
+    result = adapt(model, _samples(shifted_requests(20)), ClassEdges())
     assert not result.accepted and result.candidate is None
+    assert result.skipped == {"m": 20}
     assert "too few observations" in result.reason
 
 
-def test_no_swap_when_observations_look_like_the_base_data() -> None:
+def test_no_swap_when_the_served_model_answers_like_the_base_data() -> None:
+    """Observations that the shipped model already predicts well teach nothing: the profile is refused."""
     model = load_shipped_model()
-    base = load_base(model)
+    x, out = load_base(model)
+    rows = np.random.default_rng(0).choice(len(out), 400, replace=False)
     samples = [
-        Sample(dict(zip(model.feature_names, map(float, row), strict=True)), int(out), float(i))
-        for i, (row, out) in enumerate(zip(base.x[-200:], base.output_tokens[-200:], strict=True))
+        Sample(dict(zip(model.feature_names, map(float, x[r]), strict=True)), int(out[r]), float(i), "m", None)
+        for i, r in enumerate(rows)
     ]
-    result = adapt(model, base, samples, ClassEdges(), settings=AdaptSettings(base_limit=3000, min_gain=0.05))
+    result = adapt(model, samples, ClassEdges(), settings=AdaptSettings(min_gain=0.02))
     assert not result.accepted, result.reason

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.classifier.shifted import shifted_requests
+from tests.classifier.shifted import shifted_requests, topic_requests
 from wattgate.cli import main
 
 
@@ -29,12 +29,32 @@ def test_eval_json_with_adaptation(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["classifier", "eval", "--data", str(data), "--json", "--adapt-fraction", "0.5"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n_eval"] == 150 and report["source"] == "measured"
-    before = report["results"]["model (before adaptation)"]
-    after = report["results"]["model (after adaptation)"]
-    assert report["adaptation"]["accepted"]
+    before = report["results"]["model, zero-shot"]
+    after = report["results"]["model, adapted"]
+    adaptation = report["adaptation"]
+    # the path a deployment takes: observations in Redis, retrain, a published version the watcher loads
+    assert adaptation["accepted"] and adaptation["published"] == 2 and adaptation["observations"] == 150
     assert after["accuracy"] > before["accuracy"] + 0.3
     assert sum(map(sum, after["confusion"])) == 150
     assert set(report["results"]) >= {"majority class", "input length only"}
+    tokens = report["expected_tokens"]
+    assert abs(tokens["model, adapted"]["sum_bias"]) < abs(tokens["model, zero-shot"]["sum_bias"])
+    assert tokens["model, adapted"]["mae_tokens"] < tokens["model, zero-shot"]["mae_tokens"]
+
+
+def test_eval_without_text_slots_learns_less(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--no-text-slots`` measures a deployment whose gateways keep no slots (classifier_text_slots: false)."""
+    path = tmp_path / "topics.jsonl"
+    with path.open("w") as f:
+        for body, tokens in topic_requests(400, seed=4):
+            f.write(json.dumps({**body, "output_tokens": tokens}) + "\n")
+    scores = {}
+    for flag in ([], ["--no-text-slots"]):
+        assert main(["classifier", "eval", "--data", str(path), "--json", "--adapt-fraction", "0.5", *flag]) == 0
+        report = json.loads(capsys.readouterr().out)
+        scores[bool(flag)] = report["results"]["model, adapted"]["log_loss"]
+        assert report["adaptation"]["models"][0]["text_slots"] is not bool(flag)
+    assert scores[False] < scores[True] / 2
 
 
 @pytest.mark.parametrize(

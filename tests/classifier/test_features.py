@@ -97,3 +97,57 @@ def test_sampled_counts_are_scaled_and_calibrated() -> None:
     assert len(ext.ngram_ids) == min(
         NGRAM_HEAD_TOKENS, len(counter("cl100k_base").encode(long_prompt[:DEFAULT_SAMPLE_CHARS]))
     )
+
+
+def _feats(content: str, **body: object) -> dict[str, float]:
+    return FeatureExtractor().extract({"messages": [{"role": "user", "content": content}], **body}, "chat").features
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens", "upper", "items"),
+    [
+        ("Explain it in 3 sentences.", 66, 0, 0),
+        ("Write a 500-word blog post about tea.", 650, 0, 0),
+        ("Summarize this in no more than 50 words: ...", 65, 1, 0),
+        ("Answer in under 100 words please", 130, 1, 0),
+        ("List 10 ideas for a birthday party", 300, 0, 10),
+        ("give me five examples of irony", 150, 0, 5),
+        ("Write two paragraphs on bees", 180, 0, 0),
+        ("Describe it in a single sentence", 22, 0, 0),
+        ("Write a story about a dragon", 0, 0, 0),  # "write a" alone asks for no length
+        ("What is 2 + 2?", 0, 0, 0),
+    ],
+)
+def test_explicit_length_instructions(text: str, tokens: float, upper: float, items: float) -> None:
+    f = _feats(text)
+    assert f["log_req_tokens"] == pytest.approx(math.log1p(tokens), abs=0.02)
+    assert (f["req_upper_bound"], f["req_items"]) == (upper, items)
+
+
+def test_reasoning_thinking_tools_and_schema_flags() -> None:
+    assert _feats("hi")["reasoning_level"] == 0.0
+    assert _feats("hi", reasoning_effort="high")["reasoning_level"] == 3.0
+    assert _feats("hi", reasoning={"effort": "low"})["reasoning_level"] == 1.0
+    thinking = _feats("hi", thinking={"type": "enabled", "budget_tokens": 4000})
+    assert thinking["reasoning_level"] == 2.0 and thinking["log_thinking_budget"] == pytest.approx(math.log1p(4000))
+    assert _feats("hi", chat_template_kwargs={"enable_thinking": True})["reasoning_level"] == 2.0
+    assert _feats("hi", tool_choice="required")["tool_choice_required"] == 1.0
+    assert _feats("hi", tool_choice={"type": "function", "function": {"name": "f"}})["tool_choice_required"] == 1.0
+    assert _feats("hi", tool_choice="auto")["tool_choice_required"] == 0.0
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}
+    assert _feats("hi", response_format=schema)["response_format_schema"] == 1.0
+    tool_turn = {
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": "", "tool_calls": []},
+            {"role": "tool", "content": '{"t": 21}'},
+        ]
+    }
+    assert FeatureExtractor().extract(tool_turn, "chat").features["last_is_tool_result"] == 1.0
+
+
+def test_code_and_non_ascii_ratios() -> None:
+    code = _feats("def f(x):\n    return {x: [x_1 for x_1 in range(x)]};")
+    prose = _feats(PROSE)
+    assert code["code_char_ratio"] > 0.15 > prose["code_char_ratio"] == 0.0
+    assert _feats("Объясни, пожалуйста")["non_ascii_ratio"] > 0.8 and prose["non_ascii_ratio"] == 0.0

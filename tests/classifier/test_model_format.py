@@ -7,9 +7,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from wattgate.classifier.adapt import AdaptSettings, adapt
 from wattgate.classifier.errors import ModelFormatError
+from wattgate.classifier.features import Sample
 from wattgate.classifier.model import ClassifierModel, encode_array, load_model, parse_model, sign
 from wattgate.classifier.predictor import MODEL_FILE, data_path, load_shipped_model
+from wattgate.classifier.train import with_served
+from wattgate.profiles.classes import ClassEdges
 
 
 def test_exported_trees_score_like_sklearn(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
@@ -52,7 +56,8 @@ def test_valid_checksum_cannot_smuggle_an_out_of_range_index(tiny: tuple[Classif
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format_version": 2}, "format version"),
+        ({"format_version": 3}, "format version"),
+        ({"format_version": 1}, "unexpected fields"),  # a format-1 document has no length or served sections
         ({"format": "pickle"}, "not a wattgate classifier model"),
         ({"extra": 1}, "unexpected fields"),
     ],
@@ -78,3 +83,52 @@ def test_shipped_model_is_small_versioned_and_valid() -> None:
     model = load_shipped_model()
     assert model.version >= 1
     assert (model.output_short_max, model.output_medium_max) == (94, 371)
+
+
+def _profile_doc(model: ClassifierModel) -> dict[str, Any]:
+    samples = [
+        Sample({n: float(i % 7) for n in model.feature_names}, 20 if i % 2 else 600, float(i), "srv", [i % 50, 60])
+        for i in range(200)
+    ]
+    result = adapt(model, samples, ClassEdges(), settings=AdaptSettings(min_gain=-1.0))
+    assert result.candidate is not None, result.reason
+    return json.loads(result.candidate.to_json())
+
+
+def test_served_profiles_round_trip_and_are_validated(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
+    doc = _profile_doc(tiny[0])
+    again = parse_model(json.dumps(doc))
+    profile = again.served["srv"]
+    assert profile.text_delta is not None and profile.observations == 200
+    assert set(doc) >= {"length", "served"} and doc["format_version"] == 2
+    bad = json.loads(json.dumps(doc))
+    bad["served"]["srv"]["features"]["names"][0] = "no_such_feature"
+    with pytest.raises(ModelFormatError, match="unknown feature names"):
+        parse_model(sign(bad))
+    bad = json.loads(json.dumps(doc))
+    bad["served"]["srv"]["features"]["scale"][0] = 0.0
+    with pytest.raises(ModelFormatError, match="scale must be positive"):
+        parse_model(sign(bad))
+    bad = json.loads(json.dumps(doc))
+    bad["served"]["srv"]["length"]["quantiles"][0] = [5.0, 1.0]
+    with pytest.raises(ModelFormatError, match="ascending"):
+        parse_model(sign(bad))
+    bad = json.loads(json.dumps(doc))
+    bad["served"]["srv"]["bias"] = [0.0, 1.0]
+    with pytest.raises(ModelFormatError, match="bias"):
+        parse_model(sign(bad))
+    tampered = json.loads(json.dumps(doc))
+    tampered["served"]["srv"]["bias"] = [9.0, 0.0, 0.0]
+    with pytest.raises(ModelFormatError, match="checksum"):
+        parse_model(json.dumps(tampered))
+
+
+def test_format_1_documents_still_load_with_midpoint_lengths(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
+    """A gateway of this version can read a model an older retrain published in Redis."""
+    doc = json.loads(tiny[0].to_json())
+    del doc["length"], doc["served"]
+    doc["format_version"] = 1
+    old = parse_model(sign(doc))
+    assert old.served == {} and old.length.means == (47.0, 232.5, 742.0)
+    renewed = with_served(old, {}, old.version + 1, {})
+    assert renewed.doc["format_version"] == 2 and renewed.length == old.length

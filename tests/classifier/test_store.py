@@ -7,11 +7,12 @@ import redis
 
 from tests.classifier.shifted import shifted_requests
 from wattgate.classifier.errors import ModelFormatError
+from wattgate.classifier.observe import observation
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
 from wattgate.classifier.store import ClassifierStore, ClassifierWatcher, StoreError
-from wattgate.classifier.train import with_head
+from wattgate.classifier.train import with_served
 from wattgate.cli import main
-from wattgate.planner.contract import Keys, Observation
+from wattgate.planner.contract import Keys
 
 
 def _record(url: str, n: int, keys: Keys) -> None:
@@ -20,11 +21,12 @@ def _record(url: str, n: int, keys: Keys) -> None:
     client = redis.Redis.from_url(url)
     for i, (body, tokens) in enumerate(shifted_requests(n)):
         pred = predictor.predict(body, "chat")
-        obs = Observation(
+        obs = observation(
+            pred,
+            keep_text_slots=True,
             request_id=f"r{i}",
             pool="SM",
             predicted_type="SM",
-            output_probs=list(pred.output_probs),
             input_tokens=pred.input_tokens,
             output_tokens=tokens,
             ttft_s=0.1,
@@ -33,7 +35,6 @@ def _record(url: str, n: int, keys: Keys) -> None:
             instance="i0",
             model="m",
             ts=1000.0 + i,
-            features=pred.features,
         )
         client.xadd(keys.observations, {"json": obs.to_json()})
     client.xadd(keys.observations, {"json": "not json"})
@@ -44,7 +45,7 @@ def test_watcher_sees_nothing_until_a_version_is_published(redis_url: str) -> No
     watcher = ClassifierWatcher(redis_url)
     assert watcher.poll(1) is None
     model = load_shipped_model()
-    newer = with_head(model, model.doc["head"], model.version + 1, {"why": "test"})
+    newer = with_served(model, {}, model.version + 1, {"why": "test"})
     assert ClassifierStore(redis_url).publish(newer) == model.version + 1
     got = watcher.poll(model.version)
     assert got is not None and got[0] == model.version + 1
@@ -78,11 +79,13 @@ def test_retrain_publishes_a_better_model_that_gateways_pick_up(
     _record(redis_url, 250, keys)
     report = ClassifierStore(redis_url, keys).read_observations()
     assert len(report.samples) == 250 and report.skipped == 1
-    args = ["classifier", "retrain", "--redis-url", redis_url, "--prefix", "t", "--base-limit", "3000", "--json"]
+    assert report.samples[0].model == "m" and report.samples[0].slots  # the text slots came through Redis
+    args = ["classifier", "retrain", "--redis-url", redis_url, "--prefix", "t", "--json"]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["accepted"] and out["published"] == 2, out
-    assert out["candidate"]["accuracy"] > out["current"]["accuracy"]
+    (m,) = out["models"]
+    assert m["served_model"] == "m" and m["candidate"]["accuracy"] > m["current"]["accuracy"]
     got = ClassifierWatcher(redis_url, keys=keys).poll(1)
     assert got is not None and got[0] == 2
     body, _ = shifted_requests(2)[1]  # a translation: long for this deployment

@@ -23,6 +23,7 @@ import pytest
 
 from tests.demo.png import count_colour, read_png
 from wattgate.embedded_redis import free_port
+from wattgate.profiles.classes import RequestType, SloTargets
 
 ROOT = Path(__file__).resolve().parents[2]
 RED = (214, 39, 40)  # total power line (dashboard.js COLORS.total)
@@ -91,22 +92,42 @@ def test_report_every_request_answered_within_slos_and_below_baseline(demo: Demo
         assert sum(t["requests"] for t in groups) == q["scheduled"]
         weighted = sum(t["slo_attainment"] * t["requests"] for t in groups) / q["scheduled"]
         assert slo["attainment"] == pytest.approx(weighted)
-    # measured 100% client-side and engine-side on the shared 2-core machine (README, "Demo and dashboard");
-    # the client's timers also carry a loaded machine's scheduling delays, the engines' emulated ones do not
-    assert slo["engine_attainment"] >= 0.9
-    assert slo["attainment"] >= 0.7
+    # Bounds from this run's own figures, not from the README's (the serving model behind the emulated latencies
+    # and the baseline is being rewritten, so absolute figures will move): the report's attainments are exactly
+    # what requests.csv says, wattgate keeps the SLOs the single-pool baseline keeps for the same requests (give
+    # or take two requests: the clock loop reacts in wall time), and the client misses no request the engine met
+    # unless the client saw a later first token than the engine emulated (gateway, loopback, its own loop).
     assert "measured" in slo["source"] and "modelled" in slo["engine_source"]
-    assert "modelled" in slo["baseline_source"] and slo["baseline_attainment"] >= 0.9
+    assert "modelled" in slo["baseline_source"]
     assert slo["client_loop_lag"]["samples"] > 0 and slo["client_loop_lag"]["source"].startswith("measured")
     with (demo.run_dir / "requests.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == q["scheduled"] and all(r["ok"] == "1" and r["engine_ttft_s"] for r in rows)
+    n = q["scheduled"]
+    assert len(rows) == n and all(r["ok"] == "1" and r["engine_ttft_s"] for r in rows)
     assert {r["pool"] for r in rows} == set(slo["by_pool"])
+    targets = SloTargets()
+
+    def met(r: dict[str, str], side: str) -> bool:
+        tbt = r[f"{side}_tbt_mean_s"]
+        return targets.met(RequestType.parse(r["type"]), float(r[f"{side}_ttft_s"]), float(tbt) if tbt else None)
+
+    client_met = [met(r, "client") for r in rows]
+    engine_met = [met(r, "engine") for r in rows]
+    # requests.csv rounds the client's timers to 0.1 ms: a request that close to a target may read either way
+    near = sum(abs(float(r["client_ttft_s"]) - targets.ttft_for(RequestType.parse(r["type"]))) < 2e-4 for r in rows)
+    assert abs(slo["attainment"] - sum(client_met) / n) <= near / n
+    assert slo["engine_attainment"] == pytest.approx(sum(engine_met) / n)
+    assert slo["engine_attainment"] >= slo["baseline_attainment"] - 2 / n
+    for r, c, e in zip(rows, client_met, engine_met, strict=True):
+        if e and not c:
+            later_first = float(r["client_ttft_s"]) > float(r["engine_ttft_s"])
+            slower_rest = float(r["client_tbt_mean_s"] or 0) > float(r["engine_tbt_mean_s"] or 0)
+            assert later_first or slower_rest, r
     e = rep["energy"]
     assert e["wattgate_j"] > 0
     assert e["wattgate_j"] < e["baseline_j"]
     assert "modelled" in e["wattgate_source"] and "modelled" in e["baseline_source"]
-    assert 0 < e["saving"] < 1
+    assert e["saving"] == pytest.approx(1 - e["wattgate_j"] / e["baseline_j"])  # the saving of these two figures
 
 
 @pytest.mark.slow
@@ -155,7 +176,10 @@ def test_sigterm_stops_everything_and_resets_clocks(demo: DemoRun) -> None:
     assert demo.proc.returncode == 0, out
     assert "all processes stopped; GPU clocks reset" in out
     assert "=== wattgate demo report ===" in out
-    for control in demo.run_dir.glob("node*/sim-gpus/gpu*.control.json"):
+    # a GPU's control file exists once an agent set its clock: a loop over no file would prove nothing
+    controls = sorted(demo.run_dir.glob("node*/sim-gpus/gpu*.control.json"))
+    assert controls and {c.parent.parent.name for c in controls} == {"node1", "node2"}
+    for control in controls:
         assert json.loads(control.read_text())["locked_sm_clock_mhz"] is None
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{demo.url}/health", timeout=2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import re
 from collections.abc import Iterator, Mapping
@@ -22,12 +21,6 @@ DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 
 # The branch (and issue) that brings each subcommand, for skip reasons until it is merged.
-SUBCOMMAND_BRANCH = {
-    "gateway": "gateway (issue 2)",
-    "planner": "planner (issue 5)",
-    "plan": "planner (issue 5)",
-    "agent": "agent (issue 6)",
-}
 
 # ``$$`` (a literal dollar), ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``, ``$VAR``.
 _COMPOSE_VAR = re.compile(
@@ -133,23 +126,9 @@ def check_argv(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 
 
 def require_subcommand(parser: argparse.ArgumentParser, name: str) -> None:
-    """Skip while the module that registers ``name`` is not on this branch (it runs after the merge)."""
-    if name in subcommands(parser):
-        return
-    branch = SUBCOMMAND_BRANCH.get(name)
-    if branch is None:
-        pytest.fail(f"`wattgate {name}` is not a wattgate subcommand and no branch is known to add it")
-    pytest.skip(f"`wattgate {name}` is registered by the {branch} branch, not merged here yet")
-
-
-def import_or_skip(module: str, branch: str) -> Any:
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        pytest.skip(f"{module} comes with the {branch} branch, not merged here yet")
-    return importlib.import_module(module)
+    """Fail (never skip) when ``name`` is not a wattgate subcommand: every command the manifests run exists."""
+    if name not in subcommands(parser):
+        pytest.fail(f"`wattgate {name}` is not a wattgate subcommand")
 
 
 def walk(node: Any) -> Iterator[Any]:

@@ -1,7 +1,9 @@
 """An OpenAI-compatible fake LLM server for tests and benchmarks, with TTFT, speed and failure knobs.
 
 ``FakeBackend`` is a plain ASGI app (no framework overhead, so benchmarks measure the gateway). It
-records the headers and bodies it received so tests can check what the gateway forwarded.
+records the bodies it received, and every header exactly as it arrived (each value, in order, repeats
+included: a dict would keep only the last of two ``Authorization`` headers), so tests can check what the
+gateway forwarded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
+
+
+class Headers(list[tuple[str, str]]):
+    """The (name, value) pairs of one request as they arrived, repeats and order kept."""
+
+    def all(self, name: str) -> list[str]:
+        """Every value of ``name`` (case-insensitive), in arrival order."""
+        return [v for k, v in self if k.lower() == name.lower()]
+
+    def one(self, name: str) -> str:
+        """The value of ``name``, which must have arrived exactly once."""
+        values = self.all(name)
+        assert len(values) == 1, f"{name}: expected one value, got {values}"
+        return values[0]
 
 
 @dataclass
@@ -38,7 +54,8 @@ class FakeBackend:
     name: str = "fake"
     knobs: Knobs = field(default_factory=Knobs)
     received: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
+    headers: list[Headers] = field(default_factory=list)
+    raw_bodies: list[bytes] = field(default_factory=list)
     completed: int = 0
     cancelled: int = 0
     in_flight: int = 0
@@ -66,7 +83,8 @@ class FakeBackend:
         doc = json.loads(body)
         if self.record:
             self.received.append(doc)
-            self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
+            self.headers.append(Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]))
+            self.raw_bodies.append(body)
         if self.knobs.poison and self.knobs.poison.encode() in body:
             if not self.knobs.poison_status:
                 await _drop(send)

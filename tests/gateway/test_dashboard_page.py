@@ -16,6 +16,13 @@ from wattgate.planner.contract import GpuReading, InstanceRecord, NodeTelemetry,
 from wattgate.profiles.classes import SloTargets
 
 
+def metric(gw: str, series: str) -> float:
+    for line in httpx.get(gw + "/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} not exported")
+
+
 def test_pool_counts_use_each_pools_ttft_target() -> None:
     m = GatewayMetrics()
     for ttft in (0.1, 0.2, 0.4):  # SS target 0.25 s: two of three within
@@ -26,6 +33,11 @@ def test_pool_counts_use_each_pools_ttft_target() -> None:
     counts = pool_counts(m, SloTargets())
     assert counts["SS"] == {"requests": 3.0, "errors": 0.0, "ttft_count": 3.0, "ttft_ok": 2.0}
     assert counts["LL"]["errors"] == 1.0 and counts["LL"]["ttft_ok"] == 1.0
+    sampler = Sampler(m, None)
+    data = asyncio.run(sampler.sample({}, now=100.0))
+    # attainment = share within the target: 2 of 3 (inverted it would read 1/3)
+    assert data["pools"]["SS"]["slo_attainment"] == 2 / 3 and data["pools"]["LL"]["slo_attainment"] == 1.0
+    assert sampler.snapshot()["history"][-1]["slo"] == {"SS": 2 / 3, "LL": 1.0}
 
 
 class Cluster:
@@ -81,6 +93,9 @@ def test_page_assets_and_data_after_streamed_requests(servers: Servers) -> None:
     assert data["requests"] == 3
     (pool,) = data["pools"]
     assert data["pools"][pool]["ttft_count"] == 3
-    assert 0.0 <= data["pools"][pool]["slo_attainment"] <= 1.0
+    # the same share the gateway's own /metrics histogram gives (streams within the pool's TTFT target)
+    target = {"S": "0.25", "M": "0.5", "L": "1.5"}[pool[0]]
+    within = metric(gw, f'wattgate_gateway_ttft_seconds_bucket{{le="{target}",pool="{pool}"}}')
+    assert data["pools"][pool]["slo_attainment"] == within / 3
     assert data["nodes"] == [] and data["plan"] is None and data["history"]
     assert httpx.get(f"{gw}/dashboard/data", timeout=5).headers["cache-control"] == "no-store"

@@ -18,6 +18,14 @@ MSG = [{"role": "user", "content": "hi"}]
 BODY = {"model": "fake-model", "messages": MSG, "max_tokens": 200}  # max_tokens 200: output S or M -> pool SM
 
 
+def metric(gw: str, series: str) -> float:
+    """The value of one exported series (0 when absent: counters with labels appear on first use)."""
+    for line in httpx.get(gw + "/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def spec(url: str, id_: str, pool: str | None = None, conc: int = 256) -> BackendSpec:
     return BackendSpec(url=url, id=id_, models=("fake-model",), pool=pool, max_concurrency=conc)
 
@@ -26,22 +34,25 @@ def test_5xx_before_first_byte_is_retried_once_on_another_instance(servers: Serv
     bad, bad_url = servers.backend(status=500)
     good, good_url = servers.backend()
     # the bad one is chosen first: it carries less outstanding work (none) and comes first on ties
-    gw, _state = servers.gateway([spec(bad_url, "bad"), spec(good_url, "good")])
+    gw, state = servers.gateway([spec(bad_url, "bad"), spec(good_url, "good")])
     resp = httpx.post(gw + "/v1/chat/completions", json=BODY)
     assert resp.status_code == 200
     assert resp.headers["x-wattgate-instance"] == "good"
     assert len(bad.received) == 1
     assert len(good.received) == 1
+    for inst in state.instances.values():  # the failed try gave its work back: nothing left counted anywhere
+        assert (inst.in_flight, inst.outstanding_tokens) == (0, 0), inst
     assert "wattgate_gateway_retries_total 1.0" in httpx.get(gw + "/metrics").text
 
 
 def test_two_5xx_go_to_the_client_as_the_backend_said(servers: Servers) -> None:
     a, a_url = servers.backend(status=503)
     b, b_url = servers.backend(status=500)
-    gw, _ = servers.gateway([spec(a_url, "a"), spec(b_url, "b")])
+    gw, state = servers.gateway([spec(a_url, "a"), spec(b_url, "b")])
     resp = httpx.post(gw + "/v1/chat/completions", json=BODY)
     assert resp.status_code == 500
     assert len(a.received) + len(b.received) == 2  # exactly one retry
+    wait_for(lambda: all((i.in_flight, i.outstanding_tokens) == (0, 0) for i in state.instances.values()))
 
 
 def test_connect_error_retries_and_ejects_the_dead_instance(servers: Servers) -> None:
@@ -56,6 +67,8 @@ def test_connect_error_retries_and_ejects_the_dead_instance(servers: Servers) ->
     state.instances["dead"].healthy = True
     for _ in range(3):
         assert httpx.post(gw + "/v1/chat/completions", json=BODY).headers["x-wattgate-instance"] == "good"
+    # ejected once (by the first request that reached it, before or after the start-up probe), then skipped
+    assert metric(gw, 'wattgate_gateway_ejections_total{instance="dead"}') == 1.0
 
 
 def test_passive_ejection_after_repeated_5xx_and_cooldown(servers: Servers) -> None:
@@ -69,6 +82,8 @@ def test_passive_ejection_after_repeated_5xx_and_cooldown(servers: Servers) -> N
     resp = httpx.post(gw + "/v1/chat/completions", json=BODY)
     assert resp.status_code == 503
     assert resp.headers["retry-after"] == "1"
+    assert metric(gw, 'wattgate_gateway_ejections_total{instance="bad"}') == 1.0  # after the 2nd 5xx, once
+    assert metric(gw, 'wattgate_gateway_no_capacity_total{pool="SM"}') == 1.0
     bad.knobs.status = 200
     wait_for(lambda: state.instances["bad"].routable(time.monotonic()))
     assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 200
@@ -101,6 +116,8 @@ def test_never_spills_to_a_shorter_pool(servers: Servers) -> None:
     resp = httpx.post(gw + "/v1/chat/completions", json={**BODY, "max_tokens": 2000})  # an SL request
     assert resp.status_code == 503
     assert resp.json()["error"]["code"] == "no_capacity"
+    assert metric(gw, 'wattgate_gateway_no_capacity_total{pool="SL"}') == 1.0
+    assert metric(gw, 'wattgate_gateway_ejections_total{instance="ss-1"}') == 0.0  # nobody failed
 
 
 def test_concurrency_bound_then_503_and_least_outstanding_work(servers: Servers) -> None:
@@ -152,6 +169,9 @@ def test_client_disconnect_cancels_the_upstream_request(servers: Servers) -> Non
     wait_for(lambda: fake.cancelled == 1)
     wait_for(lambda: state.instances["b0"].in_flight == 0)
     assert fake.completed == 0
+    # counted as the client's own departure (499), not as a gateway failure
+    wait_for(lambda: metric(gw, 'wattgate_gateway_requests_total{endpoint="chat",pool="SM",status="499"}') == 1.0)
+    assert metric(gw, 'wattgate_gateway_requests_total{endpoint="chat",pool="SM",status="500"}') == 0.0
 
 
 def test_non_streaming_disconnect_cancels_too(servers: Servers) -> None:

@@ -101,7 +101,8 @@ def test_fuzz_never_500_and_always_openai_errors(
     gateway: str, path: str, method: str, body: bytes, hdrs: dict[str, Any]
 ) -> None:
     resp = httpx.request(method, gateway + path, content=body, headers=hdrs, timeout=10)
-    assert resp.status_code < 500 or resp.status_code in {502, 503, 504}, resp.text
+    # the backend is healthy and fast and has room: a 5xx here would be the gateway's own fault
+    assert resp.status_code < 500, resp.text
     if resp.status_code >= 400:
         error = resp.json()["error"]
         assert set(error) == {"message", "type", "param", "code"}

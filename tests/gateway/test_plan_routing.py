@@ -12,11 +12,20 @@ import redis
 
 from tests.gateway.conftest import Servers
 from tests.support import wait_for
-from wattgate.gateway.routing import MIN_WEIGHT, Instance, InstanceSpec, choose, plan_routes, plan_weights
+from wattgate.classifier.api import Prediction
+from wattgate.gateway.routing import (
+    MIN_WEIGHT,
+    Instance,
+    InstanceSpec,
+    choose,
+    expected_output_tokens,
+    plan_routes,
+    plan_weights,
+)
 from wattgate.gateway.store import publish_instance
 from wattgate.planner.contract import InstanceRecord, Keys, Plan, PlannedInstance, load_field
 from wattgate.planner.store import PlannerStore
-from wattgate.profiles.classes import RequestType
+from wattgate.profiles.classes import ClassEdges, RequestType
 
 MSG = [{"role": "user", "content": "hi"}]
 SM_BODY = {"model": "fake-model", "messages": MSG, "max_tokens": 200}  # max_tokens 200: an SM request
@@ -173,3 +182,13 @@ def test_gateway_weighs_instances_by_the_plan(servers: Servers, redis_url: str) 
         assert served_by(gw) == "big"
     finally:
         planner.close()
+
+
+def test_expected_output_tokens_follow_the_predictors_length_distribution() -> None:
+    edges = ClassEdges()
+    old = Prediction(input_tokens=10, output_probs=(0.0, 0.0, 1.0))
+    assert expected_output_tokens(old, edges, None) == 742  # no distribution: L counts as twice the M edge
+    learnt = Prediction(input_tokens=10, output_probs=(0.0, 0.0, 1.0), expected_output_tokens=1234.4)
+    assert expected_output_tokens(learnt, edges, None) == 1234
+    assert expected_output_tokens(learnt, edges, 500) == 500  # capped by max_tokens
+    assert expected_output_tokens(Prediction(10, (1.0, 0.0, 0.0), expected_output_tokens=0.2), edges, None) == 1

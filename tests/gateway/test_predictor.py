@@ -49,12 +49,18 @@ def gateway() -> Iterator[tuple[str, list[GatewayState]]]:
             yield gw.url, seen
 
 
-def test_plugged_predictor_decides_the_pool_and_can_be_swapped(gateway: tuple[str, list[GatewayState]]) -> None:
+def test_plugged_predictor_decides_the_pool_and_can_be_swapped(
+    gateway: tuple[str, list[GatewayState]], caplog: pytest.LogCaptureFixture
+) -> None:
     url, seen = gateway
     assert httpx.post(url + "/v1/chat/completions", json=BODY).headers["x-wattgate-pool"] == "LL"
     (state,) = seen
-    state.predictor.swap(Fixed(10, (1.0, 0.0, 0.0)), version="v2")
+    assert state.predictor.version == "initial"
+    with caplog.at_level("INFO", logger="wattgate.gateway"):
+        state.predictor.swap(Fixed(10, (1.0, 0.0, 0.0)), version="v2")
+        state.predictor.swap(state.predictor.current)  # no version given: the one in use is kept
     assert state.predictor.version == "v2"
+    assert [r.getMessage() for r in caplog.records] == ["classifier predictor swapped (version v2)"] * 2
     assert httpx.post(url + "/v1/chat/completions", json=BODY).headers["x-wattgate-pool"] == "SS"
     state.predictor.swap(Broken(), version="v3")
     resp = httpx.post(url + "/v1/chat/completions", json={**BODY, "max_tokens": 20})

@@ -7,16 +7,21 @@ import asyncio
 import time
 
 import httpx
+import pytest
 import redis
 
 from tests.gateway.conftest import Servers
 from tests.support import wait_for
+from wattgate.classifier.api import MaxTokensPredictor
 from wattgate.embedded_redis import EmbeddedRedis, free_port
+from wattgate.gateway import store as store_module
 from wattgate.gateway.metrics import GatewayMetrics
+from wattgate.gateway.routing import expected_output_tokens
 from wattgate.gateway.settings import GatewaySettings
 from wattgate.gateway.state import GatewayState
 from wattgate.gateway.store import RedisStore, publish_instance
 from wattgate.planner.contract import InstanceRecord, Keys, Observation
+from wattgate.profiles.classes import ClassEdges
 
 MSG = [{"role": "user", "content": "secret prompt text"}]
 BODY = {"model": "fake-model", "messages": MSG, "max_tokens": 200}  # max_tokens 200: output S or M -> pool SM
@@ -73,7 +78,8 @@ def test_load_windows_and_observations_are_recorded(servers: Servers, redis_url:
     docs = [entry[b"json"] for _, entry in entries]
     assert all(b"secret prompt" not in d for d in docs)
     obs = [Observation.from_json(d) for d in docs]
-    assert {o.pool for o in obs} == {"SM"}
+    assert {o.pool for o in obs} == {"SM"} and {o.predicted_type for o in obs} == {"SM"}
+    assert {o.status for o in obs} == {200} and {o.model for o in obs} == {"fake-model"}
     assert {o.instance for o in obs} == {"b0"}
     assert [o.output_tokens for o in obs] == [3, 3, 3]  # true counts from the engine's usage
     assert [o.input_tokens for o in obs] == [7, 7, 7]
@@ -85,7 +91,12 @@ def test_load_windows_and_observations_are_recorded(servers: Servers, redis_url:
     minutes = client.keys(f"{keys.prefix}:v1:load:m:*")
     assert sum(int(client.hget(k, "SM:requests") or 0) for k in seconds) == 3
     assert sum(int(client.hget(k, "SM:requests") or 0) for k in minutes) == 3
-    assert sum(int(client.hget(k, "SM:output_tokens") or 0) for k in minutes) > 0
+    # each request's counts at routing time: its input tokens and its expected (modelled) output tokens
+    pred = MaxTokensPredictor().predict(BODY, "chat")
+    expected_out = expected_output_tokens(pred, ClassEdges(), 200)
+    for keys_of in (seconds, minutes):
+        assert sum(int(client.hget(k, "SM:input_tokens") or 0) for k in keys_of) == 3 * pred.input_tokens
+        assert sum(int(client.hget(k, "SM:output_tokens") or 0) for k in keys_of) == 3 * expected_out
     assert 0 < client.ttl(seconds[0]) <= 7200
     client.close()
     assert fake.received[2]["stream_options"] == {"include_usage": True}
@@ -108,14 +119,16 @@ def test_serving_survives_redis_dying_and_reconnects(servers: Servers) -> None:
         for _ in range(10):  # the last instance list is kept; serving goes on
             assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 200
         wait_for(lambda: "wattgate_gateway_registry_stale 1.0" in httpx.get(gw + "/metrics").text)
-        dropped = metric(gw, 'wattgate_gateway_redis_dropped_total{kind="observation"}')
-        assert 6 <= dropped <= 10  # a buffer of 4 for 10 finished requests
+        drops = 'wattgate_gateway_redis_dropped_total{kind="observation"}'
+        # a buffer of 4 for 10 finished requests: the 4 newest wait (a failed flush puts its batch back, as room
+        # allows), the other 6 are dropped and counted
+        wait_for(lambda: metric(gw, drops) == 6)
         assert metric(gw, 'wattgate_gateway_redis_errors_total{op="flush"}') >= 1
         server = EmbeddedRedis(port=server.port, password="s3cret").start()  # it comes back, empty
         client = redis.Redis.from_url(server.url)
-        drops = 'wattgate_gateway_redis_dropped_total{kind="observation"}'
-        # the buffered ones arrive; every one of the 10 is either in Redis now or counted as dropped
-        wait_for(lambda: client.xlen(Keys().observations) + metric(gw, drops) == 10)
+        # the 4 buffered ones arrive; with the 6 dropped, every one of the 10 is accounted for
+        wait_for(lambda: client.xlen(Keys().observations) == 4)
+        assert metric(gw, drops) == 6
         asyncio.run(publish_instance(server.url, Keys(), record(url)))
         wait_for(lambda: "wattgate_gateway_registry_stale 0.0" in httpx.get(gw + "/metrics").text)
         assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 200
@@ -152,3 +165,40 @@ def test_instance_probed_while_starting_is_routable_once_registered_ready() -> N
         return routable_when_ready, still_probed
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def test_the_flusher_backs_off_up_to_2_s_and_resets_once_a_flush_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: "reconnects with backoff (<= 2 s)". The waits between flush attempts, with Redis failing six
+    times, answering once, failing again."""
+    store = RedisStore("redis://127.0.0.1:1/0", Keys(), GatewayMetrics(), 10)
+    outcomes = iter([False] * 6 + [True] + [False] * 5)
+    waits: list[float] = []
+
+    async def flush() -> bool:
+        return next(outcomes)
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 9:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(store, "flush", flush)
+    monkeypatch.setattr(store_module.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(store.run_flusher(0.1))
+    assert waits == [0.1, 0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 0.1, 0.25]
+
+
+def test_load_is_recorded_while_the_request_is_still_running(servers: Servers, redis_url: str) -> None:
+    """The load window counts a request when it is routed, not when it ends: a long stream shows in Redis
+    before its observation exists (the flush sends load alone)."""
+    _, url = servers.backend(stall_after_first=30)
+    gw, state = servers.gateway([url], redis_url=redis_url, flush_interval_s=0.05)
+    client = redis.Redis.from_url(redis_url)
+    with httpx.stream("POST", gw + "/v1/chat/completions", json={**BODY, "stream": True}) as held:
+        chunks = held.iter_raw()  # keep the iterator: dropping it closes the stream
+        next(chunks)
+        wait_for(lambda: sum(int(client.hget(k, "SM:requests") or 0) for k in client.keys("wg:v1:load:s:*")) == 1)
+        assert client.xlen(Keys().observations) == 0
+    client.close()
+    wait_for(lambda: state.instances["b0"].in_flight == 0)

@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from wattgate.planner.contract import (
+    OBSERVATION_REVISION,
     SCHEMA_VERSION,
     ContractError,
     InstanceRecord,
@@ -13,6 +14,8 @@ from wattgate.planner.contract import (
     Observation,
     Plan,
     PlannedInstance,
+    decode_slots,
+    encode_slots,
     load_field,
 )
 
@@ -73,3 +76,35 @@ def test_plan_serves_defaults_to_empty_and_round_trips() -> None:
     old = plan.to_dict()
     del old["serves"]
     assert Plan.from_json(json.dumps(old)).serves == {}
+
+
+def test_observation_revision_2_keeps_text_slots_and_revision_1_messages_still_read() -> None:
+    slots = [0, 7, 513, 65535]
+    obs = Observation(
+        "r", "SS", "SS", [1.0, 0.0, 0.0], 10, 5, None, None, 200, "i1", "m", 1.0,
+        text_slots=encode_slots(slots), text_dim=1 << 16, revision=OBSERVATION_REVISION,
+    )  # fmt: skip
+    again = Observation.from_json(obs.to_json())
+    assert again.slots() == slots and again.revision == 2
+    assert len(again.text_slots) <= 3 * len(slots)  # base64 of uint16: compact on the stream
+    # a message written before revision 2 (no text fields) reads as revision 1 with no slots
+    old = json.loads(obs.to_json())
+    for name in ("text_slots", "text_dim", "revision"):
+        del old[name]
+    legacy = Observation.from_json(json.dumps(old))
+    assert legacy.revision == 1 and legacy.slots() == []
+    # and a reader of revision 1 (dropping fields it does not know) reads a revision-2 message
+    assert {f for f in json.loads(obs.to_json())} - set(old) == {"text_slots", "text_dim", "revision"}
+
+
+@pytest.mark.parametrize(
+    ("text", "dim", "message"),
+    [("***", 65536, "base64"), ("AA==", 65536, "odd"), (encode_slots([9]), 8, "outside"), ("AAA=", 0, "outside")],
+)
+def test_malformed_text_slots_are_refused(text: str, dim: int, message: str) -> None:
+    with pytest.raises(ContractError, match=message):
+        decode_slots(text, dim)
+    with pytest.raises(ContractError):
+        Observation.from_json(
+            {**Observation("r", "SS", "SS", [1, 0, 0], 1, 1, None, None, 200, "i", "m", 1.0).to_dict(), "text_dim": "x"}
+        )

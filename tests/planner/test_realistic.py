@@ -6,14 +6,12 @@ import random
 
 import pytest
 
-from tests.planner.realistic import available, realistic_profile
+from tests.planner.realistic import realistic_profile
 from wattgate.planner.greedy import baseline
 from wattgate.planner.model import Decision, Inventory, Problem, SolverSettings, make_problem
 from wattgate.planner.placement import place
 from wattgate.planner.solver import solve
 from wattgate.profiles.classes import RequestType
-
-pytestmark = pytest.mark.skipif(not available(), reason="shared characterisation data not present")
 
 MIX = {"SS": 0.16, "SM": 0.13, "SL": 0.01, "MS": 0.1, "MM": 0.04, "ML": 0.16, "LS": 0.27, "LM": 0.07, "LL": 0.06}
 

@@ -125,7 +125,7 @@ def test_a_small_pool_spills_to_the_next_longer_pool() -> None:
     d = solve(problem)
     assert d.flows_rps["SS"] == {"SM": pytest.approx(0.3)}
     assert {g.pool for g in d.groups} == {"SM"}
-    assert any("spill" not in a for a in d.alerts) or not d.alerts
+    assert d.status is SolveStatus.OPTIMAL and d.alerts == ()  # a spill is a normal plan, not an alert
 
 
 def test_infeasible_budget_gives_the_best_partial_plan_and_an_alert() -> None:
@@ -176,8 +176,14 @@ def test_real_cbc_with_a_tiny_time_limit_still_returns_a_valid_plan() -> None:
     settings = SolverSettings(time_limit_s=0.01, gap_rel=0.0)
     problem = make_problem(toy_profile(), {"SS": 20.0, "SM": 15.0}, Inventory.uniform(32), settings)
     d = solve(problem)
-    assert d.status in set(SolveStatus)
+    # whichever way CBC ends on a busy machine (proved, stopped at the limit, no incumbent), the plan says so
+    said = {SolveStatus.OPTIMAL: "", SolveStatus.FEASIBLE: "limit", SolveStatus.FALLBACK: "greedy fallback"}
+    if said[d.status]:
+        assert any(said[d.status] in a for a in d.alerts), (d.status, d.alerts)
+    else:
+        assert d.alerts == ()
     _check_covers(problem, d.groups, d.unserved_rps)
+    assert sum(d.unserved_rps.values()) == 0  # 32 GPUs carry 35 req/s of the toy profile with room to spare
 
 
 def test_bad_demand_is_a_clear_error() -> None:
@@ -276,3 +282,8 @@ def test_short_inputs_spilled_into_a_long_output_pool_get_a_clock_their_own_rows
     ss = RequestType.parse("SS")
     for g in sl:
         assert g.load_rps_each <= profile.max_load(g.tp, g.clock_mhz, ss, SloTargets()) * EXACT.headroom + 1e-9
+
+
+def test_a_type_with_no_demand_is_not_routed_anywhere() -> None:
+    d = solve(make_problem(toy_profile(), {"SS": 1.0, "SM": 0.0}, Inventory.uniform(8), EXACT))
+    assert d.flows_rps == {"SS": {"SS": pytest.approx(1.0)}} and d.unserved_rps == {}

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import pulp
 import pytest
 
-from tests.planner.realistic import available, realistic_profile
+from tests.planner.realistic import realistic_profile
 from tests.planner.test_solver import _packs
 from tests.planner.toy import toy_profile
 from wattgate.planner import solver
@@ -80,7 +80,6 @@ def test_cover_plan_is_valid_and_near_the_optimum(demand: dict[str, float], node
     assert optimum - 1e-6 <= _objective(problem, *plan) <= 1.05 * optimum
 
 
-@pytest.mark.skipif(not available(), reason="needs the shipped profile or /work/shared/data/profiles")
 def test_cover_prices_gpus_until_the_plan_fits_a_binding_budget() -> None:
     demand = {p: v * 2 for p, v in AZURE_MIX.items()}  # ~0.5 req/s per GPU on 64 GPUs
     full = SolverSettings(headroom=1.0)  # instances rated at their whole SLO capacity: the budget binds
@@ -231,7 +230,7 @@ def _pairwise_prune(items: list[Item], keep: set[Config]) -> list[Item]:
 
 
 def test_pruning_matches_its_pairwise_definition() -> None:
-    profiles = [toy_profile(), *([realistic_profile()] if available() else [])]
+    profiles = [toy_profile(), realistic_profile()]
     for profile in profiles:
         items = build_items(profile, SolverSettings(prune=False))
         for pool in {it.pool for it in items}:

@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.support import SHARED_DATA, needs_shared
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "build_profiles.py"
-DATA = REPO.parent / "shared" / "data" / "profiles"
+DATA = SHARED_DATA / "profiles"
 SHIPPED = REPO / "wattgate" / "profiles" / "data" / "llama-2-70b-h100.json"
 
 
@@ -27,7 +27,7 @@ def test_missing_source_directory_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out.json").exists()
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"source measurements not found at {DATA}")
+@needs_shared("profiles")
 def test_rebuild_writes_the_shipped_bytes_and_check_spots_a_difference(tmp_path: Path) -> None:
     out = tmp_path / "p.json"
     assert _run(str(DATA), "--out", str(out)).returncode == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support import SHARED_DATA, needs_shared
 from wattgate.profiles.build import Sources, build_llama2_70b_h100, build_tbt_model
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import ClassEdges, RequestType, SloTargets
@@ -23,9 +24,8 @@ from wattgate.profiles.derive import (
     unloaded_tbt_s,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data" / "profiles"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"source measurements not found at {DATA}")
+DATA = SHARED_DATA / "profiles"
+pytestmark = needs_shared("profiles")
 
 
 def _csv(name: str) -> list[dict[str, str]]:

@@ -1,30 +1,32 @@
-"""Online adaptation: refit the tree head on base data + the deployment's observations, keep it only if it is better.
+"""Online adaptation: learn each served model's habits from its observations; keep what predicts its future better.
 
-Observations carry the numeric features the gateway recorded (``Prediction.features``), never
-text, so the hashed n-gram text model stays as shipped and only the head is refitted; its
-``txt_*`` logits are among the recorded features. The most recent ``holdout_fraction`` of the
-observations is held out (the future the new model must serve); the rest is weighted
-``boost * 0.5 ** (age / half_life)`` against base rows of weight 1, where ``boost`` makes the
-observations outweigh the base data (``min(max_boost, obs_share * n_base / n_fit)``). The
-candidate replaces the current model only if its held-out log loss is lower by ``min_gain``.
+Observations are grouped by the served model that answered (``Observation.model``). For each model
+with at least ``min_observations``, the most recent ``holdout_fraction`` is held out (the future the
+new profile must serve) and a ``ServedProfile`` is fitted on the rest: a residual on the shipped
+model's logits over the observations' text slots and engineered features (``residual.py``), and the
+model's own output-length quantiles per class (``length.py``). Rows are weighted
+``0.5 ** (age / half_life)``. The profile replaces the model's current one (or none: the shipped
+model alone) only if its held-out log loss is lower by ``min_gain``; it is then refitted on all of
+that model's observations. The text model and trees themselves are never refitted: whatever was
+learnt of one served model never leaks into another's predictions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.features import Sample, feature_vector
+from wattgate.classifier.length import calibrate_means, fit_length
 from wattgate.classifier.metrics import Scores, score
 from wattgate.classifier.model import ClassifierModel
-from wattgate.classifier.predictor import BASE_FEATURES_FILE, data_path
-from wattgate.classifier.train import export_trees, fit_head, labels, with_head
+from wattgate.classifier.residual import fit_residual, slot_matrix
+from wattgate.classifier.served import ServedProfile
+from wattgate.classifier.train import labels, with_served
 from wattgate.profiles.classes import ClassEdges
 
 
@@ -32,102 +34,156 @@ from wattgate.profiles.classes import ClassEdges
 class AdaptSettings:
     holdout_fraction: float = 0.2
     half_life_s: float = 3 * 24 * 3600.0
-    obs_share: float = 4.0
-    max_boost: float = 100.0
     min_gain: float = 0.001  # log loss
     min_holdout: int = 20
-    base_limit: int | None = 10_000  # base rows kept (a random subsample): fit in seconds; observations dominate
+    min_observations: int = 100  # per served model
+    max_models: int = 32  # served models kept in one document (the most observed)
+    use_text_slots: bool = True  # False: fit the residual on the engineered features only
 
 
 @dataclass(frozen=True)
-class BaseData:
-    x: NDArray[np.float64]
-    output_tokens: NDArray[np.int64]
+class ModelAdaptation:
+    """The outcome for one served model."""
 
-
-@dataclass(frozen=True)
-class AdaptResult:
+    name: str
     accepted: bool
     reason: str
-    candidate: ClassifierModel | None
     current: Scores
     new: Scores | None
     n_fit: int
     n_holdout: int
+    text_slots: bool  # whether the candidate learnt from text slots
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "served_model": self.name,
+            "accepted": self.accepted,
+            "reason": self.reason,
+            "observations_fit": self.n_fit,
+            "observations_held_out": self.n_holdout,
+            "text_slots": self.text_slots,
+            "current": self.current.to_dict(),
+            "candidate": self.new.to_dict() if self.new else None,
+        }
+
+
+@dataclass(frozen=True)
+class AdaptResult:
+    candidate: ClassifierModel | None  # the new document when any served model's profile was accepted
+    models: list[ModelAdaptation] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # served model -> observations, too few to adapt
+
+    @property
+    def accepted(self) -> bool:
+        return self.candidate is not None
+
+    @property
+    def reason(self) -> str:
+        lines = [f"{m.name}: {m.reason}" for m in self.models]
+        lines += [f"{name}: too few observations ({n})" for name, n in sorted(self.skipped.items())]
+        return "\n".join(lines) or "no observations with features"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "accepted": self.accepted,
             "reason": self.reason,
             "version": self.candidate.version if self.candidate else None,
-            "observations_fit": self.n_fit,
-            "observations_held_out": self.n_holdout,
-            "current": self.current.to_dict(),
-            "candidate": self.new.to_dict() if self.new else None,
+            "models": [m.to_dict() for m in self.models],
+            "too_few": self.skipped,
         }
-
-
-def load_base(model: ClassifierModel, path: Path | None = None) -> BaseData:
-    """The shipped training features (no text); their names must be the model's."""
-    path = path or data_path(BASE_FEATURES_FILE)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            names = [str(n) for n in data["feature_names"]]
-            x, out = data["x"].astype(np.float64), data["output_tokens"].astype(np.int64)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ClassifierError(f"cannot read base training features {path}: {exc}") from exc
-    if tuple(names) != model.feature_names:
-        raise ClassifierError(f"{path}: its features are not the model's; retrain the base model")
-    return BaseData(x, out)
 
 
 def matrix(samples: Sequence[Sample], names: Sequence[str]) -> NDArray[np.float64]:
     return np.array([feature_vector(s.features, names) for s in samples], dtype=np.float64).reshape(-1, len(names))
 
 
-def evaluate(model: ClassifierModel, x: NDArray[np.float64], output_tokens: NDArray[Any], edges: ClassEdges) -> Scores:
-    probs = model.probabilities_batch(x)
-    return score(labels(np.asarray(output_tokens), edges), probs.argmax(axis=1), probs)
+def batch_probabilities(
+    model: ClassifierModel, profile: ServedProfile | None, x: NDArray[np.float64], slots: Sequence[list[int] | None]
+) -> NDArray[np.float64]:
+    """What the predictor gives for these rows (before any max_tokens cap), all at once."""
+    z = model.trees.raw_batch(x)
+    if profile is not None:
+        lin = profile.linear
+        z = z + np.clip(x[:, list(lin.index)], lin.lo, lin.hi) @ lin.w_scaled.T + lin.offset + np.asarray(profile.bias)
+        if profile.text_delta is not None:
+            z = z + slot_matrix(slots, profile.text_delta.dim) @ profile.text_delta.weights.T.astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    out: NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def _scores(model: ClassifierModel, profile: ServedProfile | None, rows: list[Sample], edges: ClassEdges) -> Scores:
+    probs = batch_probabilities(model, profile, matrix(rows, model.feature_names), [s.slots for s in rows])
+    return score(labels(np.array([s.output_tokens for s in rows]), edges), probs.argmax(axis=1), probs)
+
+
+def fit_profile(
+    model: ClassifierModel, name: str, rows: list[Sample], edges: ClassEdges, st: AdaptSettings
+) -> ServedProfile:
+    x = matrix(rows, model.feature_names)
+    y = labels(np.array([s.output_tokens for s in rows]), edges)
+    ages = np.array([rows[-1].ts - s.ts for s in rows])
+    weights = 0.5 ** (ages / st.half_life_s)
+    offset = model.trees.raw_batch(x)
+    keep = st.use_text_slots and any(s.slots for s in rows)
+    slots = [s.slots for s in rows] if keep else None
+    res = fit_residual(offset, slots, x, y, weights, model.text.dim, range(len(model.feature_names)))
+    tokens = np.array([s.output_tokens for s in rows])
+    length = fit_length(tokens, y, prior=model.length)
+    profile = ServedProfile(name, len(rows), res.text, res.linear, res.bias, length, model.feature_names)
+    probs = batch_probabilities(model, profile, x, [s.slots for s in rows])
+    return replace(profile, length=calibrate_means(length, probs, tokens))
+
+
+def adapt_one(
+    model: ClassifierModel, name: str, rows: list[Sample], edges: ClassEdges, st: AdaptSettings
+) -> tuple[ModelAdaptation, ServedProfile | None]:
+    n_hold = round(len(rows) * st.holdout_fraction)
+    fit, hold = rows[: len(rows) - n_hold], rows[len(rows) - n_hold :]
+    current_profile = model.served.get(name)
+    current = _scores(model, current_profile, hold, edges)
+    keep = st.use_text_slots and any(s.slots for s in rows)
+    if len(hold) < st.min_holdout or len(fit) < st.min_holdout:
+        return ModelAdaptation(name, False, "too few observations to hold out", current, None, len(fit), 0, keep), None
+    candidate = fit_profile(model, name, fit, edges, st)
+    new = _scores(model, candidate, hold, edges)
+    assert current.log_loss is not None and new.log_loss is not None
+    better = new.log_loss < current.log_loss - st.min_gain
+    reason = (
+        f"held-out log loss {current.log_loss:.4f} -> {new.log_loss:.4f}, accuracy {current.accuracy:.3f} -> "
+        f"{new.accuracy:.3f}, balanced {current.balanced_accuracy:.3f} -> {new.balanced_accuracy:.3f}: "
+        + ("better, refitted on all" if better else "not better, kept current")
+    )
+    outcome = ModelAdaptation(name, better, reason, current, new, len(fit), len(hold), keep)
+    return outcome, fit_profile(model, name, rows, edges, st) if better else None
 
 
 def adapt(
     model: ClassifierModel,
-    base: BaseData,
     samples: Sequence[Sample],
     edges: ClassEdges,
     *,
     settings: AdaptSettings | None = None,
     version: int | None = None,
 ) -> AdaptResult:
-    """Fit a candidate on base + observations and compare both models on the held-out observations."""
+    """Fit and judge a profile per served model; the candidate document holds the accepted ones."""
     st = settings or AdaptSettings()
     usable = sorted((s for s in samples if s.features), key=lambda s: s.ts)
-    n_hold = round(len(usable) * st.holdout_fraction)
-    fit, hold = usable[: len(usable) - n_hold], usable[len(usable) - n_hold :]
-    names = model.feature_names
-    hold_x, hold_out = matrix(hold, names), np.array([s.output_tokens for s in hold])
-    current = evaluate(model, hold_x, hold_out, edges) if hold else score(np.zeros(0), np.zeros(0))
-    if len(hold) < st.min_holdout or not fit:
-        reason = f"too few observations with features ({len(usable)}): need {st.min_holdout} held out and some to fit"
-        return AdaptResult(False, reason, None, current, None, len(fit), len(hold))
-    bx, bout = base.x, base.output_tokens
-    if st.base_limit is not None and len(bout) > st.base_limit:
-        keep = np.random.default_rng(0).choice(len(bout), st.base_limit, replace=False)
-        bx, bout = bx[keep], bout[keep]
-    fx, fout = matrix(fit, names), np.array([s.output_tokens for s in fit])
-    ages = np.array([fit[-1].ts - s.ts for s in fit])
-    boost = min(st.max_boost, st.obs_share * len(bout) / len(fit))
-    weights = np.concatenate([np.ones(len(bout)), boost * 0.5 ** (ages / st.half_life_s)])
-    y = labels(np.concatenate([bout, fout]), edges)
-    head = fit_head(np.vstack([bx, fx]), y, weights)
+    by_model: dict[str, list[Sample]] = {}
+    for s in usable:
+        by_model.setdefault(s.model, []).append(s)
+    ranked = sorted(by_model.items(), key=lambda kv: -len(kv[1]))
+    outcomes, profiles, skipped = [], {}, {}
+    for i, (name, rows) in enumerate(ranked):
+        if len(rows) < st.min_observations or i >= st.max_models:
+            skipped[name] = len(rows)
+            continue
+        outcome, profile = adapt_one(model, name, rows, edges, st)
+        outcomes.append(outcome)
+        if profile is not None:
+            profiles[name] = profile
+    if not profiles:
+        return AdaptResult(None, outcomes, skipped)
     new_version = version if version is not None else model.version + 1
-    notes = {**model.doc.get("notes", {}), "adapted": {"observations": len(fit), "boost": round(boost, 2)}}
-    candidate = with_head(model, export_trees(head), new_version, notes)
-    new = evaluate(candidate, hold_x, hold_out, edges)
-    assert current.log_loss is not None and new.log_loss is not None
-    better = new.log_loss < current.log_loss - st.min_gain
-    reason = (
-        f"held-out log loss {current.log_loss:.4f} -> {new.log_loss:.4f}, "
-        f"accuracy {current.accuracy:.3f} -> {new.accuracy:.3f}: {'better' if better else 'not better, kept current'}"
-    )
-    return AdaptResult(better, reason, candidate if better else None, current, new, len(fit), len(hold))
+    notes = {**model.doc.get("notes", {}), "adapted": {n: p.observations for n, p in profiles.items()}}
+    return AdaptResult(with_served(model, profiles, new_version, notes), outcomes, skipped)

@@ -22,6 +22,12 @@ class Prediction:
     output_probs: tuple[float, float, float]  # P(output class S), P(M), P(L)
     features: dict[str, float] = field(default_factory=dict)  # numeric features only, never text
     method: str = "max_tokens"  # how the probabilities were obtained
+    # Modelled mean of the output length distribution (capped by max_tokens); None: not predicted.
+    expected_output_tokens: float | None = None
+    # Hashed uni/bigram slots of the last user message's head (what an Observation may keep instead of
+    # text; see ``textmodel.py``) and the size of their hash space; empty when not computed.
+    text_slots: list[int] = field(default_factory=list)
+    text_dim: int = 0
 
 
 class Predictor(Protocol):

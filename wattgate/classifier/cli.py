@@ -45,6 +45,8 @@ EVAL_OPTIONS: tuple[Option, ...] = (
         default_text="the shipped model",
         example="model.json",
     ),
+    c.CLASSIFIER_TEXT_SLOTS.for_command(aliases=("--text-slots",)),
+    c.REDIS_URL.for_command(help="adapt through this Redis (a private key prefix) instead of an embedded one"),
 )
 
 RETRAIN_OPTIONS: tuple[Option, ...] = (
@@ -55,13 +57,7 @@ RETRAIN_OPTIONS: tuple[Option, ...] = (
         "holdout_fraction", number(maximum=0.999999, above=0), 0.2, "most recent share of them held out", example="0.3"
     ),
     Option("half_life_h", number(above=0), 72.0, "observation weight halves every H hours", example="24"),
-    Option(
-        "base_limit",
-        integer(0),
-        10_000,
-        "shipped base rows kept, a random subsample (faster fit); 0: all of them",
-        example="3000",
-    ),
+    Option("min_observations", integer(2), 100, "observations per served model before adapting to it", example="50"),
     Option("dry_run", boolean(), False, "evaluate but do not publish"),
     c.JSON.for_command(help="print one JSON object instead of text"),
 )
@@ -77,7 +73,13 @@ def _eval(args: Values) -> int:
     from wattgate.classifier.evaluate import evaluate_file
 
     try:
-        report = evaluate_file(args.data, args.adapt_fraction, args.classifier_file)
+        report = evaluate_file(
+            args.data,
+            args.adapt_fraction,
+            args.classifier_file,
+            keep_text_slots=args.classifier_text_slots,
+            redis_url=args.redis_url,
+        )
     except ClassifierError as exc:
         return _fail(str(exc))
     print(json.dumps(report.to_dict()) if args.json else report.text())
@@ -97,42 +99,29 @@ def _retrain(args: Values) -> int:
         store.close()
         print(f"wattgate classifier retrain: error: cannot reach Redis at {redact_url(url)}: {exc}", file=sys.stderr)
         return 1
-    from wattgate.classifier.adapt import AdaptSettings, adapt, load_base
+    from wattgate.classifier.adapt import AdaptSettings
     from wattgate.classifier.errors import ClassifierError
-    from wattgate.classifier.predictor import load_shipped_model
-    from wattgate.profiles.classes import ClassEdges
+    from wattgate.classifier.retrain import retrain_once
 
+    settings = AdaptSettings(
+        holdout_fraction=args.holdout_fraction,
+        half_life_s=args.half_life_h * 3600,
+        min_observations=args.min_observations,
+    )
     try:
-        current = store.current_model() or load_shipped_model()
-        read = store.read_observations(args.limit)
-        settings = AdaptSettings(
-            holdout_fraction=args.holdout_fraction,
-            half_life_s=args.half_life_h * 3600,
-            base_limit=args.base_limit or None,
-        )
-        version = max(store.current_version(), current.version) + 1
-        result = adapt(current, load_base(current), read.samples, ClassEdges(), settings=settings, version=version)
-        published = None
-        if result.accepted and result.candidate is not None and not args.dry_run:
-            published = store.publish(result.candidate)
+        report = retrain_once(store, settings, limit=args.limit, dry_run=args.dry_run)
     except ClassifierError as exc:
         return _fail(str(exc))
     finally:
         store.close()
-    out = {**result.to_dict(), "current_version": current.version, "published": published, "skipped": read.skipped}
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"observations: {result.n_fit} to fit, {result.n_holdout} held out, {read.skipped} skipped")
-        print(result.reason)
-        print(f"published v{published}" if published else "nothing published")
+    print(json.dumps(report.to_dict()) if args.json else report.text())
     return 0
 
 
 EVAL = Command("classifier eval", "accuracy of the classifier (and two baselines) on a JSONL file", EVAL_OPTIONS, _eval)
 RETRAIN = Command(
     "classifier retrain",
-    "refit on base data + the gateways' observations; publish only if better",
+    "learn each served model's habits from the gateways' observations",
     RETRAIN_OPTIONS,
     _retrain,
 )

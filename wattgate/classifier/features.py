@@ -62,6 +62,42 @@ _COUNT_RE = re.compile(r"at least \d+|\d+ words")
 CUE_HEAD_CHARS = 1000
 CUE_TAIL_CHARS = 300
 
+# Explicit length instructions ("in 3 sentences", "200 words", "list 10 ideas", "under 50 words"): looked for
+# only when the probe holds one of these words (a set test), then with one regex over the probe.
+_NUMBER_WORDS = {
+    "a": 1.0, "one": 1.0, "single": 1.0, "two": 2.0, "couple": 2.0, "three": 3.0, "few": 3.0, "four": 4.0,
+    "several": 4.0, "five": 5.0, "six": 6.0, "seven": 7.0, "eight": 8.0, "nine": 9.0, "ten": 10.0, "eleven": 11.0,
+    "twelve": 12.0, "dozen": 12.0, "twenty": 20.0, "fifty": 50.0,
+}  # fmt: skip
+_ITEM_NOUNS = (
+    "examples ideas ways tips reasons questions points steps names items things options suggestions titles "
+    "headlines facts bullets bullet taglines slogans sentences paragraphs words lines verses stanzas"
+)
+_LENGTH_VOCAB = _words(_ITEM_NOUNS + " word sentence paragraph line list top")
+_NUM = r"(\d{1,5}|" + "|".join(sorted(_NUMBER_WORDS, key=len, reverse=True)) + r")"
+_UNIT_RE = re.compile(
+    r"(?P<bound>under|below|less than|fewer than|no more than|not more than|at most|maximum of|max|up to|within|"
+    r"limit(?:ed)? to|at least|minimum of|more than|over)?\s*"
+    + _NUM
+    + r"[\s-]*(?:short |brief |long |detailed |more |different |unique |key |main |good |best |creative |catchy )?"
+    r"(?P<unit>words?|sentences?|paragraphs?|lines?|verses?|stanzas?|bullets?(?: points)?|"
+    r"examples|ideas|ways|tips|reasons|questions|points|steps|names|items|things|options|suggestions|titles|"
+    r"headlines|facts|taglines|slogans)\b"
+)
+_LIST_RE = re.compile(
+    r"\b(?:list|top|give me|provide|generate|suggest|name)\s+"
+    r"(\d{1,3}|two|three|four|five|six|seven|eight|nine|ten|dozen)\b"
+)
+_UPPER = frozenset((
+    "under", "below", "less than", "fewer than", "no more than", "not more than", "at most", "maximum of", "max",
+    "up to", "within", "limit to", "limited to",
+))  # fmt: skip
+# Tokens a unit stands for (modelled: ~1.3 tokens a word, ~22 a sentence, ~90 a paragraph, ~12 a line,
+# ~30 a list item): what matters is the order of magnitude, which the trees and adaptation refine.
+_UNIT_TOKENS = {"word": 1.3, "sentence": 22.0, "paragraph": 90.0, "line": 12.0, "verse": 12.0, "stanza": 50.0}
+_CODE_CHARS = "{};=()<>[]_"
+_REASONING_LEVELS = {"none": 0.0, "minimal": 0.5, "low": 1.0, "medium": 2.0, "high": 3.0, "xhigh": 4.0}
+
 FEATURE_NAMES: tuple[str, ...] = (
     "endpoint_chat",
     "log_input_tokens",
@@ -84,6 +120,16 @@ FEATURE_NAMES: tuple[str, ...] = (
     "n_question_marks",
     "ends_with_question",
     *_CUE_NAMES,
+    "log_req_tokens",
+    "req_upper_bound",
+    "req_items",
+    "code_char_ratio",
+    "non_ascii_ratio",
+    "reasoning_level",
+    "log_thinking_budget",
+    "tool_choice_required",
+    "last_is_tool_result",
+    "response_format_schema",
 )
 
 
@@ -179,7 +225,13 @@ def _body_features(body: Mapping[str, Any], chat: bool, input_tokens: int) -> di
     n_stop = 1 if isinstance(stop, str) else len(stop) if isinstance(stop, list) else 0
     max_tokens = requested_max_tokens(body)
     temperature = body.get("temperature")
+    tool_choice = body.get("tool_choice")
+    level, budget = _reasoning(body)
     return {
+        "reasoning_level": level,
+        "log_thinking_budget": _log(budget),
+        "tool_choice_required": 1.0 if tool_choice == "required" or isinstance(tool_choice, Mapping) else 0.0,
+        "response_format_schema": 1.0 if rf_type == "json_schema" else 0.0,
         "endpoint_chat": 1.0 if chat else 0.0,
         "log_input_tokens": _log(input_tokens),
         "has_tools": 1.0 if tools else 0.0,
@@ -190,6 +242,27 @@ def _body_features(body: Mapping[str, Any], chat: bool, input_tokens: int) -> di
         "log_max_tokens": _log(max_tokens or 0),
         "temperature": float(temperature) if isinstance(temperature, int | float) else 1.0,
     }
+
+
+def _reasoning(body: Mapping[str, Any]) -> tuple[float, float]:
+    """(reasoning level, thinking budget tokens) from ``reasoning_effort`` (OpenAI), ``reasoning.effort``
+    (Responses API, OpenRouter), ``thinking`` (Anthropic, via LiteLLM) and ``chat_template_kwargs.enable_thinking``
+    (vLLM / SGLang chat templates such as Qwen3's)."""
+    effort = body.get("reasoning_effort")
+    reasoning = body.get("reasoning")
+    if effort is None and isinstance(reasoning, Mapping):
+        effort = reasoning.get("effort")
+    level = _REASONING_LEVELS.get(effort, 2.0) if isinstance(effort, str) else 0.0
+    budget = 0.0
+    thinking = body.get("thinking")
+    if isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive"):
+        level = max(level, 2.0)
+        raw = thinking.get("budget_tokens")
+        budget = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else 0.0
+    kwargs = body.get("chat_template_kwargs")
+    if isinstance(kwargs, Mapping) and kwargs.get("enable_thinking") is True:
+        level = max(level, 2.0)
+    return level, max(0.0, budget)
 
 
 def _turn_features(roles: list[str], counts: list[int], last: int) -> dict[str, float]:
@@ -203,6 +276,7 @@ def _turn_features(roles: list[str], counts: list[int], last: int) -> dict[str, 
         "n_assistant_turns": float(len(assistant)),
         "log_last_assistant_tokens": _log(assistant[-1]) if assistant else 0.0,
         "log_mean_assistant_tokens": _log(sum(assistant) / len(assistant)) if assistant else 0.0,
+        "last_is_tool_result": 1.0 if roles and roles[-1] in ("tool", "function") else 0.0,
     }
 
 
@@ -226,16 +300,47 @@ def _text_features(text: str) -> dict[str, float]:
         out["cue_detail"] = 1.0
     for name, vocab in _FIRST_WORDS.items():
         out[name] = 1.0 if first_word in vocab else 0.0
+    n = len(probe) or 1
+    out["code_char_ratio"] = sum(map(probe.count, _CODE_CHARS)) / n
+    out["non_ascii_ratio"] = (n - len(probe.encode("ascii", "ignore"))) / n
+    out.update(_length_request(probe) if not words.isdisjoint(_LENGTH_VOCAB) else _NO_REQUEST)
     return out
+
+
+_NO_REQUEST = {"log_req_tokens": 0.0, "req_upper_bound": 0.0, "req_items": 0.0}
+
+
+def _number(text: str) -> float:
+    return float(text) if text.isdigit() else _NUMBER_WORDS.get(text, 0.0)
+
+
+def _length_request(probe: str) -> dict[str, float]:
+    """The first explicit length instruction in the probe: tokens asked for (modelled), upper bound or not, items."""
+    for m in _UNIT_RE.finditer(probe):
+        n, unit = _number(m.group(2)), m.group("unit")
+        if not 1 <= n <= 20_000:
+            continue
+        base = unit.rstrip("s") if unit.rstrip("s") in _UNIT_TOKENS else ""
+        per = _UNIT_TOKENS.get(base, 30.0)
+        upper = 1.0 if (m.group("bound") or "") in _UPPER else 0.0
+        return {"log_req_tokens": _log(per * n), "req_upper_bound": upper, "req_items": 0.0 if base else n}
+    found = _LIST_RE.search(probe)
+    if found:
+        n = _number(found.group(1))
+        if 1 <= n <= 200:
+            return {"log_req_tokens": _log(30.0 * n), "req_upper_bound": 0.0, "req_items": n}
+    return _NO_REQUEST
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One finished request as adaptation sees it: recorded features and the true output length."""
+    """One finished request as adaptation sees it: features, text slots, the served model and the true length."""
 
     features: dict[str, float]
     output_tokens: int
     ts: float
+    model: str = ""  # the served model that answered
+    slots: list[int] | None = None  # hashed text slots, None when the gateway kept none
 
 
 def feature_vector(features: Mapping[str, float], names: Sequence[str]) -> list[float]:

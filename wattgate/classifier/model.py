@@ -1,22 +1,21 @@
 """The model document: JSON of fitted parameters (no pickle), checksummed, strictly validated, and its numpy inference.
 
-A document holds two parts: a linear model over hashed token-id uni/bigrams of the last user
-message (its three logits become features ``txt_S/M/L``), and gradient-boosted trees over the
-numeric features. Arrays travel as base64 of little-endian numpy buffers. ``sha256`` covers the
-canonical JSON of every other field, so an altered file or Redis value is refused; the schema is
-checked field by field (shapes, index ranges, finiteness) so a valid checksum cannot smuggle in an
-out-of-range index either.
+A document holds a linear model over hashed token-id uni/bigrams of the last user message (its
+three logits become features ``txt_S/M/L``, ``textmodel.py``), gradient-boosted trees over the
+numeric features, and (format 2) the output-length distribution per class (``length``) and one
+learnt profile per served model (``served``: name -> ``ServedProfile``; empty when shipped). Format-1
+documents (no ``length``, no ``served``) still load, with class-midpoint lengths. Arrays travel as
+base64 of little-endian numpy buffers. ``sha256`` covers the canonical JSON of every other field, so
+an altered file or Redis value is refused; the schema is checked field by field (shapes, index
+ranges, finiteness) so a valid checksum cannot smuggle in an out-of-range index either.
 """
 
 from __future__ import annotations
 
-import array
-import base64
 import hashlib
-import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,134 +24,35 @@ import numpy as np
 from numpy.typing import NDArray
 
 from wattgate.classifier.errors import ModelFormatError
+from wattgate.classifier.length import LengthModel, midpoints, parse_length
 from wattgate.classifier.quickscore import QuickScorer, build
+from wattgate.classifier.served import ServedProfile, parse_served
+from wattgate.classifier.textmodel import (
+    SHORT_TEXT_IDS,
+    TextModel,
+    check_floats,
+    check_int,
+    decode_array,
+    encode_array,
+    need,
+    ngram_indices,
+    ngram_slots,
+    parse_text,
+)
+from wattgate.profiles.classes import ClassEdges
 
 FORMAT = "wattgate-classifier"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 TEXT_FEATURES = ("txt_S", "txt_M", "txt_L")
 _TOP_KEYS = {"format", "format_version", "version", "created_at", "notes", "edges", "feature_names", "text", "head"}
-_HASH_A = 2654435761
-_HASH_B = 1000003
-SHORT_TEXT_IDS = 64  # up to this many token ids, text logits are summed in plain Python
-
-
-def encode_array(arr: NDArray[Any], dtype: str) -> str:
-    return base64.b64encode(np.ascontiguousarray(arr, dtype=dtype).tobytes()).decode("ascii")
-
-
-def decode_array(text: Any, dtype: str, size: int, what: str) -> NDArray[Any]:
-    if not isinstance(text, str):
-        raise ModelFormatError(f"model: {what} must be a base64 string")
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (ValueError, UnicodeEncodeError) as exc:
-        raise ModelFormatError(f"model: {what} is not valid base64") from exc
-    arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-    if arr.size != size:
-        raise ModelFormatError(f"model: {what} has {arr.size} values, expected {size}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ModelFormatError(f"model: {what} holds non-finite values")
-    return arr.astype(dtype)
-
-
-def ngram_indices(ids: Sequence[int], dim: int) -> NDArray[np.int64]:
-    """Distinct hashed uni- and bigram slots of a token-id sequence, sorted.
-
-    One buffer, in-place arithmetic and a sort + neighbour mask instead of ``np.unique``: the same
-    result in about 2/3 of the time (this runs on every request).
-    """
-    a = np.asarray(ids, dtype=np.int64)
-    n = a.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    h = np.empty(2 * n - 1, dtype=np.int64)
-    np.multiply(a[:-1], _HASH_B, out=h[n:])
-    h[n:] += a[1:]
-    h[:n] = a
-    h *= _HASH_A
-    h %= dim
-    h.sort()
-    keep = np.empty(h.size, dtype=np.bool_)
-    keep[0] = True
-    np.not_equal(h[1:], h[:-1], out=keep[1:])
-    out: NDArray[np.int64] = h[keep]
-    return out
-
-
-_U64 = (1 << 64) - 1
-_I64_TOP = 1 << 63
-
-
-def ngram_slots(ids: Sequence[int], dim: int) -> list[int]:
-    """``ngram_indices`` in plain Python, for short sequences (numpy's per-call cost dominates there).
-
-    numpy computes the bigram hash in int64, which wraps around; a power-of-two ``dim`` divides 2**64,
-    so the residue is the same without wrapping, otherwise the wrap-around is reproduced.
-    """
-    if not ids:
-        return []
-    a, b = _HASH_A, _HASH_B
-    slots = {(i * a) % dim for i in ids}  # token ids are < 2**31: no int64 overflow here
-    pairs = itertools.pairwise(ids)
-    if dim & (dim - 1) == 0:
-        slots.update(((i * b + j) * a) % dim for i, j in pairs)
-    else:
-        for i, j in pairs:
-            h = ((i * b + j) * a) & _U64
-            slots.add((h - (1 << 64) if h >= _I64_TOP else h) % dim)
-    return sorted(slots)
+_TOP_KEYS_2 = _TOP_KEYS | {"length", "served"}
+__all__ = ["SHORT_TEXT_IDS", "TextModel", "encode_array", "ngram_indices", "ngram_slots"]
 
 
 def checksum(doc: dict[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != "sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class TextModel:
-    dim: int
-    weights: NDArray[np.float32]  # (3, dim)
-    bias: NDArray[np.float64]  # (3,)
-    # Serving copies: one contiguous float64 row of 3 weights per slot, so a request gathers rows; the
-    # same as a flat array of Python-readable doubles for short texts, and the bias as floats.
-    rows: NDArray[np.float64] = field(init=False, repr=False, compare=False)
-    flat: array.array[float] = field(init=False, repr=False, compare=False)
-    bias3: tuple[float, float, float] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        rows = np.ascontiguousarray(self.weights.T, dtype=np.float64)
-        object.__setattr__(self, "rows", rows)
-        object.__setattr__(self, "flat", array.array("d", rows.tobytes()))
-        b0, b1, b2 = self.bias.tolist()
-        object.__setattr__(self, "bias3", (b0, b1, b2))
-
-    def logits(self, ids: Sequence[int]) -> NDArray[np.float64]:
-        idx = ngram_indices(ids, self.dim)
-        if idx.size == 0:
-            return self.bias.copy()
-        out: NDArray[np.float64] = self.bias + self.rows[idx].sum(axis=0) / math.sqrt(idx.size)
-        return out
-
-    def logits3(self, ids: Sequence[int]) -> tuple[float, float, float]:
-        """``logits`` as three floats, the gateway's hot path: the same sums in the same order (so the
-        same bits), in plain Python below ``SHORT_TEXT_IDS`` token ids, where numpy's call overhead
-        would be most of the cost."""
-        if len(ids) > SHORT_TEXT_IDS:
-            l0, l1, l2 = self.logits(ids).tolist()
-            return (l0, l1, l2)
-        slots = ngram_slots(ids, self.dim)
-        b0, b1, b2 = self.bias3
-        if not slots:
-            return (b0, b1, b2)
-        w = self.flat
-        s0 = s1 = s2 = 0.0
-        for k in slots:
-            j = 3 * k
-            s0 += w[j]
-            s1 += w[j + 1]
-            s2 += w[j + 2]
-        r = math.sqrt(len(slots))
-        return (b0 + s0 / r, b1 + s1 / r, b2 + s2 / r)
 
 
 @dataclass(frozen=True)
@@ -181,6 +81,16 @@ class Trees:
         object.__setattr__(self, "roots", np.arange(self.n_trees, dtype=np.int64) * self.n_nodes)
         arrays = (self.feature, self.threshold, self.left, self.right, self.value)
         object.__setattr__(self, "quick", build(self.n_trees, self.n_nodes, self.depth, arrays, self.baseline))
+
+    def raw_batch(self, xs: NDArray[np.float64]) -> NDArray[np.float64]:
+        """``raw`` of every row of ``xs`` at once: (rows, classes)."""
+        rows = np.arange(len(xs))[:, None]
+        node = np.broadcast_to(self.roots, (len(xs), self.n_trees))
+        for _ in range(self.depth):
+            node = self.children[2 * node + (xs[rows, self.feature[node]] <= self.threshold[node])]
+        n_classes = self.baseline.size
+        out: NDArray[np.float64] = self.baseline + self.value[node].reshape(len(xs), -1, n_classes).sum(axis=1)
+        return out
 
     def raw(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         node = self.roots
@@ -217,6 +127,16 @@ class ClassifierModel:
     output_medium_max: int
     text: TextModel
     trees: Trees
+    length: LengthModel
+    served: Mapping[str, ServedProfile]
+
+    def raw3(self, x: Sequence[float]) -> tuple[float, ...]:
+        """The trees' three logits (``x``: every feature, in model order), the gateway's hot path."""
+        quick = self.trees.quick
+        if quick is not None:
+            return quick.raw(x)
+        out: tuple[float, ...] = tuple(self.trees.raw(np.asarray(x, dtype=np.float64)).tolist())
+        return out
 
     def probabilities(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         return softmax(self.trees.raw(x))
@@ -229,52 +149,32 @@ class ClassifierModel:
         return softmax3(self.trees.raw(np.asarray(x, dtype=np.float64)).tolist())
 
     def probabilities_batch(self, xs: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.array([self.probabilities(row) for row in xs])
+        z = self.trees.raw_batch(np.asarray(xs, dtype=np.float64).reshape(-1, len(self.feature_names)))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        out: NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.doc, sort_keys=True, separators=(",", ":"))
 
 
-def _need(cond: bool, message: str) -> None:
-    if not cond:
-        raise ModelFormatError(f"model: {message}")
-
-
-def _int(value: Any, what: str, lo: int = 0, hi: int = 1 << 31) -> int:
-    _need(isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi, f"{what} must be an int")
-    return int(value)
-
-
-def _floats(value: Any, n: int, what: str) -> NDArray[np.float64]:
-    ok = isinstance(value, list) and len(value) == n and all(isinstance(v, int | float) for v in value)
-    _need(ok and all(math.isfinite(v) for v in value), f"{what} must be {n} finite numbers")
-    return np.asarray(value, dtype=np.float64)
-
-
-def _parse_text(text: Any) -> TextModel:
-    _need(isinstance(text, dict) and set(text) == {"dim", "weights_f16", "bias"}, "bad 'text' section")
-    dim = _int(text["dim"], "text.dim", 1, 1 << 22)
-    weights = decode_array(text["weights_f16"], "float16", 3 * dim, "text.weights_f16").reshape(3, dim)
-    return TextModel(dim, weights.astype(np.float32), _floats(text["bias"], 3, "text.bias"))
-
-
 def _parse_trees(head: Any, n_features: int) -> Trees:
     keys = {"kind", "baseline", "n_trees", "n_nodes", "depth", "feature", "threshold", "left", "right", "value"}
-    _need(isinstance(head, dict) and set(head) == keys and head.get("kind") == "trees", "bad 'head' section")
-    n_trees = _int(head["n_trees"], "head.n_trees", 3, 100_000)
-    n_nodes = _int(head["n_nodes"], "head.n_nodes", 1, 100_000)
-    depth = _int(head["depth"], "head.depth", 0, 64)
-    _need(n_trees % 3 == 0, "head.n_trees must be a multiple of 3")
+    need(isinstance(head, dict) and set(head) == keys and head.get("kind") == "trees", "bad 'head' section")
+    n_trees = check_int(head["n_trees"], "head.n_trees", 3, 100_000)
+    n_nodes = check_int(head["n_nodes"], "head.n_nodes", 1, 100_000)
+    depth = check_int(head["depth"], "head.depth", 0, 64)
+    need(n_trees % 3 == 0, "head.n_trees must be a multiple of 3")
     size = n_trees * n_nodes
     feature = decode_array(head["feature"], "int32", size, "head.feature").astype(np.int64)
     left = decode_array(head["left"], "int32", size, "head.left").astype(np.int64)
     right = decode_array(head["right"], "int32", size, "head.right").astype(np.int64)
-    _need(bool(((feature >= 0) & (feature < n_features)).all()), "head.feature index out of range")
+    need(bool(((feature >= 0) & (feature < n_features)).all()), "head.feature index out of range")
     tree_of = np.arange(size) // n_nodes
     for arr, what in ((left, "left"), (right, "right")):
-        _need(bool(((arr >= 0) & (arr < size) & (arr // n_nodes == tree_of)).all()), f"head.{what} out of its tree")
+        need(bool(((arr >= 0) & (arr < size) & (arr // n_nodes == tree_of)).all()), f"head.{what} out of its tree")
     return Trees(
-        baseline=_floats(head["baseline"], 3, "head.baseline"),
+        baseline=check_floats(head["baseline"], 3, "head.baseline"),
         n_trees=n_trees,
         n_nodes=n_nodes,
         depth=depth,
@@ -294,28 +194,39 @@ def parse_model(raw: str | bytes | dict[str, Any], source: str = "model") -> Cla
         raise ModelFormatError(f"{source}: not valid JSON") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ModelFormatError(f"{source}: not a wattgate classifier model")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise ModelFormatError(f"{source}: format version {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
+    fmt = doc.get("format_version")
+    if fmt not in READABLE_VERSIONS:
+        raise ModelFormatError(f"{source}: format version {fmt!r}, this wattgate reads {READABLE_VERSIONS}")
     if doc.get("sha256") != checksum(doc):
         raise ModelFormatError(f"{source}: checksum mismatch: the model was altered or corrupted; refusing to load it")
-    _need(set(doc) - {"sha256"} == _TOP_KEYS, f"unexpected fields {sorted(set(doc) ^ (_TOP_KEYS | {'sha256'}))}")
+    keys = _TOP_KEYS if fmt == 1 else _TOP_KEYS_2
+    need(set(doc) - {"sha256"} == keys, f"unexpected fields {sorted(set(doc) ^ (keys | {'sha256'}))}")
     names = doc["feature_names"]
-    _need(
+    need(
         isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names),
         "bad feature_names",
     )
     edges = doc["edges"]
-    _need(isinstance(edges, dict) and set(edges) == {"output_short_max", "output_medium_max"}, "bad edges")
-    short_max = _int(edges["output_short_max"], "edges.output_short_max", 1)
-    medium_max = _int(edges["output_medium_max"], "edges.output_medium_max", short_max + 1)
+    need(isinstance(edges, dict) and set(edges) == {"output_short_max", "output_medium_max"}, "bad edges")
+    short_max = check_int(edges["output_short_max"], "edges.output_short_max", 1)
+    medium_max = check_int(edges["output_medium_max"], "edges.output_medium_max", short_max + 1)
+    text = parse_text(doc["text"])
+    if fmt == 1:
+        length, served = midpoints(ClassEdges(output_short_max=short_max, output_medium_max=medium_max)), {}
+    else:
+        length = parse_length(doc["length"], "length")
+        need(isinstance(doc["served"], dict), "served must be a mapping of model name -> profile")
+        served = {str(k): parse_served(str(k), v, names, text.dim) for k, v in doc["served"].items()}
     return ClassifierModel(
         doc=doc,
-        version=_int(doc["version"], "version"),
+        version=check_int(doc["version"], "version"),
         feature_names=tuple(names),
         output_short_max=short_max,
         output_medium_max=medium_max,
-        text=_parse_text(doc["text"]),
+        text=text,
         trees=_parse_trees(doc["head"], len(names)),
+        length=length,
+        served=served,
     )
 
 

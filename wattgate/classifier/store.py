@@ -16,7 +16,7 @@ from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.features import Sample
 from wattgate.classifier.model import ClassifierModel, parse_model
 from wattgate.classifier.predictor import ModelPredictor
-from wattgate.planner.contract import ContractError, Keys, Observation
+from wattgate.planner.contract import OBSERVATIONS_MAXLEN, ContractError, Keys, Observation
 from wattgate.profiles.classes import ClassEdges
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,24 @@ class ClassifierStore:
             if obs.status != 200 or not obs.features:
                 skipped += 1
                 continue
-            samples.append(Sample(dict(obs.features), obs.output_tokens, obs.ts))
+            try:
+                slots = obs.slots() or None
+            except ContractError:
+                slots = None  # malformed slots: the features are still good
+            samples.append(Sample(dict(obs.features), obs.output_tokens, obs.ts, obs.model, slots))
         return ReadReport(samples, skipped)
+
+    def add_observations(self, observations: list[Observation]) -> None:
+        """Append to the observations stream exactly as gateways do (field ``json``, capped stream)."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for obs in observations:
+                    pipe.xadd(
+                        self.keys.observations, {"json": obs.to_json()}, maxlen=OBSERVATIONS_MAXLEN, approximate=True
+                    )
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"cannot write observations: {exc}") from exc
 
     def current_version(self) -> int:
         try:

@@ -22,16 +22,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 from wattgate.classifier.errors import ClassifierError
-from wattgate.classifier.model import (
-    FORMAT,
-    FORMAT_VERSION,
-    ClassifierModel,
-    TextModel,
-    encode_array,
-    ngram_indices,
-    parse_model,
-    sign,
-)
+from wattgate.classifier.length import LengthModel, midpoints
+from wattgate.classifier.model import FORMAT, FORMAT_VERSION, ClassifierModel, parse_model, sign
+from wattgate.classifier.served import ServedProfile
+from wattgate.classifier.textmodel import TextModel, encode_array, ngram_indices, text_doc
 from wattgate.profiles.classes import ClassEdges
 
 TEXT_DIM = 1 << 16
@@ -124,6 +118,7 @@ def build_model(
     head: dict[str, Any],
     edges: ClassEdges,
     notes: dict[str, Any],
+    length: LengthModel | None = None,
 ) -> ClassifierModel:
     doc = {
         "format": FORMAT,
@@ -133,18 +128,22 @@ def build_model(
         "notes": notes,
         "edges": {"output_short_max": edges.output_short_max, "output_medium_max": edges.output_medium_max},
         "feature_names": list(feature_names),
-        "text": {
-            "dim": text.dim,
-            "weights_f16": encode_array(text.weights, "<f2"),
-            "bias": [float(b) for b in text.bias],
-        },
+        "text": text_doc(text),
         "head": head,
+        "length": (length or midpoints(edges)).to_doc(),
+        "served": {},
     }
     return parse_model(sign(doc))
 
 
-def with_head(model: ClassifierModel, head: dict[str, Any], version: int, notes: dict[str, Any]) -> ClassifierModel:
-    """A copy of ``model`` with a refitted head (the text part stays: observations carry no text)."""
+def with_served(
+    model: ClassifierModel, profiles: dict[str, ServedProfile], version: int, notes: dict[str, Any]
+) -> ClassifierModel:
+    """A copy of ``model`` (text model and trees as they are) with these served-model profiles set or replaced."""
     doc = {k: v for k, v in model.doc.items() if k != "sha256"}
-    doc.update(head=head, version=version, created_at=time.time(), notes=notes)
+    if doc.get("format_version") == 1:  # an older document: carry it to the current format
+        doc["length"] = model.length.to_doc()
+    served = dict(doc.get("served") or {})
+    served.update({name: p.to_doc() for name, p in profiles.items()})
+    doc.update(format_version=FORMAT_VERSION, served=served, version=version, created_at=time.time(), notes=notes)
     return parse_model(sign(doc))

@@ -95,9 +95,8 @@ def upstream_headers(
     any the client listed in ``Connection``), plus ours."""
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     for k, v in headers:
-        if k.lower() == b"connection":  # headers the client named in Connection are hop-by-hop
+        if k.lower() == b"connection":  # headers the client named in Connection (any of them) are hop-by-hop
             allowed = allowed - {h.strip().lower() for h in v.split(b",")}
-            break
     out = [(k, v) for k, v in headers if k.lower() in allowed]
     out.append((b"content-type", b"application/json"))  # the body is the JSON document the gateway read
     out.append((b"x-request-id", request_id.encode("latin-1")))

@@ -247,6 +247,7 @@ OPTIONS: tuple[Option, ...] = (
         10.0,
         "period of the look for a retrained classifier in Redis (s; with redis_url)",
     ),
+    c.CLASSIFIER_TEXT_SLOTS,
     c.LOG_LEVEL,
     _opt("access_log", boolean(), False, "log every request (uvicorn access log)"),
     Option(

@@ -22,6 +22,7 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from wattgate.classifier.api import MaxTokensPredictor, Prediction, requested_max_tokens
+from wattgate.classifier.observe import observation
 from wattgate.gateway.errors import ApiError, api_error_response, as_json_object, error_body, upstream_error_body
 from wattgate.gateway.guard import CLIENT_GONE, FIRST_BYTE, RequestGuard
 from wattgate.gateway.http import (
@@ -38,7 +39,6 @@ from wattgate.gateway.sse import SseRelay
 from wattgate.gateway.state import GatewayState
 from wattgate.gateway.transport import Upstream
 from wattgate.gateway.upstream import Job, connect, end, read_all
-from wattgate.planner.contract import Observation
 
 log = logging.getLogger("wattgate.gateway.proxy")
 
@@ -210,11 +210,12 @@ class ProxyEndpoint:
             return
         usage = job.usage or {}
         store.record_observation(
-            Observation(
+            observation(
+                job.prediction,
+                keep_text_slots=state.settings.classifier_text_slots,
                 request_id=job.request_id,
                 pool=job.pool,
                 predicted_type=job.rtype.name if job.rtype else "-",
-                output_probs=list(job.prediction.output_probs),
                 input_tokens=int(usage.get("prompt_tokens") or job.prediction.input_tokens),
                 output_tokens=int(usage.get("completion_tokens") or job.events),
                 ttft_s=job.ttft_s if job.stream else None,
@@ -223,7 +224,6 @@ class ProxyEndpoint:
                 instance=inst.id,
                 model=job.model,
                 ts=time.time(),
-                features=dict(job.prediction.features),
             )
         )
 

@@ -81,7 +81,12 @@ def request_type(pred: Prediction, edges: ClassEdges) -> RequestType:
 
 
 def expected_output_tokens(pred: Prediction, edges: ClassEdges, max_tokens: int | None) -> int:
-    """Modelled: probability-weighted class midpoints (L counts as twice the M edge), capped by max_tokens."""
+    """Modelled: the predictor's expected output tokens (the mean of its length distribution for the served
+    model, capped by max_tokens) when it gives one; else probability-weighted class midpoints (L counts as
+    twice the M edge), capped by max_tokens."""
+    if pred.expected_output_tokens is not None:
+        value = round(pred.expected_output_tokens)
+        return max(1, min(value, max_tokens) if max_tokens else value)
     s_mid = edges.output_short_max / 2
     m_mid = (edges.output_short_max + edges.output_medium_max) / 2
     l_mid = 2 * edges.output_medium_max

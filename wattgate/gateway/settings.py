@@ -82,6 +82,7 @@ class GatewaySettings:
     edges: ClassEdges = field(default_factory=ClassEdges)
     classifier: str = "model"  # model: the shipped trained classifier; max_tokens: the fallback only
     classifier_poll_s: float = 10.0  # how often to look for a newer classifier version in Redis
+    classifier_text_slots: bool = True  # Observations keep the prompt's hashed n-gram slots (README: privacy)
     log_level: str = "info"
     access_log: bool = False
     forward_headers: tuple[str, ...] = ()  # request headers passed to backends besides the built-in list

@@ -4,6 +4,11 @@ Gateways, the planner and agents talk only through the keys below. Every message
 ``"schema": SCHEMA_VERSION``; a reader refuses a message of another major version with
 ``ContractError`` rather than guessing. Nothing here is pickled: a message can never run code.
 
+Messages grow only by optional fields with defaults, so one schema version spans them: a reader
+drops fields it does not know and fills the ones a writer left out with their defaults. Additions
+within schema 1 are listed at each message (``Observation``: ``text_slots``, ``text_dim`` since
+``OBSERVATION_REVISION`` 2).
+
 Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 
 | key | type | writer | content |
@@ -26,8 +31,11 @@ Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
+import sys
+from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
@@ -38,6 +46,8 @@ DEFAULT_PREFIX = "wg"
 LOAD_SECOND_TTL_S = 2 * 3600
 LOAD_MINUTE_TTL_S = 8 * 24 * 3600
 OBSERVATIONS_MAXLEN = 200_000
+# Revision 2 of Observation (schema 1) adds ``text_slots``/``text_dim``; revision-1 readers ignore them.
+OBSERVATION_REVISION = 2
 HEARTBEAT_TTL_S = 15
 TELEMETRY_TTL_S = 15
 LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
@@ -192,10 +202,50 @@ class Observation(_Message):
     ts: float  # unix time the request finished
     features: dict[str, float] = field(default_factory=dict)  # classifier features (no text)
     max_tokens: int | None = None
+    # Revision 2: the hashed uni/bigram slots of the last user message's first token ids (``encode_slots``:
+    # base64 of little-endian uint16), so adaptation can refit the text model without the text. Empty when
+    # the gateway keeps no slots (``classifier_text_slots: false``); ``text_dim`` is the hash space size.
+    text_slots: str = ""
+    text_dim: int = 0
+    revision: int = 1  # a message without the field predates revision 2; revision-2 writers set it
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Observation:
-        return _build(cls, _decode(raw, "observation"), "observation")
+        obs = _build(cls, _decode(raw, "observation"), "observation")
+        if not isinstance(obs.text_slots, str) or not isinstance(obs.text_dim, int):
+            raise ContractError("observation: text_slots must be a string and text_dim an integer")
+        return obs
+
+    def slots(self) -> list[int]:
+        """The decoded text slots (empty when none were kept); ``ContractError`` if they are malformed."""
+        return decode_slots(self.text_slots, self.text_dim)
+
+
+def encode_slots(slots: Any) -> str:
+    """Text slots (ints in [0, 65536)) as base64 of little-endian uint16: ~2.7 characters a slot."""
+    arr = array("H", slots)
+    if sys.byteorder != "little":
+        arr.byteswap()
+    return base64.b64encode(arr.tobytes()).decode("ascii")
+
+
+def decode_slots(text: str, dim: int) -> list[int]:
+    if not text:
+        return []
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ContractError("observation: text_slots is not valid base64") from exc
+    if len(raw) % 2:
+        raise ContractError("observation: text_slots has an odd byte count")
+    arr = array("H")
+    arr.frombytes(raw)
+    if sys.byteorder != "little":
+        arr.byteswap()
+    out = arr.tolist()
+    if not 0 < dim <= 1 << 16 or (out and max(out) >= dim):
+        raise ContractError(f"observation: text slots outside the text_dim {dim}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,13 @@ CLASS_EDGES = Option(
     example="100,200,10,20",
 )
 SEED = Option("seed", integer(), 0, "random seed", example="7")
+CLASSIFIER_TEXT_SLOTS = Option(
+    "classifier_text_slots",
+    boolean(),
+    True,
+    "observations keep the prompt's hashed n-gram slots so adaptation can learn per prompt (off: features only, "
+    "the privacy setting)",
+)
 JSON = Option("json", boolean(), False, "print one JSON document instead of a table")
 SPEED = Option("speed", number(above=0), 1.0, "trace seconds per wall (or simulated) second", example="2")
 SIM_SPEED = Option(
