@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from wattgate.agent.engines.emulator import EmulatorSettings
 from wattgate.agent.settings import AgentSettings
 from wattgate.classifier.adapt import AdaptSettings
 from wattgate.cli import commands
@@ -27,6 +28,9 @@ from wattgate.settings import common
 from wattgate.settings.model import Command, Option, SettingsError
 from wattgate.settings.parse import OTHER_VARIABLES, options_of, parse, resolve
 from wattgate.settings.readme import render, tables_in
+from wattgate.servingmodel.arch import ARCHITECTURES
+from wattgate.servingmodel.calibration import load_calibration
+from wattgate.simulate.policies import Calibrated
 from wattgate.simulate.run import SimSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +39,6 @@ COMMANDS = {c.name: c for c in commands()}
 # The only options whose default differs between commands, and why (the README tables show each default).
 DEFAULTS_THAT_DIFFER = {
     ("gpus", "plan"): "required: the budget to plan for",
-    ("gpus", "simulate"): "the simulated cluster is 256 GPUs unless told otherwise",
     ("port", "sim-backend"): "an engine's port, not the gateway's 8080",
     ("speed", "demo"): "the demo walks through 4x as much of the trace",
     ("duration_s", "demo"): "two minutes of replay",
@@ -132,7 +135,8 @@ def test_defaults_agree_with_the_settings_objects_they_feed() -> None:
     agent = AgentSettings(redis_url="redis://x", node="n", model="m")
     skip = {"redis_url", "node", "model", "state_dir", "gpu_indices", "engine", "externals", "engine_command"}
     check("agent", agent, {f.name: f.name for f in dataclasses.fields(AgentSettings) if f.name not in skip})
-    assert agent.engine.value == COMMANDS["agent"].option("engine").default
+    # no --engine: vllm, or external when --external servers are given (from_values decides)
+    assert agent.engine.value == "vllm" and COMMANDS["agent"].option("engine").default is None
     slo = SloTargets()
     assert tuple(slo.ttft_p99_s[c] for c in LENGTH_CLASSES) == common.TTFT_S.default
     assert slo.tbt_p99_s == common.TBT_S.default
@@ -147,7 +151,38 @@ def test_defaults_agree_with_the_settings_objects_they_feed() -> None:
         LoopSettings(),
         {"cluster_period_s": "cluster_period_s", "pool_period_s": "pool_period_s", "lease_s": "lease_s"},
     )
-    check("simulate", SimSettings(), {"gpus": "gpus", "epoch_s": "epoch_s", "seed": "seed", "headroom": "headroom"})
+    check(
+        "simulate",
+        SimSettings(),
+        {
+            "gpus": "gpus",
+            "epoch_s": "epoch_s",
+            "seed": "seed",
+            "headroom": "headroom",
+            "arch": "arch",
+            "engine_calibration": "engine",
+            "iso_slo_target": "iso_slo_target",
+        },
+    )
+    check("simulate", Calibrated(), {"quantile": "quantile", "amortize_s": "amortize_s"})
+    check(
+        "sim-backend",
+        EmulatorSettings(model="m", tp=1),
+        {
+            "arch": "arch",
+            "engine_calibration": "engine",
+            "sim_speed": "speed",
+            "max_num_seqs": "max_num_seqs",
+            "max_num_batched_tokens": "max_num_batched_tokens",
+            "gpu_memory_utilization": "gpu_memory_utilization",
+            "load_window_s": "load_window_s",
+            "default_output_tokens": "default_output_tokens",
+        },
+    )
+    assert EmulatorSettings(model="m", tp=1).edges == COMMANDS["sim-backend"].option("class_edges").default
+    # the choices are the serving model's: every architecture and every engine calibration it ships
+    assert set(common.ARCH.kind.metavar.strip("{}").split(",")) == set(ARCHITECTURES)
+    assert set(common.ENGINE_CALIBRATION.kind.metavar.strip("{}").split(",")) == set(load_calibration().engines)
     check(
         "classifier retrain",
         AdaptSettings(),

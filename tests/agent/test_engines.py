@@ -71,12 +71,15 @@ def test_tgi_command_line(tmp_path: Path) -> None:
 
 
 def test_simulated_command_line(tmp_path: Path) -> None:
-    out = launched(tmp_path, EngineKind.SIMULATED, profile="llama-h100", gpu_state_dir=tmp_path / "gs", speed=4.0)
+    out = launched(
+        tmp_path, EngineKind.SIMULATED, gpu_state_dir=tmp_path / "gs", speed=4.0, extra_args=("--arch", "llama-3.1-8b")
+    )
     argv = out["argv"]
     flags = {argv[i]: argv[i + 1] for i in range(0, len(argv) - 1) if argv[i].startswith("--")}
-    assert flags["--model"] == "meta/llama" and flags["--profile"] == "llama-h100"
+    assert flags["--model"] == "meta/llama" and flags["--arch"] == "llama-3.1-8b"
     assert flags["--tp"] == "2" and flags["--gpus"] == "0,1" and flags["--gpu-state-dir"] == str(tmp_path / "gs")
-    assert flags["--speed"] == "4" and flags["--max-batch"] == "64"
+    assert flags["--speed"] == "4" and flags["--max-num-seqs"] == "64"
+    assert "--profile" not in flags  # sim-backend runs the serving model, not a profile
 
 
 def test_parse_metrics() -> None:

@@ -43,7 +43,8 @@ def test_plan_prints_a_table_with_both_baselines(profile_path: str, capsys: pyte
     assert main(["plan", "--profile", profile_path, "--gpus", "8", "--load", "SS=2.5"]) == 0
     out = capsys.readouterr().out
     assert "predicted power" in out and "(modelled)" in out
-    assert "single-pool baseline (one pool of TP8" in out and "multi-pool baseline (each type" in out
+    assert "single-pool baseline (one pool of the largest TP a node holds" in out and " x TP" in out
+    assert "multi-pool baseline (each type" in out
     assert "saving vs the single-pool baseline: " in out and "saving vs the multi-pool baseline: " in out
 
 

@@ -6,14 +6,18 @@ import pytest
 import redis
 
 from wattgate.planner.contract import (
+    HEARTBEAT_REVISION,
     OBSERVATION_REVISION,
+    PLAN_REVISION,
     SCHEMA_VERSION,
     ContractError,
+    Heartbeat,
     InstanceRecord,
     Keys,
     Observation,
     Plan,
     PlannedInstance,
+    UnmanagedInstance,
     decode_slots,
     encode_slots,
     load_field,
@@ -76,6 +80,39 @@ def test_plan_serves_defaults_to_empty_and_round_trips() -> None:
     old = plan.to_dict()
     del old["serves"]
     assert Plan.from_json(json.dumps(old)).serves == {}
+
+
+def test_heartbeat_unmanaged_servers_round_trip_and_old_heartbeats_still_read() -> None:
+    servers = [UnmanagedInstance("e0", 4, [0, 1, 2, 3], "m")]
+    beat = Heartbeat("ext", 1.0, 3, 8, True, managed=False, unmanaged=servers, revision=HEARTBEAT_REVISION)
+    back = Heartbeat.from_json(beat.to_json())
+    assert back == beat and back.unmanaged[0].engine == "vllm" and back.unmanaged[0].pool == ""
+    assert back.revision == 2
+    old = beat.to_dict()
+    del old["unmanaged"], old["managed"], old["revision"]
+    legacy = Heartbeat.from_json(json.dumps(old))
+    assert legacy.unmanaged == [] and legacy.revision == 1
+    with pytest.raises(ContractError, match="unmanaged"):
+        Heartbeat.from_json(beat.to_dict() | {"unmanaged": "e0"})
+    with pytest.raises(ContractError, match="bad unmanaged instance"):
+        Heartbeat.from_json(beat.to_dict() | {"unmanaged": [{"id": "e0"}]})
+
+
+def test_plan_fixed_ids_default_empty_and_newer_fields_are_ignored() -> None:
+    inst = PlannedInstance("e0", "SM", "ext", [0, 1], 2, 1200, 1.0, 500.0)
+    plan = Plan(1, 0.0, "m", [inst], {"SM": 1.0}, 500.0, 900.0, fixed=["e0"], revision=PLAN_REVISION)
+    back = Plan.from_json(plan.to_json())
+    assert back.fixed == ["e0"] and back.fixed_pools() == {"e0": "SM"} and back.revision == 2
+    old = plan.to_dict()
+    del old["fixed"], old["revision"]
+    legacy = Plan.from_json(json.dumps(old))
+    assert legacy.fixed == [] and legacy.fixed_pools() == {} and legacy.revision == 1
+    # a newer writer's extra fields, on the plan and on its instances, are ignored rather than refused
+    newer = plan.to_dict() | {"later": 1}
+    newer["instances"] = [{**newer["instances"][0], "later": True}]
+    assert Plan.from_json(json.dumps(newer)) == plan
+    with pytest.raises(ContractError, match="bad instance"):
+        Plan.from_json(plan.to_dict() | {"instances": [{"id": "e0"}]})
 
 
 def test_observation_revision_2_keeps_text_slots_and_revision_1_messages_still_read() -> None:

@@ -9,12 +9,13 @@ import redis
 
 from tests.planner.toy import toy_profile
 from tests.support import wait_for
-from wattgate.planner.contract import Heartbeat, Keys, Plan, load_field
+from wattgate.planner.baselines import IDLE_GPU_W, single_pool
+from wattgate.planner.contract import PLAN_REVISION, Heartbeat, Keys, Plan, UnmanagedInstance, load_field
 from wattgate.planner.forecast import ForecastSettings, Method
-from wattgate.planner.greedy import IDLE_GPU_W
 from wattgate.planner.loop import LoopSettings, PlannerLoop
 from wattgate.planner.model import SolverSettings
 from wattgate.planner.store import PlannerStore
+from wattgate.profiles.classes import RequestType
 
 NOW = 1_700_000_000.0
 # gap_rel=0: the exact optimum. CBC's time limit counts wall time: on a loaded machine a starved CBC
@@ -96,6 +97,60 @@ def test_nodes_of_external_instances_only_are_not_planned_onto(redis_url: str) -
     plan = PlannerStore(redis_url).current_plan()
     assert plan is not None and plan.instances
     assert {i.node for i in plan.instances} == {"gpu-a"}
+
+
+def _unmanaged(url: str, node: str, gpus: int, servers: list[UnmanagedInstance]) -> None:
+    r = redis.Redis.from_url(url)
+    r.sadd(Keys().nodes, node)
+    r.set(Keys().heartbeat(node), Heartbeat(node, NOW, None, gpus, True, managed=False, unmanaged=servers).to_json())
+    r.close()
+
+
+def _published(loop: PlannerLoop) -> Plan:
+    """One tick that publishes, the plan it published; the loop's store is closed (no socket left to GC)."""
+    store = loop.store
+    assert isinstance(store, PlannerStore)
+    try:
+        assert loop.tick() == "published"
+        plan = store.current_plan()
+        store.release_lease(loop.me)
+    finally:
+        store.close()
+    assert plan is not None
+    return plan
+
+
+def test_servers_in_unmanaged_heartbeats_are_fixed_capacity_given_pools_and_clocks(redis_url: str) -> None:
+    """The known problem "external capacity is not counted": the managed pools are sized around them."""
+    _seed(redis_url, {"SS": 480.0, "SM": 300.0}, nodes={"gpu-a": 8, "gpu-b": 8})  # 8 + 5 req/s
+    without = _published(_loop(redis_url, Clock(), "a"))
+    assert not without.fixed
+    managed_gpus = sum(i.tp for i in without.instances)
+    servers = [UnmanagedInstance(f"e{i}", 2, [2 * i, 2 * i + 1], "toy", "vllm", "SS") for i in range(2)]
+    _unmanaged(redis_url, "ext", 4, servers)
+    plan = _published(_loop(redis_url, Clock(), "b"))
+    assert sorted(plan.fixed) == ["e0", "e1"] and plan.revision == PLAN_REVISION
+    fixed = {i.id: i for i in plan.instances if i.id in plan.fixed}
+    assert {i.node for i in fixed.values()} == {"ext"} and fixed["e1"].gpus == [2, 3]
+    assert all(i.pool in ("SS", "SM") and i.sm_clock_mhz > 0 and i.load_rps > 0 for i in fixed.values())
+    assert plan.fixed_pools() == {i.id: i.pool for i in fixed.values()}
+    managed = [i for i in plan.instances if i.id not in plan.fixed]
+    assert {i.node for i in managed} <= {"gpu-a", "gpu-b"}
+    assert sum(i.tp for i in managed) < managed_gpus, (without.reasons, plan.reasons)  # sized around the fleet
+    assert sum(i.load_rps for i in plan.instances) == pytest.approx(13.0 * 1.1, rel=1e-6)  # all of it, margin 0.1
+    assert plan.single_pool_gpus is not None and plan.single_pool_power_w is not None
+    loads = {RequestType.parse(p): v for p, v in plan.forecast_rps.items()}
+    cluster = single_pool(toy_profile(), loads, SOLVER.slo, 16 + 4)  # the baseline counts the fleet's GPUs too
+    assert plan.single_pool_power_w == pytest.approx(cluster.power_w, abs=0.1)
+    assert any("fixed x TP2" in r for r in plan.reasons)
+
+
+def test_single_pool_baseline_uses_the_largest_tp_a_node_holds(redis_url: str) -> None:
+    """The known problem "the single-pool baseline ignores node size": TP8 was modelled on 4-GPU nodes."""
+    _seed(redis_url, {"SS": 180.0}, nodes={"gpu-a": 4, "gpu-b": 4})
+    plan = _published(_loop(redis_url, Clock(), "a"))
+    assert plan.single_pool_gpus is not None
+    assert plan.single_pool_gpus % 4 == 0 and any("x TP4 @" in r for r in plan.reasons if "single-pool" in r)
 
 
 def test_a_second_planner_takes_over_when_the_lease_lapses(redis_url: str) -> None:

@@ -20,6 +20,7 @@ from wattgate.planner.model import (
 )
 from wattgate.planner.solver import MilpSolution, SolverFailed, solve, solve_milp
 from wattgate.profiles.classes import LengthClass, RequestType, SloTargets
+from wattgate.profiles.table import Profile
 
 EXACT = SolverSettings(gap_rel=0.0, time_limit_s=30.0)
 
@@ -272,15 +273,20 @@ def test_a_pool_is_rated_for_every_type_that_may_spill_into_it() -> None:
 
 
 def test_short_inputs_spilled_into_a_long_output_pool_get_a_clock_their_own_rows_allow() -> None:
-    # the shipped profile: SS on TP4 at 800 MHz misses 0.25 s at any measured load, SL there does not
-    from wattgate.profiles.builtin import load_builtin  # noqa: PLC0415
-
-    profile = load_builtin()
-    d = solve(make_problem(profile, {"SS": 0.4, "SM": 0.7, "SL": 0.05}, Inventory.uniform(16), EXACT))
-    sl = [g for g in d.groups if g.pool == "SL"]
-    assert sl and d.flows_rps["SS"].get("SL", 0.0) > 0
+    # SS misses its 0.25 s target at 1000 MHz at any load, SL there does not: one SL instance at 1000 MHz would
+    # carry both by SL's rows, but SS traffic spilled into it must be judged by SS's own rows
+    rows = []
+    for tp, clock, power in ((2, 1000, 500.0), (2, 2000, 800.0)):
+        for load in (0.5, 1.0, 2.0, 4.0):
+            rows.append((tp, clock, "SL", load, 0.05 + 0.02 * load, 0.05, power + 20 * load))
+            ss_ttft = (0.3 if clock == 1000 else 0.05) + 0.02 * load
+            rows.append((tp, clock, "SS", load, ss_ttft, 0.05, power + 20 * load))
+    profile = Profile("spill", "toy-gpu", rows)
+    d = solve(make_problem(profile, {"SS": 0.3, "SL": 1.0}, Inventory.uniform(16), EXACT))
+    assert d.flows_rps["SS"].get("SL", 0.0) > 0  # one instance is cheaper than two
     ss = RequestType.parse("SS")
-    for g in sl:
+    assert [(g.pool, g.clock_mhz) for g in d.groups] == [("SL", 2000)]
+    for g in d.groups:
         assert g.load_rps_each <= profile.max_load(g.tp, g.clock_mhz, ss, SloTargets()) * EXACT.headroom + 1e-9
 
 

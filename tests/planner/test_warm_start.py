@@ -41,8 +41,12 @@ def _objective(
 
 
 def _check_plan(problem: Problem, plan: PlanCounts) -> None:
-    """Fits the GPUs (per TP size), each type all on one of its routes, each pool within its ratings."""
-    counts, flows, unserved = plan
+    """Fits the GPUs (per TP size), each type all on one of its routes, each pool within its ratings (fixed
+    instances included, each of them running one item)."""
+    counts, flows, unserved, fixed = plan
+    assert len(fixed) == len(problem.fixed_items)
+    for tp, n in problem.fixed_counts.items():
+        assert sum(c for it, c in zip(problem.fixed_items, fixed, strict=True) if it.tp == tp) == n
     for t in {it.tp for it in problem.items}:
         used = sum(it.tp * c for it, c in zip(problem.items, counts, strict=True) if it.tp >= t)
         assert used <= problem.inventory.slots(t)
@@ -54,7 +58,8 @@ def _check_plan(problem: Problem, plan: PlanCounts) -> None:
         for q, v in by.items():
             load[q] = load.get(q, 0.0) + v
     for q, v in load.items():
-        rated = sum(it.load_rps * c for it, c in zip(problem.items, counts, strict=True) if it.pool.name == q)
+        chosen = [*zip(problem.items, counts, strict=True), *zip(problem.fixed_items, fixed, strict=True)]
+        rated = sum(it.load_rps * c for it, c in chosen if it.pool.name == q)
         assert v <= rated + 1e-6
 
 
@@ -77,21 +82,21 @@ def test_cover_plan_is_valid_and_near_the_optimum(demand: dict[str, float], node
     _check_plan(problem, plan)
     sol = solve_milp(problem)
     optimum = _objective(problem, sol.counts, sol.flows, sol.unserved)
-    assert optimum - 1e-6 <= _objective(problem, *plan) <= 1.05 * optimum
+    assert optimum - 1e-6 <= _objective(problem, *plan[:3]) <= 1.05 * optimum
 
 
 def test_cover_prices_gpus_until_the_plan_fits_a_binding_budget() -> None:
-    demand = {p: v * 2 for p, v in AZURE_MIX.items()}  # ~0.5 req/s per GPU on 64 GPUs
+    demand = {p: v * 3 for p, v in AZURE_MIX.items()}  # ~1 req/s per GPU on 48 GPUs
     full = SolverSettings(headroom=1.0)  # instances rated at their whole SLO capacity: the budget binds
     roomy = make_problem(realistic_profile(), demand, Inventory.uniform(1024), full)
     free_plan = cover_counts(roomy)
     assert free_plan is not None
-    assert sum(it.tp * c for it, c in zip(roomy.items, free_plan[0], strict=True)) > 64  # power-cheapest: too big
-    tight = make_problem(realistic_profile(), demand, Inventory.uniform(64), full)
+    assert sum(it.tp * c for it, c in zip(roomy.items, free_plan[0], strict=True)) > 48  # power-cheapest: too big
+    tight = make_problem(realistic_profile(), demand, Inventory.uniform(48), full)
     plan = cover_counts(tight)
     assert plan is not None and not plan[2]
     _check_plan(tight, plan)
-    overloaded = make_problem(realistic_profile(), {p: v * 4 for p, v in demand.items()}, Inventory.uniform(64), full)
+    overloaded = make_problem(realistic_profile(), {p: v * 2 for p, v in demand.items()}, Inventory.uniform(48), full)
     assert cover_counts(overloaded) is None  # nothing serving all of it fits: the greedy plan starts the MILP
 
 
@@ -244,4 +249,4 @@ def test_milp_solution_of_a_re_plan_is_valid_with_the_cuts() -> None:
     problem = make_problem(toy_profile(), {"SS": 8.0, "SM": 4.0}, Inventory.uniform(16), EXACT, current=current)
     sol: MilpSolution = solve_milp(problem)
     assert sol.proved_optimal
-    _check_plan(problem, (list(sol.counts), sol.flows, sol.unserved))
+    _check_plan(problem, (list(sol.counts), sol.flows, sol.unserved, list(sol.fixed_counts)))

@@ -1,8 +1,11 @@
-"""The shipped Llama-2-70B/H100 profile: loads, validates, covers every series, obeys physical invariants."""
+"""The shipped Llama-3.1-70B/H100 profile: loads, validates, covers every series, obeys physical invariants,
+and its capacities are the ones the README prints."""
 
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,7 @@ from wattgate.profiles.table import Profile
 
 CLOCKS = (800, 1000, 1200, 1400, 1600, 1800, 1980)
 TPS = (2, 4, 8)
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -20,28 +24,36 @@ def profile() -> Profile:
 
 
 def test_default_is_shipped_and_cached(profile: Profile) -> None:
+    assert DEFAULT_PROFILE == "llama-3.1-70b-h100"
     assert DEFAULT_PROFILE in builtin_names()
     assert load_builtin(DEFAULT_PROFILE) is profile
     assert resolve_profile(DEFAULT_PROFILE) is profile
-    assert (profile.model, profile.gpu) == ("llama-2-70b", "H100-80GB-HBM3")
+    assert (profile.model, profile.gpu) == ("llama-3.1-70b", "H100-80GB-HBM3")
 
 
-def test_every_tp_clock_type_series_is_present(profile: Profile) -> None:
+def test_every_series_starts_low_and_runs_past_its_slo_capacity(profile: Profile) -> None:
+    slo = SloTargets()
     assert profile.tps == TPS
     assert profile.request_types == tuple(sorted(REQUEST_TYPES))
     for tp, rtype in itertools.product(TPS, REQUEST_TYPES):
         assert profile.clocks(tp, rtype) == CLOCKS
         for clock in CLOCKS:
             loads = profile.loads(tp, clock, rtype)
-            assert loads[0] == 0.5
-            assert all(b - a == pytest.approx(0.5) for a, b in itertools.pairwise(loads))
+            assert loads[0] == 0.1
+            last = profile.lookup(tp, clock, rtype, loads[-1])
+            # the build stops once P99 TTFT (or TPOT) passes 3x its target: capacity is never cut off by the grid
+            assert last.ttft_p99_s > 3 * slo.ttft_for(rtype) or last.tbt_p99_s > 3 * slo.tbt_p99_s
 
 
-def test_provenance_names_sources_and_model(profile: Profile) -> None:
-    sources = profile.provenance["sources"]
-    assert sources["characterization"]["commit"] == "0e1b0fefd05f618183baaff57a7f016ada745a9b"
-    assert sources["perf_model"]["licence"] == "MIT"
-    assert 0 < profile.provenance["tbt_p99_s"]["alpha"] < 1
+def test_provenance_says_modelled_and_names_the_serving_model_and_the_trace(profile: Profile) -> None:
+    prov = profile.provenance
+    assert "modelled" in prov["summary"] and "none measured" in prov["summary"]
+    assert prov["serving_model"] == {
+        "arch": "llama-3.1-70b",
+        "engine": "vllm-v1",
+        "calibration": "wattgate/servingmodel/data/",
+    }
+    assert prov["lengths"]["trace"]["licence"] == "CC-BY 4.0"
 
 
 def test_power_rises_with_tp_at_every_point(profile: Profile) -> None:
@@ -49,73 +61,59 @@ def test_power_rises_with_tp_at_every_point(profile: Profile) -> None:
         for load in profile.loads(tp_small, clock, rtype):
             if load in profile.loads(tp_big, clock, rtype):
                 small = profile.lookup(tp_small, clock, rtype, load).power_w
-                assert profile.lookup(tp_big, clock, rtype, load).power_w > small
+                assert profile.lookup(tp_big, clock, rtype, load).power_w > 1.4 * small
 
 
 def test_power_rises_with_clock_beyond_noise(profile: Profile) -> None:
-    # Adjacent clocks may cross by measurement noise (34 of 1,158 pairs, at most 2.6%, at 1800 -> 1980
-    # and 800 -> 1000 MHz); from 800 MHz to 1980 MHz power always rises, by at least 20%.
+    # A row's power is a mean over a few hundred requests of random lengths: adjacent clocks may cross by
+    # up to 3%; from 800 to 1980 MHz an instance's power always rises.
     for tp, rtype in itertools.product(TPS, REQUEST_TYPES):
         for load in profile.loads(tp, 800, rtype):
-            powers = [profile.lookup(tp, c, rtype, load).power_w for c in CLOCKS]
+            powers = [profile.lookup(tp, c, rtype, load).power_w for c in CLOCKS if load in profile.loads(tp, c, rtype)]
             assert all(b >= a * 0.97 for a, b in itertools.pairwise(powers))
-            assert powers[-1] > powers[0] * 1.2
+            assert powers[-1] > powers[0] * 1.1
 
 
-def test_ttft_does_not_fall_with_load_beyond_noise_within_the_slo_region(profile: Profile) -> None:
-    # Raw TTFT is not smoothed. Its noise is single-point spikes (a P99 over a short run): TTFT may
-    # fall by up to 64% right after a spike (TP4, S inputs), but below 2x the target it never falls
-    # more than 15% under the smaller of the two points before it, and it ends no lower than it starts.
-    slo = SloTargets()
-    for tp, clock, rtype in itertools.product(TPS, CLOCKS, REQUEST_TYPES):
-        ttfts = [profile.lookup(tp, clock, rtype, x).ttft_p99_s for x in profile.loads(tp, clock, rtype)]
-        assert ttfts[-1] >= ttfts[0]
-        for i in range(1, len(ttfts)):
-            before = min(ttfts[max(0, i - 2) : i])
-            if before <= 2 * slo.ttft_for(rtype):
-                assert ttfts[i] >= 0.85 * before, (tp, clock, rtype, i)
-
-
-def test_tbt_rises_with_load_and_falls_with_clock(profile: Profile) -> None:
+def test_a_lone_request_is_faster_at_a_higher_clock(profile: Profile) -> None:
     for tp, rtype in itertools.product(TPS, REQUEST_TYPES):
-        for clock in CLOCKS:
-            tbts = [profile.lookup(tp, clock, rtype, x).tbt_p99_s for x in profile.loads(tp, clock, rtype)]
-            assert tbts == sorted(tbts)
-        low = profile.lookup(tp, 800, rtype, 0.5).tbt_p99_s
-        assert profile.lookup(tp, 1980, rtype, 0.5).tbt_p99_s < low
-
-
-def test_tbt_target_never_binds_before_the_ttft_target(profile: Profile) -> None:
-    # A finding the README states: with the 5x-rule TBT target, every point that meets its TTFT
-    # target also meets the TBT target, so the clock exponent of the TBT model does not move max_load.
-    slo = SloTargets()
-    for tp, clock, rtype in itertools.product(TPS, CLOCKS, REQUEST_TYPES):
-        for load in profile.loads(tp, clock, rtype):
-            p = profile.lookup(tp, clock, rtype, load)
-            if p.ttft_p99_s <= slo.ttft_for(rtype):
-                assert p.tbt_p99_s <= slo.tbt_p99_s
+        low, high = (profile.lookup(tp, c, rtype, 0.1) for c in (800, 1980))
+        assert high.tbt_p99_s < low.tbt_p99_s
+        # TP2's cache holds 11,760 tokens: a long-input request waits for the one before it, so its P99 TTFT
+        # at 0.1 req/s is the luck of a few collisions, not the clock
+        if tp > 2 or rtype.input != "L":
+            assert high.ttft_p99_s < low.ttft_p99_s
 
 
 def test_max_load_spot_checks(profile: Profile) -> None:
     slo = SloTargets()
     ss, ll = RequestType.parse("SS"), RequestType.parse("LL")
-    # TP8 at max clock serves SS within 0.25 s up to the highest measured 9 req/s.
-    assert profile.max_load(8, 1980, ss, slo) == 9.0
-    # TP2 at 800 MHz misses the 1.5 s LL target already at the lowest load (2.61 s at 0.5 req/s).
-    assert profile.max_load(2, 800, ll, slo) == 0.0
-    # Lower clocks never raise capacity much: TP8 LL at 800 MHz carries less than at 1980 MHz.
+    # more GPUs carry more: TP8 beats TP4 beats TP2 at the top clock for short and long requests
+    for rtype in (ss, ll):
+        caps = [profile.max_load(tp, 1980, rtype, slo) for tp in TPS]
+        assert caps == sorted(caps) and caps[-1] > caps[0]
+    # a lower clock carries less: the price of the energy it saves
+    assert profile.max_load(8, 800, ss, slo) < profile.max_load(8, 1980, ss, slo)
     assert profile.max_load(8, 800, ll, slo) < profile.max_load(8, 1980, ll, slo)
 
 
-@pytest.mark.parametrize(
-    ("rtype", "caps"),
-    [
-        ("SS", (0.0, 3.79, 0.0, 5.73, 6.94, 9.0)),
-        ("MM", (0.0, 1.04, 2.2, 3.0, 3.5, 3.5)),
-        ("LL", (0.0, 0.53, 0.51, 1.5, 1.3, 1.5)),
-    ],
-)
-def test_capacity_table_in_the_readme(profile: Profile, rtype: str, caps: tuple[float, ...]) -> None:
+def _readme_capacity_table() -> dict[str, list[float]]:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("Capacity at the default targets, from the shipped profile")
+    rows = {}
+    for line in text[start:].splitlines()[1:]:
+        m = re.match(r"\| ([SML]{2}) \|(.*)\|$", line)
+        if m:
+            rows[m.group(1)] = [float(x) for x in m.group(2).split("|")]
+        elif rows:
+            break
+    return rows
+
+
+def test_capacity_table_in_the_readme_is_the_shipped_profiles() -> None:
+    table = _readme_capacity_table()
+    assert sorted(table) == sorted(t.name for t in REQUEST_TYPES)
+    profile = load_builtin()
     configs = [(2, 800), (2, 1980), (4, 800), (4, 1980), (8, 800), (8, 1980)]
-    got = [profile.max_load(tp, clock, RequestType.parse(rtype), SloTargets()) for tp, clock in configs]
-    assert got == pytest.approx(list(caps), abs=0.006)
+    for name, caps in table.items():
+        got = [profile.max_load(tp, clock, RequestType.parse(name), SloTargets()) for tp, clock in configs]
+        assert got == pytest.approx(caps, abs=0.006), name

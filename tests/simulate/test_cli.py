@@ -55,7 +55,8 @@ def test_json_report_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_table_says_the_figures_are_modelled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", str(trace(tmp_path / "t.csv", 120)), "--policies", "single-pool", "--gpus", "16"]) == 0
     text = capsys.readouterr().out
-    assert "modelled (profile), not measured" in text and "single-pool" in text
+    assert "modelled (serving model), not measured" in text and "single-pool" in text
+    assert "sized iso-SLO for 99% of requests within their targets" in text
 
 
 @pytest.mark.parametrize(
@@ -68,6 +69,12 @@ def test_table_says_the_figures_are_modelled(tmp_path: Path, capsys: pytest.Capt
         (["--gpus", "4"], "--gpus"),
         (["--headroom", "0"], "--headroom"),
         (["--headroom", "1.2"], "--headroom"),
+        (["--policies", ""], "names no policy"),
+        (["--arch", "gpt-9"], "--arch: expected one of llama-2-70b"),
+        (["--engine", "tgi-3"], "--engine-calibration: expected one of vllm-v1, dynamollm-2024, got 'tgi-3'"),
+        (["--iso-slo-target", "0"], "--iso-slo-target: must be > 0"),
+        (["--quantile", "1"], "--quantile: must be < 1"),
+        (["--amortize-s", "0"], "--amortize-s: must be > 0"),
     ],
 )
 def test_bad_options_are_clear_errors(

@@ -93,7 +93,7 @@ class Actuator:
         return InstanceRecord(
             id=r.planned.id,
             base_url=r.engine.base_url,
-            model=self.model,
+            model=r.engine.spec.model,
             pool=r.planned.pool,
             node=self.node,
             state=r.state.value,
@@ -134,6 +134,15 @@ class Actuator:
                 r.planned = a.planned
                 if self.clocks.clock_control:
                     self.set_clock_record(r, mhz)
+        elif a.kind is ActionKind.SET_POOL and r is not None and a.planned is not None:
+            log.info(
+                "%s now serves pool %s (was %s): a routing change, nothing restarts",
+                r.planned.id,
+                a.planned.pool,
+                r.planned.pool,
+            )
+            r.planned = a.planned
+            self._put(self.record(r))
         elif a.kind is ActionKind.START and a.planned is not None:
             self._start(a.planned)
         elif a.kind is ActionKind.WAIT_HEALTHY and r is not None and r.state is InstanceState.STARTING:
@@ -296,13 +305,14 @@ class Actuator:
         return adopted
 
     def shutdown(self) -> None:
-        """Drain and stop every managed engine; remove their records."""
-        for r in list(self.instances.values()):
+        """Drain and stop every managed engine; remove every record (unmanaged servers are left serving)."""
+        managed = [r for r in self.instances.values() if r.engine.managed]
+        for r in managed:
             self._set_state(r, InstanceState.DRAINING)
-        if self.instances:
+        if managed:
             time.sleep(self.timeouts.drain_notice_s)
         for r in list(self.instances.values()):
-            r.engine.stop(self.timeouts.drain_s)
+            r.engine.stop(self.timeouts.drain_s)  # an unmanaged server's stop does nothing
             r.engine.close()
             self._remove_record(r.planned.id)
             del self.instances[r.planned.id]

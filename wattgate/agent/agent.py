@@ -11,13 +11,14 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from wattgate.agent.actuator import Actuator
 from wattgate.agent.clock_loop import ClockLoop
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.gpu.base import GpuError
 from wattgate.agent.metrics import AgentMetrics
-from wattgate.agent.reconcile import diff
+from wattgate.agent.reconcile import ActionKind, diff
 from wattgate.agent.store import AgentStore, BadPlanError, StoreError
 from wattgate.agent.telemetry import Telemetry
 from wattgate.planner.contract import Plan, PlannedInstance
@@ -56,9 +57,10 @@ class Agent:
         self._reannounce = False  # Redis failed since the records were last written: announce them
 
     def desired(self) -> list[PlannedInstance] | None:
-        """What should run here; None until a plan was seen (then nothing is started or stopped)."""
+        """What should run here; None until a plan was seen (then nothing is started or stopped). External
+        servers always run; the plan gives each one its pool, clock and load once it names it."""
         if self.externals is not None:
-            return self.externals
+            return follow_plan(self.externals, self.plan, self.node)
         return self.plan.for_node(self.node) if self.plan is not None else None
 
     def refresh_plan(self) -> None:
@@ -88,7 +90,13 @@ class Agent:
         self.act.supervise(time.monotonic())
         desired = self.desired()
         if desired is not None:
-            d = diff(desired, self.act.actual(), sorted(self.act.gpus), follow_plan_clocks=self.clock_loop is None)
+            d = diff(
+                desired,
+                self.act.actual(),
+                sorted(self.act.gpus),
+                follow_plan_clocks=self.clock_loop is None,
+                repool_in_place=self.externals is not None,
+            )
             if d.problems != self.problems:
                 for p in d.problems:
                     log.error("plan problem: %s", p)
@@ -96,6 +104,8 @@ class Agent:
             if d.actions:
                 log.info("reconcile: %s", ", ".join(f"{a.kind}:{a.instance_id}" for a in d.actions))
                 self.act.apply(d.actions)
+                if any(a.kind is ActionKind.SET_POOL for a in d.actions):
+                    self._next_clock = now  # the clock loop judges the new pool's types at once
             self._reset_unused()
         if self.clock_loop is not None and now >= self._next_clock:
             self._next_clock = now + self.clock_interval_s
@@ -166,3 +176,22 @@ class Agent:
         if not self.redis_ok:
             log.warning("redis is back")
         self.redis_ok = True
+
+
+def follow_plan(externals: Sequence[PlannedInstance], plan: Plan | None, node: str) -> list[PlannedInstance]:
+    """The external servers with the pool, clock and load the plan gives those it names as fixed instances on
+    this node (same GPUs and TP); the others as they are."""
+    if plan is None:
+        return list(externals)
+    fixed = set(plan.fixed)
+    given = {p.id: p for p in plan.for_node(node) if p.id in fixed}
+    out = []
+    for e in externals:
+        p = given.get(e.id)
+        same = p is not None and sorted(p.gpus) == sorted(e.gpus) and p.tp == e.tp
+        out.append(
+            replace(e, pool=p.pool, sm_clock_mhz=p.sm_clock_mhz, load_rps=p.load_rps, power_w=p.power_w)
+            if p and same
+            else e
+        )
+    return out

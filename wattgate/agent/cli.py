@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from wattgate.settings import common as c
-from wattgate.settings.kinds import boolean, choice, custom, integer, listof, number, path, text
+from wattgate.settings.kinds import boolean, choice, custom, integer, listof, number, optional, path, text
 from wattgate.settings.model import Command, Option, Values
 from wattgate.settings.parse import add_command
 
@@ -30,7 +30,10 @@ def _external(raw: Any) -> Any:
 
 
 def _show_external(e: Any) -> str:
-    return f"id={e.id},url={e.url},pool={e.pool},gpus={':'.join(map(str, e.gpus))}"
+    text = f"id={e.id},url={e.url},gpus={':'.join(map(str, e.gpus))}"
+    text += f",pool={e.pool}" if e.pool else ""
+    text += f",model={e.model}" if e.model else ""
+    return text + ("" if e.engine == "vllm" else f",engine={'sim' if e.engine == 'simulated' else e.engine}")
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -47,10 +50,12 @@ OPTIONS: tuple[Option, ...] = (
     c.GPU_INDICES.for_command(help="nvml: manage only these GPU indices", default_text="all"),
     Option(
         "engine",
-        choice("vllm", "tgi", "llama.cpp", "simulated", "external", aliases={"sim": "simulated"}),
-        "vllm",
+        optional(choice("vllm", "tgi", "llama.cpp", "simulated", "external", aliases={"sim": "simulated"})),
+        None,
         "engine kind (llama.cpp: llama-server; simulated: wattgate sim-backend, the emulated engine; external: "
         "servers listed by --external)",
+        default_text="vllm; external when --external is given",
+        example="tgi",
     ),
     c.MODEL.for_command(help="model to serve (vLLM/TGI model id; llama.cpp/simulated: the name it is served as)"),
     Option(
@@ -94,21 +99,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("cuda_devices_by", choice("uuid", "index"), "uuid", "how CUDA_VISIBLE_DEVICES names the GPUs"),
     Option("sleep_mode", boolean(), False, "vLLM: --enable-sleep-mode; scale-down sleeps, scale-up wakes"),
     c.PROFILE.for_command(
-        help="profile for the clock loop and emulated engines: a builtin name or a file",
-        default_text="emulated engines: the built-in profile; vLLM/TGI: none (no clock loop)",
+        help="profile for the clock loop: a builtin name or a file",
+        default_text="simulated engines: the shipped one; vLLM/TGI/llama.cpp: none (no clock loop)",
     ),
     c.GPU_STATE_DIR.for_command(default_text="STATE_DIR/sim-gpus"),
     c.SIM_SPEED,
     Option(
         "externals",
         listof(
-            custom("id=NAME,url=URL,pool=SS,gpus=0:1", _external, _show_external),
+            custom("id=NAME,url=URL,gpus=0:1[,pool=SS][,model=M][,engine=E]", _external, _show_external),
             None,
             repeat=True,
-            label="id=NAME,url=http://H:P,pool=SS,gpus=0:1, repeatable (environment: space-separated)",
+            label="id=NAME,url=http://H:P,gpus=0:1[,pool=SS][,model=M][,engine=vllm|tgi|llama.cpp|sim], "
+            "repeatable (environment: space-separated)",
         ),
         (),
-        "existing servers the agent registers but never starts or stops (--engine external)",
+        "a server you run: the planner picks its pool and clock, the agent never starts or stops it "
+        "(implies --engine external)",
         flag="--external",
         default_text="none",
         example="id=e0,url=http://127.0.0.1:9,pool=SS,gpus=0",

@@ -57,8 +57,8 @@ class ClockLoop:
             return {}
         decisions: dict[str, ClockDecision] = {}
         for iid, r in list(self._act.instances.items()):
-            if r.state is not InstanceState.READY:
-                continue
+            if r.state is not InstanceState.READY or not r.planned.pool:
+                continue  # an external server no plan gave a pool yet: its clocks stay as they are
             supported = set.intersection(*(set(self._act.gpus[g].supported_sm_clocks_mhz()) for g in r.planned.gpus))
             if not supported:
                 continue

@@ -9,6 +9,7 @@ import signal
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 from wattgate.agent.actuator import Actuator, Timeouts
@@ -25,7 +26,7 @@ from wattgate.agent.settings import AgentSettings
 from wattgate.agent.store import AgentStore, StoreError
 from wattgate.agent.telemetry import Telemetry
 from wattgate.listen import port_free
-from wattgate.planner.contract import Keys, PlannedInstance
+from wattgate.planner.contract import Keys, PlannedInstance, UnmanagedInstance
 from wattgate.profiles.builtin import profile_or_default
 from wattgate.profiles.classes import LengthClass, ProfilesError, SloTargets
 from wattgate.profiles.table import Profile
@@ -52,9 +53,9 @@ def open_gpus(s: AgentSettings, stack: ExitStack) -> list[Gpu]:
 
 
 def load_agent_profile(spec: str, simulated: bool) -> Profile | None:
-    """``--profile``: a builtin name or a file. Without one, simulated engines follow the shipped
-    default (as ``wattgate sim-backend`` does); real engines get no clock loop rather than a profile
-    measured for another model."""
+    """``--profile``: a builtin name or a file, for the clock loop. Without one, a node of simulated
+    engines (the serving model) uses the shipped default; real engines get no clock loop rather than
+    a profile measured for another model."""
     try:
         return profile_or_default(spec) if spec or simulated else None
     except ProfilesError as exc:
@@ -71,17 +72,25 @@ def engine_factory(s: AgentSettings) -> Callable[[EngineSpec], Engine]:
         cuda_devices_by=s.cuda_devices_by,
         sleep_mode=s.sleep_mode,
         stop_grace_s=s.stop_grace_s,
-        profile=s.profile,
         gpu_state_dir=s.gpu_state_dir or (s.state_dir / "sim-gpus" if s.sim_gpu_count else None),
         speed=s.sim_speed,
     )
-    urls = {e.id: e.url for e in s.externals}
     if s.engine is EngineKind.EXTERNAL:
-        return lambda spec: ExternalEngine(spec, urls.get(spec.instance_id))
+        externals = {e.id: e for e in s.externals}
+
+        def external(spec: EngineSpec) -> Engine:
+            e = externals.get(spec.instance_id)
+            if e is None:
+                return ExternalEngine(spec)
+            return ExternalEngine(replace(spec, model=e.model or spec.model), e.url, EngineKind(e.engine))
+
+        return external
     return lambda spec: make_engine(options, spec)
 
 
 def external_plan(s: AgentSettings, gpus: list[Gpu]) -> list[PlannedInstance] | None:
+    """The ``--external`` servers as planned instances at their own pool (the plan may give others) and no
+    clock (0: none locked until the plan or the clock loop picks one)."""
     if s.engine is not EngineKind.EXTERNAL:
         return None
     known = {g.index for g in gpus}
@@ -101,6 +110,13 @@ def check_start(s: AgentSettings, store: AgentStore) -> None:
         why = port_free(s.metrics_host, s.metrics_port)
         if why is not None:
             raise StartupError(f"--metrics-port: {why}")
+
+
+def unmanaged(s: AgentSettings) -> list[UnmanagedInstance]:
+    """What the heartbeat tells the planner of the ``--external`` servers (their pool as they start)."""
+    return [
+        UnmanagedInstance(e.id, len(e.gpus), list(e.gpus), e.model or s.model, e.engine, e.pool) for e in s.externals
+    ]
 
 
 def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
@@ -146,7 +162,7 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
         actuator=act,
         clocks=clocks,
         store=store,
-        telemetry=Telemetry(s.node, gpus, clocks, act, managed=not s.externals),
+        telemetry=Telemetry(s.node, gpus, clocks, act, managed=not s.externals, unmanaged=unmanaged(s)),
         clock_loop=loop,
         externals=external_plan(s, gpus),
         clock_interval_s=s.clock_interval_s,

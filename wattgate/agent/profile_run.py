@@ -22,8 +22,9 @@ from wattgate.agent.profiler import ProfilerError, SweepPlan, build_profile, swe
 from wattgate.agent.simcli import number_list
 from wattgate.embedded_redis import free_port
 from wattgate.procs import stop_process
-from wattgate.profiles.builtin import profile_or_default
 from wattgate.profiles.classes import ProfilesError, RequestType
+from wattgate.servingmodel.calibration import ServingModel
+from wattgate.servingmodel.errors import ServingModelError
 
 
 def _numbers(text: str, what: str, kind: type[Any]) -> tuple[Any, ...]:
@@ -72,8 +73,7 @@ def sim_backend(args: Any, tp: int, state_dir: str, model: str) -> Iterator[str]
     cmd = [sys.executable, "-m", "wattgate", "sim-backend", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--model", model, "--tp", str(tp), "--gpus", ",".join(map(str, range(tp)))]
     cmd += ["--gpu-state-dir", state_dir, "--speed", str(args.speed), "--load-window-s", str(max(args.warmup_s, 1.0))]
-    if args.profile:
-        cmd += ["--profile", args.profile]
+    cmd += ["--arch", args.arch, "--engine", args.engine]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -125,12 +125,12 @@ def run(args: Any) -> int:
     }
     if args.sim:
         try:
-            emulated = profile_or_default(args.profile)
-        except ProfilesError as exc:
+            serving = ServingModel(args.arch, args.engine)
+        except ServingModelError as exc:
             raise ProfilerError(str(exc)) from exc
         timing = args.timing or "engine"
-        model, gpu_name = emulated.model, emulated.gpu
-        provenance |= {"engine": "wattgate sim-backend", "emulated_profile": args.profile or "builtin default"}
+        model, gpu_name = args.model or args.arch, f"{serving.calibration.gpu} (simulated)"
+        provenance |= {"engine": f"wattgate sim-backend: the serving model, {args.arch} on {args.engine}"}
         provenance |= {"speed": args.speed, "power": "modelled (simulated GPU energy counters)"}
         with tempfile.TemporaryDirectory(prefix="wattgate-profile-") as state_dir:
             for tp in tps:

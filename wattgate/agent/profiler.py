@@ -183,7 +183,7 @@ async def measure_point(
     done = await asyncio.gather(*measured, *warm, return_exceptions=True)
     for res in done:
         if isinstance(res, BaseException):
-            raise ProfilerError(f"a request failed: {res}") from res
+            raise ProfilerError(f"a request failed: {type(res).__name__}: {res}") from res
     samples = [s for s in done[: len(measured)] if isinstance(s, Sample)]
     tbts = [s.tbt_mean_s for s in samples if s.tbt_mean_s is not None]
     if not samples or not tbts:
@@ -195,7 +195,8 @@ async def sweep(base_url: str, model: str, gpus: Sequence[Gpu], plan: SweepPlan)
     """Every (clock, type, load) point of the plan on one engine instance; clocks reset at the end."""
     rng = random.Random(plan.seed)
     timeout = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=60.0)
-    limits = httpx.Limits(max_connections=2048, max_keepalive_connections=256)
+    # no keep-alive: a connection reused just as the server's idle timeout closes it fails the request
+    limits = httpx.Limits(max_connections=2048, max_keepalive_connections=0)
     rows: list[list[Any]] = []
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:

@@ -5,7 +5,9 @@ start, then wait healthy → register ready; new instances on free GPUs come up 
 and the others replace leaving instances wave by wave (rolling), leaving instances that block no
 new one being drained last.
 Instances whose pool, GPUs and TP are unchanged are left alone (their clocks belong to the clock
-loop). No I/O here: the actuator applies the actions.
+loop). Unmanaged servers (``--external``) are never drained, stopped or started for a plan: a new pool for
+one is a routing change (``set_pool``: its registry record says the new pool), made in place.
+No I/O here: the actuator applies the actions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class ActionKind(enum.StrEnum):
     START = "start"
     WAIT_HEALTHY = "wait_healthy"
     REGISTER = "register"  # publish the instance as ready
+    SET_POOL = "set_pool"  # an unmanaged server serves another pool: re-publish its record, nothing restarts
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,8 @@ class Diff:
     problems: tuple[str, ...]  # planned instances refused, with the reason
 
 
-def _same(p: PlannedInstance, a: Actual) -> bool:
-    return p.pool == a.pool and tuple(p.gpus) == a.gpus and p.tp == a.tp
+def _same(p: PlannedInstance, a: Actual, *, any_pool: bool = False) -> bool:
+    return (any_pool or p.pool == a.pool) and tuple(p.gpus) == a.gpus and p.tp == a.tp
 
 
 def _admissible(
@@ -97,6 +100,7 @@ def diff(
     actual: Mapping[str, Actual],
     node_gpus: Sequence[int],
     follow_plan_clocks: bool = False,
+    repool_in_place: bool = False,
 ) -> Diff:
     """The actions that take this node from ``actual`` to ``desired``, in the order to apply them.
 
@@ -104,15 +108,21 @@ def diff(
     pool never loses capacity it could have kept); the others come up in waves, each after the drain
     and stop of only the leaving instances on its GPUs; leaving instances that block nothing go last.
     ``follow_plan_clocks`` (no clock loop): a kept instance whose planned clock changed is re-clocked.
+    ``repool_in_place`` (unmanaged servers): an instance whose pool changed is kept and gets ``set_pool``.
     """
     wanted, problems = _admissible(desired, node_gpus)
-    keep = {p.id for p in wanted if p.id in actual and _same(p, actual[p.id])}
+    keep = {p.id for p in wanted if p.id in actual and _same(p, actual[p.id], any_pool=repool_in_place)}
     leaving = sorted(i for i in actual if i not in keep)
     arriving = [p for p in wanted if p.id not in keep]
     busy = {g for i in leaving for g in actual[i].gpus}
     early = [p for p in arriving if not set(p.gpus) & busy]
     late = [p for p in arriving if set(p.gpus) & busy]
     actions = [
+        Action(ActionKind.SET_POOL, p.id, tuple(p.gpus), planned=p)
+        for p in wanted
+        if p.id in keep and p.pool != actual[p.id].pool
+    ]
+    actions += [
         Action(ActionKind.SET_CLOCK, p.id, tuple(p.gpus), sm_clock_mhz=p.sm_clock_mhz, planned=p)
         for p in wanted
         if follow_plan_clocks and p.id in keep and p.sm_clock_mhz != actual[p.id].planned_clock_mhz

@@ -17,14 +17,21 @@ from wattgate.settings.common import DEFAULT_REDIS_URL, simulated_gpu_count
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
+EXTERNAL_ENGINES = {"vllm": "vllm", "tgi": "tgi", "llama.cpp": "llama.cpp", "sim": "simulated"}  # engine= -> kind
+
+
 @dataclass(frozen=True)
 class ExternalInstance:
-    """An existing server the agent does not manage: ``id=e0,url=http://h:8000,pool=SS,gpus=0:1``."""
+    """An existing server the agent does not manage: ``id=e0,url=http://h:8000,gpus=0:1`` and optionally
+    ``pool=SS`` (what it serves until a plan gives it a pool; none: every type), ``model=NAME`` (the name
+    clients send; default ``--model``) and ``engine=vllm|tgi|llama.cpp|sim`` (what serves it: its metrics' names)."""
 
     id: str
     url: str
-    pool: str
+    pool: str  # "" none: every request type until the plan assigns one
     gpus: tuple[int, ...]
+    model: str = ""
+    engine: str = "vllm"  # vllm | tgi | llama.cpp | simulated
 
 
 @dataclass(frozen=True)
@@ -87,14 +94,25 @@ def default_state_dir(node: str) -> Path:
 
 
 def parse_external(text: str) -> ExternalInstance:
+    usage = "expected id=NAME,url=http://HOST:PORT,gpus=0:1[,pool=SS][,model=NAME][,engine=vllm|tgi|llama.cpp|sim]"
     try:
         parts = dict(p.split("=", 1) for p in text.split(","))
         gpus = tuple(int(g) for g in parts["gpus"].split(":") if g != "")
-        ext = ExternalInstance(parts["id"], parts["url"].rstrip("/"), parts["pool"].upper(), gpus)
+        engine = EXTERNAL_ENGINES.get(parts.get("engine", "vllm").lower(), "")
+        ext = ExternalInstance(
+            parts["id"], parts["url"].rstrip("/"), parts.get("pool", "").upper(), gpus, parts.get("model", ""), engine
+        )
     except (KeyError, ValueError) as exc:
-        raise SettingsError(f"--external {text!r}: expected id=NAME,url=http://HOST:PORT,pool=SS,gpus=0:1") from exc
-    if ext.pool not in POOL_NAMES:
+        raise SettingsError(f"--external {text!r}: {usage}") from exc
+    unknown = sorted(set(parts) - {"id", "url", "gpus", "pool", "model", "engine"})
+    if unknown:
+        raise SettingsError(f"--external {text!r}: unknown key(s) {', '.join(unknown)}; {usage}")
+    if ext.pool and ext.pool not in POOL_NAMES:
         raise SettingsError(f"--external {text!r}: pool must be one of {', '.join(POOL_NAMES)}")
+    if not ext.engine:
+        raise SettingsError(f"--external {text!r}: engine must be one of {', '.join(EXTERNAL_ENGINES)}")
+    if not ext.gpus or len(set(ext.gpus)) != len(ext.gpus):
+        raise SettingsError(f"--external {text!r}: gpus must list the server's GPU indices once each, e.g. 0:1")
     if not ext.url.startswith(("http://", "https://")):
         raise SettingsError(f"--external {text!r}: url must start with http:// or https://")
     return ext
@@ -110,6 +128,15 @@ def validate(s: AgentSettings) -> AgentSettings:
         ),
         (bool(s.model) or s.engine is EngineKind.EXTERNAL, "--model is required to start engines"),
         (s.engine is not EngineKind.EXTERNAL or bool(s.externals), "--engine external needs at least one --external"),
+        (
+            not s.externals or s.engine is EngineKind.EXTERNAL,
+            "--external servers run on a node of external servers only: leave --engine out or give --engine external",
+        ),
+        (
+            len({e.id for e in s.externals}) == len(s.externals)
+            and len({g for e in s.externals for g in e.gpus}) == sum(len(e.gpus) for e in s.externals),
+            "--external: each server needs its own id and its own GPUs",
+        ),
         (s.clock_interval_s >= s.tick_s, "--clock-interval-s must be >= --tick-s"),
         (s.engine is not EngineKind.LLAMA_CPP or s.model_file is not None, "--engine llama.cpp needs --model-file"),
     ]
@@ -128,7 +155,8 @@ def from_values(v: Any) -> AgentSettings:
             model=v.model,
             gpu_kind=v.gpu_kind,
             gpu_indices=tuple(v.gpu_indices) or None,
-            engine=EngineKind(v.engine),
+            # --external alone makes a node of external servers; without either the agent starts vLLM engines
+            engine=EngineKind(v.engine or ("external" if v.externals else "vllm")),
             redis_prefix=v.redis_prefix,
             host=v.host,
             port_base=v.port_base,

@@ -15,17 +15,41 @@ SIM_BACKEND_OPTIONS: tuple[Option, ...] = (
     c.HOST,
     c.PORT.for_command(default=8000),
     c.MODEL.for_command(required=True, help="model name clients must send (as vLLM's --served-model-name)"),
-    c.PROFILE.for_command(help="profile the emulated engine follows: a builtin name or a profile file"),
-    Option("tp", integer(1), None, "tensor parallelism: the profile's TP series to follow", required=True, example="2"),
+    c.ARCH,
+    c.ENGINE_CALIBRATION,
+    Option("tp", integer(1), None, "tensor parallelism (needs that many GPUs)", required=True, example="2"),
     c.GPU_INDICES.for_command(aliases=("--gpus",), help="simulated GPU indices", default_text="0..TP-1"),
     c.GPU_STATE_DIR,
     c.SIM_SPEED.for_command(aliases=("--speed",)),
-    c.MAX_BATCH,
-    c.LOAD_WINDOW_S.for_command(default=30.0, help="load = arrivals in this window (s) / its length"),
+    Option(
+        "max_num_seqs",
+        optional(integer(1)),
+        None,
+        "most requests running at once (vLLM --max-num-seqs)",
+        aliases=("--max-batch",),
+        default_text="the engine calibration's (1024 for vllm-v1)",
+        example="8",
+    ),
+    Option(
+        "max_num_batched_tokens",
+        optional(integer(1)),
+        None,
+        "tokens per engine step (vLLM --max-num-batched-tokens)",
+        default_text="the engine calibration's",
+        example="2048",
+    ),
+    Option(
+        "gpu_memory_utilization",
+        optional(number(maximum=1.0, above=0)),
+        None,
+        "share of GPU memory the engine takes for weights and KV cache (vLLM --gpu-memory-utilization)",
+        default_text="0.9",
+        example="0.8",
+    ),
+    c.LOAD_WINDOW_S.for_command(default=30.0, help="the load gauge: arrivals in this window (s) / its length"),
     Option(
         "default_output_tokens", integer(1), 64, "output length without max_tokens or a wattgate_sim hint", example="8"
     ),
-    c.SEED.for_command(help="seed of the per-request latency factors"),
     c.CLASS_EDGES,
     c.LOG_LEVEL.for_command(default="warning"),
 )
@@ -33,7 +57,10 @@ SIM_BACKEND_OPTIONS: tuple[Option, ...] = (
 PROFILE_OPTIONS: tuple[Option, ...] = (
     c.OUT.for_command(required=True, help="profile file to write"),
     Option("sim", boolean(), False, "measure sim-backend instances on simulated GPUs"),
-    c.PROFILE.for_command(help="with --sim: the profile the emulated engines follow"),
+    c.ARCH.for_command(help="with --sim: the architecture the emulated engines run"),
+    c.ENGINE_CALIBRATION.for_command(
+        help="with --sim: the serving model's engine calibration (vllm-v1, dynamollm-2024)"
+    ),
     Option(
         "url",
         text(),
@@ -42,7 +69,7 @@ PROFILE_OPTIONS: tuple[Option, ...] = (
         default_text="none",
         example="http://127.0.0.1:9",
     ),
-    c.MODEL.for_command(help="model name to send", default_text="the engine's /v1/models"),
+    c.MODEL.for_command(help="model name to send", default_text="the engine's /v1/models; --sim: --arch"),
     c.GPU_INDICES.for_command(aliases=("--gpus",), help="GPU indices of the instance", default_text="0..TP-1"),
     c.GPU_KIND.for_command(help="without --sim: the GPU seam, nvml or simulated"),
     c.GPU_STATE_DIR.for_command(help="with --gpu-kind simulated: the shared state directory"),
@@ -96,30 +123,34 @@ def number_list(text: str, what: str, kind: type[Any]) -> tuple[Any, ...]:
 def sim_backend_main(args: Values) -> int:
     import uvicorn
 
-    from wattgate.agent.engines.sim_model import SimEngineError
-    from wattgate.agent.engines.sim_server import SimEngine, SimServerSettings, build_app
+    from wattgate.agent.engines.emulator import Emulator, EmulatorSettings
+    from wattgate.agent.engines.emulator_app import build_app
     from wattgate.agent.gpu.base import GpuError
     from wattgate.agent.gpu.simulated import open_simulated_gpus
     from wattgate.listen import ListenError, open_listener
-    from wattgate.profiles.builtin import profile_or_default
     from wattgate.profiles.classes import ProfilesError
+    from wattgate.servingmodel.calibration import ServingModel
+    from wattgate.servingmodel.errors import ServingModelError
 
     try:
         gpus = tuple(args.gpu_indices) or tuple(range(args.tp))
-        profile = profile_or_default(args.profile)
-        settings = SimServerSettings(
+        settings = EmulatorSettings(
             model=args.model,
             tp=args.tp,
+            arch=args.arch,
+            engine=args.engine_calibration,
             speed=args.sim_speed,
-            max_batch=args.max_batch,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            gpu_memory_utilization=args.gpu_memory_utilization,
             load_window_s=args.load_window_s,
             default_output_tokens=args.default_output_tokens,
-            seed=args.seed,
             edges=args.class_edges,
         )
+        model = ServingModel(args.arch, args.engine_calibration)
         sim_gpus = open_simulated_gpus(gpus, args.gpu_state_dir, writer=f"sim-backend {args.model}")
-        engine = SimEngine(profile, settings, sim_gpus)
-    except (ProfilesError, SimEngineError, GpuError, OSError, ValueError) as exc:
+        emulator = Emulator(model, settings, sim_gpus)
+    except (ProfilesError, ServingModelError, GpuError, OSError, ValueError) as exc:
         sys.stderr.write(f"wattgate sim-backend: error: {exc}\n")
         return 2
     try:
@@ -127,7 +158,7 @@ def sim_backend_main(args: Values) -> int:
     except ListenError as exc:
         sys.stderr.write(f"wattgate sim-backend: error: {exc}\n")
         return 1
-    config = uvicorn.Config(build_app(engine), host=args.host, port=args.port, log_level=args.log_level)
+    config = uvicorn.Config(build_app(emulator), host=args.host, port=args.port, log_level=args.log_level)
     uvicorn.Server(config).run(sockets=[sock])
     return 0
 
@@ -143,6 +174,7 @@ def profile_main(args: Values) -> int:
         **args.as_dict(),
         gpus=",".join(map(str, args.gpu_indices)) or None,
         speed=args.sim_speed,
+        engine=args.engine_calibration,
     )
     legacy.gpu_kind = "simulated" if args.gpu_kind.startswith("sim") else "nvml"
     legacy.out = str(args.out)
@@ -155,10 +187,11 @@ def profile_main(args: Values) -> int:
 
 SIM_BACKEND = Command(
     "sim-backend",
-    "an OpenAI-compatible emulated LLM instance driven by a profile",
+    "an OpenAI-compatible emulated vLLM instance driven by the serving model",
     SIM_BACKEND_OPTIONS,
     sim_backend_main,
-    "Serve an emulated vLLM instance: continuous batching, latency and power from a profile.",
+    "Serve an emulated vLLM instance: the serving model's engine (continuous batching, chunked prefill, KV cache, "
+    "step times from measured H100 kernels at the locked SM clock) in real time.",
 )
 PROFILE = Command(
     "profile",

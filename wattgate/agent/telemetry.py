@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 from wattgate.agent.actuator import Actuator
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.gpu.base import Gpu, GpuError
-from wattgate.planner.contract import GpuReading, Heartbeat, NodeTelemetry
+from wattgate.planner.contract import HEARTBEAT_REVISION, GpuReading, Heartbeat, NodeTelemetry, UnmanagedInstance
 
 log = logging.getLogger(__name__)
 
 
 class Telemetry:
     def __init__(
-        self, node: str, gpus: Sequence[Gpu], clocks: ClockController, actuator: Actuator, *, managed: bool = True
+        self,
+        node: str,
+        gpus: Sequence[Gpu],
+        clocks: ClockController,
+        actuator: Actuator,
+        *,
+        managed: bool = True,
+        unmanaged: Sequence[UnmanagedInstance] = (),
     ) -> None:
         self.node = node
         self.managed = managed
+        self.unmanaged = list(unmanaged)
         self._gpus = list(gpus)
         self._clocks = clocks
         self._act = actuator
@@ -64,4 +73,11 @@ class Telemetry:
             clock_control=self._clocks.clock_control,
             notes=[*self._clocks.notes, *notes],
             managed=self.managed,
+            unmanaged=self.servers(),
+            revision=HEARTBEAT_REVISION,
         )
+
+    def servers(self) -> list[UnmanagedInstance]:
+        """The unmanaged servers, each with the pool it serves now (the plan's, once it gave one)."""
+        running = dict(self._act.instances)  # copy: another thread edits it
+        return [replace(u, pool=running[u.id].planned.pool) if u.id in running else u for u in self.unmanaged]

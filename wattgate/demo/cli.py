@@ -44,6 +44,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("report_json", path(), None, "also write the report as JSON to this file", example="report.json"),
     Option("run_dir", path(), None, "logs and state", default_text="a new temporary directory", example="demo-run"),
     c.SEED.for_command(help="seed of the request thinning"),
+    Option(
+        "external",
+        boolean(),
+        False,
+        "start the engines up front and register them as external servers (wattgate agent --external): the planner "
+        "gives them pools and clocks only, as for servers you already run",
+    ),
 )
 
 

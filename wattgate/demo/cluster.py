@@ -1,4 +1,5 @@
-"""Start and stop the demo's processes: a private Redis, a planner, one agent per node and the gateway."""
+"""Start and stop the demo's processes: a private Redis, a planner, one agent per node and the gateway; with
+``external``, first the emulated engines themselves, which the agents then only register (``--external``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from wattgate.embedded_redis import EmbeddedRedis, EmbeddedRedisError, free_port
+from wattgate.profiles.builtin import DEFAULT_PROFILE
 from wattgate.profiles.classes import LengthClass, SloTargets
 
 MODEL = "llama-2-70b"
@@ -53,6 +55,22 @@ class ClusterSettings:
     # agents pick clocks for TTFT targets this much under the report's: the gateway and the client add time
     slo_margin_s: float = 0.05
     clock_window_s: int = 30  # the agents' clock loop averages this many seconds of live load
+    # the engines are started up front, as a user's own servers would run, and the agents register them as
+    # external servers: the planner gives them pools and clocks only
+    external: bool = False
+
+    def engine_tp(self, node: str) -> int:
+        """TP of ``node``'s external engines: TP4 on nodes of 4 GPUs or more (the demo's managed plan runs TP4)."""
+        return min(4, dict(self.nodes)[node])
+
+    def engines(self, node: str) -> list[tuple[str, tuple[int, ...]]]:
+        """The external engines of ``node``: id and GPU indices."""
+        tp = self.engine_tp(node)
+        return [(f"{node}-e{k}", tuple(range(k * tp, (k + 1) * tp))) for k in range(dict(self.nodes)[node] // tp)]
+
+    def engine_tps(self) -> list[int]:
+        """The TP of every external engine of the cluster (its fleet)."""
+        return [self.engine_tp(node) for node, _ in self.nodes for _ in self.engines(node)]
 
 
 @dataclass
@@ -83,35 +101,30 @@ class Cluster:
         except EmbeddedRedisError as exc:
             raise DemoError(f"cannot start the private Redis: {exc}") from exc
         r = self.redis.url
+        urls = self._start_engines() if s.external else {}
         if prime is not None:
             prime(r)
         self._spawn("gateway", ["gateway", "--redis-url", r, "--port", str(s.port), "--log-level", "warning"])
-        self._spawn(
-            "planner",
-            [
-                "planner",
-                "--redis-url",
-                r,
-                "--pool-period-s",
-                str(s.pool_period_s),
-                "--cluster-period-s",
-                str(s.cluster_period_s),
-                "--margin",
-                str(s.margin),
-                "--nodes",  # the cluster is known: the first plan uses it all, before any heartbeat
-                ",".join(f"{node}={gpus}" for node, gpus in s.nodes),
-                "--gpus-per-node",
-                str(max(gpus for _, gpus in s.nodes)),
-            ],
-        )
+        planner = ["planner", "--redis-url", r, "--pool-period-s", str(s.pool_period_s)]
+        planner += ["--cluster-period-s", str(s.cluster_period_s), "--margin", str(s.margin)]
+        planner += ["--gpus-per-node", str(max(gpus for _, gpus in s.nodes))]
+        if not s.external:  # the cluster is known: the first plan uses it all, before any heartbeat
+            planner += ["--nodes", ",".join(f"{node}={gpus}" for node, gpus in s.nodes)]
+        self._spawn("planner", planner)
         slo = SloTargets()
         ttft = ",".join(
             f"{slo.ttft_p99_s[c] - s.slo_margin_s:g}" for c in (LengthClass.S, LengthClass.M, LengthClass.L)
         )
         for node, gpus in s.nodes:
             args = ["agent", "--redis-url", r, "--node", node, "--gpu-kind", f"simulated:{gpus}"]
-            args += ["--engine", "simulated"]
-            args += ["--model", MODEL, "--state-dir", str(s.run_dir / node), "--port-base", str(free_port())]
+            if s.external:  # the engines run already: the agent registers them, locks clocks, never stops them
+                for eid, indices in s.engines(node):
+                    spec = f"id={eid},url={urls[eid]},gpus={':'.join(map(str, indices))},engine=sim"
+                    args += ["--external", spec]
+                args += ["--profile", DEFAULT_PROFILE]  # the clock loop: simulated engines follow the shipped profile
+            else:
+                args += ["--engine", "simulated", "--port-base", str(free_port())]
+            args += ["--model", MODEL, "--state-dir", str(s.run_dir / node)]
             args += ["--gpu-state-dir", str(self.gpu_dir(node))]
             args += ["--ttft-s", ttft, "--tbt-s", f"{slo.tbt_p99_s:g}", "--load-window-s", str(s.clock_window_s)]
             args += [
@@ -125,6 +138,26 @@ class Cluster:
                 "warning",
             ]
             self._spawn(f"agent-{node}", args)
+
+    def _start_engines(self) -> dict[str, str]:
+        """The external engines, one ``wattgate sim-backend`` each, on their node's simulated GPUs; their URLs
+        once every one answers."""
+        s, urls = self.settings, {}
+        for node, _ in s.nodes:
+            for eid, gpus in s.engines(node):
+                port = free_port()
+                urls[eid] = f"http://127.0.0.1:{port}"
+                args = ["sim-backend", "--model", MODEL, "--tp", str(s.engine_tp(node)), "--port", str(port)]
+                args += ["--gpus", ",".join(map(str, gpus)), "--gpu-state-dir", str(self.gpu_dir(node))]
+                self._spawn(f"engine-{eid}", args)
+        deadline = time.monotonic() + s.ready_timeout_s
+        for eid, url in urls.items():
+            while not _answers(url + "/health"):
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise DemoError(f"engine {eid} did not answer at {url} (logs in {s.run_dir})")
+                time.sleep(0.2)
+        return urls
 
     def gpu_dir(self, node: str) -> Path:
         return self.settings.run_dir / node / "sim-gpus"
@@ -178,11 +211,14 @@ class Cluster:
                 d = {}
             inst = d.get("instances") or []
             plan = d.get("plan")
+            engines = len(self.settings.engine_tps()) if self.settings.external else 0
             if (
                 plan
                 and inst
                 and all(i["state"] == "ready" for i in inst)
                 and len(d.get("nodes") or []) == len(self.settings.nodes)
+                and plan.get("fixed", 0) == engines  # external engines: once the plan gives every one a pool
+                and all(i["pool"] for i in inst)
             ):
                 return d
             if on_wait is not None:
@@ -193,12 +229,16 @@ class Cluster:
         )
 
     def stop(self) -> list[str]:
-        """SIGTERM the planner, then the agents (they drain, stop engines, reset clocks), then the gateway."""
+        """SIGTERM the planner, then the agents (they drain, stop engines, reset clocks), then the gateway, then
+        the external engines (the agents never stop those)."""
         problems: list[str] = []
-        order = [p for p in self.procs if p.name == "planner"]
-        order += [p for p in self.procs if p.name.startswith("agent")]
-        order += [p for p in self.procs if p.name == "gateway"]
-        for group in (order[:1], order[1:-1], order[-1:]):
+        groups = [
+            [p for p in self.procs if p.name == "planner"],
+            [p for p in self.procs if p.name.startswith("agent")],
+            [p for p in self.procs if p.name == "gateway"],
+            [p for p in self.procs if p.name.startswith("engine-")],
+        ]
+        for group in groups:
             for p in group:
                 if p.popen.poll() is None:
                     p.popen.send_signal(signal.SIGTERM)
@@ -215,3 +255,11 @@ class Cluster:
             self.redis.stop()
             self.redis = None
         return problems
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 (loopback)
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

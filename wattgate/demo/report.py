@@ -14,13 +14,17 @@ from typing import Any
 
 from wattgate.demo.replay import Result, p99
 from wattgate.demo.trace import Scheduled
-from wattgate.planner.greedy import single_pool
+from wattgate.planner.baselines import SINGLE_POOL_TP, single_pool
 from wattgate.profiles.classes import RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
 WINDOW_S = 10.0
-CLIENT_SOURCE = "measured (client timers; the engines' latencies are emulated from the profile)"
-ENGINE_SOURCE = "modelled (the simulated engines' own TTFT and mean TBT of each request, from the profile)"
+CLIENT_SOURCE = "measured (client timers; the engines' latencies are emulated by the serving model)"
+ENGINE_SOURCE = "modelled (the simulated engines' own TTFT and mean TBT of each request, from the serving model)"
+
+
+SINGLE_POOL_SOURCE = "modelled (profile: one pool of TP{tp} instances at the highest clock, idle GPUs 70 W)"
+FLEET_SOURCE = "modelled (profile: the same {n} external instances at the highest clock, one shared pool)"
 
 
 @dataclass(frozen=True)
@@ -28,10 +32,20 @@ class Baseline:
     energy_j: float
     max_instances: int
     attainment: float  # modelled: share of requests whose type meets its targets at its window's load
+    source: str = SINGLE_POOL_SOURCE.format(tp=SINGLE_POOL_TP)
 
 
-def baseline(profile: Profile, sched: list[Scheduled], elapsed_s: float, slo: SloTargets, gpus: int) -> Baseline:
-    """Modelled baseline over ``elapsed_s`` wall seconds of the replay, window by window."""
+def baseline(
+    profile: Profile,
+    sched: list[Scheduled],
+    elapsed_s: float,
+    slo: SloTargets,
+    gpus: int,
+    *,
+    tp: int = SINGLE_POOL_TP,
+) -> Baseline:
+    """Modelled single-pool baseline (instances of ``tp`` GPUs) over ``elapsed_s`` wall seconds of the replay,
+    window by window."""
     mix_counts = Counter(r.rtype for r in sched)
     mix = {t: c / max(1, len(sched)) for t, c in mix_counts.items()} or {RequestType.parse("MM"): 1.0}
     per_window: dict[int, Counter[RequestType]] = defaultdict(Counter)
@@ -42,11 +56,46 @@ def baseline(profile: Profile, sched: list[Scheduled], elapsed_s: float, slo: Sl
     for w in range(n_windows):
         length = min(WINDOW_S, elapsed_s - w * WINDOW_S)
         counts = per_window.get(w, Counter())
-        b = single_pool(profile, {t: c / WINDOW_S for t, c in counts.items()}, slo, gpus, mix)
+        b = single_pool(profile, {t: c / WINDOW_S for t, c in counts.items()}, slo, gpus, mix, tp=tp)
         energy += b.power_w * max(0.0, length)
         most = max(most, b.instances)
         attained += sum(c for t, c in counts.items() if t in b.meets)
-    return Baseline(energy, most, attained / max(1, len(sched)))
+    return Baseline(energy, most, attained / max(1, len(sched)), SINGLE_POOL_SOURCE.format(tp=tp))
+
+
+def fleet_baseline(
+    profile: Profile, sched: list[Scheduled], elapsed_s: float, slo: SloTargets, fleet_tps: list[int]
+) -> Baseline:
+    """What a fixed fleet draws without wattgate (modelled), window by window: every instance (of the TPs in
+    ``fleet_tps``) at the highest clock the profile measured for every type, one shared pool, each window's
+    load spread over the instances in proportion to their GPUs; a type attains when its P99 at that load is
+    within its targets on every instance."""
+    per_window: dict[int, Counter[RequestType]] = defaultdict(Counter)
+    for r in sched:
+        per_window[int(r.send_at_s // WINDOW_S)][r.rtype] += 1
+    gpus = sum(fleet_tps)
+    energy, attained = 0.0, 0
+    n_windows = max(1, math.ceil(elapsed_s / WINDOW_S), *(w + 1 for w in per_window))
+    for w in range(n_windows):
+        length = max(0.0, min(WINDOW_S, elapsed_s - w * WINDOW_S))
+        counts = per_window.get(w, Counter())
+        total = sum(counts.values()) / WINDOW_S
+        mix = {t: c / sum(counts.values()) for t, c in counts.items()} if counts else {}
+        power, meets = 0.0, set(mix)
+        for tp in fleet_tps:
+            types = [t for t in (mix or profile.request_types) if profile.covers(tp, t)]
+            clock = min(profile.clocks(tp, t)[-1] for t in types)
+            load = total * tp / gpus
+            shares = mix or {t: 1.0 / len(types) for t in types}
+            for t in types:
+                p = profile.lookup(tp, clock, t, min(load, profile.max_measured_load(tp, clock, t)))
+                power += shares[t] * p.power_w
+                if not slo.met(t, p.ttft_p99_s, p.tbt_p99_s):
+                    meets.discard(t)
+            meets -= {t for t in mix if t not in types}
+        energy += power * length
+        attained += sum(c for t, c in counts.items() if t in meets)
+    return Baseline(energy, len(fleet_tps), attained / max(1, len(sched)), FLEET_SOURCE.format(n=len(fleet_tps)))
 
 
 def meets_slo(r: Result, slo: SloTargets) -> bool:
@@ -112,14 +161,14 @@ def build_report(
             "by_pool": _group(results, lambda r: r.pool or "-", slo),
             "client_loop_lag": client_lag or {},
             "baseline_attainment": base.attainment,
-            "baseline_source": "modelled (profile P99 of each request's type at its 10 s window's load per TP8 "
+            "baseline_source": "modelled (profile P99 of each request's type at its 10 s window's load per baseline "
             "instance)",
         },
         "energy": {
             "wattgate_j": energy_j,
-            "wattgate_source": "modelled (simulated GPUs' energy counters, from the profile)",
+            "wattgate_source": "modelled (simulated GPUs' energy counters, from the serving model)",
             "baseline_j": base.energy_j,
-            "baseline_source": "modelled (profile: one pool of TP8 instances at the highest clock, idle GPUs 70 W)",
+            "baseline_source": base.source,
             "baseline_max_instances": base.max_instances,
             "saving": 1.0 - energy_j / base.energy_j if base.energy_j > 0 else None,
         },

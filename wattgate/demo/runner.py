@@ -16,11 +16,12 @@ from typing import Any
 
 from wattgate.demo.cluster import MODEL, Cluster, ClusterSettings, DemoError
 from wattgate.demo.replay import LoopLag, Progress, Result, replay
-from wattgate.demo.report import baseline, build_report, render, write_json, write_requests_csv
+from wattgate.demo.report import baseline, build_report, fleet_baseline, render, write_json, write_requests_csv
 from wattgate.demo.store import prime_load_history
 from wattgate.demo.trace import Scheduled, TraceError, read_trace, schedule
 from wattgate.demo.view import View
 from wattgate.listen import port_free
+from wattgate.planner.baselines import single_pool_tp
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import ClassEdges, SloTargets
 
@@ -38,6 +39,7 @@ class DemoSettings:
     run_dir: Path | None
     seed: int
     load_fraction: float
+    external: bool = False
 
     @property
     def gpus(self) -> int:
@@ -57,6 +59,7 @@ class DemoSettings:
             v.run_dir,
             v.seed,
             v.load_fraction,
+            v.external,
         )
 
 
@@ -104,12 +107,14 @@ def main(s: DemoSettings) -> int:
         say(f"wattgate demo: {ready[1]}", err=True)
         return ready[0]
     sched, run_dir = ready
-    cluster = Cluster(ClusterSettings(s.nodes, s.port, run_dir))
+    cluster = Cluster(ClusterSettings(s.nodes, s.port, run_dir, external=s.external))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the demo like Ctrl-C
     code = 0
     try:
+        tps = cluster.settings.engine_tps() if s.external else []
+        engines = f"{len(tps)} external TP{'/'.join(map(str, sorted(set(tps))))} engines, " if tps else ""
         say(
-            f"starting: Redis, planner, {len(s.nodes)} agent(s) with "
+            f"starting: Redis, {engines}planner, {len(s.nodes)} agent(s) with "
             f"{'/'.join(str(g) for _, g in s.nodes)} simulated GPUs, gateway"
             f" (logs: {run_dir})"
         )
@@ -192,7 +197,11 @@ async def _drive(cluster: Cluster, sched: list[Scheduled], s: DemoSettings) -> d
     end_d = await _snapshot(cluster)
     e1, t1 = _energy(end_d)
     elapsed = max(1.0, t1 - t0)
-    base = baseline(load_builtin(), sched, elapsed, SloTargets(), s.gpus)
+    if s.external:
+        base = fleet_baseline(load_builtin(), sched, elapsed, SloTargets(), cluster.settings.engine_tps())
+    else:
+        tp = single_pool_tp(load_builtin(), [g for _, g in s.nodes])
+        base = baseline(load_builtin(), sched, elapsed, SloTargets(), s.gpus, tp=tp)
     write_requests_csv(progress.results, cluster.settings.run_dir / "requests.csv")
     return build_report(
         progress.results,

@@ -96,6 +96,10 @@ class GatewayState:
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     plan_version: int | None = None
     weights: dict[str, float] = field(default_factory=dict)  # instance id -> routing weight, from the plan
+    # fixed instance id -> the pool the plan has it serve: routing follows the plan at once, whatever the
+    # registry record (its agent re-publishes it a moment later) says
+    plan_pools: dict[str, str] = field(default_factory=dict)
+    records: dict[str, InstanceRecord] = field(default_factory=dict)  # the registry as last applied
     forward_headers: frozenset[bytes] = FORWARDED_REQUEST_HEADERS  # the client headers backends get
 
     @classmethod
@@ -149,12 +153,14 @@ class GatewayState:
     def apply_registry(self, records: list[InstanceRecord]) -> None:
         """Replace the registry-sourced instances, keeping the live counters of those that stay."""
         seen = set()
+        self.records = {}
         for rec in records:
             if rec.id in self.instances and self.instances[rec.id].spec.source == "static":
                 log.warning("registry instance %s has the id of a static backend; ignored", rec.id)
                 continue
             seen.add(rec.id)
-            spec = spec_from_record(rec)
+            self.records[rec.id] = rec
+            spec = self._spec(rec)
             inst = self.instances.get(rec.id)
             if inst is None:
                 inst = self.instances[rec.id] = Instance(spec)
@@ -172,16 +178,25 @@ class GatewayState:
                 self.metrics.in_flight.remove(iid)
         self.count_instances()
 
+    def _spec(self, rec: InstanceRecord) -> InstanceSpec:
+        spec = spec_from_record(rec)
+        pool = self.plan_pools.get(rec.id)
+        return spec if pool is None else dataclasses.replace(spec, pool=pool)
+
     def apply_plan(self, plan: Plan | None) -> None:
-        """Route each request type as ``plan.serves`` says and weigh instances by their planned load
-        (None: no plan, the spill chain alone, equal weights)."""
+        """Route each request type as ``plan.serves`` says, send fixed instances the types of the pool the
+        plan gives them, and weigh instances by their planned load (None: no plan, the spill chain alone,
+        registry pools, equal weights)."""
         version = None if plan is None else plan.version
         if version == self.plan_version:
             return
         self.routes = plan_routes(plan.serves) if plan is not None else {}
         self.weights = plan_weights((i.id, i.pool, i.load_rps) for i in plan.instances) if plan is not None else {}
+        self.plan_pools = plan.fixed_pools() if plan is not None else {}
         for iid, inst in self.instances.items():
             inst.weight = self.weights.get(iid, 1.0)
+            if iid in self.records:
+                inst.spec = self._spec(self.records[iid])
         self.plan_version = version
         self.metrics.plan_version.set(version or 0)
         if plan is None:

@@ -121,8 +121,8 @@ def _solver(v: Values) -> Any:
 def run_plan(v: Values) -> int:
     import json
 
+    from wattgate.planner.baselines import baseline, single_pool, single_pool_tp
     from wattgate.planner.explain import decision_summary
-    from wattgate.planner.greedy import baseline, single_pool
     from wattgate.planner.model import Inventory, PlannerError, make_problem, parse_demand
     from wattgate.planner.solver import solve
     from wattgate.profiles.classes import RequestType
@@ -138,7 +138,8 @@ def run_plan(v: Values) -> int:
         return 2
     base = baseline(profile, decision.demand_rps, settings.slo)
     loads = {RequestType.parse(p): rps for p, rps in decision.demand_rps.items()}
-    single = single_pool(profile, loads, settings.slo, v.gpus)
+    tp = single_pool_tp(profile, [v.gpus_per_node])
+    single = single_pool(profile, loads, settings.slo, v.gpus, tp=tp)
     summary = decision_summary(decision, base, single)
     print(json.dumps(summary, sort_keys=True) if v.json else _table(summary))
     return 0
@@ -168,9 +169,9 @@ def _table(s: dict[str, Any]) -> str:
     one = s.get("single_pool_baseline")
     if one is not None:
         lines.append(
-            f"single-pool baseline (one pool of TP8 at max clock for every type, 70 W per other GPU): "
-            f"{one['instances']} x TP8 @ {one['sm_clock_mhz']} MHz, {one['gpus']} GPUs, {one['power_w']:.0f} W "
-            f"(modelled)"
+            f"single-pool baseline (one pool of the largest TP a node holds at max clock for every type, 70 W per "
+            f"other GPU): {one['instances']} x TP{one['tp']} @ {one['sm_clock_mhz']} MHz, {one['gpus']} GPUs, "
+            f"{one['power_w']:.0f} W (modelled)"
         )
     b = s["multi_pool_baseline"]
     over = f" (more than the {s['gpu_budget']} available)" if b["gpus"] > s["gpu_budget"] else ""

@@ -5,9 +5,11 @@ Gateways, the planner and agents talk only through the keys below. Every message
 ``ContractError`` rather than guessing. Nothing here is pickled: a message can never run code.
 
 Messages grow only by optional fields with defaults, so one schema version spans them: a reader
-drops fields it does not know and fills the ones a writer left out with their defaults. Additions
-within schema 1 are listed at each message (``Observation``: ``text_slots``, ``text_dim`` since
-``OBSERVATION_REVISION`` 2).
+drops fields it does not know (a plan's instances' too) and fills the ones a writer left out with their
+defaults. Additions within schema 1 are listed at each message (``Observation``: ``text_slots``,
+``text_dim`` since ``OBSERVATION_REVISION`` 2; ``Heartbeat``: ``unmanaged``, the servers an agent runs for
+the user, since ``HEARTBEAT_REVISION`` 2; ``Plan``: ``fixed``, the ids of those the plan gives a pool and a
+clock, since ``PLAN_REVISION`` 2).
 
 Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 
@@ -48,6 +50,9 @@ LOAD_MINUTE_TTL_S = 8 * 24 * 3600
 OBSERVATIONS_MAXLEN = 200_000
 # Revision 2 of Observation (schema 1) adds ``text_slots``/``text_dim``; revision-1 readers ignore them.
 OBSERVATION_REVISION = 2
+# Revision 2 of Heartbeat adds ``unmanaged`` and of Plan adds ``fixed``; revision-1 readers ignore them.
+HEARTBEAT_REVISION = 2
+PLAN_REVISION = 2
 HEARTBEAT_TTL_S = 15
 TELEMETRY_TTL_S = 15
 LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
@@ -292,7 +297,8 @@ class InstanceRecord(_Message):
 
 @dataclass(frozen=True)
 class PlannedInstance:
-    """One instance of the plan: where it runs, its tensor parallelism and SM clock."""
+    """One instance of the plan: where it runs, its tensor parallelism and SM clock (for a fixed instance,
+    one the plan cannot start or stop, only the pool it serves and its clock are the plan's choice)."""
 
     id: str
     pool: str
@@ -328,17 +334,26 @@ class Plan(_Message):
     # of the cluster (DynamoLLM's single-pool baseline); None in plans from before these fields
     single_pool_power_w: float | None = None
     single_pool_gpus: int | None = None
+    # Revision 2: ids of the instances the planner may not start, stop or move (servers wattgate does not
+    # manage, from the agents' heartbeats): the plan chooses their pool and clock only
+    fixed: list[str] = field(default_factory=list)
+    revision: int = 1  # a message without the field predates revision 2; revision-2 writers set it
 
     def for_node(self, node: str) -> list[PlannedInstance]:
         return [i for i in self.instances if i.node == node]
 
+    def fixed_pools(self) -> dict[str, str]:
+        """Fixed instance id -> the pool the plan has it serve."""
+        ids = set(self.fixed)
+        return {i.id: i.pool for i in self.instances if i.id in ids}
+
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Plan:
         data = dict(_decode(raw, "plan"))
-        try:
-            data["instances"] = [PlannedInstance(**i) for i in data.get("instances", [])]
-        except TypeError as exc:
-            raise ContractError(f"plan: bad instance: {exc}") from exc
+        listed = data.get("instances", [])
+        if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
+            raise ContractError("plan: instances must be a list of objects")
+        data["instances"] = [_build(PlannedInstance, i, "plan: bad instance") for i in listed]
         plan = _build(cls, data, "plan")
         h = plan.headroom
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h <= 1:
@@ -376,6 +391,19 @@ class NodeTelemetry(_Message):
 
 
 @dataclass(frozen=True)
+class UnmanagedInstance:
+    """A server the user runs on a node and wattgate does not start or stop (``wattgate agent --external``):
+    the planner counts it as fixed capacity and chooses only its pool and clock."""
+
+    id: str
+    tp: int
+    gpus: list[int]  # node-local GPU indices
+    model: str = ""  # the model it serves, as clients name it ("" unknown)
+    engine: str = "vllm"  # what serves it: vllm | tgi | llama.cpp | simulated
+    pool: str = ""  # the pool it serves now ("" none yet: every request type)
+
+
+@dataclass(frozen=True)
 class Heartbeat(_Message):
     node: str
     ts: float
@@ -386,7 +414,15 @@ class Heartbeat(_Message):
     # False: the node runs external (unmanaged) instances only and its agent does not carry out plans,
     # so the planner must not plan instances onto its GPUs
     managed: bool = True
+    # Revision 2: the node's unmanaged servers
+    unmanaged: list[UnmanagedInstance] = field(default_factory=list)
+    revision: int = 1  # a message without the field predates revision 2; revision-2 writers set it
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Heartbeat:
-        return _build(cls, _decode(raw, "heartbeat"), "heartbeat")
+        data = dict(_decode(raw, "heartbeat"))
+        listed = data.get("unmanaged", [])
+        if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
+            raise ContractError("heartbeat: unmanaged must be a list of objects")
+        data["unmanaged"] = [_build(UnmanagedInstance, i, "heartbeat: bad unmanaged instance") for i in listed]
+        return _build(cls, data, "heartbeat")

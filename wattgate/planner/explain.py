@@ -5,10 +5,11 @@ Pure. Every power figure in the reasons is modelled from the profile and says so
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from wattgate.planner.contract import Plan, PlannedInstance
-from wattgate.planner.greedy import IDLE_GPU_W, Baseline, SinglePool
+from wattgate.planner.baselines import IDLE_GPU_W, Baseline, SinglePool
+from wattgate.planner.contract import PLAN_REVISION, Plan, PlannedInstance
 from wattgate.planner.model import Config, Decision
 from wattgate.planner.placement import Placement
 
@@ -23,13 +24,22 @@ def build_plan(
     model: str,
     headroom: float = 1.0,
     single: SinglePool | None = None,
+    fixed: Sequence[PlannedInstance] = (),
+    left_out: Sequence[str] = (),
 ) -> Plan:
+    """The plan to publish; ``fixed``: the fixed instances with the pool and clock the decision gives them,
+    ``left_out``: fixed instances it gives nothing (an alert)."""
     alerts = list(decision.alerts)
     extra = []
     if single is not None:
         extra.append(
-            f"single-pool baseline: {single.instances} x TP8 @ {single.clock_mhz} MHz for the whole load plus "
-            f"{IDLE_GPU_W:.0f} W per other GPU: {single.power_w:.0f} W (modelled)"
+            f"single-pool baseline: {single.instances} x TP{single.tp} @ {single.clock_mhz} MHz for the whole load "
+            f"plus {IDLE_GPU_W:.0f} W per other GPU: {single.power_w:.0f} W (modelled)"
+        )
+    if left_out:
+        alerts.append(
+            f"fixed instance(s) {', '.join(left_out)}: the profile has no operating point for their TP; "
+            "they keep the pool and clock they have"
         )
     if placement.unplaced:
         alerts.append(f"{placement.unplaced} planned instance(s) found no free GPUs on the nodes and are left out")
@@ -37,13 +47,14 @@ def build_plan(
         alerts.append(
             f"the multi-pool baseline (TP8 at max clock) cannot meet the SLO for {', '.join(base.unservable)}"
         )
+    instances = [*placement.instances, *fixed]
     return Plan(
         version=version,
         created_at=created_at,
         model=model,
-        instances=list(placement.instances),
+        instances=instances,
         forecast_rps={k: round(v, 4) for k, v in decision.demand_rps.items()},
-        predicted_power_w=round(sum(i.power_w for i in placement.instances), 1),
+        predicted_power_w=round(sum(i.power_w for i in instances), 1),
         baseline_power_w=round(base.power_w, 1),
         reasons=[
             *reasons(decision, placement, base),
@@ -55,6 +66,8 @@ def build_plan(
         headroom=headroom,
         single_pool_power_w=None if single is None else round(single.power_w, 1),
         single_pool_gpus=None if single is None else single.gpus,
+        fixed=sorted(i.id for i in fixed),
+        revision=PLAN_REVISION,
     )
 
 
@@ -83,6 +96,11 @@ def reasons(decision: Decision, placement: Placement, base: Baseline) -> list[st
             f"{g.pool}: {g.count} x TP{g.tp} @ {g.clock_mhz} MHz, {g.load_rps_each:.2f} req/s each, "
             f"{g.power_w_each:.0f} W each (modelled)"
         )
+    for g in decision.fixed_groups:
+        out.append(
+            f"{g.pool}: {g.count} fixed x TP{g.tp} @ {g.clock_mhz} MHz, {g.load_rps_each:.2f} req/s each, "
+            f"{g.power_w_each:.0f} W each (modelled; servers wattgate does not manage: pool and clock only)"
+        )
     for r, by in sorted(decision.flows_rps.items()):
         for q, rps in sorted(by.items()):
             if q != r:
@@ -93,7 +111,11 @@ def reasons(decision: Decision, placement: Placement, base: Baseline) -> list[st
         f"predicted power {decision.power_w:.0f} W vs {base.power_w:.0f} W for the multi-pool baseline (each type "
         f"its own TP8 instances at max clock): saving {saving:.0f} W ({pct:.0f}%) (modelled)"
     )
-    out.append(f"GPUs {decision.gpus_used}/{decision.gpu_budget}; {placement.started} to start, {placement.kept} kept")
+    fixed = sum(g.count for g in decision.fixed_groups)
+    also = f"; {fixed} fixed instance(s) on {sum(g.gpus for g in decision.fixed_groups)} GPUs" if fixed else ""
+    out.append(
+        f"GPUs {decision.gpus_used}/{decision.gpu_budget}; {placement.started} to start, {placement.kept} kept{also}"
+    )
     return out
 
 
@@ -106,7 +128,8 @@ def running_counts(instances: list[PlannedInstance]) -> dict[Config, int]:
 
 
 SINGLE_POOL_BASELINE = (
-    f"single-pool baseline: one pool of TP8 instances at the highest clock serving every request type, as few as "
+    f"single-pool baseline: one pool of TP8 instances (the largest TP a node holds) at the highest clock serving "
+    f"every request type, as few as "
     f"carry the load within the SLOs, plus {IDLE_GPU_W:.0f} W for each other GPU of the cluster (modelled)"
 )
 MULTI_POOL_BASELINE = (
@@ -149,7 +172,7 @@ def decision_summary(decision: Decision, base: Baseline, single: SinglePool | No
         out["single_pool_baseline"] = {
             "definition": SINGLE_POOL_BASELINE,
             "instances": single.instances,
-            "tp": 8,
+            "tp": single.tp,
             "sm_clock_mhz": single.clock_mhz,
             "gpus": single.gpus,
             "power_w": round(single.power_w, 1),

@@ -121,3 +121,119 @@ def evaluate(
     if n == 0:
         return ForecastError(0, math.nan, math.nan, math.nan)
     return ForecastError(n, under / n, sum(over) / len(over) if over else math.nan, sum(errs) / n)
+
+
+@dataclass(frozen=True)
+class QuantileSettings:
+    """The calibrated forecast: the next period's peak at an upper quantile of the forecaster's own past errors.
+
+    Counts per minute are roughly Poisson, whose spread grows as the square root of the count: the
+    forecaster works on square roots (where a Poisson count's spread is about 0.5 whatever its size).
+    Its level is an EWMA of the square root of each minute's count; at each minute it records the
+    error of what it would have forecast ``horizon_min`` minutes before, the square root of the peak
+    count that came minus the level then. The forecast is the level plus the ``quantile`` of the last
+    ``window_min`` errors (``prior_error`` until ``min_errors`` exist), squared back into req/s.
+    """
+
+    quantile: float = 0.99
+    window_min: int = 360
+    min_errors: int = 30
+    alpha: float = 0.3
+    prior_error: float = 1.5  # sqrt-count units: 3 Poisson standard deviations
+
+    def __post_init__(self) -> None:
+        if not 0 < self.quantile < 1 or self.window_min < 1 or self.min_errors < 1 or not 0 < self.alpha <= 1:
+            raise PlannerError("quantile forecast: 0 < quantile < 1, window_min >= 1, min_errors >= 1, 0 < alpha <= 1")
+
+
+class QuantileForecaster:
+    """One pool's calibrated forecaster (see ``QuantileSettings``). Feed it every full minute's count in
+    order with ``observe``; ``forecast`` gives the peak req/s over the next ``horizon_min`` minutes."""
+
+    def __init__(self, horizon_min: int, settings: QuantileSettings | None = None) -> None:
+        if horizon_min < 1:
+            raise PlannerError("the forecast horizon must be at least one minute")
+        self.horizon_min = horizon_min
+        self.s = settings or QuantileSettings()
+        self.level: float | None = None
+        self._levels: list[float] = []  # level after each minute, for errors once the horizon has passed
+        self._roots: list[float] = []  # sqrt of each minute's count
+        self._errors: list[float] = []
+        self.forecasts = 0
+        self.covered = 0  # forecasts the peak that came did not exceed
+        self.sum_rel_error = 0.0  # sum of (forecast - actual) / actual over forecasts judged
+
+    def observe(self, count: float) -> None:
+        root = math.sqrt(max(count, 0.0))
+        self._roots.append(root)
+        self.level = root if self.level is None else self.s.alpha * root + (1 - self.s.alpha) * self.level
+        self._levels.append(self.level)
+        h = self.horizon_min
+        if len(self._roots) > h:  # the level h minutes ago has now seen its horizon
+            t = len(self._roots) - h - 1
+            peak = max(self._roots[t + 1 : t + 1 + h])
+            before = self._levels[t]
+            # what was forecast then: the errors known then are those whose horizon had passed by then
+            forecast = (before + self._quantile(upto=max(len(self._errors) - (h - 1), 0))) ** 2
+            self._errors.append(peak - before)
+            actual = peak**2
+            if actual > 0:
+                self.forecasts += 1
+                self.covered += forecast >= actual
+                self.sum_rel_error += (forecast - actual) / actual
+        del self._errors[: max(len(self._errors) - self.s.window_min, 0)]
+        keep = h + 1
+        if len(self._roots) > 4 * keep:  # only the last horizon is needed again
+            del self._roots[:-keep], self._levels[:-keep]
+
+    def _quantile(self, upto: int | None = None) -> float:
+        errs = self._errors if upto is None else self._errors[:upto]
+        if len(errs) < self.s.min_errors:
+            return self.s.prior_error
+        ranked = sorted(errs)
+        return ranked[min(math.ceil(self.s.quantile * len(ranked)) - 1, len(ranked) - 1)]
+
+    def forecast(self) -> float:
+        """Peak req/s over the next horizon at the configured quantile (0 before any minute was seen)."""
+        if self.level is None:
+            return 0.0
+        return max(self.level + self._quantile(), 0.0) ** 2 / 60.0
+
+    @property
+    def coverage(self) -> float:
+        """Share of judged forecasts that the peak did not exceed (should be near the quantile)."""
+        return self.covered / self.forecasts if self.forecasts else math.nan
+
+    @property
+    def bias(self) -> float:
+        """Mean (forecast - actual) / actual over judged forecasts: the cost of the quantile."""
+        return self.sum_rel_error / self.forecasts if self.forecasts else math.nan
+
+
+class PoolForecasts:
+    """Every pool's ``QuantileForecaster``, fed the minutes of per-pool count series as they grow.
+
+    The planner loop and the replay hand it the whole per-minute series up to now at each plan; it feeds
+    only the minutes it has not seen (a series shorter than what it saw — a restart, a lost window —
+    starts that pool afresh), so a forecast costs the same at minute 10 and at minute 10,000."""
+
+    def __init__(self, horizon_min: int, settings: QuantileSettings | None = None) -> None:
+        self.horizon_min = horizon_min
+        self.settings = settings or QuantileSettings()
+        self._pools: dict[str, tuple[QuantileForecaster, int]] = {}
+
+    def forecast(self, series: dict[str, Sequence[float]]) -> dict[str, float]:
+        out = {}
+        for pool, counts in series.items():
+            f, seen = self._pools.get(pool, (None, 0))
+            if f is None or seen > len(counts):
+                f, seen = QuantileForecaster(self.horizon_min, self.settings), 0
+            for c in counts[seen:]:
+                f.observe(c)
+            self._pools[pool] = (f, len(counts))
+            out[pool] = f.forecast()
+        return out
+
+    def quality(self) -> dict[str, tuple[float, float, int]]:
+        """Per pool: (coverage, bias, forecasts judged)."""
+        return {p: (f.coverage, f.bias, f.forecasts) for p, (f, _) in self._pools.items()}

@@ -1,9 +1,9 @@
-"""Plans without a MILP: turning item counts into a ``Decision``, the greedy fallback, and the baseline.
+"""Plans without a MILP: turning item counts into a ``Decision`` and the greedy fallback.
 
 The fallback always returns a plan that fits the GPUs (possibly serving only part of the load, with an
-alert): the cover plan when one serving all the load fits, else a greedy one. The solver publishes it
-when CBC fails and starts CBC from it. The baseline is what wattgate is compared with: every pool on TP8
-instances at the highest measured clock, sized for its load.
+alert): the cover plan when one serving all the load fits, else a greedy one. Both load the problem's fixed
+instances first (``fleet.fixed_first``) and start managed instances for the rest. The solver publishes it
+when CBC fails and starts CBC from it. (The baselines, once here, are in ``planner/baselines.py``.)
 """
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
+from wattgate.planner.fleet import fixed_first
 from wattgate.planner.model import Config, Decision, Group, Item, Problem, SolverSettings, SolveStatus
-from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets
-from wattgate.profiles.table import Profile
 
 EPS = 1e-6
 GPU_PRICES_W = (0.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0)  # cover_counts: W per GPU, until it fits
 MAX_ROUTE_COMBINATIONS = 4096  # try every routing up to this many (9 pools, 2 spill hops: 216)
-PlanCounts = tuple[list[int], dict[str, dict[str, float]], dict[str, float]]  # item counts, flows, unserved
+# item counts, flows, unserved, fixed item counts (per problem.fixed_items)
+PlanCounts = tuple[list[int], dict[str, dict[str, float]], dict[str, float], list[int]]
 
 
 def realize(  # noqa: PLR0917  (one call site per solver, all by position)
@@ -34,25 +33,31 @@ def realize(  # noqa: PLR0917  (one call site per solver, all by position)
     status: SolveStatus,
     solve_time_s: float,
     alerts: tuple[str, ...] = (),
+    fixed_counts: Sequence[int] = (),
 ) -> Decision:
-    """Spread each pool's served load over its instances in proportion to their rated loads."""
+    """Spread each pool's served load over its instances, managed and fixed, in proportion to their rated loads."""
     served: dict[str, float] = {}
     for by_pool in flows.values():
         for q, rps in by_pool.items():
             served[q] = served.get(q, 0.0) + rps
+    fixed = list(zip(problem.fixed_items, fixed_counts or [0] * len(problem.fixed_items), strict=True))
+    managed = list(zip(problem.items, counts, strict=True))
     rated: dict[str, float] = {}
-    for it, c in zip(problem.items, counts, strict=True):
+    for it, c in (*managed, *fixed):
         rated[it.pool.name] = rated.get(it.pool.name, 0.0) + it.load_rps * c
-    groups: list[Group] = []
-    for it, c in zip(problem.items, counts, strict=True):
-        if c <= 0:
-            continue
-        q = it.pool.name
-        scale = min(served.get(q, 0.0) / rated[q], 1.0) if rated[q] > 0 else 0.0
-        load = it.load_rps * scale
-        power = problem.profile.lookup(it.tp, it.clock_mhz, it.pool, load).power_w
-        groups.append(Group(q, it.tp, it.clock_mhz, c, load, power))
-    groups.sort(key=lambda g: (g.pool, -g.tp, -g.clock_mhz, -g.load_rps_each))
+
+    def groups_of(chosen: list[tuple[Item, int]]) -> tuple[Group, ...]:
+        out: list[Group] = []
+        for it, c in chosen:
+            if c <= 0:
+                continue
+            q = it.pool.name
+            scale = min(served.get(q, 0.0) / rated[q], 1.0) if rated[q] > 0 else 0.0
+            load = it.load_rps * scale
+            power = problem.profile.lookup(it.tp, it.clock_mhz, it.pool, load).power_w
+            out.append(Group(q, it.tp, it.clock_mhz, c, load, power))
+        return tuple(sorted(out, key=lambda g: (g.pool, -g.tp, -g.clock_mhz, -g.load_rps_each)))
+
     left = {r: v for r, v in unserved.items() if v > EPS}
     if left:
         total = sum(left.values())
@@ -64,7 +69,7 @@ def realize(  # noqa: PLR0917  (one call site per solver, all by position)
         )
     clean_flows = {r: {q: v for q, v in by.items() if v > EPS} for r, by in flows.items()}
     return Decision(
-        groups=tuple(groups),
+        groups=groups_of(managed),
         demand_rps=dict(problem.demand_rps),
         flows_rps=clean_flows,
         unserved_rps=left,
@@ -72,14 +77,15 @@ def realize(  # noqa: PLR0917  (one call site per solver, all by position)
         status=status,
         solve_time_s=solve_time_s,
         alerts=alerts,
+        fixed_groups=groups_of(fixed),
     )
 
 
 def greedy_solve(problem: Problem) -> Decision:
     """The fallback plan (``greedy_counts``) as a decision; never fails."""
     started = time.perf_counter()
-    counts, flows, unserved = greedy_counts(problem)
-    return realize(problem, counts, flows, unserved, SolveStatus.FALLBACK, time.perf_counter() - started)
+    counts, flows, unserved, fixed = greedy_counts(problem)
+    return realize(problem, counts, flows, unserved, SolveStatus.FALLBACK, time.perf_counter() - started, (), fixed)
 
 
 def greedy_counts(problem: Problem) -> PlanCounts:
@@ -94,11 +100,12 @@ def greedy_counts(problem: Problem) -> PlanCounts:
         return cover
     best: tuple[float, float, PlanCounts] | None = None
     for per_gpu in (False, True):
-        counts, flows, unserved = _greedy(problem, per_gpu)
+        plan = _greedy(problem, per_gpu)
+        counts, _, unserved, _ = plan
         power = sum(it.power_w * c for it, c in zip(problem.items, counts, strict=True))
         score = (sum(unserved.values()), power)
         if best is None or score < best[:2]:
-            best = (*score, (counts, flows, unserved))
+            best = (*score, plan)
     assert best is not None
     return best[2]
 
@@ -110,8 +117,11 @@ def cover_counts(problem: Problem) -> PlanCounts | None:
     covers of least power + reconfiguration + spill cost. When that does not fit the GPUs, each GPU is
     priced ever higher (a Lagrangian price) until a plan fits; None if none does."""
     demand = {r: d for r, d in problem.demand_rps.items() if d > 0 and problem.routes(r)}
-    per_gpu = {q: max(it.load_rps / it.tp for it in problem.items if it.pool.name == q) for q in problem.pools}
-    if sum(d / max(per_gpu[q] for q in problem.routes(r)) for r, d in demand.items()) > problem.inventory.total_gpus:
+    per_gpu = {
+        q: max((it.load_rps / it.tp for it in problem.items if it.pool.name == q), default=EPS) for q in problem.pools
+    }
+    need = sum(d / max(per_gpu[q] for q in problem.routes(r)) for r, d in demand.items())
+    if not problem.fixed_items and need > problem.inventory.total_gpus:
         return None  # no plan serving all the load fits, whatever the price
     index = {id(it): k for k, it in enumerate(problem.items)}
     for price in GPU_PRICES_W:
@@ -119,14 +129,21 @@ def cover_counts(problem: Problem) -> PlanCounts | None:
         route = _least_cost_routes(
             problem, demand, functools.partial(_route_cost, demand=demand, covers=covers, problem=problem)
         )
+        loads = _loads(route, demand)
+        fill = fixed_first(problem, loads)
         counts = [0] * len(problem.items)
-        for q, load in _loads(route, demand).items():
-            for it, m in covers[q].best(load)[1]:
+        for q, load in loads.items():
+            rest = load - fill.credit_rps.get(q, 0.0)
+            cost, plan = covers[q].best(max(rest, 0.0))
+            if math.isinf(cost):
+                break  # no managed item of this pool carries what the fixed instances leave
+            for it, m in plan:
                 counts[index[id(it)]] += m
-        if _fits(problem, counts):
-            flows = {r: {q: demand[r]} for r, q in route.items()}
-            unserved = {r: d for r, d in problem.demand_rps.items() if d > 0 and r not in demand}
-            return counts, flows, unserved
+        else:
+            if _fits(problem, counts):
+                flows = {r: {q: demand[r]} for r, q in route.items()}
+                unserved = {r: d for r, d in problem.demand_rps.items() if d > 0 and r not in demand}
+                return counts, flows, unserved, list(fill.counts)
     return None
 
 
@@ -144,7 +161,13 @@ def _route_cost(
 ) -> float:
     spill = sum(demand[r] for r, q in route.items() if q != r)
     loads = _loads(route, demand)
-    return sum(covers[q].best(load)[0] for q, load in loads.items()) + problem.settings.spill_cost_w_per_rps * spill
+    fill = fixed_first(problem, loads) if problem.fixed_items else None
+    if fill is None:
+        managed = sum(covers[q].best(load)[0] for q, load in loads.items())
+    else:
+        rest = {q: max(load - fill.credit_rps.get(q, 0.0), 0.0) for q, load in loads.items()}
+        managed = sum(covers[q].best(v)[0] for q, v in rest.items()) + fill.power_w(problem)
+    return managed + problem.settings.spill_cost_w_per_rps * spill
 
 
 def _loads(route: Mapping[str, str], demand: Mapping[str, float]) -> dict[str, float]:
@@ -207,7 +230,7 @@ class _PoolCover:
         if load not in self.memo:
             fresh = [] if load <= EPS else [c for a in self.items for c in self._with(a, load)]
             plans = sorted(((self._base(c), c) for c in (*fresh, *self._from_running(load))), key=lambda bc: bc[0])
-            best: Cover = (math.inf, ()) if plans else (0.0, ())
+            best: Cover = (math.inf, ()) if plans or load > EPS else (0.0, ())
             for base, plan in plans:  # reconfiguration costs >= 0: stop once the base alone costs more
                 if base >= best[0]:
                     break
@@ -275,13 +298,15 @@ def reconfiguration_w(s: SolverSettings, new: Mapping[Config, int], old: Mapping
         resharded = min(started[tp], room) if saving_j_per_gpu > 0 else 0
         room -= resharded
         energy_j -= saving_j_per_gpu * tp * resharded
-    return energy_j / s.period_s
+    return energy_j / s.amortization_s
 
 
 def keep_current(problem: Problem) -> PlanCounts | None:
-    """The running plan as item counts (each instance at its config's top rating), if it still serves all."""
-    if not problem.current:
+    """The running plan as item counts (each instance at its config's top rating), if it still serves all
+    (fixed instances keep their config too; one without any is a spare of the pool it serves now)."""
+    if not problem.current and not problem.fixed_current:
         return None
+    fill = fixed_first(problem, {}, keep=True)
     counts = [0] * len(problem.items)
     top: dict[tuple[str, int, int], int] = {}
     for k, it in enumerate(problem.items):
@@ -290,7 +315,7 @@ def keep_current(problem: Problem) -> PlanCounts | None:
     for config, m in problem.current.items():
         if config in top:
             counts[top[config]] += m
-    room: dict[str, float] = {}
+    room: dict[str, float] = dict(fill.credit_rps)
     for it, c in zip(problem.items, counts, strict=True):
         room[it.pool.name] = room.get(it.pool.name, 0.0) + it.load_rps * c
     flows: dict[str, dict[str, float]] = {}
@@ -310,7 +335,7 @@ def keep_current(problem: Problem) -> PlanCounts | None:
                 left -= take
         if left > EPS:
             return None
-    return counts, flows, {}
+    return counts, flows, {}, list(fill.counts)
 
 
 def _greedy(problem: Problem, per_gpu: bool) -> PlanCounts:
@@ -318,19 +343,24 @@ def _greedy(problem: Problem, per_gpu: bool) -> PlanCounts:
     counts = [0] * len(problem.items)
     flows: dict[str, dict[str, float]] = {}
     unserved: dict[str, float] = {}
+    # each type on its first route: its own pool, or the first longer pool that can meet its SLO
+    first = {r: problem.routes(r)[0] for r, d in problem.demand_rps.items() if d > 0 and problem.routes(r)}
+    fill = fixed_first(problem, _loads(first, problem.demand_rps))
+    room = dict(fill.credit_rps)  # what the fixed instances carry, taken before any managed instance
     for r, demand in sorted(problem.demand_rps.items(), key=lambda kv: -kv[1]):
         if demand <= 0:
             continue
-        routes = problem.routes(r)
-        if not routes:
+        if r not in first:
             unserved[r] = demand
             continue
-        q = routes[0]  # its own pool, or the first longer pool that can meet its SLO
-        left = _fill(problem, q, demand, free, counts, per_gpu=per_gpu)
+        q = first[r]
+        on_fixed = min(demand, room.get(q, 0.0))
+        room[q] = room.get(q, 0.0) - on_fixed
+        left = _fill(problem, q, demand - on_fixed, free, counts, per_gpu=per_gpu)
         flows[r] = {q: demand - left}
         if left > EPS:
             unserved[r] = left
-    return counts, flows, unserved
+    return counts, flows, unserved, list(fill.counts)
 
 
 def _fill(problem: Problem, pool: str, load: float, free: list[int], counts: list[int], *, per_gpu: bool) -> float:
@@ -362,87 +392,29 @@ def _slot(free: list[int], tp: int) -> int | None:
     return min(ok)[1] if ok else None
 
 
-@dataclass(frozen=True)
-class Baseline:
-    """All pools on TP8 at the highest measured clock, each sized for its load (modelled)."""
+# the baselines lived here before planner/baselines.py: kept importable from here for callers of that time
+from wattgate.planner.baselines import (  # noqa: E402
+    IDLE_GPU_W,
+    SINGLE_POOL_TP,
+    Baseline,
+    SinglePool,
+    baseline,
+    single_pool,
+    single_pool_tp,
+)
 
-    groups: tuple[Group, ...]
-    unservable: tuple[str, ...]  # pools TP8 at max clock cannot serve within the SLO
-
-    @property
-    def power_w(self) -> float:
-        return sum(g.power_w for g in self.groups)
-
-    @property
-    def gpus(self) -> int:
-        return sum(g.gpus for g in self.groups)
-
-
-def baseline(profile: Profile, demand_rps: Mapping[str, float], slo: SloTargets) -> Baseline:
-    groups: list[Group] = []
-    bad: list[str] = []
-    for pool, rps in sorted(demand_rps.items()):
-        if rps <= 0:
-            continue
-        rtype = RequestType.parse(pool)
-        try:
-            clock = profile.clocks(8, rtype)[-1]
-            cap = profile.max_load(8, clock, rtype, slo)
-        except ProfilesError:
-            cap, clock = 0.0, 0
-        if cap <= 0:
-            bad.append(pool)
-            continue
-        count = math.ceil(rps / cap - EPS)
-        each = rps / count
-        groups.append(Group(pool, 8, clock, count, each, profile.lookup(8, clock, rtype, each).power_w))
-    return Baseline(tuple(groups), tuple(bad))
-
-
-SINGLE_POOL_TP = 8
-IDLE_GPU_W = 70.0  # modelled: an idle H100 with a model loaded (as wattgate.agent.gpu.simulated draws)
-
-
-@dataclass(frozen=True)
-class SinglePool:
-    """DynamoLLM's baseline (modelled): one pool of TP8 instances at the highest clock measured for every
-    type, as few as carry the whole load mix within each type's targets, plus ``IDLE_GPU_W`` for each
-    other GPU of the cluster."""
-
-    instances: int
-    clock_mhz: int
-    power_w: float  # the instances at their load plus the cluster's other GPUs idle
-    meets: frozenset[RequestType]  # types whose P99 at the per-instance load is within their targets
-
-    @property
-    def gpus(self) -> int:
-        return self.instances * SINGLE_POOL_TP
-
-
-def single_pool(
-    profile: Profile,
-    loads: Mapping[RequestType, float],
-    slo: SloTargets,
-    gpus: int,
-    mix: Mapping[RequestType, float] | None = None,
-) -> SinglePool:
-    """The single-pool baseline for ``loads`` (req/s per type) on a cluster of ``gpus``; with no load, one
-    instance kept warm for ``mix`` (type shares). Types the profile did not measure at TP8 are left out."""
-    total = sum(v for v in loads.values() if v > 0)
-    shares = {t: v / total for t, v in loads.items() if v > 0} if total > 0 else dict(mix or {})
-    shares = {t: s for t, s in shares.items() if profile.covers(SINGLE_POOL_TP, t)}
-    if not shares:
-        return SinglePool(0, 0, gpus * IDLE_GPU_W, frozenset())
-    clock = min(profile.clocks(SINGLE_POOL_TP, t)[-1] for t in shares)
-    caps = {t: profile.max_load(SINGLE_POOL_TP, clock, t, slo) for t in shares}
-    inverse = sum(s / caps[t] for t, s in shares.items() if caps[t] > 0)
-    n = max(1, math.ceil(total * inverse - EPS))
-    power, meets = 0.0, set()
-    for t, s in shares.items():
-        load = min(total / n, profile.max_measured_load(SINGLE_POOL_TP, clock, t))
-        p = profile.lookup(SINGLE_POOL_TP, clock, t, load)
-        power += s * p.power_w
-        if slo.met(t, p.ttft_p99_s, p.tbt_p99_s):
-            meets.add(t)
-    idle = max(0, gpus - n * SINGLE_POOL_TP) * IDLE_GPU_W
-    return SinglePool(n, clock, n * power + idle, frozenset(meets))
+__all__ = [
+    "IDLE_GPU_W",
+    "SINGLE_POOL_TP",
+    "Baseline",
+    "SinglePool",
+    "baseline",
+    "cover_counts",
+    "greedy_counts",
+    "greedy_solve",
+    "keep_current",
+    "realize",
+    "reconfiguration_w",
+    "single_pool",
+    "single_pool_tp",
+]

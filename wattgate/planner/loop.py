@@ -1,7 +1,11 @@
 """The planner loop: hold the leader lease, and when a period is due forecast, solve, place and publish.
 
-A thin loop around pure parts (forecast, solver, placement, explain) with an injected clock; ``tick()``
+A thin loop around pure parts (forecast, ``epoch.plan_epoch``, explain) with an injected clock; ``tick()``
 does one step so tests run many ticks without sleeping. Redis trouble: back off, count, go on.
+
+The GPUs to plan on are the managed agents' nodes (or ``static_nodes``); the servers that unmanaged agents
+report in their heartbeats (``--external``) are fixed instances: counted as capacity, given a pool and a
+clock each epoch, never started, stopped or moved.
 """
 
 from __future__ import annotations
@@ -14,13 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from wattgate.planner.baselines import baseline, single_pool, single_pool_tp
 from wattgate.planner.contract import Heartbeat, Plan
-from wattgate.planner.explain import build_plan, running_counts
+from wattgate.planner.epoch import plan_epoch
+from wattgate.planner.explain import build_plan
 from wattgate.planner.forecast import DAY_MIN, ForecastSettings, forecast_peak
-from wattgate.planner.greedy import baseline, single_pool
-from wattgate.planner.model import Inventory, Node, PlannerError, SolverSettings, make_problem
-from wattgate.planner.placement import place
-from wattgate.planner.solver import solve
+from wattgate.planner.model import FixedInstance, Inventory, Node, PlannerError, SolverSettings
 from wattgate.planner.store import StoreError
 from wattgate.profiles.classes import POOL_NAMES, ProfilesError, RequestType
 from wattgate.profiles.table import Profile
@@ -147,38 +150,45 @@ class PlannerLoop:
                 series[p].append(partial[p] * 60.0 / elapsed)
         return {p: max(forecast_peak(series[p], horizon_min, s.forecast), s.min_pool_rps) for p in pools}
 
-    def inventory(self) -> Inventory:
+    def inventory(self, beats: list[Heartbeat] | None = None) -> Inventory:
+        """The managed GPUs: ``static_nodes``, else the managed agents' heartbeats (read now unless given)."""
         if self.settings.static_nodes is not None:
             return Inventory(self.settings.static_nodes)
-        beats = sorted((b for b in self.store.heartbeats() if b.managed), key=lambda b: b.node)
-        return Inventory(tuple(Node(b.node, b.gpu_count) for b in beats))
+        live = self.store.heartbeats() if beats is None else beats
+        return Inventory(tuple(Node(b.node, b.gpu_count) for b in sorted(live, key=lambda b: b.node) if b.managed))
 
     def _plan(self, now: float, period_s: float) -> Plan | None:
         s = self.settings
         horizon_min = max(math.ceil(period_s / 60), 1)
         demand = self.forecast(now, horizon_min)
-        inventory = self.inventory()
+        beats = self.store.heartbeats()
+        inventory = self.inventory(beats)
+        fixed, unmanaged_nodes = fixed_instances(beats, {n.name for n in inventory.nodes})
         current = self.store.current_plan()
         running = list(current.instances) if current else []
         solver = replace(s.solver, period_s=period_s)
-        problem = make_problem(self.profile, demand, inventory, solver, running_counts(running))
-        decision = solve(problem)
-        placement = place(decision.groups, inventory, running)
+        epoch = plan_epoch(self.profile, demand, inventory, solver, running=running, fixed=fixed)
+        decision = epoch.decision
         base = baseline(self.profile, decision.demand_rps, solver.slo)
         loads = {RequestType.parse(p): rps for p, rps in decision.demand_rps.items()}
-        single = single_pool(self.profile, loads, solver.slo, inventory.total_gpus)
-        extra = [] if inventory.total_gpus else ["no GPUs: no agent heartbeats and no --gpus/--nodes"]
+        nodes = [*inventory.nodes, *unmanaged_nodes]  # the whole cluster, for the baseline
+        cluster_gpus = sum(n.gpus for n in nodes)
+        tp = single_pool_tp(self.profile, (n.gpus for n in nodes))
+        single = single_pool(self.profile, loads, solver.slo, cluster_gpus, tp=tp)
+        extra = [] if inventory.total_gpus or fixed else ["no GPUs: no agent heartbeats and no --gpus/--nodes"]
 
         def build(version: int) -> Plan:
             plan = build_plan(
                 decision,
-                placement,
+                epoch.placement,
                 base,
                 version=version,
                 created_at=now,
                 model=self.profile.model,
                 headroom=solver.headroom,
                 single=single,
+                fixed=epoch.fixed,
+                left_out=epoch.left_out,
             )
             return replace(plan, alerts=[*plan.alerts, *extra])
 
@@ -217,6 +227,27 @@ class PlannerLoop:
             if self.leader:
                 with contextlib.suppress(StoreError):
                     self.store.release_lease(self.me)
+
+
+def fixed_instances(beats: list[Heartbeat], managed: set[str]) -> tuple[tuple[FixedInstance, ...], list[Node]]:
+    """The unmanaged servers the heartbeats report, as fixed instances, and the unmanaged nodes (name, GPUs).
+    A node that is also planned onto as a managed node (``--nodes``) keeps its servers out: its GPUs are
+    the plan's. A server whose GPUs do not match its TP is left out (logged)."""
+    out: list[FixedInstance] = []
+    nodes: list[Node] = []
+    for b in sorted(beats, key=lambda b: b.node):
+        if b.managed or b.node in managed:
+            continue
+        nodes.append(Node(b.node, b.gpu_count))
+        for u in b.unmanaged:
+            if any(f.id == u.id for f in out):
+                log.warning("planner: node %s reports server %s, an id another node has; left out", b.node, u.id)
+                continue
+            try:
+                out.append(FixedInstance(str(u.id), b.node, tuple(int(g) for g in u.gpus), int(u.tp), u.pool or None))
+            except (PlannerError, TypeError, ValueError) as exc:
+                log.warning("planner: node %s: server %r: %s; left out", b.node, u.id, exc)
+    return tuple(out), nodes
 
 
 def parse_nodes(text: str) -> tuple[Node, ...]:

@@ -3,6 +3,10 @@
 Pure: no PuLP, no Redis, no clock. ``solver.py`` turns a ``Problem`` into a MILP; ``greedy.py`` is the
 fallback; both return a ``Decision``. Every power figure here is modelled from the profile.
 
+*Fixed* instances are servers the planner cannot start, stop or resize (the agents' unmanaged servers, or a
+replay's fixed fleet): each is on whatever node it runs on, outside the GPU budget, and each epoch the plan
+only chooses the pool it serves and its clock, so they carry load before any managed instance is started.
+
 An *item* is one way to run one instance of a pool: (TP, SM clock, rated load). The rated loads are
 the profile's measured loads up to the SLO-feasible capacity (``Profile.max_load``) times
 ``SolverSettings.headroom``, plus that rating itself; an item's power is the highest modelled power at
@@ -16,8 +20,8 @@ import enum
 import functools
 import math
 import weakref
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets, spill_chain
 from wattgate.profiles.table import Profile
@@ -40,6 +44,10 @@ class SolverSettings:
     gap_rel: float = 0.02  # CBC stops once provably within this relative gap of the optimum (0: exact)
     spill_hops: int = 2  # how many longer pools of the spill chain a pool may spill to
     period_s: float = 300.0
+    # what a transition's energy is spread over, to weigh it against the power it saves: the plan's
+    # expected lifetime; None: one period. With re-plans every minute, a start amortised over one minute
+    # would never pay; over the ten minutes a configuration typically lasts it does when it saves enough
+    amortize_s: float | None = None
     start_cost_j_per_gpu: float = 24_000.0  # ~60 s of loading weights at ~400 W per GPU
     reshard_cost_j_per_gpu: float = 12_000.0  # re-shard an existing instance to another TP
     clock_change_cost_j: float = 500.0  # a clock change is cheap but not free: it damps churn
@@ -52,11 +60,17 @@ class SolverSettings:
     # load it to: the rest is headroom for bursts inside a minute and misclassified requests
     headroom: float = DEFAULT_HEADROOM
 
+    @property
+    def amortization_s(self) -> float:
+        return self.amortize_s if self.amortize_s is not None else self.period_s
+
     def __post_init__(self) -> None:
         if self.gpus_per_node < 1:
             raise PlannerError("gpus_per_node must be >= 1")
         if not self.time_limit_s > 0 or not self.period_s > 0:
             raise PlannerError("time_limit_s and period_s must be > 0")
+        if self.amortize_s is not None and not self.amortize_s > 0:
+            raise PlannerError("amortize_s must be > 0")
         costs = (self.start_cost_j_per_gpu, self.reshard_cost_j_per_gpu, self.clock_change_cost_j)
         if not 0 <= self.gap_rel < 1 or self.spill_hops < 0:
             raise PlannerError("gap_rel must be in [0, 1) and spill_hops >= 0")
@@ -97,6 +111,25 @@ class Inventory:
 
 
 @dataclass(frozen=True)
+class FixedInstance:
+    """A running instance the plan cannot start, stop or resize: it chooses only its pool and SM clock.
+
+    ``pool`` and ``clock_mhz`` are what it serves and runs at now (None: nothing assigned yet); the plan
+    keeps them when that costs nothing, so routing does not churn between equivalent plans."""
+
+    id: str
+    node: str
+    gpus: tuple[int, ...]
+    tp: int
+    pool: str | None = None
+    clock_mhz: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tp < 1 or len(self.gpus) != self.tp or len(set(self.gpus)) != self.tp:
+            raise PlannerError(f"fixed instance {self.id}: TP{self.tp} needs {self.tp} distinct GPUs, got {self.gpus}")
+
+
+@dataclass(frozen=True)
 class Item:
     """One way to run one instance of a pool: TP, SM clock and the load it is rated for."""
 
@@ -124,10 +157,32 @@ class Problem:
     current: Mapping[Config, int]  # instances running now per (pool, TP, clock)
     settings: SolverSettings
     profile: Profile
+    fixed: tuple[FixedInstance, ...] = ()  # instances outside the GPU budget that must be used as they are
+    fixed_items: tuple[Item, ...] = ()  # the ways to run them: items of their TPs, pruned within each TP only
 
     @functools.cached_property
     def pools(self) -> tuple[str, ...]:
-        return tuple(sorted({i.pool.name for i in self.items}))
+        return tuple(sorted({i.pool.name for i in (*self.items, *self.fixed_items)}))
+
+    @functools.cached_property
+    def fixed_counts(self) -> dict[int, int]:
+        """TP -> fixed instances of that TP the plan assigns (those of a TP with no item are left as they are)."""
+        tps = {it.tp for it in self.fixed_items}
+        out: dict[int, int] = {}
+        for f in self.fixed:
+            if f.tp in tps:
+                out[f.tp] = out.get(f.tp, 0) + 1
+        return out
+
+    @functools.cached_property
+    def fixed_current(self) -> dict[Config, int]:
+        """Fixed instances per (pool, TP, clock) they run at now (those with a pool and a clock)."""
+        out: dict[Config, int] = {}
+        for f in self.fixed:
+            if f.pool is not None and f.clock_mhz is not None and f.tp in self.fixed_counts:
+                key = (f.pool, f.tp, f.clock_mhz)
+                out[key] = out.get(key, 0) + 1
+        return out
 
     def routes(self, pool: str) -> tuple[str, ...]:
         """Pools that may serve ``pool``'s load (itself first), among those with items."""
@@ -179,14 +234,17 @@ class Decision:
     status: SolveStatus
     solve_time_s: float  # measured wall time of the solve
     alerts: tuple[str, ...] = ()
+    fixed_groups: tuple[Group, ...] = ()  # what the fixed instances run: pool, clock and load, by TP
 
     @property
     def gpus_used(self) -> int:
+        """GPUs of the budget the plan uses (fixed instances are outside it)."""
         return sum(g.gpus for g in self.groups)
 
     @property
     def power_w(self) -> float:
-        return sum(g.power_w for g in self.groups)
+        """Modelled power of every planned instance, fixed ones included."""
+        return sum(g.power_w for g in (*self.groups, *self.fixed_groups))
 
     def counts(self) -> dict[Config, int]:
         out: dict[Config, int] = {}
@@ -334,8 +392,11 @@ def make_problem(
     inventory: Inventory,
     settings: SolverSettings | None = None,
     current: Mapping[Config, int] | None = None,
+    *,
+    fixed: Sequence[FixedInstance] = (),
 ) -> Problem:
-    """Validate the inputs and build the items for every pool the demand can reach."""
+    """Validate the inputs and build the items for every pool the demand can reach (for the managed GPUs
+    and for the ``fixed`` instances' TPs)."""
     settings = settings or SolverSettings()
     demand = parse_demand(demand_rps)
     have = {t.name for t in profile.request_types}
@@ -351,4 +412,18 @@ def make_problem(
         raise PlannerError(f"the profile has no measurements for pool(s) {', '.join(missing)}")
     cur = {c: int(m) for c, m in (current or {}).items() if m > 0}
     items = build_items(profile, settings, pools=sorted(reach & have), keep=cur, inbound=inbound)
-    return Problem(demand, inventory, items, cur, settings, profile)
+    ids = [f.id for f in fixed]
+    if len(set(ids)) != len(ids):
+        raise PlannerError(f"fixed instance ids must be unique, got {sorted(ids)}")
+    fixed_items: list[Item] = []
+    if fixed:
+        tps = {f.tp for f in fixed}
+        unpruned = build_items(profile, replace(settings, prune=False), pools=sorted(reach & have), inbound=inbound)
+        fixed_items = [it for it in unpruned if it.tp in tps]
+    if fixed and settings.prune:  # within one TP and pool only: a fixed TP4 server cannot become the TP2 that wins
+        running = {(f.pool, f.tp, f.clock_mhz) for f in fixed if f.pool is not None and f.clock_mhz is not None}
+        groups: dict[tuple[int, str], list[Item]] = {}
+        for it in fixed_items:
+            groups.setdefault((it.tp, it.pool.name), []).append(it)
+        fixed_items = [it for key in sorted(groups) for it in _prune(groups[key], running)]
+    return Problem(demand, inventory, items, cur, settings, profile, tuple(fixed), tuple(fixed_items))

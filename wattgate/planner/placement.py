@@ -1,9 +1,13 @@
 """Placement: map the plan's instances onto nodes and GPU indices, keeping running instances where they are.
 
 Pure. A running instance of the same pool and TP stays on its GPUs (its clock and load may change);
-only the rest are placed, largest TP first, best fit, each TP group on aligned GPUs of one node.
-When what stays fragments the nodes so much that a new group no longer fits, everything is placed
-afresh (more moves, but a plan that fits beats one that does not).
+only the rest are placed, largest TP first, best fit, each TP group on aligned GPUs of one node,
+never on GPUs that are ``held`` (an instance still draining or stopping holds its GPUs until it is
+gone). When what stays fragments the nodes so much that a new group no longer fits, everything is
+placed afresh (more moves, but a plan that fits beats one that does not).
+
+Fixed instances (``assign_fixed``) are not placed: they run where they run. The plan's fixed groups are
+handed out to them, each keeping the pool it serves now (and then its clock) where a group of its TP allows.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wattgate.planner.contract import PlannedInstance
-from wattgate.planner.model import Group, Inventory
+from wattgate.planner.model import FixedInstance, Group, Inventory
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,12 @@ class _Want:
     power_w: float
 
 
-def place(groups: Sequence[Group], inventory: Inventory, running: Sequence[PlannedInstance]) -> Placement:
+def place(
+    groups: Sequence[Group],
+    inventory: Inventory,
+    running: Sequence[PlannedInstance],
+    held: Sequence[PlannedInstance] = (),
+) -> Placement:
     wants = [_Want(g.pool, g.tp, g.clock_mhz, g.load_rps_each, g.power_w_each) for g in groups for _ in range(g.count)]
     sizes = {n.name: n.gpus for n in inventory.nodes}
     kept: list[PlannedInstance] = []
@@ -47,9 +56,9 @@ def place(groups: Sequence[Group], inventory: Inventory, running: Sequence[Plann
         kept.append(
             PlannedInstance(match.id, w.pool, match.node, list(match.gpus), w.tp, w.clock_mhz, w.load_rps, w.power_w)
         )
-    placed, unplaced = _pack(rest, inventory, kept)
+    placed, unplaced = _pack(rest, inventory, [*kept, *held])
     if unplaced:
-        fresh, fresh_unplaced = _pack(wants, inventory, [])
+        fresh, fresh_unplaced = _pack(wants, inventory, held)
         if len(fresh_unplaced) < len(unplaced):
             return Placement(tuple(fresh), len(fresh), 0, len(fresh_unplaced))
     return Placement(tuple(kept + placed), len(placed), len(kept), len(unplaced))
@@ -96,3 +105,34 @@ def _spot(free: dict[str, set[int]], tp: int) -> tuple[str, list[int]] | None:
                     best = (len(idle), node, block)
                 break
     return None if best is None else (best[1], best[2])
+
+
+def assign_fixed(groups: Sequence[Group], fixed: Sequence[FixedInstance]) -> tuple[PlannedInstance, ...]:
+    """The fixed instances with the pool, clock and load of ``groups`` (the decision's fixed groups, whose
+    counts per TP are at most the instances of that TP); an instance no group covers is left out."""
+    slots: dict[int, list[_Want]] = {}
+    for g in sorted(groups, key=lambda g: (g.pool, -g.clock_mhz, -g.load_rps_each)):
+        slots.setdefault(g.tp, []).extend(
+            _Want(g.pool, g.tp, g.clock_mhz, g.load_rps_each, g.power_w_each) for _ in range(g.count)
+        )
+    out: list[PlannedInstance] = []
+    for tp, wants in sorted(slots.items()):
+        free = sorted((f for f in fixed if f.tp == tp), key=lambda f: f.id)
+        # same pool and clock first, then same pool, then anything: routing and clocks move only when they must
+        for same in (
+            lambda w, f: (f.pool, f.clock_mhz) == (w.pool, w.clock_mhz),
+            lambda w, f: f.pool == w.pool,
+            lambda w, f: True,
+        ):
+            for w in list(wants):
+                match = next((f for f in free if same(w, f)), None)
+                if match is None:
+                    continue
+                wants.remove(w)
+                free.remove(match)
+                out.append(
+                    PlannedInstance(
+                        match.id, w.pool, match.node, list(match.gpus), tp, w.clock_mhz, w.load_rps, w.power_w
+                    )
+                )
+    return tuple(sorted(out, key=lambda p: p.id))

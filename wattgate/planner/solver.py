@@ -3,6 +3,9 @@
 Variables (identical instances aggregated, so the model size does not grow with the GPU count):
 
 - ``n[i]`` integer: instances running item ``i`` (pool, TP, clock, rated load);
+- ``f[j]`` integer: fixed instances (servers the plan cannot start or stop) running fixed item ``j``; the
+  fixed instances of each TP run exactly one item each (they draw power whatever the plan says), outside
+  the GPU budget and with no reconfiguration cost (a pool change is a routing change only);
 - ``z[r,q]`` binary: type ``r``'s load goes to pool ``q``, all of it (one route per type, as the gateway
   routes; the routes are ``r`` and the next ``spill_hops`` pools of ``spill_chain(r)`` with the same
   TTFT target, ``Problem.routes``; the constant 1 for a type with one route);
@@ -11,7 +14,7 @@ Variables (identical instances aggregated, so the model size does not grow with 
 - with a current plan, per pool and TP: instances started, removed and re-sharded, and per
   config instances whose clock changed.
 
-Constraints: each pool's served load fits its instances' rated loads (each within the SLO-feasible
+Constraints: each pool's served load fits its instances' rated loads, managed and fixed (each within the SLO-feasible
 capacity); for each TP size t, the GPUs of groups of size >= t fit in the nodes' t-aligned slots
 (sizes 1/2/4/8 divide each other, so this is exactly when the groups pack into the nodes without a
 group spanning two). Objective:
@@ -31,7 +34,7 @@ import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pulp
 
@@ -51,6 +54,7 @@ class MilpSolution:
     flows: dict[str, dict[str, float]]
     unserved: dict[str, float]
     proved_optimal: bool
+    fixed_counts: tuple[int, ...] = ()  # per problem fixed item
 
 
 Backend = Callable[[Problem], MilpSolution]
@@ -73,12 +77,12 @@ def solve(problem: Problem, backend: Backend | None = None) -> Decision:
         alerts = (
             f"MILP stopped at its {problem.settings.time_limit_s:g} s limit: best plan found, not proved optimal",
         )
-    decision = realize(problem, sol.counts, sol.flows, sol.unserved, status, time.perf_counter() - started, alerts)
-    return decision
+    elapsed = time.perf_counter() - started
+    return realize(problem, sol.counts, sol.flows, sol.unserved, status, elapsed, alerts, sol.fixed_counts)
 
 
 def _with(d: Decision, solve_time_s: float, alerts: tuple[str, ...]) -> Decision:
-    return Decision(d.groups, d.demand_rps, d.flows_rps, d.unserved_rps, d.gpu_budget, d.status, solve_time_s, alerts)
+    return replace(d, solve_time_s=solve_time_s, alerts=alerts)
 
 
 def solve_milp(problem: Problem) -> MilpSolution:
@@ -104,13 +108,14 @@ def solve_milp(problem: Problem) -> MilpSolution:
     if prob.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         raise SolverFailed(f"CBC returned {pulp.LpSolution.get(prob.sol_status, prob.sol_status)}")
     counts = tuple(round(v.value() or 0.0) for v in model.n)
+    fixed = tuple(round(v.value() or 0.0) for v in model.f)
     flows: dict[str, dict[str, float]] = defaultdict(dict)
     unserved = {r: d for r, d in model.demand.items() if not problem.routes(r)}
     for (r, q), short in model.w.items():
         left = min(max(short.value() or 0.0, 0.0), model.demand[r])
         flows[r][q] = max(model.demand[r] * _value(model.z[(r, q)]) - left, 0.0)
         unserved[r] = unserved.get(r, 0.0) + left
-    return MilpSolution(counts, dict(flows), unserved, prob.sol_status == pulp.LpSolutionOptimal)
+    return MilpSolution(counts, dict(flows), unserved, prob.sol_status == pulp.LpSolutionOptimal, fixed)
 
 
 def _value(z: pulp.LpVariable | int) -> int:
@@ -131,8 +136,10 @@ def _cbc_binary() -> str:
 def _warm_start(problem: Problem, model: _Model) -> None:
     """Hand CBC a first incumbent: the running plan when it still serves the load (so a plan within
     the gap of the optimum is kept rather than swapped for another), else the cover or greedy plan."""
-    counts, flows, _ = keep_current(problem) or greedy_counts(problem)
+    counts, flows, _, fixed = keep_current(problem) or greedy_counts(problem)
     for var, c in zip(model.n, counts, strict=True):
+        var.setInitialValue(c)
+    for var, c in zip(model.f, fixed, strict=True):
         var.setInitialValue(c)
     for r, d in model.demand.items():
         by = flows.get(r, {})
@@ -149,6 +156,7 @@ def _warm_start(problem: Problem, model: _Model) -> None:
 class _Model:
     prob: pulp.LpProblem
     n: list[pulp.LpVariable]
+    f: list[pulp.LpVariable]  # per fixed item
     z: dict[tuple[str, str], pulp.LpVariable | int]  # (type, pool): routed there (1: its only route)
     w: Routing  # (type, pool): req/s routed there left unserved
     demand: dict[str, float]  # req/s > 0 per type
@@ -161,6 +169,16 @@ def _build(problem: Problem) -> _Model:
         prob.add_variable(f"n{k}", lowBound=0, upBound=inv.slots(it.tp) // it.tp, cat=pulp.LpInteger)
         for k, it in enumerate(items)
     ]
+    fixed_counts = problem.fixed_counts
+    f = [
+        prob.add_variable(f"f{k}", lowBound=0, upBound=fixed_counts[it.tp], cat=pulp.LpInteger)
+        for k, it in enumerate(problem.fixed_items)
+    ]
+    for tp, count in sorted(fixed_counts.items()):
+        prob += (
+            pulp.lpSum(v for v, it in zip(f, problem.fixed_items, strict=True) if it.tp == tp) == count,
+            f"fixed_tp{tp}",
+        )
     demand = {r: d for r, d in problem.demand_rps.items() if d > 0}
     z: dict[tuple[str, str], pulp.LpVariable | int] = {}
     w: Routing = {}
@@ -170,19 +188,21 @@ def _build(problem: Problem) -> _Model:
             w[(r, q)] = prob.add_variable(f"w_{r}_{q}", lowBound=0, upBound=d)
             if not isinstance(z[(r, q)], int):
                 prob += w[(r, q)] <= d * z[(r, q)], f"route_{r}_{q}"
-    model = _Model(prob, n, z, w, demand)
-    per_pool: dict[str, list[int]] = defaultdict(list)
+    model = _Model(prob, n, f, z, w, demand)
+    per_pool: dict[str, list[pulp.LpAffineExpression]] = defaultdict(list)
     for k, it in enumerate(items):
-        per_pool[it.pool.name].append(k)
-    for q, ks in per_pool.items():
+        per_pool[it.pool.name].append(it.load_rps * n[k])
+    for k, it in enumerate(problem.fixed_items):
+        per_pool[it.pool.name].append(it.load_rps * f[k])
+    for q, rated in per_pool.items():
         inflow = [demand[r] * z[(r, qq)] - var for (r, qq), var in w.items() if qq == q]
         if inflow:
-            cap = pulp.lpSum(items[k].load_rps * n[k] for k in ks)
-            prob += pulp.lpSum(inflow) <= cap, f"capacity_{q}"
+            prob += pulp.lpSum(inflow) <= pulp.lpSum(rated), f"capacity_{q}"
     for t in sorted({it.tp for it in items}):
         used = pulp.lpSum(it.tp * n[k] for k, it in enumerate(items) if it.tp >= t)
         prob += used <= inv.slots(t), f"gpus_tp{t}"
     objective = pulp.lpSum(it.power_w * n[k] for k, it in enumerate(items))
+    objective += pulp.lpSum(it.power_w * f[k] for k, it in enumerate(problem.fixed_items))
     objective += s.unserved_penalty_w_per_rps * pulp.lpSum(w.values())
     spilled = [demand[r] * z[(r, q)] - var for (r, q), var in w.items() if r != q]
     objective += s.spill_cost_w_per_rps * pulp.lpSum(spilled)
@@ -240,4 +260,4 @@ def _reconfiguration(prob: pulp.LpProblem, problem: Problem, n: list[pulp.LpVari
         cost.append(-(s.start_cost_j_per_gpu - s.reshard_cost_j_per_gpu) * tp * reshard)
     for pool, moves in reshards.items():
         prob += pulp.lpSum(moves) <= pulp.lpSum(reshard_room[pool]), f"reshard_room_{pool}"
-    return (1.0 / s.period_s) * pulp.lpSum(cost)
+    return (1.0 / s.amortization_s) * pulp.lpSum(cost)

@@ -10,7 +10,7 @@ from pathlib import Path
 from wattgate.profiles.classes import ProfilesError
 from wattgate.profiles.table import Profile, ProfileFormatError, load_profile
 
-DEFAULT_PROFILE = "llama-2-70b-h100"
+DEFAULT_PROFILE = "llama-3.1-70b-h100"
 _DATA_PACKAGE = "wattgate.profiles.data"
 
 

@@ -102,6 +102,7 @@ class Profile:
             loads = tuple(sorted(pts))
             self._series[key] = _Series(loads, tuple(pts[x] for x in loads))
         self._clocks: dict[tuple[int, RequestType], tuple[int, ...]] = {}
+        self._max_loads: dict[tuple[int, float, RequestType, float, float], float] = {}
         for tp, clock, rtype in self._series:
             self._clocks.setdefault((tp, rtype), ())
             self._clocks[(tp, rtype)] = tuple(sorted({*self._clocks[(tp, rtype)], clock}))
@@ -150,6 +151,15 @@ class Profile:
         return _lerp(a, b, (clock_mhz - lo) / (hi - lo))
 
     def max_load(self, tp: int, clock_mhz: float, rtype: RequestType, slo: SloTargets) -> float:
+        """Largest load (req/s) at which P99 TTFT and TBT stay within the SLO; 0.0 if none does (cached:
+        the planner and every clock-loop tick ask it again and again)."""
+        key = (tp, clock_mhz, rtype, slo.ttft_for(rtype), slo.tbt_p99_s)
+        cap = self._max_loads.get(key)
+        if cap is None:
+            cap = self._max_loads[key] = self._max_load(tp, clock_mhz, rtype, slo)
+        return cap
+
+    def _max_load(self, tp: int, clock_mhz: float, rtype: RequestType, slo: SloTargets) -> float:
         """Largest load (req/s) at which P99 TTFT and TBT stay within the SLO; 0.0 if none does.
 
         Walks the measured loads upward and stops at the first point that misses the SLO, so a

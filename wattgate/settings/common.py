@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wattgate.profiles.classes import LENGTH_CLASSES, POOL_NAMES, ClassEdges, ProfilesError, SloTargets
+from wattgate.servingmodel.arch import ARCHITECTURES
 from wattgate.settings.kinds import Kind, boolean, choice, custom, integer, listof, number, optional, path, text
 from wattgate.settings.model import Option
 
@@ -225,6 +226,21 @@ TRACE = Option(
     example="t.csv",
 )
 OUT = Option("out", path(), None, "where to write the output", example="out")
+ARCH = Option(
+    "arch",
+    choice(*ARCHITECTURES),
+    "llama-3.1-70b",
+    "model architecture the serving model's engines run (its published shapes)",
+    example="llama-3.1-8b",
+)
+ENGINE_CALIBRATION = Option(
+    "engine_calibration",
+    choice("vllm-v1", "dynamollm-2024"),
+    "vllm-v1",
+    "the serving model's engine calibration: vllm-v1 (vllm serve V1 defaults, chunked prefill) or dynamollm-2024 "
+    "(the vLLM V0 engine of the DynamoLLM characterization)",
+    aliases=("--engine",),
+)
 
 
 def node_list(spec: str, gpus_per_node: int) -> tuple[tuple[str, int], ...]:

@@ -51,16 +51,24 @@ class Kind:
     names_env: Callable[[Any], Iterable[str]] | None = None
 
 
-def _bounds(value: float, minimum: float | None, maximum: float | None, above: float | None) -> None:
+def _bounds(
+    value: float, minimum: float | None, maximum: float | None, above: float | None, below: float | None = None
+) -> None:
     if above is not None and not value > above:
         raise ValueError(f"must be > {above:g}, got {value:g}")
+    if below is not None and not value < below:
+        raise ValueError(f"must be < {below:g}, got {value:g}")
     if minimum is not None and value < minimum:
         raise ValueError(f"must be >= {minimum:g}, got {value:g}")
     if maximum is not None and value > maximum:
         raise ValueError(f"must be <= {maximum:g}, got {value:g}")
 
 
-def _range_label(base: str, minimum: float | None, maximum: float | None, above: float | None) -> str:
+def _range_label(
+    base: str, minimum: float | None, maximum: float | None, above: float | None, below: float | None = None
+) -> str:
+    if above is not None and below is not None:
+        return f"{base} > {above:g}, < {below:g}"
     if minimum is not None and maximum is not None:
         return f"{base} {minimum:g}..{maximum:g}"
     if above is not None:
@@ -84,7 +92,13 @@ def integer(minimum: int | None = None, maximum: int | None = None) -> Kind:
     return Kind(_range_label("integer", minimum, maximum, None), convert, metavar="N")
 
 
-def number(minimum: float | None = None, maximum: float | None = None, *, above: float | None = None) -> Kind:
+def number(
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    above: float | None = None,
+    below: float | None = None,
+) -> Kind:
     def convert(raw: Any) -> float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
             raise ValueError(f"expected a number, got {raw!r}")
@@ -94,10 +108,10 @@ def number(minimum: float | None = None, maximum: float | None = None, *, above:
             raise ValueError(f"expected a number, got {raw!r}") from None
         if not math.isfinite(value):
             raise ValueError(f"expected a finite number, got {raw!r}")
-        _bounds(value, minimum, maximum, above)
+        _bounds(value, minimum, maximum, above, below)
         return value
 
-    return Kind(_range_label("number", minimum, maximum, above), convert, metavar="X")
+    return Kind(_range_label("number", minimum, maximum, above, below), convert, metavar="X")
 
 
 def text(*, nonempty: bool = False, check: Callable[[str], None] | None = None, label: str = "text") -> Kind:

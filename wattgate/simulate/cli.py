@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from wattgate.settings import common as c
-from wattgate.settings.kinds import choice, number, optional, text
+from wattgate.settings.kinds import boolean, choice, number, optional, text
 from wattgate.settings.model import Command, Option, Values
 from wattgate.settings.parse import add_command
 
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
+ABLATION_HELP = (
+    "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
+    "and with the classic forecast (max of methods + 15%)"
+)
 
 
 def _policies(value: str) -> None:
@@ -21,8 +25,21 @@ def _policies(value: str) -> None:
 OPTIONS: tuple[Option, ...] = (
     c.TRACE.for_command(required=True, help="trace file(s): Azure CSV or a JSONL log of observations; merged"),
     Option("policies", text(check=_policies), DEFAULT_POLICIES, "comma-separated policies to replay", example="oracle"),
-    c.PROFILE,
-    c.GPUS.for_command(default=256, help="GPUs in the simulated cluster, 8 per node"),
+    Option("ablation", boolean(), False, f"run the ablation instead of --policies: {ABLATION_HELP}"),
+    c.PROFILE.for_command(help="the planner's profile: a builtin name or a profile file"),
+    c.ARCH,
+    c.ENGINE_CALIBRATION,
+    Option(
+        "iso_slo_target",
+        number(maximum=1.0, above=0),
+        0.99,
+        "share of requests within their targets the single-pool baseline is sized for",
+        example="0.95",
+    ),
+    c.GPUS.for_command(
+        help="GPUs in the simulated cluster, 8 per node; every one draws power, used or not",
+        default_text="twice the iso-SLO single-pool baseline's GPUs",
+    ),
     c.SPEED.for_command(help="time scaling: 2 replays the trace twice as fast"),
     Option("scale", number(above=0), 1.0, "load scaling: 2 doubles the requests", example="2"),
     Option("days", optional(number(above=0)), None, "tile the trace into this many diurnal days", example="1"),
@@ -43,6 +60,20 @@ OPTIONS: tuple[Option, ...] = (
         "that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
     ),
     c.HEADROOM,
+    Option(
+        "quantile",
+        number(above=0, below=1),
+        0.9,
+        "wattgate's calibrated forecast: the quantile of its own past errors it plans for",
+        example="0.95",
+    ),
+    Option(
+        "amortize_s",
+        number(above=0),
+        600.0,
+        "wattgate weighs a transition's energy over this many seconds of the plan it leads to",
+        example="300",
+    ),
     c.SEED,
     Option(
         "carbon_g_per_kwh",
@@ -66,7 +97,9 @@ def run(args: Values) -> int:
     from wattgate.planner.model import DEFAULT_HEADROOM
     from wattgate.profiles.builtin import DEFAULT_PROFILE, profile_or_default
     from wattgate.profiles.classes import ProfilesError
+    from wattgate.servingmodel.errors import ServingModelError
     from wattgate.simulate.confusion import Confusion
+    from wattgate.simulate.policies import ABLATION, Calibrated
     from wattgate.simulate.report import Prices, document, table
     from wattgate.simulate.run import SimSettings, simulate
     from wattgate.simulate.trace import SimulateError, load_trace, scale, speed, tile_days
@@ -92,11 +125,17 @@ def run(args: Values) -> int:
             seed=args.seed,
             confusion=Confusion.parse(args.confusion),
             plan_routing=args.routing == "gateway",
+            arch=args.arch,
+            engine=args.engine_calibration,
+            iso_slo_target=args.iso_slo_target,
+            calibrated=Calibrated(quantile=args.quantile, amortize_s=args.amortize_s),
         )
         profile = profile_or_default(args.profile)
-        policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-        results = simulate(requests, profile, policies, settings)
-    except (SimulateError, ProfilesError) as exc:
+        policies = list(ABLATION) if args.ablation else [p.strip() for p in args.policies.split(",") if p.strip()]
+        if not policies:
+            raise SimulateError("--policies names no policy")
+        sim = simulate(requests, profile, policies, settings, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (SimulateError, ProfilesError, ServingModelError) as exc:
         print(f"wattgate simulate: error: {exc}", file=sys.stderr)
         return 2
     prices = Prices(
@@ -108,7 +147,8 @@ def run(args: Values) -> int:
     meta = {
         "traces": list(args.trace),
         "requests": len(requests),
-        "gpus": args.gpus,
+        "gpus": sim.gpus,
+        "gpus_chosen": "--gpus" if args.gpus else "twice the iso-SLO single-pool baseline's GPUs",
         "profile": args.profile or DEFAULT_PROFILE,
         "speed": args.speed,
         "scale": args.scale,
@@ -116,7 +156,18 @@ def run(args: Values) -> int:
         "confusion": args.confusion,
         "routing": args.routing,
         "headroom": settings.headroom,
+        "arch": settings.arch,
+        "engine": settings.engine,
+        "single_pool": {
+            "instances": sim.single_pool_instances,
+            "target": settings.iso_slo_target,
+            "reached_target": sim.single_pool_reached_target,
+            "sizing": [{"instances": n, "slo_attainment": a} for n, a in sim.sizing],
+        }
+        if sim.sizing
+        else None,
     }
+    results = sim.results
     doc = document(results, settings.slo, prices, meta)
     print(json.dumps(doc, indent=2) if args.json else table(doc))
     if args.out:
@@ -160,7 +211,7 @@ COMMAND = Command(
     run,
     "Replay a trace (Azure CSV: TIMESTAMP, ContextTokens, GeneratedTokens; or a JSONL log of wattgate "
     "observations) through the gateway's routing, the planner's forecast and MILP and the agent's clock policy on "
-    "N simulated GPUs. All energy, power and latency figures are modelled from the profile.",
+    "N simulated GPUs running the serving model's engines. All energy, power and latency figures are modelled.",
 )
 COMMANDS = (COMMAND,)
 

@@ -1,39 +1,57 @@
-"""The replay engine: one-second steps over a simulated cluster of GPUs (8 per node).
+"""The replay: a trace routed through the gateway's routing onto a simulated cluster of serving-model engines.
 
-Requests are routed by the gateway's own ``routing.choose`` (least outstanding tokens; each type to the
-pool the current plan's flows send it to, as the live gateway reads ``Plan.serves``, then the spill chain);
-each one's TTFT and TBT are the profile's P99 at its instance's load and clock (so P50 figures are
-pessimistic), plus a queueing delay when the instance is pushed past the highest load the profile
-measured (a fluid queue). Instance power is the profile's at its load and clock, integrated every
-second; starting, re-sharding and clock changes cost modelled time and energy. Everything is modelled.
+Requests are routed at their arrival by the gateway's own ``routing.choose`` (each type to the pool the
+current plan sends it to, as the live gateway reads ``Plan.serves``, then its spill chain; least
+outstanding tokens within a pool, weighted by the plan) and run on ``servingmodel`` engines: their
+TTFT and time per output token come out of the engine model (queueing, batching, KV cache,
+preemption), not out of a table. The cluster (``servingmodel.cluster``) holds every GPU: idle ones
+draw power, instances take time and energy to start and stop, and a new instance waits for GPUs that
+a draining one still holds. Every second the engines run up to the clock and finished requests leave
+the router's counts; every ``CLOCK_TICK_S`` the agent's clock policy picks each instance's SM clock,
+which applies from its next engine step. Plans place new instances on free GPUs first (make before
+break). With ``Behaviour.standby`` a dropped instance sleeps instead of stopping, and a plan wakes a
+sleeping instance of the same TP (seconds) rather than starting one (minutes). With
+``Behaviour.reactive``, every ``CLOCK_TICK_S`` a pool whose requests have waited more than
+``REACT_PRESSURE`` of their TTFT target without a first token gets its clocks to the top, and, if that
+is not enough by the next check, one more instance, without waiting for the next plan. Everything is
+modelled.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import heapq
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from wattgate.gateway.routing import Instance, InstanceSpec, Routes, choose, plan_routes, plan_weights
+from wattgate.gateway.routing import Instance as RouteInstance
+from wattgate.gateway.routing import InstanceSpec, Routes, choose, plan_routes, plan_weights
 from wattgate.planner.contract import PlannedInstance
 from wattgate.planner.explain import serves_of
 from wattgate.planner.model import Group, Inventory
 from wattgate.planner.placement import place
-from wattgate.profiles.classes import REQUEST_TYPES
-from wattgate.simulate.model import TYPE_INDEX, Costs, Model
+from wattgate.profiles.classes import REQUEST_TYPES, ClassEdges, LengthClass, RequestType
+from wattgate.servingmodel.calibration import ServingModel
+from wattgate.servingmodel.cluster import GpuCluster, Instance, Lifecycle, State
+from wattgate.servingmodel.engine import Finished
+from wattgate.servingmodel.errors import ServingModelError
+from wattgate.simulate.model import TYPE_INDEX, Model
 
-WINDOW_S = 60  # an instance's load: its arrival rate over the last minute (the profile measured steady loads)
-CLOCK_TICK_S = 5  # the agent's clock loop period
+WINDOW_S = 60  # an instance's load for the clock policy: its arrivals over the last minute
+CLOCK_TICK_S = 5  # the agent's clock loop period (and the reactive path's)
 GENERIC = "*"  # the pool name of a single pool that serves every type
 MODEL = "sim"
+DRAIN_LIMIT_S = 3600.0  # after the last arrival, run at most this long for the last requests to finish
+REACT_PRESSURE = 0.5  # react once a request has waited this share of its TTFT target without a first token
+REACT_BOOST_S = 60.0  # a pool that reacted keeps its clocks at the top this long
+REACT_COOLDOWN_S = 60.0  # at most one instance added per pool in this time
+STANDBY_MAX_S = 240.0  # a sleeper past this costs more (60 W a GPU over an empty one) than a restart
+LIVE = (State.STARTING, State.WAKING, State.READY)  # instances that serve or soon will
 
 
 @dataclass(frozen=True)
 class Arrival:
-    """A request as the replay routes it: true type (for latency) and predicted type (for routing)."""
+    """A request as the replay routes it: true type (for judging) and predicted type (for routing)."""
 
     arrival_s: float
     true_type: int
@@ -46,289 +64,392 @@ Flows = dict[str, dict[str, float]]  # demand pool -> serving pool -> req/s, as 
 PlanFn = Callable[[float, Sequence[PlannedInstance]], tuple[tuple[Group, ...], Flows]]
 
 
-class SimInstance:
-    __slots__ = (
-        "backlog",
-        "clock",
-        "counts",
-        "energy_j",
-        "id",
-        "pool",
-        "ptype",
-        "ready_at",
-        "retire_at",
-        "ring",
-        "route",
-        "sec_units",
-        "start_w",
-        "tp",
-    )
+@dataclass(frozen=True)
+class Behaviour:
+    """What the cluster does between plans, besides routing (see the module docstring)."""
 
-    def __init__(self, p: PlannedInstance, ready_at: float, start_w: float) -> None:
-        self.id, self.pool, self.tp, self.clock = p.id, p.pool, p.tp, p.sm_clock_mhz
-        self.ptype = TYPE_INDEX.get(p.pool, TYPE_INDEX["MM"])
-        self.ready_at, self.retire_at, self.start_w = ready_at, math.inf, start_w
-        self.backlog = 0.0  # seconds of work beyond the highest measured load (fluid queue)
-        self.sec_units = 0.0
-        self.counts = [0.0] * 9  # arrivals per type over the window
-        self.ring = [[0.0] * 9 for _ in range(WINDOW_S)]
-        self.energy_j = 0.0
-        spec = InstanceSpec(
-            p.id,
-            "sim://" + p.id,
-            frozenset({MODEL}),
-            None if p.pool == GENERIC else p.pool,
-            10**6,
-            None,
-            "registry",
-            ready=ready_at <= 0,
-        )
-        self.route = Instance(spec)
-
-    def planned(self) -> PlannedInstance:
-        node, gpu_text, _ = self.id.split("|")
-        gpus = [int(g) for g in gpu_text.split(",")]
-        return PlannedInstance(self.id, self.pool, node, gpus, self.tp, self.clock, 0.0, 0.0)
-
-    def utilisation(self, m: Model) -> float:
-        """Arrival rate as a fraction of the highest measured throughput, summed over types."""
-        u = 0.0
-        for t, c in enumerate(self.counts):
-            if c:
-                u += c / (WINDOW_S * max(m.measured_max(self.tp, self.clock, t), 1e-6))
-        return u
-
-    def power_w(self, m: Model, now: float) -> float:
-        if now < self.ready_at:
-            return self.start_w
-        u = min(self.utilisation(m), 1.0)
-        total = sum(self.counts)
-        if total <= 0:
-            return m.point(self.tp, self.clock, self.ptype, 0.0).power_w
-        return sum(
-            c / total * m.point(self.tp, self.clock, t, u * m.measured_max(self.tp, self.clock, t)).power_w
-            for t, c in enumerate(self.counts)
-            if c
-        )
+    clock_loop: bool = False
+    plan_routing: bool = True  # False: the spill chain alone (the gateway before it read plans)
+    standby: bool = False
+    reactive: bool = False
 
 
 @dataclass
 class Result:
-    """Everything one replay of one policy produced (all energy and latency figures modelled)."""
+    """Everything one replay of one policy produced (energy and latency modelled; wall time measured)."""
 
     name: str
     duration_s: int
     power_w: list[float] = field(default_factory=list)  # cluster power, one value per second
-    energy_by_pool_j: dict[str, float] = field(default_factory=dict)
-    gpu_seconds: float = 0.0
-    ttft_s: list[float] = field(default_factory=list)
-    tbt_s: list[float] = field(default_factory=list)
+    energy_by_pool_j: dict[str, float] = field(default_factory=dict)  # pool "(no instance)": empty GPUs
+    gpu_seconds: float = 0.0  # GPU-seconds held by instances
+    ttft_s: list[float] = field(default_factory=list)  # per request, in arrival order (inf: never served)
+    tbt_s: list[float] = field(default_factory=list)  # time per output token after the first (nan: one token)
     types: list[int] = field(default_factory=list)
-    start_s: list[float] = field(default_factory=list)  # when service began (>= arrival)
+    start_s: list[float] = field(default_factory=list)  # when the engine admitted it
     finish_s: list[float] = field(default_factory=list)
     starts: int = 0
     reshards: int = 0
     stops: int = 0
+    wakes: int = 0  # instances woken from standby instead of started
+    reactive_adds: int = 0  # instances the reactive path added between plans
     clock_changes: int = 0
     out_of_pool: int = 0
     unplaced: int = 0
     plans: int = 0
+    preemptions: int = 0
+    unserved: int = 0  # requests no instance could take or finish
+    instances: list[int] = field(default_factory=list)  # instances held, one value per second
+    forecast: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # pool -> coverage, bias, n
     wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def energy_j(self) -> float:
         return sum(self.power_w)
 
 
+class ReplayInstance:
+    """A cluster instance plus the router's view of it and its recent arrivals (for the clock policy)."""
+
+    __slots__ = ("boost_until", "counts", "inst", "ring", "route")
+
+    def __init__(self, inst: Instance) -> None:
+        self.inst = inst
+        self.route = RouteInstance(_spec(inst, ready=inst.state is State.READY))
+        self.counts = [0] * len(REQUEST_TYPES)  # arrivals per type over the window
+        self.ring = [[0] * len(REQUEST_TYPES) for _ in range(WINDOW_S)]
+        self.boost_until = -math.inf
+
+    def planned(self) -> PlannedInstance:
+        i = self.inst
+        return PlannedInstance(i.id, i.pool, f"node-{i.node}", list(i.gpus), i.tp, i.engine.clock_mhz, 0.0, 0.0)
+
+
+def _spec(inst: Instance, ready: bool) -> InstanceSpec:
+    pool = None if inst.pool == GENERIC else inst.pool
+    return InstanceSpec(inst.id, "sim://" + inst.id, frozenset({MODEL}), pool, 10**6, None, "registry", ready)
+
+
 class Cluster:
-    """A simulated cluster replaying one policy."""
+    """One policy's simulated cluster: plans applied, requests routed, engines run (see the module docstring)."""
 
     def __init__(  # noqa: PLR0917
-        self, model: Model, gpus: int, costs: Costs, clock_loop: bool, result: Result, plan_routing: bool
+        self,
+        serving: ServingModel,
+        model: Model,
+        gpus: int,
+        lifecycle: Lifecycle,
+        behaviour: Behaviour,
+        result: Result,
+        edges: ClassEdges,
+        arrivals: Sequence[Arrival],
     ) -> None:
-        self.m, self.costs, self.clock_loop, self.r = model, costs, clock_loop, result
+        self.m, self.b, self.r, self.edges = model, behaviour, result, edges
+        self.cluster = GpuCluster(serving, nodes=max(gpus // 8, 1), lifecycle=lifecycle)
         self.inventory = Inventory.uniform(gpus)
-        self.instances: list[SimInstance] = []
-        self.done: list[tuple[float, int, SimInstance]] = []  # completion heap: (finish, seq, instance)
-        self.seq = 0
-        self.plan_routing = plan_routing  # False: the spill chain alone (the gateway before it read plans)
+        self.live: dict[str, ReplayInstance] = {}
+        self.pending: list[PlannedInstance] = []  # planned, waiting for GPUs that draining instances hold
         self.routes: Routes = {}
-        self._extra_j = 0.0  # one-off energies (clock changes) to add to the current second
+        self.arrivals = arrivals
+        self._where: dict[int, ReplayInstance] = {}
+        self._tokens: dict[int, int] = {}
+        self._pool_j: dict[str, float] = {}
+        self._energy_mark = 0.0
+        self._slept_at: dict[str, float] = {}
+        self._reacted: dict[str, float] = {}  # pool -> when an instance was last added for it
+        self.missed = 0  # finished requests that missed their targets
+        n = len(arrivals)
+        result.ttft_s, result.tbt_s = [math.inf] * n, [math.nan] * n
+        result.types = [a.true_type for a in arrivals]
+        result.start_s, result.finish_s = [math.inf] * n, [math.inf] * n
+
+    def _in(self, *states: State) -> list[ReplayInstance]:
+        return [ri for ri in self.live.values() if ri.inst.state in states]
 
     # -- plans --------------------------------------------------------------------------------
     def apply(self, plan: tuple[tuple[Group, ...], Flows], now: float, first: bool) -> None:
         groups, flows = plan
-        self.routes = plan_routes(serves_of(flows)) if self.plan_routing else {}
-        live = [i for i in self.instances if i.retire_at == math.inf]
-        running = [i.planned() for i in live]
-        placement = place(groups, self.inventory, running)
+        self.routes = plan_routes(serves_of(flows)) if self.b.plan_routing else {}
+        running = [ri.planned() for ri in self._in(*LIVE)]
+        held = [ri.planned() for ri in self._in(State.DRAINING, State.STOPPING, State.SLEEPING)]
+        placement = place(groups, self.inventory, running, held)
+        # make before break: place the new instances on GPUs nobody holds now, so the ones they replace
+        # serve until they are ready; only when the cluster has no room for that do they wait for the GPUs
+        replaced = [p for p in running if p.id not in {q.id for q in placement.instances}]
+        if replaced:
+            roomy = place(groups, self.inventory, running, [*held, *replaced])
+            if roomy.unplaced <= placement.unplaced:
+                placement = roomy
         self.r.unplaced += placement.unplaced
         self.r.plans += 1
-        by_id = {i.id: i for i in live}
-        keep: set[str] = set()
-        new: list[SimInstance] = []
-        planned: list[tuple[SimInstance, PlannedInstance]] = []
+        weights = plan_weights((p.id, p.pool, p.load_rps) for p in placement.instances)
+        self.pending = []
         for p in placement.instances:
-            if p.id in by_id:
-                inst = by_id[p.id]
-                keep.add(p.id)
-                if not self.clock_loop:  # with the clock loop on, the agent leaves running clocks to it
-                    self._set_clock(inst, p.sm_clock_mhz)
-                planned.append((inst, p))
-                continue
-            iid = f"{p.node}|{','.join(map(str, p.gpus))}|{p.pool}-tp{p.tp}-{now:.0f}"
-            new.append(self._start(p, iid, now, first, live))
-            planned.append((new[-1], p))
-        if self.plan_routing:  # the gateway weighs each instance by its planned share of its pool's load
-            weights = plan_weights((inst.id, p.pool, p.load_rps) for inst, p in planned)
-            for inst, _ in planned:
-                inst.route.weight = weights[inst.id]
-        drain_until = max((i.ready_at for i in new), default=now)
-        for inst in live:
-            if inst.id not in keep:
-                inst.retire_at = drain_until  # make before break: serve until the new ones are ready
+            ri = self.live.get(p.id)
+            if ri is not None and ri.inst.state in LIVE:
+                if not self.b.clock_loop and p.sm_clock_mhz != ri.inst.engine.clock_mhz:  # else the loop decides
+                    self._set_clock(ri, p.sm_clock_mhz, now)
+                ri.route.weight = weights.get(p.id, 1.0)
+            elif not self._wake(p, now, weights.get(p.id, 1.0)):
+                self.pending.append(p)
+        keep = {p.id for p in placement.instances}
+        for iid, ri in list(self.live.items()):
+            if iid not in keep and ri.inst.state in LIVE:
+                self.cluster.drain(iid, now, then_sleep=self.b.standby and not first)
+                ri.route.spec = _spec(ri.inst, ready=False)
                 self.r.stops += 0 if first else 1
-        self.instances.extend(new)
+        if placement.unplaced and self._in(State.SLEEPING):  # sleepers hold GPUs a plan needs: let them go
+            for ri in self._in(State.SLEEPING):
+                self.cluster.drain(ri.inst.id, now)
+        self._start_pending(now, first, weights)
 
-    def _start(self, p: PlannedInstance, iid: str, now: float, first: bool, live: list[SimInstance]) -> SimInstance:
-        planned = PlannedInstance(iid, p.pool, p.node, list(p.gpus), p.tp, p.sm_clock_mhz, p.load_rps, p.power_w)
-        if first:  # the replay starts from a cluster already running its first plan
-            return SimInstance(planned, -1.0, 0.0)
-        c = self.costs
-        reshard = any(i.pool == p.pool and i.tp != p.tp and i.id.startswith(p.node + "|") for i in live)
-        secs, joules = (c.reshard_s, c.reshard_energy_j_per_gpu) if reshard else (c.start_s, c.start_energy_j_per_gpu)
-        if reshard:
-            self.r.reshards += 1
-        else:
-            self.r.starts += 1
-        return SimInstance(planned, now + secs, joules * p.tp / secs if secs > 0 else 0.0)
+    def _wake(self, p: PlannedInstance, now: float, weight: float) -> bool:
+        """Serve planned instance ``p`` with a sleeping instance of its TP, if there is one."""
+        sleepers = [ri for ri in self._in(State.SLEEPING) if ri.inst.tp == p.tp]
+        if not sleepers:
+            return False
+        ri = min(sleepers, key=lambda x: self._slept_at.get(x.inst.id, now))  # the most recently asleep
+        self.cluster.wake(ri.inst.id, p.pool, p.sm_clock_mhz, now)
+        ri.route.spec, ri.route.weight = _spec(ri.inst, ready=False), weight
+        self._slept_at.pop(ri.inst.id, None)
+        self.r.wakes += 1
+        return True
 
-    def _set_clock(self, inst: SimInstance, clock: int) -> None:
-        if clock != inst.clock:
-            inst.clock = clock
+    def _start_pending(self, now: float, first: bool, weights: dict[str, float] | None = None) -> None:
+        left = []
+        for p in self.pending:
+            node = int(p.node.removeprefix("node-"))  # the planner's Inventory.uniform names
+            if not set(p.gpus) <= self.cluster.free[node]:
+                left.append(p)  # GPUs still held by an instance that drains
+                continue
+            self._start(p, node, now, first, weights.get(p.id, 1.0) if weights else 1.0)
+        self.pending = left
+
+    def _start(self, p: PlannedInstance, node: int, now: float, first: bool, weight: float) -> ReplayInstance:
+        iid = f"{p.pool}|node-{node}|{','.join(map(str, p.gpus))}|tp{p.tp}|{now:.0f}"
+        reshard = any(
+            ri.inst.pool == p.pool and ri.inst.tp != p.tp and ri.inst.node == node for ri in self.live.values()
+        )
+        inst = self.cluster.start(
+            iid, pool=p.pool, tp=p.tp, node=node, gpus=p.gpus, clock_mhz=p.sm_clock_mhz, now_s=now, instant=first
+        )
+        ri = ReplayInstance(inst)
+        ri.route.weight = weight
+        self.live[iid] = ri
+        if not first:
+            if reshard:
+                self.r.reshards += 1
+            else:
+                self.r.starts += 1
+        return ri
+
+    def _set_clock(self, ri: ReplayInstance, clock: int, now: float) -> None:
+        if clock != ri.inst.engine.clock_mhz:
+            ri.inst.engine.set_clock(clock, now)
             self.r.clock_changes += 1
-            self.r.energy_by_pool_j[inst.pool] = self.r.energy_by_pool_j.get(inst.pool, 0.0) + self.costs.clock_change_j
-            self._extra_j += self.costs.clock_change_j
 
     # -- requests -----------------------------------------------------------------------------
-    def _complete(self, now: float) -> None:
-        while self.done and self.done[0][0] <= now:
-            _, _, inst = heapq.heappop(self.done)
-            inst.route.in_flight -= 1
-
-    def route(self, a: Arrival) -> None:
+    def route(self, k: int) -> None:
+        a = self.arrivals[k]
         now = a.arrival_s
-        self._complete(now)
         rtype = REQUEST_TYPES[a.pred_type]
-        routable = [i.route for i in self.instances if i.ready_at <= now and i.retire_at > now]
+        routable = [ri.route for ri in self._in(State.READY)]
         picked = choose(routable, MODEL, rtype, now, routes=self.routes)
         if picked is not None:
-            inst = next(i for i in self.instances if i.route is picked[0])
-        else:
+            ri = self.live[picked[0].id]
+        else:  # nothing ready in any pool the type may use: the first instance that will be
             self.r.out_of_pool += 1
-            alive = [i for i in self.instances if i.retire_at > now] or self.instances
-            inst = min(alive, key=lambda i: (max(i.ready_at, now), i.route.in_flight))
-        self._serve(inst, a, now)
+            waiting = self._in(*LIVE)
+            if not waiting:
+                self.r.unserved += 1
+                return
+            ri = min(waiting, key=lambda x: (x.inst.ready_at, x.route.in_flight))
+        self._submit(ri, k, a)
 
-    def _serve(self, inst: SimInstance, a: Arrival, now: float) -> None:
-        m = self.m
-        mm = max(m.measured_max(inst.tp, inst.clock, a.true_type), 1e-6)
-        inst.counts[a.true_type] += 1
-        inst.ring[int(now) % WINDOW_S][a.true_type] += 1
-        inst.sec_units += 1.0 / mm
-        u = min(inst.utilisation(m), 1.0)
-        p = m.point(inst.tp, inst.clock, a.true_type, u * mm)
-        begin = max(now, inst.ready_at) + max(inst.backlog - 1.0, 0.0)
-        ttft = begin - now + p.ttft_p99_s
-        finish = now + ttft + max(a.output_tokens - 1, 0) * p.tbt_p99_s
-        r = self.r
-        r.ttft_s.append(ttft)
-        r.tbt_s.append(p.tbt_p99_s)
-        r.types.append(a.true_type)
-        r.start_s.append(begin)
-        r.finish_s.append(finish)
-        inst.route.in_flight += 1
-        self.seq += 1
-        heapq.heappush(self.done, (finish, self.seq, inst))
+    def _submit(self, ri: ReplayInstance, k: int, a: Arrival) -> None:
+        # no advance to the arrival first: the engine ends its runs of decode steps at the first step that
+        # starts after a waiting request arrived, so it joins the right step when the second's tick runs it
+        engine = ri.inst.engine
+        try:
+            engine.submit(str(k), a.input_tokens, a.output_tokens, max(a.arrival_s, engine.time_s))
+        except ServingModelError:
+            self.r.unserved += 1  # longer than this instance can hold
+            return
+        tokens = a.input_tokens + _expected_output(REQUEST_TYPES[a.pred_type].output, self.edges)
+        ri.route.in_flight += 1
+        ri.route.outstanding_tokens += tokens
+        self._where[k], self._tokens[k] = ri, tokens
+        t = a.true_type
+        ri.counts[t] += 1
+        ri.ring[int(a.arrival_s) % WINDOW_S][t] += 1
 
     # -- time ---------------------------------------------------------------------------------
     def tick(self, second: int) -> None:
-        """Close second ``second``: integrate power, advance queues and windows, run the clock loop."""
-        now = float(second)
-        total = self._extra_j
-        self._extra_j = 0.0
-        energy = self.r.energy_by_pool_j
-        for inst in self.instances:
-            w = inst.power_w(self.m, now)
-            total += w
-            energy[inst.pool] = energy.get(inst.pool, 0.0) + w
-            self.r.gpu_seconds += inst.tp
-            inst.backlog = max(inst.backlog + inst.sec_units - 1.0, 0.0)
-            inst.sec_units = 0.0
-            slot = inst.ring[(second + 1) % WINDOW_S]
+        """Close second ``second``: run the cluster to its end, collect finished requests, clocks, energy."""
+        end = float(second + 1)
+        for _, f in self.cluster.advance(end):
+            self._finished(f)
+        for iid, ri in list(self.live.items()):
+            state = ri.inst.state
+            if state is State.STOPPED:
+                gone = self.live.pop(iid).inst
+                self._pool_j[gone.pool] = self._pool_j.get(gone.pool, 0.0) + gone.energy_j
+            elif state is State.SLEEPING:
+                slept = self._slept_at.setdefault(iid, end)
+                if end - slept > STANDBY_MAX_S:
+                    self.cluster.drain(iid, end)
+            elif state is State.READY and not ri.route.spec.ready:
+                ri.route.spec = _spec(ri.inst, ready=True)
+        if self.pending:
+            self._start_pending(end, first=False)
+        for ri in self.live.values():
+            slot = ri.ring[(second + 1) % WINDOW_S]
             for t, c in enumerate(slot):
                 if c:
-                    inst.counts[t] -= c
-                    slot[t] = 0.0
-            if inst.ready_at <= now + 1 and not inst.route.spec.ready:
-                inst.route.spec = _ready(inst.route.spec)
-        self.r.power_w.append(total)
-        self._complete(now + 1)
-        # a retired instance drains: it draws power until its last request finishes
-        self.instances = [i for i in self.instances if i.retire_at > now + 1 or i.route.in_flight > 0]
-        if self.clock_loop and (second + 1) % CLOCK_TICK_S == 0:
-            self._clock_loop(now + 1)
+                    ri.counts[t] -= c
+                    slot[t] = 0
+        energy = self.cluster.energy_j
+        self.r.power_w.append(energy - self._energy_mark)
+        self._energy_mark = energy
+        self.r.instances.append(len(self._in(*LIVE, State.DRAINING)))
+        if (second + 1) % CLOCK_TICK_S == 0:
+            if self.b.clock_loop:
+                self._clock_loop(end)
+            if self.b.reactive:
+                self._react(end)
+
+    def _finished(self, f: Finished) -> None:
+        r = self.r
+        k = int(f.id)
+        ri = self._where.pop(k)
+        ri.route.in_flight -= 1
+        ri.route.outstanding_tokens -= self._tokens.pop(k)
+        r.ttft_s[k] = f.ttft_s
+        r.tbt_s[k] = f.tpot_s if f.tpot_s is not None else math.nan
+        r.start_s[k], r.finish_s[k] = f.arrival_s + f.queue_s, f.finish_s
+        r.preemptions += f.preemptions
+        if not self.m.slo.met(REQUEST_TYPES[self.arrivals[k].true_type], f.ttft_s, f.tpot_s):
+            self.missed += 1
 
     def _clock_loop(self, now: float) -> None:
-        """The agent's clock policy per instance. It is asked once per request type the instance
-        served in the last window (spilled and misclassified requests included) and the highest
-        answer wins: the live agent judges the types the plan's ``serves`` gives the pool, each by its own rows."""
+        """The agent's clock policy per ready instance, asked for every type it served in the last window
+        (spilled and misclassified requests included); the highest answer wins, as the live agent judges
+        every type the plan sends to the pool, each by its own profile rows."""
         m = self.m
-        for inst in self.instances:
-            if inst.ready_at > now:
-                continue
-            busy = inst.route.in_flight > 0
-            u = inst.utilisation(m)
-            present = [t for t, c in enumerate(inst.counts) if c] or [inst.ptype]
-            clock = max(
-                m.clock_for(REQUEST_TYPES[t], inst.tp, u * m.measured_max(inst.tp, inst.clock, t), busy)
-                for t in present
+        for ri in self._in(State.READY):
+            inst = ri.inst
+            if ri.boost_until > now:
+                continue  # the reactive path holds it at the top clock
+            load = sum(ri.counts) / WINDOW_S
+            busy = ri.route.in_flight > 0
+            own = TYPE_INDEX.get(inst.pool, TYPE_INDEX["MM"])
+            present = [t for t, c in enumerate(ri.counts) if c] or [own]
+            clock = max(m.clock_for(REQUEST_TYPES[t], inst.tp, load, busy) for t in present)
+            self._set_clock(ri, clock, now)
+
+    def _react(self, now: float) -> None:
+        """Pools whose requests wait too long: top clocks first, then one more instance (see the docstring)."""
+        by_pool: dict[str, list[ReplayInstance]] = {}
+        for ri in self._in(State.READY):
+            by_pool.setdefault(ri.inst.pool, []).append(ri)
+        for pool, members in by_pool.items():
+            target = (
+                self.m.slo.ttft_for(RequestType.parse(pool)) if pool != GENERIC else min(self.m.slo.ttft_p99_s.values())
             )
-            self._set_clock(inst, clock)
+            waited = max((ri.inst.engine.oldest_waiting_s(now) for ri in members), default=0.0)
+            if waited < REACT_PRESSURE * target:
+                continue
+            top = self.m.top_clock(members[0].inst.tp)
+            boosted = all(ri.inst.engine.clock_mhz >= top and ri.boost_until > now for ri in members)
+            for ri in members:
+                ri.boost_until = now + REACT_BOOST_S
+                self._set_clock(ri, top, now)
+            if boosted and now - self._reacted.get(pool, -math.inf) >= REACT_COOLDOWN_S:
+                self._add(pool, max(ri.inst.tp for ri in members), top, now)
+
+    def _add(self, pool: str, tp: int, clock: int, now: float) -> None:
+        p = PlannedInstance(f"react-{pool}-{now:.0f}", pool, "node-0", [], tp, clock, 0.0, 0.0)
+        if self._wake(p, now, 1.0):
+            self._reacted[pool] = now
+            self.r.reactive_adds += 1
+            return
+        held = [ri.planned() for ri in self.live.values()]
+        spot = place((Group(pool, tp, clock, 1, 0.0, 0.0),), self.inventory, [], held)
+        if spot.instances:
+            q = spot.instances[0]
+            ri = self._start(q, int(q.node.removeprefix("node-")), now, False, 1.0)
+            ri.boost_until = now + REACT_BOOST_S
+            self._reacted[pool] = now
+            self.r.reactive_adds += 1
+
+    def finish(self, last_second: int) -> None:
+        """Run on after the last arrival until every request has finished (or ``DRAIN_LIMIT_S`` passed)."""
+        second = last_second
+        while self._where and second < last_second + DRAIN_LIMIT_S:
+            second += 1
+            self.tick(second)
+        self.r.unserved += len(self._where)
+        self.r.gpu_seconds = self.cluster.held_gpu_s
+        by_pool: dict[str, float] = {}
+        for ri in self.live.values():
+            by_pool[ri.inst.pool] = by_pool.get(ri.inst.pool, 0.0) + ri.inst.energy_j
+        for pool, j in self._pool_j.items():
+            by_pool[pool] = by_pool.get(pool, 0.0) + j
+        by_pool["(no instance)"] = self.cluster.empty_gpu_j
+        self.r.energy_by_pool_j = by_pool
 
 
-def _ready(spec: InstanceSpec) -> InstanceSpec:
-    return dataclasses.replace(spec, ready=True)
+def _expected_output(cls: LengthClass, edges: ClassEdges) -> int:
+    """The router's guess of a request's output tokens from its predicted class (the gateway's midpoints)."""
+    if cls is LengthClass.S:
+        return edges.output_short_max // 2
+    if cls is LengthClass.M:
+        return (edges.output_short_max + edges.output_medium_max) // 2
+    return 2 * edges.output_medium_max
 
 
 def replay(
     name: str,
     arrivals: Sequence[Arrival],
     *,
+    serving: ServingModel,
     model: Model,
     gpus: int,
-    costs: Costs,
-    clock_loop: bool,
+    lifecycle: Lifecycle,
+    behaviour: Behaviour,
     epoch_s: float | None,
     plan: PlanFn,
-    plan_routing: bool = True,
+    edges: ClassEdges | None = None,
+    stop_when_misses_exceed: int | None = None,
 ) -> Result:
-    """Replay ``arrivals`` (sorted) under one policy; ``plan(now, running)`` is called every epoch."""
+    """Replay ``arrivals`` (sorted) under one policy; ``plan(now, running)`` is called every epoch.
+
+    ``stop_when_misses_exceed``: give up (returning what was replayed) once more requests than this have
+    missed their targets — a sizing search needs no more once a size is known to fail."""
     started = time.perf_counter()
     duration = math.ceil(arrivals[-1].arrival_s) + 1 if arrivals else 1
     r = Result(name, duration)
-    cluster = Cluster(model, gpus, costs, clock_loop, r, plan_routing)
+    cluster = Cluster(serving, model, gpus, lifecycle, behaviour, r, edges or ClassEdges(), arrivals)
     cluster.apply(plan(0.0, []), 0.0, first=True)
     k, n = 0, len(arrivals)
     next_plan = epoch_s if epoch_s else math.inf
     for second in range(duration):
         if second >= next_plan:
-            running = [i.planned() for i in cluster.instances if i.retire_at == math.inf]
+            running = [ri.planned() for ri in cluster._in(*LIVE)]
             cluster.apply(plan(float(second), running), float(second), first=False)
             next_plan += epoch_s or math.inf
         while k < n and arrivals[k].arrival_s < second + 1:
-            cluster.route(arrivals[k])
+            cluster.route(k)
             k += 1
         cluster.tick(second)
+        if stop_when_misses_exceed is not None and cluster.missed > stop_when_misses_exceed:
+            r.notes.append(f"stopped at {second + 1} s: more than {stop_when_misses_exceed} requests missed")
+            r.wall_s = time.perf_counter() - started
+            return r
+    cluster.finish(duration - 1)
+    quality = getattr(plan, "quality", None)
+    if callable(quality):
+        r.forecast = quality()
     r.wall_s = time.perf_counter() - started
     return r

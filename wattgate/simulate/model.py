@@ -1,9 +1,8 @@
-"""The profile as the replay uses it: cached operating points, capacities and clock choices (all modelled)."""
+"""The planner's profile as the replay's planner and clock policy use it: cached capacities and clocks (modelled)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from wattgate.agent.clock_policy import ClockInput, choose_clock
 from wattgate.profiles.classes import REQUEST_TYPES, ProfilesError, RequestType, SloTargets
@@ -12,17 +11,6 @@ from wattgate.simulate.trace import SimulateError
 
 TYPE_INDEX = {t.name: i for i, t in enumerate(REQUEST_TYPES)}
 LOAD_STEP = 0.02  # req/s: operating points are looked up on this grid (cache key)
-
-
-@dataclass(frozen=True)
-class Costs:
-    """Modelled reconfiguration costs (the planner's defaults: ~60 s loading weights at ~400 W per GPU)."""
-
-    start_s: float = 60.0
-    start_energy_j_per_gpu: float = 24_000.0
-    reshard_s: float = 30.0
-    reshard_energy_j_per_gpu: float = 12_000.0
-    clock_change_j: float = 500.0
 
 
 class Model:

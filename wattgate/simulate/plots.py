@@ -23,7 +23,7 @@ def write_plots(out: Path, results: Sequence[Result], doc: dict[str, Any]) -> li
         ax.plot([i for i in range(len(per_min))], per_min, label=r.name)
     ax.set_xlabel("minute")
     ax.set_ylabel("cluster power, kW (modelled)")
-    ax.set_title("Cluster power over time (one-minute averages, modelled from the profile)")
+    ax.set_title("Cluster power over time (one-minute averages, modelled by the serving model)")
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "power.png"))
     names = [p["policy"] for p in doc["policies"]]

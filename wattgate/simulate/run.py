@@ -1,46 +1,74 @@
-"""One simulation: classify the workload (through the confusion matrix), then replay it under each policy."""
+"""One simulation: classify the workload (confusion matrix), size the iso-SLO baseline, replay each policy."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from wattgate.planner.forecast import ForecastSettings
 from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, RequestType, SloTargets
 from wattgate.profiles.table import Profile
+from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE, ServingModel
+from wattgate.servingmodel.cluster import Lifecycle
+from wattgate.servingmodel.errors import ServingModelError
 from wattgate.simulate.confusion import Confusion, Sampler
-from wattgate.simulate.engine import Arrival, Result, replay
-from wattgate.simulate.model import TYPE_INDEX, Costs, Model
-from wattgate.simulate.policies import POLICIES, PlanEnv, Workload, planner_for
+from wattgate.simulate.engine import Arrival, Behaviour, Result, replay
+from wattgate.simulate.model import TYPE_INDEX, Model
+from wattgate.simulate.policies import (
+    PEAK_WINDOW_S,
+    POLICIES,
+    Calibrated,
+    PlanEnv,
+    Planner,
+    PolicySpec,
+    Workload,
+    epoch_of,
+)
+from wattgate.simulate.report import within_slo
 from wattgate.simulate.trace import Request, SimulateError
+
+LONGEST = Confusion(((0, 0, 1), (0, 0, 1), (0, 0, 1)))  # no output prediction: every request as a long one
+# Without --gpus the cluster is what a capacity planner would have bought for the static baseline, with room
+# for the dynamic policies (smaller TPs, make-before-break): twice its GPUs. Every GPU draws power, used or not.
+AUTO_GPUS_PER_BASELINE_GPU = 2
+SIZING_MAX_GPUS = 2048  # the largest cluster the iso-SLO search tries without --gpus
 
 
 @dataclass(frozen=True)
 class SimSettings:
-    gpus: int = 256
+    gpus: int | None = None  # None: AUTO_GPUS_PER_BASELINE_GPU x the iso-SLO baseline's GPUs, whole nodes
     epoch_s: float = 300.0
     seed: int = 0
     confusion: Confusion = field(default_factory=Confusion)
-    costs: Costs = field(default_factory=Costs)
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
     slo: SloTargets = field(default_factory=SloTargets)
     edges: ClassEdges = field(default_factory=ClassEdges)
     solver_time_limit_s: float = 1.0
     headroom: float = DEFAULT_HEADROOM  # share of an instance's SLO capacity the planner and clock policy may use
     plan_routing: bool = True  # the gateway routes by the plan (Plan.serves); False: by the spill chain alone
+    arch: str = DEFAULT_ARCH
+    engine: str = DEFAULT_ENGINE
+    iso_slo_target: float = 0.99  # the share of requests within their targets the baseline is sized for
+    calibrated: Calibrated = field(default_factory=Calibrated)  # how wattgate plans
 
     def __post_init__(self) -> None:
-        if self.gpus < 8 or not self.epoch_s >= 60:
+        if (self.gpus is not None and self.gpus < 8) or not self.epoch_s >= 60:
             raise SimulateError("--gpus must be >= 8 and --epoch-s >= 60")
         if not 0 < self.headroom <= 1:
             raise SimulateError("--headroom must be in (0, 1]")
+        if not 0 < self.iso_slo_target <= 1:
+            raise SimulateError("the iso-SLO target must be in (0, 1]")
+        if not 0 < self.calibrated.quantile < 1 or not self.calibrated.amortize_s > 0:
+            raise SimulateError("--quantile must be in (0, 1) and --amortize-s > 0")
 
 
-def classify(requests: Sequence[Request], s: SimSettings) -> list[Arrival]:
+def classify(requests: Sequence[Request], s: SimSettings, confusion: Confusion | None = None) -> list[Arrival]:
     """True type from the token counts; predicted type: same input class (the gateway counts input
     tokens), output class drawn from the confusion matrix row of the true output class."""
-    sampler = Sampler(s.confusion, s.seed)
+    sampler = Sampler(confusion or s.confusion, s.seed)
     out: list[Arrival] = []
     for r in requests:
         true = s.edges.request_type(r.input_tokens, r.output_tokens)
@@ -51,48 +79,197 @@ def classify(requests: Sequence[Request], s: SimSettings) -> list[Arrival]:
 
 def per_minute(arrivals: Sequence[Arrival]) -> Workload:
     minutes = math.ceil((arrivals[-1].arrival_s + 1e-9) / 60) + 1 if arrivals else 1
-    true = {p: [0.0] * minutes for p in POOL_NAMES}
-    pred = {p: [0.0] * minutes for p in POOL_NAMES}
+    windows = 60 // PEAK_WINDOW_S
+    true, pred = _zeros(minutes), _zeros(minutes)
+    true_burst, pred_burst = _zeros(minutes * windows), _zeros(minutes * windows)
     for a in arrivals:
-        k = int(a.arrival_s // 60)
-        true[POOL_NAMES[a.true_type]][k] += 1
-        pred[POOL_NAMES[a.pred_type]][k] += 1
-    return Workload(true, pred)
+        k, w = int(a.arrival_s // 60), int(a.arrival_s // PEAK_WINDOW_S)
+        t, q = POOL_NAMES[a.true_type], POOL_NAMES[a.pred_type]
+        true[t][k] += 1
+        pred[q][k] += 1
+        true_burst[t][w] += 1
+        pred_burst[q][w] += 1
+
+    def peaks(burst: dict[str, list[float]]) -> dict[str, list[float]]:
+        return {
+            p: [max(b[k * windows : (k + 1) * windows]) * windows for k in range(minutes)] for p, b in burst.items()
+        }
+
+    return Workload(true, pred, peaks(true_burst), peaks(pred_burst))
+
+
+def _zeros(n: int) -> dict[str, list[float]]:
+    return {p: [0.0] * n for p in POOL_NAMES}
+
+
+def attainment(r: Result, slo: SloTargets) -> float:
+    ok = within_slo(r, slo)
+    return float(ok.mean()) if len(ok) else 1.0
+
+
+@dataclass
+class Simulation:
+    """What ``simulate`` returns: one result per policy, and how the baseline was sized."""
+
+    results: list[Result]
+    single_pool_instances: int
+    single_pool_reached_target: bool
+    sizing: list[tuple[int, float]]  # (instances, attainment) tried by the search
+    gpus: int = 0  # the cluster replayed
 
 
 def simulate(
-    requests: Sequence[Request], profile: Profile, policies: Sequence[str], s: SimSettings | None = None
-) -> list[Result]:
+    requests: Sequence[Request],
+    profile: Profile,
+    policies: Sequence[str],
+    s: SimSettings | None = None,
+    *,
+    log: Callable[[str], None] = lambda _: None,
+) -> Simulation:
     s = s or SimSettings()
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         raise SimulateError(f"unknown policy {', '.join(unknown)}; known: {', '.join(POLICIES)}")
+    if not policies:
+        raise SimulateError("no policy to replay")
     if not requests:
         raise SimulateError("the workload has no requests")
+    try:
+        serving = ServingModel(s.arch, s.engine)
+    except ServingModelError as exc:
+        raise SimulateError(str(exc)) from exc
     model = Model(profile, s.slo, s.headroom)
     arrivals = classify(requests, s)
     work = per_minute(arrivals)
-    solver = SolverSettings(slo=s.slo, time_limit_s=s.solver_time_limit_s, period_s=s.epoch_s, headroom=s.headroom)
-    env = PlanEnv(model, s.gpus, s.epoch_s, ForecastSettings(), solver)
-    results = []
+    start_j = s.lifecycle.start_s * serving.calibration.power.idle_gpu_w(serving.max_clock_mhz)
+    solver = SolverSettings(
+        slo=s.slo,
+        time_limit_s=s.solver_time_limit_s,
+        period_s=s.epoch_s,
+        headroom=s.headroom,
+        start_cost_j_per_gpu=start_j,
+        reshard_cost_j_per_gpu=start_j,
+    )
+    sim = Simulation([], 0, True, [])
+    if s.gpus is None or any(POLICIES[p].iso_slo for p in policies):
+        sizing = dataclasses.replace(s, gpus=s.gpus or SIZING_MAX_GPUS)
+        env = PlanEnv(model, sizing.gpus or SIZING_MAX_GPUS, s.epoch_s, ForecastSettings(), solver)
+        size_single_pool(arrivals, serving, model, env, work, sizing, sim, log)
+    if s.gpus is None:
+        gpus = AUTO_GPUS_PER_BASELINE_GPU * 8 * sim.single_pool_instances
+        s = dataclasses.replace(s, gpus=max(16, math.ceil(gpus / 8) * 8))
+        log(f"cluster: {s.gpus} GPUs ({AUTO_GPUS_PER_BASELINE_GPU} x the iso-SLO baseline's)")
+    assert s.gpus is not None
+    sim.gpus = s.gpus
+    env = PlanEnv(
+        model,
+        s.gpus,
+        s.epoch_s,
+        ForecastSettings(),
+        solver,
+        sim.single_pool_instances,
+        s.calibrated,
+    )
     for name in policies:
         spec = POLICIES[name]
-        seen = arrivals
-        if spec.oracle:  # perfect output lengths: routed by the true type
-            seen = [Arrival(a.arrival_s, a.true_type, a.true_type, a.input_tokens, a.output_tokens) for a in arrivals]
-        plan = planner_for(spec, env, work)
-        epoch = s.epoch_s if spec.dynamic else None
-        results.append(
-            replay(
-                name,
-                seen,
-                model=model,
-                gpus=s.gpus,
-                costs=s.costs,
-                clock_loop=spec.clock_loop,
-                epoch_s=epoch,
-                plan=plan,
-                plan_routing=s.plan_routing,
-            )
+        log(f"replaying {name}")
+        sim.results.append(_replay(spec, arrivals, requests, serving, model, env, work, s))
+    return sim
+
+
+def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
+    spec: PolicySpec,
+    arrivals: Sequence[Arrival],
+    requests: Sequence[Request],
+    serving: ServingModel,
+    model: Model,
+    env: PlanEnv,
+    work: Workload,
+    s: SimSettings,
+    *,
+    stop_when_misses_exceed: int | None = None,
+) -> Result:
+    seen = arrivals
+    if spec.oracle or spec.confusion == "perfect":  # routed by the true type
+        seen = [Arrival(a.arrival_s, a.true_type, a.true_type, a.input_tokens, a.output_tokens) for a in arrivals]
+    elif spec.confusion == "longest":
+        seen = classify(requests, s, LONGEST)
+    if seen is not arrivals:
+        again = per_minute(seen)
+        work = Workload(work.true_counts, again.pred_counts, work.true_peaks, again.pred_peaks)
+    lifecycle = Lifecycle(0.0, 0.0) if spec.oracle else s.lifecycle
+    assert s.gpus is not None
+    c = s.calibrated
+    behaviour = Behaviour(
+        spec.clock_loop, s.plan_routing, spec.calibrated and c.standby, spec.calibrated and c.reactive
+    )
+    return replay(
+        spec.name,
+        seen,
+        serving=serving,
+        model=model,
+        gpus=s.gpus,
+        lifecycle=lifecycle,
+        behaviour=behaviour,
+        epoch_s=epoch_of(spec, env),
+        plan=Planner(spec, env, work),
+        edges=s.edges,
+        stop_when_misses_exceed=stop_when_misses_exceed,
+    )
+
+
+def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
+    arrivals: Sequence[Arrival],
+    serving: ServingModel,
+    model: Model,
+    env: PlanEnv,
+    work: Workload,
+    s: SimSettings,
+    sim: Simulation,
+    log: Callable[[str], None],
+) -> None:
+    """The fewest static TP8 instances at max clock that keep ``iso_slo_target`` of requests within their
+    targets (attainment grows with the pool; a bisection over 1..gpus/8). When even the whole cluster
+    does not reach it, the best size found is kept and flagged."""
+    spec = POLICIES["single-pool"]
+    allowed = int(len(arrivals) * (1.0 - s.iso_slo_target))
+    cache: dict[int, float] = {}
+
+    def ok(n: int) -> bool:
+        if n not in cache:
+            e = dataclasses.replace(env, single_pool_instances=n)
+            r = _replay(spec, arrivals, [], serving, model, e, work, s, stop_when_misses_exceed=allowed)
+            cache[n] = 0.0 if r.notes else attainment(r, s.slo)
+            sim.sizing.append((n, cache[n]))
+            log(f"single pool of {n} TP8: {'over the miss budget' if r.notes else f'{cache[n]:.2%} within SLO'}")
+        return cache[n] >= s.iso_slo_target
+
+    top = max((s.gpus or SIZING_MAX_GPUS) // 8, 1)
+    guess = min(max(_peak_instances(work, model), 1), top)
+    lo, hi = 0, guess  # lo fails (or is 0); hi meets the target once found
+    while not ok(hi):
+        if hi == top:
+            best = max(cache, key=lambda n: (cache[n], -n))
+            sim.single_pool_instances, sim.single_pool_reached_target = best, False
+            return
+        lo, hi = hi, min(hi * 2, top)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    sim.single_pool_instances = hi
+
+
+def _peak_instances(work: Workload, model: Model) -> int:
+    """A first guess of the pool's size: the peak minute's load over TP8's SLO-feasible capacity per type."""
+    top = model.top_clock(8)
+    minutes = work.minutes
+    need = 0.0
+    for k in range(minutes):
+        u = sum(
+            work.true_counts[p][k] / 60.0 / cap for i, p in enumerate(POOL_NAMES) if (cap := model.cap(8, top, i)) > 0
         )
-    return results
+        need = max(need, u)
+    return math.ceil(need)

@@ -11,8 +11,13 @@ class ExternalEngine(HttpEngine):
     kind_value = EngineKind.EXTERNAL
     managed_value = False
 
-    def __init__(self, spec: EngineSpec, base_url: str | None = None) -> None:
+    def __init__(self, spec: EngineSpec, base_url: str | None = None, served_by: EngineKind = EngineKind.VLLM) -> None:
         super().__init__(spec, (base_url or spec.base_url).rstrip("/"))
+        self.served_by = served_by  # what the server runs: its /metrics names differ (vLLM or TGI)
+
+    @property
+    def metrics_kind(self) -> EngineKind:
+        return self.served_by
 
     def start(self) -> None:
         return None

@@ -40,6 +40,11 @@ class HttpEngine:
         return self._url
 
     @property
+    def metrics_kind(self) -> EngineKind:
+        """Whose ``/metrics`` names count the requests in flight (an external server says what it runs)."""
+        return self.kind
+
+    @property
     def pid(self) -> int | None:
         return None
 
@@ -69,7 +74,7 @@ class HttpEngine:
             return None
         if r.status_code != 200:
             return None
-        value = parse_metrics(r.text, IN_FLIGHT_METRICS[self.kind])
+        value = parse_metrics(r.text, IN_FLIGHT_METRICS[self.metrics_kind])
         return None if value is None else int(value)
 
     def sleep(self) -> bool:

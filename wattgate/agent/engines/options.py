@@ -21,7 +21,6 @@ class EngineOptions:
     stop_grace_s: float = 30.0
     model_file: Path | None = None  # llama.cpp: the GGUF file (served under the instance's model name)
     # simulated engine only
-    profile: str = ""
     gpu_state_dir: Path | None = None
     speed: float = 1.0
     env: dict[str, str] = field(default_factory=dict)

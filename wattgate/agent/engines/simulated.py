@@ -1,4 +1,4 @@
-"""The simulated engine: ``wattgate sim-backend`` (the profile-driven emulator) as a child process.
+"""The emulated engine: ``wattgate sim-backend`` (the serving model in real time) as a child process.
 
 It shares ``--gpu-state-dir`` with the simulated GPUs, so the clocks the agent locks slow or speed
 the emulated instance and its modelled power follows.
@@ -31,11 +31,9 @@ class SimulatedEngine(ProcessEngine):
             "--gpus",
             ",".join(map(str, s.gpus)),
         ]
-        if o.profile:  # else sim-backend follows the shipped default profile
-            cmd += ["--profile", o.profile]
         if o.gpu_state_dir is not None:
             cmd += ["--gpu-state-dir", str(o.gpu_state_dir)]
-        return [*cmd, "--speed", f"{o.speed:g}", "--max-batch", str(s.max_batch), *o.extra_args]
+        return [*cmd, "--speed", f"{o.speed:g}", "--max-num-seqs", str(s.max_batch), *o.extra_args]
 
     def environment(self) -> dict[str, str]:
         return dict(self.options.env)  # no CUDA here

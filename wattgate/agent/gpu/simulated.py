@@ -1,7 +1,7 @@
 """A deterministic simulated GPU: the GPU seam for machines without one, shared by the agent and sim-backend.
 
-Power and energy are *modelled* (``source == "modelled"``): the simulated engine that owns the GPU
-computes the instance's power from its profile at the current clock and load, and writes it here.
+Power and energy are *modelled* (``source == "modelled"``): the emulated engine that owns the GPU
+(sim-backend, the serving model) writes its modelled power here, so that the counter follows its energy.
 
 Sharing between processes. With ``state_dir`` set, every process that builds
 ``SimulatedGpu(state_dir, index)`` for the same index sees the same GPU. Each GPU has two JSON
@@ -20,7 +20,7 @@ every write goes to a temporary file in the same directory and is renamed over t
 
 ``energy_j`` is the counter at ``at_unix_s``; the power stays ``power_w`` until the next write, so a
 reader extrapolates ``energy_j + power_w * (now - at_unix_s)``. A writer that refreshes its record
-(sim-backend does every 0.1 s) sets ``valid_until_unix_s``: past it the GPU reads as idle, so an
+(sim-backend does every 0.5 s) sets ``valid_until_unix_s``: past it the GPU reads as idle, so an
 engine killed with SIGKILL does not leave its power behind forever. Without an activity file the GPU
 idles at ``idle_power_w`` from the moment the first object for it was built (that object writes the
 initial activity file only if none exists). Times are wall-clock (``time.time``, injectable): the
@@ -69,6 +69,13 @@ FAULT_OPS = ("lock", "reset", "clocks", "power", "energy")
 
 def _write_json_atomic(path: Path, doc: Mapping[str, Any], *, exclusive: bool = False) -> bool:
     """Write ``doc`` to ``path`` via a temporary file and a rename; with ``exclusive``, only if absent."""
+    try:
+        return _write_atomic(path, doc, exclusive)
+    except OSError as exc:
+        raise GpuLibraryError(f"cannot write simulated GPU state {path}: {exc}") from exc
+
+
+def _write_atomic(path: Path, doc: Mapping[str, Any], exclusive: bool) -> bool:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

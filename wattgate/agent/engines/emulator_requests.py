@@ -1,4 +1,4 @@
-"""Parsing and shaping of OpenAI requests and responses for the simulated engine (no I/O here).
+"""Parsing and shaping of OpenAI requests and responses for the emulated engine (no I/O here).
 
 Per-request hints (simulation only; a real engine ignores them): a body field
 ``"wattgate_sim": {"output_tokens": N, "input_tokens": M}`` or the headers
@@ -158,6 +158,7 @@ class ChunkWriter:
         chat = req.endpoint == "chat"
         obj = "chat.completion.chunk" if chat else "text_completion"
         self._head = {"id": request_id, "object": obj, "created": self.created, "model": req.model}
+        self._tokens: dict[int, bytes] = {}  # the filler repeats: each distinct event is encoded once
 
     def _event(self, choice: dict[str, Any] | None, **extra: Any) -> bytes:
         doc: dict[str, Any] = {**self._head, "choices": [] if choice is None else [choice], **extra}
@@ -172,7 +173,13 @@ class ChunkWriter:
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
 
     def token(self, i: int) -> bytes:
-        return self._event(self._choice(token_text(i), None, role=i == 0))
+        if i == 0:
+            return self._event(self._choice(token_text(0), None, role=True))
+        key = i % len(FILLER)
+        event = self._tokens.get(key)
+        if event is None:
+            event = self._tokens[key] = self._event(self._choice(token_text(i), None))
+        return event
 
     def finish(self, emitted: int, sim: dict[str, Any]) -> bytes:
         out = self._event(self._choice("", self.req.finish_reason if emitted else "abort"), wattgate_sim=sim)

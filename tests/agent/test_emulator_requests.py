@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from wattgate.agent.engines.sim_requests import ChunkWriter, SimRequestError, parse_request
+from wattgate.agent.engines.emulator_requests import ChunkWriter, SimRequestError, parse_request
 from wattgate.profiles.classes import ClassEdges
 
 

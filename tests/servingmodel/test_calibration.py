@@ -1,0 +1,112 @@
+"""The shipped calibration and kernel data: where every number came from, and that the model still meets the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import SHARED_DATA, needs_shared
+from wattgate.servingmodel.calibration import Calibration, ServingModel, load_calibration, read_calibration
+from wattgate.servingmodel.errors import ServingModelError
+from wattgate.servingmodel.fit import below_knee, bench_outcome, knee_rate
+from wattgate.servingmodel.kernels import kernel_origin
+from wattgate.servingmodel.measured import read_benchmark, read_characterization
+
+PROFILES = SHARED_DATA / "profiles"
+
+
+def test_shipped_calibration_records_every_fit_and_round_trips(tmp_path: Path) -> None:
+    cal = load_calibration()
+    assert set(cal.engines) == {"vllm-v1", "dynamollm-2024"}
+    for name in ("vllm-v1 overheads", "KV reserve", "clock law", "power"):
+        rec = cal.provenance["fits"][name]
+        assert rec["points"] > 0 and 0 < rec["rms_log_error"] < 1, name
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cal.to_document()))
+    again = read_calibration(path)
+    assert again.to_document() == cal.to_document()
+    assert isinstance(again, Calibration)
+
+
+def test_power_model_stays_within_the_board_limit() -> None:
+    p = load_calibration().power
+    top = p.max_clock_mhz
+    assert 60 < p.idle_gpu_w(800) < p.idle_gpu_w(top) < 200
+    assert p.idle_gpu_w(top) + p.compute_w <= 700 and p.idle_gpu_w(top) + p.memory_w <= 700
+
+
+def test_kernel_data_keeps_its_origin_and_licence() -> None:
+    origin = kernel_origin()
+    assert origin["licence"] == "Apache-2.0" and "aiconfigurator-core" in origin["package"]
+    assert "NVIDIA" in origin["copyright"]
+
+
+def test_malformed_calibration_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "wattgate-serving-model", "version": 1, "engines": {}}')
+    with pytest.raises(ServingModelError, match="malformed"):
+        read_calibration(bad)
+    with pytest.raises(ServingModelError, match="unknown engine"):
+        ServingModel("llama-3.1-70b", "nope")
+    with pytest.raises(ServingModelError, match="unknown model architecture"):
+        ServingModel("gpt-5")
+
+
+@needs_shared("profiles")
+def test_small_model_curves_the_overheads_were_fitted_on_are_met() -> None:
+    """The fit's own data, spot-checked: mean TTFT and TPOT within 25% at the ends of each curve's sub-knee range."""
+    cal = load_calibration()
+    for model in ("llama-3.2-1b", "llama-3.1-8b"):
+        points = below_knee(read_benchmark(PROFILES, model))
+        for p in (points[0], points[-1]):
+            o = bench_outcome(ServingModel(model, "vllm-v1", cal), p, seeds=2)
+            assert o.ttft_mean_s == pytest.approx(p.ttft_mean_s, rel=0.25), (model, p.rate_rps)
+            assert o.tpot_mean_s == pytest.approx(p.tpot_mean_s, rel=0.25), (model, p.rate_rps)
+
+
+@needs_shared("profiles")
+def test_held_out_70b_curve_tpot_below_the_knee() -> None:
+    """Validation (no fit used this file): TPOT of Llama-3.1-70B at TP8 within 20% at 2, 6 and 10 req/s; the
+    full table is bench/serving_model_validation.py's."""
+    points = {p.rate_rps: p for p in read_benchmark(PROFILES, "llama-3.1-70b")}
+    assert knee_rate(list(points.values())) == 14.0
+    model = ServingModel("llama-3.1-70b", "vllm-v1")
+    for rate in (2.0, 6.0, 10.0):
+        o = bench_outcome(model, points[rate], seeds=3)
+        assert o.tpot_mean_s == pytest.approx(points[rate].tpot_mean_s, rel=0.20), rate
+
+
+@needs_shared("profiles")
+def test_characterization_reads_and_its_lengths_fit_the_context() -> None:
+    points = read_characterization(PROFILES)
+    assert len(points) == 1351
+    assert all(p.input_tokens + p.output_tokens <= 4096 for p in points)  # Llama-2-70B's context
+
+
+def test_a_profile_row_is_the_same_in_every_process() -> None:
+    """scripts/build_profiles.py --check relies on it: no seed may come from hash() of a str (salted per process)."""
+    code = (
+        "from wattgate.servingmodel.calibration import ServingModel\n"
+        "from wattgate.servingmodel.profilegen import LengthPools, PointSettings, steady_point\n"
+        "from wattgate.profiles.classes import ClassEdges, RequestType\n"
+        "pools = LengthPools.from_pairs([(100, 50), (600, 200), (2000, 500)], ClassEdges())\n"
+        "s = PointSettings(warmup_s=0, duration_s=20, min_requests=5, max_requests=20)\n"
+        "print(steady_point(ServingModel('llama-3.1-8b'), 1, 1400, RequestType.parse('SM'), 1.0, pools, s))\n"
+    )
+    rows = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(rows) == 1

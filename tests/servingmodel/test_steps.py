@@ -1,0 +1,84 @@
+"""Step times: measured kernels composed per step, the clock law, and the closed-form runs of decode steps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from wattgate.servingmodel.arch import architecture
+from wattgate.servingmodel.calibration import ServingModel
+from wattgate.servingmodel.kernels import isotonic, kernel_curves
+from wattgate.servingmodel.steps import ClockLaw, EngineOverheads, StepCost
+
+
+def cost(arch: str = "llama-3.1-70b", tp: int = 8, **overheads: float) -> StepCost:
+    return StepCost(architecture(arch), tp, kernel_curves(arch, tp), EngineOverheads(**overheads))
+
+
+def test_isotonic_is_the_monotone_least_squares_fit() -> None:
+    y = np.array([1.0, 3.0, 2.0, 2.0, 5.0, 4.0])
+    fit = isotonic(y)
+    assert list(fit) == pytest.approx([1.0, 7 / 3, 7 / 3, 7 / 3, 4.5, 4.5])
+    assert np.all(np.diff(fit) >= 0)
+
+
+def test_steps_grow_with_tokens_and_context_and_shrink_with_tp() -> None:
+    c8, c2 = cost(tp=8), cost(tp=2)
+    f = (1.0, 1.0)
+    small = c8.step(decodes=8, kv_tokens=8000, prefill=(), sampled=8, factors=f).total_s
+    more_ctx = c8.step(decodes=8, kv_tokens=80000, prefill=(), sampled=8, factors=f).total_s
+    prefill = c8.step(decodes=8, kv_tokens=8000, prefill=((0, 1024),), sampled=9, factors=f).total_s
+    assert small < more_ctx < prefill
+    assert c2.step(decodes=8, kv_tokens=8000, prefill=(), sampled=8, factors=f).total_s > small
+    # a 70B decode step at TP8 reads ~17.6 GB of weights per GPU at ~2.4 TB/s: 7-12 ms of kernels
+    assert 0.007 < small < 0.012
+
+
+def test_prefill_attention_of_a_chunk_is_the_difference_of_whole_prompts() -> None:
+    c = cost()
+    whole = c.prefill_attention_s(0, 4096)
+    halves = c.prefill_attention_s(0, 2048) + c.prefill_attention_s(2048, 2048)
+    assert halves == pytest.approx(whole, rel=1e-9)
+    assert c.prefill_attention_s(8192, 1024) > c.prefill_attention_s(0, 1024)  # a long cached prefix costs more
+
+
+@pytest.mark.parametrize("overheads", [{}, {"step_s": 7e-4, "sequence_s": 1e-5, "layer_s": 2e-5}])
+@pytest.mark.parametrize(("n", "kv", "k"), [(1, 900, 40), (16, 20_000, 200), (300, 400_000, 30), (60, 5_000, 900)])
+def test_a_decode_run_is_the_sum_of_its_steps(overheads: dict[str, float], n: int, kv: int, k: int) -> None:
+    """The closed form matches step-by-step sums, and ``decode_steps_within`` is its inverse."""
+    for arch in ("llama-3.1-70b", "llama-3.2-1b"):
+        c = cost(arch, **overheads)
+        for f in ((1.0, 1.0), ClockLaw(0.9, 0.2).factors(1000)):
+            steps = [c.step(decodes=n, kv_tokens=kv + i * n, prefill=(), sampled=n, factors=f) for i in range(k)]
+            run = c.decode_run(n, kv, k, f)
+            assert run.total_s == pytest.approx(sum(s.total_s for s in steps), rel=1e-9)
+            assert run.compute_s == pytest.approx(sum(s.compute_s for s in steps), rel=1e-9)
+            assert run.overhead_s == pytest.approx(sum(s.overhead_s for s in steps), rel=1e-9, abs=1e-12)
+            # decode_steps_within is the inverse: the most steps that fit a budget
+            assert c.decode_steps_within(n, kv, run.total_s, f) == k
+            assert c.decode_steps_within(n, kv, run.total_s * (1 - 1e-9), f) == k - 1
+
+
+def test_lower_clocks_slow_compute_more_than_memory() -> None:
+    law = ClockLaw(compute_exp=1.0, memory_exp=0.2)
+    fc, fm = law.factors(990)
+    assert fc == pytest.approx(2.0) and fm == pytest.approx(2.0**0.2)
+    assert law.factors(1980) == (1.0, 1.0)
+    c = cost()
+    prefill = [
+        c.step(decodes=0, kv_tokens=0, prefill=((0, 4096),), sampled=1, factors=law.factors(x)) for x in (1980, 990)
+    ]
+    decode = [c.step(decodes=4, kv_tokens=4000, prefill=(), sampled=4, factors=law.factors(x)) for x in (1980, 990)]
+    assert prefill[1].total_s / prefill[0].total_s > decode[1].total_s / decode[0].total_s > 1.0
+
+
+def test_serving_model_builds_engines_with_the_calibration_defaults() -> None:
+    m = ServingModel()
+    e = m.engine(8)
+    assert e.config.max_num_seqs == m.engine_calibration.config.max_num_seqs
+    assert e.clock_mhz == m.max_clock_mhz
+    e2 = m.engine(4, clock_mhz=1200, max_num_seqs=64)
+    assert e2.config.max_num_seqs == 64 and e2.clock_mhz == 1200
+    assert dataclasses.replace(e2.config, tp=4).tp == 4

@@ -1,0 +1,321 @@
+"""Fitting the serving model's free numbers to measurements (build time: ``scripts/calibrate_serving_model.py``).
+
+Three fits, each on data the validation (``validate.py``) does not judge it by:
+
+1. **Engine overheads of vLLM V1** (``fit_vllm_overheads``): per step, per scheduled sequence, per
+   layer and per request, on the vLLM benchmark curves of Llama-3.2-1B, 3.2-3B and 3.1-8B on H100
+   (TP8, 1024/350 tokens), below each curve's knee. Small models are almost all overhead, which is
+   what pins these numbers down; the 70B curve is kept for validation.
+2. **SM-clock law and the characterization engine** (``fit_characterization``): the exponents with
+   which compute- and memory-bound step time grow at lower clocks, the per-request latency and KV
+   reserve of the DynamoLLM prototype's engine (vLLM V0 of 2024), on the characterization's P99 TTFT.
+3. **Power model** (``fit_power``): per-GPU idle, compute and memory power and their clock exponents,
+   least squares on the characterization's instance power given each row's modelled busy time.
+
+Every fit minimises squared log errors (relative errors, symmetric in over/under-estimation) and
+uses common random numbers (fixed seeds), so the objective is deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wattgate.servingmodel.calibration import Calibration, ServingModel
+from wattgate.servingmodel.experiments import Outcome, mean_outcome, poisson_run
+from wattgate.servingmodel.measured import BenchPoint, CharPoint, read_benchmark
+from wattgate.servingmodel.power import PowerModel
+from wattgate.servingmodel.steps import ClockLaw, EngineOverheads
+
+FIT_MODELS = ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b")
+VALIDATION_MODEL = "llama-3.1-70b"
+KNEE_FACTOR = 3.0  # a rate is past the knee once its P99 TTFT is this many times the lowest rate's
+BENCH_REQUESTS_PER_RATE_S = 20  # the benchmark sends 20 s worth of requests at each rate
+BENCH_GPU_MEMORY_UTILIZATION = 0.95  # the benchmark's `vllm serve --gpu-memory-utilization`
+CHAR_REQUESTS = 100  # requests per characterization point (assumed: the prototype's later profiler sends 100)
+
+
+def below_knee(points: Sequence[BenchPoint]) -> list[BenchPoint]:
+    """The rates before the curve's knee: every rate up to (not including) the first whose measured
+    P99 TTFT exceeds ``KNEE_FACTOR`` times that of the lowest rate."""
+    base = min(points, key=lambda p: p.rate_rps).ttft_p99_s
+    out = []
+    for p in sorted(points, key=lambda p: p.rate_rps):
+        if p.ttft_p99_s > KNEE_FACTOR * base:
+            break
+        out.append(p)
+    return out
+
+
+def knee_rate(points: Sequence[BenchPoint]) -> float | None:
+    """The first rate past the knee (see ``below_knee``), or None when the curve has none."""
+    ok = below_knee(points)
+    later = sorted({p.rate_rps for p in points} - {p.rate_rps for p in ok})
+    return later[0] if later else None
+
+
+def bench_outcome(model: ServingModel, p: BenchPoint, seeds: int = 1, first_seed: int = 0) -> Outcome:
+    """The modelled benchmark at one rate: ``20 x rate`` Poisson requests of the point's lengths."""
+    n = max(round(BENCH_REQUESTS_PER_RATE_S * p.rate_rps), 1)
+
+    def run(seed: int) -> Outcome:
+        engine = model.engine(p.tp, gpu_memory_utilization=BENCH_GPU_MEMORY_UTILIZATION)
+        return poisson_run(engine, p.rate_rps, n, p.input_tokens, p.output_tokens, seed=first_seed + seed)
+
+    return mean_outcome(run, seeds)
+
+
+def _sq_log(a: float, b: float) -> float:
+    return math.log(max(a, 1e-9) / max(b, 1e-9)) ** 2
+
+
+@dataclass(frozen=True)
+class FitResult:
+    value: object
+    rms_log_error: float
+    evaluations: int
+    points: int
+
+
+def fit_vllm_overheads(
+    calibration: Calibration,
+    profiles_dir: Path,
+    *,
+    engine: str = "vllm-v1",
+    models: Sequence[str] = FIT_MODELS,
+    rates_per_model: int = 5,
+    max_evaluations: int = 120,
+    log: Callable[[str], None] = lambda _: None,
+) -> FitResult:
+    """Engine overheads of vLLM V1 from the small models' benchmark curves (mean TTFT and mean TPOT)."""
+    points: list[BenchPoint] = []
+    for m in models:
+        ok = below_knee(read_benchmark(profiles_dir, m))
+        idx = np.unique(np.linspace(0, len(ok) - 1, rates_per_model).round().astype(int))
+        points += [ok[i] for i in idx]
+    # a starting point read off the curves by hand: the 1B model's TPOT at 2 req/s (~1.8 ms against
+    # ~0.7 ms of kernels), its rise with the batch, the growth from 16 to 32 layers, the TTFT floor
+    start = np.log([3e-4, 2e-5, 3e-5, 1.2e-2])  # step, per sequence, per layer, per request (s); fitted in logs
+
+    def overheads(x: np.ndarray) -> EngineOverheads:
+        step, seq, layer, req = np.exp(x).tolist()
+        return EngineOverheads(step_s=step, sequence_s=seq, layer_s=layer, request_s=req)
+
+    evals = 0
+
+    def loss(x: np.ndarray) -> float:
+        nonlocal evals
+        evals += 1
+        cal = _with_overheads(calibration, engine, overheads(x))
+        err = 0.0
+        for p in points:
+            o = bench_outcome(ServingModel(p.model, engine, cal), p)
+            err += _sq_log(o.ttft_mean_s, p.ttft_mean_s) + _sq_log(o.tpot_mean_s, p.tpot_mean_s)
+        value = err / (2 * len(points))
+        log(f"overheads {overheads(x)} -> rms log error {math.sqrt(value):.4f}")
+        return value
+
+    from scipy.optimize import minimize  # type: ignore[import-untyped]  # noqa: PLC0415  (build time only)
+
+    simplex = np.array([start] + [start + np.log(2.0) * np.eye(4)[i] for i in range(4)])
+    res = minimize(
+        loss,
+        start,
+        method="Nelder-Mead",
+        options={"maxfev": max_evaluations, "initial_simplex": simplex, "xatol": 0.02},
+    )
+    return FitResult(overheads(res.x), math.sqrt(float(res.fun)), evals, len(points))
+
+
+def _with_overheads(calibration: Calibration, engine: str, overheads: EngineOverheads) -> Calibration:
+    e = dataclasses.replace(calibration.engines[engine], overheads=overheads)
+    return dataclasses.replace(calibration, engines={**calibration.engines, engine: e})
+
+
+def char_outcome(model: ServingModel, p: CharPoint, seeds: int = 2) -> Outcome:
+    """The modelled characterization point: ``CHAR_REQUESTS`` Poisson requests of the type's lengths."""
+
+    def run(seed: int) -> Outcome:
+        engine = model.engine(p.tp, clock_mhz=p.clock_mhz)
+        return poisson_run(engine, p.load_rps, CHAR_REQUESTS, p.input_tokens, p.output_tokens, seed=seed)
+
+    return mean_outcome(run, seeds)
+
+
+# An H100 SXM board draws at most 700 W: the power model's watt figures are bounded so that no state of
+# it exceeds that (idle + clock-dependent idle + compute <= 700, likewise memory).
+POWER_BOUNDS_W = {
+    "idle_w": (30.0, 150.0),
+    "idle_clock_w": (0.0, 100.0),
+    "compute_w": (0.0, 450.0),
+    "memory_w": (0.0, 450.0),
+}
+
+
+def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> FitResult:
+    """Least squares of relative errors of instance power over the rows, given each row's modelled busy
+    seconds: the clock exponents on a grid, the four watt figures linear for each, within ``POWER_BOUNDS_W``."""
+    from scipy.optimize import lsq_linear  # noqa: PLC0415  (build time only)
+
+    lo = [b[0] for b in POWER_BOUNDS_W.values()]
+    hi = [b[1] for b in POWER_BOUNDS_W.values()]
+    best: tuple[float, PowerModel] | None = None
+    for gamma in np.arange(1.0, 3.51, 0.25):
+        for gamma_m in np.arange(0.0, 2.01, 0.25):
+            a = []
+            for p, o in rows:
+                r = p.clock_mhz / max_clock_mhz
+                g, gm, d = r**gamma, r**gamma_m, o.duration_s
+                # mean W per GPU = idle_w + idle_clock_w*g + compute_w*g*c/d + memory_w*gm*m/d, relative to measured
+                per_gpu = p.power_w / p.tp
+                a.append([1 / per_gpu, g / per_gpu, g * o.compute_s / d / per_gpu, gm * o.memory_s / d / per_gpu])
+            res = lsq_linear(np.array(a), np.ones(len(a)), bounds=(lo, hi))
+            err = float(np.mean((np.array(a) @ res.x - 1.0) ** 2))
+            if best is None or err < best[0]:
+                w = [float(x) for x in res.x]
+                best = (err, PowerModel(w[0], w[1], w[2], w[3], float(gamma), float(gamma_m), max_clock_mhz))
+    assert best is not None
+    return FitResult(best[1], math.sqrt(best[0]), 99, len(rows))
+
+
+def fit_clock_law(
+    calibration: Calibration,
+    points: Sequence[CharPoint],
+    *,
+    engine: str,
+    arch: str = "llama-2-70b",
+    compute_exps: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
+    memory_exps: Sequence[float] = (0.0, 0.15, 0.3, 0.45, 0.6),
+    log: Callable[[str], None] = lambda _: None,
+) -> tuple[FitResult, dict[tuple[float, float], list[float]]]:
+    """The (compute, memory) clock exponents that best reproduce how P99 TTFT grows as the clock falls.
+
+    Judged on ratios: each point's TTFT over that of the same (TP, type, load) at the highest clock
+    measured (``clock_ratio_error``), which leaves out what the ratios cancel: how fast the prototype's
+    engine was in absolute terms and how long its prompts exactly were. The engine's per-request latency
+    (a constant in every TTFT, which dilutes the ratios) is fitted with each pair. Returns the fit and
+    every pair's modelled engine-side TTFTs (for reuse by the leave-one-clock-out validation)."""
+    best: tuple[float, ClockLaw, float] | None = None
+    table: dict[tuple[float, float], list[float]] = {}
+    measured = [p.ttft_p99_s for p in points]
+    for ce in compute_exps:
+        for me in memory_exps:
+            law = ClockLaw(float(ce), float(me), calibration.clock_law.max_clock_mhz)
+            cal = dataclasses.replace(calibration, clock_law=law)
+            cal = _with_overheads(cal, engine, dataclasses.replace(cal.engines[engine].overheads, request_s=0.0))
+            model = ServingModel(arch, engine, cal)
+            engine_ttft = [char_outcome(model, p, seeds=1).ttft_p99_s for p in points]
+            table[(float(ce), float(me))] = engine_ttft
+            req, err = best_ratio_offset(points, engine_ttft, measured)
+            log(
+                f"clock law {ce:.2f}/{me:.2f}: request latency {req * 1e3:.1f} ms, "
+                f"rms log ratio error {math.sqrt(err):.4f}"
+            )
+            if best is None or err < best[0]:
+                best = (err, law, req)
+    assert best is not None
+    return FitResult((best[1], best[2]), math.sqrt(best[0]), len(table), len(points)), table
+
+
+def ratio_pairs(points: Sequence[CharPoint], exclude_clock: int | None = None) -> list[tuple[int, int]]:
+    """(i, ref): each point and the point of the same TP, type and load at the highest clock among the rest."""
+    groups: dict[tuple[int, str, float], list[int]] = {}
+    for i, p in enumerate(points):
+        if p.clock_mhz != exclude_clock:
+            groups.setdefault((p.tp, p.rtype.name, p.load_rps), []).append(i)
+    pairs = []
+    for idx in groups.values():
+        ref = max(idx, key=lambda i: points[i].clock_mhz)
+        pairs += [(i, ref) for i in idx if i != ref]
+    return pairs
+
+
+def best_ratio_offset(
+    points: Sequence[CharPoint],
+    engine_ttft: Sequence[float],
+    measured: Sequence[float],
+    exclude_clock: int | None = None,
+) -> tuple[float, float]:
+    """The per-request latency (added to every modelled TTFT) that best reproduces the clock ratios, and
+    the mean squared log error of the ratios it leaves."""
+    pairs = ratio_pairs(points, exclude_clock)
+    e, m = np.array(engine_ttft), np.array(measured)
+    i, ref = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    target = np.log(m[i] / m[ref])
+
+    def err(c: float) -> float:
+        return float(np.mean((np.log((e[i] + c) / (e[ref] + c)) - target) ** 2))
+
+    return _golden(err, 0.0, float(max(m.max(), 1e-3)))
+
+
+def _best_offset(model: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
+    """The constant added to every modelled value that minimises the mean squared log error."""
+    m, y = np.array(model), np.array(measured)
+
+    def err(c: float) -> float:
+        return float(np.mean(np.log((m + c) / y) ** 2))
+
+    return _golden(err, 0.0, float(max(y.max(), 1e-3)))
+
+
+def _golden(err: Callable[[float], float], lo: float, hi: float) -> tuple[float, float]:
+    """Golden-section search of a unimodal ``err`` on [lo, hi]: the argument and its value."""
+    for _ in range(60):
+        a, b = lo + (hi - lo) * 0.382, lo + (hi - lo) * 0.618
+        if err(a) < err(b):
+            hi = b
+        else:
+            lo = a
+    c = (lo + hi) / 2
+    return c, err(c)
+
+
+def below_knee_char(points: Sequence[CharPoint]) -> list[CharPoint]:
+    """Characterization rows before their series' knee: every load of a (TP, clock, type) series up to
+    (not including) the first whose P99 TTFT exceeds ``KNEE_FACTOR`` times the series' lowest load's."""
+    series: dict[tuple[int, int, str], list[CharPoint]] = {}
+    for p in points:
+        series.setdefault((p.tp, p.clock_mhz, p.rtype.name), []).append(p)
+    out = []
+    for rows in series.values():
+        rows.sort(key=lambda p: p.load_rps)
+        base = rows[0].ttft_p99_s
+        for p in rows:
+            if p.ttft_p99_s > KNEE_FACTOR * base:
+                break
+            out.append(p)
+    return out
+
+
+def fit_kv_reserve(
+    calibration: Calibration,
+    points: Sequence[CharPoint],
+    *,
+    engine: str,
+    arch: str = "llama-2-70b",
+    candidates_gib: Sequence[float] = (2.0, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0),
+    log: Callable[[str], None] = lambda _: None,
+) -> FitResult:
+    """The memory per GPU the engine keeps from its KV cache, from TP2 rows (70B on two GPUs leaves a
+    few GiB of cache, and the characterization shows where it fills): the candidate whose modelled P99
+    TTFT (request latency added as fitted for it) is closest to the measurements."""
+    rows = [p for p in points if p.tp == 2]
+    best: tuple[float, float] | None = None
+    for gib in candidates_gib:
+        cfg = dataclasses.replace(calibration.engines[engine].config, reserved_bytes_per_gpu=gib * 2**30)
+        e = dataclasses.replace(calibration.engines[engine], config=cfg)
+        cal = dataclasses.replace(calibration, engines={**calibration.engines, engine: e})
+        model = ServingModel(arch, engine, cal)
+        ttft = [char_outcome(model, p, seeds=1).ttft_p99_s for p in rows]
+        _, err = _best_offset(ttft, [p.ttft_p99_s for p in rows])
+        log(f"KV reserve {gib} GiB: rms log error {math.sqrt(err):.4f} over {len(rows)} TP2 rows")
+        if best is None or err < best[0]:
+            best = (err, gib)
+    assert best is not None
+    return FitResult(best[1] * 2**30, math.sqrt(best[0]), len(candidates_gib), len(rows))
