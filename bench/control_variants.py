@@ -26,7 +26,7 @@ VARIANTS = {
     "minute plans": dataclasses.replace(DEFAULT, epoch_s=60.0),
     "standby": dataclasses.replace(DEFAULT, standby=True),
     "reactive path": dataclasses.replace(DEFAULT, reactive=True),
-    "10-s peaks, no headroom": dataclasses.replace(DEFAULT, series="peaks", headroom=1.0),
+    "10-s peaks without headroom": dataclasses.replace(DEFAULT, series="peaks", headroom=1.0),
     "quantile 0.99": dataclasses.replace(DEFAULT, quantile=0.99),
     "minute plans + standby + reactive + peaks": dataclasses.replace(
         DEFAULT, epoch_s=60.0, standby=True, reactive=True, series="peaks", headroom=1.0
