@@ -12,7 +12,7 @@ from wattgate.settings.parse import add_command
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
 ABLATION_HELP = (
     "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
-    "and with the classic forecast (max of methods + 15%%)"
+    "and with the classic forecast (max of methods + 15%)"
 )
 
 
