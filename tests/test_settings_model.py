@@ -24,12 +24,12 @@ from wattgate.planner.forecast import ForecastSettings
 from wattgate.planner.loop import LoopSettings
 from wattgate.planner.model import SolverSettings
 from wattgate.profiles.classes import LENGTH_CLASSES, SloTargets
+from wattgate.servingmodel.arch import ARCHITECTURES
+from wattgate.servingmodel.calibration import load_calibration
 from wattgate.settings import common
 from wattgate.settings.model import Command, Option, SettingsError
 from wattgate.settings.parse import OTHER_VARIABLES, options_of, parse, resolve
 from wattgate.settings.readme import render, tables_in
-from wattgate.servingmodel.arch import ARCHITECTURES
-from wattgate.servingmodel.calibration import load_calibration
 from wattgate.simulate.policies import Calibrated
 from wattgate.simulate.run import SimSettings
 

@@ -63,12 +63,14 @@ RETRAIN_OPTIONS: tuple[Option, ...] = (
 )
 
 
-def _fail(message: str) -> int:
-    print(f"wattgate classifier: error: {message}", file=sys.stderr)
+def _fail(command: str, message: str) -> int:
+    print(f"wattgate classifier {command}: error: {message}", file=sys.stderr)
     return 2
 
 
 def _eval(args: Values) -> int:
+    if not args.data.is_file():  # before the training stack is imported (seconds on a busy machine)
+        return _fail("eval", f"cannot read {args.data}: no such file")
     from wattgate.classifier.errors import ClassifierError
     from wattgate.classifier.evaluate import evaluate_file
 
@@ -81,7 +83,7 @@ def _eval(args: Values) -> int:
             redis_url=args.redis_url,
         )
     except ClassifierError as exc:
-        return _fail(str(exc))
+        return _fail("eval", str(exc))
     print(json.dumps(report.to_dict()) if args.json else report.text())
     return 0
 
@@ -111,7 +113,7 @@ def _retrain(args: Values) -> int:
     try:
         report = retrain_once(store, settings, limit=args.limit, dry_run=args.dry_run)
     except ClassifierError as exc:
-        return _fail(str(exc))
+        return _fail("retrain", str(exc))
     finally:
         store.close()
     print(json.dumps(report.to_dict()) if args.json else report.text())

@@ -92,19 +92,19 @@ def preflight(s: DemoSettings) -> tuple[list[Scheduled], Path] | tuple[int, str]
         return 2, "no request falls in the replayed span; raise --duration-s"
     busy = port_free("127.0.0.1", s.port)  # a taken port is one line now, not a gateway that hangs later
     if busy is not None:
-        return 1, f"error: {busy} (the gateway's port: free it or give another with --port)"
+        return 1, f"{busy} (the gateway's port: free it or give another with --port)"
     try:
         run_dir = s.run_dir or Path(tempfile.mkdtemp(prefix="wattgate-demo-"))
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return 1, f"error: cannot make the run directory: {exc}"
+        return 1, f"cannot make the run directory: {exc}"
     return sched, run_dir
 
 
 def main(s: DemoSettings) -> int:
     ready = preflight(s)
     if isinstance(ready[0], int):
-        say(f"wattgate demo: {ready[1]}", err=True)
+        say(f"wattgate demo: error: {ready[1]}", err=True)
         return ready[0]
     sched, run_dir = ready
     cluster = Cluster(ClusterSettings(s.nodes, s.port, run_dir, external=s.external))
