@@ -157,6 +157,24 @@ def test_demo_on_a_busy_port_exits_before_starting_anything(tmp_path: Path) -> N
     assert not (tmp_path / "run").exists(), "nothing was started"
 
 
+@pytest.mark.parametrize(
+    ("args", "command", "message"),
+    [
+        (["classifier", "eval", "--data", "MISSING"], "classifier eval", "cannot read MISSING: no such file"),
+        (["demo", "--trace", "MISSING"], "demo", "cannot read trace MISSING"),
+        (["simulate", "MISSING"], "simulate", "trace MISSING does not exist"),
+        (["plan", "--gpus", "8", "--load", "SS=1", "--profile", "MISSING"], "plan", "'MISSING' is neither"),
+    ],
+)
+def test_a_missing_input_file_is_one_line_and_exit_2_at_once(
+    tmp_path: Path, args: list[str], command: str, message: str
+) -> None:
+    missing = str(tmp_path / "nope")
+    code, out, took = _run([missing if a == "MISSING" else a for a in args])
+    assert code == 2 and took < QUICK_S, out
+    assert message.replace("MISSING", missing) in _one_error_line(out, command)
+
+
 def test_demo_prints_the_last_lines_of_a_process_that_dies(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
