@@ -276,6 +276,10 @@ def test_api_keys_env_from_the_environment_turns_key_checks_on() -> None:
             stop_process(proc, timeout_s=20)
     code, out, _ = _run(["gateway", "--backend", "http://127.0.0.1:9"], {"WATTGATE_API_KEYS_ENV": "NOT_SET_ANYWHERE"})
     assert code == 2 and "api_keys_env: environment variable NOT_SET_ANYWHERE is not set" in out
+    code, out, _ = _run(
+        ["gateway", "--backend", "http://127.0.0.1:9"], {"WATTGATE_API_KEYS_ENV": "CLIENT_KEYS", "CLIENT_KEYS": " , "}
+    )
+    assert code == 2 and "api_keys_env: environment variable CLIENT_KEYS holds no key" in out
 
 
 def test_sigterm_stops_a_gateway_with_redis_promptly(redis_url: str) -> None:

@@ -126,12 +126,12 @@ def validate(s: AgentSettings) -> AgentSettings:
             s.gpu_kind == "nvml" or s.sim_gpu_count > 0,
             f"--gpu-kind {s.gpu_kind!r}: the agent needs nvml or simulated:N (N simulated GPUs)",
         ),
-        (bool(s.model) or s.engine is EngineKind.EXTERNAL, "--model is required to start engines"),
-        (s.engine is not EngineKind.EXTERNAL or bool(s.externals), "--engine external needs at least one --external"),
         (
             not s.externals or s.engine is EngineKind.EXTERNAL,
             "--external servers run on a node of external servers only: leave --engine out or give --engine external",
         ),
+        (bool(s.model) or s.engine is EngineKind.EXTERNAL, "--model is required to start engines"),
+        (s.engine is not EngineKind.EXTERNAL or bool(s.externals), "--engine external needs at least one --external"),
         (
             len({e.id for e in s.externals}) == len(s.externals)
             and len({g for e in s.externals for g in e.gpus}) == sum(len(e.gpus) for e in s.externals),

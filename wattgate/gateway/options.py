@@ -94,7 +94,7 @@ API_KEYS_ENV = Option(
     "api_keys_env",
     Kind("environment variable name", text().convert, names_env=_names_itself, metavar="VAR"),
     "",
-    "environment variable holding more comma-separated client keys (an unset one is an error)",
+    "environment variable holding more comma-separated client keys (an unset or empty one is an error)",
     default_text="none",
     example="MY_KEYS",
 )
@@ -107,7 +107,7 @@ ADMIN_API_KEYS = dataclasses.replace(
 ADMIN_API_KEYS_ENV = dataclasses.replace(
     API_KEYS_ENV,
     name="admin_api_keys_env",
-    help="environment variable holding more comma-separated admin keys (an unset one is an error)",
+    help="environment variable holding more comma-separated admin keys (an unset or empty one is an error)",
     example="MY_ADMIN_KEYS",
 )
 

@@ -230,14 +230,17 @@ def parse_class_deadlines(value: Any, first_byte_s: float, total_s: float) -> tu
 
 def _keys(v: Any, env: Mapping[str, str], name: str) -> frozenset[str]:
     """The keys of option ``name`` plus the comma-separated keys in the variable ``<name>_env`` names (an unset
-    one is an error, never an open gateway)."""
+    or empty one is an error, never an open gateway)."""
     keys = list(v[name])
     var = v[f"{name}_env"]
     if var:
         value = env.get(var)
         if value is None:
             raise ConfigError(f"{name}_env: environment variable {var} is not set")
-        keys += [k.strip() for k in value.split(",") if k.strip()]
+        named = [k.strip() for k in value.split(",") if k.strip()]
+        if not named:  # asked for key checks and given none: refuse rather than serve an open gateway
+            raise ConfigError(f"{name}_env: environment variable {var} holds no key")
+        keys += named
     return frozenset(keys)
 
 
