@@ -62,7 +62,10 @@ def run(v: Values) -> int:
         msg
         for bad, msg in (
             (v.speed < 1, "--speed must be >= 1"),
-            (any(g not in (1, 2, 4, 8) for _, g in nodes), "each node has 1, 2, 4 or 8 simulated GPUs"),
+            (
+                any(g not in (1, 2, 4, 8) for _, g in nodes),
+                "--nodes / --gpus-per-node: each node has 1, 2, 4 or 8 simulated GPUs",
+            ),
             (len(v.trace) > 1, "--trace: the demo replays one trace file"),
         )
         if bad
