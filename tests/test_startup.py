@@ -97,6 +97,13 @@ def test_gateway_whose_only_backend_answers_nothing_exits_naming_it() -> None:
     assert f"no backend answers: http://127.0.0.1:{dead} (connection refused)" in _one_error_line(out, "gateway")
 
 
+def test_gateway_whose_only_backend_accepts_but_never_answers_exits_naming_it() -> None:
+    with busy_port() as silent:  # accepts connections (the backlog) and never sends a byte
+        code, out, took = _run(["gateway", "--backend", f"http://127.0.0.1:{silent}", "--port", str(free_port())])
+    assert code == 1 and took < QUICK_S
+    assert f"no backend answers: http://127.0.0.1:{silent} (no answer within 2 s)" in _one_error_line(out, "gateway")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
