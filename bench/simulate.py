@@ -4,7 +4,9 @@ ratio to the single-pool replay in the same run, then one JSON line. The figures
 Targets (issue "One serving model"): an hour of trace under every policy at 256 GPUs within 2 minutes,
 a day within 15 minutes, on this project's 2-core machines (the iso-SLO sizing search included).
 
-Usage: PYTHONPATH=. python bench/simulate.py [--trace ../shared/data/traces/AzureLLMInferenceTrace_conv.csv] [--days D]
+Usage: PYTHONPATH=. python bench/simulate.py [--trace ../shared/data/traces/AzureLLMInferenceTrace_conv.csv]
+[--scale X] [--gpus N] [--days D]. ``--scale 8 --gpus 256`` is the issue's 256-GPU hour: eight times the
+conversation hour's requests, so the cluster's GPUs are busy, not only counted.
 """
 
 from __future__ import annotations
@@ -16,25 +18,29 @@ import time
 
 from wattgate.profiles.builtin import load_builtin
 from wattgate.simulate.policies import POLICIES
-from wattgate.simulate.run import simulate
-from wattgate.simulate.trace import load_trace, tile_days
+from wattgate.simulate.run import SimSettings, simulate
+from wattgate.simulate.trace import load_trace, scale, tile_days
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trace", default="../shared/data/traces/AzureLLMInferenceTrace_conv.csv")
     parser.add_argument("--days", type=float, default=None)
+    parser.add_argument("--scale", type=float, default=1.0, help="load scaling, as simulate --scale")
+    parser.add_argument("--gpus", type=int, default=None, help="cluster size (default: as simulate)")
     args = parser.parse_args()
     requests = load_trace(args.trace)
+    if args.scale != 1.0:
+        requests = scale(requests, args.scale)
     if args.days:
         requests = tile_days(requests, args.days)
     started = time.perf_counter()
-    sim = simulate(requests, load_builtin(), list(POLICIES))
+    sim = simulate(requests, load_builtin(), list(POLICIES), SimSettings(gpus=args.gpus))
     total = time.perf_counter() - started
     results = sim.results
     sizing = total - sum(r.wall_s for r in results)
     base = next(r.wall_s for r in results if r.name == "single-pool")
-    print(f"{len(requests):,} requests, {results[0].duration_s / 3600:.1f} simulated hours")
+    print(f"{len(requests):,} requests, {results[0].duration_s / 3600:.1f} simulated hours, {sim.gpus} GPUs")
     print(f"{'policy':<20} {'wall s':>8} {'x single-pool':>14}")
     for r in results:
         print(f"{r.name:<20} {r.wall_s:>8.2f} {r.wall_s / base:>14.1f}")
@@ -46,6 +52,7 @@ def main() -> None:
                 "bench": "simulate",
                 "requests": len(requests),
                 "simulated_s": results[0].duration_s,
+                "gpus": sim.gpus,
                 "wall_s": {r.name: round(r.wall_s, 3) for r in results},
                 "sizing_wall_s": round(sizing, 3),
                 "total_wall_s": round(total, 3),

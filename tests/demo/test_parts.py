@@ -30,14 +30,16 @@ def test_baseline_sizes_tp8_instances_for_the_load_and_counts_idle_gpus() -> Non
     p, slo = load_builtin(), SloTargets()
     mm = RequestType.parse("MM")
     quiet = single_pool(p, {mm: 0.5}, slo, gpus=16, mix={mm: 1.0})
-    busy = single_pool(p, {mm: 20.0}, slo, gpus=16, mix={mm: 1.0})  # one TP8 carries ~10 MM req/s (the profile)
-    assert quiet.instances == 1 and busy.instances > 1
+    one_instance_rps = p.max_load(SINGLE_POOL_TP, 1980, mm, slo)
+    busy = single_pool(p, {mm: 2.5 * one_instance_rps}, slo, gpus=16, mix={mm: 1.0})
+    assert quiet.instances == 1 and busy.instances >= 3
     assert quiet.power_w > (16 - SINGLE_POOL_TP) * IDLE_GPU_W
     assert busy.power_w > quiet.power_w
     idle = single_pool(p, {}, slo, gpus=16, mix={mm: 1.0})
     assert idle.instances == 1  # the baseline keeps one instance warm
     assert mm in quiet.meets and mm in busy.meets  # as few instances as meet the SLO: they do
-    sched = [Scheduled(t / 20, t / 20, 500, 200, mm) for t in range(400)]  # 20 req/s for 20 s
+    rate = 2.5 * one_instance_rps
+    sched = [Scheduled(t / rate, t / rate, 500, 200, mm) for t in range(int(20 * rate))]  # busy's load for 20 s
     b = baseline(p, sched, 30.0, slo, gpus=16)
     assert b.max_instances == busy.instances and b.attainment == 1.0
     assert b.energy_j > 20 * busy.power_w

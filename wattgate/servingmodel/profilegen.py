@@ -100,8 +100,10 @@ def steady_point(  # noqa: PLR0917  (one row's coordinates, in the profile's col
     s: PointSettings = PointSettings(),
 ) -> tuple[float, float, float]:
     """(P99 TTFT s, P99 TPOT s, mean instance power W) of one steady run (see the module docstring)."""
-    # a string seed: random seeds it through SHA-512, the same in every process (hash() of a str is salted)
-    rng = random.Random(f"{s.seed}:{tp}:{clock_mhz}:{rtype.name}:{load_rps:g}")
+    # Common random numbers: every TP and clock sees the same arrivals and lengths at a (type, load), so rows
+    # differ by the configuration, not by the sample. A string seed: random seeds it through SHA-512, the same
+    # in every process (hash() of a str is salted).
+    rng = random.Random(f"{s.seed}:{rtype.name}:{load_rps:g}")
     engine = model.engine(tp, clock_mhz=clock_mhz)
     horizon = max(min(s.duration_s, s.max_requests / load_rps), s.min_requests / load_rps)
     t, n, counted = 0.0, 0, 0
