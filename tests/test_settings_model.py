@@ -149,7 +149,13 @@ def test_defaults_agree_with_the_settings_objects_they_feed() -> None:
     check(
         "planner",
         LoopSettings(),
-        {"cluster_period_s": "cluster_period_s", "pool_period_s": "pool_period_s", "lease_s": "lease_s"},
+        {
+            "cluster_period_s": "cluster_period_s",
+            "pool_period_s": "pool_period_s",
+            "lease_s": "lease_s",
+            "quantile": "quantile",
+            "lead_s": "lead_s",
+        },
     )
     check(
         "simulate",

@@ -11,7 +11,7 @@ from tests.planner.toy import toy_profile
 from tests.support import wait_for
 from wattgate.planner.baselines import IDLE_GPU_W, single_pool
 from wattgate.planner.contract import PLAN_REVISION, Heartbeat, Keys, Plan, UnmanagedInstance, load_field
-from wattgate.planner.forecast import ForecastSettings, Method
+from wattgate.planner.forecast import ForecastSettings, Method, PoolForecasts, QuantileSettings
 from wattgate.planner.loop import LoopSettings, PlannerLoop
 from wattgate.planner.model import SolverSettings
 from wattgate.planner.store import PlannerStore
@@ -52,6 +52,7 @@ def _loop(url: str, clock: Clock, me: str, lease_s: float = 10.0) -> PlannerLoop
         pool_period_s=300,
         lease_s=lease_s,
         forecast=ForecastSettings(method=Method.PEAK, margin=0.1),
+        quantile=None,  # the classic forecast: its figures are simple to check by hand
         solver=SOLVER,
     )
     return PlannerLoop(PlannerStore(url), toy_profile(), settings, clock, me)
@@ -308,3 +309,48 @@ def test_a_planning_failure_is_counted_and_backed_off_not_raised(redis_url: str)
     assert loop.counters.plan_errors == 1
     assert loop.tick() == "backoff"
     assert PlannerStore(redis_url).current_plan() is None
+
+
+def test_the_calibrated_forecast_is_the_replays_and_follows_the_sliding_window(redis_url: str) -> None:
+    # The live loop reads the last history_min minutes from Redis at each plan; the replay hands the whole
+    # series from minute 0. Both must feed the same minutes to the same forecaster, so the planner plans
+    # on what simulate's wattgate was judged on.
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys()
+    end = int(NOW // 60)
+    counts = [60.0 + 40.0 * ((m * 7) % 11) for m in range(200)]  # a bursty, repeating load
+    start = end - 150  # 150 minutes before NOW, 50 more after it
+    for i, c in enumerate(counts):
+        r.hset(keys.load_minute(start + i), load_field("SS", "requests"), c)
+    r.close()
+    clock = Clock()
+    settings = LoopSettings(history_min=120, quantile=0.9, solver=SOLVER)
+    loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), settings, clock, "a")
+    horizon = loop.horizon_min(300.0)
+    assert horizon == 7  # 300 s of period plus a 95 s start, in whole minutes
+    for step in (0, 5 * 60, 45 * 60):  # now, the next pool plan, and later
+        clock.t = NOW + step
+        seen = 150 + step // 60
+        replay = PoolForecasts(horizon, QuantileSettings(quantile=0.9))
+        # the live loop only ever saw the last 120 minutes before its first plan: so does this replay
+        want = replay.forecast({"SS": counts[150 - 120 : seen]})["SS"]
+        assert loop.forecast(clock.t, horizon)["SS"] == pytest.approx(want)
+    coverage, _, judged = loop.forecast_quality()["SS"]
+    assert judged > 100 and 0.5 < coverage <= 1.0
+
+
+def test_the_minute_in_progress_raises_the_calibrated_forecast(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0}, minutes=60)  # 1 req/s for an hour
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys()
+    start = int(NOW // 60) * 60
+    for sec in range(start, start + 30):
+        r.hset(keys.load_second(sec), load_field("SS", "requests"), 10)
+    r.close()
+    clock = Clock()
+    clock.t = start + 10  # too early in the minute to count it
+    loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), LoopSettings(solver=SOLVER), clock, "a")
+    steady = loop.forecast(clock.t, 7)["SS"]
+    assert 1.0 <= steady < 2.0  # a flat series: the level plus a small quantile of its errors
+    clock.t = start + 30  # 10 req/s in the half minute so far
+    assert loop.forecast(clock.t, 7)["SS"] == pytest.approx(10.0)

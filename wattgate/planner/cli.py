@@ -74,7 +74,13 @@ PLANNER_OPTIONS: tuple[Option, ...] = (
     ),
     Option("cluster_period_s", number(above=0), 1800.0, "full re-plan period (s)", example="60"),
     Option("pool_period_s", number(above=0), 300.0, "pool re-plan period (s)", example="30"),
-    Option("margin", number(0.0), 0.15, "forecast margin over the predicted peak", example="0.3"),
+    c.QUANTILE.for_command(
+        help="the calibrated forecast: per pool, this quantile of its own past errors (as simulate's wattgate); "
+        "0 for the classic forecast (the largest method + --margin)"
+    ),
+    Option("lead_s", number(0.0), 95.0, "a start's lead (s) the calibrated forecast covers", example="60"),
+    c.AMORTIZE_S,
+    Option("margin", number(0.0), 0.15, "the classic forecast's margin over the predicted peak", example="0.3"),
     Option("lease_s", number(above=0), 15.0, "leader lease (s)", example="30"),
     Option(
         "min_rps",
@@ -110,12 +116,14 @@ def parse_loads(text: str) -> dict[str, float]:
         raise PlannerError(f"--load: {exc}") from None
 
 
-def _solver(v: Values) -> Any:
+def _solver(v: Values, amortize_s: float | None = None) -> Any:
     from wattgate.planner.model import SolverSettings
     from wattgate.profiles.classes import LENGTH_CLASSES, SloTargets
 
     slo = SloTargets(dict(zip(LENGTH_CLASSES, v.ttft_s, strict=True)), v.tbt_s)
-    return SolverSettings(gpus_per_node=v.gpus_per_node, time_limit_s=v.time_limit_s, headroom=v.headroom, slo=slo)
+    return SolverSettings(
+        gpus_per_node=v.gpus_per_node, time_limit_s=v.time_limit_s, headroom=v.headroom, slo=slo, amortize_s=amortize_s
+    )
 
 
 def run_plan(v: Values) -> int:
@@ -266,8 +274,10 @@ def _loop_settings(v: Values) -> LoopSettings:
         lease_s=v.lease_s,
         static_nodes=static,
         forecast=ForecastSettings(margin=v.margin),
+        quantile=v.quantile or None,
+        lead_s=v.lead_s,
         min_pool_rps=v.min_rps,
-        solver=_solver(v),
+        solver=_solver(v, amortize_s=v.amortize_s),
     )
 
 

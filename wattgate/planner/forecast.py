@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from wattgate.planner.model import PlannerError
@@ -213,24 +213,29 @@ class QuantileForecaster:
 class PoolForecasts:
     """Every pool's ``QuantileForecaster``, fed the minutes of per-pool count series as they grow.
 
-    The planner loop and the replay hand it the whole per-minute series up to now at each plan; it feeds
-    only the minutes it has not seen (a series shorter than what it saw — a restart, a lost window —
-    starts that pool afresh), so a forecast costs the same at minute 10 and at minute 10,000."""
+    The replay hands it the whole per-minute series up to now at each plan, the planner loop its window
+    of the last minutes with the absolute minute it ends at; it feeds only the minutes it has not seen (a
+    series that ends before what it saw, i.e. a clock that went back, starts that pool afresh), so a
+    forecast costs the same at minute 10 and at minute 10,000."""
 
     def __init__(self, horizon_min: int, settings: QuantileSettings | None = None) -> None:
         self.horizon_min = horizon_min
         self.settings = settings or QuantileSettings()
         self._pools: dict[str, tuple[QuantileForecaster, int]] = {}
 
-    def forecast(self, series: dict[str, Sequence[float]]) -> dict[str, float]:
+    def forecast(self, series: Mapping[str, Sequence[float]], end_minute: int | None = None) -> dict[str, float]:
+        """req/s per pool. ``series`` runs from minute 0 (the replay), or, with ``end_minute``, is the last
+        ``len`` whole minutes before that absolute minute (the planner loop's sliding Redis window)."""
         out = {}
         for pool, counts in series.items():
-            f, seen = self._pools.get(pool, (None, 0))
-            if f is None or seen > len(counts):
-                f, seen = QuantileForecaster(self.horizon_min, self.settings), 0
-            for c in counts[seen:]:
+            start = 0 if end_minute is None else end_minute - len(counts)
+            end = start + len(counts)
+            f, seen = self._pools.get(pool, (None, start))
+            if f is None or seen > end:
+                f, seen = QuantileForecaster(self.horizon_min, self.settings), start
+            for c in counts[max(seen, start) - start :]:
                 f.observe(c)
-            self._pools[pool] = (f, len(counts))
+            self._pools[pool] = (f, end)
             out[pool] = f.forecast()
         return out
 

@@ -22,7 +22,7 @@ from wattgate.planner.baselines import baseline, single_pool, single_pool_tp
 from wattgate.planner.contract import Heartbeat, Plan
 from wattgate.planner.epoch import plan_epoch
 from wattgate.planner.explain import build_plan
-from wattgate.planner.forecast import DAY_MIN, ForecastSettings, forecast_peak
+from wattgate.planner.forecast import DAY_MIN, ForecastSettings, PoolForecasts, QuantileSettings, forecast_peak
 from wattgate.planner.model import FixedInstance, Inventory, Node, PlannerError, SolverSettings
 from wattgate.planner.store import StoreError
 from wattgate.profiles.classes import POOL_NAMES, ProfilesError, RequestType
@@ -49,6 +49,12 @@ class LoopSettings:
     static_nodes: tuple[Node, ...] | None = None  # None: from the agents' heartbeats
     history_min: int = DAY_MIN + 60
     min_pool_rps: float = 0.0  # forecast floor per pool: keeps a warm instance when no load is seen
+    # The calibrated forecast (``QuantileForecaster``, what ``wattgate simulate``'s wattgate plans with): per
+    # pool the ``quantile`` of its own past errors over the period plus ``lead_s`` (a start's time, so
+    # capacity is asked for before it is needed). None: the classic forecast (``forecast``: the largest of
+    # the methods, plus its margin).
+    quantile: float | None = 0.9
+    lead_s: float = 95.0
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     solver: SolverSettings = field(default_factory=SolverSettings)
 
@@ -57,6 +63,8 @@ class LoopSettings:
             raise PlannerError("periods and the lease must be > 0 seconds")
         if self.min_pool_rps < 0:
             raise PlannerError("min_pool_rps must be >= 0")
+        if (self.quantile is not None and not 0 < self.quantile < 1) or self.lead_s < 0:
+            raise PlannerError("the forecast quantile must be in (0, 1) and lead_s >= 0")
 
 
 @dataclass
@@ -80,6 +88,7 @@ class PlannerLoop:
         self._last_cluster: float | None = None
         self._last_pool: float | None = None
         self.last_plan: Plan | None = None
+        self._forecasts: dict[int, PoolForecasts] = {}  # per horizon (minutes): the cluster and pool periods'
 
     def tick(self) -> str:
         """One step; returns what happened: backoff, follower, idle, published or error."""
@@ -144,11 +153,28 @@ class PlannerLoop:
         minute = int(now // 60)
         series = self.store.load_minutes(pools, minute, s.history_min)
         elapsed = int(now) - minute * 60
-        if elapsed >= 15:
-            partial = self.store.load_seconds(pools, minute * 60, int(now))
-            for p in pools:
-                series[p].append(partial[p] * 60.0 / elapsed)
-        return {p: max(forecast_peak(series[p], horizon_min, s.forecast), s.min_pool_rps) for p in pools}
+        partial = self.store.load_seconds(pools, minute * 60, int(now)) if elapsed >= 15 else {}
+        if s.quantile is not None:
+            if horizon_min not in self._forecasts:
+                self._forecasts[horizon_min] = PoolForecasts(horizon_min, QuantileSettings(quantile=s.quantile))
+            demand = self._forecasts[horizon_min].forecast(series, end_minute=minute)  # whole minutes only
+            for p, n in partial.items():  # the minute in progress can only raise it
+                demand[p] = max(demand[p], n / elapsed)
+        else:
+            for p, n in partial.items():
+                series[p].append(n * 60.0 / elapsed)
+            demand = {p: forecast_peak(series[p], horizon_min, s.forecast) for p in pools}
+        return {p: max(demand[p], s.min_pool_rps) for p in pools}
+
+    def horizon_min(self, period_s: float) -> int:
+        """Minutes a plan for ``period_s`` must cover: the period, plus a start's lead with the calibrated one."""
+        lead = self.settings.lead_s if self.settings.quantile is not None else 0.0
+        return max(math.ceil((period_s + lead) / 60), 1)
+
+    def forecast_quality(self) -> dict[str, tuple[float, float, int]]:
+        """Per pool, the pool period's calibrated forecast so far: (coverage, bias, forecasts judged)."""
+        f = self._forecasts.get(self.horizon_min(self.settings.pool_period_s))
+        return f.quality() if f is not None else {}
 
     def inventory(self, beats: list[Heartbeat] | None = None) -> Inventory:
         """The managed GPUs: ``static_nodes``, else the managed agents' heartbeats (read now unless given)."""
@@ -159,8 +185,7 @@ class PlannerLoop:
 
     def _plan(self, now: float, period_s: float) -> Plan | None:
         s = self.settings
-        horizon_min = max(math.ceil(period_s / 60), 1)
-        demand = self.forecast(now, horizon_min)
+        demand = self.forecast(now, self.horizon_min(period_s))
         beats = self.store.heartbeats()
         inventory = self.inventory(beats)
         fixed, unmanaged_nodes = fixed_instances(beats, {n.name for n in inventory.nodes})

@@ -226,6 +226,20 @@ TRACE = Option(
     example="t.csv",
 )
 OUT = Option("out", path(), None, "where to write the output", example="out")
+QUANTILE = Option(
+    "quantile",
+    number(0.0, below=1),
+    0.9,
+    "the calibrated forecast: per pool, this quantile of its own past errors over the period it plans for",
+    example="0.95",
+)
+AMORTIZE_S = Option(
+    "amortize_s",
+    number(above=0),
+    600.0,
+    "a transition's energy is weighed against what it saves over this many seconds of the plan it leads to",
+    example="300",
+)
 ARCH = Option(
     "arch",
     choice(*ARCHITECTURES),

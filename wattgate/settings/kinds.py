@@ -69,6 +69,8 @@ def _range_label(
 ) -> str:
     if above is not None and below is not None:
         return f"{base} > {above:g}, < {below:g}"
+    if minimum is not None and below is not None:
+        return f"{base} >= {minimum:g}, < {below:g}"
     if minimum is not None and maximum is not None:
         return f"{base} {minimum:g}..{maximum:g}"
     if above is not None:

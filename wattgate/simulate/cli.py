@@ -60,19 +60,11 @@ OPTIONS: tuple[Option, ...] = (
         "that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
     ),
     c.HEADROOM,
-    Option(
-        "quantile",
-        number(above=0, below=1),
-        0.9,
-        "wattgate's calibrated forecast: the quantile of its own past errors it plans for",
-        example="0.95",
+    c.QUANTILE.for_command(
+        help="wattgate's calibrated forecast: the quantile of its own past errors it plans for (> 0)"
     ),
-    Option(
-        "amortize_s",
-        number(above=0),
-        600.0,
-        "wattgate weighs a transition's energy over this many seconds of the plan it leads to",
-        example="300",
+    c.AMORTIZE_S.for_command(
+        help="wattgate weighs a transition's energy over this many seconds of the plan it leads to"
     ),
     c.SEED,
     Option(

@@ -49,7 +49,7 @@ class PolicySpec:
     oracle: bool = False  # true output lengths and the true future load, free transitions, minute re-plans
     iso_slo: bool = False  # a static single pool of the searched iso-SLO size
     confusion: str | None = None  # "perfect" or "longest" (no output prediction): overrides the measured one
-    calibrated: bool = False  # minute plans for the calibrated forecast, standby, the reactive path
+    calibrated: bool = False  # plans for the calibrated forecast (``Calibrated``; minute plans etc. are its switches)
     about: str = ""
 
 
@@ -67,7 +67,7 @@ POLICIES: dict[str, PolicySpec] = {
         PolicySpec("scale-inst", False, (8,), False, True, False, about="one pool, instance count re-planned"),
         PolicySpec("scale-shard", False, (2, 4, 8), False, True, False, about="one pool, TP re-planned"),
         PolicySpec("scale-freq", False, (8,), False, False, True, iso_slo=True, about="iso-SLO pool + clock policy"),
-        _wattgate("wattgate", "pools, calibrated minute plans, standby, reactive path, clock policy"),
+        _wattgate("wattgate", "per-type pools, calibrated quantile forecast, MILP every epoch, clock policy"),
         _wattgate("wattgate-perfect", "wattgate with true output classes", confusion="perfect"),
         _wattgate(
             "wattgate-input-pools", "wattgate without output prediction: pools per input class", confusion="longest"
