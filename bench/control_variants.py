@@ -18,7 +18,7 @@ from wattgate.profiles.classes import SloTargets
 from wattgate.simulate.policies import Calibrated
 from wattgate.simulate.report import Prices, document
 from wattgate.simulate.run import SimSettings, simulate
-from wattgate.simulate.trace import load_trace
+from wattgate.simulate.trace import load_trace, scale
 
 DEFAULT = Calibrated()
 VARIANTS = {
@@ -26,11 +26,10 @@ VARIANTS = {
     "minute plans": dataclasses.replace(DEFAULT, epoch_s=60.0),
     "standby": dataclasses.replace(DEFAULT, standby=True),
     "reactive path": dataclasses.replace(DEFAULT, reactive=True),
-    "10-s peaks without headroom": dataclasses.replace(DEFAULT, series="peaks", headroom=1.0),
+    "minute counts at 0.8 headroom": dataclasses.replace(DEFAULT, series="counts", headroom=0.8),
     "quantile 0.99": dataclasses.replace(DEFAULT, quantile=0.99),
-    "minute plans + standby + reactive + peaks": dataclasses.replace(
-        DEFAULT, epoch_s=60.0, standby=True, reactive=True, series="peaks", headroom=1.0
-    ),
+    "recent-peak floor": dataclasses.replace(DEFAULT, floor_recent_peak=True),
+    "minute plans + standby + reactive": dataclasses.replace(DEFAULT, epoch_s=60.0, standby=True, reactive=True),
 }
 
 
@@ -38,16 +37,22 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("trace")
     p.add_argument("--gpus", type=int, default=None)
+    p.add_argument("--scale", type=float, default=1.0, help="load scaling, as simulate --scale")
     p.add_argument("--variants", default=",".join(VARIANTS))
     args = p.parse_args()
+    names = args.variants.split(",")
+    if unknown := [n for n in names if n not in VARIANTS]:
+        p.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     requests = load_trace(args.trace)
+    if args.scale != 1.0:
+        requests = scale(requests, args.scale)
     slo = SloTargets()
     base = simulate(
         requests, load_builtin(), ["single-pool", "wattgate-classic", "oracle"], SimSettings(gpus=args.gpus)
     )
     gpus = base.gpus
     rows = [(r.name, r) for r in base.results]
-    for name in args.variants.split(","):
+    for name in names:
         started = time.monotonic()
         sim = simulate(requests, load_builtin(), ["wattgate"], SimSettings(gpus=gpus, calibrated=VARIANTS[name]))
         rows.append((f"wattgate: {name}", sim.results[0]))

@@ -155,6 +155,7 @@ def test_defaults_agree_with_the_settings_objects_they_feed() -> None:
             "lease_s": "lease_s",
             "quantile": "quantile",
             "lead_s": "lead_s",
+            "series": "series",
         },
     )
     check(

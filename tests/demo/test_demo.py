@@ -135,7 +135,7 @@ def test_report_every_request_answered_within_slos_and_below_baseline(demo: Demo
 def test_gateway_stays_usable_by_an_openai_client(demo: DemoRun) -> None:
     client = openai.OpenAI(base_url=f"{demo.url}/v1", api_key="any", max_retries=2, timeout=30)
     out = client.chat.completions.create(
-        model="llama-2-70b", messages=[{"role": "user", "content": "hello there"}], max_tokens=5
+        model="llama-3.1-70b", messages=[{"role": "user", "content": "hello there"}], max_tokens=5
     )
     assert out.choices[0].message.content
     data = httpx.get(f"{demo.url}/dashboard/data", timeout=5).json()
@@ -177,9 +177,10 @@ def test_sigterm_stops_everything_and_resets_clocks(demo: DemoRun) -> None:
     assert demo.proc.returncode == 0, out
     assert "all processes stopped; GPU clocks reset" in out
     assert "=== wattgate demo report ===" in out
-    # a GPU's control file exists once an agent set its clock: a loop over no file would prove nothing
+    # a GPU's control file exists once an agent set its clock: a loop over no file would prove nothing (the
+    # plan may fit the demo's load on one node's GPUs, so the other node's agent may never have set one)
     controls = sorted(demo.run_dir.glob("node*/sim-gpus/gpu*.control.json"))
-    assert controls and {c.parent.parent.name for c in controls} == {"node1", "node2"}
+    assert controls and {c.parent.parent.name for c in controls} <= {"node1", "node2"}
     for control in controls:
         assert json.loads(control.read_text())["locked_sm_clock_mhz"] is None
     with pytest.raises(httpx.HTTPError):

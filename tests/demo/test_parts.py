@@ -46,7 +46,7 @@ def test_baseline_sizes_tp8_instances_for_the_load_and_counts_idle_gpus() -> Non
 
 
 def test_prompts_are_fitted_to_the_gateways_token_count() -> None:
-    prompts = Prompts("llama-2-70b")
+    prompts = Prompts("llama-3.1-70b")
     for n in (50, 408, 409, 1109, 1110, 4000):
         assert prompts.counted(prompts.get(n)) == n
     assert prompts.get(409) is prompts.get(409)  # fitted once

@@ -8,7 +8,9 @@ import pytest
 
 from tests.planner.toy import toy_profile
 from wattgate.cli import main
+from wattgate.planner.cli import PLANNER, _loop_settings
 from wattgate.planner.store import PlannerStore
+from wattgate.settings.parse import parse
 
 
 @pytest.fixture
@@ -110,3 +112,31 @@ def test_plan_without_a_profile_uses_the_builtin_or_says_what_is_missing(capsys:
     else:
         assert rc == 0
         assert "predicted power" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "quantile", "series", "headroom", "clock_headroom"),
+    [
+        ([], 0.9, "peaks", 1.0, 0.8),  # as the replay's wattgate: peaks carry the bursts, the clock loop keeps 0.8
+        (["--series", "counts"], 0.9, "counts", 0.8, 0.8),
+        (["--quantile", "0"], None, "peaks", 0.8, 0.8),  # the classic forecast and its headroom
+        (["--headroom", "0.7"], 0.9, "peaks", 0.7, 0.7),
+        (["--headroom", "0.8"], 0.9, "peaks", 0.8, 0.8),  # given, even at the default value: the plan keeps it
+    ],
+)
+def test_planner_forecast_flags_pick_the_forecast_and_its_headroom(
+    flags: list[str], quantile: float | None, series: str, headroom: float, clock_headroom: float
+) -> None:
+    s = _loop_settings(parse(PLANNER, ["--gpus", "16", *flags], env={}))
+    assert (s.quantile, s.series, s.solver.amortize_s) == (quantile, series, 600.0)
+    assert (s.solver.headroom, s.clock_headroom) == (headroom, clock_headroom)
+
+
+def test_planner_headroom_from_the_environment_or_a_file_also_counts_as_given(tmp_path: Path) -> None:
+    """'Unless headroom is set' means set any of the three ways, not only by flag."""
+    by_env = _loop_settings(parse(PLANNER, ["--gpus", "16"], env={"WATTGATE_HEADROOM": "0.6"}))
+    config = tmp_path / "p.yaml"
+    config.write_text("headroom: 0.6\n")
+    by_file = _loop_settings(parse(PLANNER, ["--gpus", "16", "--config", str(config)], env={}))
+    for s in (by_env, by_file):
+        assert (s.solver.headroom, s.clock_headroom) == (0.6, 0.6)

@@ -11,7 +11,7 @@ from tests.planner.toy import toy_profile
 from tests.support import wait_for
 from wattgate.planner.baselines import IDLE_GPU_W, single_pool
 from wattgate.planner.contract import PLAN_REVISION, Heartbeat, Keys, Plan, UnmanagedInstance, load_field
-from wattgate.planner.forecast import ForecastSettings, Method, PoolForecasts, QuantileSettings
+from wattgate.planner.forecast import ForecastSettings, Method, PoolForecasts, QuantileSettings, minute_peaks
 from wattgate.planner.loop import LoopSettings, PlannerLoop
 from wattgate.planner.model import SolverSettings
 from wattgate.planner.store import PlannerStore
@@ -301,10 +301,14 @@ class _CorruptLoad(PlannerStore):
     def load_minutes(self, pools: list[str], end_minute: int, count: int) -> dict[str, list[float]]:  # type: ignore[override]
         return {p: [float("nan")] * count for p in pools}
 
+    def load_second_counts(self, pools: list[str], start_second: int, end_second: int) -> dict[str, list[float]]:  # type: ignore[override]
+        return {p: [float("nan")] * (end_second - start_second) for p in pools}
 
-def test_a_planning_failure_is_counted_and_backed_off_not_raised(redis_url: str) -> None:
+
+@pytest.mark.parametrize("settings", [LoopSettings(), LoopSettings(series="counts"), LoopSettings(quantile=None)])
+def test_a_planning_failure_is_counted_and_backed_off_not_raised(redis_url: str, settings: LoopSettings) -> None:
     clock = Clock()
-    loop = PlannerLoop(_CorruptLoad(redis_url), toy_profile(), LoopSettings(), clock, "a")
+    loop = PlannerLoop(_CorruptLoad(redis_url), toy_profile(), settings, clock, "a")
     assert loop.tick() == "error"
     assert loop.counters.plan_errors == 1
     assert loop.tick() == "backoff"
@@ -324,7 +328,7 @@ def test_the_calibrated_forecast_is_the_replays_and_follows_the_sliding_window(r
         r.hset(keys.load_minute(start + i), load_field("SS", "requests"), c)
     r.close()
     clock = Clock()
-    settings = LoopSettings(history_min=120, quantile=0.9, solver=SOLVER)
+    settings = LoopSettings(history_min=120, quantile=0.9, series="counts", solver=SOLVER)
     loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), settings, clock, "a")
     horizon = loop.horizon_min(300.0)
     assert horizon == 7  # 300 s of period plus a 95 s start, in whole minutes
@@ -349,8 +353,61 @@ def test_the_minute_in_progress_raises_the_calibrated_forecast(redis_url: str) -
     r.close()
     clock = Clock()
     clock.t = start + 10  # too early in the minute to count it
-    loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), LoopSettings(solver=SOLVER), clock, "a")
+    settings = LoopSettings(series="counts", solver=SOLVER)
+    loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), settings, clock, "a")
     steady = loop.forecast(clock.t, 7)["SS"]
     assert 1.0 <= steady < 2.0  # a flat series: the level plus a small quantile of its errors
     clock.t = start + 30  # 10 req/s in the half minute so far
     assert loop.forecast(clock.t, 7)["SS"] == pytest.approx(10.0)
+
+
+class _CountingStore(PlannerStore):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.seconds_read = 0
+
+    def load_second_counts(self, pools: list[str], start_second: int, end_second: int) -> dict[str, list[float]]:  # type: ignore[override]
+        self.seconds_read += end_second - start_second
+        return super().load_second_counts(pools, start_second, end_second)
+
+
+def test_the_forecast_of_peaks_reads_each_minute_once_and_is_the_replays(redis_url: str) -> None:
+    # Bursty traffic: in every third minute all its requests arrive within the first 10 s. The default
+    # forecast is of each minute's busiest 10 s (as simulate's wattgate plans), read from the per-second
+    # windows once per minute, and it is what the replay's forecaster gives on the same peaks.
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys()
+    end = int(NOW // 60)
+    per_second: list[float] = []
+    for m in range(end - 60, end + 5):
+        for sec in range(60):
+            n = (30.0 if sec < 10 else 0.0) if m % 3 == 0 else 1.0
+            per_second.append(n)
+            if n and m < end + 5:
+                r.hset(keys.load_second(m * 60 + sec), load_field("SS", "requests"), n)
+    r.close()
+    store = _CountingStore(redis_url)
+    clock = Clock()
+    clock.t = end * 60 + 5  # too early in the minute to count it
+    loop = PlannerLoop(store, toy_profile(), LoopSettings(history_min=60, solver=SOLVER), clock, "a")
+    horizon = loop.horizon_min(300.0)
+    got = loop.forecast(clock.t, horizon)["SS"]
+    replay = PoolForecasts(horizon, QuantileSettings(quantile=0.9))
+    peaks = minute_peaks(per_second[: 60 * 60])
+    assert max(peaks) == 1800.0  # 30 req/s for 10 s, as a per-minute count
+    assert got == pytest.approx(replay.forecast({"SS": peaks})["SS"])
+    assert got >= 25.0  # near the bursts' 30 req/s, far above the mean (2.3 req/s): bursts are planned for
+    assert store.seconds_read == 60 * 60
+    clock.t += 5 * 60  # the next pool plan reads the 5 new minutes and the last one again
+    later = loop.forecast(clock.t, horizon)["SS"]
+    assert store.seconds_read == 60 * 60 + 6 * 60
+    assert later == pytest.approx(replay.forecast({"SS": minute_peaks(per_second[: 65 * 60])})["SS"])
+
+
+def test_the_plan_carries_the_clock_policys_headroom_not_the_solvers(redis_url: str) -> None:
+    _seed(redis_url, {"SS": 60.0})
+    solver = SolverSettings(gap_rel=0.0, time_limit_s=60.0, headroom=1.0)
+    settings = LoopSettings(series="counts", clock_headroom=0.8, solver=solver)
+    loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), settings, Clock(), "a")
+    assert loop.tick() == "published"
+    assert loop.last_plan is not None and loop.last_plan.headroom == 0.8

@@ -21,7 +21,7 @@ from wattgate.embedded_redis import EmbeddedRedis, EmbeddedRedisError, free_port
 from wattgate.profiles.builtin import DEFAULT_PROFILE
 from wattgate.profiles.classes import LengthClass, SloTargets
 
-MODEL = "llama-2-70b"
+MODEL = "llama-3.1-70b"
 # agents drain in-flight streams before stopping an engine (the longest trace output, 1,000 tokens at ~60 ms,
 # lasts about a minute), and on SIGTERM they drain, stop engines and reset clocks
 STOP_TIMEOUT_S = 120.0

@@ -6,7 +6,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from wattgate.settings import common as c
-from wattgate.settings.kinds import boolean, custom, number
+from wattgate.settings.kinds import boolean, choice, custom, number
 from wattgate.settings.model import Command, Option, Values
 from wattgate.settings.parse import add_command
 
@@ -44,6 +44,11 @@ def _show_loads(value: Any) -> str:
 
 
 SOLVER_OPTIONS = (c.PROFILE, c.GPUS_PER_NODE, c.TIME_LIMIT_S, c.HEADROOM, c.TTFT_S, c.TBT_S)
+LOOP_HEADROOM = c.HEADROOM.for_command(
+    help="share of an instance's SLO-feasible capacity the agents' clock policy may load it to, and the plan too "
+    "where set: with the peaks forecast (the default) the plan loads instances to their whole capacity unless "
+    "this is given"
+)
 
 PLAN_OPTIONS: tuple[Option, ...] = (
     *SOLVER_OPTIONS,
@@ -60,7 +65,7 @@ PLAN_OPTIONS: tuple[Option, ...] = (
 )
 
 PLANNER_OPTIONS: tuple[Option, ...] = (
-    *SOLVER_OPTIONS,
+    *(LOOP_HEADROOM if o.name == "headroom" else o for o in SOLVER_OPTIONS),
     c.REDIS_URL,
     c.REDIS_PREFIX,
     c.GPUS.for_command(
@@ -78,6 +83,13 @@ PLANNER_OPTIONS: tuple[Option, ...] = (
         help="the calibrated forecast: per pool, this quantile of its own past errors (as simulate's wattgate); "
         "0 for the classic forecast (the largest method + --margin)"
     ),
+    Option(
+        "series",
+        choice("peaks", "counts"),
+        "peaks",
+        "what the calibrated forecast forecasts per minute: its busiest 10 s as a rate (peaks; the plan then loads "
+        "instances to their whole SLO capacity unless headroom is set) or its requests (counts, headroom 0.8)",
+    ),
     Option("lead_s", number(0.0), 95.0, "a start's lead (s) the calibrated forecast covers", example="60"),
     c.AMORTIZE_S,
     Option("margin", number(0.0), 0.15, "the classic forecast's margin over the predicted peak", example="0.3"),
@@ -92,6 +104,12 @@ PLANNER_OPTIONS: tuple[Option, ...] = (
     Option("once", boolean(), False, "run one tick and exit (for scripts and tests)"),
     c.LOG_LEVEL,
 )
+
+
+def _peaks_by_default(v: Values) -> bool:
+    """Forecasts of each minute's busiest 10 s already carry the bursts: the plan loads instances fully (unless
+    headroom was set: by flag, environment or file)."""
+    return v.source("headroom") == "default" and bool(v.quantile) and v.series == "peaks"
 
 
 def load_profile_arg(spec: str | None) -> Profile:
@@ -116,13 +134,18 @@ def parse_loads(text: str) -> dict[str, float]:
         raise PlannerError(f"--load: {exc}") from None
 
 
-def _solver(v: Values, amortize_s: float | None = None) -> Any:
+def _solver(v: Values, amortize_s: float | None = None, headroom: float | None = None) -> Any:
+    """The solver's settings; ``headroom``: another than the option's (the planner's peaks forecast)."""
     from wattgate.planner.model import SolverSettings
     from wattgate.profiles.classes import LENGTH_CLASSES, SloTargets
 
     slo = SloTargets(dict(zip(LENGTH_CLASSES, v.ttft_s, strict=True)), v.tbt_s)
     return SolverSettings(
-        gpus_per_node=v.gpus_per_node, time_limit_s=v.time_limit_s, headroom=v.headroom, slo=slo, amortize_s=amortize_s
+        gpus_per_node=v.gpus_per_node,
+        time_limit_s=v.time_limit_s,
+        headroom=v.headroom if headroom is None else headroom,
+        slo=slo,
+        amortize_s=amortize_s,
     )
 
 
@@ -275,9 +298,11 @@ def _loop_settings(v: Values) -> LoopSettings:
         static_nodes=static,
         forecast=ForecastSettings(margin=v.margin),
         quantile=v.quantile or None,
+        series=v.series,
+        clock_headroom=v.headroom,
         lead_s=v.lead_s,
         min_pool_rps=v.min_rps,
-        solver=_solver(v, amortize_s=v.amortize_s),
+        solver=_solver(v, amortize_s=v.amortize_s, headroom=1.0 if _peaks_by_default(v) else None),
     )
 
 

@@ -19,10 +19,17 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from wattgate.planner.baselines import baseline, single_pool, single_pool_tp
-from wattgate.planner.contract import Heartbeat, Plan
+from wattgate.planner.contract import LOAD_SECOND_TTL_S, Heartbeat, Plan
 from wattgate.planner.epoch import plan_epoch
 from wattgate.planner.explain import build_plan
-from wattgate.planner.forecast import DAY_MIN, ForecastSettings, PoolForecasts, QuantileSettings, forecast_peak
+from wattgate.planner.forecast import (
+    DAY_MIN,
+    ForecastSettings,
+    PoolForecasts,
+    QuantileSettings,
+    forecast_peak,
+    minute_peaks,
+)
 from wattgate.planner.model import FixedInstance, Inventory, Node, PlannerError, SolverSettings
 from wattgate.planner.store import StoreError
 from wattgate.profiles.classes import POOL_NAMES, ProfilesError, RequestType
@@ -36,6 +43,7 @@ class Store(Protocol):
     def release_lease(self, me: str) -> None: ...
     def load_minutes(self, pools: list[str], end_minute: int, count: int) -> dict[str, list[float]]: ...
     def load_seconds(self, pools: list[str], start_second: int, end_second: int) -> dict[str, float]: ...
+    def load_second_counts(self, pools: list[str], start_second: int, end_second: int) -> dict[str, list[float]]: ...
     def heartbeats(self) -> list[Heartbeat]: ...
     def current_plan(self) -> Plan | None: ...
     def publish(self, build: Callable[[int], Plan]) -> Plan: ...
@@ -55,6 +63,12 @@ class LoopSettings:
     # the methods, plus its margin).
     quantile: float | None = 0.9
     lead_s: float = 95.0
+    # what the calibrated forecast forecasts per minute: "peaks", its busiest 10 s as a per-minute rate (from
+    # the per-second windows, kept 2 h), or "counts", its requests
+    series: str = "peaks"
+    # the headroom the plan carries to the agents' clock policy (None: the solver's). Planning for peaks at
+    # the whole capacity, the clock policy still keeps 0.8 (it judges the last minute's mean load)
+    clock_headroom: float | None = None
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     solver: SolverSettings = field(default_factory=SolverSettings)
 
@@ -65,6 +79,8 @@ class LoopSettings:
             raise PlannerError("min_pool_rps must be >= 0")
         if (self.quantile is not None and not 0 < self.quantile < 1) or self.lead_s < 0:
             raise PlannerError("the forecast quantile must be in (0, 1) and lead_s >= 0")
+        if self.series not in ("peaks", "counts"):
+            raise PlannerError("the forecast series is 'peaks' or 'counts'")
 
 
 @dataclass
@@ -89,6 +105,8 @@ class PlannerLoop:
         self._last_pool: float | None = None
         self.last_plan: Plan | None = None
         self._forecasts: dict[int, PoolForecasts] = {}  # per horizon (minutes): the cluster and pool periods'
+        self._peaks: dict[int, dict[str, float]] = {}  # minute -> pool -> its peak, read once per minute
+        self._peaks_provisional: int | None = None
 
     def tick(self) -> str:
         """One step; returns what happened: backoff, follower, idle, published or error."""
@@ -145,26 +163,53 @@ class PlannerLoop:
     def forecast(self, now: float, horizon_min: int) -> dict[str, float]:
         """Peak req/s per pool for the next ``horizon_min`` minutes, from the load windows.
 
-        Whole minutes come from the per-minute windows; the minute in progress from the per-second
-        windows, scaled to a full minute once 15 s of it have passed, so a sudden rise counts at once.
+        Whole minutes come from the per-minute windows (or, for the calibrated forecast of peaks, each
+        minute's busiest 10 s from the per-second windows); the minute in progress from the per-second
+        windows once 15 s of it have passed, so a sudden rise counts at once.
         """
         s = self.settings
         pools = [t.name for t in self.profile.request_types if t.name in POOL_NAMES]
         minute = int(now // 60)
-        series = self.store.load_minutes(pools, minute, s.history_min)
+        if s.quantile is not None and s.series == "peaks":
+            series = self._minute_peaks(pools, minute)
+        else:
+            series = self.store.load_minutes(pools, minute, s.history_min)
         elapsed = int(now) - minute * 60
-        partial = self.store.load_seconds(pools, minute * 60, int(now)) if elapsed >= 15 else {}
-        if s.quantile is not None:
+        if s.quantile is None:  # the classic forecast: the minute in progress scaled to a whole minute
+            if elapsed >= 15:
+                for p, n in self.store.load_seconds(pools, minute * 60, int(now)).items():
+                    series[p].append(n * 60.0 / elapsed)
+            demand = {p: forecast_peak(series[p], horizon_min, s.forecast) for p in pools}
+        else:
             if horizon_min not in self._forecasts:
                 self._forecasts[horizon_min] = PoolForecasts(horizon_min, QuantileSettings(quantile=s.quantile))
             demand = self._forecasts[horizon_min].forecast(series, end_minute=minute)  # whole minutes only
-            for p, n in partial.items():  # the minute in progress can only raise it
-                demand[p] = max(demand[p], n / elapsed)
-        else:
-            for p, n in partial.items():
-                series[p].append(n * 60.0 / elapsed)
-            demand = {p: forecast_peak(series[p], horizon_min, s.forecast) for p in pools}
+            if elapsed >= 15:  # the minute in progress can only raise it, as a rate of what is forecast
+                seconds = self.store.load_second_counts(pools, minute * 60, int(now))
+                for p, c in seconds.items():
+                    if s.series == "peaks":  # its busiest 10 s so far
+                        now_rps = minute_peaks([*c, *[0.0] * (60 - len(c))])[0] / 60.0
+                    else:
+                        now_rps = sum(c) / elapsed
+                    demand[p] = max(demand[p], now_rps)
         return {p: max(demand[p], s.min_pool_rps) for p in pools}
+
+    def _minute_peaks(self, pools: list[str], minute: int) -> dict[str, list[float]]:
+        """Each pool's peak per whole minute before ``minute``, as far back as the per-second windows last."""
+        count = min(self.settings.history_min, LOAD_SECOND_TTL_S // 60 - 1)
+        first = minute - count
+        # the minute that was the last whole one at the previous read is read again: a gateway may have
+        # flushed its last seconds after that read
+        todo = [m for m in range(first, minute) if m not in self._peaks or m == self._peaks_provisional]
+        if todo:  # one read of the minutes not seen yet (all of them only on the first plan)
+            seconds = self.store.load_second_counts(pools, todo[0] * 60, minute * 60)
+            for p, counts in seconds.items():
+                for m, peak in zip(range(todo[0], minute), minute_peaks(counts), strict=True):
+                    self._peaks.setdefault(m, {})[p] = peak
+        self._peaks_provisional = minute - 1
+        for m in [m for m in self._peaks if m < first]:
+            del self._peaks[m]
+        return {p: [self._peaks[m].get(p, 0.0) for m in range(first, minute)] for p in pools}
 
     def horizon_min(self, period_s: float) -> int:
         """Minutes a plan for ``period_s`` must cover: the period, plus a start's lead with the calibrated one."""
@@ -210,7 +255,7 @@ class PlannerLoop:
                 version=version,
                 created_at=now,
                 model=self.profile.model,
-                headroom=solver.headroom,
+                headroom=s.clock_headroom if s.clock_headroom is not None else solver.headroom,
                 single=single,
                 fixed=epoch.fixed,
                 left_out=epoch.left_out,

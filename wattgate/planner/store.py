@@ -77,6 +77,10 @@ class PlannerStore:
 
     def load_seconds(self, pools: Sequence[str], start_second: int, end_second: int) -> dict[str, float]:
         """Requests per pool summed over the per-second windows ``start_second <= s < end_second``."""
+        return {p: sum(c) for p, c in self.load_second_counts(pools, start_second, end_second).items()}
+
+    def load_second_counts(self, pools: Sequence[str], start_second: int, end_second: int) -> dict[str, list[float]]:
+        """Requests per pool in each per-second window ``start_second <= s < end_second`` (0 where none)."""
         try:
             pipe = self._r.pipeline(transaction=False)
             for sec in range(start_second, end_second):
@@ -84,7 +88,7 @@ class PlannerStore:
             rows = pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"Redis: {exc}") from exc
-        return {p: sum(_num(row.get(load_field(p, "requests"))) for row in rows) for p in pools}
+        return {p: [_num(row.get(load_field(p, "requests"))) for row in rows] for p in pools}
 
     def heartbeats(self) -> list[Heartbeat]:
         """The live heartbeats (expired ones are gone with their TTL); malformed ones are skipped."""

@@ -59,7 +59,10 @@ OPTIONS: tuple[Option, ...] = (
         "gateway: the live gateway's routing (each type to the pool the plan sends it to, then its spill chain when "
         "that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
     ),
-    c.HEADROOM,
+    c.HEADROOM.for_command(
+        help="share of an instance's SLO-feasible capacity the clock policy and the classic policies may load it "
+        "to (as wattgate planner); wattgate and the oracle plan for each minute's busiest 10 s at the whole capacity"
+    ),
     c.QUANTILE.for_command(
         help="wattgate's calibrated forecast: the quantile of its own past errors it plans for (> 0)"
     ),

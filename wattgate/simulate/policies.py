@@ -8,9 +8,10 @@ capacity). Per-type policies (``multi-pool``, ``wattgate`` and its ablations, ``
 planner's MILP (``wattgate.planner.solver``) or its TP8 baseline per pool.
 
 ``wattgate`` plans for a calibrated forecast (``Calibrated``): per pool, an upper ``quantile`` of its
-own past errors (``planner.forecast.QuantileForecaster``) over the epoch and the time a start takes,
+own past errors (``planner.forecast.QuantileForecaster``) of each minute's busiest 10 s over the epoch
+and the time a start takes,
 weighing each transition's energy over ``amortize_s``; minute plans, standby (sleeping instances woken
-before anything starts), the reactive path between plans and planning for 10-second peaks are switches.
+before anything starts), the reactive path between plans and forecasting minute counts are switches.
 ``wattgate-classic`` plans as before (the largest of the classic forecasts plus a 15% margin).
 ``oracle`` knows every arrival and length: each minute it plans for that minute's true busiest 10
 seconds, and transitions cost it nothing.
@@ -34,7 +35,6 @@ from wattgate.simulate.engine import GENERIC, Flows
 from wattgate.simulate.model import Model
 from wattgate.simulate.trace import SimulateError
 
-PEAK_WINDOW_S = 10  # per-minute demand is the busiest 10 seconds of the minute, as a rate
 MINUTE_S = 60.0
 
 
@@ -109,17 +109,18 @@ class Workload:
 class Calibrated:
     """How the calibrated policies (``wattgate`` and its ablations) plan; defaults in ``SimSettings``."""
 
-    # Defaults: what the Azure traces favour (README, "Control"): a 0.9 quantile of each minute's requests,
-    # plans every 5 minutes, instances loaded to 80% of capacity; minute plans, standby, the reactive path and
-    # planning for 10-s peaks are all here to be switched on, and each cost energy or attainment there.
+    # Defaults: what the Azure traces favour (README, "Trace replay"): a 0.9 quantile of each minute's busiest
+    # 10 s, plans every 5 minutes, instances loaded to their whole SLO capacity (the peaks are the headroom);
+    # minute plans, standby and the reactive path are here to be switched on, and each cost energy there.
     quantile: float = 0.9
-    series: str = "counts"  # "counts": each minute's requests; "peaks": each minute's busiest 10 s, as a rate
-    headroom: float = 0.8
+    series: str = "peaks"  # "peaks": each minute's busiest 10 s, as a rate; "counts": each minute's requests
+    headroom: float = 1.0
     epoch_s: float = 300.0
     amortize_s: float = 600.0
     lead_s: float = 95.0  # the forecast covers the epoch plus this: capacity must be asked for before it starts
     standby: bool = False
     reactive: bool = False
+    floor_recent_peak: bool = False  # the forecast never below the busiest minute of its last horizon
 
     def __post_init__(self) -> None:
         if self.series not in ("peaks", "counts") or not 0 < self.headroom <= 1 or not self.epoch_s >= 60:
@@ -152,7 +153,8 @@ class Planner:
         self.spec, self.env, self.work = spec, env, work
         c = env.calibrated
         horizon = max(math.ceil((c.epoch_s + c.lead_s) / MINUTE_S), 1)
-        self.forecasts = PoolForecasts(horizon, QuantileSettings(quantile=c.quantile)) if spec.calibrated else None
+        q = QuantileSettings(quantile=c.quantile, floor_recent_peak=c.floor_recent_peak)
+        self.forecasts = PoolForecasts(horizon, q) if spec.calibrated else None
 
     def __call__(self, now_s: float, running: Sequence[PlannedInstance]) -> tuple[tuple[Group, ...], Flows]:
         spec, work = self.spec, self.work

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from wattgate.planner.forecast import ForecastSettings
+from wattgate.planner.forecast import PEAK_WINDOW_S, ForecastSettings
 from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, RequestType, SloTargets
 from wattgate.profiles.table import Profile
@@ -18,7 +18,6 @@ from wattgate.simulate.confusion import Confusion, Sampler
 from wattgate.simulate.engine import Arrival, Behaviour, Result, replay
 from wattgate.simulate.model import TYPE_INDEX, Model
 from wattgate.simulate.policies import (
-    PEAK_WINDOW_S,
     POLICIES,
     Calibrated,
     PlanEnv,
