@@ -47,10 +47,6 @@ class ClusterSettings:
     run_dir: Path
     pool_period_s: float = 30.0
     cluster_period_s: float = 60.0
-    # no forecast margin: the forecast already takes the highest of the last ten minutes, which for the
-    # thinned trace's small pools sits well above their mean, and the plan's headroom covers bursts inside a
-    # minute (with the planner's default 0.15 an extra TP2 instance came and went in 2 of 3 runs)
-    margin: float = 0.0
     ready_timeout_s: float = 120.0
     # agents pick clocks for TTFT targets this much under the report's: the gateway and the client add time
     slo_margin_s: float = 0.05
@@ -106,7 +102,7 @@ class Cluster:
             prime(r)
         self._spawn("gateway", ["gateway", "--redis-url", r, "--port", str(s.port), "--log-level", "warning"])
         planner = ["planner", "--redis-url", r, "--pool-period-s", str(s.pool_period_s)]
-        planner += ["--cluster-period-s", str(s.cluster_period_s), "--margin", str(s.margin)]
+        planner += ["--cluster-period-s", str(s.cluster_period_s)]
         planner += ["--gpus-per-node", str(max(gpus for _, gpus in s.nodes))]
         if not s.external:  # the cluster is known: the first plan uses it all, before any heartbeat
             planner += ["--nodes", ",".join(f"{node}={gpus}" for node, gpus in s.nodes)]

@@ -1,6 +1,11 @@
 """One epoch's plan from plain inputs: build the problem, solve it, place the managed instances and hand the
 fixed ones their pool and clock. Pure (no Redis, no clock): the planner loop calls it with what the agents'
-heartbeats say, the trace replay with a fleet of its own."""
+heartbeats say, the trace replay with a fleet of its own.
+
+After the solve, two rules for the fixed instances (``fixedplan``): every request type with demand keeps a
+pool on its spill chain (``cover_every_type``), and the fleet's instances are shared out among the pools
+by their planned load (``balance_fixed``).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from wattgate.planner.contract import PlannedInstance
 from wattgate.planner.explain import running_counts
+from wattgate.planner.fixedplan import balance_fixed, cover_every_type
 from wattgate.planner.model import Decision, FixedInstance, Inventory, SolverSettings, make_problem
 from wattgate.planner.placement import Placement, assign_fixed, place
 from wattgate.planner.solver import solve
@@ -50,6 +56,8 @@ def plan_epoch(
     managed = [p for p in running if p.id not in ids]
     problem = make_problem(profile, demand_rps, inventory, settings, running_counts(managed), fixed=now)
     decision = solve(problem)
+    fixed_groups = cover_every_type(decision, profile, settings)
+    decision = replace(decision, fixed_groups=balance_fixed(fixed_groups, profile, settings))
     placement = place(decision.groups, inventory, managed)
     assigned = assign_fixed(decision.fixed_groups, now)
     given = {p.id for p in assigned}

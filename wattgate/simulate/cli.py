@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wattgate.simulate.fleet import FixedFleet
 
 from wattgate.settings import common as c
 from wattgate.settings.kinds import boolean, choice, number, optional, text
@@ -10,6 +13,7 @@ from wattgate.settings.model import Command, Option, Values
 from wattgate.settings.parse import add_command
 
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
+FIXED_FLEET_POLICIES = "fixed-single-pool,fixed-scale-freq,fixed-wattgate,wattgate"
 ABLATION_HELP = (
     "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
     "and with the classic forecast (max of methods + 15%)"
@@ -21,10 +25,37 @@ def _policies(value: str) -> None:
         raise ValueError(f"give at least one policy, e.g. {DEFAULT_POLICIES}")
 
 
+def _fleet_spec(value: str) -> None:
+    from wattgate.simulate.fleet import FixedFleet
+    from wattgate.simulate.trace import SimulateError
+
+    try:
+        FixedFleet.parse(value)
+    except SimulateError as exc:
+        raise ValueError(str(exc).removeprefix("--fixed-fleet: ")) from None
+
+
 # One line per option (wattgate.settings): the flag, WATTGATE_<NAME>, the YAML key and the README row follow.
 OPTIONS: tuple[Option, ...] = (
     c.TRACE.for_command(required=True, help="trace file(s): Azure CSV or a JSONL log of observations; merged"),
-    Option("policies", text(check=_policies), DEFAULT_POLICIES, "comma-separated policies to replay", example="oracle"),
+    Option(
+        "policies",
+        text(check=_policies),
+        "",
+        "comma-separated policies to replay",
+        default_text=f"{DEFAULT_POLICIES}; with --fixed-fleet: {FIXED_FLEET_POLICIES}",
+        example="oracle",
+    ),
+    Option(
+        "fixed_fleet",
+        text(check=_fleet_spec, label="N or CxTPn,..."),
+        "",
+        "replay on a fleet wattgate may not start or stop: N (N TP8 instances) or a list like 4xTP8,8xTP4; the "
+        "fixed-* policies only choose each instance's pool and clock, and the cluster (for every policy, fully "
+        "managed wattgate included) is the fleet's 8-GPU nodes",
+        default_text="none",
+        example="4xTP8,8xTP4",
+    ),
     Option("ablation", boolean(), False, f"run the ablation instead of --policies: {ABLATION_HELP}"),
     c.PROFILE.for_command(help="the planner's profile: a builtin name or a profile file"),
     c.ARCH,
@@ -100,6 +131,7 @@ def run(args: Values) -> int:
     from wattgate.simulate.trace import SimulateError, load_trace, scale, speed, tile_days
 
     try:
+        fleet = _fleet(args)
         requests = sorted(r for path in args.trace for r in load_trace(path))
         requests = speed(requests, args.speed)
         if args.days is not None:
@@ -124,9 +156,12 @@ def run(args: Values) -> int:
             engine=args.engine_calibration,
             iso_slo_target=args.iso_slo_target,
             calibrated=Calibrated(quantile=args.quantile, amortize_s=args.amortize_s),
+            fleet=fleet,
         )
         profile = profile_or_default(args.profile)
-        policies = list(ABLATION) if args.ablation else [p.strip() for p in args.policies.split(",") if p.strip()]
+        default = FIXED_FLEET_POLICIES if fleet is not None else DEFAULT_POLICIES
+        names = args.policies if args.source("policies") != "default" else default  # given but empty: an error
+        policies = list(ABLATION) if args.ablation else [p.strip() for p in names.split(",") if p.strip()]
         if not policies:
             raise SimulateError("--policies names no policy")
         sim = simulate(requests, profile, policies, settings, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -143,7 +178,10 @@ def run(args: Values) -> int:
         "traces": list(args.trace),
         "requests": len(requests),
         "gpus": sim.gpus,
-        "gpus_chosen": "--gpus" if args.gpus else "twice the iso-SLO single-pool baseline's GPUs",
+        "gpus_chosen": "the fixed fleet's nodes"
+        if fleet is not None
+        else ("--gpus" if args.gpus else "twice the iso-SLO single-pool baseline's GPUs"),
+        "fixed_fleet": fleet.to_json() if fleet is not None else None,
         "profile": args.profile or DEFAULT_PROFILE,
         "speed": args.speed,
         "scale": args.scale,
@@ -178,6 +216,19 @@ def run(args: Values) -> int:
             return 2
         print(f"wrote {out / 'report.json'} and {', '.join(str(p) for p in paths)}", file=sys.stderr)
     return 0
+
+
+def _fleet(args: Values) -> FixedFleet | None:
+    """``--fixed-fleet``, which sets the cluster: no ``--gpus`` with it."""
+    from wattgate.simulate.fleet import FixedFleet
+    from wattgate.simulate.trace import SimulateError
+
+    if not args.fixed_fleet:
+        return None
+    fleet = FixedFleet.parse(args.fixed_fleet)
+    if args.gpus is not None:
+        raise SimulateError("--gpus and --fixed-fleet: the fixed fleet's nodes are the cluster, drop --gpus")
+    return fleet
 
 
 def _carbon(spec: str) -> tuple[float, ...]:

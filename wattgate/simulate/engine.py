@@ -13,7 +13,10 @@ break). With ``Behaviour.standby`` a dropped instance sleeps instead of stopping
 sleeping instance of the same TP (seconds) rather than starting one (minutes). With
 ``Behaviour.reactive``, every ``CLOCK_TICK_S`` a pool whose requests have waited more than
 ``REACT_PRESSURE`` of their TTFT target without a first token gets its clocks to the top, and, if that
-is not enough by the next check, one more instance, without waiting for the next plan. Everything is
+is not enough by the next check, one more instance, without waiting for the next plan. With a fixed
+``fleet`` the instances all run from the start and never stop: a plan only moves each one to a pool (a
+routing change, requests in flight go on) and, without the clock loop, sets its clock
+(``placement.assign_fixed``, as the live planner hands external servers their pools). Everything is
 modelled.
 """
 
@@ -28,8 +31,8 @@ from wattgate.gateway.routing import Instance as RouteInstance
 from wattgate.gateway.routing import InstanceSpec, Routes, choose, plan_routes, plan_weights
 from wattgate.planner.contract import PlannedInstance
 from wattgate.planner.explain import serves_of
-from wattgate.planner.model import Group, Inventory
-from wattgate.planner.placement import place
+from wattgate.planner.model import FixedInstance, Group, Inventory
+from wattgate.planner.placement import assign_fixed, place
 from wattgate.profiles.classes import REQUEST_TYPES, ClassEdges, LengthClass, RequestType
 from wattgate.servingmodel.calibration import ServingModel
 from wattgate.servingmodel.cluster import GpuCluster, Instance, Lifecycle, State
@@ -94,6 +97,7 @@ class Result:
     wakes: int = 0  # instances woken from standby instead of started
     reactive_adds: int = 0  # instances the reactive path added between plans
     clock_changes: int = 0
+    pool_changes: int = 0  # fixed instances moved to another pool by a plan (routing only)
     out_of_pool: int = 0
     unplaced: int = 0
     plans: int = 0
@@ -144,8 +148,10 @@ class Cluster:
         result: Result,
         edges: ClassEdges,
         arrivals: Sequence[Arrival],
+        fleet: Sequence[FixedInstance] = (),
     ) -> None:
         self.m, self.b, self.r, self.edges = model, behaviour, result, edges
+        self.fleet = tuple(fleet)
         self.cluster = GpuCluster(serving, nodes=max(gpus // 8, 1), lifecycle=lifecycle)
         self.inventory = Inventory.uniform(gpus)
         self.live: dict[str, ReplayInstance] = {}
@@ -171,6 +177,9 @@ class Cluster:
     def apply(self, plan: tuple[tuple[Group, ...], Flows], now: float, first: bool) -> None:
         groups, flows = plan
         self.routes = plan_routes(serves_of(flows)) if self.b.plan_routing else {}
+        if self.fleet:
+            self._apply_fixed(groups, now, first)
+            return
         running = [ri.planned() for ri in self._in(*LIVE)]
         held = [ri.planned() for ri in self._in(State.DRAINING, State.STOPPING, State.SLEEPING)]
         placement = place(groups, self.inventory, running, held)
@@ -203,6 +212,37 @@ class Cluster:
             for ri in self._in(State.SLEEPING):
                 self.cluster.drain(ri.inst.id, now)
         self._start_pending(now, first, weights)
+
+    def _apply_fixed(self, groups: Sequence[Group], now: float, first: bool) -> None:
+        """Hand the fixed fleet's instances the plan's pools and clocks; nothing starts or stops."""
+        if first:
+            for f in self.fleet:
+                node, top = int(f.node.removeprefix("node-")), self.m.top_clock(f.tp)
+                inst = self.cluster.start(
+                    f.id, pool=GENERIC, tp=f.tp, node=node, gpus=f.gpus, clock_mhz=top, now_s=now, instant=True
+                )
+                self.live[f.id] = ReplayInstance(inst)
+        current = [
+            FixedInstance(
+                i.id, f"node-{i.node}", i.gpus, i.tp, None if i.pool == GENERIC else i.pool, i.engine.clock_mhz
+            )
+            for i in (ri.inst for ri in self.live.values())
+        ]
+        assigned = assign_fixed(groups, current)
+        self.r.plans += 1
+        self.r.unplaced += sum(g.count for g in groups) - len(assigned)
+        weights = plan_weights((p.id, p.pool, p.load_rps) for p in assigned)
+        for p in assigned:
+            ri = self.live[p.id]
+            if p.pool != ri.inst.pool:
+                self.r.pool_changes += 0 if first else 1
+                ri.inst.pool = p.pool
+                ri.route.spec = _spec(ri.inst, ready=True)
+            if first:  # the fleet was running at the plan's clocks already
+                ri.inst.engine.set_clock(p.sm_clock_mhz, now)
+            elif not self.b.clock_loop:  # else the loop decides
+                self._set_clock(ri, p.sm_clock_mhz, now)
+            ri.route.weight = weights.get(p.id, 1.0)
 
     def _wake(self, p: PlannedInstance, now: float, weight: float) -> bool:
         """Serve planned instance ``p`` with a sleeping instance of its TP, if there is one."""
@@ -422,15 +462,17 @@ def replay(
     plan: PlanFn,
     edges: ClassEdges | None = None,
     stop_when_misses_exceed: int | None = None,
+    fleet: Sequence[FixedInstance] = (),
 ) -> Result:
-    """Replay ``arrivals`` (sorted) under one policy; ``plan(now, running)`` is called every epoch.
+    """Replay ``arrivals`` (sorted) under one policy; ``plan(now, running)`` is called every epoch; with a
+    ``fleet``, on those instances only (see the module docstring).
 
     ``stop_when_misses_exceed``: give up (returning what was replayed) once more requests than this have
     missed their targets — a sizing search needs no more once a size is known to fail."""
     started = time.perf_counter()
     duration = math.ceil(arrivals[-1].arrival_s) + 1 if arrivals else 1
     r = Result(name, duration)
-    cluster = Cluster(serving, model, gpus, lifecycle, behaviour, r, edges or ClassEdges(), arrivals)
+    cluster = Cluster(serving, model, gpus, lifecycle, behaviour, r, edges or ClassEdges(), arrivals, fleet)
     cluster.apply(plan(0.0, []), 0.0, first=True)
     k, n = 0, len(arrivals)
     next_plan = epoch_s if epoch_s else math.inf

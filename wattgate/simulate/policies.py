@@ -15,6 +15,12 @@ before anything starts), the reactive path between plans and forecasting minute 
 ``wattgate-classic`` plans as before (the largest of the classic forecasts plus a 15% margin).
 ``oracle`` knows every arrival and length: each minute it plans for that minute's true busiest 10
 seconds, and transitions cost it nothing.
+
+``fixed-*`` run on a fixed fleet (``--fixed-fleet``, ``simulate.fleet``) that no plan may start or stop:
+``fixed-single-pool`` is the fleet as one shared pool at the highest clock (what its owner runs today),
+``fixed-scale-freq`` adds the agent's clock policy, ``fixed-wattgate`` plans as ``wattgate`` but with every
+instance fixed (``planner.epoch.plan_epoch`` on an empty managed inventory): each epoch it only picks each
+instance's pool and clock, and the gateway routes by that plan.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wattgate.planner.contract import PlannedInstance
+from wattgate.planner.epoch import plan_epoch
 from wattgate.planner.explain import running_counts
 from wattgate.planner.forecast import ForecastSettings, PoolForecasts, QuantileSettings, forecast_peak
 from wattgate.planner.greedy import baseline
-from wattgate.planner.model import Group, Inventory, PlannerError, SolverSettings, make_problem
+from wattgate.planner.model import FixedInstance, Group, Inventory, PlannerError, SolverSettings, make_problem
 from wattgate.planner.solver import solve
 from wattgate.profiles.classes import POOL_NAMES, REQUEST_TYPES
 from wattgate.simulate.engine import GENERIC, Flows
@@ -50,13 +57,22 @@ class PolicySpec:
     iso_slo: bool = False  # a static single pool of the searched iso-SLO size
     confusion: str | None = None  # "perfect" or "longest" (no output prediction): overrides the measured one
     calibrated: bool = False  # plans for the calibrated forecast (``Calibrated``; minute plans etc. are its switches)
+    fixed: bool = False  # runs on the fixed fleet: plans choose pools and clocks only
     about: str = ""
 
 
 def _wattgate(
-    name: str, about: str, *, tps: tuple[int, ...] = (2, 4, 8), confusion: str | None = None, calibrated: bool = True
+    name: str,
+    about: str,
+    *,
+    tps: tuple[int, ...] = (2, 4, 8),
+    confusion: str | None = None,
+    calibrated: bool = True,
+    fixed: bool = False,
 ) -> PolicySpec:
-    return PolicySpec(name, True, tps, True, True, True, confusion=confusion, calibrated=calibrated, about=about)
+    return PolicySpec(
+        name, True, tps, True, True, True, confusion=confusion, calibrated=calibrated, fixed=fixed, about=about
+    )
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -75,6 +91,9 @@ POLICIES: dict[str, PolicySpec] = {
         _wattgate("wattgate-tp8", "wattgate without re-sharding: TP8 only", tps=(8,)),
         _wattgate("wattgate-classic", "wattgate with the classic forecast: the largest method + 15%", calibrated=False),
         PolicySpec("oracle", True, (2, 4, 8), True, True, True, True, about="true future, free transitions, 1 min"),
+        PolicySpec("fixed-single-pool", False, (), False, False, False, fixed=True, about="the fixed fleet, one pool"),
+        PolicySpec("fixed-scale-freq", False, (), False, False, True, fixed=True, about="fixed fleet + clock policy"),
+        _wattgate("fixed-wattgate", "wattgate on the fixed fleet: pools and clocks only", fixed=True),
     )
 }
 DEFAULT = ("single-pool", "multi-pool", "scale-inst", "scale-shard", "scale-freq", "wattgate", "oracle")
@@ -136,6 +155,7 @@ class PlanEnv:
     solver: SolverSettings
     single_pool_instances: int = 0  # the iso-SLO size (0: not searched yet)
     calibrated: Calibrated = dataclasses.field(default_factory=Calibrated)
+    fleet: tuple[FixedInstance, ...] = ()  # the fixed fleet the ``fixed-*`` policies run on
 
 
 def epoch_of(spec: PolicySpec, env: PlanEnv) -> float | None:
@@ -169,6 +189,8 @@ class Planner:
                 demand = {p: max(c[:10], default=0.0) / MINUTE_S for p, c in series.items()}
         else:
             demand = {p: _peak(spec, self.env, c, now_s) for p, c in counts.items()}
+        if spec.fixed:
+            return _fixed(spec, self.env, demand, running, counts)
         if spec.typed_pools:
             return _typed(spec, self.env, demand, running)
         return _single(spec, self.env, counts, now_s), {}
@@ -202,6 +224,18 @@ def _typed(
     profile, inv = env.model.profile, Inventory.uniform(env.gpus)
     if not spec.dynamic and not spec.all_clocks and spec.tps == (8,):
         return baseline(profile, demand, env.model.slo).groups, {}
+    settings = _settings(spec, env)
+    try:
+        problem = make_problem(profile, demand, inv, settings, running_counts(list(running)))
+    except PlannerError as exc:
+        raise SimulateError(f"planner: {exc}") from exc
+    problem = dataclasses.replace(problem, items=tuple(i for i in problem.items if i.tp in spec.tps))
+    decision = solve(problem)
+    return decision.groups, decision.flows_rps
+
+
+def _settings(spec: PolicySpec, env: PlanEnv) -> SolverSettings:
+    """The solver settings of a typed policy: its clocks, period, headroom and transition costs."""
     settings = env.solver if spec.all_clocks else dataclasses.replace(env.solver, clocks=(env.model.top_clock(8),))
     epoch = epoch_of(spec, env) or env.epoch_s
     settings = dataclasses.replace(settings, period_s=epoch)
@@ -213,13 +247,44 @@ def _typed(
         settings = dataclasses.replace(settings, headroom=env.calibrated.headroom)
     if spec.calibrated:
         settings = dataclasses.replace(settings, amortize_s=env.calibrated.amortize_s)
+    return settings
+
+
+def _fixed(
+    spec: PolicySpec,
+    env: PlanEnv,
+    demand: dict[str, float],
+    running: Sequence[PlannedInstance],
+    counts: dict[str, list[float]],
+) -> tuple[tuple[Group, ...], Flows]:
+    """The fixed fleet's plan: per TP, the pools and clocks its instances run (the replay assigns them to the
+    instances as the live planner does, ``placement.assign_fixed``). One pool: every instance serves every
+    type at its TP's highest clock, weighed by its capacity; else the planner's ``plan_epoch`` with every
+    instance fixed and no managed GPU."""
+    if not env.fleet:
+        raise SimulateError(f"policy {spec.name} needs a fixed fleet (--fixed-fleet)")
+    m = env.model
+    if not spec.typed_pools:
+        tps: dict[int, int] = {}
+        for f in env.fleet:
+            tps[f.tp] = tps.get(f.tp, 0) + 1
+        rate = sum(max(c, default=0.0) for c in counts.values()) / MINUTE_S
+        caps = {tp: m.cap(tp, m.top_clock(tp), 4) for tp in tps}  # MM: the middle type, for the weights
+        total = sum(caps[tp] * n for tp, n in tps.items()) or 1.0
+        groups = []
+        for tp, n in sorted(tps.items()):
+            top = m.top_clock(tp)
+            each = rate * caps[tp] / total
+            power = m.point(tp, top, 4, min(each, m.measured_max(tp, top, 4))).power_w
+            groups.append(Group(GENERIC, tp, top, n, each, power))
+        return tuple(groups), {}
+    # an instance in the replay's generic pool ("*") has had no pool from a plan yet: it starts from none
+    assigned = [p for p in running if p.pool != GENERIC]
     try:
-        problem = make_problem(profile, demand, inv, settings, running_counts(list(running)))
+        plan = plan_epoch(m.profile, demand, Inventory(()), _settings(spec, env), running=assigned, fixed=env.fleet)
     except PlannerError as exc:
         raise SimulateError(f"planner: {exc}") from exc
-    problem = dataclasses.replace(problem, items=tuple(i for i in problem.items if i.tp in spec.tps))
-    decision = solve(problem)
-    return decision.groups, decision.flows_rps
+    return plan.decision.fixed_groups, plan.decision.flows_rps
 
 
 def _single(spec: PolicySpec, env: PlanEnv, counts: dict[str, list[float]], now_s: float) -> tuple[Group, ...]:

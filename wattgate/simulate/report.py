@@ -3,7 +3,8 @@
 Every energy, power, carbon and latency figure is modelled (the serving model), never measured. A
 request is within its targets when its TTFT and its time per output token (TPOT, the TBT target) are;
 one never served counts as a miss. ``energy_vs_baseline`` is against ``single-pool`` (the iso-SLO
-static TP8 pool), ``energy_vs_oracle`` against ``oracle``; a policy that uses less energy than the
+static TP8 pool), or against ``fixed-single-pool`` (the fixed fleet as one pool at the highest clock)
+when that was replayed; ``energy_vs_oracle`` against ``oracle``; a policy that uses less energy than the
 oracle at no lower attainment is flagged: the oracle is meant as a floor.
 """
 
@@ -107,6 +108,7 @@ def summarise(
             "reshards": r.reshards,
             "instance_stops": r.stops,
             "clock_changes": r.clock_changes,
+            "pool_changes": r.pool_changes,
             "wakes_from_standby": r.wakes,
             "reactive_adds": r.reactive_adds,
         },
@@ -132,13 +134,30 @@ def _vs(r: Result, ref: Result | None) -> float | None:
     return (r.energy_j / ref.energy_j - 1.0) if ref is not None and ref.energy_j else None
 
 
+BASELINES = ("fixed-single-pool", "single-pool")  # what "vs base" compares with, the first one replayed
+# each baseline's column and its name, the same words as plan, the demo, the dashboard and the README use
+BASELINE_WORDS = {
+    "single-pool": (
+        "vs 1-pool",
+        "the single-pool baseline (the single-pool policy: one iso-SLO pool of TP8 at max clock for every request "
+        "type)",
+    ),
+    "fixed-single-pool": (
+        "vs fleet",
+        "the fixed-fleet baseline (the fixed-single-pool policy: the fixed fleet as one pool at the highest clock)",
+    ),
+}
+
+
 def document(results: Sequence[Result], slo: SloTargets, prices: Prices, meta: dict[str, Any]) -> dict[str, Any]:
-    base = next((r for r in results if r.name == "single-pool"), None)
-    oracle = next((r for r in results if r.name == "oracle"), None)
+    by_name = {r.name: r for r in results}
+    base = next((by_name[b] for b in BASELINES if b in by_name), None)
+    oracle = by_name.get("oracle")
     return {
         "format": "wattgate-simulation",
         "version": 2,
         "figures": SOURCE + "; replay wall times measured",
+        "baseline": base.name if base is not None else None,
         **meta,
         "prices": {
             "carbon_g_per_kwh": list(prices.carbon_hourly_g_per_kwh) or prices.carbon_g_per_kwh,
@@ -151,14 +170,14 @@ def document(results: Sequence[Result], slo: SloTargets, prices: Prices, meta: d
 
 def table(doc: dict[str, Any]) -> str:
     w = max([20, *(len(p["policy"]) for p in doc["policies"])])
+    column, against = BASELINE_WORDS.get(doc.get("baseline") or "single-pool", BASELINE_WORDS["single-pool"])
     head = (
-        f"{'policy':<{w}} {'kWh':>8} {'vs 1-pool':>9} {'vs orac':>8} {'avg kW':>7} {'GPUs':>6} {'CO2 kg':>7} "
+        f"{'policy':<{w}} {'kWh':>8} {column:>9} {'vs orac':>8} {'avg kW':>7} {'GPUs':>6} {'CO2 kg':>7} "
         f"{'cost':>8} {'SLO ok':>7} {'P99 ok':>6} {'TTFT p50':>9} {'TTFT p99':>9} {'TBT p50':>8} {'TBT p99':>8} "
         f"{'starts':>6} {'reshard':>7} {'clocks':>6}"
     )
     lines = [
-        f"All energy, power, carbon and latency figures are {SOURCE}. vs 1-pool: energy against the single-pool "
-        "baseline (the single-pool policy: one iso-SLO pool of TP8 at max clock for every request type).",
+        f"All energy, power, carbon and latency figures are {SOURCE}. {column}: energy against {against}.",
         head,
         "-" * len(head),
     ]
@@ -179,6 +198,13 @@ def table(doc: dict[str, Any]) -> str:
             f"cluster: {doc['gpus']} GPUs, 8 per node ({doc.get('gpus_chosen', '--gpus')}); a GPU no instance holds "
             "draws 70 W, and counts in every policy's energy"
         )
+    fleet = doc.get("fixed_fleet")
+    if fleet:
+        lines.append(
+            f"fixed fleet: {fleet['instances']} on {fleet['gpus']} GPUs ({fleet['chosen']}); the fixed-* policies "
+            f"never start or stop an instance, only move it between pools and lock its clock; '{column}' is "
+            f"against {doc.get('baseline')}"
+        )
     base = doc.get("single_pool")
     if base:
         reached = "" if base["reached_target"] else " (NOT reached: the best size found)"
@@ -187,14 +213,23 @@ def table(doc: dict[str, Any]) -> str:
             f"{base['target']:.0%} of requests within their targets{reached}"
         )
     types = [t.name for t in REQUEST_TYPES]
-    for label, key, fmt in (("P50 TTFT", "ttft_p50_s", 2), ("P99 TTFT", "ttft_p99_s", 2), ("P99 TBT", "tbt_p99_s", 3)):
+    for label, key, fmt in (
+        ("P50 TTFT (s)", "ttft_p50_s", "2"),
+        ("P99 TTFT (s)", "ttft_p99_s", "2"),
+        ("P99 TBT (s)", "tbt_p99_s", "3"),
+        ("SLO attainment", "slo_attainment", "%"),
+    ):
         lines.append("")
-        lines.append(f"{label} (s) per request type:")
+        lines.append(f"{label} per request type:")
         lines.append(f"{'policy':<{w}} " + " ".join(f"{t:>6}" for t in types))
         for p in doc["policies"]:
-            cells = [f"{_s(p['per_type'][t][key], fmt):>6}" if t in p["per_type"] else f"{'-':>6}" for t in types]
+            cells = [f"{_cell(p['per_type'][t][key], fmt):>6}" if t in p["per_type"] else f"{'-':>6}" for t in types]
             lines.append(f"{p['policy']:<{w}} " + " ".join(cells))
     return "\n".join(lines)
+
+
+def _cell(v: float | None, fmt: str) -> str:
+    return f"{v:.1%}" if fmt == "%" and v is not None else _s(v, int(fmt) if fmt != "%" else 2)
 
 
 def _s(v: float | None, digits: int = 2) -> str:

@@ -16,6 +16,7 @@ from wattgate.servingmodel.cluster import Lifecycle
 from wattgate.servingmodel.errors import ServingModelError
 from wattgate.simulate.confusion import Confusion, Sampler
 from wattgate.simulate.engine import Arrival, Behaviour, Result, replay
+from wattgate.simulate.fleet import FixedFleet
 from wattgate.simulate.model import TYPE_INDEX, Model
 from wattgate.simulate.policies import (
     POLICIES,
@@ -52,6 +53,7 @@ class SimSettings:
     engine: str = DEFAULT_ENGINE
     iso_slo_target: float = 0.99  # the share of requests within their targets the baseline is sized for
     calibrated: Calibrated = field(default_factory=Calibrated)  # how wattgate plans
+    fleet: FixedFleet | None = None  # the fixed fleet of the fixed-* policies; the cluster is its nodes
 
     def __post_init__(self) -> None:
         if (self.gpus is not None and self.gpus < 8) or not self.epoch_s >= 60:
@@ -62,6 +64,8 @@ class SimSettings:
             raise SimulateError("the iso-SLO target must be in (0, 1]")
         if not 0 < self.calibrated.quantile < 1 or not self.calibrated.amortize_s > 0:
             raise SimulateError("--quantile must be in (0, 1) and --amortize-s > 0")
+        if self.fleet is not None and self.gpus is not None and self.gpus != self.fleet.gpus:
+            raise SimulateError("--gpus and --fixed-fleet: the fixed fleet's nodes are the cluster")
 
 
 def classify(requests: Sequence[Request], s: SimSettings, confusion: Confusion | None = None) -> list[Arrival]:
@@ -133,6 +137,11 @@ def simulate(
         raise SimulateError("no policy to replay")
     if not requests:
         raise SimulateError("the workload has no requests")
+    fixed = [p for p in policies if POLICIES[p].fixed]
+    if fixed and s.fleet is None:
+        raise SimulateError(f"polic{'ies' if len(fixed) > 1 else 'y'} {', '.join(fixed)} need(s) --fixed-fleet")
+    if s.fleet is not None:  # every policy runs on the fleet's nodes (the managed ones on the same GPUs)
+        s = dataclasses.replace(s, gpus=s.fleet.gpus)
     try:
         serving = ServingModel(s.arch, s.engine)
     except ServingModelError as exc:
@@ -168,6 +177,7 @@ def simulate(
         solver,
         sim.single_pool_instances,
         s.calibrated,
+        s.fleet.instances if s.fleet is not None else (),
     )
     for name in policies:
         spec = POLICIES[name]
@@ -199,9 +209,8 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
     lifecycle = Lifecycle(0.0, 0.0) if spec.oracle else s.lifecycle
     assert s.gpus is not None
     c = s.calibrated
-    behaviour = Behaviour(
-        spec.clock_loop, s.plan_routing, spec.calibrated and c.standby, spec.calibrated and c.reactive
-    )
+    dynamic = spec.calibrated and not spec.fixed  # a fixed fleet neither sleeps nor adds instances
+    behaviour = Behaviour(spec.clock_loop, s.plan_routing, dynamic and c.standby, dynamic and c.reactive)
     return replay(
         spec.name,
         seen,
@@ -214,6 +223,7 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
         plan=Planner(spec, env, work),
         edges=s.edges,
         stop_when_misses_exceed=stop_when_misses_exceed,
+        fleet=env.fleet if spec.fixed else (),
     )
 
 
