@@ -35,7 +35,8 @@ def main() -> None:
     if args.days:
         requests = tile_days(requests, args.days)
     started = time.perf_counter()
-    sim = simulate(requests, load_builtin(), list(POLICIES), SimSettings(gpus=args.gpus))
+    managed = [name for name, spec in POLICIES.items() if not spec.fixed]  # fixed-* need a --fixed-fleet
+    sim = simulate(requests, load_builtin(), managed, SimSettings(gpus=args.gpus))
     total = time.perf_counter() - started
     results = sim.results
     sizing = total - sum(r.wall_s for r in results)

@@ -156,6 +156,7 @@ def test_defaults_agree_with_the_settings_objects_they_feed() -> None:
             "quantile": "quantile",
             "lead_s": "lead_s",
             "series": "series",
+            "standby_max_s": "standby_max_s",
         },
     )
     check(

@@ -23,6 +23,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 FAKE_NVML_C = HERE / "fake_nvml" / "fake_nvml.c"
 STANDIN = HERE / "standin_engine.py"
+FAKE_VLLM = HERE / "fake_vllm.py"
 
 
 def nvml_header_dir() -> Path:
@@ -55,6 +56,11 @@ def fake_nvml_fixture() -> Path:
 
 def standin_command() -> tuple[str, ...]:
     return (sys.executable, str(STANDIN))
+
+
+def fake_vllm_command() -> tuple[str, ...]:
+    """Replaces ``vllm serve``: the fake takes the same command line (see ``fake_vllm.py``)."""
+    return (sys.executable, str(FAKE_VLLM))
 
 
 class FakeGpu:

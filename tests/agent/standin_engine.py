@@ -14,7 +14,8 @@ SIGTERM the server stops at once and requests still held are cut, as a real engi
 lets them finish. Other knobs (environment): ``STANDIN_EVENTS_FILE`` (one JSON line per request start/end and
 SIGTERM, wall-clock stamped), ``STANDIN_IN_FLIGHT_FILE`` (extra in-flight requests to report),
 ``STANDIN_IGNORE_SIGTERM``, ``STANDIN_CRASH_AFTER_S``, ``STANDIN_UNHEALTHY``, ``STANDIN_ARGV_FILE``,
-``STANDIN_SLEEP_LOG``, ``STANDIN_FAIL_START`` (an engine that cannot load its model: says why, exits 1).
+``STANDIN_FAIL_START`` (an engine that cannot load its model: says why, exits 1). vLLM's sleep mode and
+streamed answers are ``fake_vllm.py``'s (warm standby tests).
 """
 
 from __future__ import annotations
@@ -136,11 +137,7 @@ def main() -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             self.rfile.read(length)
-            if self.path.startswith(("/sleep", "/wake_up")):
-                with Path(os.environ.get("STANDIN_SLEEP_LOG", os.devnull)).open("a") as f:
-                    f.write(self.path + "\n")
-                self._send(200, "application/json", b"{}")
-            elif self.path in ("/v1/completions", "/v1/chat/completions"):
+            if self.path in ("/v1/completions", "/v1/chat/completions"):
                 with engine.lock:
                     engine.held += 1
                 engine.event("request-start")

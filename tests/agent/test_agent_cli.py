@@ -36,6 +36,11 @@ from wattgate.planner.contract import Heartbeat, InstanceRecord, Keys
         (["--redis-url", "redis://x", "--node", "n1"], "--model"),
         (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--engine", "llama.cpp"], "--model-file"),
         (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--start-retries", "0"], "--start-retries"),
+        (
+            ["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--engine", "tgi", "--sleep-mode"],
+            "--engine vllm (vLLM's sleep mode) or sim",
+        ),
+        (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--sleep-timeout-s", "0"], "--sleep-timeout-s"),
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(

@@ -80,6 +80,9 @@ def test_simulated_command_line(tmp_path: Path) -> None:
     assert flags["--tp"] == "2" and flags["--gpus"] == "0,1" and flags["--gpu-state-dir"] == str(tmp_path / "gs")
     assert flags["--speed"] == "4" and flags["--max-num-seqs"] == "64"
     assert "--profile" not in flags  # sim-backend runs the serving model, not a profile
+    assert "--enable-sleep-mode" not in argv
+    slept = launched(tmp_path, EngineKind.SIMULATED, gpu_state_dir=tmp_path / "gs", sleep_mode=True)
+    assert "--enable-sleep-mode" in slept["argv"]
 
 
 def test_parse_metrics() -> None:
@@ -152,32 +155,6 @@ def test_crashed_engine_is_restarted_with_backoff(tmp_path: Path) -> None:
     assert r.crashes == 2 and r.restart_at == pytest.approx(t0 + 2 + 2.0)  # doubled
     act.shutdown()
     assert act.instances == {}
-
-
-def test_vllm_sleep_mode_parks_and_wakes_instead_of_restarting(tmp_path: Path) -> None:
-    gpus = [FakeGpu(0), FakeGpu(1)]
-    sleep_log = tmp_path / "sleep.log"
-    opts = options(tmp_path, EngineKind.VLLM, sleep_mode=True, env={"STANDIN_SLEEP_LOG": str(sleep_log)})
-    act = actuator(tmp_path, gpus, opts, timeouts=Timeouts(drain_s=1, drain_notice_s=0, start_s=20, poll_s=0.05))
-    try:
-        act.apply(diff([PlannedInstance("a", "SS", "n1", [0, 1], 2, 1200, 1.0, 1.0)], act.actual(), [0, 1]).actions)
-        pid = act.instances["a"].engine.pid
-        act.apply(diff([], act.actual(), [0, 1]).actions)  # scale down: sleeps, keeps the process
-        assert act.instances == {} and len(act.parked) == 1 and act.parked[0].running()
-        assert sleep_log.read_text().splitlines() == ["/sleep?level=1"]
-        # a new instance on the same GPUs and TP (another pool) wakes it instead of loading weights again
-        act.apply(diff([PlannedInstance("b", "SM", "n1", [0, 1], 2, 1400, 1.0, 1.0)], act.actual(), [0, 1]).actions)
-        assert act.instances["b"].engine.pid == pid and act.parked == []
-        assert act.instances["b"].state is InstanceState.READY
-        assert sleep_log.read_text().splitlines() == ["/sleep?level=1", "/wake_up"]
-        # a different shape on those GPUs stops the sleeping engine instead
-        act.apply(diff([], act.actual(), [0, 1]).actions)
-        act.apply(diff([PlannedInstance("c", "SS", "n1", [0], 1, 1200, 1.0, 1.0)], act.actual(), [0, 1]).actions)
-        assert act.parked == [] and act.instances["c"].engine.pid != pid
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid or 0, 0)
-    finally:
-        act.shutdown()
 
 
 def test_engine_that_cannot_launch_fails_with_backoff(tmp_path: Path) -> None:

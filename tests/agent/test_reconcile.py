@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from wattgate.agent.reconcile import ActionKind, Actual, diff
-from wattgate.planner.contract import PlannedInstance
+from wattgate.planner.contract import InstanceState, PlannedInstance
 
 GPUS = list(range(8))
 
@@ -151,3 +151,85 @@ def test_bad_placements_are_refused_with_a_reason() -> None:
 def test_empty_plan_stops_everything() -> None:
     d = diff([], {"a": actual("a", [0])}, GPUS)
     assert kinds(d) == [("drain", "a"), ("stop", "a")]
+
+
+def standby(iid: str, gpus: list[int], pool: str = "SS", clock: int = 1200) -> PlannedInstance:
+    return PlannedInstance(iid, pool, "n1", gpus, len(gpus), clock, 0.0, 80.0, standby=True)
+
+
+def state(iid: str, gpus: list[int], st: InstanceState, *, on_standby: bool, clock: int = 1200) -> Actual:
+    return Actual(iid, "SS", tuple(gpus), len(gpus), clock, st, on_standby)
+
+
+def test_active_to_standby_drains_then_sleeps_and_nothing_more() -> None:
+    d = diff([standby("a", [0, 1])], {"a": actual("a", [0, 1])}, GPUS, can_sleep=True)
+    assert kinds(d) == [("drain", "a"), ("sleep", "a")] and d.problems == ()
+    sleep = d.actions[1]
+    assert sleep.planned is not None and sleep.planned.standby
+    asleep = {"a": state("a", [0, 1], InstanceState.ASLEEP, on_standby=True)}
+    assert diff([standby("a", [0, 1])], asleep, GPUS, can_sleep=True).actions == ()  # stays asleep
+
+
+def test_standby_to_active_wakes_in_place_with_the_plans_clock() -> None:
+    asleep = {"a": state("a", [0, 1], InstanceState.ASLEEP, on_standby=True, clock=800)}
+    d = diff([planned("a", [0, 1], clock=1400)], asleep, GPUS, follow_plan_clocks=True, can_sleep=True)
+    assert kinds(d) == [("set_clock", "a"), ("wake", "a"), ("wait_healthy", "a"), ("register", "a")]
+    assert d.actions[0].sm_clock_mhz == 1400
+    # waking is a wake-up even when sleeping has since been turned off on the node (no restart)
+    assert kinds(diff([planned("a", [0, 1])], asleep, GPUS, can_sleep=False))[1] == ("wake", "a")
+
+
+def test_a_new_standby_instance_starts_then_sleeps_without_registering() -> None:
+    d = diff([standby("s", [2])], {}, GPUS, can_sleep=True)
+    assert kinds(d) == [("set_clock", "s"), ("start", "s"), ("wait_healthy", "s"), ("sleep", "s")]
+
+
+def test_wakes_come_first_and_sleeps_after_new_instances_are_up() -> None:
+    act = {
+        "sleeping": state("sleeping", [0], InstanceState.ASLEEP, on_standby=True),
+        "serving": actual("serving", [1]),
+        "old": actual("old", [3]),
+    }
+    d = diff([planned("sleeping", [0]), standby("serving", [1]), planned("new", [2])], act, GPUS, can_sleep=True)
+    assert kinds(d) == [
+        ("set_clock", "sleeping"),
+        ("wake", "sleeping"),
+        ("wait_healthy", "sleeping"),
+        ("register", "sleeping"),
+        ("set_clock", "new"),
+        ("start", "new"),
+        ("wait_healthy", "new"),
+        ("register", "new"),
+        ("drain", "serving"),
+        ("sleep", "serving"),
+        ("drain", "old"),
+        ("stop", "old"),
+    ]
+
+
+def test_an_asleep_instance_leaving_is_stopped_without_a_drain() -> None:
+    act = {"a": state("a", [0], InstanceState.ASLEEP, on_standby=True)}
+    assert kinds(diff([], act, GPUS, can_sleep=True)) == [("stop", "a")]
+    moved = diff([standby("a", [0, 1])], act, GPUS, can_sleep=True)  # a new TP: a restart, asleep again after
+    assert kinds(moved) == [("stop", "a"), ("set_clock", "a"), ("start", "a"), ("wait_healthy", "a"), ("sleep", "a")]
+
+
+def test_standby_on_a_node_that_cannot_sleep_is_refused_and_kept_stopped() -> None:
+    d = diff([standby("s", [0]), planned("a", [1])], {"s": actual("s", [0])}, GPUS, can_sleep=False)
+    up = [("set_clock", "a"), ("start", "a"), ("wait_healthy", "a"), ("register", "a")]
+    assert kinds(d) == [*up, ("drain", "s"), ("stop", "s")]
+    assert (
+        len(d.problems) == 1 and d.problems[0].startswith("s: planned on standby") and "--sleep-mode" in d.problems[0]
+    )
+    asleep = {"s": state("s", [0], InstanceState.ASLEEP, on_standby=True)}
+    kept = diff([standby("s", [0])], asleep, GPUS, can_sleep=False)  # one already asleep stays asleep
+    assert kept.actions == () and kept.problems == ()
+
+
+def test_an_instance_neither_serving_nor_asleep_only_takes_the_wish() -> None:
+    failed = {"a": state("a", [0], InstanceState.FAILED, on_standby=False)}
+    d = diff([standby("a", [0])], failed, GPUS, can_sleep=True)
+    assert kinds(d) == [("sleep", "a")]  # the actuator records it; the restart then goes to sleep
+    wished = {"a": state("a", [0], InstanceState.FAILED, on_standby=True)}
+    assert diff([standby("a", [0])], wished, GPUS, can_sleep=True).actions == ()
+    assert kinds(diff([planned("a", [0])], wished, GPUS, can_sleep=True)) == [("wake", "a")]

@@ -104,6 +104,11 @@ def test_planner_nodes_as_a_count(profile_path: str, redis_url: str, capsys: pyt
     assert {i.node for i in plan.instances} <= {"node1", "node2"}
 
 
+def test_planner_negative_standby_max_s_is_a_clear_error(profile_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["planner", "--profile", profile_path, "--gpus", "8", "--standby-max-s", "-1", "--once"]) == 2
+    assert "--standby-max-s: must be >= 0" in capsys.readouterr().err
+
+
 def test_plan_without_a_profile_uses_the_builtin_or_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["plan", "--gpus", "64", "--load", "SS=1.0"])
     if importlib.util.find_spec("wattgate.profiles.builtin") is None:

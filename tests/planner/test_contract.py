@@ -13,6 +13,7 @@ from wattgate.planner.contract import (
     ContractError,
     Heartbeat,
     InstanceRecord,
+    InstanceState,
     Keys,
     Observation,
     Plan,
@@ -82,12 +83,53 @@ def test_plan_serves_defaults_to_empty_and_round_trips() -> None:
     assert Plan.from_json(json.dumps(old)).serves == {}
 
 
+def test_standby_round_trips_and_is_written_only_when_true() -> None:
+    active = PlannedInstance("a", "SS", "n0", [0], 1, 1200, 2.0, 300.0)
+    standby = PlannedInstance("s", "SS", "n0", [1], 1, 1200, 0.0, 80.0, standby=True)
+    plan = Plan(4, 0.0, "m", [active, standby], {"SS": 2.0}, 380.0, 1000.0)
+    wire = plan.to_dict()
+    assert "standby" not in wire["instances"][0] and wire["instances"][1]["standby"] is True
+    back = Plan.from_json(plan.to_json())
+    assert back == plan and [i.standby for i in back.instances] == [False, True]
+    # a plan with no standby instance reads as before: the exact keys an agent from before standby accepts
+    old_keys = {"id", "pool", "node", "gpus", "tp", "sm_clock_mhz", "load_rps", "power_w"}
+    lone = Plan(5, 0.0, "m", [active], {}, 0.0, 0.0).to_dict()
+    assert set(lone["instances"][0]) == old_keys
+    assert Plan.from_json(json.dumps(lone)).instances[0].standby is False
+
+
+def test_plan_instances_ignore_unknown_fields_and_check_standby() -> None:
+    doc = Plan(1, 0.0, "m", [PlannedInstance("a", "SS", "n0", [0], 1, 1200, 1.0, 1.0)], {}, 0.0, 0.0).to_dict()
+    doc["instances"][0]["from_a_newer_planner"] = 7
+    assert Plan.from_json(json.dumps(doc)).instances[0].id == "a"
+    doc["instances"][0]["standby"] = "yes"
+    with pytest.raises(ContractError, match="standby must be true or false"):
+        Plan.from_json(json.dumps(doc))
+    del doc["instances"][0]["gpus"]
+    with pytest.raises(ContractError, match="bad instance"):
+        Plan.from_json(json.dumps(doc))
+    doc["instances"] = {"a": 1}
+    with pytest.raises(ContractError, match="list of objects"):
+        Plan.from_json(json.dumps(doc))
+
+
+def test_asleep_is_a_state_that_is_not_ready_and_heartbeats_say_who_sleeps() -> None:
+    rec = InstanceRecord("i1", "http://127.0.0.1:1", "m", "SS", "n0", InstanceState.ASLEEP.value)
+    back = InstanceRecord.from_json(rec.to_json())
+    assert back.state == "asleep" and not back.ready
+    hb = Heartbeat("n0", 1.0, 3, 8, True, sleep_mode=True, asleep=["i1"])
+    assert Heartbeat.from_json(hb.to_json()) == hb
+    old = hb.to_dict()
+    del old["sleep_mode"], old["asleep"]
+    assert Heartbeat.from_json(json.dumps(old)) == Heartbeat("n0", 1.0, 3, 8, True)
+
+
 def test_heartbeat_unmanaged_servers_round_trip_and_old_heartbeats_still_read() -> None:
     servers = [UnmanagedInstance("e0", 4, [0, 1, 2, 3], "m")]
     beat = Heartbeat("ext", 1.0, 3, 8, True, managed=False, unmanaged=servers, revision=HEARTBEAT_REVISION)
     back = Heartbeat.from_json(beat.to_json())
     assert back == beat and back.unmanaged[0].engine == "vllm" and back.unmanaged[0].pool == ""
-    assert back.revision == 2
+    assert back.revision == 3
     old = beat.to_dict()
     del old["unmanaged"], old["managed"], old["revision"]
     legacy = Heartbeat.from_json(json.dumps(old))
@@ -102,7 +144,7 @@ def test_plan_fixed_ids_default_empty_and_newer_fields_are_ignored() -> None:
     inst = PlannedInstance("e0", "SM", "ext", [0, 1], 2, 1200, 1.0, 500.0)
     plan = Plan(1, 0.0, "m", [inst], {"SM": 1.0}, 500.0, 900.0, fixed=["e0"], revision=PLAN_REVISION)
     back = Plan.from_json(plan.to_json())
-    assert back.fixed == ["e0"] and back.fixed_pools() == {"e0": "SM"} and back.revision == 2
+    assert back.fixed == ["e0"] and back.fixed_pools() == {"e0": "SM"} and back.revision == 3
     old = plan.to_dict()
     del old["fixed"], old["revision"]
     legacy = Plan.from_json(json.dumps(old))

@@ -1,55 +1,37 @@
 """The actuator: applies reconcile's actions to engines, clocks and the instance registry, and
 supervises what runs (crash → restart with exponential backoff; adopt what a previous agent left).
 
+Warm standby (vLLM sleep mode): an instance put to sleep is drained first (in-flight requests finish,
+at most ``drain_s``), then asleep (its record says so; its GPUs are locked at their lowest clock, as idle
+ones are); woken, it is health-checked and registered ready again, same process. A wake-up that fails
+is a failure like a crash (the heartbeat says why) and the engine is restarted cold; a sleep that fails
+stops the engine and turns sleeping off for this node until the agent restarts (standby instances are
+then kept stopped, and the heartbeat says ``sleep_mode: false`` and why).
+
 Waits are bounded and end early when the agent is asked to stop. Redis failures never stop an
 action: the record is re-published by ``republish()`` once Redis is back.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.engines.base import Engine, EngineError, EngineSpec
-from wattgate.agent.errors import AgentError
+from wattgate.agent.engines_file import SavedEngine, read_engines, write_engines
 from wattgate.agent.gpu.base import Gpu, GpuError
 from wattgate.agent.reconcile import Action, ActionKind, Actual
+from wattgate.agent.running import Running, Timeouts, instance_notes, snap_up
 from wattgate.agent.store import AgentStore, StoreError
 from wattgate.planner.contract import InstanceRecord, InstanceState, PlannedInstance
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 60.0
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    drain_s: float = 60.0  # in-flight requests get this long to finish before the engine is stopped
-    drain_notice_s: float = 1.0  # after marking draining, before counting in-flight: gateways notice
-    start_s: float = 900.0  # weights loading can take minutes
-    poll_s: float = 0.5
-    start_retries: int = 5  # failed starts in a row (never healthy) before the agent gives up on an instance
-
-
-@dataclass
-class Running:
-    """Runtime state of one instance on this node (mutable: the actuator owns it)."""
-
-    planned: PlannedInstance
-    engine: Engine
-    state: InstanceState
-    sm_clock_mhz: int | None = None
-    crashes: int = 0
-    failed_starts: int = 0  # starts in a row that never became healthy
-    restart_at: float | None = None
-    history: list[str] = field(default_factory=list)
 
 
 class Actuator:
@@ -68,6 +50,7 @@ class Actuator:
         max_batch: int = 256,
         timeouts: Timeouts | None = None,
         stop_event: threading.Event | None = None,
+        sleep_mode: bool = False,
     ) -> None:
         self.node, self.model, self.host = node, model, host
         self.gpus: dict[int, Gpu] = {g.index: g for g in gpus}
@@ -79,13 +62,27 @@ class Actuator:
         self.timeouts = timeouts or Timeouts()
         self.stop_event = stop_event or threading.Event()
         self.instances: dict[str, Running] = {}
-        self.parked: list[Engine] = []  # sleeping vLLM engines kept for a cheap scale-up
+        self.sleep_mode = sleep_mode  # this node's engines start able to sleep (vLLM --enable-sleep-mode)
+        self.sleep_failure = ""  # why sleeping is off since a sleep failed ("": it never did)
         self.redis_ok = True
+
+    @property
+    def can_sleep(self) -> bool:
+        """Standby instances can be run here: engines start able to sleep and no sleep has failed."""
+        return self.sleep_mode and not self.sleep_failure
 
     # -- state ------------------------------------------------------------------------------------
     def actual(self) -> dict[str, Actual]:
         return {
-            i: Actual(i, r.planned.pool, tuple(r.planned.gpus), r.planned.tp, r.planned.sm_clock_mhz)
+            i: Actual(
+                i,
+                r.planned.pool,
+                tuple(r.planned.gpus),
+                r.planned.tp,
+                r.planned.sm_clock_mhz,
+                r.state,
+                r.planned.standby,
+            )
             for i, r in self.instances.items()
         }
 
@@ -149,30 +146,30 @@ class Actuator:
             self._wait_healthy(r)
         elif a.kind is ActionKind.REGISTER and r is not None and r.state is InstanceState.STARTING:
             self._set_state(r, InstanceState.READY)
+        elif a.kind is ActionKind.SLEEP and r is not None and a.planned is not None:
+            self._to_sleep(r, a.planned)
+        elif a.kind is ActionKind.WAKE and r is not None and a.planned is not None:
+            self._wake(r, a.planned)
 
     def _start(self, p: PlannedInstance) -> None:
         gpus = tuple(p.gpus)
-        engine = self._wake_parked(p)
-        woken = engine is not None
-        if engine is None:
-            spec = EngineSpec(
-                instance_id=p.id,
-                model=self.model,
-                pool=p.pool,
-                tp=p.tp,
-                gpus=gpus,
-                gpu_uuids=tuple(self.gpus[g].uuid for g in gpus),
-                host=self.host,
-                port=self._free_port(),
-                max_batch=self._max_batch,
-            )
-            engine = self._make_engine(spec)
+        spec = EngineSpec(
+            instance_id=p.id,
+            model=self.model,
+            pool=p.pool,
+            tp=p.tp,
+            gpus=gpus,
+            gpu_uuids=tuple(self.gpus[g].uuid for g in gpus),
+            host=self.host,
+            port=self._free_port(),
+            max_batch=self._max_batch,
+        )
+        engine = self._make_engine(spec)
         # Known before it is launched: a launch that fails becomes FAILED with backoff, not a retry every tick.
         r = Running(p, engine, InstanceState.STARTING, sm_clock_mhz=self.clocks.locked_mhz(gpus[0]))
         self.instances[p.id] = r
         self._set_state(r, InstanceState.STARTING)
-        if not woken:
-            engine.start()
+        engine.start()
         self._save()
 
     def _wait_healthy(self, r: Running) -> None:
@@ -188,30 +185,86 @@ class Actuator:
             self.stop_event.wait(self.timeouts.poll_s)
 
     def _stop(self, r: Running) -> None:
-        r.engine.drain(self.timeouts.drain_s)
-        if r.engine.managed and r.engine.sleep():
-            self.parked.append(r.engine)
-            log.info("%s sleeps (vLLM sleep mode) instead of stopping", r.planned.id)
-        else:
-            r.engine.stop(0)
-            r.engine.close()
+        if r.state is not InstanceState.ASLEEP:  # a sleeping engine holds no request
+            r.engine.drain(self.timeouts.drain_s)
+        self._remove(r)
+
+    def _remove(self, r: Running) -> None:
+        """Stop the engine (no drain), drop its record, release its GPUs' clocks."""
+        r.engine.stop(0)
+        r.engine.close()
         del self.instances[r.planned.id]
         self._remove_record(r.planned.id)
         for g in r.planned.gpus:
             self._reset_clock(g)
         self._save()
 
-    def _wake_parked(self, p: PlannedInstance) -> Engine | None:
-        for engine in list(self.parked):
-            if engine.spec.gpus == tuple(p.gpus) and engine.spec.tp == p.tp and engine.wake():
-                self.parked.remove(engine)
-                log.info("%s reuses the sleeping engine of %s (woken up)", p.id, engine.spec.instance_id)
-                return engine
-            if set(engine.spec.gpus) & set(p.gpus):  # it holds GPUs the new instance needs
-                self.parked.remove(engine)
-                engine.stop(0)
-                engine.close()
-        return None
+    # -- warm standby (vLLM sleep mode) ---------------------------------------------------------------
+    def _to_sleep(self, r: Running, planned: PlannedInstance) -> None:
+        """Put a serving (or just started) instance to sleep after draining it; one that neither serves nor
+        starts (asleep, failed) only takes the plan's wish, which its restart follows."""
+        r.planned = planned
+        if r.state is InstanceState.READY:  # no DRAIN action before it: drain now all the same
+            self._set_state(r, InstanceState.DRAINING)
+            self.stop_event.wait(self.timeouts.drain_notice_s)
+        if r.state not in (InstanceState.DRAINING, InstanceState.STARTING):
+            self._save()
+            return
+        if r.state is InstanceState.DRAINING and not r.engine.drain(self.timeouts.drain_s):
+            log.warning(
+                "%s: going to sleep with requests still in flight after %.0f s", planned.id, self.timeouts.drain_s
+            )
+        if not self.can_sleep:  # a sleep failed meanwhile: kept stopped, as standby is without sleep mode
+            log.warning("%s: sleeping is off on this node (%s): stopped instead", planned.id, self.sleep_failure)
+            self._remove(r)
+            return
+        t0 = time.monotonic()
+        try:
+            r.engine.sleep(self.timeouts.sleep_s)
+        except EngineError as exc:
+            self.sleep_failure = str(exc)  # it names the instance
+            log.error(
+                "%s could not sleep (%s): stopped instead; no sleep on this node until the agent restarts",
+                planned.id,
+                exc,
+            )
+            self._remove(r)
+            return
+        log.info("%s asleep in %.2f s (measured): weights offloaded to CPU memory", planned.id, time.monotonic() - t0)
+        self._lock_lowest(r)
+        self._set_state(r, InstanceState.ASLEEP)
+        self._save()
+
+    def _wake(self, r: Running, planned: PlannedInstance) -> None:
+        """Wake a sleeping instance (state ``starting`` until health and registration follow); a wake-up that
+        fails restarts the engine cold. One not asleep only takes the plan's wish."""
+        r.planned = planned
+        if r.state is not InstanceState.ASLEEP:
+            self._save()
+            return
+        self._set_state(r, InstanceState.STARTING)
+        t0 = time.monotonic()
+        try:
+            r.engine.wake(self.timeouts.sleep_s)
+        except EngineError as exc:
+            r.wake_failed = (time.monotonic(), str(exc))
+            r.engine.stop(0)  # what is left of it goes; a cold start follows
+            self._failed(r, time.monotonic(), f"wake_up failed, restarting cold: {exc}")
+            self._save()
+            return
+        log.info("%s awake in %.2f s (measured)", planned.id, time.monotonic() - t0)
+        self._save()
+
+    def _lock_lowest(self, r: Running) -> None:
+        """A sleeping instance's GPUs idle: lock them at their lowest clock, as the clock loop does idle ones."""
+        try:
+            for g in r.planned.gpus:
+                mhz = min(self.gpus[g].supported_sm_clocks_mhz())
+                self.clocks.set_clock(g, mhz)
+                if self.clocks.clock_control:
+                    r.sm_clock_mhz = mhz
+        except GpuError as exc:
+            log.error("%s: cannot lock the lowest clock while asleep: %s", r.planned.id, exc)
 
     # -- supervision ------------------------------------------------------------------------------
     def supervise(self, now: float) -> None:
@@ -219,7 +272,10 @@ class Actuator:
         for r in list(self.instances.values()):
             if not r.engine.managed:
                 continue
-            if r.state in (InstanceState.READY, InstanceState.STARTING) and not r.engine.running():
+            if (
+                r.state in (InstanceState.READY, InstanceState.STARTING, InstanceState.ASLEEP)
+                and not r.engine.running()
+            ):
                 starting = r.state is InstanceState.STARTING
                 self._failed(r, now, f"the engine process exited ({r.engine.exit_reason()})", starting=starting)
             elif r.state is InstanceState.FAILED and r.restart_at is not None and now >= r.restart_at:
@@ -232,9 +288,12 @@ class Actuator:
                 except EngineError as exc:
                     self._failed(r, time.monotonic(), str(exc), starting=True)
                     continue
-                if not self.stop_event.is_set():
+                if r.planned.standby and not self.stop_event.is_set():  # on standby: back to sleep, as planned
+                    self._to_sleep(r, r.planned)
+                elif not self.stop_event.is_set():
                     self._set_state(r, InstanceState.READY)
-                self._save()
+                if r.planned.id in self.instances:
+                    self._save()
 
     def _failed(self, r: Running, now: float, why: str, *, starting: bool = False) -> None:
         """Mark ``r`` failed and schedule its restart with exponential backoff; after ``start_retries``
@@ -253,51 +312,29 @@ class Actuator:
         self._set_state(r, InstanceState.FAILED)
 
     def notes(self, now: float) -> list[str]:
-        """What the heartbeat says about failed instances (``now``: monotonic)."""
-        out = []
-        for r in list(self.instances.values()):  # the telemetry thread calls this: copy first
-            if r.state is not InstanceState.FAILED or not r.history:
-                continue
-            if r.restart_at is None:
-                nxt = f"gave up after {r.failed_starts} failed starts; fix it, then restart the agent or re-plan"
-            else:
-                nxt = f"restart in {max(0.0, r.restart_at - now):.0f} s"
-            out.append(f"instance {r.planned.id} failed: {r.history[-1]}; {nxt}")
-        return out
+        """What the heartbeat says about instances in trouble and sleeping turned off (``now``: monotonic)."""
+        return instance_notes(list(self.instances.values()), self.sleep_failure, now)  # copy: telemetry thread
 
     # -- adoption, shutdown -----------------------------------------------------------------------
     def adopt(self) -> list[str]:
         """Take over engines a previous agent started that still serve; stop the ones that do not."""
-        try:
-            saved = json.loads(self._engines_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError) as exc:
-            log.error("cannot read %s (%s): not adopting engines", self._engines_file, exc)
-            return []
         adopted = []
-        for entry in saved.get("engines", []):
-            try:
-                p = PlannedInstance(**entry["planned"])
-                spec = EngineSpec(
-                    **{**entry["spec"], "gpus": tuple(p.gpus), "gpu_uuids": tuple(entry["spec"]["gpu_uuids"])}
-                )
-                pid = int(entry["pid"])
-            except (KeyError, TypeError, ValueError) as exc:
-                log.error("ignoring a saved engine entry: %s", exc)
-                continue
-            engine = self._make_engine(spec)
+        for saved in read_engines(self._engines_file):
+            p, pid = saved.planned, saved.pid
+            engine = self._make_engine(saved.spec)
             adopt = getattr(engine, "adopt", None)
             if adopt is None:
                 continue
             adopt(pid)
-            if engine.running() and engine.healthy():
-                r = Running(p, engine, InstanceState.READY, sm_clock_mhz=entry.get("sm_clock_mhz"))
+            if engine.running() and engine.healthy():  # vLLM's /health answers 200 while it sleeps too
+                asleep = engine.is_sleeping()  # what the engine says beats what the file says
+                state = InstanceState.ASLEEP if (saved.asleep if asleep is None else asleep) else InstanceState.READY
+                r = Running(p, engine, state, sm_clock_mhz=saved.sm_clock_mhz)
                 self.instances[p.id] = r
                 self._relock(r)
-                self._set_state(r, InstanceState.READY)
+                self._set_state(r, state)
                 adopted.append(p.id)
-                log.info("adopted %s (pid %d) left running by a previous agent", p.id, pid)
+                log.info("adopted %s (pid %d, %s) left running by a previous agent", p.id, pid, state)
             elif engine.running():
                 log.warning("stopping %s (pid %d): left by a previous agent but not healthy", p.id, pid)
                 engine.stop(0)
@@ -307,19 +344,16 @@ class Actuator:
     def shutdown(self) -> None:
         """Drain and stop every managed engine; remove every record (unmanaged servers are left serving)."""
         managed = [r for r in self.instances.values() if r.engine.managed]
-        for r in managed:
-            self._set_state(r, InstanceState.DRAINING)
-        if managed:
+        serving = {r.planned.id for r in managed if r.state is not InstanceState.ASLEEP}  # asleep: no drain
+        for i in serving:
+            self._set_state(self.instances[i], InstanceState.DRAINING)
+        if serving:
             time.sleep(self.timeouts.drain_notice_s)
         for r in list(self.instances.values()):
-            r.engine.stop(self.timeouts.drain_s)  # an unmanaged server's stop does nothing
+            r.engine.stop(self.timeouts.drain_s if r.planned.id in serving else 0)  # an unmanaged one's does nothing
             r.engine.close()
             self._remove_record(r.planned.id)
             del self.instances[r.planned.id]
-        for engine in self.parked:
-            engine.stop(0)
-            engine.close()
-        self.parked.clear()
         self._save()
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -381,36 +415,20 @@ class Actuator:
             log.error("cannot reset GPU %d: %s", gpu, exc)
 
     def _free_port(self) -> int:
-        used = {r.engine.spec.port for r in self.instances.values()} | {e.spec.port for e in self.parked}
+        used = {r.engine.spec.port for r in self.instances.values()}
         port = self._port_base
         while port in used or not _bindable(self.host, port):
             port += 1
         return port
 
     def _save(self) -> None:
-        entries = [
-            {
-                "planned": asdict(r.planned),
-                "spec": {**asdict(r.engine.spec)},
-                "pid": r.engine.pid,
-                "sm_clock_mhz": r.sm_clock_mhz,
-            }
-            for r in self.instances.values()
-            if r.engine.managed and r.engine.pid is not None
-        ]
-        tmp = self._engines_file.with_name(self._engines_file.name + ".tmp")
-        try:
-            self._engines_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"engines": entries}), encoding="utf-8")
-            os.replace(tmp, self._engines_file)
-        except OSError as exc:
-            raise AgentError(f"cannot write {self._engines_file}: {exc}") from exc
-
-
-def snap_up(mhz: int, supported: Sequence[int]) -> int:
-    """The lowest supported clock at or above ``mhz`` (never slower than planned), else the highest."""
-    above = [c for c in supported if c >= mhz]
-    return min(above) if above else max(supported)
+        saved = []
+        for r in self.instances.values():
+            pid = r.engine.pid
+            if r.engine.managed and pid is not None:
+                asleep = r.state is InstanceState.ASLEEP
+                saved.append(SavedEngine(r.planned, r.engine.spec, pid, r.sm_clock_mhz, asleep))
+        write_engines(self._engines_file, saved)
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -95,6 +95,7 @@ class Agent:
                 self.act.actual(),
                 sorted(self.act.gpus),
                 follow_plan_clocks=self.clock_loop is None,
+                can_sleep=self.act.can_sleep,
                 repool_in_place=self.externals is not None,
             )
             if d.problems != self.problems:

@@ -97,7 +97,15 @@ OPTIONS: tuple[Option, ...] = (
         example="--enforce-eager",
     ),
     Option("cuda_devices_by", choice("uuid", "index"), "uuid", "how CUDA_VISIBLE_DEVICES names the GPUs"),
-    Option("sleep_mode", boolean(), False, "vLLM: --enable-sleep-mode; scale-down sleeps, scale-up wakes"),
+    Option(
+        "sleep_mode",
+        boolean(),
+        False,
+        "vLLM (or the emulated engine): --enable-sleep-mode; the plan's standby instances sleep",
+    ),
+    Option(
+        "sleep_timeout_s", number(above=0), 120.0, "longest wait for an engine to fall asleep or wake (s)", example="60"
+    ),
     c.PROFILE.for_command(
         help="profile for the clock loop: a builtin name or a file",
         default_text="simulated engines: the shipped one; vLLM/TGI/llama.cpp: none (no clock loop)",

@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
-from wattgate.agent.actuator import Actuator, Timeouts
+from wattgate.agent.actuator import Actuator
 from wattgate.agent.agent import Agent
 from wattgate.agent.clock_loop import ClockLoop
 from wattgate.agent.clocks import ClockController
@@ -22,6 +22,7 @@ from wattgate.agent.engines.options import EngineOptions, make_engine
 from wattgate.agent.errors import SettingsError, StartupError
 from wattgate.agent.gpu.base import Gpu
 from wattgate.agent.metrics import AgentMetrics
+from wattgate.agent.running import Timeouts
 from wattgate.agent.settings import AgentSettings
 from wattgate.agent.store import AgentStore, StoreError
 from wattgate.agent.telemetry import Telemetry
@@ -129,7 +130,9 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
     recovered = clocks.recover()
     if recovered:
         log.warning("start-up: reset GPUs %s that a previous agent left locked", recovered)
-    timeouts = Timeouts(drain_s=s.drain_timeout_s, start_s=s.start_timeout_s, start_retries=s.start_retries)
+    timeouts = Timeouts(
+        drain_s=s.drain_timeout_s, start_s=s.start_timeout_s, start_retries=s.start_retries, sleep_s=s.sleep_timeout_s
+    )
     act = Actuator(
         node=s.node,
         model=s.model or "external",
@@ -143,6 +146,7 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
         max_batch=s.max_batch,
         timeouts=timeouts,
         stop_event=stop,
+        sleep_mode=s.sleep_mode,
     )
     act.adopt()
     slo = SloTargets(dict(zip((LengthClass.S, LengthClass.M, LengthClass.L), s.ttft_s, strict=True)), s.tbt_s)

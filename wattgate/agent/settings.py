@@ -66,6 +66,7 @@ class AgentSettings:
     start_timeout_s: float = 900.0
     stop_grace_s: float = 30.0
     start_retries: int = 5
+    sleep_timeout_s: float = 120.0
     metrics_port: int = 0  # 0: no metrics endpoint
     metrics_host: str = "0.0.0.0"
 
@@ -139,6 +140,10 @@ def validate(s: AgentSettings) -> AgentSettings:
         ),
         (s.clock_interval_s >= s.tick_s, "--clock-interval-s must be >= --tick-s"),
         (s.engine is not EngineKind.LLAMA_CPP or s.model_file is not None, "--engine llama.cpp needs --model-file"),
+        (
+            not s.sleep_mode or s.engine in (EngineKind.VLLM, EngineKind.SIMULATED),
+            "--sleep-mode needs --engine vllm (vLLM's sleep mode) or simulated",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -181,6 +186,7 @@ def from_values(v: Any) -> AgentSettings:
             start_timeout_s=v.start_timeout_s,
             stop_grace_s=v.stop_grace_s,
             start_retries=v.start_retries,
+            sleep_timeout_s=v.sleep_timeout_s,
             metrics_port=v.metrics_port,
             metrics_host=v.metrics_host,
         )

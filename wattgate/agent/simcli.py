@@ -51,6 +51,12 @@ SIM_BACKEND_OPTIONS: tuple[Option, ...] = (
         "default_output_tokens", integer(1), 64, "output length without max_tokens or a wattgate_sim hint", example="8"
     ),
     c.CLASS_EDGES,
+    Option(
+        "enable_sleep_mode",
+        boolean(),
+        False,
+        "serve vLLM's POST /sleep?level=1, POST /wake_up, GET /is_sleeping (wake-up time modelled)",
+    ),
     c.LOG_LEVEL.for_command(default="warning"),
 )
 
@@ -146,6 +152,7 @@ def sim_backend_main(args: Values) -> int:
             load_window_s=args.load_window_s,
             default_output_tokens=args.default_output_tokens,
             edges=args.class_edges,
+            sleep_mode=args.enable_sleep_mode,
         )
         model = ServingModel(args.arch, args.engine_calibration)
         sim_gpus = open_simulated_gpus(gpus, args.gpu_state_dir, writer=f"sim-backend {args.model}")

@@ -13,7 +13,14 @@ from dataclasses import replace
 from wattgate.agent.actuator import Actuator
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.gpu.base import Gpu, GpuError
-from wattgate.planner.contract import HEARTBEAT_REVISION, GpuReading, Heartbeat, NodeTelemetry, UnmanagedInstance
+from wattgate.planner.contract import (
+    HEARTBEAT_REVISION,
+    GpuReading,
+    Heartbeat,
+    InstanceState,
+    NodeTelemetry,
+    UnmanagedInstance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,8 @@ class Telemetry:
             managed=self.managed,
             unmanaged=self.servers(),
             revision=HEARTBEAT_REVISION,
+            sleep_mode=self._act.can_sleep,
+            asleep=sorted(i for i, r in list(self._act.instances.items()) if r.state is InstanceState.ASLEEP),
         )
 
     def servers(self) -> list[UnmanagedInstance]:

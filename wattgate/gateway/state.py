@@ -191,7 +191,9 @@ class GatewayState:
         if version == self.plan_version:
             return
         self.routes = plan_routes(plan.serves) if plan is not None else {}
-        self.weights = plan_weights((i.id, i.pool, i.load_rps) for i in plan.instances) if plan is not None else {}
+        # standby instances (asleep, never routed) carry no load and do not dilute their pool's weights
+        active = [] if plan is None else [i for i in plan.instances if not i.standby]
+        self.weights = plan_weights((i.id, i.pool, i.load_rps) for i in active) if plan is not None else {}
         self.plan_pools = plan.fixed_pools() if plan is not None else {}
         for iid, inst in self.instances.items():
             inst.weight = self.weights.get(iid, 1.0)

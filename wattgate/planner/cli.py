@@ -95,6 +95,13 @@ PLANNER_OPTIONS: tuple[Option, ...] = (
     Option("margin", number(0.0), 0.15, "the classic forecast's margin over the predicted peak", example="0.3"),
     Option("lease_s", number(above=0), 15.0, "leader lease (s)", example="30"),
     Option(
+        "standby_max_s",
+        number(0.0),
+        240.0,
+        "longest a dropped instance stays on warm standby on nodes with sleep mode (s; 0: never)",
+        example="60",
+    ),
+    Option(
         "min_rps",
         number(0.0),
         0.05,
@@ -302,6 +309,7 @@ def _loop_settings(v: Values) -> LoopSettings:
         clock_headroom=v.headroom,
         lead_s=v.lead_s,
         min_pool_rps=v.min_rps,
+        standby_max_s=v.standby_max_s,
         solver=_solver(v, amortize_s=v.amortize_s, headroom=1.0 if _peaks_by_default(v) else None),
     )
 

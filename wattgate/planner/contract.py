@@ -8,8 +8,11 @@ Messages grow only by optional fields with defaults, so one schema version spans
 drops fields it does not know (a plan's instances' too) and fills the ones a writer left out with their
 defaults. Additions within schema 1 are listed at each message (``Observation``: ``text_slots``,
 ``text_dim`` since ``OBSERVATION_REVISION`` 2; ``Heartbeat``: ``unmanaged``, the servers an agent runs for
-the user, since ``HEARTBEAT_REVISION`` 2; ``Plan``: ``fixed``, the ids of those the plan gives a pool and a
-clock, since ``PLAN_REVISION`` 2).
+the user, since ``HEARTBEAT_REVISION`` 2, ``sleep_mode`` / ``asleep`` since 3; ``Plan``: ``fixed``, the ids
+of those the plan gives a pool and a clock, since ``PLAN_REVISION`` 2, ``PlannedInstance.standby`` since 3).
+Warm standby (vLLM sleep mode) also added the instance state ``asleep`` (gateways route only to ``ready``;
+one from before it skips such a record with a warning, which routes nothing to it either).
+``PlannedInstance.standby`` is written only when true, so plans without standby instances stay as before.
 
 Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 
@@ -50,9 +53,10 @@ LOAD_MINUTE_TTL_S = 8 * 24 * 3600
 OBSERVATIONS_MAXLEN = 200_000
 # Revision 2 of Observation (schema 1) adds ``text_slots``/``text_dim``; revision-1 readers ignore them.
 OBSERVATION_REVISION = 2
-# Revision 2 of Heartbeat adds ``unmanaged`` and of Plan adds ``fixed``; revision-1 readers ignore them.
-HEARTBEAT_REVISION = 2
-PLAN_REVISION = 2
+# Revision 2 of Heartbeat adds ``unmanaged`` and of Plan adds ``fixed``; revision 3 adds warm standby
+# (Heartbeat ``sleep_mode``/``asleep``, PlannedInstance ``standby``). Older readers ignore them.
+HEARTBEAT_REVISION = 3
+PLAN_REVISION = 3
 HEARTBEAT_TTL_S = 15
 TELEMETRY_TTL_S = 15
 LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
@@ -139,11 +143,12 @@ class Source(enum.StrEnum):
 
 
 class InstanceState(enum.StrEnum):
-    STARTING = "starting"
-    READY = "ready"
+    STARTING = "starting"  # launching, or waking from sleep: not routed yet
+    READY = "ready"  # the only state gateways route to
     DRAINING = "draining"
     STOPPED = "stopped"
     FAILED = "failed"
+    ASLEEP = "asleep"  # on standby: the process runs with its weights offloaded (vLLM sleep mode), not routed
 
 
 T = TypeVar("T")
@@ -298,7 +303,16 @@ class InstanceRecord(_Message):
 @dataclass(frozen=True)
 class PlannedInstance:
     """One instance of the plan: where it runs, its tensor parallelism and SM clock (for a fixed instance,
-    one the plan cannot start or stop, only the pool it serves and its clock are the plan's choice)."""
+    one the plan cannot start or stop, only the pool it serves and its clock are the plan's choice).
+
+    ``standby`` (revision 3): keep the instance loaded but asleep (warm standby) instead of serving. An agent
+    whose node has sleep mode (``Heartbeat.sleep_mode``) starts it and puts it to sleep, or drains a serving
+    one and puts it to sleep; its record says ``asleep`` and gateways do not route to it. Planned active again
+    (``standby`` false, same id, pool, GPUs and TP), it is woken in place (seconds, no weight reload) and
+    registered ready. On a node without sleep mode a standby instance is not run (kept stopped) and the
+    heartbeat says so. Changing its pool, GPUs or TP is a restart, as for any instance. Never set on a fixed
+    instance.
+    """
 
     id: str
     pool: str
@@ -308,6 +322,7 @@ class PlannedInstance:
     sm_clock_mhz: int
     load_rps: float  # planned load per instance, requests/s
     power_w: float  # modelled from the profile
+    standby: bool = False
 
 
 @dataclass(frozen=True)
@@ -337,7 +352,7 @@ class Plan(_Message):
     # Revision 2: ids of the instances the planner may not start, stop or move (servers wattgate does not
     # manage, from the agents' heartbeats): the plan chooses their pool and clock only
     fixed: list[str] = field(default_factory=list)
-    revision: int = 1  # a message without the field predates revision 2; revision-2 writers set it
+    revision: int = 1  # a message without the field predates revision 2; writers set the current revision
 
     def for_node(self, node: str) -> list[PlannedInstance]:
         return [i for i in self.instances if i.node == node]
@@ -347,6 +362,13 @@ class Plan(_Message):
         ids = set(self.fixed)
         return {i.id: i.pool for i in self.instances if i.id in ids}
 
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for inst in out["instances"]:
+            if not inst.get("standby"):
+                del inst["standby"]  # plans without standby instances read as before it
+        return out
+
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Plan:
         data = dict(_decode(raw, "plan"))
@@ -354,6 +376,9 @@ class Plan(_Message):
         if not isinstance(listed, list) or not all(isinstance(i, dict) for i in listed):
             raise ContractError("plan: instances must be a list of objects")
         data["instances"] = [_build(PlannedInstance, i, "plan: bad instance") for i in listed]
+        for inst in data["instances"]:
+            if not isinstance(inst.standby, bool):
+                raise ContractError(f"plan: instance {inst.id}: standby must be true or false, got {inst.standby!r}")
         plan = _build(cls, data, "plan")
         h = plan.headroom
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h <= 1:
@@ -416,7 +441,12 @@ class Heartbeat(_Message):
     managed: bool = True
     # Revision 2: the node's unmanaged servers
     unmanaged: list[UnmanagedInstance] = field(default_factory=list)
-    revision: int = 1  # a message without the field predates revision 2; revision-2 writers set it
+    revision: int = 1  # a message without the field predates revision 2; writers set the current revision
+    # Revision 3: True when the node's engines can sleep (vLLM with --sleep-mode, and no sleep has failed),
+    # so the plan may mark its instances standby
+    sleep_mode: bool = False
+    # Revision 3: ids of this node's instances asleep now (on standby)
+    asleep: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, raw: str | bytes | dict[str, Any]) -> Heartbeat:

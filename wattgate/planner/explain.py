@@ -26,9 +26,11 @@ def build_plan(
     single: SinglePool | None = None,
     fixed: Sequence[PlannedInstance] = (),
     left_out: Sequence[str] = (),
+    standby: Sequence[PlannedInstance] = (),
 ) -> Plan:
     """The plan to publish; ``fixed``: the fixed instances with the pool and clock the decision gives them,
-    ``left_out``: fixed instances it gives nothing (an alert)."""
+    ``left_out``: fixed instances it gives nothing (an alert), ``standby``: instances kept asleep (their
+    sleeping power counts in the predicted power)."""
     alerts = list(decision.alerts)
     extra = []
     if single is not None:
@@ -47,7 +49,12 @@ def build_plan(
         alerts.append(
             f"the multi-pool baseline (TP8 at max clock) cannot meet the SLO for {', '.join(base.unservable)}"
         )
-    instances = [*placement.instances, *fixed]
+    instances = [*placement.instances, *standby, *fixed]
+    extra += [
+        f"{p.id} ({p.pool}, TP{p.tp}, {p.node} GPUs {list(p.gpus)}) on warm standby: asleep, not routed, "
+        f"{p.power_w:.0f} W (modelled); woken in seconds if a plan needs its pool again"
+        for p in standby
+    ]
     return Plan(
         version=version,
         created_at=created_at,

@@ -6,6 +6,12 @@ does one step so tests run many ticks without sleeping. Redis trouble: back off,
 The GPUs to plan on are the managed agents' nodes (or ``static_nodes``); the servers that unmanaged agents
 report in their heartbeats (``--external``) are fixed instances: counted as capacity, given a pool and a
 clock each epoch, never started, stopped or moved.
+
+Warm standby (``planner.standby``): on nodes whose agents can put engines to sleep, an instance a pool
+re-plan drops stays asleep instead of stopping when the pool's forecast over a longer horizon (this period
+plus ``standby_max_s``) is above what the plan was sized for, for at most ``standby_max_s``; a later plan
+that wants its pool and TP again wakes it. When each instance went on standby is kept in memory: a new
+leader counts from its first plan.
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from wattgate.planner.baselines import baseline, single_pool, single_pool_tp
-from wattgate.planner.contract import LOAD_SECOND_TTL_S, Heartbeat, Plan
+from wattgate.planner.baselines import IDLE_GPU_W, baseline, single_pool, single_pool_tp
+from wattgate.planner.contract import LOAD_SECOND_TTL_S, Heartbeat, Plan, PlannedInstance
 from wattgate.planner.epoch import plan_epoch
 from wattgate.planner.explain import build_plan
 from wattgate.planner.forecast import (
@@ -31,6 +37,7 @@ from wattgate.planner.forecast import (
     minute_peaks,
 )
 from wattgate.planner.model import FixedInstance, Inventory, Node, PlannerError, SolverSettings
+from wattgate.planner.standby import DEFAULT_STANDBY_MAX_S, keep_asleep
 from wattgate.planner.store import StoreError
 from wattgate.profiles.classes import POOL_NAMES, ProfilesError, RequestType
 from wattgate.profiles.table import Profile
@@ -69,6 +76,8 @@ class LoopSettings:
     # the headroom the plan carries to the agents' clock policy (None: the solver's). Planning for peaks at
     # the whole capacity, the clock policy still keeps 0.8 (it judges the last minute's mean load)
     clock_headroom: float | None = None
+    # longest a dropped instance stays on warm standby (nodes with sleep mode only); 0: never
+    standby_max_s: float = DEFAULT_STANDBY_MAX_S
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     solver: SolverSettings = field(default_factory=SolverSettings)
 
@@ -77,6 +86,8 @@ class LoopSettings:
             raise PlannerError("periods and the lease must be > 0 seconds")
         if self.min_pool_rps < 0:
             raise PlannerError("min_pool_rps must be >= 0")
+        if not self.standby_max_s >= 0:
+            raise PlannerError("standby_max_s must be >= 0")
         if (self.quantile is not None and not 0 < self.quantile < 1) or self.lead_s < 0:
             raise PlannerError("the forecast quantile must be in (0, 1) and lead_s >= 0")
         if self.series not in ("peaks", "counts"):
@@ -104,6 +115,7 @@ class PlannerLoop:
         self._last_cluster: float | None = None
         self._last_pool: float | None = None
         self.last_plan: Plan | None = None
+        self.asleep_since: dict[str, float] = {}  # instance id -> when a plan first put it on standby
         self._forecasts: dict[int, PoolForecasts] = {}  # per horizon (minutes): the cluster and pool periods'
         self._peaks: dict[int, dict[str, float]] = {}  # minute -> pool -> its peak, read once per minute
         self._peaks_provisional: int | None = None
@@ -167,6 +179,10 @@ class PlannerLoop:
         minute's busiest 10 s from the per-second windows); the minute in progress from the per-second
         windows once 15 s of it have passed, so a sudden rise counts at once.
         """
+        return self.forecasts(now, [horizon_min])[0]
+
+    def forecasts(self, now: float, horizons_min: list[int]) -> list[dict[str, float]]:
+        """``forecast`` for each horizon, from one read of the load windows."""
         s = self.settings
         pools = [t.name for t in self.profile.request_types if t.name in POOL_NAMES]
         minute = int(now // 60)
@@ -175,24 +191,29 @@ class PlannerLoop:
         else:
             series = self.store.load_minutes(pools, minute, s.history_min)
         elapsed = int(now) - minute * 60
-        if s.quantile is None:  # the classic forecast: the minute in progress scaled to a whole minute
-            if elapsed >= 15:
-                for p, n in self.store.load_seconds(pools, minute * 60, int(now)).items():
-                    series[p].append(n * 60.0 / elapsed)
-            demand = {p: forecast_peak(series[p], horizon_min, s.forecast) for p in pools}
-        else:
-            if horizon_min not in self._forecasts:
-                self._forecasts[horizon_min] = PoolForecasts(horizon_min, QuantileSettings(quantile=s.quantile))
-            demand = self._forecasts[horizon_min].forecast(series, end_minute=minute)  # whole minutes only
-            if elapsed >= 15:  # the minute in progress can only raise it, as a rate of what is forecast
-                seconds = self.store.load_second_counts(pools, minute * 60, int(now))
-                for p, c in seconds.items():
+        now_minute: dict[str, list[float]] = {}  # the minute in progress, once 15 s of it have passed
+        if elapsed >= 15:
+            if s.quantile is None:
+                now_minute = {p: [n] for p, n in self.store.load_seconds(pools, minute * 60, int(now)).items()}
+            else:
+                now_minute = self.store.load_second_counts(pools, minute * 60, int(now))
+        out = []
+        for horizon_min in horizons_min:
+            if s.quantile is None:  # the classic forecast: the minute in progress scaled to a whole minute
+                whole = {p: [*series[p], *(n * 60.0 / elapsed for n in now_minute.get(p, []))] for p in pools}
+                demand = {p: forecast_peak(whole[p], horizon_min, s.forecast) for p in pools}
+            else:
+                if horizon_min not in self._forecasts:
+                    self._forecasts[horizon_min] = PoolForecasts(horizon_min, QuantileSettings(quantile=s.quantile))
+                demand = self._forecasts[horizon_min].forecast(series, end_minute=minute)  # whole minutes only
+                for p, c in now_minute.items():  # the minute in progress can only raise it, as a rate
                     if s.series == "peaks":  # its busiest 10 s so far
                         now_rps = minute_peaks([*c, *[0.0] * (60 - len(c))])[0] / 60.0
                     else:
                         now_rps = sum(c) / elapsed
                     demand[p] = max(demand[p], now_rps)
-        return {p: max(demand[p], s.min_pool_rps) for p in pools}
+            out.append({p: max(demand[p], s.min_pool_rps) for p in pools})
+        return out
 
     def _minute_peaks(self, pools: list[str], minute: int) -> dict[str, list[float]]:
         """Each pool's peak per whole minute before ``minute``, as far back as the per-second windows last."""
@@ -230,7 +251,10 @@ class PlannerLoop:
 
     def _plan(self, now: float, period_s: float) -> Plan | None:
         s = self.settings
-        demand = self.forecast(now, self.horizon_min(period_s))
+        horizon_min = self.horizon_min(period_s)
+        # the longer horizon: until a standby instance would be reconsidered after it aged out
+        later_min = max(self.horizon_min(period_s + s.standby_max_s), horizon_min)
+        demand, later = self.forecasts(now, [horizon_min, later_min])
         beats = self.store.heartbeats()
         inventory = self.inventory(beats)
         fixed, unmanaged_nodes = fixed_instances(beats, {n.name for n in inventory.nodes})
@@ -246,6 +270,15 @@ class PlannerLoop:
         tp = single_pool_tp(self.profile, (n.gpus for n in nodes))
         single = single_pool(self.profile, loads, solver.slo, cluster_gpus, tp=tp)
         extra = [] if inventory.total_gpus or fixed else ["no GPUs: no agent heartbeats and no --gpus/--nodes"]
+        standby = self._standby(
+            now,
+            beats=beats,
+            running=running,
+            placed=epoch.placement.instances,
+            demand=demand,
+            later=later,
+            fixed_ids={f.id for f in fixed},
+        )
 
         def build(version: int) -> Plan:
             plan = build_plan(
@@ -259,6 +292,7 @@ class PlannerLoop:
                 single=single,
                 fixed=epoch.fixed,
                 left_out=epoch.left_out,
+                standby=standby,
             )
             return replace(plan, alerts=[*plan.alerts, *extra])
 
@@ -266,6 +300,7 @@ class PlannerLoop:
             log.warning("planner %s lost the lease while solving; not publishing", self.me)
             return None
         plan = self.store.publish(build)
+        self.asleep_since = {p.id: self.asleep_since.get(p.id, now) for p in plan.instances if p.standby}
         log.info(
             "planner: published plan v%d (%d instances, %.0f W; single-pool baseline %s W, multi-pool baseline %.0f W; "
             "modelled)",
@@ -286,6 +321,48 @@ class PlannerLoop:
         comes when the log line said (2, 4, 8 ... s), not at the next step."""
         remaining = self.backoff_until - self.clock()
         return max(0.0, min(step_s, remaining)) if remaining > 0 else step_s
+
+    def _standby(
+        self,
+        now: float,
+        *,
+        beats: list[Heartbeat],
+        running: list[PlannedInstance],
+        placed: Sequence[PlannedInstance],
+        demand: dict[str, float],
+        later: dict[str, float],
+        fixed_ids: set[str],
+    ) -> tuple[PlannedInstance, ...]:
+        """The previous plan's managed instances this plan keeps asleep (see the module docstring)."""
+        sleep_nodes = {b.node for b in beats if b.managed and b.sleep_mode}
+        may_need = {p for p, rps in later.items() if rps > demand.get(p, 0.0) * (1 + 1e-9) + 1e-9}
+        return keep_asleep(
+            [p for p in running if p.id not in fixed_ids],
+            placed,
+            sleep_nodes=sleep_nodes,
+            may_need=may_need,
+            asleep_since=self.asleep_since,
+            now=now,
+            max_s=self.settings.standby_max_s,
+            sleeping_power_w=self.sleeping_power_w,
+        )
+
+    def sleeping_power_w(self, p: PlannedInstance) -> float:
+        """Modelled power of an instance asleep: the profile's power at its lowest clock for the pool, extrapolated
+        from its two lightest loads to no load (asleep, it holds no KV cache and runs no step: what a loaded but
+        idle engine draws is an upper estimate), else 70 W a GPU."""
+        try:
+            rtype = RequestType.parse(p.pool)
+            clock = min(self.profile.clocks(p.tp, rtype))
+            loads = self.profile.loads(p.tp, clock, rtype)
+            first = self.profile.lookup(p.tp, clock, rtype, loads[0]).power_w
+            if len(loads) < 2 or loads[1] <= loads[0]:
+                return first
+            second = self.profile.lookup(p.tp, clock, rtype, loads[1]).power_w
+            slope = (second - first) / (loads[1] - loads[0])
+            return min(max(first - slope * loads[0], 0.0), first)
+        except (ProfilesError, ValueError):
+            return IDLE_GPU_W * p.tp
 
     def run(self, stop: threading.Event, poll_s: float | None = None) -> None:
         step = poll_s if poll_s is not None else min(self.settings.lease_s / 3, 5.0)

@@ -1,6 +1,7 @@
 """Placement: map the plan's instances onto nodes and GPU indices, keeping running instances where they are.
 
-Pure. A running instance of the same pool and TP stays on its GPUs (its clock and load may change);
+Pure. A running instance of the same pool and TP stays on its GPUs (its clock and load may change; one on
+warm standby is planned active again, so its agent wakes it);
 only the rest are placed, largest TP first, best fit, each TP group on aligned GPUs of one node,
 never on GPUs that are ``held`` (an instance still draining or stopping holds its GPUs until it is
 gone). When what stays fragments the nodes so much that a new group no longer fits, everything is
@@ -68,7 +69,8 @@ def _best_match(w: _Want, running: list[PlannedInstance]) -> PlannedInstance | N
     same = [r for r in running if r.pool == w.pool and r.tp == w.tp and len(r.gpus) == r.tp]
     if not same:
         return None
-    return min(same, key=lambda r: (r.sm_clock_mhz != w.clock_mhz, r.node, r.gpus))
+    # one that serves before one on standby (waking costs seconds, but a serving one costs nothing)
+    return min(same, key=lambda r: (r.standby, r.sm_clock_mhz != w.clock_mhz, r.node, r.gpus))
 
 
 def _pack(

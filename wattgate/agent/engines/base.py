@@ -87,11 +87,25 @@ class Engine(Protocol):
         """Wait (bounded) for in-flight requests to finish, then SIGTERM, then SIGKILL."""
         ...
 
-    def sleep(self) -> bool:
-        """Put the engine to sleep (vLLM sleep mode) instead of stopping; False if unsupported."""
+    @property
+    def can_sleep(self) -> bool:
+        """The engine was started able to sleep (vLLM with sleep mode on)."""
         ...
 
-    def wake(self) -> bool: ...
+    def sleep(self, timeout_s: float) -> None:
+        """Put the engine to sleep (weights offloaded, KV cache dropped) and wait, at most ``timeout_s``,
+        until it says it sleeps. Raises EngineError saying why when it cannot (drain first: an engine
+        may abort what is still running)."""
+        ...
+
+    def wake(self, timeout_s: float) -> None:
+        """Wake a sleeping engine and wait, at most ``timeout_s``, until it says it is awake; EngineError
+        saying why when it does not (the caller then restarts it cold)."""
+        ...
+
+    def is_sleeping(self) -> bool | None:
+        """Whether the engine sleeps now, as it says; None when it cannot tell (no such endpoint, no answer)."""
+        ...
 
     def close(self) -> None:
         """Release the HTTP client (the process, if any, is left as it is)."""

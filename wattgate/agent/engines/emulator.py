@@ -21,7 +21,15 @@ in simulated time paced to the wall clock: simulated seconds = wall seconds sinc
 - **Reports.** Every duration is in simulated seconds and modelled, never measured: the
   ``wattgate_sim`` object of each response and /metrics (``emulator_metrics``).
 
-The HTTP side (OpenAI endpoints, disconnects) is ``emulator_app``.
+- **Sleep mode** (``EmulatorSettings.sleep_mode``, ``sim-backend --enable-sleep-mode``): vLLM's level-1 sleep
+  as the serving model's cluster has it. ``sleep()`` holds new requests; the engine is asleep once nothing
+  runs (vLLM's ``mode=wait``; its default ``abort`` would cut what runs, which a drained instance does not
+  have). Asleep, the engine idles: its GPUs draw its idle power at the clock they are locked at (the agent
+  locks the lowest), an upper estimate, as in ``servingmodel.cluster``. ``wake_up()`` brings it back after
+  ``wake_s`` simulated seconds (``Lifecycle.wake_s``: the weights copied back over the host link plus 1 s,
+  ~4 s for a 70B model on TP2, against ~95 s for a cold start; modelled), then releases the held requests.
+
+The HTTP side (OpenAI endpoints, disconnects, the sleep endpoints) is ``emulator_app``.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from wattgate.agent.gpu.base import GpuError
 from wattgate.agent.gpu.simulated import SimulatedGpu
 from wattgate.profiles.classes import ClassEdges
 from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE, ServingModel
+from wattgate.servingmodel.cluster import Lifecycle
 from wattgate.servingmodel.engine import Finished, Phase
 from wattgate.servingmodel.errors import ServingModelError
 
@@ -67,6 +76,7 @@ class EmulatorSettings:
     load_window_s: float = 30.0
     default_output_tokens: int = 64
     edges: ClassEdges = field(default_factory=ClassEdges)
+    sleep_mode: bool = False  # serve /sleep, /wake_up and /is_sleeping (vLLM's --enable-sleep-mode + dev mode)
 
     def __post_init__(self) -> None:
         if not self.speed > 0:
@@ -137,6 +147,12 @@ class Emulator:
         self._ended = {"stop": 0, "length": 0, "abort": 0}
         self._prompt_done = self._generated_done = 0  # tokens of requests no longer in the engine
         self.gpu_errors = 0
+        # sleep mode: asleep from when nothing runs after sleep(); awake ``wake_s`` after wake_up() (modelled)
+        self.wake_s = Lifecycle().wake_s(model.arch.weights_bytes(), settings.tp)
+        self._sleep_asked = False  # sleep() called, wake_up() not yet
+        self._awake_at_s: float | None = None  # simulated time a wake-up in progress completes
+        self._awake = asyncio.Event()
+        self._awake.set()
 
     def now_s(self) -> float:
         return (self._wall_s() - self._t0) * self.settings.speed
@@ -146,10 +162,37 @@ class Emulator:
         w = self.settings.load_window_s
         return (bisect.bisect_right(self._arrivals, at_s) - bisect.bisect_right(self._arrivals, at_s - w)) / w
 
+    # -- sleep mode --------------------------------------------------------------------------
+    def sleep(self) -> None:
+        """Hold new requests; the engine is asleep once nothing runs."""
+        self._sleep_asked, self._awake_at_s = True, None
+        self._awake.clear()
+
+    def wake_up(self) -> None:
+        """Start a wake-up (``wake_s`` simulated seconds); nothing to do when awake or already waking."""
+        if self._sleep_asked and self._awake_at_s is None:
+            self._awake_at_s = self.now_s() + self.wake_s
+            self._wake.set()  # the driver times the end of the wake-up
+
+    def is_sleeping(self) -> bool:
+        """Asleep or waking (vLLM's ``/is_sleeping`` says true until the wake-up is done)."""
+        self._check_awake(self.now_s())
+        return self._sleep_asked and (self._awake_at_s is not None or self.engine.idle)
+
+    async def until_awake(self) -> None:
+        """Return once the engine takes requests (at once when it never slept)."""
+        await self._awake.wait()
+
+    def _check_awake(self, now: float) -> None:
+        if self._awake_at_s is not None and now >= self._awake_at_s:
+            self._sleep_asked, self._awake_at_s = False, None
+            self._awake.set()
+
     # -- the driver ------------------------------------------------------------------------
     def step(self) -> float:
         """Commit the engine up to what is visible now, hand out tokens; returns wall seconds to the next wake."""
         now = self.now_s()
+        self._check_awake(now)
         engine = self.engine
         engine.advance(max(now - self.egress_s, engine.time_s))
         for f in engine.pop_finished():
@@ -172,7 +215,10 @@ class Emulator:
         if cut > 1024:
             del self._arrivals[:cut]
         nxt = engine.next_event_s()
-        return MAX_SLEEP_S if nxt is None else (nxt + self.egress_s - now) / self.settings.speed
+        delay = MAX_SLEEP_S if nxt is None else (nxt + self.egress_s - now) / self.settings.speed
+        if self._awake_at_s is not None:
+            delay = min(delay, (self._awake_at_s - now) / self.settings.speed)
+        return delay
 
     async def run(self) -> None:
         """The driver loop (sleeps until the next step's tokens are due, or a request arrives or leaves)

@@ -1,4 +1,7 @@
-"""The HTTP face of an emulated vLLM instance: OpenAI completions (streamed or not), /health, /v1/models, /metrics.
+"""The HTTP face of an emulated vLLM instance: OpenAI completions (streamed or not), /health, /v1/models, /metrics,
+and with sleep mode vLLM's dev-mode ``POST /sleep?level=1``, ``POST /wake_up`` and ``GET /is_sleeping`` (both POSTs
+answer 200 with an empty body before the change is done, as vLLM's may; requests that arrive while the engine
+sleeps wait for the wake-up).
 
 A client that goes away (a stream closed, a non-streamed request's connection dropped) is aborted
 at once, as vLLM aborts it: its sequence slot and KV cache are freed for the requests behind it.
@@ -91,6 +94,7 @@ def build_app(emu: Emulator) -> Starlette:
                 default_output_tokens=settings.default_output_tokens,
                 edges=settings.edges,
             )
+            await emu.until_awake()
             rid, waiter = emu.submit(req)
         except SimRequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
@@ -120,6 +124,30 @@ def build_app(emu: Emulator) -> Starlette:
         body = emu.metrics.text(emu.snapshot())
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    async def sleep(request: Request) -> Response:
+        level = request.query_params.get("level", "1")
+        if level != "1":  # level 2 drops the weights too: a wake-up would need a reload this emulator does not model
+            return JSONResponse({"error": f"sleep level {level} is not emulated (level 1 only)"}, status_code=400)
+        emu.sleep()
+        return Response(status_code=200)
+
+    async def wake_up(_: Request) -> Response:
+        emu.wake_up()
+        return Response(status_code=200)
+
+    async def is_sleeping(_: Request) -> Response:
+        return JSONResponse({"is_sleeping": emu.is_sleeping()})
+
+    sleep_routes = (
+        [
+            Route("/sleep", sleep, methods=["POST"]),
+            Route("/wake_up", wake_up, methods=["POST"]),
+            Route("/is_sleeping", is_sleeping, methods=["GET"]),
+        ]
+        if settings.sleep_mode
+        else []
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(emu.run())
@@ -139,6 +167,7 @@ def build_app(emu: Emulator) -> Starlette:
             Route("/health", health, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *sleep_routes,
         ],
         lifespan=lifespan,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from wattgate.agent.engines.base import IN_FLIGHT_METRICS, EngineKind, EngineSpec, parse_metrics
+from wattgate.agent.engines.base import IN_FLIGHT_METRICS, EngineError, EngineKind, EngineSpec, parse_metrics
 
 _TIMEOUT = httpx.Timeout(2.0)
 
@@ -77,11 +77,18 @@ class HttpEngine:
         value = parse_metrics(r.text, IN_FLIGHT_METRICS[self.metrics_kind])
         return None if value is None else int(value)
 
-    def sleep(self) -> bool:
+    @property
+    def can_sleep(self) -> bool:
         return False
 
-    def wake(self) -> bool:
-        return False
+    def sleep(self, timeout_s: float) -> None:
+        raise EngineError(f"{self._spec.instance_id}: a {self.kind} engine has no sleep mode")
+
+    def wake(self, timeout_s: float) -> None:
+        raise EngineError(f"{self._spec.instance_id}: a {self.kind} engine has no sleep mode")
+
+    def is_sleeping(self) -> bool | None:
+        return None
 
     def close(self) -> None:
         self._http.close()

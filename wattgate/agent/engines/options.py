@@ -17,7 +17,7 @@ class EngineOptions:
     command: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
     cuda_devices_by: str = "uuid"  # uuid | index: how CUDA_VISIBLE_DEVICES names the GPUs
-    sleep_mode: bool = False  # vLLM: --enable-sleep-mode; scale-down sleeps instead of stopping
+    sleep_mode: bool = False  # vLLM (and sim): --enable-sleep-mode (+ VLLM_SERVER_DEV_MODE=1); standby instances sleep
     stop_grace_s: float = 30.0
     model_file: Path | None = None  # llama.cpp: the GGUF file (served under the instance's model name)
     # simulated engine only

@@ -1,7 +1,8 @@
 """The emulated engine: ``wattgate sim-backend`` (the serving model in real time) as a child process.
 
 It shares ``--gpu-state-dir`` with the simulated GPUs, so the clocks the agent locks slow or speed
-the emulated instance and its modelled power follows.
+the emulated instance and its modelled power follows. With the agent's ``--sleep-mode`` it starts with
+``--enable-sleep-mode`` and sleeps and wakes through vLLM's endpoints, as a vLLM engine does.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import sys
 
 from wattgate.agent.engines.base import EngineKind
-from wattgate.agent.engines.process import ProcessEngine
+from wattgate.agent.engines.sleepable import SleepableEngine
 
 
-class SimulatedEngine(ProcessEngine):
+class SimulatedEngine(SleepableEngine):
     kind_value = EngineKind.SIMULATED
     default_command = (sys.executable, "-m", "wattgate", "sim-backend")
 
@@ -33,7 +34,10 @@ class SimulatedEngine(ProcessEngine):
         ]
         if o.gpu_state_dir is not None:
             cmd += ["--gpu-state-dir", str(o.gpu_state_dir)]
-        return [*cmd, "--speed", f"{o.speed:g}", "--max-num-seqs", str(s.max_batch), *o.extra_args]
+        cmd += ["--speed", f"{o.speed:g}", "--max-num-seqs", str(s.max_batch)]
+        if o.sleep_mode:
+            cmd.append("--enable-sleep-mode")
+        return [*cmd, *o.extra_args]
 
     def environment(self) -> dict[str, str]:
         return dict(self.options.env)  # no CUDA here
