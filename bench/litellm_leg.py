@@ -51,6 +51,7 @@ from wattgate.procs import stop_process  # noqa: E402
 DEFAULT_BIN = REPO / ".cache" / "litellm-proxy" / "venv" / "bin" / "litellm"
 FAKE_MODEL = "fake-model"
 _RUNNING: dict[str, int] = {}  # base URL -> pid of the proxy serving it
+_LOGS: dict[str, Path] = {}  # base URL -> the proxy's log (stdout and stderr), while it runs
 OFFLINE_ENV = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "HF_HUB_OFFLINE": "1",
@@ -129,34 +130,71 @@ def proxy_config(backend_url: str, model: str) -> str:
     return json.dumps(config, indent=2)  # JSON is YAML
 
 
-@contextlib.contextmanager
-def litellm_proxy(backend_url: str, model: str, *, startup_timeout_s: float = 180.0) -> Iterator[str]:
+def litellm_proxy(
+    backend_url: str, model: str, *, startup_timeout_s: float = 180.0
+) -> contextlib.AbstractContextManager[str]:
     """Run the LiteLLM proxy in front of ``backend_url`` for ``model``; yield its base URL."""
+    return litellm_proxy_with(proxy_config(backend_url, model), model, startup_timeout_s=startup_timeout_s)
+
+
+def wattgate_in_proxy() -> bool:
+    """Whether the proxy environment imports this checkout's wattgate (scripts/install_litellm_proxy puts it
+    there), so the proxy can load ``wattgate.litellm_routing.proxy.wattgate_routing`` as a callback."""
+    try:
+        exe = litellm_executable()
+    except LiteLLMProxyUnavailable:
+        return False
+    code = f"import sys, wattgate.litellm_routing as m; sys.exit(not m.__file__.startswith({str(REPO) + '/'!r}))"
+    probe = subprocess.run([str(exe.parent / "python"), "-c", code], cwd="/", capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@contextlib.contextmanager
+def litellm_proxy_with(
+    config: str,
+    model: str,
+    *,
+    env: dict[str, str] | None = None,
+    files: dict[str, str] | None = None,
+    startup_timeout_s: float = 180.0,
+) -> Iterator[str]:
+    """Run the LiteLLM proxy with ``config`` (YAML or JSON text) and ``env`` added to the offline environment,
+    ``files`` (name -> text, e.g. a callback module) next to the config; yield its base URL once it serves
+    ``model``."""
     exe = litellm_executable()
     with tempfile.TemporaryDirectory(prefix="wattgate-litellm-") as tmp:
         cfg = Path(tmp) / "config.yaml"
-        cfg.write_text(proxy_config(backend_url, model))
+        cfg.write_text(config)
+        for name, text in (files or {}).items():
+            (Path(tmp) / name).write_text(text)
         port = free_port()
         log_path = Path(tmp) / "litellm.log"
-        env = {**os.environ, **OFFLINE_ENV}
+        env = {**os.environ, **OFFLINE_ENV, **(env or {})}
         env.pop("LITELLM_MASTER_KEY", None)
         env.pop("DATABASE_URL", None)
         cmd = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         base_url = f"http://127.0.0.1:{port}"
-        _RUNNING[base_url] = proc.pid
+        _RUNNING[base_url], _LOGS[base_url] = proc.pid, log_path
         try:
             _wait_serving(proc, base_url, model, startup_timeout_s, log_path)
             yield base_url
         finally:
             _RUNNING.pop(base_url, None)
+            _LOGS.pop(base_url, None)
             stop_process(proc, group=True)
 
 
 def proxy_pid(base_url: str) -> int | None:
     """The pid of the LiteLLM proxy serving ``base_url`` (one uvicorn worker: all its CPU), while it runs."""
     return _RUNNING.get(base_url)
+
+
+def proxy_log(base_url: str) -> str:
+    """What the proxy serving ``base_url`` has logged so far."""
+    path = _LOGS.get(base_url)
+    return path.read_text(errors="replace") if path is not None and path.exists() else ""
 
 
 def litellm_leg(backend_url: str) -> contextlib.AbstractContextManager[str]:

@@ -11,10 +11,12 @@ from wattgate.planner.contract import (
     PLAN_REVISION,
     SCHEMA_VERSION,
     ContractError,
+    GpuReading,
     Heartbeat,
     InstanceRecord,
     InstanceState,
     Keys,
+    NodeTelemetry,
     Observation,
     Plan,
     PlannedInstance,
@@ -81,6 +83,17 @@ def test_plan_serves_defaults_to_empty_and_round_trips() -> None:
     old = plan.to_dict()
     del old["serves"]
     assert Plan.from_json(json.dumps(old)).serves == {}
+
+
+def test_to_json_is_the_json_of_to_dict_for_flat_and_nested_messages() -> None:
+    obs = Observation("r", "SS", "SS", [1.0, 0.0, 0.0], 10, 5, 0.1, None, 200, "i1", "m", 1.0, {"f": 0.5}, 64)
+    gpu = GpuReading(0, "GPU-0", "H100", 300.5, 12.0, 1410, None, "modelled")
+    planned = PlannedInstance("i1", "SS", "n0", [0, 1], 2, 1200, 1.5, 400.0)
+    standby = PlannedInstance("i2", "SS", "n0", [2], 1, 1200, 0.0, 80.0, standby=True)
+    plan = Plan(3, 1.0, "m", [planned, standby], {"SS": 0.3}, 1.0, 2.0, serves={"SS": ["SS"]}, single_pool_gpus=8)
+    beat = Heartbeat("ext", 1.0, 3, 8, True, managed=False, unmanaged=[UnmanagedInstance("e0", 4, [0, 1], "m")])
+    for message in (obs, plan, beat, NodeTelemetry("n0", 1.0, [gpu], {"i1": "ready"})):
+        assert message.to_json() == json.dumps(message.to_dict(), separators=(",", ":"), sort_keys=True)
 
 
 def test_standby_round_trips_and_is_written_only_when_true() -> None:

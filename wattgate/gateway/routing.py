@@ -8,11 +8,14 @@ mean, ``plan_weights``). A request type goes first to the pool(s) the planner's 
 to (``Plan.serves``, made into ``Routes`` by ``plan_routes``); when there is no plan, or those pools
 have no instance that can take it (none ready, or all at their concurrency bound), the pools of
 ``spill_chain`` are tried in order. When nothing routable can take it, pools in panic (too few of their
-instances routable) offer their ejected and probe-failing instances too (``choose``).
+instances routable) offer their ejected and probe-failing instances too (``choose``). Passive ejection
+(``record_failure``, Envoy's outlier detection): a connect error ejects an instance at once, other
+failures after a run of them, for a cooldown, unless the pool's ejection cap says no.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -185,6 +188,51 @@ def _load(i: Instance) -> tuple[float, float]:
     return (i.outstanding_tokens / w, i.in_flight / w)
 
 
+class Ejection(enum.Enum):
+    """What a failure did to its instance."""
+
+    NONE = "none"  # counted (or the instance is ejected already)
+    EJECTED = "ejected"
+    CAPPED = "capped"  # would have been ejected, but too much of its pool is ejected already
+
+
+def record_failure(  # noqa: PLR0917  (a rule over plain values; the callers hold them)
+    inst: Instance,
+    pool: Iterable[Instance],
+    now: float,
+    connect_error: bool,
+    after_failures: int,
+    cooldown_s: float,
+    max_ejection_percent: float,
+) -> Ejection:
+    """Count a failure that is ``inst``'s. A connect error ejects it until ``now + cooldown_s`` at once,
+    ``after_failures`` in a row do too, unless ``may_eject`` says no. ``pool``: the ready instances of its
+    pool, itself included."""
+    inst.consecutive_failures += 1
+    if not connect_error and inst.consecutive_failures < after_failures:
+        return Ejection.NONE
+    if now < inst.ejected_until:
+        return Ejection.NONE
+    inst.consecutive_failures = 0
+    if not may_eject(inst, pool, now, max_ejection_percent):
+        return Ejection.CAPPED
+    inst.ejected_until = now + cooldown_s
+    return Ejection.EJECTED
+
+
+def may_eject(inst: Instance, pool: Iterable[Instance], now: float, max_ejection_percent: float) -> bool:
+    """Envoy's rule: the first ejection of a pool is always allowed; more only while the ejected stay
+    within ``max_ejection_percent`` of the pool's ready instances (``pool``)."""
+    members = list(pool)
+    ejected = sum(1 for i in members if i is not inst and now < i.ejected_until)
+    return ejected == 0 or (ejected + 1) * 100 <= max_ejection_percent * len(members)
+
+
+def record_success(inst: Instance) -> None:
+    """A success ends a run of failures."""
+    inst.consecutive_failures = 0
+
+
 MIN_WEIGHT = 0.1  # an instance the plan gives (almost) no load still takes work when the others are busier
 
 
@@ -211,13 +259,17 @@ def pools_for(rtype: RequestType) -> tuple[str, ...]:
 
 
 __all__ = [
+    "Ejection",
     "Instance",
     "InstanceSpec",
     "LengthClass",
     "Routes",
     "choose",
     "expected_output_tokens",
+    "may_eject",
     "plan_routes",
     "plan_weights",
+    "record_failure",
+    "record_success",
     "request_type",
 ]

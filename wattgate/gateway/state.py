@@ -20,7 +20,16 @@ import httpx
 from wattgate.classifier.api import MaxTokensPredictor, Predictor
 from wattgate.gateway.http import FORWARDED_REQUEST_HEADERS
 from wattgate.gateway.metrics import GatewayMetrics
-from wattgate.gateway.routing import Instance, InstanceSpec, plan_routes, plan_weights
+from wattgate.gateway.routing import (
+    Ejection,
+    Instance,
+    InstanceSpec,
+    may_eject,
+    plan_routes,
+    plan_weights,
+    record_failure,
+    record_success,
+)
 from wattgate.gateway.settings import BackendSpec, GatewaySettings
 from wattgate.gateway.transport import FastTransport
 from wattgate.planner.contract import InstanceRecord, Observation, Plan
@@ -219,36 +228,35 @@ class GatewayState:
     def note_failure(self, inst: Instance, connect_error: bool) -> None:
         """A failure that is the instance's (the proxy does not call this for one a request reproduced on a
         second instance). A connect error ejects at once, ``eject_after_failures`` in a row do too,
-        unless the ejection cap says no."""
-        inst.consecutive_failures += 1
-        if not connect_error and inst.consecutive_failures < self.settings.eject_after_failures:
-            return
+        unless the ejection cap says no (``routing.record_failure``)."""
+        s = self.settings
+        pool = self.pool_of(inst)
         now = time.monotonic()
-        if now < inst.ejected_until:
-            return
-        inst.consecutive_failures = 0
-        if not self.may_eject(inst, now):
+        done = record_failure(
+            inst, pool, now, connect_error, s.eject_after_failures, s.eject_cooldown_s, s.max_ejection_percent
+        )
+        if done is Ejection.CAPPED:
             self.metrics.ejections_capped.labels(inst.id).inc()
             log.warning(
                 "instance %s not ejected: %g%% of its pool is ejected already (max_ejection_percent)",
                 inst.id,
-                self.settings.max_ejection_percent,
+                s.max_ejection_percent,
             )
-            return
-        inst.ejected_until = now + self.settings.eject_cooldown_s
-        self.metrics.ejections.labels(inst.id).inc()
-        log.warning("instance %s ejected for %.1f s", inst.id, self.settings.eject_cooldown_s)
+        elif done is Ejection.EJECTED:
+            self.metrics.ejections.labels(inst.id).inc()
+            log.warning("instance %s ejected for %.1f s", inst.id, s.eject_cooldown_s)
+
+    def pool_of(self, inst: Instance) -> list[Instance]:
+        """The ready instances of ``inst``'s pool (itself included)."""
+        return [i for i in self.instances.values() if i.spec.pool == inst.spec.pool and i.spec.ready]
 
     def may_eject(self, inst: Instance, now: float) -> bool:
-        """Envoy's rule: the first ejection of a pool is always allowed; more only while the ejected stay
-        within ``max_ejection_percent`` of the pool's ready instances."""
-        pool = [i for i in self.instances.values() if i.spec.pool == inst.spec.pool and i.spec.ready]
-        ejected = sum(1 for i in pool if i is not inst and now < i.ejected_until)
-        return ejected == 0 or (ejected + 1) * 100 <= self.settings.max_ejection_percent * len(pool)
+        """Envoy's rule (``routing.may_eject``) over ``inst``'s pool."""
+        return may_eject(inst, self.pool_of(inst), now, self.settings.max_ejection_percent)
 
     @staticmethod
     def note_success(inst: Instance) -> None:
-        inst.consecutive_failures = 0
+        record_success(inst)
 
     # -- active probing and discovery -----------------------------------------------------------
     async def probe(self, inst: Instance) -> None:

@@ -115,10 +115,16 @@ class RedisStore:
         if len(keep) < len(batch):
             self.metrics.redis_dropped.labels("observation").inc(len(batch) - len(keep))
 
-    async def run_flusher(self, interval_s: float) -> None:
+    async def run_flusher(self, interval_s: float, stop: asyncio.Event | None = None) -> None:
+        """Flush every ``interval_s``, backing off while Redis fails. With ``stop``: flush once more when it is
+        set, then return (cancelling the task mid-flush would lose the batch it holds)."""
         backoff = interval_s
-        while True:
-            await asyncio.sleep(backoff)
+        while stop is None or not stop.is_set():
+            if stop is None:
+                await asyncio.sleep(backoff)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
             ok = await self.flush()
             backoff = interval_s if ok else min(max(backoff * 2, 0.25), 2.0)
 

@@ -42,7 +42,7 @@ import json
 import sys
 from array import array
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
 SCHEMA_VERSION = 1
@@ -191,7 +191,20 @@ class _Message:
         return out  # type: ignore[no-any-return]
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        # the same JSON as to_dict's; where to_dict is this class's own, without asdict's deep copy of every value
+        # (observations are written on the request path): nested dataclasses (GPU readings, unmanaged servers)
+        # are serialised as they come. A message that shapes its dict (Plan) goes through its to_dict.
+        if type(self).to_dict is not _Message.to_dict:
+            return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        return json.dumps(
+            {**vars(self), "schema": SCHEMA_VERSION}, separators=(",", ":"), sort_keys=True, default=_fields_of
+        )
+
+
+def _fields_of(value: object) -> dict[str, Any]:
+    if is_dataclass(value) and not isinstance(value, type):
+        return vars(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 @dataclass(frozen=True)
