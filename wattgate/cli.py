@@ -11,9 +11,15 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-# Each module defines ``register(subparsers)``, which adds its subcommands with
-# ``set_defaults(func=...)``; ``func(args)`` returns the exit code. Packages not built yet are absent.
+if TYPE_CHECKING:
+    from wattgate.settings.model import Command
+
+# Each module defines ``COMMANDS`` (``wattgate.settings.model.Command``: options and what runs them) and
+# ``register(subparsers)``, which adds them with ``set_defaults(func=...)``; ``func(args)`` returns the exit
+# code. Packages not built yet are absent.
 SUBCOMMAND_MODULES = (
     "wattgate.gateway.cli",
     "wattgate.gateway.reportcli",
@@ -26,6 +32,23 @@ SUBCOMMAND_MODULES = (
 )
 
 
+def _modules() -> list[ModuleType]:
+    found = []
+    for name in SUBCOMMAND_MODULES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                continue
+        except ModuleNotFoundError:  # the parent package is not there either
+            continue
+        found.append(importlib.import_module(name))
+    return found
+
+
+def commands() -> list[Command]:
+    """Every command's settings model (``wattgate.settings``), in ``--help`` order."""
+    return [c for m in _modules() for c in getattr(m, "COMMANDS", ())]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wattgate",
@@ -33,13 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        try:
-            if importlib.util.find_spec(name) is None:
-                continue
-        except ModuleNotFoundError:  # the parent package is not there either
-            continue
-        importlib.import_module(name).register(sub)
+    for module in _modules():
+        module.register(sub)
     return parser
 
 

@@ -27,7 +27,8 @@ from wattgate.planner.contract import Heartbeat, InstanceRecord, Keys
     [
         (["--redis-url", "http://x", "--node", "n1", "--model", "m"], "--redis-url"),
         (["--redis-url", "redis://x", "--node", "bad name", "--model", "m"], "--node"),
-        (["--redis-url", "redis://x", "--node", "n1", "--gpus", "sim:0", "--model", "m"], "--gpus"),
+        (["--redis-url", "redis://x", "--node", "n1", "--gpus", "sim:0", "--model", "m"], "--gpu-kind"),
+        (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--tbt-s", "fast"], "--tbt-s"),
         (["--redis-url", "redis://x", "--node", "n1", "--model", "m", "--metrics-port", "70000"], "--metrics-port"),
         (["--redis-url", "redis://x", "--node", "n1", "--engine", "external"], "--external"),
         (["--redis-url", "redis://x", "--node", "n1", "--engine", "external", "--external", "id=a"], "--external"),

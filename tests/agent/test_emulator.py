@@ -331,14 +331,14 @@ def test_cli_sim_backend_with_the_agent_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--arch", "gpt-5"], "error: unknown model architecture 'gpt-5'"),
-        (["--engine", "tgi"], "error: unknown engine 'tgi'"),
-        (["--tp", "1"], "error: llama-3.1-70b does not fit TP1"),
-        (["--gpu-memory-utilization", "1.5"], "error: gpu_memory_utilization must be in (0, 1]"),
-        (["--speed", "0"], "error: --speed must be > 0"),
-        (["--class-edges", "10,5,3,4"], "error: input class edges must satisfy"),
-        (["--gpus", "0"], "error: TP2 needs 2 GPUs"),
-        (["--gpus", "0,x"], "error: --gpus must be a comma-separated list of integers"),
+        (["--arch", "gpt-5"], "--arch: expected one of llama-2-70b"),
+        (["--engine", "tgi"], "--engine-calibration: expected one of vllm-v1, dynamollm-2024, got 'tgi'"),
+        (["--tp", "1"], "llama-3.1-70b does not fit TP1"),
+        (["--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization: must be <= 1, got 1.5"),
+        (["--speed", "0"], "--sim-speed: must be > 0, got 0"),
+        (["--class-edges", "10,5,3,4"], "--class-edges: input class edges must satisfy"),
+        (["--gpus", "0"], "TP2 needs 2 GPUs"),
+        (["--gpus", "0,x"], "--gpu-indices: expected an integer, got 'x'"),
     ],
 )
 def test_cli_sim_backend_bad_input_is_a_clear_error(extra: list[str], message: str) -> None:
@@ -350,5 +350,5 @@ def test_cli_sim_backend_bad_input_is_a_clear_error(extra: list[str], message: s
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("wattgate sim-backend: error: "), proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -81,7 +81,7 @@ def test_profile_sim_measures_what_the_serving_model_gives_offline(
         (["--clocks", "1234", "--loads", "1", "--types", "SS"], "cannot lock 1234 MHz"),
         (["--clocks", "800", "--loads", "1", "--types", "XX"], "unknown request type"),
         (["--clocks", "800", "--loads", "fast", "--types", "SS"], "--loads must be"),
-        (["--clocks", "800", "--loads", "1", "--arch", "gpt-5"], "unknown model architecture 'gpt-5'"),
+        (["--clocks", "800", "--loads", "1", "--arch", "gpt-5"], "--arch: expected one of llama-2-70b"),
         (["--clocks", "800", "--loads", "1", "--tps", "1"], "llama-3.1-70b does not fit TP1"),
     ],
 )

@@ -127,6 +127,7 @@ def test_report_every_request_answered_within_slos_and_below_baseline(demo: Demo
     assert e["wattgate_j"] > 0
     assert e["wattgate_j"] < e["baseline_j"]
     assert "modelled" in e["wattgate_source"] and "modelled" in e["baseline_source"]
+    assert e["baseline"] == "single-pool baseline"
     assert e["saving"] == pytest.approx(1 - e["wattgate_j"] / e["baseline_j"])  # the saving of these two figures
 
 

@@ -37,6 +37,7 @@ def test_demo_external_serves_through_the_users_engines_and_releases_their_clock
         "same 4 external instances at the highest clock" in e["baseline_source"] and "modelled" in e["baseline_source"]
     )
     assert 0 < e["wattgate_j"] < e["baseline_j"]  # the same engines at lower clocks than the max
+    assert e["baseline"] == "fixed-fleet baseline" and "saving vs the fixed-fleet baseline" in out
     assert sorted(p.name for p in run.glob("engine-*.log")) == [
         f"engine-node{n}-e{k}.log" for n in (1, 2) for k in (0, 1)
     ]

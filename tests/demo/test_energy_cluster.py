@@ -52,7 +52,7 @@ class CounterLog:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(ClusterSettings(nodes=1, gpus_per_node=GPUS, port=free_port(), run_dir=tmp_path, external=True))
+    c = Cluster(ClusterSettings(nodes=(("node1", GPUS),), port=free_port(), run_dir=tmp_path, external=True))
     try:
         c.start()
         c.wait_ready()

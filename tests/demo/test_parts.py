@@ -6,7 +6,7 @@ import io
 import math
 
 from wattgate.demo.replay import Progress, Prompts, Result
-from wattgate.demo.report import baseline, engine_meets_slo, meets_slo
+from wattgate.demo.report import baseline, build_report, engine_meets_slo, fleet_baseline, meets_slo, render
 from wattgate.demo.trace import Scheduled, read_trace, schedule
 from wattgate.demo.view import View, screen
 from wattgate.planner.greedy import IDLE_GPU_W, SINGLE_POOL_TP, single_pool
@@ -87,3 +87,21 @@ def test_view_in_place_on_a_tty_and_lines_otherwise() -> None:
         v.update(data, Progress(total=10), t, 60.0, "u")
     assert tty.getvalue().count("\x1b[H\x1b[2J") == 4
     assert len(pipe.getvalue().splitlines()) == 2
+
+
+def test_the_report_names_the_baseline_it_compares_with() -> None:
+    """The single-pool baseline by default; with --external the fixed-fleet baseline (the same engines at the
+    highest clock): every line of the report says which, so a saving is never read against the wrong one."""
+    p, slo = load_builtin(), SloTargets()
+    mm = RequestType.parse("MM")
+    sched = [Scheduled(t / 2, t / 2, 500, 200, mm) for t in range(40)]
+    results = [Result(r, True, 0.1, 0.02, 200) for r in sched]
+    for base, name, other in (
+        (baseline(p, sched, 20.0, slo, gpus=16), "single-pool baseline", "fixed-fleet"),
+        (fleet_baseline(p, sched, 20.0, slo, [4, 4]), "fixed-fleet baseline", "single-pool"),
+    ):
+        rep = build_report(results, scheduled=len(sched), energy_j=0.5 * base.energy_j, base=base, elapsed_s=20.0)
+        assert rep["energy"]["baseline"] == rep["slo"]["baseline"] == name
+        text = render(rep)
+        assert f"energy, {name}:" in text and f"saving vs the {name}: 50.0% (modelled)" in text, text
+        assert other not in text

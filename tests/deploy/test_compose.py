@@ -152,7 +152,7 @@ def test_agent_has_what_it_needs_to_lock_clocks_and_run_vllm(services: dict[str,
     assert agent.get("ipc") == "host" or "shm_size" in agent, "vLLM tensor parallelism needs shared memory"
     assert agent.get("init") is True, "an init reaps engine workers and forwards SIGTERM"
     argv = _argv(agent)
-    assert _flag(argv, "--gpus") == "nvml"
+    assert _flag(argv, "--gpu-kind") == "nvml"
     assert _flag(argv, "--engine") == "vllm"
     assert _flag(argv, "--host") == "agent", "engines must be reachable from the gateway by the service name"
     # SIGTERM: the agent drains (60 s by default) and stops engines (30 s grace) before it exits.
@@ -192,7 +192,8 @@ def test_redis_password_is_optional_and_shared(services: dict[str, Any], env: di
     with_pw = interpolate_tree(load_yaml(COMPOSE_FILE), {**env, "REDIS_PASSWORD": "s3cret"})["services"]
     for name in ("gateway", "planner"):
         assert with_pw[name]["environment"]["WATTGATE_REDIS_URL"] == "redis://:s3cret@redis:6379/0"
-    assert _flag(_argv(with_pw["agent"]), "--redis-url") == "redis://:s3cret@redis:6379/0"
+    assert with_pw["agent"]["environment"]["WATTGATE_REDIS_URL"] == "redis://:s3cret@redis:6379/0"
+    assert "--redis-url" not in _argv(with_pw["agent"]), "the password stays out of the process list"
     assert services["gateway"]["environment"]["WATTGATE_REDIS_URL"] == "redis://:@redis:6379/0"
 
 
@@ -302,5 +303,5 @@ def test_only_compose_spec_keys(compose: dict[str, Any], services: dict[str, Any
 
 def test_every_process_uses_the_same_redis_key_prefix(services: dict[str, Any]) -> None:
     gateway_prefix = load_yaml(DEPLOY / "gateway" / "gateway.yaml")["redis_prefix"]
-    assert _flag(_argv(services["planner"]), "--prefix") == gateway_prefix
-    assert _flag(_argv(services["agent"]), "--prefix") == gateway_prefix
+    assert _flag(_argv(services["planner"]), "--redis-prefix") == gateway_prefix
+    assert _flag(_argv(services["agent"]), "--redis-prefix") == gateway_prefix

@@ -308,4 +308,4 @@ def test_every_process_reaches_the_same_redis_with_the_same_prefix(docs: list[di
         url = _flag(c["args"], "--redis-url") if "--redis-url" in c["args"] else env["WATTGATE_REDIS_URL"]
         assert url == expected, d["metadata"]["name"]
         if d["metadata"]["name"] != "wattgate-gateway":
-            assert _flag(c["args"], "--prefix") == gateway_cfg["redis_prefix"], d["metadata"]["name"]
+            assert _flag(c["args"], "--redis-prefix") == gateway_cfg["redis_prefix"], d["metadata"]["name"]

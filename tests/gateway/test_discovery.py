@@ -19,7 +19,8 @@ def test_a_backend_down_at_start_up_is_asked_for_its_models_again(servers: Serve
     spec = BackendSpec(url=f"http://127.0.0.1:{port}", id="late", models=())  # models unknown: asked
     gw, state = servers.gateway([spec], health_interval_s=0.05)
     assert httpx.get(gw + "/v1/models").json()["data"] == []
-    assert httpx.post(gw + "/v1/chat/completions", json=BODY).status_code == 404
+    down = httpx.post(gw + "/v1/chat/completions", json=BODY)  # a backend that is down is not a wrong model name
+    assert down.status_code == 503 and "retry-after" in down.headers, down.text
     fake = FakeBackend(model="late-model")
     with UvicornThread(fake, port=port):
         wait_for(

@@ -54,5 +54,5 @@ def test_durations_keys_and_settings() -> None:
         parse_key_names(["team-a"])
     with pytest.raises(ConfigError, match="energy_key_names"):
         GatewaySettings(energy_key_names=("sk-secret=team-a",))
-    with pytest.raises(ConfigError, match="carbon_g_per_kwh"):
-        GatewaySettings(carbon_g_per_kwh=-1)
+    with pytest.raises(ConfigError, match="energy_carbon_g_per_kwh"):
+        GatewaySettings(energy_carbon_g_per_kwh=-1)

@@ -63,22 +63,25 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     assert s.read_timeout_s == 30.0
     assert s.api_keys == frozenset({"a", "b"})
     assert s.edges.input_short_max == 100
-    assert [b.url for b in s.backends] == ["http://h:1", "http://h:2"]
-    assert [b.id for b in s.backends] == ["static-1", "static-2"]
-    assert load_settings(cfg, env={"WATTGATE_PORT": "9100"}).port == 9100
+    assert [b.url for b in s.backends] == ["http://h:2"]  # flags replace the file's list, as for every option
+    assert [b.id for b in s.backends] == ["static-1"]
+    from_file = load_settings(cfg, env={"WATTGATE_PORT": "9100"})
+    assert from_file.port == 9100
+    assert [(b.url, b.pool) for b in from_file.backends] == [("http://h:1", "SS")]
 
 
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ("portt: 1\n", "unknown option"),
-        ("port: abc\n", "port: expected a int"),
-        ("port: 70000\n", "port must be 1..65535"),
-        ("read_timeout_s: 0\n", "read_timeout_s must be > 0"),
-        ("redis_url: http://x\n", "redis_url must start with"),
+        ("portt: 1\n", "unknown option 'portt'; did you mean port?"),
+        ("port: abc\n", "port: expected an integer, got 'abc'"),
+        ("port: 70000\n", "port: must be <= 65535"),
+        ("read_timeout_s: 0\n", "read_timeout_s: must be > 0"),
+        ("redis_url: http://x\n", "redis_url: must start with"),
         ("class_edges: {input_short_max: 500, input_medium_max: 100}\n", "class_edges"),
         ("- a\n- b\n", "must be a mapping"),
         ("port: [\n", "not valid YAML"),
+        ("access_log: maybe\n", "access_log: expected true or false"),
         ("backends: [{url: 'http://h:1', id: x}, {url: 'http://h:2', id: x}]\n", "unique"),
     ],
 )
@@ -126,13 +129,13 @@ def test_front_door_options_from_file_environment_and_flags(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({"class_deadlines": "XX=1/2"}, "class_deadlines"),
+        ({"class_deadlines": "XX=1/2"}, "--class-deadlines: unknown request type 'XX'"),
         ({"class_deadlines": "SS"}, "TYPE=FIRST_BYTE_S/TOTAL_S"),
         ({"class_deadlines": "SS=0/2"}, "must be > 0"),
         ({"class_deadlines": {"SS": {"ttft": 1}}}, "expected {first_byte_s"),
         ({"protect_metrics": True}, "protect_metrics needs api_keys"),
-        ({"max_ejection_percent": 120}, "max_ejection_percent must be 0..100"),
-        ({"client_header_timeout_s": 0}, "client_header_timeout_s must be > 0"),
+        ({"max_ejection_percent": 120}, "--max-ejection-percent: must be <= 100"),
+        ({"client_header_timeout_s": 0}, "--client-header-timeout-s: must be > 0"),
         ({"forward_headers": "bad name"}, "not a header name"),
     ],
 )

@@ -130,7 +130,9 @@ def test_engine_sigkilled_mid_stream_is_ejected_restarted_and_routed_to_again(
             assert "upstream stream broke" in str(info.value)
             body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 4}
             resp = httpx.post(cluster.url + "/v1/chat/completions", json=body, timeout=60)
-            assert resp.status_code == 502  # connection refused: ejected at once, nothing else to try
+            # connection refused: ejected at once, nothing else to try; a model whose only backend is down is a
+            # 503 with Retry-After (issue 20), not a 502
+            assert resp.status_code == 503 and resp.headers["retry-after"]
             assert (
                 f'wattgate_gateway_ejections_total{{instance="{INSTANCE}"}} 1.0'
                 in httpx.get(cluster.url + "/metrics").text

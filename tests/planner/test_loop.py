@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -180,6 +181,24 @@ def test_redis_down_backs_off_counts_and_goes_on() -> None:
     clock.t += 60
     assert loop.tick() == "error"
     assert loop.counters.store_errors == 2
+
+
+def test_the_retry_comes_when_the_log_line_says(caplog: pytest.LogCaptureFixture) -> None:
+    """The back-off doubles (2, 4, 8, 16 s) and the loop (``run``: tick, then wait ``wait_s(step)``) retries exactly
+    then, not at its next 5 s step, as the log line says."""
+    clock = Clock()
+    loop = PlannerLoop(
+        PlannerStore("redis://127.0.0.1:1/0", timeout_s=0.2), toy_profile(), LoopSettings(), clock, "lonely"
+    )
+    tried_at = []
+    with caplog.at_level("WARNING", logger="wattgate.planner.loop"):
+        while len(tried_at) < 5:
+            if loop.tick() == "error":
+                tried_at.append(clock.t)
+            clock.t += loop.wait_s(5.0)
+    gaps = [b - a for a, b in itertools.pairwise(tried_at)]
+    said = [float(r.getMessage().rsplit("retrying in ", 1)[1].split()[0]) for r in caplog.records]
+    assert gaps == [2.0, 4.0, 8.0, 16.0] == said[:4]
 
 
 def test_publish_is_versioned_and_announced(redis_url: str) -> None:

@@ -70,9 +70,11 @@ def test_table_says_the_figures_are_modelled(tmp_path: Path, capsys: pytest.Capt
         (["--headroom", "0"], "--headroom"),
         (["--headroom", "1.2"], "--headroom"),
         (["--policies", ""], "names no policy"),
-        (["--arch", "gpt-9"], "unknown model architecture"),
-        (["--engine", "tgi-3"], "unknown engine"),
-        (["--iso-slo-target", "0"], "iso-SLO target"),
+        (["--arch", "gpt-9"], "--arch: expected one of llama-2-70b"),
+        (["--engine", "tgi-3"], "--engine-calibration: expected one of vllm-v1, dynamollm-2024, got 'tgi-3'"),
+        (["--iso-slo-target", "0"], "--iso-slo-target: must be > 0"),
+        (["--quantile", "1"], "--quantile: must be < 1"),
+        (["--amortize-s", "0"], "--amortize-s: must be > 0"),
     ],
 )
 def test_bad_options_are_clear_errors(

@@ -148,7 +148,7 @@ def test_the_report_compares_the_fleet_today_wattgate_on_it_and_fully_managed(
     assert rows[:4] == ["fixed-single-pool", "fixed-scale-freq", "fixed-wattgate", "wattgate"]
     assert "modelled (serving model), not measured" in text
     assert "fixed fleet: 2 x TP8 on 16 GPUs (--fixed-fleet 2)" in text
-    assert "'vs base' is against fixed-single-pool" in text and "SLO attainment per request type:" in text
+    assert "'vs fleet' is against fixed-single-pool" in text and "SLO attainment per request type:" in text
     assert main(["simulate", str(trace(tmp_path / "t.csv", 120)), "--fixed-fleet", "2", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["baseline"] == "fixed-single-pool" and doc["gpus"] == 16
@@ -164,4 +164,6 @@ def test_the_baseline_of_the_report_is_the_fixed_fleet_when_it_ran() -> None:
     doc = document([a, b], SloTargets(), Prices(), {})
     assert doc["baseline"] == "fixed-single-pool"
     assert [p["energy_vs_baseline"] for p in doc["policies"]] == [1.0, 0.0]
-    assert "fixed-single-pool" in table(doc)
+    text = table(doc)
+    assert "fixed-single-pool" in text and "vs fleet: energy against the fixed-fleet baseline" in text
+    assert "vs 1-pool" not in text  # the column says which baseline, as plan and the demo do

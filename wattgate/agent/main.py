@@ -19,17 +19,19 @@ from wattgate.agent.clocks import ClockController
 from wattgate.agent.engines.base import Engine, EngineKind, EngineSpec
 from wattgate.agent.engines.external import ExternalEngine
 from wattgate.agent.engines.options import EngineOptions, make_engine
-from wattgate.agent.errors import SettingsError
+from wattgate.agent.errors import SettingsError, StartupError
 from wattgate.agent.gpu.base import Gpu
 from wattgate.agent.metrics import AgentMetrics
 from wattgate.agent.running import Timeouts
 from wattgate.agent.settings import AgentSettings
-from wattgate.agent.store import AgentStore
+from wattgate.agent.store import AgentStore, StoreError
 from wattgate.agent.telemetry import Telemetry
+from wattgate.listen import port_free
 from wattgate.planner.contract import Keys, PlannedInstance, UnmanagedInstance
 from wattgate.profiles.builtin import profile_or_default
 from wattgate.profiles.classes import LengthClass, ProfilesError, SloTargets
 from wattgate.profiles.table import Profile
+from wattgate.settings.common import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ def open_gpus(s: AgentSettings, stack: ExitStack) -> list[Gpu]:
         try:  # the emulator's module, imported by name: GPU hosts never need it
             sim = importlib.import_module("wattgate.agent.gpu.simulated")
         except ModuleNotFoundError as exc:
-            raise SettingsError("--gpus sim:N needs wattgate.agent.gpu.simulated, which is not installed") from exc
+            raise SettingsError(
+                "--gpu-kind simulated:N needs wattgate.agent.gpu.simulated, which is not installed"
+            ) from exc
         state_dir = s.gpu_state_dir or s.state_dir / "sim-gpus"
         return list(sim.open_simulated_gpus(range(s.sim_gpu_count), state_dir))
     from wattgate.agent.gpu.nvml import NvmlLibrary  # noqa: PLC0415 (only NVML hosts need pynvml)
@@ -97,6 +101,18 @@ def external_plan(s: AgentSettings, gpus: list[Gpu]) -> list[PlannedInstance] | 
     return [PlannedInstance(e.id, e.pool, s.node, list(e.gpus), len(e.gpus), 0, 0.0, 0.0) for e in s.externals]
 
 
+def check_start(s: AgentSettings, store: AgentStore) -> None:
+    """Before any GPU or engine work: Redis answers and the metrics port is free, or one line and exit 1."""
+    try:
+        store.ping()
+    except StoreError as exc:
+        raise StartupError(f"cannot reach Redis at {redact_url(s.redis_url)}: {exc}") from exc
+    if s.metrics_port:
+        why = port_free(s.metrics_host, s.metrics_port)
+        if why is not None:
+            raise StartupError(f"--metrics-port: {why}")
+
+
 def unmanaged(s: AgentSettings) -> list[UnmanagedInstance]:
     """What the heartbeat tells the planner of the ``--external`` servers (their pool as they start)."""
     return [
@@ -106,13 +122,14 @@ def unmanaged(s: AgentSettings) -> list[UnmanagedInstance]:
 
 def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
     profile = load_agent_profile(s.profile, s.engine is EngineKind.SIMULATED)  # bad input fails before any GPU work
+    store = AgentStore(s.redis_url, Keys(s.redis_prefix))
+    stack.callback(store.close)
+    check_start(s, store)
     gpus = open_gpus(s, stack)
     clocks = ClockController(gpus, s.clock_state_file, observe_only=s.observe_only)
     recovered = clocks.recover()
     if recovered:
         log.warning("start-up: reset GPUs %s that a previous agent left locked", recovered)
-    store = AgentStore(s.redis_url, Keys(s.prefix))
-    stack.callback(store.close)
     timeouts = Timeouts(
         drain_s=s.drain_timeout_s, start_s=s.start_timeout_s, start_retries=s.start_retries, sleep_s=s.sleep_timeout_s
     )
@@ -138,7 +155,10 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
         log.warning("no --profile: clocks stay at the plan's clock (no instance-level clock loop)")
     metrics = AgentMetrics()
     if s.metrics_port:
-        metrics.serve(s.metrics_port, s.metrics_host)
+        try:
+            metrics.serve(s.metrics_port, s.metrics_host)
+        except OSError as exc:
+            raise StartupError(f"--metrics-port: cannot listen on {s.metrics_host}:{s.metrics_port}: {exc}") from exc
         stack.callback(metrics.close)
     return Agent(
         metrics=metrics,

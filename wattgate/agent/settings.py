@@ -1,7 +1,8 @@
-"""The agent's one settings object: parsed once from the command line, validated, passed down."""
+"""The agent's one settings object: built once from its parsed options (``agent/cli.py``), validated, passed down."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 from wattgate.agent.engines.base import EngineKind
 from wattgate.agent.errors import SettingsError
 from wattgate.profiles.classes import POOL_NAMES
+from wattgate.settings.common import DEFAULT_REDIS_URL, simulated_gpu_count
 
 _NODE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -37,10 +39,10 @@ class AgentSettings:
     redis_url: str
     node: str
     model: str
-    gpus: str = "nvml"  # nvml | sim:N
+    gpu_kind: str = "nvml"  # nvml | simulated:N
     gpu_indices: tuple[int, ...] | None = None  # nvml: manage only these GPUs
     engine: EngineKind = EngineKind.VLLM
-    prefix: str = "wg"
+    redis_prefix: str = "wg"
     host: str = "127.0.0.1"
     port_base: int = 8100
     max_batch: int = 256
@@ -56,7 +58,7 @@ class AgentSettings:
     sim_speed: float = 1.0
     externals: tuple[ExternalInstance, ...] = ()
     ttft_s: tuple[float, float, float] = (0.25, 0.5, 1.5)
-    tbt_s: float = 0.2
+    tbt_s: float = 0.15
     tick_s: float = 1.0
     clock_interval_s: float = 5.0
     load_window_s: int = 10
@@ -70,7 +72,7 @@ class AgentSettings:
 
     @property
     def sim_gpu_count(self) -> int:
-        return int(self.gpus.split(":", 1)[1]) if self.gpus.startswith("sim:") else 0
+        return simulated_gpu_count(self.gpu_kind)
 
     @property
     def clock_state_file(self) -> Path:
@@ -118,44 +120,30 @@ def parse_external(text: str) -> ExternalInstance:
 
 
 def validate(s: AgentSettings) -> AgentSettings:
-    """Check every setting; raise SettingsError naming the option."""
+    """The checks between options (each option's own were done when it was parsed); SettingsError names them."""
     checks: list[tuple[bool, str]] = [
         (bool(_NODE_RE.match(s.node)), f"--node {s.node!r}: letters, digits, '.', '_', '-' (max 63)"),
         (
-            s.redis_url.startswith(("redis://", "rediss://", "unix://")),
-            "--redis-url must be redis://, rediss:// or unix://",
+            s.gpu_kind == "nvml" or s.sim_gpu_count > 0,
+            f"--gpu-kind {s.gpu_kind!r}: the agent needs nvml or simulated:N (N simulated GPUs)",
         ),
-        (
-            s.gpus == "nvml" or re.fullmatch(r"sim:[1-9][0-9]?", s.gpus) is not None,
-            "--gpus must be nvml or sim:N (1-99)",
-        ),
-        (bool(s.model) or s.engine is EngineKind.EXTERNAL, "--model is required to start engines"),
-        (1 <= s.port_base <= 65000, "--port-base must be in 1..65000"),
-        (s.max_batch >= 1, "--max-batch must be >= 1"),
-        (s.cuda_devices_by in ("uuid", "index"), "--cuda-devices-by must be uuid or index"),
-        (s.engine is not EngineKind.EXTERNAL or bool(s.externals), "--engine external needs at least one --external"),
         (
             not s.externals or s.engine is EngineKind.EXTERNAL,
             "--external servers run on a node of external servers only: leave --engine out or give --engine external",
         ),
+        (bool(s.model) or s.engine is EngineKind.EXTERNAL, "--model is required to start engines"),
+        (s.engine is not EngineKind.EXTERNAL or bool(s.externals), "--engine external needs at least one --external"),
         (
             len({e.id for e in s.externals}) == len(s.externals)
             and len({g for e in s.externals for g in e.gpus}) == sum(len(e.gpus) for e in s.externals),
             "--external: each server needs its own id and its own GPUs",
         ),
+        (s.clock_interval_s >= s.tick_s, "--clock-interval-s must be >= --tick-s"),
         (s.engine is not EngineKind.LLAMA_CPP or s.model_file is not None, "--engine llama.cpp needs --model-file"),
         (
             not s.sleep_mode or s.engine in (EngineKind.VLLM, EngineKind.SIMULATED),
-            "--sleep-mode needs --engine vllm (vLLM's sleep mode) or sim",
+            "--sleep-mode needs --engine vllm (vLLM's sleep mode) or simulated",
         ),
-        (s.sleep_timeout_s > 0, "--sleep-timeout-s must be > 0"),
-        (s.start_retries >= 1, "--start-retries must be >= 1"),
-        (s.sim_speed > 0, "--sim-speed must be > 0"),
-        (min(s.ttft_s) > 0 and s.tbt_s > 0, "SLO targets must be positive seconds"),
-        (s.tick_s > 0 and s.clock_interval_s >= s.tick_s, "--clock-interval-s must be >= --tick-s > 0"),
-        (s.load_window_s >= 1, "--load-window-s must be >= 1"),
-        (0 <= s.metrics_port <= 65535, "--metrics-port must be in 0..65535"),
-        (min(s.drain_timeout_s, s.start_timeout_s, s.stop_grace_s) >= 0, "timeouts must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -163,57 +151,56 @@ def validate(s: AgentSettings) -> AgentSettings:
     return s
 
 
-def from_args(args: Any) -> AgentSettings:
-    """Build settings from the argparse namespace of ``wattgate agent``."""
-    try:
-        ttft = tuple(float(x) for x in args.ttft_s.split(","))
-    except ValueError as exc:
-        raise SettingsError("--ttft-s: three seconds for S,M,L inputs, e.g. 0.25,0.5,1.5") from exc
-    if len(ttft) != 3:
-        raise SettingsError("--ttft-s: three seconds for S,M,L inputs, e.g. 0.25,0.5,1.5")
-    indices = None
-    if args.gpu_indices:
-        try:
-            indices = tuple(int(x) for x in args.gpu_indices.split(","))
-        except ValueError as exc:
-            raise SettingsError("--gpu-indices: comma-separated integers, e.g. 0,1,2,3") from exc
-    # --external alone makes a node of external servers; without either the agent starts vLLM engines
-    kind = args.engine or ("external" if args.external else "vllm")
-    engine = {"sim": EngineKind.SIMULATED}.get(kind) or EngineKind(kind)
+def from_values(v: Any) -> AgentSettings:
+    """``AgentSettings`` from the parsed options of ``wattgate agent`` (``wattgate.settings``)."""
     return validate(
         AgentSettings(
-            redis_url=args.redis_url,
-            node=args.node,
-            model=args.model or "",
-            gpus=args.gpus,
-            gpu_indices=indices,
-            engine=engine,
-            prefix=args.prefix,
-            host=args.host,
-            port_base=args.port_base,
-            max_batch=args.max_batch,
-            state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(args.node),
-            observe_only=args.observe_only,
-            engine_command=tuple(args.engine_command.split()) if args.engine_command else (),
-            engine_args=tuple(args.engine_arg or ()),
-            model_file=Path(args.model_file) if args.model_file else None,
-            cuda_devices_by=args.cuda_devices_by,
-            sleep_mode=args.sleep_mode,
-            profile=args.profile or "",
-            gpu_state_dir=Path(args.gpu_state_dir) if args.gpu_state_dir else None,
-            sim_speed=args.sim_speed,
-            externals=tuple(parse_external(e) for e in args.external or ()),
-            ttft_s=(ttft[0], ttft[1], ttft[2]),
-            tbt_s=args.tbt_s,
-            tick_s=args.tick_s,
-            clock_interval_s=args.clock_interval_s,
-            load_window_s=args.load_window_s,
-            drain_timeout_s=args.drain_timeout_s,
-            start_timeout_s=args.start_timeout_s,
-            stop_grace_s=args.stop_grace_s,
-            start_retries=args.start_retries,
-            sleep_timeout_s=args.sleep_timeout_s,
-            metrics_port=args.metrics_port,
-            metrics_host=args.metrics_host,
+            redis_url=v.redis_url or DEFAULT_REDIS_URL,
+            node=v.node,
+            model=v.model,
+            gpu_kind=v.gpu_kind,
+            gpu_indices=tuple(v.gpu_indices) or None,
+            # --external alone makes a node of external servers; without either the agent starts vLLM engines
+            engine=EngineKind(v.engine or ("external" if v.externals else "vllm")),
+            redis_prefix=v.redis_prefix,
+            host=v.host,
+            port_base=v.port_base,
+            max_batch=v.max_batch,
+            state_dir=v.state_dir or default_state_dir(v.node),
+            observe_only=v.observe_only,
+            engine_command=tuple(v.engine_command),
+            engine_args=tuple(v.engine_args),
+            model_file=v.model_file,
+            cuda_devices_by=v.cuda_devices_by,
+            sleep_mode=v.sleep_mode,
+            profile=v.profile,
+            gpu_state_dir=v.gpu_state_dir,
+            sim_speed=v.sim_speed,
+            externals=tuple(v.externals),
+            ttft_s=v.ttft_s,
+            tbt_s=v.tbt_s,
+            tick_s=v.tick_s,
+            clock_interval_s=v.clock_interval_s,
+            load_window_s=math.ceil(v.load_window_s),
+            drain_timeout_s=v.drain_timeout_s,
+            start_timeout_s=v.start_timeout_s,
+            stop_grace_s=v.stop_grace_s,
+            start_retries=v.start_retries,
+            sleep_timeout_s=v.sleep_timeout_s,
+            metrics_port=v.metrics_port,
+            metrics_host=v.metrics_host,
         )
     )
+
+
+def from_args(args: Any) -> AgentSettings:
+    """Settings from the argparse namespace of ``wattgate agent`` (and the process's environment)."""
+    from wattgate.agent.cli import COMMAND  # noqa: PLC0415  (the option list lives with the command)
+    from wattgate.settings.model import SettingsError as OptionError  # noqa: PLC0415
+    from wattgate.settings.parse import given_options, known_env, resolve  # noqa: PLC0415
+
+    try:
+        values = resolve(COMMAND, given_options(COMMAND, args), os.environ, known_env=known_env())
+    except OptionError as exc:
+        raise SettingsError(str(exc)) from None
+    return from_values(values)

@@ -27,14 +27,22 @@ MODEL = "llama-3.1-70b"
 STOP_TIMEOUT_S = 120.0
 
 
+def log_tail(path: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a process log, indented (what the demo prints when a process dies)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"  (cannot read it: {exc})"
+    return "\n".join("  " + line for line in text.rstrip().splitlines()[-lines:]) or "  (empty)"
+
+
 class DemoError(Exception):
     """A demo process did not start, died, or the cluster never became ready."""
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    nodes: int
-    gpus_per_node: int
+    nodes: tuple[tuple[str, int], ...]  # (name, simulated GPUs)
     port: int
     run_dir: Path
     pool_period_s: float = 30.0
@@ -47,15 +55,18 @@ class ClusterSettings:
     # external servers: the planner gives them pools and clocks only
     external: bool = False
 
-    @property
-    def engine_tp(self) -> int:
-        """TP of the external engines: TP4 on nodes of 4 GPUs or more (the demo's managed plan runs TP4)."""
-        return min(4, self.gpus_per_node)
+    def engine_tp(self, node: str) -> int:
+        """TP of ``node``'s external engines: TP4 on nodes of 4 GPUs or more (the demo's managed plan runs TP4)."""
+        return min(4, dict(self.nodes)[node])
 
     def engines(self, node: str) -> list[tuple[str, tuple[int, ...]]]:
         """The external engines of ``node``: id and GPU indices."""
-        tp = self.engine_tp
-        return [(f"{node}-e{k}", tuple(range(k * tp, (k + 1) * tp))) for k in range(self.gpus_per_node // tp)]
+        tp = self.engine_tp(node)
+        return [(f"{node}-e{k}", tuple(range(k * tp, (k + 1) * tp))) for k in range(dict(self.nodes)[node] // tp)]
+
+    def engine_tps(self) -> list[int]:
+        """The TP of every external engine of the cluster (its fleet)."""
+        return [self.engine_tp(node) for node, _ in self.nodes for _ in self.engines(node)]
 
 
 @dataclass
@@ -92,24 +103,23 @@ class Cluster:
         self._spawn("gateway", ["gateway", "--redis-url", r, "--port", str(s.port), "--log-level", "warning"])
         planner = ["planner", "--redis-url", r, "--pool-period-s", str(s.pool_period_s)]
         planner += ["--cluster-period-s", str(s.cluster_period_s)]
-        planner += ["--gpus-per-node", str(s.gpus_per_node)]
+        planner += ["--gpus-per-node", str(max(gpus for _, gpus in s.nodes))]
         if not s.external:  # the cluster is known: the first plan uses it all, before any heartbeat
-            planner += ["--nodes", ",".join(f"node{n + 1}={s.gpus_per_node}" for n in range(s.nodes))]
+            planner += ["--nodes", ",".join(f"{node}={gpus}" for node, gpus in s.nodes)]
         self._spawn("planner", planner)
         slo = SloTargets()
         ttft = ",".join(
             f"{slo.ttft_p99_s[c] - s.slo_margin_s:g}" for c in (LengthClass.S, LengthClass.M, LengthClass.L)
         )
-        for n in range(s.nodes):
-            node = f"node{n + 1}"
-            args = ["agent", "--redis-url", r, "--node", node, "--gpus", f"sim:{s.gpus_per_node}"]
+        for node, gpus in s.nodes:
+            args = ["agent", "--redis-url", r, "--node", node, "--gpu-kind", f"simulated:{gpus}"]
             if s.external:  # the engines run already: the agent registers them, locks clocks, never stops them
-                for eid, gpus in s.engines(node):
-                    spec = f"id={eid},url={urls[eid]},gpus={':'.join(map(str, gpus))},engine=sim"
+                for eid, indices in s.engines(node):
+                    spec = f"id={eid},url={urls[eid]},gpus={':'.join(map(str, indices))},engine=sim"
                     args += ["--external", spec]
                 args += ["--profile", DEFAULT_PROFILE]  # the clock loop: simulated engines follow the shipped profile
             else:
-                args += ["--engine", "sim", "--port-base", str(free_port())]
+                args += ["--engine", "simulated", "--port-base", str(free_port())]
             args += ["--model", MODEL, "--state-dir", str(s.run_dir / node)]
             args += ["--gpu-state-dir", str(self.gpu_dir(node))]
             args += ["--ttft-s", ttft, "--tbt-s", f"{slo.tbt_p99_s:g}", "--load-window-s", str(s.clock_window_s)]
@@ -121,7 +131,7 @@ class Cluster:
                 "--stop-grace-s",
                 "5",
                 "--log-level",
-                "WARNING",
+                "warning",
             ]
             self._spawn(f"agent-{node}", args)
 
@@ -129,12 +139,11 @@ class Cluster:
         """The external engines, one ``wattgate sim-backend`` each, on their node's simulated GPUs; their URLs
         once every one answers."""
         s, urls = self.settings, {}
-        for n in range(s.nodes):
-            node = f"node{n + 1}"
+        for node, _ in s.nodes:
             for eid, gpus in s.engines(node):
                 port = free_port()
                 urls[eid] = f"http://127.0.0.1:{port}"
-                args = ["sim-backend", "--model", MODEL, "--tp", str(s.engine_tp), "--port", str(port)]
+                args = ["sim-backend", "--model", MODEL, "--tp", str(s.engine_tp(node)), "--port", str(port)]
                 args += ["--gpus", ",".join(map(str, gpus)), "--gpu-state-dir", str(self.gpu_dir(node))]
                 self._spawn(f"engine-{eid}", args)
         deadline = time.monotonic() + s.ready_timeout_s
@@ -152,16 +161,19 @@ class Cluster:
     def locked_clocks(self) -> list[str]:
         """Simulated GPUs whose clock is still locked (empty after a clean stop: the agents reset them)."""
         locked = []
-        for n in range(self.settings.nodes):
-            for f in sorted(self.gpu_dir(f"node{n + 1}").glob("gpu*.control.json")):
+        for node, _ in self.settings.nodes:
+            for f in sorted(self.gpu_dir(node).glob("gpu*.control.json")):
                 with contextlib.suppress(OSError, ValueError):
                     if json.loads(f.read_text()).get("locked_sm_clock_mhz") is not None:
-                        locked.append(f"node{n + 1}/{f.name.split('.')[0]}")
+                        locked.append(f"{node}/{f.name.split('.')[0]}")
         return locked
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.settings.run_dir / f"{name}.log").open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # the demo sets its processes' options by flags alone: a WATTGATE_* variable meant for another
+        # deployment (client keys, a Redis URL, ...) must not change them
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATTGATE_")}
+        env["PYTHONUNBUFFERED"] = "1"
         # own session: a Ctrl-C in the terminal reaches only the demo, which then stops these in order
         popen = subprocess.Popen(
             [sys.executable, "-m", "wattgate", *args],
@@ -176,8 +188,8 @@ class Cluster:
         for p in self.procs:
             code = p.popen.poll()
             if code is not None:
-                tail = (self.settings.run_dir / f"{p.name}.log").read_text(errors="replace")[-800:]
-                raise DemoError(f"{p.name} exited with code {code}; its log ends:\n{tail}")
+                log = self.settings.run_dir / f"{p.name}.log"
+                raise DemoError(f"{p.name} exited with code {code}; the last lines of {log}:\n{log_tail(log)}")
 
     def data(self, timeout_s: float = 2.0) -> dict[str, Any]:
         """The gateway's dashboard snapshot (the same JSON the page polls)."""
@@ -195,12 +207,12 @@ class Cluster:
                 d = {}
             inst = d.get("instances") or []
             plan = d.get("plan")
-            engines = self.settings.nodes * len(self.settings.engines("node1")) if self.settings.external else 0
+            engines = len(self.settings.engine_tps()) if self.settings.external else 0
             if (
                 plan
                 and inst
                 and all(i["state"] == "ready" for i in inst)
-                and len(d.get("nodes") or []) == self.settings.nodes
+                and len(d.get("nodes") or []) == len(self.settings.nodes)
                 and plan.get("fixed", 0) == engines  # external engines: once the plan gives every one a pool
                 and all(i["pool"] for i in inst)
             ):

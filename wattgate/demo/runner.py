@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
@@ -21,6 +20,7 @@ from wattgate.demo.report import baseline, build_report, fleet_baseline, render,
 from wattgate.demo.store import prime_load_history
 from wattgate.demo.trace import Scheduled, TraceError, read_trace, schedule
 from wattgate.demo.view import View
+from wattgate.listen import port_free
 from wattgate.planner.baselines import single_pool_tp
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import ClassEdges, SloTargets
@@ -30,8 +30,7 @@ from wattgate.profiles.classes import ClassEdges, SloTargets
 class DemoSettings:
     duration_s: float
     speed: float
-    nodes: int
-    gpus_per_node: int
+    nodes: tuple[tuple[str, int], ...]  # (name, simulated GPUs)
     port: int
     trace: Path | None
     keep_running: bool
@@ -42,22 +41,25 @@ class DemoSettings:
     load_fraction: float
     external: bool = False
 
+    @property
+    def gpus(self) -> int:
+        return sum(g for _, g in self.nodes)
+
     @classmethod
-    def from_args(cls, a: argparse.Namespace) -> DemoSettings:
+    def from_values(cls, v: Any, nodes: tuple[tuple[str, int], ...]) -> DemoSettings:
         return cls(
-            a.duration_s,
-            a.speed,
-            a.nodes,
-            a.gpus_per_node,
-            a.port,
-            Path(a.trace) if a.trace else None,
-            a.keep_running,
-            a.max_output_tokens,
-            Path(a.report_json) if a.report_json else None,
-            Path(a.run_dir) if a.run_dir else None,
-            a.seed,
-            a.load_fraction,
-            a.external,
+            v.duration_s,
+            v.speed,
+            nodes,
+            v.port,
+            Path(v.trace[0]) if v.trace else None,
+            v.keep_running,
+            v.max_output_tokens,
+            v.report_json,
+            v.run_dir,
+            v.seed,
+            v.load_fraction,
+            v.external,
         )
 
 
@@ -71,7 +73,9 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(s: DemoSettings) -> int:
+def preflight(s: DemoSettings) -> tuple[list[Scheduled], Path] | tuple[int, str]:
+    """What is checked before anything starts: the trace, the gateway's port, the run directory; else the exit
+    status (2: bad input, 1: cannot start) and why."""
     try:
         sched = schedule(
             read_trace(s.trace),
@@ -83,23 +87,35 @@ def main(s: DemoSettings) -> int:
             load_fraction=s.load_fraction,
         )
     except TraceError as exc:
-        say(f"wattgate demo: {exc}", err=True)
-        return 2
+        return 2, str(exc)
     if not sched:
-        say("wattgate demo: no request falls in the replayed span; raise --duration-s", err=True)
-        return 2
-    run_dir = s.run_dir or Path(tempfile.mkdtemp(prefix="wattgate-demo-"))
-    cluster = Cluster(ClusterSettings(s.nodes, s.gpus_per_node, s.port, run_dir, external=s.external))
+        return 2, "no request falls in the replayed span; raise --duration-s"
+    busy = port_free("127.0.0.1", s.port)  # a taken port is one line now, not a gateway that hangs later
+    if busy is not None:
+        return 1, f"{busy} (the gateway's port: free it or give another with --port)"
+    try:
+        run_dir = s.run_dir or Path(tempfile.mkdtemp(prefix="wattgate-demo-"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return 1, f"cannot make the run directory: {exc}"
+    return sched, run_dir
+
+
+def main(s: DemoSettings) -> int:
+    ready = preflight(s)
+    if isinstance(ready[0], int):
+        say(f"wattgate demo: error: {ready[1]}", err=True)
+        return ready[0]
+    sched, run_dir = ready
+    cluster = Cluster(ClusterSettings(s.nodes, s.port, run_dir, external=s.external))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the demo like Ctrl-C
     code = 0
     try:
-        engines = (
-            f"{s.nodes * len(cluster.settings.engines('node1'))} external TP{cluster.settings.engine_tp} engines, "
-            if s.external
-            else ""
-        )
+        tps = cluster.settings.engine_tps() if s.external else []
+        engines = f"{len(tps)} external TP{'/'.join(map(str, sorted(set(tps))))} engines, " if tps else ""
         say(
-            f"starting: Redis, {engines}planner, {s.nodes} agent(s) × {s.gpus_per_node} simulated GPUs, gateway"
+            f"starting: Redis, {engines}planner, {len(s.nodes)} agent(s) with "
+            f"{'/'.join(str(g) for _, g in s.nodes)} simulated GPUs, gateway"
             f" (logs: {run_dir})"
         )
         cluster.start(prime=lambda url: prime_load_history(url, pool_rates(sched, s.duration_s)))
@@ -109,9 +125,13 @@ def main(s: DemoSettings) -> int:
         rep = asyncio.run(_drive(cluster, sched, s))
         say(render(rep))
         say(f"every request: {run_dir / 'requests.csv'}; plans: {run_dir / 'planner.log'}")
-        if s.report_json:
-            write_json(rep, s.report_json)
         code = 0 if rep["requests"]["failed"] == 0 else 1
+        if s.report_json:
+            try:
+                write_json(rep, s.report_json)
+            except OSError as exc:
+                say(f"wattgate demo: error: cannot write --report-json: {exc}", err=True)
+                code = 1
         if s.keep_running:
             say(f"\ngateway still serving at {cluster.url}/v1 — Ctrl-C to stop")
             while True:
@@ -177,13 +197,11 @@ async def _drive(cluster: Cluster, sched: list[Scheduled], s: DemoSettings) -> d
     end_d = await _snapshot(cluster)
     e1, t1 = _energy(end_d)
     elapsed = max(1.0, t1 - t0)
-    gpus = s.nodes * s.gpus_per_node
     if s.external:
-        fleet = [cluster.settings.engine_tp] * (s.nodes * len(cluster.settings.engines("node1")))
-        base = fleet_baseline(load_builtin(), sched, elapsed, SloTargets(), fleet)
+        base = fleet_baseline(load_builtin(), sched, elapsed, SloTargets(), cluster.settings.engine_tps())
     else:
-        tp = single_pool_tp(load_builtin(), [s.gpus_per_node])
-        base = baseline(load_builtin(), sched, elapsed, SloTargets(), gpus, tp=tp)
+        tp = single_pool_tp(load_builtin(), [g for _, g in s.nodes])
+        base = baseline(load_builtin(), sched, elapsed, SloTargets(), s.gpus, tp=tp)
     write_requests_csv(progress.results, cluster.settings.run_dir / "requests.csv")
     return build_report(
         progress.results,

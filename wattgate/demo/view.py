@@ -28,9 +28,15 @@ def screen(d: dict[str, Any], p: Progress, elapsed_s: float, duration_s: float, 
     ]
     plan = d.get("plan")
     if plan:
+        single = plan.get("single_pool_power_w")
+        versus = (
+            f"single-pool baseline {single:,.0f} W"
+            if single is not None
+            else f"multi-pool baseline {plan['baseline_power_w']:,.0f} W"
+        )
         lines.append(
-            f"plan v{plan['version']}: {plan['gpus']} GPUs, predicted {plan['predicted_power_w']:,.0f} W vs "
-            f"planner baseline {plan['baseline_power_w']:,.0f} W (modelled)"
+            f"plan v{plan['version']}: {plan['gpus']} GPUs, predicted {plan['predicted_power_w']:,.0f} W vs {versus} "
+            "(modelled)"
         )
     pools: dict[str, list[str]] = defaultdict(list)
     for i in d.get("instances") or []:

@@ -218,7 +218,7 @@ def create_app(
             )
             state.energy = meter = EnergyMeter(
                 state.metrics,
-                carbon_g_per_kwh=settings.carbon_g_per_kwh,
+                carbon_g_per_kwh=settings.energy_carbon_g_per_kwh,
                 max_open_s=settings.energy_max_open_s,
                 prefill_weight=settings.energy_prefill_weight,
                 key_names=parse_key_names(settings.energy_key_names),
@@ -235,7 +235,13 @@ def create_app(
         )
         for task in background:
             state.tasks.append(asyncio.create_task(task(state)))
-        log.info("gateway ready: %d static backend(s), redis %s", len(settings.backends), "on" if store else "off")
+        log.info(
+            "gateway ready on %s:%d: %s; redis %s",
+            settings.host,
+            settings.port,
+            state.static_summary(),
+            "on (instances registered by agents)" if store else "off",
+        )
         try:
             yield
         finally:

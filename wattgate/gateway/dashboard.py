@@ -201,10 +201,10 @@ def _instances(
 
 
 SINGLE_POOL = (
-    "one pool of TP8 instances (the largest TP a node holds) at max clock for the same load, 70 W per other GPU "
-    "(modelled)"
+    "the single-pool baseline: one pool of TP8 instances (the largest TP a node holds) at max clock for the same "
+    "load, 70 W per other GPU (modelled)"
 )
-EVERY_POOL_TP8 = "every pool on its own TP8 instances at max clock (modelled)"
+EVERY_POOL_TP8 = "the multi-pool baseline: every pool on its own TP8 instances at max clock (modelled)"
 
 
 def _baseline(plan: Plan | None) -> tuple[float | None, str | None]:
@@ -223,7 +223,8 @@ def _plan_row(plan: Plan | None) -> dict[str, Any] | None:
     return {
         "version": plan.version,
         "predicted_power_w": plan.predicted_power_w,
-        "baseline_power_w": plan.baseline_power_w,
+        "baseline_power_w": plan.baseline_power_w,  # the multi-pool baseline
+        "single_pool_power_w": plan.single_pool_power_w,
         "forecast_rps": plan.forecast_rps,
         "gpus": sum(len(i.gpus) for i in plan.instances),
         "fixed": len(plan.fixed),  # servers wattgate does not manage, given a pool and clock by this plan

@@ -2,6 +2,7 @@
 
 GatewayError                 base of every error the gateway raises on purpose
 ├── ConfigError              bad settings (file, environment or flags); the CLI prints it, exit 2
+├── StartupError             the port, Redis or every backend is unusable at start; the CLI prints it, exit 1
 └── ApiError                 a request that gets an OpenAI error body with an HTTP status
     ├── (400) invalid JSON or field, naming the parameter
     ├── (401) missing or wrong API key
@@ -32,6 +33,10 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     """Settings that cannot work; the message says which option and why."""
+
+
+class StartupError(GatewayError):
+    """The gateway cannot start: its port is taken, its Redis does not answer, or no backend does."""
 
 
 class ApiError(GatewayError):

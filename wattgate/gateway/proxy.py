@@ -128,6 +128,16 @@ class ProxyEndpoint:
         doc = as_json_object(raw, state.settings.max_json_depth)
         model = validate(doc, self.endpoint)
         if not any(i.serves(model) for i in state.instances.values()):
+            unknown = state.models_unknown()
+            if unknown:  # it may be theirs: a down backend is not a wrong model name
+                raise ApiError(
+                    503,
+                    f"no reachable backend serves the model '{model}'; {len(unknown)} backend(s) whose models are "
+                    f"not known yet do not answer ({', '.join(unknown)})",
+                    type_="server_error",
+                    code="backend_unavailable",
+                    headers={"retry-after": str(state.settings.retry_after_s)},
+                )
             raise ApiError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
         stream = doc.get("stream") is True and self.endpoint != "embeddings"
         options = doc.get("stream_options") or {}

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
         "--carbon-g-per-kwh",
         type=float,
         default=None,
-        help="carbon intensity for the gCO2e column (env WATTGATE_CARBON_G_PER_KWH; default 475)",
+        help="carbon intensity for the gCO2e column (env WATTGATE_ENERGY_CARBON_G_PER_KWH; default 475)",
     )
     p.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
     p.set_defaults(func=run)
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         window_s = parse_duration_s(args.since)
         carbon = args.carbon_g_per_kwh
         if carbon is None:
-            carbon = float(os.environ.get("WATTGATE_CARBON_G_PER_KWH", "475"))
+            carbon = float(os.environ.get("WATTGATE_ENERGY_CARBON_G_PER_KWH", "475"))
     except (ReportError, ValueError) as exc:
         sys.stderr.write(f"wattgate report: {exc}" + "\n")
         return 2

@@ -1,6 +1,6 @@
-"""The gateway's one settings object: parsed once from a YAML file, the environment and flags, then validated.
+"""The gateway's one settings object, built once at start from its parsed options (``gateway/options.py``).
 
-Precedence: defaults < config file < environment (``WATTGATE_*``) < command-line flags.
+Precedence (``wattgate.settings``): defaults < config file < environment (``WATTGATE_*``) < flags.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from wattgate.gateway.errors import ConfigError
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, ProfilesError, RequestType
+from wattgate.settings.common import redact_url
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class BackendSpec:
     models: tuple[str, ...] = ()  # empty: ask the backend's /v1/models
     pool: str | None = None  # None: serves every pool
     api_key: str | None = None  # sent to this backend only
+    api_key_env: str | None = None  # the environment variable api_key came from
     max_concurrency: int = 256
     health_path: str = "/health"
 
@@ -91,7 +93,7 @@ class GatewaySettings:
     # labelled by their hash), the carbon intensity (gCO2e per kWh) and how long a request may hold its
     # instance's intervals open before they settle with its work so far
     energy_key_names: tuple[str, ...] = ()
-    carbon_g_per_kwh: float = 475.0
+    energy_carbon_g_per_kwh: float = 475.0
     energy_max_open_s: float = 600.0
     energy_prefill_weight: float = 0.1  # a prompt token's work against an output token's (bench/energy_attribution.py)
     energy_interval_s: float = 1.0
@@ -130,7 +132,7 @@ def _validate(s: GatewaySettings) -> None:
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(s, name)!r}")
     if s.redis_url is not None and urlsplit(s.redis_url).scheme not in {"redis", "rediss", "unix"}:
-        raise ConfigError(f"redis_url must start with redis://, rediss:// or unix://, got {_redact(s.redis_url)}")
+        raise ConfigError(f"redis_url must start with redis://, rediss:// or unix://, got {redact_url(s.redis_url)}")
     if s.classifier not in {"model", "max_tokens"}:
         raise ConfigError(f"classifier must be 'model' or 'max_tokens', got {s.classifier!r}")
     if s.log_level not in {"critical", "error", "warning", "info", "debug"}:
@@ -143,8 +145,8 @@ def _validate(s: GatewaySettings) -> None:
             raise ConfigError(f"forward_headers: {name!r} is not a header name")
     if s.protect_metrics and not (s.api_keys or s.admin_api_keys):
         raise ConfigError("protect_metrics needs api_keys or admin_api_keys")
-    if not (s.carbon_g_per_kwh >= 0 and s.energy_prefill_weight >= 0):
-        raise ConfigError("carbon_g_per_kwh and energy_prefill_weight must be >= 0")
+    if not (s.energy_carbon_g_per_kwh >= 0 and s.energy_prefill_weight >= 0):
+        raise ConfigError("energy_carbon_g_per_kwh and energy_prefill_weight must be >= 0")
     if not (s.energy_max_open_s > 0 and s.energy_interval_s > 0):
         raise ConfigError("energy_max_open_s and energy_interval_s must be > 0")
     for item in s.energy_key_names:
@@ -154,13 +156,6 @@ def _validate(s: GatewaySettings) -> None:
     ids = [b.id for b in s.backends]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"backend ids must be unique, got {ids}")
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
 
 
 def parse_backend(text: str, index: int = 0) -> BackendSpec:
@@ -211,28 +206,10 @@ def backend_from_mapping(raw: Mapping[str, Any], index: int) -> BackendSpec:
         models=tuple(str(m) for m in models),
         pool=pool,
         api_key=api_key,
+        api_key_env=str(raw["api_key_env"]) if raw.get("api_key_env") else None,
         max_concurrency=max_conc,
         health_path=str(raw.get("health_path", "/health")),
     )
-
-
-def _coerce(name: str, value: Any) -> Any:
-    default = getattr(GatewaySettings(), name)
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                return value.strip().lower() in {"1", "true", "yes", "on"}
-            return bool(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):
-            items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(v).strip().lower() for v in items if str(v).strip())
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected a {type(default).__name__}, got {value!r}") from None
-    return value if value is None else str(value)
 
 
 def parse_class_deadlines(value: Any, first_byte_s: float, total_s: float) -> tuple[tuple[str, Deadline], ...]:
@@ -267,96 +244,56 @@ def parse_class_deadlines(value: Any, first_byte_s: float, total_s: float) -> tu
     return tuple(sorted(out))
 
 
+def _keys(v: Any, env: Mapping[str, str], name: str) -> frozenset[str]:
+    """The keys of option ``name`` plus the comma-separated keys in the variable ``<name>_env`` names (an unset
+    or empty one is an error, never an open gateway)."""
+    keys = list(v[name])
+    var = v[f"{name}_env"]
+    if var:
+        value = env.get(var)
+        if value is None:
+            raise ConfigError(f"{name}_env: environment variable {var} is not set")
+        named = [k.strip() for k in value.split(",") if k.strip()]
+        if not named:  # asked for key checks and given none: refuse rather than serve an open gateway
+            raise ConfigError(f"{name}_env: environment variable {var} holds no key")
+        keys += named
+    return frozenset(keys)
+
+
+def from_values(v: Any, env: Mapping[str, str] | None = None) -> GatewaySettings:
+    """``GatewaySettings`` from the parsed options of ``wattgate gateway`` (``gateway/options.py``)."""
+    env = os.environ if env is None else env
+    names = {f.name for f in dataclasses.fields(GatewaySettings)}
+    kwargs = {k: val for k, val in v.as_dict().items() if k in names}
+    kwargs["edges"] = v.class_edges
+    kwargs["api_keys"] = _keys(v, env, "api_keys")
+    kwargs["admin_api_keys"] = _keys(v, env, "admin_api_keys")
+    kwargs["forward_headers"] = tuple(h.lower() for h in v.forward_headers)
+    kwargs["class_deadlines"] = parse_class_deadlines(
+        v.class_deadlines or {}, v.first_byte_timeout_s, v.request_timeout_s
+    )
+    return GatewaySettings(**kwargs)
+
+
 def load_settings(
     config_file: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     backend_args: tuple[str, ...] = (),
 ) -> GatewaySettings:
-    """Merge file, environment and flags (in that order of precedence, lowest first) into one settings object."""
-    raw: dict[str, Any] = _read_file(config_file) if config_file else {}
+    """What ``wattgate gateway`` would run with: the file, then ``env`` (default: the process's environment),
+    then ``overrides`` (option name -> value, as flags) and ``backend_args`` (as ``--backend`` flags)."""
+    from wattgate.gateway.cli import COMMAND  # noqa: PLC0415  (the option list lives with the command)
+    from wattgate.settings.model import SettingsError  # noqa: PLC0415
+    from wattgate.settings.parse import known_env, resolve  # noqa: PLC0415
+
     env = os.environ if env is None else env
-    scalar_names = [
-        f.name
-        for f in dataclasses.fields(GatewaySettings)
-        if f.name not in {"backends", "edges", "api_keys", "admin_api_keys"}
-    ]
-    for name in scalar_names:
-        key = f"WATTGATE_{name.upper()}"
-        if key in env:
-            raw[name] = env[key]
-    for name in ("api_keys", "admin_api_keys"):
-        if env.get(f"WATTGATE_{name.upper()}"):
-            raw[name] = [k for k in env[f"WATTGATE_{name.upper()}"].split(",") if k]
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            raw[key] = value
-    return _build(raw, backend_args)
-
-
-def _read_file(path: str | Path) -> dict[str, Any]:
-    import yaml  # noqa: PLC0415  (only when a config file is given)
-
+    given: dict[str, Any] = {k: val for k, val in (overrides or {}).items() if val is not None}
+    if config_file:
+        given["config"] = str(config_file)
+    if backend_args:
+        given["backends"] = list(backend_args)
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError(f"config file {path} must be a mapping of option: value")
-    return doc
-
-
-def _build(raw: dict[str, Any], backend_args: tuple[str, ...]) -> GatewaySettings:
-    names = {f.name for f in dataclasses.fields(GatewaySettings)}
-    names |= {"class_edges", "api_keys_env", "admin_api_keys_env"}
-    unknown = set(raw) - names
-    if unknown:
-        raise ConfigError(f"unknown option(s) {sorted(unknown)}; see the Gateway section of README.md")
-    kwargs: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name in {"backends", "class_edges", "edges", "class_deadlines"} or name.startswith(("api_keys", "admin")):
-            continue
-        kwargs[name] = _coerce(name, value)
-    listed = raw.get("backends") or []
-    if not isinstance(listed, list) or not all(isinstance(b, dict) for b in listed):
-        raise ConfigError("backends: expected a list of mappings with at least a url")
-    specs = [backend_from_mapping(b, i) for i, b in enumerate(listed)]
-    specs += [parse_backend(t, len(specs) + i) for i, t in enumerate(backend_args)]
-    kwargs["backends"] = tuple(specs)
-    kwargs["api_keys"] = _keys(raw, "api_keys")
-    kwargs["admin_api_keys"] = _keys(raw, "admin_api_keys")
-    if raw.get("class_deadlines"):
-        defaults = GatewaySettings()
-        kwargs["class_deadlines"] = parse_class_deadlines(
-            raw["class_deadlines"],
-            kwargs.get("first_byte_timeout_s", defaults.first_byte_timeout_s),
-            kwargs.get("request_timeout_s", defaults.request_timeout_s),
-        )
-    edges = raw.get("class_edges") or raw.get("edges")
-    if edges is not None:
-        try:
-            kwargs["edges"] = ClassEdges(**edges)
-        except (TypeError, ProfilesError) as exc:
-            raise ConfigError(f"class_edges: {exc}") from None
-    try:
-        return GatewaySettings(**kwargs)
-    except TypeError as exc:
+        return from_values(resolve(COMMAND, given, env, known_env=known_env()), env)
+    except SettingsError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def _keys(raw: Mapping[str, Any], name: str) -> frozenset[str]:
-    """``name`` (a list or one key) plus the comma-separated keys in the variable ``<name>_env`` names."""
-    keys = raw.get(name) or []
-    if isinstance(keys, str):
-        keys = [keys]
-    var = raw.get(f"{name}_env")
-    if var:
-        value = os.environ.get(str(var))
-        if value is None:
-            raise ConfigError(f"{name}_env: environment variable {var} is not set")
-        keys = [*keys, *value.split(",")]
-    return frozenset(str(k) for k in keys if k)

@@ -147,6 +147,20 @@ class GatewayState:
         """Instance id -> (model, pool): the labels of its idle energy."""
         return {k: (",".join(sorted(i.spec.models)) or "-", i.spec.pool or "-") for k, i in self.instances.items()}
 
+    def models_unknown(self) -> list[str]:
+        """Ids of static backends that do not answer and whose models are not known (no ``model`` hint, and no
+        ``/v1/models`` answer yet): a request for a model nobody else serves may be theirs."""
+        return [
+            i.id for i in self.instances.values() if i.spec.source == "static" and not i.spec.models and not i.healthy
+        ]
+
+    def static_summary(self) -> str:
+        """For the ready log line: how many static backends answer their health probe, and which do not."""
+        static = [i for i in self.instances.values() if i.spec.source == "static"]
+        down = [f"{i.id} ({i.spec.base_url})" for i in static if not i.healthy]
+        text = f"{len(static) - len(down)} of {len(static)} static backend(s) reachable"
+        return text + (f"; not answering: {', '.join(down)}" if down else "")
+
     def any_ready(self) -> bool:
         now = time.monotonic()
         return any(i.routable(now) and i.spec.models for i in self.instances.values())

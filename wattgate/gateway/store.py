@@ -322,3 +322,15 @@ async def read_energy_minutes(url: str, keys: Keys, first_minute: int, last_minu
         raise ConnectionError(f"cannot read the energy minutes from redis: {exc}") from exc
     finally:
         await client.aclose()
+
+
+async def unreachable(url: str, timeout_s: float) -> str | None:
+    """None when Redis at ``url`` answers PING within ``timeout_s``, else why not (one line)."""
+    client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        await asyncio.wait_for(client.ping(), timeout=timeout_s + 1.0)
+    except (TimeoutError, RedisError, OSError) as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    finally:
+        await _close_quietly(client.aclose)
+    return None

@@ -190,8 +190,14 @@ def _judge(state: GatewayState, job: Job, failed: list[Instance]) -> None:
 
 
 def _nothing_took_it(state: GatewayState, job: Job, tried: bool) -> ApiError:
-    if tried:
-        return ApiError(502, "no instance could be reached", type_="server_error", code="upstream_unreachable")
+    if tried:  # every instance tried refused the connection or never answered it: the model's backends are down
+        return ApiError(
+            503,
+            f"no instance of model '{job.model}' could be reached (connection refused or timed out); retry later",
+            type_="server_error",
+            code="upstream_unreachable",
+            headers={"retry-after": str(state.settings.retry_after_s)},
+        )
     pool = job.rtype.name if job.rtype else "any"
     state.metrics.no_capacity.labels(pool).inc()
     return ApiError(

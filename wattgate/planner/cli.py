@@ -2,95 +2,121 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import TYPE_CHECKING, Any
+
+from wattgate.settings import common as c
+from wattgate.settings.kinds import boolean, choice, custom, number
+from wattgate.settings.model import Command, Option, Values
+from wattgate.settings.parse import add_command
 
 if TYPE_CHECKING:
     from wattgate.planner.loop import LoopSettings
     from wattgate.profiles.table import Profile
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("plan", help="solve one epoch: what would wattgate run for this load?")
-    _profile_args(p)
-    p.add_argument("--gpus", type=int, required=True, help="GPUs available in total")
-    p.add_argument("--load", required=True, help="forecast load per pool in req/s, e.g. SS=2.5,MM=1.0")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    p.set_defaults(func=run_plan)
-
-    q = subparsers.add_parser("planner", help="run the planner loop (one leader per Redis, others wait)")
-    _profile_args(q)
-    q.add_argument(
-        "--redis-url", default=None, help="Redis URL (default: $WATTGATE_REDIS_URL or redis://localhost:6379/0)"
-    )
-    q.add_argument("--prefix", default="wg", help="Redis key prefix shared by the deployment")
-    q.add_argument("--gpus", type=int, default=None, help="static GPU count instead of the agents' heartbeats")
-    q.add_argument("--nodes", default=None, help="static nodes instead of heartbeats: name=GPUS,name=GPUS")
-    q.add_argument("--cluster-period-s", type=float, default=1800.0, help="full re-plan period (default 1800)")
-    q.add_argument("--pool-period-s", type=float, default=300.0, help="pool re-plan period (default 300)")
-    q.add_argument(
-        "--quantile",
-        type=float,
-        default=0.9,
-        help="the calibrated forecast: per pool, this quantile of its own past errors (0.9, as simulate's "
-        "wattgate); 0 for the classic forecast (the largest method + --margin)",
-    )
-    q.add_argument(
-        "--series",
-        choices=("peaks", "counts"),
-        default="peaks",
-        help="what the calibrated forecast forecasts per minute: its busiest 10 s as a rate (peaks, default; "
-        "the plan then loads instances to their whole SLO capacity unless --headroom says otherwise) or its "
-        "requests (counts, headroom 0.8)",
-    )
-    q.add_argument("--lead-s", type=float, default=95.0, help="a start's lead the calibrated forecast covers (95)")
-    q.add_argument(
-        "--amortize-s",
-        type=float,
-        default=600.0,
-        help="a transition's energy is weighed against what it saves over this long (600 s)",
-    )
-    q.add_argument("--margin", type=float, default=0.15, help="the classic forecast's margin (0.15)")
-    q.add_argument("--lease-s", type=float, default=15.0, help="leader lease (default 15 s)")
-    q.add_argument(
-        "--min-rps",
-        type=float,
-        default=0.05,
-        help="forecast floor per pool (0.05): a pool keeps a warm instance (or spills to one) when no load is seen",
-    )
-    q.add_argument(
-        "--standby-max-s",
-        type=float,
-        default=240.0,
-        help="longest a dropped instance stays on warm standby on nodes with sleep mode (240; 0: never)",
-    )
-    q.add_argument("--once", action="store_true", help="run one tick and exit (for scripts and tests)")
-    q.set_defaults(func=run_planner)
+def _loads(raw: Any) -> dict[str, float]:
+    """``SS=2.5,MM=1.0`` (or a YAML mapping) as pool -> req/s; pool names and signs are checked by the planner."""
+    items: list[tuple[str, Any]] = []
+    if isinstance(raw, dict):
+        items = [(str(k), v) for k, v in raw.items()]
+    elif isinstance(raw, str):
+        for part in filter(None, (x.strip() for x in raw.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected POOL=REQ_PER_S, got {part!r}")
+            items.append((name.strip(), value.strip()))
+    else:
+        raise ValueError(f"expected POOL=REQ_PER_S,... or a mapping, got {raw!r}")
+    out: dict[str, float] = {}
+    for name, value in items:
+        try:
+            out[name] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{value!r} is not a number (pool {name})") from None
+    if not out:
+        raise ValueError("give at least one POOL=REQ_PER_S")
+    return out
 
 
-def _headroom(args: argparse.Namespace) -> float:
-    from wattgate.planner.model import DEFAULT_HEADROOM
-
-    return DEFAULT_HEADROOM if args.headroom is None else float(args.headroom)
+def _show_loads(value: Any) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in value.items()) if value else "none"
 
 
-def _peaks_by_default(args: argparse.Namespace) -> bool:
-    """Forecasts of each minute's busiest 10 s already carry the bursts: the plan loads instances fully."""
-    return args.headroom is None and bool(args.quantile) and args.series == "peaks"
+SOLVER_OPTIONS = (c.PROFILE, c.GPUS_PER_NODE, c.TIME_LIMIT_S, c.HEADROOM, c.TTFT_S, c.TBT_S)
+LOOP_HEADROOM = c.HEADROOM.for_command(
+    help="share of an instance's SLO-feasible capacity the agents' clock policy may load it to, and the plan too "
+    "where set: with the peaks forecast (the default) the plan loads instances to their whole capacity unless "
+    "this is given"
+)
+
+PLAN_OPTIONS: tuple[Option, ...] = (
+    *SOLVER_OPTIONS,
+    c.GPUS.for_command(required=True, help="GPUs available in total"),
+    Option(
+        "load",
+        custom("POOL=REQ_PER_S,... (YAML: a mapping)", _loads, _show_loads, metavar="SS=2.5,MM=1.0"),
+        None,
+        "forecast load per pool in requests/s",
+        required=True,
+        example="SS=2.5,MM=1",
+    ),
+    c.JSON,
+)
+
+PLANNER_OPTIONS: tuple[Option, ...] = (
+    *(LOOP_HEADROOM if o.name == "headroom" else o for o in SOLVER_OPTIONS),
+    c.REDIS_URL,
+    c.REDIS_PREFIX,
+    c.GPUS.for_command(
+        help="static GPU count (nodes of --gpus-per-node) instead of the agents' heartbeats; not with --nodes",
+        default_text="none: the agents' heartbeats",
+    ),
+    c.NODES.for_command(
+        help="static nodes instead of the agents' heartbeats: N (node1..nodeN of --gpus-per-node GPUs) or "
+        "name=GPUS,name=GPUS; not with --gpus",
+        default_text="none: the agents' heartbeats",
+    ),
+    Option("cluster_period_s", number(above=0), 1800.0, "full re-plan period (s)", example="60"),
+    Option("pool_period_s", number(above=0), 300.0, "pool re-plan period (s)", example="30"),
+    c.QUANTILE.for_command(
+        help="the calibrated forecast: per pool, this quantile of its own past errors (as simulate's wattgate); "
+        "0 for the classic forecast (the largest method + --margin)"
+    ),
+    Option(
+        "series",
+        choice("peaks", "counts"),
+        "peaks",
+        "what the calibrated forecast forecasts per minute: its busiest 10 s as a rate (peaks; the plan then loads "
+        "instances to their whole SLO capacity unless headroom is set) or its requests (counts, headroom 0.8)",
+    ),
+    Option("lead_s", number(0.0), 95.0, "a start's lead (s) the calibrated forecast covers", example="60"),
+    c.AMORTIZE_S,
+    Option("margin", number(0.0), 0.15, "the classic forecast's margin over the predicted peak", example="0.3"),
+    Option("lease_s", number(above=0), 15.0, "leader lease (s)", example="30"),
+    Option(
+        "standby_max_s",
+        number(0.0),
+        240.0,
+        "longest a dropped instance stays on warm standby on nodes with sleep mode (s; 0: never)",
+        example="60",
+    ),
+    Option(
+        "min_rps",
+        number(0.0),
+        0.05,
+        "forecast floor per pool (req/s): a pool keeps a warm instance (or spills to one) when no load is seen",
+        example="0.1",
+    ),
+    Option("once", boolean(), False, "run one tick and exit (for scripts and tests)"),
+    c.LOG_LEVEL,
+)
 
 
-def _profile_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default=None, help="profile name or path (default: the built-in profile)")
-    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node; TP groups stay in one node (8)")
-    p.add_argument("--time-limit-s", type=float, default=1.5, help="MILP time limit before the best plan found")
-    p.add_argument(
-        "--headroom",
-        type=float,
-        default=None,
-        help="share of an instance's SLO-feasible capacity (the profile's P99 limit at steady load) the plan may "
-        "load it to; the rest absorbs bursts and misclassified requests (default 0.8, see README)",
-    )
+def _peaks_by_default(v: Values) -> bool:
+    """Forecasts of each minute's busiest 10 s already carry the bursts: the plan loads instances fully (unless
+    headroom was set: by flag, environment or file)."""
+    return v.source("headroom") == "default" and bool(v.quantile) and v.series == "peaks"
 
 
 def load_profile_arg(spec: str | None) -> Profile:
@@ -106,50 +132,59 @@ def load_profile_arg(spec: str | None) -> Profile:
 
 
 def parse_loads(text: str) -> dict[str, float]:
+    """``SS=2.5,MM=1.0`` as checked demand (unknown pools and negative loads are PlannerErrors)."""
     from wattgate.planner.model import PlannerError, parse_demand
 
-    out: dict[str, float] = {}
-    for part in filter(None, (x.strip() for x in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep:
-            raise PlannerError(f"--load: expected POOL=REQ_PER_S, got {part!r}")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise PlannerError(f"--load: {value!r} is not a number (pool {name.strip()})") from None
-    if not out:
-        raise PlannerError("--load: give at least one POOL=REQ_PER_S")
-    return parse_demand(out)
+    try:
+        return parse_demand(_loads(text))
+    except ValueError as exc:
+        raise PlannerError(f"--load: {exc}") from None
 
 
-def run_plan(args: argparse.Namespace) -> int:
+def _solver(v: Values, amortize_s: float | None = None, headroom: float | None = None) -> Any:
+    """The solver's settings; ``headroom``: another than the option's (the planner's peaks forecast)."""
+    from wattgate.planner.model import SolverSettings
+    from wattgate.profiles.classes import LENGTH_CLASSES, SloTargets
+
+    slo = SloTargets(dict(zip(LENGTH_CLASSES, v.ttft_s, strict=True)), v.tbt_s)
+    return SolverSettings(
+        gpus_per_node=v.gpus_per_node,
+        time_limit_s=v.time_limit_s,
+        headroom=v.headroom if headroom is None else headroom,
+        slo=slo,
+        amortize_s=amortize_s,
+    )
+
+
+def run_plan(v: Values) -> int:
     import json
 
-    from wattgate.planner.baselines import baseline
+    from wattgate.planner.baselines import baseline, single_pool, single_pool_tp
     from wattgate.planner.explain import decision_summary
-    from wattgate.planner.model import Inventory, PlannerError, SolverSettings, make_problem
+    from wattgate.planner.model import Inventory, PlannerError, make_problem, parse_demand
     from wattgate.planner.solver import solve
+    from wattgate.profiles.classes import RequestType
 
     try:
-        if args.gpus is None or args.gpus < 1:
-            raise PlannerError("--gpus must be at least 1")
-        settings = SolverSettings(
-            gpus_per_node=args.gpus_per_node, time_limit_s=args.time_limit_s, headroom=_headroom(args)
-        )
-        demand = parse_loads(args.load)
-        profile = load_profile_arg(args.profile)
-        problem = make_problem(profile, demand, Inventory.uniform(args.gpus, args.gpus_per_node), settings)
+        settings = _solver(v)
+        demand = parse_demand(v.load)
+        profile = load_profile_arg(v.profile)
+        problem = make_problem(profile, demand, Inventory.uniform(v.gpus, v.gpus_per_node), settings)
         decision = solve(problem)
     except PlannerError as exc:
         print(f"wattgate plan: error: {exc}", file=sys.stderr)
         return 2
     base = baseline(profile, decision.demand_rps, settings.slo)
-    summary = decision_summary(decision, base)
-    if args.json:
-        print(json.dumps(summary, sort_keys=True))
-    else:
-        print(_table(summary))
+    loads = {RequestType.parse(p): rps for p, rps in decision.demand_rps.items()}
+    tp = single_pool_tp(profile, [v.gpus_per_node])
+    single = single_pool(profile, loads, settings.slo, v.gpus, tp=tp)
+    summary = decision_summary(decision, base, single)
+    print(json.dumps(summary, sort_keys=True) if v.json else _table(summary))
     return 0
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
 def _table(s: dict[str, Any]) -> str:
@@ -165,22 +200,40 @@ def _table(s: dict[str, Any]) -> str:
             if q != r:
                 lines.append(f"  {r} spills {v:.2f} req/s to {q}")
     lines.append(f"GPUs: {s['gpus_used']} of {s['gpu_budget']}")
-    lines.append(f"predicted power: {s['predicted_power_w']:.0f} W (modelled)")
-    b = s["baseline"]
+    lines.append(
+        f"predicted power: {s['predicted_power_w']:.0f} W for its instances, {s['predicted_cluster_power_w']:.0f} W "
+        f"with the other GPUs of the {s['gpu_budget']} idle (modelled)"
+    )
+    one = s.get("single_pool_baseline")
+    if one is not None:
+        lines.append(
+            f"single-pool baseline (one pool of the largest TP a node holds at max clock for every type, 70 W per "
+            f"other GPU): {one['instances']} x TP{one['tp']} @ {one['sm_clock_mhz']} MHz, {one['gpus']} GPUs, "
+            f"{one['power_w']:.0f} W (modelled)"
+        )
+    b = s["multi_pool_baseline"]
     over = f" (more than the {s['gpu_budget']} available)" if b["gpus"] > s["gpu_budget"] else ""
-    lines.append(f"baseline all TP8 at max clock: {b['gpus']} GPUs{over}, {b['power_w']:.0f} W (modelled)")
+    lines.append(
+        f"multi-pool baseline (each type its own TP8 pool at max clock): {b['gpus']} GPUs{over}, "
+        f"{b['power_w']:.0f} W (modelled)"
+    )
     for g in b["pools"]:
         lines.append(
             f"  {g['pool']:<5} {g['count']:>4} x TP8 @ {g['sm_clock_mhz']} MHz, {g['load_rps_each']:.2f} req/s each"
         )
-    if b["power_w"]:
-        lines.append(f"saving vs baseline: {100 * (1 - s['predicted_power_w'] / b['power_w']):.0f}% (modelled)")
+    saving = s["saving"]
+    if "vs_single_pool_baseline" in saving:
+        lines.append(
+            f"saving vs the single-pool baseline: {_pct(saving['vs_single_pool_baseline'])} (modelled; "
+            f"the baseline the README's headline figures, the demo and the dashboard use)"
+        )
+    lines.append(f"saving vs the multi-pool baseline: {_pct(saving['vs_multi_pool_baseline'])} (modelled)")
     lines.extend(f"ALERT: {a}" for a in s["alerts"])
     return "\n".join(lines)
 
 
-def run_planner(args: argparse.Namespace) -> int:
-    """``wattgate planner``: parse settings once, then run until interrupted."""
+def run_planner(v: Values) -> int:
+    """``wattgate planner``: settings parsed once; Redis must answer at start; then run until interrupted."""
     import contextlib
     import logging
     import os
@@ -194,20 +247,27 @@ def run_planner(args: argparse.Namespace) -> int:
     from wattgate.planner.loop import PlannerLoop
     from wattgate.planner.model import PlannerError
     from wattgate.planner.store import PlannerStore, StoreError
+    from wattgate.settings.common import DEFAULT_REDIS_URL, redact_url
 
+    url = v.redis_url or DEFAULT_REDIS_URL
     try:
-        settings = _loop_settings(args)
-        profile = load_profile_arg(args.profile)
-        url = args.redis_url or os.environ.get("WATTGATE_REDIS_URL", "redis://localhost:6379/0")
-        store = PlannerStore(url, Keys(args.prefix))
-    except (PlannerError, ValueError) as exc:
+        settings = _loop_settings(v)
+        profile = load_profile_arg(v.profile)
+        store = PlannerStore(url, Keys(v.redis_prefix))
+    except PlannerError as exc:
         print(f"wattgate planner: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        store.ping()
+    except StoreError as exc:
+        store.close()
+        print(f"wattgate planner: error: cannot reach Redis at {redact_url(url)}: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=v.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     loop = PlannerLoop(store, profile, settings, time.time, me)
     try:
-        if args.once:
+        if v.once:
             outcome = loop.tick()
             print(f"planner tick: {outcome}")
             if loop.leader:
@@ -225,34 +285,47 @@ def run_planner(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _loop_settings(args: argparse.Namespace) -> LoopSettings:
+def _loop_settings(v: Values) -> LoopSettings:
     from wattgate.planner.forecast import ForecastSettings
-    from wattgate.planner.loop import LoopSettings, parse_nodes
-    from wattgate.planner.model import Inventory, Node, PlannerError, SolverSettings
+    from wattgate.planner.loop import LoopSettings
+    from wattgate.planner.model import Inventory, Node, PlannerError
+    from wattgate.settings.common import node_list
 
+    if v.nodes and v.gpus is not None:
+        raise PlannerError("--gpus and --nodes are alternatives: give one (or neither, for the agents' heartbeats)")
     static: tuple[Node, ...] | None = None
-    if args.nodes:
-        static = parse_nodes(args.nodes)
-    elif args.gpus is not None:
-        if args.gpus < 1:
-            raise PlannerError("--gpus must be at least 1")
-        static = Inventory.uniform(args.gpus, args.gpus_per_node).nodes
+    if v.nodes:
+        static = tuple(Node(name, gpus) for name, gpus in node_list(v.nodes, v.gpus_per_node))
+    elif v.gpus is not None:
+        static = Inventory.uniform(v.gpus, v.gpus_per_node).nodes
     return LoopSettings(
-        cluster_period_s=args.cluster_period_s,
-        pool_period_s=args.pool_period_s,
-        lease_s=args.lease_s,
+        cluster_period_s=v.cluster_period_s,
+        pool_period_s=v.pool_period_s,
+        lease_s=v.lease_s,
         static_nodes=static,
-        forecast=ForecastSettings(margin=args.margin),
-        quantile=args.quantile or None,
-        series=args.series,
-        clock_headroom=_headroom(args),
-        lead_s=args.lead_s,
-        min_pool_rps=args.min_rps,
-        standby_max_s=args.standby_max_s,
-        solver=SolverSettings(
-            gpus_per_node=args.gpus_per_node,
-            time_limit_s=args.time_limit_s,
-            headroom=1.0 if _peaks_by_default(args) else _headroom(args),
-            amortize_s=args.amortize_s,
-        ),
+        forecast=ForecastSettings(margin=v.margin),
+        quantile=v.quantile or None,
+        series=v.series,
+        clock_headroom=v.headroom,
+        lead_s=v.lead_s,
+        min_pool_rps=v.min_rps,
+        standby_max_s=v.standby_max_s,
+        solver=_solver(v, amortize_s=v.amortize_s, headroom=1.0 if _peaks_by_default(v) else None),
     )
+
+
+PLAN = Command("plan", "solve one epoch: what would wattgate run for this load?", PLAN_OPTIONS, run_plan)
+PLANNER = Command(
+    "planner",
+    "run the planner loop (one leader per Redis, others wait)",
+    PLANNER_OPTIONS,
+    run_planner,
+    "Forecast each pool's load, solve the plan and publish it, as the leader of its Redis. At start it checks "
+    "that Redis answers and exits with one line if not.",
+)
+COMMANDS = (PLAN, PLANNER)
+
+
+def register(subparsers: Any) -> None:
+    for command in COMMANDS:
+        add_command(subparsers, command)

@@ -46,7 +46,9 @@ def build_plan(
     if placement.unplaced:
         alerts.append(f"{placement.unplaced} planned instance(s) found no free GPUs on the nodes and are left out")
     if base.unservable:
-        alerts.append(f"baseline TP8 at max clock cannot meet the SLO for {', '.join(base.unservable)}")
+        alerts.append(
+            f"the multi-pool baseline (TP8 at max clock) cannot meet the SLO for {', '.join(base.unservable)}"
+        )
     instances = [*placement.instances, *standby, *fixed]
     extra += [
         f"{p.id} ({p.pool}, TP{p.tp}, {p.node} GPUs {list(p.gpus)}) on warm standby: asleep, not routed, "
@@ -113,8 +115,8 @@ def reasons(decision: Decision, placement: Placement, base: Baseline) -> list[st
     saving = base.power_w - decision.power_w
     pct = 100 * saving / base.power_w if base.power_w else 0.0
     out.append(
-        f"predicted power {decision.power_w:.0f} W vs {base.power_w:.0f} W for all TP8 at max clock: "
-        f"saving {saving:.0f} W ({pct:.0f}%) (modelled)"
+        f"predicted power {decision.power_w:.0f} W vs {base.power_w:.0f} W for the multi-pool baseline (each type "
+        f"its own TP8 instances at max clock): saving {saving:.0f} W ({pct:.0f}%) (modelled)"
     )
     fixed = sum(g.count for g in decision.fixed_groups)
     also = f"; {fixed} fixed instance(s) on {sum(g.gpus for g in decision.fixed_groups)} GPUs" if fixed else ""
@@ -132,9 +134,25 @@ def running_counts(instances: list[PlannedInstance]) -> dict[Config, int]:
     return out
 
 
-def decision_summary(decision: Decision, base: Baseline) -> dict[str, Any]:
-    """The JSON form ``wattgate plan --json`` prints."""
-    return {
+SINGLE_POOL_BASELINE = (
+    f"single-pool baseline: one pool of TP8 instances (the largest TP a node holds) at the highest clock serving "
+    f"every request type, as few as "
+    f"carry the load within the SLOs, plus {IDLE_GPU_W:.0f} W for each other GPU of the cluster (modelled)"
+)
+MULTI_POOL_BASELINE = (
+    "multi-pool baseline: each request type its own pool of TP8 instances at the highest clock, sized for its "
+    "load (modelled)"
+)
+
+
+def decision_summary(decision: Decision, base: Baseline, single: SinglePool | None = None) -> dict[str, Any]:
+    """The JSON form ``wattgate plan --json`` prints: the plan, both baselines and the saving against each.
+
+    Against the single-pool baseline wattgate's power counts the cluster's GPUs outside its instances idle at
+    ``IDLE_GPU_W``, as that baseline does; against the multi-pool baseline, its instances alone (as that one).
+    """
+    idle_w = max(0, decision.gpu_budget - decision.gpus_used) * IDLE_GPU_W
+    out: dict[str, Any] = {
         "status": decision.status.value,
         "solve_time_s": round(decision.solve_time_s, 4),
         "solve_time_source": "measured",
@@ -143,34 +161,44 @@ def decision_summary(decision: Decision, base: Baseline) -> dict[str, Any]:
         "demand_rps": decision.demand_rps,
         "flows_rps": decision.flows_rps,
         "unserved_rps": decision.unserved_rps,
-        "pools": [
-            {
-                "pool": g.pool,
-                "count": g.count,
-                "tp": g.tp,
-                "sm_clock_mhz": g.clock_mhz,
-                "load_rps_each": round(g.load_rps_each, 4),
-                "power_w_each": round(g.power_w_each, 1),
-            }
-            for g in decision.groups
-        ],
+        "pools": [_group(g) for g in decision.groups],
         "predicted_power_w": round(decision.power_w, 1),
-        "baseline": {
-            "pools": [
-                {
-                    "pool": g.pool,
-                    "count": g.count,
-                    "tp": g.tp,
-                    "sm_clock_mhz": g.clock_mhz,
-                    "load_rps_each": round(g.load_rps_each, 4),
-                    "power_w_each": round(g.power_w_each, 1),
-                }
-                for g in base.groups
-            ],
+        "predicted_cluster_power_w": round(decision.power_w + idle_w, 1),
+        "multi_pool_baseline": {
+            "definition": MULTI_POOL_BASELINE,
+            "pools": [_group(g) for g in base.groups],
             "gpus": base.gpus,
             "power_w": round(base.power_w, 1),
             "unservable": list(base.unservable),
         },
         "power_source": "modelled",
         "alerts": list(decision.alerts),
+    }
+    savings = {"vs_multi_pool_baseline": _saving(decision.power_w, base.power_w)}
+    if single is not None:
+        out["single_pool_baseline"] = {
+            "definition": SINGLE_POOL_BASELINE,
+            "instances": single.instances,
+            "tp": single.tp,
+            "sm_clock_mhz": single.clock_mhz,
+            "gpus": single.gpus,
+            "power_w": round(single.power_w, 1),
+        }
+        savings["vs_single_pool_baseline"] = _saving(decision.power_w + idle_w, single.power_w)
+    out["saving"] = savings
+    return out
+
+
+def _saving(power_w: float, baseline_w: float) -> float | None:
+    return round(1.0 - power_w / baseline_w, 4) if baseline_w > 0 else None
+
+
+def _group(g: Any) -> dict[str, Any]:
+    return {
+        "pool": g.pool,
+        "count": g.count,
+        "tp": g.tp,
+        "sm_clock_mhz": g.clock_mhz,
+        "load_rps_each": round(g.load_rps_each, 4),
+        "power_w_each": round(g.power_w_each, 1),
     }

@@ -302,10 +302,12 @@ class PlannerLoop:
         plan = self.store.publish(build)
         self.asleep_since = {p.id: self.asleep_since.get(p.id, now) for p in plan.instances if p.standby}
         log.info(
-            "planner: published plan v%d (%d instances, %.0f W vs baseline %.0f W, modelled)",
+            "planner: published plan v%d (%d instances, %.0f W; single-pool baseline %s W, multi-pool baseline %.0f W; "
+            "modelled)",
             plan.version,
             len(plan.instances),
             plan.predicted_power_w,
+            "?" if plan.single_pool_power_w is None else f"{plan.single_pool_power_w:.0f}",
             plan.baseline_power_w,
         )
         for reason in plan.reasons:
@@ -313,6 +315,12 @@ class PlannerLoop:
         for alert in plan.alerts:
             log.warning("planner alert: %s", alert)
         return plan
+
+    def wait_s(self, step_s: float) -> float:
+        """How long to wait before the next tick: ``step_s``, or less when a back-off ends sooner, so the retry
+        comes when the log line said (2, 4, 8 ... s), not at the next step."""
+        remaining = self.backoff_until - self.clock()
+        return max(0.0, min(step_s, remaining)) if remaining > 0 else step_s
 
     def _standby(
         self,
@@ -361,7 +369,7 @@ class PlannerLoop:
         try:
             while not stop.is_set():
                 self.tick()
-                stop.wait(step)  # a backing-off tick returns at once; no busy loop either way
+                stop.wait(self.wait_s(step))
         finally:
             if self.leader:
                 with contextlib.suppress(StoreError):

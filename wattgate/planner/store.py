@@ -37,6 +37,12 @@ class PlannerStore:
     def close(self) -> None:
         self._r.close()
 
+    def ping(self) -> None:
+        try:
+            self._r.ping()
+        except redis.RedisError as exc:
+            raise StoreError(str(exc)) from exc
+
     def hold_lease(self, me: str, lease_s: float) -> bool:
         """Take the leader lease if it is free, renew it if it is ours; False when another holds it."""
         ms = max(int(lease_s * 1000), 1)

@@ -2,117 +2,127 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from wattgate.simulate.fleet import FixedFleet
 
+from wattgate.settings import common as c
+from wattgate.settings.kinds import boolean, choice, number, optional, text
+from wattgate.settings.model import Command, Option, Values
+from wattgate.settings.parse import add_command
+
 DEFAULT_POLICIES = "single-pool,multi-pool,scale-inst,scale-shard,scale-freq,wattgate,oracle"
 FIXED_FLEET_POLICIES = "fixed-single-pool,fixed-scale-freq,fixed-wattgate,wattgate"
 ABLATION_HELP = (
     "wattgate with the shipped classifier, a perfect one, none (input-class pools), clock scaling only, TP8 only, "
-    "and with the classic forecast (max of methods + 15%%)"
+    "and with the classic forecast (max of methods + 15%)"
 )
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "simulate",
-        help="replay a request trace on a simulated cluster under each policy (energy and latency modelled)",
-        description="Replay a trace (Azure CSV: TIMESTAMP, ContextTokens, GeneratedTokens; or a JSONL log of "
-        "wattgate observations) through the gateway's routing, the planner's forecast and MILP and the agent's "
-        "clock policy on N simulated GPUs running the serving model's engines. All energy, power and latency "
-        "figures are modelled.",
-    )
-    p.add_argument("trace", nargs="+", help="trace file(s); several are merged on one time axis")
-    p.add_argument(
-        "--policies",
-        default=None,
-        help=f"comma-separated (default: {DEFAULT_POLICIES}; with --fixed-fleet: {FIXED_FLEET_POLICIES})",
-    )
-    p.add_argument(
-        "--fixed-fleet",
-        default=None,
-        metavar="SPEC",
-        help="replay on a fleet wattgate may not start or stop: N (N TP8 instances) or a list like 4xTP8,8xTP4; "
-        "the fixed-* policies only choose each instance's pool and clock, and the cluster (for every policy, "
-        "fully managed wattgate included) is the fleet's 8-GPU nodes",
-    )
-    p.add_argument("--ablation", action="store_true", help=f"run the ablation instead of --policies: {ABLATION_HELP}")
-    p.add_argument(
-        "--profile", default=None, help="the planner's profile: builtin name or file (default: the shipped one)"
-    )
-    p.add_argument("--arch", default=None, help="model architecture the engines run (default llama-3.1-70b)")
-    p.add_argument("--engine", default=None, help="engine calibration (default vllm-v1)")
-    p.add_argument(
-        "--iso-slo-target",
-        type=float,
-        default=0.99,
-        help="share of requests within their targets the single-pool baseline is sized for (0.99)",
-    )
-    p.add_argument(
-        "--gpus",
-        type=int,
-        default=None,
-        help="GPUs in the simulated cluster, 8 per node; every one draws power, used or not (default: twice the "
-        "iso-SLO single-pool baseline's GPUs)",
-    )
-    p.add_argument("--speed", type=float, default=1.0, help="time scaling: 2 replays the trace twice as fast")
-    p.add_argument("--scale", type=float, default=1.0, help="load scaling: 2 doubles the requests (default 1)")
-    p.add_argument("--days", type=float, default=None, help="tile the trace into this many diurnal days")
-    p.add_argument("--diurnal-low", type=float, default=0.35, help="night load as a fraction of the peak (0.35)")
-    p.add_argument("--epoch-s", type=float, default=300.0, help="re-planning period of dynamic policies (300)")
-    p.add_argument("--confusion", default="measured", help="'measured' (default), 'perfect', or a 3x3 JSON matrix/file")
-    p.add_argument(
-        "--routing",
-        choices=("gateway", "spill"),
-        default="gateway",
-        help="gateway: the live gateway's routing (each type to the pool the plan sends it to, then its spill "
-        "chain when that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
-    )
-    p.add_argument(
-        "--headroom",
-        type=float,
-        default=None,
+def _policies(value: str) -> None:
+    if not [p for p in value.split(",") if p.strip()]:
+        raise ValueError(f"give at least one policy, e.g. {DEFAULT_POLICIES}")
+
+
+def _fleet_spec(value: str) -> None:
+    from wattgate.simulate.fleet import FixedFleet
+    from wattgate.simulate.trace import SimulateError
+
+    try:
+        FixedFleet.parse(value)
+    except SimulateError as exc:
+        raise ValueError(str(exc).removeprefix("--fixed-fleet: ")) from None
+
+
+# One line per option (wattgate.settings): the flag, WATTGATE_<NAME>, the YAML key and the README row follow.
+OPTIONS: tuple[Option, ...] = (
+    c.TRACE.for_command(required=True, help="trace file(s): Azure CSV or a JSONL log of observations; merged"),
+    Option(
+        "policies",
+        text(check=_policies),
+        "",
+        "comma-separated policies to replay",
+        default_text=f"{DEFAULT_POLICIES}; with --fixed-fleet: {FIXED_FLEET_POLICIES}",
+        example="oracle",
+    ),
+    Option(
+        "fixed_fleet",
+        text(check=_fleet_spec, label="N or CxTPn,..."),
+        "",
+        "replay on a fleet wattgate may not start or stop: N (N TP8 instances) or a list like 4xTP8,8xTP4; the "
+        "fixed-* policies only choose each instance's pool and clock, and the cluster (for every policy, fully "
+        "managed wattgate included) is the fleet's 8-GPU nodes",
+        default_text="none",
+        example="4xTP8,8xTP4",
+    ),
+    Option("ablation", boolean(), False, f"run the ablation instead of --policies: {ABLATION_HELP}"),
+    c.PROFILE.for_command(help="the planner's profile: a builtin name or a profile file"),
+    c.ARCH,
+    c.ENGINE_CALIBRATION,
+    Option(
+        "iso_slo_target",
+        number(maximum=1.0, above=0),
+        0.99,
+        "share of requests within their targets the single-pool baseline is sized for",
+        example="0.95",
+    ),
+    c.GPUS.for_command(
+        help="GPUs in the simulated cluster, 8 per node; every one draws power, used or not",
+        default_text="twice the iso-SLO single-pool baseline's GPUs",
+    ),
+    c.SPEED.for_command(help="time scaling: 2 replays the trace twice as fast"),
+    Option("scale", number(above=0), 1.0, "load scaling: 2 doubles the requests", example="2"),
+    Option("days", optional(number(above=0)), None, "tile the trace into this many diurnal days", example="1"),
+    Option("diurnal_low", number(0.0, 1.0), 0.35, "night load as a fraction of the peak", example="0.5"),
+    Option("epoch_s", number(above=0), 300.0, "re-planning period of dynamic policies (s)", example="600"),
+    Option(
+        "confusion",
+        text(nonempty=True),
+        "measured",
+        "'measured', 'perfect', or a 3x3 JSON matrix/file",
+        example="perfect",
+    ),
+    Option(
+        "routing",
+        choice("gateway", "spill"),
+        "gateway",
+        "gateway: the live gateway's routing (each type to the pool the plan sends it to, then its spill chain when "
+        "that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
+    ),
+    c.HEADROOM.for_command(
         help="share of an instance's SLO-feasible capacity the clock policy and the classic policies may load it "
-        "to (default 0.8, as `wattgate planner`); wattgate and the oracle plan for each minute's busiest 10 s at "
-        "the whole capacity",
-    )
-    p.add_argument(
-        "--quantile",
-        type=float,
-        default=0.9,
-        help="wattgate's calibrated forecast: the quantile of its own past errors it plans for (0.9)",
-    )
-    p.add_argument(
-        "--amortize-s",
-        type=float,
-        default=600.0,
-        help="wattgate weighs a transition's energy over this many seconds of the plan it leads to (600)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--carbon-g-per-kwh",
-        default="400",
-        help="grid carbon intensity in g/kWh (400), or a file with one value per hour from the trace start (cycled)",
-    )
-    p.add_argument("--gpu-hour-price", type=float, default=2.0, help="price of one GPU-hour (2.0)")
-    p.add_argument("--energy-price", type=float, default=0.10, help="price of one kWh (0.10)")
-    p.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
-    p.add_argument("--out", default=None, help="directory for report.json and the PNG plots")
-    p.set_defaults(func=run)
+        "to (as wattgate planner); wattgate and the oracle plan for each minute's busiest 10 s at the whole capacity"
+    ),
+    c.QUANTILE.for_command(
+        help="wattgate's calibrated forecast: the quantile of its own past errors it plans for (> 0)"
+    ),
+    c.AMORTIZE_S.for_command(
+        help="wattgate weighs a transition's energy over this many seconds of the plan it leads to"
+    ),
+    c.SEED,
+    Option(
+        "carbon_g_per_kwh",
+        text(nonempty=True),
+        "400",
+        "grid carbon intensity in g/kWh, or a file with one value per hour from the trace start (cycled)",
+        example="300",
+    ),
+    Option("gpu_hour_price", number(0.0), 2.0, "price of one GPU-hour", example="3"),
+    Option("energy_price", number(0.0), 0.10, "price of one kWh", example="0.2"),
+    c.JSON.for_command(help="print the JSON document instead of the table"),
+    c.OUT.for_command(help="directory for report.json and the PNG plots", default_text="none"),
+)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: Values) -> int:
     import json
     import sys
     from pathlib import Path
 
     from wattgate.planner.model import DEFAULT_HEADROOM
-    from wattgate.profiles.builtin import profile_or_default
+    from wattgate.profiles.builtin import DEFAULT_PROFILE, profile_or_default
     from wattgate.profiles.classes import ProfilesError
-    from wattgate.servingmodel.calibration import DEFAULT_ARCH, DEFAULT_ENGINE
     from wattgate.servingmodel.errors import ServingModelError
     from wattgate.simulate.confusion import Confusion
     from wattgate.simulate.policies import ABLATION, Calibrated
@@ -142,15 +152,15 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             confusion=Confusion.parse(args.confusion),
             plan_routing=args.routing == "gateway",
-            arch=args.arch or DEFAULT_ARCH,
-            engine=args.engine or DEFAULT_ENGINE,
+            arch=args.arch,
+            engine=args.engine_calibration,
             iso_slo_target=args.iso_slo_target,
             calibrated=Calibrated(quantile=args.quantile, amortize_s=args.amortize_s),
             fleet=fleet,
         )
         profile = profile_or_default(args.profile)
         default = FIXED_FLEET_POLICIES if fleet is not None else DEFAULT_POLICIES
-        names = args.policies if args.policies is not None else default
+        names = args.policies if args.source("policies") != "default" else default  # given but empty: an error
         policies = list(ABLATION) if args.ablation else [p.strip() for p in names.split(",") if p.strip()]
         if not policies:
             raise SimulateError("--policies names no policy")
@@ -172,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         if fleet is not None
         else ("--gpus" if args.gpus else "twice the iso-SLO single-pool baseline's GPUs"),
         "fixed_fleet": fleet.to_json() if fleet is not None else None,
-        "profile": args.profile or "(shipped default)",
+        "profile": args.profile or DEFAULT_PROFILE,
         "speed": args.speed,
         "scale": args.scale,
         "days": args.days,
@@ -208,12 +218,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet(args: argparse.Namespace) -> FixedFleet | None:
+def _fleet(args: Values) -> FixedFleet | None:
     """``--fixed-fleet``, which sets the cluster: no ``--gpus`` with it."""
     from wattgate.simulate.fleet import FixedFleet
     from wattgate.simulate.trace import SimulateError
 
-    if args.fixed_fleet is None:
+    if not args.fixed_fleet:
         return None
     fleet = FixedFleet.parse(args.fixed_fleet)
     if args.gpus is not None:
@@ -238,3 +248,19 @@ def _carbon(spec: str) -> tuple[float, ...]:
     if not values or min(values) < 0:
         raise SimulateError("--carbon-g-per-kwh: intensities must be numbers >= 0")
     return values
+
+
+COMMAND = Command(
+    "simulate",
+    "replay a request trace on a simulated cluster under each policy (energy and latency modelled)",
+    OPTIONS,
+    run,
+    "Replay a trace (Azure CSV: TIMESTAMP, ContextTokens, GeneratedTokens; or a JSONL log of wattgate "
+    "observations) through the gateway's routing, the planner's forecast and MILP and the agent's clock policy on "
+    "N simulated GPUs running the serving model's engines. All energy, power and latency figures are modelled.",
+)
+COMMANDS = (COMMAND,)
+
+
+def register(subparsers: Any) -> None:
+    add_command(subparsers, COMMAND)

@@ -87,6 +87,8 @@ function render(d) {
   const e = d.energy || {};
   const pct = e.baseline_j > 0 ? (100 * e.saved_j) / e.baseline_j : null;
   document.getElementById("saved").textContent = e.baseline_j > 0 ? `${fmt(e.saved_j / 3.6e6, 3)} kWh (${fmt(pct, 1)}%)` : "–";
+  const baselineName = (e.baseline || "").startsWith("the multi-pool") ? "multi-pool baseline" : "single-pool baseline";
+  document.getElementById("saved-label").textContent = `energy saved vs the ${baselineName}`;
   if (e.baseline) document.getElementById("saved-note").textContent = `vs ${e.baseline}`;
   document.getElementById("rps").textContent = fmt(d.rps, 2);
   document.getElementById("requests").textContent = `${fmt(d.requests)} requests so far (measured)`;
@@ -102,7 +104,7 @@ function render(d) {
   const plan = d.plan;
   document.getElementById("plan").textContent = plan ? `v${plan.version}, ${plan.gpus} GPUs` : "none";
   document.getElementById("plan-note").textContent = plan
-    ? `its instances ${fmt(plan.predicted_power_w)} W vs every pool on TP8 ${fmt(plan.baseline_power_w)} W (modelled)` : "";
+    ? `its instances ${fmt(plan.predicted_power_w)} W vs the multi-pool baseline ${fmt(plan.baseline_power_w)} W (modelled)` : "";
 
   const nodes = Object.keys((hist[hist.length - 1] || {}).node_power_w || {});
   const series = [{ values: hist.map((p) => [p.t, p.power_w]), color: COLORS.total, width: 3 }];
@@ -111,7 +113,7 @@ function render(d) {
     values: hist.map((p) => [p.t, (p.node_power_w || {})[n] ?? null]), color: NODE_COLORS[i % NODE_COLORS.length],
   }));
   lineChart(document.getElementById("chart-power"), series, "");
-  const legend = [["total", COLORS.total], ["baseline (modelled)", COLORS.baseline]]
+  const legend = [["total", COLORS.total], [`${baselineName} (modelled)`, COLORS.baseline]]
     .concat(nodes.map((n, i) => [n, NODE_COLORS[i % NODE_COLORS.length]]));
   document.getElementById("legend-power").innerHTML = legend
     .map(([n, c]) => `<span style="--c:${c}">${n}</span>`).join("");
