@@ -142,9 +142,7 @@ class QuantileSettings:
     Its level is an EWMA of the square root of each minute's count; at each minute it records the
     error of what it would have forecast ``horizon_min`` minutes before, the square root of the peak
     count that came minus the level then. The forecast is the level plus the ``quantile`` of the last
-    ``window_min`` errors (``prior_error`` until ``min_errors`` exist), squared back into req/s. With
-    ``floor_recent_peak``, never less than the busiest of the last ``horizon_min`` minutes: until its
-    errors are many enough to be a quantile, a load that has just risen is not forecast to fall back.
+    ``window_min`` errors (``prior_error`` until ``min_errors`` exist), squared back into req/s.
     """
 
     quantile: float = 0.99
@@ -152,7 +150,6 @@ class QuantileSettings:
     min_errors: int = 30
     alpha: float = 0.3
     prior_error: float = 1.5  # sqrt-count units: 3 Poisson standard deviations
-    floor_recent_peak: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.quantile < 1 or self.window_min < 1 or self.min_errors < 1 or not 0 < self.alpha <= 1:
@@ -187,10 +184,7 @@ class QuantileForecaster:
             peak = max(self._roots[t + 1 : t + 1 + h])
             before = self._levels[t]
             # what was forecast then: the errors known then are those whose horizon had passed by then
-            then = before + self._quantile(upto=max(len(self._errors) - (h - 1), 0))
-            if self.s.floor_recent_peak:
-                then = max(then, *self._roots[max(t - h + 1, 0) : t + 1])
-            forecast = then**2
+            forecast = (before + self._quantile(upto=max(len(self._errors) - (h - 1), 0))) ** 2
             self._errors.append(peak - before)
             actual = peak**2
             if actual > 0:
@@ -198,8 +192,8 @@ class QuantileForecaster:
                 self.covered += forecast >= actual
                 self.sum_rel_error += (forecast - actual) / actual
         del self._errors[: max(len(self._errors) - self.s.window_min, 0)]
-        keep = 2 * h + 1
-        if len(self._roots) > 4 * keep:  # only the last two horizons are needed again
+        keep = h + 1
+        if len(self._roots) > 4 * keep:  # only the last horizon is needed again
             del self._roots[:-keep], self._levels[:-keep]
 
     def _quantile(self, upto: int | None = None) -> float:
@@ -213,10 +207,7 @@ class QuantileForecaster:
         """Peak req/s over the next horizon at the configured quantile (0 before any minute was seen)."""
         if self.level is None:
             return 0.0
-        root = self.level + self._quantile()
-        if self.s.floor_recent_peak:
-            root = max(root, *self._roots[-self.horizon_min :])
-        return max(root, 0.0) ** 2 / 60.0
+        return max(self.level + self._quantile(), 0.0) ** 2 / 60.0
 
     @property
     def coverage(self) -> float:

@@ -139,7 +139,6 @@ class Calibrated:
     lead_s: float = 95.0  # the forecast covers the epoch plus this: capacity must be asked for before it starts
     standby: bool = False
     reactive: bool = False
-    floor_recent_peak: bool = False  # the forecast never below the busiest minute of its last horizon
 
     def __post_init__(self) -> None:
         if self.series not in ("peaks", "counts") or not 0 < self.headroom <= 1 or not self.epoch_s >= 60:
@@ -173,8 +172,7 @@ class Planner:
         self.spec, self.env, self.work = spec, env, work
         c = env.calibrated
         horizon = max(math.ceil((c.epoch_s + c.lead_s) / MINUTE_S), 1)
-        q = QuantileSettings(quantile=c.quantile, floor_recent_peak=c.floor_recent_peak)
-        self.forecasts = PoolForecasts(horizon, q) if spec.calibrated else None
+        self.forecasts = PoolForecasts(horizon, QuantileSettings(quantile=c.quantile)) if spec.calibrated else None
 
     def __call__(self, now_s: float, running: Sequence[PlannedInstance]) -> tuple[tuple[Group, ...], Flows]:
         spec, work = self.spec, self.work
