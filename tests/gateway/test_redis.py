@@ -12,13 +12,16 @@ import pytest
 import redis
 
 from tests.gateway.conftest import Servers
-from tests.support import wait_for
+from tests.gateway.fake_backend import FakeBackend, Knobs
+from tests.support import UvicornThread, wait_for
 from wattgate.classifier.api import MaxTokensPredictor
 from wattgate.embedded_redis import EmbeddedRedis, free_port
 from wattgate.gateway import store as store_module
+from wattgate.gateway.app import create_app
+from wattgate.gateway.frontdoor import server_options
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.gateway.routing import expected_output_tokens
-from wattgate.gateway.settings import GatewaySettings
+from wattgate.gateway.settings import BackendSpec, GatewaySettings
 from wattgate.gateway.state import GatewayState
 from wattgate.gateway.store import RedisStore, publish_instance
 from wattgate.planner.contract import InstanceRecord, Keys, Observation
@@ -205,3 +208,26 @@ def test_load_is_recorded_while_the_request_is_still_running(servers: Servers, r
         assert client.xlen(Keys().observations) == 0
     client.close()
     wait_for(lambda: state.instances["b0"].in_flight == 0)
+
+
+def test_shutdown_while_a_flush_waits_on_redis_keeps_its_batch(redis_url: str) -> None:
+    # The flusher holds a batch while Redis is slow; stopping the gateway then must not drop it (cancelling
+    # the flusher mid-flush did): the flusher is told to stop, finishes that flush, and flushes once more.
+    fake = FakeBackend(model="fake-model", knobs=Knobs())
+    admin = redis.Redis.from_url(redis_url)
+    with UvicornThread(fake) as backend:
+        spec = BackendSpec(url=backend.url, id="b0", models=("fake-model",))
+        app = create_app(GatewaySettings(backends=(spec,), redis_url=redis_url, flush_interval_s=0.05))
+        with UvicornThread(app, **server_options(app.front_door)) as gw:
+            state = app.state.gateway
+            admin.execute_command("CLIENT", "PAUSE", "700", "WRITE")  # Redis holds writes for 0.7 s
+            resp = httpx.post(gw.url + "/v1/chat/completions", json=BODY, timeout=10)
+            assert resp.status_code == 200
+            assert state.store is not None
+            wait_for(lambda: state.store.pending == 0, "the flusher holding the batch", 5)
+        # the gateway has stopped; what it held is in Redis
+    keys = Keys()
+    assert admin.xlen(keys.observations) == 1
+    seconds = admin.keys(f"{keys.prefix}:v1:load:s:*")
+    assert sum(int(admin.hget(k, "SM:requests") or 0) for k in seconds) == 1
+    admin.close()

@@ -206,8 +206,10 @@ def create_app(
             state.store = store
         await state.probe_all()
         state.tasks.append(asyncio.create_task(state.run_prober(), name="prober"))
-        if store is not None:
-            state.tasks.append(asyncio.create_task(store.run_flusher(settings.flush_interval_s), name="flusher"))
+        stop_flusher = asyncio.Event()
+        flusher: asyncio.Task[None] | None = None
+        if store is not None:  # stopped by its event, not cancelled: a cancel mid-flush would lose the batch
+            flusher = asyncio.create_task(store.run_flusher(settings.flush_interval_s, stop_flusher), name="flusher")
             state.tasks.append(
                 asyncio.create_task(
                     store.watch_instances(state.apply_registry, settings.registry_refresh_s), name="registry"
@@ -248,8 +250,13 @@ def create_app(
             for t in state.tasks:
                 t.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
-            if store is not None:
+            if store is not None and flusher is not None:
+                stop_flusher.set()  # it flushes once more and returns
                 with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(flusher), timeout=2.0)
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+                with contextlib.suppress(asyncio.TimeoutError):  # what was recorded during that last flush
                     await asyncio.wait_for(store.flush(), timeout=2.0)
                 await store.close()
             await state.client.aclose()
