@@ -7,6 +7,7 @@ cheap character-based estimate and the output class comes from ``max_tokens`` al
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -115,3 +116,20 @@ def choose_output_class(probs: tuple[float, float, float], thresholds: DecisionT
     if p_m + p_l >= t.at_least_m:
         return LengthClass.M
     return LengthClass.S
+
+
+def load_predictor(kind: str, edges: ClassEdges) -> Predictor:
+    """``max_tokens``: route on ``max_tokens`` only; ``model``: the shipped classifier with its tokenizers
+    loaded, or the ``max_tokens`` fallback when it cannot be loaded (said once, in the log)."""
+    if kind == "max_tokens":
+        return MaxTokensPredictor(edges)
+    from wattgate.classifier.errors import ClassifierError  # noqa: PLC0415
+    from wattgate.classifier.predictor import ModelPredictor  # noqa: PLC0415  (numpy, tokenizers: not at import)
+
+    try:
+        predictor = ModelPredictor.shipped(edges)
+        predictor.warm_up()
+    except ClassifierError as exc:
+        logging.getLogger("wattgate.classifier").warning("classifier unavailable (%s); routing on max_tokens only", exc)
+        return MaxTokensPredictor(edges)
+    return predictor

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from wattgate.classifier.api import MaxTokensPredictor, Predictor
+from wattgate.classifier.api import Predictor, load_predictor
 from wattgate.classifier.errors import ClassifierError
 from wattgate.gateway.app import BackgroundTask
 from wattgate.gateway.settings import GatewaySettings
@@ -19,17 +19,7 @@ SHIPPED_VERSION = 1  # the version of the model that ships in the package
 
 def build_predictor(settings: GatewaySettings) -> Predictor:
     """The shipped model with its tokenizers loaded, or the max_tokens fallback (said once, in the log)."""
-    if settings.classifier == "max_tokens":
-        return MaxTokensPredictor(settings.edges)
-    from wattgate.classifier.predictor import ModelPredictor  # noqa: PLC0415  (numpy, tokenizers: not at import)
-
-    try:
-        predictor = ModelPredictor.shipped(settings.edges)
-        predictor.warm_up()
-    except ClassifierError as exc:
-        log.warning("classifier unavailable (%s); routing on max_tokens only", exc)
-        return MaxTokensPredictor(settings.edges)
-    return predictor
+    return load_predictor(settings.classifier, settings.edges)
 
 
 def classifier_watcher(settings: GatewaySettings) -> BackgroundTask:

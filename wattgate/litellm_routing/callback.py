@@ -23,7 +23,7 @@ from typing import Any
 
 from litellm.integrations.custom_logger import CustomLogger
 
-from wattgate.classifier.api import MaxTokensPredictor, Predictor
+from wattgate.classifier.api import Predictor, load_predictor
 from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.predictor import ModelPredictor
 from wattgate.classifier.store import ClassifierWatcher
@@ -41,15 +41,7 @@ _ROUTING = "routing"  # what was last said of a model group: routed by wattgate
 
 def build_predictor(settings: GatewaySettings) -> Predictor:
     """The shipped classifier with its tokenizers loaded, or the max_tokens fallback (said once, in the log)."""
-    if settings.classifier == "max_tokens":
-        return MaxTokensPredictor(settings.edges)
-    try:
-        predictor = ModelPredictor.shipped(settings.edges)
-        predictor.warm_up()
-    except ClassifierError as exc:
-        log.warning("classifier unavailable (%s); routing on max_tokens only", exc)
-        return MaxTokensPredictor(settings.edges)
-    return predictor
+    return load_predictor(settings.classifier, settings.edges)
 
 
 class WattgateRouting(CustomLogger):
