@@ -110,12 +110,12 @@ def test_the_gateway_takes_its_limits_from_the_plan(servers: Servers, redis_url:
 
 def test_a_burst_spills_to_the_second_pool_of_the_plan(servers: Servers, redis_url: str) -> None:
     """The plan sends SM to pool SL and plans small loads (sl-1 1 req/s, sm-1 0.5 req/s: limits of 2 and 1
-    requests at the default 2 s window). A burst of held streams fills sl-1, spills one to sm-1, and, with
+    requests at a 2 s window). A burst of held streams fills sl-1, spills one to sm-1, and, with
     both full, queues on sl-1 again; nothing is refused, and each instance is far below its concurrency bound."""
     _, backend = servers.backend(stall_after_first=30)  # every stream holds its instance until closed
     register(redis_url, backend, "sl-1", "SL")
     register(redis_url, backend, "sm-1", "SM")
-    gw, state = servers.gateway([], redis_url=redis_url, registry_refresh_s=30)
+    gw, state = servers.gateway([], redis_url=redis_url, registry_refresh_s=30, admission_window_s=2.0)
     wait_for(lambda: len(state.instances) == 2)
     planner = PlannerStore(redis_url)
     try:
@@ -141,7 +141,7 @@ def test_a_burst_stays_in_the_planned_pool_with_admission_off(servers: Servers, 
     _, backend = servers.backend(stall_after_first=30)
     register(redis_url, backend, "sl-1", "SL")
     register(redis_url, backend, "sm-1", "SM")
-    gw, state = servers.gateway([], redis_url=redis_url, registry_refresh_s=30, admission_window_s=0.0)
+    gw, state = servers.gateway([], redis_url=redis_url, registry_refresh_s=30)  # admission off: the default
     wait_for(lambda: len(state.instances) == 2)
     planner = PlannerStore(redis_url)
     try:

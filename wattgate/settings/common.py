@@ -183,10 +183,11 @@ CLASSIFIER_TEXT_SLOTS = Option(
 ADMISSION_WINDOW_S = Option(
     "admission_window_s",
     number(0.0),
-    2.0,
+    0.0,
     "admission by the plan: an instance holding more requests than its planned req/s x this is full, and a "
-    "request spills to the next pool of its route with room; queues only when all are full (s; 0: off)",
-    example="4",
+    "request spills to the next pool of its route with room; queues only when all are full (s; 0: off, the "
+    "default: it bought nothing on the Azure traces, README)",
+    example="2",
 )
 JSON = Option("json", boolean(), False, "print one JSON document instead of a table")
 SPEED = Option("speed", number(above=0), 1.0, "trace seconds per wall (or simulated) second", example="2")
