@@ -2,7 +2,8 @@
 
 Requests are routed at their arrival by the gateway's own ``routing.choose`` (each type to the pool the
 current plan sends it to, as the live gateway reads ``Plan.serves``, then its spill chain; least
-outstanding tokens within a pool, weighted by the plan) and run on ``servingmodel`` engines: their
+outstanding tokens within a pool, weighted by the plan; with ``Behaviour.admission_window_s``, the
+gateway's admission limits from the plan's loads) and run on ``servingmodel`` engines: their
 TTFT and time per output token come out of the engine model (queueing, batching, KV cache,
 preemption), not out of a table. The cluster (``servingmodel.cluster``) holds every GPU: idle ones
 draw power, instances take time and energy to start and stop, and a new instance waits for GPUs that
