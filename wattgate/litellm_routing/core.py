@@ -6,7 +6,7 @@ record, else the deployment's ``api_base`` is compared with the records' ``base_
 trailing slash ignored). Deployments without a record take no request while wattgate routes: an
 instance the agent stopped leaves the registry but stays in LiteLLM's config. The request is
 classified by the ``Predictor``, the plan gives its type's pools (``plan_routes``) and the gateway's
-``choose`` picks the instance, so the spill chain, concurrency bounds, planned-load weights, panic
+``choose`` picks the instance, so the spill chain, concurrency bounds, planned-load weights and admission limits, panic
 routing and passive ejection with its cap (``record_failure``) are the gateway's. A retry of the same
 request (LiteLLM's ``num_retries``, or a fallback group) goes to an instance it has not tried yet. Who
 is blamed is the gateway's rule too: a connect error, a timeout or a broken transfer is the instance's
