@@ -160,7 +160,8 @@ class Cluster:
         self.arrivals = arrivals
         self._where: dict[int, ReplayInstance] = {}
         self._tokens: dict[int, int] = {}
-        self._pool_j: dict[str, float] = {}
+        self._pool_j: dict[str, float] = {}  # energy booked to each pool: instances gone or moved, then all at the end
+        self._booked_j: dict[str, float] = {}  # per instance: its energy already booked to some pool
         self._energy_mark = 0.0
         self._slept_at: dict[str, float] = {}
         self._reacted: dict[str, float] = {}  # pool -> when an instance was last added for it
@@ -236,6 +237,7 @@ class Cluster:
             ri = self.live[p.id]
             if p.pool != ri.inst.pool:
                 self.r.pool_changes += 0 if first else 1
+                self._book(ri.inst)  # what it drew so far goes to the pool it served
                 ri.inst.pool = p.pool
                 ri.route.spec = _spec(ri.inst, ready=True)
             if first:  # the fleet was running at the plan's clocks already
@@ -333,8 +335,7 @@ class Cluster:
         for iid, ri in list(self.live.items()):
             state = ri.inst.state
             if state is State.STOPPED:
-                gone = self.live.pop(iid).inst
-                self._pool_j[gone.pool] = self._pool_j.get(gone.pool, 0.0) + gone.energy_j
+                self._book(self.live.pop(iid).inst)
             elif state is State.SLEEPING:
                 slept = self._slept_at.setdefault(iid, end)
                 if end - slept > STANDBY_MAX_S:
@@ -431,13 +432,15 @@ class Cluster:
             self.tick(second)
         self.r.unserved += len(self._where)
         self.r.gpu_seconds = self.cluster.held_gpu_s
-        by_pool: dict[str, float] = {}
         for ri in self.live.values():
-            by_pool[ri.inst.pool] = by_pool.get(ri.inst.pool, 0.0) + ri.inst.energy_j
-        for pool, j in self._pool_j.items():
-            by_pool[pool] = by_pool.get(pool, 0.0) + j
-        by_pool["(no instance)"] = self.cluster.empty_gpu_j
-        self.r.energy_by_pool_j = by_pool
+            self._book(ri.inst)
+        self.r.energy_by_pool_j = {**self._pool_j, "(no instance)": self.cluster.empty_gpu_j}
+
+    def _book(self, inst: Instance) -> None:
+        """Book what ``inst`` drew since it was last booked to the pool it serves now."""
+        fresh = inst.energy_j - self._booked_j.get(inst.id, 0.0)
+        self._pool_j[inst.pool] = self._pool_j.get(inst.pool, 0.0) + fresh
+        self._booked_j[inst.id] = inst.energy_j
 
 
 def _expected_output(cls: LengthClass, edges: ClassEdges) -> int:
