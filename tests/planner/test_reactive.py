@@ -1,12 +1,18 @@
 """The reactive path's decision (``planner.reactive.react``, pure): clocks first, an instance after, stand-down,
-nothing on a missing or stale signal."""
+nothing on a missing or stale signal; and the leader's amendments (``planner.amend``) on a real Redis."""
 
 from __future__ import annotations
 
 import pytest
+import redis
 
-from wattgate.planner.model import PlannerError
+from tests.planner.toy import toy_profile
+from wattgate.planner.amend import ReactivePath
+from wattgate.planner.contract import Keys, Observation, Plan, PlannedInstance
+from wattgate.planner.model import Inventory, Node, PlannerError
 from wattgate.planner.reactive import Member, Memory, PoolSignal, ReactSettings, forget, react
+from wattgate.planner.store import PlannerStore
+from wattgate.profiles.classes import SloTargets
 
 S = ReactSettings()  # pressure 0.5, hold 60 s, cooldown 60 s, signals up to 15 s old
 TOP = 1980
@@ -93,3 +99,66 @@ def test_settings_are_checked() -> None:
         ReactSettings(pressure=0)
     with pytest.raises(PlannerError):
         ReactSettings(window_s=0)
+
+
+def _publish(url: str, *instances: PlannedInstance) -> PlannerStore:
+    store = PlannerStore(url)
+    store.publish(lambda v: Plan(v, 0.0, "toy", list(instances), {"SS": 1.0}, 1000.0, 2000.0, reasons=["solved"]))
+    return store
+
+
+def _waited(url: str, now: float, ttft_s: float | None) -> None:
+    r = redis.Redis.from_url(url)
+    obs = Observation(f"r{now}", "SS", "SS", [1.0, 0.0, 0.0], 10, 5, ttft_s, None, 200, "a", "m", now)
+    r.xadd(Keys().observations, {"json": obs.to_json()})
+    r.xadd(Keys().observations, {"json": "{not json"})  # skipped
+    r.close()
+
+
+def test_the_leaders_amendment_wakes_a_standby_instance_of_the_pool_as_the_one_more(redis_url: str) -> None:
+    serving = PlannedInstance("a", "SS", "n1", [0, 1], 2, 1000, 2.0, 600.0)
+    asleep = PlannedInstance("s", "SS", "n1", [2, 3], 2, 1000, 0.0, 500.0, standby=True)
+    store = _publish(redis_url, serving, asleep)
+    path = ReactivePath(toy_profile(pools=("SS",)), SloTargets(), S)
+    full = Inventory((Node("n1", 4),))  # no GPU free but the sleeper's
+    try:
+        _waited(redis_url, 99.0, None)  # no first token: no signal
+        assert path.step(store, full, 100.0) is None
+        _waited(redis_url, 104.0, 0.2)  # 0.2 s of SS's 0.25 s target
+        raised = path.step(store, full, 105.0)
+        assert raised is not None and [(i.id, i.clock_floor_mhz, i.standby) for i in raised.instances] == [
+            ("a", 2000, False),
+            ("s", 0, True),
+        ]
+        assert raised.reasons[0] == "solved" and raised.reasons[1].startswith("reactive path: SS")
+        _waited(redis_url, 109.0, 0.2)
+        grown = path.step(store, full, 110.0)
+        assert grown is not None and [(i.id, i.clock_floor_mhz, i.standby) for i in grown.instances] == [
+            ("a", 2000, False),
+            ("s", 2000, False),  # planned active again: its agent wakes it
+        ]
+        # modelled: it was counted at its sleeping power (500 W), now at the pool's mean planned power (600 W)
+        assert grown.predicted_power_w == pytest.approx(raised.predicted_power_w + 100.0)
+        _waited(redis_url, 114.0, 0.2)
+        assert path.step(store, full, 115.0) is None  # cooldown: nothing new to publish
+        # a scheduled plan keeps the floors still held
+        assert [i.clock_floor_mhz for i in path.carry([serving], 116.0)] == [2000]
+        assert [i.clock_floor_mhz for i in path.carry([serving], 200.0)] == [0]
+    finally:
+        store.close()
+
+
+def test_without_free_gpus_the_pool_keeps_its_top_clocks_and_gets_no_instance(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _publish(redis_url, PlannedInstance("a", "SS", "n1", [0, 1], 2, 1000, 2.0, 600.0))
+    path = ReactivePath(toy_profile(pools=("SS",)), SloTargets(), S)
+    full = Inventory((Node("n1", 2),))
+    try:
+        _waited(redis_url, 104.0, 0.2)
+        assert path.step(store, full, 105.0) is not None
+        _waited(redis_url, 109.0, 0.2)
+        assert path.step(store, full, 110.0) is None
+        assert "no free GPUs" in caplog.text
+    finally:
+        store.close()

@@ -75,7 +75,8 @@ class ReactivePath:
             return None
         reasons = [r for r in current.reasons if not r.startswith(REASON)]
         reasons += _reasons(reaction, samples, list(added.values()), self.settings.window_s)
-        power = current.predicted_power_w + sum(p.power_w for p in added.values() if p.id not in _ids(current))
+        before = {p.id: p.power_w for p in current.instances}  # a woken instance was counted at its sleeping power
+        power = current.predicted_power_w + sum(p.power_w - before.get(p.id, 0.0) for p in added.values())
 
         def build(version: int) -> Plan:
             return replace(
@@ -143,10 +144,6 @@ class ReactivePath:
             out[p.id] = p
             self.memory = self.memory.added(a.pool, p.id, now, self.settings)
         return out
-
-
-def _ids(plan: Plan) -> set[str]:
-    return {p.id for p in plan.instances}
 
 
 def _reasons(
