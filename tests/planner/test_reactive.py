@@ -162,3 +162,23 @@ def test_without_free_gpus_the_pool_keeps_its_top_clocks_and_gets_no_instance(
         assert "no free GPUs" in caplog.text
     finally:
         store.close()
+
+
+def test_recent_ttfts_reads_the_streams_last_minutes_and_the_requests_finished_since(redis_url: str) -> None:
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys()
+
+    def obs(ts: float, ttft: float | None, pool: str = "SS") -> str:
+        return Observation(f"r{ts}", pool, pool, [1.0, 0.0, 0.0], 10, 5, ttft, None, 200, "a", "m", ts).to_json()
+
+    r.xadd(keys.observations, {"json": obs(250.0, 9.0)}, id="1000-0")  # flushed at t=1 s: long before
+    r.xadd(keys.observations, {"json": obs(150.0, 8.0)}, id="250000-0")  # finished before the window
+    r.xadd(keys.observations, {"json": obs(205.0, None)}, id="250000-1")  # no first token
+    r.xadd(keys.observations, {"json": obs(206.0, 0.3, "SM")}, id="250000-2")
+    r.xadd(keys.observations, {"json": "{}"}, id="250000-3")
+    r.close()
+    store = PlannerStore(redis_url)
+    try:
+        assert store.recent_ttfts(200.0) == [("SM", 0.3, 206.0)]
+    finally:
+        store.close()

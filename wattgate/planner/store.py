@@ -21,6 +21,7 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 
 
 RECENT_OBSERVATIONS = 5000  # the reactive path reads at most this many of the newest observations each time
+STREAM_SLACK_S = 60.0
 
 
 class StoreError(PlannerError):
@@ -95,10 +96,14 @@ class PlannerStore:
 
     def recent_ttfts(self, since: float, limit: int = RECENT_OBSERVATIONS) -> list[tuple[str, float, float]]:
         """(pool, TTFT s, finished at) of the requests the gateways recorded as finished at ``since`` or later,
-        from the newest ``limit`` observations; requests without a first token and malformed entries are
-        skipped."""
+        from at most the newest ``limit`` observations; requests without a first token and malformed entries are
+        skipped. Only entries the stream got since a minute before ``since`` are read (the stream's ids are
+        Redis's clock at the gateway's flush: the minute covers flush delays and clocks apart)."""
+        first_ms = int((since - STREAM_SLACK_S) * 1000)
         try:
-            entries = self._r.xrevrange(self.keys.observations, count=limit)
+            entries = self._r.xrevrange(
+                self.keys.observations, max="+", min=f"{first_ms}-0" if first_ms > 0 else "-", count=limit
+            )
         except redis.RedisError as exc:
             raise StoreError(f"Redis: {exc}") from exc
         out = []
