@@ -7,7 +7,11 @@ then request count, each divided by the instance's weight (its planned load rela
 mean, ``plan_weights``). A request type goes first to the pool(s) the planner's current plan sends it
 to (``Plan.serves``, made into ``Routes`` by ``plan_routes``); when there is no plan, or those pools
 have no instance that can take it (none ready, or all at their concurrency bound), the pools of
-``spill_chain`` are tried in order. When nothing routable can take it, pools in panic (too few of their
+``spill_chain`` are tried in order. Admission (``plan_limits``): with a plan, an instance holding as many
+requests as its planned load brings in over the admission window (Little's law) is full, and a request
+whose pools' instances are all full goes to the next pool of its route that has one with room; only when
+every pool of the route is full does it queue where it would have without admission (the least loaded
+instance of the first pool that has one). When nothing routable can take it, pools in panic (too few of their
 instances routable) offer their ejected and probe-failing instances too (``choose``). Passive ejection
 (``record_failure``, Envoy's outlier detection): a connect error ejects an instance at once, other
 failures after a run of them, for a cooldown, unless the pool's ejection cap says no.
@@ -16,6 +20,7 @@ failures after a run of them, for a cooldown, unless the pool's ejection cap say
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -49,6 +54,7 @@ class Instance:
         "ejected_until",
         "healthy",
         "in_flight",
+        "limit",
         "outstanding_tokens",
         "spec",
         "weight",
@@ -64,6 +70,8 @@ class Instance:
         # its share of its pool's work: the plan's load for it over the pool's mean (1.0 without a plan), so a
         # TP4 instance planned for 2 req/s gets twice the work of a TP2 one planned for 1 req/s
         self.weight = 1.0
+        # requests in flight above which it is full for admission (``plan_limits``; inf: no plan, or admission off)
+        self.limit = math.inf
 
     @property
     def id(self) -> str:
@@ -157,19 +165,32 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
 
 
 def _pick(usable: list[Instance], rtype: RequestType | None, routes: Routes | None) -> tuple[Instance, str] | None:
+    """The least loaded instance with room (below its admission ``limit``) of the first pool of the route that
+    has one; when every pool is full, the least loaded of the first pool with any usable instance."""
     if not usable:
         return None
     if rtype is None:
         best = min(usable, key=_load)
         return best, best.spec.pool or "any"
     order = routes.get(rtype.name) if routes else None
+    full: tuple[list[Instance], str] | None = None  # where the request queues when every pool is full
     for pool in order or pools_for(rtype):
         members = [i for i in usable if i.spec.pool == pool]
-        if members:
-            return min(members, key=_load), pool
+        if not members:
+            continue
+        room = [i for i in members if i.in_flight < i.limit]
+        if room:
+            return min(room, key=_load), pool
+        if full is None:
+            full = members, pool
     generic = [i for i in usable if i.spec.pool is None]
-    if generic:
+    if full is None and generic:
         return min(generic, key=_load), rtype.name
+    room = [i for i in generic if i.in_flight < i.limit]
+    if room:
+        return min(room, key=_load), rtype.name
+    if full is not None:
+        return min(full[0], key=_load), full[1]
     return None
 
 
@@ -250,6 +271,27 @@ def plan_weights(planned: Iterable[tuple[str, str, float]]) -> dict[str, float]:
     return out
 
 
+def admission_limit(rps: float, window_s: float) -> float:
+    """The admission limit of an instance planned for ``rps`` req/s: the requests that load brings in over
+    ``window_s`` (Little's law: what it holds in flight if each request stays that long), at least
+    ``MIN_LIMIT``; ``window_s`` <= 0 (admission off): no limit."""
+    if window_s <= 0:
+        return math.inf
+    return max(max(float(rps), 0.0) * window_s, MIN_LIMIT)
+
+
+def plan_limits(planned: Iterable[tuple[str, float]], window_s: float) -> dict[str, float]:
+    """Instance id -> ``admission_limit`` from the plan's (id, planned req/s); empty when admission is off."""
+    if window_s <= 0:
+        return {}
+    return {iid: admission_limit(rps, window_s) for iid, rps in planned}
+
+
+MIN_LIMIT = 1.0  # an instance the plan gives (almost) no load still takes one request before it counts as full
+# off: on the Azure traces it bought no attainment and cost energy (README "How a request is routed")
+DEFAULT_ADMISSION_WINDOW_S = 0.0
+
+
 _CHAINS: dict[RequestType, tuple[str, ...]] = {t: tuple(p.name for p in spill_chain(t)) for t in REQUEST_TYPES}
 
 
@@ -264,9 +306,11 @@ __all__ = [
     "InstanceSpec",
     "LengthClass",
     "Routes",
+    "admission_limit",
     "choose",
     "expected_output_tokens",
     "may_eject",
+    "plan_limits",
     "plan_routes",
     "plan_weights",
     "record_failure",

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from wattgate.gateway.routing import (
     Instance,
     InstanceSpec,
     may_eject,
+    plan_limits,
     plan_routes,
     plan_weights,
     record_failure,
@@ -106,6 +108,7 @@ class GatewayState:
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     plan_version: int | None = None
     weights: dict[str, float] = field(default_factory=dict)  # instance id -> routing weight, from the plan
+    limits: dict[str, float] = field(default_factory=dict)  # instance id -> admission limit, from the plan
     # fixed instance id -> the pool the plan has it serve: routing follows the plan at once, whatever the
     # registry record (its agent re-publishes it a moment later) says
     plan_pools: dict[str, str] = field(default_factory=dict)
@@ -180,6 +183,7 @@ class GatewayState:
             if inst is None:
                 inst = self.instances[rec.id] = Instance(spec)
                 inst.weight = self.weights.get(rec.id, 1.0)
+                inst.limit = self.limits.get(rec.id, math.inf)
                 log.info("instance %s appeared (%s, pool %s, %s)", rec.id, spec.base_url, rec.pool, rec.state)
             elif inst.spec != spec:
                 if spec.ready and not inst.spec.ready:
@@ -200,8 +204,8 @@ class GatewayState:
 
     def apply_plan(self, plan: Plan | None) -> None:
         """Route each request type as ``plan.serves`` says, send fixed instances the types of the pool the
-        plan gives them, and weigh instances by their planned load (None: no plan, the spill chain alone,
-        registry pools, equal weights)."""
+        plan gives them, weigh instances by their planned load and give them its admission limits (None: no
+        plan, the spill chain alone, registry pools, equal weights, no limits)."""
         version = None if plan is None else plan.version
         if version == self.plan_version:
             return
@@ -209,9 +213,11 @@ class GatewayState:
         # standby instances (asleep, never routed) carry no load and do not dilute their pool's weights
         active = [] if plan is None else [i for i in plan.instances if not i.standby]
         self.weights = plan_weights((i.id, i.pool, i.load_rps) for i in active) if plan is not None else {}
+        self.limits = plan_limits(((i.id, i.load_rps) for i in active), self.settings.admission_window_s)
         self.plan_pools = plan.fixed_pools() if plan is not None else {}
         for iid, inst in self.instances.items():
             inst.weight = self.weights.get(iid, 1.0)
+            inst.limit = self.limits.get(iid, math.inf)
             if iid in self.records:
                 inst.spec = self._spec(self.records[iid])
         self.plan_version = version

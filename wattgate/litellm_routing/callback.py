@@ -92,6 +92,7 @@ class WattgateRouting(CustomLogger):
                 ticket_ttl_s=s.read_timeout_s,
                 max_ejection_percent=s.max_ejection_percent,
                 panic_threshold_percent=s.panic_threshold_percent,
+                admission_window_s=s.admission_window_s,
             )
         core = self.core
         self._tasks = [loop.create_task(_judge_every_second(core), name="wattgate-judge")]  # earlier loops' went

@@ -6,7 +6,7 @@ record, else the deployment's ``api_base`` is compared with the records' ``base_
 trailing slash ignored). Deployments without a record take no request while wattgate routes: an
 instance the agent stopped leaves the registry but stays in LiteLLM's config. The request is
 classified by the ``Predictor``, the plan gives its type's pools (``plan_routes``) and the gateway's
-``choose`` picks the instance, so the spill chain, concurrency bounds, planned-load weights, panic
+``choose`` picks the instance, so the spill chain, concurrency bounds, planned-load weights and admission limits, panic
 routing and passive ejection with its cap (``record_failure``) are the gateway's. A retry of the same
 request (LiteLLM's ``num_retries``, or a fallback group) goes to an instance it has not tried yet. Who
 is blamed is the gateway's rule too: a connect error, a timeout or a broken transfer is the instance's
@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import math
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,11 +41,13 @@ import openai
 from wattgate.classifier.api import MaxTokensPredictor, Prediction, Predictor, requested_max_tokens
 from wattgate.classifier.observe import observation
 from wattgate.gateway.routing import (
+    DEFAULT_ADMISSION_WINDOW_S,
     Ejection,
     Instance,
     InstanceSpec,
     choose,
     expected_output_tokens,
+    plan_limits,
     plan_routes,
     plan_weights,
     record_failure,
@@ -188,6 +191,7 @@ class EnergyRouting:
         ticket_ttl_s: float,
         max_ejection_percent: float = 10.0,
         panic_threshold_percent: float = 50.0,
+        admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S,
         keep_text_slots: bool = True,
         recorder: Recorder | None = None,
     ) -> None:
@@ -198,12 +202,14 @@ class EnergyRouting:
         self.ticket_ttl_s = ticket_ttl_s
         self.max_ejection_percent = max_ejection_percent
         self.panic_below = panic_threshold_percent / 100
+        self.admission_window_s = admission_window_s  # the gateway's (routing.plan_limits)
         self.keep_text_slots = keep_text_slots  # the gateway's classifier_text_slots
         self.recorder = recorder
         self.instances: dict[str, Instance] = {}  # registry id -> instance
         self.plan_version: int | None = None
         self.routes: dict[str, tuple[str, ...]] = {}
         self.weights: dict[str, float] = {}
+        self.limits: dict[str, float] = {}  # registry id -> admission limit, from the plan
         self.plan_pools: dict[str, str] = {}  # fixed instance id -> the pool the plan has it serve
         self.tickets: dict[str, Ticket] = {}
         self.registry_read = False  # the registry was read from Redis at least once
@@ -227,6 +233,7 @@ class EnergyRouting:
             if inst is None:
                 inst = Instance(spec)
                 inst.weight = self.weights.get(rec.id, 1.0)
+                inst.limit = self.limits.get(rec.id, math.inf)
                 log.info("instance %s appeared (%s, pool %s, %s)", rec.id, spec.base_url, rec.pool, rec.state)
             elif inst.spec != spec:
                 if spec.ready and not inst.spec.ready:  # ready again: a fresh start, as in the gateway
@@ -264,9 +271,12 @@ class EnergyRouting:
             return
         self.routes = plan_routes(plan.serves) if plan is not None else {}
         self.weights = plan_weights((i.id, i.pool, i.load_rps) for i in plan.instances) if plan is not None else {}
+        active = [] if plan is None else [i for i in plan.instances if not i.standby]
+        self.limits = plan_limits(((i.id, i.load_rps) for i in active), self.admission_window_s)
         self.plan_pools = plan.fixed_pools() if plan is not None else {}
         for iid, inst in self.instances.items():
             inst.weight = self.weights.get(iid, 1.0)
+            inst.limit = self.limits.get(iid, math.inf)
             if iid in self._records:
                 inst.spec = self._spec(self._records[iid])
         self.plan_version = version

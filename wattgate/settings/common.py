@@ -180,6 +180,15 @@ CLASSIFIER_TEXT_SLOTS = Option(
     "observations keep the prompt's hashed n-gram slots so adaptation can learn per prompt (off: features only, "
     "the privacy setting)",
 )
+ADMISSION_WINDOW_S = Option(
+    "admission_window_s",
+    number(0.0),
+    0.0,
+    "admission by the plan: an instance holding more requests than its planned req/s x this is full, and a "
+    "request spills to the next pool of its route with room; queues only when all are full (s; 0: off, the "
+    "default: it bought nothing on the Azure traces, README)",
+    example="2",
+)
 JSON = Option("json", boolean(), False, "print one JSON document instead of a table")
 SPEED = Option("speed", number(above=0), 1.0, "trace seconds per wall (or simulated) second", example="2")
 SIM_SPEED = Option(
@@ -277,6 +286,7 @@ def simulated_gpu_count(gpu_kind: str) -> int:
 
 
 __all__ = [
+    "ADMISSION_WINDOW_S",
     "CLASS_EDGES",
     "DEFAULT_REDIS_URL",
     "GPUS",

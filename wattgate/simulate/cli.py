@@ -90,6 +90,10 @@ OPTIONS: tuple[Option, ...] = (
         "gateway: the live gateway's routing (each type to the pool the plan sends it to, then its spill chain when "
         "that pool has no instance); spill: the spill chain alone (the gateway before it read plans)",
     ),
+    c.ADMISSION_WINDOW_S.for_command(
+        help="the gateway's admission by the plan: an instance holding more requests than its planned req/s x this "
+        "is full and a request spills to the next pool of its route with room (s; 0: off)"
+    ),
     c.HEADROOM.for_command(
         help="share of an instance's SLO-feasible capacity the clock policy and the classic policies may load it "
         "to (as wattgate planner); wattgate and the oracle plan for each minute's busiest 10 s at the whole capacity"
@@ -157,6 +161,7 @@ def run(args: Values) -> int:
             iso_slo_target=args.iso_slo_target,
             calibrated=Calibrated(quantile=args.quantile, amortize_s=args.amortize_s),
             fleet=fleet,
+            admission_window_s=args.admission_window_s,
         )
         profile = profile_or_default(args.profile)
         default = FIXED_FLEET_POLICIES if fleet is not None else DEFAULT_POLICIES
@@ -189,6 +194,7 @@ def run(args: Values) -> int:
         "confusion": args.confusion,
         "routing": args.routing,
         "headroom": settings.headroom,
+        "admission_window_s": settings.admission_window_s,
         "arch": settings.arch,
         "engine": settings.engine,
         "single_pool": {

@@ -2,7 +2,8 @@
 
 Requests are routed at their arrival by the gateway's own ``routing.choose`` (each type to the pool the
 current plan sends it to, as the live gateway reads ``Plan.serves``, then its spill chain; least
-outstanding tokens within a pool, weighted by the plan) and run on ``servingmodel`` engines: their
+outstanding tokens within a pool, weighted by the plan; with ``Behaviour.admission_window_s``, the
+gateway's admission limits from the plan's loads) and run on ``servingmodel`` engines: their
 TTFT and time per output token come out of the engine model (queueing, batching, KV cache,
 preemption), not out of a table. The cluster (``servingmodel.cluster``) holds every GPU: idle ones
 draw power, instances take time and energy to start and stop, and a new instance waits for GPUs that
@@ -28,8 +29,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from wattgate.gateway.routing import (
+    DEFAULT_ADMISSION_WINDOW_S,
+    InstanceSpec,
+    Routes,
+    admission_limit,
+    choose,
+    plan_routes,
+    plan_weights,
+)
 from wattgate.gateway.routing import Instance as RouteInstance
-from wattgate.gateway.routing import InstanceSpec, Routes, choose, plan_routes, plan_weights
 from wattgate.planner.contract import PlannedInstance
 from wattgate.planner.explain import serves_of
 from wattgate.planner.model import FixedInstance, Group, Inventory
@@ -49,6 +58,7 @@ MODEL = "sim"
 DRAIN_LIMIT_S = 3600.0  # after the last arrival, run at most this long for the last requests to finish
 REACT = ReactSettings()  # the reactive path's thresholds, the live planner's defaults
 STANDBY_MAX_S = 240.0  # a sleeper past this costs more (60 W a GPU over an empty one) than a restart
+REACT_PREFIX = "react-"  # ids of instances the reactive path adds: no planned load, so no admission limit
 LIVE = (State.STARTING, State.WAKING, State.READY)  # instances that serve or soon will
 
 
@@ -75,6 +85,9 @@ class Behaviour:
     plan_routing: bool = True  # False: the spill chain alone (the gateway before it read plans)
     standby: bool = False
     reactive: bool = False
+    # the gateway's admission window (``routing.plan_limits``): a request spills past a pool whose instances
+    # hold their planned load's worth of requests over it; 0: off
+    admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S
 
 
 @dataclass
@@ -199,7 +212,7 @@ class Cluster:
             if ri is not None and ri.inst.state in LIVE:
                 if not self.b.clock_loop and p.sm_clock_mhz != ri.inst.engine.clock_mhz:  # else the loop decides
                     self._set_clock(ri, p.sm_clock_mhz, now)
-                ri.route.weight = weights.get(p.id, 1.0)
+                ri.route.weight, ri.route.limit = weights.get(p.id, 1.0), self._limit(p)
             elif self._wake(p, now, weights.get(p.id, 1.0)) is None:
                 self.pending.append(p)
         keep = {p.id for p in placement.instances}
@@ -243,7 +256,11 @@ class Cluster:
                 ri.inst.engine.set_clock(p.sm_clock_mhz, now)
             elif not self.b.clock_loop:  # else the loop decides
                 self._set_clock(ri, p.sm_clock_mhz, now)
-            ri.route.weight = weights.get(p.id, 1.0)
+            ri.route.weight, ri.route.limit = weights.get(p.id, 1.0), self._limit(p)
+
+    def _limit(self, p: PlannedInstance) -> float:
+        """The admission limit the gateway gives planned instance ``p`` (``routing.admission_limit``)."""
+        return admission_limit(p.load_rps, self.b.admission_window_s)
 
     def _wake(self, p: PlannedInstance, now: float, weight: float) -> ReplayInstance | None:
         """Serve planned instance ``p`` with a sleeping instance of its TP, if there is one (returned)."""
@@ -253,6 +270,7 @@ class Cluster:
         ri = min(sleepers, key=lambda x: self._slept_at.get(x.inst.id, now))  # the most recently asleep
         self.cluster.wake(ri.inst.id, p.pool, p.sm_clock_mhz, now)
         ri.route.spec, ri.route.weight = _spec(ri.inst, ready=False), weight
+        ri.route.limit = self._limit(p) if not p.id.startswith(REACT_PREFIX) else math.inf
         self._slept_at.pop(ri.inst.id, None)
         self.r.wakes += 1
         return ri
@@ -276,7 +294,7 @@ class Cluster:
             iid, pool=p.pool, tp=p.tp, node=node, gpus=p.gpus, clock_mhz=p.sm_clock_mhz, now_s=now, instant=first
         )
         ri = ReplayInstance(inst)
-        ri.route.weight = weight
+        ri.route.weight, ri.route.limit = weight, self._limit(p)
         self.live[iid] = ri
         if not first:
             if reshard:
@@ -418,7 +436,7 @@ class Cluster:
             self._add(add.pool, add.tp, add.clock_mhz, now)
 
     def _add(self, pool: str, tp: int, clock: int, now: float) -> None:
-        p = PlannedInstance(f"react-{pool}-{now:.0f}", pool, "node-0", [], tp, clock, 0.0, 0.0)
+        p = PlannedInstance(f"{REACT_PREFIX}{pool}-{now:.0f}", pool, "node-0", [], tp, clock, 0.0, 0.0)
         woken = self._wake(p, now, 1.0)
         if woken is not None:
             self._memory = self._memory.added(pool, woken.inst.id, now, REACT)
@@ -429,6 +447,7 @@ class Cluster:
         if spot.instances:
             q = spot.instances[0]
             ri = self._start(q, int(q.node.removeprefix("node-")), now, False, 1.0)
+            ri.route.limit = math.inf  # no planned load: the reactive path's instances are never full
             self._memory = self._memory.added(pool, ri.inst.id, now, REACT)
             self.r.reactive_adds += 1
 

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from wattgate.gateway.routing import DEFAULT_ADMISSION_WINDOW_S
 from wattgate.planner.forecast import PEAK_WINDOW_S, ForecastSettings
 from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, RequestType, SloTargets
@@ -54,6 +55,7 @@ class SimSettings:
     iso_slo_target: float = 0.99  # the share of requests within their targets the baseline is sized for
     calibrated: Calibrated = field(default_factory=Calibrated)  # how wattgate plans
     fleet: FixedFleet | None = None  # the fixed fleet of the fixed-* policies; the cluster is its nodes
+    admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S  # the gateway's admission by the plan (0: off)
 
     def __post_init__(self) -> None:
         if (self.gpus is not None and self.gpus < 8) or not self.epoch_s >= 60:
@@ -210,7 +212,9 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
     assert s.gpus is not None
     c = s.calibrated
     dynamic = spec.calibrated and not spec.fixed  # a fixed fleet neither sleeps nor adds instances
-    behaviour = Behaviour(spec.clock_loop, s.plan_routing, dynamic and c.standby, dynamic and c.reactive)
+    behaviour = Behaviour(
+        spec.clock_loop, s.plan_routing, dynamic and c.standby, dynamic and c.reactive, s.admission_window_s
+    )
     return replay(
         spec.name,
         seen,
