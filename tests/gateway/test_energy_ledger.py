@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from wattgate.carbon import CarbonIntensity
 from wattgate.gateway.energy import Booking, InstanceLedger, Work
 from wattgate.planner.contract import IDLE_KEY
 
@@ -177,3 +178,22 @@ def test_a_busy_instance_estimates_at_its_recent_joules_per_unit_of_work() -> No
         led.add(w)
     close(busy[0], 9.0, 14, first=8.0)
     assert led.estimate(busy[0], now=9.0) == pytest.approx(14 * 1000 / 700)
+
+
+def test_carbon_is_each_intervals_energy_at_the_intensity_of_its_hour() -> None:
+    series = CarbonIntensity((100.0, 500.0))  # cycled from Monday 00:00 UTC: even unix hours 100, odd ones 500
+    led = InstanceLedger("i1", max_open_s=60.0, carbon=series)
+    led.model, led.pool = "m", "SS"
+    h = 3600.0 * 1000  # an even unix hour: 100 g/kWh until h + 3600, then 500 g/kWh
+    led.reading(h + 3598.0, 0.0, 300.0, "modelled")
+    w = work("w", h + 3598.0, 10)
+    led.add(w)
+    close(w, h + 3602.0, 10)
+    for k, t in enumerate((3599.0, 3600.0, 3601.0, 3602.0, 3603.0), 1):
+        led.reading(h + t, 3.6e6 * k, 300.0, "modelled")  # 1 kWh a second
+    got = {b.request_id or "idle": b for b in led.settle(now=h + 3604.0)}
+    # (3598, 3599], (3599, 3600] at 100 g/kWh; (3600, 3601], (3601, 3602] at 500; the idle (3602, 3603] at 500
+    assert got["w"].energy_j == pytest.approx(4 * 3.6e6) and got["w"].carbon_g == pytest.approx(2 * 100 + 2 * 500)
+    assert got["idle"].carbon_g == pytest.approx(500.0)
+    flat = ledger((0.0, 0.0), (1.0, 3.6e6))  # no intensity given: no carbon booked
+    assert [b.carbon_g for b in flat.settle(now=2.0)] == [0.0]

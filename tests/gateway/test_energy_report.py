@@ -26,7 +26,8 @@ def test_rows_sum_minutes_per_model_key_and_source_with_a_model_total() -> None:
     m2 |= minute(("joules", "llama", a, "measured", 9.0), ("tokens", "llama", a, "measured", 3))
     m2 |= minute(("requests", "llama", a, "measured", 1))
     junk = {"not a field": "1", energy_field("joules", "x", "k", "p", "s", m): "nan?"}
-    rows = aggregate([m1, m2, junk], 400)
+    m2 |= minute(("carbon_g", "llama", a, m, 0.25), ("carbon_g", "llama", IDLE_KEY, m, 0.5))
+    rows = aggregate([m1, m2, junk])
     got = {(r.model, r.key, r.source): (r.energy_j, r.tokens, r.requests, r.j_per_token) for r in rows}
     assert got == {
         ("llama", "team-a", "modelled"): (160.0, 80, 3, 2.0),
@@ -36,9 +37,9 @@ def test_rows_sum_minutes_per_model_key_and_source_with_a_model_total() -> None:
         ("llama", "(model total)", "measured"): (9.0, 3, 1, 3.0),
     }
     total = next(r for r in rows if r.key == "(model total)" and r.source == "modelled")
-    assert total.carbon_g == pytest.approx(190.0 / 3.6e6 * 400)
-    table = to_table(rows, 400)
-    assert "J/token" in table and "modelled at 400 gCO2e/kWh" in table and "measured: NVML" in table
+    assert total.carbon_g == pytest.approx(0.75)  # as the gateways booked it (each second at its intensity)
+    table = to_table(rows)
+    assert "J/token" in table and "carbon: modelled" in table and "measured: NVML" in table
     assert to_csv(rows).splitlines()[0] == "model,key,source,energy_j,tokens,requests,j_per_token,carbon_g"
 
 
@@ -55,4 +56,4 @@ def test_durations_keys_and_settings() -> None:
     with pytest.raises(ConfigError, match="energy_key_names"):
         GatewaySettings(energy_key_names=("sk-secret=team-a",))
     with pytest.raises(ConfigError, match="energy_carbon_g_per_kwh"):
-        GatewaySettings(energy_carbon_g_per_kwh=-1)
+        GatewaySettings(energy_carbon_g_per_kwh=-1)  # type: ignore[arg-type]  (a number is parsed; this one is bad)

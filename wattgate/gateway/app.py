@@ -220,7 +220,7 @@ def create_app(
             )
             state.energy = meter = EnergyMeter(
                 state.metrics,
-                carbon_g_per_kwh=settings.energy_carbon_g_per_kwh,
+                carbon=settings.energy_carbon_g_per_kwh,
                 max_open_s=settings.energy_max_open_s,
                 prefill_weight=settings.energy_prefill_weight,
                 key_names=parse_key_names(settings.energy_key_names),

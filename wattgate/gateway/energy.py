@@ -29,6 +29,7 @@ import bisect
 import math
 from dataclasses import dataclass
 
+from wattgate.carbon import CarbonIntensity
 from wattgate.planner.contract import IDLE_KEY
 
 EXACT_MAX = 64  # requests on an instance up to which an estimate applies the rule to its span (O(requests))
@@ -51,6 +52,7 @@ class Work:
     status: str = ""  # set when the request is done
     done: bool = False
     energy_j: float = 0.0  # settled so far
+    carbon_g: float = 0.0  # gCO2e of energy_j: each interval's share at the intensity of its time (modelled)
 
     def work_in(self, a: float, b: float, now: float, prefill_weight: float = 1.0) -> float:
         """Work this request did in ``(a, b]`` (its work so far while it is open): output tokens, plus prompt
@@ -87,6 +89,7 @@ class Booking:
     requests: int
     ts: float  # end of the last interval it covers (unix s)
     request_id: str = ""
+    carbon_g: float = 0.0  # gCO2e: each interval's energy at the carbon intensity of its time (modelled)
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,15 @@ class _Sample:
 class InstanceLedger:
     """The unsettled readings and requests of one instance (see the module docstring)."""
 
-    def __init__(self, instance: str, max_open_s: float = 600.0, prefill_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        instance: str,
+        max_open_s: float = 600.0,
+        prefill_weight: float = 1.0,
+        carbon: CarbonIntensity | None = None,
+    ) -> None:
         self.instance = instance
+        self.carbon = carbon  # None: no carbon booked
         self.max_open_s = max_open_s
         self.prefill_weight = prefill_weight
         self.source = ""
@@ -159,15 +169,20 @@ class InstanceLedger:
         energy = b.energy_j - a.energy_j
         parts = [(w, w.work_in(a.ts, b.ts, now, self.prefill_weight)) for w in self._works if w.start <= b.ts]
         total = sum(p for _, p in parts)
+        g_per_j = self.carbon.grams(1.0, (a.ts + b.ts) / 2) if self.carbon is not None else 0.0
         if total <= 0:
             if energy > 0:
-                out.append(Booking(self.model, IDLE_KEY, self.pool, "idle", self.source, energy, 0, 0, b.ts))
+                out.append(self._idle(energy, g_per_j, b.ts))
             return
         for w, p in parts:
             w.energy_j += energy * p / total
+            w.carbon_g += energy * p / total * g_per_j
         self._busy_j = self._busy_j * DECAY + energy
         self._busy_work = self._busy_work * DECAY + total
         self._busy_n = self._busy_n * DECAY + 1
+
+    def _idle(self, energy: float, g_per_j: float, ts: float) -> Booking:
+        return Booking(self.model, IDLE_KEY, self.pool, "idle", self.source, energy, 0, 0, ts, "", energy * g_per_j)
 
     def _book_done(self, out: list[Booking]) -> list[Booking]:
         """Book the done requests whose whole span is settled (with no series left: with what they have)."""
@@ -258,4 +273,4 @@ class InstanceLedger:
 
 
 def _booking(w: Work, source: str, ts: float) -> Booking:
-    return Booking(w.model, w.key, w.pool, w.status, source, w.energy_j, w.tokens(), 1, ts, w.request_id)
+    return Booking(w.model, w.key, w.pool, w.status, source, w.energy_j, w.tokens(), 1, ts, w.request_id, w.carbon_g)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from wattgate.carbon import CarbonIntensity
 from wattgate.gateway.energy import Booking, InstanceLedger, Work
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.planner.contract import InstanceEnergy
@@ -63,14 +64,14 @@ class EnergyMeter:
         self,
         metrics: GatewayMetrics,
         *,
-        carbon_g_per_kwh: float,
+        carbon: CarbonIntensity,
         max_open_s: float = 600.0,
         prefill_weight: float = 1.0,
         key_names: Mapping[str, str] | None = None,
         sink: EnergySink | None = None,
     ) -> None:
         self.metrics = metrics
-        self.carbon_g_per_kwh = carbon_g_per_kwh
+        self.carbon = carbon
         self.max_open_s = max_open_s
         self.prefill_weight = prefill_weight
         self.key_names = dict(key_names or {})
@@ -112,7 +113,9 @@ class EnergyMeter:
                 continue
             ledger = self.ledgers.get(r.instance)
             if ledger is None:
-                ledger = self.ledgers[r.instance] = InstanceLedger(r.instance, self.max_open_s, self.prefill_weight)
+                ledger = self.ledgers[r.instance] = InstanceLedger(
+                    r.instance, self.max_open_s, self.prefill_weight, self.carbon
+                )
             model, pool = labels.get(r.instance, (ledger.model, ledger.pool))
             ledger.model, ledger.pool = model, pool
             if not ledger.reading(r.ts, r.energy_j, r.power_w, r.source):
@@ -139,7 +142,7 @@ class EnergyMeter:
     def book(self, bookings: list[Booking]) -> None:
         debug = log.isEnabledFor(logging.DEBUG)
         for b in bookings:
-            self.metrics.book_energy(b, self.carbon_g_per_kwh)
+            self.metrics.book_energy(b)
             if debug and b.request_id:
                 log.debug("request %s booked: %.3f J (%s, settled)", b.request_id, b.energy_j, b.source)
         if bookings and self.sink is not None:

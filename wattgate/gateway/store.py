@@ -55,7 +55,7 @@ class RedisStore:
         self._obs: collections.deque[str] = collections.deque()
         self._obs_cap = buffer
         self._load: dict[tuple[int, str], list[int]] = {}
-        self._energy: dict[tuple[int, str, str, str, str, str], list[float]] = {}  # (minute, labels) -> J, tok, req
+        self._energy: dict[tuple[int, str, str, str, str, str], list[float]] = {}  # (minute, labels) -> J, tok, req, g
         self.connected = False
 
     # -- writes (called on the request path: no await, no I/O) --------------------------------
@@ -86,10 +86,11 @@ class RedisStore:
                 if len(self._energy) >= _MAX_LOAD_SLOTS:
                     self._energy.pop(next(iter(self._energy)))
                     self.metrics.redis_dropped.labels("energy").inc()
-                cell = self._energy[key] = [0.0, 0.0, 0.0]
+                cell = self._energy[key] = [0.0, 0.0, 0.0, 0.0]
             cell[0] += b.energy_j
             cell[1] += b.tokens
             cell[2] += b.requests
+            cell[3] += b.carbon_g
 
     @property
     def pending(self) -> int:
@@ -104,9 +105,10 @@ class RedisStore:
         if not load and not batch and not energy:
             return True
         pipe = self.client.pipeline(transaction=False)
-        for (minute, *labels), (joules, tokens, requests) in energy.items():
+        for (minute, *labels), (joules, tokens, requests, carbon_g) in energy.items():
             key = self.keys.energy_minute(minute)
             pipe.hincrbyfloat(key, energy_field("joules", *labels), joules)
+            pipe.hincrbyfloat(key, energy_field("carbon_g", *labels), carbon_g)
             if requests:
                 pipe.hincrby(key, energy_field("tokens", *labels), int(tokens))
                 pipe.hincrby(key, energy_field("requests", *labels), int(requests))
@@ -127,8 +129,8 @@ class RedisStore:
         except (TimeoutError, RedisError, OSError) as exc:
             self._requeue(load, batch)
             for cell_key, cell in energy.items():
-                mine = self._energy.setdefault(cell_key, [0.0, 0.0, 0.0])
-                for n in range(3):
+                mine = self._energy.setdefault(cell_key, [0.0, 0.0, 0.0, 0.0])
+                for n in range(4):
                     mine[n] += cell[n]
             self._failed("flush", exc)
             return False

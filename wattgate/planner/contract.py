@@ -33,7 +33,7 @@ Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 | ``{p}:v1:node:{node}:telemetry`` | string, TTL | agents | ``NodeTelemetry`` |
 | ``{p}:v1:nodes`` | set | agents | node names ever seen |
 | ``{p}:v1:energy`` | hash | agents | instance id -> ``InstanceEnergy`` (its GPUs' energy counter, every second) |
-| ``{p}:v1:energy:m:{unix_minute}`` | hash, TTL 8 days | gateways | booked joules, tokens, requests (``energy_field``) |
+| ``{p}:v1:energy:m:{unix_minute}`` | hash, TTL 8 d | gateways | J, tokens, requests, gCO2e booked (``energy_field``) |
 | ``{p}:v1:classifier:model`` | string | classifier retrain | the current classifier model document (JSON) |
 | ``{p}:v1:classifier:version`` | counter | classifier retrain | its version, watched by gateways |
 """
@@ -66,7 +66,7 @@ HEARTBEAT_TTL_S = 15
 TELEMETRY_TTL_S = 15
 LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
 ENERGY_MINUTE_TTL_S = LOAD_MINUTE_TTL_S
-ENERGY_FIELDS = ("joules", "tokens", "requests")
+ENERGY_FIELDS = ("joules", "tokens", "requests", "carbon_g")
 IDLE_KEY = "(idle)"  # the key label of an instance's idle energy (intervals in which no request ran on it)
 
 
