@@ -225,6 +225,7 @@ def create_app(
                 prefill_weight=settings.energy_prefill_weight,
                 key_names=parse_key_names(settings.energy_key_names),
                 sink=store,
+                share=store,  # several replicas split each instance's seconds over all their requests
             )
             energy = meter.run(store.load_energy, state.energy_labels, time.time, settings.energy_interval_s)
             state.tasks.append(asyncio.create_task(energy, name="energy"))

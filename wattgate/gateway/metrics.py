@@ -135,6 +135,13 @@ class GatewayMetrics:
             ["instance"],
             registry=r,
         )
+        self.energy_local_joules = Counter(
+            "wattgate_gateway_energy_local_split_joules",
+            "Energy this replica booked while Redis was unreachable, split over its own requests alone (other "
+            "gateway replicas may have booked the same intervals); part of wattgate_gateway_energy_joules",
+            ["model", "pool", "source"],
+            registry=r,
+        )
         self.energy_gaps = Counter(
             "wattgate_gateway_energy_gaps",
             "Breaks in an instance's energy counter series (reset, source change, readings stopped)",

@@ -33,6 +33,9 @@ Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 | ``{p}:v1:node:{node}:telemetry`` | string, TTL | agents | ``NodeTelemetry`` |
 | ``{p}:v1:nodes`` | set | agents | node names ever seen |
 | ``{p}:v1:energy`` | hash | agents | instance id -> ``InstanceEnergy`` (its GPUs' energy counter, every second) |
+| ``{p}:v1:energy:w:{instance}:{unix_minute}`` | hash, TTL | gateways | unix second -> all replicas' work on it |
+| ``{p}:v1:energy:mark:{instance}`` | hash | gateways | replica -> "SECOND TS": its work before SECOND is in |
+| ``{p}:v1:energy:idle:{instance}:{unix_minute}`` | hash, TTL | gateways | unix second -> the replica booking its idle |
 | ``{p}:v1:energy:m:{unix_minute}`` | hash, TTL 8 d | gateways | J, tokens, requests, gCO2e booked (``energy_field``) |
 | ``{p}:v1:classifier:model`` | string | classifier retrain | the current classifier model document (JSON) |
 | ``{p}:v1:classifier:version`` | counter | classifier retrain | its version, watched by gateways |
@@ -133,6 +136,15 @@ class Keys:
 
     def energy_minute(self, unix_minute: int) -> str:
         return self._k("energy", "m", unix_minute)
+
+    def energy_work(self, instance: str, unix_minute: int) -> str:
+        return self._k("energy", "w", instance, unix_minute)
+
+    def energy_marks(self, instance: str) -> str:
+        return self._k("energy", "mark", instance)
+
+    def energy_idle(self, instance: str, unix_minute: int) -> str:
+        return self._k("energy", "idle", instance, unix_minute)
 
     @property
     def classifier_model(self) -> str:
