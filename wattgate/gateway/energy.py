@@ -20,11 +20,12 @@ The rule (README, "Energy per request"):
 - Several gateway replicas (``settle_shared``): each replica publishes its requests' work per unix second
   (``publish``: a done request's whole work, an open one older than ``max_open_s`` its work so far) to Redis, with
   a watermark (the second before which all its work is in). An interval settles once every live replica's
-  watermark passed it; its energy goes to all replicas' requests by their work in it (a second's work taken as
-  even over that second, the same for every replica, so the shares add up to one), and an idle interval's energy
-  is booked by the replica that claimed each of its seconds first (one atomic claim per second): so every joule
-  is booked once over all replicas. Without Redis the replica falls back to the rule above over its own
-  requests (``settle``), and says so (``local``): other replicas may book the same interval.
+  watermark passed it; it is cut at whole seconds (the counter interpolated), and each second's piece goes to
+  all replicas' requests by their work in that second (the same shares for every replica, however its readings
+  fell, so they add up to one), or, in a second no request worked in, to the replica that claimed that second
+  first (one atomic claim per second): so every joule is booked once over all replicas. Without Redis a replica
+  falls back to the rule above over its own requests (``settle``) and says so (``local``): other replicas may book
+  the same interval.
 - A counter that goes down or back in time (driver reload, a new simulated GPU), or changes source,
   starts a new series: the interval across the break is lost and counted (``gaps``).
 
@@ -257,14 +258,15 @@ class InstanceLedger:
         return math.floor(self._samples[0].ts), math.ceil(self._samples[-1].ts)
 
     def idle_seconds(self, until: float, totals: Mapping[int, float]) -> list[int]:
-        """The seconds of the idle intervals settleable up to ``until`` whose idle claim is not known yet."""
-        out: list[int] = []
+        """The seconds no request worked in, of the intervals settleable up to ``until``, not claimed yet."""
+        out: set[int] = set()
         for a, b in zip(self._samples, self._samples[1:], strict=False):
             if b.ts > until:
                 break
-            if b.energy_j > a.energy_j and _bucketed(totals, a.ts, b.ts) <= 0:
-                out += [k for k in range(math.floor(a.ts), math.ceil(b.ts)) if k not in self._claims]
-        return out
+            if b.energy_j > a.energy_j:
+                seconds = range(math.floor(a.ts), math.ceil(b.ts))
+                out.update(k for k in seconds if totals.get(k, 0.0) <= 0 and k not in self._claims)
+        return sorted(out)
 
     def claimed(self, claims: Mapping[int, bool]) -> None:
         self._claims.update(claims)
@@ -286,33 +288,40 @@ class InstanceLedger:
         return self._book_done(out)
 
     def _split_shared(self, a: _Sample, b: _Sample, totals: Mapping[int, float], out: list[Booking]) -> bool:
+        """Split ``(a, b]`` at whole seconds (the counter interpolated): each second's piece goes to all replicas'
+        requests by their work in that second (so any replica, however its readings fell, gives a second the same
+        shares), or, when no request worked in it, to the replica that claimed it as idle."""
         energy = b.energy_j - a.energy_j
-        total = _bucketed(totals, a.ts, b.ts)
-        g_per_j = self.carbon.grams(1.0, (a.ts + b.ts) / 2) if self.carbon is not None else 0.0
-        if total <= 0:
-            if energy <= 0:
-                return True
-            seconds = range(math.floor(a.ts), math.ceil(b.ts))
-            if any(k not in self._claims for k in seconds):
-                return False  # its claims are not known yet: the next settle
-            mine = sum(_overlap(a.ts, b.ts, k) for k in seconds if self._claims[k]) / (b.ts - a.ts)
-            if mine > 0:
-                out.append(self._idle(energy * mine, g_per_j, b.ts))
+        if energy <= 0:
             return True
-        mine_total = 0.0
-        for w in self._works:
-            if not w.buckets:
+        seconds = range(math.floor(a.ts), math.ceil(b.ts))
+        if any(totals.get(k, 0.0) <= 0 and k not in self._claims for k in seconds):
+            return False  # an idle second whose claim is not known yet: the next settle
+        g_per_j = self.carbon.grams(1.0, (a.ts + b.ts) / 2) if self.carbon is not None else 0.0
+        per_s = energy / (b.ts - a.ts)
+        idle = busy = total_work = mine_work = 0.0
+        for k in seconds:
+            piece = per_s * _overlap(a.ts, b.ts, k)
+            total = totals.get(k, 0.0)
+            if total <= 0:
+                idle += piece if self._claims[k] else 0.0
                 continue
-            p = _bucketed(w.buckets, a.ts, b.ts)
-            if p > 0:
-                w.energy_j += energy * p / total
-                w.carbon_g += energy * p / total * g_per_j
-                mine_total += p
-        self._busy_j = self._busy_j * DECAY + energy
-        self._busy_work = self._busy_work * DECAY + total
-        self._busy_n = self._busy_n * DECAY + 1
-        self._mine = self._mine * DECAY + mine_total
-        self._all = self._all * DECAY + total
+            busy += piece
+            total_work += total * _overlap(a.ts, b.ts, k)
+            for w in self._works:
+                p = w.buckets.get(k, 0.0)
+                if p > 0:
+                    w.energy_j += piece * p / total
+                    w.carbon_g += piece * p / total * g_per_j
+                    mine_work += p * _overlap(a.ts, b.ts, k)
+        if idle > 0:
+            out.append(self._idle(idle, g_per_j, b.ts))
+        if busy > 0:
+            self._busy_j = self._busy_j * DECAY + busy
+            self._busy_work = self._busy_work * DECAY + total_work
+            self._busy_n = self._busy_n * DECAY + 1
+            self._mine = self._mine * DECAY + mine_work
+            self._all = self._all * DECAY + total_work
         return True
 
     def _book_done(self, out: list[Booking]) -> list[Booking]:
@@ -408,11 +417,6 @@ class InstanceLedger:
 def _overlap(a: float, b: float, k: int) -> float:
     """Seconds of ``(a, b]`` inside the unix second ``[k, k + 1)``."""
     return max(0.0, min(b, k + 1.0) - max(a, float(k)))
-
-
-def _bucketed(work: Mapping[int, float], a: float, b: float) -> float:
-    """Work in ``(a, b]`` from work per unix second, each second's spread evenly over it."""
-    return sum(work.get(k, 0.0) * _overlap(a, b, k) for k in range(math.floor(a), math.ceil(b)))
 
 
 def _booking(w: Work, source: str, ts: float) -> Booking:
