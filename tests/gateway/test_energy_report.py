@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from wattgate.cli import main
+from wattgate.embedded_redis import free_port
 from wattgate.gateway.energy_meter import key_label, parse_key_names
 from wattgate.gateway.energy_report import ReportError, aggregate, parse_duration_s, to_csv, to_table
 from wattgate.gateway.settings import ConfigError, GatewaySettings
@@ -57,3 +62,22 @@ def test_durations_keys_and_settings() -> None:
         GatewaySettings(energy_key_names=("sk-secret=team-a",))
     with pytest.raises(ConfigError, match="energy_carbon_g_per_kwh"):
         GatewaySettings(energy_carbon_g_per_kwh=-1)  # type: ignore[arg-type]  (a number is parsed; this one is bad)
+
+
+def test_report_options_come_from_the_settings_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["report", "--since", "yesterday"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wattgate report: error: --since:") and "90s, 30m, 24h or 7d" in err
+    config = tmp_path / "wg.yaml"
+    config.write_text("since: 30m\ncsv: true\nredis_prefix: other\n")
+    monkeypatch.setenv("WATTGATE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    assert main(["report", "--config", str(config), "--print-settings"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings["since"] == {"value": "30m", "source": f"file {config}"}
+    assert settings["csv"]["value"] == "true" and settings["redis_prefix"]["value"] == "other"
+    assert settings["redis_url"]["source"] == "environment WATTGATE_REDIS_URL"
+    assert main(["report", "--config", str(config)]) == 1  # nobody listens there: one line, exit 1
+    err = capsys.readouterr().err
+    assert err.startswith("wattgate report: cannot read the energy minutes from redis") and "Traceback" not in err
