@@ -181,7 +181,7 @@ class EnergyMeter:
         """Settle across replicas (``share``): publish this replica's final work and watermarks, read every live
         replica's lowest watermark and the work totals, claim the idle seconds, settle. While Redis is away,
         after ``LOCAL_AFTER_S``, the intervals older than that settle over this replica's requests (``local``)."""
-        if self.share is None:
+        if self.share is None or not self.ledgers:
             return self.settle(now)
         unsent: dict[str, dict[int, float]] = {}
         marks: dict[str, int] = {}

@@ -207,6 +207,8 @@ class RedisStore:
         """In one transaction: add this replica's work per second (``unsent``), set its watermarks, and read back
         per instance of ``windows`` the lowest watermark of the replicas that wrote one within ``live_s`` and all
         replicas' work per second over the window. None while Redis is away (nothing was written then)."""
+        if not marks and not windows:
+            return {}  # no instance metered: nothing to say, nothing to read (and Redis not asked)
         k = self.keys
         pipe = self.client.pipeline(transaction=True)
         for iid, work in unsent.items():
