@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
@@ -18,7 +19,7 @@ import redis
 from tests.gateway.conftest import Servers
 from tests.gateway.test_energy_usage import samples
 from tests.support import wait_for
-from wattgate.carbon import constant
+from wattgate.carbon import constant, parse_carbon
 from wattgate.embedded_redis import EmbeddedRedis
 from wattgate.gateway.energy import Booking, Work
 from wattgate.gateway.energy_meter import EnergyMeter
@@ -73,9 +74,17 @@ def booked(gw: str) -> tuple[float, float, float]:
     return sum(v for _, v in joules) - idle, idle, sum(v for _, v in requests)
 
 
-def test_two_replicas_book_a_shared_instance_once(servers: Servers, redis_url: str, agent: Agent) -> None:
+def test_two_replicas_book_a_shared_instance_once(
+    servers: Servers, redis_url: str, agent: Agent, tmp_path: Path
+) -> None:
     _, url = servers.backend(tokens=8, tbt_s=0.04, ttft_s=0.05)
-    gateways = [servers.gateway([], redis_url=redis_url, energy_interval_s=0.1) for _ in range(2)]
+    carbon = tmp_path / "carbon.csv"  # an intensity per UTC hour of the day: 100, 110, ..., 330 g/kWh
+    carbon.write_text("# gCO2e/kWh, 00:00 UTC first\n" + "\n".join(str(100 + 10 * h) for h in range(24)) + "\n")
+    series = parse_carbon(str(carbon))
+    gateways = [
+        servers.gateway([], redis_url=redis_url, energy_interval_s=0.1, energy_carbon_g_per_kwh=str(carbon))
+        for _ in range(2)
+    ]
     asyncio.run(publish_instance(redis_url, KEYS, InstanceRecord("i1", url, "fake-model", "SM", "n1", "ready")))
     meters = [state.energy for _, state in gateways]
     assert all(m is not None for m in meters)
@@ -130,6 +139,10 @@ def test_two_replicas_book_a_shared_instance_once(servers: Servers, redis_url: s
     assert all(b.ledgers["i1"].shared and not b.local for b in meters if b is not None)
     local = [samples(gw, "wattgate_gateway_energy_local_split_joules_total")[0] for gw, _ in gateways]
     assert local == [[], []]
+    # carbon from the series: the run's energy at the intensity of its hour (two, if it crossed one)
+    grams = sum(v for gw, _ in gateways for _, v in samples(gw, "wattgate_gateway_carbon_grams_total")[0])
+    hours = sorted({series.at(agent.t0), series.at(end)})
+    assert hours[0] * total / 3.6e6 * 0.999 <= grams <= hours[-1] * total / 3.6e6 * 1.001
 
 
 def test_a_replica_without_redis_splits_over_its_own_requests_and_says_so() -> None:
