@@ -163,13 +163,14 @@ def test_the_same_request_stream_through_http_and_offline_agrees() -> None:
         assert (sims[k]["ttft_s"], sims[k]["tbt_mean_s"]) == pytest.approx((f.ttft_s, f.tpot_s), rel=1e-6)
 
 
-def _metrics(url: str) -> dict[str, float]:
+def metrics(url: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics").text
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             assert s.labels.get("model_name") == MODEL
-            key = s.name if "finished_reason" not in s.labels else f"{s.name}:{s.labels['finished_reason']}"
+            label = s.labels.get("finished_reason") or s.labels.get("sleep_state")
+            key = f"{s.name}:{label}" if label else s.name
             if "le" not in s.labels:
                 out[key] = s.value
     return out
@@ -181,7 +182,7 @@ def test_a_lower_locked_clock_slows_it_and_lowers_power_as_modelled(tmp_path: Pa
         client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="unused", max_retries=0)
 
         def lone(clock: int) -> dict[str, Any]:
-            wait_for(lambda: _metrics(srv.url)["wattgate_sim_sm_clock_mhz"] == clock, f"the emulator at {clock} MHz")
+            wait_for(lambda: metrics(srv.url)["wattgate_sim_sm_clock_mhz"] == clock, f"the emulator at {clock} MHz")
             r = client.completions.create(model=MODEL, prompt="x", max_tokens=30, extra_body=hinted(600, 30))
             idle_w = srv.emulator.engine.power.idle_gpu_w(clock) * 2
             wait_for(lambda: abs(sum(g.power_w() for g in agent) / idle_w - 1) < 0.01, f"idle power at {clock} MHz")
@@ -206,21 +207,22 @@ def test_metrics_sequence_limit_and_disconnect() -> None:
         second = {"model": MODEL, "prompt": "y", "max_tokens": 3, "stream": True}
         with httpx.stream("POST", f"{srv.url}/v1/completions", json=second) as resp:
             m = wait_for(
-                lambda: (m := _metrics(srv.url))["vllm:num_requests_waiting"] == 1 and m,
+                lambda: (m := metrics(srv.url))["vllm:num_requests_waiting"] == 1 and m,
                 "the second request waiting behind max_num_seqs=1",
             )
             assert m["vllm:num_requests_running"] == 1 and m["vllm:kv_cache_usage_perc"] > 0
             idle_w = srv.emulator.engine.power.idle_gpu_w(1980) * 2
-            wait_for(lambda: _metrics(srv.url)["wattgate_sim_power_watts"] > idle_w, "power above idle while busy")
+            wait_for(lambda: metrics(srv.url)["wattgate_sim_power_watts"] > idle_w, "power above idle while busy")
             stream.close()  # the client goes away: its slot goes to the waiting request
             body = resp.read().decode()
         assert "data: [DONE]" in body and body.count('"text":"') >= 3
-        m = wait_for(lambda: (m := _metrics(srv.url))["vllm:num_requests_running"] == 0 and m, "an idle engine")
+        m = wait_for(lambda: (m := metrics(srv.url))["vllm:num_requests_running"] == 0 and m, "an idle engine")
         assert m["vllm:num_requests_waiting"] == 0 and m["vllm:kv_cache_usage_perc"] == 0
         assert (m["vllm:request_success_total:length"], m["vllm:request_success_total:abort"]) == (1, 1)
         assert m["vllm:generation_tokens_total"] >= 4 and m["vllm:prompt_tokens_total"] >= 2
         assert m["vllm:time_to_first_token_seconds_count"] == 1 and m["vllm:e2e_request_latency_seconds_count"] == 1
         assert m["wattgate_sim_speed"] == 5
+        assert (m["vllm:engine_sleep_state:awake"], m["vllm:engine_sleep_state:weights_offloaded"]) == (1, 0)
 
 
 def test_errors_are_openai_errors() -> None:
@@ -294,8 +296,8 @@ def test_hints_decide_the_request_type_and_a_gone_client_frees_its_slot() -> Non
         longest = srv.emulator.engine.max_request_tokens - 2000  # seconds of decoding, but admitted
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{srv.url}/v1/completions", json={**body, "max_tokens": longest}, timeout=0.3)
-        wait_for(lambda: _metrics(srv.url)["vllm:num_requests_running"] == 0, "the abandoned request aborted")
-        assert _metrics(srv.url)["vllm:request_success_total:abort"] == 1
+        wait_for(lambda: metrics(srv.url)["vllm:num_requests_running"] == 0, "the abandoned request aborted")
+        assert metrics(srv.url)["vllm:request_success_total:abort"] == 1
         r = httpx.post(f"{srv.url}/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2}, timeout=30)
         assert r.json()["usage"]["completion_tokens"] == 2
 

@@ -13,7 +13,7 @@ import openai
 
 from tests.agent.agent_support import FakeGpu, actuator
 from tests.agent.simsupport import MODEL, serve_sim
-from tests.agent.test_emulator import hinted
+from tests.agent.test_emulator import hinted, metrics
 from tests.support import wait_for
 from wattgate.agent.actuator import Timeouts
 from wattgate.agent.engines.base import EngineKind
@@ -36,6 +36,8 @@ def test_asleep_it_holds_requests_draws_idle_power_and_wakes_in_the_modelled_tim
         assert httpx.post(url + "/sleep?level=2").status_code == 400  # level 2 (weights dropped) is not emulated
         assert httpx.post(url + "/sleep?level=1").status_code == 200
         assert sleeping(url)
+        m = metrics(url)  # vLLM's gauge of the sleep level, as a dashboard built for vLLM reads it
+        assert (m["vllm:engine_sleep_state:awake"], m["vllm:engine_sleep_state:weights_offloaded"]) == (0, 1)
 
         # asleep, the engine idles: its GPUs draw its idle power at the clock the agent locked (the lowest)
         agent = SimulatedGpu(tmp_path, 0), SimulatedGpu(tmp_path, 1)
@@ -61,6 +63,7 @@ def test_asleep_it_holds_requests_draws_idle_power_and_wakes_in_the_modelled_tim
         assert httpx.post(url + "/wake_up").status_code == 200
         assert sleeping(url)  # waking: still not taking requests
         wait_for(lambda: not sleeping(url), "awake")
+        assert metrics(url)["vllm:engine_sleep_state:awake"] == 1
         assert time.monotonic() - t0 >= emu.wake_s / SPEED  # the modelled wake-up, in wall seconds
         held.join(timeout=30)
         (r,) = out

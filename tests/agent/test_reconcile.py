@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from wattgate.agent.reconcile import ActionKind, Actual, diff
 from wattgate.planner.contract import InstanceState, PlannedInstance
 
@@ -233,3 +235,19 @@ def test_an_instance_neither_serving_nor_asleep_only_takes_the_wish() -> None:
     wished = {"a": state("a", [0], InstanceState.FAILED, on_standby=True)}
     assert diff([standby("a", [0])], wished, GPUS, can_sleep=True).actions == ()
     assert kinds(diff([planned("a", [0])], wished, GPUS, can_sleep=True)) == [("wake", "a")]
+
+
+def test_a_clock_floor_raises_the_clock_of_agents_that_follow_the_plans_clocks_and_its_end_lowers_it() -> None:
+    """The reactive path's clock floor (a plan amendment): without a clock loop the agent locks the floor where it
+    is above the planned clock, and the planned clock again once the floor is gone; new instances start at it."""
+    floored = replace(planned("a", [0], clock=1200), clock_floor_mhz=1980)
+    running = Actual("a", "SS", (0,), 1, planned_clock_mhz=1200)
+    d = diff([floored], {"a": running}, GPUS, follow_plan_clocks=True)
+    assert [(a.kind, a.sm_clock_mhz) for a in d.actions] == [(ActionKind.SET_CLOCK, 1980)]
+    held = Actual("a", "SS", (0,), 1, planned_clock_mhz=1980)
+    assert diff([floored], {"a": held}, GPUS, follow_plan_clocks=True).actions == ()
+    lifted = diff([planned("a", [0], clock=1200)], {"a": held}, GPUS, follow_plan_clocks=True)
+    assert [(a.kind, a.sm_clock_mhz) for a in lifted.actions] == [(ActionKind.SET_CLOCK, 1200)]
+    assert diff([floored], {"a": running}, GPUS).actions == ()  # with a clock loop: the loop honours it
+    new = diff([replace(planned("b", [1], clock=1200), clock_floor_mhz=1980)], {}, GPUS)
+    assert new.actions[0].kind is ActionKind.SET_CLOCK and new.actions[0].sm_clock_mhz == 1980

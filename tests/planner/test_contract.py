@@ -157,7 +157,7 @@ def test_plan_fixed_ids_default_empty_and_newer_fields_are_ignored() -> None:
     inst = PlannedInstance("e0", "SM", "ext", [0, 1], 2, 1200, 1.0, 500.0)
     plan = Plan(1, 0.0, "m", [inst], {"SM": 1.0}, 500.0, 900.0, fixed=["e0"], revision=PLAN_REVISION)
     back = Plan.from_json(plan.to_json())
-    assert back.fixed == ["e0"] and back.fixed_pools() == {"e0": "SM"} and back.revision == 3
+    assert back.fixed == ["e0"] and back.fixed_pools() == {"e0": "SM"} and back.revision == 4
     old = plan.to_dict()
     del old["fixed"], old["revision"]
     legacy = Plan.from_json(json.dumps(old))
@@ -168,6 +168,19 @@ def test_plan_fixed_ids_default_empty_and_newer_fields_are_ignored() -> None:
     assert Plan.from_json(json.dumps(newer)) == plan
     with pytest.raises(ContractError, match="bad instance"):
         Plan.from_json(plan.to_dict() | {"instances": [{"id": "e0"}]})
+
+
+def test_a_clock_floor_round_trips_is_written_only_when_set_and_is_checked() -> None:
+    held = PlannedInstance("a", "SS", "n1", [0, 1], 2, 1200, 1.0, 500.0, clock_floor_mhz=1980)
+    free = PlannedInstance("b", "SS", "n1", [2, 3], 2, 1200, 1.0, 500.0)
+    plan = Plan(1, 0.0, "m", [held, free], {"SS": 2.0}, 1000.0, 1800.0, revision=PLAN_REVISION)
+    wire = json.loads(plan.to_json())
+    assert [("clock_floor_mhz" in i) for i in wire["instances"]] == [True, False]  # plans without floors as before
+    back = Plan.from_json(plan.to_json())
+    assert back == plan and back.instances[0].clock_target_mhz == 1980 and back.instances[1].clock_target_mhz == 1200
+    wire["instances"][0]["clock_floor_mhz"] = "top"
+    with pytest.raises(ContractError, match="clock_floor_mhz"):
+        Plan.from_json(wire)
 
 
 def test_observation_revision_2_keeps_text_slots_and_revision_1_messages_still_read() -> None:

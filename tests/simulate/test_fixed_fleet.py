@@ -167,3 +167,26 @@ def test_the_baseline_of_the_report_is_the_fixed_fleet_when_it_ran() -> None:
     text = table(doc)
     assert "fixed-single-pool" in text and "vs fleet: energy against the fixed-fleet baseline" in text
     assert "vs 1-pool" not in text  # the column says which baseline, as plan and the demo do
+
+
+def test_a_moved_instance_books_its_energy_to_each_pool_it_served() -> None:
+    profile = load_builtin()
+    fleet = FixedFleet.parse("2")
+    r = Result("t", 10)
+    cluster = Cluster(SERVING, Model(profile, SloTargets()), 16, Lifecycle(), Behaviour(), r, SimSettings().edges, [],
+                      fleet.instances)  # fmt: skip
+    top = profile.clocks(8, RequestType.parse("MM"))[-1]
+    cluster.apply(((Group("MM", 8, top, 2, 1.0, 1.0),), {"MM": {"MM": 1.0}}), 0.0, first=True)
+    for second in range(10):
+        cluster.tick(second)
+    at_move = {iid: ri.inst.energy_j for iid, ri in cluster.live.items()}
+    plan = (Group("MM", 8, top, 1, 1.0, 1.0), Group("LL", 8, top, 1, 1.0, 1.0))
+    cluster.apply((plan, {"MM": {"MM": 1.0}, "LL": {"LL": 1.0}}), 10.0, first=False)
+    (moved,) = (ri.inst for ri in cluster.live.values() if ri.inst.pool == "LL")
+    for second in range(10, 30):
+        cluster.tick(second)
+    cluster.finish(29)
+    by_pool = r.energy_by_pool_j
+    assert by_pool["LL"] == pytest.approx(moved.energy_j - at_move[moved.id])  # only what it drew in LL
+    assert by_pool["MM"] + by_pool["LL"] == pytest.approx(sum(ri.inst.energy_j for ri in cluster.live.values()))
+    assert by_pool["MM"] > by_pool["LL"] > 0

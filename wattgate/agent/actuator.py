@@ -79,7 +79,7 @@ class Actuator:
                 r.planned.pool,
                 tuple(r.planned.gpus),
                 r.planned.tp,
-                r.planned.sm_clock_mhz,
+                r.planned.clock_target_mhz,
                 r.state,
                 r.planned.standby,
             )

@@ -55,6 +55,7 @@ class Agent:
         self._next_clock = 0.0
         self._bad_plan = ""
         self._reannounce = False  # Redis failed since the records were last written: announce them
+        self._floors: dict[str, int] = {}  # the plan's clock floors for this node's instances (reactive path)
 
     def desired(self) -> list[PlannedInstance] | None:
         """What should run here; None until a plan was seen (then nothing is started or stopped). External
@@ -108,10 +109,14 @@ class Agent:
                 if any(a.kind is ActionKind.SET_POOL for a in d.actions):
                     self._next_clock = now  # the clock loop judges the new pool's types at once
             self._reset_unused()
+            floors = {p.id: p.clock_floor_mhz for p in desired if p.clock_floor_mhz}
+            if floors != self._floors:
+                self._floors = floors
+                self._next_clock = now  # a floor raised (or lifted) by the planner applies at once
         if self.clock_loop is not None and now >= self._next_clock:
             self._next_clock = now + self.clock_interval_s
             plan = self.plan
-            self.clock_loop.tick(now, plan.serves if plan else None, plan.headroom if plan else 1.0)
+            self.clock_loop.tick(now, plan.serves if plan else None, plan.headroom if plan else 1.0, self._floors)
 
     def publish(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -191,7 +196,14 @@ def follow_plan(externals: Sequence[PlannedInstance], plan: Plan | None, node: s
         p = given.get(e.id)
         same = p is not None and sorted(p.gpus) == sorted(e.gpus) and p.tp == e.tp
         out.append(
-            replace(e, pool=p.pool, sm_clock_mhz=p.sm_clock_mhz, load_rps=p.load_rps, power_w=p.power_w)
+            replace(
+                e,
+                pool=p.pool,
+                sm_clock_mhz=p.sm_clock_mhz,
+                load_rps=p.load_rps,
+                power_w=p.power_w,
+                clock_floor_mhz=p.clock_floor_mhz,
+            )
             if p and same
             else e
         )

@@ -1,5 +1,6 @@
 """The instance-level clock loop's actuator (every 5 s): live load in, ``choose_clock`` decides,
-the clock controller applies it only when it differs."""
+the clock controller applies it only when it differs. A clock floor the plan sets on an instance (the
+planner's reactive path) is honoured: the clock is never below it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from wattgate.agent.actuator import Actuator
-from wattgate.agent.clock_policy import ClockDecision, ClockInput, choose_clock
+from wattgate.agent.clock_policy import ClockDecision, ClockInput, ClockReason, choose_clock
 from wattgate.agent.gpu.base import GpuError
+from wattgate.agent.running import snap_up
 from wattgate.agent.store import AgentStore, StoreError
 from wattgate.planner.contract import InstanceState
 from wattgate.profiles.classes import SloTargets
@@ -46,12 +48,18 @@ class ClockLoop:
             return None
 
     def tick(
-        self, now: float, serves: Mapping[str, Sequence[str]] | None = None, headroom: float = 1.0
+        self,
+        now: float,
+        serves: Mapping[str, Sequence[str]] | None = None,
+        headroom: float = 1.0,
+        floors: Mapping[str, int] | None = None,
     ) -> dict[str, ClockDecision]:
         """One pass over the ready instances; ``now`` is unix time (the load windows' clock); ``serves``:
         the plan's pool -> request types it serves (a pool not in it serves its own type); ``headroom``:
-        the plan's share of an instance's SLO capacity a clock may be loaded to."""
+        the plan's share of an instance's SLO capacity a clock may be loaded to; ``floors``: instance id ->
+        the plan's clock floor for it."""
         serves = serves or {}
+        floors = floors or {}
         shares = self._pool_shares(now, serves)
         if shares is None:
             return {}
@@ -67,6 +75,9 @@ class ClockLoop:
                 pool, r.planned.tp, shares.get(pool, 0.0), r.engine.in_flight(), _served(pool, serves), headroom
             )
             d = choose_clock(self._profile, self._slo, sorted(supported), x)
+            floor = floors.get(iid, 0)
+            if floor > d.sm_clock_mhz:
+                d = ClockDecision(snap_up(floor, sorted(supported)), ClockReason.FLOOR, None)
             decisions[iid] = d
             if self.last.get(iid) != d:
                 log.info("%s: %d MHz (%s) at %.2f req/s", iid, d.sm_clock_mhz, d.reason, x.load_rps)

@@ -30,6 +30,7 @@ class ClockReason(enum.StrEnum):
     LOWEST_ENERGY = "lowest-energy clock meeting the SLO"
     NO_FEASIBLE = "no clock meets the SLO at this load: max clock"
     NO_PROFILE = "the profile does not cover this instance: max clock"
+    FLOOR = "the planner's reactive clock floor (its pool's requests waited too long)"
 
 
 @dataclass(frozen=True)

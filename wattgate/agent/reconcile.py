@@ -44,7 +44,7 @@ class Actual:
     pool: str
     gpus: tuple[int, ...]
     tp: int
-    planned_clock_mhz: int = 0  # the clock of the plan it runs under
+    planned_clock_mhz: int = 0  # the clock of the plan it runs under (its clock floor, when that is higher)
     state: InstanceState = InstanceState.READY
     standby: bool = False  # the standby flag of the plan it runs under
 
@@ -102,7 +102,7 @@ def _bring_up(arriving: Sequence[PlannedInstance], *, woken: bool = False) -> li
     actions: list[Action] = []
     for p in arriving:
         gpus = tuple(p.gpus)
-        actions.append(Action(ActionKind.SET_CLOCK, p.id, gpus, sm_clock_mhz=p.sm_clock_mhz, planned=p))
+        actions.append(Action(ActionKind.SET_CLOCK, p.id, gpus, sm_clock_mhz=p.clock_target_mhz, planned=p))
         actions.append(Action(ActionKind.WAKE if woken else ActionKind.START, p.id, gpus, planned=p))
     for p in arriving:
         actions.append(Action(ActionKind.WAIT_HEALTHY, p.id, tuple(p.gpus), planned=p))
@@ -145,10 +145,10 @@ def diff(
     instance holds come up (make before break: the pool never loses capacity it could have kept); the
     others come up in waves, each after the drain and stop of only the leaving instances on its GPUs;
     then instances going on standby are drained and put to sleep; leaving instances that block nothing go
-    last. ``follow_plan_clocks`` (no clock loop): a kept instance whose planned clock changed is re-clocked
-    (not while it sleeps: waking sets the plan's clock). ``can_sleep``: this node's engines can sleep;
-    without it standby instances are refused. ``repool_in_place`` (unmanaged servers): an instance whose
-    pool changed is kept and gets ``set_pool``.
+    last. ``follow_plan_clocks`` (no clock loop): a kept instance whose planned clock (or the reactive path's
+    clock floor above it) changed is re-clocked (not while it sleeps: waking sets the plan's clock).
+    ``can_sleep``: this node's engines can sleep; without it standby instances are refused.
+    ``repool_in_place`` (unmanaged servers): an instance whose pool changed is kept and gets ``set_pool``.
     """
     wanted, problems = _admissible(desired, node_gpus)
     if not can_sleep:  # one already asleep stays so; the others are not run
@@ -173,13 +173,13 @@ def diff(
         if p.id in keep and p.pool != actual[p.id].pool
     ]
     actions += [
-        Action(ActionKind.SET_CLOCK, p.id, tuple(p.gpus), sm_clock_mhz=p.sm_clock_mhz, planned=p)
+        Action(ActionKind.SET_CLOCK, p.id, tuple(p.gpus), sm_clock_mhz=p.clock_target_mhz, planned=p)
         for p in wanted
         if follow_plan_clocks
         and p.id in keep
         and p.id not in woken
         and actual[p.id].state is not InstanceState.ASLEEP
-        and p.sm_clock_mhz != actual[p.id].planned_clock_mhz
+        and p.clock_target_mhz != actual[p.id].planned_clock_mhz
     ]
     actions += wakes
     actions += _bring_up(early)

@@ -102,6 +102,14 @@ PLANNER_OPTIONS: tuple[Option, ...] = (
         example="60",
     ),
     Option(
+        "reactive",
+        boolean(),
+        False,
+        "the reactive path between plans: every 5 s, a pool whose requests waited half their TTFT target for a "
+        "first token (gateways' observations of the last 10 s) gets its clocks held at the top, then one more "
+        "instance, as a plan amendment",
+    ),
+    Option(
         "min_rps",
         number(0.0),
         0.05,
@@ -289,6 +297,7 @@ def _loop_settings(v: Values) -> LoopSettings:
     from wattgate.planner.forecast import ForecastSettings
     from wattgate.planner.loop import LoopSettings
     from wattgate.planner.model import Inventory, Node, PlannerError
+    from wattgate.planner.reactive import ReactSettings
     from wattgate.settings.common import node_list
 
     if v.nodes and v.gpus is not None:
@@ -310,6 +319,7 @@ def _loop_settings(v: Values) -> LoopSettings:
         lead_s=v.lead_s,
         min_pool_rps=v.min_rps,
         standby_max_s=v.standby_max_s,
+        reactive=ReactSettings() if v.reactive else None,
         solver=_solver(v, amortize_s=v.amortize_s, headroom=1.0 if _peaks_by_default(v) else None),
     )
 

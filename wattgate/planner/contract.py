@@ -10,11 +10,12 @@ defaults. Additions within schema 1 are listed at each message (``Observation``:
 ``text_dim`` since ``OBSERVATION_REVISION`` 2, ``energy_j``, ``energy_source`` since 3; ``Heartbeat``:
 ``unmanaged``, the servers an agent runs for the user, since ``HEARTBEAT_REVISION`` 2, ``sleep_mode`` /
 ``asleep`` since 3; ``Plan``: ``fixed``, the ids of those the plan gives a pool and a clock, since
-``PLAN_REVISION`` 2, ``PlannedInstance.standby`` since 3). ``InstanceEnergy`` is new in schema 1 (readers
-that predate it never read its key).
+``PLAN_REVISION`` 2, ``PlannedInstance.standby`` since 3, ``PlannedInstance.clock_floor_mhz`` since 4).
+``InstanceEnergy`` is new in schema 1 (readers that predate it never read its key).
 Warm standby (vLLM sleep mode) also added the instance state ``asleep`` (gateways route only to ``ready``;
 one from before it skips such a record with a warning, which routes nothing to it either).
-``PlannedInstance.standby`` is written only when true, so plans without standby instances stay as before.
+``PlannedInstance.standby`` is written only when true and ``clock_floor_mhz`` only when set, so plans without
+standby instances or clock floors stay as before.
 
 Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 
@@ -62,9 +63,10 @@ OBSERVATIONS_MAXLEN = 200_000
 # older readers ignore them.
 OBSERVATION_REVISION = 3
 # Revision 2 of Heartbeat adds ``unmanaged`` and of Plan adds ``fixed``; revision 3 adds warm standby
-# (Heartbeat ``sleep_mode``/``asleep``, PlannedInstance ``standby``). Older readers ignore them.
+# (Heartbeat ``sleep_mode``/``asleep``, PlannedInstance ``standby``); plan revision 4 adds the reactive path's
+# ``PlannedInstance.clock_floor_mhz``. Older readers ignore them.
 HEARTBEAT_REVISION = 3
-PLAN_REVISION = 3
+PLAN_REVISION = 4
 HEARTBEAT_TTL_S = 15
 TELEMETRY_TTL_S = 15
 LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
@@ -356,6 +358,11 @@ class PlannedInstance:
     registered ready. On a node without sleep mode a standby instance is not run (kept stopped) and the
     heartbeat says so. Changing its pool, GPUs or TP is a restart, as for any instance. Never set on a fixed
     instance.
+
+    ``clock_floor_mhz`` (revision 4): the reactive path's clock floor (``planner.reactive``), written by the
+    planner leader between plans into an amendment of the current plan: the instance's clock is at least this
+    (snapped up to a clock its GPUs support), whatever the agent's clock loop would choose; 0: none. A plan
+    amendment without it (the hold ended) gives the clock back to the clock loop (or to ``sm_clock_mhz``).
     """
 
     id: str
@@ -367,6 +374,12 @@ class PlannedInstance:
     load_rps: float  # planned load per instance, requests/s
     power_w: float  # modelled from the profile
     standby: bool = False
+    clock_floor_mhz: int = 0
+
+    @property
+    def clock_target_mhz(self) -> int:
+        """The clock to run at without a clock loop: the plan's, or the floor when it is higher."""
+        return max(self.sm_clock_mhz, self.clock_floor_mhz)
 
 
 @dataclass(frozen=True)
@@ -411,6 +424,8 @@ class Plan(_Message):
         for inst in out["instances"]:
             if not inst.get("standby"):
                 del inst["standby"]  # plans without standby instances read as before it
+            if not inst.get("clock_floor_mhz"):
+                del inst["clock_floor_mhz"]  # nor without clock floors
         return out
 
     @classmethod
@@ -423,6 +438,9 @@ class Plan(_Message):
         for inst in data["instances"]:
             if not isinstance(inst.standby, bool):
                 raise ContractError(f"plan: instance {inst.id}: standby must be true or false, got {inst.standby!r}")
+            floor = inst.clock_floor_mhz
+            if isinstance(floor, bool) or not isinstance(floor, int) or floor < 0:
+                raise ContractError(f"plan: instance {inst.id}: clock_floor_mhz must be an integer >= 0, got {floor!r}")
         plan = _build(cls, data, "plan")
         h = plan.headroom
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0 < h <= 1:

@@ -12,6 +12,10 @@ re-plan drops stays asleep instead of stopping when the pool's forecast over a l
 plus ``standby_max_s``) is above what the plan was sized for, for at most ``standby_max_s``; a later plan
 that wants its pool and TP again wakes it. When each instance went on standby is kept in memory: a new
 leader counts from its first plan.
+
+The reactive path (``reactive``: off by default): between plans, every 5 s, a pool whose requests waited too
+long for their first token gets its clocks held at the top, then one more instance, as an amendment of the
+current plan (``planner.amend``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from wattgate.planner.amend import ReactivePath
 from wattgate.planner.baselines import IDLE_GPU_W, baseline, single_pool, single_pool_tp
 from wattgate.planner.contract import LOAD_SECOND_TTL_S, Heartbeat, Plan, PlannedInstance
 from wattgate.planner.epoch import plan_epoch
@@ -37,6 +42,7 @@ from wattgate.planner.forecast import (
     minute_peaks,
 )
 from wattgate.planner.model import FixedInstance, Inventory, Node, PlannerError, SolverSettings
+from wattgate.planner.reactive import ReactSettings
 from wattgate.planner.standby import DEFAULT_STANDBY_MAX_S, keep_asleep
 from wattgate.planner.store import StoreError
 from wattgate.profiles.classes import POOL_NAMES, ProfilesError, RequestType
@@ -52,6 +58,7 @@ class Store(Protocol):
     def load_seconds(self, pools: list[str], start_second: int, end_second: int) -> dict[str, float]: ...
     def load_second_counts(self, pools: list[str], start_second: int, end_second: int) -> dict[str, list[float]]: ...
     def heartbeats(self) -> list[Heartbeat]: ...
+    def recent_ttfts(self, since: float) -> list[tuple[str, float, float]]: ...
     def current_plan(self) -> Plan | None: ...
     def publish(self, build: Callable[[int], Plan]) -> Plan: ...
 
@@ -78,6 +85,7 @@ class LoopSettings:
     clock_headroom: float | None = None
     # longest a dropped instance stays on warm standby (nodes with sleep mode only); 0: never
     standby_max_s: float = DEFAULT_STANDBY_MAX_S
+    reactive: ReactSettings | None = None  # the reactive path between plans (None: off)
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
     solver: SolverSettings = field(default_factory=SolverSettings)
 
@@ -101,6 +109,7 @@ class Counters:
     store_errors: int = 0
     plan_errors: int = 0
     follower_ticks: int = 0
+    amended: int = 0  # plan amendments the reactive path published
 
 
 class PlannerLoop:
@@ -119,9 +128,10 @@ class PlannerLoop:
         self._forecasts: dict[int, PoolForecasts] = {}  # per horizon (minutes): the cluster and pool periods'
         self._peaks: dict[int, dict[str, float]] = {}  # minute -> pool -> its peak, read once per minute
         self._peaks_provisional: int | None = None
+        self.reactive = ReactivePath(profile, settings.solver.slo, settings.reactive) if settings.reactive else None
 
     def tick(self) -> str:
-        """One step; returns what happened: backoff, follower, idle, published or error."""
+        """One step; returns what happened: backoff, follower, idle, published, amended or error."""
         now = self.clock()
         self.counters.ticks += 1
         if now < self.backoff_until:
@@ -160,7 +170,7 @@ class PlannerLoop:
         elif self._last_pool is None or now - self._last_pool >= s.pool_period_s:
             period = s.pool_period_s
         else:
-            return "idle"
+            return self._react(now)
         plan = self._plan(now, period)
         if plan is None:  # the lease ran out while solving: another planner may lead now
             self.leader, self._last_cluster, self._last_pool = False, None, None
@@ -171,6 +181,17 @@ class PlannerLoop:
         self._last_pool = now
         self.counters.published += 1
         return "published"
+
+    def _react(self, now: float) -> str:
+        """Between plans: the reactive path's step when it is due; "amended" when it published an amendment."""
+        if self.reactive is None or not self.reactive.due(now):
+            return "idle"
+        plan = self.reactive.step(self.store, self.inventory(), now)
+        if plan is None:
+            return "idle"
+        self.last_plan = plan
+        self.counters.amended += 1
+        return "amended"
 
     def forecast(self, now: float, horizon_min: int) -> dict[str, float]:
         """Peak req/s per pool for the next ``horizon_min`` minutes, from the load windows.
@@ -294,7 +315,8 @@ class PlannerLoop:
                 left_out=epoch.left_out,
                 standby=standby,
             )
-            return replace(plan, alerts=[*plan.alerts, *extra])
+            instances = self.reactive.carry(plan.instances, now) if self.reactive else plan.instances
+            return replace(plan, instances=instances, alerts=[*plan.alerts, *extra])
 
         if not self.store.hold_lease(self.me, s.lease_s):
             log.warning("planner %s lost the lease while solving; not publishing", self.me)

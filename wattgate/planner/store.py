@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from wattgate.planner.contract import ContractError, Heartbeat, Keys, Plan, load_field
+from wattgate.planner.contract import ContractError, Heartbeat, Keys, Observation, Plan, load_field
 from wattgate.planner.model import PlannerError
 
 # Renew only if we still hold the lease; release only our own lease.
@@ -18,6 +18,10 @@ _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 )
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+RECENT_OBSERVATIONS = 5000  # the reactive path reads at most this many of the newest observations each time
+STREAM_SLACK_S = 60.0
 
 
 class StoreError(PlannerError):
@@ -90,6 +94,29 @@ class PlannerStore:
             raise StoreError(f"Redis: {exc}") from exc
         return {p: [_num(row.get(load_field(p, "requests"))) for row in rows] for p in pools}
 
+    def recent_ttfts(self, since: float, limit: int = RECENT_OBSERVATIONS) -> list[tuple[str, float, float]]:
+        """(pool, TTFT s, finished at) of the requests the gateways recorded as finished at ``since`` or later,
+        from at most the newest ``limit`` observations; requests without a first token and malformed entries are
+        skipped. Only entries the stream got since a minute before ``since`` are read (the stream's ids are
+        Redis's clock at the gateway's flush: the minute covers flush delays and clocks apart)."""
+        first_ms = int((since - STREAM_SLACK_S) * 1000)
+        try:
+            entries = self._r.xrevrange(
+                self.keys.observations, max="+", min=f"{first_ms}-0" if first_ms > 0 else "-", count=limit
+            )
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis: {exc}") from exc
+        out = []
+        for _, values in entries or []:
+            try:
+                obs = Observation.from_json((values or {}).get("json", ""))
+            except ContractError:
+                continue
+            ttft, ts = obs.ttft_s, obs.ts
+            if _real(ttft) and _real(ts) and ts >= since:
+                out.append((str(obs.pool), float(ttft), float(ts)))  # type: ignore[arg-type]
+        return out
+
     def heartbeats(self) -> list[Heartbeat]:
         """The live heartbeats (expired ones are gone with their TTL); malformed ones are skipped."""
         try:
@@ -139,6 +166,10 @@ class PlannerStore:
                         continue
         except redis.RedisError as exc:
             raise StoreError(f"Redis: {exc}") from exc
+
+
+def _real(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _num(v: str | None) -> float:

@@ -11,9 +11,10 @@ the router's counts; every ``CLOCK_TICK_S`` the agent's clock policy picks each 
 which applies from its next engine step. Plans place new instances on free GPUs first (make before
 break). With ``Behaviour.standby`` a dropped instance sleeps instead of stopping, and a plan wakes a
 sleeping instance of the same TP (seconds) rather than starting one (minutes). With
-``Behaviour.reactive``, every ``CLOCK_TICK_S`` a pool whose requests have waited more than
-``REACT_PRESSURE`` of their TTFT target without a first token gets its clocks to the top, and, if that
-is not enough by the next check, one more instance, without waiting for the next plan. With a fixed
+``Behaviour.reactive``, every ``CLOCK_TICK_S`` the reactive path (``planner.reactive.react``, the function the
+live planner runs) judges each pool by its oldest request without a first token: past half its TTFT target
+the pool gets its clocks to the top, and, if that is not enough by the next check, one more instance,
+without waiting for the next plan. With a fixed
 ``fleet`` the instances all run from the start and never stop: a plan only moves each one to a pool (a
 routing change, requests in flight go on) and, without the clock loop, sets its clock
 (``placement.assign_fixed``, as the live planner hands external servers their pools). Everything is
@@ -33,6 +34,7 @@ from wattgate.planner.contract import PlannedInstance
 from wattgate.planner.explain import serves_of
 from wattgate.planner.model import FixedInstance, Group, Inventory
 from wattgate.planner.placement import assign_fixed, place
+from wattgate.planner.reactive import Member, Memory, PoolSignal, ReactSettings, react
 from wattgate.profiles.classes import REQUEST_TYPES, ClassEdges, LengthClass, RequestType
 from wattgate.servingmodel.calibration import ServingModel
 from wattgate.servingmodel.cluster import GpuCluster, Instance, Lifecycle, State
@@ -45,9 +47,7 @@ CLOCK_TICK_S = 5  # the agent's clock loop period (and the reactive path's)
 GENERIC = "*"  # the pool name of a single pool that serves every type
 MODEL = "sim"
 DRAIN_LIMIT_S = 3600.0  # after the last arrival, run at most this long for the last requests to finish
-REACT_PRESSURE = 0.5  # react once a request has waited this share of its TTFT target without a first token
-REACT_BOOST_S = 60.0  # a pool that reacted keeps its clocks at the top this long
-REACT_COOLDOWN_S = 60.0  # at most one instance added per pool in this time
+REACT = ReactSettings()  # the reactive path's thresholds, the live planner's defaults
 STANDBY_MAX_S = 240.0  # a sleeper past this costs more (60 W a GPU over an empty one) than a restart
 LIVE = (State.STARTING, State.WAKING, State.READY)  # instances that serve or soon will
 
@@ -116,14 +116,13 @@ class Result:
 class ReplayInstance:
     """A cluster instance plus the router's view of it and its recent arrivals (for the clock policy)."""
 
-    __slots__ = ("boost_until", "counts", "inst", "ring", "route")
+    __slots__ = ("counts", "inst", "ring", "route")
 
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
         self.route = RouteInstance(_spec(inst, ready=inst.state is State.READY))
         self.counts = [0] * len(REQUEST_TYPES)  # arrivals per type over the window
         self.ring = [[0] * len(REQUEST_TYPES) for _ in range(WINDOW_S)]
-        self.boost_until = -math.inf
 
     def planned(self) -> PlannedInstance:
         i = self.inst
@@ -160,10 +159,11 @@ class Cluster:
         self.arrivals = arrivals
         self._where: dict[int, ReplayInstance] = {}
         self._tokens: dict[int, int] = {}
-        self._pool_j: dict[str, float] = {}
+        self._pool_j: dict[str, float] = {}  # energy booked to each pool: instances gone or moved, then all at the end
+        self._booked_j: dict[str, float] = {}  # per instance: its energy already booked to some pool
         self._energy_mark = 0.0
         self._slept_at: dict[str, float] = {}
-        self._reacted: dict[str, float] = {}  # pool -> when an instance was last added for it
+        self._memory = Memory()  # the reactive path's holds and additions
         self.missed = 0  # finished requests that missed their targets
         n = len(arrivals)
         result.ttft_s, result.tbt_s = [math.inf] * n, [math.nan] * n
@@ -200,7 +200,7 @@ class Cluster:
                 if not self.b.clock_loop and p.sm_clock_mhz != ri.inst.engine.clock_mhz:  # else the loop decides
                     self._set_clock(ri, p.sm_clock_mhz, now)
                 ri.route.weight = weights.get(p.id, 1.0)
-            elif not self._wake(p, now, weights.get(p.id, 1.0)):
+            elif self._wake(p, now, weights.get(p.id, 1.0)) is None:
                 self.pending.append(p)
         keep = {p.id for p in placement.instances}
         for iid, ri in list(self.live.items()):
@@ -236,6 +236,7 @@ class Cluster:
             ri = self.live[p.id]
             if p.pool != ri.inst.pool:
                 self.r.pool_changes += 0 if first else 1
+                self._book(ri.inst)  # what it drew so far goes to the pool it served
                 ri.inst.pool = p.pool
                 ri.route.spec = _spec(ri.inst, ready=True)
             if first:  # the fleet was running at the plan's clocks already
@@ -244,17 +245,17 @@ class Cluster:
                 self._set_clock(ri, p.sm_clock_mhz, now)
             ri.route.weight = weights.get(p.id, 1.0)
 
-    def _wake(self, p: PlannedInstance, now: float, weight: float) -> bool:
-        """Serve planned instance ``p`` with a sleeping instance of its TP, if there is one."""
+    def _wake(self, p: PlannedInstance, now: float, weight: float) -> ReplayInstance | None:
+        """Serve planned instance ``p`` with a sleeping instance of its TP, if there is one (returned)."""
         sleepers = [ri for ri in self._in(State.SLEEPING) if ri.inst.tp == p.tp]
         if not sleepers:
-            return False
+            return None
         ri = min(sleepers, key=lambda x: self._slept_at.get(x.inst.id, now))  # the most recently asleep
         self.cluster.wake(ri.inst.id, p.pool, p.sm_clock_mhz, now)
         ri.route.spec, ri.route.weight = _spec(ri.inst, ready=False), weight
         self._slept_at.pop(ri.inst.id, None)
         self.r.wakes += 1
-        return True
+        return ri
 
     def _start_pending(self, now: float, first: bool, weights: dict[str, float] | None = None) -> None:
         left = []
@@ -333,8 +334,7 @@ class Cluster:
         for iid, ri in list(self.live.items()):
             state = ri.inst.state
             if state is State.STOPPED:
-                gone = self.live.pop(iid).inst
-                self._pool_j[gone.pool] = self._pool_j.get(gone.pool, 0.0) + gone.energy_j
+                self._book(self.live.pop(iid).inst)
             elif state is State.SLEEPING:
                 slept = self._slept_at.setdefault(iid, end)
                 if end - slept > STANDBY_MAX_S:
@@ -379,7 +379,7 @@ class Cluster:
         m = self.m
         for ri in self._in(State.READY):
             inst = ri.inst
-            if ri.boost_until > now:
+            if self._memory.held(inst.id, now):
                 continue  # the reactive path holds it at the top clock
             load = sum(ri.counts) / WINDOW_S
             busy = ri.route.in_flight > 0
@@ -389,29 +389,39 @@ class Cluster:
             self._set_clock(ri, clock, now)
 
     def _react(self, now: float) -> None:
-        """Pools whose requests wait too long: top clocks first, then one more instance (see the docstring)."""
+        """The reactive path (``planner.reactive.react``, as the live planner runs it) on the ready instances: the
+        signal is the oldest request each pool's engines hold that has no first token yet."""
         by_pool: dict[str, list[ReplayInstance]] = {}
         for ri in self._in(State.READY):
             by_pool.setdefault(ri.inst.pool, []).append(ri)
-        for pool, members in by_pool.items():
-            target = (
-                self.m.slo.ttft_for(RequestType.parse(pool)) if pool != GENERIC else min(self.m.slo.ttft_p99_s.values())
+        signals = [
+            PoolSignal(
+                pool,
+                max((ri.inst.engine.oldest_waiting_s(now) for ri in members), default=0.0),
+                self.m.slo.ttft_for(RequestType.parse(pool))
+                if pool != GENERIC
+                else min(self.m.slo.ttft_p99_s.values()),
+                now,
+                tuple(
+                    Member(ri.inst.id, ri.inst.tp, ri.inst.engine.clock_mhz, self.m.top_clock(ri.inst.tp))
+                    for ri in members
+                ),
             )
-            waited = max((ri.inst.engine.oldest_waiting_s(now) for ri in members), default=0.0)
-            if waited < REACT_PRESSURE * target:
-                continue
-            top = self.m.top_clock(members[0].inst.tp)
-            boosted = all(ri.inst.engine.clock_mhz >= top and ri.boost_until > now for ri in members)
-            for ri in members:
-                ri.boost_until = now + REACT_BOOST_S
-                self._set_clock(ri, top, now)
-            if boosted and now - self._reacted.get(pool, -math.inf) >= REACT_COOLDOWN_S:
-                self._add(pool, max(ri.inst.tp for ri in members), top, now)
+            for pool, members in by_pool.items()
+        ]
+        reaction = react(signals, self._memory, now, REACT)
+        self._memory = reaction.memory
+        for pool in reaction.raised:
+            for ri in by_pool[pool]:
+                self._set_clock(ri, reaction.floors[ri.inst.id], now)
+        for add in reaction.add:
+            self._add(add.pool, add.tp, add.clock_mhz, now)
 
     def _add(self, pool: str, tp: int, clock: int, now: float) -> None:
         p = PlannedInstance(f"react-{pool}-{now:.0f}", pool, "node-0", [], tp, clock, 0.0, 0.0)
-        if self._wake(p, now, 1.0):
-            self._reacted[pool] = now
+        woken = self._wake(p, now, 1.0)
+        if woken is not None:
+            self._memory = self._memory.added(pool, woken.inst.id, now, REACT)
             self.r.reactive_adds += 1
             return
         held = [ri.planned() for ri in self.live.values()]
@@ -419,8 +429,7 @@ class Cluster:
         if spot.instances:
             q = spot.instances[0]
             ri = self._start(q, int(q.node.removeprefix("node-")), now, False, 1.0)
-            ri.boost_until = now + REACT_BOOST_S
-            self._reacted[pool] = now
+            self._memory = self._memory.added(pool, ri.inst.id, now, REACT)
             self.r.reactive_adds += 1
 
     def finish(self, last_second: int) -> None:
@@ -431,13 +440,15 @@ class Cluster:
             self.tick(second)
         self.r.unserved += len(self._where)
         self.r.gpu_seconds = self.cluster.held_gpu_s
-        by_pool: dict[str, float] = {}
         for ri in self.live.values():
-            by_pool[ri.inst.pool] = by_pool.get(ri.inst.pool, 0.0) + ri.inst.energy_j
-        for pool, j in self._pool_j.items():
-            by_pool[pool] = by_pool.get(pool, 0.0) + j
-        by_pool["(no instance)"] = self.cluster.empty_gpu_j
-        self.r.energy_by_pool_j = by_pool
+            self._book(ri.inst)
+        self.r.energy_by_pool_j = {**self._pool_j, "(no instance)": self.cluster.empty_gpu_j}
+
+    def _book(self, inst: Instance) -> None:
+        """Book what ``inst`` drew since it was last booked to the pool it serves now."""
+        fresh = inst.energy_j - self._booked_j.get(inst.id, 0.0)
+        self._pool_j[inst.pool] = self._pool_j.get(inst.pool, 0.0) + fresh
+        self._booked_j[inst.id] = inst.energy_j
 
 
 def _expected_output(cls: LengthClass, edges: ClassEdges) -> int:

@@ -382,4 +382,5 @@ class Emulator:
             power_w=self.power_w,
             speed=self.settings.speed,
             finished=dict(self._ended),
+            sleep_state="weights_offloaded" if self.is_sleeping() else "awake",
         )

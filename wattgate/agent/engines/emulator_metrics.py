@@ -2,8 +2,8 @@
 
 Names, types and the ``model_name`` label are vLLM V1's (``vllm:num_requests_running``,
 ``vllm:kv_cache_usage_perc``, ``vllm:prompt_tokens_total``, ``vllm:request_success_total`` by
-``finished_reason``, ``vllm:time_to_first_token_seconds``, ...), so what scrapes a vLLM instance
-scrapes this one; ``wattgate_sim_*`` add the emulator's own gauges (load, clock, modelled power, speed).
+``finished_reason``, ``vllm:time_to_first_token_seconds``, ``vllm:engine_sleep_state``, ...), so what scrapes
+a vLLM instance scrapes this one; ``wattgate_sim_*`` add the emulator's own gauges (load, clock, modelled power, speed).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
                 40.0, 80.0)  # fmt: skip
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
                    240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+# vLLM's ``vllm:engine_sleep_state`` label values: level-1 sleep offloads weights, level 2 discards them
+SLEEP_STATES = ("awake", "weights_offloaded", "discard_all")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Snapshot:
     power_w: float
     speed: float
     finished: Mapping[str, int] = field(default_factory=dict)  # by finished_reason: stop, length, abort
+    sleep_state: str = "awake"  # vLLM's sleep_state label: awake, or weights_offloaded asleep at level 1
 
 
 class EmulatorMetrics:
@@ -120,3 +123,11 @@ class _Live:
         for reason in ("stop", "length", "abort"):
             done.add_metric([name, reason], float(s.finished.get(reason, 0)))
         yield done
+        sleep = GaugeMetricFamily(
+            "vllm:engine_sleep_state",
+            "Engine sleep state; awake = 0 means engine is sleeping.",
+            labels=["model_name", "sleep_state"],
+        )
+        for state in SLEEP_STATES:
+            sleep.add_metric([name, state], float(state == s.sleep_state))
+        yield sleep
