@@ -197,3 +197,37 @@ def test_a_replica_without_redis_splits_over_its_own_requests_and_says_so() -> N
             server.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_replica_gone_silent_stops_holding_the_others_books() -> None:
+    """Replica b has a request open on the instance and then stops (crashed): its watermark holds a's books
+    until it is older than REPLICA_LIVE_S, then a settles every second (b's request's, unpublished, as idle)."""
+    server = EmbeddedRedis().start()
+    stores = [RedisStore(server.url, Keys("t"), GatewayMetrics(), buffer=100) for _ in range(2)]
+    a, b = (EnergyMeter(s.metrics, carbon=constant(400.0), share=s, replica=f"r{n}") for n, s in enumerate(stores))
+    t0 = float(math.floor(time.time()))
+    labels = {"i1": ("m", "SS")}
+
+    def reading(ts: float) -> None:
+        for m in (a, b):
+            m.apply([InstanceEnergy("i1", "n1", t0 + ts, POWER_W * ts, POWER_W, "modelled", [0])], labels, t0 + ts)
+
+    async def scenario() -> None:
+        try:
+            for ts in (0.0, 1.0, 2.0, 3.0):
+                reading(ts)
+            assert b.start("i1", Work("stuck", "m", "k", "SS", t0 + 0.5, 10)) is not None  # never ends
+            assert await b.tick(t0 + 3.5) == []
+            assert await a.tick(t0 + 3.6) == [] and a.ledgers["i1"].settled_until == t0  # b holds second 0 on
+            for ts in (4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0):
+                reading(ts)
+            assert await a.tick(t0 + 13.0) == []  # b's watermark is 9.5 s old: still live
+            got = await a.tick(t0 + 14.5)  # 11 s old: b no longer holds the books
+            assert a.ledgers["i1"].settled_until == t0 + 14.0
+            assert {x.key for x in got} == {IDLE_KEY} and sum(x.energy_j for x in got) == pytest.approx(14 * POWER_W)
+        finally:
+            for s in stores:
+                await s.close()
+            server.stop()
+
+    asyncio.run(scenario())
