@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -20,7 +21,7 @@ def _duration(value: str) -> None:
 OPTIONS: tuple[Option, ...] = (
     Option(
         "since",
-        text(nonempty=True, check=_duration, label="duration N[s|m|h|d]"),
+        dataclasses.replace(text(nonempty=True, check=_duration, label="duration N[s|m|h|d]"), metavar="DURATION"),
         "24h",
         "window: the last 90s, 30m, 24h, 7d",
         example="30m",
