@@ -34,7 +34,7 @@ REPLICA_LIVE_S = 10.0  # a replica whose watermark is older than this no longer 
 
 
 class EnergyShare(Protocol):
-    """Where replicas meet (``GatewayStore``): their work per second, watermarks and idle claims."""
+    """Where replicas meet (``store.RedisStore``): their work per second, watermarks and idle claims."""
 
     async def share_energy_work(
         self,
