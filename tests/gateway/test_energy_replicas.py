@@ -23,9 +23,10 @@ from wattgate.carbon import constant, parse_carbon
 from wattgate.embedded_redis import EmbeddedRedis
 from wattgate.gateway.energy import Booking, Work
 from wattgate.gateway.energy_meter import EnergyMeter
+from wattgate.gateway.energy_report import aggregate, to_table
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.gateway.state import GatewayState
-from wattgate.gateway.store import RedisStore, publish_instance
+from wattgate.gateway.store import RedisStore, publish_instance, read_energy_minutes
 from wattgate.planner.contract import IDLE_KEY, InstanceEnergy, InstanceRecord, Keys
 
 KEYS = Keys()
@@ -149,7 +150,7 @@ def test_a_replica_without_redis_splits_over_its_own_requests_and_says_so() -> N
     server = EmbeddedRedis().start()
     metrics = GatewayMetrics()
     store = RedisStore(server.url, Keys("t"), metrics, buffer=100, timeout_s=0.5)
-    meter = EnergyMeter(metrics, carbon=constant(400.0), max_open_s=60.0, prefill_weight=0.0, share=store)
+    meter = EnergyMeter(metrics, carbon=constant(400.0), max_open_s=60.0, prefill_weight=0.0, share=store, sink=store)
     t0 = float(math.floor(time.time()))
     labels = {"i1": ("m", "SS")}
 
@@ -192,6 +193,16 @@ def test_a_replica_without_redis_splits_over_its_own_requests_and_says_so() -> N
             assert estimate is not None and estimate.usage()["split"] == "this replica"
             flagged = metrics.energy_local_joules.labels("m", "SS", "modelled")._value.get()
             assert flagged == pytest.approx(2 * POWER_W)
+            back = EmbeddedRedis(port=server.port).start()  # Redis is back: the buffered minutes go out
+            try:
+                assert await store.flush()
+                now = int(time.time())
+                rows = aggregate(await read_energy_minutes(back.url, Keys("t"), now // 60 - 2, now // 60 + 1))
+            finally:
+                back.stop()
+            total = next(r for r in rows if r.key == "(model total)")
+            assert (total.energy_j, total.local_j) == (pytest.approx(5 * POWER_W), pytest.approx(2 * POWER_W))
+            assert "2000.000 J of these were split by a gateway replica" in to_table(rows)  # the report says so
         finally:
             await store.close()
             server.stop()

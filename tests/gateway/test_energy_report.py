@@ -32,6 +32,7 @@ def test_rows_sum_minutes_per_model_key_and_source_with_a_model_total() -> None:
     m2 |= minute(("requests", "llama", a, "measured", 1))
     junk = {"not a field": "1", energy_field("joules", "x", "k", "p", "s", m): "nan?"}
     m2 |= minute(("carbon_g", "llama", a, m, 0.25), ("carbon_g", "llama", IDLE_KEY, m, 0.5))
+    m2 |= minute(("local_j", "llama", a, m, 60.0))  # one replica split these over its own requests alone
     rows = aggregate([m1, m2, junk])
     got = {(r.model, r.key, r.source): (r.energy_j, r.tokens, r.requests, r.j_per_token) for r in rows}
     assert got == {
@@ -45,7 +46,11 @@ def test_rows_sum_minutes_per_model_key_and_source_with_a_model_total() -> None:
     assert total.carbon_g == pytest.approx(0.75)  # as the gateways booked it (each second at its intensity)
     table = to_table(rows)
     assert "J/token" in table and "carbon: modelled" in table and "measured: NVML" in table
-    assert to_csv(rows).splitlines()[0] == "model,key,source,energy_j,tokens,requests,j_per_token,carbon_g"
+    assert "60.000 J of these were split by a gateway replica over its own requests alone" in table
+    lines = to_csv(rows).splitlines()
+    assert lines[0] == "model,key,source,energy_j,tokens,requests,j_per_token,carbon_g,local_split_j"
+    assert "llama,team-a,modelled,160.000,80,3,2.0000,0.2500,60.000" in lines
+    assert "split by a gateway replica" not in to_table([r for r in rows if r.source == "measured"])
 
 
 def test_durations_keys_and_settings() -> None:

@@ -41,6 +41,7 @@ class ReportRow:
     tokens: int
     requests: int
     carbon_g: float  # modelled: as the gateways booked it, at their configured intensity
+    local_j: float = 0.0  # of energy_j, split by a replica over its own requests alone while Redis was away
 
     @property
     def j_per_token(self) -> float | None:
@@ -50,7 +51,7 @@ class ReportRow:
 def aggregate(minutes: Iterable[Mapping[str, str]]) -> list[ReportRow]:
     """Sum the minute hashes per (model, key, source); fields that do not parse are skipped."""
     sums: dict[tuple[str, str, str], list[float]] = {}
-    index = {"joules": 0, "tokens": 1, "requests": 2, "carbon_g": 3}
+    index = {"joules": 0, "tokens": 1, "requests": 2, "carbon_g": 3, "local_j": 4}
     for minute in minutes:
         for raw, value in minute.items():
             try:
@@ -59,13 +60,13 @@ def aggregate(minutes: Iterable[Mapping[str, str]]) -> list[ReportRow]:
             except (ContractError, ValueError):
                 continue
             for k in (key, TOTAL_KEY):
-                cell = sums.setdefault((model, k, source), [0.0, 0.0, 0.0, 0.0])
+                cell = sums.setdefault((model, k, source), [0.0, 0.0, 0.0, 0.0, 0.0])
                 cell[index[name]] += number
-    rows = [ReportRow(m, k, src, j, int(t), int(n), g) for (m, k, src), (j, t, n, g) in sums.items()]
+    rows = [ReportRow(m, k, src, j, int(t), int(n), g, loc) for (m, k, src), (j, t, n, g, loc) in sums.items()]
     return sorted(rows, key=lambda r: (r.model, r.source, r.key == TOTAL_KEY, r.key == IDLE_KEY, r.key))
 
 
-_COLUMNS = ("model", "key", "source", "energy_j", "tokens", "requests", "j_per_token", "carbon_g")
+_COLUMNS = ("model", "key", "source", "energy_j", "tokens", "requests", "j_per_token", "carbon_g", "local_split_j")
 
 
 def _cells(r: ReportRow) -> tuple[str, ...]:
@@ -78,7 +79,7 @@ def to_csv(rows: Iterable[ReportRow]) -> str:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(_COLUMNS)
     for r in rows:
-        w.writerow(_cells(r))
+        w.writerow((*_cells(r), f"{r.local_j:.3f}"))
     return out.getvalue()
 
 
@@ -94,4 +95,10 @@ def to_table(rows: list[ReportRow]) -> str:
         f"second's energy at the gateways' configured intensity for its time; '{IDLE_KEY}': instances' energy "
         "while no request ran"
     )
+    local = sum(r.local_j for r in rows if r.key != TOTAL_KEY)
+    if local > 0:
+        lines.append(
+            f"{local:.3f} J of these were split by a gateway replica over its own requests alone while Redis was "
+            "away: other replicas may have booked the same seconds (CSV: local_split_j)"
+        )
     return "\n".join(lines)

@@ -55,7 +55,8 @@ class RedisStore:
         self._obs: collections.deque[str] = collections.deque()
         self._obs_cap = buffer
         self._load: dict[tuple[int, str], list[int]] = {}
-        self._energy: dict[tuple[int, str, str, str, str, str], list[float]] = {}  # (minute, labels) -> J, tok, req, g
+        # (minute, labels) -> J, tokens, requests, gCO2e, J split locally
+        self._energy: dict[tuple[int, str, str, str, str, str], list[float]] = {}
         self.connected = False
 
     # -- writes (called on the request path: no await, no I/O) --------------------------------
@@ -86,11 +87,12 @@ class RedisStore:
                 if len(self._energy) >= _MAX_LOAD_SLOTS:
                     self._energy.pop(next(iter(self._energy)))
                     self.metrics.redis_dropped.labels("energy").inc()
-                cell = self._energy[key] = [0.0, 0.0, 0.0, 0.0]
+                cell = self._energy[key] = [0.0, 0.0, 0.0, 0.0, 0.0]
             cell[0] += b.energy_j
             cell[1] += b.tokens
             cell[2] += b.requests
             cell[3] += b.carbon_g
+            cell[4] += b.energy_j if b.local else 0.0
 
     @property
     def pending(self) -> int:
@@ -105,10 +107,12 @@ class RedisStore:
         if not load and not batch and not energy:
             return True
         pipe = self.client.pipeline(transaction=False)
-        for (minute, *labels), (joules, tokens, requests, carbon_g) in energy.items():
+        for (minute, *labels), (joules, tokens, requests, carbon_g, local_j) in energy.items():
             key = self.keys.energy_minute(minute)
             pipe.hincrbyfloat(key, energy_field("joules", *labels), joules)
             pipe.hincrbyfloat(key, energy_field("carbon_g", *labels), carbon_g)
+            if local_j:
+                pipe.hincrbyfloat(key, energy_field("local_j", *labels), local_j)
             if requests:
                 pipe.hincrby(key, energy_field("tokens", *labels), int(tokens))
                 pipe.hincrby(key, energy_field("requests", *labels), int(requests))
@@ -129,8 +133,8 @@ class RedisStore:
         except (TimeoutError, RedisError, OSError) as exc:
             self._requeue(load, batch)
             for cell_key, cell in energy.items():
-                mine = self._energy.setdefault(cell_key, [0.0, 0.0, 0.0, 0.0])
-                for n in range(4):
+                mine = self._energy.setdefault(cell_key, [0.0, 0.0, 0.0, 0.0, 0.0])
+                for n in range(5):
                     mine[n] += cell[n]
             self._failed("flush", exc)
             return False

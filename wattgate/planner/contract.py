@@ -71,7 +71,8 @@ HEARTBEAT_TTL_S = 15
 TELEMETRY_TTL_S = 15
 LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
 ENERGY_MINUTE_TTL_S = LOAD_MINUTE_TTL_S
-ENERGY_FIELDS = ("joules", "tokens", "requests", "carbon_g")
+# local_j: joules a replica split over its own requests alone while Redis was away (gateway/energy.py)
+ENERGY_FIELDS = ("joules", "tokens", "requests", "carbon_g", "local_j")
 IDLE_KEY = "(idle)"  # the key label of an instance's idle energy (intervals in which no request ran on it)
 
 
