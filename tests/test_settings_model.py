@@ -76,6 +76,7 @@ def all_options() -> list[tuple[Command, Option]]:
 def test_every_command_is_in_the_model() -> None:
     assert set(COMMANDS) == {
         "gateway",
+        "report",
         "plan",
         "planner",
         "agent",

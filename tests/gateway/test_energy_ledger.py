@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from wattgate.carbon import CarbonIntensity
 from wattgate.gateway.energy import Booking, InstanceLedger, Work
 from wattgate.planner.contract import IDLE_KEY
 
@@ -177,3 +178,54 @@ def test_a_busy_instance_estimates_at_its_recent_joules_per_unit_of_work() -> No
         led.add(w)
     close(busy[0], 9.0, 14, first=8.0)
     assert led.estimate(busy[0], now=9.0) == pytest.approx(14 * 1000 / 700)
+
+
+def test_carbon_is_each_intervals_energy_at_the_intensity_of_its_hour() -> None:
+    series = CarbonIntensity((100.0, 500.0))  # cycled from Monday 00:00 UTC: even unix hours 100, odd ones 500
+    led = InstanceLedger("i1", max_open_s=60.0, carbon=series)
+    led.model, led.pool = "m", "SS"
+    h = 3600.0 * 1000  # an even unix hour: 100 g/kWh until h + 3600, then 500 g/kWh
+    led.reading(h + 3598.0, 0.0, 300.0, "modelled")
+    w = work("w", h + 3598.0, 10)
+    led.add(w)
+    close(w, h + 3602.0, 10)
+    for k, t in enumerate((3599.0, 3600.0, 3601.0, 3602.0, 3603.0), 1):
+        led.reading(h + t, 3.6e6 * k, 300.0, "modelled")  # 1 kWh a second
+    got = {b.request_id or "idle": b for b in led.settle(now=h + 3604.0)}
+    # (3598, 3599], (3599, 3600] at 100 g/kWh; (3600, 3601], (3601, 3602] at 500; the idle (3602, 3603] at 500
+    assert got["w"].energy_j == pytest.approx(4 * 3.6e6) and got["w"].carbon_g == pytest.approx(2 * 100 + 2 * 500)
+    assert got["idle"].carbon_g == pytest.approx(500.0)
+    flat = ledger((0.0, 0.0), (1.0, 3.6e6))  # no intensity given: no carbon booked
+    assert [b.carbon_g for b in flat.settle(now=2.0)] == [0.0]
+
+
+def test_replicas_sharing_work_per_second_book_each_joule_once_whatever_readings_each_saw() -> None:
+    """Two replicas' ledgers of one instance, one of which missed a reading: their requests' shares come from all
+    replicas' work per second (the Redis totals, summed here), idle seconds go to the replica that claimed them."""
+    a, b = ledger((0.0, 0.0), (1.5, 1500.0), (2.5, 2500.0), (4.0, 4000.0)), ledger((0.0, 0.0), (2.5, 2500.0))
+    b.reading(4.0, 4000.0, 300.0, "modelled")
+    wa, wb = work("a1", 0.2, 100), work("b1", 0.5, 100)
+    a.add(wa)
+    b.add(wb)
+    close(wa, 1.2, 100)
+    close(wb, 2.2, 300)
+    assert a.publish(now=5.0) == 5 and b.publish(now=5.0) == 5  # nothing open: every second before now is in
+    totals: dict[int, float] = {}
+    for led in (a, b):
+        for k, v in led.take_unsent().items():
+            totals[k] = totals.get(k, 0.0) + v
+    assert sorted(totals) == [0, 1, 2] and sum(totals.values()) == pytest.approx(600.0)  # prefill weight 1 here
+    assert a.idle_seconds(5.0, totals) == [3] and b.idle_seconds(5.0, totals) == [3]
+    got = a.settle_shared(5.0, 5.0, totals)  # a1 is booked; (2.5, 4] waits: second 3's claim is not known yet
+    assert [x.request_id for x in got] == ["a1"] and a.settled_until == 2.5
+    a.claimed({3: True})
+    b.claimed({3: False})  # the other replica claimed it first
+    got += a.settle_shared(5.0, 5.0, totals) + b.settle_shared(5.0, 5.0, totals)
+    # seconds 0-2 are busy: 3000 J between the two requests by their work in each second; second 3 idle: a's
+    # a1: 200 tokens over [0.2, 1.2] (160 in second 0, 40 in 1); b1: 400 over [0.5, 2.2] (0.5, 1 and 0.2 s of it)
+    b_per_s = 400 / 1.7
+    shares = {"a1": 1000 * 160 / (160 + 0.5 * b_per_s) + 1000 * 40 / (40 + b_per_s), "idle@4": 1000.0}
+    shares["b1"] = 3000.0 - shares["a1"]
+    assert by_request(got) == {k: pytest.approx(v) for k, v in shares.items()}
+    assert sum(x.energy_j for x in got) == pytest.approx(4000.0)  # every joule once over both replicas
+    assert not any(x.local for x in got) and a.settled_until == b.settled_until == 4.0

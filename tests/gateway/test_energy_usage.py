@@ -3,7 +3,6 @@ and not), the observation, the metrics by key, and ``wattgate report`` agreeing 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import hashlib
@@ -20,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.conftest import Servers
 from tests.support import wait_for
-from wattgate.gateway.reportcli import run as report_run
+from wattgate.cli import main as wattgate_main
 from wattgate.gateway.store import publish_instance
 from wattgate.planner.contract import IDLE_KEY, InstanceEnergy, InstanceRecord, Keys, Observation
 
@@ -144,26 +143,29 @@ def test_each_response_carries_its_energy_and_the_books_agree(
         r.close()
     assert all(o.energy_j and o.energy_j > 0 and o.energy_source == "measured" for o in observed)
 
-    def report() -> dict[tuple[str, str], float]:
-        args = argparse.Namespace(since="1h", redis_url=redis_url, redis_prefix=None, carbon_g_per_kwh=None, csv=True)
+    def report() -> dict[tuple[str, str], tuple[float, float]]:
         capsys.readouterr()
-        assert report_run(args) == 0
+        assert wattgate_main(["report", "--since", "1h", "--redis-url", redis_url, "--csv"]) == 0
         rows = csv.DictReader(io.StringIO(capsys.readouterr().out))
-        return {(row["model"], row["key"]): float(row["energy_j"]) for row in rows}
+        return {(row["model"], row["key"]): (float(row["energy_j"]), float(row["carbon_g"])) for row in rows}
 
     agent.stop.set()  # no more readings: no more intervals to book, the books come to rest
     agent.thread.join()
 
     def agree() -> bool:
         totals: dict[tuple[str, str], float] = {}
-        for labels, value in samples(gw, "wattgate_gateway_energy_joules_total")[0]:
+        grams: dict[tuple[str, str], float] = {}
+        joules, carbon = samples(gw, "wattgate_gateway_energy_joules_total", "wattgate_gateway_carbon_grams_total")
+        for (labels, value), (_, g) in zip(joules, carbon, strict=True):
             k = (labels["model"], labels["key"])
             totals[k] = totals.get(k, 0) + value
+            grams[k] = grams.get(k, 0) + g
         got = report()
         return (
             len(totals) == 3
-            and all(abs(got.get(k, -1) - v) <= 1e-6 * v + 1e-3 for k, v in totals.items())
-            and (abs(got[("fake-model", "(model total)")] - sum(totals.values())) < 1e-3)
+            and all(abs(got.get(k, (-1, 0))[0] - v) <= 1e-6 * v + 1e-3 for k, v in totals.items())
+            and all(abs(got[k][1] - g) <= 1e-6 * g + 1e-4 for k, g in grams.items())
+            and (abs(got[("fake-model", "(model total)")][0] - sum(totals.values())) < 1e-3)
         )
 
     wait_for(agree, "wattgate report to agree with the gateway's metrics", timeout_s=10)

@@ -21,6 +21,8 @@ from wattgate.planner.contract import (
 def test_instance_energy_round_trips_through_a_real_redis_with_its_source(redis_url: str) -> None:
     keys = Keys("t")
     assert keys.energy == "t:v1:energy" and keys.energy_minute(29_000_000) == "t:v1:energy:m:29000000"
+    assert keys.energy_work("i1", 5) == "t:v1:energy:w:i1:5" and keys.energy_marks("i1") == "t:v1:energy:mark:i1"
+    assert keys.energy_idle("i1", 5) == "t:v1:energy:idle:i1:5"
     msg = InstanceEnergy("node1-e0", "node1", 1765080000.25, 812345.5, 1604.2, "measured", [0, 1, 2, 3])
     doc = json.loads(msg.to_json())
     assert doc == {

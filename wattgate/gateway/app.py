@@ -220,11 +220,12 @@ def create_app(
             )
             state.energy = meter = EnergyMeter(
                 state.metrics,
-                carbon_g_per_kwh=settings.energy_carbon_g_per_kwh,
+                carbon=settings.energy_carbon_g_per_kwh,
                 max_open_s=settings.energy_max_open_s,
                 prefill_weight=settings.energy_prefill_weight,
                 key_names=parse_key_names(settings.energy_key_names),
                 sink=store,
+                share=store,  # several replicas split each instance's seconds over all their requests
             )
             energy = meter.run(store.load_energy, state.energy_labels, time.time, settings.energy_interval_s)
             state.tasks.append(asyncio.create_task(energy, name="energy"))

@@ -125,7 +125,7 @@ class GatewayMetrics:
         )
         self.carbon_grams = Counter(
             "wattgate_gateway_carbon_grams",
-            "gCO2e of the booked energy at the configured carbon intensity (modelled)",
+            "gCO2e of the booked energy: each interval's at the configured carbon intensity of its time (modelled)",
             energy,
             registry=r,
         )
@@ -133,6 +133,13 @@ class GatewayMetrics:
             "wattgate_gateway_energy_settled_until_seconds",
             "Unix time up to which an instance's energy is booked (its last settled counter reading)",
             ["instance"],
+            registry=r,
+        )
+        self.energy_local_joules = Counter(
+            "wattgate_gateway_energy_local_split_joules",
+            "Energy this replica booked while Redis was unreachable, split over its own requests alone (other "
+            "gateway replicas may have booked the same intervals); part of wattgate_gateway_energy_joules",
+            ["model", "pool", "source"],
             registry=r,
         )
         self.energy_gaps = Counter(
@@ -161,10 +168,10 @@ class GatewayMetrics:
     def observe_tbt(self, pool: str, seconds: float) -> None:
         self._child(self.tbt, pool).observe(seconds)
 
-    def book_energy(self, b: Booking, carbon_g_per_kwh: float) -> None:
+    def book_energy(self, b: Booking) -> None:
         labels = (b.model, b.pool, b.key, b.status, b.source)
         self._child(self.energy_joules, *labels).inc(b.energy_j)
-        self._child(self.carbon_grams, *labels).inc(b.energy_j / 3.6e6 * carbon_g_per_kwh)
+        self._child(self.carbon_grams, *labels).inc(b.carbon_g)
         if b.requests:
             self._child(self.energy_tokens, *labels).inc(b.tokens)
             self._child(self.energy_requests, *labels).inc(b.requests)

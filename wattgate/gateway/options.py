@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+from wattgate.carbon import constant
 from wattgate.settings import common as c
 from wattgate.settings.kinds import Kind, boolean, choice, custom, integer, listof, number, text
 from wattgate.settings.model import Option
@@ -282,7 +283,14 @@ OPTIONS: tuple[Option, ...] = (
         default_text="none",
         example="key-0123456789ab=team-a",
     ),
-    _opt("energy_carbon_g_per_kwh", number(0.0), 475.0, "carbon intensity of the energy attributed (gCO2e per kWh)"),
+    Option(
+        "energy_carbon_g_per_kwh",
+        c.carbon_kind(),
+        constant(475.0),
+        "carbon intensity of the energy attributed (gCO2e per kWh): a number, or a file of hourly values cycled "
+        "from Monday 00:00 UTC (24 values: the UTC hours of a day); each second at the intensity of its hour",
+        example="300",
+    ),
     _opt(
         "energy_prefill_weight",
         number(0.0),

@@ -2,65 +2,77 @@
 
 from __future__ import annotations
 
-import argparse
-import os
+import dataclasses
 import sys
 from typing import Any
 
-
-def register(subparsers: Any) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "report",
-        help="energy, tokens, J/token and carbon per model and API key",
-        description="Sum the energy the gateways attributed to requests (and to idle instances) per model and API "
-        "key over a time window, from Redis. Figures are settled bookings: a request is counted once its last "
-        "energy interval closed (a second or so after it ended).",
-    )
-    p.add_argument("--since", default="24h", metavar="DURATION", help="window: the last 90s, 30m, 24h (default), 7d")
-    p.add_argument("--redis-url", help="redis://host:port/db (env WATTGATE_REDIS_URL)")
-    p.add_argument("--redis-prefix", default=None, help="key prefix of the deployment (default wg)")
-    p.add_argument(
-        "--carbon-g-per-kwh",
-        type=float,
-        default=None,
-        help="carbon intensity for the gCO2e column (env WATTGATE_ENERGY_CARBON_G_PER_KWH; default 475)",
-    )
-    p.add_argument("--csv", action="store_true", help="CSV on stdout instead of a table")
-    p.set_defaults(func=run)
+from wattgate.settings import common as c
+from wattgate.settings.kinds import boolean, text
+from wattgate.settings.model import Command, Option, Values
+from wattgate.settings.parse import add_command
 
 
-def run(args: argparse.Namespace) -> int:
-    import asyncio  # noqa: PLC0415  (subcommand modules import only argparse at module level)
+def _duration(value: str) -> None:
+    from wattgate.gateway.energy_report import parse_duration_s  # noqa: PLC0415  (only when one is given)
+
+    parse_duration_s(value)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "since",
+        dataclasses.replace(text(nonempty=True, check=_duration, label="duration N[s|m|h|d]"), metavar="DURATION"),
+        "24h",
+        "window: the last 90s, 30m, 24h, 7d",
+        example="30m",
+    ),
+    c.REDIS_URL,
+    c.REDIS_PREFIX,
+    Option("csv", boolean(), False, "CSV on stdout instead of a table"),
+)
+
+
+def run(args: Values) -> int:
+    import asyncio  # noqa: PLC0415  (command modules import only the settings model at module level)
     import time  # noqa: PLC0415
 
-    from wattgate.gateway.energy_report import ReportError, aggregate, parse_duration_s, to_csv, to_table  # noqa: PLC0415
+    from wattgate.gateway.energy_report import aggregate, parse_duration_s, to_csv, to_table  # noqa: PLC0415
     from wattgate.gateway.store import read_energy_minutes  # noqa: PLC0415
-    from wattgate.planner.contract import DEFAULT_PREFIX, Keys  # noqa: PLC0415
+    from wattgate.planner.contract import Keys  # noqa: PLC0415
 
-    url = args.redis_url or os.environ.get("WATTGATE_REDIS_URL")
-    if not url:
-        sys.stderr.write("wattgate report: give --redis-url (or WATTGATE_REDIS_URL)\n")
-        return 2
-    try:
-        window_s = parse_duration_s(args.since)
-        carbon = args.carbon_g_per_kwh
-        if carbon is None:
-            carbon = float(os.environ.get("WATTGATE_ENERGY_CARBON_G_PER_KWH", "475"))
-    except (ReportError, ValueError) as exc:
-        sys.stderr.write(f"wattgate report: {exc}" + "\n")
-        return 2
-    prefix = args.redis_prefix or os.environ.get("WATTGATE_REDIS_PREFIX") or DEFAULT_PREFIX
+    url = args.redis_url or c.DEFAULT_REDIS_URL
+    window_s = parse_duration_s(args.since)  # checked when the settings were parsed
     now = time.time()
     try:
-        minutes = asyncio.run(read_energy_minutes(url, Keys(prefix), int(now - window_s) // 60, int(now) // 60))
+        minutes = asyncio.run(
+            read_energy_minutes(url, Keys(args.redis_prefix), int(now - window_s) // 60, int(now) // 60)
+        )
     except ConnectionError as exc:
         sys.stderr.write(f"wattgate report: {exc}" + "\n")
         return 1
-    rows = aggregate(minutes, carbon)
+    rows = aggregate(minutes)
     if args.csv:
         sys.stdout.write(to_csv(rows))
     elif not rows:
-        sys.stdout.write(f"no attributed energy in the last {args.since} (prefix {prefix})" + "\n")
+        sys.stdout.write(f"no attributed energy in the last {args.since} (prefix {args.redis_prefix})" + "\n")
     else:
-        sys.stdout.write(to_table(rows, carbon) + "\n")
+        sys.stdout.write(to_table(rows) + "\n")
     return 0
+
+
+REPORT = Command(
+    "report",
+    "energy, tokens, J/token and carbon per model and API key",
+    OPTIONS,
+    run,
+    "Sum the energy (and carbon) the gateways attributed to requests and to idle instances per model and API key "
+    "over a time window, from Redis. Figures are settled bookings: a request is counted once its last energy "
+    "interval closed (a second or two after it ended). The source column says measured (NVML) or modelled "
+    "(simulated GPUs).",
+)
+COMMANDS = (REPORT,)
+
+
+def register(subparsers: Any) -> None:
+    for command in COMMANDS:
+        add_command(subparsers, command)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from wattgate.carbon import CarbonError, CarbonIntensity, constant, parse_carbon
 from wattgate.gateway.errors import ConfigError
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, ProfilesError, RequestType
 from wattgate.settings.common import redact_url
@@ -94,7 +95,7 @@ class GatewaySettings:
     # labelled by their hash), the carbon intensity (gCO2e per kWh) and how long a request may hold its
     # instance's intervals open before they settle with its work so far
     energy_key_names: tuple[str, ...] = ()
-    energy_carbon_g_per_kwh: float = 475.0
+    energy_carbon_g_per_kwh: CarbonIntensity = field(default_factory=lambda: constant(475.0))  # or a series
     energy_max_open_s: float = 600.0
     energy_prefill_weight: float = 0.1  # a prompt token's work against an output token's (bench/energy_attribution.py)
     energy_interval_s: float = 1.0
@@ -146,8 +147,12 @@ def _validate(s: GatewaySettings) -> None:
             raise ConfigError(f"forward_headers: {name!r} is not a header name")
     if s.protect_metrics and not (s.api_keys or s.admin_api_keys):
         raise ConfigError("protect_metrics needs api_keys or admin_api_keys")
-    if not (s.energy_carbon_g_per_kwh >= 0 and s.energy_prefill_weight >= 0):
-        raise ConfigError("energy_carbon_g_per_kwh and energy_prefill_weight must be >= 0")
+    try:  # a number or a file's path (tests, embedding) becomes the intensity the option parser gives
+        object.__setattr__(s, "energy_carbon_g_per_kwh", parse_carbon(s.energy_carbon_g_per_kwh))
+    except CarbonError as exc:
+        raise ConfigError(f"energy_carbon_g_per_kwh: {exc}") from None
+    if not s.energy_prefill_weight >= 0:
+        raise ConfigError("energy_prefill_weight must be >= 0")
     if not (s.energy_max_open_s > 0 and s.energy_interval_s > 0):
         raise ConfigError("energy_max_open_s and energy_interval_s must be > 0")
     for item in s.energy_key_names:

@@ -12,7 +12,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
 import redis.asyncio as aioredis
@@ -55,7 +55,8 @@ class RedisStore:
         self._obs: collections.deque[str] = collections.deque()
         self._obs_cap = buffer
         self._load: dict[tuple[int, str], list[int]] = {}
-        self._energy: dict[tuple[int, str, str, str, str, str], list[float]] = {}  # (minute, labels) -> J, tok, req
+        # (minute, labels) -> J, tokens, requests, gCO2e, J split locally
+        self._energy: dict[tuple[int, str, str, str, str, str], list[float]] = {}
         self.connected = False
 
     # -- writes (called on the request path: no await, no I/O) --------------------------------
@@ -86,10 +87,12 @@ class RedisStore:
                 if len(self._energy) >= _MAX_LOAD_SLOTS:
                     self._energy.pop(next(iter(self._energy)))
                     self.metrics.redis_dropped.labels("energy").inc()
-                cell = self._energy[key] = [0.0, 0.0, 0.0]
+                cell = self._energy[key] = [0.0, 0.0, 0.0, 0.0, 0.0]
             cell[0] += b.energy_j
             cell[1] += b.tokens
             cell[2] += b.requests
+            cell[3] += b.carbon_g
+            cell[4] += b.energy_j if b.local else 0.0
 
     @property
     def pending(self) -> int:
@@ -104,9 +107,12 @@ class RedisStore:
         if not load and not batch and not energy:
             return True
         pipe = self.client.pipeline(transaction=False)
-        for (minute, *labels), (joules, tokens, requests) in energy.items():
+        for (minute, *labels), (joules, tokens, requests, carbon_g, local_j) in energy.items():
             key = self.keys.energy_minute(minute)
             pipe.hincrbyfloat(key, energy_field("joules", *labels), joules)
+            pipe.hincrbyfloat(key, energy_field("carbon_g", *labels), carbon_g)
+            if local_j:
+                pipe.hincrbyfloat(key, energy_field("local_j", *labels), local_j)
             if requests:
                 pipe.hincrby(key, energy_field("tokens", *labels), int(tokens))
                 pipe.hincrby(key, energy_field("requests", *labels), int(requests))
@@ -127,8 +133,8 @@ class RedisStore:
         except (TimeoutError, RedisError, OSError) as exc:
             self._requeue(load, batch)
             for cell_key, cell in energy.items():
-                mine = self._energy.setdefault(cell_key, [0.0, 0.0, 0.0])
-                for n in range(3):
+                mine = self._energy.setdefault(cell_key, [0.0, 0.0, 0.0, 0.0, 0.0])
+                for n in range(5):
                     mine[n] += cell[n]
             self._failed("flush", exc)
             return False
@@ -188,6 +194,110 @@ class RedisStore:
                 out.append(InstanceEnergy.from_json(value))
             except ContractError as exc:
                 log.warning("ignoring energy counter %s: %s", key, exc)
+        return out
+
+    # -- energy work shared by gateway replicas (gateway/energy.py, settle_shared) -----------------------
+    async def share_energy_work(
+        self,
+        replica: str,
+        now: float,
+        ttl_s: int,
+        live_s: float,
+        *,
+        unsent: Mapping[str, Mapping[int, float]],
+        marks: Mapping[str, int],
+        windows: Mapping[str, tuple[int, int]],
+    ) -> dict[str, tuple[int, dict[int, float]]] | None:
+        """In one transaction: add this replica's work per second (``unsent``), set its watermarks, and read back
+        per instance of ``windows`` the lowest watermark of the replicas that wrote one within ``live_s`` and all
+        replicas' work per second over the window. None while Redis is away (nothing was written then)."""
+        if not marks and not windows:
+            return {}  # no instance metered: nothing to say, nothing to read (and Redis not asked)
+        k = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        for iid, work in unsent.items():
+            minutes = set()
+            for second, value in work.items():
+                pipe.hincrbyfloat(k.energy_work(iid, second // 60), str(second), value)
+                minutes.add(second // 60)
+            for minute in minutes:
+                pipe.expire(k.energy_work(iid, minute), ttl_s)
+        for iid, mark in marks.items():
+            pipe.hset(k.energy_marks(iid), replica, f"{mark} {now:.3f}")
+            pipe.expire(k.energy_marks(iid), ttl_s)
+        order = list(windows)
+        for iid in order:
+            pipe.hgetall(k.energy_marks(iid))
+            lo, hi = windows[iid]
+            for minute in range(lo // 60, hi // 60 + 1):
+                pipe.hgetall(k.energy_work(iid, minute))
+        try:
+            got = await pipe.execute()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("energy share", exc)
+            return None
+        self._ok()
+        got = got[len(got) - sum(2 + hi // 60 - lo // 60 for lo, hi in windows.values()) :]
+        out: dict[str, tuple[int, dict[int, float]]] = {}
+        stale: list[tuple[str, bytes]] = []
+        at = 0
+        for iid in order:
+            lo, hi = windows[iid]
+            lowest: int | None = None
+            for who, raw in got[at].items():
+                try:
+                    mark_s, ts_s = raw.decode().split()
+                    mark, ts = int(mark_s), float(ts_s)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                if ts < now - live_s:  # a replica gone: its work stays, its watermark no longer holds the books
+                    if ts < now - ttl_s:
+                        stale.append((iid, who))
+                    continue
+                lowest = mark if lowest is None else min(lowest, mark)
+            totals: dict[int, float] = {}
+            for n in range(1 + hi // 60 - lo // 60):
+                for second, value in got[at + 1 + n].items():
+                    with contextlib.suppress(ValueError):
+                        totals[int(second)] = float(value)
+            at += 2 + hi // 60 - lo // 60
+            out[iid] = (lowest if lowest is not None else marks.get(iid, lo), totals)
+        for iid, who in stale:
+            with contextlib.suppress(TimeoutError, RedisError, OSError):
+                await self.client.hdel(k.energy_marks(iid), who)
+        return out
+
+    async def claim_idle_seconds(
+        self, replica: str, ttl_s: int, seconds: Mapping[str, Iterable[int]]
+    ) -> dict[str, dict[int, bool]] | None:
+        """Claim each idle second for this replica unless another has (HSETNX): second -> whether it is ours.
+        None while Redis is away."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        asked: list[tuple[str, int, int]] = []  # instance, second, index of its HGET in the pipeline
+        n = 0
+        for iid, ks in seconds.items():
+            minutes = set()
+            for second in ks:
+                pipe.hsetnx(k.energy_idle(iid, second // 60), str(second), replica)
+                pipe.hget(k.energy_idle(iid, second // 60), str(second))
+                asked.append((iid, second, n + 1))
+                n += 2
+                minutes.add(second // 60)
+            for minute in minutes:
+                pipe.expire(k.energy_idle(iid, minute), ttl_s)
+                n += 1
+        if not asked:
+            return {}
+        try:
+            got = await pipe.execute()
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed("energy idle claim", exc)
+            return None
+        out: dict[str, dict[int, bool]] = {}
+        for iid, second, at in asked:
+            owner = got[at]
+            out.setdefault(iid, {})[second] = isinstance(owner, bytes) and owner.decode() == replica
         return out
 
     # -- the planner's plan ---------------------------------------------------------------------

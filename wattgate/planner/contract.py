@@ -34,7 +34,10 @@ Keys (``{p}`` is the configurable prefix, ``wg`` by default):
 | ``{p}:v1:node:{node}:telemetry`` | string, TTL | agents | ``NodeTelemetry`` |
 | ``{p}:v1:nodes`` | set | agents | node names ever seen |
 | ``{p}:v1:energy`` | hash | agents | instance id -> ``InstanceEnergy`` (its GPUs' energy counter, every second) |
-| ``{p}:v1:energy:m:{unix_minute}`` | hash, TTL 8 days | gateways | booked joules, tokens, requests (``energy_field``) |
+| ``{p}:v1:energy:w:{instance}:{unix_minute}`` | hash, TTL | gateways | unix second -> all replicas' work on it |
+| ``{p}:v1:energy:mark:{instance}`` | hash | gateways | replica -> "SECOND TS": its work before SECOND is in |
+| ``{p}:v1:energy:idle:{instance}:{unix_minute}`` | hash, TTL | gateways | unix second -> the replica booking its idle |
+| ``{p}:v1:energy:m:{unix_minute}`` | hash, TTL 8 d | gateways | J, tokens, requests, gCO2e booked (``energy_field``) |
 | ``{p}:v1:classifier:model`` | string | classifier retrain | the current classifier model document (JSON) |
 | ``{p}:v1:classifier:version`` | counter | classifier retrain | its version, watched by gateways |
 """
@@ -68,7 +71,8 @@ HEARTBEAT_TTL_S = 15
 TELEMETRY_TTL_S = 15
 LOAD_FIELDS = ("requests", "input_tokens", "output_tokens")
 ENERGY_MINUTE_TTL_S = LOAD_MINUTE_TTL_S
-ENERGY_FIELDS = ("joules", "tokens", "requests")
+# local_j: joules a replica split over its own requests alone while Redis was away (gateway/energy.py)
+ENERGY_FIELDS = ("joules", "tokens", "requests", "carbon_g", "local_j")
 IDLE_KEY = "(idle)"  # the key label of an instance's idle energy (intervals in which no request ran on it)
 
 
@@ -135,6 +139,15 @@ class Keys:
 
     def energy_minute(self, unix_minute: int) -> str:
         return self._k("energy", "m", unix_minute)
+
+    def energy_work(self, instance: str, unix_minute: int) -> str:
+        return self._k("energy", "w", instance, unix_minute)
+
+    def energy_marks(self, instance: str) -> str:
+        return self._k("energy", "mark", instance)
+
+    def energy_idle(self, instance: str, unix_minute: int) -> str:
+        return self._k("energy", "idle", instance, unix_minute)
 
     @property
     def classifier_model(self) -> str:

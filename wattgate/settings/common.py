@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from wattgate.carbon import CarbonError, CarbonIntensity, parse_carbon
 from wattgate.profiles.classes import LENGTH_CLASSES, POOL_NAMES, ClassEdges, ProfilesError, SloTargets
 from wattgate.servingmodel.arch import ARCHITECTURES
 from wattgate.settings.kinds import Kind, boolean, choice, custom, integer, listof, number, optional, path, text
@@ -264,6 +265,19 @@ ENGINE_CALIBRATION = Option(
     "(the vLLM V0 engine of the DynamoLLM characterization)",
     aliases=("--engine",),
 )
+
+
+def _carbon(raw: Any) -> CarbonIntensity:
+    try:
+        return parse_carbon(raw)
+    except CarbonError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def carbon_kind() -> Kind:
+    """A carbon intensity (``wattgate.carbon``): a number of gCO2e/kWh or a file of hourly values, read and checked
+    when the settings are parsed, so a missing file or a bad row stops the command at start-up."""
+    return custom("gCO2e/kWh >= 0, or a file of hourly values", _carbon, lambda v: v.show(), metavar="G_PER_KWH|FILE")
 
 
 def node_list(spec: str, gpus_per_node: int) -> tuple[tuple[str, int], ...]:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from wattgate.simulate.fleet import FixedFleet
 
+from wattgate.carbon import constant
 from wattgate.settings import common as c
 from wattgate.settings.kinds import boolean, choice, number, optional, text
 from wattgate.settings.model import Command, Option, Values
@@ -107,8 +108,8 @@ OPTIONS: tuple[Option, ...] = (
     c.SEED,
     Option(
         "carbon_g_per_kwh",
-        text(nonempty=True),
-        "400",
+        c.carbon_kind(),
+        constant(400.0),
         "grid carbon intensity in g/kWh, or a file with one value per hour from the trace start (cycled)",
         example="300",
     ),
@@ -142,7 +143,6 @@ def run(args: Values) -> int:
             requests = tile_days(requests, args.days, args.diurnal_low, args.seed)
         if args.scale != 1.0:
             requests = scale(requests, args.scale, args.seed)
-        carbon = _carbon(args.carbon_g_per_kwh)
         for name, v in (
             ("--gpu-hour-price", args.gpu_hour_price),
             ("--energy-price", args.energy_price),
@@ -173,12 +173,7 @@ def run(args: Values) -> int:
     except (SimulateError, ProfilesError, ServingModelError) as exc:
         print(f"wattgate simulate: error: {exc}", file=sys.stderr)
         return 2
-    prices = Prices(
-        carbon[0] if len(carbon) == 1 else 0.0,
-        args.gpu_hour_price,
-        args.energy_price,
-        carbon if len(carbon) > 1 else (),
-    )
+    prices = Prices(args.carbon_g_per_kwh, args.gpu_hour_price, args.energy_price)
     meta = {
         "traces": list(args.trace),
         "requests": len(requests),
@@ -235,25 +230,6 @@ def _fleet(args: Values) -> FixedFleet | None:
     if args.gpus is not None:
         raise SimulateError("--gpus and --fixed-fleet: the fixed fleet's nodes are the cluster, drop --gpus")
     return fleet
-
-
-def _carbon(spec: str) -> tuple[float, ...]:
-    """A number, or a file of one number per line (hourly intensities); all >= 0."""
-    from pathlib import Path
-
-    from wattgate.simulate.trace import SimulateError
-
-    try:
-        if Path(spec).is_file():
-            text = Path(spec).read_text(encoding="utf-8")
-            values = tuple(float(x) for x in text.replace(",", "\n").split() if x.strip())
-        else:
-            values = (float(spec),)
-    except (OSError, ValueError) as exc:
-        raise SimulateError(f"--carbon-g-per-kwh: expected a number or a file of hourly numbers ({exc})") from exc
-    if not values or min(values) < 0:
-        raise SimulateError("--carbon-g-per-kwh: intensities must be numbers >= 0")
-    return values
 
 
 COMMAND = Command(

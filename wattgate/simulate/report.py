@@ -11,11 +11,12 @@ oracle at no lower attainment is flagged: the oracle is meant as a floor.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from wattgate.carbon import CarbonIntensity, constant
 from wattgate.profiles.classes import REQUEST_TYPES, SloTargets
 from wattgate.simulate.engine import Result
 
@@ -24,19 +25,15 @@ SOURCE = "modelled (serving model), not measured"
 
 @dataclass(frozen=True)
 class Prices:
-    carbon_g_per_kwh: float = 400.0
+    carbon: CarbonIntensity = field(default_factory=lambda: constant(400.0))  # a series: hourly from the start
     gpu_hour_price: float = 2.0
     energy_price_per_kwh: float = 0.10
-    carbon_hourly_g_per_kwh: tuple[float, ...] = ()  # a series, one value per hour from the start, cycled
 
     def carbon_kg(self, power_w: Sequence[float]) -> float:
         """Operational carbon of a per-second power series: each hour's energy at that hour's intensity."""
-        if not self.carbon_hourly_g_per_kwh:
-            return sum(power_w) / 3.6e6 * self.carbon_g_per_kwh / 1e3
-        series = self.carbon_hourly_g_per_kwh
         total = 0.0
         for h in range(0, len(power_w), 3600):
-            total += sum(power_w[h : h + 3600]) / 3.6e6 * series[(h // 3600) % len(series)]
+            total += sum(power_w[h : h + 3600]) / 3.6e6 * self.carbon.at_hour(h // 3600)
         return total / 1e3
 
 
@@ -160,7 +157,9 @@ def document(results: Sequence[Result], slo: SloTargets, prices: Prices, meta: d
         "baseline": base.name if base is not None else None,
         **meta,
         "prices": {
-            "carbon_g_per_kwh": list(prices.carbon_hourly_g_per_kwh) or prices.carbon_g_per_kwh,
+            "carbon_g_per_kwh": prices.carbon.hourly_g_per_kwh[0]
+            if prices.carbon.constant
+            else list(prices.carbon.hourly_g_per_kwh),
             "gpu_hour_price": prices.gpu_hour_price,
             "energy_price_per_kwh": prices.energy_price_per_kwh,
         },
