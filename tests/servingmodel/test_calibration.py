@@ -14,7 +14,7 @@ from tests.support import SHARED_DATA, needs_shared
 from wattgate.servingmodel.calibration import Calibration, ServingModel, load_calibration, read_calibration
 from wattgate.servingmodel.errors import ServingModelError
 from wattgate.servingmodel.fit import below_knee, bench_outcome, knee_rate
-from wattgate.servingmodel.kernels import kernel_origin
+from wattgate.servingmodel.kernels import kernel_curves, kernel_origin
 from wattgate.servingmodel.measured import read_benchmark, read_characterization
 
 PROFILES = SHARED_DATA / "profiles"
@@ -44,6 +44,22 @@ def test_kernel_data_keeps_its_origin_and_licence() -> None:
     origin = kernel_origin()
     assert origin["licence"] == "Apache-2.0" and "aiconfigurator-core" in origin["package"]
     assert "NVIDIA" in origin["copyright"]
+
+
+@pytest.mark.parametrize("tp", [2, 4, 8])
+def test_all_reduce_data_is_priced_by_bytes_at_nvlink_bandwidths(tp: int) -> None:
+    """aiconfigurator's all-reduce tables count 2-byte elements. Read as bytes, an H100 node's NCCL would
+    reach only ~150-220 GB/s of bus bandwidth on large messages; nccl-tests on 8 NVLink-connected H100s
+    report ~350-480 GB/s (NVLink 4: 450 GB/s per direction per GPU). A prefill's 16 MiB all-reduce at TP8
+    takes ~0.1 ms, not the ~0.18 ms of a 32 MiB one."""
+    c = kernel_curves("llama-3.1-70b", tp)
+    assert c.allreduce_bytes is not None and c.allreduce_s is not None
+    size, secs = float(c.allreduce_bytes[-1]), float(c.allreduce_s[-1])
+    assert size >= 256 * 2**20
+    bus_bw = 2 * (tp - 1) / tp * size / secs
+    assert 250e9 < bus_bw < 600e9, bus_bw
+    sixteen_mib = float(dict(zip(c.allreduce_bytes.tolist(), c.allreduce_s.tolist(), strict=True))[16 * 2**20])
+    assert sixteen_mib < 0.15e-3, sixteen_mib
 
 
 def test_malformed_calibration_is_a_clear_error(tmp_path: Path) -> None:
