@@ -36,7 +36,8 @@ def test_shipped_calibration_records_every_fit_and_round_trips(tmp_path: Path) -
 def test_power_model_stays_within_the_board_limit() -> None:
     p = load_calibration().power
     top = p.max_clock_mhz
-    assert 60 < p.idle_gpu_w(800) < p.idle_gpu_w(top) < 200
+    # idle power may not fall as the clock rises (the characterization's fit finds it almost flat)
+    assert 60 < p.idle_gpu_w(800) <= p.idle_gpu_w(top) < 200
     assert p.idle_gpu_w(top) + p.compute_w <= 700 and p.idle_gpu_w(top) + p.memory_w <= 700
 
 
