@@ -16,6 +16,7 @@ from wattgate.servingmodel.errors import ServingModelError
 from wattgate.servingmodel.fit import below_knee, bench_outcome, knee_rate
 from wattgate.servingmodel.kernels import kernel_curves, kernel_origin
 from wattgate.servingmodel.measured import read_benchmark, read_characterization
+from wattgate.servingmodel.validate import validate_benchmark
 
 PROFILES = SHARED_DATA / "profiles"
 
@@ -96,6 +97,22 @@ def test_held_out_70b_curve_tpot_below_the_knee() -> None:
     for rate in (2.0, 6.0, 10.0):
         o = bench_outcome(model, points[rate], seeds=3)
         assert o.tpot_mean_s == pytest.approx(points[rate].tpot_mean_s, rel=0.20), rate
+
+
+@needs_shared("profiles")
+def test_held_out_70b_curve_meets_the_latency_targets_below_the_knee_and_the_knee() -> None:
+    """Validation (issue 13's targets, bench/serving_model_validation.py's table): below the measured knee mean
+    TTFT and mean TPOT within 20%, P99 TTFT within 35%; the modelled knee at the measured rate step. With
+    every all-reduce priced at twice its size (the kernel data's old unit error) P99 TTFT was +42% to +76%
+    from 8 req/s and the knee one step early."""
+    rows, knee_measured, knee_modelled = validate_benchmark(load_calibration(), PROFILES, seeds=5)
+    assert knee_measured == 14.0 and knee_modelled == knee_measured
+    below = [r for r in rows if r.point.rate_rps < knee_measured]
+    assert len(below) == 6
+    for r in below:
+        e = r.errors
+        assert abs(e["ttft_mean"]) <= 0.20 and abs(e["tpot_mean"]) <= 0.20, (r.point.rate_rps, e)
+        assert abs(e["ttft_p99"]) <= 0.35, (r.point.rate_rps, e)
 
 
 @needs_shared("profiles")
