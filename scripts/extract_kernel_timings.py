@@ -36,6 +36,7 @@ SYSTEM = "h100_sxm"
 VLLM = "0.24.0"
 NCCL = "2.27.3"
 TPS = (1, 2, 4, 8)
+ELEMENT_BYTES = 2  # bf16 (custom all-reduce) and half (NCCL): the all-reduce tables count elements
 ORIGIN = {
     "package": "aiconfigurator-core==0.12.0 (PyPI)",
     "licence": "Apache-2.0",
@@ -48,7 +49,8 @@ ORIGIN = {
         "decode_attention": f"systems/data/{SYSTEM}/attention/vllm/{VLLM}/generation_attention_perf.parquet "
         "(vllm_flash_attn_fa3, bf16 KV cache, no sliding window)",
         "allreduce": f"systems/data/{SYSTEM}/comm/vllm/{VLLM}/custom_allreduce_perf.parquet (vllm_graph) and "
-        f"systems/data/{SYSTEM}/comm/nccl/{NCCL}/nccl_perf.parquet (all_reduce, half): the faster of the two",
+        f"systems/data/{SYSTEM}/comm/nccl/{NCCL}/nccl_perf.parquet (all_reduce, half): the faster of the two; "
+        "their message_size is in 2-byte elements, converted to bytes",
     },
     "units": "latency in seconds per call on one GPU; sizes in tokens or bytes",
 }
@@ -100,11 +102,17 @@ def _attention(df: pd.DataFrame, heads: int, kv: int, head_dim: int, col: str) -
 
 
 def _allreduce(custom: pd.DataFrame, nccl: pd.DataFrame, tp: int) -> dict[str, list[float]]:
+    """All-reduce latency by message size in bytes, the faster of the two backends at each size.
+
+    Both tables count ``message_size`` in elements, not bytes: aiconfigurator's NCCL collector stores
+    ``nccl-tests`` bytes // bytes per element, its vLLM collector the element count of the bf16 tensor
+    it all-reduces (``collector/collect_nccl.py``, ``collect_all_reduce.py``). Both are 2-byte types.
+    """
     a = custom[(custom.backend == "vllm_graph") & (custom.num_gpus == tp)].groupby("message_size").latency.median()
     b = nccl[(nccl.op_name == "all_reduce") & (nccl.nccl_dtype == "half") & (nccl.num_gpus == tp)]
     b = b.groupby("message_size").latency.median()
     sizes = sorted(set(a.index) & set(b.index))
-    return {"bytes": [int(s) for s in sizes], "s": [min(a[s], b[s]) / 1e3 for s in sizes]}
+    return {"bytes": [int(s) * ELEMENT_BYTES for s in sizes], "s": [min(a[s], b[s]) / 1e3 for s in sizes]}
 
 
 def extract() -> dict[str, Any]:

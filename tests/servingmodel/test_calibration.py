@@ -14,8 +14,9 @@ from tests.support import SHARED_DATA, needs_shared
 from wattgate.servingmodel.calibration import Calibration, ServingModel, load_calibration, read_calibration
 from wattgate.servingmodel.errors import ServingModelError
 from wattgate.servingmodel.fit import below_knee, bench_outcome, knee_rate
-from wattgate.servingmodel.kernels import kernel_origin
+from wattgate.servingmodel.kernels import kernel_curves, kernel_origin
 from wattgate.servingmodel.measured import read_benchmark, read_characterization
+from wattgate.servingmodel.validate import validate_benchmark
 
 PROFILES = SHARED_DATA / "profiles"
 
@@ -36,7 +37,8 @@ def test_shipped_calibration_records_every_fit_and_round_trips(tmp_path: Path) -
 def test_power_model_stays_within_the_board_limit() -> None:
     p = load_calibration().power
     top = p.max_clock_mhz
-    assert 60 < p.idle_gpu_w(800) < p.idle_gpu_w(top) < 200
+    # idle power may not fall as the clock rises (the characterization's fit finds it almost flat)
+    assert 60 < p.idle_gpu_w(800) <= p.idle_gpu_w(top) < 200
     assert p.idle_gpu_w(top) + p.compute_w <= 700 and p.idle_gpu_w(top) + p.memory_w <= 700
 
 
@@ -44,6 +46,22 @@ def test_kernel_data_keeps_its_origin_and_licence() -> None:
     origin = kernel_origin()
     assert origin["licence"] == "Apache-2.0" and "aiconfigurator-core" in origin["package"]
     assert "NVIDIA" in origin["copyright"]
+
+
+@pytest.mark.parametrize("tp", [2, 4, 8])
+def test_all_reduce_data_is_priced_by_bytes_at_nvlink_bandwidths(tp: int) -> None:
+    """aiconfigurator's all-reduce tables count 2-byte elements. Read as bytes, an H100 node's NCCL would
+    reach only ~150-220 GB/s of bus bandwidth on large messages; nccl-tests on 8 NVLink-connected H100s
+    report ~350-480 GB/s (NVLink 4: 450 GB/s per direction per GPU). A prefill's 16 MiB all-reduce at TP8
+    takes ~0.1 ms, not the ~0.18 ms of a 32 MiB one."""
+    c = kernel_curves("llama-3.1-70b", tp)
+    assert c.allreduce_bytes is not None and c.allreduce_s is not None
+    size, secs = float(c.allreduce_bytes[-1]), float(c.allreduce_s[-1])
+    assert size >= 256 * 2**20
+    bus_bw = 2 * (tp - 1) / tp * size / secs
+    assert 250e9 < bus_bw < 600e9, bus_bw
+    sixteen_mib = float(dict(zip(c.allreduce_bytes.tolist(), c.allreduce_s.tolist(), strict=True))[16 * 2**20])
+    assert sixteen_mib < 0.15e-3, sixteen_mib
 
 
 def test_malformed_calibration_is_a_clear_error(tmp_path: Path) -> None:
@@ -79,6 +97,22 @@ def test_held_out_70b_curve_tpot_below_the_knee() -> None:
     for rate in (2.0, 6.0, 10.0):
         o = bench_outcome(model, points[rate], seeds=3)
         assert o.tpot_mean_s == pytest.approx(points[rate].tpot_mean_s, rel=0.20), rate
+
+
+@needs_shared("profiles")
+def test_held_out_70b_curve_meets_the_latency_targets_below_the_knee_and_the_knee() -> None:
+    """Validation (issue 13's targets, bench/serving_model_validation.py's table): below the measured knee mean
+    TTFT and mean TPOT within 20%, P99 TTFT within 35%; the modelled knee at the measured rate step. With
+    every all-reduce priced at twice its size (the kernel data's old unit error) P99 TTFT was +42% to +76%
+    from 8 req/s and the knee one step early."""
+    rows, knee_measured, knee_modelled = validate_benchmark(load_calibration(), PROFILES, seeds=5)
+    assert knee_measured == 14.0 and knee_modelled == knee_measured
+    below = [r for r in rows if r.point.rate_rps < knee_measured]
+    assert len(below) == 6
+    for r in below:
+        e = r.errors
+        assert abs(e["ttft_mean"]) <= 0.20 and abs(e["tpot_mean"]) <= 0.20, (r.point.rate_rps, e)
+        assert abs(e["ttft_p99"]) <= 0.35, (r.point.rate_rps, e)
 
 
 @needs_shared("profiles")
