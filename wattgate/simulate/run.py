@@ -3,7 +3,8 @@
 Replays of different policies are independent: with ``jobs`` > 1 they run in that many worker processes
 (``Replays``), each replay whole in one process, so its results are the same as in a serial run. The
 policies that do not use the iso-SLO size (all but ``single-pool`` and ``scale-freq``) start while the
-sizing search runs when the cluster's size is given.
+sizing search runs when the cluster's size is given; then the search's own whole replay of the single pool at
+the size it found is the ``single-pool`` result (the same replay: same pool, cluster and trace).
 """
 
 from __future__ import annotations
@@ -269,8 +270,11 @@ def simulate(
             started = time.perf_counter()
             sizing = dataclasses.replace(s, gpus=s.gpus or SIZING_MAX_GPUS)
             env = PlanEnv(model, sizing.gpus or SIZING_MAX_GPUS, s.epoch_s, ForecastSettings(), solver)
-            size_single_pool(len(arrivals), replays, model, env, work, sizing, sim, log)
+            sized = size_single_pool(len(arrivals), replays, model, env, work, sizing, sim, log)
             sim.sizing_wall_s = time.perf_counter() - started
+            if sized is not None and sizing.gpus == s.gpus and "single-pool" in policies:
+                futures["single-pool"] = Future()  # the search replayed it whole on the same cluster already
+                futures["single-pool"].set_result(sized)
         if s.gpus is None:
             gpus = AUTO_GPUS_PER_BASELINE_GPU * 8 * sim.single_pool_instances
             s = dataclasses.replace(s, gpus=max(16, math.ceil(gpus / 8) * 8))
@@ -347,18 +351,22 @@ def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from 
     s: SimSettings,
     sim: Simulation,
     log: Callable[[str], None],
-) -> None:
+) -> Result | None:
     """The fewest static TP8 instances at max clock that keep ``iso_slo_target`` of requests within their
     targets (attainment grows with the pool; a bisection over 1..gpus/8). When even the whole cluster
-    does not reach it, the best size found is kept and flagged."""
+    does not reach it, the best size found is kept and flagged. Returns the single pool's replay at the
+    size found when it ran to the end (a search replay stops once too many requests missed)."""
     spec = POLICIES["single-pool"]
     allowed = int(requests * (1.0 - s.iso_slo_target))
     cache: dict[int, float] = {}
+    whole: dict[int, Result] = {}
 
     def ok(n: int) -> bool:
         if n not in cache:
             e = dataclasses.replace(env, single_pool_instances=n)
             r = replays.here(spec.name, e, s, stop_when_misses_exceed=allowed)
+            if not r.notes:
+                whole[n] = r
             cache[n] = 0.0 if r.notes else attainment(r, s.slo)
             sim.sizing.append((n, cache[n]))
             log(f"single pool of {n} TP8: {'over the miss budget' if r.notes else f'{cache[n]:.2%} within SLO'}")
@@ -371,7 +379,7 @@ def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from 
         if hi == top:
             best = max(cache, key=lambda n: (cache[n], -n))
             sim.single_pool_instances, sim.single_pool_reached_target = best, False
-            return
+            return whole.get(best)
         lo, hi = hi, min(hi * 2, top)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -380,6 +388,7 @@ def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from 
         else:
             lo = mid
     sim.single_pool_instances = hi
+    return whole.get(hi)
 
 
 def _peak_instances(work: Workload, model: Model) -> int:
