@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -187,7 +188,10 @@ class Replays:
 
     def __init__(self, parts: _Parts, jobs: int) -> None:
         self.parts = parts
-        self.pool = ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(parts,)) if jobs > 1 else None
+        self.pool = None
+        if jobs > 1:  # spawned, not forked: safe whatever threads the caller runs (a server, a test suite)
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(jobs, context, initializer=_init_worker, initargs=(parts,))
 
     def submit(
         self, name: str, env: PlanEnv, s: SimSettings, stop_when_misses_exceed: int | None = None
