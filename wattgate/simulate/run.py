@@ -189,7 +189,9 @@ class Replays:
     def __init__(self, parts: _Parts, jobs: int) -> None:
         self.parts = parts
         self.pool = None
-        if jobs > 1:  # spawned, not forked: safe whatever threads the caller runs (a server, a test suite)
+        # spawned, not forked: safe whatever threads the caller runs (a server, a test suite); a script that
+        # calls ``simulate`` with jobs > 1 needs the ``if __name__ == "__main__":`` guard, as spawning requires
+        if jobs > 1:
             context = multiprocessing.get_context("spawn")
             self.pool = ProcessPoolExecutor(jobs, context, initializer=_init_worker, initargs=(parts,))
 
