@@ -170,6 +170,7 @@ class Engine:
         self.time_s = start_s
         self.clock_mhz = clock_mhz
         self._clock_changes: list[tuple[float, int]] = []
+        self._clock_factors: dict[int, tuple[float, float]] = {}
         self.totals = Totals()
         self._g = 0  # decode steps so far
         self._waiting: deque[Request] = deque()
@@ -258,6 +259,13 @@ class Engine:
             return
         bisect.insort(self._clock_changes, (at_s, clock_mhz))
 
+    def _factors(self, clock: int) -> tuple[float, float]:
+        """The clock law's factors (compute, memory) at ``clock``, kept per clock: the hot path asks often."""
+        f = self._clock_factors.get(clock)
+        if f is None:
+            f = self._clock_factors[clock] = self.law.factors(clock)
+        return f
+
     def _clock_at(self, t: float) -> int:
         while self._clock_changes and self._clock_changes[0][0] <= t:
             self.clock_mhz = self._clock_changes.pop(0)[1]
@@ -302,7 +310,7 @@ class Engine:
         if self._pure_decode(s):
             k = self._decode_limit(s, clock)
             if k >= 1:
-                f = self.law.factors(clock)
+                f = self._factors(clock)
                 one = self.cost.decode_run(len(self._decoding), self._kv_read(), 1, f)
                 return s + one.total_s
         d = self._schedule(s, clock, dry=True)
@@ -316,12 +324,22 @@ class Engine:
         clock = self._peek_clock(self.time_s)
         gpus = self.config.tp
         if self._runnable(self.time_s):
-            d = self._schedule(self.time_s, clock, dry=True)
-            if d.time is not None and d.time.total_s > 0:
-                frac = min(extra / d.time.total_s, 1.0)
-                step = StepTime(d.time.compute_s * frac, d.time.memory_s * frac, d.time.overhead_s * frac)
+            now = self._step_time(self.time_s, clock)
+            if now is not None and now.total_s > 0:
+                frac = min(extra / now.total_s, 1.0)
+                step = StepTime(now.compute_s * frac, now.memory_s * frac, now.overhead_s * frac)
                 return self.totals.energy_j + self.power.step_energy_j(step, clock, gpus)
         return self.totals.energy_j + self.power.idle_gpu_w(clock) * gpus * extra
+
+    def _step_time(self, s: float, clock: int) -> StepTime | None:
+        """The time of the step that starts at ``s``, as ``_schedule`` plans it; a decode-only step of the V1
+        scheduler (the usual case: it admits nobody and preempts nobody) without planning one."""
+        n = len(self._decoding)
+        if self.config.scheduler is Scheduler.V1 and self._pure_decode(s) and self._free_tokens() >= n:
+            return self.cost.step(
+                decodes=n, kv_tokens=self._kv_read(), prefill=(), sampled=n, factors=self._factors(clock)
+            )
+        return self._schedule(s, clock, dry=True).time
 
     # -- internals: state --------------------------------------------------------------------
     def _peek_clock(self, t: float) -> int:
@@ -386,7 +404,7 @@ class Engine:
             heapq.heappop(self._finish)
         k = self._finish[0][0] - self._g if self._finish else 1
         k = min(k, self._free_tokens() // n)
-        f = self.law.factors(clock)
+        f = self._factors(clock)
         for t in (self._waiting[0].arrival_s if self._waiting else None, self._next_clock_change()):
             if t is not None and t > s:  # stop at the first step that starts at or after t
                 k = min(k, self.cost.decode_steps_within(n, self._kv_read(), t - s, f) + 1)
@@ -400,7 +418,7 @@ class Engine:
         k = self._decode_limit(s, clock)
         if k < 1:
             return _Run.NO
-        n, f = len(self._decoding), self.law.factors(clock)
+        n, f = len(self._decoding), self._factors(clock)
         if until_s != math.inf:
             k = min(k, self.cost.decode_steps_within(n, self._kv_read(), until_s - s, f))
         if k < 1:
@@ -432,7 +450,7 @@ class Engine:
             kv_tokens=kv,
             prefill=prefill,
             sampled=d.decodes + completing,
-            factors=self.law.factors(clock),
+            factors=self._factors(clock),
         )
         return d
 

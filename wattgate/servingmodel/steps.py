@@ -216,8 +216,15 @@ class StepCost:
         """The most consecutive decode-only steps (as in ``decode_run``) that fit in ``budget_s``."""
         if budget_s <= 0:
             return 0
-        a = self._decode_base(decodes, factors).total_s + self.kv_token_s * factors[1] * kv_tokens
-        b = self.kv_token_s * factors[1] * decodes  # each step reads ``decodes`` more cached tokens
+        base = self._decode_base(decodes, factors)
+        comp, mem, over = base.compute_s, base.memory_s, base.overhead_s
+        kv_s = self.kv_token_s * factors[1]
+
+        def run_s(k: int) -> float:  # decode_run(decodes, kv_tokens, k, factors).total_s, the same arithmetic
+            return comp * k + (mem * k + kv_s * (k * kv_tokens + decodes * k * (k - 1) / 2)) + over * k
+
+        a = base.total_s + kv_s * kv_tokens
+        b = kv_s * decodes  # each step reads ``decodes`` more cached tokens
         # k*a + b*k*(k-1)/2 <= budget: the positive root, then exact on the integers (rounding)
         if b <= 0:
             k = int(budget_s / a)
@@ -225,8 +232,8 @@ class StepCost:
             qb = a - b / 2
             k = int((-qb + math.sqrt(qb * qb + 2 * b * budget_s)) / b)
         k = max(k, 0)
-        while k > 0 and self.decode_run(decodes, kv_tokens, k, factors).total_s > budget_s:
+        while k > 0 and run_s(k) > budget_s:
             k -= 1
-        while self.decode_run(decodes, kv_tokens, k + 1, factors).total_s <= budget_s:
+        while run_s(k + 1) <= budget_s:
             k += 1
         return k

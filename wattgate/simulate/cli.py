@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 from wattgate.carbon import constant
 from wattgate.settings import common as c
-from wattgate.settings.kinds import boolean, choice, number, optional, text
+from wattgate.settings.kinds import boolean, choice, integer, number, optional, text
 from wattgate.settings.model import Command, Option, Values
 from wattgate.settings.parse import add_command
 
@@ -107,6 +107,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     c.SEED,
     Option(
+        "jobs",
+        optional(integer(1)),
+        None,
+        "policies replayed at once, each in its own process (the results do not depend on it)",
+        default_text="the CPUs this process may use",
+        example="2",
+    ),
+    Option(
         "carbon_g_per_kwh",
         c.carbon_kind(),
         constant(400.0),
@@ -132,7 +140,7 @@ def run(args: Values) -> int:
     from wattgate.simulate.confusion import Confusion
     from wattgate.simulate.policies import ABLATION, Calibrated
     from wattgate.simulate.report import Prices, document, table
-    from wattgate.simulate.run import SimSettings, simulate
+    from wattgate.simulate.run import SimSettings, default_jobs, simulate
     from wattgate.simulate.trace import SimulateError, load_trace, scale, speed, tile_days
 
     try:
@@ -169,7 +177,14 @@ def run(args: Values) -> int:
         policies = list(ABLATION) if args.ablation else [p.strip() for p in names.split(",") if p.strip()]
         if not policies:
             raise SimulateError("--policies names no policy")
-        sim = simulate(requests, profile, policies, settings, log=lambda m: print(m, file=sys.stderr, flush=True))
+        sim = simulate(
+            requests,
+            profile,
+            policies,
+            settings,
+            jobs=args.jobs or default_jobs(),
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
     except (SimulateError, ProfilesError, ServingModelError) as exc:
         print(f"wattgate simulate: error: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,23 @@
-"""One simulation: classify the workload (confusion matrix), size the iso-SLO baseline, replay each policy."""
+"""One simulation: classify the workload (confusion matrix), size the iso-SLO baseline, replay each policy.
+
+Replays of different policies are independent: with ``jobs`` > 1 they run in that many worker processes
+(``Replays``), each replay whole in one process, so its results are the same as in a serial run. The
+policies that do not use the iso-SLO size (all but ``single-pool`` and ``scale-freq``) start while the
+sizing search runs when the cluster's size is given; then the search's own whole replay of the single pool at
+the size it found is the ``single-pool`` result (the same replay: same pool, cluster and trace).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
+import os
+import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from wattgate.gateway.routing import DEFAULT_ADMISSION_WINDOW_S
 from wattgate.planner.forecast import PEAK_WINDOW_S, ForecastSettings
@@ -121,6 +133,88 @@ class Simulation:
     single_pool_reached_target: bool
     sizing: list[tuple[int, float]]  # (instances, attainment) tried by the search
     gpus: int = 0  # the cluster replayed
+    sizing_wall_s: float = 0.0  # measured: the iso-SLO search's wall time
+
+
+def default_jobs() -> int:
+    """The CPUs this process may run on: replays at once by default."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What every replay of one simulation shares (handed to each worker process once)."""
+
+    arrivals: Sequence[Arrival]
+    requests: Sequence[Request]
+    serving: ServingModel
+    model: Model
+    work: Workload
+
+
+_WORKER_PARTS: _Parts | None = None  # in a worker process: its simulation's parts
+
+
+def _init_worker(parts: _Parts) -> None:
+    global _WORKER_PARTS  # noqa: PLW0603  (one simulation per worker process, set once at its start)
+    _WORKER_PARTS = parts
+
+
+def _replay_parts(
+    parts: _Parts, name: str, env: PlanEnv, s: SimSettings, stop_when_misses_exceed: int | None
+) -> Result:
+    return _replay(
+        POLICIES[name],
+        parts.arrivals,
+        parts.requests,
+        parts.serving,
+        parts.model,
+        env,
+        parts.work,
+        s,
+        stop_when_misses_exceed=stop_when_misses_exceed,
+    )
+
+
+def _replay_in_worker(name: str, env: PlanEnv, s: SimSettings, stop_when_misses_exceed: int | None) -> Result:
+    assert _WORKER_PARTS is not None, "a worker process without its simulation"
+    return _replay_parts(_WORKER_PARTS, name, env, s, stop_when_misses_exceed)
+
+
+class Replays:
+    """Runs replays: in this process, in order, with ``jobs`` = 1; else in ``jobs`` worker processes
+    (``submit``). The sizing search's replays, one after another, run in this process (``here``) while
+    the workers replay the policies that do not wait for it."""
+
+    def __init__(self, parts: _Parts, jobs: int) -> None:
+        self.parts = parts
+        self.pool = None
+        # spawned, not forked: safe whatever threads the caller runs (a server, a test suite); a script that
+        # calls ``simulate`` with jobs > 1 needs the ``if __name__ == "__main__":`` guard, as spawning requires
+        if jobs > 1:
+            context = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(jobs, context, initializer=_init_worker, initargs=(parts,))
+
+    def submit(
+        self, name: str, env: PlanEnv, s: SimSettings, stop_when_misses_exceed: int | None = None
+    ) -> Future[Result]:
+        if self.pool is not None:
+            return self.pool.submit(_replay_in_worker, name, env, s, stop_when_misses_exceed)
+        done: Future[Result] = Future()
+        done.set_result(self.here(name, env, s, stop_when_misses_exceed))
+        return done
+
+    def here(self, name: str, env: PlanEnv, s: SimSettings, stop_when_misses_exceed: int | None = None) -> Result:
+        return _replay_parts(self.parts, name, env, s, stop_when_misses_exceed)
+
+    def __enter__(self) -> Replays:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=exc is None, cancel_futures=True)
 
 
 def simulate(
@@ -129,19 +223,12 @@ def simulate(
     policies: Sequence[str],
     s: SimSettings | None = None,
     *,
+    jobs: int = 1,
     log: Callable[[str], None] = lambda _: None,
 ) -> Simulation:
+    """Replay ``policies`` (results in their order); ``jobs``: replays at once, in worker processes when > 1."""
     s = s or SimSettings()
-    unknown = [p for p in policies if p not in POLICIES]
-    if unknown:
-        raise SimulateError(f"unknown policy {', '.join(unknown)}; known: {', '.join(POLICIES)}")
-    if not policies:
-        raise SimulateError("no policy to replay")
-    if not requests:
-        raise SimulateError("the workload has no requests")
-    fixed = [p for p in policies if POLICIES[p].fixed]
-    if fixed and s.fleet is None:
-        raise SimulateError(f"polic{'ies' if len(fixed) > 1 else 'y'} {', '.join(fixed)} need(s) --fixed-fleet")
+    _check(requests, policies, s, jobs)
     if s.fleet is not None:  # every policy runs on the fleet's nodes (the managed ones on the same GPUs)
         s = dataclasses.replace(s, gpus=s.fleet.gpus)
     try:
@@ -161,31 +248,65 @@ def simulate(
         reshard_cost_j_per_gpu=start_j,
     )
     sim = Simulation([], 0, True, [])
-    if s.gpus is None or any(POLICIES[p].iso_slo for p in policies):
-        sizing = dataclasses.replace(s, gpus=s.gpus or SIZING_MAX_GPUS)
-        env = PlanEnv(model, sizing.gpus or SIZING_MAX_GPUS, s.epoch_s, ForecastSettings(), solver)
-        size_single_pool(arrivals, serving, model, env, work, sizing, sim, log)
-    if s.gpus is None:
-        gpus = AUTO_GPUS_PER_BASELINE_GPU * 8 * sim.single_pool_instances
-        s = dataclasses.replace(s, gpus=max(16, math.ceil(gpus / 8) * 8))
-        log(f"cluster: {s.gpus} GPUs ({AUTO_GPUS_PER_BASELINE_GPU} x the iso-SLO baseline's)")
-    assert s.gpus is not None
-    sim.gpus = s.gpus
-    env = PlanEnv(
-        model,
-        s.gpus,
-        s.epoch_s,
-        ForecastSettings(),
-        solver,
-        sim.single_pool_instances,
-        s.calibrated,
-        s.fleet.instances if s.fleet is not None else (),
-    )
-    for name in policies:
-        spec = POLICIES[name]
-        log(f"replaying {name}")
-        sim.results.append(_replay(spec, arrivals, requests, serving, model, env, work, s))
+    jobs = min(jobs, len(policies))
+    with Replays(_Parts(arrivals, requests, serving, model, work), jobs) as replays:
+        futures: dict[str, Future[Result]] = {}
+
+        def start(names: Sequence[str], env: PlanEnv, settings: SimSettings) -> None:
+            for name in names:
+                if name not in futures:
+                    log(f"replaying {name}")
+                    futures[name] = replays.submit(name, env, settings)
+
+        def env_of(settings: SimSettings) -> PlanEnv:
+            assert settings.gpus is not None
+            fleet = settings.fleet.instances if settings.fleet is not None else ()
+            return PlanEnv(
+                model,
+                settings.gpus,
+                settings.epoch_s,
+                ForecastSettings(),
+                solver,
+                sim.single_pool_instances,
+                settings.calibrated,
+                fleet,
+            )
+
+        if s.gpus is not None and jobs > 1:  # these do not wait for the iso-SLO size
+            start([p for p in policies if not POLICIES[p].iso_slo], env_of(s), s)
+        if s.gpus is None or any(POLICIES[p].iso_slo for p in policies):
+            started = time.perf_counter()
+            sizing = dataclasses.replace(s, gpus=s.gpus or SIZING_MAX_GPUS)
+            env = PlanEnv(model, sizing.gpus or SIZING_MAX_GPUS, s.epoch_s, ForecastSettings(), solver)
+            sized = size_single_pool(len(arrivals), replays, model, env, work, sizing, sim, log)
+            sim.sizing_wall_s = time.perf_counter() - started
+            if sized is not None and sizing.gpus == s.gpus and "single-pool" in policies:
+                futures["single-pool"] = Future()  # the search replayed it whole on the same cluster already
+                futures["single-pool"].set_result(sized)
+        if s.gpus is None:
+            gpus = AUTO_GPUS_PER_BASELINE_GPU * 8 * sim.single_pool_instances
+            s = dataclasses.replace(s, gpus=max(16, math.ceil(gpus / 8) * 8))
+            log(f"cluster: {s.gpus} GPUs ({AUTO_GPUS_PER_BASELINE_GPU} x the iso-SLO baseline's)")
+        assert s.gpus is not None
+        sim.gpus = s.gpus
+        start(policies, env_of(s), s)
+        sim.results = [futures[name].result() for name in policies]
     return sim
+
+
+def _check(requests: Sequence[Request], policies: Sequence[str], s: SimSettings, jobs: int) -> None:
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise SimulateError(f"unknown policy {', '.join(unknown)}; known: {', '.join(POLICIES)}")
+    if not policies:
+        raise SimulateError("no policy to replay")
+    if not requests:
+        raise SimulateError("the workload has no requests")
+    if jobs < 1:
+        raise SimulateError("--jobs must be >= 1")
+    fixed = [p for p in policies if POLICIES[p].fixed]
+    if fixed and s.fleet is None:
+        raise SimulateError(f"polic{'ies' if len(fixed) > 1 else 'y'} {', '.join(fixed)} need(s) --fixed-fleet")
 
 
 def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
@@ -232,26 +353,30 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
 
 
 def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
-    arrivals: Sequence[Arrival],
-    serving: ServingModel,
+    requests: int,
+    replays: Replays,
     model: Model,
     env: PlanEnv,
     work: Workload,
     s: SimSettings,
     sim: Simulation,
     log: Callable[[str], None],
-) -> None:
+) -> Result | None:
     """The fewest static TP8 instances at max clock that keep ``iso_slo_target`` of requests within their
     targets (attainment grows with the pool; a bisection over 1..gpus/8). When even the whole cluster
-    does not reach it, the best size found is kept and flagged."""
+    does not reach it, the best size found is kept and flagged. Returns the single pool's replay at the
+    size found when it ran to the end (a search replay stops once too many requests missed)."""
     spec = POLICIES["single-pool"]
-    allowed = int(len(arrivals) * (1.0 - s.iso_slo_target))
+    allowed = int(requests * (1.0 - s.iso_slo_target))
     cache: dict[int, float] = {}
+    whole: dict[int, Result] = {}
 
     def ok(n: int) -> bool:
         if n not in cache:
             e = dataclasses.replace(env, single_pool_instances=n)
-            r = _replay(spec, arrivals, [], serving, model, e, work, s, stop_when_misses_exceed=allowed)
+            r = replays.here(spec.name, e, s, stop_when_misses_exceed=allowed)
+            if not r.notes:
+                whole[n] = r
             cache[n] = 0.0 if r.notes else attainment(r, s.slo)
             sim.sizing.append((n, cache[n]))
             log(f"single pool of {n} TP8: {'over the miss budget' if r.notes else f'{cache[n]:.2%} within SLO'}")
@@ -264,7 +389,7 @@ def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from 
         if hi == top:
             best = max(cache, key=lambda n: (cache[n], -n))
             sim.single_pool_instances, sim.single_pool_reached_target = best, False
-            return
+            return whole.get(best)
         lo, hi = hi, min(hi * 2, top)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -273,6 +398,7 @@ def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from 
         else:
             lo = mid
     sim.single_pool_instances = hi
+    return whole.get(hi)
 
 
 def _peak_instances(work: Workload, model: Model) -> int:
