@@ -116,19 +116,25 @@ def fit_residual(  # noqa: PLR0917
     weights: NDArray[np.float64],
     dim: int,
     feature_index: Sequence[int],
+    *,
+    penalties: tuple[float, float] | None = None,
+    balance: float = BALANCE,
 ) -> Residual:
-    """The residual for rows in time order (``offset``: shipped logits; ``slots``: None when no row kept any)."""
+    """The residual for rows in time order (``offset``: shipped logits; ``slots``: None when no row kept any).
+
+    ``penalties``: ``(l2_text, l2_feat)`` as given (else picked on the latest quarter); ``balance``: the
+    class-share exponent of the row weights."""
     f, mean, scale = standardise(x[:, list(feature_index)])
     counts = np.bincount(y, minlength=3).astype(np.float64)
     counts[counts == 0] = 1.0
-    weights = weights * (counts[y] / counts.mean()) ** -BALANCE
+    weights = weights * (counts[y] / counts.mean()) ** -balance
     full = slot_matrix(slots, dim) if slots is not None else sparse.csr_matrix((len(y), dim))
     used = np.unique(full.indices)
     t = full[:, used]
     cut = int(len(y) * 0.75)
     grid = [(lt, lf) for lt in (TEXT_GRID if used.size else (1.0,)) for lf in FEAT_GRID]
-    best, best_loss = grid[0], float("inf")
-    if 20 <= cut < len(y) and len(set(y[:cut].tolist())) > 1:
+    best, best_loss = penalties or grid[0], float("inf")
+    if penalties is None and 20 <= cut < len(y) and len(set(y[:cut].tolist())) > 1:
         for lt, lf in grid:
             params = _fit(offset[:cut], t[:cut], f[:cut], y[:cut], weights[:cut], lt, lf)
             value = _log_loss(offset[cut:], t[cut:], f[cut:], y[cut:], params)
