@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wattgate.classifier.decision import GRID, choose_decision, folds
+from wattgate.classifier.decision import choose_decision, folds
 from wattgate.classifier.metrics import score
 
 
@@ -47,8 +47,8 @@ def test_rule_learnt_on_some_rows_carries_to_new_rows() -> None:
     assert chosen.accuracy >= plain.accuracy - 0.07
 
 
-def test_the_exhaustive_search_matches_np_argmax_on_ties() -> None:
-    """The vectorised search counts a row's class as np.argmax does (first of equal scores)."""
+def test_right_rows_keep_the_plain_argmax() -> None:
+    """Rows already all right keep the plain argmax (ties of equal scores go as np.argmax sends them)."""
     probs = np.array([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4], [0.4, 0.2, 0.4], [1 / 3, 1 / 3, 1 / 3]])
     y = np.array([0, 1, 0, 0])
     assert choose_decision(probs, y, margin=0.0) == (0.0, 0.0, 0.0)  # already perfect: nothing to weigh
@@ -58,7 +58,7 @@ def test_the_exhaustive_search_matches_np_argmax_on_ties() -> None:
 def test_degenerate_observations(labels: list[int]) -> None:
     probs = np.full((len(labels), 3), 1 / 3)
     decision = choose_decision(probs, np.array(labels))
-    assert all(abs(d) <= GRID.max() for d in decision)
+    assert all(abs(d) <= 10 for d in decision)
     if len(set(labels)) == 1:
         assert decision == (0.0, 0.0, 0.0)
 

@@ -14,6 +14,7 @@ learnt of one served model never leaks into another's predictions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,7 +27,7 @@ from wattgate.classifier.features import Sample, feature_vector
 from wattgate.classifier.length import calibrate_means, fit_length
 from wattgate.classifier.metrics import Scores, score
 from wattgate.classifier.model import ClassifierModel
-from wattgate.classifier.residual import BALANCE, Residual, fit_residual, slot_matrix
+from wattgate.classifier.residual import Residual, fit_residual, slot_matrix
 from wattgate.classifier.served import ServedProfile
 from wattgate.classifier.train import labels, with_served
 from wattgate.profiles.classes import ClassEdges
@@ -42,7 +43,6 @@ class AdaptSettings:
     max_models: int = 32  # served models kept in one document (the most observed)
     use_text_slots: bool = True  # False: fit the residual on the engineered features only
     decision_margin: float = ACCURACY_MARGIN  # accuracy the decision rule may give up for balanced accuracy
-    balance: float = BALANCE  # class-share exponent of the residual's row weights
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,15 @@ def _profile(model: ClassifierModel, name: str, n: int, res: Residual) -> Served
 
 
 def fit_profile(
-    model: ClassifierModel, name: str, rows: list[Sample], edges: ClassEdges, st: AdaptSettings
-) -> ServedProfile:
+    model: ClassifierModel,
+    name: str,
+    rows: list[Sample],
+    edges: ClassEdges,
+    st: AdaptSettings,
+    *,
+    penalties: tuple[float, float] | None = None,
+) -> tuple[ServedProfile, tuple[float, float]]:
+    """The profile and the L2 penalties it was fitted with (``penalties``: use these rather than pick them)."""
     x = matrix(rows, model.feature_names)
     y = labels(np.array([s.output_tokens for s in rows]), edges)
     ages = np.array([rows[-1].ts - s.ts for s in rows])
@@ -147,7 +154,7 @@ def fit_profile(
     slots = [s.slots for s in rows] if keep else None
     all_slots = [s.slots for s in rows]
     index = range(len(model.feature_names))
-    res = fit_residual(offset, slots, x, y, weights, model.text.dim, index, balance=st.balance)
+    res = fit_residual(offset, slots, x, y, weights, model.text.dim, index, penalties=penalties)
     # the decision rule, from probabilities of each block of rows by a residual fitted on the other blocks
     oof = np.zeros((len(rows), 3))
     for block in folds(len(rows)):
@@ -161,7 +168,6 @@ def fit_profile(
             model.text.dim,
             index,
             penalties=(res.l2_text, res.l2_feat),
-            balance=st.balance,
         )
         oof[block] = batch_probabilities(
             model, _profile(model, name, len(rest), part), x[block], [all_slots[i] for i in block]
@@ -171,7 +177,7 @@ def fit_profile(
     length = fit_length(tokens, y, prior=model.length)
     profile = replace(_profile(model, name, len(rows), res), length=length, decision=decision)
     probs = batch_probabilities(model, profile, x, all_slots)
-    return replace(profile, length=calibrate_means(length, probs, tokens))
+    return replace(profile, length=calibrate_means(length, probs, tokens)), (res.l2_text, res.l2_feat)
 
 
 def adapt_one(
@@ -184,17 +190,19 @@ def adapt_one(
     keep = st.use_text_slots and any(s.slots for s in rows)
     if len(hold) < st.min_holdout or len(fit) < st.min_holdout:
         return ModelAdaptation(name, False, "too few observations to hold out", current, None, len(fit), 0, keep), None
-    candidate = fit_profile(model, name, fit, edges, st)
+    candidate, penalties = fit_profile(model, name, fit, edges, st)
     new = _scores(model, candidate, hold, edges)
     assert current.log_loss is not None and new.log_loss is not None
     better = new.log_loss < current.log_loss - st.min_gain
     reason = (
         f"held-out log loss {current.log_loss:.4f} -> {new.log_loss:.4f}, accuracy {current.accuracy:.3f} -> "
-        f"{new.accuracy:.3f}, balanced {current.balanced_accuracy:.3f} -> {new.balanced_accuracy:.3f}: "
+        f"{new.accuracy:.3f}, balanced {current.balanced_accuracy:.3f} -> {new.balanced_accuracy:.3f} "
+        f"(decision weights S x{math.exp(candidate.decision[0]):.2f}, L x{math.exp(candidate.decision[2]):.2f}): "
         + ("better, refitted on all" if better else "not better, kept current")
     )
     outcome = ModelAdaptation(name, better, reason, current, new, len(fit), len(hold), keep)
-    return outcome, fit_profile(model, name, rows, edges, st) if better else None
+    # refitted on all with the penalties judged here; the decision rule chosen again, out of fold, on all
+    return outcome, fit_profile(model, name, rows, edges, st, penalties=penalties)[0] if better else None
 
 
 def adapt(

@@ -1,17 +1,21 @@
 """A served model's decision rule: per-class weights on its probabilities, chosen from its own observations.
 
-The class a request is routed as is ``argmax_c p(c|x) · w_c``. With ``w = 1`` that is the plain argmax,
-which maximises accuracy when the probabilities are calibrated, and for a served model whose answers
-crowd into one class it almost never names the rare classes (high accuracy, low balanced accuracy).
-Weighting each class by the inverse of its share maximises balanced accuracy instead, at a cost in
-accuracy. Which trade is right depends on the served model, so adaptation learns it per model:
+The class a request is routed as is ``argmax_c p(c|x) · w_c``. With calibrated probabilities, ``w = 1``
+(the plain argmax) maximises accuracy, and ``w_c = 1 / prior_c`` (the served model's class shares)
+maximises balanced accuracy; for a served model whose answers crowd into one class the first almost
+never names its rare classes, the second gives up much accuracy for them. Which trade is right depends
+on the served model, so adaptation learns it per model, on the one-parameter path between the two:
 
-    maximise balanced accuracy subject to accuracy >= (plain argmax's accuracy) - ACCURACY_MARGIN
+    w_c = prior_c ** -alpha,  alpha in [0, 1]: the largest balanced accuracy with
+    accuracy >= (the plain argmax's accuracy) - ACCURACY_MARGIN
 
-over log weights ``(log w_S, 0, log w_L)`` on a grid, on probabilities predicted *out of fold* for the
-model's observations (``adapt.fit_profile``), so the rule is judged on requests the residual was not
-fitted on. Ties go to the higher accuracy, then to the smaller weights. The plain argmax is always
-allowed, so a model whose classes are balanced keeps it.
+on probabilities predicted *out of fold* for the model's observations (``adapt.fit_profile``), so the
+rule is judged on requests the residual was not fitted on. Ties go to the smaller ``alpha``; ``alpha =
+0`` is always allowed, so a model whose classes are balanced keeps the plain argmax. One parameter
+rather than a free weight per class: on a development set (held-out ShareGPT turns 1,200-2,400 with the
+bench's derived served models, never the README's evaluation rows) a grid over two free log weights
+chose alike and was noisier. ``ACCURACY_MARGIN`` was set on that development set too: 0.05 is where the
+gain in balanced accuracy stopped growing on the verbose and terse models.
 """
 
 from __future__ import annotations
@@ -22,44 +26,32 @@ import numpy as np
 from numpy.typing import NDArray
 
 ACCURACY_MARGIN = 0.05  # accuracy given up at most for balanced accuracy (out of fold, on the observations)
-GRID = np.round(np.arange(-3.0, 3.0001, 0.1), 2)  # log weights of S and of L, M's fixed at 0
+ALPHAS = np.round(np.arange(0.0, 1.0001, 0.05), 2)  # 0: plain argmax (accuracy), 1: divide by the prior (balanced)
 FOLDS = 4  # contiguous blocks of the observations, in time order
 
 
 def choose_decision(
     probs: NDArray[np.float64], y: NDArray[Any], margin: float = ACCURACY_MARGIN
 ) -> tuple[float, float, float]:
-    """The log weights that maximise balanced accuracy on these rows, accuracy staying within ``margin`` of the
-    plain argmax's (``probs``: out-of-fold probabilities, ``y``: true classes)."""
+    """Log weights ``-alpha · log prior`` (M's at 0) with the largest balanced accuracy on these rows, accuracy
+    within ``margin`` of the plain argmax's (``probs``: out-of-fold probabilities, ``y``: true classes)."""
     y = np.asarray(y, dtype=np.int64)
-    logp = np.log(np.clip(probs, 1e-12, 1.0))
-    counts = np.bincount(y, minlength=3).astype(np.float64)
-    present = counts > 0
+    present = np.bincount(y, minlength=3) > 0
     if present.sum() < 2:
         return (0.0, 0.0, 0.0)
-    inv = np.divide(1.0, counts, out=np.zeros(3), where=present) / present.sum()  # balanced-accuracy weight a row
-    is_s, is_m, is_l = (y == 0), (y == 1), (y == 2)
-    s_m = logp[:, 0] - logp[:, 1]  # S beats M once log w_S > -(this)
-    l_m = logp[:, 2] - logp[:, 1]
-    s_l = logp[:, 0] - logp[:, 2]
-    n = len(y)
-    base_acc = float((logp.argmax(axis=1) == y).mean())
-    best: tuple[float, float, float] = (-1.0, -1.0, 0.0)
-    choice = (0.0, 0.0)
-    dl = GRID[:, None]  # (grid, 1) against rows (1, n)
-    for ds in GRID:
-        # np.argmax's order: S on ties with M or L, then M on ties with L
-        pred_s = (s_m[None, :] + ds >= 0) & (s_l[None, :] + ds - dl >= 0)
-        pred_l = ~pred_s & (l_m[None, :] + dl > 0)
-        pred_m = ~pred_s & ~pred_l
-        hits_s, hits_m, hits_l = (pred_s & is_s).sum(axis=1), (pred_m & is_m).sum(axis=1), (pred_l & is_l).sum(axis=1)
-        acc = (hits_s + hits_m + hits_l) / n
-        bal = hits_s * inv[0] + hits_m * inv[1] + hits_l * inv[2]
-        for j in np.flatnonzero(acc >= base_acc - margin - 1e-12):
-            key = (round(float(bal[j]), 9), round(float(acc[j]), 9), -abs(float(ds)) - abs(float(GRID[j])))
-            if key > best:
-                best, choice = key, (float(ds), float(GRID[j]))
-    return (choice[0], 0.0, choice[1])
+    counts = np.bincount(y, minlength=3).astype(np.float64) + 1.0  # add-one: a class never seen is not infinite
+    logprior = np.log(counts / counts.sum())
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    base = float((logp.argmax(axis=1) == y).mean())
+    best, choice = -1.0, (0.0, 0.0, 0.0)
+    for alpha in ALPHAS:
+        d = -alpha * (logprior - logprior[1])
+        pred = (logp + d).argmax(axis=1)
+        acc = float((pred == y).mean())
+        bal = float(np.mean([(pred[y == c] == c).mean() for c in range(3) if present[c]]))
+        if acc >= base - margin - 1e-12 and bal > best + 1e-12:
+            best, choice = bal, (float(d[0]), 0.0, float(d[2]))
+    return choice
 
 
 def folds(n: int, k: int = FOLDS) -> list[NDArray[np.int64]]:
