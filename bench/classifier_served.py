@@ -11,7 +11,7 @@ forced-tool-call flags that decide the length (``FLAGS``). Each set goes through
 watcher loads (the running system's path). ``--models DIR`` also scores every ``*.json`` model of DIR
 (the feature ablations ``scripts/train_classifier.py --ablate DIR`` writes). Prints a table and one JSON line.
 
-Usage: PYTHONPATH=. python bench/classifier_served.py [--n 2000] [--models /tmp/ablate] [--write-sets DIR]
+Usage: PYTHONPATH=. python bench/classifier_served.py [--n 2000] [--models /tmp/ablate] [--write-sets DIR] [--skip N]
 """
 
 from __future__ import annotations
@@ -58,11 +58,15 @@ def _flags(body: dict[str, Any], tokens: int, rng: random.Random) -> tuple[dict[
     return body, tokens
 
 
-def held_out(n: int) -> list[tuple[Example, int]]:
+def held_out(n: int, skip: int = 0) -> list[tuple[Example, int]]:
+    """``n`` held-out turns in file order, after the first ``skip`` (a development set apart from the table's)."""
     enc = counter("cl100k_base")
-    out = []
+    out, seen = [], 0
     for ex in sharegpt_examples(sharegpt_path()):
         if is_holdout(ex.group):
+            seen += 1
+            if seen <= skip:
+                continue
             out.append((ex, enc.count(ex.output_text or "")))
             if len(out) >= n:
                 break
@@ -107,8 +111,11 @@ def main() -> None:
     parser.add_argument("--models", help="a folder of model documents to score too (e.g. feature ablations)")
     parser.add_argument("--served", nargs="*", default=[*HABITS, FLAGS], help="which served models")
     parser.add_argument("--write-sets", help="keep the eval JSONL files in this folder")
+    parser.add_argument(
+        "--skip", type=int, default=0, help="start after this many held-out turns (a development set: --skip 1200)"
+    )
     args = parser.parse_args()
-    rows = held_out(args.n)
+    rows = held_out(args.n, args.skip)
     folder = Path(args.write_sets or tempfile.mkdtemp(prefix="served-sets-"))
     folder.mkdir(parents=True, exist_ok=True)
     models: list[tuple[str, Path | None]] = [("shipped", None)]

@@ -5,10 +5,12 @@ import random
 import numpy as np
 
 from tests.classifier.shifted import TOPICS, shifted_requests, topic_requests
-from wattgate.classifier.adapt import AdaptSettings, adapt
+from wattgate.classifier.adapt import AdaptSettings, adapt, batch_probabilities, matrix
 from wattgate.classifier.evaluate import load_base
 from wattgate.classifier.features import Sample
+from wattgate.classifier.metrics import score
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
+from wattgate.classifier.train import labels
 from wattgate.profiles.classes import ClassEdges
 
 
@@ -90,3 +92,33 @@ def test_no_swap_when_the_served_model_answers_like_the_base_data() -> None:
     ]
     result = adapt(model, samples, ClassEdges(), settings=AdaptSettings(min_gain=0.02))
     assert not result.accepted, result.reason
+
+
+def test_the_decision_rule_is_learnt_per_served_model() -> None:
+    """A served model that answers 3 in 4 requests at length; for half the topics a short answer is only a
+    little less likely than a long one. The calibrated probabilities then mostly say L (balanced accuracy
+    ~0.7); the decision weights adaptation learns out of fold name S for those topics, giving up a little
+    accuracy at most for a lot of balanced accuracy, and they travel with the profile to the predictor."""
+    rng = random.Random(3)
+    requests = []
+    for body, base_tokens in topic_requests(600, seed=3):
+        short_topic = base_tokens < 100
+        requests.append((body, rng.randint(10, 60) if short_topic and rng.random() < 0.48 else rng.randint(450, 800)))
+    model = load_shipped_model()
+    samples = _samples(requests)
+    result = adapt(model, samples, ClassEdges())
+    assert result.candidate is not None, result.reason
+    (outcome,) = result.models
+    profile = result.candidate.served["m"]
+    assert profile.decision[0] - profile.decision[2] > 0, profile.decision  # S weighs more against L
+    hold = samples[-outcome.n_holdout :]
+    x = matrix(hold, model.feature_names)
+    y = labels(np.array([s.output_tokens for s in hold]), ClassEdges())
+    plain = batch_probabilities(model, profile, x, [s.slots for s in hold], decided=False).argmax(axis=1)
+    decided = batch_probabilities(model, profile, x, [s.slots for s in hold]).argmax(axis=1)
+    assert score(y, decided).balanced_accuracy > score(y, plain).balanced_accuracy + 0.08
+    assert score(y, decided).accuracy > score(y, plain).accuracy - 0.08
+    # the predictor the gateway loads decides the same way
+    predictor = ModelPredictor(result.candidate)
+    got = [np.argmax(predictor.predict({**s_body, "model": "m"}, "chat").output_probs) for s_body, _ in requests[-5:]]
+    assert got == decided[-5:].tolist()

@@ -56,7 +56,7 @@ def test_valid_checksum_cannot_smuggle_an_out_of_range_index(tiny: tuple[Classif
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format_version": 3}, "format version"),
+        ({"format_version": 4}, "format version"),
         ({"format_version": 1}, "unexpected fields"),  # a format-1 document has no length or served sections
         ({"format": "pickle"}, "not a wattgate classifier model"),
         ({"extra": 1}, "unexpected fields"),
@@ -100,7 +100,8 @@ def test_served_profiles_round_trip_and_are_validated(tiny: tuple[ClassifierMode
     again = parse_model(json.dumps(doc))
     profile = again.served["srv"]
     assert profile.text_delta is not None and profile.observations == 200
-    assert set(doc) >= {"length", "served"} and doc["format_version"] == 2
+    assert set(doc) >= {"length", "served"} and doc["format_version"] == 3
+    assert len(doc["served"]["srv"]["decision"]) == 3
     bad = json.loads(json.dumps(doc))
     bad["served"]["srv"]["features"]["names"][0] = "no_such_feature"
     with pytest.raises(ModelFormatError, match="unknown feature names"):
@@ -117,6 +118,14 @@ def test_served_profiles_round_trip_and_are_validated(tiny: tuple[ClassifierMode
     bad["served"]["srv"]["bias"] = [0.0, 1.0]
     with pytest.raises(ModelFormatError, match="bias"):
         parse_model(sign(bad))
+    bad = json.loads(json.dumps(doc))
+    bad["served"]["srv"]["decision"] = [0.0, 0.0, 50.0]
+    with pytest.raises(ModelFormatError, match="decision"):
+        parse_model(sign(bad))
+    bad = json.loads(json.dumps(doc))
+    del bad["served"]["srv"]["decision"]  # a format-3 profile must say its decision rule
+    with pytest.raises(ModelFormatError, match="fields must be"):
+        parse_model(sign(bad))
     tampered = json.loads(json.dumps(doc))
     tampered["served"]["srv"]["bias"] = [9.0, 0.0, 0.0]
     with pytest.raises(ModelFormatError, match="checksum"):
@@ -131,4 +140,20 @@ def test_format_1_documents_still_load_with_midpoint_lengths(tiny: tuple[Classif
     old = parse_model(sign(doc))
     assert old.served == {} and old.length.means == (47.0, 232.5, 742.0)
     renewed = with_served(old, {}, old.version + 1, {})
-    assert renewed.doc["format_version"] == 2 and renewed.length == old.length
+    assert renewed.doc["format_version"] == 3 and renewed.length == old.length
+
+
+def test_format_2_profiles_load_with_the_plain_argmax(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
+    """A gateway of this version reads a format-2 document an older retrain published: its profiles have no
+    decision weights (the plain argmax), and the next retrain writes them back in the current format."""
+    doc = _profile_doc(tiny[0])
+    doc["format_version"] = 2
+    doc["served"]["srv"]["decision"] = [0.0, 2.0, 0.0]
+    with pytest.raises(ModelFormatError, match="fields must be"):  # a format-2 profile has no decision field
+        parse_model(sign(doc))
+    del doc["served"]["srv"]["decision"]
+    old = parse_model(sign(doc))
+    assert old.served["srv"].decision == (0.0, 0.0, 0.0)
+    again = with_served(old, {}, old.version + 1, {})
+    assert again.doc["format_version"] == 3 and again.doc["served"]["srv"]["decision"] == [0.0, 0.0, 0.0]
+    assert again.served["srv"].bias == old.served["srv"].bias

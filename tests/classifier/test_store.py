@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 
 import pytest
 import redis
@@ -9,10 +12,11 @@ from tests.classifier.shifted import shifted_requests
 from wattgate.classifier.errors import ModelFormatError
 from wattgate.classifier.observe import observation
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
-from wattgate.classifier.store import ClassifierStore, ClassifierWatcher, StoreError
+from wattgate.classifier.store import ClassifierStore, ClassifierWatcher, StoreError, follow_classifier
 from wattgate.classifier.train import with_served
 from wattgate.cli import main
 from wattgate.planner.contract import Keys
+from wattgate.profiles.classes import ClassEdges
 
 
 def _record(url: str, n: int, keys: Keys) -> None:
@@ -108,3 +112,54 @@ def test_retrain_publishes_nothing_without_enough_observations(
     assert not out["accepted"] and out["published"] is None
     assert "too few observations" in out["reason"]
     assert ClassifierStore(redis_url).current_version() == 0
+
+
+def test_follow_classifier_swaps_in_each_new_version_and_keeps_the_model_on_a_refused_one(redis_url: str) -> None:
+    """The loop the gateway and the LiteLLM routing both run: newer versions are handed over once each, a
+    tampered document is logged and skipped (the current model stays)."""
+    model = load_shipped_model()
+    keys = Keys("follow")
+    swapped: list[tuple[int, str]] = []
+    warnings: list[str] = []
+    store = ClassifierStore(redis_url, keys)
+
+    async def run() -> None:
+        got_one, warned = asyncio.Event(), asyncio.Event()
+
+        def swap(version: int, predictor: ModelPredictor) -> None:
+            swapped.append((version, predictor.method))
+            got_one.set()
+
+        class Seen(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                warnings.append(record.getMessage())
+                warned.set()
+
+        handler = Seen(logging.WARNING)
+        logging.getLogger("wattgate.classifier.store").addHandler(handler)
+        current = ModelPredictor(model)
+        task = asyncio.create_task(
+            follow_classifier(redis_url, ClassEdges(), keys, poll_s=0.01, current=current, swap=swap)
+        )
+        try:
+            store.publish(with_served(model, {}, model.version + 1, {}))
+            await got_one.wait()
+            got_one.clear()
+            doc = json.loads(with_served(model, {}, model.version + 2, {}).to_json())
+            doc["head"]["baseline"] = [9.0, 0.0, 0.0]  # altered after signing
+            store.client.set(keys.classifier_model, json.dumps(doc))
+            store.client.set(keys.classifier_version, model.version + 2)
+            await warned.wait()
+            store.publish(with_served(model, {}, model.version + 3, {}))
+            await got_one.wait()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            logging.getLogger("wattgate.classifier.store").removeHandler(handler)
+
+    asyncio.run(asyncio.wait_for(run(), 60))
+    store.close()
+    v = model.version
+    assert swapped == [(v + 1, f"model:v{v + 1}"), (v + 3, f"model:v{v + 3}")]
+    assert "checksum" in warnings[0] and f"keeping version {v + 1}" in warnings[0]

@@ -4,8 +4,9 @@ Observations are grouped by the served model that answered (``Observation.model`
 with at least ``min_observations``, the most recent ``holdout_fraction`` is held out (the future the
 new profile must serve) and a ``ServedProfile`` is fitted on the rest: a residual on the shipped
 model's logits over the observations' text slots and engineered features (``residual.py``), and the
-model's own output-length quantiles per class (``length.py``). Rows are weighted
-``0.5 ** (age / half_life)``. The profile replaces the model's current one (or none: the shipped
+model's own output-length quantiles per class (``length.py``), and its decision rule: per-class weights
+on the probabilities, chosen on out-of-fold predictions of its observations (``decision.py``). Rows
+are weighted ``0.5 ** (age / half_life)``. The profile replaces the model's current one (or none: the shipped
 model alone) only if its held-out log loss is lower by ``min_gain``; it is then refitted on all of
 that model's observations. The text model and trees themselves are never refitted: whatever was
 learnt of one served model never leaks into another's predictions.
@@ -13,6 +14,7 @@ learnt of one served model never leaks into another's predictions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,11 +22,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from wattgate.classifier.decision import ACCURACY_MARGIN, choose_decision, folds
 from wattgate.classifier.features import Sample, feature_vector
 from wattgate.classifier.length import calibrate_means, fit_length
 from wattgate.classifier.metrics import Scores, score
 from wattgate.classifier.model import ClassifierModel
-from wattgate.classifier.residual import fit_residual, slot_matrix
+from wattgate.classifier.residual import Residual, fit_residual, slot_matrix
 from wattgate.classifier.served import ServedProfile
 from wattgate.classifier.train import labels, with_served
 from wattgate.profiles.classes import ClassEdges
@@ -39,6 +42,7 @@ class AdaptSettings:
     min_observations: int = 100  # per served model
     max_models: int = 32  # served models kept in one document (the most observed)
     use_text_slots: bool = True  # False: fit the residual on the engineered features only
+    decision_margin: float = ACCURACY_MARGIN  # accuracy the decision rule may give up for balanced accuracy
 
 
 @dataclass(frozen=True)
@@ -98,13 +102,20 @@ def matrix(samples: Sequence[Sample], names: Sequence[str]) -> NDArray[np.float6
 
 
 def batch_probabilities(
-    model: ClassifierModel, profile: ServedProfile | None, x: NDArray[np.float64], slots: Sequence[list[int] | None]
+    model: ClassifierModel,
+    profile: ServedProfile | None,
+    x: NDArray[np.float64],
+    slots: Sequence[list[int] | None],
+    *,
+    decided: bool = True,
 ) -> NDArray[np.float64]:
-    """What the predictor gives for these rows (before any max_tokens cap), all at once."""
+    """What the predictor gives for these rows (before any max_tokens cap), all at once; ``decided=False``:
+    without the profile's decision weights (the residual's calibrated probabilities)."""
     z = model.trees.raw_batch(x)
     if profile is not None:
         lin = profile.linear
-        z = z + np.clip(x[:, list(lin.index)], lin.lo, lin.hi) @ lin.w_scaled.T + lin.offset + np.asarray(profile.bias)
+        shift = np.asarray(profile.bias) + (np.asarray(profile.decision) if decided else 0.0)
+        z = z + np.clip(x[:, list(lin.index)], lin.lo, lin.hi) @ lin.w_scaled.T + lin.offset + shift
         if profile.text_delta is not None:
             z = z + slot_matrix(slots, profile.text_delta.dim) @ profile.text_delta.weights.T.astype(np.float64)
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -113,13 +124,27 @@ def batch_probabilities(
 
 
 def _scores(model: ClassifierModel, profile: ServedProfile | None, rows: list[Sample], edges: ClassEdges) -> Scores:
-    probs = batch_probabilities(model, profile, matrix(rows, model.feature_names), [s.slots for s in rows])
-    return score(labels(np.array([s.output_tokens for s in rows]), edges), probs.argmax(axis=1), probs)
+    """Classes as the predictor decides them; log loss of the calibrated probabilities (no decision weights)."""
+    x, slots = matrix(rows, model.feature_names), [s.slots for s in rows]
+    decided = batch_probabilities(model, profile, x, slots).argmax(axis=1)
+    calibrated = batch_probabilities(model, profile, x, slots, decided=False)
+    return score(labels(np.array([s.output_tokens for s in rows]), edges), decided, calibrated)
+
+
+def _profile(model: ClassifierModel, name: str, n: int, res: Residual) -> ServedProfile:
+    return ServedProfile(name, n, res.text, res.linear, res.bias, model.length, model.feature_names)
 
 
 def fit_profile(
-    model: ClassifierModel, name: str, rows: list[Sample], edges: ClassEdges, st: AdaptSettings
-) -> ServedProfile:
+    model: ClassifierModel,
+    name: str,
+    rows: list[Sample],
+    edges: ClassEdges,
+    st: AdaptSettings,
+    *,
+    penalties: tuple[float, float] | None = None,
+) -> tuple[ServedProfile, tuple[float, float]]:
+    """The profile and the L2 penalties it was fitted with (``penalties``: use these rather than pick them)."""
     x = matrix(rows, model.feature_names)
     y = labels(np.array([s.output_tokens for s in rows]), edges)
     ages = np.array([rows[-1].ts - s.ts for s in rows])
@@ -127,12 +152,32 @@ def fit_profile(
     offset = model.trees.raw_batch(x)
     keep = st.use_text_slots and any(s.slots for s in rows)
     slots = [s.slots for s in rows] if keep else None
-    res = fit_residual(offset, slots, x, y, weights, model.text.dim, range(len(model.feature_names)))
+    all_slots = [s.slots for s in rows]
+    index = range(len(model.feature_names))
+    res = fit_residual(offset, slots, x, y, weights, model.text.dim, index, penalties=penalties)
+    # the decision rule, from probabilities of each block of rows by a residual fitted on the other blocks
+    oof = np.zeros((len(rows), 3))
+    for block in folds(len(rows)):
+        rest = np.setdiff1d(np.arange(len(rows)), block)
+        part = fit_residual(
+            offset[rest],
+            [slots[i] for i in rest] if slots is not None else None,
+            x[rest],
+            y[rest],
+            weights[rest],
+            model.text.dim,
+            index,
+            penalties=(res.l2_text, res.l2_feat),
+        )
+        oof[block] = batch_probabilities(
+            model, _profile(model, name, len(rest), part), x[block], [all_slots[i] for i in block]
+        )
+    decision = choose_decision(oof, y, st.decision_margin)
     tokens = np.array([s.output_tokens for s in rows])
     length = fit_length(tokens, y, prior=model.length)
-    profile = ServedProfile(name, len(rows), res.text, res.linear, res.bias, length, model.feature_names)
-    probs = batch_probabilities(model, profile, x, [s.slots for s in rows])
-    return replace(profile, length=calibrate_means(length, probs, tokens))
+    profile = replace(_profile(model, name, len(rows), res), length=length, decision=decision)
+    probs = batch_probabilities(model, profile, x, all_slots)
+    return replace(profile, length=calibrate_means(length, probs, tokens)), (res.l2_text, res.l2_feat)
 
 
 def adapt_one(
@@ -145,17 +190,19 @@ def adapt_one(
     keep = st.use_text_slots and any(s.slots for s in rows)
     if len(hold) < st.min_holdout or len(fit) < st.min_holdout:
         return ModelAdaptation(name, False, "too few observations to hold out", current, None, len(fit), 0, keep), None
-    candidate = fit_profile(model, name, fit, edges, st)
+    candidate, penalties = fit_profile(model, name, fit, edges, st)
     new = _scores(model, candidate, hold, edges)
     assert current.log_loss is not None and new.log_loss is not None
     better = new.log_loss < current.log_loss - st.min_gain
     reason = (
         f"held-out log loss {current.log_loss:.4f} -> {new.log_loss:.4f}, accuracy {current.accuracy:.3f} -> "
-        f"{new.accuracy:.3f}, balanced {current.balanced_accuracy:.3f} -> {new.balanced_accuracy:.3f}: "
+        f"{new.accuracy:.3f}, balanced {current.balanced_accuracy:.3f} -> {new.balanced_accuracy:.3f} "
+        f"(decision weights S x{math.exp(candidate.decision[0]):.2f}, L x{math.exp(candidate.decision[2]):.2f}): "
         + ("better, refitted on all" if better else "not better, kept current")
     )
     outcome = ModelAdaptation(name, better, reason, current, new, len(fit), len(hold), keep)
-    return outcome, fit_profile(model, name, rows, edges, st) if better else None
+    # refitted on all with the penalties judged here; the decision rule chosen again, out of fold, on all
+    return outcome, fit_profile(model, name, rows, edges, st, penalties=penalties)[0] if better else None
 
 
 def adapt(

@@ -3,8 +3,9 @@
 A document holds a linear model over hashed token-id uni/bigrams of the last user message (its
 three logits become features ``txt_S/M/L``, ``textmodel.py``), gradient-boosted trees over the
 numeric features, and (format 2) the output-length distribution per class (``length``) and one
-learnt profile per served model (``served``: name -> ``ServedProfile``; empty when shipped). Format-1
-documents (no ``length``, no ``served``) still load, with class-midpoint lengths. Arrays travel as
+learnt profile per served model (``served``: name -> ``ServedProfile``; empty when shipped). Format 3
+adds each profile's decision weights (``decision``); format-2 documents load with none (the plain
+argmax), format-1 documents (no ``length``, no ``served``) with class-midpoint lengths. Arrays travel as
 base64 of little-endian numpy buffers. ``sha256`` covers the canonical JSON of every other field, so
 an altered file or Redis value is refused; the schema is checked field by field (shapes, index
 ranges, finiteness) so a valid checksum cannot smuggle in an out-of-range index either.
@@ -42,8 +43,8 @@ from wattgate.classifier.textmodel import (
 from wattgate.profiles.classes import ClassEdges
 
 FORMAT = "wattgate-classifier"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 TEXT_FEATURES = ("txt_S", "txt_M", "txt_L")
 _TOP_KEYS = {"format", "format_version", "version", "created_at", "notes", "edges", "feature_names", "text", "head"}
 _TOP_KEYS_2 = _TOP_KEYS | {"length", "served"}
@@ -216,7 +217,7 @@ def parse_model(raw: str | bytes | dict[str, Any], source: str = "model") -> Cla
     else:
         length = parse_length(doc["length"], "length")
         need(isinstance(doc["served"], dict), "served must be a mapping of model name -> profile")
-        served = {str(k): parse_served(str(k), v, names, text.dim) for k, v in doc["served"].items()}
+        served = {str(k): parse_served(str(k), v, names, text.dim, fmt) for k, v in doc["served"].items()}
     return ClassifierModel(
         doc=doc,
         version=check_int(doc["version"], "version"),

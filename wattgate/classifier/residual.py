@@ -7,12 +7,9 @@ model's), ``F`` the standardised, clipped engineered features. Only the slot col
 optimised (the others stay 0: their gradient is the penalty alone). The penalties are picked from a
 small grid on the most recent quarter of the fit rows, then the residual is refitted on all of them.
 
-Rows are weighted by ``(class share / mean share) ** -BALANCE`` on top of the caller's weights: a
-served model that answers most requests at length would otherwise teach a residual that hardly ever
-predicts its rare classes (the issue-16 failure: adapting raised accuracy and lowered balanced
-accuracy). 0.5 (square-root balancing) is the usual compromise between the two; on a verbose
-served model (bench/classifier_served.py) it raised held-out balanced accuracy by ~0.07 with the
-same accuracy and a lower log loss than no balancing.
+Rows carry the caller's weights only (age): the fit is calibrated, and the trade between accuracy and
+balanced accuracy is left to the served model's decision rule (``decision.py``). (An earlier version
+weighted rows by ``class share ** -0.5``, one global constant for every served model.)
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from wattgate.classifier.served import CLIP, Linear
 from wattgate.classifier.textmodel import TextModel
 
 L2_BIAS = 0.01
-BALANCE = 0.5
 TEXT_GRID = (1.0, 4.0)
 FEAT_GRID = (2.0, 20.0)
 MAX_ITER = 200
@@ -116,19 +112,20 @@ def fit_residual(  # noqa: PLR0917
     weights: NDArray[np.float64],
     dim: int,
     feature_index: Sequence[int],
+    *,
+    penalties: tuple[float, float] | None = None,
 ) -> Residual:
-    """The residual for rows in time order (``offset``: shipped logits; ``slots``: None when no row kept any)."""
+    """The residual for rows in time order (``offset``: shipped logits; ``slots``: None when no row kept any).
+
+    ``penalties``: ``(l2_text, l2_feat)`` as given, else picked on the latest quarter."""
     f, mean, scale = standardise(x[:, list(feature_index)])
-    counts = np.bincount(y, minlength=3).astype(np.float64)
-    counts[counts == 0] = 1.0
-    weights = weights * (counts[y] / counts.mean()) ** -BALANCE
     full = slot_matrix(slots, dim) if slots is not None else sparse.csr_matrix((len(y), dim))
     used = np.unique(full.indices)
     t = full[:, used]
     cut = int(len(y) * 0.75)
     grid = [(lt, lf) for lt in (TEXT_GRID if used.size else (1.0,)) for lf in FEAT_GRID]
-    best, best_loss = grid[0], float("inf")
-    if 20 <= cut < len(y) and len(set(y[:cut].tolist())) > 1:
+    best, best_loss = penalties or grid[0], float("inf")
+    if penalties is None and 20 <= cut < len(y) and len(set(y[:cut].tolist())) > 1:
         for lt, lf in grid:
             params = _fit(offset[:cut], t[:cut], f[:cut], y[:cut], weights[:cut], lt, lf)
             value = _log_loss(offset[cut:], t[cut:], f[cut:], y[cut:], params)

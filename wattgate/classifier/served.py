@@ -11,6 +11,11 @@ the slots that observations keep, never from text), the linear part refits the e
 (standardised, clipped at ±``CLIP`` to bound what one odd request can do) and ``bias`` the class
 priors. All three are shrunk towards zero (L2), so with few observations the profile stays close to
 the shipped model. ``length`` is the served model's own output-length distribution per class.
+
+``decision`` (format 3) is the served model's decision rule: log weights ``log w_c`` added to the
+logits, so the class the router reads is ``argmax p(c|x) · w_c``. Adaptation picks them from the model's
+own observations, out of fold (``decision.py``); the residual itself stays a calibrated fit. Format-2
+profiles have none (all zero: the plain argmax).
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from wattgate.classifier.length import LengthModel, parse_length
 from wattgate.classifier.textmodel import Slots, TextModel, check_floats, check_int, need, parse_text, text_doc
 
 CLIP = 5.0
+MAX_DECISION = 10.0  # |log weight|: beyond it one class would never (or always) be chosen
 _KEYS = {"observations", "text_delta", "features", "bias", "length"}
+_KEYS_3 = _KEYS | {"decision"}
+NO_DECISION = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,17 @@ class ServedProfile:
     bias: tuple[float, float, float]
     length: LengthModel
     feature_names: tuple[str, ...]  # the model's, to write the document back
+    decision: tuple[float, float, float] = NO_DECISION  # log decision weights, added to the logits
+    _shift: tuple[float, float, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        (b0, b1, b2), (d0, d1, d2) = self.bias, self.decision
+        object.__setattr__(self, "_shift", (b0 + d0, b1 + d1, b2 + d2))
 
     def residual(self, slots: Slots, x: Sequence[float]) -> tuple[float, float, float]:
-        """The three logits added to the shipped model's for one request."""
+        """The three logits added to the shipped model's for one request (the decision weights included)."""
         r0, r1, r2 = self.linear.logits(x).tolist()
-        b0, b1, b2 = self.bias
+        b0, b1, b2 = self._shift
         if self.text_delta is not None:
             t0, t1, t2 = self.text_delta.logits_of(slots)
             return (b0 + r0 + t0, b1 + r1 + t1, b2 + r2 + t2)
@@ -88,12 +102,15 @@ class ServedProfile:
             },
             "bias": list(self.bias),
             "length": self.length.to_doc(),
+            "decision": list(self.decision),
         }
 
 
-def parse_served(name: str, raw: Any, feature_names: Sequence[str], text_dim: int) -> ServedProfile:
+def parse_served(name: str, raw: Any, feature_names: Sequence[str], text_dim: int, fmt: int = 3) -> ServedProfile:
+    """A profile of a format-``fmt`` document (2: without ``decision``, read as the plain argmax)."""
     what = f"served[{name!r}]"
-    need(isinstance(raw, dict) and set(raw) == _KEYS, f"{what}: fields must be {sorted(_KEYS)}")
+    keys = _KEYS if fmt == 2 else _KEYS_3
+    need(isinstance(raw, dict) and set(raw) == keys, f"{what}: fields must be {sorted(keys)}")
     delta = None if raw["text_delta"] is None else parse_text(raw["text_delta"], f"{what}.text_delta")
     need(delta is None or delta.dim == text_dim, f"{what}.text_delta must have the text model's dim")
     feats = raw["features"]
@@ -114,6 +131,8 @@ def parse_served(name: str, raw: Any, feature_names: Sequence[str], text_dim: in
         weights=weights,
     )
     b0, b1, b2 = check_floats(raw["bias"], 3, f"{what}.bias").tolist()
+    d0, d1, d2 = check_floats(raw["decision"], 3, f"{what}.decision").tolist() if fmt != 2 else NO_DECISION
+    need(max(abs(d0), abs(d1), abs(d2)) <= MAX_DECISION, f"{what}.decision: log weights beyond ±{MAX_DECISION}")
     return ServedProfile(
         name=name,
         observations=check_int(raw["observations"], f"{what}.observations"),
@@ -122,6 +141,7 @@ def parse_served(name: str, raw: Any, feature_names: Sequence[str], text_dim: in
         bias=(b0, b1, b2),
         length=parse_length(raw["length"], f"{what}.length"),
         feature_names=tuple(feature_names),
+        decision=(d0, d1, d2),
     )
 
 

@@ -2,16 +2,20 @@
 
 Publishing sets the model document, then the version counter, in one MULTI/EXEC, so a gateway
 that sees a new version always finds its document. ``ClassifierWatcher.poll`` is what gateways
-call every few seconds: one GET of the version, and the document only when it moved.
+call every few seconds: one GET of the version, and the document only when it moved;
+``follow_classifier`` is the loop around it that the gateway and the LiteLLM routing both run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 
+from wattgate.classifier.api import Predictor
 from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.features import Sample
 from wattgate.classifier.model import ClassifierModel, parse_model
@@ -142,3 +146,32 @@ class ClassifierWatcher:
 
     def close(self) -> None:
         self.store.close()
+
+
+async def follow_classifier(
+    redis_url: str,
+    edges: ClassEdges,
+    keys: Keys,
+    *,
+    poll_s: float,
+    current: Predictor,
+    swap: Callable[[int, ModelPredictor], None],
+) -> None:
+    """Every ``poll_s``, look for a classifier version newer than the one in use (``current``'s, 0 for the
+    max_tokens fallback) and hand it to ``swap``; Redis down or a refused document: keep the current one
+    (logged). Runs until cancelled."""
+    watcher = ClassifierWatcher(redis_url, edges, keys)
+    version = current.model.version if isinstance(current, ModelPredictor) else 0
+    try:
+        while True:
+            await asyncio.sleep(poll_s)
+            try:
+                found = await asyncio.to_thread(watcher.poll, version)
+            except ClassifierError as exc:
+                log.warning("classifier watcher: %s; keeping version %s", exc, version)
+                continue
+            if found is not None:
+                version = found[0]
+                swap(*found)
+    finally:
+        watcher.close()

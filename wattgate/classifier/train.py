@@ -143,7 +143,6 @@ def with_served(
     doc = {k: v for k, v in model.doc.items() if k != "sha256"}
     if doc.get("format_version") == 1:  # an older document: carry it to the current format
         doc["length"] = model.length.to_doc()
-    served = dict(doc.get("served") or {})
-    served.update({name: p.to_doc() for name, p in profiles.items()})
+    served = {name: p.to_doc() for name, p in {**model.served, **profiles}.items()}  # older profiles: current format
     doc.update(format_version=FORMAT_VERSION, served=served, version=version, created_at=time.time(), notes=notes)
     return parse_model(sign(doc))

@@ -24,9 +24,8 @@ from typing import Any
 from litellm.integrations.custom_logger import CustomLogger
 
 from wattgate.classifier.api import Predictor, load_predictor
-from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.predictor import ModelPredictor
-from wattgate.classifier.store import ClassifierWatcher
+from wattgate.classifier.store import follow_classifier
 from wattgate.classifier.tokens import count_tokens
 from wattgate.gateway.metrics import GatewayMetrics
 from wattgate.gateway.settings import GatewaySettings, load_settings
@@ -146,22 +145,16 @@ class WattgateRouting(CustomLogger):
 
     async def _watch_classifier(self, s: GatewaySettings, redis_url: str) -> None:
         """Poll Redis for a newer classifier version and swap it in, as the gateway does."""
-        watcher = ClassifierWatcher(redis_url, s.edges, Keys(s.redis_prefix))
-        current = self.core.predictor if self.core is not None else None
-        version = current.model.version if isinstance(current, ModelPredictor) else 0
-        try:
-            while True:
-                await asyncio.sleep(s.classifier_poll_s)
-                try:
-                    found = await asyncio.to_thread(watcher.poll, version)
-                except ClassifierError as exc:  # Redis down or a refused document: keep the current model
-                    log.warning("classifier watcher: %s; keeping version %s", exc, version)
-                    continue
-                if found is not None and self.core is not None:
-                    version, self.core.predictor = found
-                    log.info("classifier predictor swapped (version %s)", version)
-        finally:
-            watcher.close()
+        core = self.core
+        assert core is not None
+
+        def swap(version: int, predictor: ModelPredictor) -> None:
+            core.predictor = predictor
+            log.info("classifier predictor swapped (version %s)", version)
+
+        await follow_classifier(
+            redis_url, s.edges, Keys(s.redis_prefix), poll_s=s.classifier_poll_s, current=core.predictor, swap=swap
+        )
 
     # -- LiteLLM's hooks -------------------------------------------------------------------------------
     async def async_filter_deployments(

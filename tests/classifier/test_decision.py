@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wattgate.classifier.decision import choose_decision, folds
+from wattgate.classifier.metrics import score
+
+
+def _skewed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities of a served model that answers 80% of requests at length: a weak signal per
+    request, so the plain argmax says L almost always."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, size=n, p=[0.08, 0.12, 0.80])
+    signal = np.eye(3)[y] * 1.2 + rng.normal(0.0, 1.0, (n, 3))
+    logits = signal + np.log([0.08, 0.12, 0.80])
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True), y
+
+
+def _decided(probs: np.ndarray, decision: tuple[float, float, float]) -> np.ndarray:
+    return (np.log(probs) + np.asarray(decision)).argmax(axis=1)
+
+
+def test_weights_trade_accuracy_for_balanced_accuracy_within_the_margin() -> None:
+    probs, y = _skewed(2000, 0)
+    plain = score(y, probs.argmax(axis=1))
+    decision = choose_decision(probs, y, margin=0.05)
+    chosen = score(y, _decided(probs, decision))
+    assert decision[1] == 0.0 and (decision[0] > 0 or decision[2] < 0)  # the rare classes gain weight against L
+    assert chosen.balanced_accuracy > plain.balanced_accuracy + 0.05
+    assert chosen.accuracy >= plain.accuracy - 0.05
+    # a wider margin buys at least as much balanced accuracy; no margin keeps the plain accuracy
+    wide = score(y, _decided(probs, choose_decision(probs, y, margin=0.15)))
+    assert wide.balanced_accuracy >= chosen.balanced_accuracy
+    none = score(y, _decided(probs, choose_decision(probs, y, margin=0.0)))
+    assert none.accuracy >= plain.accuracy and none.balanced_accuracy >= plain.balanced_accuracy
+
+
+def test_rule_learnt_on_some_rows_carries_to_new_rows() -> None:
+    """Chosen on one sample of the served model's requests, it holds on another (what out-of-fold choosing is for)."""
+    probs, y = _skewed(1500, 1)
+    decision = choose_decision(probs, y)
+    new_probs, new_y = _skewed(1500, 2)
+    plain, chosen = score(new_y, new_probs.argmax(axis=1)), score(new_y, _decided(new_probs, decision))
+    assert chosen.balanced_accuracy > plain.balanced_accuracy + 0.05
+    assert chosen.accuracy >= plain.accuracy - 0.07
+
+
+def test_right_rows_keep_the_plain_argmax() -> None:
+    """Rows already all right keep the plain argmax (ties of equal scores go as np.argmax sends them)."""
+    probs = np.array([[0.4, 0.4, 0.2], [0.2, 0.4, 0.4], [0.4, 0.2, 0.4], [1 / 3, 1 / 3, 1 / 3]])
+    y = np.array([0, 1, 0, 0])
+    assert choose_decision(probs, y, margin=0.0) == (0.0, 0.0, 0.0)  # already perfect: nothing to weigh
+
+
+@pytest.mark.parametrize("labels", [[1] * 50, [0, 2] * 25])
+def test_degenerate_observations(labels: list[int]) -> None:
+    probs = np.full((len(labels), 3), 1 / 3)
+    decision = choose_decision(probs, np.array(labels))
+    assert all(abs(d) <= 10 for d in decision)
+    if len(set(labels)) == 1:
+        assert decision == (0.0, 0.0, 0.0)
+
+
+def test_folds_cover_every_row_once_in_time_order() -> None:
+    blocks = folds(10, 4)
+    assert np.concatenate(blocks).tolist() == list(range(10))
+    assert [b.size for b in blocks] == [3, 3, 2, 2]
+    assert len(folds(2, 4)) == 2
