@@ -13,6 +13,12 @@ clock can be many times the pool type's (an engine batches them together; the la
 own type's at that load). When the instance is idle, the clock is the lowest at which a lone request
 of every type it serves meets its targets: the next arrival's first token comes before the loop's next
 tick can raise the clock.
+
+The burst rule (``burst_until``) overrides that choice between the loop's ticks: an instance whose engine
+has requests waiting in its queue runs at its top clock at once (checked every agent tick, 1 s), and
+goes back to the loop's choice once the queue has stayed empty for a hold time. The clock loop judges a
+load window (seconds to a minute) and would raise the clock after a burst lasting seconds is over;
+the queue says within a tick that the current clock is not keeping up.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from dataclasses import dataclass
 from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
+DEFAULT_BURST_HOLD_S = 0.0  # the burst rule's hold (s); 0: off (the README's measurement says why)
+
 
 class ClockReason(enum.StrEnum):
     IDLE = "idle: lowest clock a lone request of every served type meets the SLO at"
@@ -31,6 +39,7 @@ class ClockReason(enum.StrEnum):
     NO_FEASIBLE = "no clock meets the SLO at this load: max clock"
     NO_PROFILE = "the profile does not cover this instance: max clock"
     FLOOR = "the planner's reactive clock floor (its pool's requests waited too long)"
+    BURST = "the burst rule: requests wait in the engine's queue: top clock until it has been empty a while"
 
 
 @dataclass(frozen=True)
@@ -109,3 +118,17 @@ def _power(profile: Profile, tp: int, clock: int, types: Sequence[RequestType], 
         ) / len(types)
     except ProfilesError:
         return None
+
+
+def burst_until(now: float, waiting: int | None, until: float | None, hold_s: float) -> float | None:
+    """The burst rule for one instance at one check: until when it runs at its top clock (None: it does not,
+    the clock loop's choice applies). ``waiting``: requests in its engine's queue (None: unknown, which
+    neither starts nor extends a burst); ``until``: this function's answer at the previous check;
+    ``hold_s``: how long the queue must stay empty before the top clock is released (0: the rule is off)."""
+    if hold_s <= 0:
+        return None
+    if waiting:
+        return now + hold_s
+    if until is not None and now < until:
+        return until
+    return None

@@ -150,7 +150,11 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
     )
     act.adopt()
     slo = SloTargets(dict(zip((LengthClass.S, LengthClass.M, LengthClass.L), s.ttft_s, strict=True)), s.tbt_s)
-    loop = ClockLoop(act, profile, slo, store, s.load_window_s) if profile is not None else None
+    loop = (
+        ClockLoop(act, profile, slo, store, s.load_window_s, burst_hold_s=s.burst_hold_s)
+        if profile is not None
+        else None
+    )
     if loop is None:
         log.warning("no --profile: clocks stay at the plan's clock (no instance-level clock loop)")
     metrics = AgentMetrics()

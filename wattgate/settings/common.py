@@ -189,6 +189,14 @@ ADMISSION_WINDOW_S = Option(
     "default: it bought nothing on the Azure traces, README)",
     example="2",
 )
+BURST_HOLD_S = Option(
+    "burst_hold_s",
+    number(0.0),
+    0.0,
+    "the clock loop's burst rule: an instance whose engine has requests waiting runs at its top clock at once "
+    "(checked every control tick) until its queue has been empty this long (s; 0: off)",
+    example="5",
+)
 JSON = Option("json", boolean(), False, "print one JSON document instead of a table")
 SPEED = Option("speed", number(above=0), 1.0, "trace seconds per wall (or simulated) second", example="2")
 SIM_SPEED = Option(
