@@ -60,7 +60,9 @@ def build(
     )
     timeouts = Timeouts(drain_s=2, drain_notice_s=0.05, start_s=20, poll_s=0.05)
     act = actuator(tmp, gpus, opts, clocks=clocks, store=store, timeouts=timeouts)
-    loop = ClockLoop(act, prof, SloTargets(), store, window_s=10, burst_hold_s=burst_hold_s) if prof else None
+    loop = None
+    if prof is not None:
+        loop = ClockLoop(act, prof, SloTargets(), store, window_s=10, burst_hold_s=burst_hold_s)
     return Agent(
         node="n1",
         actuator=act,
@@ -82,6 +84,13 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
 
 def records(r: redis.Redis) -> dict[str, InstanceRecord]:
     return {k: InstanceRecord.from_json(v) for k, v in r.hgetall(KEYS.instances).items()}
+
+
+def tp1_profile() -> Profile:
+    """The clock tests' small profile on TP1 (one fake GPU per instance)."""
+    return Profile(
+        "m", "H100", [(1, c, t, ld, tt, tb, p) for (_, c, t, ld, tt, tb, p) in small_profile().to_document()["rows"]]
+    )
 
 
 def test_scale_down_drains_before_stopping(
@@ -139,9 +148,7 @@ def test_scale_down_drains_before_stopping(
 
 def test_clock_loop_follows_the_pool_load(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
     gpus = [FakeGpu(0), FakeGpu(1)]
-    prof = Profile(
-        "m", "H100", [(1, c, t, ld, tt, tb, p) for (_, c, t, ld, tt, tb, p) in small_profile().to_document()["rows"]]
-    )
+    prof = tp1_profile()
     agent = build(tmp_path, redis_url, gpus, prof)
     r.set(KEYS.plan, plan(1, ("a", "SS", [0]), ("b", "SS", [1])).to_json())
     now = time.time()
@@ -161,12 +168,6 @@ def test_clock_loop_follows_the_pool_load(tmp_path: Path, redis_url: str, r: red
     finally:
         agent.shutdown()
     assert gpus[0].locked is None and gpus[1].locked is None
-
-
-def tp1_profile() -> Profile:
-    return Profile(
-        "m", "H100", [(1, c, t, ld, tt, tb, p) for (_, c, t, ld, tt, tb, p) in small_profile().to_document()["rows"]]
-    )
 
 
 @pytest.mark.parametrize("hold_s", [3.0, 0.0])
@@ -214,9 +215,7 @@ def test_clock_loop_keeps_the_plans_headroom(tmp_path: Path, redis_url: str, r: 
     """8 req/s per instance is at the SLO limit of 1205-1980 MHz: with the plan's headroom 0.8 no clock
     carries it within 80% of its capacity, so the policy takes the highest clock, not 1200."""
     gpus = [FakeGpu(0)]
-    prof = Profile(
-        "m", "H100", [(1, c, t, ld, tt, tb, p) for (_, c, t, ld, tt, tb, p) in small_profile().to_document()["rows"]]
-    )
+    prof = tp1_profile()
     agent = build(tmp_path, redis_url, gpus, prof)
     r.set(KEYS.plan, dataclasses.replace(plan(1, ("a", "SS", [0])), headroom=0.8).to_json())
     now = time.time()
