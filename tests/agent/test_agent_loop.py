@@ -16,7 +16,7 @@ from tests.agent.test_clock_policy import profile as small_profile
 from wattgate.agent.actuator import Timeouts
 from wattgate.agent.agent import Agent
 from wattgate.agent.clock_loop import ClockLoop
-from wattgate.agent.clock_policy import ClockReason
+from wattgate.agent.clock_policy import BurstRule, ClockReason
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.engines.base import EngineKind
 from wattgate.agent.engines.options import EngineOptions
@@ -62,7 +62,7 @@ def build(
     act = actuator(tmp, gpus, opts, clocks=clocks, store=store, timeouts=timeouts)
     loop = None
     if prof is not None:
-        loop = ClockLoop(act, prof, SloTargets(), store, window_s=10, burst_hold_s=burst_hold_s)
+        loop = ClockLoop(act, prof, SloTargets(), store, window_s=10, burst=BurstRule(burst_hold_s))
     return Agent(
         node="n1",
         actuator=act,

@@ -5,6 +5,7 @@ and more of the burst meets its targets than with the rule off. Every figure is 
 from __future__ import annotations
 
 from tests.simulate.test_replay import SERVING
+from wattgate.agent.clock_policy import BurstRule
 from wattgate.planner.model import Group
 from wattgate.profiles.builtin import load_builtin
 from wattgate.profiles.classes import RequestType, SloTargets
@@ -34,7 +35,7 @@ def _burst(hold_s: float) -> Result:
         model=model,
         gpus=8,
         lifecycle=Lifecycle(),
-        behaviour=Behaviour(clock_loop=True, burst_hold_s=hold_s),
+        behaviour=Behaviour(clock_loop=True, burst=BurstRule(hold_s)),
         epoch_s=None,
         plan=lambda _now, _running: ((group,), {"LS": {"LS": 1.0}}),
         edges=SimSettings().edges,

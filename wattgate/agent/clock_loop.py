@@ -11,7 +11,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from wattgate.agent.actuator import Actuator
-from wattgate.agent.clock_policy import ClockDecision, ClockInput, ClockReason, burst_until, choose_clock
+from wattgate.agent.clock_policy import (
+    DEFAULT_BURST,
+    BurstRule,
+    ClockDecision,
+    ClockInput,
+    ClockReason,
+    burst_until,
+    choose_clock,
+)
 from wattgate.agent.gpu.base import GpuError
 from wattgate.agent.running import snap_up
 from wattgate.agent.store import AgentStore, StoreError
@@ -31,14 +39,14 @@ class ClockLoop:
         store: AgentStore | None,
         window_s: int = 10,
         *,
-        burst_hold_s: float = 0.0,
+        burst: BurstRule = DEFAULT_BURST,
     ) -> None:
         self._act = actuator
         self._profile = profile
         self._slo = slo
         self._store = store
         self._window_s = window_s
-        self.burst_hold_s = burst_hold_s
+        self.burst_rule = burst
         self.last: dict[str, ClockDecision] = {}  # what each instance runs at: the loop's choice, or the burst rule's
         self._chosen: dict[str, ClockDecision] = {}  # the loop's own choice (floors included)
         self._burst: dict[str, float] = {}  # instances the burst rule holds at the top clock -> until when
@@ -105,14 +113,14 @@ class ClockLoop:
         while requests wait, the loop's last choice once the queue has been empty the hold time. Returns the
         clocks it changed. ``now``: any monotonic seconds (only differences count)."""
         changed: dict[str, ClockDecision] = {}
-        if self.burst_hold_s <= 0:
+        if not self.burst_rule.on:
             return changed
         for iid, r in list(self._act.instances.items()):
             if r.state is not InstanceState.READY or not r.planned.pool:
                 self._burst.pop(iid, None)
                 continue
             held = self._burst.get(iid)
-            until = burst_until(now, r.engine.waiting(), held, self.burst_hold_s)
+            until = burst_until(now, r.engine.waiting(), held, self.burst_rule)
             if until is not None:
                 self._burst[iid] = until
                 if held is None:

@@ -31,6 +31,7 @@ from wattgate.profiles.classes import ProfilesError, RequestType, SloTargets
 from wattgate.profiles.table import Profile
 
 DEFAULT_BURST_HOLD_S = 0.0  # the burst rule's hold (s); 0: off (the README's measurement says why)
+DEFAULT_BURST_MIN_WAITING = 1  # requests in an engine's queue that start the burst rule
 
 
 class ClockReason(enum.StrEnum):
@@ -120,15 +121,30 @@ def _power(profile: Profile, tp: int, clock: int, types: Sequence[RequestType], 
         return None
 
 
-def burst_until(now: float, waiting: int | None, until: float | None, hold_s: float) -> float | None:
+@dataclass(frozen=True)
+class BurstRule:
+    """The burst rule's settings: ``min_waiting`` requests in an engine's queue start (or extend) a burst; the
+    top clock is released once the queue has stayed below that for ``hold_s`` (0: the rule is off)."""
+
+    hold_s: float = DEFAULT_BURST_HOLD_S
+    min_waiting: int = DEFAULT_BURST_MIN_WAITING
+
+    @property
+    def on(self) -> bool:
+        return self.hold_s > 0
+
+
+DEFAULT_BURST = BurstRule()
+
+
+def burst_until(now: float, waiting: int | None, until: float | None, rule: BurstRule) -> float | None:
     """The burst rule for one instance at one check: until when it runs at its top clock (None: it does not,
     the clock loop's choice applies). ``waiting``: requests in its engine's queue (None: unknown, which
-    neither starts nor extends a burst); ``until``: this function's answer at the previous check;
-    ``hold_s``: how long the queue must stay empty before the top clock is released (0: the rule is off)."""
-    if hold_s <= 0:
+    neither starts nor extends a burst); ``until``: this function's answer at the previous check."""
+    if not rule.on:
         return None
-    if waiting:
-        return now + hold_s
+    if waiting is not None and waiting >= max(1, rule.min_waiting):
+        return now + rule.hold_s
     if until is not None and now < until:
         return until
     return None

@@ -197,6 +197,14 @@ BURST_HOLD_S = Option(
     "(checked every control tick) until its queue has been empty this long (s; 0: off)",
     example="5",
 )
+BURST_MIN_WAITING = Option(
+    "burst_min_waiting",
+    integer(1),
+    1,
+    "the burst rule's trigger: requests waiting in an engine's queue (vLLM's num_requests_waiting) that take its "
+    "instance to the top clock",
+    example="4",
+)
 JSON = Option("json", boolean(), False, "print one JSON document instead of a table")
 SPEED = Option("speed", number(above=0), 1.0, "trace seconds per wall (or simulated) second", example="2")
 SIM_SPEED = Option(

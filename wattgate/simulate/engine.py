@@ -9,7 +9,7 @@ preemption), not out of a table. The cluster (``servingmodel.cluster``) holds ev
 draw power, instances take time and energy to start and stop, and a new instance waits for GPUs that
 a draining one still holds. Every second the engines run up to the clock and finished requests leave
 the router's counts; every ``CLOCK_TICK_S`` the agent's clock policy picks each instance's SM clock,
-which applies from its next engine step; with ``Behaviour.burst_hold_s``, every second the agent's burst
+which applies from its next engine step; with ``Behaviour.burst`` on, every second the agent's burst
 rule (``clock_policy.burst_until``) holds an instance whose engine has requests waiting at its top clock
 until its queue has been empty that long. Plans place new instances on free GPUs first (make before
 break). With ``Behaviour.standby`` a dropped instance sleeps instead of stopping, and a plan wakes a
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from wattgate.agent.clock_policy import DEFAULT_BURST_HOLD_S, burst_until
+from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule, burst_until
 from wattgate.gateway.routing import (
     DEFAULT_ADMISSION_WINDOW_S,
     InstanceSpec,
@@ -91,8 +91,8 @@ class Behaviour:
     # the gateway's admission window (``routing.plan_limits``): a request spills past a pool whose instances
     # hold their planned load's worth of requests over it; 0: off
     admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S
-    # with the clock loop, the agent's burst rule: queue -> top clock until it has been empty this long (s); 0: off
-    burst_hold_s: float = DEFAULT_BURST_HOLD_S
+    # with the clock loop, the agent's burst rule: a queue -> top clock until it has been short a while
+    burst: BurstRule = DEFAULT_BURST
 
 
 @dataclass
@@ -378,7 +378,7 @@ class Cluster:
         self.r.power_w.append(energy - self._energy_mark)
         self._energy_mark = energy
         self.r.instances.append(len(self._in(*LIVE, State.DRAINING)))
-        if self.b.clock_loop and self.b.burst_hold_s > 0:
+        if self.b.clock_loop and self.b.burst.on:
             self._burst_check(end)
         if (second + 1) % CLOCK_TICK_S == 0:
             if self.b.clock_loop:
@@ -419,11 +419,11 @@ class Cluster:
 
     def _burst_check(self, now: float) -> None:
         """The agent's burst rule (``clock_policy.burst_until``) on each ready instance's engine queue: top
-        clock while requests wait, the clock loop's choice again once the queue has been empty the hold time."""
+        clock while requests wait, the clock loop's choice again once the queue has been short the hold time."""
         for ri in self._in(State.READY):
             inst = ri.inst
             held = self._burst.get(inst.id)
-            until = burst_until(now, inst.engine.waiting, held, self.b.burst_hold_s)
+            until = burst_until(now, inst.engine.waiting, held, self.b.burst)
             if until is not None:
                 self._burst[inst.id] = until
                 self._set_clock(ri, self.m.top_clock(inst.tp), now)

@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from wattgate.agent.clock_policy import DEFAULT_BURST_HOLD_S
+from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule
 from wattgate.gateway.routing import DEFAULT_ADMISSION_WINDOW_S
 from wattgate.planner.forecast import PEAK_WINDOW_S, ForecastSettings
 from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
@@ -57,7 +57,7 @@ class SimSettings:
     calibrated: Calibrated = field(default_factory=Calibrated)  # how wattgate plans
     fleet: FixedFleet | None = None  # the fixed fleet of the fixed-* policies; the cluster is its nodes
     admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S  # the gateway's admission by the plan (0: off)
-    burst_hold_s: float = DEFAULT_BURST_HOLD_S  # the agent's burst rule with the clock loop (0: off)
+    burst: BurstRule = DEFAULT_BURST  # the agent's burst rule, with the clock loop
 
     def __post_init__(self) -> None:
         if (self.gpus is not None and self.gpus < 8) or not self.epoch_s >= 60:
@@ -220,7 +220,7 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
         dynamic and c.standby,
         dynamic and c.reactive,
         s.admission_window_s,
-        s.burst_hold_s,
+        s.burst,
     )
     return replay(
         spec.name,
