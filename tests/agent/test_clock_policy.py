@@ -4,9 +4,10 @@ clock at which a lone request of every served type meets its target."""
 
 from __future__ import annotations
 
-from wattgate.agent.clock_policy import BurstRule, ClockInput, ClockReason, burst_until, choose_clock
+from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule, ClockInput, ClockReason, burst_until, choose_clock
 from wattgate.profiles.classes import LengthClass, RequestType, SloTargets
 from wattgate.profiles.table import Profile
+from wattgate.settings import common
 
 SUPPORTED = tuple(range(210, 1981, 15))  # 800 is not one of them: 795, 810, ...
 
@@ -115,7 +116,7 @@ def test_an_unmeasured_spilled_type_is_left_out() -> None:
     assert d.sm_clock_mhz == 810 and d.reason is ClockReason.LOWEST_ENERGY
 
 
-HOLD_5 = BurstRule(5.0)
+HOLD_5 = BurstRule(5.0, min_waiting=1)  # any queue
 
 
 def test_burst_a_queue_takes_the_top_clock_at_once() -> None:
@@ -145,3 +146,11 @@ def test_burst_a_queue_shorter_than_the_trigger_neither_starts_nor_extends_a_bur
     assert until == 105.0
     assert burst_until(102.0, 3, until, rule) == 105.0  # short queue: the hold runs on from the last long one
     assert burst_until(105.0, 3, until, rule) is None
+
+
+def test_the_burst_options_defaults_are_the_rules() -> None:
+    # the settings model may not import the agent: its options repeat the rule's defaults
+    assert (common.BURST_HOLD_S.default, common.BURST_MIN_WAITING.default) == (
+        DEFAULT_BURST.hold_s,
+        DEFAULT_BURST.min_waiting,
+    )
