@@ -1,8 +1,8 @@
 """The instance-level clock loop's actuator (every 5 s): live load in, ``choose_clock`` decides,
 the clock controller applies it only when it differs. A clock floor the plan sets on an instance (the
-planner's reactive path) is honoured: the clock is never below it. With a burst hold, ``burst`` (every agent
-tick) applies the burst rule (``clock_policy.burst_until``): an instance whose engine has requests waiting
-goes to its top clock at once, and back to the loop's choice once its queue has been empty the hold time."""
+planner's reactive path) is honoured: the clock is never below it. ``burst`` (every agent tick) applies the
+burst rule (``clock_policy.burst_until``): an instance whose engine has a queue goes to its top clock at
+once, and back to the loop's choice once its queue has been short for the hold time."""
 
 from __future__ import annotations
 

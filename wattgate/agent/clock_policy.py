@@ -15,8 +15,9 @@ of every type it serves meets its targets: the next arrival's first token comes 
 tick can raise the clock.
 
 The burst rule (``burst_until``) overrides that choice between the loop's ticks: an instance whose engine
-has requests waiting in its queue runs at its top clock at once (checked every agent tick, 1 s), and
-goes back to the loop's choice once the queue has stayed empty for a hold time. The clock loop judges a
+has at least ``BurstRule.min_waiting`` requests waiting in its queue runs at its top clock at once (checked
+every agent tick, 1 s), and goes back to the loop's choice once the queue has stayed shorter than that for
+``BurstRule.hold_s``. The clock loop judges a
 load window (seconds to a minute) and would raise the clock after a burst lasting seconds is over;
 the queue says within a tick that the current clock is not keeping up.
 """
