@@ -16,6 +16,7 @@ from tests.agent.test_clock_policy import profile as small_profile
 from wattgate.agent.actuator import Timeouts
 from wattgate.agent.agent import Agent
 from wattgate.agent.clock_loop import ClockLoop
+from wattgate.agent.clock_policy import BurstRule, ClockReason
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.engines.base import EngineKind
 from wattgate.agent.engines.options import EngineOptions
@@ -43,13 +44,25 @@ def plan(version: int, *instances: tuple[str, str, list[int]]) -> Plan:
     return Plan(version, time.time(), "m", inst, {}, 0.0, 0.0)
 
 
-def build(tmp: Path, url: str, gpus: list[FakeGpu], prof: Profile | None = None) -> Agent:
+def build(
+    tmp: Path,
+    url: str,
+    gpus: list[FakeGpu],
+    prof: Profile | None = None,
+    *,
+    burst_hold_s: float = 0.0,
+    env: dict[str, str] | None = None,
+) -> Agent:
     clocks = ClockController(gpus, tmp / "locks.json")
     store = AgentStore(url, KEYS, timeout_s=0.5)
-    opts = EngineOptions(kind=EngineKind.VLLM, log_dir=tmp / "logs", command=standin_command(), stop_grace_s=2)
+    opts = EngineOptions(
+        kind=EngineKind.VLLM, log_dir=tmp / "logs", command=standin_command(), stop_grace_s=2, env=env or {}
+    )
     timeouts = Timeouts(drain_s=2, drain_notice_s=0.05, start_s=20, poll_s=0.05)
     act = actuator(tmp, gpus, opts, clocks=clocks, store=store, timeouts=timeouts)
-    loop = ClockLoop(act, prof, SloTargets(), store, window_s=10) if prof is not None else None
+    loop = None
+    if prof is not None:
+        loop = ClockLoop(act, prof, SloTargets(), store, window_s=10, burst=BurstRule(burst_hold_s))
     return Agent(
         node="n1",
         actuator=act,
@@ -71,6 +84,13 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
 
 def records(r: redis.Redis) -> dict[str, InstanceRecord]:
     return {k: InstanceRecord.from_json(v) for k, v in r.hgetall(KEYS.instances).items()}
+
+
+def tp1_profile() -> Profile:
+    """The clock tests' small profile on TP1 (one fake GPU per instance)."""
+    return Profile(
+        "m", "H100", [(1, c, t, ld, tt, tb, p) for (_, c, t, ld, tt, tb, p) in small_profile().to_document()["rows"]]
+    )
 
 
 def test_scale_down_drains_before_stopping(
@@ -128,9 +148,7 @@ def test_scale_down_drains_before_stopping(
 
 def test_clock_loop_follows_the_pool_load(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
     gpus = [FakeGpu(0), FakeGpu(1)]
-    prof = Profile(
-        "m", "H100", [(1, c, t, ld, tt, tb, p) for (_, c, t, ld, tt, tb, p) in small_profile().to_document()["rows"]]
-    )
+    prof = tp1_profile()
     agent = build(tmp_path, redis_url, gpus, prof)
     r.set(KEYS.plan, plan(1, ("a", "SS", [0]), ("b", "SS", [1])).to_json())
     now = time.time()
@@ -152,13 +170,52 @@ def test_clock_loop_follows_the_pool_load(tmp_path: Path, redis_url: str, r: red
     assert gpus[0].locked is None and gpus[1].locked is None
 
 
+@pytest.mark.parametrize("hold_s", [3.0, 0.0])
+def test_a_queue_locks_the_top_clock_at_the_next_tick_until_it_has_been_empty_the_hold(
+    tmp_path: Path, redis_url: str, r: redis.Redis, hold_s: float
+) -> None:
+    """The burst rule on a fake GPU: the stand-in engine reports requests waiting (vLLM's
+    ``vllm:num_requests_waiting``) between two clock-loop ticks; the next control tick locks the top clock, and
+    the loop's choice returns once the queue has been empty ``hold_s``. With a hold of 0 the rule is off."""
+    gpus = [FakeGpu(0)]
+    flight = tmp_path / "in-flight"
+    flight.write_text("0")
+    agent = build(
+        tmp_path, redis_url, gpus, tp1_profile(), burst_hold_s=hold_s, env={"STANDIN_IN_FLIGHT_FILE": str(flight)}
+    )
+    r.set(KEYS.plan, plan(1, ("a", "SS", [0])).to_json())
+    top = max(gpus[0].supported_sm_clocks_mhz())
+    now = time.time()
+    try:
+        agent.tick(now)
+        assert gpus[0].locked == 800  # idle: the clock loop's lowest clock
+        flight.write_text("1000")  # more than the stand-in's batch: the rest wait in its queue
+        agent.tick(now + 1)  # one control tick later, the clock loop not due (every 5 s)
+        assert gpus[0].locked == (top if hold_s else 800)
+        if not hold_s:
+            return
+        assert records(r)["a"].sm_clock_mhz == top
+        flight.write_text("0")  # the queue empties
+        agent.tick(now + 2)
+        assert gpus[0].locked == top  # held: empty for 1 s of the 3
+        agent.tick(now + 3.5)
+        assert gpus[0].locked == top
+        agent.tick(now + 4.5)  # empty since the queue was last seen at now + 1: 3.5 s > the hold
+        assert gpus[0].locked == 800
+        flight.write_text("1000")
+        agent.tick(now + 5)  # the clock loop's tick during a burst: the burst rule's top clock stands
+        assert gpus[0].locked == top and agent.clock_loop is not None
+        assert agent.clock_loop.last["a"].reason is ClockReason.BURST
+    finally:
+        agent.shutdown()
+    assert gpus[0].locked is None
+
+
 def test_clock_loop_keeps_the_plans_headroom(tmp_path: Path, redis_url: str, r: redis.Redis) -> None:
     """8 req/s per instance is at the SLO limit of 1205-1980 MHz: with the plan's headroom 0.8 no clock
     carries it within 80% of its capacity, so the policy takes the highest clock, not 1200."""
     gpus = [FakeGpu(0)]
-    prof = Profile(
-        "m", "H100", [(1, c, t, ld, tt, tb, p) for (_, c, t, ld, tt, tb, p) in small_profile().to_document()["rows"]]
-    )
+    prof = tp1_profile()
     agent = build(tmp_path, redis_url, gpus, prof)
     r.set(KEYS.plan, dataclasses.replace(plan(1, ("a", "SS", [0])), headroom=0.8).to_json())
     now = time.time()

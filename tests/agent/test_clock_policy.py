@@ -4,9 +4,10 @@ clock at which a lone request of every served type meets its target."""
 
 from __future__ import annotations
 
-from wattgate.agent.clock_policy import ClockInput, ClockReason, choose_clock
+from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule, ClockInput, ClockReason, burst_until, choose_clock
 from wattgate.profiles.classes import LengthClass, RequestType, SloTargets
 from wattgate.profiles.table import Profile
+from wattgate.settings import common
 
 SUPPORTED = tuple(range(210, 1981, 15))  # 800 is not one of them: 795, 810, ...
 
@@ -113,3 +114,43 @@ def test_requests_in_flight_before_the_load_windows_count_them_get_a_clock_their
 def test_an_unmeasured_spilled_type_is_left_out() -> None:
     d = choose_clock(profile(), SloTargets(), SUPPORTED, ClockInput("SS", 2, 1.0, 1, serves=("LL", "XX")))
     assert d.sm_clock_mhz == 810 and d.reason is ClockReason.LOWEST_ENERGY
+
+
+HOLD_5 = BurstRule(5.0, min_waiting=1)  # any queue
+
+
+def test_burst_a_queue_takes_the_top_clock_at_once() -> None:
+    assert burst_until(100.0, 3, None, HOLD_5) == 105.0  # requests wait: held until 5 s after this check
+    assert burst_until(100.0, 0, None, HOLD_5) is None  # no queue, no burst: the clock loop decides
+    assert burst_until(100.0, None, None, HOLD_5) is None  # an engine whose metrics do not answer starts nothing
+
+
+def test_burst_holds_while_the_queue_lasts_then_releases_after_the_hold() -> None:
+    until = burst_until(100.0, 2, None, HOLD_5)
+    until = burst_until(101.0, 1, until, HOLD_5)  # still queued: the hold runs from the last queue seen
+    assert until == 106.0
+    assert burst_until(103.0, 0, until, HOLD_5) == 106.0  # empty, but not for long enough yet
+    assert burst_until(105.9, None, until, HOLD_5) == 106.0  # unknown neither extends nor ends it
+    assert burst_until(106.0, 0, until, HOLD_5) is None  # empty for the hold time: released
+
+
+def test_burst_hold_zero_switches_the_rule_off() -> None:
+    assert burst_until(100.0, 50, None, BurstRule(0.0)) is None
+    assert burst_until(100.0, 50, 104.0, BurstRule(0.0)) is None
+
+
+def test_burst_a_queue_shorter_than_the_trigger_neither_starts_nor_extends_a_burst() -> None:
+    rule = BurstRule(5.0, min_waiting=4)
+    assert burst_until(100.0, 3, None, rule) is None
+    until = burst_until(100.0, 4, None, rule)
+    assert until == 105.0
+    assert burst_until(102.0, 3, until, rule) == 105.0  # short queue: the hold runs on from the last long one
+    assert burst_until(105.0, 3, until, rule) is None
+
+
+def test_the_burst_options_defaults_are_the_rules() -> None:
+    # the settings model may not import the agent: its options repeat the rule's defaults
+    assert (common.BURST_HOLD_S.default, common.BURST_MIN_WAITING.default) == (
+        DEFAULT_BURST.hold_s,
+        DEFAULT_BURST.min_waiting,
+    )

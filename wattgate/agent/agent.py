@@ -113,10 +113,12 @@ class Agent:
             if floors != self._floors:
                 self._floors = floors
                 self._next_clock = now  # a floor raised (or lifted) by the planner applies at once
-        if self.clock_loop is not None and now >= self._next_clock:
-            self._next_clock = now + self.clock_interval_s
-            plan = self.plan
-            self.clock_loop.tick(now, plan.serves if plan else None, plan.headroom if plan else 1.0, self._floors)
+        if self.clock_loop is not None:
+            self.clock_loop.burst(now)  # every tick: a queue takes its instance to the top clock at once
+            if now >= self._next_clock:
+                self._next_clock = now + self.clock_interval_s
+                plan = self.plan
+                self.clock_loop.tick(now, plan.serves if plan else None, plan.headroom if plan else 1.0, self._floors)
 
     def publish(self, now: float | None = None) -> None:
         now = time.time() if now is None else now

@@ -1,6 +1,8 @@
 """The instance-level clock loop's actuator (every 5 s): live load in, ``choose_clock`` decides,
 the clock controller applies it only when it differs. A clock floor the plan sets on an instance (the
-planner's reactive path) is honoured: the clock is never below it."""
+planner's reactive path) is honoured: the clock is never below it. ``burst`` (every agent tick) applies the
+burst rule (``clock_policy.burst_until``): an instance whose engine has a queue goes to its top clock at
+once, and back to the loop's choice once its queue has been short for the hold time."""
 
 from __future__ import annotations
 
@@ -9,7 +11,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from wattgate.agent.actuator import Actuator
-from wattgate.agent.clock_policy import ClockDecision, ClockInput, ClockReason, choose_clock
+from wattgate.agent.clock_policy import (
+    DEFAULT_BURST,
+    BurstRule,
+    ClockDecision,
+    ClockInput,
+    ClockReason,
+    burst_until,
+    choose_clock,
+)
 from wattgate.agent.gpu.base import GpuError
 from wattgate.agent.running import snap_up
 from wattgate.agent.store import AgentStore, StoreError
@@ -22,14 +32,24 @@ log = logging.getLogger(__name__)
 
 class ClockLoop:
     def __init__(
-        self, actuator: Actuator, profile: Profile, slo: SloTargets, store: AgentStore | None, window_s: int = 10
+        self,
+        actuator: Actuator,
+        profile: Profile,
+        slo: SloTargets,
+        store: AgentStore | None,
+        window_s: int = 10,
+        *,
+        burst: BurstRule = DEFAULT_BURST,
     ) -> None:
         self._act = actuator
         self._profile = profile
         self._slo = slo
         self._store = store
         self._window_s = window_s
-        self.last: dict[str, ClockDecision] = {}
+        self.burst_rule = burst
+        self.last: dict[str, ClockDecision] = {}  # what each instance runs at: the loop's choice, or the burst rule's
+        self._chosen: dict[str, ClockDecision] = {}  # the loop's own choice (floors included)
+        self._burst: dict[str, float] = {}  # instances the burst rule holds at the top clock -> until when
 
     def _pool_shares(self, now: float, serves: Mapping[str, Sequence[str]]) -> dict[str, float] | None:
         """Each pool's live load (gateway windows of every type it serves) per ready instance; None when
@@ -78,19 +98,61 @@ class ClockLoop:
             floor = floors.get(iid, 0)
             if floor > d.sm_clock_mhz:
                 d = ClockDecision(snap_up(floor, sorted(supported)), ClockReason.FLOOR, None)
+            self._chosen[iid] = d
+            if iid in self._burst:  # the burst rule holds it at the top clock until its queue has been empty a while
+                d = ClockDecision(max(supported), ClockReason.BURST, None)
             decisions[iid] = d
             if self.last.get(iid) != d:
                 log.info("%s: %d MHz (%s) at %.2f req/s", iid, d.sm_clock_mhz, d.reason, x.load_rps)
-            try:
-                for g in r.planned.gpus:
-                    self._act.clocks.set_clock(g, d.sm_clock_mhz)
-            except GpuError as exc:
-                log.error("%s: cannot set %d MHz: %s", iid, d.sm_clock_mhz, exc)
-                continue
-            if self._act.clocks.clock_control:
-                self._act.set_clock_record(r, d.sm_clock_mhz)
+            self._apply(iid, d)
         self.last = decisions
         return decisions
+
+    def burst(self, now: float) -> dict[str, ClockDecision]:
+        """The burst rule on every ready instance's engine queue (``clock_policy.burst_until``): top clock at once
+        while requests wait, the loop's last choice once the queue has been empty the hold time. Returns the
+        clocks it changed. ``now``: any monotonic seconds (only differences count)."""
+        changed: dict[str, ClockDecision] = {}
+        if not self.burst_rule.on:
+            return changed
+        for iid, r in list(self._act.instances.items()):
+            if r.state is not InstanceState.READY or not r.planned.pool:
+                self._burst.pop(iid, None)
+                continue
+            held = self._burst.get(iid)
+            until = burst_until(now, r.engine.waiting(), held, self.burst_rule)
+            if until is not None:
+                self._burst[iid] = until
+                if held is None:
+                    supported = set.intersection(
+                        *(set(self._act.gpus[g].supported_sm_clocks_mhz()) for g in r.planned.gpus)
+                    )
+                    if supported:
+                        changed[iid] = ClockDecision(max(supported), ClockReason.BURST, None)
+            elif held is not None:
+                del self._burst[iid]
+                chosen = self._chosen.get(iid)
+                if chosen is not None:
+                    changed[iid] = chosen
+        for iid, d in changed.items():
+            if self.last.get(iid) != d:
+                log.info("%s: %d MHz (%s)", iid, d.sm_clock_mhz, d.reason)
+            if self._apply(iid, d):
+                self.last[iid] = d
+        return changed
+
+    def _apply(self, iid: str, d: ClockDecision) -> bool:
+        """Lock instance ``iid``'s GPUs at ``d``'s clock and record it; False when a GPU refused."""
+        r = self._act.instances[iid]
+        try:
+            for g in r.planned.gpus:
+                self._act.clocks.set_clock(g, d.sm_clock_mhz)
+        except GpuError as exc:
+            log.error("%s: cannot set %d MHz: %s", iid, d.sm_clock_mhz, exc)
+            return False
+        if self._act.clocks.clock_control:
+            self._act.set_clock_record(r, d.sm_clock_mhz)
+        return True
 
 
 def _served(pool: str, serves: Mapping[str, Sequence[str]]) -> tuple[str, ...]:

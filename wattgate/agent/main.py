@@ -15,6 +15,7 @@ from typing import Any
 from wattgate.agent.actuator import Actuator
 from wattgate.agent.agent import Agent
 from wattgate.agent.clock_loop import ClockLoop
+from wattgate.agent.clock_policy import BurstRule
 from wattgate.agent.clocks import ClockController
 from wattgate.agent.engines.base import Engine, EngineKind, EngineSpec
 from wattgate.agent.engines.external import ExternalEngine
@@ -150,7 +151,11 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
     )
     act.adopt()
     slo = SloTargets(dict(zip((LengthClass.S, LengthClass.M, LengthClass.L), s.ttft_s, strict=True)), s.tbt_s)
-    loop = ClockLoop(act, profile, slo, store, s.load_window_s) if profile is not None else None
+    loop = (
+        ClockLoop(act, profile, slo, store, s.load_window_s, burst=BurstRule(s.burst_hold_s, s.burst_min_waiting))
+        if profile is not None
+        else None
+    )
     if loop is None:
         log.warning("no --profile: clocks stay at the plan's clock (no instance-level clock loop)")
     metrics = AgentMetrics()

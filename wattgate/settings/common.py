@@ -190,6 +190,22 @@ ADMISSION_WINDOW_S = Option(
     "default: it bought nothing on the Azure traces, README)",
     example="2",
 )
+BURST_HOLD_S = Option(
+    "burst_hold_s",
+    number(0.0),
+    1.0,
+    "the clock loop's burst rule: an instance whose engine has requests waiting runs at its top clock at once "
+    "(checked every control tick) until its queue has been shorter than --burst-min-waiting this long (s; 0: off)",
+    example="5",
+)
+BURST_MIN_WAITING = Option(
+    "burst_min_waiting",
+    integer(1),
+    4,
+    "the burst rule's trigger: requests waiting in an engine's queue (vLLM's num_requests_waiting) that take its "
+    "instance to the top clock",
+    example="1",
+)
 JSON = Option("json", boolean(), False, "print one JSON document instead of a table")
 SPEED = Option("speed", number(above=0), 1.0, "trace seconds per wall (or simulated) second", example="2")
 SIM_SPEED = Option(

@@ -95,6 +95,8 @@ OPTIONS: tuple[Option, ...] = (
         help="the gateway's admission by the plan: an instance holding more requests than its planned req/s x this "
         "is full and a request spills to the next pool of its route with room (s; 0: off)"
     ),
+    c.BURST_HOLD_S,
+    c.BURST_MIN_WAITING,
     c.HEADROOM.for_command(
         help="share of an instance's SLO-feasible capacity the clock policy and the classic policies may load it "
         "to (as wattgate planner); wattgate and the oracle plan for each minute's busiest 10 s at the whole capacity"
@@ -133,6 +135,7 @@ def run(args: Values) -> int:
     import sys
     from pathlib import Path
 
+    from wattgate.agent.clock_policy import BurstRule
     from wattgate.planner.model import DEFAULT_HEADROOM
     from wattgate.profiles.builtin import DEFAULT_PROFILE, profile_or_default
     from wattgate.profiles.classes import ProfilesError
@@ -170,6 +173,7 @@ def run(args: Values) -> int:
             calibrated=Calibrated(quantile=args.quantile, amortize_s=args.amortize_s),
             fleet=fleet,
             admission_window_s=args.admission_window_s,
+            burst=BurstRule(args.burst_hold_s, args.burst_min_waiting),
         )
         profile = profile_or_default(args.profile)
         default = FIXED_FLEET_POLICIES if fleet is not None else DEFAULT_POLICIES
@@ -205,6 +209,8 @@ def run(args: Values) -> int:
         "routing": args.routing,
         "headroom": settings.headroom,
         "admission_window_s": settings.admission_window_s,
+        "burst_hold_s": settings.burst.hold_s,
+        "burst_min_waiting": settings.burst.min_waiting,
         "arch": settings.arch,
         "engine": settings.engine,
         "single_pool": {

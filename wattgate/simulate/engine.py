@@ -9,7 +9,9 @@ preemption), not out of a table. The cluster (``servingmodel.cluster``) holds ev
 draw power, instances take time and energy to start and stop, and a new instance waits for GPUs that
 a draining one still holds. Every second the engines run up to the clock and finished requests leave
 the router's counts; every ``CLOCK_TICK_S`` the agent's clock policy picks each instance's SM clock,
-which applies from its next engine step. Plans place new instances on free GPUs first (make before
+which applies from its next engine step; with ``Behaviour.burst`` on, every second the agent's burst
+rule (``clock_policy.burst_until``) holds an instance whose engine has requests waiting at its top clock
+until its queue has been empty that long. Plans place new instances on free GPUs first (make before
 break). With ``Behaviour.standby`` a dropped instance sleeps instead of stopping, and a plan wakes a
 sleeping instance of the same TP (seconds) rather than starting one (minutes). With
 ``Behaviour.reactive``, every ``CLOCK_TICK_S`` the reactive path (``planner.reactive.react``, the function the
@@ -29,6 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule, burst_until
 from wattgate.gateway.routing import (
     DEFAULT_ADMISSION_WINDOW_S,
     InstanceSpec,
@@ -88,6 +91,8 @@ class Behaviour:
     # the gateway's admission window (``routing.plan_limits``): a request spills past a pool whose instances
     # hold their planned load's worth of requests over it; 0: off
     admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S
+    # with the clock loop, the agent's burst rule: a queue -> top clock until it has been short a while
+    burst: BurstRule = DEFAULT_BURST
 
 
 @dataclass
@@ -177,6 +182,8 @@ class Cluster:
         self._energy_mark = 0.0
         self._slept_at: dict[str, float] = {}
         self._memory = Memory()  # the reactive path's holds and additions
+        self._chosen: dict[str, int] = {}  # the clock loop's last choice per instance
+        self._burst: dict[str, float] = {}  # instances the burst rule holds at the top clock -> until when
         self.missed = 0  # finished requests that missed their targets
         n = len(arrivals)
         result.ttft_s, result.tbt_s = [math.inf] * n, [math.nan] * n
@@ -371,6 +378,8 @@ class Cluster:
         self.r.power_w.append(energy - self._energy_mark)
         self._energy_mark = energy
         self.r.instances.append(len(self._in(*LIVE, State.DRAINING)))
+        if self.b.clock_loop and self.b.burst.on:
+            self._burst_check(end)
         if (second + 1) % CLOCK_TICK_S == 0:
             if self.b.clock_loop:
                 self._clock_loop(end)
@@ -404,7 +413,25 @@ class Cluster:
             own = TYPE_INDEX.get(inst.pool, TYPE_INDEX["MM"])
             present = [t for t, c in enumerate(ri.counts) if c] or [own]
             clock = max(m.clock_for(REQUEST_TYPES[t], inst.tp, load, busy) for t in present)
-            self._set_clock(ri, clock, now)
+            self._chosen[inst.id] = clock
+            if inst.id not in self._burst:  # else the burst rule holds it at the top clock
+                self._set_clock(ri, clock, now)
+
+    def _burst_check(self, now: float) -> None:
+        """The agent's burst rule (``clock_policy.burst_until``) on each ready instance's engine queue: top
+        clock while requests wait, the clock loop's choice again once the queue has been short the hold time."""
+        for ri in self._in(State.READY):
+            inst = ri.inst
+            held = self._burst.get(inst.id)
+            until = burst_until(now, inst.engine.waiting, held, self.b.burst)
+            if until is not None:
+                self._burst[inst.id] = until
+                self._set_clock(ri, self.m.top_clock(inst.tp), now)
+            elif held is not None:
+                del self._burst[inst.id]
+                chosen = self._chosen.get(inst.id)
+                if chosen is not None and not self._memory.held(inst.id, now):
+                    self._set_clock(ri, chosen, now)
 
     def _react(self, now: float) -> None:
         """The reactive path (``planner.reactive.react``, as the live planner runs it) on the ready instances: the

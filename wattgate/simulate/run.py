@@ -19,6 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule
 from wattgate.gateway.routing import DEFAULT_ADMISSION_WINDOW_S
 from wattgate.planner.forecast import PEAK_WINDOW_S, ForecastSettings
 from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
@@ -68,6 +69,7 @@ class SimSettings:
     calibrated: Calibrated = field(default_factory=Calibrated)  # how wattgate plans
     fleet: FixedFleet | None = None  # the fixed fleet of the fixed-* policies; the cluster is its nodes
     admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S  # the gateway's admission by the plan (0: off)
+    burst: BurstRule = DEFAULT_BURST  # the agent's burst rule, with the clock loop
 
     def __post_init__(self) -> None:
         if (self.gpus is not None and self.gpus < 8) or not self.epoch_s >= 60:
@@ -334,7 +336,12 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
     c = s.calibrated
     dynamic = spec.calibrated and not spec.fixed  # a fixed fleet neither sleeps nor adds instances
     behaviour = Behaviour(
-        spec.clock_loop, s.plan_routing, dynamic and c.standby, dynamic and c.reactive, s.admission_window_s
+        spec.clock_loop,
+        s.plan_routing,
+        dynamic and c.standby,
+        dynamic and c.reactive,
+        s.admission_window_s,
+        s.burst,
     )
     return replay(
         spec.name,

@@ -79,6 +79,10 @@ class Engine(Protocol):
         """Requests running plus waiting, from the engine's /metrics; None when unknown."""
         ...
 
+    def waiting(self) -> int | None:
+        """Requests waiting in the engine's queue (not yet running), from its /metrics; None when unknown."""
+        ...
+
     def drain(self, timeout_s: float) -> bool:
         """Wait until no request is in flight (unknown counts as not yet), at most ``timeout_s``."""
         ...
@@ -120,6 +124,9 @@ IN_FLIGHT_METRICS = {
     EngineKind.TGI: ("tgi_batch_current_size", "tgi_queue_size"),
     EngineKind.LLAMA_CPP: ("llamacpp:requests_processing", "llamacpp:requests_deferred"),  # needs --metrics
 }
+
+# The queue alone: the second of each pair above.
+WAITING_METRICS = {kind: names[1:] for kind, names in IN_FLIGHT_METRICS.items()}
 
 
 def parse_metrics(text: str, names: Iterable[str]) -> float | None:

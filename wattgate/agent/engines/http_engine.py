@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import httpx
 
-from wattgate.agent.engines.base import IN_FLIGHT_METRICS, EngineError, EngineKind, EngineSpec, parse_metrics
+from wattgate.agent.engines.base import (
+    IN_FLIGHT_METRICS,
+    WAITING_METRICS,
+    EngineError,
+    EngineKind,
+    EngineSpec,
+    parse_metrics,
+)
 
 _TIMEOUT = httpx.Timeout(2.0)
 
@@ -68,13 +75,20 @@ class HttpEngine:
         return False
 
     def in_flight(self) -> int | None:
+        return self._metric(IN_FLIGHT_METRICS[self.metrics_kind])
+
+    def waiting(self) -> int | None:
+        return self._metric(WAITING_METRICS[self.metrics_kind])
+
+    def _metric(self, names: tuple[str, ...]) -> int | None:
+        """The sum of ``names`` on the engine's /metrics; None when it does not answer or lacks them."""
         try:
             r = self._http.get(self._url + "/metrics")
         except httpx.HTTPError:
             return None
         if r.status_code != 200:
             return None
-        value = parse_metrics(r.text, IN_FLIGHT_METRICS[self.metrics_kind])
+        value = parse_metrics(r.text, names)
         return None if value is None else int(value)
 
     @property
