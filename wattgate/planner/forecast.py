@@ -237,7 +237,9 @@ class PoolForecasts:
     more than twice the whole load's busiest minute). The plan's instances carry the pools' load together
     (its routes send several types to one pool, and the pools share the cluster), so what must be covered
     at the quantile is the sum: when the pools' forecasts add up to more than the forecast of the whole
-    load, each is scaled down by the same factor (the mix of the pools' forecasts kept). The whole load's
+    load, each pool keeps its level (its EWMA, squared back into req/s) and the margins above the levels
+    are scaled down by the same factor, to what the whole load's forecast leaves above the levels' sum
+    (never below the levels: a pool's expected load is not shared away). The whole load's
     series is ``total`` when given (the busiest 10 s of all arrivals, which is below the sum of the pools'
     busiest 10 s), else the sum of the pools' series."""
 
@@ -267,7 +269,19 @@ class PoolForecasts:
         whole, summed = self._feed(TOTAL, total, end_minute), sum(out.values())
         if summed <= whole:
             return out
-        return {pool: v * whole / summed for pool, v in out.items()}
+        # each pool keeps its level; only the margins above the levels are scaled, to what the whole load's
+        # forecast leaves above the levels' sum
+        levels = {p: min(self.level(p), v) for p, v in out.items()}
+        margins = summed - sum(levels.values())
+        if margins <= 0:
+            return out
+        keep = min(max(whole - sum(levels.values()), 0.0) / margins, 1.0)
+        return {p: levels[p] + (v - levels[p]) * keep for p, v in out.items()}
+
+    def level(self, pool: str) -> float:
+        """A pool's level (its EWMA of square roots) as req/s: what the joint scaling never cuts below."""
+        level = self._pools[pool][0].level
+        return 0.0 if level is None else level**2 / 60.0
 
     def _feed(self, pool: str, counts: Sequence[float], end_minute: int | None) -> float:
         start = 0 if end_minute is None else end_minute - len(counts)
