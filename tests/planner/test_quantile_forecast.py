@@ -104,3 +104,8 @@ def test_one_pool_or_a_lower_sum_is_left_alone_and_a_given_total_is_used() -> No
     level = pf.level("SS")
     assert 0 < level < f and halved["SS"] == pytest.approx(halved["LL"])
     assert sum(halved.values()) == pytest.approx(max(f, 2 * level))
+    # before the whole load's forecaster has errors of its own, its prior is no quantile of this sum
+    pools = {f"P{i}": poisson_counts([20.0] * 30, seed=20 + i) for i in range(9)}
+    assert PoolForecasts(7).forecast(pools) == PoolForecasts(7, joint=False).forecast(pools)
+    later = {p: c * 3 for p, c in pools.items()}
+    assert sum(PoolForecasts(7).forecast(later).values()) < sum(PoolForecasts(7, joint=False).forecast(later).values())

@@ -196,6 +196,11 @@ class QuantileForecaster:
         if len(self._roots) > 4 * keep:  # only the last horizon is needed again
             del self._roots[:-keep], self._levels[:-keep]
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether the quantile comes from its own errors (else from the prior)."""
+        return len(self._errors) >= self.s.min_errors
+
     def _quantile(self, upto: int | None = None) -> float:
         errs = self._errors if upto is None else self._errors[:upto]
         if len(errs) < self.s.min_errors:
@@ -239,7 +244,8 @@ class PoolForecasts:
     at the quantile is the sum: when the pools' forecasts add up to more than the forecast of the whole
     load, each pool keeps its level (its EWMA, squared back into req/s) and the margins above the levels
     are scaled down by the same factor, to what the whole load's forecast leaves above the levels' sum
-    (never below the levels: a pool's expected load is not shared away). The whole load's
+    (never below the levels: a pool's expected load is not shared away); only once the whole load's
+    forecaster has its own errors (its prior is no quantile of this load's sum). The whole load's
     series is ``total`` when given (the busiest 10 s of all arrivals, which is below the sum of the pools'
     busiest 10 s), else the sum of the pools' series."""
 
@@ -267,7 +273,7 @@ class PoolForecasts:
                 return out
             total = [sum(minute) for minute in zip(*series.values(), strict=True)]
         whole, summed = self._feed(TOTAL, total, end_minute), sum(out.values())
-        if summed <= whole:
+        if summed <= whole or not self._pools[TOTAL][0].calibrated:
             return out
         # each pool keeps its level; only the margins above the levels are scaled, to what the whole load's
         # forecast leaves above the levels' sum
