@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from wattgate.planner.forecast import QuantileForecaster, QuantileSettings
+from wattgate.planner.forecast import PoolForecasts, QuantileForecaster, QuantileSettings
 from wattgate.planner.model import PlannerError
 
 
@@ -59,3 +59,53 @@ def test_a_burst_is_covered_once_its_kind_has_been_seen() -> None:
     for c in counts:
         f.observe(c)
     assert f.forecast() * 60 >= 400  # the peak it now expects within two minutes includes a burst
+
+
+def test_the_joint_forecast_covers_the_pools_sum_at_the_quantile_not_each_pool() -> None:
+    """Nine independent pools at low load: each pool's 0.9 quantile adds up to far more than the 0.9
+    quantile of their sum; the joint forecast keeps each pool's level and scales the margins above the
+    levels down to the whole load's quantile, which the busiest minute of the next horizon's whole load
+    still stays under at least as often as the quantile says (the forecaster of a horizon's peak covers
+    somewhat more than its quantile)."""
+    horizon, minutes, warm = 7, 1500, 400
+    pools = {f"P{i}": poisson_counts([10.0 + 5 * i] * minutes, seed=10 + i) for i in range(9)}
+    total = [sum(c[k] for c in pools.values()) for k in range(minutes)]
+    joint, apart = PoolForecasts(horizon), PoolForecasts(horizon, joint=False)
+    covered = judged = 0
+    ratios = []
+    for t in range(warm, minutes - horizon):
+        now = {p: c[:t] for p, c in pools.items()}
+        together, alone = joint.forecast(now), apart.forecast(now)
+        assert set(together) == set(pools)
+        assert all(joint.level(p) - 1e-9 <= together[p] <= alone[p] for p in pools)
+        ratios.append(sum(alone.values()) / sum(together.values()))
+        judged += 1
+        covered += sum(together.values()) >= max(total[t : t + horizon]) / 60.0
+    assert judged > 1000 and covered / judged >= 0.9
+    assert min(ratios) > 1.15  # the pools' own quantiles add up to well over the sum's
+    # every pool's margin above its level is scaled by the same factor
+    kept = {p: (together[p] - joint.level(p)) / (alone[p] - joint.level(p)) for p in pools}
+    assert min(kept.values()) > 0 and max(kept.values()) == pytest.approx(min(kept.values()))
+    assert set(joint.quality()) == set(pools)  # the whole load's forecaster is no pool
+
+
+def test_one_pool_or_a_lower_sum_is_left_alone_and_a_given_total_is_used() -> None:
+    counts = poisson_counts([30.0] * 200, seed=5)
+    one, ref = PoolForecasts(7), PoolForecasts(7, joint=False)
+    assert one.forecast({"SS": counts}) == ref.forecast({"SS": counts})
+    # two pools that always burst together: the whole load is their sum, whose quantile is the pools' sum
+    both = {"SS": counts, "LL": counts}
+    assert PoolForecasts(7).forecast(both) == pytest.approx(PoolForecasts(7, joint=False).forecast(both))
+    # a total that is half the sum (the busiest 10 s of all arrivals can be below the pools' summed peaks):
+    # the pools come down to it, but never below their levels
+    f = one.forecast({"SS": counts})["SS"]
+    pf = PoolForecasts(7)
+    halved = pf.forecast(both, total=list(counts))
+    level = pf.level("SS")
+    assert 0 < level < f and halved["SS"] == pytest.approx(halved["LL"])
+    assert sum(halved.values()) == pytest.approx(max(f, 2 * level))
+    # before the whole load's forecaster has errors of its own, its prior is no quantile of this sum
+    pools = {f"P{i}": poisson_counts([20.0] * 30, seed=20 + i) for i in range(9)}
+    assert PoolForecasts(7).forecast(pools) == PoolForecasts(7, joint=False).forecast(pools)
+    later = {p: c * 3 for p, c in pools.items()}
+    assert sum(PoolForecasts(7).forecast(later).values()) < sum(PoolForecasts(7, joint=False).forecast(later).values())

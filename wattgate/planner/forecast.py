@@ -196,6 +196,11 @@ class QuantileForecaster:
         if len(self._roots) > 4 * keep:  # only the last horizon is needed again
             del self._roots[:-keep], self._levels[:-keep]
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether the quantile comes from its own errors (else from the prior)."""
+        return len(self._errors) >= self.s.min_errors
+
     def _quantile(self, upto: int | None = None) -> float:
         errs = self._errors if upto is None else self._errors[:upto]
         if len(errs) < self.s.min_errors:
@@ -220,35 +225,81 @@ class QuantileForecaster:
         return self.sum_rel_error / self.forecasts if self.forecasts else math.nan
 
 
+TOTAL = "*"  # the joint forecaster's key: the whole load, every pool together
+
+
 class PoolForecasts:
-    """Every pool's ``QuantileForecaster``, fed the minutes of per-pool count series as they grow.
+    """Every pool's ``QuantileForecaster``, fed the minutes of per-pool count series as they grow, and
+    (``joint``, the default) one of the whole load that bounds their sum.
 
     The replay hands it the whole per-minute series up to now at each plan, the planner loop its window
     of the last minutes with the absolute minute it ends at; it feeds only the minutes it has not seen (a
     series that ends before what it saw, i.e. a clock that went back, starts that pool afresh), so a
-    forecast costs the same at minute 10 and at minute 10,000."""
+    forecast costs the same at minute 10 and at minute 10,000.
 
-    def __init__(self, horizon_min: int, settings: QuantileSettings | None = None) -> None:
+    Joint: each pool's forecast is its own upper quantile, and the pools' errors are largely independent,
+    so the sum of the pools' quantiles is far above the same quantile of their sum (nine pools at low load:
+    more than twice the whole load's busiest minute). The plan's instances carry the pools' load together
+    (its routes send several types to one pool, and the pools share the cluster), so what must be covered
+    at the quantile is the sum: when the pools' forecasts add up to more than the forecast of the whole
+    load, each pool keeps its level (its EWMA, squared back into req/s) and the margins above the levels
+    are scaled down by the same factor, to what the whole load's forecast leaves above the levels' sum
+    (never below the levels: a pool's expected load is not shared away); only once the whole load's
+    forecaster has its own errors (its prior is no quantile of this load's sum). The whole load's
+    series is ``total`` when given (the busiest 10 s of all arrivals, which is below the sum of the pools'
+    busiest 10 s), else the sum of the pools' series."""
+
+    def __init__(self, horizon_min: int, settings: QuantileSettings | None = None, *, joint: bool = True) -> None:
         self.horizon_min = horizon_min
         self.settings = settings or QuantileSettings()
+        self.joint = joint
         self._pools: dict[str, tuple[QuantileForecaster, int]] = {}
 
-    def forecast(self, series: Mapping[str, Sequence[float]], end_minute: int | None = None) -> dict[str, float]:
+    def forecast(
+        self,
+        series: Mapping[str, Sequence[float]],
+        end_minute: int | None = None,
+        total: Sequence[float] | None = None,
+    ) -> dict[str, float]:
         """req/s per pool. ``series`` runs from minute 0 (the replay), or, with ``end_minute``, is the last
-        ``len`` whole minutes before that absolute minute (the planner loop's sliding Redis window)."""
-        out = {}
-        for pool, counts in series.items():
-            start = 0 if end_minute is None else end_minute - len(counts)
-            end = start + len(counts)
-            f, seen = self._pools.get(pool, (None, start))
-            if f is None or seen > end:
-                f, seen = QuantileForecaster(self.horizon_min, self.settings), start
-            for c in counts[max(seen, start) - start :]:
-                f.observe(c)
-            self._pools[pool] = (f, end)
-            out[pool] = f.forecast()
-        return out
+        ``len`` whole minutes before that absolute minute (the planner loop's sliding Redis window);
+        ``total``, aligned with them, is the whole load's series (default: the sum of the pools')."""
+        out = {pool: self._feed(pool, counts, end_minute) for pool, counts in series.items()}
+        if not self.joint or len(out) < 2:
+            return out
+        if total is None:
+            lengths = {len(c) for c in series.values()}
+            if len(lengths) != 1:
+                return out
+            total = [sum(minute) for minute in zip(*series.values(), strict=True)]
+        whole, summed = self._feed(TOTAL, total, end_minute), sum(out.values())
+        if summed <= whole or not self._pools[TOTAL][0].calibrated:
+            return out
+        # each pool keeps its level; only the margins above the levels are scaled, to what the whole load's
+        # forecast leaves above the levels' sum
+        levels = {p: min(self.level(p), v) for p, v in out.items()}
+        margins = summed - sum(levels.values())
+        if margins <= 0:
+            return out
+        keep = min(max(whole - sum(levels.values()), 0.0) / margins, 1.0)
+        return {p: levels[p] + (v - levels[p]) * keep for p, v in out.items()}
+
+    def level(self, pool: str) -> float:
+        """A pool's level (its EWMA of square roots) as req/s: what the joint scaling never cuts below."""
+        level = self._pools[pool][0].level
+        return 0.0 if level is None else level**2 / 60.0
+
+    def _feed(self, pool: str, counts: Sequence[float], end_minute: int | None) -> float:
+        start = 0 if end_minute is None else end_minute - len(counts)
+        end = start + len(counts)
+        f, seen = self._pools.get(pool, (None, start))
+        if f is None or seen > end:
+            f, seen = QuantileForecaster(self.horizon_min, self.settings), start
+        for c in counts[max(seen, start) - start :]:
+            f.observe(c)
+        self._pools[pool] = (f, end)
+        return f.forecast()
 
     def quality(self) -> dict[str, tuple[float, float, int]]:
-        """Per pool: (coverage, bias, forecasts judged)."""
-        return {p: (f.coverage, f.bias, f.forecasts) for p, (f, _) in self._pools.items()}
+        """Per pool: (coverage, bias, forecasts judged) of its own forecaster (before the joint scaling)."""
+        return {p: (f.coverage, f.bias, f.forecasts) for p, (f, _) in self._pools.items() if p != TOTAL}

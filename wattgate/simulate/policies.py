@@ -118,6 +118,7 @@ class Workload:
     pred_counts: dict[str, list[float]]
     true_peaks: dict[str, list[float]]
     pred_peaks: dict[str, list[float]]
+    total_peaks: list[float] = dataclasses.field(default_factory=list)  # of all arrivals, whatever their type
 
     @property
     def minutes(self) -> int:
@@ -182,7 +183,8 @@ class Planner:
         elif self.forecasts is not None:
             now_min = int(now_s // MINUTE_S)
             series = work.pred_peaks if self.env.calibrated.series == "peaks" else work.pred_counts
-            demand = self.forecasts.forecast({p: c[:now_min] for p, c in series.items()})
+            total = work.total_peaks[:now_min] if self.env.calibrated.series == "peaks" and work.total_peaks else None
+            demand = self.forecasts.forecast({p: c[:now_min] for p, c in series.items()}, total=total)
             if now_min == 0:  # no history: as if the planner had run before, on a load like the first minutes
                 demand = {p: max(c[:10], default=0.0) / MINUTE_S for p, c in series.items()}
         else:

@@ -101,6 +101,7 @@ def per_minute(arrivals: Sequence[Arrival]) -> Workload:
     windows = 60 // PEAK_WINDOW_S
     true, pred = _zeros(minutes), _zeros(minutes)
     true_burst, pred_burst = _zeros(minutes * windows), _zeros(minutes * windows)
+    total_burst = [0.0] * (minutes * windows)
     for a in arrivals:
         k, w = int(a.arrival_s // 60), int(a.arrival_s // PEAK_WINDOW_S)
         t, q = POOL_NAMES[a.true_type], POOL_NAMES[a.pred_type]
@@ -108,13 +109,14 @@ def per_minute(arrivals: Sequence[Arrival]) -> Workload:
         pred[q][k] += 1
         true_burst[t][w] += 1
         pred_burst[q][w] += 1
+        total_burst[w] += 1
 
     def peaks(burst: dict[str, list[float]]) -> dict[str, list[float]]:
         return {
             p: [max(b[k * windows : (k + 1) * windows]) * windows for k in range(minutes)] for p, b in burst.items()
         }
 
-    return Workload(true, pred, peaks(true_burst), peaks(pred_burst))
+    return Workload(true, pred, peaks(true_burst), peaks(pred_burst), peaks({"*": total_burst})["*"])
 
 
 def _zeros(n: int) -> dict[str, list[float]]:
@@ -330,7 +332,7 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
         seen = classify(requests, s, LONGEST)
     if seen is not arrivals:
         again = per_minute(seen)
-        work = Workload(work.true_counts, again.pred_counts, work.true_peaks, again.pred_peaks)
+        work = Workload(work.true_counts, again.pred_counts, work.true_peaks, again.pred_peaks, work.total_peaks)
     lifecycle = Lifecycle(0.0, 0.0) if spec.oracle else s.lifecycle
     assert s.gpus is not None
     c = s.calibrated
