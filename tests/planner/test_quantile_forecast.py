@@ -70,7 +70,7 @@ def test_the_joint_forecast_covers_the_pools_sum_at_the_quantile_not_each_pool()
     horizon, minutes, warm = 7, 1500, 400
     pools = {f"P{i}": poisson_counts([10.0 + 5 * i] * minutes, seed=10 + i) for i in range(9)}
     total = [sum(c[k] for c in pools.values()) for k in range(minutes)]
-    joint, apart = PoolForecasts(horizon), PoolForecasts(horizon, joint=False)
+    joint, apart = PoolForecasts(horizon, joint=True), PoolForecasts(horizon)
     covered = judged = 0
     ratios = []
     for t in range(warm, minutes - horizon):
@@ -91,21 +91,21 @@ def test_the_joint_forecast_covers_the_pools_sum_at_the_quantile_not_each_pool()
 
 def test_one_pool_or_a_lower_sum_is_left_alone_and_a_given_total_is_used() -> None:
     counts = poisson_counts([30.0] * 200, seed=5)
-    one, ref = PoolForecasts(7), PoolForecasts(7, joint=False)
+    one, ref = PoolForecasts(7, joint=True), PoolForecasts(7)
     assert one.forecast({"SS": counts}) == ref.forecast({"SS": counts})
     # two pools that always burst together: the whole load is their sum, whose quantile is the pools' sum
     both = {"SS": counts, "LL": counts}
-    assert PoolForecasts(7).forecast(both) == pytest.approx(PoolForecasts(7, joint=False).forecast(both))
+    assert PoolForecasts(7, joint=True).forecast(both) == pytest.approx(PoolForecasts(7).forecast(both))
     # a total that is half the sum (the busiest 10 s of all arrivals can be below the pools' summed peaks):
     # the pools come down to it, but never below their levels
     f = one.forecast({"SS": counts})["SS"]
-    pf = PoolForecasts(7)
+    pf = PoolForecasts(7, joint=True)
     halved = pf.forecast(both, total=list(counts))
     level = pf.level("SS")
     assert 0 < level < f and halved["SS"] == pytest.approx(halved["LL"])
     assert sum(halved.values()) == pytest.approx(max(f, 2 * level))
     # before the whole load's forecaster has errors of its own, its prior is no quantile of this sum
     pools = {f"P{i}": poisson_counts([20.0] * 30, seed=20 + i) for i in range(9)}
-    assert PoolForecasts(7).forecast(pools) == PoolForecasts(7, joint=False).forecast(pools)
+    assert PoolForecasts(7, joint=True).forecast(pools) == PoolForecasts(7).forecast(pools)
     later = {p: c * 3 for p, c in pools.items()}
-    assert sum(PoolForecasts(7).forecast(later).values()) < sum(PoolForecasts(7, joint=False).forecast(later).values())
+    assert sum(PoolForecasts(7, joint=True).forecast(later).values()) < sum(PoolForecasts(7).forecast(later).values())

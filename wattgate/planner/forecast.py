@@ -230,7 +230,7 @@ TOTAL = "*"  # the joint forecaster's key: the whole load, every pool together
 
 class PoolForecasts:
     """Every pool's ``QuantileForecaster``, fed the minutes of per-pool count series as they grow, and
-    (``joint``, the default) one of the whole load that bounds their sum.
+    (``joint``; off by default) one of the whole load that bounds their sum.
 
     The replay hands it the whole per-minute series up to now at each plan, the planner loop its window
     of the last minutes with the absolute minute it ends at; it feeds only the minutes it has not seen (a
@@ -249,7 +249,7 @@ class PoolForecasts:
     series is ``total`` when given (the busiest 10 s of all arrivals, which is below the sum of the pools'
     busiest 10 s), else the sum of the pools' series."""
 
-    def __init__(self, horizon_min: int, settings: QuantileSettings | None = None, *, joint: bool = True) -> None:
+    def __init__(self, horizon_min: int, settings: QuantileSettings | None = None, *, joint: bool = False) -> None:
         self.horizon_min = horizon_min
         self.settings = settings or QuantileSettings()
         self.joint = joint

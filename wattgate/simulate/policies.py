@@ -140,6 +140,9 @@ class Calibrated:
     lead_s: float = 95.0  # the forecast covers the epoch plus this: capacity must be asked for before it starts
     standby: bool = False
     reactive: bool = False
+    # the whole load's forecast bounds the pools' summed margins (planner.forecast.PoolForecasts): off until the
+    # README's tables are rerun with it (measured: less energy on the day and the hours, two types' P99 over a day)
+    joint: bool = False
 
     def __post_init__(self) -> None:
         if self.series not in ("peaks", "counts") or not 0 < self.headroom <= 1 or not self.epoch_s >= 60:
@@ -173,7 +176,9 @@ class Planner:
         self.spec, self.env, self.work = spec, env, work
         c = env.calibrated
         horizon = max(math.ceil((c.epoch_s + c.lead_s) / MINUTE_S), 1)
-        self.forecasts = PoolForecasts(horizon, QuantileSettings(quantile=c.quantile)) if spec.calibrated else None
+        self.forecasts = (
+            PoolForecasts(horizon, QuantileSettings(quantile=c.quantile), joint=c.joint) if spec.calibrated else None
+        )
 
     def __call__(self, now_s: float, running: Sequence[PlannedInstance]) -> tuple[tuple[Group, ...], Flows]:
         spec, work = self.spec, self.work
