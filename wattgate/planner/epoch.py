@@ -17,7 +17,7 @@ from wattgate.planner.explain import running_counts
 from wattgate.planner.fixedplan import balance_fixed, cover_every_type
 from wattgate.planner.model import Decision, FixedInstance, Inventory, Problem, SolverSettings, make_problem
 from wattgate.planner.placement import Placement, assign_fixed, collateral_moves, largest_free_block, place
-from wattgate.planner.solver import solve
+from wattgate.planner.solver import Backend, solve
 from wattgate.profiles.table import Profile
 
 
@@ -64,7 +64,10 @@ def plan_epoch(
 
 
 def solve_placeable(
-    problem: Problem, running: Sequence[PlannedInstance], held: Sequence[PlannedInstance] = ()
+    problem: Problem,
+    running: Sequence[PlannedInstance],
+    held: Sequence[PlannedInstance] = (),
+    backend: Backend | None = None,
 ) -> tuple[Decision, Placement]:
     """Solve ``problem`` and place its plan; when the placement would restart instances the plan keeps (a new
     instance of a larger TP fits only where they run: they drain and restart, and their pools go short for a
@@ -73,7 +76,7 @@ def solve_placeable(
 
     The MILP counts GPUs, not where they are: on a full cluster a cheaper re-shard (one TP8 instead of a TP4)
     could take every pool down at once (the diurnal day's replay: all three instances drained for one TP8)."""
-    decision = solve(problem)
+    decision = solve(problem, backend)
     placement = place(decision.groups, problem.inventory, running, held)
     moves = collateral_moves(decision.groups, placement, running)
     if moves == 0:
@@ -83,7 +86,7 @@ def solve_placeable(
     items = tuple(i for i in problem.items if i.tp <= room or (i.pool.name, i.tp) in runs)
     if len(items) == len(problem.items):
         return decision, placement
-    again = solve(replace(problem, items=items))
+    again = solve(replace(problem, items=items), backend)
     there = place(again.groups, problem.inventory, running, held)
     if (
         sum(again.unserved_rps.values()) <= sum(decision.unserved_rps.values()) + 1e-9
