@@ -106,7 +106,7 @@ PLANNER_OPTIONS: tuple[Option, ...] = (
         boolean(),
         True,
         "the calibrated forecast's joint bound: a forecaster of the whole load scales the pools' margins above "
-        "their busiest minute of the last horizon down to its own quantile (as simulate's wattgate)",
+        "their levels down to its own quantile (as simulate's wattgate)",
     ),
     Option(
         "reactive",

@@ -208,10 +208,6 @@ class QuantileForecaster:
         ranked = sorted(errs)
         return ranked[min(math.ceil(self.s.quantile * len(ranked)) - 1, len(ranked) - 1)]
 
-    def recent(self) -> float:
-        """The busiest minute of the last ``horizon_min`` seen, as req/s (0 before any minute was seen)."""
-        return max(self._roots[-self.horizon_min :], default=0.0) ** 2 / 60.0
-
     def forecast(self) -> float:
         """Peak req/s over the next horizon at the configured quantile (0 before any minute was seen)."""
         if self.level is None:
@@ -234,7 +230,8 @@ TOTAL = "*"  # the joint forecaster's key: the whole load, every pool together
 
 class PoolForecasts:
     """Every pool's ``QuantileForecaster``, fed the minutes of per-pool count series as they grow, and
-    (``joint``; off by default) one of the whole load that bounds their sum.
+    (``joint``; the replay's wattgate and the planner loop turn it on by default) one of the whole load that
+    bounds their sum.
 
     The replay hands it the whole per-minute series up to now at each plan, the planner loop its window
     of the last minutes with the absolute minute it ends at; it feeds only the minutes it has not seen (a
@@ -279,29 +276,19 @@ class PoolForecasts:
         whole, summed = self._feed(TOTAL, total, end_minute), sum(out.values())
         if summed <= whole or not self._pools[TOTAL][0].calibrated:
             return out
-        # each pool keeps its floor; only the margins above the floors are scaled, to what the whole load's
-        # forecast leaves above the floors' sum
-        floors = {p: self.floor(p, v) for p, v in out.items()}
-        margins = summed - sum(floors.values())
+        # each pool keeps its level; only the margins above the levels are scaled, to what the whole load's
+        # forecast leaves above the levels' sum
+        levels = {p: min(self.level(p), v) for p, v in out.items()}
+        margins = summed - sum(levels.values())
         if margins <= 0:
             return out
-        keep = min(max(whole - sum(floors.values()), 0.0) / margins, 1.0)
-        return {p: floors[p] + (v - floors[p]) * keep for p, v in out.items()}
+        keep = min(max(whole - sum(levels.values()), 0.0) / margins, 1.0)
+        return {p: levels[p] + (v - levels[p]) * keep for p, v in out.items()}
 
     def level(self, pool: str) -> float:
-        """A pool's level (its EWMA of square roots) as req/s."""
+        """A pool's level (its EWMA of square roots) as req/s: what the joint scaling never cuts below."""
         level = self._pools[pool][0].level
         return 0.0 if level is None else level**2 / 60.0
-
-    def recent(self, pool: str) -> float:
-        """A pool's busiest minute over the last horizon, as req/s."""
-        return self._pools[pool][0].recent()
-
-    def floor(self, pool: str, own: float) -> float:
-        """What the joint scaling never cuts a pool below: the larger of its level and its busiest minute of the
-        last horizon (what it has just done, it may do again: the scaling shares out only the margin above
-        that), and never above its own forecast."""
-        return min(max(self.level(pool), self.recent(pool)), own)
 
     def _feed(self, pool: str, counts: Sequence[float], end_minute: int | None) -> float:
         start = 0 if end_minute is None else end_minute - len(counts)

@@ -140,7 +140,7 @@ class Calibrated:
     lead_s: float = 95.0  # the forecast covers the epoch plus this: capacity must be asked for before it starts
     standby: bool = False
     reactive: bool = False
-    # the whole load's forecast bounds the pools' summed margins above their recent peaks
+    # the whole load's forecast bounds the pools' summed margins above their levels
     # (planner.forecast.PoolForecasts, as the live planner's --joint-forecast)
     joint: bool = True
 
