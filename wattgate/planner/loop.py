@@ -213,7 +213,7 @@ class PlannerLoop:
         total: list[float] | None = None  # the whole load's series (None: the sum of the pools')
         if s.quantile is not None and s.series == "peaks":
             series = self._minute_peaks(pools, minute)
-            total = series.pop(TOTAL)
+            total = series.pop(TOTAL, None)
         else:
             series = self.store.load_minutes(pools, minute, s.history_min)
         elapsed = int(now) - minute * 60
@@ -254,7 +254,8 @@ class PlannerLoop:
         if todo:  # one read of the minutes not seen yet (all of them only on the first plan)
             seconds = self.store.load_second_counts(pools, todo[0] * 60, minute * 60)
             # the whole load's busiest 10 s, below the sum of the pools' (their bursts do not coincide)
-            seconds[TOTAL] = [sum(second) for second in zip(*seconds.values(), strict=True)]
+            if seconds:
+                seconds[TOTAL] = [sum(second) for second in zip(*seconds.values(), strict=True)]
             for p, counts in seconds.items():
                 for m, peak in zip(range(todo[0], minute), minute_peaks(counts), strict=True):
                     self._peaks.setdefault(m, {})[p] = peak
