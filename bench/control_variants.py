@@ -28,7 +28,7 @@ VARIANTS = {
     "reactive path": dataclasses.replace(DEFAULT, reactive=True),
     "minute counts at 0.8 headroom": dataclasses.replace(DEFAULT, series="counts", headroom=0.8),
     "quantile 0.99": dataclasses.replace(DEFAULT, quantile=0.99),
-    "joint forecast": dataclasses.replace(DEFAULT, joint=True),
+    "no joint forecast": dataclasses.replace(DEFAULT, joint=False),
     "minute plans + standby + reactive": dataclasses.replace(DEFAULT, epoch_s=60.0, standby=True, reactive=True),
 }
 

@@ -4,6 +4,7 @@ import itertools
 import threading
 import time
 
+import numpy as np
 import pytest
 import redis
 
@@ -411,3 +412,35 @@ def test_the_plan_carries_the_clock_policys_headroom_not_the_solvers(redis_url: 
     loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), settings, Clock(), "a")
     assert loop.tick() == "published"
     assert loop.last_plan is not None and loop.last_plan.headroom == 0.8
+
+
+def test_the_live_forecast_is_the_replays_joint_one_by_default(redis_url: str) -> None:
+    # Two pools with independent second-by-second load: the planner's default forecast is the replay's
+    # joint one (the whole load's busiest 10 s, from the same per-second windows, bounds the pools' margins
+    # above their recent peaks), and it never asks for more than the pools' own forecasts.
+    assert LoopSettings().joint
+    rng = np.random.default_rng(3)
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys()
+    end = int(NOW // 60)
+    seconds = {p: [float(n) for n in rng.poisson(rate, 90 * 60)] for p, rate in (("SS", 2.0), ("SM", 3.0))}
+    for p, counts in seconds.items():
+        for k, n in enumerate(counts):
+            if n:
+                r.hset(keys.load_second((end - 90) * 60 + k), load_field(p, "requests"), n)
+    r.close()
+    clock = Clock()
+    clock.t = end * 60 + 5
+    loop = PlannerLoop(PlannerStore(redis_url), toy_profile(), LoopSettings(history_min=90, solver=SOLVER), clock, "a")
+    horizon = loop.horizon_min(300.0)
+    got = loop.forecast(clock.t, horizon)
+    peaks = {p: minute_peaks(c) for p, c in seconds.items()}
+    total = minute_peaks([a + b for a, b in zip(seconds["SS"], seconds["SM"], strict=True)])
+    joint = PoolForecasts(horizon, QuantileSettings(quantile=0.9), joint=True).forecast(peaks, total=total)
+    apart = PoolForecasts(horizon, QuantileSettings(quantile=0.9)).forecast(peaks)
+    assert got == pytest.approx(joint)
+    assert sum(got.values()) < sum(apart.values())
+    off = PlannerLoop(
+        PlannerStore(redis_url), toy_profile(), LoopSettings(history_min=90, solver=SOLVER, joint=False), clock, "b"
+    )
+    assert off.forecast(clock.t, horizon) == pytest.approx(apart)

@@ -102,6 +102,13 @@ PLANNER_OPTIONS: tuple[Option, ...] = (
         example="60",
     ),
     Option(
+        "joint_forecast",
+        boolean(),
+        True,
+        "the calibrated forecast's joint bound: a forecaster of the whole load scales the pools' margins above "
+        "their levels down to its own quantile (as simulate's wattgate)",
+    ),
+    Option(
         "reactive",
         boolean(),
         False,
@@ -315,6 +322,7 @@ def _loop_settings(v: Values) -> LoopSettings:
         forecast=ForecastSettings(margin=v.margin),
         quantile=v.quantile or None,
         series=v.series,
+        joint=v.joint_forecast,
         clock_headroom=v.headroom,
         lead_s=v.lead_s,
         min_pool_rps=v.min_rps,

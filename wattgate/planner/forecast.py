@@ -230,7 +230,8 @@ TOTAL = "*"  # the joint forecaster's key: the whole load, every pool together
 
 class PoolForecasts:
     """Every pool's ``QuantileForecaster``, fed the minutes of per-pool count series as they grow, and
-    (``joint``; off by default) one of the whole load that bounds their sum.
+    (``joint``; the replay's wattgate and the planner loop turn it on by default) one of the whole load that
+    bounds their sum.
 
     The replay hands it the whole per-minute series up to now at each plan, the planner loop its window
     of the last minutes with the absolute minute it ends at; it feeds only the minutes it has not seen (a

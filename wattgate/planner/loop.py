@@ -35,6 +35,7 @@ from wattgate.planner.epoch import plan_epoch
 from wattgate.planner.explain import build_plan
 from wattgate.planner.forecast import (
     DAY_MIN,
+    TOTAL,
     ForecastSettings,
     PoolForecasts,
     QuantileSettings,
@@ -80,6 +81,8 @@ class LoopSettings:
     # what the calibrated forecast forecasts per minute: "peaks", its busiest 10 s as a per-minute rate (from
     # the per-second windows, kept 2 h), or "counts", its requests
     series: str = "peaks"
+    # the joint bound (``PoolForecasts(joint=True)``): the whole load's forecast caps the pools' summed margins
+    joint: bool = True
     # the headroom the plan carries to the agents' clock policy (None: the solver's). Planning for peaks at
     # the whole capacity, the clock policy still keeps 0.8 (it judges the last minute's mean load)
     clock_headroom: float | None = None
@@ -207,8 +210,10 @@ class PlannerLoop:
         s = self.settings
         pools = [t.name for t in self.profile.request_types if t.name in POOL_NAMES]
         minute = int(now // 60)
+        total: list[float] | None = None  # the whole load's series (None: the sum of the pools')
         if s.quantile is not None and s.series == "peaks":
             series = self._minute_peaks(pools, minute)
+            total = series.pop(TOTAL, None)
         else:
             series = self.store.load_minutes(pools, minute, s.history_min)
         elapsed = int(now) - minute * 60
@@ -225,8 +230,11 @@ class PlannerLoop:
                 demand = {p: forecast_peak(whole[p], horizon_min, s.forecast) for p in pools}
             else:
                 if horizon_min not in self._forecasts:
-                    self._forecasts[horizon_min] = PoolForecasts(horizon_min, QuantileSettings(quantile=s.quantile))
-                demand = self._forecasts[horizon_min].forecast(series, end_minute=minute)  # whole minutes only
+                    self._forecasts[horizon_min] = PoolForecasts(
+                        horizon_min, QuantileSettings(quantile=s.quantile), joint=s.joint
+                    )
+                # whole minutes only
+                demand = self._forecasts[horizon_min].forecast(series, end_minute=minute, total=total)
                 for p, c in now_minute.items():  # the minute in progress can only raise it, as a rate
                     if s.series == "peaks":  # its busiest 10 s so far
                         now_rps = minute_peaks([*c, *[0.0] * (60 - len(c))])[0] / 60.0
@@ -245,13 +253,16 @@ class PlannerLoop:
         todo = [m for m in range(first, minute) if m not in self._peaks or m == self._peaks_provisional]
         if todo:  # one read of the minutes not seen yet (all of them only on the first plan)
             seconds = self.store.load_second_counts(pools, todo[0] * 60, minute * 60)
+            # the whole load's busiest 10 s, below the sum of the pools' (their bursts do not coincide)
+            if seconds:
+                seconds[TOTAL] = [sum(second) for second in zip(*seconds.values(), strict=True)]
             for p, counts in seconds.items():
                 for m, peak in zip(range(todo[0], minute), minute_peaks(counts), strict=True):
                     self._peaks.setdefault(m, {})[p] = peak
         self._peaks_provisional = minute - 1
         for m in [m for m in self._peaks if m < first]:
             del self._peaks[m]
-        return {p: [self._peaks[m].get(p, 0.0) for m in range(first, minute)] for p in pools}
+        return {p: [self._peaks[m].get(p, 0.0) for m in range(first, minute)] for p in [*pools, TOTAL]}
 
     def horizon_min(self, period_s: float) -> int:
         """Minutes a plan for ``period_s`` must cover: the period, plus a start's lead with the calibrated one."""

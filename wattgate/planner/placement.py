@@ -65,6 +65,37 @@ def place(
     return Placement(tuple(kept + placed), len(placed), len(kept), len(unplaced))
 
 
+def collateral_moves(groups: Sequence[Group], placement: Placement, running: Sequence[PlannedInstance]) -> int:
+    """Running instances the plan keeps in their pool and TP but the placement restarts elsewhere (it placed
+    afresh to make room): each leaves its pool short for a start's time, a cost the solver does not see."""
+    wanted: dict[tuple[str, int], int] = {}
+    for g in groups:
+        wanted[(g.pool, g.tp)] = wanted.get((g.pool, g.tp), 0) + g.count
+    have: dict[tuple[str, int], int] = {}
+    for r in running:
+        have[(r.pool, r.tp)] = have.get((r.pool, r.tp), 0) + 1
+    ids = {p.id for p in placement.instances}
+    kept: dict[tuple[str, int], int] = {}
+    for r in running:
+        if r.id in ids:
+            kept[(r.pool, r.tp)] = kept.get((r.pool, r.tp), 0) + 1
+    return sum(max(min(n, wanted.get(key, 0)) - kept.get(key, 0), 0) for key, n in have.items())
+
+
+def largest_free_block(inventory: Inventory, taken: Sequence[PlannedInstance]) -> int:
+    """The largest TP (a power of two) that fits on GPUs no instance in ``taken`` holds, 0 if none."""
+    free: dict[str, set[int]] = {n.name: set(range(n.gpus)) for n in inventory.nodes}
+    for t in taken:
+        if t.node in free:
+            free[t.node] -= set(t.gpus)
+    best, tp = 0, 1
+    while tp <= max((n.gpus for n in inventory.nodes), default=0):
+        if _spot(free, tp) is not None:
+            best = tp
+        tp *= 2
+    return best
+
+
 def _best_match(w: _Want, running: list[PlannedInstance]) -> PlannedInstance | None:
     same = [r for r in running if r.pool == w.pool and r.tp == w.tp and len(r.gpus) == r.tp]
     if not same:

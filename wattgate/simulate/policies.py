@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wattgate.planner.contract import PlannedInstance
-from wattgate.planner.epoch import plan_epoch
+from wattgate.planner.epoch import plan_epoch, solve_placeable
 from wattgate.planner.explain import running_counts
 from wattgate.planner.forecast import ForecastSettings, PoolForecasts, QuantileSettings, forecast_peak
 from wattgate.planner.greedy import baseline
@@ -140,9 +140,9 @@ class Calibrated:
     lead_s: float = 95.0  # the forecast covers the epoch plus this: capacity must be asked for before it starts
     standby: bool = False
     reactive: bool = False
-    # the whole load's forecast bounds the pools' summed margins (planner.forecast.PoolForecasts): off until the
-    # README's tables are rerun with it (measured: less energy on the day and the hours, two types' P99 over a day)
-    joint: bool = False
+    # the whole load's forecast bounds the pools' summed margins above their levels
+    # (planner.forecast.PoolForecasts, as the live planner's --joint-forecast)
+    joint: bool = True
 
     def __post_init__(self) -> None:
         if self.series not in ("peaks", "counts") or not 0 < self.headroom <= 1 or not self.epoch_s >= 60:
@@ -235,7 +235,8 @@ def _typed(
     except PlannerError as exc:
         raise SimulateError(f"planner: {exc}") from exc
     problem = dataclasses.replace(problem, items=tuple(i for i in problem.items if i.tp in spec.tps))
-    decision = solve(problem)
+    # the oracle's transitions are free: it may move anything; the others' plans avoid moving what they keep
+    decision = solve(problem) if spec.oracle else solve_placeable(problem, running)[0]
     return decision.groups, decision.flows_rps
 
 
