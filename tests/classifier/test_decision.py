@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wattgate.classifier.decision import choose_decision, folds
+from wattgate.classifier.decision import ceiling, choose_decision, folds
 from wattgate.classifier.metrics import score
 
 
@@ -68,3 +68,23 @@ def test_folds_cover_every_row_once_in_time_order() -> None:
     assert np.concatenate(blocks).tolist() == list(range(10))
     assert [b.size for b in blocks] == [3, 3, 2, 2]
     assert len(folds(2, 4)) == 2
+
+
+def test_ceiling_bounds_the_chosen_rule_and_respects_the_accuracy_floor() -> None:
+    """The oracle over per-class weights, scored on the same rows, is at least what the learnt rule gets there."""
+    probs, y = _skewed(1500, 3)
+    chosen = score(y, _decided(probs, choose_decision(probs, y)))
+    found = ceiling(probs, y, min_accuracy=chosen.accuracy)
+    assert found is not None
+    balanced, accuracy, d = found
+    assert balanced >= chosen.balanced_accuracy - 1e-12 and accuracy >= chosen.accuracy - 1e-12
+    again = score(y, _decided(probs, d))  # the weights it names give the scores it reports
+    assert again.balanced_accuracy == pytest.approx(balanced) and again.accuracy == pytest.approx(accuracy)
+    # a higher accuracy floor can only cost balanced accuracy; an unreachable one gives None
+    strict = ceiling(probs, y, min_accuracy=plain_accuracy(probs, y))
+    assert strict is not None and strict[0] <= balanced + 1e-12
+    assert ceiling(probs, y, min_accuracy=1.01) is None
+
+
+def plain_accuracy(probs: np.ndarray, y: np.ndarray) -> float:
+    return float((probs.argmax(axis=1) == y).mean())

@@ -57,3 +57,28 @@ def choose_decision(
 def folds(n: int, k: int = FOLDS) -> list[NDArray[np.int64]]:
     """``k`` contiguous blocks of ``range(n)`` (time order: each block is predicted by a fit on the others)."""
     return [b.astype(np.int64) for b in np.array_split(np.arange(n), k) if b.size]
+
+
+def ceiling(
+    probs: NDArray[np.float64], y: NDArray[Any], min_accuracy: float, span: float = 4.0, step: float = 0.1
+) -> tuple[float, float, tuple[float, float, float]] | None:
+    """The best any per-class weights could do on these rows: the largest balanced accuracy of
+    ``argmax log p + d`` over log weights ``d = (d_S, 0, d_L)`` in ``[-span, span]``, accuracy at least
+    ``min_accuracy``; ``(balanced, accuracy, d)``, None when no weights reach that accuracy. Chosen on the very
+    rows it scores (an oracle), so it bounds every decision rule over these probabilities; a diagnostic, never
+    a rule the gateway uses."""
+    y = np.asarray(y, dtype=np.int64)
+    present = [c for c in range(3) if (y == c).any()]
+    logp = np.log(np.clip(probs, 1e-12, 1.0))
+    grid = np.round(np.arange(-span, span + step / 2, step), 6)
+    best: tuple[float, float, tuple[float, float, float]] | None = None
+    for d0 in grid:
+        for d2 in grid:
+            pred = (logp + np.array([d0, 0.0, d2])).argmax(axis=1)
+            acc = float((pred == y).mean())
+            if acc < min_accuracy - 1e-12:
+                continue
+            bal = float(np.mean([(pred[y == c] == c).mean() for c in present]))
+            if best is None or bal > best[0] + 1e-12:
+                best = (bal, acc, (float(d0), 0.0, float(d2)))
+    return best
