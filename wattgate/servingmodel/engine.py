@@ -277,7 +277,7 @@ class Engine:
         ``stop_when_idle``, stopping as soon as no request is left)."""
         while self.time_s < until_s:
             s = self.time_s
-            clock = self._clock_at(s)
+            clock = self._clock_at(s) if self._clock_changes else self.clock_mhz
             if stop_when_idle and self.idle:
                 return
             if not self._runnable(s):
@@ -386,17 +386,17 @@ class Engine:
     # -- internals: decode runs --------------------------------------------------------------
     def _pure_decode(self, s: float) -> bool:
         """Only decodes can run: no partial prefill, and no waiting request that the scheduler could admit."""
-        if not self._decoding or self._prefilling:
+        decoding = self._decoding
+        if not decoding or self._prefilling:
             return False
-        if not self._waiting or self._waiting[0].arrival_s > s:
+        waiting = self._waiting
+        if not waiting or waiting[0].arrival_s > s:
             return True
-        w = self._waiting[0]
-        if self.running >= self.config.max_num_seqs:
+        w, n, cfg = waiting[0], len(decoding), self.config
+        if n >= cfg.max_num_seqs:  # nothing prefills: the running requests are the decoding ones
             return True
-        need = min(w.target, self.config.max_num_batched_tokens - len(self._decoding))
-        if self.config.scheduler is Scheduler.V0:
-            need = w.target
-        return need <= 0 or self._free_tokens() - len(self._decoding) < need + self._half_block
+        need = w.target if cfg.scheduler is Scheduler.V0 else min(w.target, cfg.max_num_batched_tokens - n)
+        return need <= 0 or self._free_tokens() - n < need + self._half_block
 
     def _decode_limit(self, s: float, clock: int) -> int:
         n = len(self._decoding)
@@ -431,7 +431,7 @@ class Engine:
         cost = self.cost
         for t in (self._waiting[0].arrival_s if self._waiting else None, self._next_clock_change()):
             # stop at the first step that starts at or after t: at most (steps that end by t) + 1
-            if t is not None and t > s and k > 1 and not cost.decode_run(n, kv, k - 1, f).total_s <= t - s:
+            if t is not None and t > s and k > 1 and not cost.decode_run_s(n, kv, k - 1, f) <= t - s:
                 k = cost.decode_steps_within(n, kv, t - s, f) + 1
         if k < 1:
             return _Run.NO
@@ -450,8 +450,10 @@ class Engine:
     # -- internals: one scheduled step -------------------------------------------------------
     def _schedule(self, s: float, clock: int, dry: bool = False) -> _Decision:
         cfg = self.config
-        d = _Decision(s, clock, len(self._decoding))
-        free = self._free_tokens()
+        n = len(self._decoding)
+        d = _Decision(s, clock, n, [], [], [])
+        kv = self._s0 + n * self._g
+        free = self.capacity_tokens - (kv + self._prefill_kv + self._half_block * (n + len(self._prefilling)))
         budget = cfg.max_num_batched_tokens
         if cfg.scheduler is Scheduler.V0:
             self._schedule_v0(d, free, budget)
@@ -459,15 +461,18 @@ class Engine:
             self._schedule_v1(d, free, budget)
         if d.decodes == 0 and not d.prefill:
             return d
-        kv = self._kv_read()
         if d.preempt:
             kv -= sum(self._kv_of(r) for r in d.preempt if r.phase is Phase.DECODE)
-        prefill = tuple((cached, chunk) for _, cached, chunk in d.prefill)
-        completing = sum(1 for r, cached, chunk in d.prefill if cached + chunk >= r.target)
+        prefill = []
+        completing = 0
+        for r, cached, chunk in d.prefill:
+            prefill.append((cached, chunk))
+            if cached + chunk >= r.target:
+                completing += 1
         d.time = self.cost.step(
             decodes=d.decodes,
             kv_tokens=kv,
-            prefill=prefill,
+            prefill=tuple(prefill),
             sampled=d.decodes + completing,
             factors=self._factors(clock),
         )
