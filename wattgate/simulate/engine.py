@@ -185,6 +185,7 @@ class Cluster:
         self._chosen: dict[str, int] = {}  # the clock loop's last choice per instance
         self._burst: dict[str, float] = {}  # instances the burst rule holds at the top clock -> until when
         self._routable: list[RouteInstance] | None = None  # the ready instances' routes; None: to be listed
+        self._expected = [_expected_output(t.output, edges) for t in REQUEST_TYPES]  # per predicted type
         self.missed = 0  # finished requests that missed their targets
         n = len(arrivals)
         result.ttft_s, result.tbt_s = [math.inf] * n, [math.nan] * n
@@ -345,7 +346,7 @@ class Cluster:
         except ServingModelError:
             self.r.unserved += 1  # longer than this instance can hold
             return
-        tokens = a.input_tokens + _expected_output(REQUEST_TYPES[a.pred_type].output, self.edges)
+        tokens = a.input_tokens + self._expected[a.pred_type]
         ri.route.in_flight += 1
         ri.route.outstanding_tokens += tokens
         self._where[k], self._tokens[k] = ri, tokens
