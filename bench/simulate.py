@@ -9,7 +9,11 @@ Usage: PYTHONPATH=. python bench/simulate.py [--trace ../shared/data/traces/Azur
 [--scale X] [--gpus N] [--days D] [--jobs J]. ``--scale 8 --gpus 256`` is the issue's 256-GPU hour: eight
 times the conversation hour's requests, so the cluster's GPUs are busy, not only counted. ``--jobs``: policies
 replayed at once (as ``simulate --jobs``; default the CPUs this process may use): with more than one, each
-policy's wall time overlaps the others', and the whole run's is the figure to read.
+policy's wall time overlaps the others', and the whole run's is the figure to read. ``--baseline-tree DIR``:
+first run this same benchmark with the code of another checkout (e.g. a worktree of an older commit), in a
+child process, then this one, back to back on the same machine, and print this run's CPU and wall time as
+ratios to it (the JSON line gains ``baseline``); ``--baseline-tree`` is what a speed-up is judged by, since
+an absolute figure moves with the machine and its load.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import json
 import os
 import platform
 import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from wattgate.profiles.builtin import load_builtin
 from wattgate.simulate.policies import POLICIES
@@ -34,7 +41,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="load scaling, as simulate --scale")
     parser.add_argument("--gpus", type=int, default=None, help="cluster size (default: as simulate)")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="policies replayed at once (as simulate)")
+    parser.add_argument("--baseline-tree", type=Path, default=None, help="checkout whose code runs first, the baseline")
     args = parser.parse_args()
+    baseline = _baseline(args.baseline_tree) if args.baseline_tree else None
     requests = load_trace(args.trace)
     if args.scale != 1.0:
         requests = scale(requests, args.scale)
@@ -57,9 +66,15 @@ def main() -> None:
         print(f"{r.name:<20} {r.wall_s:>8.2f} {r.wall_s / base:>14.1f}")
     print(f"{'sizing':<20} {sizing:>8.2f}   (the iso-SLO search: {len(sim.sizing)} single-pool replays, one its row)")
     print(f"{'all':<20} {total:>8.2f}   ({cpu:.0f} CPU seconds: this process, its workers and CBC)")
+    if baseline is not None:
+        print(
+            f"{'vs baseline':<20} {total / baseline['total_wall_s']:>8.2f}x wall, {cpu / baseline['cpu_s']:.2f}x CPU "
+            f"(baseline {baseline['total_wall_s']:.0f} s wall, {baseline['cpu_s']:.0f} CPU s: {args.baseline_tree})"
+        )
     print(
         json.dumps(
             {
+                "baseline": baseline,
                 "bench": "simulate",
                 "requests": len(requests),
                 "simulated_s": results[0].duration_s,
@@ -76,6 +91,27 @@ def main() -> None:
             }
         )
     )
+
+
+def _baseline(tree: Path) -> dict[str, object]:
+    """Run this benchmark, same arguments but ``--baseline-tree``, with ``tree``'s code; its JSON line."""
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a.startswith("--baseline-tree"):
+            skip = a == "--baseline-tree"
+            continue
+        argv.append(a)
+    env = {**os.environ, "PYTHONPATH": str(tree.resolve())}
+    out = subprocess.run(
+        [sys.executable, str(tree / "bench" / "simulate.py"), *argv],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path.cwd(),
+    ).stdout
+    line = json.loads(out.strip().splitlines()[-1])
+    return {k: line[k] for k in ("total_wall_s", "cpu_s", "sizing_wall_s", "load_average_1m_at_end")}
 
 
 def _cpu_s() -> float:

@@ -173,9 +173,12 @@ def _pick(usable: list[Instance], rtype: RequestType | None, routes: Routes | No
         best = min(usable, key=_load)
         return best, best.spec.pool or "any"
     order = routes.get(rtype.name) if routes else None
+    by_pool: dict[str | None, list[Instance]] = {}  # in ``usable``'s order: the first least loaded wins ties
+    for i in usable:
+        by_pool.setdefault(i.spec.pool, []).append(i)
     full: tuple[list[Instance], str] | None = None  # where the request queues when every pool is full
     for pool in order or pools_for(rtype):
-        members = [i for i in usable if i.spec.pool == pool]
+        members = by_pool.get(pool)
         if not members:
             continue
         room = [i for i in members if i.in_flight < i.limit]
@@ -183,7 +186,7 @@ def _pick(usable: list[Instance], rtype: RequestType | None, routes: Routes | No
             return min(room, key=_load), pool
         if full is None:
             full = members, pool
-    generic = [i for i in usable if i.spec.pool is None]
+    generic = by_pool.get(None, [])
     if full is None and generic:
         return min(generic, key=_load), rtype.name
     room = [i for i in generic if i.in_flight < i.limit]

@@ -277,7 +277,7 @@ class Engine:
         ``stop_when_idle``, stopping as soon as no request is left)."""
         while self.time_s < until_s:
             s = self.time_s
-            clock = self._clock_at(s)
+            clock = self._clock_at(s) if self._clock_changes else self.clock_mhz
             if stop_when_idle and self.idle:
                 return
             if not self._runnable(s):
@@ -386,17 +386,17 @@ class Engine:
     # -- internals: decode runs --------------------------------------------------------------
     def _pure_decode(self, s: float) -> bool:
         """Only decodes can run: no partial prefill, and no waiting request that the scheduler could admit."""
-        if not self._decoding or self._prefilling:
+        decoding = self._decoding
+        if not decoding or self._prefilling:
             return False
-        if not self._waiting or self._waiting[0].arrival_s > s:
+        waiting = self._waiting
+        if not waiting or waiting[0].arrival_s > s:
             return True
-        w = self._waiting[0]
-        if self.running >= self.config.max_num_seqs:
+        w, n, cfg = waiting[0], len(decoding), self.config
+        if n >= cfg.max_num_seqs:  # nothing prefills: the running requests are the decoding ones
             return True
-        need = min(w.target, self.config.max_num_batched_tokens - len(self._decoding))
-        if self.config.scheduler is Scheduler.V0:
-            need = w.target
-        return need <= 0 or self._free_tokens() - len(self._decoding) < need + self._half_block
+        need = w.target if cfg.scheduler is Scheduler.V0 else min(w.target, cfg.max_num_batched_tokens - n)
+        return need <= 0 or self._free_tokens() - n < need + self._half_block
 
     def _decode_limit(self, s: float, clock: int) -> int:
         n = len(self._decoding)
@@ -414,18 +414,35 @@ class Engine:
         return self._clock_changes[0][0] if self._clock_changes else None
 
     def _run_decodes(self, s: float, until_s: float, clock: int) -> _Run:
-        """Commit a run of decode-only steps in closed form, up to the next event and ``until_s``."""
-        k = self._decode_limit(s, clock)
+        """Commit a run of decode-only steps in closed form, up to the next event and ``until_s``.
+
+        The same run as ``_decode_limit`` then ``decode_steps_within(until_s - s)`` would give, but a bound is
+        solved for only when the run reaches it (a run ends at a finish far more often than at an arrival,
+        a clock change or the horizon): ``k`` steps fit a budget iff their closed-form time is within it."""
+        n = len(self._decoding)
+        fin = self._finish
+        while fin and fin[0][2] != fin[0][3].epoch:
+            heapq.heappop(fin)
+        g = self._g
+        kv = self._s0 + n * g
+        free = self.capacity_tokens - (kv + self._prefill_kv + self._half_block * (n + len(self._prefilling)))
+        k = min(fin[0][0] - g if fin else 1, free // n)
+        f = self._factors(clock)
+        cost = self.cost
+        for t in (self._waiting[0].arrival_s if self._waiting else None, self._next_clock_change()):
+            # stop at the first step that starts at or after t: at most (steps that end by t) + 1
+            if t is not None and t > s and k > 1 and not cost.decode_run_s(n, kv, k - 1, f) <= t - s:
+                k = cost.decode_steps_within(n, kv, t - s, f) + 1
         if k < 1:
             return _Run.NO
-        n, f = len(self._decoding), self._factors(clock)
-        if until_s != math.inf:
-            k = min(k, self.cost.decode_steps_within(n, self._kv_read(), until_s - s, f))
-        if k < 1:
-            return _Run.STOP  # the next step ends after until_s
-        run = self.cost.decode_run(n, self._kv_read(), k, f)
+        run = cost.decode_run(n, kv, k, f)
+        if until_s != math.inf and not run.total_s <= until_s - s:
+            k = cost.decode_steps_within(n, kv, until_s - s, f)  # fewer than k
+            if k < 1:
+                return _Run.STOP  # the next step ends after until_s
+            run = cost.decode_run(n, kv, k, f)
         self._account(run, clock, k)
-        self._g += k
+        self._g = g + k
         self.time_s = s + run.total_s
         self._finish_due()
         return _Run.RAN
@@ -433,8 +450,10 @@ class Engine:
     # -- internals: one scheduled step -------------------------------------------------------
     def _schedule(self, s: float, clock: int, dry: bool = False) -> _Decision:
         cfg = self.config
-        d = _Decision(s, clock, len(self._decoding))
-        free = self._free_tokens()
+        n = len(self._decoding)
+        d = _Decision(s, clock, n, [], [], [])
+        kv = self._s0 + n * self._g
+        free = self.capacity_tokens - (kv + self._prefill_kv + self._half_block * (n + len(self._prefilling)))
         budget = cfg.max_num_batched_tokens
         if cfg.scheduler is Scheduler.V0:
             self._schedule_v0(d, free, budget)
@@ -442,13 +461,18 @@ class Engine:
             self._schedule_v1(d, free, budget)
         if d.decodes == 0 and not d.prefill:
             return d
-        kv = self._kv_read() - sum(self._kv_of(r) for r in d.preempt if r.phase is Phase.DECODE)
-        prefill = tuple((cached, chunk) for _, cached, chunk in d.prefill)
-        completing = sum(1 for r, cached, chunk in d.prefill if cached + chunk >= r.target)
+        if d.preempt:
+            kv -= sum(self._kv_of(r) for r in d.preempt if r.phase is Phase.DECODE)
+        prefill = []
+        completing = 0
+        for r, cached, chunk in d.prefill:
+            prefill.append((cached, chunk))
+            if cached + chunk >= r.target:
+                completing += 1
         d.time = self.cost.step(
             decodes=d.decodes,
             kv_tokens=kv,
-            prefill=prefill,
+            prefill=tuple(prefill),
             sampled=d.decodes + completing,
             factors=self._factors(clock),
         )
@@ -484,12 +508,14 @@ class Engine:
                 budget -= c
                 need += c
         free = self._victims(d, free, need)
-        gone = set(map(id, d.preempt))
-        d.prefill = [c for c in chunks if id(c[0]) not in gone]
-        free -= d.decodes + sum(c for _, _, c in d.prefill)
-        budget = self.config.max_num_batched_tokens - d.decodes - sum(c for _, _, c in d.prefill)
         if d.preempt:
+            gone = set(map(id, d.preempt))
+            d.prefill = [c for c in chunks if id(c[0]) not in gone]
             return  # vLLM V1 admits nobody in a step that had to preempt
+        d.prefill = chunks
+        chunked = sum(c for _, _, c in chunks)
+        free -= d.decodes + chunked
+        budget = self.config.max_num_batched_tokens - d.decodes - chunked
         running = self.running
         for w in self._waiting:
             if w.arrival_s > d.start_s or budget <= 0 or running >= self.config.max_num_seqs:

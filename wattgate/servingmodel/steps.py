@@ -212,16 +212,25 @@ class StepCost:
             base.overhead_s * steps,
         )
 
+    def decode_run_s(self, decodes: int, kv_tokens: float, steps: int, factors: tuple[float, float]) -> float:
+        """``decode_run(decodes, kv_tokens, steps, factors).total_s``, the same arithmetic, without the object."""
+        base = self._decode_base(decodes, factors)
+        kv_read = steps * kv_tokens + decodes * steps * (steps - 1) / 2
+        return (
+            base.compute_s * steps
+            + (base.memory_s * steps + self.kv_token_s * factors[1] * kv_read)
+            + base.overhead_s * steps
+        )
+
     def decode_steps_within(self, decodes: int, kv_tokens: float, budget_s: float, factors: tuple[float, float]) -> int:
         """The most consecutive decode-only steps (as in ``decode_run``) that fit in ``budget_s``."""
         if budget_s <= 0:
             return 0
         base = self._decode_base(decodes, factors)
-        comp, mem, over = base.compute_s, base.memory_s, base.overhead_s
         kv_s = self.kv_token_s * factors[1]
 
-        def run_s(k: int) -> float:  # decode_run(decodes, kv_tokens, k, factors).total_s, the same arithmetic
-            return comp * k + (mem * k + kv_s * (k * kv_tokens + decodes * k * (k - 1) / 2)) + over * k
+        def run_s(k: int) -> float:
+            return self.decode_run_s(decodes, kv_tokens, k, factors)
 
         a = base.total_s + kv_s * kv_tokens
         b = kv_s * decodes  # each step reads ``decodes`` more cached tokens

@@ -184,6 +184,8 @@ class Cluster:
         self._memory = Memory()  # the reactive path's holds and additions
         self._chosen: dict[str, int] = {}  # the clock loop's last choice per instance
         self._burst: dict[str, float] = {}  # instances the burst rule holds at the top clock -> until when
+        self._routable: list[RouteInstance] | None = None  # the ready instances' routes; None: to be listed
+        self._expected = [_expected_output(t.output, edges) for t in REQUEST_TYPES]  # per predicted type
         self.missed = 0  # finished requests that missed their targets
         n = len(arrivals)
         result.ttft_s, result.tbt_s = [math.inf] * n, [math.nan] * n
@@ -195,6 +197,7 @@ class Cluster:
 
     # -- plans --------------------------------------------------------------------------------
     def apply(self, plan: tuple[tuple[Group, ...], Flows], now: float, first: bool) -> None:
+        self._routable = None
         groups, flows = plan
         self.routes = plan_routes(serves_of(flows)) if self.b.plan_routing else {}
         if self.fleet:
@@ -320,8 +323,9 @@ class Cluster:
         a = self.arrivals[k]
         now = a.arrival_s
         rtype = REQUEST_TYPES[a.pred_type]
-        routable = [ri.route for ri in self._in(State.READY)]
-        picked = choose(routable, MODEL, rtype, now, routes=self.routes)
+        if self._routable is None:  # instances change state only in plans and ticks, never while routing
+            self._routable = [ri.route for ri in self._in(State.READY)]
+        picked = choose(self._routable, MODEL, rtype, now, routes=self.routes)
         if picked is not None:
             ri = self.live[picked[0].id]
         else:  # nothing ready in any pool the type may use: the first instance that will be
@@ -342,7 +346,7 @@ class Cluster:
         except ServingModelError:
             self.r.unserved += 1  # longer than this instance can hold
             return
-        tokens = a.input_tokens + _expected_output(REQUEST_TYPES[a.pred_type].output, self.edges)
+        tokens = a.input_tokens + self._expected[a.pred_type]
         ri.route.in_flight += 1
         ri.route.outstanding_tokens += tokens
         self._where[k], self._tokens[k] = ri, tokens
@@ -354,6 +358,7 @@ class Cluster:
     def tick(self, second: int) -> None:
         """Close second ``second``: run the cluster to its end, collect finished requests, clocks, energy."""
         end = float(second + 1)
+        self._routable = None
         for _, f in self.cluster.advance(end):
             self._finished(f)
         for iid, ri in list(self.live.items()):

@@ -372,9 +372,9 @@ def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from 
     log: Callable[[str], None],
 ) -> Result | None:
     """The fewest static TP8 instances at max clock that keep ``iso_slo_target`` of requests within their
-    targets (attainment grows with the pool; a bisection over 1..gpus/8). When even the whole cluster
-    does not reach it, the best size found is kept and flagged. Returns the single pool's replay at the
-    size found when it ran to the end (a search replay stops once too many requests missed)."""
+    targets (attainment grows with the pool; a search over 1..gpus/8 from the peak load's size). When even
+    the whole cluster does not reach it, the best size found is kept and flagged. Returns the single pool's
+    replay at the size found when it ran to the end (a search replay stops once too many requests missed)."""
     spec = POLICIES["single-pool"]
     allowed = int(requests * (1.0 - s.iso_slo_target))
     cache: dict[int, float] = {}
@@ -393,13 +393,22 @@ def size_single_pool(  # noqa: PLR0917  (the simulation's parts, passed on from 
 
     top = max((s.gpus or SIZING_MAX_GPUS) // 8, 1)
     guess = min(max(_peak_instances(work, model), 1), top)
-    lo, hi = 0, guess  # lo fails (or is 0); hi meets the target once found
+    # gallop from the guess (steps 1, 2, 4, ...) to a bracket, then bisect it: the answer is usually next to
+    # the guess, and only sizes that meet the target replay whole (the others stop at the miss budget)
+    lo, hi, step = 0, guess, 1  # lo fails (or is 0); hi meets the target once found
+    if ok(hi):
+        while hi - lo > 1:
+            below = max(hi - step, lo + 1)
+            if not ok(below):
+                lo = below
+                break
+            hi, step = below, step * 2
     while not ok(hi):
         if hi == top:
             best = max(cache, key=lambda n: (cache[n], -n))
             sim.single_pool_instances, sim.single_pool_reached_target = best, False
             return whole.get(best)
-        lo, hi = hi, min(hi * 2, top)
+        lo, hi, step = hi, min(hi + step, top), step * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if ok(mid):
