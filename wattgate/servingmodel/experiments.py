@@ -28,6 +28,7 @@ class Outcome:
     memory_s: float
     overhead_s: float
     idle_s: float
+    comm_s: float = 0.0  # all-reduce seconds (per GPU, summed over steps)
 
 
 def poisson_run(
@@ -69,6 +70,7 @@ def poisson_run(
         tot.memory_s,
         tot.overhead_s,
         tot.idle_s,
+        tot.comm_s,
     )
 
 

@@ -32,6 +32,8 @@ class PowerModel:
     gamma: float = 2.0
     gamma_memory: float = 1.0
     max_clock_mhz: int = 1980
+    comm_w: float = 0.0
+    gamma_comm: float = 1.0
 
     def _g(self, clock_mhz: float) -> tuple[float, float]:
         r = max(min(clock_mhz / self.max_clock_mhz, 1.0), 0.0)
@@ -45,4 +47,9 @@ class PowerModel:
         g, gm = self._g(clock_mhz)
         idle = self.idle_w + self.idle_clock_w * g
         per_gpu = step.total_s * idle + step.compute_s * self.compute_w * g + step.memory_s * self.memory_w * gm
+        if step.comm_s:
+            per_gpu += step.comm_s * self.comm_w * self.comm_factor(clock_mhz)
         return per_gpu * gpus
+
+    def comm_factor(self, clock_mhz: float) -> float:
+        return max(min(clock_mhz / self.max_clock_mhz, 1.0), 0.0) ** self.gamma_comm

@@ -72,15 +72,21 @@ def _factors(law: ClockLaw, clock_mhz: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class StepTime:
-    """One step (or a run of identical decode steps): seconds spent compute-bound, memory-bound, on overhead."""
+    """One step (or a run of identical decode steps): seconds spent compute-bound, memory-bound, on overhead,
+    and in the all-reduces (communication over NVLink; zero at TP1)."""
 
     compute_s: float
     memory_s: float
     overhead_s: float
+    comm_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.compute_s + self.memory_s + self.overhead_s
+        return self.compute_s + self.memory_s + self.overhead_s + self.comm_s
+
+    def scaled(self, frac: float) -> StepTime:
+        """The first ``frac`` of this step (each part in proportion)."""
+        return StepTime(self.compute_s * frac, self.memory_s * frac, self.overhead_s * frac, self.comm_s * frac)
 
 
 class StepCost:
@@ -124,7 +130,7 @@ class StepCost:
             self._lm_comp.tolist(),
             (self._lm_mem).tolist(),
         )
-        self._ewar = (self._ew + self._ar).tolist()
+        self._ew_list, self._ar_list = self._ew.tolist(), self._ar.tolist()
         self._attn_list = self._attn.tolist()
 
     def _linear(self, n: np.ndarray) -> np.ndarray:
@@ -138,14 +144,19 @@ class StepCost:
         nbytes = np.maximum(n, 1.0) * self.arch.hidden * BYTES_BF16
         return loglog(c.allreduce_bytes, c.allreduce_s, nbytes)
 
-    def _token_parts(self, tokens: int, sampled: int) -> tuple[float, float]:
+    def _token_parts(self, tokens: int, sampled: int) -> tuple[float, float, float]:
+        """Compute-bound, memory-bound and all-reduce seconds of the per-token kernels, max clock."""
         if tokens <= TABLE_TOKENS and sampled <= TABLE_TOKENS:
-            return self._lc[tokens] + self._lcm[sampled], self._lm_[tokens] + self._lmm[sampled] + self._ewar[tokens]
+            return (
+                self._lc[tokens] + self._lcm[sampled],
+                self._lm_[tokens] + self._lmm[sampled] + self._ew_list[tokens],
+                self._ar_list[tokens],
+            )
         # beyond the table: the GEMMs are compute-bound there; scale the last row
         scale = tokens / TABLE_TOKENS
         comp = self._lin_comp[TABLE_TOKENS] * scale + self._lm_comp[min(sampled, TABLE_TOKENS)]
-        mem = (self._ew[TABLE_TOKENS] + self._ar[TABLE_TOKENS]) * scale + self._lm_mem[min(sampled, TABLE_TOKENS)]
-        return float(comp), float(mem)
+        mem = self._ew[TABLE_TOKENS] * scale + self._lm_mem[min(sampled, TABLE_TOKENS)]
+        return float(comp), float(mem), float(self._ar[TABLE_TOKENS] * scale)
 
     def _attention(self, tokens: int) -> float:
         if tokens <= PREFILL_TOKENS:
@@ -180,14 +191,14 @@ class StepCost:
         for p, c in prefill:
             tokens += c
             comp += self.prefill_attention_s(p, c)
-        tc, mem = self._token_parts(tokens, sampled)
+        tc, mem, comm = self._token_parts(tokens, sampled)
         comp += tc
         mem += self.decode_floor_s(decodes) + self.kv_token_s * kv_tokens
         o = self.overheads
         overhead = o.step_s + o.sequence_s * (decodes + len(prefill))
         overhead += self.layers * (o.layer_s + (o.prefill_layer_s if prefill else 0.0))
         fc, fm = factors
-        return StepTime(comp * fc, mem * fm, overhead)
+        return StepTime(comp * fc, mem * fm, overhead, comm * fm)
 
     def _decode_base(self, decodes: int, factors: tuple[float, float]) -> StepTime:
         """A decode-only step of ``decodes`` sequences with an empty cache (cached: the hot path asks often)."""
@@ -210,6 +221,7 @@ class StepCost:
             base.compute_s * steps,
             base.memory_s * steps + self.kv_token_s * factors[1] * kv_read,
             base.overhead_s * steps,
+            base.comm_s * steps,
         )
 
     def decode_steps_within(self, decodes: int, kv_tokens: float, budget_s: float, factors: tuple[float, float]) -> int:
@@ -217,7 +229,7 @@ class StepCost:
         if budget_s <= 0:
             return 0
         base = self._decode_base(decodes, factors)
-        comp, mem, over = base.compute_s, base.memory_s, base.overhead_s
+        comp, mem, over = base.compute_s, base.memory_s + base.comm_s, base.overhead_s
         kv_s = self.kv_token_s * factors[1]
 
         def run_s(k: int) -> float:  # decode_run(decodes, kv_tokens, k, factors).total_s, the same arithmetic
