@@ -4,11 +4,24 @@ Per GPU, with ``g = (f / f_max) ** gamma`` and ``gm = (f / f_max) ** gamma_memor
 
     idle(f)    = idle_w + idle_clock_w * g        (an engine loaded, nothing running, clock locked at f)
     compute(f) = idle(f) + compute_w * g          (while a step's compute-bound part runs)
-    memory(f)  = idle(f) + memory_w * gm          (while a memory- or communication-bound part runs)
+    memory(f)  = idle(f) + memory_w * gm          (while a memory-bound part runs)
+    comm(f)    = idle(f) + comm_w * gm            (while an all-reduce runs, TP > 1)
 
-A step's overhead time (CPU) draws idle power. The five numbers are fitted to the DynamoLLM
-characterization's instance power (``calibration``); a GPU that holds no instance draws
-``EMPTY_GPU_W``. Everything here is modelled.
+A step's overhead time (CPU) draws idle power. The six numbers are fitted to the DynamoLLM
+characterization's instance power (``calibration``, ``fit.fit_power``), within the board's 700 W:
+``idle_w + idle_clock_w + max(compute_w, memory_w, comm_w) <= 700``. A GPU that holds no instance
+draws ``EMPTY_GPU_W``. Everything here is modelled.
+
+**All-reduce power.** An all-reduce over NVLink moves ``T x hidden`` bf16 values between GPUs through
+a handful of SMs (vLLM's custom all-reduce or NCCL's ring/tree kernels, a few CTAs each): it neither
+streams HBM at full bandwidth nor keeps the tensor cores busy, so it gets its own figure rather than
+the memory-bound one. It matters because its share of a step grows with TP (the message per GPU is
+the same at every TP while the GEMMs shrink as 1/TP: 11% of a TP8 instance's time under the
+characterization's loads, 4% of a TP2 one's). Priced at memory-bound power (as until December 2026)
+the model read a median 15% low at TP2 and 9% high at TP8; fitted on its own, ``comm_w`` goes to its
+lower bound (0 W above idle): what is left of the TP structure is in README *Validation*.
+``comm_w`` defaults to 0 so a calibration written before it existed still loads (its all-reduces
+then draw idle power: refit it).
 """
 
 from __future__ import annotations
@@ -33,7 +46,6 @@ class PowerModel:
     gamma_memory: float = 1.0
     max_clock_mhz: int = 1980
     comm_w: float = 0.0
-    gamma_comm: float = 1.0
 
     def _g(self, clock_mhz: float) -> tuple[float, float]:
         r = max(min(clock_mhz / self.max_clock_mhz, 1.0), 0.0)
@@ -47,9 +59,5 @@ class PowerModel:
         g, gm = self._g(clock_mhz)
         idle = self.idle_w + self.idle_clock_w * g
         per_gpu = step.total_s * idle + step.compute_s * self.compute_w * g + step.memory_s * self.memory_w * gm
-        if step.comm_s:
-            per_gpu += step.comm_s * self.comm_w * self.comm_factor(clock_mhz)
+        per_gpu += step.comm_s * self.comm_w * gm
         return per_gpu * gpus
-
-    def comm_factor(self, clock_mhz: float) -> float:
-        return max(min(clock_mhz / self.max_clock_mhz, 1.0), 0.0) ** self.gamma_comm

@@ -127,11 +127,9 @@ def _power_w(power: object, o: Outcome, p: CharPoint) -> float:
     from wattgate.servingmodel.power import PowerModel  # noqa: PLC0415
 
     assert isinstance(power, PowerModel)
-    r = p.clock_mhz / power.max_clock_mhz
-    g, gm = r**power.gamma, r**power.gamma_memory
-    per_gpu = power.idle_w + power.idle_clock_w * g
-    per_gpu += (power.compute_w * g * o.compute_s + power.memory_w * gm * o.memory_s) / o.duration_s
-    return float(per_gpu * p.tp)
+    cols = fit.power_columns(p, o, power.max_clock_mhz, power.gamma, power.gamma_memory)
+    watts = (power.idle_w, power.idle_clock_w, power.compute_w, power.memory_w, power.comm_w)
+    return float(sum(c * w for c, w in zip(cols, watts, strict=True)) * p.tp)
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
