@@ -36,6 +36,24 @@ def test_steps_grow_with_tokens_and_context_and_shrink_with_tp() -> None:
     assert 0.007 < small < 0.012
 
 
+def test_all_reduce_time_is_its_own_part_and_its_share_grows_with_tp() -> None:
+    """Two all-reduces of ``tokens x hidden`` bf16 values per layer: the message per GPU is the same at every
+    TP while the GEMMs shrink as 1/TP, so communication is a larger share of a TP8 step than of a TP2 one
+    (the power model prices it on its own, ``PowerModel.comm_w``)."""
+    f = (1.0, 1.0)
+    shares = {}
+    for tp in (2, 4, 8):
+        c = cost(tp=tp)
+        s = c.step(decodes=0, kv_tokens=0, prefill=((0, 1024),), sampled=1, factors=f)
+        # 2 x 80 all-reduces of 1,024 x 8,192 bf16 values (16 MiB), at NVLink speed: ~0.05-0.15 ms each
+        assert 160 * 0.05e-3 < s.comm_s < 160 * 0.15e-3, (tp, s.comm_s)
+        assert s.total_s == pytest.approx(s.compute_s + s.memory_s + s.overhead_s + s.comm_s + s.latency_s)
+        shares[tp] = s.comm_s / s.total_s
+    assert shares[2] < shares[4] < shares[8]
+    one = StepCost(architecture("llama-3.2-1b"), 1, kernel_curves("llama-3.2-1b", 1), EngineOverheads())
+    assert one.step(decodes=4, kv_tokens=400, prefill=(), sampled=4, factors=f).comm_s == 0.0
+
+
 def test_prefill_attention_of_a_chunk_is_the_difference_of_whole_prompts() -> None:
     c = cost()
     whole = c.prefill_attention_s(0, 4096)
@@ -55,6 +73,7 @@ def test_a_decode_run_is_the_sum_of_its_steps(overheads: dict[str, float], n: in
             run = c.decode_run(n, kv, k, f)
             assert run.total_s == pytest.approx(sum(s.total_s for s in steps), rel=1e-9)
             assert run.compute_s == pytest.approx(sum(s.compute_s for s in steps), rel=1e-9)
+            assert run.comm_s == pytest.approx(sum(s.comm_s for s in steps), rel=1e-9, abs=1e-12)
             assert run.overhead_s == pytest.approx(sum(s.overhead_s for s in steps), rel=1e-9, abs=1e-12)
             # decode_steps_within is the inverse: the most steps that fit a budget
             assert c.decode_steps_within(n, kv, run.total_s, f) == k

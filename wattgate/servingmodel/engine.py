@@ -128,6 +128,7 @@ class Totals:
     overhead_s: float = 0.0
     idle_s: float = 0.0
     comm_s: float = 0.0
+    latency_s: float = 0.0
     energy_j: float = 0.0
     steps: int = 0
     preemptions: int = 0
@@ -605,6 +606,7 @@ class Engine:
         tot.memory_s += t.memory_s
         tot.overhead_s += t.overhead_s
         tot.comm_s += t.comm_s
+        tot.latency_s += t.latency_s
         tot.steps += steps
         tot.energy_j += self.power.step_energy_j(t, clock, self.config.tp)
 

@@ -29,6 +29,7 @@ class Outcome:
     overhead_s: float
     idle_s: float
     comm_s: float = 0.0  # all-reduce seconds (per GPU, summed over steps)
+    latency_s: float = 0.0  # latency-bound kernel seconds (``steps.StepTime``)
 
 
 def poisson_run(
@@ -71,6 +72,7 @@ def poisson_run(
         tot.overhead_s,
         tot.idle_s,
         tot.comm_s,
+        tot.latency_s,
     )
 
 

@@ -157,15 +157,16 @@ POWER_BOUNDS_W = {
     "compute_w": (0.0, BOARD_LIMIT_W),
     "memory_w": (0.0, BOARD_LIMIT_W),
     "comm_w": (0.0, BOARD_LIMIT_W),
+    "latency_w": (0.0, BOARD_LIMIT_W),
 }
 
 
 def power_columns(p: CharPoint, o: Outcome, max_clock_mhz: int, gamma: float, gamma_m: float) -> list[float]:
     """A row's mean power per GPU is these columns dotted with (idle_w, idle_clock_w, compute_w, memory_w,
-    comm_w): the fit's design matrix and the validation's prediction share it."""
+    comm_w, latency_w): the fit's design matrix and the validation's prediction share it."""
     r = p.clock_mhz / max_clock_mhz
     g, gm, d = r**gamma, r**gamma_m, o.duration_s
-    return [1.0, g, g * o.compute_s / d, gm * o.memory_s / d, gm * o.comm_s / d]
+    return [1.0, g, g * o.compute_s / d, gm * o.memory_s / d, gm * o.comm_s / d, gm * o.latency_s / d]
 
 
 def _quadratic(x: np.ndarray, h: np.ndarray, q: np.ndarray, n: int) -> float:
@@ -179,19 +180,20 @@ def _quadratic_grad(x: np.ndarray, h: np.ndarray, q: np.ndarray, n: int) -> np.n
 
 def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> FitResult:
     """Least squares of relative errors of instance power over the rows, given each row's modelled busy
-    seconds: the clock exponents on a grid, the five watt figures (linear for each pair) within
+    seconds: the clock exponents on a grid, the six watt figures (linear for each pair) within
     ``POWER_BOUNDS_W`` and the board limit (``idle_w + idle_clock_w + each busy figure <= 700``)."""
     from scipy.optimize import minimize  # noqa: PLC0415  (build time only)
 
     scale = 100.0  # the solver works in hundreds of watts
     bounds = [(lo / scale, hi / scale) for lo, hi in POWER_BOUNDS_W.values()]
     limit = BOARD_LIMIT_W / scale
-    # idle_w + idle_clock_w + busy_i <= limit for each busy figure i (columns 2, 3, 4)
-    c = np.zeros((3, 5))
+    # idle_w + idle_clock_w + busy_i <= limit for each busy figure i (columns 2-5)
+    k = len(POWER_BOUNDS_W)
+    c = np.zeros((k - 2, k))
     c[:, :2] = 1.0
-    c[[0, 1, 2], [2, 3, 4]] = 1.0
+    c[np.arange(k - 2), np.arange(2, k)] = 1.0
     cons = [{"type": "ineq", "fun": lambda x: limit - c @ x, "jac": lambda x: -c}]
-    x0 = np.array([1.0, 0.1, 3.0, 3.0, 1.0])
+    x0 = np.array([1.0, 0.1] + [3.0] * (k - 2))
     best: tuple[float, PowerModel] | None = None
     evals = 0
     for gamma in np.arange(1.0, 3.51, 0.25):
@@ -214,8 +216,11 @@ def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> 
             evals += 1
             err = float(np.mean((a @ res.x - 1.0) ** 2))
             if best is None or err < best[0]:
-                w = [float(x) * scale for x in res.x]
-                best = (err, PowerModel(w[0], w[1], w[2], w[3], float(gamma), float(gamma_m), max_clock_mhz, w[4]))
+                w = [round(float(x) * scale, 6) for x in res.x]  # no 1e-14 W figures in the calibration
+                best = (
+                    err,
+                    PowerModel(w[0], w[1], w[2], w[3], float(gamma), float(gamma_m), max_clock_mhz, w[4], w[5]),
+                )
     assert best is not None
     return FitResult(best[1], math.sqrt(best[0]), evals, len(rows))
 

@@ -46,6 +46,7 @@ class PowerModel:
     gamma_memory: float = 1.0
     max_clock_mhz: int = 1980
     comm_w: float = 0.0
+    latency_w: float | None = None  # None: latency-bound seconds draw memory-bound power
 
     def _g(self, clock_mhz: float) -> tuple[float, float]:
         r = max(min(clock_mhz / self.max_clock_mhz, 1.0), 0.0)
@@ -60,4 +61,5 @@ class PowerModel:
         idle = self.idle_w + self.idle_clock_w * g
         per_gpu = step.total_s * idle + step.compute_s * self.compute_w * g + step.memory_s * self.memory_w * gm
         per_gpu += step.comm_s * self.comm_w * gm
+        per_gpu += step.latency_s * (self.memory_w if self.latency_w is None else self.latency_w) * gm
         return per_gpu * gpus

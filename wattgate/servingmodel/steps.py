@@ -79,14 +79,21 @@ class StepTime:
     memory_s: float
     overhead_s: float
     comm_s: float = 0.0
+    latency_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.compute_s + self.memory_s + self.overhead_s + self.comm_s
+        return self.compute_s + self.memory_s + self.overhead_s + self.comm_s + self.latency_s
 
     def scaled(self, frac: float) -> StepTime:
         """The first ``frac`` of this step (each part in proportion)."""
-        return StepTime(self.compute_s * frac, self.memory_s * frac, self.overhead_s * frac, self.comm_s * frac)
+        return StepTime(
+            self.compute_s * frac,
+            self.memory_s * frac,
+            self.overhead_s * frac,
+            self.comm_s * frac,
+            self.latency_s * frac,
+        )
 
 
 class StepCost:
@@ -101,6 +108,11 @@ class StepCost:
         slope = float(curves.linear_per_layer_s[-1] / curves.tokens[-1])  # compute-bound cost per token
         self._lin_comp = np.minimum(lin, n * slope) * self.layers
         self._lin_mem = lin * self.layers - self._lin_comp
+        # of the rest, what streaming the layer's weights once at the effective bandwidth takes is
+        # bandwidth-bound; anything beyond is latency-bound (small kernels that reach neither roofline)
+        weights_s = sum(a * b for a, b in arch.gemm_shapes(tp)) * BYTES_BF16 / HBM_BYTES_PER_S * self.layers
+        self._lin_lat = np.maximum(self._lin_mem - weights_s, 0.0)
+        self._lin_mem -= self._lin_lat
         heads, kv = arch.heads_per_gpu(tp)
         ew_bytes = BYTES_BF16 * (8 * arch.hidden + 2 * (heads + kv) * arch.head_dim + 3 * arch.intermediate // tp)
         self._ew = n * ew_bytes / HBM_BYTES_PER_S * self.layers
@@ -110,7 +122,7 @@ class StepCost:
         self._lm_comp = np.minimum(lm, n * lm_slope)
         self._lm_mem = lm - self._lm_comp
         self._lm_comp[0] = self._lm_mem[0] = 0.0
-        self._lin_comp[0] = self._lin_mem[0] = self._ew[0] = self._ar[0] = 0.0
+        self._lin_comp[0] = self._lin_mem[0] = self._lin_lat[0] = self._ew[0] = self._ar[0] = 0.0
         self.kv_token_s = curves.decode.per_kv_token_s * self.layers
         self._base_cache: dict[tuple[int, tuple[float, float]], StepTime] = {}
         # causal attention over n tokens (all layers), dense up to PREFILL_TOKENS: looked up per chunk
@@ -130,7 +142,7 @@ class StepCost:
             self._lm_comp.tolist(),
             (self._lm_mem).tolist(),
         )
-        self._ew_list, self._ar_list = self._ew.tolist(), self._ar.tolist()
+        self._ew_list, self._ar_list, self._lat_list = self._ew.tolist(), self._ar.tolist(), self._lin_lat.tolist()
         self._attn_list = self._attn.tolist()
 
     def _linear(self, n: np.ndarray) -> np.ndarray:
@@ -144,19 +156,20 @@ class StepCost:
         nbytes = np.maximum(n, 1.0) * self.arch.hidden * BYTES_BF16
         return loglog(c.allreduce_bytes, c.allreduce_s, nbytes)
 
-    def _token_parts(self, tokens: int, sampled: int) -> tuple[float, float, float]:
-        """Compute-bound, memory-bound and all-reduce seconds of the per-token kernels, max clock."""
+    def _token_parts(self, tokens: int, sampled: int) -> tuple[float, float, float, float]:
+        """Compute-bound, memory-bound, all-reduce and latency-bound seconds of the per-token kernels, max clock."""
         if tokens <= TABLE_TOKENS and sampled <= TABLE_TOKENS:
             return (
                 self._lc[tokens] + self._lcm[sampled],
                 self._lm_[tokens] + self._lmm[sampled] + self._ew_list[tokens],
                 self._ar_list[tokens],
+                self._lat_list[tokens],
             )
         # beyond the table: the GEMMs are compute-bound there; scale the last row
         scale = tokens / TABLE_TOKENS
         comp = self._lin_comp[TABLE_TOKENS] * scale + self._lm_comp[min(sampled, TABLE_TOKENS)]
         mem = self._ew[TABLE_TOKENS] * scale + self._lm_mem[min(sampled, TABLE_TOKENS)]
-        return float(comp), float(mem), float(self._ar[TABLE_TOKENS] * scale)
+        return float(comp), float(mem), float(self._ar[TABLE_TOKENS] * scale), 0.0
 
     def _attention(self, tokens: int) -> float:
         if tokens <= PREFILL_TOKENS:
@@ -191,14 +204,15 @@ class StepCost:
         for p, c in prefill:
             tokens += c
             comp += self.prefill_attention_s(p, c)
-        tc, mem, comm = self._token_parts(tokens, sampled)
+        tc, mem, comm, lat = self._token_parts(tokens, sampled)
         comp += tc
-        mem += self.decode_floor_s(decodes) + self.kv_token_s * kv_tokens
+        mem += self.kv_token_s * kv_tokens
+        lat += self.decode_floor_s(decodes)
         o = self.overheads
         overhead = o.step_s + o.sequence_s * (decodes + len(prefill))
         overhead += self.layers * (o.layer_s + (o.prefill_layer_s if prefill else 0.0))
         fc, fm = factors
-        return StepTime(comp * fc, mem * fm, overhead, comm * fm)
+        return StepTime(comp * fc, mem * fm, overhead, comm * fm, lat * fm)
 
     def _decode_base(self, decodes: int, factors: tuple[float, float]) -> StepTime:
         """A decode-only step of ``decodes`` sequences with an empty cache (cached: the hot path asks often)."""
@@ -222,6 +236,7 @@ class StepCost:
             base.memory_s * steps + self.kv_token_s * factors[1] * kv_read,
             base.overhead_s * steps,
             base.comm_s * steps,
+            base.latency_s * steps,
         )
 
     def decode_steps_within(self, decodes: int, kv_tokens: float, budget_s: float, factors: tuple[float, float]) -> int:
@@ -229,11 +244,17 @@ class StepCost:
         if budget_s <= 0:
             return 0
         base = self._decode_base(decodes, factors)
-        comp, mem, over = base.compute_s, base.memory_s + base.comm_s, base.overhead_s
+        comp, mem, over, comm, lat = base.compute_s, base.memory_s, base.overhead_s, base.comm_s, base.latency_s
         kv_s = self.kv_token_s * factors[1]
 
         def run_s(k: int) -> float:  # decode_run(decodes, kv_tokens, k, factors).total_s, the same arithmetic
-            return comp * k + (mem * k + kv_s * (k * kv_tokens + decodes * k * (k - 1) / 2)) + over * k
+            return (
+                comp * k
+                + (mem * k + kv_s * (k * kv_tokens + decodes * k * (k - 1) / 2))
+                + over * k
+                + comm * k
+                + lat * k
+            )
 
         a = base.total_s + kv_s * kv_tokens
         b = kv_s * decodes  # each step reads ``decodes`` more cached tokens

@@ -128,7 +128,8 @@ def _power_w(power: object, o: Outcome, p: CharPoint) -> float:
 
     assert isinstance(power, PowerModel)
     cols = fit.power_columns(p, o, power.max_clock_mhz, power.gamma, power.gamma_memory)
-    watts = (power.idle_w, power.idle_clock_w, power.compute_w, power.memory_w, power.comm_w)
+    latency_w = power.memory_w if power.latency_w is None else power.latency_w
+    watts = (power.idle_w, power.idle_clock_w, power.compute_w, power.memory_w, power.comm_w, latency_w)
     return float(sum(c * w for c, w in zip(cols, watts, strict=True)) * p.tp)
 
 
