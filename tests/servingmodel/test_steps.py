@@ -10,7 +10,8 @@ import pytest
 from wattgate.servingmodel.arch import architecture
 from wattgate.servingmodel.calibration import ServingModel
 from wattgate.servingmodel.kernels import isotonic, kernel_curves
-from wattgate.servingmodel.steps import ClockLaw, EngineOverheads, StepCost
+from wattgate.servingmodel.power import PowerModel
+from wattgate.servingmodel.steps import ClockLaw, EngineOverheads, StepCost, StepTime
 
 
 def cost(arch: str = "llama-3.1-70b", tp: int = 8, **overheads: float) -> StepCost:
@@ -101,3 +102,16 @@ def test_serving_model_builds_engines_with_the_calibration_defaults() -> None:
     e2 = m.engine(4, clock_mhz=1200, max_num_seqs=64)
     assert e2.config.max_num_seqs == 64 and e2.clock_mhz == 1200
     assert dataclasses.replace(e2.config, tp=4).tp == 4
+
+
+def test_each_kind_of_busy_second_is_priced_at_its_own_power() -> None:
+    p = PowerModel(80.0, 20.0, 600.0, 500.0, 1.0, 1.0, 1980, comm_w=50.0, latency_w=10.0)
+    idle = p.idle_gpu_w(990)
+    assert idle == pytest.approx(90.0)
+    parts = {"compute_s": 300.0, "memory_s": 250.0, "comm_s": 25.0, "latency_s": 5.0, "overhead_s": 0.0}
+    for name, extra_w in parts.items():
+        step = StepTime(**{"compute_s": 0.0, "memory_s": 0.0, "overhead_s": 0.0, name: 2.0})
+        assert p.step_energy_j(step, 990, 4) == pytest.approx(4 * 2.0 * (idle + extra_w)), name
+    # a calibration written before latency_w existed prices latency-bound time as memory-bound
+    old = PowerModel(80.0, 20.0, 600.0, 500.0, 1.0, 1.0, 1980)
+    assert old.step_energy_j(StepTime(0.0, 0.0, 0.0, latency_s=1.0), 1980, 1) == pytest.approx(600.0)

@@ -15,12 +15,18 @@ one GPU of a TP group, at the maximum clock, is the sum of (per layer, ``L`` lay
 plus the language-model head for the sampled tokens (measured) and the overheads that no kernel
 timing contains (``EngineOverheads``, fitted to measured vLLM serving curves).
 
-**SM clock.** Each piece is split into a compute-bound part, which slows as ``(f_max / f) **
-compute_exp``, and a memory/communication-bound part, which slows as ``(f_max / f) ** memory_exp``;
-overheads (CPU) do not depend on the GPU clock. A GEMM's compute-bound part is its tokens times the
-per-token cost of the largest measured GEMM (where it is compute-bound), capped at its measured
-time; prefill attention is compute-bound; decode attention, element-wise kernels and all-reduces are
-memory-bound. The exponents are fitted to the DynamoLLM characterization (``calibration``).
+**What each second is doing** (``StepTime``, for the power model): a GEMM's compute-bound part is its
+tokens times the per-token cost of the largest measured GEMM (where it is compute-bound), capped at its
+measured time; of the rest, the time to stream the layer's weights once at the effective HBM bandwidth
+is memory-bound and anything beyond is latency-bound (small kernels that reach neither roofline: 0.6
+ms of a 7 ms TP8 decode step's GEMMs, none at TP2, where the measured GEMMs stream at the full
+effective bandwidth). Prefill attention is compute-bound; decode attention's per-KV-token cost and the
+element-wise kernels are memory-bound; decode attention's per-batch floor (about 1 ms a step at every
+TP) is latency-bound; the all-reduces are communication (``comm_s``); the overheads are CPU time.
+
+**SM clock.** The compute-bound part slows as ``(f_max / f) ** compute_exp``; the memory-bound,
+latency-bound and communication parts as ``(f_max / f) ** memory_exp``; overheads (CPU) do not
+depend on the GPU clock. The exponents are fitted to the DynamoLLM characterization (``calibration``).
 
 Everything here is modelled.
 """

@@ -116,13 +116,13 @@ def leave_one_clock_out(
             if p.clock_mhz != clock or p not in held or ref is None:
                 continue
             ratio = (outcome[p].ttft_p99_s + req) / (outcome[ref].ttft_p99_s + req)
-            rows.append((p, ref.ttft_p99_s * ratio, _power_w(power, outcome[p], p)))
+            rows.append((p, ref.ttft_p99_s * ratio, modelled_power_w(power, outcome[p], p)))
         folds.append(ClockFold(clock, law, req, rows))
         log(f"clock {clock} MHz held out: law {ce}/{me}, request latency {req * 1e3:.1f} ms, {len(rows)} rows")
     return folds
 
 
-def _power_w(power: object, o: Outcome, p: CharPoint) -> float:
+def modelled_power_w(power: object, o: Outcome, p: CharPoint) -> float:
     """Mean instance power of a modelled run from its busy seconds (the fit's own formula)."""
     from wattgate.servingmodel.power import PowerModel  # noqa: PLC0415
 
