@@ -175,7 +175,8 @@ def _quadratic(x: np.ndarray, h: np.ndarray, q: np.ndarray, n: int) -> float:
 
 
 def _quadratic_grad(x: np.ndarray, h: np.ndarray, q: np.ndarray, n: int) -> np.ndarray:
-    return 2 * (h @ x - q) / n
+    grad: np.ndarray = 2 * (h @ x - q) / n
+    return grad
 
 
 def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> FitResult:
