@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fit the serving model's free numbers to the public measurements and write its calibration (build time).
 
-    .venv/bin/python scripts/calibrate_serving_model.py [PROFILES_DIR] [--out PATH]
+    .venv/bin/python scripts/calibrate_serving_model.py [PROFILES_DIR] [--out PATH] [--reuse-overheads | --power-only]
 
 PROFILES_DIR defaults to ../shared/data/profiles beside the repository. The fits and the data each
 uses are described in wattgate/servingmodel/fit.py; the result (with every fitted number, its error
@@ -74,7 +74,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="take vllm-v1's overheads and their fit record from --out instead of refitting them (step 1)",
     )
+    parser.add_argument(
+        "--power-only",
+        action="store_true",
+        help="take every timing fit (steps 1-3) from --out and refit only the power model (step 4): "
+        "for a change to the power model that leaves step times alone",
+    )
     args = parser.parse_args(argv)
+    if args.power_only:
+        old = read_calibration(args.out)
+        prov = dict(old.provenance)
+        prov["fits"] = dict(prov["fits"])
+        log(f"1-3/4 overheads, KV reserve and clock law reused from {args.out}")
+        cal = dataclasses.replace(old, power=power_model(old, args.profiles_dir, prov), provenance=prov)
+        args.out.write_text(json.dumps(cal.to_document(), indent=1) + "\n", encoding="utf-8")
+        log(f"wrote {args.out}")
+        return 0
     prov: dict[str, Any] = {"kernels": kernel_origin(), "fits": {}}
     cal = vllm_overheads(base_calibration(), args, prov)
     cal = characterization_engine(cal, args.profiles_dir, prov)
@@ -124,18 +139,24 @@ def characterization_engine(cal: Calibration, profiles_dir: Path, prov: dict[str
         res, "P99 TTFT at 0.5 req/s over that at the top clock, 6 clocks x 3 TPs x 9 types (below 3 s)"
     )
 
+    return dataclasses.replace(cal, power=power_model(cal, profiles_dir, prov))
+
+
+def power_model(cal: Calibration, profiles_dir: Path, prov: dict[str, Any]) -> PowerModel:
     log("4/4 power on every characterization row")
     model = ServingModel("llama-2-70b", V0, cal)
-    rows = [(p, fit.char_outcome(model, p)) for p in points]
-    res = fit.fit_power(rows, law.max_clock_mhz)
+    rows = [(p, fit.char_outcome(model, p)) for p in read_characterization(profiles_dir)]
+    res = fit.fit_power(rows, cal.clock_law.max_clock_mhz)
     assert isinstance(res.value, PowerModel)
-    prov["fits"]["power"] = _about(res, "instance power of all 1,351 characterization rows")
+    prov["fits"]["power"] = _about(
+        res, "instance power of all 1,351 characterization rows, within the board's 700 W (relative errors)"
+    )
     prov["characterization requests"] = {
         "input_tokens": CHARACTERIZATION_INPUT_TOKENS,
         "output_tokens": CHARACTERIZATION_OUTPUT_TOKENS,
         "requests_per_point": fit.CHAR_REQUESTS,
     }
-    return dataclasses.replace(cal, power=res.value)
+    return res.value
 
 
 def _set(

@@ -57,11 +57,13 @@ def test_provenance_says_modelled_and_names_the_serving_model_and_the_trace(prof
 
 
 def test_power_rises_with_tp_at_every_point(profile: Profile) -> None:
+    """Twice the GPUs at the same load draw well over 1.3x the power (the measured characterization's
+    smallest ratios are 1.31 from TP2 to TP4 and 1.20 from TP4 to TP8, its medians 1.63 and 1.59)."""
     for (tp_small, tp_big), clock, rtype in itertools.product(((2, 4), (4, 8)), CLOCKS, REQUEST_TYPES):
         for load in profile.loads(tp_small, clock, rtype):
             if load in profile.loads(tp_big, clock, rtype):
                 small = profile.lookup(tp_small, clock, rtype, load).power_w
-                assert profile.lookup(tp_big, clock, rtype, load).power_w > 1.4 * small
+                assert profile.lookup(tp_big, clock, rtype, load).power_w > 1.3 * small
 
 
 def test_power_rises_with_clock_beyond_noise(profile: Profile) -> None:

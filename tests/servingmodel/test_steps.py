@@ -10,7 +10,8 @@ import pytest
 from wattgate.servingmodel.arch import architecture
 from wattgate.servingmodel.calibration import ServingModel
 from wattgate.servingmodel.kernels import isotonic, kernel_curves
-from wattgate.servingmodel.steps import ClockLaw, EngineOverheads, StepCost
+from wattgate.servingmodel.power import PowerModel
+from wattgate.servingmodel.steps import ClockLaw, EngineOverheads, StepCost, StepTime
 
 
 def cost(arch: str = "llama-3.1-70b", tp: int = 8, **overheads: float) -> StepCost:
@@ -36,6 +37,24 @@ def test_steps_grow_with_tokens_and_context_and_shrink_with_tp() -> None:
     assert 0.007 < small < 0.012
 
 
+def test_all_reduce_time_is_its_own_part_and_its_share_grows_with_tp() -> None:
+    """Two all-reduces of ``tokens x hidden`` bf16 values per layer: the message per GPU is the same at every
+    TP while the GEMMs shrink as 1/TP, so communication is a larger share of a TP8 step than of a TP2 one
+    (the power model prices it on its own, ``PowerModel.comm_w``)."""
+    f = (1.0, 1.0)
+    shares = {}
+    for tp in (2, 4, 8):
+        c = cost(tp=tp)
+        s = c.step(decodes=0, kv_tokens=0, prefill=((0, 1024),), sampled=1, factors=f)
+        # 2 x 80 all-reduces of 1,024 x 8,192 bf16 values (16 MiB), at NVLink speed: ~0.05-0.15 ms each
+        assert 160 * 0.05e-3 < s.comm_s < 160 * 0.15e-3, (tp, s.comm_s)
+        assert s.total_s == pytest.approx(s.compute_s + s.memory_s + s.overhead_s + s.comm_s + s.latency_s)
+        shares[tp] = s.comm_s / s.total_s
+    assert shares[2] < shares[4] < shares[8]
+    one = StepCost(architecture("llama-3.2-1b"), 1, kernel_curves("llama-3.2-1b", 1), EngineOverheads())
+    assert one.step(decodes=4, kv_tokens=400, prefill=(), sampled=4, factors=f).comm_s == 0.0
+
+
 def test_prefill_attention_of_a_chunk_is_the_difference_of_whole_prompts() -> None:
     c = cost()
     whole = c.prefill_attention_s(0, 4096)
@@ -55,6 +74,7 @@ def test_a_decode_run_is_the_sum_of_its_steps(overheads: dict[str, float], n: in
             run = c.decode_run(n, kv, k, f)
             assert run.total_s == pytest.approx(sum(s.total_s for s in steps), rel=1e-9)
             assert run.compute_s == pytest.approx(sum(s.compute_s for s in steps), rel=1e-9)
+            assert run.comm_s == pytest.approx(sum(s.comm_s for s in steps), rel=1e-9, abs=1e-12)
             assert run.overhead_s == pytest.approx(sum(s.overhead_s for s in steps), rel=1e-9, abs=1e-12)
             # decode_steps_within is the inverse: the most steps that fit a budget
             assert c.decode_steps_within(n, kv, run.total_s, f) == k
@@ -82,3 +102,16 @@ def test_serving_model_builds_engines_with_the_calibration_defaults() -> None:
     e2 = m.engine(4, clock_mhz=1200, max_num_seqs=64)
     assert e2.config.max_num_seqs == 64 and e2.clock_mhz == 1200
     assert dataclasses.replace(e2.config, tp=4).tp == 4
+
+
+def test_each_kind_of_busy_second_is_priced_at_its_own_power() -> None:
+    p = PowerModel(80.0, 20.0, 600.0, 500.0, 1.0, 1.0, 1980, comm_w=50.0, latency_w=10.0)
+    idle = p.idle_gpu_w(990)
+    assert idle == pytest.approx(90.0)
+    parts = {"compute_s": 300.0, "memory_s": 250.0, "comm_s": 25.0, "latency_s": 5.0, "overhead_s": 0.0}
+    for name, extra_w in parts.items():
+        step = StepTime(**{"compute_s": 0.0, "memory_s": 0.0, "overhead_s": 0.0, name: 2.0})
+        assert p.step_energy_j(step, 990, 4) == pytest.approx(4 * 2.0 * (idle + extra_w)), name
+    # a calibration written before latency_w existed prices latency-bound time as memory-bound
+    old = PowerModel(80.0, 20.0, 600.0, 500.0, 1.0, 1.0, 1980)
+    assert old.step_energy_j(StepTime(0.0, 0.0, 0.0, latency_s=1.0), 1980, 1) == pytest.approx(600.0)

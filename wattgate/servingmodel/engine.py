@@ -127,6 +127,8 @@ class Totals:
     memory_s: float = 0.0
     overhead_s: float = 0.0
     idle_s: float = 0.0
+    comm_s: float = 0.0
+    latency_s: float = 0.0
     energy_j: float = 0.0
     steps: int = 0
     preemptions: int = 0
@@ -327,8 +329,7 @@ class Engine:
             now = self._step_time(self.time_s, clock)
             if now is not None and now.total_s > 0:
                 frac = min(extra / now.total_s, 1.0)
-                step = StepTime(now.compute_s * frac, now.memory_s * frac, now.overhead_s * frac)
-                return self.totals.energy_j + self.power.step_energy_j(step, clock, gpus)
+                return self.totals.energy_j + self.power.step_energy_j(now.scaled(frac), clock, gpus)
         return self.totals.energy_j + self.power.idle_gpu_w(clock) * gpus * extra
 
     def _step_time(self, s: float, clock: int) -> StepTime | None:
@@ -630,6 +631,8 @@ class Engine:
         tot.compute_s += t.compute_s
         tot.memory_s += t.memory_s
         tot.overhead_s += t.overhead_s
+        tot.comm_s += t.comm_s
+        tot.latency_s += t.latency_s
         tot.steps += steps
         tot.energy_j += self.power.step_energy_j(t, clock, self.config.tp)
 

@@ -28,6 +28,8 @@ class Outcome:
     memory_s: float
     overhead_s: float
     idle_s: float
+    comm_s: float = 0.0  # all-reduce seconds (per GPU, summed over steps)
+    latency_s: float = 0.0  # latency-bound kernel seconds (``steps.StepTime``)
 
 
 def poisson_run(
@@ -69,6 +71,8 @@ def poisson_run(
         tot.memory_s,
         tot.overhead_s,
         tot.idle_s,
+        tot.comm_s,
+        tot.latency_s,
     )
 
 

@@ -9,8 +9,9 @@ Three fits, each on data the validation (``validate.py``) does not judge it by:
 2. **SM-clock law and the characterization engine** (``fit_characterization``): the exponents with
    which compute- and memory-bound step time grow at lower clocks, the per-request latency and KV
    reserve of the DynamoLLM prototype's engine (vLLM V0 of 2024), on the characterization's P99 TTFT.
-3. **Power model** (``fit_power``): per-GPU idle, compute and memory power and their clock exponents,
-   least squares on the characterization's instance power given each row's modelled busy time.
+3. **Power model** (``fit_power``): per-GPU idle, compute-, memory- and all-reduce-bound power and their
+   clock exponents, least squares on the characterization's instance power given each row's modelled
+   busy time, within the board's 700 W.
 
 Every fit minimises squared log errors (relative errors, symmetric in over/under-estimation) and
 uses common random numbers (fixed seeds), so the objective is deterministic.
@@ -148,39 +149,81 @@ def char_outcome(model: ServingModel, p: CharPoint, seeds: int = 2) -> Outcome:
 
 
 # An H100 SXM board draws at most 700 W: the power model's watt figures are bounded so that no state of
-# it exceeds that (idle + clock-dependent idle + compute <= 700, likewise memory).
+# it exceeds that (idle + clock-dependent idle + the busiest part <= 700), each within a plausible range.
+BOARD_LIMIT_W = 700.0
 POWER_BOUNDS_W = {
     "idle_w": (30.0, 150.0),
     "idle_clock_w": (0.0, 100.0),
-    "compute_w": (0.0, 450.0),
-    "memory_w": (0.0, 450.0),
+    "compute_w": (0.0, BOARD_LIMIT_W),
+    "memory_w": (0.0, BOARD_LIMIT_W),
+    "comm_w": (0.0, BOARD_LIMIT_W),
+    "latency_w": (0.0, BOARD_LIMIT_W),
 }
+
+
+def power_columns(p: CharPoint, o: Outcome, max_clock_mhz: int, gamma: float, gamma_m: float) -> list[float]:
+    """A row's mean power per GPU is these columns dotted with (idle_w, idle_clock_w, compute_w, memory_w,
+    comm_w, latency_w): the fit's design matrix and the validation's prediction share it."""
+    r = p.clock_mhz / max_clock_mhz
+    g, gm, d = r**gamma, r**gamma_m, o.duration_s
+    return [1.0, g, g * o.compute_s / d, gm * o.memory_s / d, gm * o.comm_s / d, gm * o.latency_s / d]
+
+
+def _quadratic(x: np.ndarray, h: np.ndarray, q: np.ndarray, n: int) -> float:
+    """The mean of (a x - 1)^2 over n rows, less the constant 1, from h = a'a and q = a'1."""
+    return float(x @ h @ x - 2 * q @ x) / n
+
+
+def _quadratic_grad(x: np.ndarray, h: np.ndarray, q: np.ndarray, n: int) -> np.ndarray:
+    grad: np.ndarray = 2 * (h @ x - q) / n
+    return grad
 
 
 def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> FitResult:
     """Least squares of relative errors of instance power over the rows, given each row's modelled busy
-    seconds: the clock exponents on a grid, the four watt figures linear for each, within ``POWER_BOUNDS_W``."""
-    from scipy.optimize import lsq_linear  # noqa: PLC0415  (build time only)
+    seconds: the clock exponents on a grid, the six watt figures (linear for each pair) within
+    ``POWER_BOUNDS_W`` and the board limit (``idle_w + idle_clock_w + each busy figure <= 700``)."""
+    from scipy.optimize import minimize  # noqa: PLC0415  (build time only)
 
-    lo = [b[0] for b in POWER_BOUNDS_W.values()]
-    hi = [b[1] for b in POWER_BOUNDS_W.values()]
+    scale = 100.0  # the solver works in hundreds of watts
+    bounds = [(lo / scale, hi / scale) for lo, hi in POWER_BOUNDS_W.values()]
+    limit = BOARD_LIMIT_W / scale
+    # idle_w + idle_clock_w + busy_i <= limit for each busy figure i (columns 2-5)
+    k = len(POWER_BOUNDS_W)
+    c = np.zeros((k - 2, k))
+    c[:, :2] = 1.0
+    c[np.arange(k - 2), np.arange(2, k)] = 1.0
+    cons = [{"type": "ineq", "fun": lambda x: limit - c @ x, "jac": lambda x: -c}]
+    x0 = np.array([1.0, 0.1] + [3.0] * (k - 2))
     best: tuple[float, PowerModel] | None = None
+    evals = 0
     for gamma in np.arange(1.0, 3.51, 0.25):
         for gamma_m in np.arange(0.0, 2.01, 0.25):
-            a = []
-            for p, o in rows:
-                r = p.clock_mhz / max_clock_mhz
-                g, gm, d = r**gamma, r**gamma_m, o.duration_s
-                # mean W per GPU = idle_w + idle_clock_w*g + compute_w*g*c/d + memory_w*gm*m/d, relative to measured
-                per_gpu = p.power_w / p.tp
-                a.append([1 / per_gpu, g / per_gpu, g * o.compute_s / d / per_gpu, gm * o.memory_s / d / per_gpu])
-            res = lsq_linear(np.array(a), np.ones(len(a)), bounds=(lo, hi))
-            err = float(np.mean((np.array(a) @ res.x - 1.0) ** 2))
+            a = np.array([power_columns(p, o, max_clock_mhz, gamma, gamma_m) for p, o in rows]) / np.array(
+                [[p.power_w / p.tp] for p, _ in rows]
+            )
+            a *= scale
+            h, q, n = a.T @ a, a.sum(axis=0), len(a)
+            res = minimize(
+                _quadratic,
+                x0,
+                args=(h, q, n),
+                jac=_quadratic_grad,
+                bounds=bounds,
+                constraints=cons,
+                method="SLSQP",
+                options={"maxiter": 500, "ftol": 1e-12},
+            )
+            evals += 1
+            err = float(np.mean((a @ res.x - 1.0) ** 2))
             if best is None or err < best[0]:
-                w = [float(x) for x in res.x]
-                best = (err, PowerModel(w[0], w[1], w[2], w[3], float(gamma), float(gamma_m), max_clock_mhz))
+                w = [round(float(x) * scale, 6) for x in res.x]  # no 1e-14 W figures in the calibration
+                best = (
+                    err,
+                    PowerModel(w[0], w[1], w[2], w[3], float(gamma), float(gamma_m), max_clock_mhz, w[4], w[5]),
+                )
     assert best is not None
-    return FitResult(best[1], math.sqrt(best[0]), 99, len(rows))
+    return FitResult(best[1], math.sqrt(best[0]), evals, len(rows))
 
 
 def fit_clock_law(

@@ -15,12 +15,18 @@ one GPU of a TP group, at the maximum clock, is the sum of (per layer, ``L`` lay
 plus the language-model head for the sampled tokens (measured) and the overheads that no kernel
 timing contains (``EngineOverheads``, fitted to measured vLLM serving curves).
 
-**SM clock.** Each piece is split into a compute-bound part, which slows as ``(f_max / f) **
-compute_exp``, and a memory/communication-bound part, which slows as ``(f_max / f) ** memory_exp``;
-overheads (CPU) do not depend on the GPU clock. A GEMM's compute-bound part is its tokens times the
-per-token cost of the largest measured GEMM (where it is compute-bound), capped at its measured
-time; prefill attention is compute-bound; decode attention, element-wise kernels and all-reduces are
-memory-bound. The exponents are fitted to the DynamoLLM characterization (``calibration``).
+**What each second is doing** (``StepTime``, for the power model): a GEMM's compute-bound part is its
+tokens times the per-token cost of the largest measured GEMM (where it is compute-bound), capped at its
+measured time; of the rest, the time to stream the layer's weights once at the effective HBM bandwidth
+is memory-bound and anything beyond is latency-bound (small kernels that reach neither roofline: 0.6
+ms of a 7 ms TP8 decode step's GEMMs, none at TP2, where the measured GEMMs stream at the full
+effective bandwidth). Prefill attention is compute-bound; decode attention's per-KV-token cost and the
+element-wise kernels are memory-bound; decode attention's per-batch floor (about 1 ms a step at every
+TP) is latency-bound; the all-reduces are communication (``comm_s``); the overheads are CPU time.
+
+**SM clock.** The compute-bound part slows as ``(f_max / f) ** compute_exp``; the memory-bound,
+latency-bound and communication parts as ``(f_max / f) ** memory_exp``; overheads (CPU) do not
+depend on the GPU clock. The exponents are fitted to the DynamoLLM characterization (``calibration``).
 
 Everything here is modelled.
 """
@@ -72,15 +78,28 @@ def _factors(law: ClockLaw, clock_mhz: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class StepTime:
-    """One step (or a run of identical decode steps): seconds spent compute-bound, memory-bound, on overhead."""
+    """One step (or a run of identical decode steps): seconds spent compute-bound, memory-bound, on overhead,
+    and in the all-reduces (communication over NVLink; zero at TP1)."""
 
     compute_s: float
     memory_s: float
     overhead_s: float
+    comm_s: float = 0.0
+    latency_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.compute_s + self.memory_s + self.overhead_s
+        return self.compute_s + self.memory_s + self.overhead_s + self.comm_s + self.latency_s
+
+    def scaled(self, frac: float) -> StepTime:
+        """The first ``frac`` of this step (each part in proportion)."""
+        return StepTime(
+            self.compute_s * frac,
+            self.memory_s * frac,
+            self.overhead_s * frac,
+            self.comm_s * frac,
+            self.latency_s * frac,
+        )
 
 
 class StepCost:
@@ -95,6 +114,11 @@ class StepCost:
         slope = float(curves.linear_per_layer_s[-1] / curves.tokens[-1])  # compute-bound cost per token
         self._lin_comp = np.minimum(lin, n * slope) * self.layers
         self._lin_mem = lin * self.layers - self._lin_comp
+        # of the rest, what streaming the layer's weights once at the effective bandwidth takes is
+        # bandwidth-bound; anything beyond is latency-bound (small kernels that reach neither roofline)
+        weights_s = sum(a * b for a, b in arch.gemm_shapes(tp)) * BYTES_BF16 / HBM_BYTES_PER_S * self.layers
+        self._lin_lat = np.maximum(self._lin_mem - weights_s, 0.0)
+        self._lin_mem -= self._lin_lat
         heads, kv = arch.heads_per_gpu(tp)
         ew_bytes = BYTES_BF16 * (8 * arch.hidden + 2 * (heads + kv) * arch.head_dim + 3 * arch.intermediate // tp)
         self._ew = n * ew_bytes / HBM_BYTES_PER_S * self.layers
@@ -104,7 +128,7 @@ class StepCost:
         self._lm_comp = np.minimum(lm, n * lm_slope)
         self._lm_mem = lm - self._lm_comp
         self._lm_comp[0] = self._lm_mem[0] = 0.0
-        self._lin_comp[0] = self._lin_mem[0] = self._ew[0] = self._ar[0] = 0.0
+        self._lin_comp[0] = self._lin_mem[0] = self._lin_lat[0] = self._ew[0] = self._ar[0] = 0.0
         self.kv_token_s = curves.decode.per_kv_token_s * self.layers
         self._base_cache: dict[tuple[int, tuple[float, float]], StepTime] = {}
         # causal attention over n tokens (all layers), dense up to PREFILL_TOKENS: looked up per chunk
@@ -124,7 +148,7 @@ class StepCost:
             self._lm_comp.tolist(),
             (self._lm_mem).tolist(),
         )
-        self._ewar = (self._ew + self._ar).tolist()
+        self._ew_list, self._ar_list, self._lat_list = self._ew.tolist(), self._ar.tolist(), self._lin_lat.tolist()
         self._attn_list = self._attn.tolist()
 
     def _linear(self, n: np.ndarray) -> np.ndarray:
@@ -138,14 +162,20 @@ class StepCost:
         nbytes = np.maximum(n, 1.0) * self.arch.hidden * BYTES_BF16
         return loglog(c.allreduce_bytes, c.allreduce_s, nbytes)
 
-    def _token_parts(self, tokens: int, sampled: int) -> tuple[float, float]:
+    def _token_parts(self, tokens: int, sampled: int) -> tuple[float, float, float, float]:
+        """Compute-bound, memory-bound, all-reduce and latency-bound seconds of the per-token kernels, max clock."""
         if tokens <= TABLE_TOKENS and sampled <= TABLE_TOKENS:
-            return self._lc[tokens] + self._lcm[sampled], self._lm_[tokens] + self._lmm[sampled] + self._ewar[tokens]
+            return (
+                self._lc[tokens] + self._lcm[sampled],
+                self._lm_[tokens] + self._lmm[sampled] + self._ew_list[tokens],
+                self._ar_list[tokens],
+                self._lat_list[tokens],
+            )
         # beyond the table: the GEMMs are compute-bound there; scale the last row
         scale = tokens / TABLE_TOKENS
         comp = self._lin_comp[TABLE_TOKENS] * scale + self._lm_comp[min(sampled, TABLE_TOKENS)]
-        mem = (self._ew[TABLE_TOKENS] + self._ar[TABLE_TOKENS]) * scale + self._lm_mem[min(sampled, TABLE_TOKENS)]
-        return float(comp), float(mem)
+        mem = self._ew[TABLE_TOKENS] * scale + self._lm_mem[min(sampled, TABLE_TOKENS)]
+        return float(comp), float(mem), float(self._ar[TABLE_TOKENS] * scale), 0.0
 
     def _attention(self, tokens: int) -> float:
         if tokens <= PREFILL_TOKENS:
@@ -180,14 +210,15 @@ class StepCost:
         for p, c in prefill:
             tokens += c
             comp += self.prefill_attention_s(p, c)
-        tc, mem = self._token_parts(tokens, sampled)
+        tc, mem, comm, lat = self._token_parts(tokens, sampled)
         comp += tc
-        mem += self.decode_floor_s(decodes) + self.kv_token_s * kv_tokens
+        mem += self.kv_token_s * kv_tokens
+        lat += self.decode_floor_s(decodes)
         o = self.overheads
         overhead = o.step_s + o.sequence_s * (decodes + len(prefill))
         overhead += self.layers * (o.layer_s + (o.prefill_layer_s if prefill else 0.0))
         fc, fm = factors
-        return StepTime(comp * fc, mem * fm, overhead)
+        return StepTime(comp * fc, mem * fm, overhead, comm * fm, lat * fm)
 
     def _decode_base(self, decodes: int, factors: tuple[float, float]) -> StepTime:
         """A decode-only step of ``decodes`` sequences with an empty cache (cached: the hot path asks often)."""
@@ -210,6 +241,8 @@ class StepCost:
             base.compute_s * steps,
             base.memory_s * steps + self.kv_token_s * factors[1] * kv_read,
             base.overhead_s * steps,
+            base.comm_s * steps,
+            base.latency_s * steps,
         )
 
     def decode_run_s(self, decodes: int, kv_tokens: float, steps: int, factors: tuple[float, float]) -> float:
@@ -220,6 +253,8 @@ class StepCost:
             base.compute_s * steps
             + (base.memory_s * steps + self.kv_token_s * factors[1] * kv_read)
             + base.overhead_s * steps
+            + base.comm_s * steps
+            + base.latency_s * steps
         )
 
     def decode_steps_within(self, decodes: int, kv_tokens: float, budget_s: float, factors: tuple[float, float]) -> int:

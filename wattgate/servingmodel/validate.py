@@ -116,22 +116,21 @@ def leave_one_clock_out(
             if p.clock_mhz != clock or p not in held or ref is None:
                 continue
             ratio = (outcome[p].ttft_p99_s + req) / (outcome[ref].ttft_p99_s + req)
-            rows.append((p, ref.ttft_p99_s * ratio, _power_w(power, outcome[p], p)))
+            rows.append((p, ref.ttft_p99_s * ratio, modelled_power_w(power, outcome[p], p)))
         folds.append(ClockFold(clock, law, req, rows))
         log(f"clock {clock} MHz held out: law {ce}/{me}, request latency {req * 1e3:.1f} ms, {len(rows)} rows")
     return folds
 
 
-def _power_w(power: object, o: Outcome, p: CharPoint) -> float:
+def modelled_power_w(power: object, o: Outcome, p: CharPoint) -> float:
     """Mean instance power of a modelled run from its busy seconds (the fit's own formula)."""
     from wattgate.servingmodel.power import PowerModel  # noqa: PLC0415
 
     assert isinstance(power, PowerModel)
-    r = p.clock_mhz / power.max_clock_mhz
-    g, gm = r**power.gamma, r**power.gamma_memory
-    per_gpu = power.idle_w + power.idle_clock_w * g
-    per_gpu += (power.compute_w * g * o.compute_s + power.memory_w * gm * o.memory_s) / o.duration_s
-    return float(per_gpu * p.tp)
+    cols = fit.power_columns(p, o, power.max_clock_mhz, power.gamma, power.gamma_memory)
+    latency_w = power.memory_w if power.latency_w is None else power.latency_w
+    watts = (power.idle_w, power.idle_clock_w, power.compute_w, power.memory_w, power.comm_w, latency_w)
+    return float(sum(c * w for c, w in zip(cols, watts, strict=True)) * p.tp)
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
