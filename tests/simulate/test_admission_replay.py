@@ -46,3 +46,27 @@ def _burst(window_s: float) -> dict[str, int]:
 )
 def test_a_burst_spills_past_a_full_pool_in_the_replay(window_s: float, took: dict[str, int]) -> None:
     assert _burst(window_s) == took
+
+
+def test_the_replay_spills_a_full_route_to_any_pool_with_spill_any() -> None:
+    """The replay passes ``Behaviour.spill_any`` to the gateway's ``choose``: three MM requests on a fixed
+    fleet of an MM and an SS instance (SS is not on MM's route), each planned for 0.5 req/s (a limit of 1)."""
+    took = {}
+    for spill_any in (False, True):
+        profile = load_builtin()
+        mm = TYPE_INDEX["MM"]
+        arrivals = [Arrival(k * 0.1, mm, mm, 800, 200) for k in range(3)]
+        behaviour = Behaviour(admission_window_s=2.0, spill_any=spill_any)
+        r = Result("t", 10)
+        fleet = FixedFleet.parse("2").instances
+        cluster = Cluster(
+            SERVING, Model(profile, SloTargets()), 16, Lifecycle(), behaviour, r, SimSettings().edges, arrivals, fleet
+        )
+        top = profile.clocks(8, RequestType.parse("MM"))[-1]
+        plan = (Group("MM", 8, top, 1, 0.5, 1.0), Group("SS", 8, top, 1, 0.5, 1.0))
+        cluster.apply((plan, {"MM": {"MM": 1.0}, "SS": {"SS": 1.0}}), 0.0, first=True)
+        for k in range(3):
+            cluster.route(k)
+        took[spill_any] = {ri.inst.pool: ri.counts[mm] for ri in cluster.live.values()}
+    assert took[False] == {"MM": 3, "SS": 0}  # the route (MM's chain) has no other instance: all queue on MM
+    assert took[True] == {"MM": 2, "SS": 1}  # the second goes to SS; the third, all full, queues on the route

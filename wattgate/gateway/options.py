@@ -225,6 +225,7 @@ OPTIONS: tuple[Option, ...] = (
         "below this share of a pool routable, its other ready instances take what nothing routable can (0: off)",
     ),
     c.ADMISSION_WINDOW_S,
+    c.SPILL_ANY,
     _opt("retry_after_s", integer(0), 1, "Retry-After (s) of a 503"),
     _opt(
         "request_usage_in_stream",

@@ -11,7 +11,9 @@ have no instance that can take it (none ready, or all at their concurrency bound
 requests as its planned load brings in over the admission window (Little's law) is full, and a request
 whose pools' instances are all full goes to the next pool of its route that has one with room; only when
 every pool of the route is full does it queue where it would have without admission (the least loaded
-instance of the first pool that has one). When nothing routable can take it, pools in panic (too few of their
+instance of the first pool that has one), unless work-conserving spill is on (``spill_any``): then it goes to
+the instance with room of any pool, the least full (in flight over its limit) first, rather than queue behind a
+full route while other pools' instances stand idle. When nothing routable can take it, pools in panic (too few of their
 instances routable) offer their ejected and probe-failing instances too (``choose``). Passive ejection
 (``record_failure``, Envoy's outlier detection): a connect error ejects an instance at once, other
 failures after a run of them, for a cooldown, unless the pool's ejection cap says no.
@@ -135,6 +137,7 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
     exclude: AbstractSet[str] = frozenset(),
     routes: Routes | None = None,
     panic_below: float = 0.0,
+    spill_any: bool = False,
 ) -> tuple[Instance, str] | None:
     """The instance to use and the pool it serves the request as, or None when nothing can take it.
 
@@ -143,11 +146,13 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
     Panic (``panic_below`` > 0, Envoy's healthy panic threshold): when no routable instance can take
     it, a pool with fewer than that share of its ready instances routable offers its ejected and
     probe-failing instances too, as Envoy routes to every host of a cluster in panic: ejections and
-    probes that wrongly condemn most of a pool must not refuse everyone.
+    probes that wrongly condemn most of a pool must not refuse everyone. ``spill_any`` (work-conserving
+    spill): when no pool of the route has an instance with room, the least full instance with room of any
+    pool takes it (only routable ones: never an instance asleep, draining, starting or ejected).
     """
     ready = [i for i in instances if i.spec.ready and i.serves(model)]
     usable = [i for i in ready if i.routable(now) and i.in_flight < i.spec.max_concurrency and i.id not in exclude]
-    picked = _pick(usable, rtype, routes)
+    picked = _pick(usable, rtype, routes, spill_any)
     if picked is not None or panic_below <= 0:
         return picked
     panicking = _panicking_pools(ready, now, panic_below)
@@ -161,12 +166,15 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
         and i.in_flight < i.spec.max_concurrency
         and i.id not in exclude
     ]
-    return _pick(spare, rtype, routes)
+    return _pick(spare, rtype, routes, spill_any)
 
 
-def _pick(usable: list[Instance], rtype: RequestType | None, routes: Routes | None) -> tuple[Instance, str] | None:
+def _pick(
+    usable: list[Instance], rtype: RequestType | None, routes: Routes | None, spill_any: bool = False
+) -> tuple[Instance, str] | None:
     """The least loaded instance with room (below its admission ``limit``) of the first pool of the route that
-    has one; when every pool is full, the least loaded of the first pool with any usable instance."""
+    has one; when every pool is full, with ``spill_any`` the least full instance with room of any pool, else
+    the least loaded of the first pool with any usable instance."""
     if not usable:
         return None
     if rtype is None:
@@ -192,6 +200,11 @@ def _pick(usable: list[Instance], rtype: RequestType | None, routes: Routes | No
     room = [i for i in generic if i.in_flight < i.limit]
     if room:
         return min(room, key=_load), rtype.name
+    if spill_any:
+        room = [i for i in usable if i.in_flight < i.limit]
+        if room:
+            best = min(room, key=_fill)
+            return best, best.spec.pool or rtype.name
     if full is not None:
         return min(full[0], key=_load), full[1]
     return None
@@ -210,6 +223,12 @@ def _panicking_pools(ready: list[Instance], now: float, panic_below: float) -> s
 def _load(i: Instance) -> tuple[float, float]:
     w = i.weight
     return (i.outstanding_tokens / w, i.in_flight / w)
+
+
+def _fill(i: Instance) -> tuple[float, float, float]:
+    """Across pools, whose weights are each relative to their own pool: the share of its admission limit an
+    instance holds, then its load."""
+    return (i.in_flight / i.limit, *_load(i))
 
 
 class Ejection(enum.Enum):
@@ -293,6 +312,7 @@ def plan_limits(planned: Iterable[tuple[str, float]], window_s: float) -> dict[s
 MIN_LIMIT = 1.0  # an instance the plan gives (almost) no load still takes one request before it counts as full
 # off: on the Azure traces it bought no attainment and cost energy (README "How a request is routed")
 DEFAULT_ADMISSION_WINDOW_S = 0.0
+DEFAULT_SPILL_ANY = False  # work-conserving spill (``choose``'s ``spill_any``); README "How a request is routed"
 
 
 _CHAINS: dict[RequestType, tuple[str, ...]] = {t: tuple(p.name for p in spill_chain(t)) for t in REQUEST_TYPES}
@@ -304,6 +324,7 @@ def pools_for(rtype: RequestType) -> tuple[str, ...]:
 
 
 __all__ = [
+    "DEFAULT_SPILL_ANY",
     "Ejection",
     "Instance",
     "InstanceSpec",

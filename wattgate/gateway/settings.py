@@ -75,6 +75,7 @@ class GatewaySettings:
     max_ejection_percent: float = 10.0  # of a pool's instances ejected at once; one may always be (Envoy)
     panic_threshold_percent: float = 50.0  # below this share routable, a pool's other instances are used too
     admission_window_s: float = 0.0  # routing.plan_limits: an instance is full at planned req/s x this (0: off)
+    spill_any: bool = False  # routing.choose: a full route spills to any pool's instance with room
     retry_after_s: int = 1
     request_usage_in_stream: bool = True
     record_buffer: int = 10_000

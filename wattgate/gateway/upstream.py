@@ -111,7 +111,16 @@ async def connect(state: GatewayState, scope: Scope, job: Job) -> Upstream:
     panic_below = state.settings.panic_threshold_percent / 100
     for attempt in range(2):
         now = time.monotonic()
-        picked = choose(state.instances.values(), job.model, job.rtype, now, seen.tried, state.routes, panic_below)
+        picked = choose(
+            state.instances.values(),
+            job.model,
+            job.rtype,
+            now,
+            seen.tried,
+            state.routes,
+            panic_below,
+            state.settings.spill_any,
+        )
         if picked is None:
             break
         if seen.last is not None:

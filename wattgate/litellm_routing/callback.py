@@ -92,6 +92,7 @@ class WattgateRouting(CustomLogger):
                 max_ejection_percent=s.max_ejection_percent,
                 panic_threshold_percent=s.panic_threshold_percent,
                 admission_window_s=s.admission_window_s,
+                spill_any=s.spill_any,
             )
         core = self.core
         self._tasks = [loop.create_task(_judge_every_second(core), name="wattgate-judge")]  # earlier loops' went

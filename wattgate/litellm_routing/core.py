@@ -42,6 +42,7 @@ from wattgate.classifier.api import MaxTokensPredictor, Prediction, Predictor, r
 from wattgate.classifier.observe import observation
 from wattgate.gateway.routing import (
     DEFAULT_ADMISSION_WINDOW_S,
+    DEFAULT_SPILL_ANY,
     Ejection,
     Instance,
     InstanceSpec,
@@ -192,6 +193,7 @@ class EnergyRouting:
         max_ejection_percent: float = 10.0,
         panic_threshold_percent: float = 50.0,
         admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S,
+        spill_any: bool = DEFAULT_SPILL_ANY,
         keep_text_slots: bool = True,
         recorder: Recorder | None = None,
     ) -> None:
@@ -203,6 +205,7 @@ class EnergyRouting:
         self.max_ejection_percent = max_ejection_percent
         self.panic_below = panic_threshold_percent / 100
         self.admission_window_s = admission_window_s  # the gateway's (routing.plan_limits)
+        self.spill_any = spill_any  # the gateway's work-conserving spill (routing.choose)
         self.keep_text_slots = keep_text_slots  # the gateway's classifier_text_slots
         self.recorder = recorder
         self.instances: dict[str, Instance] = {}  # registry id -> instance
@@ -325,9 +328,10 @@ class EnergyRouting:
             if deployment_id(d) not in skip:
                 usable.setdefault(inst.id, (inst, d))
         insts = [i for i, _ in usable.values()]
-        picked = choose(insts, ANY_MODEL, ticket.rtype, now, ticket.tried, self.routes, self.panic_below)
+        rule = (self.routes, self.panic_below, self.spill_any)
+        picked = choose(insts, ANY_MODEL, ticket.rtype, now, ticket.tried, *rule)
         if picked is None and ticket.tried:  # every instance was tried: LiteLLM asked for one more attempt
-            picked = choose(insts, ANY_MODEL, ticket.rtype, now, frozenset(), self.routes, self.panic_below)
+            picked = choose(insts, ANY_MODEL, ticket.rtype, now, frozenset(), *rule)
         if picked is None:
             return []
         inst, pool = picked

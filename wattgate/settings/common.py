@@ -190,6 +190,13 @@ ADMISSION_WINDOW_S = Option(
     "default: it bought nothing on the Azure traces, README)",
     example="2",
 )
+SPILL_ANY = Option(
+    "spill_any",
+    boolean(),
+    False,
+    "work-conserving spill: a request whose route's instances are all full (admission by the plan, "
+    "--admission-window-s) goes to the least full instance with room of any pool instead of queueing",
+)
 BURST_HOLD_S = Option(
     "burst_hold_s",
     number(0.0),
@@ -324,6 +331,7 @@ __all__ = [
     "LOG_LEVEL",
     "REDIS_PREFIX",
     "REDIS_URL",
+    "SPILL_ANY",
     "TBT_S",
     "TTFT_S",
     "Kind",

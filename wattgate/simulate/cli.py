@@ -95,6 +95,7 @@ OPTIONS: tuple[Option, ...] = (
         help="the gateway's admission by the plan: an instance holding more requests than its planned req/s x this "
         "is full and a request spills to the next pool of its route with room (s; 0: off)"
     ),
+    c.SPILL_ANY,
     c.BURST_HOLD_S,
     c.BURST_MIN_WAITING,
     c.HEADROOM.for_command(
@@ -173,6 +174,7 @@ def run(args: Values) -> int:
             calibrated=Calibrated(quantile=args.quantile, amortize_s=args.amortize_s),
             fleet=fleet,
             admission_window_s=args.admission_window_s,
+            spill_any=args.spill_any,
             burst=BurstRule(args.burst_hold_s, args.burst_min_waiting),
         )
         profile = profile_or_default(args.profile)
@@ -209,6 +211,7 @@ def run(args: Values) -> int:
         "routing": args.routing,
         "headroom": settings.headroom,
         "admission_window_s": settings.admission_window_s,
+        "spill_any": settings.spill_any,
         "burst_hold_s": settings.burst.hold_s,
         "burst_min_waiting": settings.burst.min_waiting,
         "arch": settings.arch,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule, burst_until
 from wattgate.gateway.routing import (
     DEFAULT_ADMISSION_WINDOW_S,
+    DEFAULT_SPILL_ANY,
     InstanceSpec,
     Routes,
     admission_limit,
@@ -93,6 +94,8 @@ class Behaviour:
     admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S
     # with the clock loop, the agent's burst rule: a queue -> top clock until it has been short a while
     burst: BurstRule = DEFAULT_BURST
+    # work-conserving spill (``routing.choose``): a request whose route is full goes to any pool with room
+    spill_any: bool = DEFAULT_SPILL_ANY
 
 
 @dataclass
@@ -325,7 +328,7 @@ class Cluster:
         rtype = REQUEST_TYPES[a.pred_type]
         if self._routable is None:  # instances change state only in plans and ticks, never while routing
             self._routable = [ri.route for ri in self._in(State.READY)]
-        picked = choose(self._routable, MODEL, rtype, now, routes=self.routes)
+        picked = choose(self._routable, MODEL, rtype, now, routes=self.routes, spill_any=self.b.spill_any)
         if picked is not None:
             ri = self.live[picked[0].id]
         else:  # nothing ready in any pool the type may use: the first instance that will be

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule
-from wattgate.gateway.routing import DEFAULT_ADMISSION_WINDOW_S
+from wattgate.gateway.routing import DEFAULT_ADMISSION_WINDOW_S, DEFAULT_SPILL_ANY
 from wattgate.planner.forecast import PEAK_WINDOW_S, ForecastSettings
 from wattgate.planner.model import DEFAULT_HEADROOM, SolverSettings
 from wattgate.profiles.classes import POOL_NAMES, ClassEdges, RequestType, SloTargets
@@ -69,6 +69,7 @@ class SimSettings:
     calibrated: Calibrated = field(default_factory=Calibrated)  # how wattgate plans
     fleet: FixedFleet | None = None  # the fixed fleet of the fixed-* policies; the cluster is its nodes
     admission_window_s: float = DEFAULT_ADMISSION_WINDOW_S  # the gateway's admission by the plan (0: off)
+    spill_any: bool = DEFAULT_SPILL_ANY  # the gateway's work-conserving spill: a full route spills to any pool
     burst: BurstRule = DEFAULT_BURST  # the agent's burst rule, with the clock loop
 
     def __post_init__(self) -> None:
@@ -344,6 +345,7 @@ def _replay(  # noqa: PLR0917  (the simulation's parts, passed on from simulate)
         dynamic and c.reactive,
         s.admission_window_s,
         s.burst,
+        s.spill_any,
     )
     return replay(
         spec.name,
