@@ -80,6 +80,22 @@ def test_admission_off_routes_as_before() -> None:
     assert choose([sl, sm], "m", SM, 0.0, routes=SM_TO_SL) == (sl, "SL")
 
 
+def held_streams(gw: str, n: int) -> list[tuple[str, str]]:
+    """Send ``n`` streamed SM requests through the gateway one after the other, each held open after its first
+    token (in flight on its instance) until all ``n`` have started; the (instance, pool) each went to."""
+    served = []
+    with ExitStack() as held:
+        for _ in range(n):
+            resp = held.enter_context(
+                httpx.stream("POST", gw + "/v1/chat/completions", json={**SM_BODY, "stream": True})
+            )
+            chunks = resp.iter_raw()
+            held.callback(chunks.close)
+            next(chunks)  # the first token came: the request is in flight on its instance
+            served.append((resp.headers["x-wattgate-instance"], resp.headers["x-wattgate-pool"]))
+    return served
+
+
 def _plan(version: int, loads: dict[str, tuple[str, float]], standby: frozenset[str] = frozenset()) -> Plan:
     planned = [
         PlannedInstance(iid, pool, "n1", [n], 1, 1980, rps, 300.0, standby=iid in standby)
@@ -121,17 +137,7 @@ def test_a_burst_spills_to_the_second_pool_of_the_plan(servers: Servers, redis_u
     try:
         plan = planner.publish(lambda v: _plan(v, {"sl-1": ("SL", 1.0), "sm-1": ("SM", 0.5)}))
         wait_for(lambda: state.plan_version == plan.version)
-        served = []
-        with ExitStack() as held:
-            for _ in range(4):
-                resp = held.enter_context(
-                    httpx.stream("POST", gw + "/v1/chat/completions", json={**SM_BODY, "stream": True})
-                )
-                chunks = resp.iter_raw()
-                held.callback(chunks.close)
-                next(chunks)  # the first token came: the request is in flight on its instance
-                served.append((resp.headers["x-wattgate-instance"], resp.headers["x-wattgate-pool"]))
-        assert served == [("sl-1", "SL"), ("sl-1", "SL"), ("sm-1", "SM"), ("sl-1", "SL")]
+        assert held_streams(gw, 4) == [("sl-1", "SL"), ("sl-1", "SL"), ("sm-1", "SM"), ("sl-1", "SL")]
         wait_for(lambda: all(i.in_flight == 0 for i in state.instances.values()), "the streams to end")
     finally:
         planner.close()
@@ -147,15 +153,7 @@ def test_a_burst_stays_in_the_planned_pool_with_admission_off(servers: Servers, 
     try:
         plan = planner.publish(lambda v: _plan(v, {"sl-1": ("SL", 1.0), "sm-1": ("SM", 0.5)}))
         wait_for(lambda: state.plan_version == plan.version)
-        with ExitStack() as held:
-            for _ in range(3):
-                resp = held.enter_context(
-                    httpx.stream("POST", gw + "/v1/chat/completions", json={**SM_BODY, "stream": True})
-                )
-                chunks = resp.iter_raw()
-                held.callback(chunks.close)
-                next(chunks)
-                assert resp.headers["x-wattgate-instance"] == "sl-1"
+        assert [i for i, _ in held_streams(gw, 3)] == ["sl-1"] * 3
         wait_for(lambda: all(i.in_flight == 0 for i in state.instances.values()), "the streams to end")
     finally:
         planner.close()

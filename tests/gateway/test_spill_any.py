@@ -7,14 +7,12 @@ own store publishing the plan)."""
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 
-import httpx
 import pytest
 
 from tests.gateway.conftest import Servers
-from tests.gateway.test_admission import _inst
-from tests.gateway.test_plan_routing import SM_BODY, register
+from tests.gateway.test_admission import _inst, held_streams
+from tests.gateway.test_plan_routing import register
 from tests.support import wait_for
 from wattgate.gateway.routing import DEFAULT_SPILL_ANY, InstanceSpec, choose, plan_routes
 from wattgate.gateway.settings import GatewaySettings
@@ -101,17 +99,7 @@ def test_a_burst_through_the_gateway_spills_to_another_pool(
     try:
         plan = planner.publish(_plan)
         wait_for(lambda: state.plan_version == plan.version)
-        served = []
-        with ExitStack() as held:
-            for _ in range(4):
-                resp = held.enter_context(
-                    httpx.stream("POST", gw + "/v1/chat/completions", json={**SM_BODY, "stream": True})
-                )
-                chunks = resp.iter_raw()
-                held.callback(chunks.close)
-                next(chunks)  # the first token came: the request is in flight on its instance
-                served.append(resp.headers["x-wattgate-instance"])
-        assert served == expected
+        assert [i for i, _ in held_streams(gw, 4)] == expected
         wait_for(lambda: all(i.in_flight == 0 for i in state.instances.values()), "the streams to end")
     finally:
         planner.close()
