@@ -148,9 +148,18 @@ def test_burst_a_queue_shorter_than_the_trigger_neither_starts_nor_extends_a_bur
     assert burst_until(105.0, 3, until, rule) is None
 
 
+def test_burst_a_fixed_server_has_its_own_trigger() -> None:
+    rule = BurstRule(5.0, min_waiting=4, min_waiting_fixed=2)
+    assert burst_until(100.0, 2, None, rule) is None  # a managed instance waits for a queue of 4
+    assert burst_until(100.0, 2, None, rule, fixed=True) == 105.0  # a server wattgate does not manage: 2
+    assert burst_until(100.0, 1, None, rule, fixed=True) is None
+    assert DEFAULT_BURST.trigger(fixed=True) < DEFAULT_BURST.trigger(fixed=False)
+
+
 def test_the_burst_options_defaults_are_the_rules() -> None:
     # the settings model may not import the agent: its options repeat the rule's defaults
-    assert (common.BURST_HOLD_S.default, common.BURST_MIN_WAITING.default) == (
-        DEFAULT_BURST.hold_s,
-        DEFAULT_BURST.min_waiting,
-    )
+    assert (
+        common.BURST_HOLD_S.default,
+        common.BURST_MIN_WAITING.default,
+        common.BURST_MIN_WAITING_FIXED.default,
+    ) == (DEFAULT_BURST.hold_s, DEFAULT_BURST.min_waiting, DEFAULT_BURST.min_waiting_fixed)

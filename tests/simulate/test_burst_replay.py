@@ -19,7 +19,7 @@ from wattgate.simulate.run import SimSettings
 LS = TYPE_INDEX["LS"]
 
 
-def _burst(hold_s: float) -> Result:
+def _burst(hold_s: float, rule: BurstRule | None = None) -> Result:
     """One TP8 instance in pool LS: a lone long prompt every 10 s for a minute (the clock loop idles it down),
     then 20 more within a second."""
     profile = load_builtin()
@@ -35,7 +35,7 @@ def _burst(hold_s: float) -> Result:
         model=model,
         gpus=8,
         lifecycle=Lifecycle(),
-        behaviour=Behaviour(clock_loop=True, burst=BurstRule(hold_s)),
+        behaviour=Behaviour(clock_loop=True, burst=rule or BurstRule(hold_s)),
         epoch_s=None,
         plan=lambda _now, _running: ((group,), {"LS": {"LS": 1.0}}),
         edges=SimSettings().edges,
@@ -50,3 +50,12 @@ def test_the_burst_rule_raises_attainment_of_a_burst_on_a_slow_instance() -> Non
     assert off.clock_changes == 0  # the clock loop alone keeps its low clock through the burst (a minute's load)
     assert on.clock_changes >= 1  # the burst rule raised it
     assert max(on.ttft_s) < max(off.ttft_s)
+
+
+def test_a_fixed_fleet_bursts_at_its_own_trigger() -> None:
+    """The instance is a fixed server (``fleet``): ``min_waiting_fixed`` starts its bursts, ``min_waiting``
+    (managed instances) does not."""
+    fixed_trigger = _burst(5.0, BurstRule(5.0, min_waiting=1000, min_waiting_fixed=2))
+    managed_trigger = _burst(5.0, BurstRule(5.0, min_waiting=2, min_waiting_fixed=1000))
+    assert fixed_trigger.clock_changes >= 1
+    assert managed_trigger.clock_changes == 0

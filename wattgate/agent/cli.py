@@ -134,6 +134,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("clock_interval_s", number(above=0), 5.0, "instance-level clock loop period (s)", example="6"),
     c.BURST_HOLD_S,
     c.BURST_MIN_WAITING,
+    c.BURST_MIN_WAITING_FIXED,
     c.LOAD_WINDOW_S.for_command(help="seconds of the gateways' per-pool load windows the clock loop averages"),
     Option("drain_timeout_s", number(0.0), 60.0, "longest wait for in-flight requests when draining (s)"),
     Option("start_timeout_s", number(0.0), 900.0, "longest wait for a new engine to become healthy (s)"),

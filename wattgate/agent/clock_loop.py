@@ -120,7 +120,7 @@ class ClockLoop:
                 self._burst.pop(iid, None)
                 continue
             held = self._burst.get(iid)
-            until = burst_until(now, r.engine.waiting(), held, self.burst_rule)
+            until = burst_until(now, r.engine.waiting(), held, self.burst_rule, fixed=not r.engine.managed)
             if until is not None:
                 self._burst[iid] = until
                 if held is None:

@@ -152,7 +152,14 @@ def build(s: AgentSettings, stack: ExitStack, stop: threading.Event) -> Agent:
     act.adopt()
     slo = SloTargets(dict(zip((LengthClass.S, LengthClass.M, LengthClass.L), s.ttft_s, strict=True)), s.tbt_s)
     loop = (
-        ClockLoop(act, profile, slo, store, s.load_window_s, burst=BurstRule(s.burst_hold_s, s.burst_min_waiting))
+        ClockLoop(
+            act,
+            profile,
+            slo,
+            store,
+            s.load_window_s,
+            burst=BurstRule(s.burst_hold_s, s.burst_min_waiting, s.burst_min_waiting_fixed),
+        )
         if profile is not None
         else None
     )

@@ -9,7 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wattgate.agent.clock_policy import DEFAULT_BURST_HOLD_S, DEFAULT_BURST_MIN_WAITING
+from wattgate.agent.clock_policy import (
+    DEFAULT_BURST_HOLD_S,
+    DEFAULT_BURST_MIN_WAITING,
+    DEFAULT_BURST_MIN_WAITING_FIXED,
+)
 from wattgate.agent.engines.base import EngineKind
 from wattgate.agent.errors import SettingsError
 from wattgate.profiles.classes import POOL_NAMES
@@ -64,6 +68,7 @@ class AgentSettings:
     clock_interval_s: float = 5.0
     burst_hold_s: float = DEFAULT_BURST_HOLD_S  # the clock loop's burst rule (agent/clock_policy.burst_until)
     burst_min_waiting: int = DEFAULT_BURST_MIN_WAITING
+    burst_min_waiting_fixed: int = DEFAULT_BURST_MIN_WAITING_FIXED
     load_window_s: int = 10
     drain_timeout_s: float = 60.0
     start_timeout_s: float = 900.0
@@ -186,6 +191,7 @@ def from_values(v: Any) -> AgentSettings:
             clock_interval_s=v.clock_interval_s,
             burst_hold_s=v.burst_hold_s,
             burst_min_waiting=v.burst_min_waiting,
+            burst_min_waiting_fixed=v.burst_min_waiting_fixed,
             load_window_s=math.ceil(v.load_window_s),
             drain_timeout_s=v.drain_timeout_s,
             start_timeout_s=v.start_timeout_s,

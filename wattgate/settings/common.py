@@ -213,6 +213,13 @@ BURST_MIN_WAITING = Option(
     "instance to the top clock",
     example="1",
 )
+BURST_MIN_WAITING_FIXED = Option(
+    "burst_min_waiting_fixed",
+    integer(1),
+    2,
+    "the burst rule's trigger on servers wattgate does not manage (a fixed fleet: only their clocks can meet a burst)",
+    example="4",
+)
 JSON = Option("json", boolean(), False, "print one JSON document instead of a table")
 SPEED = Option("speed", number(above=0), 1.0, "trace seconds per wall (or simulated) second", example="2")
 SIM_SPEED = Option(

@@ -98,6 +98,7 @@ OPTIONS: tuple[Option, ...] = (
     c.SPILL_ANY,
     c.BURST_HOLD_S,
     c.BURST_MIN_WAITING,
+    c.BURST_MIN_WAITING_FIXED,
     c.HEADROOM.for_command(
         help="share of an instance's SLO-feasible capacity the clock policy and the classic policies may load it "
         "to (as wattgate planner); wattgate and the oracle plan for each minute's busiest 10 s at the whole capacity"
@@ -175,7 +176,7 @@ def run(args: Values) -> int:
             fleet=fleet,
             admission_window_s=args.admission_window_s,
             spill_any=args.spill_any,
-            burst=BurstRule(args.burst_hold_s, args.burst_min_waiting),
+            burst=BurstRule(args.burst_hold_s, args.burst_min_waiting, args.burst_min_waiting_fixed),
         )
         profile = profile_or_default(args.profile)
         default = FIXED_FLEET_POLICIES if fleet is not None else DEFAULT_POLICIES
@@ -214,6 +215,7 @@ def run(args: Values) -> int:
         "spill_any": settings.spill_any,
         "burst_hold_s": settings.burst.hold_s,
         "burst_min_waiting": settings.burst.min_waiting,
+        "burst_min_waiting_fixed": settings.burst.min_waiting_fixed,
         "arch": settings.arch,
         "engine": settings.engine,
         "single_pool": {

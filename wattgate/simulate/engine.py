@@ -431,7 +431,7 @@ class Cluster:
         for ri in self._in(State.READY):
             inst = ri.inst
             held = self._burst.get(inst.id)
-            until = burst_until(now, inst.engine.waiting, held, self.b.burst)
+            until = burst_until(now, inst.engine.waiting, held, self.b.burst, fixed=bool(self.fleet))
             if until is not None:
                 self._burst[inst.id] = until
                 self._set_clock(ri, self.m.top_clock(inst.tp), now)
