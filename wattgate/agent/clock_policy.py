@@ -36,11 +36,12 @@ from wattgate.profiles.table import Profile
 # conversation hour 10-12% more energy (every stray waiting request takes a server to the top clock).
 DEFAULT_BURST_HOLD_S = 1.0  # s; 0: off
 DEFAULT_BURST_MIN_WAITING = 4
-# Servers wattgate does not manage (a fixed fleet) trigger at a queue of 2: their count cannot follow the load,
-# so at low load the plan runs them at low clocks with little headroom, and a burst has only the clock to meet
-# it. Measured (README, *Fixed fleet*): 99.0% within SLO on the coding hour on 7 and 8 x TP8 where 4 kept
-# 98.5-98.8%; managed instances keep 4, since at 2 twice the conversation hour used 3% more energy.
-DEFAULT_BURST_MIN_WAITING_FIXED = 2
+# Servers wattgate does not manage (a fixed fleet) go to the top clock as soon as a request waits: their count
+# cannot follow the load, so at low load the plan runs them at low clocks with little headroom, and a burst has
+# only the clock to meet it. Measured (README, *Fixed fleet*): 99.3% within SLO on the coding hour on 7 and
+# 8 x TP8, where a queue of 2 kept 99.0-99.05% and 4 kept 98.5-98.8%; managed instances keep 4, since at 2 twice
+# the conversation hour already used 3% more energy.
+DEFAULT_BURST_MIN_WAITING_FIXED = 1
 
 
 class ClockReason(enum.StrEnum):

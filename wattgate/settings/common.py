@@ -216,7 +216,7 @@ BURST_MIN_WAITING = Option(
 BURST_MIN_WAITING_FIXED = Option(
     "burst_min_waiting_fixed",
     integer(1),
-    2,
+    1,
     "the burst rule's trigger on servers wattgate does not manage (a fixed fleet: only their clocks can meet a burst)",
     example="4",
 )
