@@ -399,12 +399,17 @@ class Engine:
         need = w.target if cfg.scheduler is Scheduler.V0 else min(w.target, cfg.max_num_batched_tokens - n)
         return need <= 0 or self._free_tokens() - n < need + self._half_block
 
+    def _decode_cap(self, n: int) -> int:
+        """Decode steps of ``n`` sequences before the next finish (stale heap entries dropped) and within the
+        free KV cache."""
+        fin = self._finish
+        while fin and fin[0][2] != fin[0][3].epoch:
+            heapq.heappop(fin)
+        return min(fin[0][0] - self._g if fin else 1, self._free_tokens() // n)
+
     def _decode_limit(self, s: float, clock: int) -> int:
         n = len(self._decoding)
-        while self._finish and self._finish[0][2] != self._finish[0][3].epoch:
-            heapq.heappop(self._finish)
-        k = self._finish[0][0] - self._g if self._finish else 1
-        k = min(k, self._free_tokens() // n)
+        k = self._decode_cap(n)
         f = self._factors(clock)
         for t in (self._waiting[0].arrival_s if self._waiting else None, self._next_clock_change()):
             if t is not None and t > s:  # stop at the first step that starts at or after t
@@ -421,13 +426,8 @@ class Engine:
         solved for only when the run reaches it (a run ends at a finish far more often than at an arrival,
         a clock change or the horizon): ``k`` steps fit a budget iff their closed-form time is within it."""
         n = len(self._decoding)
-        fin = self._finish
-        while fin and fin[0][2] != fin[0][3].epoch:
-            heapq.heappop(fin)
-        g = self._g
-        kv = self._s0 + n * g
-        free = self.capacity_tokens - (kv + self._prefill_kv + self._half_block * (n + len(self._prefilling)))
-        k = min(fin[0][0] - g if fin else 1, free // n)
+        k = self._decode_cap(n)
+        kv = self._kv_read()
         f = self._factors(clock)
         cost = self.cost
         for t in (self._waiting[0].arrival_s if self._waiting else None, self._next_clock_change()):
@@ -443,7 +443,7 @@ class Engine:
                 return _Run.STOP  # the next step ends after until_s
             run = cost.decode_run(n, kv, k, f)
         self._account(run, clock, k)
-        self._g = g + k
+        self._g += k
         self.time_s = s + run.total_s
         self._finish_due()
         return _Run.RAN
@@ -453,8 +453,8 @@ class Engine:
         cfg = self.config
         n = len(self._decoding)
         d = _Decision(s, clock, n, [], [], [])
-        kv = self._s0 + n * self._g
-        free = self.capacity_tokens - (kv + self._prefill_kv + self._half_block * (n + len(self._prefilling)))
+        kv = self._kv_read()
+        free = self._free_tokens()
         budget = cfg.max_num_batched_tokens
         if cfg.scheduler is Scheduler.V0:
             self._schedule_v0(d, free, budget)
