@@ -13,6 +13,7 @@ handed out to them, each keeping the pool it serves now (and then its clock) whe
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -68,18 +69,13 @@ def place(
 def collateral_moves(groups: Sequence[Group], placement: Placement, running: Sequence[PlannedInstance]) -> int:
     """Running instances the plan keeps in their pool and TP but the placement restarts elsewhere (it placed
     afresh to make room): each leaves its pool short for a start's time, a cost the solver does not see."""
-    wanted: dict[tuple[str, int], int] = {}
+    wanted: Counter[tuple[str, int]] = Counter()
     for g in groups:
-        wanted[(g.pool, g.tp)] = wanted.get((g.pool, g.tp), 0) + g.count
-    have: dict[tuple[str, int], int] = {}
-    for r in running:
-        have[(r.pool, r.tp)] = have.get((r.pool, r.tp), 0) + 1
+        wanted[(g.pool, g.tp)] += g.count
+    have = Counter((r.pool, r.tp) for r in running)
     ids = {p.id for p in placement.instances}
-    kept: dict[tuple[str, int], int] = {}
-    for r in running:
-        if r.id in ids:
-            kept[(r.pool, r.tp)] = kept.get((r.pool, r.tp), 0) + 1
-    return sum(max(min(n, wanted.get(key, 0)) - kept.get(key, 0), 0) for key, n in have.items())
+    kept = Counter((r.pool, r.tp) for r in running if r.id in ids)
+    return sum(max(min(n, wanted[key]) - kept[key], 0) for key, n in have.items())
 
 
 def largest_free_block(inventory: Inventory, taken: Sequence[PlannedInstance]) -> int:
