@@ -30,14 +30,22 @@ ALPHAS = np.round(np.arange(0.0, 1.0001, 0.05), 2)  # 0: plain argmax (accuracy)
 FOLDS = 4  # contiguous blocks of the observations, in time order
 
 
+def _scores(
+    logp: NDArray[np.float64], d: NDArray[np.float64], y: NDArray[np.int64], present: list[int]
+) -> tuple[float, float]:
+    """Accuracy and balanced accuracy (over the ``present`` classes) of ``argmax(logp + d)`` against ``y``."""
+    pred = (logp + d).argmax(axis=1)
+    return float((pred == y).mean()), float(np.mean([(pred[y == c] == c).mean() for c in present]))
+
+
 def choose_decision(
     probs: NDArray[np.float64], y: NDArray[Any], margin: float = ACCURACY_MARGIN
 ) -> tuple[float, float, float]:
     """Log weights ``-alpha · log prior`` (M's at 0) with the largest balanced accuracy on these rows, accuracy
     within ``margin`` of the plain argmax's (``probs``: out-of-fold probabilities, ``y``: true classes)."""
     y = np.asarray(y, dtype=np.int64)
-    present = np.bincount(y, minlength=3) > 0
-    if present.sum() < 2:
+    present = [c for c in range(3) if (y == c).any()]
+    if len(present) < 2:
         return (0.0, 0.0, 0.0)
     counts = np.bincount(y, minlength=3).astype(np.float64) + 1.0  # add-one: a class never seen is not infinite
     logprior = np.log(counts / counts.sum())
@@ -46,9 +54,7 @@ def choose_decision(
     best, choice = -1.0, (0.0, 0.0, 0.0)
     for alpha in ALPHAS:
         d = -alpha * (logprior - logprior[1])
-        pred = (logp + d).argmax(axis=1)
-        acc = float((pred == y).mean())
-        bal = float(np.mean([(pred[y == c] == c).mean() for c in range(3) if present[c]]))
+        acc, bal = _scores(logp, d, y, present)
         if acc >= base - margin - 1e-12 and bal > best + 1e-12:
             best, choice = bal, (float(d[0]), 0.0, float(d[2]))
     return choice
@@ -74,11 +80,9 @@ def ceiling(
     best: tuple[float, float, tuple[float, float, float]] | None = None
     for d0 in grid:
         for d2 in grid:
-            pred = (logp + np.array([d0, 0.0, d2])).argmax(axis=1)
-            acc = float((pred == y).mean())
+            acc, bal = _scores(logp, np.array([d0, 0.0, d2]), y, present)
             if acc < min_accuracy - 1e-12:
                 continue
-            bal = float(np.mean([(pred[y == c] == c).mean() for c in present]))
             if best is None or bal > best[0] + 1e-12:
                 best = (bal, acc, (float(d0), 0.0, float(d2)))
     return best
