@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import openai
 import pytest
+import redis
 
 from tests.gateway.conftest import Servers
-from tests.gateway.test_energy_usage import POWER_W, FakeAgent, samples
+from tests.gateway.test_energy_usage import samples
 from tests.support import wait_for
 from wattgate.carbon import constant, parse_carbon
 from wattgate.embedded_redis import EmbeddedRedis
@@ -28,14 +30,41 @@ from wattgate.gateway.store import RedisStore, publish_instance, read_energy_min
 from wattgate.planner.contract import IDLE_KEY, InstanceEnergy, InstanceRecord, Keys
 
 KEYS = Keys()
+POWER_W = 1000.0
+
+
+class Agent:
+    """Instance ``i1``'s energy counter at 1000 W (modelled), one reading every 0.1 s once ``go`` is set."""
+
+    def __init__(self, url: str) -> None:
+        self.r = redis.Redis.from_url(url)
+        self.t0 = time.time()
+        self.last = self.t0
+        self.go = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.write(self.t0)
+
+    def write(self, ts: float) -> None:
+        msg = InstanceEnergy("i1", "n1", ts, POWER_W * (ts - self.t0), POWER_W, "modelled", [0])
+        self.r.hset(KEYS.energy, "i1", msg.to_json())
+        self.last = ts
+
+    def _run(self) -> None:
+        self.go.wait()
+        while not self.stop.wait(0.1):
+            self.write(time.time())
 
 
 @pytest.fixture
-def agent(redis_url: str) -> Iterator[FakeAgent]:
-    """Instance ``i1``'s energy counter at 1000 W (modelled), one reading every 0.1 s once ``go`` is set."""
-    a = FakeAgent(redis_url, source="modelled", gated=True)
+def agent(redis_url: str) -> Iterator[Agent]:
+    a = Agent(redis_url)
+    a.thread.start()
     yield a
-    a.close()
+    a.go.set()
+    a.stop.set()
+    a.thread.join()
+    a.r.close()
 
 
 def booked(gw: str) -> tuple[float, float, float]:
@@ -47,7 +76,7 @@ def booked(gw: str) -> tuple[float, float, float]:
 
 
 def test_two_replicas_book_a_shared_instance_once(
-    servers: Servers, redis_url: str, agent: FakeAgent, tmp_path: Path
+    servers: Servers, redis_url: str, agent: Agent, tmp_path: Path
 ) -> None:
     _, url = servers.backend(tokens=8, tbt_s=0.04, ttft_s=0.05)
     carbon = tmp_path / "carbon.csv"  # an intensity per UTC hour of the day: 100, 110, ..., 330 g/kWh

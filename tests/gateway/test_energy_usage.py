@@ -28,44 +28,33 @@ POWER_W = 1000.0
 
 
 class FakeAgent:
-    """Writes instance ``i1``'s energy counter (1000 W from ``t0``, labelled ``source``) as an agent would: once at
-    once, then every 0.1 s, from the start or (``gated``) once ``go`` is set."""
+    """Writes instance ``i1``'s energy counter (1000 W from the start, measured) every 0.1 s, as an agent would."""
 
-    def __init__(self, url: str, source: str = "measured", gated: bool = False) -> None:
+    def __init__(self, url: str) -> None:
         self.r = redis.Redis.from_url(url)
-        self.source = source
         self.t0 = time.time()
-        self.last = self.t0
-        self.go = threading.Event()
-        if not gated:
-            self.go.set()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
-        self.write(self.t0)
-        self.thread.start()
 
-    def write(self, ts: float) -> None:
-        msg = InstanceEnergy("i1", "n1", ts, POWER_W * (ts - self.t0), POWER_W, self.source, [0])
-        self.r.hset(KEYS.energy, "i1", msg.to_json())
-        self.last = ts
+    def counter_j(self, ts: float) -> float:
+        return POWER_W * (ts - self.t0)
 
     def _run(self) -> None:
-        self.go.wait()
-        while not self.stop.wait(0.1):
-            self.write(time.time())
-
-    def close(self) -> None:
-        self.go.set()
-        self.stop.set()
-        self.thread.join()
-        self.r.close()
+        while not self.stop.is_set():
+            ts = time.time()
+            msg = InstanceEnergy("i1", "n1", ts, self.counter_j(ts), POWER_W, "measured", [0])
+            self.r.hset(KEYS.energy, "i1", msg.to_json())
+            self.stop.wait(0.1)
 
 
 @pytest.fixture
 def agent(redis_url: str) -> Iterator[FakeAgent]:
     a = FakeAgent(redis_url)
+    a.thread.start()
     yield a
-    a.close()
+    a.stop.set()
+    a.thread.join()
+    a.r.close()
 
 
 def samples(gw: str, *names: str) -> list[list[tuple[dict[str, str], float]]]:
