@@ -28,8 +28,12 @@ from wattgate.servingmodel.calibration import Calibration, EngineCalibration, Se
 from wattgate.servingmodel.engine import EngineConfig, Scheduler  # noqa: E402
 from wattgate.servingmodel.kernels import DEFAULT_KERNELS, kernel_origin  # noqa: E402
 from wattgate.servingmodel.measured import (  # noqa: E402
+    CHARACTERIZATION_CONTEXT_TOKENS,
     CHARACTERIZATION_INPUT_TOKENS,
-    CHARACTERIZATION_OUTPUT_TOKENS,
+    CHARACTERIZATION_MAX_TOKENS,
+    CHARACTERIZATION_SEED,
+    CHARACTERIZATION_WINDOW_S,
+    characterization_output_tokens,
     read_characterization,
 )
 from wattgate.servingmodel.power import PowerModel  # noqa: E402
@@ -121,13 +125,13 @@ def characterization_engine(cal: Calibration, profiles_dir: Path, prov: dict[str
     and request latency), then the GPU's clock law and power from its rows."""
     points = read_characterization(profiles_dir)
     cal = _set(cal, V0, overheads=dataclasses.replace(cal.engines[V1].overheads, request_s=0.0))
-    log("2/4 KV reserve of the characterization's engine on its TP2 rows at 1980 MHz (S and M inputs)")
-    tp2 = [p for p in points if p.tp == 2 and p.clock_mhz == 1980 and p.load_rps <= 3.0 and p.rtype.input.value != "L"]
+    log("2/4 KV reserve of the characterization's engine on its TP2 rows at 1980 MHz")
+    tp2 = [p for p in points if p.tp == 2 and p.clock_mhz == 1980 and p.load_rps <= 3.0]
     res = fit.fit_kv_reserve(cal, tp2, engine=V0, log=log)
     assert isinstance(res.value, float)
     for name in (V0, V1):
         cal = _set(cal, name, config_changes={"reserved_bytes_per_gpu": res.value})
-    prov["fits"]["KV reserve"] = _about(res, "P99 TTFT of the TP2 rows at 1980 MHz up to 3 req/s, S and M inputs")
+    prov["fits"]["KV reserve"] = _about(res, "P99 TTFT of the TP2 rows at 1980 MHz up to 3 req/s, every type")
 
     log("3/4 clock law on the characterization's P99 TTFT ratios across clocks at 0.5 req/s")
     low = [p for p in points if p.load_rps == 0.5 and p.ttft_p99_s < 3.0]
@@ -152,9 +156,16 @@ def power_model(cal: Calibration, profiles_dir: Path, prov: dict[str, Any]) -> P
         res, "instance power of all 1,351 characterization rows, within the board's 700 W (relative errors)"
     )
     prov["characterization requests"] = {
+        "source": "jovans2/jovan-vllm jovan_vllm/vllm/benchmarks/benchmark_power.py and prompts (May 2024), "
+        "against its vLLM 0.3.0 fork",
         "input_tokens": CHARACTERIZATION_INPUT_TOKENS,
-        "output_tokens": CHARACTERIZATION_OUTPUT_TOKENS,
-        "requests_per_point": fit.CHAR_REQUESTS,
+        "max_tokens": CHARACTERIZATION_MAX_TOKENS,
+        "output_tokens": {
+            i: {o: characterization_output_tokens(n, m) for o, m in CHARACTERIZATION_MAX_TOKENS.items()}
+            for i, n in CHARACTERIZATION_INPUT_TOKENS.items()
+        },
+        "context_tokens": CHARACTERIZATION_CONTEXT_TOKENS,
+        "arrivals": f"Poisson, numpy seed {CHARACTERIZATION_SEED} per point, {CHARACTERIZATION_WINDOW_S:.0f} s window",
     }
     return res.value
 

@@ -46,6 +46,9 @@ from wattgate.servingmodel.power import PowerModel
 from wattgate.servingmodel.steps import ClockLaw, StepCost, StepTime
 
 GIB = 2**30
+# What an H100 SXM 80GB reports as its memory (nvidia-smi 81,559 MiB; torch.cuda.mem_get_info's total), the
+# figure vLLM multiplies by gpu_memory_utilization: 79.6 GiB, not 80.
+H100_MEMORY_BYTES = 81559 * 2**20
 
 
 class Scheduler(enum.StrEnum):
@@ -62,7 +65,7 @@ class EngineConfig:
     max_num_seqs: int = 1024
     max_num_batched_tokens: int = 8192
     gpu_memory_utilization: float = 0.9
-    gpu_memory_bytes: float = 80 * GIB
+    gpu_memory_bytes: float = H100_MEMORY_BYTES
     reserved_bytes_per_gpu: float = 3 * GIB
     block_size: int = 16
 
@@ -167,7 +170,7 @@ class Engine:
         self.max_request_tokens = min(self.capacity_tokens, cost.arch.context_tokens)
         if self.capacity_tokens < config.block_size:
             raise ServingModelError(
-                f"{cost.arch.name} does not fit TP{config.tp} with {config.gpu_memory_bytes / GIB:.0f} GiB per GPU"
+                f"{cost.arch.name} does not fit TP{config.tp} with {config.gpu_memory_bytes / GIB:.1f} GiB per GPU"
             )
         self.time_s = start_s
         self.clock_mhz = clock_mhz

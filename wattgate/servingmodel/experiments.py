@@ -1,9 +1,9 @@
-"""Replays of measurement experiments on the engine model: a request rate of fixed-length requests, Poisson arrivals."""
+"""Replays of measurement experiments on the engine model: fixed-length requests at given arrival times (Poisson)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +45,18 @@ def poisson_run(
     ``benchmark_serving.py`` does) and run the engine until the last one finishes."""
     rng = random.Random(seed)
     t = engine.time_s
-    start = t
-    for i in range(requests):
+    arrivals = []
+    for _ in range(requests):
         t += rng.expovariate(rate_rps)
+        arrivals.append(t)
+    return replay_run(engine, arrivals, input_tokens, output_tokens)
+
+
+def replay_run(engine: Engine, arrivals: Sequence[float], input_tokens: int, output_tokens: int) -> Outcome:
+    """Send one request of fixed lengths at each of ``arrivals`` (ascending, engine seconds) and run the
+    engine until the last one finishes; power is the mean from the engine's start to that finish."""
+    start = engine.time_s
+    for i, t in enumerate(arrivals):
         engine.advance(t)
         engine.submit(str(i), input_tokens, output_tokens, t)
     engine.advance(float("inf"), stop_when_idle=True)

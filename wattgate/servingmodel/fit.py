@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from wattgate.servingmodel.calibration import Calibration, ServingModel
-from wattgate.servingmodel.experiments import Outcome, mean_outcome, poisson_run
+from wattgate.servingmodel.experiments import Outcome, mean_outcome, poisson_run, replay_run
 from wattgate.servingmodel.measured import BenchPoint, CharPoint, read_benchmark
 from wattgate.servingmodel.power import PowerModel
 from wattgate.servingmodel.steps import ClockLaw, EngineOverheads
@@ -38,7 +38,6 @@ VALIDATION_MODEL = "llama-3.1-70b"
 KNEE_FACTOR = 3.0  # a rate is past the knee once its P99 TTFT is this many times the lowest rate's
 BENCH_REQUESTS_PER_RATE_S = 20  # the benchmark sends 20 s worth of requests at each rate
 BENCH_GPU_MEMORY_UTILIZATION = 0.95  # the benchmark's `vllm serve --gpu-memory-utilization`
-CHAR_REQUESTS = 100  # requests per characterization point (assumed: the prototype's later profiler sends 100)
 
 
 def below_knee(points: Sequence[BenchPoint]) -> list[BenchPoint]:
@@ -138,14 +137,11 @@ def _with_overheads(calibration: Calibration, engine: str, overheads: EngineOver
     return dataclasses.replace(calibration, engines={**calibration.engines, engine: e})
 
 
-def char_outcome(model: ServingModel, p: CharPoint, seeds: int = 2) -> Outcome:
-    """The modelled characterization point: ``CHAR_REQUESTS`` Poisson requests of the type's lengths."""
-
-    def run(seed: int) -> Outcome:
-        engine = model.engine(p.tp, clock_mhz=p.clock_mhz)
-        return poisson_run(engine, p.load_rps, CHAR_REQUESTS, p.input_tokens, p.output_tokens, seed=seed)
-
-    return mean_outcome(run, seeds)
+def char_outcome(model: ServingModel, p: CharPoint) -> Outcome:
+    """The modelled characterization point: its benchmark's own arrivals (``CharPoint.arrivals``: the same
+    seeded Poisson draw the prototype sent) of the type's lengths, on one engine at the point's clock."""
+    engine = model.engine(p.tp, clock_mhz=p.clock_mhz)
+    return replay_run(engine, p.arrivals(), p.input_tokens, p.output_tokens)
 
 
 # An H100 SXM board draws at most 700 W: the power model's watt figures are bounded so that no state of
@@ -252,7 +248,7 @@ def fit_clock_law(
             cal = dataclasses.replace(calibration, clock_law=law)
             cal = _with_overheads(cal, engine, dataclasses.replace(cal.engines[engine].overheads, request_s=0.0))
             model = ServingModel(arch, engine, cal)
-            engine_ttft = [char_outcome(model, p, seeds=1).ttft_p99_s for p in points]
+            engine_ttft = [char_outcome(model, p).ttft_p99_s for p in points]
             table[(float(ce), float(me))] = engine_ttft
             req, err = best_ratio_offset(points, engine_ttft, measured)
             log(
@@ -342,12 +338,18 @@ def fit_kv_reserve(
     *,
     engine: str,
     arch: str = "llama-2-70b",
-    candidates_gib: Sequence[float] = (2.0, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0),
+    candidates_gib: Sequence[float] = (1.0, 2.0, 3.0, 3.5, 4.0, 4.25, 4.5, 4.75, 5.0, 5.25, 5.5, 6.0),
     log: Callable[[str], None] = lambda _: None,
 ) -> FitResult:
     """The memory per GPU the engine keeps from its KV cache, from TP2 rows (70B on two GPUs leaves a
     few GiB of cache, and the characterization shows where it fills): the candidate whose modelled P99
-    TTFT (request latency added as fitted for it) is closest to the measurements."""
+    TTFT (request latency added as fitted for it) is closest to the measurements.
+
+    vLLM 0.3.0 sizes its cache as ``total x gpu_memory_utilization`` less the memory in use after a
+    profiling forward pass of ``max_num_batched_tokens`` tokens (weights, that pass's activations, the CUDA
+    context, NCCL and cuBLAS buffers; CUDA graphs are captured afterwards, outside the budget): this
+    reserve stands for all of that but the weights. Where the cache fills depends on how long each request
+    holds its blocks, so the reserve also absorbs what the model gets wrong about the 2024 engine's speed."""
     rows = [p for p in points if p.tp == 2]
     best: tuple[float, float] | None = None
     for gib in candidates_gib:
@@ -355,7 +357,7 @@ def fit_kv_reserve(
         e = dataclasses.replace(calibration.engines[engine], config=cfg)
         cal = dataclasses.replace(calibration, engines={**calibration.engines, engine: e})
         model = ServingModel(arch, engine, cal)
-        ttft = [char_outcome(model, p, seeds=1).ttft_p99_s for p in rows]
+        ttft = [char_outcome(model, p).ttft_p99_s for p in rows]
         _, err = _best_offset(ttft, [p.ttft_p99_s for p in rows])
         log(f"KV reserve {gib} GiB: rms log error {math.sqrt(err):.4f} over {len(rows)} TP2 rows")
         if best is None or err < best[0]:

@@ -18,17 +18,53 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from wattgate.profiles.classes import RequestType
 from wattgate.servingmodel.errors import ServingModelError
 
 SAMPLES_PER_S = 10  # one characterization energy sample covers 100 ms: W = J per sample x 10
 
-# The characterization's request lengths, read from the prototype (cluster_experiments/): inputs are
-# its three prompts (334 / 580 / 2,215 words of English; about 1.33 Llama-2 tokens per word), outputs
-# the 33rd / 67th / 99th percentiles of the conversation trace's output tokens (94 / 371 / 601). (At
-# 4 characters per token the long prompt would not leave room for 601 tokens in Llama-2's 4,096.)
-CHARACTERIZATION_INPUT_TOKENS = {"S": 444, "M": 771, "L": 2946}
-CHARACTERIZATION_OUTPUT_TOKENS = {"S": 94, "M": 371, "L": 601}
+# How the characterization was run, read from the prototype's own benchmark (jovans2/jovan-vllm,
+# ``jovan_vllm/vllm/benchmarks/benchmark_power.py``, May 2024; its clocks, loads and per-type maximum
+# loads are the CSVs' grid) against its fork of vLLM 0.3.0 (``vllm/``, V0: prefill-first, 256 sequences,
+# ``max_num_batched_tokens`` = ``max_model_len`` = 4,096 for Llama-2, gpu_memory_utilization 0.9):
+# - prompts: the three ShareGPT prompts that script picked by their Llama-2 token count (400-500,
+#   1,000-1,100 and 4,000-4,100 tokens) and saved in ``benchmarks/prompts``: 467, 1,010 and 4,085 tokens
+#   with the Llama-2 tokenizer (BOS included, as ``tokenizer(prompts).input_ids`` counts them);
+# - outputs: ``max_tokens`` 96, 256 and 600 with ``ignore_eos``, but vLLM 0.3.0 ends a sequence once it is
+#   longer than ``max_model_len`` (``LLMEngine._check_stop``): the 4,085-token prompt leaves room for
+#   12 tokens whatever ``max_tokens`` says, which is why the LS, LM and LL rows read the same TTFT and
+#   power at every TP, clock and load. The model runs the 11 of them whose KV the cache holds
+#   (``characterization_output_tokens``: a request must fit the context; the 12th is one decode step);
+# - arrivals: Poisson with numpy's seed 100 re-seeded for every point, over a 20 s window
+#   (``characterization_arrivals``): 12 requests at 0.5 req/s, 41 at 2, 175 at 9;
+# - TTFT: first token out of the engine less the request's arrival at the engine (``seq_group.arrival_time``),
+#   P99 by ``np.percentile`` over that point's requests.
+CHARACTERIZATION_INPUT_TOKENS = {"S": 467, "M": 1010, "L": 4085}
+CHARACTERIZATION_MAX_TOKENS = {"S": 96, "M": 256, "L": 600}
+CHARACTERIZATION_CONTEXT_TOKENS = 4096  # Llama-2's max_model_len
+CHARACTERIZATION_WINDOW_S = 20.0
+CHARACTERIZATION_SEED = 100
+_OVERSAMPLING = 2  # the benchmark draws 2 x rate x window gaps and keeps the arrivals inside the window
+
+
+def characterization_output_tokens(input_tokens: int, max_tokens: int) -> int:
+    """Output tokens a characterization request produced (and the model runs): ``max_tokens``, or as many as
+    the context leaves once the prompt is in it."""
+    return min(max_tokens, CHARACTERIZATION_CONTEXT_TOKENS - input_tokens)
+
+
+def characterization_arrivals(rate_rps: float) -> list[float]:
+    """The characterization's arrival times (s from the client's start) at one load, as its benchmark drew
+    them: exponential gaps from numpy's legacy generator seeded with 100, kept inside (0, 20 s)."""
+    if rate_rps <= 0:
+        raise ServingModelError(f"a load must be positive, got {rate_rps}")
+    rng = np.random.RandomState(CHARACTERIZATION_SEED)
+    gaps = rng.exponential(scale=1.0 / rate_rps, size=int(_OVERSAMPLING * CHARACTERIZATION_WINDOW_S * rate_rps))
+    times = np.cumsum(gaps)
+    return [float(t) for t in times[(times > 0) & (times < CHARACTERIZATION_WINDOW_S)]]
+
 
 JOVAN_MODELS = {
     "llama-3.2-1b": "llama1b_h100.csv",
@@ -55,7 +91,10 @@ class CharPoint:
 
     @property
     def output_tokens(self) -> int:
-        return CHARACTERIZATION_OUTPUT_TOKENS[self.rtype.output.value]
+        return characterization_output_tokens(self.input_tokens, CHARACTERIZATION_MAX_TOKENS[self.rtype.output.value])
+
+    def arrivals(self) -> list[float]:
+        return characterization_arrivals(self.load_rps)
 
 
 @dataclass(frozen=True)
