@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--power-only",
         action="store_true",
-        help="take every timing fit (steps 1-3) from --out and refit only the power model (step 4): "
+        help="take every timing fit (steps 1-4) from --out and refit only the power model (step 5): "
         "for a change to the power model that leaves step times alone",
     )
     args = parser.parse_args(argv)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         old = read_calibration(args.out)
         prov = dict(old.provenance)
         prov["fits"] = dict(prov["fits"])
-        log(f"1-3/4 overheads, KV reserve and clock law reused from {args.out}")
+        log(f"1-4/5 overheads, clock law, kernel scale and KV reserve reused from {args.out}")
         cal = dataclasses.replace(old, power=power_model(old, args.profiles_dir, prov), provenance=prov)
         args.out.write_text(json.dumps(cal.to_document(), indent=1) + "\n", encoding="utf-8")
         log(f"wrote {args.out}")
@@ -108,9 +108,9 @@ def vllm_overheads(cal: Calibration, args: argparse.Namespace, prov: dict[str, A
         old = read_calibration(args.out)
         overheads = old.engines[V1].overheads
         prov["fits"]["vllm-v1 overheads"] = old.provenance["fits"]["vllm-v1 overheads"]
-        log(f"1/4 vLLM V1 overheads reused from {args.out}: {overheads}")
+        log(f"1/5 vLLM V1 overheads reused from {args.out}: {overheads}")
     else:
-        log("1/4 vLLM V1 overheads on the 1B/3B/8B benchmark curves")
+        log("1/5 vLLM V1 overheads on the 1B/3B/8B benchmark curves")
         res = fit.fit_vllm_overheads(cal, args.profiles_dir, log=log)
         assert isinstance(res.value, EngineOverheads)
         overheads = res.value
@@ -121,19 +121,12 @@ def vllm_overheads(cal: Calibration, args: argparse.Namespace, prov: dict[str, A
 
 
 def characterization_engine(cal: Calibration, profiles_dir: Path, prov: dict[str, Any]) -> Calibration:
-    """The prototype's engine (V0 scheduling, the same kernels and step overheads as V1; its own KV reserve
-    and request latency), then the GPU's clock law and power from its rows."""
+    """The prototype's engine (V0 scheduling, the same kernels and step overheads as V1; its own kernel speed,
+    KV reserve and request latency), then the GPU's clock law and power from its rows."""
     points = read_characterization(profiles_dir)
     cal = _set(cal, V0, overheads=dataclasses.replace(cal.engines[V1].overheads, request_s=0.0))
-    log("2/4 KV reserve of the characterization's engine on its TP2 rows at 1980 MHz")
-    tp2 = [p for p in points if p.tp == 2 and p.clock_mhz == 1980 and p.load_rps <= 3.0]
-    res = fit.fit_kv_reserve(cal, tp2, engine=V0, log=log)
-    assert isinstance(res.value, float)
-    for name in (V0, V1):
-        cal = _set(cal, name, config_changes={"reserved_bytes_per_gpu": res.value})
-    prov["fits"]["KV reserve"] = _about(res, "P99 TTFT of the TP2 rows at 1980 MHz up to 3 req/s, every type")
 
-    log("3/4 clock law on the characterization's P99 TTFT ratios across clocks at 0.5 req/s")
+    log("2/5 clock law on the characterization's P99 TTFT ratios across clocks at 0.5 req/s")
     low = [p for p in points if p.load_rps == 0.5 and p.ttft_p99_s < 3.0]
     res, _ = fit.fit_clock_law(cal, low, engine=V0, log=log)
     law, request_s = res.value  # type: ignore[misc]
@@ -143,11 +136,27 @@ def characterization_engine(cal: Calibration, profiles_dir: Path, prov: dict[str
         res, "P99 TTFT at 0.5 req/s over that at the top clock, 6 clocks x 3 TPs x 9 types (below 3 s)"
     )
 
+    log("3/5 kernel speed of the characterization's engine on its absolute P99 TTFT at 0.5 req/s, 1980 MHz")
+    top = [p for p in low if p.clock_mhz == law.max_clock_mhz]
+    res = fit.fit_kernel_scale(cal, top, engine=V0, log=log)
+    assert isinstance(res.value, float)
+    o = cal.engines[V0].overheads
+    cal = _set(cal, V0, overheads=dataclasses.replace(o, kernel_scale=res.value, request_s=o.request_s * res.value))
+    prov["fits"]["kernel scale"] = _about(res, "P99 TTFT at 0.5 req/s and 1980 MHz, 3 TPs x 9 types")
+
+    log("4/5 KV reserve of the characterization's engine on its TP2 rows at 1980 MHz")
+    tp2 = [p for p in points if p.tp == 2 and p.clock_mhz == 1980 and p.load_rps <= 3.0]
+    res = fit.fit_kv_reserve(cal, tp2, engine=V0, log=log)
+    assert isinstance(res.value, float)
+    for name in (V0, V1):
+        cal = _set(cal, name, config_changes={"reserved_bytes_per_gpu": res.value})
+    prov["fits"]["KV reserve"] = _about(res, "P99 TTFT of the TP2 rows at 1980 MHz up to 3 req/s, every type")
+
     return dataclasses.replace(cal, power=power_model(cal, profiles_dir, prov))
 
 
 def power_model(cal: Calibration, profiles_dir: Path, prov: dict[str, Any]) -> PowerModel:
-    log("4/4 power on every characterization row")
+    log("5/5 power on every characterization row")
     model = ServingModel("llama-2-70b", V0, cal)
     rows = [(p, fit.char_outcome(model, p)) for p in read_characterization(profiles_dir)]
     res = fit.fit_power(rows, cal.clock_law.max_clock_mhz)

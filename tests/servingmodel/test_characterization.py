@@ -8,9 +8,14 @@ KV cache sized from the H100's memory.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import pytest
 
 from tests.support import SHARED_DATA, needs_shared
+from wattgate.profiles.classes import RequestType
+from wattgate.servingmodel import fit
 from wattgate.servingmodel.calibration import ServingModel, load_calibration
 from wattgate.servingmodel.engine import H100_MEMORY_BYTES, Scheduler, kv_capacity_tokens
 from wattgate.servingmodel.errors import ServingModelError
@@ -23,7 +28,6 @@ from wattgate.servingmodel.measured import (
     characterization_output_tokens,
     read_characterization,
 )
-from wattgate.profiles.classes import RequestType
 
 V0 = ServingModel("llama-2-70b", "dynamollm-2024")
 
@@ -32,7 +36,7 @@ def test_arrivals_are_the_benchmarks_seeded_draw_inside_its_window() -> None:
     """numpy's legacy generator, seed 100, re-seeded per point: the same gaps scaled by 1/rate at every load."""
     half = characterization_arrivals(0.5)
     assert len(half) == 12 and half[0] == pytest.approx(1.5679, abs=1e-3)
-    assert all(0 < a < b < 20 for a, b in zip(half, half[1:], strict=False))
+    assert all(0 < a < b < 20 for a, b in itertools.pairwise(half))
     assert characterization_arrivals(0.5) == half  # deterministic
     two = characterization_arrivals(2.0)
     assert len(two) == 41
@@ -122,3 +126,24 @@ def test_calibrated_reserve_is_one_figure_for_both_engines() -> None:
     (reserve,) = reserves
     assert 1 * 2**30 < reserve < 8 * 2**30
     assert "every type" in cal.provenance["fits"]["KV reserve"]["data"]
+
+
+def test_kernel_scale_stretches_every_kernel_but_not_the_overheads() -> None:
+    """An older engine's slower kernels: ``kernel_scale`` multiplies the compute-, memory-bound, all-reduce and
+    latency-bound seconds of every step; the per-step and per-request overheads stay as they are."""
+    cal = load_calibration()
+    v0 = cal.engines["dynamollm-2024"]
+    assert 1.0 < v0.overheads.kernel_scale < 2.0  # fitted: the 2024 engine ran slower than vLLM 0.24's kernels
+    assert cal.engines["vllm-v1"].overheads.kernel_scale == 1.0
+
+    def lone(scale: float) -> tuple[float, float]:
+        o = dataclasses.replace(v0.overheads, kernel_scale=scale, request_s=0.0)
+        model = ServingModel("llama-2-70b", "dynamollm-2024", fit._with_overheads(cal, "dynamollm-2024", o))
+        engine = model.engine(4)
+        out = replay_run(engine, [1.0], 1010, 256)
+        t = engine.totals
+        return out.ttft_mean_s, t.compute_s + t.memory_s + t.comm_s + t.latency_s
+
+    (ttft1, busy1), (ttft2, busy2) = lone(1.0), lone(2.0)
+    assert busy2 == pytest.approx(2 * busy1, rel=1e-9)
+    assert 1.5 * ttft1 < ttft2 < 2 * ttft1  # the prefill's overheads do not double

@@ -265,10 +265,15 @@ class Engine:
         bisect.insort(self._clock_changes, (at_s, clock_mhz))
 
     def _factors(self, clock: int) -> tuple[float, float]:
-        """The clock law's factors (compute, memory) at ``clock``, kept per clock: the hot path asks often."""
+        """The clock law's factors (compute, memory) at ``clock`` times the engine's ``kernel_scale``, kept per
+        clock: the hot path asks often."""
         f = self._clock_factors.get(clock)
         if f is None:
-            f = self._clock_factors[clock] = self.law.factors(clock)
+            f = self.law.factors(clock)
+            k = self.cost.overheads.kernel_scale
+            if k != 1.0:
+                f = (f[0] * k, f[1] * k)
+            self._clock_factors[clock] = f
         return f
 
     def _clock_at(self, t: float) -> int:

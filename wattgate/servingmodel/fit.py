@@ -303,9 +303,9 @@ def _best_offset(model: Sequence[float], measured: Sequence[float]) -> tuple[flo
     return _golden(err, 0.0, float(max(y.max(), 1e-3)))
 
 
-def _golden(err: Callable[[float], float], lo: float, hi: float) -> tuple[float, float]:
+def _golden(err: Callable[[float], float], lo: float, hi: float, rounds: int = 60) -> tuple[float, float]:
     """Golden-section search of a unimodal ``err`` on [lo, hi]: the argument and its value."""
-    for _ in range(60):
+    for _ in range(rounds):
         a, b = lo + (hi - lo) * 0.382, lo + (hi - lo) * 0.618
         if err(a) < err(b):
             hi = b
@@ -364,3 +364,33 @@ def fit_kv_reserve(
             best = (err, gib)
     assert best is not None
     return FitResult(best[1] * 2**30, math.sqrt(best[0]), len(candidates_gib), len(rows))
+
+
+def fit_kernel_scale(
+    calibration: Calibration,
+    points: Sequence[CharPoint],
+    *,
+    engine: str,
+    arch: str = "llama-2-70b",
+    log: Callable[[str], None] = lambda _: None,
+) -> FitResult:
+    """How much slower than the measured kernels the engine ran (``EngineOverheads.kernel_scale``), from the
+    absolute P99 TTFT of rows where nothing queues but a few prefills (the lowest load): golden-section on
+    the squared log error. The per-request latency scales with it, so that the clock law's ratios (fitted
+    at scale 1, ``fit_clock_law``) keep the latency-to-kernel proportion they were fitted with."""
+    base = calibration.engines[engine].overheads
+    measured = [p.ttft_p99_s for p in points]
+    evals = 0
+
+    def err(scale: float) -> float:
+        nonlocal evals
+        evals += 1
+        o = dataclasses.replace(base, kernel_scale=scale, request_s=base.request_s * scale)
+        model = ServingModel(arch, engine, _with_overheads(calibration, engine, o))
+        ttft = [char_outcome(model, p).ttft_p99_s for p in points]  # the engine adds request_s
+        value = float(np.mean([_sq_log(t, m) for t, m in zip(ttft, measured, strict=True)]))
+        log(f"kernel scale {scale:.3f}: rms log error {math.sqrt(value):.4f} over {len(points)} rows")
+        return value
+
+    scale, value = _golden(err, 0.5, 3.0, rounds=25)
+    return FitResult(round(scale, 3), math.sqrt(value), evals, len(points))

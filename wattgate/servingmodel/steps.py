@@ -56,6 +56,9 @@ class EngineOverheads:
     layer_s: float = 0.0  # per layer per step: launch gaps and the kernels not timed
     prefill_layer_s: float = 0.0  # extra per layer in a step that prefills (outside the CUDA graphs)
     request_s: float = 0.0  # per request before its first token: HTTP, tokenization, detokenization
+    # every kernel's time (compute, memory, all-reduce, latency-bound) relative to the measured kernels (vLLM
+    # 0.24's): 1.0 for the engine they were measured under, more for an older, slower one
+    kernel_scale: float = 1.0
 
 
 @dataclass(frozen=True)

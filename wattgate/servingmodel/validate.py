@@ -12,8 +12,9 @@
    grid ``fit_clock_law`` searched), then that clock's rows below the knee are predicted. P99 TTFT is
    predicted as the clock law fits it: the measured P99 TTFT of the same TP, type and load at the
    highest other clock, times the modelled ratio between the two clocks (the absolute speed of the
-   prototype's engine is not something this data can calibrate: see ``fit.fit_clock_law``). Instance
-   power is predicted outright.
+   prototype's engine is fitted per fold, ``fit.fit_kernel_scale``, on the highest clock left in, and
+   enters the ratios only through queueing). Instance power is predicted outright, from replays at that
+   kernel speed.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ClockFold:
     law: ClockLaw
     request_s: float
     rows: list[tuple[CharPoint, float, float]]  # held-out row, predicted P99 TTFT (s), predicted power (W)
+    kernel_scale: float = 1.0
 
     def ttft_errors(self) -> list[float]:
         return [t / p.ttft_p99_s - 1 for p, t, _ in self.rows]
@@ -83,12 +85,15 @@ def leave_one_clock_out(
 ) -> list[ClockFold]:
     points = read_characterization(profiles_dir)
     low = [p for p in points if p.load_rps == 0.5 and p.ttft_p99_s < 3.0]
-    _, table = fit.fit_clock_law(calibration, low, engine=engine, arch=arch, log=log)
+    overheads = calibration.engines[engine].overheads
+    base = fit._with_overheads(calibration, engine, dataclasses.replace(overheads, request_s=0.0, kernel_scale=1.0))
+    _, table = fit.fit_clock_law(base, low, engine=engine, arch=arch, log=log)
     measured = [p.ttft_p99_s for p in low]
     held = set(fit.below_knee_char(points))
-    replays: dict[tuple[float, float], dict[CharPoint, Outcome]] = {}
+    clocks = sorted({p.clock_mhz for p in points})
+    replays: dict[tuple[float, float, float], dict[CharPoint, Outcome]] = {}
     folds = []
-    for clock in sorted({p.clock_mhz for p in points}):
+    for clock in clocks:
         best: tuple[float, tuple[float, float], float] | None = None
         for exps, ttft in table.items():
             req, err = fit.best_ratio_offset(low, ttft, measured, exclude_clock=clock)
@@ -97,28 +102,39 @@ def leave_one_clock_out(
         assert best is not None
         _, (ce, me), req = best
         law = ClockLaw(ce, me, calibration.clock_law.max_clock_mhz)
-        if (ce, me) not in replays:
+        ref_clock = max(c for c in clocks if c != clock)
+        # the engine's kernel speed, as the calibration fits it but on the highest clock left in
+        cal = fit._with_overheads(
+            dataclasses.replace(base, clock_law=law),
+            engine,
+            dataclasses.replace(overheads, request_s=req, kernel_scale=1.0),
+        )
+        scale = fit.fit_kernel_scale(cal, [p for p in low if p.clock_mhz == ref_clock], engine=engine, arch=arch).value
+        assert isinstance(scale, float)
+        if (ce, me, scale) not in replays:
             cal = fit._with_overheads(
-                dataclasses.replace(calibration, clock_law=law),
+                dataclasses.replace(base, clock_law=law),
                 engine,
-                dataclasses.replace(calibration.engines[engine].overheads, request_s=0.0),
+                dataclasses.replace(overheads, request_s=0.0, kernel_scale=scale),
             )
-            log(f"replaying every characterization row under the clock law {ce}/{me}")
+            log(f"replaying every characterization row under the clock law {ce}/{me}, kernel scale {scale}")
             model = ServingModel(arch, engine, cal)
-            replays[(ce, me)] = {p: fit.char_outcome(model, p) for p in points}
-        outcome = replays[(ce, me)]
+            replays[(ce, me, scale)] = {p: fit.char_outcome(model, p) for p in points}
+        outcome = replays[(ce, me, scale)]
         power = fit.fit_power([(p, o) for p, o in outcome.items() if p.clock_mhz != clock], law.max_clock_mhz).value
         by_key = {(p.tp, p.rtype, p.load_rps, p.clock_mhz): p for p in points}
-        ref_clock = max(c for c in {p.clock_mhz for p in points} if c != clock)
         rows = []
         for p in points:
             ref = by_key.get((p.tp, p.rtype, p.load_rps, ref_clock))
             if p.clock_mhz != clock or p not in held or ref is None:
                 continue
-            ratio = (outcome[p].ttft_p99_s + req) / (outcome[ref].ttft_p99_s + req)
+            ratio = (outcome[p].ttft_p99_s + req * scale) / (outcome[ref].ttft_p99_s + req * scale)
             rows.append((p, ref.ttft_p99_s * ratio, modelled_power_w(power, outcome[p], p)))
-        folds.append(ClockFold(clock, law, req, rows))
-        log(f"clock {clock} MHz held out: law {ce}/{me}, request latency {req * 1e3:.1f} ms, {len(rows)} rows")
+        folds.append(ClockFold(clock, law, req * scale, rows, scale))
+        log(
+            f"clock {clock} MHz held out: law {ce}/{me}, kernel scale {scale}, "
+            f"request latency {req * scale * 1e3:.1f} ms, {len(rows)} rows"
+        )
     return folds
 
 
