@@ -87,23 +87,28 @@ def test_kv_capacity_of_the_characterization_engine_at_tp2() -> None:
     free = 0.9 * H100_MEMORY_BYTES - 68.98e9 * 2 / 2 - cfg.reserved_bytes_per_gpu
     expected = int(free // per_token) // 16 * 16
     assert engine.capacity_tokens == kv_capacity_tokens(engine.cost, cfg) == expected
-    # the calibrated reserve leaves room for four long-prompt requests (4,096 tokens each), not five
-    assert 4 * 4096 <= engine.capacity_tokens < 5 * 4096
+    # the calibrated reserve leaves room for a handful of long-prompt requests (4,096 tokens each)
+    assert 3 * 4096 <= engine.capacity_tokens < 8 * 4096
 
 
 def test_v0_admits_long_prompts_one_per_step_while_the_cache_has_room_and_never_preempts_them() -> None:
-    """Eight 4,085-token prompts at once on TP2: one prefill per 4,096-token step, four fit the cache (less
-    vLLM's 1% watermark), the rest wait in order until a finished request frees its blocks; 11 tokens each
-    never outgrow what admission set aside, so nothing is preempted."""
+    """Eight 4,085-token prompts at once on TP2: one prefill per 4,096-token step, as many as vLLM's block
+    manager admits (256 blocks each, 1% of the blocks kept free as a watermark), the rest wait in order until
+    a finished request frees its blocks; 11 tokens each never outgrow what admission set aside, so nothing
+    is preempted."""
     engine = V0.engine(2)
+    blocks = engine.capacity_tokens // 16
+    fits = (blocks - int(0.01 * blocks)) // 256  # vLLM 0.3.0's can_allocate, request after request
+    assert 3 <= fits < 8
     for k in range(8):
         engine.submit(str(k), 4085, 11, 0.0)
     engine.advance(1e-9)
     engine.advance(engine.next_event_s() or 0.0)  # the first prefill step
     assert engine.running == 1 and engine.waiting == 7
-    for _ in range(3):
+    for _ in range(fits + 2):  # prefill-first: the next steps prefill until the cache refuses one
         engine.advance(engine.next_event_s() or 0.0)
-    assert engine.running == 4 and engine.waiting == 4  # the cache holds four: the fifth waits
+        assert engine.running <= fits
+    assert engine.running == fits and engine.waiting == 8 - fits
     engine.advance(1e6, stop_when_idle=True)
     finished = sorted(engine.pop_finished(), key=lambda f: f.ttft_s)
     assert len(finished) == 8 and all(f.preemptions == 0 for f in finished)
