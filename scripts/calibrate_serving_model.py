@@ -126,23 +126,28 @@ def characterization_engine(cal: Calibration, profiles_dir: Path, prov: dict[str
     points = read_characterization(profiles_dir)
     cal = _set(cal, V0, overheads=dataclasses.replace(cal.engines[V1].overheads, request_s=0.0))
 
-    log("2/5 clock law on the characterization's P99 TTFT ratios across clocks at 0.5 req/s")
+    log("2/5 kernel speed and request latency of the characterization's engine: absolute P99 TTFT, 0.5 req/s, 1980 MHz")
     low = [p for p in points if p.load_rps == 0.5 and p.ttft_p99_s < 3.0]
-    res, _ = fit.fit_clock_law(cal, low, engine=V0, log=log)
-    law, request_s = res.value  # type: ignore[misc]
+    top = [p for p in low if p.clock_mhz == cal.clock_law.max_clock_mhz]
+    res = fit.fit_kernel_scale(cal, top, engine=V0, log=log)
+    scale, request_s = res.value  # type: ignore[misc]
+    o = cal.engines[V0].overheads
+    cal = _set(cal, V0, overheads=dataclasses.replace(o, kernel_scale=scale, request_s=request_s))
+    prov["fits"]["kernel scale"] = _about(res, "P99 TTFT at 0.5 req/s and 1980 MHz, 3 TPs x 9 types (below 3 s)")
+
+    log("3/5 clock law on the characterization's P99 TTFT ratios across clocks at 0.5 req/s")
+    res, _ = fit.fit_clock_law(
+        _set(cal, V0, overheads=dataclasses.replace(cal.engines[V0].overheads, request_s=0.0)),
+        low,
+        engine=V0,
+        request_s=request_s,
+        log=log,
+    )
+    law, _ = res.value  # type: ignore[misc]
     cal = dataclasses.replace(cal, clock_law=law)
-    cal = _set(cal, V0, overheads=dataclasses.replace(cal.engines[V0].overheads, request_s=request_s))
     prov["fits"]["clock law"] = _about(
         res, "P99 TTFT at 0.5 req/s over that at the top clock, 6 clocks x 3 TPs x 9 types (below 3 s)"
     )
-
-    log("3/5 kernel speed of the characterization's engine on its absolute P99 TTFT at 0.5 req/s, 1980 MHz")
-    top = [p for p in low if p.clock_mhz == law.max_clock_mhz]
-    res = fit.fit_kernel_scale(cal, top, engine=V0, log=log)
-    assert isinstance(res.value, float)
-    o = cal.engines[V0].overheads
-    cal = _set(cal, V0, overheads=dataclasses.replace(o, kernel_scale=res.value, request_s=o.request_s * res.value))
-    prov["fits"]["kernel scale"] = _about(res, "P99 TTFT at 0.5 req/s and 1980 MHz, 3 TPs x 9 types")
 
     log("4/5 KV reserve of the characterization's engine on its TP2 rows at 1980 MHz")
     tp2 = [p for p in points if p.tp == 2 and p.clock_mhz == 1980 and p.load_rps <= 3.0]

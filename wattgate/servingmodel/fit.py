@@ -230,15 +230,17 @@ def fit_clock_law(
     arch: str = "llama-2-70b",
     compute_exps: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
     memory_exps: Sequence[float] = (0.0, 0.15, 0.3, 0.45, 0.6),
+    request_s: float | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[FitResult, dict[tuple[float, float], list[float]]]:
     """The (compute, memory) clock exponents that best reproduce how P99 TTFT grows as the clock falls.
 
     Judged on ratios: each point's TTFT over that of the same (TP, type, load) at the highest clock
     measured (``clock_ratio_error``), which leaves out what the ratios cancel: how fast the prototype's
-    engine was in absolute terms and how long its prompts exactly were. The engine's per-request latency
-    (a constant in every TTFT, which dilutes the ratios) is fitted with each pair. Returns the fit and
-    every pair's modelled engine-side TTFTs (for reuse by the leave-one-clock-out validation)."""
+    engine was in absolute terms. The engine's per-request latency (a constant in every TTFT, which dilutes
+    the ratios) is ``request_s`` where given (``fit_kernel_scale`` fits it on absolute TTFTs) or fitted
+    with each pair. Returns the fit and every pair's modelled engine-side TTFTs (for reuse by the
+    leave-one-clock-out validation)."""
     best: tuple[float, ClockLaw, float] | None = None
     table: dict[tuple[float, float], list[float]] = {}
     measured = [p.ttft_p99_s for p in points]
@@ -250,7 +252,10 @@ def fit_clock_law(
             model = ServingModel(arch, engine, cal)
             engine_ttft = [char_outcome(model, p).ttft_p99_s for p in points]
             table[(float(ce), float(me))] = engine_ttft
-            req, err = best_ratio_offset(points, engine_ttft, measured)
+            if request_s is None:
+                req, err = best_ratio_offset(points, engine_ttft, measured)
+            else:
+                req, err = request_s, ratio_error(points, engine_ttft, measured, request_s)
             log(
                 f"clock law {ce:.2f}/{me:.2f}: request latency {req * 1e3:.1f} ms, "
                 f"rms log ratio error {math.sqrt(err):.4f}"
@@ -291,6 +296,20 @@ def best_ratio_offset(
         return float(np.mean((np.log((e[i] + c) / (e[ref] + c)) - target) ** 2))
 
     return _golden(err, 0.0, float(max(m.max(), 1e-3)))
+
+
+def ratio_error(
+    points: Sequence[CharPoint],
+    engine_ttft: Sequence[float],
+    measured: Sequence[float],
+    request_s: float,
+    exclude_clock: int | None = None,
+) -> float:
+    """The mean squared log error of the clock ratios with ``request_s`` added to every modelled TTFT."""
+    pairs = ratio_pairs(points, exclude_clock)
+    e, m = np.array(engine_ttft), np.array(measured)
+    i, ref = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    return float(np.mean((np.log((e[i] + request_s) / (e[ref] + request_s)) - np.log(m[i] / m[ref])) ** 2))
 
 
 def _best_offset(model: Sequence[float], measured: Sequence[float]) -> tuple[float, float]:
@@ -374,23 +393,27 @@ def fit_kernel_scale(
     arch: str = "llama-2-70b",
     log: Callable[[str], None] = lambda _: None,
 ) -> FitResult:
-    """How much slower than the measured kernels the engine ran (``EngineOverheads.kernel_scale``), from the
-    absolute P99 TTFT of rows where nothing queues but a few prefills (the lowest load): golden-section on
-    the squared log error. The per-request latency scales with it, so that the clock law's ratios (fitted
-    at scale 1, ``fit_clock_law``) keep the latency-to-kernel proportion they were fitted with."""
+    """How much slower than the measured kernels the engine ran (``EngineOverheads.kernel_scale``) and its
+    per-request latency (``request_s``), from the absolute P99 TTFT of rows at one clock where little
+    queues but a few prefills (the lowest load): golden-section on the scale, the latency that best fits
+    each scale (``_best_offset``), squared log errors. The value is ``(kernel_scale, request_s)``."""
     base = calibration.engines[engine].overheads
     measured = [p.ttft_p99_s for p in points]
     evals = 0
+    offsets: dict[float, float] = {}
 
     def err(scale: float) -> float:
         nonlocal evals
         evals += 1
-        o = dataclasses.replace(base, kernel_scale=scale, request_s=base.request_s * scale)
+        o = dataclasses.replace(base, kernel_scale=scale, request_s=0.0)
         model = ServingModel(arch, engine, _with_overheads(calibration, engine, o))
-        ttft = [char_outcome(model, p).ttft_p99_s for p in points]  # the engine adds request_s
-        value = float(np.mean([_sq_log(t, m) for t, m in zip(ttft, measured, strict=True)]))
-        log(f"kernel scale {scale:.3f}: rms log error {math.sqrt(value):.4f} over {len(points)} rows")
+        ttft = [char_outcome(model, p).ttft_p99_s for p in points]
+        offsets[scale], value = _best_offset(ttft, measured)
+        log(
+            f"kernel scale {scale:.3f}, request latency {offsets[scale] * 1e3:.1f} ms: "
+            f"rms log error {math.sqrt(value):.4f}"
+        )
         return value
 
-    scale, value = _golden(err, 0.5, 3.0, rounds=25)
-    return FitResult(round(scale, 3), math.sqrt(value), evals, len(points))
+    scale, value = _golden(err, 0.5, 3.0, rounds=20)
+    return FitResult((round(scale, 3), offsets[scale]), math.sqrt(value), evals, len(points))

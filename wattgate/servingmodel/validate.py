@@ -92,25 +92,29 @@ def leave_one_clock_out(
     held = set(fit.below_knee_char(points))
     clocks = sorted({p.clock_mhz for p in points})
     replays: dict[tuple[float, float, float], dict[CharPoint, Outcome]] = {}
+    scaled_tables: dict[float, dict[tuple[float, float], list[float]]] = {}
     folds = []
     for clock in clocks:
-        best: tuple[float, tuple[float, float], float] | None = None
-        for exps, ttft in table.items():
-            req, err = fit.best_ratio_offset(low, ttft, measured, exclude_clock=clock)
-            if best is None or err < best[0]:
-                best = (err, exps, req)
-        assert best is not None
-        _, (ce, me), req = best
-        law = ClockLaw(ce, me, calibration.clock_law.max_clock_mhz)
         ref_clock = max(c for c in clocks if c != clock)
-        # the engine's kernel speed, as the calibration fits it but on the highest clock left in
+        # 1. the engine's kernel speed and request latency on the absolute TTFTs of the highest clock left in
+        #    (at the top clock no law enters; below it, the law the unscaled ratios pick without this clock)
+        law0 = _best_law(table, low, measured, clock, calibration.clock_law.max_clock_mhz)
         cal = fit._with_overheads(
-            dataclasses.replace(base, clock_law=law),
-            engine,
-            dataclasses.replace(overheads, request_s=req, kernel_scale=1.0),
+            dataclasses.replace(base, clock_law=law0), engine, dataclasses.replace(overheads, request_s=0.0)
         )
-        scale = fit.fit_kernel_scale(cal, [p for p in low if p.clock_mhz == ref_clock], engine=engine, arch=arch).value
-        assert isinstance(scale, float)
+        top = [p for p in low if p.clock_mhz == ref_clock]
+        scale, req = fit.fit_kernel_scale(cal, top, engine=engine, arch=arch).value  # type: ignore[misc]
+        # 2. the clock law on the ratios without this clock, at that speed and latency (as the calibration does)
+        if scale not in scaled_tables:
+            scaled = fit._with_overheads(
+                base, engine, dataclasses.replace(overheads, request_s=0.0, kernel_scale=scale)
+            )
+            _, scaled_tables[scale] = fit.fit_clock_law(scaled, low, engine=engine, arch=arch, request_s=req)
+        ce, me = min(
+            scaled_tables[scale],
+            key=lambda e: fit.ratio_error(low, scaled_tables[scale][e], measured, req, exclude_clock=clock),
+        )
+        law = ClockLaw(ce, me, calibration.clock_law.max_clock_mhz)
         if (ce, me, scale) not in replays:
             cal = fit._with_overheads(
                 dataclasses.replace(base, clock_law=law),
@@ -128,14 +132,27 @@ def leave_one_clock_out(
             ref = by_key.get((p.tp, p.rtype, p.load_rps, ref_clock))
             if p.clock_mhz != clock or p not in held or ref is None:
                 continue
-            ratio = (outcome[p].ttft_p99_s + req * scale) / (outcome[ref].ttft_p99_s + req * scale)
+            ratio = (outcome[p].ttft_p99_s + req) / (outcome[ref].ttft_p99_s + req)
             rows.append((p, ref.ttft_p99_s * ratio, modelled_power_w(power, outcome[p], p)))
-        folds.append(ClockFold(clock, law, req * scale, rows, scale))
+        folds.append(ClockFold(clock, law, req, rows, scale))
         log(
             f"clock {clock} MHz held out: law {ce}/{me}, kernel scale {scale}, "
-            f"request latency {req * scale * 1e3:.1f} ms, {len(rows)} rows"
+            f"request latency {req * 1e3:.1f} ms, {len(rows)} rows"
         )
     return folds
+
+
+def _best_law(
+    table: dict[tuple[float, float], list[float]],
+    low: Sequence[CharPoint],
+    measured: Sequence[float],
+    exclude_clock: int,
+    max_clock_mhz: int,
+) -> ClockLaw:
+    """The exponents whose unscaled TTFTs best reproduce the ratios without ``exclude_clock`` (latency free)."""
+    errs = {e: fit.best_ratio_offset(low, t, measured, exclude_clock=exclude_clock)[1] for e, t in table.items()}
+    ce, me = min(errs, key=lambda e: errs[e])
+    return ClockLaw(ce, me, max_clock_mhz)
 
 
 def modelled_power_w(power: object, o: Outcome, p: CharPoint) -> float:
