@@ -52,10 +52,21 @@ def poisson_run(
     return replay_run(engine, arrivals, input_tokens, output_tokens)
 
 
-def replay_run(engine: Engine, arrivals: Sequence[float], input_tokens: int, output_tokens: int) -> Outcome:
+def replay_run(
+    engine: Engine,
+    arrivals: Sequence[float],
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    from_first_arrival: bool = False,
+) -> Outcome:
     """Send one request of fixed lengths at each of ``arrivals`` (ascending, engine seconds) and run the
-    engine until the last one finishes; power is the mean from the engine's start to that finish."""
+    engine until the last one finishes; power (and ``duration_s``) is the mean from the engine's start, or
+    with ``from_first_arrival`` from the first request's arrival, to that finish."""
+    if from_first_arrival and arrivals:
+        engine.advance(arrivals[0])
     start = engine.time_s
+    energy_before = engine.totals.energy_j
     for i, t in enumerate(arrivals):
         engine.advance(t)
         engine.submit(str(i), input_tokens, output_tokens, t)
@@ -65,7 +76,7 @@ def replay_run(engine: Engine, arrivals: Sequence[float], input_tokens: int, out
     ttft = np.array([f.ttft_s for f in done])
     tpot = np.array([f.tpot_s for f in done if f.tpot_s is not None] or [0.0])
     tot = engine.totals
-    energy = engine.totals.energy_j
+    energy = engine.totals.energy_j - energy_before
     return Outcome(
         len(done),
         float(ttft.mean()),

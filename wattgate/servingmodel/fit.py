@@ -139,9 +139,12 @@ def _with_overheads(calibration: Calibration, engine: str, overheads: EngineOver
 
 def char_outcome(model: ServingModel, p: CharPoint) -> Outcome:
     """The modelled characterization point: its benchmark's own arrivals (``CharPoint.arrivals``: the same
-    seeded Poisson draw the prototype sent) of the type's lengths, on one engine at the point's clock."""
+    seeded Poisson draw the prototype sent) of the type's lengths, on one engine at the point's clock. Power
+    is averaged from the first arrival to the last completion, as the prototype's analysis did: it cut each
+    run's DCGM samples from the first one above 140 W to the last one above before 8 s of idle
+    (``trace_shard_level_over_time.py``), so the idle wait before the first request is not in it."""
     engine = model.engine(p.tp, clock_mhz=p.clock_mhz)
-    return replay_run(engine, p.arrivals(), p.input_tokens, p.output_tokens)
+    return replay_run(engine, p.arrivals(), p.input_tokens, p.output_tokens, from_first_arrival=True)
 
 
 # An H100 SXM board draws at most 700 W: the power model's watt figures are bounded so that no state of
