@@ -152,3 +152,18 @@ def test_kernel_scale_stretches_every_kernel_but_not_the_overheads() -> None:
     (ttft1, busy1), (ttft2, busy2) = lone(1.0), lone(2.0)
     assert busy2 == pytest.approx(2 * busy1, rel=1e-9)
     assert 1.5 * ttft1 < ttft2 < 2 * ttft1  # the prefill's overheads do not double
+
+
+def test_characterization_power_leaves_out_the_idle_wait_before_the_first_request() -> None:
+    """The prototype averaged DCGM samples from the first one above 140 W: the modelled window starts at the
+    first arrival, and the energy left out is exactly the idle engine's draw until then."""
+    model = ServingModel("llama-2-70b", "dynamollm-2024")
+    whole = replay_run(model.engine(2), [10.0, 12.0], 467, 96)
+    busy = replay_run(model.engine(2), [10.0, 12.0], 467, 96, from_first_arrival=True)
+    assert whole.duration_s == pytest.approx(busy.duration_s + 10.0)
+    idle_j = model.calibration.power.idle_gpu_w(1980) * 2 * 10.0
+    assert whole.power_w * whole.duration_s == pytest.approx(busy.power_w * busy.duration_s + idle_j)
+    assert busy.power_w > whole.power_w and busy.ttft_p99_s == whole.ttft_p99_s
+    ls = CharPoint(2, 1980, RequestType.parse("LS"), 0.5, 1.0, 1000.0)
+    out = char_outcome(model, ls)
+    assert ls.arrivals()[-1] - ls.arrivals()[0] < out.duration_s < 20.0  # from the first arrival, not from 0
