@@ -103,7 +103,9 @@ def leave_one_clock_out(
             dataclasses.replace(base, clock_law=law0), engine, dataclasses.replace(overheads, request_s=0.0)
         )
         top = [p for p in low if p.clock_mhz == ref_clock]
-        scale, req = fit.fit_kernel_scale(cal, top, engine=engine, arch=arch).value  # type: ignore[misc]
+        fitted = fit.fit_kernel_scale(cal, top, engine=engine, arch=arch).value
+        assert isinstance(fitted, tuple)
+        scale, req = float(fitted[0]), float(fitted[1])
         # 2. the clock law on the ratios without this clock, at that speed and latency (as the calibration does)
         if scale not in scaled_tables:
             scaled = fit._with_overheads(
