@@ -161,6 +161,7 @@ def test_characterization_power_leaves_out_the_idle_wait_before_the_first_reques
     whole = replay_run(model.engine(2), [10.0, 12.0], 467, 96)
     busy = replay_run(model.engine(2), [10.0, 12.0], 467, 96, from_first_arrival=True)
     assert whole.duration_s == pytest.approx(busy.duration_s + 10.0)
+    assert whole.idle_s == pytest.approx(busy.idle_s + 10.0)
     idle_j = model.calibration.power.idle_gpu_w(1980) * 2 * 10.0
     assert whole.power_w * whole.duration_s == pytest.approx(busy.power_w * busy.duration_s + idle_j)
     assert busy.power_w > whole.power_w and busy.ttft_p99_s == whole.ttft_p99_s

@@ -66,7 +66,7 @@ def replay_run(
     if from_first_arrival and arrivals:
         engine.advance(arrivals[0])
     start = engine.time_s
-    energy_before = engine.totals.energy_j
+    energy_before, idle_before = engine.totals.energy_j, engine.totals.idle_s
     for i, t in enumerate(arrivals):
         engine.advance(t)
         engine.submit(str(i), input_tokens, output_tokens, t)
@@ -90,7 +90,7 @@ def replay_run(
         tot.compute_s,
         tot.memory_s,
         tot.overhead_s,
-        tot.idle_s,
+        tot.idle_s - idle_before,
         tot.comm_s,
         tot.latency_s,
     )
