@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule, burst_until
 from wattgate.gateway.routing import (
@@ -69,9 +70,9 @@ LIVE = (State.STARTING, State.WAKING, State.READY)  # instances that serve or so
 MAX_CONCURRENCY = 10**6  # the router's concurrency bound per instance: none, in effect
 
 
-@dataclass(frozen=True)
-class Arrival:
-    """A request as the replay routes it: true type (for judging) and predicted type (for routing)."""
+class Arrival(NamedTuple):
+    """A request as the replay routes it: true type (for judging) and predicted type (for routing). A named
+    tuple, not a dataclass: a replay makes one per request, and hands them all to each worker process."""
 
     arrival_s: float
     true_type: int
