@@ -40,6 +40,7 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wattgate.servingmodel.errors import ServingModelError
 from wattgate.servingmodel.power import PowerModel
@@ -104,9 +105,8 @@ class Request:
     preemptions: int = 0
 
 
-@dataclass(frozen=True)
-class Finished:
-    """A finished request, as the engine saw it (modelled)."""
+class Finished(NamedTuple):
+    """A finished request, as the engine saw it (modelled). A named tuple: one per request, made fast."""
 
     id: str
     arrival_s: float
@@ -173,6 +173,7 @@ class Engine:
         self.clock_mhz = clock_mhz
         self._clock_changes: list[tuple[float, int]] = []
         self._clock_factors: dict[int, tuple[float, float]] = {}
+        self._power_factors: dict[int, tuple[float, float]] = {}  # the power model's, per clock (``_account``)
         self.totals = Totals()
         self._g = 0  # decode steps so far
         self._waiting: deque[Request] = deque()
@@ -634,7 +635,10 @@ class Engine:
         tot.comm_s += t.comm_s
         tot.latency_s += t.latency_s
         tot.steps += steps
-        tot.energy_j += self.power.step_energy_j(t, clock, self.config.tp)
+        g = self._power_factors.get(clock)
+        if g is None:
+            g = self._power_factors[clock] = self.power.clock_factors(clock)
+        tot.energy_j += self.power.step_energy_at(t, g, self.config.tp)
 
     def requests(self) -> Iterator[Request]:
         return iter(self._requests.values())
