@@ -186,6 +186,7 @@ class Engine:
         self._order = 0
         self._done: list[Finished] = []
         self._half_block = config.block_size // 2
+        self._planned: _Decision | None = None  # the last step planned and not yet committed (``_schedule``)
 
     # -- requests ----------------------------------------------------------------------------
     def submit(self, request_id: str, prompt_tokens: int, output_tokens: int, at_s: float) -> None:
@@ -202,6 +203,7 @@ class Engine:
         r = Request(request_id, at_s, prompt_tokens, output_tokens, target=prompt_tokens)
         self._requests[request_id] = r
         self._waiting.append(r)
+        self._planned = None
 
     def cancel(self, request_id: str) -> None:
         """The client went away: free the request's slot and cache now."""
@@ -210,6 +212,7 @@ class Engine:
             return
         self._release(r)
         r.phase = Phase.CANCELLED
+        self._planned = None
 
     def get(self, request_id: str) -> Request | None:
         return self._requests.get(request_id)
@@ -257,6 +260,7 @@ class Engine:
     # -- clock -------------------------------------------------------------------------------
     def set_clock(self, clock_mhz: int, at_s: float) -> None:
         """Lock a new SM clock from ``at_s`` on: the first step that starts at or after it runs at it."""
+        self._planned = None
         if at_s <= self.time_s and not self._clock_changes:
             self.clock_mhz = clock_mhz
             return
@@ -443,6 +447,7 @@ class Engine:
             if k < 1:
                 return _Run.STOP  # the next step ends after until_s
             run = cost.decode_run(n, kv, k, f)
+        self._planned = None
         self._account(run, clock, k)
         self._g += k
         self.time_s = s + run.total_s
@@ -451,6 +456,15 @@ class Engine:
 
     # -- internals: one scheduled step -------------------------------------------------------
     def _schedule(self, s: float, clock: int, dry: bool = False) -> _Decision:
+        """The step that starts at ``s`` at ``clock``, as the scheduler plans it (``_plan``). Kept until the
+        engine's state changes: a step in flight at a horizon is asked for again by ``energy_j_at`` and by the
+        next ``advance``, which commits it (the same plan: the same state gives the same step)."""
+        d = self._planned
+        if d is None or d.start_s != s or d.clock_mhz != clock:
+            d = self._planned = self._plan(s, clock)
+        return d
+
+    def _plan(self, s: float, clock: int) -> _Decision:
         cfg = self.config
         n = len(self._decoding)
         d = _Decision(s, clock, n, [], [], [])
@@ -551,6 +565,7 @@ class Engine:
 
     def _apply(self, d: _Decision) -> None:
         assert d.time is not None
+        self._planned = None
         end = d.start_s + d.time.total_s
         for v in d.preempt:
             self._preempt(v)
