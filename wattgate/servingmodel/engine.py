@@ -432,15 +432,18 @@ class Engine:
         a clock change or the horizon): ``k`` steps fit a budget iff their closed-form time is within it."""
         n = len(self._decoding)
         k = self._decode_cap(n)
+        if k < 1:
+            return _Run.NO
         kv = self._kv_read()
         f = self._factors(clock)
         cost = self.cost
+        if until_s != math.inf and not cost.decode_run_s(n, kv, 1, f) <= until_s - s:
+            # the step in flight at the horizon (a run's time grows with its steps: no run of >= 1 step fits)
+            return _Run.STOP
         for t in (self._waiting[0].arrival_s if self._waiting else None, self._next_clock_change()):
             # stop at the first step that starts at or after t: at most (steps that end by t) + 1
             if t is not None and t > s and k > 1 and not cost.decode_run_s(n, kv, k - 1, f) <= t - s:
                 k = cost.decode_steps_within(n, kv, t - s, f) + 1
-        if k < 1:
-            return _Run.NO
         run = cost.decode_run(n, kv, k, f)
         if until_s != math.inf and not run.total_s <= until_s - s:
             k = cost.decode_steps_within(n, kv, until_s - s, f)  # fewer than k
