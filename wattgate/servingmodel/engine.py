@@ -255,7 +255,7 @@ class Engine:
 
     def kv_used_tokens(self) -> int:
         n = len(self._decoding)
-        return self._s0 + n * self._g + self._prefill_kv + self._half_block * self.running
+        return self._s0 + n * self._g + self._prefill_kv + self._half_block * (n + len(self._prefilling))
 
     # -- clock -------------------------------------------------------------------------------
     def set_clock(self, clock_mhz: int, at_s: float) -> None:
@@ -435,21 +435,20 @@ class Engine:
         if k < 1:
             return _Run.NO
         kv = self._kv_read()
-        f = self._factors(clock)
-        cost = self.cost
-        if until_s != math.inf and not cost.decode_run_s(n, kv, 1, f) <= until_s - s:
+        steps = self.cost.decode_steps(n, self._factors(clock))
+        if until_s != math.inf and not steps.run_s(kv, 1) <= until_s - s:
             # the step in flight at the horizon (a run's time grows with its steps: no run of >= 1 step fits)
             return _Run.STOP
         for t in (self._waiting[0].arrival_s if self._waiting else None, self._next_clock_change()):
             # stop at the first step that starts at or after t: at most (steps that end by t) + 1
-            if t is not None and t > s and k > 1 and not cost.decode_run_s(n, kv, k - 1, f) <= t - s:
-                k = cost.decode_steps_within(n, kv, t - s, f) + 1
-        run = cost.decode_run(n, kv, k, f)
+            if t is not None and t > s and k > 1 and not steps.run_s(kv, k - 1) <= t - s:
+                k = steps.within(kv, t - s) + 1
+        run = steps.run(kv, k)
         if until_s != math.inf and not run.total_s <= until_s - s:
-            k = cost.decode_steps_within(n, kv, until_s - s, f)  # fewer than k
+            k = steps.within(kv, until_s - s)  # fewer than k
             if k < 1:
                 return _Run.STOP  # the next step ends after until_s
-            run = cost.decode_run(n, kv, k, f)
+            run = steps.run(kv, k)
         self._planned = None
         self._account(run, clock, k)
         self._g += k
