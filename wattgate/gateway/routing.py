@@ -152,7 +152,7 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
     """
     ready = [i for i in instances if i.spec.ready and i.serves(model)]
     usable = [i for i in ready if i.routable(now) and i.in_flight < i.spec.max_concurrency and i.id not in exclude]
-    picked = _pick(usable, rtype, routes, spill_any)
+    picked = pick(usable, rtype, routes, spill_any)
     if picked is not None or panic_below <= 0:
         return picked
     panicking = _panicking_pools(ready, now, panic_below)
@@ -166,27 +166,41 @@ def choose(  # noqa: PLR0917  (the proxy passes them positionally on its hot pat
         and i.in_flight < i.spec.max_concurrency
         and i.id not in exclude
     ]
-    return _pick(spare, rtype, routes, spill_any)
+    return pick(spare, rtype, routes, spill_any)
 
 
-def _pick(
-    usable: list[Instance], rtype: RequestType | None, routes: Routes | None, spill_any: bool = False
+def by_pool(usable: Iterable[Instance]) -> dict[str | None, list[Instance]]:
+    """``usable`` grouped by pool (None: instances without one), each group in ``usable``'s order: the first
+    least loaded wins ties."""
+    groups: dict[str | None, list[Instance]] = {}
+    for i in usable:
+        groups.setdefault(i.spec.pool, []).append(i)
+    return groups
+
+
+def pick(
+    usable: list[Instance],
+    rtype: RequestType | None,
+    routes: Routes | None,
+    spill_any: bool = False,
+    pools: Mapping[str | None, list[Instance]] | None = None,
 ) -> tuple[Instance, str] | None:
-    """The least loaded instance with room (below its admission ``limit``) of the first pool of the route that
-    has one; when every pool is full, with ``spill_any`` the least full instance with room of any pool, else
-    the least loaded of the first pool with any usable instance."""
+    """``choose``'s rule over instances already known to be usable (ready, routable, below their concurrency
+    bound, not excluded): the least loaded instance with room (below its admission ``limit``) of the first pool
+    of the route that has one; when every pool is full, with ``spill_any`` the least full instance with room of
+    any pool, else the least loaded of the first pool with any usable instance. ``pools``: ``by_pool(usable)``,
+    for a caller that routes many requests over the same instances (the replay) and keeps it."""
     if not usable:
         return None
     if rtype is None:
         best = min(usable, key=_load)
         return best, best.spec.pool or "any"
     order = routes.get(rtype.name) if routes else None
-    by_pool: dict[str | None, list[Instance]] = {}  # in ``usable``'s order: the first least loaded wins ties
-    for i in usable:
-        by_pool.setdefault(i.spec.pool, []).append(i)
+    if pools is None:
+        pools = by_pool(usable)
     full: tuple[list[Instance], str] | None = None  # where the request queues when every pool is full
     for pool in order or pools_for(rtype):
-        members = by_pool.get(pool)
+        members = pools.get(pool)
         if not members:
             continue
         room = [i for i in members if i.in_flight < i.limit]
@@ -194,7 +208,7 @@ def _pick(
             return min(room, key=_load), pool
         if full is None:
             full = members, pool
-    generic = by_pool.get(None, [])
+    generic = pools.get(None, [])
     if full is None and generic:
         return min(generic, key=_load), rtype.name
     room = [i for i in generic if i.in_flight < i.limit]
@@ -331,9 +345,11 @@ __all__ = [
     "LengthClass",
     "Routes",
     "admission_limit",
+    "by_pool",
     "choose",
     "expected_output_tokens",
     "may_eject",
+    "pick",
     "plan_limits",
     "plan_routes",
     "plan_weights",

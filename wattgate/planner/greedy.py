@@ -222,6 +222,7 @@ class _PoolCover:
                 top[it.config] = it
         self.running = [it for c, it in top.items() for _ in range(self.current[c])]
         self.memo: dict[float, Cover] = {}
+        self.units = {id(it): self._unit(it) for it in self.items}  # every plan's items are the pool's
 
     def _unit(self, it: Item) -> float:
         return it.power_w + self.price * it.tp
@@ -268,7 +269,11 @@ class _PoolCover:
                     yield kept + extra
 
     def _base(self, plan: tuple[tuple[Item, int], ...]) -> float:
-        return sum((it.power_w + self.price * it.tp) * m for it, m in plan)
+        units = self.units
+        total: float = 0  # as sum() adds: from int 0, in order (the same floats)
+        for it, m in plan:
+            total += units[id(it)] * m
+        return total
 
     def _reconfiguration(self, plan: tuple[tuple[Item, int], ...]) -> float:
         if not self.current:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -34,8 +35,8 @@ class RequestType:
     input: LengthClass
     output: LengthClass
 
-    @property
-    def name(self) -> str:
+    @functools.cached_property
+    def name(self) -> str:  # cached: the router asks for it on every request
         return f"{self.input.value}{self.output.value}"
 
     def __str__(self) -> str:

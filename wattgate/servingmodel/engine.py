@@ -40,6 +40,7 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wattgate.servingmodel.errors import ServingModelError
 from wattgate.servingmodel.power import PowerModel
@@ -107,9 +108,8 @@ class Request:
     preemptions: int = 0
 
 
-@dataclass(frozen=True)
-class Finished:
-    """A finished request, as the engine saw it (modelled)."""
+class Finished(NamedTuple):
+    """A finished request, as the engine saw it (modelled). A named tuple: one per request, made fast."""
 
     id: str
     arrival_s: float
@@ -176,6 +176,7 @@ class Engine:
         self.clock_mhz = clock_mhz
         self._clock_changes: list[tuple[float, int]] = []
         self._clock_factors: dict[int, tuple[float, float]] = {}
+        self._power_factors: dict[int, tuple[float, float]] = {}  # the power model's, per clock (``_account``)
         self.totals = Totals()
         self._g = 0  # decode steps so far
         self._waiting: deque[Request] = deque()
@@ -188,6 +189,7 @@ class Engine:
         self._order = 0
         self._done: list[Finished] = []
         self._half_block = config.block_size // 2
+        self._planned: _Decision | None = None  # the last step planned and not yet committed (``_schedule``)
 
     # -- requests ----------------------------------------------------------------------------
     def submit(self, request_id: str, prompt_tokens: int, output_tokens: int, at_s: float) -> None:
@@ -204,6 +206,7 @@ class Engine:
         r = Request(request_id, at_s, prompt_tokens, output_tokens, target=prompt_tokens)
         self._requests[request_id] = r
         self._waiting.append(r)
+        self._planned = None
 
     def cancel(self, request_id: str) -> None:
         """The client went away: free the request's slot and cache now."""
@@ -212,6 +215,7 @@ class Engine:
             return
         self._release(r)
         r.phase = Phase.CANCELLED
+        self._planned = None
 
     def get(self, request_id: str) -> Request | None:
         return self._requests.get(request_id)
@@ -254,11 +258,12 @@ class Engine:
 
     def kv_used_tokens(self) -> int:
         n = len(self._decoding)
-        return self._s0 + n * self._g + self._prefill_kv + self._half_block * self.running
+        return self._s0 + n * self._g + self._prefill_kv + self._half_block * (n + len(self._prefilling))
 
     # -- clock -------------------------------------------------------------------------------
     def set_clock(self, clock_mhz: int, at_s: float) -> None:
         """Lock a new SM clock from ``at_s`` on: the first step that starts at or after it runs at it."""
+        self._planned = None
         if at_s <= self.time_s and not self._clock_changes:
             self.clock_mhz = clock_mhz
             return
@@ -435,21 +440,24 @@ class Engine:
         a clock change or the horizon): ``k`` steps fit a budget iff their closed-form time is within it."""
         n = len(self._decoding)
         k = self._decode_cap(n)
-        kv = self._kv_read()
-        f = self._factors(clock)
-        cost = self.cost
-        for t in (self._waiting[0].arrival_s if self._waiting else None, self._next_clock_change()):
-            # stop at the first step that starts at or after t: at most (steps that end by t) + 1
-            if t is not None and t > s and k > 1 and not cost.decode_run_s(n, kv, k - 1, f) <= t - s:
-                k = cost.decode_steps_within(n, kv, t - s, f) + 1
         if k < 1:
             return _Run.NO
-        run = cost.decode_run(n, kv, k, f)
+        kv = self._kv_read()
+        steps = self.cost.decode_steps(n, self._factors(clock))
+        if until_s != math.inf and not steps.run_s(kv, 1) <= until_s - s:
+            # the step in flight at the horizon (a run's time grows with its steps: no run of >= 1 step fits)
+            return _Run.STOP
+        for t in (self._waiting[0].arrival_s if self._waiting else None, self._next_clock_change()):
+            # stop at the first step that starts at or after t: at most (steps that end by t) + 1
+            if t is not None and t > s and k > 1 and not steps.run_s(kv, k - 1) <= t - s:
+                k = steps.within(kv, t - s) + 1
+        run = steps.run(kv, k)
         if until_s != math.inf and not run.total_s <= until_s - s:
-            k = cost.decode_steps_within(n, kv, until_s - s, f)  # fewer than k
+            k = steps.within(kv, until_s - s)  # fewer than k
             if k < 1:
                 return _Run.STOP  # the next step ends after until_s
-            run = cost.decode_run(n, kv, k, f)
+            run = steps.run(kv, k)
+        self._planned = None
         self._account(run, clock, k)
         self._g += k
         self.time_s = s + run.total_s
@@ -458,6 +466,15 @@ class Engine:
 
     # -- internals: one scheduled step -------------------------------------------------------
     def _schedule(self, s: float, clock: int, dry: bool = False) -> _Decision:
+        """The step that starts at ``s`` at ``clock``, as the scheduler plans it (``_plan``). Kept until the
+        engine's state changes: a step in flight at a horizon is asked for again by ``energy_j_at`` and by the
+        next ``advance``, which commits it (the same plan: the same state gives the same step)."""
+        d = self._planned
+        if d is None or d.start_s != s or d.clock_mhz != clock:
+            d = self._planned = self._plan(s, clock)
+        return d
+
+    def _plan(self, s: float, clock: int) -> _Decision:
         cfg = self.config
         n = len(self._decoding)
         d = _Decision(s, clock, n, [], [], [])
@@ -558,6 +575,7 @@ class Engine:
 
     def _apply(self, d: _Decision) -> None:
         assert d.time is not None
+        self._planned = None
         end = d.start_s + d.time.total_s
         for v in d.preempt:
             self._preempt(v)
@@ -642,7 +660,10 @@ class Engine:
         tot.comm_s += t.comm_s
         tot.latency_s += t.latency_s
         tot.steps += steps
-        tot.energy_j += self.power.step_energy_j(t, clock, self.config.tp)
+        g = self._power_factors.get(clock)
+        if g is None:
+            g = self._power_factors[clock] = self.power.clock_factors(clock)
+        tot.energy_j += self.power.step_energy_at(t, g, self.config.tp)
 
     def requests(self) -> Iterator[Request]:
         return iter(self._requests.values())

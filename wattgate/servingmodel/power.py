@@ -64,9 +64,17 @@ class PowerModel:
     def idle_gpu_w(self, clock_mhz: float) -> float:
         return self.idle_w + self.idle_clock_w * self._g(clock_mhz)[0]
 
+    def clock_factors(self, clock_mhz: float) -> tuple[float, float]:
+        """``(g, gm)`` at ``clock_mhz`` (module docstring), for ``step_energy_at``: an engine keeps them per clock."""
+        return self._g(clock_mhz)
+
     def step_energy_j(self, step: StepTime, clock_mhz: float, gpus: int) -> float:
         """Energy of all ``gpus`` of a TP group over one step (or a run of steps)."""
-        g, gm = self._g(clock_mhz)
+        return self.step_energy_at(step, self._g(clock_mhz), gpus)
+
+    def step_energy_at(self, step: StepTime, factors: tuple[float, float], gpus: int) -> float:
+        """``step_energy_j`` with the clock's ``clock_factors`` given."""
+        g, gm = factors
         idle = self.idle_w + self.idle_clock_w * g
         per_gpu = step.total_s * idle + step.compute_s * self.compute_w * g + step.memory_s * self.memory_w * gm
         per_gpu += step.comm_s * self.comm_w * gm

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -79,10 +80,10 @@ def _factors(law: ClockLaw, clock_mhz: float) -> tuple[float, float]:
     return r**law.compute_exp, r**law.memory_exp
 
 
-@dataclass(frozen=True)
-class StepTime:
+class StepTime(NamedTuple):
     """One step (or a run of identical decode steps): seconds spent compute-bound, memory-bound, on overhead,
-    and in the all-reduces (communication over NVLink; zero at TP1)."""
+    and in the all-reduces (communication over NVLink; zero at TP1). A named tuple, not a frozen dataclass:
+    the engine makes one per step or run of steps, and a tuple is made several times faster."""
 
     compute_s: float
     memory_s: float
@@ -133,7 +134,7 @@ class StepCost:
         self._lm_comp[0] = self._lm_mem[0] = 0.0
         self._lin_comp[0] = self._lin_mem[0] = self._lin_lat[0] = self._ew[0] = self._ar[0] = 0.0
         self.kv_token_s = curves.decode.per_kv_token_s * self.layers
-        self._base_cache: dict[tuple[int, tuple[float, float]], StepTime] = {}
+        self._base_cache: dict[tuple[int, tuple[float, float]], DecodeSteps] = {}
         # causal attention over n tokens (all layers), dense up to PREFILL_TOKENS: looked up per chunk
         self._attn = loglog(
             curves.prefill_isl, curves.prefill_per_layer_s, np.maximum(np.arange(PREFILL_TOKENS + 1), 1.0)
@@ -223,55 +224,73 @@ class StepCost:
         fc, fm = factors
         return StepTime(comp * fc, mem * fm, overhead, comm * fm, lat * fm)
 
-    def _decode_base(self, decodes: int, factors: tuple[float, float]) -> StepTime:
-        """A decode-only step of ``decodes`` sequences with an empty cache (cached: the hot path asks often)."""
+    def decode_steps(self, decodes: int, factors: tuple[float, float]) -> DecodeSteps:
+        """Runs of decode-only steps of ``decodes`` sequences at clock ``factors`` (cached: the hot path asks often)."""
         key = (decodes, factors)
-        base = self._base_cache.get(key)
-        if base is None:
+        steps = self._base_cache.get(key)
+        if steps is None:
             if len(self._base_cache) > 65536:
                 self._base_cache.clear()
-            base = self._base_cache[key] = self.step(
-                decodes=decodes, kv_tokens=0.0, prefill=(), sampled=decodes, factors=factors
-            )
-        return base
+            base = self.step(decodes=decodes, kv_tokens=0.0, prefill=(), sampled=decodes, factors=factors)
+            steps = self._base_cache[key] = DecodeSteps(base, decodes, self.kv_token_s * factors[1])
+        return steps
 
     def decode_run(self, decodes: int, kv_tokens: float, steps: int, factors: tuple[float, float]) -> StepTime:
         """``steps`` consecutive decode-only steps of ``decodes`` sequences, the KV cache growing by
         ``decodes`` tokens per step from ``kv_tokens``: the same step with a linearly growing attention term."""
-        base = self._decode_base(decodes, factors)
-        kv_read = steps * kv_tokens + decodes * steps * (steps - 1) / 2
+        return self.decode_steps(decodes, factors).run(kv_tokens, steps)
+
+    def decode_run_s(self, decodes: int, kv_tokens: float, steps: int, factors: tuple[float, float]) -> float:
+        """``decode_run(decodes, kv_tokens, steps, factors).total_s``, the same arithmetic, without the object."""
+        return self.decode_steps(decodes, factors).run_s(kv_tokens, steps)
+
+    def decode_steps_within(self, decodes: int, kv_tokens: float, budget_s: float, factors: tuple[float, float]) -> int:
+        """The most consecutive decode-only steps (as in ``decode_run``) that fit in ``budget_s``."""
+        return self.decode_steps(decodes, factors).within(kv_tokens, budget_s)
+
+
+class DecodeSteps:
+    """Runs of decode-only steps of one batch size at one clock, in closed form: a step with an empty cache
+    (``base``) plus an attention term that reads ``decodes`` more cached tokens each step (``kv_s`` seconds a
+    token). ``StepCost.decode_steps`` keeps one per batch size and clock, so an engine's run of steps looks it
+    up once."""
+
+    __slots__ = ("base", "decodes", "kv_s")
+
+    def __init__(self, base: StepTime, decodes: int, kv_s: float) -> None:
+        self.base, self.decodes, self.kv_s = base, decodes, kv_s
+
+    def run(self, kv_tokens: float, steps: int) -> StepTime:
+        """``steps`` consecutive steps from ``kv_tokens`` cached tokens."""
+        base = self.base
+        kv_read = steps * kv_tokens + self.decodes * steps * (steps - 1) / 2
         return StepTime(
             base.compute_s * steps,
-            base.memory_s * steps + self.kv_token_s * factors[1] * kv_read,
+            base.memory_s * steps + self.kv_s * kv_read,
             base.overhead_s * steps,
             base.comm_s * steps,
             base.latency_s * steps,
         )
 
-    def decode_run_s(self, decodes: int, kv_tokens: float, steps: int, factors: tuple[float, float]) -> float:
-        """``decode_run(decodes, kv_tokens, steps, factors).total_s``, the same arithmetic, without the object."""
-        base = self._decode_base(decodes, factors)
-        kv_read = steps * kv_tokens + decodes * steps * (steps - 1) / 2
+    def run_s(self, kv_tokens: float, steps: int) -> float:
+        """``run(kv_tokens, steps).total_s``, the same arithmetic, without the object."""
+        base = self.base
+        kv_read = steps * kv_tokens + self.decodes * steps * (steps - 1) / 2
         return (
             base.compute_s * steps
-            + (base.memory_s * steps + self.kv_token_s * factors[1] * kv_read)
+            + (base.memory_s * steps + self.kv_s * kv_read)
             + base.overhead_s * steps
             + base.comm_s * steps
             + base.latency_s * steps
         )
 
-    def decode_steps_within(self, decodes: int, kv_tokens: float, budget_s: float, factors: tuple[float, float]) -> int:
-        """The most consecutive decode-only steps (as in ``decode_run``) that fit in ``budget_s``."""
+    def within(self, kv_tokens: float, budget_s: float) -> int:
+        """The most consecutive steps from ``kv_tokens`` cached tokens that fit in ``budget_s``."""
         if budget_s <= 0:
             return 0
-        base = self._decode_base(decodes, factors)
-        kv_s = self.kv_token_s * factors[1]
-
-        def run_s(k: int) -> float:
-            return self.decode_run_s(decodes, kv_tokens, k, factors)
-
-        a = base.total_s + kv_s * kv_tokens
-        b = kv_s * decodes  # each step reads ``decodes`` more cached tokens
+        run_s = self.run_s
+        a = self.base.total_s + self.kv_s * kv_tokens
+        b = self.kv_s * self.decodes  # each step reads ``decodes`` more cached tokens
         # k*a + b*k*(k-1)/2 <= budget: the positive root, then exact on the integers (rounding)
         if b <= 0:
             k = int(budget_s / a)
@@ -279,8 +298,8 @@ class StepCost:
             qb = a - b / 2
             k = int((-qb + math.sqrt(qb * qb + 2 * b * budget_s)) / b)
         k = max(k, 0)
-        while k > 0 and run_s(k) > budget_s:
+        while k > 0 and run_s(kv_tokens, k) > budget_s:
             k -= 1
-        while run_s(k + 1) <= budget_s:
+        while run_s(kv_tokens, k + 1) <= budget_s:
             k += 1
         return k

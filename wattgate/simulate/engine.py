@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wattgate.agent.clock_policy import DEFAULT_BURST, BurstRule, burst_until
 from wattgate.gateway.routing import (
@@ -38,7 +39,9 @@ from wattgate.gateway.routing import (
     InstanceSpec,
     Routes,
     admission_limit,
+    by_pool,
     choose,
+    pick,
     plan_routes,
     plan_weights,
 )
@@ -64,11 +67,12 @@ REACT = ReactSettings()  # the reactive path's thresholds, the live planner's de
 STANDBY_MAX_S = 240.0  # a sleeper past this costs more (60 W a GPU over an empty one) than a restart
 REACT_PREFIX = "react-"  # ids of instances the reactive path adds: no planned load, so no admission limit
 LIVE = (State.STARTING, State.WAKING, State.READY)  # instances that serve or soon will
+MAX_CONCURRENCY = 10**6  # the router's concurrency bound per instance: none, in effect
 
 
-@dataclass(frozen=True)
-class Arrival:
-    """A request as the replay routes it: true type (for judging) and predicted type (for routing)."""
+class Arrival(NamedTuple):
+    """A request as the replay routes it: true type (for judging) and predicted type (for routing). A named
+    tuple, not a dataclass: a replay makes one per request, and hands them all to each worker process."""
 
     arrival_s: float
     true_type: int
@@ -152,7 +156,7 @@ class ReplayInstance:
 
 def _spec(inst: Instance, ready: bool) -> InstanceSpec:
     pool = None if inst.pool == GENERIC else inst.pool
-    return InstanceSpec(inst.id, "sim://" + inst.id, frozenset({MODEL}), pool, 10**6, None, "registry", ready)
+    return InstanceSpec(inst.id, "sim://" + inst.id, frozenset({MODEL}), pool, MAX_CONCURRENCY, None, "registry", ready)
 
 
 class Cluster:
@@ -188,6 +192,12 @@ class Cluster:
         self._chosen: dict[str, int] = {}  # the clock loop's last choice per instance
         self._burst: dict[str, float] = {}  # instances the burst rule holds at the top clock -> until when
         self._routable: list[RouteInstance] | None = None  # the ready instances' routes; None: to be listed
+        self._usable: list[RouteInstance] = []  # the ready ones of ``_routable``
+        self._pools: dict[str | None, list[RouteInstance]] = {}  # ``_usable`` by pool
+        # the replay's instances are never ejected and always healthy, and none can reach the concurrency bound
+        # with fewer requests than that: every ready instance is usable, so the router's ``pick`` can skip
+        # ``choose``'s filtering (the same choice)
+        self._all_usable = len(arrivals) < MAX_CONCURRENCY and (not arrivals or arrivals[0].arrival_s >= 0)
         self._expected = [_expected_output(t.output, edges) for t in REQUEST_TYPES]  # per predicted type
         self.missed = 0  # finished requests that missed their targets
         n = len(arrivals)
@@ -328,7 +338,12 @@ class Cluster:
         rtype = REQUEST_TYPES[a.pred_type]
         if self._routable is None:  # instances change state only in plans and ticks, never while routing
             self._routable = [ri.route for ri in self._in(State.READY)]
-        picked = choose(self._routable, MODEL, rtype, now, routes=self.routes, spill_any=self.b.spill_any)
+            self._usable = [r for r in self._routable if r.spec.ready]
+            self._pools = by_pool(self._usable)
+        if self._all_usable:
+            picked = pick(self._usable, rtype, self.routes, self.b.spill_any, self._pools)
+        else:
+            picked = choose(self._routable, MODEL, rtype, now, routes=self.routes, spill_any=self.b.spill_any)
         if picked is not None:
             ri = self.live[picked[0].id]
         else:  # nothing ready in any pool the type may use: the first instance that will be

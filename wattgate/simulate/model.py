@@ -10,6 +10,7 @@ from wattgate.profiles.table import Profile, ProfilePoint
 from wattgate.simulate.trace import SimulateError
 
 TYPE_INDEX = {t.name: i for i, t in enumerate(REQUEST_TYPES)}
+CLASSES_INDEX = {(t.input, t.output): i for i, t in enumerate(REQUEST_TYPES)}  # (input, output) -> TYPE_INDEX
 LOAD_STEP = 0.02  # req/s: operating points are looked up on this grid (cache key)
 
 
