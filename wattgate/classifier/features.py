@@ -44,7 +44,7 @@ _CUE_WORDS = {
     "cue_detail": _words("detailed comprehensive thorough"),
 }
 _CUE_PHRASES = {
-    "cue_explain": ("how does", "how do"),
+    "cue_explain": ("how do",),  # and so "how does"
     "cue_short": ("one word", "one sentence", "yes or no", "only answer", "just answer", "tl;dr"),
     "cue_detail": ("in detail", "step by step"),
 }
@@ -109,6 +109,7 @@ _UPPER = frozenset((
 # ~30 a list item): what matters is the order of magnitude, which the trees and adaptation refine.
 _UNIT_TOKENS = {"word": 1.3, "sentence": 22.0, "paragraph": 90.0, "line": 12.0, "verse": 12.0, "stanza": 50.0}
 _CODE_CHARS = "{};=()<>[]_"
+_CODE_BYTES = _CODE_CHARS.encode()
 _REASONING_LEVELS = {"none": 0.0, "minimal": 0.5, "low": 1.0, "medium": 2.0, "high": 3.0, "xhigh": 4.0}
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -295,7 +296,8 @@ def _turn_features(roles: list[str], counts: list[int], last: int) -> dict[str, 
 
 def _text_features(text: str) -> dict[str, float]:
     probe = (text[:CUE_HEAD_CHARS] + "\n" + text[-CUE_TAIL_CHARS:] if len(text) > CUE_HEAD_CHARS else text).lower()
-    word_list = probe.encode("utf-8", "surrogatepass").translate(_NOT_AZ_TO_SPACE).split()
+    raw = probe.encode("utf-8", "surrogatepass")
+    word_list = raw.translate(_NOT_AZ_TO_SPACE).split()
     words = set(word_list)
     first_word = word_list[0] if word_list else b""
     out = {
@@ -314,8 +316,10 @@ def _text_features(text: str) -> dict[str, float]:
     for name, vocab in _FIRST_WORDS.items():
         out[name] = 1.0 if first_word in vocab else 0.0
     n = len(probe) or 1
-    out["code_char_ratio"] = sum(map(probe.count, _CODE_CHARS)) / n
-    out["non_ascii_ratio"] = (n - len(probe.encode("ascii", "ignore"))) / n
+    # ASCII characters are single bytes in UTF-8: the code characters' count is the bytes one delete drops
+    out["code_char_ratio"] = (len(raw) - len(raw.translate(None, _CODE_BYTES))) / n
+    ascii_chars = len(probe) if probe.isascii() else len(probe.encode("ascii", "ignore"))
+    out["non_ascii_ratio"] = (n - ascii_chars) / n
     out.update(_length_request(probe) if not words.isdisjoint(_LENGTH_VOCAB) else _NO_REQUEST)
     return out
 

@@ -12,8 +12,9 @@ The sums run in the same order as the walk's, so the results are the same floats
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +33,10 @@ class QuickScorer:
     values: NDArray[np.float64]  # (tree, leaf position) -> value, flat
     baseline: NDArray[np.float64]
     n_classes: int
+    baseline_floats: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baseline_floats", tuple(self.baseline.tolist()))
 
     def raw(self, x: Sequence[float]) -> tuple[float, ...]:
         """The trees' summed outputs plus the baseline, per class; ``x`` holds every feature, in model order."""
@@ -44,8 +49,8 @@ class QuickScorer:
                 leaves &= prefix[below]
         segments = np.frombuffer(leaves.to_bytes(self.n_bytes, "little"), dtype=self.segment)
         picked = self.values.take(self.base + self.lowest_bit.take(segments))
-        out: list[float] = (self.baseline + picked.reshape(-1, self.n_classes).sum(axis=0)).tolist()
-        return tuple(out)
+        sums: list[float] = picked.reshape(-1, self.n_classes).sum(axis=0).tolist()
+        return tuple(map(operator.add, self.baseline_floats, sums))  # numpy's float additions, one call less
 
 
 def build(
