@@ -12,6 +12,7 @@ from wattgate.classifier.features import (
     _LIST_RE,
     _UNIT_RE,
     _asks_count,
+    _az_words,
     _length_request,
     _list_search,
     _text_features,
@@ -81,10 +82,13 @@ def test_anchored_scans_find_what_full_scans_find(seed: int) -> None:
         probe = _probe(rng)
         expected = _spans(SPEC_UNIT.finditer(probe))
         assert _spans(_unit_matches(probe)) == expected, probe
+        assert _spans(_unit_matches(probe, _az_words(probe))) == expected, probe
         hits += bool(expected)
         found, spec = _list_search(probe), SPEC_LIST.search(probe)
         assert (found and (found.span(), found.groups())) == (spec and (spec.span(), spec.groups())), probe
-        assert _asks_count(probe) == bool(SPEC_COUNT.search(probe)), probe
+        words = set(w.encode() for w in re.findall(r"[a-z]+", probe))
+        spec_count = ("at least" in probe or b"words" in words) and bool(SPEC_COUNT.search(probe))
+        assert _asks_count(probe, words) == spec_count, probe
     assert hits > 300  # the fuzz does exercise matches, not only misses
 
 

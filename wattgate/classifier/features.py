@@ -311,7 +311,7 @@ def _text_features(text: str) -> dict[str, float]:
         for phrase in phrases:
             hit = hit or phrase in probe
         out[name] = 1.0 if hit else 0.0
-    if not out["cue_detail"] and ("at least" in probe or b"words" in words) and _asks_count(probe):
+    if not out["cue_detail"] and _asks_count(probe, words):
         out["cue_detail"] = 1.0
     for name, vocab in _FIRST_WORDS.items():
         out[name] = 1.0 if first_word in vocab else 0.0
@@ -320,7 +320,7 @@ def _text_features(text: str) -> dict[str, float]:
     out["code_char_ratio"] = (len(raw) - len(raw.translate(None, _CODE_BYTES))) / n
     ascii_chars = len(probe) if probe.isascii() else len(probe.encode("ascii", "ignore"))
     out["non_ascii_ratio"] = (n - ascii_chars) / n
-    out.update(_length_request(probe) if not words.isdisjoint(_LENGTH_VOCAB) else _NO_REQUEST)
+    out.update(_length_request(probe, words) if not words.isdisjoint(_LENGTH_VOCAB) else _NO_REQUEST)
     return out
 
 
@@ -339,7 +339,23 @@ def _number(text: str) -> float:
 _NUMBERS_BY_LAST: dict[str, tuple[str, ...]] = {}
 for _w in _NUMBER_WORDS:
     _NUMBERS_BY_LAST[_w[-1]] = (*_NUMBERS_BY_LAST.get(_w[-1], ()), _w)
-_UNIT_STARTS = (*_UNIT_SINGULARS, "bullet", *_UNIT_PLURALS)
+# A match's unit ends an a-z word (``\b`` follows), so a unit is looked for only when some a-z word of the probe
+# ends in the last four letters of one of its forms ("bullet points" ends in "points").
+_UNIT_GATES = tuple(
+    (unit, frozenset(form[-4:].encode() for form in forms))
+    for unit, forms in (
+        *((u, (u, u + "s")) for u in _UNIT_SINGULARS),
+        ("bullet", ("bullet", "bullets", "points")),
+        *((u, (u,)) for u in _UNIT_PLURALS),
+    )
+)
+# A list verb is a whole a-z word (``\b`` before, blanks after): looked for only when the probe has its words.
+_LIST_GATES = tuple((verb, frozenset(verb.encode().split())) for verb in _LIST_VERBS)
+
+
+def _az_words(probe: str) -> set[bytes]:
+    """The maximal runs of a-z in ``probe`` (what ``[a-z]+`` finds), as a set of bytes."""
+    return set(probe.encode("utf-8", "surrogatepass").translate(_NOT_AZ_TO_SPACE).split())
 
 
 def _blank_start(text: str, i: int, dash: bool) -> int:
@@ -349,10 +365,13 @@ def _blank_start(text: str, i: int, dash: bool) -> int:
     return i
 
 
-def _unit_candidates(probe: str) -> list[tuple[int, int]]:
+def _unit_candidates(probe: str, words: set[bytes]) -> list[tuple[int, int]]:
     """Intervals [lo, hi] holding every position where a ``_UNIT_RE`` match can start (a superset)."""
     out: list[tuple[int, int]] = []
-    for unit in _UNIT_STARTS:
+    endings = {w[-4:] for w in words}
+    for unit, gate in _UNIT_GATES:
+        if gate.isdisjoint(endings):
+            continue
         u = probe.find(unit)
         while u >= 0:
             ends = [u]
@@ -378,9 +397,9 @@ def _unit_candidates(probe: str) -> list[tuple[int, int]]:
     return out
 
 
-def _unit_matches(probe: str) -> Iterator[re.Match[str]]:
-    """``_UNIT_RE.finditer(probe)``, trying the regex only where a match can start."""
-    candidates = _unit_candidates(probe)
+def _unit_matches(probe: str, words: set[bytes] | None = None) -> Iterator[re.Match[str]]:
+    """``_UNIT_RE.finditer(probe)``, trying the regex only where a match can start (``words``: ``_az_words(probe)``)."""
+    candidates = _unit_candidates(probe, _az_words(probe) if words is None else words)
     pos = 0
     while True:
         starts = sorted({max(lo, pos) for lo, hi in candidates if max(lo, pos) <= hi})
@@ -394,10 +413,13 @@ def _unit_matches(probe: str) -> Iterator[re.Match[str]]:
         pos = m.end()
 
 
-def _list_search(probe: str) -> re.Match[str] | None:
+def _list_search(probe: str, words: set[bytes] | None = None) -> re.Match[str] | None:
     """``_LIST_RE.search(probe)``: the regex tried only where one of its verbs starts."""
+    words = _az_words(probe) if words is None else words
     starts = []
-    for verb in _LIST_VERBS:
+    for verb, gate in _LIST_GATES:
+        if not gate <= words:
+            continue
         i = probe.find(verb)
         while i >= 0:
             starts.append(i)
@@ -409,21 +431,30 @@ def _list_search(probe: str) -> re.Match[str] | None:
     return None
 
 
-def _asks_count(probe: str) -> bool:
-    """``bool(_COUNT_RE.search(probe))`` ("at least <digits>" or "<digits> words") with ``str.find``."""
-    for literal, digit_at in (("at least ", len("at least ")), (" words", -1)):
-        i = probe.find(literal)
-        while i >= 0:
-            j = i + digit_at
-            if 0 <= j < len(probe) and probe[j].isdecimal():
-                return True
-            i = probe.find(literal, i + 1)
+def _followed(probe: str, literal: str, at: int) -> bool:
+    """Whether ``literal`` occurs with a decimal digit ``at`` characters from where it starts."""
+    i = probe.find(literal)
+    while i >= 0:
+        j = i + at
+        if 0 <= j < len(probe) and probe[j].isdecimal():
+            return True
+        i = probe.find(literal, i + 1)
     return False
 
 
-def _length_request(probe: str) -> dict[str, float]:
+def _asks_count(probe: str, words: set[bytes]) -> bool:
+    r"""A count asked for: ``("at least" in probe or b"words" in words) and re.search(r"at least \d+|\d+ words",
+    probe)``. "at least <digit>" implies "at least" in the probe and "least" among its words: that half needs no
+    other test."""
+    if b"least" in words and _followed(probe, "at least ", len("at least ")):
+        return True
+    return (b"words" in words or "at least" in probe) and _followed(probe, " words", -1)
+
+
+def _length_request(probe: str, words: set[bytes] | None = None) -> dict[str, float]:
     """The first explicit length instruction in the probe: tokens asked for (modelled), upper bound or not, items."""
-    for m in _unit_matches(probe):
+    words = _az_words(probe) if words is None else words
+    for m in _unit_matches(probe, words):
         n, unit = _number(m.group(2)), m.group("unit")
         if not 1 <= n <= 20_000:
             continue
@@ -431,7 +462,7 @@ def _length_request(probe: str) -> dict[str, float]:
         per = _UNIT_TOKENS.get(base, 30.0)
         upper = 1.0 if (m.group("bound") or "") in _UPPER else 0.0
         return {"log_req_tokens": _log(per * n), "req_upper_bound": upper, "req_items": 0.0 if base else n}
-    found = _list_search(probe)
+    found = _list_search(probe, words)
     if found:
         n = _number(found.group(1))
         if 1 <= n <= 200:
