@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wattgate.classifier.api import requested_max_tokens
+from wattgate.classifier.textmodel import TokenIds
 from wattgate.classifier.tokens import TokenCounter, counter, encoding_for_model
 
 TOKENS_PER_MESSAGE = 4  # role + separators, as in OpenAI's own counting recipe
@@ -153,7 +154,7 @@ class Extracted:
 
     input_tokens: int
     features: dict[str, float]
-    ngram_ids: Sequence[int]
+    ngram_ids: TokenIds
     exact_count: bool
 
 
@@ -195,22 +196,23 @@ class FeatureExtractor:
     def __init__(self, sample_chars: int = DEFAULT_SAMPLE_CHARS) -> None:
         self.sample_chars = sample_chars
 
-    def counts(self, texts: Sequence[str], enc: TokenCounter, last: int) -> tuple[list[int], list[int], bool]:
+    def counts(self, texts: Sequence[str], enc: TokenCounter, last: int) -> tuple[list[int], TokenIds, bool]:
         """Token count per text (exact or sampled) and the head token ids of ``texts[last]``."""
         total = sum(len(t) for t in texts)
         exact = total <= self.sample_chars
         out: list[int] = []
-        head_ids: list[int] = []
+        head_ids: TokenIds = []
+        encode = enc.ids
         for i, text in enumerate(texts):
             if exact or not text:
-                ids = enc.encode(text) if i == last else None
-                out.append(len(ids) if ids is not None else enc.count(text))
-                if i == last and ids is not None:
+                ids = encode(text)
+                out.append(len(ids))
+                if i == last:
                     head_ids = ids[:NGRAM_HEAD_TOKENS]
                 continue
             share = max(64, self.sample_chars * len(text) // total)
             piece = text[:share]
-            ids = enc.encode(piece)
+            ids = encode(piece)
             out.append(len(ids) if share >= len(text) else _extrapolate(len(ids), len(piece), len(text)))
             if i == last:
                 head_ids = ids[:NGRAM_HEAD_TOKENS]

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from wattgate.classifier.errors import ModelFormatError
 
+TokenIds = Sequence[int] | NDArray[np.uint32]  # a list, or tiktoken's array (``TokenCounter.ids``)
 _HASH_A = 2654435761
 _HASH_B = 1000003
 SHORT_TEXT_IDS = 64  # up to this many token ids, text logits are summed in plain Python
@@ -45,7 +46,7 @@ def decode_array(text: Any, dtype: str, size: int, what: str) -> NDArray[Any]:
     return arr.astype(dtype)
 
 
-def ngram_indices(ids: Sequence[int], dim: int) -> NDArray[np.int64]:
+def ngram_indices(ids: TokenIds, dim: int) -> NDArray[np.int64]:
     """Distinct hashed uni- and bigram slots of a token-id sequence, sorted.
 
     One buffer, in-place arithmetic and a sort + neighbour mask instead of ``np.unique``: the same
@@ -121,11 +122,11 @@ class TextModel:
         out: NDArray[np.float64] = self.bias + self.rows[idx].sum(axis=0) / math.sqrt(idx.size)
         return out
 
-    def slots(self, ids: Sequence[int]) -> Slots:
+    def slots(self, ids: TokenIds) -> Slots:
         """The distinct slots of ``ids``: a sorted list below ``SHORT_TEXT_IDS`` ids, else a sorted array."""
         if len(ids) > SHORT_TEXT_IDS:
             return ngram_indices(ids, self.dim)
-        return ngram_slots(ids, self.dim)
+        return ngram_slots(ids.tolist() if isinstance(ids, np.ndarray) else ids, self.dim)  # Python ints: no wrap
 
     def logits3(self, ids: Sequence[int]) -> tuple[float, float, float]:
         """``logits`` as three floats, the gateway's hot path: the same sums in the same order (so the
