@@ -168,17 +168,32 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _messages(body: Mapping[str, Any], endpoint: str) -> list[tuple[str, str]]:
+def _messages(body: Mapping[str, Any], endpoint: str) -> tuple[list[str], list[str]]:
+    """The roles and texts of the request's messages (a completion's prompt is one user message)."""
     if endpoint == "completions":
         prompt = body.get("prompt")
         if isinstance(prompt, list):
             prompt = "\n".join(p for p in prompt if isinstance(p, str))
-        return [("user", prompt if isinstance(prompt, str) else "")]
-    out = []
+        return ["user"], [prompt if isinstance(prompt, str) else ""]
+    roles, texts = [], []
     for msg in body.get("messages") or ():
         if isinstance(msg, Mapping):
-            out.append((str(msg.get("role", "user")), _content_text(msg.get("content"))))
-    return out
+            roles.append(str(msg.get("role", "user")))
+            content = msg.get("content")
+            texts.append(content if isinstance(content, str) else _content_text(content))
+    return roles, texts
+
+
+_ENCODINGS: dict[str | None, str] = {}  # model name -> encoding name, for the first 1,024 names seen
+
+
+def _encoding_of(model: str | None) -> str:
+    name = _ENCODINGS.get(model)
+    if name is None:
+        name = encoding_for_model(model)
+        if len(_ENCODINGS) < 1024:
+            _ENCODINGS[model] = name
+    return name
 
 
 def _log(n: float) -> float:
@@ -219,17 +234,22 @@ class FeatureExtractor:
         return out, head_ids, exact
 
     def extract(self, body: Mapping[str, Any], endpoint: str) -> Extracted:
-        enc = counter(encoding_for_model(body.get("model") if isinstance(body.get("model"), str) else None))
-        msgs = _messages(body, endpoint) or [("user", "")]
-        texts = [t for _, t in msgs]
-        roles = [r for r, _ in msgs]
-        last = max((i for i, r in enumerate(roles) if r == "user"), default=len(roles) - 1)
+        model = body.get("model")
+        enc = counter(_encoding_of(model if isinstance(model, str) else None))
+        roles, texts = _messages(body, endpoint)
+        if not roles:
+            roles, texts = ["user"], [""]
+        last = len(roles) - 1  # the last user message, else the last message
+        for i in range(last, -1, -1):
+            if roles[i] == "user":
+                last = i
+                break
         counts, head_ids, exact = self.counts(texts, enc, last)
         chat = endpoint == "chat"
-        input_tokens = sum(counts) + (TOKENS_PER_MESSAGE * len(msgs) + TOKENS_PER_REPLY if chat else 0)
+        input_tokens = sum(counts) + (TOKENS_PER_MESSAGE * len(roles) + TOKENS_PER_REPLY if chat else 0)
         feats = _body_features(body, chat, input_tokens)
-        feats.update(_turn_features(roles, counts, last))
-        feats.update(_text_features(texts[last]))
+        _turn_features(roles, counts, last, feats)
+        _text_features(texts[last], feats)
         return Extracted(max(1, input_tokens), feats, head_ids, exact)
 
 
@@ -281,10 +301,10 @@ def _reasoning(body: Mapping[str, Any]) -> tuple[float, float]:
     return level, max(0.0, budget)
 
 
-def _turn_features(roles: list[str], counts: list[int], last: int) -> dict[str, float]:
+def _turn_features(roles: list[str], counts: list[int], last: int, out: dict[str, float]) -> None:
     assistant = [c for r, c in zip(roles, counts, strict=True) if r == "assistant"]
     system = sum(c for r, c in zip(roles, counts, strict=True) if r in ("system", "developer"))
-    return {
+    out |= {
         "log_last_user_tokens": _log(counts[last]),
         "log_system_tokens": _log(system),
         "log_history_tokens": _log(sum(counts) - counts[last] - system),
@@ -296,18 +316,18 @@ def _turn_features(roles: list[str], counts: list[int], last: int) -> dict[str, 
     }
 
 
-def _text_features(text: str) -> dict[str, float]:
+def _text_features(text: str, out: dict[str, float] | None = None) -> dict[str, float]:
+    """The last user message's features, added to ``out`` (a new dict if None), which is returned."""
+    out = {} if out is None else out
     probe = (text[:CUE_HEAD_CHARS] + "\n" + text[-CUE_TAIL_CHARS:] if len(text) > CUE_HEAD_CHARS else text).lower()
     raw = probe.encode("utf-8", "surrogatepass")
     word_list = raw.translate(_NOT_AZ_TO_SPACE).split()
     words = set(word_list)
     first_word = word_list[0] if word_list else b""
-    out = {
-        "n_lines_last_user": float(text.count("\n", 0, 20_000) + 1),
-        "has_code_block": 1.0 if "```" in probe else 0.0,
-        "n_question_marks": float(probe.count("?")),
-        "ends_with_question": 1.0 if text.rstrip().endswith("?") else 0.0,
-    }
+    out["n_lines_last_user"] = float(text.count("\n", 0, 20_000) + 1)
+    out["has_code_block"] = 1.0 if "```" in probe else 0.0
+    out["n_question_marks"] = float(probe.count("?"))
+    out["ends_with_question"] = 1.0 if text.rstrip().endswith("?") else 0.0
     for name, vocab, phrases in _CUE_TESTS:
         hit = not words.isdisjoint(vocab)
         for phrase in phrases:

@@ -11,8 +11,8 @@ The sums run in the same order as the walk's, so the results are the same floats
 
 from __future__ import annotations
 
-import bisect
 import operator
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -43,10 +43,12 @@ class QuickScorer:
         leaves = self.all_leaves
         for f, thresholds, prefix in self.features:
             v = x[f]
-            nan = v != v  # noqa: PLR0124  (the NaN test without a call)
-            below = len(thresholds) if nan else bisect.bisect_left(thresholds, v)  # NaN goes right everywhere
-            if below:  # no failed test on this feature: nothing to rule out
-                leaves &= prefix[below]
+            if v == v:  # noqa: PLR0124  (the NaN test without a call)
+                below = bisect_left(thresholds, v)
+                if below:  # no failed test on this feature: nothing to rule out
+                    leaves &= prefix[below]
+            else:
+                leaves &= prefix[-1]  # NaN goes right everywhere: every test failed
         segments = np.frombuffer(leaves.to_bytes(self.n_bytes, "little"), dtype=self.segment)
         picked = self.values.take(self.base + self.lowest_bit.take(segments))
         sums: list[float] = picked.reshape(-1, self.n_classes).sum(axis=0).tolist()
