@@ -115,7 +115,7 @@ class TextModel:
         b0, b1, b2 = self.bias.tolist()
         object.__setattr__(self, "bias3", (b0, b1, b2))
 
-    def logits(self, ids: Sequence[int]) -> NDArray[np.float64]:
+    def logits(self, ids: TokenIds) -> NDArray[np.float64]:
         idx = ngram_indices(ids, self.dim)
         if idx.size == 0:
             return self.bias.copy()
