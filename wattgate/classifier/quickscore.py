@@ -34,19 +34,22 @@ class QuickScorer:
     baseline: NDArray[np.float64]
     n_classes: int
     baseline_floats: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    # (feature, lowest threshold, thresholds, prefix masks): a value at or below the lowest fails no test
+    scan: tuple[tuple[int, float, list[float], list[int]], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baseline_floats", tuple(self.baseline.tolist()))
+        object.__setattr__(self, "scan", tuple((f, t[0], t, prefix) for f, t, prefix in self.features))
 
     def raw(self, x: Sequence[float]) -> tuple[float, ...]:
         """The trees' summed outputs plus the baseline, per class; ``x`` holds every feature, in model order."""
         leaves = self.all_leaves
-        for f, thresholds, prefix in self.features:
+        for f, lowest, thresholds, prefix in self.scan:
             v = x[f]
+            if v <= lowest:  # no failed test on this feature: nothing to rule out (the bisect would give 0)
+                continue
             if v == v:  # noqa: PLR0124  (the NaN test without a call)
-                below = bisect_left(thresholds, v)
-                if below:  # no failed test on this feature: nothing to rule out
-                    leaves &= prefix[below]
+                leaves &= prefix[bisect_left(thresholds, v)]
             else:
                 leaves &= prefix[-1]  # NaN goes right everywhere: every test failed
         segments = np.frombuffer(leaves.to_bytes(self.n_bytes, "little"), dtype=self.segment)
