@@ -217,8 +217,8 @@ class FeatureExtractor:
         exact = total <= self.sample_chars
         out: list[int] = []
         head_ids: TokenIds = []
-        encode = enc.ids
         for i, text in enumerate(texts):
+            encode = enc.ids if i == last else enc.encode  # ids kept: an array; counted only: tiktoken's plain call
             if exact or not text:
                 ids = encode(text)
                 out.append(len(ids))
