@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from wattgate.classifier import tokens
+from wattgate.classifier.features import FeatureExtractor, _head
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
 from wattgate.classifier.served import CLIP, Linear
 
@@ -102,3 +103,21 @@ def test_values_at_a_features_lowest_threshold_fail_no_test() -> None:
             x = np.zeros(trees.feature.max() + 1)
             x[f] = value
             assert trees.quick.raw(x.tolist()) == tuple(trees.raw(x).tolist())
+
+
+def test_dense_non_latin_heads_are_cut_to_the_budget_in_bytes() -> None:
+    """A CJK head is cut to ~1,024 UTF-8 bytes (~340 characters, ~300 tokens, not ~1,000); ASCII and Latin text
+    with accents keep their 1,024 characters; the count stays close to the exact one."""
+    cjk = ("请用三段话解释一下机器学习中的梯度下降算法，并给出一个简单的例子。" * 100)[:3000]
+    head = _head(cjk, 1024)
+    assert cjk.startswith(head) and 300 < len(head) < 350 and len(head.encode()) <= 1024
+    latin = "Café naïve — déjà vu, s'il vous plaît. " * 60
+    assert _head(latin, 1024) == latin[:1024]
+    assert _head("plain ascii " * 200, 1024) == ("plain ascii " * 200)[:1024]
+    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": cjk}]}
+    sampled = FeatureExtractor().extract(body, "chat")
+    exact = FeatureExtractor(sample_chars=10**9).extract(body, "chat").input_tokens
+    assert not sampled.exact_count and abs(sampled.input_tokens - exact) / exact < 0.05
+    assert len(sampled.ngram_ids) == 256  # the text model still reads a full head
+    short = {"model": "m", "messages": [{"role": "user", "content": cjk[:600]}]}  # 600 chars, 1,800 bytes: sampled
+    assert not FeatureExtractor().extract(short, "chat").exact_count

@@ -26,6 +26,7 @@ DEFAULT_SAMPLE_CHARS = 1024
 # token): median exact/estimate 0.992 over 3,000 ShareGPT training turns at a 1,024-char budget.
 SAMPLE_CALIBRATION = 0.99
 NGRAM_HEAD_TOKENS = 256
+DENSE_BYTES = 1.5  # UTF-8 bytes per character above which a head is cut to the budget in bytes (``_head``)
 
 
 def _words(text: str) -> frozenset[bytes]:
@@ -205,6 +206,18 @@ def _extrapolate(piece_tokens: int, piece_chars: int, text_chars: int) -> int:
     return max(1, round((piece_tokens - 0.5) * text_chars / piece_chars * SAMPLE_CALIBRATION))
 
 
+def _head(text: str, budget: int) -> str:
+    """The first ``budget`` characters of ``text``; when they take over ``DENSE_BYTES`` x ``budget`` UTF-8 bytes
+    (CJK, Cyrillic, ...), cut to about ``budget`` bytes. tiktoken's cost follows tokens, and a character of CJK
+    text is ~1 token where one of English is ~0.25: a budget in characters let non-Latin requests cost up to 4x
+    the tokenization (the held-out tail). Text with a few accents or curly quotes is unchanged."""
+    piece = text[:budget]
+    if piece.isascii():
+        return piece
+    size = len(piece.encode("utf-8", "surrogatepass"))
+    return piece if size <= DENSE_BYTES * budget else piece[: max(1, len(piece) * budget // size)]
+
+
 class FeatureExtractor:
     """Turns a request body into ``Extracted``; one per process, shares the lazily loaded encodings."""
 
@@ -215,6 +228,8 @@ class FeatureExtractor:
         """Token count per text (exact or sampled) and the head token ids of ``texts[last]``."""
         total = sum(len(t) for t in texts)
         exact = total <= self.sample_chars
+        if exact and not all(map(str.isascii, texts)):  # dense non-Latin text: a budget in bytes (see ``_head``)
+            exact = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts) <= DENSE_BYTES * self.sample_chars
         out: list[int] = []
         head_ids: TokenIds = []
         for i, text in enumerate(texts):
@@ -226,9 +241,9 @@ class FeatureExtractor:
                     head_ids = ids[:NGRAM_HEAD_TOKENS]
                 continue
             share = max(64, self.sample_chars * len(text) // total)
-            piece = text[:share]
+            piece = _head(text, share)
             ids = encode(piece)
-            out.append(len(ids) if share >= len(text) else _extrapolate(len(ids), len(piece), len(text)))
+            out.append(len(ids) if len(piece) >= len(text) else _extrapolate(len(ids), len(piece), len(text)))
             if i == last:
                 head_ids = ids[:NGRAM_HEAD_TOKENS]
         return out, head_ids, exact
