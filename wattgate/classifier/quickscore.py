@@ -11,9 +11,10 @@ The sums run in the same order as the walk's, so the results are the same floats
 
 from __future__ import annotations
 
-import bisect
+import operator
+from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,20 +33,29 @@ class QuickScorer:
     values: NDArray[np.float64]  # (tree, leaf position) -> value, flat
     baseline: NDArray[np.float64]
     n_classes: int
+    baseline_floats: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    # (feature, lowest threshold, thresholds, prefix masks): a value at or below the lowest fails no test
+    scan: tuple[tuple[int, float, list[float], list[int]], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baseline_floats", tuple(self.baseline.tolist()))
+        object.__setattr__(self, "scan", tuple((f, t[0], t, prefix) for f, t, prefix in self.features))
 
     def raw(self, x: Sequence[float]) -> tuple[float, ...]:
         """The trees' summed outputs plus the baseline, per class; ``x`` holds every feature, in model order."""
         leaves = self.all_leaves
-        for f, thresholds, prefix in self.features:
+        for f, lowest, thresholds, prefix in self.scan:
             v = x[f]
-            nan = v != v  # noqa: PLR0124  (the NaN test without a call)
-            below = len(thresholds) if nan else bisect.bisect_left(thresholds, v)  # NaN goes right everywhere
-            if below:  # no failed test on this feature: nothing to rule out
-                leaves &= prefix[below]
+            if v <= lowest:  # no failed test on this feature: nothing to rule out (the bisect would give 0)
+                continue
+            if v == v:  # noqa: PLR0124  (the NaN test without a call)
+                leaves &= prefix[bisect_left(thresholds, v)]
+            else:
+                leaves &= prefix[-1]  # NaN goes right everywhere: every test failed
         segments = np.frombuffer(leaves.to_bytes(self.n_bytes, "little"), dtype=self.segment)
         picked = self.values.take(self.base + self.lowest_bit.take(segments))
-        out: list[float] = (self.baseline + picked.reshape(-1, self.n_classes).sum(axis=0)).tolist()
-        return tuple(out)
+        sums: list[float] = picked.reshape(-1, self.n_classes).sum(axis=0).tolist()
+        return tuple(map(operator.add, self.baseline_floats, sums))  # numpy's float additions, one call less
 
 
 def build(

@@ -21,7 +21,8 @@ profiles have none (all zero: the plain argmax).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,13 @@ _KEYS_3 = _KEYS | {"decision"}
 NO_DECISION = (0.0, 0.0, 0.0)
 
 
+def _picker(index: tuple[int, ...]) -> Callable[[Sequence[float]], Sequence[float]]:
+    """``x -> tuple(x[i] for i in index)``, in one C call where it can (itemgetter of one index gives the item)."""
+    if len(index) > 1:
+        return operator.itemgetter(*index)
+    return lambda x: tuple(x[i] for i in index)
+
+
 @dataclass(frozen=True)
 class Linear:
     """The residual's linear part over engineered features (by index into the model's feature vector)."""
@@ -50,8 +58,10 @@ class Linear:
     hi: NDArray[np.float64] = field(init=False, repr=False, compare=False)
     w_scaled: NDArray[np.float64] = field(init=False, repr=False, compare=False)
     offset: NDArray[np.float64] = field(init=False, repr=False, compare=False)
+    pick: Callable[[Sequence[float]], Sequence[float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "pick", _picker(self.index))
         # W · (x - mean) / scale == (W / scale) · x - W · mean / scale, with x clipped to mean ± CLIP · scale
         object.__setattr__(self, "lo", self.mean - CLIP * self.scale)
         object.__setattr__(self, "hi", self.mean + CLIP * self.scale)
@@ -60,7 +70,8 @@ class Linear:
         object.__setattr__(self, "offset", -(w_scaled @ self.mean))
 
     def logits(self, x: Sequence[float]) -> NDArray[np.float64]:
-        v = np.clip(np.fromiter((x[i] for i in self.index), np.float64, len(self.index)), self.lo, self.hi)
+        # maximum then minimum is np.clip's result (NaN stays NaN) without its Python-level wrapper
+        v = np.minimum(np.maximum(np.array(self.pick(x), dtype=np.float64), self.lo), self.hi)
         out: NDArray[np.float64] = self.w_scaled @ v + self.offset
         return out
 

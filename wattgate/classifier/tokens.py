@@ -17,6 +17,7 @@ If the files are missing or altered, counting falls back to ~4 characters per to
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -26,6 +27,9 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +86,15 @@ class TokenCounter:
     encode: Callable[[str], list[int]]
     exact: bool
     decode: Callable[[list[int]], str] | None = None  # None for the fallback
+    # The same ids as a numpy array (tiktoken's buffer, no Python list of ints): the request path's form.
+    encode_array: Callable[[str], NDArray[np.uint32]] | None = None
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
+
+    def ids(self, text: str) -> list[int] | NDArray[np.uint32]:
+        """``encode(text)``, as a uint32 array where the encoding can give one."""
+        return self.encode(text) if self.encode_array is None else self.encode_array(text)
 
 
 _lock = threading.Lock()
@@ -112,7 +122,9 @@ def _load(name: str) -> TokenCounter:
             os.environ.pop("TIKTOKEN_CACHE_DIR", None)
         else:
             os.environ["TIKTOKEN_CACHE_DIR"] = saved
-    return TokenCounter(name=name, encode=enc.encode_ordinary, exact=True, decode=enc.decode)
+    # encode_to_numpy with no special token allowed or disallowed is encode_ordinary's tokens, in a buffer
+    as_array = functools.partial(enc.encode_to_numpy, disallowed_special=())
+    return TokenCounter(name=name, encode=enc.encode_ordinary, exact=True, decode=enc.decode, encode_array=as_array)
 
 
 def counter(encoding: str = DEFAULT_ENCODING) -> TokenCounter:
