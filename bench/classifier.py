@@ -25,7 +25,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from wattgate.classifier.adapt import adapt
 from wattgate.classifier.api import DecisionThresholds, MaxTokensPredictor, choose_output_class
-from wattgate.classifier.evaluate import load_base
+from wattgate.classifier.transfer import load_base
 from wattgate.classifier.features import FeatureExtractor, Sample
 from wattgate.classifier.metrics import score
 from wattgate.classifier.model import load_model

@@ -34,7 +34,7 @@ from classifier_served import FLAGS, HABITS, NOISE_SIGMA, held_out, write_set
 
 from wattgate.classifier.adapt import adapt, batch_probabilities, matrix
 from wattgate.classifier.decision import ceiling
-from wattgate.classifier.evaluate import load_base
+from wattgate.classifier.transfer import load_base
 from wattgate.classifier.features import Sample
 from wattgate.classifier.metrics import score
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model

@@ -6,11 +6,11 @@ import numpy as np
 
 from tests.classifier.shifted import TOPICS, shifted_requests, topic_requests
 from wattgate.classifier.adapt import AdaptSettings, adapt, batch_probabilities, matrix
-from wattgate.classifier.evaluate import load_base
 from wattgate.classifier.features import Sample
 from wattgate.classifier.metrics import score
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
 from wattgate.classifier.train import labels
+from wattgate.classifier.transfer import load_base
 from wattgate.profiles.classes import ClassEdges
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from wattgate.classifier.decision import ACCURACY_MARGIN, choose_decision, folds
+from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.features import Sample, feature_vector
 from wattgate.classifier.length import calibrate_means, fit_length
 from wattgate.classifier.metrics import Scores, score
@@ -30,6 +31,8 @@ from wattgate.classifier.model import ClassifierModel
 from wattgate.classifier.residual import Residual, fit_residual, slot_matrix
 from wattgate.classifier.served import ServedProfile
 from wattgate.classifier.train import labels, with_served
+from wattgate.classifier.transfer import BaseRows, transfer_head
+from wattgate.classifier.trees import Trees
 from wattgate.profiles.classes import ClassEdges
 
 
@@ -43,6 +46,7 @@ class AdaptSettings:
     max_models: int = 32  # served models kept in one document (the most observed)
     use_text_slots: bool = True  # False: fit the residual on the engineered features only
     decision_margin: float = ACCURACY_MARGIN  # accuracy the decision rule may give up for balanced accuracy
+    transfer: bool = True  # also try trees transferred from the shipped training rows (``transfer.py``)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class ModelAdaptation:
     n_fit: int
     n_holdout: int
     text_slots: bool  # whether the candidate learnt from text slots
+    kind: str = "residual"  # which candidate won (or was best): see ``CANDIDATES``
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +71,7 @@ class ModelAdaptation:
             "observations_fit": self.n_fit,
             "observations_held_out": self.n_holdout,
             "text_slots": self.text_slots,
+            "candidate_kind": self.kind,
             "current": self.current.to_dict(),
             "candidate": self.new.to_dict() if self.new else None,
         }
@@ -111,7 +117,7 @@ def batch_probabilities(
 ) -> NDArray[np.float64]:
     """What the predictor gives for these rows (before any max_tokens cap), all at once; ``decided=False``:
     without the profile's decision weights (the residual's calibrated probabilities)."""
-    z = model.trees.raw_batch(x)
+    z = (profile.head if profile is not None and profile.head is not None else model.trees).raw_batch(x)
     if profile is not None:
         lin = profile.linear
         shift = np.asarray(profile.bias) + (np.asarray(profile.decision) if decided else 0.0)
@@ -131,8 +137,14 @@ def _scores(model: ClassifierModel, profile: ServedProfile | None, rows: list[Sa
     return score(labels(np.array([s.output_tokens for s in rows]), edges), decided, calibrated)
 
 
-def _profile(model: ClassifierModel, name: str, n: int, res: Residual) -> ServedProfile:
-    return ServedProfile(name, n, res.text, res.linear, res.bias, model.length, model.feature_names)
+def _profile(model: ClassifierModel, name: str, n: int, res: Residual, head: Trees | None = None) -> ServedProfile:
+    return ServedProfile(name, n, res.text, res.linear, res.bias, model.length, model.feature_names, head=head)
+
+
+def _age_weights(rows: list[Sample], st: AdaptSettings) -> NDArray[np.float64]:
+    ages = np.array([rows[-1].ts - s.ts for s in rows])
+    out: NDArray[np.float64] = 0.5 ** (ages / st.half_life_s)
+    return out
 
 
 def fit_profile(
@@ -143,13 +155,14 @@ def fit_profile(
     st: AdaptSettings,
     *,
     penalties: tuple[float, float] | None = None,
+    head: Trees | None = None,
 ) -> tuple[ServedProfile, tuple[float, float]]:
-    """The profile and the L2 penalties it was fitted with (``penalties``: use these rather than pick them)."""
+    """The profile and the L2 penalties it was fitted with (``penalties``: use these rather than pick them;
+    ``head``: the served model's own trees, the residual's offset, else the shipped trees)."""
     x = matrix(rows, model.feature_names)
     y = labels(np.array([s.output_tokens for s in rows]), edges)
-    ages = np.array([rows[-1].ts - s.ts for s in rows])
-    weights = 0.5 ** (ages / st.half_life_s)
-    offset = model.trees.raw_batch(x)
+    weights = _age_weights(rows, st)
+    offset = (head or model.trees).raw_batch(x)
     keep = st.use_text_slots and any(s.slots for s in rows)
     slots = [s.slots for s in rows] if keep else None
     all_slots = [s.slots for s in rows]
@@ -170,19 +183,67 @@ def fit_profile(
             penalties=(res.l2_text, res.l2_feat),
         )
         oof[block] = batch_probabilities(
-            model, _profile(model, name, len(rest), part), x[block], [all_slots[i] for i in block]
+            model, _profile(model, name, len(rest), part, head), x[block], [all_slots[i] for i in block]
         )
     decision = choose_decision(oof, y, st.decision_margin)
     tokens = np.array([s.output_tokens for s in rows])
     length = fit_length(tokens, y, prior=model.length)
-    profile = replace(_profile(model, name, len(rows), res), length=length, decision=decision)
+    profile = replace(_profile(model, name, len(rows), res, head), length=length, decision=decision)
     probs = batch_probabilities(model, profile, x, all_slots)
     return replace(profile, length=calibrate_means(length, probs, tokens)), (res.l2_text, res.l2_feat)
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One way to fit a profile: which trees the residual sits on, and which penalties it may pick."""
+
+    kind: str
+    transfer: bool  # trees transferred from the base rows (else the shipped trees)
+    penalties: tuple[float, float] | None  # None: picked on the latest quarter
+
+
+FROZEN = (1e6, 1e6)  # residual penalties that keep only its class bias
+CANDIDATES = (
+    Candidate("residual", transfer=False, penalties=None),
+    Candidate("transfer + residual", transfer=True, penalties=None),
+    Candidate("transfer + bias", transfer=True, penalties=FROZEN),
+)
+
+
+def _fit_candidate(
+    model: ClassifierModel,
+    name: str,
+    rows: list[Sample],
+    edges: ClassEdges,
+    st: AdaptSettings,
+    *,
+    cand: Candidate,
+    base: BaseRows | None,
+    penalties: tuple[float, float] | None = None,
+) -> tuple[ServedProfile, tuple[float, float]] | None:
+    head = None
+    if cand.transfer:
+        if base is None:
+            return None
+        x, tokens = matrix(rows, model.feature_names), np.array([s.output_tokens for s in rows])
+        try:
+            head = transfer_head(base, x, tokens, _age_weights(rows, st), edges)
+        except ClassifierError:  # the relabelled rows miss a class: nothing to transfer
+            return None
+    return fit_profile(model, name, rows, edges, st, penalties=penalties or cand.penalties, head=head)
+
+
 def adapt_one(
-    model: ClassifierModel, name: str, rows: list[Sample], edges: ClassEdges, st: AdaptSettings
+    model: ClassifierModel,
+    name: str,
+    rows: list[Sample],
+    edges: ClassEdges,
+    st: AdaptSettings,
+    *,
+    base: BaseRows | None = None,
 ) -> tuple[ModelAdaptation, ServedProfile | None]:
+    """Fit every candidate on all but the latest ``holdout_fraction`` of ``rows``, keep the one with the lowest
+    held-out log loss if it beats the current profile, refitted on all rows."""
     n_hold = round(len(rows) * st.holdout_fraction)
     fit, hold = rows[: len(rows) - n_hold], rows[len(rows) - n_hold :]
     current_profile = model.served.get(name)
@@ -190,19 +251,28 @@ def adapt_one(
     keep = st.use_text_slots and any(s.slots for s in rows)
     if len(hold) < st.min_holdout or len(fit) < st.min_holdout:
         return ModelAdaptation(name, False, "too few observations to hold out", current, None, len(fit), 0, keep), None
-    candidate, penalties = fit_profile(model, name, fit, edges, st)
-    new = _scores(model, candidate, hold, edges)
+    tried = []
+    for cand in CANDIDATES:
+        fitted = _fit_candidate(model, name, fit, edges, st, cand=cand, base=base)
+        if fitted is not None:
+            tried.append((cand, *fitted, _scores(model, fitted[0], hold, edges)))
+    cand, candidate, penalties, new = min(tried, key=lambda t: t[3].log_loss or 0.0)
     assert current.log_loss is not None and new.log_loss is not None
     better = new.log_loss < current.log_loss - st.min_gain
+    others = ", ".join(f"{c.kind} {s.log_loss:.4f}" for c, _, _, s in tried)
     reason = (
-        f"held-out log loss {current.log_loss:.4f} -> {new.log_loss:.4f}, accuracy {current.accuracy:.3f} -> "
-        f"{new.accuracy:.3f}, balanced {current.balanced_accuracy:.3f} -> {new.balanced_accuracy:.3f} "
-        f"(decision weights S x{math.exp(candidate.decision[0]):.2f}, L x{math.exp(candidate.decision[2]):.2f}): "
+        f"held-out log loss {current.log_loss:.4f} -> {new.log_loss:.4f} ({cand.kind}; tried {others}), accuracy "
+        f"{current.accuracy:.3f} -> {new.accuracy:.3f}, balanced {current.balanced_accuracy:.3f} -> "
+        f"{new.balanced_accuracy:.3f} (decision weights S x{math.exp(candidate.decision[0]):.2f}, "
+        f"L x{math.exp(candidate.decision[2]):.2f}): "
         + ("better, refitted on all" if better else "not better, kept current")
     )
-    outcome = ModelAdaptation(name, better, reason, current, new, len(fit), len(hold), keep)
-    # refitted on all with the penalties judged here; the decision rule chosen again, out of fold, on all
-    return outcome, fit_profile(model, name, rows, edges, st, penalties=penalties)[0] if better else None
+    outcome = ModelAdaptation(name, better, reason, current, new, len(fit), len(hold), keep, cand.kind)
+    if not better:
+        return outcome, None
+    # refitted on all (trees transferred again) with the penalties judged here; the decision rule chosen again
+    final = _fit_candidate(model, name, rows, edges, st, cand=cand, base=base, penalties=penalties)
+    return outcome, final[0] if final is not None else None
 
 
 def adapt(
@@ -221,11 +291,17 @@ def adapt(
         by_model.setdefault(s.model, []).append(s)
     ranked = sorted(by_model.items(), key=lambda kv: -len(kv[1]))
     outcomes, profiles, skipped = [], {}, {}
+    base: BaseRows | None = None
+    if st.transfer and any(len(rows) >= st.min_observations for _, rows in ranked[: st.max_models]):
+        try:
+            base = BaseRows.fit(model)
+        except ClassifierError:  # no base rows for this model's features: the residual alone
+            base = None
     for i, (name, rows) in enumerate(ranked):
         if len(rows) < st.min_observations or i >= st.max_models:
             skipped[name] = len(rows)
             continue
-        outcome, profile = adapt_one(model, name, rows, edges, st)
+        outcome, profile = adapt_one(model, name, rows, edges, st, base=base)
         outcomes.append(outcome)
         if profile is not None:
             profiles[name] = profile
