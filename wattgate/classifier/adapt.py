@@ -26,7 +26,7 @@ from wattgate.classifier.decision import ACCURACY_MARGIN, choose_decision, folds
 from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.features import Sample, feature_vector
 from wattgate.classifier.length import calibrate_means, fit_length
-from wattgate.classifier.metrics import Scores, score
+from wattgate.classifier.metrics import Scores, log_loss, score
 from wattgate.classifier.model import ClassifierModel
 from wattgate.classifier.residual import Residual, fit_residual, slot_matrix
 from wattgate.classifier.served import ServedProfile
@@ -147,6 +147,50 @@ def _age_weights(rows: list[Sample], st: AdaptSettings) -> NDArray[np.float64]:
     return out
 
 
+def _residual(
+    model: ClassifierModel,
+    rows: list[Sample],
+    x: NDArray[np.float64],
+    y: NDArray[np.int64],
+    weights: NDArray[np.float64],
+    *,
+    st: AdaptSettings,
+    head: Trees | None,
+    penalties: tuple[float, float] | None,
+) -> Residual:
+    keep = st.use_text_slots and any(s.slots for s in rows)
+    slots = [s.slots for s in rows] if keep else None
+    offset = (head or model.trees).raw_batch(x)
+    index = range(len(model.feature_names))
+    return fit_residual(offset, slots, x, y, weights, model.text.dim, index, penalties=penalties)
+
+
+def out_of_fold(
+    model: ClassifierModel,
+    name: str,
+    rows: list[Sample],
+    edges: ClassEdges,
+    st: AdaptSettings,
+    *,
+    penalties: tuple[float, float],
+    heads: Sequence[Trees | None],
+) -> NDArray[np.float64]:
+    """Calibrated probabilities of each block of ``rows`` (``decision.folds``, time order) by a residual fitted on
+    the other blocks with these penalties, on ``heads[k]`` for block k (trees fitted without it, or the shipped)."""
+    x = matrix(rows, model.feature_names)
+    y = labels(np.array([s.output_tokens for s in rows]), edges)
+    weights = _age_weights(rows, st)
+    oof = np.zeros((len(rows), 3))
+    for block, head in zip(folds(len(rows)), heads, strict=True):
+        rest = np.setdiff1d(np.arange(len(rows)), block)
+        part = _residual(
+            model, [rows[i] for i in rest], x[rest], y[rest], weights[rest], st=st, head=head, penalties=penalties
+        )
+        profile = _profile(model, name, len(rest), part, head)
+        oof[block] = batch_probabilities(model, profile, x[block], [rows[i].slots for i in block], decided=False)
+    return oof
+
+
 def fit_profile(
     model: ClassifierModel,
     name: str,
@@ -156,41 +200,23 @@ def fit_profile(
     *,
     penalties: tuple[float, float] | None = None,
     head: Trees | None = None,
+    decision: tuple[float, float, float] | None = None,
 ) -> tuple[ServedProfile, tuple[float, float]]:
     """The profile and the L2 penalties it was fitted with (``penalties``: use these rather than pick them;
-    ``head``: the served model's own trees, the residual's offset, else the shipped trees)."""
+    ``head``: the served model's own trees, the residual's offset, else the shipped trees; ``decision``: these
+    decision weights, else chosen on out-of-fold probabilities of ``rows`` on the same trees)."""
     x = matrix(rows, model.feature_names)
     y = labels(np.array([s.output_tokens for s in rows]), edges)
-    weights = _age_weights(rows, st)
-    offset = (head or model.trees).raw_batch(x)
-    keep = st.use_text_slots and any(s.slots for s in rows)
-    slots = [s.slots for s in rows] if keep else None
-    all_slots = [s.slots for s in rows]
-    index = range(len(model.feature_names))
-    res = fit_residual(offset, slots, x, y, weights, model.text.dim, index, penalties=penalties)
-    # the decision rule, from probabilities of each block of rows by a residual fitted on the other blocks
-    oof = np.zeros((len(rows), 3))
-    for block in folds(len(rows)):
-        rest = np.setdiff1d(np.arange(len(rows)), block)
-        part = fit_residual(
-            offset[rest],
-            [slots[i] for i in rest] if slots is not None else None,
-            x[rest],
-            y[rest],
-            weights[rest],
-            model.text.dim,
-            index,
-            penalties=(res.l2_text, res.l2_feat),
-        )
-        oof[block] = batch_probabilities(
-            model, _profile(model, name, len(rest), part, head), x[block], [all_slots[i] for i in block]
-        )
-    decision = choose_decision(oof, y, st.decision_margin)
+    res = _residual(model, rows, x, y, _age_weights(rows, st), st=st, head=head, penalties=penalties)
+    chosen = (res.l2_text, res.l2_feat)
+    if decision is None:
+        oof = out_of_fold(model, name, rows, edges, st, penalties=chosen, heads=[head] * len(folds(len(rows))))
+        decision = choose_decision(oof, y, st.decision_margin)
     tokens = np.array([s.output_tokens for s in rows])
     length = fit_length(tokens, y, prior=model.length)
     profile = replace(_profile(model, name, len(rows), res, head), length=length, decision=decision)
-    probs = batch_probabilities(model, profile, x, all_slots)
-    return replace(profile, length=calibrate_means(length, probs, tokens)), (res.l2_text, res.l2_feat)
+    probs = batch_probabilities(model, profile, x, [s.slots for s in rows])
+    return replace(profile, length=calibrate_means(length, probs, tokens)), chosen
 
 
 @dataclass(frozen=True)
@@ -210,27 +236,18 @@ CANDIDATES = (
 )
 
 
-def _fit_candidate(
-    model: ClassifierModel,
-    name: str,
-    rows: list[Sample],
-    edges: ClassEdges,
-    st: AdaptSettings,
-    *,
-    cand: Candidate,
-    base: BaseRows | None,
-    penalties: tuple[float, float] | None = None,
-) -> tuple[ServedProfile, tuple[float, float]] | None:
-    head = None
-    if cand.transfer:
-        if base is None:
-            return None
-        x, tokens = matrix(rows, model.feature_names), np.array([s.output_tokens for s in rows])
-        try:
-            head = transfer_head(base, x, tokens, _age_weights(rows, st), edges)
-        except ClassifierError:  # the relabelled rows miss a class: nothing to transfer
-            return None
-    return fit_profile(model, name, rows, edges, st, penalties=penalties or cand.penalties, head=head)
+def _head(
+    model: ClassifierModel, rows: list[Sample], edges: ClassEdges, st: AdaptSettings, base: BaseRows | None
+) -> Trees | None:
+    """The served model's trees transferred from the base rows; None without base rows, or when the relabelled
+    rows miss a class (nothing to transfer)."""
+    if base is None:
+        return None
+    x, tokens = matrix(rows, model.feature_names), np.array([s.output_tokens for s in rows])
+    try:
+        return transfer_head(base, x, tokens, _age_weights(rows, st), edges)
+    except ClassifierError:
+        return None
 
 
 def adapt_one(
@@ -242,8 +259,9 @@ def adapt_one(
     *,
     base: BaseRows | None = None,
 ) -> tuple[ModelAdaptation, ServedProfile | None]:
-    """Fit every candidate on all but the latest ``holdout_fraction`` of ``rows``, keep the one with the lowest
-    held-out log loss if it beats the current profile, refitted on all rows."""
+    """Hold out the latest ``holdout_fraction`` of ``rows``; on the rest, pick the candidate whose out-of-fold
+    probabilities have the lowest log loss (transferred trees refitted without each block too) and its decision
+    rule from them; keep it if it beats the current profile on the held-out rows, refitted on all rows."""
     n_hold = round(len(rows) * st.holdout_fraction)
     fit, hold = rows[: len(rows) - n_hold], rows[len(rows) - n_hold :]
     current_profile = model.served.get(name)
@@ -251,28 +269,40 @@ def adapt_one(
     keep = st.use_text_slots and any(s.slots for s in rows)
     if len(hold) < st.min_holdout or len(fit) < st.min_holdout:
         return ModelAdaptation(name, False, "too few observations to hold out", current, None, len(fit), 0, keep), None
+    x, weights = matrix(fit, model.feature_names), _age_weights(fit, st)
+    y = labels(np.array([s.output_tokens for s in fit]), edges)
+    blocks = folds(len(fit))
+    head = _head(model, fit, edges, st, base)
+    fold_heads = [_head(model, [fit[i] for i in np.setdiff1d(np.arange(len(fit)), b)], edges, st, base) for b in blocks]
     tried = []
     for cand in CANDIDATES:
-        fitted = _fit_candidate(model, name, fit, edges, st, cand=cand, base=base)
-        if fitted is not None:
-            tried.append((cand, *fitted, _scores(model, fitted[0], hold, edges)))
-    cand, candidate, penalties, new = min(tried, key=lambda t: t[3].log_loss or 0.0)
+        if cand.transfer and (head is None or any(h is None for h in fold_heads)):
+            continue
+        trees = head if cand.transfer else None
+        res = _residual(model, fit, x, y, weights, st=st, head=trees, penalties=cand.penalties)
+        penalties = (res.l2_text, res.l2_feat)
+        heads = fold_heads if cand.transfer else [None] * len(blocks)
+        oof = out_of_fold(model, name, fit, edges, st, penalties=penalties, heads=heads)
+        tried.append((cand, trees, penalties, oof, log_loss(y, oof)))
+    cand, trees, penalties, oof, _ = min(tried, key=lambda t: t[4])
+    decision = choose_decision(oof, y, st.decision_margin)
+    candidate, _ = fit_profile(model, name, fit, edges, st, penalties=penalties, head=trees, decision=decision)
+    new = _scores(model, candidate, hold, edges)
     assert current.log_loss is not None and new.log_loss is not None
     better = new.log_loss < current.log_loss - st.min_gain
-    others = ", ".join(f"{c.kind} {s.log_loss:.4f}" for c, _, _, s in tried)
+    others = ", ".join(f"{c.kind} {ll:.4f}" for c, _, _, _, ll in tried)
     reason = (
-        f"held-out log loss {current.log_loss:.4f} -> {new.log_loss:.4f} ({cand.kind}; tried {others}), accuracy "
-        f"{current.accuracy:.3f} -> {new.accuracy:.3f}, balanced {current.balanced_accuracy:.3f} -> "
-        f"{new.balanced_accuracy:.3f} (decision weights S x{math.exp(candidate.decision[0]):.2f}, "
-        f"L x{math.exp(candidate.decision[2]):.2f}): "
-        + ("better, refitted on all" if better else "not better, kept current")
-    )
+        f"{cand.kind} (out-of-fold log loss: {others}); held-out log loss {current.log_loss:.4f} -> "
+        f"{new.log_loss:.4f}, accuracy {current.accuracy:.3f} -> {new.accuracy:.3f}, balanced "
+        f"{current.balanced_accuracy:.3f} -> {new.balanced_accuracy:.3f} (decision weights "
+        f"S x{math.exp(candidate.decision[0]):.2f}, L x{math.exp(candidate.decision[2]):.2f}): "
+    ) + ("better, refitted on all" if better else "not better, kept current")
     outcome = ModelAdaptation(name, better, reason, current, new, len(fit), len(hold), keep, cand.kind)
     if not better:
         return outcome, None
-    # refitted on all (trees transferred again) with the penalties judged here; the decision rule chosen again
-    final = _fit_candidate(model, name, rows, edges, st, cand=cand, base=base, penalties=penalties)
-    return outcome, final[0] if final is not None else None
+    # refitted on all with the penalties picked here (trees transferred again); the decision rule chosen again
+    final_head = (_head(model, rows, edges, st, base) or trees) if cand.transfer else None
+    return outcome, fit_profile(model, name, rows, edges, st, penalties=penalties, head=final_head)[0]
 
 
 def adapt(
