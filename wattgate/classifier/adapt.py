@@ -260,8 +260,8 @@ def adapt_one(
     base: BaseRows | None = None,
 ) -> tuple[ModelAdaptation, ServedProfile | None]:
     """Hold out the latest ``holdout_fraction`` of ``rows``; on the rest, pick the candidate whose out-of-fold
-    probabilities have the lowest log loss (transferred trees refitted without each block too) and its decision
-    rule from them; keep it if it beats the current profile on the held-out rows, refitted on all rows."""
+    probabilities (the residual refitted without each block) have the lowest log loss, and its decision rule
+    from them; keep it if it beats the current profile on the held-out rows, refitted on all rows."""
     n_hold = round(len(rows) * st.holdout_fraction)
     fit, hold = rows[: len(rows) - n_hold], rows[len(rows) - n_hold :]
     current_profile = model.served.get(name)
@@ -272,17 +272,17 @@ def adapt_one(
     x, weights = matrix(fit, model.feature_names), _age_weights(fit, st)
     y = labels(np.array([s.output_tokens for s in fit]), edges)
     blocks = folds(len(fit))
+    # the trees are transferred once from all fit rows, not per block: the observations reach them only through
+    # the length shift (a ridge over the features) and the residuals' quantiles, too little to leak much
     head = _head(model, fit, edges, st, base)
-    fold_heads = [_head(model, [fit[i] for i in np.setdiff1d(np.arange(len(fit)), b)], edges, st, base) for b in blocks]
     tried = []
     for cand in CANDIDATES:
-        if cand.transfer and (head is None or any(h is None for h in fold_heads)):
+        if cand.transfer and head is None:
             continue
         trees = head if cand.transfer else None
         res = _residual(model, fit, x, y, weights, st=st, head=trees, penalties=cand.penalties)
         penalties = (res.l2_text, res.l2_feat)
-        heads = fold_heads if cand.transfer else [None] * len(blocks)
-        oof = out_of_fold(model, name, fit, edges, st, penalties=penalties, heads=heads)
+        oof = out_of_fold(model, name, fit, edges, st, penalties=penalties, heads=[trees] * len(blocks))
         tried.append((cand, trees, penalties, oof, log_loss(y, oof)))
     cand, trees, penalties, oof, _ = min(tried, key=lambda t: t[4])
     decision = choose_decision(oof, y, st.decision_margin)
