@@ -81,6 +81,7 @@ def test_unreachable_redis_is_a_store_error() -> None:
         ClassifierWatcher("redis://127.0.0.1:1/0").poll(1)
 
 
+@pytest.mark.timeout(600)  # retrain fits trees on the training rows (transfer)
 def test_retrain_publishes_a_better_model_that_gateways_pick_up(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -101,6 +102,7 @@ def test_retrain_publishes_a_better_model_that_gateways_pick_up(
     assert got[1].predict(body, "chat").output_probs[2] > 0.5
 
 
+@pytest.mark.timeout(600)
 def test_retrain_transfers_the_training_rows_to_a_terse_served_model(redis_url: str) -> None:
     """A served model that answers at 0.45x the training model's length: few of its observations are long, so
     retrain fits it its own trees on the shipped training rows relabelled by the length shift the observations

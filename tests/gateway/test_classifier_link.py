@@ -69,6 +69,7 @@ def _observations(redis_url: str, n: int) -> list[Observation]:
     return [Observation.from_json(d) for d in docs]
 
 
+@pytest.mark.timeout(600)  # retrain fits trees on the training rows (transfer)
 def test_the_gateway_learns_a_served_models_habits_through_redis(redis_url: str) -> None:
     """The running loop: the gateway records observations with text slots, retrain publishes a profile for the
     served model, the gateway loads it and predicts that model's lengths per prompt."""

@@ -89,6 +89,11 @@ class BaseRows:
 
     @classmethod
     def fit(cls, model: ClassifierModel, path: Path | None = None) -> BaseRows:
+        """Fitted once per process for a feature set and file (each retrain pass, or eval, reuses it)."""
+        return _fit_base(model.feature_names, path or data_path(BASE_FEATURES_FILE), model)
+
+    @classmethod
+    def _fit(cls, model: ClassifierModel, path: Path) -> BaseRows:
         from sklearn.ensemble import HistGradientBoostingRegressor  # noqa: PLC0415  (training time only)
 
         x, tokens = load_base(model, path)
@@ -102,6 +107,17 @@ class BaseRows:
     def expected_log(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         out: NDArray[np.float64] = self.regressor.predict(x)
         return out
+
+
+_BASE: dict[tuple[tuple[str, ...], Path], BaseRows] = {}
+
+
+def _fit_base(names: tuple[str, ...], path: Path, model: ClassifierModel) -> BaseRows:
+    key = (names, path)
+    if key not in _BASE:
+        _BASE.clear()  # one feature set at a time: the rows are ~11 MB
+        _BASE[key] = BaseRows._fit(model, path)
+    return _BASE[key]
 
 
 @dataclass(frozen=True)
