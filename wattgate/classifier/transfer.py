@@ -26,15 +26,16 @@ Chosen on the development set (held-out ShareGPT turns 1,200-2,400 with the benc
 models; never the README's evaluation rows), by the log loss of the transferred trees alone on the
 second half of each set: keeping each base row's own deviation (``tokens · exp(shift)``) gave a terse
 model's trees almost no long answers (the training answers stop near 800 tokens, so 0.45x of them
-is long only through the served model's own noise; log loss 0.746 against 0.619 matched), and a
-location-scale match (scale the deviation, add Gaussian noise for the extra spread) did no better
-than quantile matching anywhere (0.629 terse, 0.789 code/prose against 0.769).
+is long only through the served model's own noise; log loss 0.746 against 0.619 matched; it was
+ahead only on code/prose, 0.761 against 0.769), and a location-scale match (scale the deviation, add
+Gaussian noise for the extra spread) did no better than quantile matching on any of the four sets
+tried (terse 0.629, code/prose 0.789, verbose 0.677, ChatGPT's own 0.784 against 0.619, 0.769, 0.669, 0.781).
 
 The residual (text delta, features, bias) is then fitted on the observations with these trees as the
-offset, as without transfer, and the decision rule chosen out of fold as before. Whether the transfer
-candidate is kept is judged like any profile, on the observations' held-out latest part, against the
-residual-only candidate and the current profile (``adapt.adapt_one``): where the base rows do not help
-(the training model's own answers; a habit that lives in flags the base rows never set) another
+offset, as without transfer. ``adapt.adapt_one`` chooses between the residual on the shipped trees,
+the residual on these trees and these trees with a bias only by their out-of-fold log loss on the
+observations, and the winner must still beat the current profile on the held-out latest part: where
+the base rows do not help (a habit that lives in flags the base rows never set) the shipped-tree
 candidate wins. Training time only (scikit-learn); the request path evaluates the trees like the shipped ones.
 """
 
