@@ -33,7 +33,6 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from wattgate.classifier.adapt import adapt
 from wattgate.classifier.api import DecisionThresholds, MaxTokensPredictor, choose_output_class
-from wattgate.classifier.evaluate import load_base
 from wattgate.classifier.features import FeatureExtractor, Sample
 from wattgate.classifier.metrics import score
 from wattgate.classifier.model import load_model
@@ -41,6 +40,7 @@ from wattgate.classifier.predictor import ModelPredictor
 from wattgate.classifier.sharegpt import Example, is_holdout, sharegpt_examples, sharegpt_path
 from wattgate.classifier.tokens import counter
 from wattgate.classifier.train import labels
+from wattgate.classifier.transfer import load_base
 from wattgate.profiles.classes import ClassEdges
 
 UNDER_COST, OVER_COST = 4.0, 1.0  # cost proxy per class step: an SLO miss risk vs some extra energy

@@ -34,12 +34,12 @@ from classifier_served import FLAGS, HABITS, NOISE_SIGMA, held_out, write_set
 
 from wattgate.classifier.adapt import adapt, batch_probabilities, matrix
 from wattgate.classifier.decision import ceiling
-from wattgate.classifier.evaluate import load_base
 from wattgate.classifier.features import Sample
 from wattgate.classifier.metrics import score
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
 from wattgate.classifier.sharegpt import jsonl_examples
 from wattgate.classifier.train import fit_head, labels
+from wattgate.classifier.transfer import load_base
 from wattgate.profiles.classes import ClassEdges
 
 LENGTH_ONLY = ("chatgpt-as-recorded", "verbose-1.8x", "terse-0.45x")  # rules that do not read the request

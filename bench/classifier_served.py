@@ -102,6 +102,9 @@ def row(name: str, model: str, r: EvalReport) -> dict[str, Any]:
         "tokens_mae_adapted": round(tok["model, adapted"].mae, 1),
         "tokens_bias_zero_shot": round(tok["model, zero-shot"].bias, 3),
         "tokens_bias_adapted": round(tok["model, adapted"].bias, 3),
+        "adaptation": [m.kind if m.accepted else "kept current" for m in r.adaptation.result.models]
+        if r.adaptation
+        else [],
     }
 
 
@@ -140,7 +143,7 @@ def print_row(r: dict[str, Any]) -> None:
         f"{r['served_model']:24s} {r['classifier']:32s} zero-shot bal {r['zero_shot_balanced']:.3f} acc "
         f"{r['zero_shot_accuracy']:.3f} | adapted bal {r['adapted_balanced']:.3f} acc {r['adapted_accuracy']:.3f} | "
         f"tokens MAE {r['tokens_mae_midpoints']:.0f}/{r['tokens_mae_zero_shot']:.0f}/{r['tokens_mae_adapted']:.0f} "
-        f"bias {r['tokens_bias_zero_shot']:+.1%}/{r['tokens_bias_adapted']:+.1%}",
+        f"bias {r['tokens_bias_zero_shot']:+.1%}/{r['tokens_bias_adapted']:+.1%} | {', '.join(r['adaptation'])}",
         flush=True,
     )
 

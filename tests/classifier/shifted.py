@@ -5,6 +5,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
+
+from wattgate.classifier.predictor import load_shipped_model
+from wattgate.classifier.transfer import load_base
+
 TOPICS = ["rivers", "taxes", "the moon", "bread", "chess", "volcanoes", "jazz", "trains", "bees", "glass"]
 LANGS = ["French", "German", "Spanish", "Italian", "Dutch"]
 
@@ -39,3 +44,17 @@ def topic_requests(n: int, seed: int = 0) -> list[tuple[dict[str, Any], int]]:
         text = f"Tell me about {topic}."
         out.append(({"model": "m", "messages": [{"role": "user", "content": text}]}, tokens))
     return out
+
+
+def terse_base_rows(n: int, factor: float = 0.45, seed: int = 0) -> list[tuple[dict[str, float], int]]:
+    """(features, output tokens) of ``n`` shipped training rows answered by a served model that says ``factor``
+    times what the training model said (log-normal noise σ 0.25): its long answers are rare (~3%)."""
+    model = load_shipped_model()
+    x, out = load_base(model)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(out), n, replace=False)
+    noise = np.exp(rng.normal(0.0, 0.25, n))
+    return [
+        (dict(zip(model.feature_names, map(float, x[r]), strict=True)), max(1, round(factor * out[r] * e)))
+        for r, e in zip(rows, noise, strict=True)
+    ]

@@ -3,15 +3,19 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 
 from tests.classifier.shifted import TOPICS, shifted_requests, topic_requests
 from wattgate.classifier.adapt import AdaptSettings, adapt, batch_probabilities, matrix
-from wattgate.classifier.evaluate import load_base
 from wattgate.classifier.features import Sample
 from wattgate.classifier.metrics import score
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
 from wattgate.classifier.train import labels
+from wattgate.classifier.transfer import load_base
 from wattgate.profiles.classes import ClassEdges
+
+# adaptation fits trees on the 31,934 training rows (transfer): minutes on a loaded 2-core VM
+pytestmark = pytest.mark.timeout(600)
 
 
 def _samples(requests: list[tuple[dict, int]], model: str = "m", slots: bool = True) -> list[Sample]:

@@ -24,6 +24,7 @@ def test_eval_prints_the_model_and_both_baselines(tmp_path: Path, capsys: pytest
         assert word in out
 
 
+@pytest.mark.timeout(600)  # retrain fits trees on the training rows (transfer)
 def test_eval_json_with_adaptation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _write(tmp_path / "d.jsonl", 300)
     assert main(["classifier", "eval", "--data", str(data), "--json", "--adapt-fraction", "0.5"]) == 0
@@ -42,6 +43,7 @@ def test_eval_json_with_adaptation(tmp_path: Path, capsys: pytest.CaptureFixture
     assert tokens["model, adapted"]["mae_tokens"] < tokens["model, zero-shot"]["mae_tokens"]
 
 
+@pytest.mark.timeout(600)
 def test_eval_without_text_slots_learns_less(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``--no-text-slots`` measures a deployment whose gateways keep no slots (classifier_text_slots: false)."""
     path = tmp_path / "topics.jsonl"

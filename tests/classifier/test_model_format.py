@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def test_valid_checksum_cannot_smuggle_an_out_of_range_index(tiny: tuple[Classif
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format_version": 4}, "format version"),
+        ({"format_version": 5}, "format version"),
         ({"format_version": 1}, "unexpected fields"),  # a format-1 document has no length or served sections
         ({"format": "pickle"}, "not a wattgate classifier model"),
         ({"extra": 1}, "unexpected fields"),
@@ -100,7 +101,8 @@ def test_served_profiles_round_trip_and_are_validated(tiny: tuple[ClassifierMode
     again = parse_model(json.dumps(doc))
     profile = again.served["srv"]
     assert profile.text_delta is not None and profile.observations == 200
-    assert set(doc) >= {"length", "served"} and doc["format_version"] == 3
+    assert set(doc) >= {"length", "served"} and doc["format_version"] == 4
+    assert profile.head is None  # no training rows for these features: nothing to transfer
     assert len(doc["served"]["srv"]["decision"]) == 3
     bad = json.loads(json.dumps(doc))
     bad["served"]["srv"]["features"]["names"][0] = "no_such_feature"
@@ -140,7 +142,7 @@ def test_format_1_documents_still_load_with_midpoint_lengths(tiny: tuple[Classif
     old = parse_model(sign(doc))
     assert old.served == {} and old.length.means == (47.0, 232.5, 742.0)
     renewed = with_served(old, {}, old.version + 1, {})
-    assert renewed.doc["format_version"] == 3 and renewed.length == old.length
+    assert renewed.doc["format_version"] == 4 and renewed.length == old.length
 
 
 def test_format_2_profiles_load_with_the_plain_argmax(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
@@ -148,6 +150,7 @@ def test_format_2_profiles_load_with_the_plain_argmax(tiny: tuple[ClassifierMode
     decision weights (the plain argmax), and the next retrain writes them back in the current format."""
     doc = _profile_doc(tiny[0])
     doc["format_version"] = 2
+    del doc["served"]["srv"]["head"]  # format 4
     doc["served"]["srv"]["decision"] = [0.0, 2.0, 0.0]
     with pytest.raises(ModelFormatError, match="fields must be"):  # a format-2 profile has no decision field
         parse_model(sign(doc))
@@ -155,5 +158,30 @@ def test_format_2_profiles_load_with_the_plain_argmax(tiny: tuple[ClassifierMode
     old = parse_model(sign(doc))
     assert old.served["srv"].decision == (0.0, 0.0, 0.0)
     again = with_served(old, {}, old.version + 1, {})
-    assert again.doc["format_version"] == 3 and again.doc["served"]["srv"]["decision"] == [0.0, 0.0, 0.0]
+    assert again.doc["format_version"] == 4 and again.doc["served"]["srv"]["decision"] == [0.0, 0.0, 0.0]
     assert again.served["srv"].bias == old.served["srv"].bias
+
+
+def test_a_profiles_own_trees_round_trip_and_are_validated(tiny: tuple[ClassifierModel, Any, np.ndarray]) -> None:
+    """Format 4: a profile may carry its own trees (transferred); they load as the shipped head does, checked
+    the same way, and a format-3 profile (no trees) loads with the shipped ones."""
+    model, _, x = tiny
+    doc = _profile_doc(model)
+    profile = parse_model(json.dumps(doc)).served["srv"]
+    flipped = replace(model.trees, value=-model.trees.value)  # trees of its own, unlike the shipped ones
+    with_head = with_served(model, {"srv": replace(profile, head=flipped)}, model.version + 2, {})
+    again = parse_model(with_head.to_json()).served["srv"]
+    assert again.head is not None
+    np.testing.assert_array_equal(again.head.raw_batch(x[:50]), flipped.raw_batch(x[:50]))
+    assert again.head.raw3(x[0].tolist()) != model.raw3(x[0].tolist())
+    bad = json.loads(with_head.to_json())
+    size = bad["head"]["n_trees"] * bad["head"]["n_nodes"]
+    bad["served"]["srv"]["head"]["feature"] = encode_array(np.full(size, 99), "<i4")
+    with pytest.raises(ModelFormatError, match=r"served\['srv'\].head.feature index out of range"):
+        parse_model(sign(bad))
+    old = json.loads(with_head.to_json())
+    old["format_version"] = 3
+    with pytest.raises(ModelFormatError, match="fields must be"):  # a format-3 profile has no head field
+        parse_model(sign(old))
+    del old["served"]["srv"]["head"]
+    assert parse_model(sign(old)).served["srv"].head is None

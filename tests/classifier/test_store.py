@@ -8,10 +8,15 @@ import logging
 import pytest
 import redis
 
-from tests.classifier.shifted import shifted_requests
+from tests.classifier.shifted import shifted_requests, terse_base_rows
+from wattgate.classifier.api import Prediction
 from wattgate.classifier.errors import ModelFormatError
+from wattgate.classifier.features import feature_vector
+from wattgate.classifier.model import FORMAT_VERSION
 from wattgate.classifier.observe import observation
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
+from wattgate.classifier.retrain import retrain_once
+from wattgate.classifier.served import softmax_add
 from wattgate.classifier.store import ClassifierStore, ClassifierWatcher, StoreError, follow_classifier
 from wattgate.classifier.train import with_served
 from wattgate.cli import main
@@ -76,6 +81,7 @@ def test_unreachable_redis_is_a_store_error() -> None:
         ClassifierWatcher("redis://127.0.0.1:1/0").poll(1)
 
 
+@pytest.mark.timeout(600)  # retrain fits trees on the training rows (transfer)
 def test_retrain_publishes_a_better_model_that_gateways_pick_up(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -94,6 +100,55 @@ def test_retrain_publishes_a_better_model_that_gateways_pick_up(
     assert got is not None and got[0] == 2
     body, _ = shifted_requests(2)[1]  # a translation: long for this deployment
     assert got[1].predict(body, "chat").output_probs[2] > 0.5
+
+
+@pytest.mark.timeout(600)
+def test_retrain_transfers_the_training_rows_to_a_terse_served_model(redis_url: str) -> None:
+    """A served model that answers at 0.45x the training model's length: few of its observations are long, so
+    retrain fits it its own trees on the shipped training rows relabelled by the length shift the observations
+    show; the published profile carries them and the predictor the watcher hands a gateway evaluates them."""
+    keys = Keys("tr")
+    store = ClassifierStore(redis_url, keys)
+    rows = terse_base_rows(500, seed=2)
+    store.add_observations(
+        [
+            observation(
+                Prediction(0, (0.3, 0.4, 0.3), features, "model:v1"),
+                keep_text_slots=True,
+                request_id=f"r{i}",
+                pool="SM",
+                predicted_type="SM",
+                input_tokens=0,
+                output_tokens=tokens,
+                ttft_s=None,
+                tbt_s=None,
+                status=200,
+                instance="i0",
+                model="terse",
+                ts=1000.0 + i,
+            )
+            for i, (features, tokens) in enumerate(rows)
+        ]
+    )
+    report = retrain_once(store)
+    (outcome,) = report.result.models
+    assert report.published == 2 and outcome.kind.startswith("transfer"), report.text()
+    got = ClassifierWatcher(redis_url, keys=keys).poll(1)
+    assert got is not None
+    predictor = got[1]
+    assert predictor.model.doc["format_version"] == FORMAT_VERSION == 4
+    profile = predictor.model.served["terse"]
+    assert profile.head is not None and predictor.model.doc["head"] == load_shipped_model().doc["head"]
+    body = {"model": "terse", "messages": [{"role": "user", "content": "Write a long essay about rivers."}]}
+    pred = predictor.predict(body, "chat")
+    values = feature_vector(pred.features, predictor.model.feature_names)
+    residual = profile.residual(pred.text_slots, values)
+    assert pred.output_probs == softmax_add(profile.head.raw3(values), residual)
+    assert pred.output_probs != softmax_add(predictor.model.raw3(values), residual)  # not the shipped trees
+    # what the terse model's trees learnt from the training rows: an essay is much less likely long
+    shipped = ModelPredictor.shipped().predict(body, "chat")
+    assert pred.output_probs[2] < shipped.output_probs[2] / 2, (pred, shipped)
+    store.close()
 
 
 def test_retrain_reports_errors_without_a_trace(capsys: pytest.CaptureFixture[str]) -> None:

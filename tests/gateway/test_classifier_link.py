@@ -12,8 +12,10 @@ from tests.classifier.shifted import topic_requests
 from tests.gateway.fake_backend import FakeBackend
 from tests.support import UvicornThread
 from wattgate.classifier.api import MaxTokensPredictor
+from wattgate.classifier.features import feature_vector
 from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
 from wattgate.classifier.retrain import retrain_once
+from wattgate.classifier.served import softmax_add
 from wattgate.classifier.store import ClassifierStore
 from wattgate.classifier.train import with_served
 from wattgate.gateway.app import create_app
@@ -67,6 +69,7 @@ def _observations(redis_url: str, n: int) -> list[Observation]:
     return [Observation.from_json(d) for d in docs]
 
 
+@pytest.mark.timeout(600)  # retrain fits trees on the training rows (transfer)
 def test_the_gateway_learns_a_served_models_habits_through_redis(redis_url: str) -> None:
     """The running loop: the gateway records observations with text slots, retrain publishes a profile for the
     served model, the gateway loads it and predicts that model's lengths per prompt."""
@@ -108,6 +111,13 @@ def test_the_gateway_learns_a_served_models_habits_through_redis(redis_url: str)
             )
             assert long_.method == "model:v2+fake-model"
             assert long_.output_probs[2] > 0.8 and short.output_probs[0] > 0.6, (long_, short)
+            # the document format 4 retrain writes; the profile's own trees, when transfer won, are what it scores
+            loaded = state.predictor.current.model
+            assert loaded.doc["format_version"] == 4
+            profile = loaded.served["fake-model"]
+            values = feature_vector(long_.features, loaded.feature_names)
+            trees = profile.head if profile.head is not None else loaded.trees
+            assert long_.output_probs == softmax_add(trees.raw3(values), profile.residual(long_.text_slots, values))
 
 
 def test_observations_keep_no_text_slots_when_the_setting_is_off(redis_url: str) -> None:

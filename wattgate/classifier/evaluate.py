@@ -28,13 +28,14 @@ from wattgate.classifier.api import Prediction, choose_output_class, requested_m
 from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.length import midpoints
 from wattgate.classifier.metrics import Scores, format_scores, score
-from wattgate.classifier.model import ClassifierModel, load_model
+from wattgate.classifier.model import load_model
 from wattgate.classifier.observe import observation
-from wattgate.classifier.predictor import BASE_FEATURES_FILE, ModelPredictor, data_path, load_shipped_model
+from wattgate.classifier.predictor import ModelPredictor, load_shipped_model
 from wattgate.classifier.retrain import RetrainReport, retrain_once
 from wattgate.classifier.sharegpt import Example, jsonl_examples
 from wattgate.classifier.store import ClassifierStore, ClassifierWatcher
 from wattgate.classifier.train import labels
+from wattgate.classifier.transfer import load_base
 from wattgate.planner.contract import Keys
 from wattgate.profiles.classes import ClassEdges
 
@@ -90,20 +91,6 @@ class EvalReport:
                 f"  {k}: " + format_scores("", s).split("\n")[0] for k, s in res.items()
             ]
         return "\n".join(lines)
-
-
-def load_base(model: ClassifierModel, path: Path | None = None) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
-    """The shipped training features and output tokens (no text), for the baselines."""
-    path = path or data_path(BASE_FEATURES_FILE)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            names = [str(n) for n in data["feature_names"]]
-            x, out = data["x"].astype(np.float64), data["output_tokens"].astype(np.int64)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ClassifierError(f"cannot read base training features {path}: {exc}") from exc
-    if tuple(names) != model.feature_names:
-        raise ClassifierError(f"{path}: its features are not the model's; retrain the base model")
-    return x, out
 
 
 def _scores(preds: list[Prediction], y: NDArray[np.int64]) -> Scores:

@@ -4,8 +4,10 @@ A document holds a linear model over hashed token-id uni/bigrams of the last use
 three logits become features ``txt_S/M/L``, ``textmodel.py``), gradient-boosted trees over the
 numeric features, and (format 2) the output-length distribution per class (``length``) and one
 learnt profile per served model (``served``: name -> ``ServedProfile``; empty when shipped). Format 3
-adds each profile's decision weights (``decision``); format-2 documents load with none (the plain
-argmax), format-1 documents (no ``length``, no ``served``) with class-midpoint lengths. Arrays travel as
+adds each profile's decision weights (``decision``), format 4 each profile's own trees (``head``: transferred
+from the training rows, ``transfer.py``; null for none); format-3 documents load with none (the shipped
+trees), format-2 documents with no decision weights either (the plain argmax), format-1 documents (no
+``length``, no ``served``) with class-midpoint lengths. Arrays travel as
 base64 of little-endian numpy buffers. ``sha256`` covers the canonical JSON of every other field, so
 an altered file or Redis value is refused; the schema is checked field by field (shapes, index
 ranges, finiteness) so a valid checksum cannot smuggle in an out-of-range index either.
@@ -17,7 +19,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,80 +28,32 @@ from numpy.typing import NDArray
 
 from wattgate.classifier.errors import ModelFormatError
 from wattgate.classifier.length import LengthModel, midpoints, parse_length
-from wattgate.classifier.quickscore import QuickScorer, build
 from wattgate.classifier.served import ServedProfile, parse_served
 from wattgate.classifier.textmodel import (
     SHORT_TEXT_IDS,
     TextModel,
-    check_floats,
     check_int,
-    decode_array,
     encode_array,
     need,
     ngram_indices,
     ngram_slots,
     parse_text,
 )
+from wattgate.classifier.trees import Trees, parse_trees
 from wattgate.profiles.classes import ClassEdges
 
 FORMAT = "wattgate-classifier"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 TEXT_FEATURES = ("txt_S", "txt_M", "txt_L")
 _TOP_KEYS = {"format", "format_version", "version", "created_at", "notes", "edges", "feature_names", "text", "head"}
 _TOP_KEYS_2 = _TOP_KEYS | {"length", "served"}
-__all__ = ["SHORT_TEXT_IDS", "TextModel", "encode_array", "ngram_indices", "ngram_slots"]
+__all__ = ["SHORT_TEXT_IDS", "TextModel", "Trees", "encode_array", "ngram_indices", "ngram_slots"]
 
 
 def checksum(doc: dict[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != "sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Trees:
-    """Boosted trees flattened into arrays (leaves point to themselves) and walked all at once."""
-
-    baseline: NDArray[np.float64]  # (n_classes,)
-    n_trees: int
-    n_nodes: int  # nodes per tree (padded)
-    depth: int
-    feature: NDArray[np.int64]  # (n_trees * n_nodes,)
-    threshold: NDArray[np.float64]
-    left: NDArray[np.int64]  # global node index
-    right: NDArray[np.int64]
-    value: NDArray[np.float64]
-    # Serving copies: the roots, and children interleaved (2i: right, 2i+1: left) so a step is one gather.
-    roots: NDArray[np.int64] = field(init=False, repr=False, compare=False)
-    children: NDArray[np.int64] = field(init=False, repr=False, compare=False)
-    # The request path's scorer (same results, a fraction of the numpy calls); None for deep trees.
-    quick: QuickScorer | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        children = np.empty(2 * self.left.size, dtype=np.int64)
-        children[0::2], children[1::2] = self.right, self.left
-        object.__setattr__(self, "children", children)
-        object.__setattr__(self, "roots", np.arange(self.n_trees, dtype=np.int64) * self.n_nodes)
-        arrays = (self.feature, self.threshold, self.left, self.right, self.value)
-        object.__setattr__(self, "quick", build(self.n_trees, self.n_nodes, self.depth, arrays, self.baseline))
-
-    def raw_batch(self, xs: NDArray[np.float64]) -> NDArray[np.float64]:
-        """``raw`` of every row of ``xs`` at once: (rows, classes)."""
-        rows = np.arange(len(xs))[:, None]
-        node = np.broadcast_to(self.roots, (len(xs), self.n_trees))
-        for _ in range(self.depth):
-            node = self.children[2 * node + (xs[rows, self.feature[node]] <= self.threshold[node])]
-        n_classes = self.baseline.size
-        out: NDArray[np.float64] = self.baseline + self.value[node].reshape(len(xs), -1, n_classes).sum(axis=1)
-        return out
-
-    def raw(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        node = self.roots
-        for _ in range(self.depth):
-            node = self.children[2 * node + (x[self.feature[node]] <= self.threshold[node])]  # NaN goes right
-        n_classes = self.baseline.size
-        out: NDArray[np.float64] = self.baseline + self.value[node].reshape(-1, n_classes).sum(axis=0)
-        return out
 
 
 def softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -133,11 +87,7 @@ class ClassifierModel:
 
     def raw3(self, x: Sequence[float]) -> tuple[float, ...]:
         """The trees' three logits (``x``: every feature, in model order), the gateway's hot path."""
-        quick = self.trees.quick
-        if quick is not None:
-            return quick.raw(x)
-        out: tuple[float, ...] = tuple(self.trees.raw(np.asarray(x, dtype=np.float64)).tolist())
-        return out
+        return self.trees.raw3(x)
 
     def probabilities(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         return softmax(self.trees.raw(x))
@@ -157,34 +107,6 @@ class ClassifierModel:
 
     def to_json(self) -> str:
         return json.dumps(self.doc, sort_keys=True, separators=(",", ":"))
-
-
-def _parse_trees(head: Any, n_features: int) -> Trees:
-    keys = {"kind", "baseline", "n_trees", "n_nodes", "depth", "feature", "threshold", "left", "right", "value"}
-    need(isinstance(head, dict) and set(head) == keys and head.get("kind") == "trees", "bad 'head' section")
-    n_trees = check_int(head["n_trees"], "head.n_trees", 3, 100_000)
-    n_nodes = check_int(head["n_nodes"], "head.n_nodes", 1, 100_000)
-    depth = check_int(head["depth"], "head.depth", 0, 64)
-    need(n_trees % 3 == 0, "head.n_trees must be a multiple of 3")
-    size = n_trees * n_nodes
-    feature = decode_array(head["feature"], "int32", size, "head.feature").astype(np.int64)
-    left = decode_array(head["left"], "int32", size, "head.left").astype(np.int64)
-    right = decode_array(head["right"], "int32", size, "head.right").astype(np.int64)
-    need(bool(((feature >= 0) & (feature < n_features)).all()), "head.feature index out of range")
-    tree_of = np.arange(size) // n_nodes
-    for arr, what in ((left, "left"), (right, "right")):
-        need(bool(((arr >= 0) & (arr < size) & (arr // n_nodes == tree_of)).all()), f"head.{what} out of its tree")
-    return Trees(
-        baseline=check_floats(head["baseline"], 3, "head.baseline"),
-        n_trees=n_trees,
-        n_nodes=n_nodes,
-        depth=depth,
-        feature=feature,
-        threshold=decode_array(head["threshold"], "float64", size, "head.threshold"),
-        left=left,
-        right=right,
-        value=decode_array(head["value"], "float64", size, "head.value"),
-    )
 
 
 def parse_model(raw: str | bytes | dict[str, Any], source: str = "model") -> ClassifierModel:
@@ -225,7 +147,7 @@ def parse_model(raw: str | bytes | dict[str, Any], source: str = "model") -> Cla
         output_short_max=short_max,
         output_medium_max=medium_max,
         text=text,
-        trees=_parse_trees(doc["head"], len(names)),
+        trees=parse_trees(doc["head"], len(names)),
         length=length,
         served=served,
     )

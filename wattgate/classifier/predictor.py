@@ -95,7 +95,7 @@ class ModelPredictor:
             probs = (1.0, 0.0, 0.0)  # only S fits: what cap_probabilities makes of any model output
         else:
             values = self._values(feats)
-            raw = self.model.raw3(values)
+            raw = profile.head.raw3(values) if profile and profile.head else self.model.raw3(values)
             probs = softmax_add(raw, profile.residual(slots, values)) if profile else softmax3(raw)
             probs = cap_probabilities(probs, max_tokens, self.edges)
         length = profile.length if profile else self.model.length

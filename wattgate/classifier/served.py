@@ -16,6 +16,11 @@ the shipped model. ``length`` is the served model's own output-length distributi
 logits, so the class the router reads is ``argmax p(c|x) · w_c``. Adaptation picks them from the model's
 own observations, out of fold (``decision.py``); the residual itself stays a calibrated fit. Format-2
 profiles have none (all zero: the plain argmax).
+
+``head`` (format 4) is the served model's own boosted trees, fitted by transfer (``transfer.py``): the
+shipped training rows relabelled by the length shift learnt from this model's observations. When set,
+its logits replace the shipped trees' (the residual is added to them, fitted with them as offset); the
+request path evaluates them the same way. Format-3 profiles have none (the shipped trees).
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ from numpy.typing import NDArray
 
 from wattgate.classifier.length import LengthModel, parse_length
 from wattgate.classifier.textmodel import Slots, TextModel, check_floats, check_int, need, parse_text, text_doc
+from wattgate.classifier.trees import Trees, parse_trees, trees_doc
 
 CLIP = 5.0
 MAX_DECISION = 10.0  # |log weight|: beyond it one class would never (or always) be chosen
 _KEYS = {"observations", "text_delta", "features", "bias", "length"}
 _KEYS_3 = _KEYS | {"decision"}
+_KEYS_4 = _KEYS_3 | {"head"}
 NO_DECISION = (0.0, 0.0, 0.0)
 
 
@@ -86,6 +93,7 @@ class ServedProfile:
     length: LengthModel
     feature_names: tuple[str, ...]  # the model's, to write the document back
     decision: tuple[float, float, float] = NO_DECISION  # log decision weights, added to the logits
+    head: Trees | None = None  # the transferred trees, in place of the shipped ones; None: the shipped trees
     _shift: tuple[float, float, float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,13 +122,15 @@ class ServedProfile:
             "bias": list(self.bias),
             "length": self.length.to_doc(),
             "decision": list(self.decision),
+            "head": trees_doc(self.head) if self.head is not None else None,
         }
 
 
-def parse_served(name: str, raw: Any, feature_names: Sequence[str], text_dim: int, fmt: int = 3) -> ServedProfile:
-    """A profile of a format-``fmt`` document (2: without ``decision``, read as the plain argmax)."""
+def parse_served(name: str, raw: Any, feature_names: Sequence[str], text_dim: int, fmt: int = 4) -> ServedProfile:
+    """A profile of a format-``fmt`` document (2: without ``decision``, read as the plain argmax; 2 and 3:
+    without ``head``, read as the shipped trees)."""
     what = f"served[{name!r}]"
-    keys = _KEYS if fmt == 2 else _KEYS_3
+    keys = {2: _KEYS, 3: _KEYS_3}.get(fmt, _KEYS_4)
     need(isinstance(raw, dict) and set(raw) == keys, f"{what}: fields must be {sorted(keys)}")
     delta = None if raw["text_delta"] is None else parse_text(raw["text_delta"], f"{what}.text_delta")
     need(delta is None or delta.dim == text_dim, f"{what}.text_delta must have the text model's dim")
@@ -144,6 +154,7 @@ def parse_served(name: str, raw: Any, feature_names: Sequence[str], text_dim: in
     b0, b1, b2 = check_floats(raw["bias"], 3, f"{what}.bias").tolist()
     d0, d1, d2 = check_floats(raw["decision"], 3, f"{what}.decision").tolist() if fmt != 2 else NO_DECISION
     need(max(abs(d0), abs(d1), abs(d2)) <= MAX_DECISION, f"{what}.decision: log weights beyond ±{MAX_DECISION}")
+    head = raw.get("head")
     return ServedProfile(
         name=name,
         observations=check_int(raw["observations"], f"{what}.observations"),
@@ -153,6 +164,7 @@ def parse_served(name: str, raw: Any, feature_names: Sequence[str], text_dim: in
         length=parse_length(raw["length"], f"{what}.length"),
         feature_names=tuple(feature_names),
         decision=(d0, d1, d2),
+        head=None if head is None else parse_trees(head, len(feature_names), f"{what}.head"),
     )
 
 
