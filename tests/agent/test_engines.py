@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import replace
@@ -215,4 +216,31 @@ def test_a_start_that_keeps_failing_says_why_and_gives_up(tmp_path: Path) -> Non
     assert log.count("loading model") == 3  # three launches, no more
     assert "gave up after 3 failed starts" in act.notes(time.monotonic())[0]
     assert diff(plan, act.actual(), [0]).actions == ()  # nor does reconcile start it again
+    act.shutdown()
+
+
+def test_a_crashed_engine_whose_port_was_taken_restarts_on_another(tmp_path: Path) -> None:
+    """Another process (say another agent's engine starting on this host) binds the port while the engine is down:
+    the restart moves to a free port instead of failing on the taken one until the agent gives up."""
+    gpus = [FakeGpu(0)]
+    timeouts = Timeouts(drain_s=1, drain_notice_s=0, start_s=20, poll_s=0.05)
+    act = actuator(tmp_path, gpus, options(tmp_path, EngineKind.VLLM), timeouts=timeouts)
+    plan = [PlannedInstance("i0", "SS", "n1", [0], 1, 1200, 1.0, 1.0)]
+    act.apply(diff(plan, act.actual(), [0]).actions)
+    r = act.instances["i0"]
+    assert r.state is InstanceState.READY
+    old_port = r.engine.spec.port
+    os.kill(r.engine.pid or 0, signal.SIGKILL)
+    while r.engine.running():
+        time.sleep(0.02)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", old_port))
+        squatter.listen()
+        t0 = time.monotonic()
+        act.supervise(t0)
+        assert r.state is InstanceState.FAILED
+        act.supervise(t0 + 1.01)
+        assert r.state is InstanceState.READY and r.engine.spec.port != old_port
+        assert r.engine.healthy() and r.failed_starts == 0
     act.shutdown()

@@ -14,6 +14,7 @@ action: the record is re-published by ``republish()`` once Redis is back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -281,6 +282,7 @@ class Actuator:
             elif r.state is InstanceState.FAILED and r.restart_at is not None and now >= r.restart_at:
                 log.info("restarting %s (crash %d)", r.planned.id, r.crashes)
                 r.restart_at = None
+                self._move_if_port_taken(r)
                 self._set_state(r, InstanceState.STARTING)
                 try:
                     r.engine.start()
@@ -413,6 +415,17 @@ class Actuator:
             self.clocks.reset(gpu)
         except GpuError as exc:
             log.error("cannot reset GPU %d: %s", gpu, exc)
+
+    def _move_if_port_taken(self, r: Running) -> None:
+        """A managed engine whose port another process took while it was down (another agent's engine starting on
+        this host, any server) restarts on a free port: on the same one it would fail every retry."""
+        spec = r.engine.spec
+        if not r.engine.managed or _bindable(spec.host, spec.port):
+            return
+        port = self._free_port()
+        log.warning("%s: port %d is taken by another process, restarting on %d", r.planned.id, spec.port, port)
+        r.engine.close()
+        r.engine = self._make_engine(dataclasses.replace(spec, port=port))
 
     def _free_port(self) -> int:
         used = {r.engine.spec.port for r in self.instances.values()}
