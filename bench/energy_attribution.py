@@ -67,7 +67,7 @@ class MeteredEngine(Engine):
         decoding = [r for r in self._decoding.values() if id(r) not in gone] if d.decodes else []
         kv = self._kv_read() - sum(self._kv_of(r) for r in d.preempt if r.phase is Phase.DECODE)
         prefill = [(r, cached, chunk) for r, cached, chunk in d.prefill]
-        f = self.law.factors(d.clock_mhz)
+        f = self._factors(d.clock_mhz)
         full = self._energy(d.time, d.clock_mhz)
 
         def without(skip_prefill: int | None, skip_decode: Request | None) -> float:
@@ -91,7 +91,7 @@ class MeteredEngine(Engine):
         super()._account(t, clock, steps)
         if self._run is not None:  # a closed-form run of decode steps (``_run_decodes``)
             n, kv, k = self._run
-            f = self.law.factors(clock)
+            f = self._factors(clock)
             full = self._energy(t, clock)
             shares = []
             for r in self._decoding.values():
@@ -104,7 +104,7 @@ class MeteredEngine(Engine):
 
     def _run_decodes(self, s: float, until_s: float, clock: int):  # type: ignore[no-untyped-def]
         n0 = len(self._decoding)
-        f = self.law.factors(clock)
+        f = self._factors(clock)
         k = self._decode_limit(s, clock)
         if until_s != float("inf"):
             k = min(k, self.cost.decode_steps_within(n0, self._kv_read(), until_s - s, f))

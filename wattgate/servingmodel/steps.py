@@ -240,10 +240,6 @@ class StepCost:
         ``decodes`` tokens per step from ``kv_tokens``: the same step with a linearly growing attention term."""
         return self.decode_steps(decodes, factors).run(kv_tokens, steps)
 
-    def decode_run_s(self, decodes: int, kv_tokens: float, steps: int, factors: tuple[float, float]) -> float:
-        """``decode_run(decodes, kv_tokens, steps, factors).total_s``, the same arithmetic, without the object."""
-        return self.decode_steps(decodes, factors).run_s(kv_tokens, steps)
-
     def decode_steps_within(self, decodes: int, kv_tokens: float, budget_s: float, factors: tuple[float, float]) -> int:
         """The most consecutive decode-only steps (as in ``decode_run``) that fit in ``budget_s``."""
         return self.decode_steps(decodes, factors).within(kv_tokens, budget_s)
