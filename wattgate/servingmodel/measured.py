@@ -10,6 +10,8 @@
   mean and P99 TTFT and TPOT (ms) per request rate, and DCGM power samples (W per GPU, every 100 ms).
   The columns named ``P50_TTFT`` and ``P50_TPOT`` hold the benchmark's *mean* (the script parses the
   "Mean TTFT" line into them).
+- ``data/characterization-tbt.csv`` (in this package): the characterization's time between tokens per
+  point, which its CSVs leave out, from the benchmark's console logs (``read_characterization_tbt``).
 """
 
 from __future__ import annotations
@@ -149,6 +151,24 @@ def read_characterization(profiles_dir: Path) -> list[CharPoint]:
             )
         except (KeyError, ValueError) as exc:
             raise ServingModelError(f"characterization row {n}: {exc}") from exc
+    return out
+
+
+CHARACTERIZATION_TBT = Path(__file__).resolve().parent / "data" / "characterization-tbt.csv"
+
+
+def read_characterization_tbt(path: Path = CHARACTERIZATION_TBT) -> dict[tuple[int, int, str, float], float]:
+    """Measured time between tokens (s) of the characterization's points, keyed by (TP, clock, type, load): the
+    median over a point's requests of each request's 90th-percentile gap between tokens (its mean where the
+    log lost the median). Extracted from the benchmark's own logs by ``scripts/extract_characterization_tbt.py``
+    (TP8: the run the CSVs come from; TP4, TP2: a repeat of the same grid; TP2 stops within the LM type)."""
+    out = {}
+    for n, r in enumerate(_rows(path)):
+        try:
+            key = (int(r["tp"]), int(r["clock_mhz"]), RequestType.parse(r["request_type"]).name, float(r["load_rps"]))
+            out[key] = float(r["tbt_p50_s"] or r["tbt_mean_s"])
+        except (KeyError, ValueError) as exc:
+            raise ServingModelError(f"{path.name} row {n}: {exc}") from exc
     return out
 
 
