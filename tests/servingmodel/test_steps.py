@@ -27,7 +27,7 @@ def test_isotonic_is_the_monotone_least_squares_fit() -> None:
 
 def test_steps_grow_with_tokens_and_context_and_shrink_with_tp() -> None:
     c8, c2 = cost(tp=8), cost(tp=2)
-    f = (1.0, 1.0)
+    f = (1.0, 1.0, 1.0)
     small = c8.step(decodes=8, kv_tokens=8000, prefill=(), sampled=8, factors=f).total_s
     more_ctx = c8.step(decodes=8, kv_tokens=80000, prefill=(), sampled=8, factors=f).total_s
     prefill = c8.step(decodes=8, kv_tokens=8000, prefill=((0, 1024),), sampled=9, factors=f).total_s
@@ -41,7 +41,7 @@ def test_all_reduce_time_is_its_own_part_and_its_share_grows_with_tp() -> None:
     """Two all-reduces of ``tokens x hidden`` bf16 values per layer: the message per GPU is the same at every
     TP while the GEMMs shrink as 1/TP, so communication is a larger share of a TP8 step than of a TP2 one
     (the power model prices it on its own, ``PowerModel.comm_w``)."""
-    f = (1.0, 1.0)
+    f = (1.0, 1.0, 1.0)
     shares = {}
     for tp in (2, 4, 8):
         c = cost(tp=tp)
@@ -69,7 +69,7 @@ def test_a_decode_run_is_the_sum_of_its_steps(overheads: dict[str, float], n: in
     """The closed form matches step-by-step sums, and ``decode_steps_within`` is its inverse."""
     for arch in ("llama-3.1-70b", "llama-3.2-1b"):
         c = cost(arch, **overheads)
-        for f in ((1.0, 1.0), ClockLaw(0.9, 0.2).factors(1000)):
+        for f in ((1.0, 1.0, 1.0), ClockLaw(0.9, 0.2).factors(1000), ClockLaw(0.5, 1.0, 1980, 1340, 1.0).factors(900)):
             steps = [c.step(decodes=n, kv_tokens=kv + i * n, prefill=(), sampled=n, factors=f) for i in range(k)]
             run = c.decode_run(n, kv, k, f)
             assert run.total_s == pytest.approx(sum(s.total_s for s in steps), rel=1e-9)
@@ -83,15 +83,33 @@ def test_a_decode_run_is_the_sum_of_its_steps(overheads: dict[str, float], n: in
 
 def test_lower_clocks_slow_compute_more_than_memory() -> None:
     law = ClockLaw(compute_exp=1.0, memory_exp=0.2)
-    fc, fm = law.factors(990)
-    assert fc == pytest.approx(2.0) and fm == pytest.approx(2.0**0.2)
-    assert law.factors(1980) == (1.0, 1.0)
+    fc, fm, fl = law.factors(990)
+    assert fc == pytest.approx(2.0) and fm == fl == pytest.approx(2.0**0.2)
+    assert law.factors(1980) == (1.0, 1.0, 1.0)
     c = cost()
     prefill = [
         c.step(decodes=0, kv_tokens=0, prefill=((0, 4096),), sampled=1, factors=law.factors(x)) for x in (1980, 990)
     ]
     decode = [c.step(decodes=4, kv_tokens=4000, prefill=(), sampled=4, factors=law.factors(x)) for x in (1980, 990)]
     assert prefill[1].total_s / prefill[0].total_s > decode[1].total_s / decode[0].total_s > 1.0
+
+
+def test_memory_bound_time_keeps_its_speed_down_to_the_knee() -> None:
+    """HBM has its own clock: memory-bound time does not grow above the knee, and grows as knee / f below it;
+    latency-bound time (and all-reduces) grows as (f_max / f) ** latency_exp from the top clock."""
+    law = ClockLaw(compute_exp=0.5, memory_exp=1.0, memory_knee_mhz=1400, latency_exp=1.0)
+    assert law.factors(1600)[1] == 1.0 and law.factors(1400)[1] == 1.0
+    assert law.factors(700)[1] == pytest.approx(2.0)
+    assert law.factors(990)[2] == pytest.approx(2.0) and law.factors(990)[0] == pytest.approx(2.0**0.5)
+    c = cost()
+    steps = {
+        x: c.step(decodes=4, kv_tokens=4000, prefill=(), sampled=4, factors=law.factors(x)) for x in (1980, 1400, 700)
+    }
+    assert steps[1400].memory_s == steps[1980].memory_s
+    assert steps[700].memory_s == pytest.approx(2.0 * steps[1980].memory_s)
+    assert steps[1400].latency_s == pytest.approx(1980 / 1400 * steps[1980].latency_s)
+    assert steps[1400].comm_s == pytest.approx(1980 / 1400 * steps[1980].comm_s)
+    assert steps[700].overhead_s == steps[1980].overhead_s  # CPU time: no GPU clock in it
 
 
 def test_serving_model_builds_engines_with_the_calibration_defaults() -> None:

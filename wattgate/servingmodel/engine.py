@@ -44,7 +44,7 @@ from typing import NamedTuple
 
 from wattgate.servingmodel.errors import ServingModelError
 from wattgate.servingmodel.power import PowerModel
-from wattgate.servingmodel.steps import ClockLaw, StepCost, StepTime
+from wattgate.servingmodel.steps import ClockFactors, ClockLaw, StepCost, StepTime
 
 GIB = 2**30
 # What an H100 SXM 80GB reports as its memory (nvidia-smi 81,559 MiB; torch.cuda.mem_get_info's total), the
@@ -175,7 +175,7 @@ class Engine:
         self.time_s = start_s
         self.clock_mhz = clock_mhz
         self._clock_changes: list[tuple[float, int]] = []
-        self._clock_factors: dict[int, tuple[float, float]] = {}
+        self._clock_factors: dict[int, ClockFactors] = {}
         self._power_factors: dict[int, tuple[float, float]] = {}  # the power model's, per clock (``_account``)
         self.totals = Totals()
         self._g = 0  # decode steps so far
@@ -269,15 +269,15 @@ class Engine:
             return
         bisect.insort(self._clock_changes, (at_s, clock_mhz))
 
-    def _factors(self, clock: int) -> tuple[float, float]:
-        """The clock law's factors (compute, memory) at ``clock`` times the engine's ``kernel_scale``, kept per
-        clock: the hot path asks often."""
+    def _factors(self, clock: int) -> ClockFactors:
+        """The clock law's factors (compute, memory, latency) at ``clock`` times the engine's ``kernel_scale``,
+        kept per clock: the hot path asks often."""
         f = self._clock_factors.get(clock)
         if f is None:
             f = self.law.factors(clock)
             k = self.cost.overheads.kernel_scale
             if k != 1.0:
-                f = (f[0] * k, f[1] * k)
+                f = (f[0] * k, f[1] * k, f[2] * k)
             self._clock_factors[clock] = f
         return f
 

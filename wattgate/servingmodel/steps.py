@@ -24,9 +24,15 @@ effective bandwidth). Prefill attention is compute-bound; decode attention's per
 element-wise kernels are memory-bound; decode attention's per-batch floor (about 1 ms a step at every
 TP) is latency-bound; the all-reduces are communication (``comm_s``); the overheads are CPU time.
 
-**SM clock.** The compute-bound part slows as ``(f_max / f) ** compute_exp``; the memory-bound,
-latency-bound and communication parts as ``(f_max / f) ** memory_exp``; overheads (CPU) do not
-depend on the GPU clock. The exponents are fitted to the DynamoLLM characterization (``calibration``).
+**SM clock** (``ClockLaw``). The compute-bound part slows as ``(f_max / f) ** compute_exp``. The
+memory-bound part does not slow until the clock falls below a knee, then as ``(knee / f) ** memory_exp``:
+HBM runs on its own clock, so a bandwidth-bound kernel keeps its speed until the SMs (and the L2 and
+crossbar, on the SM clock) can no longer issue loads fast enough to keep HBM busy. The latency-bound and
+communication parts (fixed cycle counts: kernel ramp-up and tails, synchronisation, small all-reduces)
+slow as ``(f_max / f) ** latency_exp``. Overheads (CPU) do not depend on the GPU clock. The knee and
+exponents are fitted to the DynamoLLM characterization's TTFT and time between tokens per clock
+(``calibration``); with no knee (``memory_knee_mhz`` 0) and no ``latency_exp`` the law is the earlier
+plain one, memory-bound, latency-bound and communication time all as ``(f_max / f) ** memory_exp``.
 
 Everything here is modelled.
 """
@@ -62,22 +68,33 @@ class EngineOverheads:
     kernel_scale: float = 1.0
 
 
+ClockFactors = tuple[float, float, float]  # how much longer compute-, memory- and latency-bound time take
+
+
 @dataclass(frozen=True)
 class ClockLaw:
-    """How a step's compute- and memory-bound parts slow down below the maximum SM clock."""
+    """How a step's compute-, memory- and latency-bound parts slow down below the maximum SM clock (see the
+    module docstring): ``factors(f)`` is ``((f_max/f)^compute_exp, max(1, knee/f)^memory_exp,
+    (f_max/f)^latency_exp)``, the latency-bound factor (all-reduces too) the memory-bound one where
+    ``latency_exp`` is None, the knee ``f_max`` where ``memory_knee_mhz`` is 0."""
 
     compute_exp: float = 1.0
     memory_exp: float = 0.0
     max_clock_mhz: int = 1980
+    memory_knee_mhz: float = 0.0
+    latency_exp: float | None = None
 
-    def factors(self, clock_mhz: float) -> tuple[float, float]:
+    def factors(self, clock_mhz: float) -> ClockFactors:
         return _factors(self, clock_mhz)
 
 
 @functools.cache
-def _factors(law: ClockLaw, clock_mhz: float) -> tuple[float, float]:
-    r = law.max_clock_mhz / max(min(clock_mhz, law.max_clock_mhz), 1.0)
-    return r**law.compute_exp, r**law.memory_exp
+def _factors(law: ClockLaw, clock_mhz: float) -> ClockFactors:
+    f = max(min(clock_mhz, law.max_clock_mhz), 1.0)
+    r = law.max_clock_mhz / f
+    memory = max((law.memory_knee_mhz or law.max_clock_mhz) / f, 1.0) ** law.memory_exp
+    latency = memory if law.latency_exp is None else r**law.latency_exp
+    return r**law.compute_exp, memory, latency
 
 
 class StepTime(NamedTuple):
@@ -134,7 +151,7 @@ class StepCost:
         self._lm_comp[0] = self._lm_mem[0] = 0.0
         self._lin_comp[0] = self._lin_mem[0] = self._lin_lat[0] = self._ew[0] = self._ar[0] = 0.0
         self.kv_token_s = curves.decode.per_kv_token_s * self.layers
-        self._base_cache: dict[tuple[int, tuple[float, float]], DecodeSteps] = {}
+        self._base_cache: dict[tuple[int, ClockFactors], DecodeSteps] = {}
         # causal attention over n tokens (all layers), dense up to PREFILL_TOKENS: looked up per chunk
         self._attn = loglog(
             curves.prefill_isl, curves.prefill_per_layer_s, np.maximum(np.arange(PREFILL_TOKENS + 1), 1.0)
@@ -205,10 +222,10 @@ class StepCost:
         kv_tokens: float,
         prefill: tuple[tuple[int, int], ...],
         sampled: int,
-        factors: tuple[float, float],
+        factors: ClockFactors,
     ) -> StepTime:
         """One step: ``decodes`` sequences reading ``kv_tokens`` cached tokens in total, prefill chunks
-        ``(cached, chunk)``, ``sampled`` tokens out of the LM head, at clock factors (compute, memory)."""
+        ``(cached, chunk)``, ``sampled`` tokens out of the LM head, at clock factors (compute, memory, latency)."""
         tokens = decodes
         comp = 0.0
         for p, c in prefill:
@@ -221,10 +238,10 @@ class StepCost:
         o = self.overheads
         overhead = o.step_s + o.sequence_s * (decodes + len(prefill))
         overhead += self.layers * (o.layer_s + (o.prefill_layer_s if prefill else 0.0))
-        fc, fm = factors
-        return StepTime(comp * fc, mem * fm, overhead, comm * fm, lat * fm)
+        fc, fm, fl = factors
+        return StepTime(comp * fc, mem * fm, overhead, comm * fl, lat * fl)
 
-    def decode_steps(self, decodes: int, factors: tuple[float, float]) -> DecodeSteps:
+    def decode_steps(self, decodes: int, factors: ClockFactors) -> DecodeSteps:
         """Runs of decode-only steps of ``decodes`` sequences at clock ``factors`` (cached: the hot path asks often)."""
         key = (decodes, factors)
         steps = self._base_cache.get(key)
@@ -235,12 +252,12 @@ class StepCost:
             steps = self._base_cache[key] = DecodeSteps(base, decodes, self.kv_token_s * factors[1])
         return steps
 
-    def decode_run(self, decodes: int, kv_tokens: float, steps: int, factors: tuple[float, float]) -> StepTime:
+    def decode_run(self, decodes: int, kv_tokens: float, steps: int, factors: ClockFactors) -> StepTime:
         """``steps`` consecutive decode-only steps of ``decodes`` sequences, the KV cache growing by
         ``decodes`` tokens per step from ``kv_tokens``: the same step with a linearly growing attention term."""
         return self.decode_steps(decodes, factors).run(kv_tokens, steps)
 
-    def decode_steps_within(self, decodes: int, kv_tokens: float, budget_s: float, factors: tuple[float, float]) -> int:
+    def decode_steps_within(self, decodes: int, kv_tokens: float, budget_s: float, factors: ClockFactors) -> int:
         """The most consecutive decode-only steps (as in ``decode_run``) that fit in ``budget_s``."""
         return self.decode_steps(decodes, factors).within(kv_tokens, budget_s)
 
