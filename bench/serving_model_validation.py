@@ -13,13 +13,14 @@ tens of minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
 from wattgate.servingmodel.calibration import load_calibration
-from wattgate.servingmodel.fit import below_knee
+from wattgate.servingmodel.fit import below_knee, law_label
 from wattgate.servingmodel.measured import read_benchmark
 from wattgate.servingmodel.validate import leave_one_clock_out, summary, validate_benchmark
 
@@ -84,25 +85,29 @@ def main() -> int:
         print()
         print("Leave one clock out (DynamoLLM characterization, Llama-2-70B, rows below each series' knee):")
         print(
-            f"{'held out':>9} {'law c/m':>9} {'rows':>5} | {'P99 TTFT |err| med':>18} {'max':>6} {'<=35%':>6} | "
-            f"{'power |err| med':>15} {'max':>6} {'<=10%':>6}"
+            f"{'held out':>9} {'law c/knee':>14} {'rows':>5} | {'P99 TTFT |err| med':>18} {'max':>6} {'<=35%':>6} | "
+            f"{'power |err| med':>15} {'max':>6} {'<=10%':>6} | {'TBT rows':>8} {'|err| med':>9} {'max':>6} "
+            f"{'<=10%':>6}"
         )
         folds = leave_one_clock_out(cal, args.profiles_dir, log=lambda m: print(f"  ... {m}", file=sys.stderr))
         loco = []
         for f in folds:
-            t, w = summary(f.ttft_errors()), summary(f.power_errors())
+            t, w, b = summary(f.ttft_errors()), summary(f.power_errors()), summary(f.tbt_errors())
             print(
-                f"{f.clock_mhz:>6} MHz {f.law.compute_exp:.2f}/{f.law.memory_exp:.2f} {len(f.rows):>5} | "
+                f"{f.clock_mhz:>6} MHz {law_label(f.law):>14} {len(f.rows):>5} | "
                 f"{t['median_abs']:>18.0%} {t['max_abs']:>6.0%} {t['within_35pct']:>6.0%} | "
-                f"{w['median_abs']:>15.0%} {w['max_abs']:>6.0%} {w['within_10pct']:>6.0%}"
+                f"{w['median_abs']:>15.0%} {w['max_abs']:>6.0%} {w['within_10pct']:>6.0%} | "
+                f"{len(f.tbt_rows):>8} {b['median_abs']:>9.1%} {b['max_abs']:>6.0%} {b['within_10pct']:>6.0%}"
             )
             loco.append(
                 {
                     "clock_mhz": f.clock_mhz,
-                    "law": [f.law.compute_exp, f.law.memory_exp],
+                    "law": dataclasses.asdict(f.law),
                     "rows": len(f.rows),
                     "ttft_p99": t,
                     "power": w,
+                    "tbt_rows": len(f.tbt_rows),
+                    "tbt_p50": b,
                 }
             )
         doc["leave_one_clock_out"] = loco

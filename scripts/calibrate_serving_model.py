@@ -135,7 +135,7 @@ def characterization_engine(cal: Calibration, profiles_dir: Path, prov: dict[str
     cal = _set(cal, V0, overheads=dataclasses.replace(o, kernel_scale=scale, request_s=request_s))
     prov["fits"]["kernel scale"] = _about(res, "P99 TTFT at 0.5 req/s and 1980 MHz, 3 TPs x 9 types (below 3 s)")
 
-    log("3/5 clock law on the characterization's P99 TTFT ratios across clocks at 0.5 req/s")
+    log("3/5 clock law on the characterization's P99 TTFT and TBT ratios across clocks at 0.5 req/s")
     res, _ = fit.fit_clock_law(
         _set(cal, V0, overheads=dataclasses.replace(cal.engines[V0].overheads, request_s=0.0)),
         low,
@@ -146,7 +146,10 @@ def characterization_engine(cal: Calibration, profiles_dir: Path, prov: dict[str
     law, _ = res.value  # type: ignore[misc]
     cal = dataclasses.replace(cal, clock_law=law)
     prov["fits"]["clock law"] = _about(
-        res, "P99 TTFT at 0.5 req/s over that at the top clock, 6 clocks x 3 TPs x 9 types (below 3 s)"
+        res,
+        "P99 TTFT (below 3 s) and median time between tokens at 0.5 req/s over those at the top clock, "
+        "6 clocks x 3 TPs x 9 types (TBT: the benchmark's logs, data/characterization-tbt.csv); memory-bound "
+        "time grows as knee/f below the knee, latency-bound and all-reduce time as f_max/f",
     )
 
     log("4/5 KV reserve of the characterization's engine on its TP2 rows at 1980 MHz")

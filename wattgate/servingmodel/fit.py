@@ -6,9 +6,11 @@ Three fits, each on data the validation (``validate.py``) does not judge it by:
    layer and per request, on the vLLM benchmark curves of Llama-3.2-1B, 3.2-3B and 3.1-8B on H100
    (TP8, 1024/350 tokens), below each curve's knee. Small models are almost all overhead, which is
    what pins these numbers down; the 70B curve is kept for validation.
-2. **SM-clock law and the characterization engine** (``fit_characterization``): the exponents with
-   which compute- and memory-bound step time grow at lower clocks, the per-request latency and KV
-   reserve of the DynamoLLM prototype's engine (vLLM V0 of 2024), on the characterization's P99 TTFT.
+2. **SM-clock law and the characterization engine** (``fit_clock_law``, ``fit_kernel_scale``,
+   ``fit_kv_reserve``): how compute-, memory- and latency-bound step time grow at lower clocks (the
+   compute exponent and the memory knee), on the characterization's P99 TTFT and time between tokens
+   per clock; the kernel speed, per-request latency and KV reserve of the DynamoLLM prototype's engine
+   (vLLM V0 of 2024), on its P99 TTFT.
 3. **Power model** (``fit_power``): per-GPU idle, compute-, memory- and all-reduce-bound power and their
    clock exponents, least squares on the characterization's instance power given each row's modelled
    busy time, within the board's 700 W.
@@ -29,7 +31,7 @@ import numpy as np
 
 from wattgate.servingmodel.calibration import Calibration, ServingModel
 from wattgate.servingmodel.experiments import Outcome, mean_outcome, poisson_run, replay_run
-from wattgate.servingmodel.measured import BenchPoint, CharPoint, read_benchmark
+from wattgate.servingmodel.measured import BenchPoint, CharPoint, read_benchmark, read_characterization_tbt
 from wattgate.servingmodel.power import PowerModel
 from wattgate.servingmodel.steps import ClockLaw, EngineOverheads
 
@@ -225,48 +227,144 @@ def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> 
     return FitResult(best[1], math.sqrt(best[0]), evals, len(rows))
 
 
+# The clock-law grid: the compute exponent and the memory knee are fitted; memory-bound time below the knee and
+# latency-bound time grow as 1/f (exponents 1): a kernel that cannot keep HBM busy is limited by how fast the SMs
+# issue loads, and a fixed number of cycles takes 1/f (see ``steps``; the characterization's TBT per clock fits
+# exponent 1 for latency-bound time better than 0.5 or 0.75, README *Calibration*).
+COMPUTE_EXPS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+MEMORY_KNEES_MHZ = (1000.0, 1100.0, 1200.0, 1300.0, 1400.0, 1500.0, 1600.0, 1700.0)
+
+
+def clock_law_grid(
+    max_clock_mhz: int,
+    compute_exps: Sequence[float] = COMPUTE_EXPS,
+    knees_mhz: Sequence[float] = MEMORY_KNEES_MHZ,
+) -> list[ClockLaw]:
+    """The clock laws ``fit_clock_law`` searches (memory and latency exponents 1)."""
+    return [ClockLaw(float(ce), 1.0, max_clock_mhz, float(k), 1.0) for ce in compute_exps for k in knees_mhz]
+
+
+def law_label(law: ClockLaw) -> str:
+    """A clock law in a few characters: compute exponent / memory knee (MHz) where it has one, else
+    compute / memory exponent."""
+    if law.memory_knee_mhz:
+        return f"{law.compute_exp:g}/{law.memory_knee_mhz:.0f} MHz"
+    return f"{law.compute_exp:g}/{law.memory_exp:g}"
+
+
+@dataclass(frozen=True)
+class LawReplay:
+    """Modelled engine-side P99 TTFT (no per-request latency) and P50 time per output token (s) of each point
+    under one clock law."""
+
+    ttft_s: list[float]
+    tbt_s: list[float]
+
+
+def measured_tbt(points: Sequence[CharPoint], tbt: dict[tuple[int, int, str, float], float]) -> list[float]:
+    """Each point's measured time between tokens (``measured.read_characterization_tbt``), NaN where none or
+    where it does not measure decode steps: a long-prompt (L) request produced 11 tokens, so its TBT (the
+    90th percentile of 11 gaps) is set by the other requests' 4,085-token prefills that V0 runs between its
+    decode steps, which the modelled mean time per output token weighs differently (at TP2 the modelled
+    ratio between clocks reads 2-3x the measured one)."""
+    return [
+        math.nan if p.rtype.input.value == "L" else tbt.get((p.tp, p.clock_mhz, p.rtype.name, p.load_rps), math.nan)
+        for p in points
+    ]
+
+
 def fit_clock_law(
     calibration: Calibration,
     points: Sequence[CharPoint],
     *,
     engine: str,
     arch: str = "llama-2-70b",
-    compute_exps: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2),
-    memory_exps: Sequence[float] = (0.0, 0.15, 0.3, 0.45, 0.6),
+    laws: Sequence[ClockLaw] | None = None,
+    tbt: Sequence[float] | None = None,
     request_s: float | None = None,
     log: Callable[[str], None] = lambda _: None,
-) -> tuple[FitResult, dict[tuple[float, float], list[float]]]:
-    """The (compute, memory) clock exponents that best reproduce how P99 TTFT grows as the clock falls.
+) -> tuple[FitResult, dict[ClockLaw, LawReplay]]:
+    """The clock law (of ``laws``, by default ``clock_law_grid``) that best reproduces how P99 TTFT and the
+    time between tokens grow as the clock falls.
 
-    Judged on ratios: each point's TTFT over that of the same (TP, type, load) at the highest clock
-    measured (``clock_ratio_error``), which leaves out what the ratios cancel: how fast the prototype's
-    engine was in absolute terms. The engine's per-request latency (a constant in every TTFT, which dilutes
-    the ratios) is ``request_s`` where given (``fit_kernel_scale`` fits it on absolute TTFTs) or fitted
-    with each pair. Returns the fit and every pair's modelled engine-side TTFTs (for reuse by the
+    Judged on ratios: each point's TTFT (and TBT) over that of the same (TP, type, load) at the highest clock
+    measured (``clock_law_error``), which leaves out what the ratios cancel: how fast the prototype's
+    engine was in absolute terms. TTFT is mostly prefill (compute-bound), TBT decode (memory- and
+    latency-bound): together they pin both sides of the law. ``tbt`` is each point's measured TBT (NaN
+    where none; by default ``measured.read_characterization_tbt``). The engine's per-request latency (a
+    constant in every TTFT, which dilutes the ratios) is ``request_s`` where given (``fit_kernel_scale`` fits
+    it on absolute TTFTs) or fitted with each law. Returns the fit and every law's replay (for reuse by the
     leave-one-clock-out validation)."""
+    laws = laws if laws is not None else clock_law_grid(calibration.clock_law.max_clock_mhz)
+    tbt = list(tbt) if tbt is not None else measured_tbt(points, read_characterization_tbt())
     best: tuple[float, ClockLaw, float] | None = None
-    table: dict[tuple[float, float], list[float]] = {}
+    table: dict[ClockLaw, LawReplay] = {}
     measured = [p.ttft_p99_s for p in points]
-    for ce in compute_exps:
-        for me in memory_exps:
-            law = ClockLaw(float(ce), float(me), calibration.clock_law.max_clock_mhz)
-            cal = dataclasses.replace(calibration, clock_law=law)
-            cal = _with_overheads(cal, engine, dataclasses.replace(cal.engines[engine].overheads, request_s=0.0))
-            model = ServingModel(arch, engine, cal)
-            engine_ttft = [char_outcome(model, p).ttft_p99_s for p in points]
-            table[(float(ce), float(me))] = engine_ttft
-            if request_s is None:
-                req, err = best_ratio_offset(points, engine_ttft, measured)
-            else:
-                req, err = request_s, ratio_error(points, engine_ttft, measured, request_s)
-            log(
-                f"clock law {ce:.2f}/{me:.2f}: request latency {req * 1e3:.1f} ms, "
-                f"rms log ratio error {math.sqrt(err):.4f}"
-            )
-            if best is None or err < best[0]:
-                best = (err, law, req)
+    for law in laws:
+        cal = dataclasses.replace(calibration, clock_law=law)
+        cal = _with_overheads(cal, engine, dataclasses.replace(cal.engines[engine].overheads, request_s=0.0))
+        model = ServingModel(arch, engine, cal)
+        outcomes = [char_outcome(model, p) for p in points]
+        replay = table[law] = LawReplay([o.ttft_p99_s for o in outcomes], [o.tpot_p50_s for o in outcomes])
+        if request_s is None:
+            req, err = best_clock_law_offset(points, replay, measured, tbt)
+        else:
+            req, err = request_s, clock_law_error(points, replay, measured, tbt, request_s)
+        log(
+            f"clock law {law_label(law)}: request latency {req * 1e3:.1f} ms, "
+            f"rms log ratio error {math.sqrt(err):.4f} (TTFT and TBT)"
+        )
+        if best is None or err < best[0]:
+            best = (err, law, req)
     assert best is not None
     return FitResult((best[1], best[2]), math.sqrt(best[0]), len(table), len(points)), table
+
+
+def tbt_ratio_terms(
+    points: Sequence[CharPoint],
+    modelled: Sequence[float],
+    measured: Sequence[float],
+    exclude_clock: int | None = None,
+) -> np.ndarray:
+    """Squared log errors of the TBT ratios (each point over the same TP, type and load at the highest other
+    clock, ``ratio_pairs``), for the pairs whose both points have a measured TBT."""
+    e, m = np.array(modelled), np.array(measured)
+    pairs = [(i, r) for i, r in ratio_pairs(points, exclude_clock) if not (math.isnan(m[i]) or math.isnan(m[r]))]
+    if not pairs:
+        return np.zeros(0)
+    i, ref = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    terms: np.ndarray = (np.log(e[i] / e[ref]) - np.log(m[i] / m[ref])) ** 2
+    return terms
+
+
+def clock_law_error(
+    points: Sequence[CharPoint],
+    replay: LawReplay,
+    measured_ttft: Sequence[float],
+    measured_tbt: Sequence[float],
+    request_s: float,
+    *,
+    exclude_clock: int | None = None,
+) -> float:
+    """The mean squared log error over every TTFT ratio (``request_s`` added to each modelled TTFT) and every
+    TBT ratio (``tbt_ratio_terms``), pooled."""
+    n = len(ratio_pairs(points, exclude_clock))
+    ttft = ratio_error(points, replay.ttft_s, measured_ttft, request_s, exclude_clock) * n
+    terms = tbt_ratio_terms(points, replay.tbt_s, measured_tbt, exclude_clock)
+    return float((ttft + terms.sum()) / max(n + len(terms), 1))
+
+
+def best_clock_law_offset(
+    points: Sequence[CharPoint],
+    replay: LawReplay,
+    measured_ttft: Sequence[float],
+    measured_tbt: Sequence[float],
+    exclude_clock: int | None = None,
+) -> tuple[float, float]:
+    """The per-request latency that best reproduces the TTFT ratios (``best_ratio_offset``; TBT does not
+    contain it) and the pooled error it leaves (``clock_law_error``)."""
+    req, _ = best_ratio_offset(points, replay.ttft_s, measured_ttft, exclude_clock)
+    return req, clock_law_error(points, replay, measured_ttft, measured_tbt, req, exclude_clock=exclude_clock)
 
 
 def ratio_pairs(points: Sequence[CharPoint], exclude_clock: int | None = None) -> list[tuple[int, int]]:

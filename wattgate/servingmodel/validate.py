@@ -13,7 +13,9 @@
    predicted as the clock law fits it: the measured P99 TTFT of the same TP, type and load at the
    highest other clock, times the modelled ratio between the two clocks (the absolute speed of the
    prototype's engine is fitted per fold, ``fit.fit_kernel_scale``, on the highest clock left in, and
-   enters the ratios only through queueing). Instance power is predicted outright, from replays at that
+   enters the ratios only through queueing). The time between tokens, where the characterization's logs
+   have it (``measured.read_characterization_tbt``), is predicted the same way (measured TBT at the highest
+   other clock times the modelled ratio). Instance power is predicted outright, from replays at that
    kernel speed.
 """
 
@@ -29,7 +31,13 @@ from pathlib import Path
 from wattgate.servingmodel import fit
 from wattgate.servingmodel.calibration import Calibration, ServingModel
 from wattgate.servingmodel.experiments import Outcome
-from wattgate.servingmodel.measured import BenchPoint, CharPoint, read_benchmark, read_characterization
+from wattgate.servingmodel.measured import (
+    BenchPoint,
+    CharPoint,
+    read_benchmark,
+    read_characterization,
+    read_characterization_tbt,
+)
 from wattgate.servingmodel.steps import ClockLaw
 
 
@@ -67,12 +75,17 @@ class ClockFold:
     request_s: float
     rows: list[tuple[CharPoint, float, float]]  # held-out row, predicted P99 TTFT (s), predicted power (W)
     kernel_scale: float = 1.0
+    # held-out rows with a measured time between tokens: the row, predicted TBT (s), measured TBT (s)
+    tbt_rows: list[tuple[CharPoint, float, float]] = dataclasses.field(default_factory=list)
 
     def ttft_errors(self) -> list[float]:
         return [t / p.ttft_p99_s - 1 for p, t, _ in self.rows]
 
     def power_errors(self) -> list[float]:
         return [w / p.power_w - 1 for p, _, w in self.rows]
+
+    def tbt_errors(self) -> list[float]:
+        return [t / m - 1 for _, t, m in self.tbt_rows]
 
 
 def leave_one_clock_out(
@@ -84,21 +97,23 @@ def leave_one_clock_out(
     log: Callable[[str], None] = lambda _: None,
 ) -> list[ClockFold]:
     points = read_characterization(profiles_dir)
+    tbt = read_characterization_tbt()
     low = [p for p in points if p.load_rps == 0.5 and p.ttft_p99_s < 3.0]
+    low_tbt = fit.measured_tbt(low, tbt)
     overheads = calibration.engines[engine].overheads
     base = fit._with_overheads(calibration, engine, dataclasses.replace(overheads, request_s=0.0, kernel_scale=1.0))
-    _, table = fit.fit_clock_law(base, low, engine=engine, arch=arch, log=log)
+    _, table = fit.fit_clock_law(base, low, engine=engine, arch=arch, tbt=low_tbt, log=log)
     measured = [p.ttft_p99_s for p in low]
     held = set(fit.below_knee_char(points))
     clocks = sorted({p.clock_mhz for p in points})
-    replays: dict[tuple[float, float, float], dict[CharPoint, Outcome]] = {}
-    scaled_tables: dict[float, dict[tuple[float, float], list[float]]] = {}
+    replays: dict[tuple[ClockLaw, float], dict[CharPoint, Outcome]] = {}
+    scaled_tables: dict[float, dict[ClockLaw, fit.LawReplay]] = {}
     folds = []
     for clock in clocks:
         ref_clock = max(c for c in clocks if c != clock)
         # 1. the engine's kernel speed and request latency on the absolute TTFTs of the highest clock left in
         #    (at the top clock no law enters; below it, the law the unscaled ratios pick without this clock)
-        law0 = _best_law(table, low, measured, clock, calibration.clock_law.max_clock_mhz)
+        law0 = _best_law(table, low, measured, low_tbt, clock)
         cal = fit._with_overheads(
             dataclasses.replace(base, clock_law=law0), engine, dataclasses.replace(overheads, request_s=0.0)
         )
@@ -111,50 +126,54 @@ def leave_one_clock_out(
             scaled = fit._with_overheads(
                 base, engine, dataclasses.replace(overheads, request_s=0.0, kernel_scale=scale)
             )
-            _, scaled_tables[scale] = fit.fit_clock_law(scaled, low, engine=engine, arch=arch, request_s=req)
-        ce, me = min(
-            scaled_tables[scale],
-            key=lambda e: fit.ratio_error(low, scaled_tables[scale][e], measured, req, exclude_clock=clock),
-        )
-        law = ClockLaw(ce, me, calibration.clock_law.max_clock_mhz)
-        if (ce, me, scale) not in replays:
+            _, scaled_tables[scale] = fit.fit_clock_law(
+                scaled, low, engine=engine, arch=arch, tbt=low_tbt, request_s=req
+            )
+        st = scaled_tables[scale]
+        law = min(st, key=lambda w: fit.clock_law_error(low, st[w], measured, low_tbt, req, exclude_clock=clock))
+        if (law, scale) not in replays:
             cal = fit._with_overheads(
                 dataclasses.replace(base, clock_law=law),
                 engine,
                 dataclasses.replace(overheads, request_s=0.0, kernel_scale=scale),
             )
-            log(f"replaying every characterization row under the clock law {ce}/{me}, kernel scale {scale}")
+            log(f"replaying every characterization row under the clock law {fit.law_label(law)}, kernel scale {scale}")
             model = ServingModel(arch, engine, cal)
-            replays[(ce, me, scale)] = {p: fit.char_outcome(model, p) for p in points}
-        outcome = replays[(ce, me, scale)]
+            replays[(law, scale)] = {p: fit.char_outcome(model, p) for p in points}
+        outcome = replays[(law, scale)]
         power = fit.fit_power([(p, o) for p, o in outcome.items() if p.clock_mhz != clock], law.max_clock_mhz).value
         by_key = {(p.tp, p.rtype, p.load_rps, p.clock_mhz): p for p in points}
-        rows = []
+        rows, tbt_rows = [], []
         for p in points:
             ref = by_key.get((p.tp, p.rtype, p.load_rps, ref_clock))
             if p.clock_mhz != clock or p not in held or ref is None:
                 continue
             ratio = (outcome[p].ttft_p99_s + req) / (outcome[ref].ttft_p99_s + req)
             rows.append((p, ref.ttft_p99_s * ratio, modelled_power_w(power, outcome[p], p)))
-        folds.append(ClockFold(clock, law, req, rows, scale))
+            m, m_ref = (tbt.get((q.tp, q.clock_mhz, q.rtype.name, q.load_rps)) for q in (p, ref))
+            if m is not None and m_ref is not None:
+                tbt_rows.append((p, m_ref * outcome[p].tpot_p50_s / outcome[ref].tpot_p50_s, m))
+        folds.append(ClockFold(clock, law, req, rows, scale, tbt_rows))
         log(
-            f"clock {clock} MHz held out: law {ce}/{me}, kernel scale {scale}, "
-            f"request latency {req * 1e3:.1f} ms, {len(rows)} rows"
+            f"clock {clock} MHz held out: law {fit.law_label(law)}, kernel scale {scale}, "
+            f"request latency {req * 1e3:.1f} ms, {len(rows)} rows ({len(tbt_rows)} with TBT)"
         )
     return folds
 
 
 def _best_law(
-    table: dict[tuple[float, float], list[float]],
+    table: dict[ClockLaw, fit.LawReplay],
     low: Sequence[CharPoint],
     measured: Sequence[float],
+    measured_tbt: Sequence[float],
     exclude_clock: int,
-    max_clock_mhz: int,
 ) -> ClockLaw:
-    """The exponents whose unscaled TTFTs best reproduce the ratios without ``exclude_clock`` (latency free)."""
-    errs = {e: fit.best_ratio_offset(low, t, measured, exclude_clock=exclude_clock)[1] for e, t in table.items()}
-    ce, me = min(errs, key=lambda e: errs[e])
-    return ClockLaw(ce, me, max_clock_mhz)
+    """The law whose unscaled replay best reproduces the ratios without ``exclude_clock`` (latency free)."""
+    errs = {
+        w: fit.best_clock_law_offset(low, r, measured, measured_tbt, exclude_clock=exclude_clock)[1]
+        for w, r in table.items()
+    }
+    return min(errs, key=lambda w: errs[w])
 
 
 def modelled_power_w(power: object, o: Outcome, p: CharPoint) -> float:
