@@ -150,8 +150,9 @@ def leave_one_clock_out(
                 continue
             ratio = (outcome[p].ttft_p99_s + req) / (outcome[ref].ttft_p99_s + req)
             rows.append((p, ref.ttft_p99_s * ratio, modelled_power_w(power, outcome[p], p)))
+            # TBT of long-prompt rows is left out, as in the fit (``fit.measured_tbt``): 11 tokens, set by prefills
             m, m_ref = (tbt.get((q.tp, q.clock_mhz, q.rtype.name, q.load_rps)) for q in (p, ref))
-            if m is not None and m_ref is not None:
+            if m is not None and m_ref is not None and p.rtype.input.value != "L":
                 tbt_rows.append((p, m_ref * outcome[p].tpot_p50_s / outcome[ref].tpot_p50_s, m))
         folds.append(ClockFold(clock, law, req, rows, scale, tbt_rows))
         log(
