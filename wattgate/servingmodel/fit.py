@@ -201,7 +201,7 @@ def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> 
     starts = [np.array([100.0, 10.0, 400.0, 300.0, 50.0, 50.0]), np.array([100.0, 10.0, 900.0, 450.0, 50.0, 50.0])]
     best: tuple[float, PowerModel] | None = None
     evals = 0
-    for gamma in np.arange(0.5, 3.51, 0.25):
+    for gamma in np.arange(1.0, 3.51, 0.25):  # dynamic power C V^2 f: at least linear in the clock
         for gamma_m in np.arange(0.0, 2.01, 0.25):
             g, gm = r**gamma, r**gamma_m
             clock = np.column_stack([g, g, gm, gm, gm])
