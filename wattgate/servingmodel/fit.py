@@ -11,7 +11,7 @@ Three fits, each on data the validation (``validate.py``) does not judge it by:
    reserve of the DynamoLLM prototype's engine (vLLM V0 of 2024), on the characterization's P99 TTFT.
 3. **Power model** (``fit_power``): per-GPU idle, compute-, memory- and all-reduce-bound power and their
    clock exponents, least squares on the characterization's instance power given each row's modelled
-   busy time, within the board's 700 W.
+   busy time, each busy state capped at the board's 700 W.
 
 Every fit minimises squared log errors (relative errors, symmetric in over/under-estimation) and
 uses common random numbers (fixed seeds), so the objective is deterministic.

@@ -15,14 +15,14 @@ instance draws ``EMPTY_GPU_W``. Everything here is modelled.
 **The board limit.** An H100 SXM's power brake holds the board at its 700 W limit (``board_limit_w``):
 when the work would draw more, the GPU lowers its clock until it does not. ``compute_w`` is what the
 tensor cores would draw above idle at ``f_max`` without that limit; where ``idle + compute_w * g``
-passes the limit (above ``cap_clock_mhz``, about 1,600 MHz as fitted), compute-bound time draws the
+passes the limit (above ``cap_clock_mhz``, 1,511 MHz as fitted), compute-bound time draws the
 limit, whatever the clock is locked at, and the unlocked state (``nvidia-smi -rgc``: the GPU boosts up
 to ``f_max`` under the same limit, which is how the characterization's "1980 MHz" rows ran) is the same
 state as a clock locked at ``f_max``. The characterization asks for it: fitted with every busy figure
-held under the limit (until December 2026), compute power sat on that bound (idle + compute = 700 W at
-every clock from 800 MHz up, with a linear clock exponent) and long-prompt rows, prefill at compute-bound
-power for most of their busy time, read 9-15% low; their measured power stops rising above
-1,600-1,800 MHz, and so does their measured prefill speed (README *Validation*). Only the power is capped
+held under the limit (until December 2026), compute power sat on that bound (idle + compute_w = 700 W
+at ``f_max``) and long-prompt rows, at compute-bound power for most of their busy time, read 9-15% low;
+their measured power and their measured prefill speed stop rising above 1,400-1,600 MHz (README
+*Validation*). Only the power is capped
 here: the step times come from the clock law (``steps.ClockLaw``), fitted on the same rows' TTFT, which
 carries the slower-than-locked prefill at the top clocks in its exponent.
 
