@@ -48,6 +48,19 @@ def test_power_model_stays_within_the_board_limit() -> None:
     assert p.idle_gpu_w(800) >= EMPTY_GPU_W
 
 
+def test_shipped_power_model_reaches_the_board_limit_below_the_top_clock() -> None:
+    """The characterization's compute-bound power is capped by the board (README *Validation*): above the
+    fitted cap clock compute-bound time draws 700 W, at every clock up to f_max, and below it less."""
+    p = load_calibration().power
+    cap = p.cap_clock_mhz()
+    assert cap is not None and 1200 < cap < p.max_clock_mhz
+    for clock in (cap + 1, 1800, 1980):
+        w = p.clock_factors(clock)
+        assert w.idle_w + w.compute_w == pytest.approx(BOARD_LIMIT_W)
+    low = p.clock_factors(800)
+    assert low.idle_w + low.compute_w < BOARD_LIMIT_W - 100
+
+
 @needs_shared("profiles")
 def test_power_fit_is_bounded_by_the_board_and_recovers_a_known_model() -> None:
     """``fit_power`` on rows whose power a known model produced (the characterization's shapes, busy times
