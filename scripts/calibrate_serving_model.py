@@ -170,7 +170,9 @@ def power_model(cal: Calibration, profiles_dir: Path, prov: dict[str, Any]) -> P
     res = fit.fit_power(rows, cal.clock_law.max_clock_mhz)
     assert isinstance(res.value, PowerModel)
     prov["fits"]["power"] = _about(
-        res, "instance power of all 1,351 characterization rows, within the board's 700 W (relative errors)"
+        res,
+        "instance power of all 1,351 characterization rows, each busy state capped at the board's 700 W "
+        "(relative errors)",
     )
     prov["characterization requests"] = {
         "source": "jovans2/jovan-vllm jovan_vllm/vllm/benchmarks/benchmark_power.py and prompts (May 2024), "

@@ -17,7 +17,7 @@ from wattgate.servingmodel.errors import ServingModelError
 from wattgate.servingmodel.fit import below_knee, bench_outcome, char_outcome, fit_power, knee_rate
 from wattgate.servingmodel.kernels import kernel_curves, kernel_origin
 from wattgate.servingmodel.measured import read_benchmark, read_characterization
-from wattgate.servingmodel.power import EMPTY_GPU_W, PowerModel
+from wattgate.servingmodel.power import BOARD_LIMIT_W, EMPTY_GPU_W, PowerModel
 from wattgate.servingmodel.validate import modelled_power_w, validate_benchmark
 
 PROFILES = SHARED_DATA / "profiles"
@@ -39,36 +39,60 @@ def test_shipped_calibration_records_every_fit_and_round_trips(tmp_path: Path) -
 def test_power_model_stays_within_the_board_limit() -> None:
     p = load_calibration().power
     top = p.max_clock_mhz
-    # idle power may not fall as the clock rises (the characterization's fit finds it almost flat)
+    # idle power may not fall as the clock rises
     assert 60 < p.idle_gpu_w(800) <= p.idle_gpu_w(top) < 200
-    assert p.idle_gpu_w(top) + p.compute_w <= 700 and p.idle_gpu_w(top) + p.memory_w <= 700
-    assert p.latency_w is not None and p.idle_gpu_w(top) + max(p.comm_w, p.latency_w) <= 700
+    for clock in range(800, top + 1, 20):
+        w = p.clock_factors(clock)
+        assert w.idle_w + max(w.compute_w, w.memory_w, w.comm_w, w.latency_w) <= BOARD_LIMIT_W + 1e-9, clock
     # an engine holding a model, clock locked, draws at least what an empty board does
     assert p.idle_gpu_w(800) >= EMPTY_GPU_W
+
+
+def test_shipped_power_model_reaches_the_board_limit_below_the_top_clock() -> None:
+    """The characterization's compute-bound power is capped by the board (README *Validation*): above the
+    fitted cap clock compute-bound time draws 700 W, at every clock up to f_max, and below it less."""
+    p = load_calibration().power
+    cap = p.cap_clock_mhz()
+    assert cap is not None and 1200 < cap < p.max_clock_mhz
+    for clock in (cap + 1, 1800, 1980):
+        w = p.clock_factors(clock)
+        assert w.idle_w + w.compute_w == pytest.approx(BOARD_LIMIT_W)
+    low = p.clock_factors(800)
+    assert low.idle_w + low.compute_w < BOARD_LIMIT_W - 100
 
 
 @needs_shared("profiles")
 def test_power_fit_is_bounded_by_the_board_and_recovers_a_known_model() -> None:
     """``fit_power`` on rows whose power a known model produced (the characterization's shapes, busy times
-    of two replays) gives that model back; asked to fit more than the board can draw, it stops at 700 W."""
+    of two replays) gives that model back, whether or not its compute power reaches the board limit below the
+    top clock; asked to fit more than the board can draw, no state of what it returns passes 700 W."""
     points = [p for p in read_characterization(PROFILES) if p.rtype.name in ("SM", "LS") and p.load_rps <= 2.0]
     model = ServingModel("llama-2-70b", "dynamollm-2024")
     outcomes = [char_outcome(model, p) for p in points]
-    truth = PowerModel(80.0, 20.0, 500.0, 400.0, 1.0, 1.0, 1980, 50.0, 150.0)
-    rows = [
-        (dataclasses.replace(p, power_w=modelled_power_w(truth, o, p)), o)
-        for p, o in zip(points, outcomes, strict=True)
-    ]
-    got = fit_power(rows, 1980)
-    assert got.rms_log_error < 1e-3
-    fitted = got.value
-    assert isinstance(fitted, PowerModel)
-    assert fitted.compute_w == pytest.approx(500.0, rel=0.02) and fitted.memory_w == pytest.approx(400.0, rel=0.02)
+    for compute_w in (500.0, 800.0):  # the second passes 700 W above ~1,500 MHz
+        truth = PowerModel(80.0, 20.0, compute_w, 400.0, 1.0, 1.0, 1980, 50.0, 150.0)
+        rows = [
+            (dataclasses.replace(p, power_w=modelled_power_w(truth, o, p)), o)
+            for p, o in zip(points, outcomes, strict=True)
+        ]
+        got = fit_power(rows, 1980)
+        assert got.rms_log_error < 1e-3, compute_w
+        fitted = got.value
+        assert isinstance(fitted, PowerModel)
+        assert fitted.compute_w == pytest.approx(compute_w, rel=0.02), fitted
+        assert fitted.memory_w == pytest.approx(400.0, rel=0.02), fitted
+        if compute_w > 600:
+            cap, true_cap = fitted.cap_clock_mhz(), truth.cap_clock_mhz()
+            assert cap is not None and true_cap is not None and cap == pytest.approx(true_cap, rel=0.02)
+            assert 1400 < true_cap < 1600
+        else:
+            assert fitted.cap_clock_mhz() is None
     hot = [(dataclasses.replace(p, power_w=p.power_w * 2.5), o) for p, o in rows]
     capped = fit_power(hot, 1980).value
-    assert isinstance(capped, PowerModel) and capped.latency_w is not None
-    busiest = max(capped.compute_w, capped.memory_w, capped.comm_w, capped.latency_w)
-    assert capped.idle_w + capped.idle_clock_w + busiest <= 700 + 1e-6
+    assert isinstance(capped, PowerModel)
+    for clock in (800, 1400, 1980):
+        w = capped.clock_factors(clock)
+        assert w.idle_w + max(w.compute_w, w.memory_w, w.comm_w, w.latency_w) <= BOARD_LIMIT_W + 1e-9
 
 
 def test_kernel_data_keeps_its_origin_and_licence() -> None:

@@ -133,3 +133,22 @@ def test_each_kind_of_busy_second_is_priced_at_its_own_power() -> None:
     # a calibration written before latency_w existed prices latency-bound time as memory-bound
     old = PowerModel(80.0, 20.0, 600.0, 500.0, 1.0, 1.0, 1980)
     assert old.step_energy_j(StepTime(0.0, 0.0, 0.0, latency_s=1.0), 1980, 1) == pytest.approx(600.0)
+
+
+def test_no_kind_of_busy_second_draws_more_than_the_board_limit() -> None:
+    """Work that would draw more than the board's 700 W draws 700 W (the GPU's power brake): above the clock
+    where idle + compute_w x (f / f_max) reaches the limit, compute-bound seconds cost the same at any clock,
+    and the unlocked top clock is no different from one locked there."""
+    p = PowerModel(100.0, 0.0, 900.0, 450.0, 1.0, 1.0, 1980, comm_w=0.0, latency_w=0.0)
+    cap = p.cap_clock_mhz()
+    assert cap == pytest.approx(1980 * 600.0 / 900.0)
+    one_s = StepTime(1.0, 0.0, 0.0)
+    for clock in (1400, 1600, 1980):
+        assert p.step_energy_j(one_s, clock, 2) == pytest.approx(2 * 700.0), clock
+    assert p.step_energy_j(one_s, 990, 2) == pytest.approx(2 * (100.0 + 450.0))
+    # memory-bound power stays under the limit here: 100 + 450 W at the top clock
+    assert p.step_energy_j(StepTime(0.0, 1.0, 0.0), 1980, 1) == pytest.approx(550.0)
+    # a run's mean power is idle plus its busy seconds at their (capped) power
+    busy = StepTime(2.0, 1.0, 0.5, comm_s=0.5)
+    assert p.mean_w(busy, 10.0, 1980) == pytest.approx(100.0 + (2.0 * 600.0 + 1.0 * 450.0) / 10.0)
+    assert PowerModel(100.0, 0.0, 500.0, 450.0, 1.0, 1.0, 1980).cap_clock_mhz() is None

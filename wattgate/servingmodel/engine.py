@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from wattgate.servingmodel.errors import ServingModelError
-from wattgate.servingmodel.power import PowerModel
+from wattgate.servingmodel.power import PowerAt, PowerModel
 from wattgate.servingmodel.steps import ClockFactors, ClockLaw, StepCost, StepTime
 
 GIB = 2**30
@@ -176,7 +176,7 @@ class Engine:
         self.clock_mhz = clock_mhz
         self._clock_changes: list[tuple[float, int]] = []
         self._clock_factors: dict[int, ClockFactors] = {}
-        self._power_factors: dict[int, tuple[float, float]] = {}  # the power model's, per clock (``_account``)
+        self._power_factors: dict[int, PowerAt] = {}  # the power model's, per clock (``_account``)
         self.totals = Totals()
         self._g = 0  # decode steps so far
         self._waiting: deque[Request] = deque()

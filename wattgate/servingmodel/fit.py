@@ -13,7 +13,7 @@ Three fits, each on data the validation (``validate.py``) does not judge it by:
    (vLLM V0 of 2024), on its P99 TTFT.
 3. **Power model** (``fit_power``): per-GPU idle, compute-, memory- and all-reduce-bound power and their
    clock exponents, least squares on the characterization's instance power given each row's modelled
-   busy time, within the board's 700 W.
+   busy time, each busy state capped at the board's 700 W.
 
 Every fit minimises squared log errors (relative errors, symmetric in over/under-estimation) and
 uses common random numbers (fixed seeds), so the objective is deterministic.
@@ -32,7 +32,7 @@ import numpy as np
 from wattgate.servingmodel.calibration import Calibration, ServingModel
 from wattgate.servingmodel.experiments import Outcome, mean_outcome, poisson_run, replay_run
 from wattgate.servingmodel.measured import BenchPoint, CharPoint, read_benchmark, read_characterization_tbt
-from wattgate.servingmodel.power import PowerModel
+from wattgate.servingmodel.power import BOARD_LIMIT_W, EMPTY_GPU_W, PowerModel
 from wattgate.servingmodel.steps import ClockLaw, EngineOverheads
 
 FIT_MODELS = ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b")
@@ -149,80 +149,81 @@ def char_outcome(model: ServingModel, p: CharPoint) -> Outcome:
     return replay_run(engine, p.arrivals(), p.input_tokens, p.output_tokens, from_first_arrival=True)
 
 
-# An H100 SXM board draws at most 700 W: the power model's watt figures are bounded so that no state of
-# it exceeds that (idle + clock-dependent idle + the busiest part <= 700), each within a plausible range.
-BOARD_LIMIT_W = 700.0
+# An H100 SXM board draws at most 700 W (``power.BOARD_LIMIT_W``): the power model caps every state there
+# (its power brake lowers the clock). Below the cap each busy figure is what that work would draw above
+# idle at the top clock without the limit, up to twice the limit. An engine with nothing to run draws at
+# least what a board that holds no instance does (``EMPTY_GPU_W``) and at most 150 W.
 POWER_BOUNDS_W = {
-    "idle_w": (30.0, 150.0),
+    "idle_w": (EMPTY_GPU_W, 150.0),
     "idle_clock_w": (0.0, 100.0),
-    "compute_w": (0.0, BOARD_LIMIT_W),
-    "memory_w": (0.0, BOARD_LIMIT_W),
-    "comm_w": (0.0, BOARD_LIMIT_W),
-    "latency_w": (0.0, BOARD_LIMIT_W),
+    "compute_w": (0.0, 2 * BOARD_LIMIT_W),
+    "memory_w": (0.0, 2 * BOARD_LIMIT_W),
+    "comm_w": (0.0, 2 * BOARD_LIMIT_W),
+    "latency_w": (0.0, 2 * BOARD_LIMIT_W),
 }
 
 
-def power_columns(p: CharPoint, o: Outcome, max_clock_mhz: int, gamma: float, gamma_m: float) -> list[float]:
-    """A row's mean power per GPU is these columns dotted with (idle_w, idle_clock_w, compute_w, memory_w,
-    comm_w, latency_w): the fit's design matrix and the validation's prediction share it."""
-    r = p.clock_mhz / max_clock_mhz
-    g, gm, d = r**gamma, r**gamma_m, o.duration_s
-    return [1.0, g, g * o.compute_s / d, gm * o.memory_s / d, gm * o.comm_s / d, gm * o.latency_s / d]
+def _capped_power(x: np.ndarray, clock: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: idle watts, each busy kind's watts above idle (capped at the board limit) and where capped,
+    for the watt figures ``x`` (``POWER_BOUNDS_W``'s order) and each row's clock factors (g, g, gm, gm, gm)."""
+    idle = x[0] + x[1] * clock[:, 0]
+    room = (BOARD_LIMIT_W - idle)[:, None]
+    demand = x[2:] * clock[:, 1:]
+    capped = demand >= room
+    return idle, np.where(capped, room, demand), capped
 
 
-def _quadratic(x: np.ndarray, h: np.ndarray, q: np.ndarray, n: int) -> float:
-    """The mean of (a x - 1)^2 over n rows, less the constant 1, from h = a'a and q = a'1."""
-    return float(x @ h @ x - 2 * q @ x) / n
+def _power_residuals(x: np.ndarray, clock: np.ndarray, frac: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    idle, busy, _ = _capped_power(x, clock)
+    out: np.ndarray = (idle + (frac * busy).sum(axis=1)) / measured - 1.0
+    return out
 
 
-def _quadratic_grad(x: np.ndarray, h: np.ndarray, q: np.ndarray, n: int) -> np.ndarray:
-    grad: np.ndarray = 2 * (h @ x - q) / n
-    return grad
+def _power_jacobian(x: np.ndarray, clock: np.ndarray, frac: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    _, _, capped = _capped_power(x, clock)
+    idle_share = 1.0 - (frac * capped).sum(axis=1)  # a capped state's watts fall as idle rises
+    cols = np.column_stack([idle_share, idle_share * clock[:, 0], frac * clock[:, 1:] * ~capped])
+    out: np.ndarray = cols / measured[:, None]
+    return out
 
 
 def fit_power(rows: Sequence[tuple[CharPoint, Outcome]], max_clock_mhz: int) -> FitResult:
     """Least squares of relative errors of instance power over the rows, given each row's modelled busy
-    seconds: the clock exponents on a grid, the six watt figures (linear for each pair) within
-    ``POWER_BOUNDS_W`` and the board limit (``idle_w + idle_clock_w + each busy figure <= 700``)."""
-    from scipy.optimize import minimize  # noqa: PLC0415  (build time only)
+    seconds: the clock exponents on a grid, the six watt figures within ``POWER_BOUNDS_W``, each busy
+    state capped at the board limit (``power.PowerModel``: ``min(idle + figure x clock factor, 700 W)``)."""
+    from scipy.optimize import least_squares  # noqa: PLC0415  (build time only)
 
-    scale = 100.0  # the solver works in hundreds of watts
-    bounds = [(lo / scale, hi / scale) for lo, hi in POWER_BOUNDS_W.values()]
-    limit = BOARD_LIMIT_W / scale
-    # idle_w + idle_clock_w + busy_i <= limit for each busy figure i (columns 2-5)
-    k = len(POWER_BOUNDS_W)
-    c = np.zeros((k - 2, k))
-    c[:, :2] = 1.0
-    c[np.arange(k - 2), np.arange(2, k)] = 1.0
-    cons = [{"type": "ineq", "fun": lambda x: limit - c @ x, "jac": lambda x: -c}]
-    x0 = np.array([1.0, 0.1] + [3.0] * (k - 2))
+    r = np.array([p.clock_mhz / max_clock_mhz for p, _ in rows])
+    measured = np.array([p.power_w / p.tp for p, _ in rows])
+    # busy seconds over the run's duration, per kind: compute, memory, all-reduce, latency-bound
+    frac = np.array([[o.compute_s, o.memory_s, o.comm_s, o.latency_s] for _, o in rows])
+    frac /= np.array([[o.duration_s] for _, o in rows])
+    lo, hi = np.array(list(POWER_BOUNDS_W.values())).T
+    # below the limit everywhere, and compute power past it at the top clocks: the objective is piecewise
+    starts = [np.array([100.0, 10.0, 400.0, 300.0, 50.0, 50.0]), np.array([100.0, 10.0, 900.0, 450.0, 50.0, 50.0])]
     best: tuple[float, PowerModel] | None = None
     evals = 0
-    for gamma in np.arange(1.0, 3.51, 0.25):
+    for gamma in np.arange(1.0, 3.51, 0.25):  # dynamic power C V^2 f: at least linear in the clock
         for gamma_m in np.arange(0.0, 2.01, 0.25):
-            a = np.array([power_columns(p, o, max_clock_mhz, gamma, gamma_m) for p, o in rows]) / np.array(
-                [[p.power_w / p.tp] for p, _ in rows]
-            )
-            a *= scale
-            h, q, n = a.T @ a, a.sum(axis=0), len(a)
-            res = minimize(
-                _quadratic,
-                x0,
-                args=(h, q, n),
-                jac=_quadratic_grad,
-                bounds=bounds,
-                constraints=cons,
-                method="SLSQP",
-                options={"maxiter": 500, "ftol": 1e-12},
-            )
-            evals += 1
-            err = float(np.mean((a @ res.x - 1.0) ** 2))
-            if best is None or err < best[0]:
-                w = [round(float(x) * scale, 6) for x in res.x]  # no 1e-14 W figures in the calibration
-                best = (
-                    err,
-                    PowerModel(w[0], w[1], w[2], w[3], float(gamma), float(gamma_m), max_clock_mhz, w[4], w[5]),
+            g, gm = r**gamma, r**gamma_m
+            clock = np.column_stack([g, g, gm, gm, gm])
+            for x0 in starts:
+                res = least_squares(
+                    _power_residuals,
+                    np.clip(x0, lo, hi),
+                    jac=_power_jacobian,
+                    bounds=(lo, hi),
+                    args=(clock, frac, measured),
+                    x_scale=100.0,
                 )
+                evals += 1
+                err = float(np.mean(res.fun**2))
+                if best is None or err < best[0]:
+                    w = [round(float(x), 6) for x in res.x]  # no 1e-14 W figures in the calibration
+                    best = (
+                        err,
+                        PowerModel(w[0], w[1], w[2], w[3], float(gamma), float(gamma_m), max_clock_mhz, w[4], w[5]),
+                    )
     assert best is not None
     return FitResult(best[1], math.sqrt(best[0]), evals, len(rows))
 

@@ -2,16 +2,29 @@
 
 Per GPU, with ``g = (f / f_max) ** gamma`` and ``gm = (f / f_max) ** gamma_memory``::
 
-    idle(f)    = idle_w + idle_clock_w * g        (an engine loaded, nothing running, clock locked at f)
-    compute(f) = idle(f) + compute_w * g          (while a step's compute-bound part runs)
-    memory(f)  = idle(f) + memory_w * gm          (while a memory-bound part runs: HBM streaming)
-    comm(f)    = idle(f) + comm_w * gm            (while an all-reduce runs, TP > 1)
-    latency(f) = idle(f) + latency_w * gm         (while a latency-bound kernel runs, ``steps``)
+    idle(f)    = idle_w + idle_clock_w * g                       (an engine loaded, nothing running, clock at f)
+    compute(f) = min(idle(f) + compute_w * g, board_limit_w)     (while a step's compute-bound part runs)
+    memory(f)  = min(idle(f) + memory_w * gm, board_limit_w)     (while a memory-bound part runs: HBM streaming)
+    comm(f)    = min(idle(f) + comm_w * gm, board_limit_w)       (while an all-reduce runs, TP > 1)
+    latency(f) = min(idle(f) + latency_w * gm, board_limit_w)    (while a latency-bound kernel runs, ``steps``)
 
 A step's overhead time (CPU) draws idle power. The watt figures and exponents are fitted to the
-DynamoLLM characterization's instance power (``calibration``, ``fit.fit_power``), within the board's
-700 W: ``idle_w + idle_clock_w + each busy figure <= 700``. A GPU that holds no instance draws
-``EMPTY_GPU_W``. Everything here is modelled.
+DynamoLLM characterization's instance power (``calibration``, ``fit.fit_power``). A GPU that holds no
+instance draws ``EMPTY_GPU_W``. Everything here is modelled.
+
+**The board limit.** An H100 SXM's power brake holds the board at its 700 W limit (``board_limit_w``):
+when the work would draw more, the GPU lowers its clock until it does not. ``compute_w`` is what the
+tensor cores would draw above idle at ``f_max`` without that limit; where ``idle + compute_w * g``
+passes the limit (above ``cap_clock_mhz``, 1,511 MHz as fitted), compute-bound time draws the
+limit, whatever the clock is locked at, and the unlocked state (``nvidia-smi -rgc``: the GPU boosts up
+to ``f_max`` under the same limit, which is how the characterization's "1980 MHz" rows ran) is the same
+state as a clock locked at ``f_max``. The characterization asks for it: fitted with every busy figure
+held under the limit (until December 2026), compute power sat on that bound (idle + compute_w = 700 W
+at ``f_max``) and long-prompt rows, at compute-bound power for most of their busy time, read 9-15% low;
+their measured power and their measured prefill speed stop rising above 1,400-1,600 MHz (README
+*Validation*). Only the power is capped
+here: the step times come from the clock law (``steps.ClockLaw``), fitted on the same rows' TTFT, which
+carries the slower-than-locked prefill at the top clocks in its exponent.
 
 **Why four kinds of busy time.** A GPU's power follows how hard it works, not how long a kernel
 takes: streaming HBM at full bandwidth or keeping the tensor cores fed draws much more than a kernel
@@ -36,6 +49,7 @@ written before they existed still loads (refit it: its all-reduces then draw idl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from wattgate.servingmodel.steps import StepTime
 
@@ -43,6 +57,18 @@ from wattgate.servingmodel.steps import StepTime
 # everywhere for a GPU that holds no instance (NVIDIA quotes no idle figure; nvidia-smi readings of
 # idle H100 SXM boards are typically 60-80 W). Not measured here.
 EMPTY_GPU_W = 70.0
+# The H100 SXM's maximum board power (NVIDIA's H100 datasheet: "up to 700 W"; the default power limit).
+BOARD_LIMIT_W = 700.0
+
+
+class PowerAt(NamedTuple):
+    """Per-GPU watts at one clock: idle, and what each kind of busy second adds to it (the board limit applied)."""
+
+    idle_w: float
+    compute_w: float
+    memory_w: float
+    comm_w: float
+    latency_w: float
 
 
 @dataclass(frozen=True)
@@ -56,6 +82,7 @@ class PowerModel:
     max_clock_mhz: int = 1980
     comm_w: float = 0.0
     latency_w: float | None = None  # None: latency-bound seconds draw memory-bound power
+    board_limit_w: float = BOARD_LIMIT_W
 
     def _g(self, clock_mhz: float) -> tuple[float, float]:
         r = max(min(clock_mhz / self.max_clock_mhz, 1.0), 0.0)
@@ -64,19 +91,52 @@ class PowerModel:
     def idle_gpu_w(self, clock_mhz: float) -> float:
         return self.idle_w + self.idle_clock_w * self._g(clock_mhz)[0]
 
-    def clock_factors(self, clock_mhz: float) -> tuple[float, float]:
-        """``(g, gm)`` at ``clock_mhz`` (module docstring), for ``step_energy_at``: an engine keeps them per clock."""
-        return self._g(clock_mhz)
+    def clock_factors(self, clock_mhz: float) -> PowerAt:
+        """The watts at ``clock_mhz`` (module docstring), for ``step_energy_at``: an engine keeps them per clock."""
+        g, gm = self._g(clock_mhz)
+        idle = self.idle_w + self.idle_clock_w * g
+        room = max(self.board_limit_w - idle, 0.0)
+        latency_w = self.memory_w if self.latency_w is None else self.latency_w
+        return PowerAt(
+            idle,
+            min(self.compute_w * g, room),
+            min(self.memory_w * gm, room),
+            min(self.comm_w * gm, room),
+            min(latency_w * gm, room),
+        )
+
+    def cap_clock_mhz(self) -> float | None:
+        """The clock above which compute-bound time draws the board limit (None: not even at ``f_max``)."""
+
+        def over(f: float) -> bool:
+            g = self._g(f)[0]
+            return self.idle_w + (self.idle_clock_w + self.compute_w) * g >= self.board_limit_w
+
+        if not over(self.max_clock_mhz):
+            return None
+        lo, hi = 0.0, float(self.max_clock_mhz)  # compute power rises with the clock: bisect the crossing
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if over(mid) else (mid, hi)
+        return hi
 
     def step_energy_j(self, step: StepTime, clock_mhz: float, gpus: int) -> float:
         """Energy of all ``gpus`` of a TP group over one step (or a run of steps)."""
-        return self.step_energy_at(step, self._g(clock_mhz), gpus)
+        return self.step_energy_at(step, self.clock_factors(clock_mhz), gpus)
 
-    def step_energy_at(self, step: StepTime, factors: tuple[float, float], gpus: int) -> float:
+    def step_energy_at(self, step: StepTime, w: PowerAt, gpus: int) -> float:
         """``step_energy_j`` with the clock's ``clock_factors`` given."""
-        g, gm = factors
-        idle = self.idle_w + self.idle_clock_w * g
-        per_gpu = step.total_s * idle + step.compute_s * self.compute_w * g + step.memory_s * self.memory_w * gm
-        per_gpu += step.comm_s * self.comm_w * gm
-        per_gpu += step.latency_s * (self.memory_w if self.latency_w is None else self.latency_w) * gm
+        per_gpu = (
+            step.total_s * w.idle_w
+            + step.compute_s * w.compute_w
+            + step.memory_s * w.memory_w
+            + step.comm_s * w.comm_w
+            + step.latency_s * w.latency_w
+        )
         return per_gpu * gpus
+
+    def mean_w(self, busy: StepTime, duration_s: float, clock_mhz: float) -> float:
+        """Mean per-GPU power over ``duration_s`` at one clock that held ``busy`` (summed over its steps),
+        idle the rest of the time: how a run's power follows from its busy seconds."""
+        w = self.clock_factors(clock_mhz)
+        return w.idle_w + (self.step_energy_at(busy, w, 1) - busy.total_s * w.idle_w) / duration_s

@@ -178,14 +178,13 @@ def _best_law(
 
 
 def modelled_power_w(power: object, o: Outcome, p: CharPoint) -> float:
-    """Mean instance power of a modelled run from its busy seconds (the fit's own formula)."""
+    """Mean instance power of a modelled run from its busy seconds (what the fit prices)."""
     from wattgate.servingmodel.power import PowerModel  # noqa: PLC0415
+    from wattgate.servingmodel.steps import StepTime  # noqa: PLC0415
 
     assert isinstance(power, PowerModel)
-    cols = fit.power_columns(p, o, power.max_clock_mhz, power.gamma, power.gamma_memory)
-    latency_w = power.memory_w if power.latency_w is None else power.latency_w
-    watts = (power.idle_w, power.idle_clock_w, power.compute_w, power.memory_w, power.comm_w, latency_w)
-    return float(sum(c * w for c, w in zip(cols, watts, strict=True)) * p.tp)
+    busy = StepTime(o.compute_s, o.memory_s, 0.0, o.comm_s, o.latency_s)
+    return power.mean_w(busy, o.duration_s, p.clock_mhz) * p.tp
 
 
 def summary(values: Sequence[float]) -> dict[str, float]:
