@@ -15,7 +15,7 @@ instance draws ``EMPTY_GPU_W``. Everything here is modelled.
 **The board limit.** An H100 SXM's power brake holds the board at its 700 W limit (``board_limit_w``):
 when the work would draw more, the GPU lowers its clock until it does not. ``compute_w`` is what the
 tensor cores would draw above idle at ``f_max`` without that limit; where ``idle + compute_w * g``
-passes the limit (above ``cap_clock_mhz``, 1,511 MHz as fitted), compute-bound time draws the
+passes the limit (above ``cap_clock_mhz``, 1,471 MHz as fitted), compute-bound time draws the
 limit, whatever the clock is locked at, and the unlocked state (``nvidia-smi -rgc``: the GPU boosts up
 to ``f_max`` under the same limit, which is how the characterization's "1980 MHz" rows ran) is the same
 state as a clock locked at ``f_max``. The characterization asks for it: fitted with every busy figure
