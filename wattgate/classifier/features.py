@@ -56,7 +56,11 @@ _FIRST_WORDS = {
     "cue_question": _words("what who when where which is are can does do how"),
 }
 _CUE_NAMES = (*_CUE_WORDS, *_FIRST_WORDS)
-_CUE_TESTS = tuple((name, vocab, _CUE_PHRASES.get(name, ())) for name, vocab in _CUE_WORDS.items())
+# Phrases as UTF-8 bytes, looked for in the probe's bytes: an ASCII phrase is in a text exactly when its bytes are in
+# the text's UTF-8 (no multi-byte character holds an ASCII byte), and a byte search skips str's wide kinds.
+_CUE_TESTS = tuple(
+    (name, vocab, tuple(p.encode() for p in _CUE_PHRASES.get(name, ()))) for name, vocab in _CUE_WORDS.items()
+)
 # Words are maximal runs of ASCII a-z in the lowercased text (what ``[a-z]+`` finds): on UTF-8 bytes,
 # every other byte (multi-byte characters included) becomes a space, then ``bytes.split``; 2x findall's speed.
 _NOT_AZ_TO_SPACE = bytes(c if 97 <= c <= 122 else 32 for c in range(256))
@@ -340,13 +344,13 @@ def _text_features(text: str, out: dict[str, float] | None = None) -> dict[str, 
     words = set(word_list)
     first_word = word_list[0] if word_list else b""
     out["n_lines_last_user"] = float(text.count("\n", 0, 20_000) + 1)
-    out["has_code_block"] = 1.0 if "```" in probe else 0.0
-    out["n_question_marks"] = float(probe.count("?"))
+    out["has_code_block"] = 1.0 if b"```" in raw else 0.0
+    out["n_question_marks"] = float(raw.count(b"?"))
     out["ends_with_question"] = 1.0 if text.rstrip().endswith("?") else 0.0
     for name, vocab, phrases in _CUE_TESTS:
         hit = not words.isdisjoint(vocab)
         for phrase in phrases:
-            hit = hit or phrase in probe
+            hit = hit or phrase in raw
         out[name] = 1.0 if hit else 0.0
     if not out["cue_detail"] and _asks_count(probe, words):
         out["cue_detail"] = 1.0
