@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from wattgate.classifier.features import FEATURE_NAMES, FeatureExtractor, feature_vector
 from wattgate.classifier.length import fit_length
-from wattgate.classifier.model import TEXT_FEATURES
+from wattgate.classifier.model import HEAD_NOTE, TEXT_FEATURES
 from wattgate.classifier.predictor import BASE_FEATURES_FILE, MODEL_FILE, data_path
 from wattgate.classifier.sharegpt import is_holdout, sharegpt_examples, sharegpt_path
 from wattgate.classifier.tokens import counter
@@ -135,6 +135,7 @@ def main() -> None:
         "labels": "cl100k_base token counts of the gpt replies",
         "text_C": TEXT_C,
         "head": HEAD_PARAMS,
+        HEAD_NOTE: FeatureExtractor().sample_chars,  # the head ``extract`` tokenized: what the gateway will tokenize
     }
     names = [*FEATURE_NAMES, *TEXT_FEATURES]
     length = fit_length(outs[rows], y[rows])

@@ -46,6 +46,11 @@ FORMAT = "wattgate-classifier"
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 TEXT_FEATURES = ("txt_S", "txt_M", "txt_L")
+# The characters of a request tokenized for its count and its text model's ids (``FeatureExtractor(sample_chars)``),
+# kept in the document's notes as ``head_chars`` by the training that chose it: the gateway tokenizes what the
+# model was trained on. Documents without the note were trained with 1,024 characters.
+HEAD_NOTE = "head_chars"
+LEGACY_HEAD_CHARS = 1024
 _TOP_KEYS = {"format", "format_version", "version", "created_at", "notes", "edges", "feature_names", "text", "head"}
 _TOP_KEYS_2 = _TOP_KEYS | {"length", "served"}
 __all__ = ["SHORT_TEXT_IDS", "TextModel", "Trees", "encode_array", "ngram_indices", "ngram_slots"]
@@ -84,6 +89,7 @@ class ClassifierModel:
     trees: Trees
     length: LengthModel
     served: Mapping[str, ServedProfile]
+    head_chars: int = LEGACY_HEAD_CHARS  # the request head its text model and count were trained on (``HEAD_NOTE``)
 
     def raw3(self, x: Sequence[float]) -> tuple[float, ...]:
         """The trees' three logits (``x``: every feature, in model order), the gateway's hot path."""
@@ -134,6 +140,10 @@ def parse_model(raw: str | bytes | dict[str, Any], source: str = "model") -> Cla
     short_max = check_int(edges["output_short_max"], "edges.output_short_max", 1)
     medium_max = check_int(edges["output_medium_max"], "edges.output_medium_max", short_max + 1)
     text = parse_text(doc["text"])
+    notes = doc["notes"]
+    head_chars = LEGACY_HEAD_CHARS
+    if isinstance(notes, dict) and HEAD_NOTE in notes:
+        head_chars = check_int(notes[HEAD_NOTE], f"notes.{HEAD_NOTE}", 64, 1 << 24)
     if fmt == 1:
         length, served = midpoints(ClassEdges(output_short_max=short_max, output_medium_max=medium_max)), {}
     else:
@@ -150,6 +160,7 @@ def parse_model(raw: str | bytes | dict[str, Any], source: str = "model") -> Cla
         trees=parse_trees(doc["head"], len(names)),
         length=length,
         served=served,
+        head_chars=head_chars,
     )
 
 

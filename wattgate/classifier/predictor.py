@@ -46,7 +46,7 @@ class ModelPredictor:
             )
         self.model = model
         self.edges = edges
-        self.extractor = extractor or FeatureExtractor()
+        self.extractor = extractor or FeatureExtractor(model.head_chars)  # the head the model was trained on
         self.method = f"model:v{model.version}"
         self._in_model_order = operator.itemgetter(*model.feature_names)
 

@@ -23,7 +23,7 @@ from sklearn.model_selection import GroupKFold
 
 from wattgate.classifier.errors import ClassifierError
 from wattgate.classifier.length import LengthModel, midpoints
-from wattgate.classifier.model import FORMAT, FORMAT_VERSION, ClassifierModel, parse_model, sign
+from wattgate.classifier.model import FORMAT, FORMAT_VERSION, HEAD_NOTE, ClassifierModel, parse_model, sign
 from wattgate.classifier.served import ServedProfile
 from wattgate.classifier.textmodel import TextModel, encode_array, ngram_indices, text_doc
 from wattgate.profiles.classes import ClassEdges
@@ -144,5 +144,6 @@ def with_served(
     if doc.get("format_version") == 1:  # an older document: carry it to the current format
         doc["length"] = model.length.to_doc()
     served = {name: p.to_doc() for name, p in {**model.served, **profiles}.items()}  # older profiles: current format
+    notes = {**notes, HEAD_NOTE: model.head_chars}  # the text model and trees are kept: so is the head they read
     doc.update(format_version=FORMAT_VERSION, served=served, version=version, created_at=time.time(), notes=notes)
     return parse_model(sign(doc))
