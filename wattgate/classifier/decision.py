@@ -52,14 +52,17 @@ def _scores(
     return float((pred == y).mean()), float(np.mean([(pred[y == c] == c).mean() for c in present]))
 
 
-def expected_scores(probs: NDArray[np.float64], d: NDArray[np.float64]) -> tuple[float, float]:
-    """Accuracy and balanced accuracy of ``argmax(log probs + d)`` expected when each row's class is drawn from
-    its (calibrated) ``probs``: the soft confusion matrix ``sum_x p(c|x) [decided(x) = k]``."""
+def expected_scores(
+    probs: NDArray[np.float64], d: NDArray[np.float64], present: list[int] | None = None
+) -> tuple[float, float]:
+    """Accuracy and balanced accuracy (over the ``present`` classes, default all three) of
+    ``argmax(log probs + d)`` expected when each row's class is drawn from its (calibrated) ``probs``: the soft
+    confusion matrix ``sum_x p(c|x) [decided(x) = k]``."""
     logp = np.log(np.clip(probs, 1e-12, 1.0))
-    hit = probs[np.arange(len(probs)), (logp + d).argmax(axis=1)]  # p(decided class | x)
-    share = probs.sum(axis=0)
-    recall = np.bincount((logp + d).argmax(axis=1), weights=hit, minlength=3) / np.maximum(share, 1e-12)
-    return float(hit.mean()), float(recall[share > 0].mean())
+    decided = (logp + d).argmax(axis=1)
+    hit = probs[np.arange(len(probs)), decided]  # p(decided class | x)
+    recall = np.bincount(decided, weights=hit, minlength=3) / np.maximum(probs.sum(axis=0), 1e-12)
+    return float(hit.mean()), float(recall[present if present is not None else [0, 1, 2]].mean())
 
 
 def choose_decision(
@@ -67,9 +70,10 @@ def choose_decision(
 ) -> tuple[float, float, float]:
     """Log weights ``-alpha · log prior`` (M's at 0) with the largest expected balanced accuracy on these rows,
     expected accuracy within ``margin`` of the plain argmax's (``probs``: out-of-fold calibrated probabilities,
-    their mean the prior; ``y``: true classes, only to see that at least two classes were observed)."""
+    their mean the prior; ``y``: true classes, only to see which classes were observed)."""
     y = np.asarray(y, dtype=np.int64)
-    if len({int(c) for c in y}) < 2:
+    present = sorted({int(c) for c in y})  # balanced accuracy over the classes this model was seen to answer
+    if len(present) < 2:
         return (0.0, 0.0, 0.0)
     probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
     probs = probs / probs.sum(axis=1, keepdims=True)
@@ -78,7 +82,7 @@ def choose_decision(
     best, choice = -1.0, (0.0, 0.0, 0.0)
     for alpha in ALPHAS:
         d = -alpha * (logprior - logprior[1])
-        acc, bal = expected_scores(probs, d)
+        acc, bal = expected_scores(probs, d, present)
         if acc >= base - margin - 1e-12 and bal > best + 1e-12:
             best, choice = bal, (float(d[0]), 0.0, float(d[2]))
     return choice
