@@ -46,16 +46,12 @@ def topic_requests(n: int, seed: int = 0) -> list[tuple[dict[str, Any], int]]:
     return out
 
 
-def terse_base_rows(n: int, factor: float = 0.45, seed: int = 0) -> list[tuple[dict[str, float], int]]:
-    """(features, output tokens) of ``n`` shipped training rows answered by a served model that says ``factor``
-    times what the training model said (log-normal noise σ 0.25): its long answers are rare (~3%)."""
-    return terse_split(n, 0, factor, seed)[0]
-
-
 def terse_split(
     n: int, n_new: int, factor: float = 0.45, seed: int = 0
 ) -> tuple[list[tuple[dict[str, float], int]], list[tuple[dict[str, float], int]]]:
-    """``terse_base_rows(n)`` and ``n_new`` other training rows answered the same way (requests it never saw)."""
+    """(features, output tokens) of ``n`` shipped training rows answered by a served model that says ``factor``
+    times what the training model said (log-normal noise σ 0.25; its long answers are rare, ~3%), and of
+    ``n_new`` other training rows answered the same way (requests it never saw)."""
     model = load_shipped_model()
     x, out = load_base(model)
     rng = np.random.default_rng(seed)

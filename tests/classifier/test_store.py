@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from tests.classifier.shifted import shifted_requests, terse_base_rows, terse_split
+from tests.classifier.shifted import shifted_requests, terse_split
 from wattgate.classifier.adapt import batch_probabilities
 from wattgate.classifier.api import Prediction
 from wattgate.classifier.errors import ModelFormatError
@@ -131,10 +131,16 @@ def test_retrain_publishes_a_better_model_that_gateways_pick_up(
 def test_retrain_transfers_the_training_rows_to_a_terse_served_model(redis_url: str) -> None:
     """A served model that answers at 0.45x the training model's length: few of its observations are long, so
     retrain fits it its own trees on the shipped training rows relabelled by the length shift the observations
-    show; the published profile carries them and the predictor the watcher hands a gateway evaluates them."""
+    show; the published profile carries them and the predictor the watcher hands a gateway evaluates them.
+    Its ~15 long answers are too few to count L's recall on: the decision rule is chosen on the expected recall
+    under the out-of-fold probabilities (every observation's chance of being long), so the profile weighs L
+    up, and the predictor names L for new requests of that model often enough to lift balanced accuracy well
+    above the plain argmax's, for a little accuracy (measured: 0.554 / 0.668 against 0.499 / 0.728, 39 of 125
+    long answers named L against 8)."""
     keys = Keys("tr")
     store = ClassifierStore(redis_url, keys)
-    store.add_observations(_feature_observations(terse_base_rows(500, seed=2), "terse"))
+    seen, new = terse_split(500, 4000, seed=2)
+    store.add_observations(_feature_observations(seen, "terse"))
     report = retrain_once(store)
     (outcome,) = report.result.models
     assert report.published == 2 and outcome.kind.startswith("transfer"), report.text()
@@ -153,40 +159,18 @@ def test_retrain_transfers_the_training_rows_to_a_terse_served_model(redis_url: 
     # what the terse model's trees learnt from the training rows: an essay is much less likely long
     shipped = ModelPredictor.shipped().predict(body, "chat")
     assert pred.output_probs[2] < shipped.output_probs[2] / 2, (pred, shipped)
-    store.close()
-
-
-@pytest.mark.timeout(600)
-def test_retrain_names_a_terse_models_rare_long_answers(redis_url: str) -> None:
-    """600 observations of a served model that answers at 0.45x the training model's length hold ~20 long
-    answers. Its decision rule is chosen on the expected recall of L under the out-of-fold probabilities (every
-    observation's chance of being long), so the published profile weighs L up, and the predictor the watcher hands
-    a gateway names L for new requests of that model often enough to lift balanced accuracy well above the plain
-    argmax's, for a little accuracy (measured: 0.575 / 0.642 against 0.477 / 0.711, 56 of 132 long answers named L)."""
-    keys = Keys("rare")
-    store = ClassifierStore(redis_url, keys)
-    seen, new = terse_split(600, 4000, seed=4)
-    store.add_observations(_feature_observations(seen, "terse"))
-    report = retrain_once(store)
-    assert report.published == 2, report.text()
-    got = ClassifierWatcher(redis_url, keys=keys).poll(1)
-    assert got is not None
-    predictor = got[1]
-    profile = predictor.model.served["terse"]
+    # the decision rule, on 4,000 requests of the terse model it never saw, as the gateway's predictor decides
     assert profile.decision[2] > 0.5, profile.decision  # L weighs more than M
-    names = predictor.model.feature_names
-    x = np.array([feature_vector(f, names) for f, _ in new])
+    x = np.array([feature_vector(f, predictor.model.feature_names) for f, _ in new])
     y = labels(np.array([t for _, t in new]), ClassEdges())
     decided = batch_probabilities(predictor.model, profile, x, [None] * len(new)).argmax(axis=1)
     plain = batch_probabilities(predictor.model, profile, x, [None] * len(new), decided=False).argmax(axis=1)
-    for values, cls in zip(x[:50], decided[:50], strict=True):  # the gateway's per-request path decides alike
-        trees = profile.head.raw3(values.tolist()) if profile.head else predictor.model.raw3(values.tolist())
-        probs = softmax_add(trees, profile.residual(None, values.tolist()))
-        assert int(np.argmax(probs)) == cls
+    for row, cls in zip(x[:50].tolist(), decided[:50], strict=True):  # the per-request path decides alike
+        assert int(np.argmax(softmax_add(profile.head.raw3(row), profile.residual(None, row)))) == cls
     chosen, before = score(y, decided), score(y, plain)
-    assert (decided[y == 2] == 2).mean() > 0.3
-    assert chosen.balanced_accuracy > before.balanced_accuracy + 0.05
-    assert chosen.accuracy > before.accuracy - 0.07
+    assert (decided[y == 2] == 2).mean() > 0.2  # plain argmax: 8 of 125
+    assert chosen.balanced_accuracy > before.balanced_accuracy + 0.03
+    assert chosen.accuracy > before.accuracy - 0.08
     store.close()
 
 
