@@ -46,15 +46,24 @@ def topic_requests(n: int, seed: int = 0) -> list[tuple[dict[str, Any], int]]:
     return out
 
 
-def terse_base_rows(n: int, factor: float = 0.45, seed: int = 0) -> list[tuple[dict[str, float], int]]:
+def terse_split(
+    n: int, n_new: int, factor: float = 0.45, seed: int = 0
+) -> tuple[list[tuple[dict[str, float], int]], list[tuple[dict[str, float], int]]]:
     """(features, output tokens) of ``n`` shipped training rows answered by a served model that says ``factor``
-    times what the training model said (log-normal noise σ 0.25): its long answers are rare (~3%)."""
+    times what the training model said (log-normal noise σ 0.25; its long answers are rare, ~3%), and of
+    ``n_new`` other training rows answered the same way (requests it never saw)."""
     model = load_shipped_model()
     x, out = load_base(model)
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(out), n, replace=False)
     noise = np.exp(rng.normal(0.0, 0.25, n))
-    return [
-        (dict(zip(model.feature_names, map(float, x[r]), strict=True)), max(1, round(factor * out[r] * e)))
-        for r, e in zip(rows, noise, strict=True)
-    ]
+    new = rng.choice(np.setdiff1d(np.arange(len(out)), rows), n_new, replace=False)
+    new_noise = np.exp(rng.normal(0.0, 0.25, n_new))
+
+    def answered(index: np.ndarray, noise: np.ndarray) -> list[tuple[dict[str, float], int]]:
+        return [
+            (dict(zip(model.feature_names, map(float, x[r]), strict=True)), max(1, round(factor * out[r] * e)))
+            for r, e in zip(index, noise, strict=True)
+        ]
+
+    return answered(rows, noise), answered(new, new_noise)
