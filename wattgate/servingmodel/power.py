@@ -23,8 +23,9 @@ held under the limit (until December 2026), compute power sat on that bound (idl
 at ``f_max``) and long-prompt rows, at compute-bound power for most of their busy time, read 9-15% low;
 their measured power and their measured prefill speed stop rising above 1,400-1,600 MHz (README
 *Validation*). Only the power is capped
-here: the step times come from the clock law (``steps.ClockLaw``), fitted on the same rows' TTFT, which
-carries the slower-than-locked prefill at the top clocks in its exponent.
+here: the step times come from the clock law (``steps.ClockLaw``), fitted on the same rows' TTFT and time
+between tokens, whose compute exponent (0.4) carries the slower-than-locked prefill at the top clocks; a
+compute-side knee at the cap clock would model it directly (not built).
 
 **Why four kinds of busy time.** A GPU's power follows how hard it works, not how long a kernel
 takes: streaming HBM at full bandwidth or keeping the tensor cores fed draws much more than a kernel
