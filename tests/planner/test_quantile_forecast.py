@@ -61,6 +61,24 @@ def test_a_burst_is_covered_once_its_kind_has_been_seen() -> None:
     assert f.forecast() * 60 >= 400  # the peak it now expects within two minutes includes a burst
 
 
+def test_a_burst_seen_before_calibration_lifts_the_forecast_above_the_prior() -> None:
+    """Quiet minutes, then bursts after quiet ones (the coding hour's shape), all before ``min_errors``: the
+    errors already seen are a floor's evidence the load is burstier than Poisson, and the forecast covers them;
+    with nothing above the prior seen, the prior still holds."""
+    s = QuantileSettings(quantile=0.9, min_errors=30)
+    quiet = QuantileForecaster(horizon_min=2, settings=s)
+    bursty = QuantileForecaster(horizon_min=2, settings=s)
+    for k in range(12):
+        quiet.observe(100)
+        bursty.observe(1800 if k % 4 == 3 else 100)
+    assert not bursty.calibrated and not quiet.calibrated
+    assert quiet.forecast() == pytest.approx((10 + s.prior_error) ** 2 / 60)
+    # a burst of 1,800 after quiet minutes: the next one is covered though the level has fallen back
+    bursty.observe(100)
+    bursty.observe(100)
+    assert bursty.forecast() * 60 >= 1800 > (bursty.level + s.prior_error) ** 2  # type: ignore[operator]
+
+
 def test_the_joint_forecast_covers_the_pools_sum_at_the_quantile_not_each_pool() -> None:
     """Nine independent pools at low load: each pool's 0.9 quantile adds up to far more than the 0.9
     quantile of their sum; the joint forecast keeps each pool's level and scales the margins above the

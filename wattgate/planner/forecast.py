@@ -142,7 +142,9 @@ class QuantileSettings:
     Its level is an EWMA of the square root of each minute's count; at each minute it records the
     error of what it would have forecast ``horizon_min`` minutes before, the square root of the peak
     count that came minus the level then. The forecast is the level plus the ``quantile`` of the last
-    ``window_min`` errors (``prior_error`` until ``min_errors`` exist), squared back into req/s.
+    ``window_min`` errors, squared back into req/s. Until ``min_errors`` exist the quantile of those seen is
+    floored at ``prior_error``: the prior assumes Poisson minutes, and errors already above it (a burst after
+    quiet minutes) say the load is burstier than that, so the forecast covers them rather than the prior.
     """
 
     quantile: float = 0.99
@@ -203,10 +205,13 @@ class QuantileForecaster:
 
     def _quantile(self, upto: int | None = None) -> float:
         errs = self._errors if upto is None else self._errors[:upto]
-        if len(errs) < self.s.min_errors:
+        if not errs:
             return self.s.prior_error
         ranked = sorted(errs)
-        return ranked[min(math.ceil(self.s.quantile * len(ranked)) - 1, len(ranked) - 1)]
+        q = ranked[min(math.ceil(self.s.quantile * len(ranked)) - 1, len(ranked) - 1)]
+        # until it has min_errors of its own the prior is a floor, not the answer: errors already seen above it
+        # say the load is burstier than Poisson (a burst after quiet minutes), and the forecast must cover them
+        return q if len(errs) >= self.s.min_errors else max(q, self.s.prior_error)
 
     def forecast(self) -> float:
         """Peak req/s over the next horizon at the configured quantile (0 before any minute was seen)."""
