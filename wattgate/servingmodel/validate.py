@@ -38,7 +38,8 @@ from wattgate.servingmodel.measured import (
     read_characterization,
     read_characterization_tbt,
 )
-from wattgate.servingmodel.steps import ClockLaw
+from wattgate.servingmodel.power import PowerModel
+from wattgate.servingmodel.steps import ClockLaw, StepTime
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,11 @@ def leave_one_clock_out(
 ) -> list[ClockFold]:
     points = read_characterization(profiles_dir)
     tbt = read_characterization_tbt()
+    # each point's measured TBT, NaN where none or where it measures no decode (long prompts), as the fit reads it
+    point_tbt = dict(zip(points, fit.measured_tbt(points, tbt), strict=True))
+    by_key = {(p.tp, p.rtype, p.load_rps, p.clock_mhz): p for p in points}
     low = [p for p in points if p.load_rps == 0.5 and p.ttft_p99_s < 3.0]
-    low_tbt = fit.measured_tbt(low, tbt)
+    low_tbt = [point_tbt[p] for p in low]
     overheads = calibration.engines[engine].overheads
     base = fit._with_overheads(calibration, engine, dataclasses.replace(overheads, request_s=0.0, kernel_scale=1.0))
     _, table = fit.fit_clock_law(base, low, engine=engine, arch=arch, tbt=low_tbt, log=log)
@@ -142,7 +146,7 @@ def leave_one_clock_out(
             replays[(law, scale)] = {p: fit.char_outcome(model, p) for p in points}
         outcome = replays[(law, scale)]
         power = fit.fit_power([(p, o) for p, o in outcome.items() if p.clock_mhz != clock], law.max_clock_mhz).value
-        by_key = {(p.tp, p.rtype, p.load_rps, p.clock_mhz): p for p in points}
+        assert isinstance(power, PowerModel)
         rows, tbt_rows = [], []
         for p in points:
             ref = by_key.get((p.tp, p.rtype, p.load_rps, ref_clock))
@@ -150,9 +154,8 @@ def leave_one_clock_out(
                 continue
             ratio = (outcome[p].ttft_p99_s + req) / (outcome[ref].ttft_p99_s + req)
             rows.append((p, ref.ttft_p99_s * ratio, modelled_power_w(power, outcome[p], p)))
-            # TBT of long-prompt rows is left out, as in the fit (``fit.measured_tbt``): 11 tokens, set by prefills
-            m, m_ref = (tbt.get((q.tp, q.clock_mhz, q.rtype.name, q.load_rps)) for q in (p, ref))
-            if m is not None and m_ref is not None and p.rtype.input.value != "L":
+            m, m_ref = point_tbt[p], point_tbt[ref]
+            if not (math.isnan(m) or math.isnan(m_ref)):
                 tbt_rows.append((p, m_ref * outcome[p].tpot_p50_s / outcome[ref].tpot_p50_s, m))
         folds.append(ClockFold(clock, law, req, rows, scale, tbt_rows))
         log(
@@ -177,12 +180,8 @@ def _best_law(
     return min(errs, key=lambda w: errs[w])
 
 
-def modelled_power_w(power: object, o: Outcome, p: CharPoint) -> float:
+def modelled_power_w(power: PowerModel, o: Outcome, p: CharPoint) -> float:
     """Mean instance power of a modelled run from its busy seconds (what the fit prices)."""
-    from wattgate.servingmodel.power import PowerModel  # noqa: PLC0415
-    from wattgate.servingmodel.steps import StepTime  # noqa: PLC0415
-
-    assert isinstance(power, PowerModel)
     busy = StepTime(o.compute_s, o.memory_s, 0.0, o.comm_s, o.latency_s)
     return power.mean_w(busy, o.duration_s, p.clock_mhz) * p.tp
 
