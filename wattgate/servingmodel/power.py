@@ -107,19 +107,15 @@ class PowerModel:
         )
 
     def cap_clock_mhz(self) -> float | None:
-        """The clock above which compute-bound time draws the board limit (None: not even at ``f_max``)."""
-
-        def over(f: float) -> bool:
-            g = self._g(f)[0]
-            return self.idle_w + (self.idle_clock_w + self.compute_w) * g >= self.board_limit_w
-
-        if not over(self.max_clock_mhz):
+        """The clock above which compute-bound time draws the board limit (None: not even at ``f_max``): where
+        ``idle_w + (idle_clock_w + compute_w) * (f / f_max) ** gamma`` reaches it."""
+        room = self.board_limit_w - self.idle_w
+        rise = self.idle_clock_w + self.compute_w
+        if rise < room:
             return None
-        lo, hi = 0.0, float(self.max_clock_mhz)  # compute power rises with the clock: bisect the crossing
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if over(mid) else (mid, hi)
-        return hi
+        if room <= 0:
+            return 0.0
+        return float(self.max_clock_mhz * (room / rise) ** (1.0 / self.gamma))
 
     def step_energy_j(self, step: StepTime, clock_mhz: float, gpus: int) -> float:
         """Energy of all ``gpus`` of a TP group over one step (or a run of steps)."""
